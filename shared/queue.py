@@ -1,0 +1,67 @@
+"""Task names, queues and the producer side of Celery, shared by gateway and workers.
+
+The gateway sends tasks by name (it never imports workers/). Tasks take ids only and
+are sent only after the transaction that created their state has committed.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from celery import Celery
+
+from shared.config import Settings, get_settings
+
+CPU_QUEUES = ("llm", "retrieval", "scoring", "webhooks")
+GPU_QUEUES = ("segment", "generate", "qc")
+
+# task name -> queue. Routing is by task name so a producer needs nothing but the name.
+TASK_QUEUES: dict[str, str] = {
+    "onbrand.decompose": "llm",
+    "onbrand.retrieve": "retrieval",
+    "onbrand.embed_assets": "retrieval",
+    "onbrand.caption": "llm",
+    "onbrand.segment": "segment",
+    "onbrand.plan": "segment",
+    "onbrand.generate": "generate",
+    "onbrand.qc": "qc",
+    "onbrand.rank": "scoring",
+    "onbrand.deliver": "scoring",
+    "onbrand.send_webhook": "webhooks",
+    "onbrand.sweep_outbox": "webhooks",
+}
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    app.conf.update(
+        broker_url=settings.broker_url,
+        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_default_queue="llm",
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_always_eager=settings.task_always_eager,
+        broker_connection_retry_on_startup=True,
+        broker_transport_options={
+            "visibility_timeout": settings.broker_visibility_timeout,
+            "unacked_restore_throttle": settings.broker_restore_throttle,
+        },
+        worker_hijack_root_logger=False,
+    )
+
+
+@lru_cache
+def producer() -> Celery:
+    app = Celery("onbrand-producer")
+    configure(app, get_settings())
+    return app
+
+
+def send(name: str, *args: Any) -> None:
+    """Send a task by name with id arguments only. Call after commit."""
+    if name not in TASK_QUEUES:
+        raise KeyError(f"unknown task {name!r}")
+    producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args])

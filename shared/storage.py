@@ -1,0 +1,125 @@
+"""Object storage: S3 through boto3 (any S3-compatible endpoint) or the local filesystem.
+
+Keys are deterministic per tenant/campaign/candidate, so a retried task overwrites its
+object instead of leaving a second one behind. The local backend's URLs point at the
+gateway's /files route and carry an expiring HMAC signature.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from functools import lru_cache
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlencode
+
+from shared.config import Settings, get_settings
+
+
+class Storage(Protocol):
+    def put(self, key: str, data: bytes, content_type: str) -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def delete(self, key: str) -> None: ...
+    def exists(self, key: str) -> bool: ...
+    def url(self, key: str) -> str: ...
+
+
+def asset_key(tenant_id: object, asset_id: object, name: str) -> str:
+    return f"tenants/{tenant_id}/assets/{asset_id}/{name}"
+
+
+def campaign_key(tenant_id: object, campaign_id: object, name: str) -> str:
+    return f"tenants/{tenant_id}/campaigns/{campaign_id}/{name}"
+
+
+def _check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid object key: {key!r}")
+    return key
+
+
+def sign_local(secret: str, key: str, expires: int) -> str:
+    return hmac.new(secret.encode(), f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_local(secret: str, key: str, expires: int, signature: str, now: float | None = None) -> bool:
+    if expires < (now if now is not None else time.time()):
+        return False
+    return hmac.compare_digest(sign_local(secret, key, expires), signature)
+
+
+class LocalStorage:
+    def __init__(self, root: Path, base_url: str, secret: str, ttl: int) -> None:
+        self.root, self.base_url, self.secret, self.ttl = root, base_url.rstrip("/"), secret, ttl
+
+    def path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: readers never see half an object
+
+    def get(self, key: str) -> bytes:
+        return self.path(key).read_bytes()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).is_file()
+
+    def url(self, key: str) -> str:
+        expires = int(time.time()) + self.ttl
+        query = urlencode({"expires": expires, "signature": sign_local(self.secret, key, expires)})
+        return f"{self.base_url}/files/{quote(key)}?{query}"
+
+
+class S3Storage:
+    def __init__(self, settings: Settings) -> None:
+        import boto3  # lazy: the gateway imports this module on every request path
+
+        self.bucket, self.prefix, self.ttl = settings.s3_bucket, settings.s3_prefix, settings.url_ttl_seconds
+        self.client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+
+    def _key(self, key: str) -> str:
+        return self.prefix.rstrip("/") + "/" + _check_key(key) if self.prefix else _check_key(key)
+
+    def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+
+    def get(self, key: str) -> bytes:
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+        return True
+
+    def url(self, key: str) -> str:
+        params = {"Bucket": self.bucket, "Key": self._key(key)}
+        return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.ttl)
+
+
+def build_storage(settings: Settings) -> Storage:
+    if settings.storage_backend == "s3":
+        return S3Storage(settings)
+    return LocalStorage(settings.objects_dir, settings.public_url, settings.secret_key, settings.url_ttl_seconds)
+
+
+@lru_cache
+def get_storage() -> Storage:
+    return build_storage(get_settings())
