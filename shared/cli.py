@@ -11,7 +11,8 @@ import typer
 
 from shared.config import get_settings
 
-app = typer.Typer(help="Onbrand: on-brand ad images, product pixels exact.", no_args_is_help=True)
+app = typer.Typer(help="Onbrand: on-brand ad images, product pixels exact.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 stack_app = typer.Typer(help="The embedded stack: PostgreSQL+pgvector and Redis on loopback.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")

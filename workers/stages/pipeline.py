@@ -1,0 +1,397 @@
+"""The pipeline's stage functions (plain functions over a StageContext; tests call them directly).
+
+Each one reads what it needs, computes with no transaction open, and leaves its durable
+output in ctx.state_patch / ctx.rows / ctx.finalize for the runner to commit atomically.
+"""
+from __future__ import annotations
+
+import io
+import math
+import uuid
+from dataclasses import asdict
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import and_, delete, or_, select
+from sqlalchemy.orm import Session
+
+from shared import webhooks
+from shared.db.models import Asset, AssetEmbedding, Brand, Campaign, Candidate, Result
+from shared.db.session import session_scope
+from shared.storage import campaign_key, get_storage
+from workers.stages.runner import StageContext, StageError, StageFn, Task, now, webhook_tasks
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def load_image(key: str) -> Image.Image:
+    image = Image.open(io.BytesIO(get_storage().get(key)))
+    image.load()
+    return image
+
+
+def save_png(key: str, image: Image.Image) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG", compress_level=1)  # speed over size: candidates are many
+    get_storage().put(key, buf.getvalue(), "image/png")
+    return key
+
+
+def candidate_id(campaign_id: uuid.UUID, rnd: int, layout_key: str) -> uuid.UUID:
+    # Deterministic: a retried generate task upserts the same row instead of adding one.
+    return uuid.uuid5(campaign_id, f"{rnd}:{layout_key}")
+
+
+def state(ctx: StageContext, name: str) -> dict[str, Any]:
+    value = (ctx.campaign.state or {}).get(name)
+    if value is None:
+        raise StageError("missing_state", f"stage {ctx.stage} needs the output of {name}, which is missing")
+    return value
+
+
+def tenant_asset(session: Session, tenant_id: uuid.UUID, asset_id: str | uuid.UUID) -> Asset:
+    asset = session.scalars(select(Asset).where(Asset.tenant_id == tenant_id, Asset.id == uuid.UUID(str(asset_id)))).first()
+    if asset is None:
+        raise StageError("asset_missing", f"asset {asset_id} no longer exists")
+    return asset
+
+
+# --- decompose / caption (llm queue) ----------------------------------------------------------
+
+
+def decompose(ctx: StageContext) -> dict[str, Any]:
+    from workers.stages import language
+
+    result = language.decompose(ctx.campaign.brief, ctx.settings)
+    ctx.state_patch["decompose"] = result
+    return {"backend": result.get("backend"), "fallback_reason": result.get("fallback_reason")}
+
+
+def caption(ctx: StageContext) -> dict[str, Any]:
+    from workers.stages import language
+
+    retrieved = state(ctx, "retrieve")
+    result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
+                              retrieved.get("background_caption"), ctx.settings)
+    ctx.state_patch["caption"] = result
+    return {"caption": result["caption"], "backend": result.get("backend")}
+
+
+# --- retrieve (retrieval queue) ----------------------------------------------------------------
+
+
+def asset_text(asset: Asset) -> str:
+    attrs = " ".join(f"{k} {v}" for k, v in (asset.attributes or {}).items())
+    return ". ".join(p for p in (asset.title, asset.description, " ".join(asset.tags or []), attrs) if p)
+
+
+def embed_asset_ids(asset_ids: list[str]) -> int:
+    """Embed the given assets' metadata (skipping ones that already have this model's vector)."""
+    from workers.models import text_embedder
+
+    model = text_embedder.model_id()
+    with session_scope() as session:
+        assets = session.scalars(select(Asset).where(Asset.id.in_([uuid.UUID(str(a)) for a in asset_ids]))).all()
+        done = set(session.scalars(select(AssetEmbedding.asset_id).where(
+            AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model)))
+        todo = [a for a in assets if a.id not in done]
+        vectors = text_embedder.embed([asset_text(a) for a in todo]) if todo else []
+        for asset, vector in zip(todo, vectors, strict=True):
+            session.add(AssetEmbedding(tenant_id=asset.tenant_id, asset_id=asset.id, model=model,
+                                       dim=len(vector), embedding=vector))
+    return len(todo)
+
+
+def _brand_scope(campaign: Campaign) -> Any:
+    return and_(Asset.tenant_id == campaign.tenant_id,
+                or_(Asset.brand_id == campaign.brand_id, Asset.brand_id.is_(None)))
+
+
+def _search(session: Session, campaign: Campaign, vector: list[float], kind: str, model: str, k: int = 5) -> list[dict[str, Any]]:
+    distance = AssetEmbedding.embedding.cosine_distance(vector)
+    rows = session.execute(
+        select(Asset.id, Asset.title, distance.label("d")).join(AssetEmbedding, AssetEmbedding.asset_id == Asset.id)
+        .where(_brand_scope(campaign), Asset.kind == kind, AssetEmbedding.model == model,
+               AssetEmbedding.tenant_id == campaign.tenant_id)
+        .order_by(distance).limit(k)
+    ).all()
+    return [{"asset_id": str(r.id), "title": r.title, "score": round(1.0 - float(r.d), 4)} for r in rows]
+
+
+def retrieve(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import text_embedder
+
+    campaign, parts = ctx.campaign, state(ctx, "decompose")
+    with session_scope() as session:
+        ids = session.scalars(select(Asset.id).where(_brand_scope(campaign))).all()
+    embed_asset_ids([str(i) for i in ids])  # assets uploaded moments ago may not be embedded yet
+    entities = [(t, "product") for t in parts.get("products", [])] + \
+               [(t, "background") for t in parts.get("backgrounds", []) + parts.get("themes", [])]
+    vectors = text_embedder.embed([t for t, _ in entities]) if entities else []
+    model = text_embedder.model_id()
+    with session_scope() as session:
+        found = [{"text": t, "kind": k, "matches": _search(session, campaign, v, k, model)}
+                 for (t, k), v in zip(entities, vectors, strict=True)]
+        result = _pick(session, ctx, found)
+    result.update(entities=found, model=model, min_score=ctx.settings.retrieval_min_score)
+    ctx.state_patch["retrieve"] = result
+    return {"product_asset_id": result["product_asset_id"], "background_asset_id": result["background_asset_id"]}
+
+
+def _best(found: list[dict[str, Any]], kind: str, min_score: float) -> dict[str, Any] | None:
+    matches = [m for e in found if e["kind"] == kind for m in e["matches"] if m["score"] >= min_score]
+    return max(matches, key=lambda m: m["score"], default=None)
+
+
+def _pick(session: Session, ctx: StageContext, found: list[dict[str, Any]]) -> dict[str, Any]:
+    named = ctx.campaign.product_asset_ids or []
+    product = {"asset_id": named[0], "score": None} if named else _best(found, "product", ctx.settings.retrieval_min_score)
+    if product is None:
+        raise StageError("no_product", "no product asset matches the brief; upload one or name it in product_asset_ids")
+    product_asset = tenant_asset(session, ctx.tenant_id, product["asset_id"])
+    background = _best(found, "background", ctx.settings.retrieval_min_score)
+    bg_asset = tenant_asset(session, ctx.tenant_id, background["asset_id"]) if background else None
+    return {
+        "product_asset_id": str(product_asset.id), "product_title": product_asset.title,
+        "product_source": "named" if named else "retrieved", "product_score": product["score"],
+        "background_asset_id": str(bg_asset.id) if bg_asset else None,
+        "background_caption": ", ".join(p for p in (bg_asset.title, bg_asset.description) if p) if bg_asset else None,
+        "background_score": background["score"] if background else None,
+        "background_reason": None if bg_asset else "nothing relevant above min_score: studio backdrop in brand colours",
+    }
+
+
+# --- segment / plan (segment queue) ---------------------------------------------------------
+
+
+def segment(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import matting
+
+    retrieved = state(ctx, "retrieve")
+    with session_scope() as session:
+        asset = tenant_asset(session, ctx.tenant_id, retrieved["product_asset_id"])
+    image = load_image(asset.storage_key)
+    try:
+        result = matting.segment(image)
+    except matting.SegmentationError as exc:
+        raise StageError("segmentation_failed", f"product asset {asset.id}: {exc}") from exc
+    keys = _store_masks(ctx, image, result)
+    ctx.state_patch["segment"] = {"method": result.method, "quality": result.quality, **keys,
+                                  "product_asset_id": str(asset.id)}
+    return {"method": result.method, "quality": result.quality}
+
+
+def _store_masks(ctx: StageContext, image: Image.Image, result: Any) -> dict[str, str]:
+    from workers.models import matting
+
+    key = lambda name: campaign_key(ctx.tenant_id, ctx.campaign.id, f"segment/{name}")  # noqa: E731
+    mask = Image.fromarray(result.mask)
+    cutout = matting.cutout(image, result)
+    return {
+        "mask_key": save_png(key("mask.png"), mask),
+        "antimask_key": save_png(key("antimask.png"), Image.eval(mask, lambda v: 255 - v)),
+        "cutout_key": save_png(key("cutout.png"), cutout),
+        "cutout_size": list(cutout.size),
+    }
+
+
+def plan(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import compositor
+
+    seg, settings = state(ctx, "segment"), ctx.settings
+    canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
+    layouts = compositor.plan_layouts(canvases, tuple(seg["cutout_size"]), rows=settings.grid_rows,
+                                      cols=settings.grid_cols, rotations=tuple(settings.rotations),
+                                      scale_share=settings.product_scale)
+    batches = max(1, math.ceil(len(layouts) / settings.generate_batch_size))
+    ctx.state_patch["plan"] = {
+        "layouts": [asdict(layout) for layout in layouts], "batch_size": settings.generate_batch_size,
+        "batches": batches, "grid": [settings.grid_rows, settings.grid_cols], "rotations": list(settings.rotations),
+        "canvases": [list(c) for c in canvases], "scale_share": settings.product_scale,
+    }
+    return {"layouts": len(layouts), "batches": batches}
+
+
+# --- generate (generate queue) ----------------------------------------------------------------
+
+
+def _batch_layouts(ctx: StageContext) -> list[dict[str, Any]]:
+    plan_state = state(ctx, "plan")
+    size = plan_state["batch_size"]
+    return plan_state["layouts"][ctx.item * size:(ctx.item + 1) * size]
+
+
+def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tuple[int, int], Image.Image]:
+    from workers.models import compositor
+
+    retrieved = state(ctx, "retrieve")
+    with session_scope() as session:
+        brand = session.scalars(select(Brand).where(Brand.tenant_id == ctx.tenant_id,
+                                                    Brand.id == ctx.campaign.brand_id)).first()
+        bg = tenant_asset(session, ctx.tenant_id, retrieved["background_asset_id"]) \
+            if retrieved.get("background_asset_id") else None
+    source = load_image(bg.storage_key).convert("RGB") if bg else None
+    palette = list(brand.palette or []) if brand else []
+    return {c: compositor.cover_crop(source, c) if source else compositor.backdrop(c, palette) for c in canvases}
+
+
+def generate(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import compositor
+
+    layouts = [compositor.Layout(**d) for d in _batch_layouts(ctx)]
+    cutout = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
+    backgrounds = _backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
+    for layout in layouts:
+        ctx.rows.append(_make_candidate(ctx, compositor, layout, cutout, backgrounds))
+    return {"candidates": len(layouts), "generator": "compositor"}
+
+
+def _make_candidate(ctx: StageContext, compositor: Any, layout: Any, cutout: Image.Image,
+                    backgrounds: dict[tuple[int, int], Image.Image]) -> Candidate:
+    layer = compositor.place(cutout, layout)
+    image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
+    prefix = f"r{ctx.round}/{layout.layout_key}"
+    return Candidate(
+        id=candidate_id(ctx.campaign.id, ctx.round, layout.layout_key), tenant_id=ctx.tenant_id,
+        campaign_id=ctx.campaign.id, round=ctx.round, batch=ctx.item, layout_key=layout.layout_key,
+        placement=placement(layout), generator="compositor", integrity=compositor.integrity(image, layer),
+        image_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/candidate.png"), image),
+        layer_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/layer.png"), layer),
+    )
+
+
+def placement(layout: Any) -> dict[str, Any]:
+    return {"x": layout.x, "y": layout.y, "scale": layout.scale, "rotation": layout.rotation,
+            "row": layout.row, "col": layout.col, "canvas": {"width": layout.canvas_w, "height": layout.canvas_h}}
+
+
+# --- qc (qc queue) --------------------------------------------------------------------------------
+
+
+def _round_candidates(ctx: StageContext, batch: int | None = None) -> list[Candidate]:
+    with session_scope() as session:
+        query = select(Candidate).where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id,
+                                        Candidate.round == ctx.round)
+        if batch is not None:
+            query = query.where(Candidate.batch == batch)
+        return list(session.scalars(query.order_by(Candidate.layout_key)).all())
+
+
+def verdict(check: str, value: float, threshold: float, passed: bool, reason: str) -> dict[str, Any]:
+    return {"check": check, "value": round(float(value), 4), "threshold": threshold, "passed": bool(passed),
+            "reason": reason}
+
+
+def qc_checks(metrics: dict[str, Any], settings: Any) -> list[dict[str, Any]]:
+    exact, ssim, area = metrics["exact_fraction"], metrics["msssim_edges"], metrics["area_share"]
+    return [
+        verdict("product_exact", exact, settings.qc_min_exact, exact >= settings.qc_min_exact,
+                f"{exact:.2%} of opaque product pixels are identical to the placed product"),
+        verdict("product_edges_msssim", ssim, settings.qc_min_msssim, ssim >= settings.qc_min_msssim,
+                f"MS-SSIM of product edge maps {ssim:.3f}"),
+        verdict("product_in_frame", metrics["in_frame"], 1.0, metrics["in_frame"] >= 1.0,
+                "product fully inside the canvas" if metrics["in_frame"] >= 1.0 else "product touches the canvas edge"),
+        verdict("product_area", area, 0.02, 0.02 <= area <= 0.6, f"product covers {area:.1%} of the canvas (2–60 % allowed)"),
+    ]
+
+
+def _area_metrics(layer: Image.Image) -> dict[str, float]:
+    import numpy as np
+
+    alpha = np.asarray(layer.getchannel("A"))
+    ys, xs = np.nonzero(alpha)
+    touches = ys.min() == 0 or xs.min() == 0 or ys.max() == alpha.shape[0] - 1 or xs.max() == alpha.shape[1] - 1
+    return {"area_share": float((alpha > 0).mean()), "in_frame": 0.0 if touches else 1.0}
+
+
+def qc(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import fidelity
+
+    passed = 0
+    for cand in _round_candidates(ctx, ctx.item):
+        layer = load_image(cand.layer_key).convert("RGBA")
+        metrics = {**fidelity.fidelity(load_image(cand.image_key).convert("RGB"), layer), **_area_metrics(layer)}
+        checks = qc_checks(metrics, ctx.settings)
+        cand.qc = {"metrics": metrics, "verdicts": checks, "policy": ctx.campaign.qc_policy}
+        cand.passed = all(c["passed"] for c in checks)
+        passed += cand.passed
+        ctx.rows.append(cand)
+    return {"checked": len(ctx.rows), "passed": passed}
+
+
+# --- rank (scoring queue) --------------------------------------------------------------------------
+
+
+def rank(ctx: StageContext) -> dict[str, Any]:
+    from workers.models import aesthetic
+
+    candidates = _round_candidates(ctx)
+    for cand in candidates:
+        if cand.passed:
+            scored = aesthetic.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
+            cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
+        else:
+            failed = [v["check"] for v in cand.qc.get("verdicts", []) if not v["passed"]]
+            cand.aesthetic, cand.excluded_reason = None, "failed QC: " + ", ".join(failed)
+    chosen = choose(candidates, ctx.campaign.top_k)
+    for position, cand in enumerate(chosen, start=1):
+        cand.rank = position
+    ctx.rows.extend(candidates)
+    ctx.finalize = lambda session, campaign: _write_results(session, campaign, chosen)
+    return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen)}
+
+
+def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
+    """Best aesthetic first; a second result from the same grid cell only if there aren't enough."""
+    ordered = sorted((c for c in candidates if c.passed), key=lambda c: (-(c.aesthetic or 0.0), c.layout_key))
+    cell = lambda c: (c.placement["canvas"]["width"], c.placement["canvas"]["height"], c.placement["row"], c.placement["col"])  # noqa: E731
+    first, seen = [], set()
+    for cand in ordered:
+        if cell(cand) not in seen:
+            first.append(cand)
+            seen.add(cell(cand))
+    rest = [c for c in ordered if c not in first]
+    for cand in rest:
+        if cand.aesthetic is not None and cand.rank is None and cand not in first:
+            cand.excluded_reason = "diversity: another result already uses this grid cell"
+    return (first + rest)[:top_k]
+
+
+def _write_results(session: Session, campaign: Campaign, chosen: list[Candidate]) -> list[Task]:
+    from workers.stages.runner import advance
+
+    session.execute(delete(Result).where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
+    for position, cand in enumerate(chosen, start=1):
+        session.add(Result(tenant_id=campaign.tenant_id, campaign_id=campaign.id, candidate_id=cand.id, rank=position))
+    session.flush()
+    return advance(session, campaign, "rank", campaign.round)
+
+
+# --- deliver (scoring queue) -----------------------------------------------------------------------
+
+
+def deliver(ctx: StageContext) -> dict[str, Any]:
+    ctx.finalize = _complete
+    return {"delivered": True}
+
+
+def _complete(session: Session, campaign: Campaign) -> list[Task]:
+    storage = get_storage()
+    rows = session.execute(select(Result.rank, Candidate).join(Candidate, Candidate.id == Result.candidate_id)
+                           .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+                           .order_by(Result.rank)).all()
+    results = [{"rank": r, "candidate_id": str(c.id), "image_url": storage.url(c.image_key),
+                "layer_url": storage.url(c.layer_key), "placement": c.placement, "aesthetic": c.aesthetic}
+               for r, c in rows]
+    campaign.status = "completed" if len(results) >= campaign.top_k else "partial"
+    campaign.completed_at, campaign.current_stage = now(), None
+    if campaign.status == "partial":
+        campaign.error = {"code": "too_few_passed", "message": f"{len(results)} of {campaign.top_k} results passed QC"}
+    event = f"campaign.{campaign.status}"
+    return webhook_tasks(webhooks.emit(session, campaign, event, {"status": campaign.status, "results": results}))
+
+
+STAGES: dict[str, StageFn] = {
+    "decompose": decompose, "retrieve": retrieve, "caption": caption, "segment": segment, "plan": plan,
+    "generate": generate, "qc": qc, "rank": rank, "deliver": deliver,
+}

@@ -1,0 +1,255 @@
+"""Durable stage execution: every task is claim → compute → finish, with state in Postgres.
+
+- claim: lock the campaign row, get-or-create the stage run (campaign, stage, round, item),
+  skip if the campaign is terminal; a stage run that already succeeded is a no-op that only
+  re-sends what comes next (the previous delivery may have died between commit and send).
+- compute: the stage function runs with no transaction open (models can take seconds).
+- finish: lock the campaign row again, store the output, and decide the next tasks; the
+  campaign-row lock makes the "last item of a fan-out" decision race-free. Tasks are sent
+  only after the commit, with ids only.
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared import webhooks
+from shared.config import Settings, get_settings
+from shared.db.models import Base, Campaign, StageRun
+from shared.db.session import session_scope
+from shared.queue import PIPELINE, TERMINAL_STATUSES, send
+
+log = logging.getLogger("onbrand.stages")
+
+
+class StageError(Exception):
+    """A stage cannot do its job for this campaign (bad input, nothing to work with). Not retried."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+Task = tuple[str, str, int, int]  # (task name, campaign id, round, item)
+
+
+@dataclass
+class StageContext:
+    campaign: Campaign  # a detached snapshot taken at claim time
+    stage: str
+    round: int
+    item: int
+    settings: Settings
+    state_patch: dict[str, Any] = field(default_factory=dict)  # merged into campaign.state at finish
+    rows: list[Base] = field(default_factory=list)  # merged (upsert by primary key) at finish
+    # Runs inside the finish transaction (campaign row locked): for terminal state changes.
+    finalize: Callable[[Session, Campaign], list[Task]] | None = None
+
+    @property
+    def tenant_id(self) -> uuid.UUID:
+        return self.campaign.tenant_id
+
+
+StageFn = Callable[[StageContext], dict[str, Any]]
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def lock_campaign(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
+    return session.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).first()
+
+
+def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: int) -> StageRun:
+    run = session.scalars(
+        select(StageRun).where(StageRun.campaign_id == campaign.id, StageRun.stage == stage,
+                               StageRun.round == rnd, StageRun.item == item)
+    ).first()
+    if run is None:
+        run = StageRun(tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item)
+        session.add(run)
+        session.flush()
+    return run
+
+
+def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> str:
+    """Run one stage item durably; returns what happened (for logs and tests)."""
+    ctx, pending = _claim(stage, uuid.UUID(campaign_id), rnd, item)
+    if ctx is None:
+        _send_all(pending)
+        return "skipped"
+    try:
+        output = fn(ctx)
+    except StageError as exc:
+        _send_all(_fail(ctx, exc.code, exc.message))
+        return "failed"
+    _send_all(_finish(ctx, output))
+    return "succeeded"
+
+
+def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[StageContext | None, list[Task]]:
+    with session_scope() as session:
+        campaign = lock_campaign(session, campaign_id)
+        if campaign is None or campaign.status in TERMINAL_STATUSES:
+            return None, []
+        run = get_run(session, campaign, stage, rnd, item)
+        if run.status == "succeeded":
+            return None, advance(session, campaign, stage, rnd)
+        run.status, run.started_at, run.attempts = "running", now(), run.attempts + 1
+        campaign.status, campaign.current_stage = "running", stage
+        session.flush()
+        session.expunge(campaign)
+        return StageContext(campaign, stage, rnd, item, get_settings()), []
+
+
+def _finish(ctx: StageContext, output: dict[str, Any]) -> list[Task]:
+    with session_scope() as session:
+        campaign = lock_campaign(session, ctx.campaign.id)
+        if campaign is None:
+            return []
+        run = get_run(session, campaign, ctx.stage, ctx.round, ctx.item)
+        run.status, run.finished_at, run.output, run.error = "succeeded", now(), output, None
+        for row in ctx.rows:
+            session.merge(row)
+        if ctx.state_patch:
+            campaign.state = {**(campaign.state or {}), **ctx.state_patch}
+        session.flush()
+        if campaign.status not in TERMINAL_STATUSES and ctx.finalize is not None:
+            return ctx.finalize(session, campaign)
+        if campaign.status in TERMINAL_STATUSES:
+            return []  # cancelled while we computed: keep the work, start nothing new
+        return advance(session, campaign, ctx.stage, ctx.round)
+
+
+def record_failure(stage: str, campaign_id: str, rnd: int, item: int, error: str) -> None:
+    """A retryable error: keep the stage run's last error visible while Celery retries."""
+    with session_scope() as session:
+        campaign = lock_campaign(session, uuid.UUID(campaign_id))
+        if campaign is not None:
+            get_run(session, campaign, stage, rnd, item).error = error[:2000]
+
+
+def fail_campaign(stage: str, campaign_id: str, rnd: int, item: int, code: str, message: str) -> None:
+    with session_scope() as session:
+        campaign = lock_campaign(session, uuid.UUID(campaign_id))
+        if campaign is None or campaign.status in TERMINAL_STATUSES:
+            return
+        tasks = _mark_failed(session, campaign, stage, rnd, item, code, message)
+    _send_all(tasks)
+
+
+def _fail(ctx: StageContext, code: str, message: str) -> list[Task]:
+    with session_scope() as session:
+        campaign = lock_campaign(session, ctx.campaign.id)
+        if campaign is None or campaign.status in TERMINAL_STATUSES:
+            return []
+        return _mark_failed(session, campaign, ctx.stage, ctx.round, ctx.item, code, message)
+
+
+def _mark_failed(session: Session, campaign: Campaign, stage: str, rnd: int, item: int,
+                 code: str, message: str) -> list[Task]:
+    run = get_run(session, campaign, stage, rnd, item)
+    run.status, run.finished_at, run.error = "failed", now(), message[:2000]
+    campaign.status, campaign.completed_at = "failed", now()
+    campaign.error = {"stage": stage, "code": code, "message": message}
+    ids = webhooks.emit(session, campaign, "campaign.failed", {"status": "failed", "error": campaign.error})
+    log.warning("campaign %s failed in %s: %s", campaign.id, stage, message)
+    return webhook_tasks(ids)
+
+
+def webhook_tasks(delivery_ids: list[uuid.UUID]) -> list[Task]:
+    return [("onbrand.send_webhook", str(d), 0, 0) for d in delivery_ids]
+
+
+def _send_all(tasks: list[Task]) -> None:
+    for name, ident, rnd, item in tasks:
+        if name == "onbrand.send_webhook":
+            send(name, ident)
+        else:
+            send(name, ident, rnd, item)
+
+
+# --- what comes next -------------------------------------------------------------------
+
+def stage_items(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int) -> tuple[int, int]:
+    """(succeeded, total) stage runs of a stage in a round."""
+    rows = session.execute(
+        select(StageRun.status, func.count()).where(StageRun.campaign_id == campaign_id, StageRun.stage == stage,
+                                                     StageRun.round == rnd).group_by(StageRun.status)
+    ).all()
+    counts = dict(rows)
+    return counts.get("succeeded", 0), sum(counts.values())
+
+
+def fan_out(session: Session, campaign: Campaign, stage: str, rnd: int, items: int) -> list[Task]:
+    """Create every item's stage run up front, so the barrier knows the total."""
+    for item in range(items):
+        get_run(session, campaign, stage, rnd, item)
+    return [(f"onbrand.{stage}", str(campaign.id), rnd, item) for item in range(items)]
+
+
+def progress(session: Session, campaign: Campaign) -> float:
+    done = session.scalar(
+        select(func.count(func.distinct(StageRun.stage))).where(
+            StageRun.campaign_id == campaign.id, StageRun.status == "succeeded")
+    ) or 0
+    return round(min(done, len(PIPELINE)) / len(PIPELINE), 3)
+
+
+def advance(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[Task]:
+    """Tasks to send after `stage` (round rnd) finished an item. Idempotent."""
+    done, total = stage_items(session, campaign.id, stage, rnd)
+    if total == 0 or done < total:
+        return []
+    tasks = _stage_completed_event(session, campaign, stage, rnd)
+    return tasks + NEXT[stage](session, campaign, rnd)
+
+
+def _stage_completed_event(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[Task]:
+    key = f"{stage}:{rnd}"
+    announced = list((campaign.state or {}).get("_announced", []))
+    if key in announced:
+        return []
+    campaign.state = {**(campaign.state or {}), "_announced": [*announced, key]}
+    data = {"stage": stage, "round": rnd, "status": "running", "progress": progress(session, campaign)}
+    return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
+
+
+def _single(next_stage: str) -> Callable[[Session, Campaign, int], list[Task]]:
+    def nxt(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
+        return fan_out(session, campaign, next_stage, rnd, 1)
+
+    return nxt
+
+
+def _after_plan(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
+    return fan_out(session, campaign, "generate", rnd, int(campaign.state["plan"]["batches"]))
+
+
+def _after_generate(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
+    return fan_out(session, campaign, "qc", rnd, int(campaign.state["plan"]["batches"]))
+
+
+def _after_deliver(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
+    return []  # deliver set the terminal status and emitted campaign.completed itself
+
+
+NEXT: dict[str, Callable[[Session, Campaign, int], list[Task]]] = {
+    "decompose": _single("retrieve"),
+    "retrieve": _single("caption"),
+    "caption": _single("segment"),
+    "segment": _single("plan"),
+    "plan": _after_plan,
+    "generate": _after_generate,
+    "qc": _single("rank"),
+    "rank": _single("deliver"),
+    "deliver": _after_deliver,
+}
