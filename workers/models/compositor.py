@@ -48,7 +48,7 @@ def plan_layouts(
     max_upscale: float = 2.0,
     margin: float = 0.04,
 ) -> list[Layout]:
-    """Every canvas x grid cell x rotation, in that (deterministic) order.
+    """Every canvas x grid row x grid column x rotation, in that (deterministic) order.
 
     One scale per canvas, so the product has the same size in all of that canvas's
     candidates: its height is ``scale_share`` of the canvas height unless that would
@@ -56,15 +56,20 @@ def plan_layouts(
     """
     _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share,
                      max_upscale, margin)
-    return [
-        _layout(canvas, product_size, scale, (row, col), rot, rows, cols, margin)
-        for canvas in canvases
-        for scale in [_canvas_scale(canvas, product_size, rotations, scale_share,
-                                    max_upscale, margin)]
-        for row in range(1, rows + 1)
-        for col in range(1, cols + 1)
-        for rot in rotations
-    ]
+    grid = _Grid(rows, cols, tuple(float(r) for r in rotations), margin)
+    layouts: list[Layout] = []
+    for canvas in canvases:
+        scale = _canvas_scale(canvas, product_size, grid, scale_share, max_upscale)
+        layouts += _canvas_layouts(canvas, product_size, scale, grid)
+    return layouts
+
+
+@dataclass(frozen=True)
+class _Grid:
+    rows: int
+    cols: int
+    rotations: tuple[float, ...]
+    margin: float
 
 
 def _check_plan_args(canvases: list[tuple[int, int]], product_size: tuple[int, int],
@@ -86,12 +91,12 @@ def _check_plan_args(canvases: list[tuple[int, int]], product_size: tuple[int, i
         raise ValueError(f"margin: expected 0 <= margin < 0.5, got {margin}")
 
 
-def _canvas_scale(canvas: tuple[int, int], product: tuple[int, int], rotations: tuple[float, ...],
-                  scale_share: float, max_upscale: float, margin: float) -> float:
+def _canvas_scale(canvas: tuple[int, int], product: tuple[int, int], grid: _Grid,
+                  scale_share: float, max_upscale: float) -> float:
     (cw, ch), (pw, ph) = canvas, product
     # 3 px of slack: rounding the scaled size and PIL's expand both round outwards.
-    inner_w, inner_h = cw * (1 - 2 * margin) - 3, ch * (1 - 2 * margin) - 3
-    fit = min(_fit_rotated(inner_w, inner_h, pw, ph, rot) for rot in rotations)
+    inner_w, inner_h = cw * (1 - 2 * grid.margin) - 3, ch * (1 - 2 * grid.margin) - 3
+    fit = min(_fit_rotated(inner_w, inner_h, pw, ph, rot) for rot in grid.rotations)
     return max(1e-6, min(scale_share * ch / ph, max_upscale, fit))
 
 
@@ -101,27 +106,42 @@ def _fit_rotated(inner_w: float, inner_h: float, pw: int, ph: int, rot: float) -
     return min(inner_w / (pw * c + ph * s), inner_h / (pw * s + ph * c))
 
 
-def _layout(canvas: tuple[int, int], product: tuple[int, int], scale: float,
-            cell: tuple[int, int], rot: float, rows: int, cols: int, margin: float) -> Layout:
-    (cw, ch), (row, col) = canvas, cell
-    w, h = placed_size(product, scale, rot)
-    ground = ground_line(ch, h, row, rows, margin)
-    centre_x = cw * margin + (col - 0.5) * cw * (1 - 2 * margin) / cols
-    x = int(min(max(round(centre_x - w / 2), 0), cw - w))  # clamp: the box stays on canvas
-    y = int(min(max(ground - h, 0), ch - h))
+def _canvas_layouts(canvas: tuple[int, int], product: tuple[int, int], scale: float,
+                    grid: _Grid) -> list[Layout]:
+    sizes = {rot: placed_size(product, scale, rot) for rot in grid.rotations}
+    # Ground lines belong to the row, not the rotation: the band is set by the tallest
+    # rotated box, so every rotation in a row stands on the same floor.
+    tallest = max(h for _, h in sizes.values())
+    return [
+        _layout(canvas, scale, (row, col), rot, sizes[rot],
+                ground_line(canvas[1], tallest, row, grid.rows, grid.margin), grid)
+        for row in range(1, grid.rows + 1)
+        for col in range(1, grid.cols + 1)
+        for rot in grid.rotations
+    ]
+
+
+def _layout(canvas: tuple[int, int], scale: float, cell: tuple[int, int], rot: float,
+            size: tuple[int, int], ground: int, grid: _Grid) -> Layout:
+    (cw, ch), (row, col), (w, h) = canvas, cell, size
+    centre_x = cw * grid.margin + (col - 0.5) * cw * (1 - 2 * grid.margin) / grid.cols
+    lo, hi = round(cw * grid.margin), cw - round(cw * grid.margin) - w
+    x = min(max(round(centre_x - w / 2), lo), hi)  # edge columns clamp to the margins
+    x = min(max(x, 0), cw - w)  # and, whatever the margins, onto the canvas
+    y = min(max(ground - h, 0), ch - h)
     key = f"{cw}x{ch}-r{row}c{col}-{'m' if rot < 0 else 'p'}{abs(rot):g}"
-    return Layout(key, cw, ch, x, y, scale, float(rot), row, col, w, h, ground)
+    return Layout(key, cw, ch, int(x), int(y), scale, rot, row, col, w, h, ground)
 
 
-def ground_line(canvas_h: int, placed_h: int, row: int, rows: int, margin: float) -> int:
-    """y of the floor the product of grid ``row`` stands on (bottom-centre anchor).
+def ground_line(canvas_h: int, band_h: int, row: int, rows: int, margin: float) -> int:
+    """y of the floor the products of grid ``row`` stand on (bottom-centre anchor).
 
-    Rows spread the ground lines evenly over the band where a box of ``placed_h`` fits
-    between the margins: row 1 stands highest (product top on the top margin), the last
-    row stands on the bottom margin (lower third). Every product stands on its line,
-    none is clamped off it, so nothing floats.
+    Rows spread their ground lines evenly over the band where a box ``band_h`` tall fits
+    between the margins: row 1 stands highest (its tallest box touches the top margin),
+    the last row stands on the bottom margin (lower third). Every product stands on its
+    line and none is clamped off it, so nothing floats.
     """
-    top, bottom = canvas_h * margin + placed_h, canvas_h * (1 - margin)
+    top, bottom = canvas_h * margin + band_h, canvas_h * (1 - margin)
     share = 1.0 if rows == 1 else (row - 1) / (rows - 1)
     return int(round(min(top, bottom) + max(0.0, bottom - top) * share))
 

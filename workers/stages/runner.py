@@ -74,7 +74,9 @@ def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: in
                                StageRun.round == rnd, StageRun.item == item)
     ).first()
     if run is None:
-        run = StageRun(tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item)
+        # queued_at from the clock, not now(): now() is the transaction's start, not the send time
+        run = StageRun(tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item,
+                       queued_at=now())
         session.add(run)
         session.flush()
     return run

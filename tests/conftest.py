@@ -1,0 +1,90 @@
+"""Fixtures that run the real thing: embedded Postgres+pgvector and Redis servers, the gateway
+and Celery workers as separate OS processes talking over TCP."""
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shared import stack
+from shared.config import Settings, get_settings
+from shared.procs import Processes, base_env, free_port, run_cli
+
+os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
+
+
+@pytest.fixture(scope="session")
+def stack_urls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One embedded stack for the whole session (its own home, not the developer's)."""
+    settings = Settings(home=tmp_path_factory.mktemp("stack"), database_url=None, redis_url=None)
+    record = stack.up(settings)
+    yield {"database_url": record["database_url"], "redis_url": record["redis_url"], "home": str(settings.home)}
+    stack.down(settings)
+
+
+def create_database(stack_urls: dict[str, str], name: str) -> str:
+    admin = stack_urls["database_url"].rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return stack_urls["database_url"].rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture
+def fresh_db(stack_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A new, migrated database; in-process code (get_settings/get_engine) points at it."""
+    url = create_database(stack_urls, f"t_{uuid.uuid4().hex[:12]}")
+    monkeypatch.setenv("ONBRAND_DATABASE_URL", url)
+    monkeypatch.setenv("ONBRAND_REDIS_URL", stack_urls["redis_url"])
+    _clear_caches()
+    run_cli({**os.environ}, "migrate")
+    yield url
+    _clear_caches()
+
+
+def _clear_caches() -> None:
+    from shared.db import session
+    from shared.queue import producer
+    from shared.storage import get_storage
+
+    get_settings.cache_clear()
+    session.get_engine.cache_clear()
+    session._factory.cache_clear()
+    producer.cache_clear()
+    get_storage.cache_clear()
+
+
+@dataclass
+class System:
+    url: str
+    env: dict[str, str]
+    procs: Processes
+    home: Path
+
+    def tenant(self, name: str = "acme") -> dict[str, str]:
+        return json.loads(run_cli(self.env, "tenants", "create", name))
+
+
+@pytest.fixture(scope="session")
+def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    """Gateway + a cpu worker + a gpu worker against a dedicated database."""
+    home = tmp_path_factory.mktemp("system")
+    port = free_port()
+    env = base_env(home, ONBRAND_DATABASE_URL=create_database(stack_urls, "e2e"),
+                   ONBRAND_REDIS_URL=stack_urls["redis_url"], ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}",
+                   ONBRAND_WEBHOOK_ALLOW_LOOPBACK="1", ONBRAND_BROKER_VISIBILITY_TIMEOUT="20",
+                   ONBRAND_BROKER_RESTORE_THROTTLE="1")
+    run_cli(env, "migrate")
+    procs = Processes(env=env, logs=home / "logs")
+    try:
+        url = procs.gateway(port)
+        procs.worker("cpu")
+        procs.worker("gpu")
+        yield System(url=url, env=env, procs=procs, home=home)
+    finally:
+        procs.stop_all()

