@@ -88,9 +88,18 @@ def default_gguf_path() -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / DEFAULT_GGUF_NAME
 
 
+def _settings_or_default(settings: Settings | None) -> Settings:
+    """None means the process settings (so ONBRAND_* env vars still apply)."""
+    if settings is not None:
+        return settings
+    from shared.config import get_settings
+
+    return get_settings()
+
+
 def resolve_gguf_path(settings: Settings | None = None) -> Path:
     """settings.llm_gguf_path when set, else the packaged file; must exist."""
-    configured = getattr(settings, "llm_gguf_path", None) if settings is not None else None
+    configured = getattr(_settings_or_default(settings), "llm_gguf_path", None)
     path = Path(configured) if configured else default_gguf_path()
     if not path.is_file():
         raise FileNotFoundError(f"llm_gguf_path: no GGUF file at {path}")
@@ -248,6 +257,23 @@ def _generate(lm: LoadedModel, text: str, max_new_tokens: int) -> tuple[str, int
     return lm.tokenizer.decode(new_ids, skip_special_tokens=True), n_in, int(new_ids.shape[0])
 
 
+@dataclass
+class _Filler:
+    """The fixed parts of one generate_fields run, so each ask is one line."""
+
+    system: str
+    user: str
+    examples: Sequence[tuple[str, str]]
+    settings: Settings | None
+    budget: int
+    result: FieldsResult
+
+    def ask(self, prompt_prefix: str, label: str) -> FillResult:
+        got = fill(self.system, self.user, prompt_prefix, self.budget, examples=self.examples, settings=self.settings)
+        self.result.calls.append(got.stats(label))
+        return got
+
+
 def generate_fields(
     system: str,
     user: str,
@@ -262,42 +288,35 @@ def generate_fields(
     `prefix` may pre-fill keys the code already knows (e.g. the subject)."""
     if not fields:
         raise ValueError("fields must name at least one FieldSpec")
-    budget = max_new_tokens or getattr(settings, "llm_max_new_tokens", 48)
-    result = FieldsResult(values={})
+    if not prefix.lstrip().startswith("{"):
+        raise ValueError(f"prefix must open a JSON object, got {prefix[:20]!r}")
+    budget = max_new_tokens or int(_settings_or_default(settings).llm_max_new_tokens)
+    filler = _Filler(system, user, tuple(examples), settings, budget, FieldsResult(values={}))
     head = prefix
-    for i, spec in enumerate(fields):
+    for spec in fields:
         head += ("" if head.rstrip().endswith("{") else ", ") + f"{json.dumps(spec.name)}: "
-        ask = _fill_str if spec.kind == "str" else _fill_list
-        head = ask(spec, head, result, budget, system, user, examples, settings)
-    result.json_text = head + "}"
-    return result
+        head = (_fill_str if spec.kind == "str" else _fill_list)(filler, spec, head)
+    filler.result.json_text = head + "}"
+    return filler.result
 
 
-def _fill_str(
-    spec: FieldSpec, head: str, result: FieldsResult, budget: int,
-    system: str, user: str, examples: Sequence[tuple[str, str]], settings: Settings | None,
-) -> str:
-    got = fill(system, user, head + '"', budget, examples=examples, settings=settings)
-    result.calls.append(got.stats(spec.name))
-    result.values[spec.name] = got.text
+def _fill_str(filler: _Filler, spec: FieldSpec, head: str) -> str:
+    got = filler.ask(head + '"', spec.name)
+    filler.result.values[spec.name] = got.text
     return head + json.dumps(got.text)
 
 
-def _fill_list(
-    spec: FieldSpec, head: str, result: FieldsResult, budget: int,
-    system: str, user: str, examples: Sequence[tuple[str, str]], settings: Settings | None,
-) -> str:
+def _fill_list(filler: _Filler, spec: FieldSpec, head: str) -> str:
     """Ask for items until the model closes the list, repeats itself, returns an
     empty item or reaches max_items (small models love to loop)."""
     items: list[str] = []
     while len(items) < spec.max_items:
         so_far = "".join(json.dumps(x) + ", " for x in items)
-        got = fill(system, user, head + "[" + so_far + '"', budget, examples=examples, settings=settings)
-        result.calls.append(got.stats(f"{spec.name}[{len(items)}]"))
+        got = filler.ask(head + "[" + so_far + '"', f"{spec.name}[{len(items)}]")
         if not got.text or got.text.lower() in (x.lower() for x in items):
             break
         items.append(got.text)
         if not got.more:
             break
-    result.values[spec.name] = items
+    filler.result.values[spec.name] = items
     return head + json.dumps(items)

@@ -1,0 +1,30 @@
+"""/v1/brands"""
+from __future__ import annotations
+
+import uuid
+
+from fastapi import APIRouter, status
+
+from services.gateway.brands import service
+from services.gateway.brands.schemas import BrandCreate, BrandRead
+from services.gateway.deps import SessionDep, TenantDep
+from services.gateway.pagination import CursorQuery, LimitQuery, Page
+
+router = APIRouter(prefix="/v1/brands", tags=["brands"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=BrandRead)
+def create_brand(body: BrandCreate, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
+    return service.to_read(service.create(session, tenant_id, body))
+
+
+@router.get("/{brand_id}", response_model=BrandRead)
+def get_brand(brand_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
+    return service.to_read(service.get(session, tenant_id, brand_id))
+
+
+@router.get("", response_model=Page[BrandRead])
+def list_brands(session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20,
+                cursor: CursorQuery = None) -> Page[BrandRead]:
+    brands, next_cursor = service.list_page(session, tenant_id, limit, cursor)
+    return Page[BrandRead](items=[service.to_read(b) for b in brands], next_cursor=next_cursor)

@@ -1,0 +1,43 @@
+"""Brands: a tenant's palette and written guidelines."""
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.gateway.brands.schemas import BrandCreate, BrandRead, Guideline
+from services.gateway.errors import not_found
+from services.gateway.pagination import created_keys, paginate
+from shared.db.models import Brand
+
+
+def to_read(brand: Brand) -> BrandRead:
+    guidelines = [Guideline.model_validate(g) for g in brand.guidelines]
+    return BrandRead(id=brand.id, name=brand.name, palette=brand.palette, guidelines=guidelines,
+                     created_at=brand.created_at)
+
+
+def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
+    brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name=body.name, palette=body.palette,
+                  guidelines=[g.model_dump() for g in body.guidelines])
+    session.add(brand)
+    session.flush()  # fills the server-side created_at for the response
+    return brand
+
+
+def get(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> Brand:
+    brand = session.scalar(select(Brand).where(Brand.id == brand_id, Brand.tenant_id == tenant_id))
+    if brand is None:
+        raise not_found("Brand")
+    return brand
+
+
+def exists(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> bool:
+    found = session.scalar(select(Brand.id).where(Brand.id == brand_id, Brand.tenant_id == tenant_id))
+    return found is not None
+
+
+def list_page(session: Session, tenant_id: uuid.UUID, limit: int, cursor: str | None) -> tuple[list[Brand], str | None]:
+    stmt = select(Brand).where(Brand.tenant_id == tenant_id)
+    return paginate(session, stmt, created_keys(Brand), limit, cursor)

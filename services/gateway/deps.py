@@ -1,0 +1,53 @@
+"""Request dependencies shared by every router."""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.orm import Session
+
+from services.gateway.errors import ProblemError
+from services.gateway.unit_of_work import transaction
+from shared.config import Settings
+from shared.storage import Storage
+from shared.tenants import tenant_for_key
+
+
+def get_app_settings(request: Request) -> Settings:
+    # The app's own Settings (create_app may be given one), not the process-wide cache.
+    return request.app.state.settings
+
+
+def get_app_storage(request: Request) -> Storage:
+    return request.app.state.storage
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+StorageDep = Annotated[Storage, Depends(get_app_storage)]
+# scope="function": commit (and the after-commit task sends) happen before the response is
+# sent, so a client that follows a 202 immediately finds the row it was told about.
+SessionDep = Annotated[Session, Depends(transaction, scope="function")]
+
+_bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer onb_...`")
+
+
+def _unauthorized(detail: str, error: str | None = None) -> ProblemError:
+    challenge = f'Bearer error="{error}"' if error else "Bearer"
+    return ProblemError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
+
+
+def get_tenant(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> uuid.UUID:
+    if credentials is None or not credentials.credentials.strip():
+        raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
+    tenant_id = tenant_for_key(session, credentials.credentials.strip())
+    if tenant_id is None:
+        raise _unauthorized("The API key is invalid or revoked.", "invalid_token")
+    return tenant_id
+
+
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]

@@ -1,0 +1,69 @@
+"""One database transaction per request, with hooks that run after it commits or rolls back.
+
+Services never commit. They register what must happen once their writes are durable
+(sending tasks: a worker must never look for a row that is not committed yet) and what
+undoes side effects outside the database (stored objects) if the transaction fails.
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from functools import partial
+
+from sqlalchemy.orm import Session
+
+from shared import queue
+from shared.db.session import new_session
+
+log = logging.getLogger(__name__)
+
+Hook = Callable[[], None]
+_AFTER_COMMIT = "onbrand.after_commit"
+_ON_ROLLBACK = "onbrand.on_rollback"
+
+
+def after_commit(session: Session, hook: Hook) -> None:
+    session.info.setdefault(_AFTER_COMMIT, []).append(hook)
+
+
+def on_rollback(session: Session, hook: Hook) -> None:
+    session.info.setdefault(_ON_ROLLBACK, []).append(hook)
+
+
+def enqueue(session: Session, task: str, *ids: object) -> None:
+    """Send task `task` with id arguments once this request's transaction has committed."""
+    after_commit(session, partial(_send, task, *ids))
+
+
+def _send(task: str, *ids: object) -> None:
+    # Looked up on the module at call time so tests can replace shared.queue.send.
+    queue.send(task, *ids)
+
+
+def _run(hooks: list[Hook], what: str) -> None:
+    # The transaction's outcome is final here; one failing hook must not stop the others
+    # nor turn a committed request into an error response (sweepers re-drive lost sends).
+    for hook in hooks:
+        try:
+            hook()
+        except Exception:
+            log.exception("%s hook failed", what)
+
+
+def transaction() -> Iterator[Session]:
+    """Yield the request's session; commit if the handler succeeded, roll back otherwise."""
+    session = new_session()
+    try:
+        yield session
+        session.commit()
+    except BaseException:
+        session.rollback()
+        session.info.pop(_AFTER_COMMIT, None)
+        _run(session.info.pop(_ON_ROLLBACK, []), "rollback")
+        raise
+    else:
+        hooks = session.info.pop(_AFTER_COMMIT, [])
+        session.info.pop(_ON_ROLLBACK, None)
+    finally:
+        session.close()
+    _run(hooks, "after-commit")
