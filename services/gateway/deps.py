@@ -17,11 +17,13 @@ from shared.tenants import tenant_for_key
 
 def get_app_settings(request: Request) -> Settings:
     # The app's own Settings (create_app may be given one), not the process-wide cache.
-    return request.app.state.settings
+    settings: Settings = request.app.state.settings
+    return settings
 
 
 def get_app_storage(request: Request) -> Storage:
-    return request.app.state.storage
+    storage: Storage = request.app.state.storage
+    return storage
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]

@@ -62,11 +62,12 @@ def decode_cursor(cursor: str, keys: Sequence[SortKey[Any]]) -> list[Any]:
             raise ValueError("wrong arity")
         return [key.load(value) for key, value in zip(keys, values, strict=True)]
     except (ValueError, TypeError, binascii.Error):
-        raise validation_problem([{"loc": ("query", "cursor"), "msg": "Invalid cursor", "type": "value_error"}])
+        invalid = {"loc": ("query", "cursor"), "msg": "Invalid cursor", "type": "value_error"}
+        raise validation_problem([invalid]) from None
 
 
 def paginate(
-    session: Session, stmt: Select[tuple[M]], keys: Sequence[SortKey[M]], limit: int, cursor: str | None
+    session: Session, stmt: Select[Any], keys: Sequence[SortKey[M]], limit: int, cursor: str | None
 ) -> tuple[list[M], str | None]:
     """Run `stmt` for one page; return its rows and the cursor of the next page (None at the end)."""
     exprs = [key.expr for key in keys]
@@ -74,7 +75,7 @@ def paginate(
         values = decode_cursor(cursor, keys)
         bounds = [literal(value, expr.type) for value, expr in zip(values, exprs, strict=True)]
         stmt = stmt.where(tuple_(*exprs) > tuple_(*bounds))
-    rows = list(session.scalars(stmt.order_by(*exprs).limit(limit + 1)))
+    rows: list[M] = list(session.scalars(stmt.order_by(*exprs).limit(limit + 1)))
     if len(rows) <= limit:
         return rows, None
     last = rows[limit - 1]

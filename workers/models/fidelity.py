@@ -88,5 +88,13 @@ def _msssim(a: np.ndarray, b: np.ndarray) -> float:
 
     ta = torch.from_numpy(np.ascontiguousarray(a))[None, None]
     tb = torch.from_numpy(np.ascontiguousarray(b))[None, None]
-    with torch.no_grad():
-        return float(ms_ssim(ta, tb, data_range=255.0, size_average=True))
+    # One single-channel image is too small to gain from intra-op threads: fanning out
+    # cost 2-6x more on the 2-core workers (worst when the box is busy). Restore the
+    # worker's setting afterwards, larger models in the same process want it.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            return float(ms_ssim(ta, tb, data_range=255.0, size_average=True))
+    finally:
+        torch.set_num_threads(threads)

@@ -108,12 +108,20 @@ def _segment_alpha(alpha: np.ndarray, max_hole_share: float) -> SegmentResult:
     raw = np.where(alpha >= 128, 255, 0).astype(np.uint8)
     mask, removed, filled = clean_mask(raw, max_hole_share)
     _check_plausible(mask, "alpha")
-    # Keep the designer's soft edge, but only around what survived cleaning: specks the
-    # mask dropped must not reappear through their faint fringe.
-    near = cv2.dilate(mask, np.ones((5, 5), np.uint8)) > 0
-    soft = np.where(near, alpha, 0).astype(np.uint8)
+    soft = np.where(_touching(alpha > 0, mask > 0), alpha, 0).astype(np.uint8)
     soft[(mask > 0) & (raw == 0)] = 255  # filled holes are product
     return SegmentResult(mask, soft, "alpha", _quality(mask, removed, filled))
+
+
+def _touching(visible: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Visible regions (8-connected) that overlap ``keep``.
+
+    Keeps the designer's soft edge however wide it fades, while specks the mask dropped
+    cannot sneak back in through their own faint fringe.
+    """
+    _, labels = cv2.connectedComponents(visible.astype(np.uint8), connectivity=8)
+    kept = np.unique(labels[keep])
+    return np.isin(labels, kept[kept > 0])
 
 
 # --- grabcut path --------------------------------------------------------------------

@@ -200,9 +200,10 @@ def plan(ctx: StageContext) -> dict[str, Any]:
 
     seg, settings = state(ctx, "segment"), ctx.settings
     canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
-    layouts = compositor.plan_layouts(canvases, tuple(seg["cutout_size"]), rows=settings.grid_rows,
-                                      cols=settings.grid_cols, rotations=tuple(settings.rotations),
-                                      scale_share=settings.product_scale)
+    cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
+    layouts = compositor.plan_layouts(canvases, cutout.size, rows=settings.grid_rows, cols=settings.grid_cols,
+                                      rotations=tuple(settings.rotations), scale_share=settings.product_scale,
+                                      cutout=cutout)
     batches = max(1, math.ceil(len(layouts) / settings.generate_batch_size))
     ctx.state_patch["plan"] = {
         "layouts": [asdict(layout) for layout in layouts], "batch_size": settings.generate_batch_size,

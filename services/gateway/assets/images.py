@@ -71,9 +71,9 @@ def _open(data: bytes, fmt: str, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError:
-        raise too_large(f"The image has more than {max_pixels} pixels.")
+        raise too_large(f"The image has more than {max_pixels} pixels.") from None
     except (OSError, ValueError, SyntaxError):
-        raise invalid_image(f"The file is not a readable {fmt} image.")
+        raise invalid_image(f"The file is not a readable {fmt} image.") from None
     width, height = image.size
     if width * height > max_pixels:
         raise too_large(f"The image has {width}x{height} = {width * height} pixels; the limit is {max_pixels}.")
@@ -86,7 +86,7 @@ def _decode(image: Image.Image) -> Image.Image:
     try:
         image.load()
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise invalid_image("The image data is truncated or corrupt.")
+        raise invalid_image("The image data is truncated or corrupt.") from None
     # EXIF is stripped below, so apply its orientation now: pixels must look as the client saw them.
     return ImageOps.exif_transpose(image)
 

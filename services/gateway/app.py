@@ -1,0 +1,41 @@
+"""The REST gateway: `onbrand gateway` runs create_app() under uvicorn (factory=True)."""
+from __future__ import annotations
+
+from fastapi import FastAPI
+from PIL import Image
+
+from services.gateway import errors, files, system
+from services.gateway.assets.endpoints import router as assets_router
+from services.gateway.brands.endpoints import router as brands_router
+from services.gateway.campaigns.endpoints import router as campaigns_router
+from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
+from shared.config import Settings, get_settings
+from shared.storage import build_storage
+
+# Room for the multipart framing and the metadata part around an upload of max_upload_bytes;
+# the file itself is checked exactly by the assets service.
+MULTIPART_OVERHEAD = 1024 * 1024
+
+DESCRIPTION = (
+    "Send a campaign brief and product photos; get back ranked on-brand images in which the product "
+    "pixels are exactly the product. Authenticate with `Authorization: Bearer <api key>`. Errors are "
+    "RFC 9457 `application/problem+json` with a stable `code`."
+)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    # Process-wide Pillow guard (one gateway app per process); the assets service also checks
+    # width x height from the header before decoding.
+    Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
+    app = FastAPI(title="Onbrand", version="1", description=DESCRIPTION)
+    app.state.settings = settings
+    app.state.storage = build_storage(settings)
+    errors.install(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
+    for router in (system.router, files.router, brands_router, assets_router, campaigns_router,
+                   webhook_endpoints_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,92 @@
+"""/v1/campaigns"""
+from __future__ import annotations
+
+import uuid
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response, status
+
+from services.gateway.campaigns import service, views
+from services.gateway.campaigns.schemas import (
+    CampaignCreate,
+    CampaignCreated,
+    CampaignRead,
+    CampaignStatus,
+    CandidateRead,
+)
+from services.gateway.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from services.gateway.pagination import CursorQuery, LimitQuery, Page
+from services.gateway.webhook_targets import check_target
+
+router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
+
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", min_length=1, max_length=255,
+           description="Retry-safe creation: the same key and body return the same campaign."),
+]
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=CampaignCreated)
+def create_campaign(
+    body: CampaignCreate,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKeyHeader = None,
+) -> CampaignCreated:
+    if body.webhook_url is not None:
+        check_target(body.webhook_url, "webhook_url", settings)
+    campaign, replayed = service.create(session, tenant_id, body, idempotency_key)
+    view = views.campaign_views(session, storage, settings, [campaign])[0]
+    response.headers["Location"] = view.links.self
+    if replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return CampaignCreated(**view.model_dump(), status_url=view.links.self, webhook_secret=campaign.webhook_secret)
+
+
+@router.get("/{campaign_id}", response_model=CampaignRead)
+def get_campaign(
+    campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, storage: StorageDep, settings: SettingsDep
+) -> CampaignRead:
+    campaign = service.get(session, tenant_id, campaign_id)
+    return views.campaign_views(session, storage, settings, [campaign])[0]
+
+
+@router.get("", response_model=Page[CampaignRead])
+def list_campaigns(
+    session: SessionDep,
+    tenant_id: TenantDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+    status_filter: Annotated[CampaignStatus | None, Query(alias="status")] = None,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+) -> Page[CampaignRead]:
+    campaigns, next_cursor = service.list_page(session, tenant_id, limit, cursor, status_filter)
+    return Page[CampaignRead](items=views.campaign_views(session, storage, settings, campaigns),
+                              next_cursor=next_cursor)
+
+
+@router.post("/{campaign_id}/cancel", response_model=CampaignRead,
+             responses={409: {"description": "The campaign already reached a terminal status."}})
+def cancel_campaign(
+    campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, storage: StorageDep, settings: SettingsDep
+) -> CampaignRead:
+    campaign = service.cancel(session, tenant_id, campaign_id)
+    return views.campaign_views(session, storage, settings, [campaign])[0]
+
+
+@router.get("/{campaign_id}/candidates", response_model=Page[CandidateRead])
+def list_candidates(
+    campaign_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    storage: StorageDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+) -> Page[CandidateRead]:
+    rows, next_cursor = service.candidates_page(session, tenant_id, campaign_id, limit, cursor)
+    return Page[CandidateRead](items=[views.candidate_view(c, storage) for c in rows], next_cursor=next_cursor)

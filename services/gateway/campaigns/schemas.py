@@ -1,0 +1,116 @@
+"""Campaign request and response bodies."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+
+QcPolicy = Literal["strict", "flexible", "weighted"]
+CampaignStatus = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
+StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
+Dimension = Annotated[int, Field(ge=256, le=4096)]
+
+
+def _unique(ids: list[uuid.UUID]) -> list[uuid.UUID]:
+    return list(dict.fromkeys(ids))  # repeated ids mean the same product once; keep the order
+
+
+class Size(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: Dimension
+    height: Dimension
+
+
+class CampaignCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    brand_id: uuid.UUID
+    brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
+        default_factory=list, max_length=20, description="The tenant's product assets; empty: retrieved by brief.")
+    sizes: list[Size] = Field(default_factory=lambda: [Size(width=1024, height=1024)], min_length=1, max_length=6)
+    top_k: int = Field(3, ge=1, le=10)
+    qc_policy: QcPolicy = "strict"
+    max_retry_attempts: int = Field(1, ge=0, le=5)
+    max_prompt_revisions: int = Field(1, ge=0, le=5)
+    webhook_url: HttpUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
+
+
+class CampaignRequest(BaseModel):
+    """The accepted request, echoed back as stored."""
+
+    product_asset_ids: list[uuid.UUID]
+    sizes: list[Size]
+    top_k: int
+    qc_policy: QcPolicy
+    max_retry_attempts: int
+    max_prompt_revisions: int
+    webhook_url: str | None
+
+
+class StageRead(BaseModel):
+    stage: str
+    status: StageStatus
+    done: int = Field(description="Items finished (succeeded, failed or skipped) over every round.")
+    total: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class ResultRead(BaseModel):
+    rank: int
+    candidate_id: uuid.UUID
+    image_url: str | None
+    layer_url: str | None
+    placement: dict[str, Any]
+    aesthetic: float | None
+    qc: dict[str, Any]
+
+
+class CampaignLinks(BaseModel):
+    self: str
+    candidates: str
+
+
+class CampaignRead(BaseModel):
+    id: uuid.UUID
+    brand_id: uuid.UUID
+    brief: str
+    status: str = Field(description="queued | running | completed | partial | failed | cancelled")
+    current_stage: str | None
+    round: int
+    created_at: datetime
+    updated_at: datetime
+    completed_at: datetime | None
+    request: CampaignRequest
+    progress: float = Field(ge=0, le=1, description="Share of pipeline stages finished; 1 once terminal.")
+    stages: list[StageRead]
+    state: dict[str, Any]
+    results: list[ResultRead]
+    error: dict[str, Any] | None
+    links: CampaignLinks
+
+
+class CampaignCreated(CampaignRead):
+    status_url: str
+    webhook_secret: str | None = Field(
+        None, description="Signs the events sent to webhook_url; returned only by create (and its replays).")
+
+
+class CandidateRead(BaseModel):
+    id: uuid.UUID
+    round: int
+    layout_key: str
+    placement: dict[str, Any]
+    image_url: str | None
+    layer_url: str | None
+    generator: str
+    integrity: dict[str, Any]
+    qc: dict[str, Any]
+    passed: bool | None
+    aesthetic: float | None
+    rank: int | None
+    excluded_reason: str | None

@@ -1,0 +1,152 @@
+"""Campaigns: accept a brief, queue the pipeline, report progress, cancel."""
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from typing import Any
+
+from sqlalchemy import Float, cast, func, literal, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from services.gateway.assets import service as assets
+from services.gateway.brands import service as brands
+from services.gateway.campaigns.schemas import CampaignCreate
+from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
+from services.gateway.pagination import SortKey, created_keys, paginate
+from services.gateway.unit_of_work import enqueue
+from shared import webhooks
+from shared.db.models import Campaign, Candidate, IdempotencyKey
+from shared.queue import TERMINAL_STATUSES
+
+_INT_MAX = 2**31 - 1
+
+
+def request_hash(body: CampaignCreate) -> str:
+    """sha256 of the validated body as canonical JSON: key order, spacing and spelled-out defaults don't matter."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def get(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, *, for_update: bool = False) -> Campaign:
+    stmt = select(Campaign).where(Campaign.id == campaign_id, Campaign.tenant_id == tenant_id)
+    campaign = session.scalar(stmt.with_for_update() if for_update else stmt)
+    if campaign is None:
+        raise not_found("Campaign")
+    return campaign
+
+
+def _check_references(session: Session, tenant_id: uuid.UUID, body: CampaignCreate) -> None:
+    if not brands.exists(session, tenant_id, body.brand_id):
+        raise unknown_reference("brand_id", f"Brand {body.brand_id} does not exist.")
+    owned = assets.products_owned(session, tenant_id, body.product_asset_ids)
+    missing = [i for i in body.product_asset_ids if i not in owned]
+    if missing:
+        raise unknown_reference("product_asset_ids",
+                                f"No product asset with id {', '.join(map(str, missing))}.")
+
+
+def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
+    url = str(body.webhook_url) if body.webhook_url else None
+    return Campaign(
+        id=uuid.uuid4(), tenant_id=tenant_id, brand_id=body.brand_id, brief=body.brief,
+        product_asset_ids=[str(i) for i in body.product_asset_ids], sizes=[s.model_dump() for s in body.sizes],
+        top_k=body.top_k, qc_policy=body.qc_policy, max_retry_attempts=body.max_retry_attempts,
+        max_prompt_revisions=body.max_prompt_revisions, webhook_url=url,
+        webhook_secret=webhooks.new_secret() if url else None, status="queued", round=0, state={},
+    )
+
+
+def _replay(session: Session, tenant_id: uuid.UUID, key: str, digest: str) -> Campaign | None:
+    """The campaign an earlier request with this Idempotency-Key created, if any."""
+    row = session.get(IdempotencyKey, (tenant_id, key))
+    if row is None:
+        return None
+    if row.request_hash != digest:
+        raise ProblemError(422, "idempotency_key_reused", "Idempotency key reused",
+                           "This Idempotency-Key was used with a different request body.")
+    return get(session, tenant_id, row.campaign_id)
+
+
+def _claim_key(session: Session, tenant_id: uuid.UUID, key: str, digest: str, campaign_id: uuid.UUID) -> bool:
+    """Record the key; False when a concurrent request with the same key committed first."""
+    session.add(IdempotencyKey(tenant_id=tenant_id, key=key, request_hash=digest, campaign_id=campaign_id))
+    try:
+        session.flush()  # the insert waits on the other transaction's uncommitted key, then fails
+    except IntegrityError:
+        # Undo our campaign too. Nothing else was written yet and no hooks were registered.
+        session.rollback()
+        return False
+    return True
+
+
+def _queue(session: Session, campaign: Campaign) -> None:
+    deliveries = webhooks.emit(session, campaign, "campaign.queued", {"status": campaign.status})
+    enqueue(session, "onbrand.decompose", campaign.id)
+    for delivery_id in deliveries:
+        enqueue(session, "onbrand.send_webhook", delivery_id)
+
+
+def create(
+    session: Session, tenant_id: uuid.UUID, body: CampaignCreate, idempotency_key: str | None
+) -> tuple[Campaign, bool]:
+    """Create and queue a campaign; return (campaign, replayed)."""
+    digest = request_hash(body)
+    if idempotency_key and (earlier := _replay(session, tenant_id, idempotency_key, digest)):
+        return earlier, True
+    _check_references(session, tenant_id, body)
+    campaign = _new_campaign(tenant_id, body)
+    session.add(campaign)
+    session.flush()
+    if idempotency_key and not _claim_key(session, tenant_id, idempotency_key, digest, campaign.id):
+        earlier = _replay(session, tenant_id, idempotency_key, digest)
+        if earlier is None:  # the winner's campaign was deleted in between
+            raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
+        return earlier, True
+    _queue(session, campaign)
+    return campaign, False
+
+
+def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Campaign:
+    # Row lock: a worker finishing the campaign at this moment either commits first (409 here)
+    # or sees "cancelled" after us; never both terminal states.
+    campaign = get(session, tenant_id, campaign_id, for_update=True)
+    if campaign.status in TERMINAL_STATUSES:
+        raise conflict(f"The campaign is already {campaign.status}.")
+    previous = campaign.status
+    campaign.status, campaign.completed_at = "cancelled", func.now()
+    session.flush()
+    deliveries = webhooks.emit(session, campaign, "campaign.cancelled",
+                               {"status": "cancelled", "previous_status": previous})
+    for delivery_id in deliveries:
+        enqueue(session, "onbrand.send_webhook", delivery_id)
+    return campaign
+
+
+def list_page(
+    session: Session, tenant_id: uuid.UUID, limit: int, cursor: str | None, status: str | None = None
+) -> tuple[list[Campaign], str | None]:
+    stmt = select(Campaign).where(Campaign.tenant_id == tenant_id)
+    if status is not None:
+        stmt = stmt.where(Campaign.status == status)
+    return paginate(session, stmt, created_keys(Campaign), limit, cursor)
+
+
+def _candidate_keys() -> list[SortKey[Any]]:
+    """rank (nulls last), aesthetic descending (nulls last), then creation: all as ascending keys."""
+    rank = func.coalesce(Candidate.rank, _INT_MAX)
+    neg_aesthetic = func.coalesce(-Candidate.aesthetic, cast(literal("Infinity"), Float))
+    return [
+        SortKey(rank, lambda c: c.rank if c.rank is not None else _INT_MAX, int),
+        SortKey(neg_aesthetic, lambda c: -c.aesthetic if c.aesthetic is not None else "Infinity", float),
+        *created_keys(Candidate),
+    ]
+
+
+def candidates_page(
+    session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[Candidate], str | None]:
+    get(session, tenant_id, campaign_id)  # 404 for another tenant's campaign, not an empty list
+    stmt = select(Candidate).where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)
+    return paginate(session, stmt, _candidate_keys(), limit, cursor)

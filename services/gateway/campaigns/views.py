@@ -1,0 +1,158 @@
+"""The campaign resource as clients see it: request, per-stage progress and ranked results.
+
+Views are built for a whole page of campaigns with one query per related table, not one
+per campaign.
+"""
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from services.gateway.campaigns.schemas import (
+    CampaignLinks,
+    CampaignRead,
+    CampaignRequest,
+    CandidateRead,
+    QcPolicy,
+    ResultRead,
+    Size,
+    StageRead,
+    StageStatus,
+)
+from shared.config import Settings
+from shared.db.models import Campaign, Candidate, Result, StageRun
+from shared.queue import PIPELINE, TERMINAL_STATUSES
+from shared.storage import Storage
+
+_FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")
+
+
+@dataclass
+class StageTally:
+    """Stage-run rows of one (campaign, stage), counted by status over every item and round."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    def add(self, status: str, count: int, started: datetime | None, finished: datetime | None) -> None:
+        self.counts[status] += count
+        if started and (self.started_at is None or started < self.started_at):
+            self.started_at = started
+        if finished and (self.finished_at is None or finished > self.finished_at):
+            self.finished_at = finished
+
+
+def stage_status(tally: StageTally, terminal: bool) -> StageStatus:
+    counts, total = tally.counts, sum(tally.counts.values())
+    if total == 0:
+        return "skipped" if terminal else "pending"  # a finished campaign will never run it
+    finished = sum(counts[s] for s in _FINISHED)
+    if counts["running"] or (finished < total and not terminal):
+        return "running" if counts["running"] or finished else "pending"
+    if counts["skipped"] == total:
+        return "skipped"
+    if counts["succeeded"] + counts["skipped"] == total:
+        return "succeeded"
+    return "failed" if counts["failed"] else "skipped"  # terminal with items never run (cancelled)
+
+
+def stage_view(name: str, tally: StageTally, terminal: bool) -> StageRead:
+    status = stage_status(tally, terminal)
+    finished = sum(tally.counts[s] for s in _FINISHED)
+    return StageRead(stage=name, status=status, done=finished, total=sum(tally.counts.values()),
+                     started_at=tally.started_at, finished_at=tally.finished_at if status in _FINISHED else None)
+
+
+def progress(stages: Sequence[StageRead], terminal: bool) -> float:
+    if terminal:
+        return 1.0
+    return round(sum(s.status in _FINISHED for s in stages) / len(PIPELINE), 4)
+
+
+def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, StageTally]]:
+    stmt = (
+        select(StageRun.campaign_id, StageRun.stage, StageRun.status, func.count(),
+               func.min(StageRun.started_at), func.max(StageRun.finished_at))
+        .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(ids))
+        .group_by(StageRun.campaign_id, StageRun.stage, StageRun.status)
+    )
+    tallies: dict[uuid.UUID, dict[str, StageTally]] = defaultdict(lambda: defaultdict(StageTally))
+    for campaign_id, stage, status, count, started, finished in session.execute(stmt):
+        tallies[campaign_id][stage].add(status, count, started, finished)
+    return tallies
+
+
+def _url(storage: Storage, key: str | None) -> str | None:
+    return storage.url(key) if key else None
+
+
+def _results(
+    session: Session, storage: Storage, tenant_id: uuid.UUID, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, list[ResultRead]]:
+    stmt = (
+        select(Result.campaign_id, Result.rank, Candidate)
+        .join(Candidate, Candidate.id == Result.candidate_id)
+        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids))
+        .order_by(Result.campaign_id, Result.rank)
+    )
+    results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
+    for campaign_id, rank, cand in session.execute(stmt):
+        results[campaign_id].append(ResultRead(
+            rank=rank, candidate_id=cand.id, image_url=_url(storage, cand.image_key),
+            layer_url=_url(storage, cand.layer_key), placement=cand.placement, aesthetic=cand.aesthetic, qc=cand.qc,
+        ))
+    return results
+
+
+def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
+    base = f"{settings.public_url.rstrip('/')}/v1/campaigns/{campaign_id}"
+    return CampaignLinks(self=base, candidates=f"{base}/candidates")
+
+
+def _request(campaign: Campaign) -> CampaignRequest:
+    return CampaignRequest(
+        product_asset_ids=campaign.product_asset_ids, sizes=[Size.model_validate(s) for s in campaign.sizes],
+        top_k=campaign.top_k, qc_policy=cast(QcPolicy, campaign.qc_policy), max_retry_attempts=campaign.max_retry_attempts,
+        max_prompt_revisions=campaign.max_prompt_revisions, webhook_url=campaign.webhook_url,
+    )
+
+
+def _view(
+    campaign: Campaign, tallies: dict[str, StageTally], results: list[ResultRead], settings: Settings
+) -> CampaignRead:
+    terminal = campaign.status in TERMINAL_STATUSES
+    stages = [stage_view(name, tallies.get(name, StageTally()), terminal) for name in PIPELINE]
+    return CampaignRead(
+        id=campaign.id, brand_id=campaign.brand_id, brief=campaign.brief, status=campaign.status,
+        current_stage=campaign.current_stage, round=campaign.round, created_at=campaign.created_at,
+        updated_at=campaign.updated_at, completed_at=campaign.completed_at, request=_request(campaign),
+        progress=progress(stages, terminal), stages=stages, state=campaign.state or {}, results=results,
+        error=campaign.error, links=links(settings, campaign.id),
+    )
+
+
+def campaign_views(
+    session: Session, storage: Storage, settings: Settings, campaigns: Sequence[Campaign]
+) -> list[CampaignRead]:
+    if not campaigns:
+        return []
+    tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
+    tallies, results = _tallies(session, tenant_id, ids), _results(session, storage, tenant_id, ids)
+    return [_view(c, tallies.get(c.id, {}), results.get(c.id, []), settings) for c in campaigns]
+
+
+def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
+    return CandidateRead(
+        id=cand.id, round=cand.round, layout_key=cand.layout_key, placement=cand.placement,
+        image_url=_url(storage, cand.image_key), layer_url=_url(storage, cand.layer_key), generator=cand.generator,
+        integrity=cand.integrity, qc=cand.qc, passed=cand.passed, aesthetic=cand.aesthetic, rank=cand.rank,
+        excluded_reason=cand.excluded_reason,
+    )

@@ -1,0 +1,804 @@
+"""Language stage: ad brief -> decomposition -> generation caption (plain functions, no DB).
+
+`decompose` splits a brief into products / backgrounds / themes / mood. With the
+local backend a small LLM fills a code-written JSON skeleton; its answer is
+validated (grounded in the brief, short, no scene mixed into the product...),
+repaired once with the validation error in the prompt, and otherwise replaced by
+the transparent rules decomposer, with `fallback_reason` saying what went wrong.
+
+`caption` builds a caption-style prompt with the seed's topology:
+subject, point of reference (preposition), environment, optional lighting/style.
+The subject and environment come from the decomposition, never from the model;
+the model only fills the lighting/style clauses. Negations are moved to the
+negative prompt because diffusion text encoders read "no people" as "people".
+
+Nothing here invents content: every phrase comes from the brief, the product
+title, the background caption, the model, or a fixed, documented template word.
+"""
+from __future__ import annotations
+
+import re
+import string
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
+RULES_MODEL_ID = "rules-v1"
+MAX_BRIEF_CHARS = 2000
+MAX_CAPTION_CHARS = 1024
+MAX_ITEM_WORDS = 8
+DEFAULT_NEGATIVES = ("blurry", "distorted product", "extra objects", "text", "watermark")
+TEMPLATE_STYLE = "product photography"
+
+# ----------------------------------------------------------------------------- vocabularies
+
+_DETERMINERS = frozenset(
+    "a an the our my your their his her its this that these those some any".split()
+)
+_MULTI_PREPS = ("in front of", "on top of", "next to", "close to", "in the middle of")
+_PREPS = frozenset(
+    "on in at by near under over against beside atop inside during beneath below above across "
+    "along among behind underneath around upon onto into through amid amidst within outside".split()
+)
+_STOP = _DETERMINERS | _PREPS | frozenset(
+    "and or of with for to is are be very just plus & ad advert image photo picture shot".split()
+)
+_PARTICIPLES = frozenset(
+    "placed standing sitting lying resting displayed set shown positioned floating perched laid "
+    "arranged hanging leaning photographed captured is are sits stands lies rests".split()
+)
+# Head nouns that make a prepositional phrase a theme (time, light, season, weather).
+_THEME_HEADS = frozenset(
+    "sunset sunrise dawn dusk twilight night nighttime midnight noon midday morning afternoon evening "
+    "day daytime daylight hour light lighting sunlight moonlight candlelight glow shadow summer "
+    "winter autumn fall spring season christmas holiday halloween rain snow fog mist storm weather "
+    "sun haze".split()
+)
+_POINT_IN_TIME = frozenset("sunset sunrise dawn dusk twilight night midnight noon midday".split())
+_SURFACES = frozenset(
+    "table desk counter countertop floor shelf sheet sand grass rock bench bed tray pedestal "
+    "plinth surface court street road sidewalk beach board cloth podium stone".split()
+)
+_MOOD_NOUNS = r"mood|moods|vibe|vibes|feel|feeling|atmosphere|tone|aesthetic|ambience|ambiance"
+_MOOD_WORDS = frozenset(
+    "calm cozy cosy warm romantic dreamy playful luxurious luxury minimal minimalist moody serene "
+    "energetic vibrant elegant festive bold fresh nostalgic rustic edgy cheerful peaceful "
+    "mysterious dramatic sporty fun joyful relaxed soft bright dark and".split()
+)
+_LIGHT_WORDS = frozenset(
+    "light lights lighting lit glow glowing sun sunlight sunlit backlit backlight shadow shadows "
+    "illuminated illumination bright golden hour daylight neon candlelight moonlight rim "
+    "highlights luminous radiant ambient diffused".split()
+)
+_NEGATION = r"no|not|without|never|none|nothing|nor|neither|avoid|avoiding|don't|doesn't|isn't|aren't"
+_NEGATION_RE = re.compile(rf"\b(?:{_NEGATION})\b(?!-)", re.I)  # "no-show socks" is not a negation
+_INSTRUCTION_VERBS = (
+    "generate|create|draw|make|render|produce|design|show|paint|depict|illustrate|imagine|"
+    "photograph|give|write|use|add|include|ensure|keep|place|put"
+)
+_LEAD_INSTRUCTION_RE = re.compile(
+    # a verb is stripped only when an object follows ("show our sneaker"), so that
+    # product names such as "Paint roller" or "make-up bag" survive
+    rf"^\s*(?:please\s+)?(?:(?:{_INSTRUCTION_VERBS})\s+(?:me\s+|us\s+)?"
+    r"(?=(?:a|an|the|some|our|my|your|this|these|image|photo|picture|\d)\b)"
+    r"|(?:an?\s+|the\s+)?(?:image|photo|photograph|picture|illustration|rendering|render|shot|ad|"
+    r"advert|advertisement|caption)\s+(?:of|for|showing|featuring|with)\b\s*)",
+    re.I,
+)
+_CLAUSE_SPLIT = re.compile(r"\s*(?:[,;|]|\s-\s|\.\s)\s*")
+
+
+# ----------------------------------------------------------------------------- prompt templates
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A versioned prompt file: system text, few-shot turns, user and repair texts."""
+
+    name: str
+    version: str
+    system: str
+    examples: tuple[tuple[str, str], ...]
+    user: str
+    repair: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}.{self.version}"
+
+    def render_user(self, error: str | None = None, **values: str) -> str:
+        """User turn with $placeholders filled; the repair text is appended when
+        a previous answer failed validation."""
+        text = string.Template(self.user).substitute(values)
+        if error:
+            text += "\n" + string.Template(self.repair).substitute(values, error=error)
+        return text
+
+
+def load_prompt(name: str, version: str = "v1") -> PromptTemplate:
+    """Load workers/prompts/<name>.<version>.txt."""
+    if not re.fullmatch(r"[a-z_]+", name or ""):
+        raise ValueError(f"name must be lowercase letters/underscores, got {name!r}")
+    if not re.fullmatch(r"v\d+", version or ""):
+        raise ValueError(f"version must look like 'v1', got {version!r}")
+    path = PROMPTS_DIR / f"{name}.{version}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"no prompt template {path}")
+    return _parse_template(name, version, path.read_text(encoding="utf-8"))
+
+
+def _parse_template(name: str, version: str, text: str) -> PromptTemplate:
+    sections: list[tuple[str, list[str]]] = []
+    for line in text.splitlines():
+        header = re.fullmatch(r"\[([a-z.]+)\]\s*", line)
+        if header:
+            sections.append((header.group(1), []))
+        elif sections:  # lines before the first header are comments
+            sections[-1][1].append(line)
+    parts = [(key, "\n".join(lines).strip()) for key, lines in sections]
+    singles = {key: body for key, body in parts if not key.startswith("example.")}
+    ex_users = [body for key, body in parts if key == "example.user"]
+    ex_answers = [body for key, body in parts if key == "example.assistant"]
+    if len(ex_users) != len(ex_answers) or not {"system", "user", "repair"} <= singles.keys():
+        raise ValueError(f"prompt template {name}.{version} lacks sections or example pairs")
+    examples = tuple(zip(ex_users, ex_answers))
+    return PromptTemplate(name, version, singles["system"], examples, singles["user"], singles["repair"])
+
+
+# ----------------------------------------------------------------------------- text helpers
+
+
+def words(text: str) -> list[str]:
+    return re.findall(r"[\w'&-]+", text)
+
+
+def stem(word: str) -> str:
+    """Crude singular form so "shoes" grounds "shoe" (no NLP dependency)."""
+    w = word.lower().removesuffix("'s")
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 4 and w.endswith(("sses", "shes", "ches", "xes")):
+        return w[:-2]
+    if len(w) > 3 and w.endswith("s") and not w.endswith(("ss", "us", "is")):
+        return w[:-1]
+    return w
+
+
+def content_stems(text: str) -> set[str]:
+    return {stem(w) for w in words(text) if w.lower() not in _STOP}
+
+
+def is_grounded(phrase: str, brief: str) -> bool:
+    """True when the phrase shares a content word with the brief."""
+    return bool(content_stems(phrase) & content_stems(brief))
+
+
+def collapse(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip(" ,;:.-")
+
+
+def strip_determiners(phrase: str) -> str:
+    """Drop leading/trailing articles, determiners and dangling participles."""
+    ws = words(phrase)
+    while ws and ws[0].lower() in _DETERMINERS | {"and"}:
+        ws = ws[1:]
+    while ws and ws[-1].lower() in _PARTICIPLES | _DETERMINERS | {"and"}:
+        ws = ws[:-1]
+    return " ".join(ws)
+
+
+def strip_instructions(text: str) -> str:
+    """Remove leading "generate/create/draw ... an image of" so text reads as a caption."""
+    previous = None
+    while previous != text:
+        previous, text = text, _LEAD_INSTRUCTION_RE.sub("", text, count=1).strip()
+    return text
+
+
+def is_instruction_like(text: str) -> bool:
+    first = words(text)[:1]
+    return bool(first) and bool(re.fullmatch(rf"(?:please|{_INSTRUCTION_VERBS})", first[0], re.I))
+
+
+def has_negation(text: str) -> bool:
+    return bool(_NEGATION_RE.search(text))
+
+
+def split_negations(text: str) -> tuple[str, list[str]]:
+    """Move negated phrases out of comma clauses: "soft light without harsh shadows"
+    -> ("soft light", ["harsh shadows"])."""
+    kept: list[str] = []
+    negatives: list[str] = []
+    for clause in re.split(r"\s*[,;]\s*", text):
+        match = _NEGATION_RE.search(clause)
+        if match is None:
+            kept.append(clause)
+            continue
+        before, after = clause[: match.start()], clause[match.end() :]
+        place = _PREP_RE.search(after)  # "no case next to a laptop": the place is not negated
+        negated, rest = (after[: place.start()], after[place.start() :]) if place else (after, "")
+        negatives += [n for n in (strip_determiners(p) for p in re.split(r"\bor\b|\band\b", negated)) if n]
+        kept.append(collapse(re.sub(r"\b(?:with|and|but|or)\s*$", "", before.strip()) + " " + rest))
+    return ", ".join(c for c in kept if c), negatives
+
+
+def cap_at_boundary(text: str, limit: int = MAX_CAPTION_CHARS) -> str:
+    """Cut to at most `limit` characters at the last sentence/comma boundary
+    (a word boundary when there is none in the second half)."""
+    if not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if len(text) <= limit:
+        return text
+    window = text[: limit + 1]
+    cut = max(window.rfind(sep) for sep in (".", ",", ";"))
+    if cut < limit // 2:
+        cut = window.rfind(" ")
+    return text[: cut if cut > 0 else limit].rstrip(" ,;.")
+
+
+def with_article(phrase: str) -> str:
+    """'a'/'an' before a singular noun phrase; plurals and mass nouns stay bare."""
+    ws = words(phrase)
+    if not ws or ws[0].lower() in _DETERMINERS or ws[0][0].isdigit():
+        return phrase
+    last = ws[-1].lower()
+    if stem(last) != last or last.endswith("ware"):
+        return phrase
+    return ("an " if ws[0][0].lower() in "aeiou" else "a ") + phrase
+
+
+def join_and(items: list[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+# ----------------------------------------------------------------------------- rules decomposer
+
+
+def rules_decompose(brief: str) -> dict[str, Any]:
+    """Transparent decomposer: noun phrases around prepositions.
+    "the shoe on an urban street at sunset" -> shoe / urban street / sunset."""
+    text = strip_instructions(_check_brief(brief))
+    text, negatives = split_negations(text)
+    text, mood = _extract_mood(text)
+    clauses = [c for c in _CLAUSE_SPLIT.split(text) if c.strip()]
+    parts: dict[str, Any] = {"products": [], "backgrounds": [], "themes": [], "mood": mood}
+    if clauses:
+        head, segments = _split_prepositions(clauses[0])
+        parts["products"] = _split_products(head)
+        _classify_segments(segments, parts)
+    for clause in clauses[1:]:
+        _classify_clause(clause, parts)
+    parts["negatives"] = _dedupe(negatives)
+    return parts
+
+
+def _extract_mood(text: str) -> tuple[str, str | None]:
+    """"..., calm mood" / "mood: playful" / "with a romantic vibe" -> mood word(s)."""
+    labelled = re.search(rf"\b(?:{_MOOD_NOUNS})\s*[:=]\s*([^,;.]+)", text, re.I)
+    if labelled:
+        return text[: labelled.start()] + text[labelled.end() :], collapse(labelled.group(1)) or None
+    noun = re.search(rf"\b(?:{_MOOD_NOUNS})\b", text, re.I)
+    if noun is None:
+        return text, None
+    start = _mood_start(text[: noun.start()])
+    if start is None:
+        return text, None
+    mood = collapse(text[start : noun.start()]).removeprefix("and ").strip()
+    before = re.sub(r"(?:\b(?:with|in)\s+)?(?:\b(?:an?|the)\s+)?$", "", text[:start])
+    return before + text[noun.end() :], mood or None
+
+
+def _mood_start(before: str) -> int | None:
+    """Start of the mood words that precede "mood": the last word always, then
+    earlier words while they are mood adjectives ("romantic and dreamy")."""
+    found = list(re.finditer(r"[\w'-]+", before))
+    if not found or found[-1].group().lower() in _STOP:
+        return None
+    k = len(found) - 1
+    while k > 0 and found[k - 1].group().lower() in _MOOD_WORDS:
+        k -= 1
+    return found[k].start()
+
+
+def _prep_pattern() -> re.Pattern[str]:
+    alternatives = sorted(list(_MULTI_PREPS) + list(_PREPS), key=len, reverse=True)
+    return re.compile(r"\b(" + "|".join(re.escape(p) for p in alternatives) + r")\b", re.I)
+
+
+_PREP_RE = _prep_pattern()
+
+
+def _split_prepositions(clause: str) -> tuple[str, list[tuple[str, str]]]:
+    """"the shoe on an urban street at sunset" -> ("the shoe", [("on", "an urban street"), ("at", "sunset")])."""
+    matches = list(_PREP_RE.finditer(clause))
+    if not matches:
+        return clause, []
+    head = clause[: matches[0].start()]
+    segments = []
+    for i, m in enumerate(matches):
+        end = matches[i + 1].start() if i + 1 < len(matches) else len(clause)
+        segments.append((m.group(1).lower(), clause[m.end() : end]))
+    return head, segments
+
+
+def _split_products(head: str) -> list[str]:
+    """"a handbag and sunglasses" -> ["handbag", "sunglasses"]."""
+    pieces = [strip_determiners(p) for p in re.split(r"\s*(?:,|&|\band\b|\bplus\b)\s*", head)]
+    return _dedupe([p for p in pieces if p])
+
+
+def _is_theme(phrase: str, prep: str | None) -> bool:
+    ws = words(phrase)
+    return prep == "during" or (bool(ws) and stem(ws[-1]) in _THEME_HEADS)
+
+
+def _classify_segments(segments: Sequence[tuple[str | None, str]], parts: dict[str, Any]) -> None:
+    for prep, raw in segments:
+        phrase = strip_determiners(raw)
+        if phrase:
+            parts["themes" if _is_theme(phrase, prep) else "backgrounds"].append(phrase)
+
+
+def _classify_clause(clause: str, parts: dict[str, Any]) -> None:
+    """A later comma clause: mood adjectives, prepositional phrases or a bare phrase."""
+    ws = [w.lower() for w in words(clause)]
+    if ws and all(w in _MOOD_WORDS for w in ws) and not parts["mood"]:
+        parts["mood"] = collapse(clause)
+        return
+    head, segments = _split_prepositions(clause)
+    _classify_segments([(None, head), *segments], parts)
+
+
+def _dedupe(items: list[str]) -> list[str]:
+    seen: set[str] = set()
+    return [x for x in items if not (x.lower() in seen or seen.add(x.lower()))]  # type: ignore[func-returns-value]
+
+
+def _check_brief(brief: str) -> str:
+    if not isinstance(brief, str):
+        raise TypeError(f"brief must be str, got {type(brief).__name__}")
+    text = collapse(brief.replace("\n", " "))
+    if not text:
+        raise ValueError("brief must not be empty")
+    if len(text) > MAX_BRIEF_CHARS:
+        raise ValueError(f"brief must be at most {MAX_BRIEF_CHARS} characters, got {len(text)}")
+    return text
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+class DecompositionCheck(BaseModel):
+    """What a usable decomposition looks like; the brief comes in the validation context."""
+
+    products: list[str] = Field(min_length=1, max_length=4)
+    backgrounds: list[str] = Field(min_length=1, max_length=4)
+    themes: list[str] = Field(default_factory=list, max_length=4)
+
+    @field_validator("products", "backgrounds", "themes")
+    @classmethod
+    def _items_short(cls, items: list[str], info: ValidationInfo) -> list[str]:
+        for item in items:
+            n = len(words(item))
+            if not 1 <= n <= MAX_ITEM_WORDS:
+                raise ValueError(f'{info.field_name} item "{item}" has {n} words (1-{MAX_ITEM_WORDS} allowed)')
+            if has_negation(item):
+                raise ValueError(f'{info.field_name} item "{item}" is negated')
+        return items
+
+    @model_validator(mode="after")
+    def _grounded_and_separate(self, info: ValidationInfo) -> DecompositionCheck:
+        brief = (info.context or {}).get("brief", "")
+        for name in ("products", "backgrounds", "themes"):
+            for item in getattr(self, name):
+                _check_item(name, item, brief)
+        _check_separate(self.products, self.backgrounds, self.themes)
+        return self
+
+
+def _check_item(name: str, item: str, brief: str) -> None:
+    if not is_grounded(item, brief):
+        raise ValueError(f'{name} item "{item}" is not in the brief')
+    brief_stems = content_stems(brief)
+    if len(brief_stems) >= 3 and len(content_stems(item) & brief_stems) >= 0.8 * len(brief_stems):
+        raise ValueError(f'{name} item "{item}" repeats the whole brief')
+    if name == "products" and _PREP_RE.search(item):
+        raise ValueError(f'products item "{item}" contains a place or time; give only the product')
+
+
+def _check_separate(products: list[str], backgrounds: list[str], themes: list[str]) -> None:
+    """No phrase may sit in two lists, and a theme must not be a background with another name."""
+    seen: dict[str, str] = {}
+    for name, items in (("products", products), ("backgrounds", backgrounds), ("themes", themes)):
+        for item in items:
+            key = " ".join(sorted(content_stems(item)))
+            if key in seen and seen[key] != name:
+                raise ValueError(f'"{item}" is listed in both {seen[key]} and {name}')
+            seen[key] = name
+    heads = {stem(words(x)[-1]) for x in products + backgrounds}
+    for theme in themes:
+        if stem(words(theme)[-1]) in heads:
+            raise ValueError(f'themes item "{theme}" is a product or background, not a time or light')
+
+
+def validation_error(parts: dict[str, Any], brief: str) -> str | None:
+    """None when the decomposition is usable, else a short readable reason."""
+    data = {k: parts.get(k) or [] for k in ("products", "backgrounds", "themes")}
+    try:
+        DecompositionCheck.model_validate(data, context={"brief": brief})
+    except ValidationError as exc:
+        return "; ".join(_error_text(e) for e in exc.errors())
+    return None
+
+
+def _error_text(error: Any) -> str:
+    msg = str(error.get("msg", "")).removeprefix("Value error, ")
+    loc = ".".join(str(x) for x in error.get("loc", ()))
+    return msg if '"' in msg or not loc else f"{loc}: {msg}"
+
+
+def clean_mood(mood: str | None, parts: dict[str, Any], brief: str) -> str | None:
+    """The model's mood is kept only if the brief says it and no other field does
+    (the model tends to echo a theme there); dropping is not inventing."""
+    if not mood or not is_grounded(mood, brief) or len(words(mood)) > 4 or has_negation(mood):
+        return None
+    used = set().union(*(content_stems(x) for k in ("products", "backgrounds", "themes") for x in parts[k]))
+    return None if content_stems(mood) & used else mood
+
+
+# ----------------------------------------------------------------------------- decompose
+
+
+def decompose(brief: str, settings: Settings | None = None) -> dict[str, Any]:
+    """Brief -> {"products", "backgrounds", "themes", "mood", "negatives", "backend",
+    "model", "fallback_reason", "validation_error", "prompt_version", "calls", "brief"}."""
+    text = _check_brief(brief)
+    settings = _check_settings(settings)
+    if settings.llm_backend == "rules":
+        return _rules_result(text, fallback_reason=None, calls=[], prompt_version=None)
+    template = load_prompt("decompose", "v1")
+    calls: list[dict[str, Any]] = []
+    try:
+        return _local_decompose(text, settings, template, calls)
+    except (OSError, RuntimeError, ImportError, ValueError) as exc:  # model missing or broken
+        reason = f"local LLM unavailable ({type(exc).__name__}: {exc}); used the rules decomposer"
+        return _rules_result(text, reason, calls, template.id)
+
+
+def _local_decompose(
+    brief: str, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Constrained try, one repair with the error in the prompt, then rules."""
+    errors: list[str] = []
+    for _attempt in range(2):
+        parts = _llm_parts(brief, settings, template, errors[-1] if errors else None, calls)
+        error = validation_error(parts, brief)
+        if error is None:
+            return _local_result(brief, parts, calls, template.id)
+        errors.append(error)
+    reason = f"model output invalid (first try: {errors[0]}; repair: {errors[1]}); used the rules decomposer"
+    return _rules_result(brief, reason, calls, template.id)
+
+
+def _llm_parts(
+    brief: str, settings: Settings, template: PromptTemplate, error: str | None, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    from workers.models import llm_local
+
+    fields = [llm_local.FieldSpec(n) for n in ("products", "backgrounds", "themes")]
+    fields.append(llm_local.FieldSpec("mood", kind="str"))
+    # An item of <= 8 words never needs more than ~16 tokens; the cap stops runaway loops early.
+    budget = min(int(settings.llm_max_new_tokens), 16)
+    user = template.render_user(error, brief=brief)
+    got = llm_local.generate_fields(
+        template.system, user, fields, budget, examples=template.examples, settings=settings
+    )
+    calls += [dict(c, attempt="repair" if error else "first") for c in got.calls]
+    parts = {k: list(got.values.get(k) or []) for k in ("products", "backgrounds", "themes")}
+    parts["mood"] = clean_mood(str(got.values.get("mood") or ""), parts, brief)
+    return parts
+
+
+def _local_result(brief: str, parts: dict[str, Any], calls: list[dict[str, Any]], version: str) -> dict[str, Any]:
+    from workers.models import llm_local
+
+    negatives = rules_decompose(brief)["negatives"]  # negations are parsed by rule, not by the model
+    return _result(brief, parts, negatives, "local", llm_local.model_id(), None, calls, version)
+
+
+def _rules_result(
+    brief: str, fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None
+) -> dict[str, Any]:
+    parts = rules_decompose(brief)
+    return _result(brief, parts, parts["negatives"], "rules", RULES_MODEL_ID, fallback_reason, calls, prompt_version)
+
+
+def _result(
+    brief: str, parts: dict[str, Any], negatives: list[str], backend: str, model: str,
+    fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None,
+) -> dict[str, Any]:
+    return {
+        "brief": brief,
+        "products": parts["products"],
+        "backgrounds": parts["backgrounds"],
+        "themes": parts["themes"],
+        "mood": parts.get("mood"),
+        "negatives": negatives,
+        "backend": backend,
+        "model": model,
+        "fallback_reason": fallback_reason,
+        "validation_error": validation_error(parts, brief),
+        "prompt_version": prompt_version,
+        "calls": calls,
+    }
+
+
+def _check_settings(settings: Settings | None) -> Settings:
+    if settings is None:
+        from shared.config import get_settings
+
+        return get_settings()
+    if getattr(settings, "llm_backend", None) not in ("local", "rules"):
+        raise ValueError(f"settings.llm_backend must be 'local' or 'rules', got {getattr(settings, 'llm_backend', None)!r}")
+    return settings
+
+
+# ----------------------------------------------------------------------------- caption: scene
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The parts of a caption that come from the decomposition, never from the model."""
+
+    subject: str
+    setting: str  # point of reference + environment (+ themes), e.g. "on an urban street at sunset"
+    mood: str | None
+    negatives: tuple[str, ...]
+
+    @property
+    def base(self) -> str:
+        return collapse(f"{self.subject} {self.setting}")
+
+
+def build_scene(decomposition: dict[str, Any], product_title: str | None, background_caption: str | None) -> Scene:
+    """Subject from the product title or products; setting from the background
+    caption or backgrounds, with the brief's own prepositions; negations moved out."""
+    _check_decomposition(decomposition)
+    title, neg_title = split_negations(strip_instructions(_clean_optional("product_title", product_title)))
+    bg_caption, neg_bg = split_negations(strip_instructions(_clean_optional("background_caption", background_caption)))
+    subject = _subject(decomposition, title)
+    setting = collapse(" ".join(x for x in (_environment(decomposition, bg_caption), _theme_phrase(decomposition, bg_caption)) if x))
+    mood, neg_mood = split_negations(str(decomposition.get("mood") or ""))
+    negatives = list(decomposition.get("negatives") or []) + neg_title + neg_bg + neg_mood
+    return Scene(subject, setting, mood or None, tuple(_dedupe(negatives)))
+
+
+def _clean_optional(name: str, value: str | None) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str or None, got {type(value).__name__}")
+    return collapse(re.sub(r"[\x00-\x1f\"`{}\[\]<>]", " ", value))
+
+
+def _check_decomposition(decomposition: dict[str, Any]) -> None:
+    if not isinstance(decomposition, dict):
+        raise TypeError(f"decomposition must be a dict, got {type(decomposition).__name__}")
+    for key in ("products", "backgrounds", "themes"):
+        value = decomposition.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"decomposition[{key!r}] must be a list of str, got {value!r}")
+
+
+def _subject(decomposition: dict[str, Any], title: str) -> str:
+    """Product title (plus the generic product noun when the title lacks it), else the products."""
+    products = [p for p in decomposition.get("products", []) if p]
+    if title:
+        if products and not content_stems(title) & content_stems(" ".join(products)):
+            title = f"{title} {products[0]}"
+        return with_article(title)
+    if not products:
+        return "the product"  # fixed template word: nothing was decomposed to name it
+    return join_and([with_article(p) for p in products])
+
+
+def _preposition(decomposition: dict[str, Any], phrase: str, default: str) -> tuple[str, str | None]:
+    """The brief's own preposition (and article) before `phrase`, else a default."""
+    brief = str(decomposition.get("brief") or "")
+    preps = "|".join(re.escape(p) for p in sorted(list(_MULTI_PREPS) + list(_PREPS), key=len, reverse=True))
+    m = re.search(rf"\b({preps})\s+(?:(a|an|the)\s+)?{re.escape(phrase)}\b", brief, re.I)
+    return (m.group(1).lower(), m.group(2)) if m else (default, None)
+
+
+def _environment(decomposition: dict[str, Any], bg_caption: str) -> str:
+    backgrounds = [b for b in decomposition.get("backgrounds", []) if b]
+    if bg_caption:
+        first = backgrounds[0] if backgrounds else ""
+        prep, _ = _preposition(decomposition, first, _default_prep(first)) if first else ("in", None)
+        return bg_caption if _PREP_RE.match(bg_caption) else f"{prep} {bg_caption}"
+    return " ".join(_located(decomposition, b) for b in backgrounds)
+
+
+def _located(decomposition: dict[str, Any], background: str) -> str:
+    prep, article = _preposition(decomposition, background, _default_prep(background))
+    noun = f"{article.lower()} {background}" if article else with_article(background)
+    return f"{prep} {noun}"
+
+
+def _default_prep(background: str) -> str:
+    ws = words(background)
+    return "on" if ws and stem(ws[-1]) in _SURFACES else "in"
+
+
+def _theme_phrase(decomposition: dict[str, Any], bg_caption: str) -> str:
+    """"at sunset", "in soft morning light"; skipped when the background caption already says it."""
+    out = []
+    for theme in decomposition.get("themes", []):
+        if not theme or (bg_caption and content_stems(theme) <= content_stems(bg_caption)):
+            continue
+        head = stem(words(theme)[-1])
+        prep, article = _preposition(decomposition, theme, "at" if head in _POINT_IN_TIME else "in")
+        out.append(f"{prep} {article.lower() + ' ' if article else ''}{theme}")
+    return " ".join(out)
+
+
+# ----------------------------------------------------------------------------- caption: clauses
+
+
+class CaptionFields(BaseModel):
+    """The model's clauses: short, caption-like, and about light / photography."""
+
+    lighting: str = Field(min_length=3)
+    style: str = Field(min_length=3)
+
+    @field_validator("lighting", "style")
+    @classmethod
+    def _caption_like(cls, value: str, info: ValidationInfo) -> str:
+        n = len(words(value))
+        if not 1 <= n <= 10:
+            raise ValueError(f'{info.field_name} "{value}" has {n} words (1-10 allowed)')
+        if is_instruction_like(value) or has_negation(value):
+            raise ValueError(f'{info.field_name} "{value}" is an instruction or a negation, not a description')
+        return value
+
+    @field_validator("lighting")
+    @classmethod
+    def _about_light(cls, value: str) -> str:
+        if not {w.lower() for w in words(value)} & _LIGHT_WORDS:
+            raise ValueError(f'lighting "{value}" does not describe light')
+        return value
+
+
+def caption_fields_error(fields: dict[str, str], scene: Scene) -> str | None:
+    """None when the model's clauses are usable, else the reason."""
+    try:
+        CaptionFields.model_validate(fields)
+    except ValidationError as exc:
+        return "; ".join(_error_text(e) for e in exc.errors())
+    repeated = [k for k, v in fields.items() if content_stems(v) and content_stems(v) <= content_stems(scene.base)]
+    return f"{repeated[0]} only repeats the subject or setting" if repeated else None
+
+
+def _llm_clauses(
+    scene: Scene, settings: Settings, template: PromptTemplate, error: str | None, calls: list[dict[str, Any]]
+) -> tuple[dict[str, str], list[str]]:
+    """Fill "lighting" and "style" under a skeleton that already holds subject and setting."""
+    import json
+
+    from workers.models import llm_local
+
+    skeleton = "{" + f'"subject": {json.dumps(scene.subject)}, "setting": {json.dumps(scene.setting)}'
+    fields = [llm_local.FieldSpec("lighting", kind="str"), llm_local.FieldSpec("style", kind="str")]
+    user = template.render_user(error, subject=scene.subject, setting=scene.setting)
+    got = llm_local.generate_fields(
+        template.system, user, fields, int(settings.llm_max_new_tokens),
+        examples=template.examples, prefix=skeleton, settings=settings,
+    )
+    calls += [dict(c, attempt="repair" if error else "first") for c in got.calls]
+    return _clauses_without_negations({k: str(got.values.get(k) or "") for k in ("lighting", "style")})
+
+
+def _clauses_without_negations(fields: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    negatives: list[str] = []
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        kept, negs = split_negations(strip_instructions(value))
+        clean[key], negatives = kept, negatives + negs
+    return clean, negatives
+
+
+# ----------------------------------------------------------------------------- caption
+
+
+def caption(
+    decomposition: dict[str, Any],
+    product_title: str | None = None,
+    background_caption: str | None = None,
+    settings: Settings | None = None,
+) -> dict[str, Any]:
+    """Decomposition -> {"caption", "negative_prompt", "backend", "model",
+    "fallback_reason", "prompt_version", "calls", "parts"}."""
+    settings = _check_settings(settings)
+    scene = build_scene(decomposition, product_title, background_caption)
+    if settings.llm_backend == "rules":
+        return _template_caption(scene, None, [], None)
+    template = load_prompt("caption", "v1")
+    calls: list[dict[str, Any]] = []
+    try:
+        return _local_caption(scene, settings, template, calls)
+    except (OSError, RuntimeError, ImportError, ValueError) as exc:
+        reason = f"local LLM unavailable ({type(exc).__name__}: {exc}); used the template caption"
+        return _template_caption(scene, reason, calls, template.id)
+
+
+def _local_caption(
+    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Constrained try, one repair, then the template caption."""
+    errors: list[str] = []
+    for _attempt in range(2):
+        fields, negatives = _llm_clauses(scene, settings, template, errors[-1] if errors else None, calls)
+        error = caption_fields_error(fields, scene)
+        if error is None:
+            from workers.models import llm_local
+
+            return _caption_result(scene, fields, negatives, "local", llm_local.model_id(), None, calls, template.id)
+        errors.append(error)
+    reason = f"model clauses invalid (first try: {errors[0]}; repair: {errors[1]}); used the template caption"
+    return _template_caption(scene, reason, calls, template.id)
+
+
+def _template_caption(
+    scene: Scene, fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None
+) -> dict[str, Any]:
+    """No lighting is made up: the template adds only the fixed style words."""
+    fields = {"lighting": "", "style": TEMPLATE_STYLE}
+    return _caption_result(scene, fields, [], "rules", RULES_MODEL_ID, fallback_reason, calls, prompt_version)
+
+
+def _caption_result(
+    scene: Scene, fields: dict[str, str], negatives: list[str], backend: str, model: str,
+    fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None,
+) -> dict[str, Any]:
+    text, more_negatives = compose_caption(scene, fields)
+    return {
+        "caption": text,
+        "negative_prompt": negative_prompt(list(scene.negatives) + negatives + more_negatives),
+        "backend": backend,
+        "model": model,
+        "fallback_reason": fallback_reason,
+        "prompt_version": prompt_version,
+        "calls": calls,
+        "parts": {"subject": scene.subject, "setting": scene.setting, "mood": scene.mood, **fields},
+    }
+
+
+def compose_caption(scene: Scene, fields: dict[str, str]) -> tuple[str, list[str]]:
+    """subject + setting, then lighting, mood and style clauses; caption-like,
+    negation-free and capped at a boundary. Returns (caption, moved negatives)."""
+    mood = f"{scene.mood} mood" if scene.mood else ""
+    clauses = [scene.base, fields.get("lighting", ""), mood, fields.get("style", "")]
+    text = ", ".join(collapse(c) for c in clauses if collapse(c))
+    text, negatives = split_negations(strip_instructions(text))
+    return cap_at_boundary(text, MAX_CAPTION_CHARS), negatives
+
+
+def negative_prompt(extra: list[str]) -> str:
+    """The defaults first (always present), then what the brief or model negated."""
+    terms = _dedupe([*DEFAULT_NEGATIVES, *(collapse(x) for x in extra if collapse(x))])
+    return ", ".join(terms)
+
+
+def timed(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """Run a stage function and add its wall time (seconds) as "latency_s"."""
+    started = time.perf_counter()
+    out = fn(*args, **kwargs)
+    out["latency_s"] = round(time.perf_counter() - started, 4)
+    return out
