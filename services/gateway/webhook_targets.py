@@ -7,11 +7,15 @@ address again. This just turns an obvious mistake or probe into a 422 at creatio
 from __future__ import annotations
 
 import ipaddress
+from typing import Annotated
 
-from pydantic import HttpUrl
+from pydantic import HttpUrl, UrlConstraints
 
 from services.gateway.errors import validation_problem
 from shared.config import Settings
+
+# http(s) only; 2000 is the width of the url columns.
+WebhookUrl = Annotated[HttpUrl, UrlConstraints(max_length=2000)]
 
 
 def _internal(host: str) -> bool:

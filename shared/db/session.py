@@ -22,7 +22,8 @@ def sqlalchemy_url(url: str) -> str:
 @lru_cache
 def get_engine() -> Engine:
     settings = get_settings()
-    return create_engine(sqlalchemy_url(settings.db_url), pool_pre_ping=True, pool_size=10, max_overflow=20)
+    return create_engine(sqlalchemy_url(settings.db_url), pool_pre_ping=True, pool_size=10, max_overflow=20,
+                         connect_args={"connect_timeout": 5})
 
 
 @lru_cache

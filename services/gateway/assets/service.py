@@ -26,8 +26,8 @@ PNG = "image/png"
 
 def to_read(asset: Asset, storage: Storage) -> AssetRead:
     return AssetRead(
-        id=asset.id, kind=cast(AssetKind, asset.kind), title=asset.title, description=asset.description, tags=list(asset.tags),
-        brand_id=asset.brand_id, attributes=asset.attributes, kpis=asset.kpis, width=asset.width,
+        id=asset.id, kind=cast(AssetKind, asset.kind), title=asset.title, description=asset.description,
+        tags=list(asset.tags), brand_id=asset.brand_id, attributes=asset.attributes, kpis=asset.kpis, width=asset.width,
         height=asset.height, has_alpha=asset.has_alpha, content_type=asset.content_type, sha256=asset.sha256,
         byte_size=asset.byte_size, url=storage.url(asset.storage_key), thumbnail_url=storage.url(asset.thumb_key),
         created_at=asset.created_at,

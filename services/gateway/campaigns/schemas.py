@@ -5,7 +5,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+from services.gateway.webhook_targets import WebhookUrl
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
 CampaignStatus = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
@@ -36,7 +38,7 @@ class CampaignCreate(BaseModel):
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5)
     max_prompt_revisions: int = Field(1, ge=0, le=5)
-    webhook_url: HttpUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
+    webhook_url: WebhookUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
 
 
 class CampaignRequest(BaseModel):

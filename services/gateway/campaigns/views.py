@@ -120,8 +120,9 @@ def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
 def _request(campaign: Campaign) -> CampaignRequest:
     return CampaignRequest(
         product_asset_ids=campaign.product_asset_ids, sizes=[Size.model_validate(s) for s in campaign.sizes],
-        top_k=campaign.top_k, qc_policy=cast(QcPolicy, campaign.qc_policy), max_retry_attempts=campaign.max_retry_attempts,
-        max_prompt_revisions=campaign.max_prompt_revisions, webhook_url=campaign.webhook_url,
+        top_k=campaign.top_k, qc_policy=cast(QcPolicy, campaign.qc_policy),
+        max_retry_attempts=campaign.max_retry_attempts, max_prompt_revisions=campaign.max_prompt_revisions,
+        webhook_url=campaign.webhook_url,
     )
 
 

@@ -6,8 +6,9 @@ from datetime import datetime
 from fnmatch import fnmatchcase
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, HttpUrl, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
+from services.gateway.webhook_targets import WebhookUrl
 from shared.webhooks import EVENT_TYPES
 
 
@@ -26,7 +27,7 @@ EventPattern = Annotated[
 class WebhookEndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl
+    url: WebhookUrl
     event_types: list[EventPattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=50,
                                             description='Event types or wildcards such as "campaign.*".')
     description: str = Field("", max_length=500)
