@@ -33,7 +33,10 @@ from PIL import Image
 from rich.console import Console
 from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from standardwebhooks import Webhook
 
+from shared import stack
+from shared.config import Settings
 from shared.demo_library import build_library
 from shared.procs import Processes, base_env, free_port, run_cli
 
@@ -66,7 +69,7 @@ class WebhookReceiver:
     (method, path, headers, body, received_at) and answers 204, like a well-behaved client."""
 
     def __init__(self, log: Path, host: str = "127.0.0.1", path: str = "/hooks/onbrand") -> None:
-        self.log, self.path = Path(log), path
+        self.log, self.host, self.path = Path(log), host, path
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.log.write_text("")  # one run, one log: stale events would satisfy wait_for
         self._lock = threading.Lock()
@@ -77,8 +80,7 @@ class WebhookReceiver:
 
     @property
     def url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}{self.path}"
+        return f"http://{self.host}:{self._server.server_port}{self.path}"
 
     def _handler(self) -> type[BaseHTTPRequestHandler]:
         receiver = self
@@ -148,10 +150,6 @@ class WebhookReceiver:
 
 def verify_webhooks(secret: str, records: list[Json]) -> tuple[int, int]:
     """(verified, total) Standard Webhooks signatures among the recorded requests."""
-    try:
-        from standardwebhooks import Webhook
-    except ImportError:  # the demo still works; it just cannot vouch for the signatures
-        return 0, len(records)
     hook, ok = Webhook(secret), 0
     for entry in records:
         with contextlib.suppress(Exception):
@@ -209,7 +207,7 @@ def fetch_candidates(client: httpx.Client, campaign_id: str, limit: int = 100) -
     params: dict[str, Any] = {"limit": limit}
     while True:
         page = api(client, "GET", f"/v1/campaigns/{campaign_id}/candidates", params=params)
-        items += page.get("items", page.get("data", []))
+        items += list(page.get("items") or page.get("data") or [])
         if not page.get("next_cursor"):
             return items
         params["cursor"] = page["next_cursor"]
@@ -225,6 +223,8 @@ def stage_line(campaign: Json) -> str:
         done, total, status = st.get("done") or 0, st.get("total") or 0, str(st.get("status", ""))
         if status in ("succeeded", "completed", "done") or (total and done >= total):
             parts.append(f"[green]✓ {st['stage']}[/]")
+        elif status == "skipped":
+            parts.append(f"[dim]– {st['stage']}[/]")
         elif status == "failed":
             parts.append(f"[red]✗ {st['stage']}[/]")
         elif status == "running" or done:
@@ -416,7 +416,8 @@ def _aesthetic(cand: Json) -> str:
 def _layout(cand: Json) -> str:
     p = cand.get("placement") or {}
     canvas = p.get("canvas") or {}
-    bits = [f"{canvas.get('width', '?')}×{canvas.get('height', '?')}", f"row {p.get('row', '?')} · col {p.get('col', '?')}",
+    bits = [f"{canvas.get('width', '?')}×{canvas.get('height', '?')}",
+            f"row {p.get('row', '?')} · col {p.get('col', '?')}",
             f"{_num(p.get('rotation'), 0)}°", f"scale {_num(p.get('scale'), 2)}"]
     if cand.get("round"):
         bits.append(f"round {cand['round']}")
@@ -427,7 +428,8 @@ def _card(cand: Json) -> str:
     rank, src = cand.get("rank"), f"candidates/{thumb_name(cand)}.png"
     cls = "ranked" if rank else ("passed" if cand.get("passed") else "failed")
     img = f'<img src="{esc(src)}" alt="{esc(cand.get("layout_key"))}" loading="lazy">'
-    thumb = f'<a class="thumb" href="rank-{rank}.png">{img}</a>' if rank else f'<a class="thumb" href="{esc(src)}">{img}</a>'
+    href = f"rank-{rank}.png" if rank else src  # ranked cards open the full-size result
+    thumb = f'<a class="thumb" href="{esc(href)}">{img}</a>'
     badge = f'<div class="badge r{rank}">{rank}</div>' if rank else ""
     excluded = f'<div class="excluded">{esc(cand["excluded_reason"])}</div>' if cand.get("excluded_reason") else ""
     verdicts = (cand.get("qc") or {}).get("verdicts") or []
@@ -459,7 +461,8 @@ def _retrieval(ret: Json) -> str:
                   ret.get("background_reason"))]
     for entity in ret.get("entities") or []:
         top = ", ".join(f"{m.get('title')} ({_num(m.get('score'), 2)})" for m in (entity.get("matches") or [])[:3])
-        rows.append(f"<b>“{esc(entity.get('text'))}”</b><div class='layout'>{esc(entity.get('kind'))}: {esc(top)}</div>")
+        rows.append(f"<b>“{esc(entity.get('text'))}”</b>"
+                    f"<div class='layout'>{esc(entity.get('kind'))}: {esc(top)}</div>")
     return f'<div class="panel"><h2>Retrieval picks</h2><div class="kv">{"".join(rows)}</div></div>'
 
 
@@ -471,7 +474,9 @@ def _timing(campaign: Json) -> str:
         left, width = (s["start"] or 0) / end * 100, (s["seconds"] or 0) / end * 100
         secs = f"{s['seconds']:.1f}s" if s["seconds"] is not None else "—"
         rows.append(f'<div class="row"><span>{esc(s["stage"])}</span><div class="track"><div class="bar" '
-                    f'style="left:{left:.1f}%;width:{max(width, 0.6):.1f}%"></div></div><span class="t">{secs}</span></div>')
+                    f'style="left:{left:.1f}%;width:{max(width, 0.6) if s["seconds"] is not None else 0:.1f}%">'
+                    '</div></div>'
+                    f'<span class="t">{secs}</span></div>')
     return f'<div class="panel gantt"><h2>Timing per stage</h2>{"".join(rows) or "<i>no stages</i>"}</div>'
 
 
@@ -487,7 +492,8 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
                     (("candidates", len(candidates)), ("passed QC", passed), ("ranked", ranked),
                      ("seconds, all stages", f"{wall:.1f}")))
     return (f'<header><h1>Onbrand contact sheet<span class="pill {esc(status)}">{esc(status)}</span></h1>'
-            f'<div class="id">campaign {esc(campaign.get("id"))}</div><div class="brief">{esc(campaign.get("brief"))}</div>'
+            f'<div class="id">campaign {esc(campaign.get("id"))}</div>'
+            f'<div class="brief">{esc(campaign.get("brief"))}</div>'
             f'<div class="caption">{esc(caption)}</div><div class="swatches">{swatches}</div>'
             f'<div class="stats">{stats}</div></header>')
 
@@ -546,9 +552,6 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
 @contextlib.contextmanager
 def running_system(home: Path, console: Console) -> Iterator[tuple[str, Json, Processes]]:
     """Embedded stack + migrated DB + tenant + gateway + cpu/gpu workers; all stopped on exit."""
-    from shared import stack
-    from shared.config import Settings
-
     settings = Settings(home=home)
     with contextlib.ExitStack() as cleanup:
         cleanup.callback(lambda: console.print("\n".join(stack.down(settings)), style="dim"))
@@ -606,7 +609,7 @@ def run_demo(out: str) -> int:
             receiver.wait_for(TERMINAL_EVENTS, timeout=20.0)  # delivery is async: give it a moment
             secret = (out_dir / "webhook-secret.txt").read_text().strip()
             print_summary(console, campaign, out_dir, verify_webhooks(secret, receiver.records()))
-    except Exception as exc:  # noqa: BLE001 - one readable failure line, then the exit code
+    except Exception as exc:  # any failure: one readable line and the traceback, then the exit code
         console.print(f"[red]demo failed:[/] {exc}")
         console.print(traceback.format_exc(), style="dim", markup=False, highlight=False)
         console.print(f"[dim]process logs: {home / 'logs'}[/]")

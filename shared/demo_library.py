@@ -64,9 +64,9 @@ def mix(a: ColorLike, b: ColorLike, t: Array | float, shape: tuple[int, int]) ->
     return _as_color(a, shape) * (1 - t_arr) + _as_color(b, shape) * t_arr
 
 
-def smoothstep(e0: float, e1: float, x: Array) -> Array:
+def smoothstep(e0: float | Array, e1: float | Array, x: Array) -> Array:
     t = np.clip((x - e0) / (e1 - e0), 0.0, 1.0)
-    return t * t * (3 - 2 * t)
+    return np.asarray(t * t * (3 - 2 * t), np.float32)
 
 
 # --------------------------------------------------------------------------- blur & noise
@@ -204,8 +204,8 @@ class Canvas:
 
     def __init__(self, w: int, h: int, base: Array | None = None) -> None:
         self.w, self.h = w, h
-        self.prem = np.zeros((h, w, 3), np.float32) if base is None else base.astype(np.float32).copy()
-        self.alpha = np.zeros((h, w), np.float32) if base is None else np.ones((h, w), np.float32)
+        self.prem: Array = np.zeros((h, w, 3), np.float32) if base is None else base.astype(np.float32).copy()
+        self.alpha: Array = np.zeros((h, w), np.float32) if base is None else np.ones((h, w), np.float32)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -390,10 +390,12 @@ def _bag_handle(cv: Canvas, xx: Array, yy: Array, grain: Array) -> None:
     handle = ring * (yy < 176)
     cv.paint(handle, _leather(xx, yy, grain, cv.shape) * 0.92)
     cv.shade(0.7 + 0.4 * roundness(handle, 6), handle)
+    tabs, rivets = Pen(size), Pen(size)
     for x in (212, 388):  # tabs with brass rivets hold the handle
-        tab = shape(size, lambda p, x=x: p.rect((x - 18, 150, x + 18, 204), radius=6))
-        cv.paint(tab, "#6E3716")
-        cv.paint(shape(size, lambda p, x=x: p.ellipse((x - 6, 180, x + 6, 192))), _brass(xx, yy, cv.shape))
+        tabs.rect((x - 18, 150, x + 18, 204), radius=6)
+        rivets.ellipse((x - 6, 180, x + 6, 192))
+    cv.paint(tabs.cover(), "#6E3716")
+    cv.paint(rivets.cover(), _brass(xx, yy, cv.shape))
 
 
 def _brass(xx: Array, yy: Array, shape_hw: tuple[int, int]) -> Array:
@@ -547,7 +549,7 @@ def _sunset_sky(xx: Array, yy: Array, vp: Point, rng: np.random.Generator) -> Ar
     sky = sky * (1 - sun[..., None]) + sun[..., None] * rgb("#FFF4D6")
     clouds = noise(xx.shape[1], xx.shape[0], rng, (3, 14), octaves=4)
     streak = smoothstep(0.55, 0.8, clouds) * smoothstep(120, 260, yy) * smoothstep(500, 380, yy)
-    return sky * (1 - 0.6 * streak[..., None]) + (0.6 * streak)[..., None] * rgb("#FF9E8A")
+    return np.asarray(sky * (1 - 0.6 * streak[..., None]) + (0.6 * streak)[..., None] * rgb("#FF9E8A"), np.float32)
 
 
 def _skyline(cv: Canvas, vp: Point, rng: np.random.Generator) -> None:
@@ -573,11 +575,11 @@ def _street(cv: Canvas, xx: Array, yy: Array, vp: Point) -> None:
     sheen = np.exp(-((xx - vp[0]) / (60 + 420 * depth)) ** 2) * (1 - depth) ** 1.5 * ground
     cv.glow(0.45 * sheen, "#FF9A5C")  # the sun's reflection on the road
     _road_markings(cv, vp)
-    for sign in (-1, 1):  # sidewalks: wedges between the curb line and the facade line
-        far = (vp[0] + sign * 8, vp[1])
-        walk = _bg_shape(lambda p, s=sign, f=far: p.polygon([f, (vp[0] + s * 1400, cv.h + 400),
-                                                             (vp[0] + s * 2400, cv.h), (vp[0] + s * 60, vp[1])]))
-        cv.paint(walk * ground, ramp(depth, [(0.0, "#9A6A78"), (0.4, "#5E4A5E"), (1.0, "#463C4E")]))
+    walks = Pen(BG_SIZE, BG_SS)
+    for s in (-1, 1):  # sidewalks: wedges between the curb line and the facade line
+        walks.polygon([(vp[0] + s * 8, vp[1]), (vp[0] + s * 1400, cv.h + 400), (vp[0] + s * 2400, cv.h),
+                       (vp[0] + s * 60, vp[1])])
+    cv.paint(walks.cover() * ground, ramp(depth, [(0.0, "#9A6A78"), (0.4, "#5E4A5E"), (1.0, "#463C4E")]))
 
 
 def _road_markings(cv: Canvas, vp: Point) -> None:
@@ -784,7 +786,7 @@ def _marble(xx: Array, yy: Array, back: float, rng: np.random.Generator) -> Arra
     cloud = noise_at(gx * 1.2 + 50, z * 1.2, table, 4)
     base = mix("#F6F4F0", "#DEDBD5", cloud * 0.7, xx.shape)
     dark = np.clip(soft + thin, 0, 0.85)[..., None]
-    return base * (1 - dark) + dark * rgb("#9A9BA0")
+    return np.asarray(base * (1 - dark) + dark * rgb("#9A9BA0"), np.float32)
 
 
 def paint_forest_autumn() -> Image.Image:
@@ -954,11 +956,11 @@ LIBRARY: list[dict[str, Any]] = [
 
 def build_library(dir: Path) -> list[dict[str, Any]]:  # noqa: A002 - the public name the demo uses
     """Paint every library image into `dir` and return [{path, metadata}] ready for POST /v1/assets."""
-    dir = Path(dir)
-    dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(dir)
+    folder.mkdir(parents=True, exist_ok=True)
     items = []
     for entry in LIBRARY:
-        path = dir / entry["file"]
+        path = folder / entry["file"]
         entry["paint"]().save(path, format="PNG", compress_level=3)  # speed over a few % of size
         items.append({"path": path, "metadata": dict(entry["metadata"])})
     return items

@@ -67,7 +67,7 @@ def test_library_metadata_finds_the_brief(library: list[dict[str, Any]]) -> None
         meta = item["metadata"]
         assert set(meta) == {"kind", "title", "description", "tags", "attributes", "kpis"}
         assert meta["title"] and meta["description"] and meta["tags"]
-    texts = {i["metadata"]["kind"]: [] for i in library}
+    texts: dict[str, list[str]] = {i["metadata"]["kind"]: [] for i in library}
     for item in library:
         meta = item["metadata"]
         texts[meta["kind"]].append(" ".join([meta["title"], meta["description"], *meta["tags"]]).lower())

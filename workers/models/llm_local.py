@@ -66,6 +66,15 @@ class FieldSpec:
     name: str
     kind: Literal["list", "str"] = "list"
     max_items: int = 4
+    min_items: int = 1  # 0: the model may answer [] (asked with a one-token peek first)
+    fixed: list[str] | str | None = None  # written by the code, not asked (e.g. kept on repair)
+    banned: tuple[str, ...] = ()  # values the model may not start with (rejected before)
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
+            raise ValueError(f"name must be an identifier, got {self.name!r}")
+        if not 0 <= self.min_items <= 1 <= self.max_items:
+            raise ValueError(f"min_items/max_items must satisfy 0 <= min <= 1 <= max, got {self.min_items}/{self.max_items}")
 
 
 @dataclass
@@ -225,6 +234,15 @@ def _check_fill_args(system: str, user: str, prefix: str, max_new_tokens: int) -
         raise ValueError(f"max_new_tokens must be an int in 1..512, got {max_new_tokens!r}")
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """What the model is asked: system text, few-shot (user, assistant) turns, user text."""
+
+    system: str
+    user: str
+    examples: tuple[tuple[str, str], ...] = ()
+
+
 def fill(
     system: str,
     user: str,
@@ -232,19 +250,60 @@ def fill(
     max_new_tokens: int,
     *,
     examples: Sequence[tuple[str, str]] = (),
+    banned: Sequence[str] = (),
     settings: Settings | None = None,
 ) -> FillResult:
     """Generate the string value that `prefix` (ending inside an open JSON
-    string) leaves open, greedily, and return it sanitised with call stats."""
+    string) leaves open, greedily, and return it sanitised with call stats.
+    `banned` values (e.g. ones validation rejected) may not start the value again."""
     _check_fill_args(system, user, prefix, max_new_tokens)
+    return _run(Prompt(system, user, tuple(examples)), prefix, max_new_tokens, settings, banned, constrained=True)
+
+
+def peek(
+    system: str,
+    user: str,
+    prefix: str,
+    max_new_tokens: int = 2,
+    *,
+    examples: Sequence[tuple[str, str]] = (),
+    settings: Settings | None = None,
+) -> FillResult:
+    """Raw greedy continuation of a few tokens (unsanitised): lets the model make a
+    structural choice, e.g. `]` (empty list) versus `"` (a first item)."""
+    _check_fill_args(system, user, prefix, max_new_tokens)
+    return _run(Prompt(system, user, tuple(examples)), prefix, max_new_tokens, settings, (), constrained=False)
+
+
+def _run(
+    prompt: Prompt, prefix: str, max_new_tokens: int, settings: Settings | None,
+    banned: Sequence[str], constrained: bool,
+) -> FillResult:
     lm = load(settings)
     started = time.perf_counter()
-    prompt_ids, prompt_cache = _prompt_state(lm, render_prompt(lm.tokenizer, system, user, examples))
-    raw, n_in, n_out = _generate(lm, prompt_ids, prompt_cache, prefix, max_new_tokens)
-    value, stop, more = _finish(raw, n_out >= max_new_tokens)
+    prompt_ids, prompt_cache = _prompt_state(lm, render_prompt(lm.tokenizer, prompt.system, prompt.user, prompt.examples))
+    bad = _first_token_ids(lm.tokenizer, banned)
+    raw, n_in, n_out = _generate(lm, prompt_ids, prompt_cache, prefix, max_new_tokens, constrained, bad)
+    hit_budget = n_out >= max_new_tokens
+    if constrained:
+        value, stop, more = _finish(raw, hit_budget)
+        text = sanitize(value)
+    else:
+        value, stop, more, text = raw, ("max_tokens" if hit_budget else "eos"), False, raw
     latency = round(time.perf_counter() - started, 4)
-    n_cached = int(prompt_ids.shape[1])
-    return FillResult(sanitize(value), value, more, stop, lm.model_id, latency, n_in, n_out, n_cached)
+    return FillResult(text, value, more, stop, lm.model_id, latency, n_in, n_out, int(prompt_ids.shape[1]))
+
+
+def _first_token_ids(tokenizer: Any, banned: Sequence[str]) -> list[list[int]]:
+    """bad_words_ids that forbid each banned value's first token (as written and
+    lowercased): with greedy decoding the same context would otherwise give the
+    same rejected answer again."""
+    out: set[int] = set()
+    for value in banned:
+        for variant in {value.strip(), value.strip().lower()}:
+            ids = tokenizer(variant, add_special_tokens=False).input_ids if variant else []
+            out.update(ids[:1])
+    return [[i] for i in sorted(out)]
 
 
 def _prompt_state(lm: LoadedModel, prompt: str) -> tuple[Any, Any]:
@@ -268,7 +327,8 @@ def _prompt_state(lm: LoadedModel, prompt: str) -> tuple[Any, Any]:
 
 
 def _generate(
-    lm: LoadedModel, prompt_ids: Any, prompt_cache: Any, prefix: str, max_new_tokens: int
+    lm: LoadedModel, prompt_ids: Any, prompt_cache: Any, prefix: str, max_new_tokens: int,
+    constrained: bool, bad_words_ids: list[list[int]],
 ) -> tuple[str, int, int]:
     """Greedy decode after prompt + prefix; returns (new text, tokens in, tokens out).
     The prefix is tokenised on its own so the cached prompt ids stay a true prefix."""
@@ -277,6 +337,9 @@ def _generate(
     prefix_ids = lm.tokenizer(prefix, return_tensors="pt", add_special_tokens=False).input_ids
     ids = torch.cat([prompt_ids, prefix_ids], dim=1)
     n_in = int(ids.shape[1])
+    options: dict[str, Any] = {"bad_words_ids": bad_words_ids} if bad_words_ids else {}
+    if constrained:
+        options["stopping_criteria"] = _stopping_criteria(lm.tokenizer, n_in)
     with torch.inference_mode():
         out = lm.model.generate(
             input_ids=ids,
@@ -284,28 +347,37 @@ def _generate(
             past_key_values=copy.deepcopy(prompt_cache),  # generate() appends to it in place
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            stopping_criteria=_stopping_criteria(lm.tokenizer, n_in),
             pad_token_id=lm.tokenizer.eos_token_id,
+            **options,
         )
     new_ids = out[0, n_in:]
     return lm.tokenizer.decode(new_ids, skip_special_tokens=True), n_in, int(new_ids.shape[0])
+
+
+# --------------------------------------------------------------------------- skeleton filling
 
 
 @dataclass
 class _Filler:
     """The fixed parts of one generate_fields run, so each ask is one line."""
 
-    system: str
-    user: str
-    examples: Sequence[tuple[str, str]]
+    prompt: Prompt
     settings: Settings | None
     budget: int
     result: FieldsResult
 
-    def ask(self, prompt_prefix: str, label: str) -> FillResult:
-        got = fill(self.system, self.user, prompt_prefix, self.budget, examples=self.examples, settings=self.settings)
+    def ask(self, prompt_prefix: str, label: str, banned: Sequence[str] = ()) -> FillResult:
+        p = self.prompt
+        got = fill(p.system, p.user, prompt_prefix, self.budget, examples=p.examples, banned=banned, settings=self.settings)
         self.result.calls.append(got.stats(label))
         return got
+
+    def wants_empty_list(self, prompt_prefix: str, label: str) -> bool:
+        """Let the model choose `[]`: the skeleton would otherwise force an item."""
+        p = self.prompt
+        got = peek(p.system, p.user, prompt_prefix, 2, examples=p.examples, settings=self.settings)
+        self.result.calls.append(got.stats(label))
+        return got.raw.lstrip().startswith("]")
 
 
 def generate_fields(
@@ -319,13 +391,14 @@ def generate_fields(
     settings: Settings | None = None,
 ) -> FieldsResult:
     """Fill a flat JSON object field by field under a code-written skeleton.
-    `prefix` may pre-fill keys the code already knows (e.g. the subject)."""
+    `prefix` may pre-fill keys the code already knows (e.g. the subject); a
+    FieldSpec with `fixed` is written by the code, not asked."""
     if not fields:
         raise ValueError("fields must name at least one FieldSpec")
     if not prefix.lstrip().startswith("{"):
         raise ValueError(f"prefix must open a JSON object, got {prefix[:20]!r}")
     budget = max_new_tokens or int(_settings_or_default(settings).llm_max_new_tokens)
-    filler = _Filler(system, user, tuple(examples), settings, budget, FieldsResult(values={}))
+    filler = _Filler(Prompt(system, user, tuple(examples)), settings, budget, FieldsResult(values={}))
     head = prefix
     for spec in fields:
         head += ("" if head.rstrip().endswith("{") else ", ") + f"{json.dumps(spec.name)}: "
@@ -335,22 +408,35 @@ def generate_fields(
 
 
 def _fill_str(filler: _Filler, spec: FieldSpec, head: str) -> str:
-    got = filler.ask(head + '"', spec.name)
-    filler.result.values[spec.name] = got.text
-    return head + json.dumps(got.text)
+    if spec.fixed is not None:
+        value = str(spec.fixed)
+    else:
+        value = filler.ask(head + '"', spec.name, spec.banned).text
+    filler.result.values[spec.name] = value
+    return head + json.dumps(value)
 
 
 def _fill_list(filler: _Filler, spec: FieldSpec, head: str) -> str:
     """Ask for items until the model closes the list, repeats itself, returns an
     empty item or reaches max_items (small models love to loop)."""
+    if spec.fixed is not None:
+        items = list(spec.fixed)
+    elif spec.min_items == 0 and filler.wants_empty_list(head + "[", f"{spec.name}[]"):
+        items = []
+    else:
+        items = _ask_items(filler, spec, head)
+    filler.result.values[spec.name] = items
+    return head + json.dumps(items)
+
+
+def _ask_items(filler: _Filler, spec: FieldSpec, head: str) -> list[str]:
     items: list[str] = []
     while len(items) < spec.max_items:
         so_far = "".join(json.dumps(x) + ", " for x in items)
-        got = filler.ask(head + "[" + so_far + '"', f"{spec.name}[{len(items)}]")
+        got = filler.ask(head + "[" + so_far + '"', f"{spec.name}[{len(items)}]", spec.banned)
         if not got.text or got.text.lower() in (x.lower() for x in items):
             break
         items.append(got.text)
         if not got.more:
             break
-    filler.result.values[spec.name] = items
-    return head + json.dumps(items)
+    return items

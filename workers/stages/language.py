@@ -374,9 +374,13 @@ def _check_brief(brief: str) -> str:
 
 # ----------------------------------------------------------------------------- validation
 
+LIST_FIELDS = ("products", "backgrounds", "themes")
+
 
 class DecompositionCheck(BaseModel):
-    """What a usable decomposition looks like; the brief comes in the validation context."""
+    """What a usable decomposition looks like. The brief comes in the validation
+    context; every check is a field validator so each error names its field
+    (the repair re-asks only the failing fields)."""
 
     products: list[str] = Field(min_length=1, max_length=4)
     backgrounds: list[str] = Field(min_length=1, max_length=4)
@@ -384,26 +388,21 @@ class DecompositionCheck(BaseModel):
 
     @field_validator("products", "backgrounds", "themes")
     @classmethod
-    def _items_short(cls, items: list[str], info: ValidationInfo) -> list[str]:
+    def _items_ok(cls, items: list[str], info: ValidationInfo) -> list[str]:
+        brief = str((info.context or {}).get("brief", ""))
+        name = str(info.field_name)
         for item in items:
-            n = len(words(item))
-            if not 1 <= n <= MAX_ITEM_WORDS:
-                raise ValueError(f'{info.field_name} item "{item}" has {n} words (1-{MAX_ITEM_WORDS} allowed)')
-            if has_negation(item):
-                raise ValueError(f'{info.field_name} item "{item}" is negated')
+            _check_item(name, item, brief)
+        _check_against_earlier(name, items, info.data)
         return items
-
-    @model_validator(mode="after")
-    def _grounded_and_separate(self, info: ValidationInfo) -> DecompositionCheck:
-        brief = (info.context or {}).get("brief", "")
-        for name in ("products", "backgrounds", "themes"):
-            for item in getattr(self, name):
-                _check_item(name, item, brief)
-        _check_separate(self.products, self.backgrounds, self.themes)
-        return self
 
 
 def _check_item(name: str, item: str, brief: str) -> None:
+    n = len(words(item))
+    if not 1 <= n <= MAX_ITEM_WORDS:
+        raise ValueError(f'{name} item "{item}" has {n} words (1-{MAX_ITEM_WORDS} allowed)')
+    if has_negation(item):
+        raise ValueError(f'{name} item "{item}" is negated')
     if not is_grounded(item, brief):
         raise ValueError(f'{name} item "{item}" is not in the brief')
     brief_stems = content_stems(brief)
@@ -413,29 +412,43 @@ def _check_item(name: str, item: str, brief: str) -> None:
         raise ValueError(f'products item "{item}" contains a place or time; give only the product')
 
 
-def _check_separate(products: list[str], backgrounds: list[str], themes: list[str]) -> None:
-    """No phrase may sit in two lists, and a theme must not be a background with another name."""
-    seen: dict[str, str] = {}
-    for name, items in (("products", products), ("backgrounds", backgrounds), ("themes", themes)):
+def _check_against_earlier(name: str, items: list[str], earlier: dict[str, Any]) -> None:
+    """No phrase in two lists; a theme must not be a product/background renamed
+    ("dining table" as a theme next to the background "dinner table")."""
+    for other in LIST_FIELDS[: LIST_FIELDS.index(name)]:
+        keys = {_key(x) for x in earlier.get(other) or []}
+        heads = {_head(x) for x in earlier.get(other) or []}
         for item in items:
-            key = " ".join(sorted(content_stems(item)))
-            if key in seen and seen[key] != name:
-                raise ValueError(f'"{item}" is listed in both {seen[key]} and {name}')
-            seen[key] = name
-    heads = {stem(words(x)[-1]) for x in products + backgrounds}
-    for theme in themes:
-        if stem(words(theme)[-1]) in heads:
-            raise ValueError(f'themes item "{theme}" is a product or background, not a time or light')
+            if _key(item) in keys or (name == "themes" and _head(item) in heads):
+                raise ValueError(f'{name} item "{item}" is already one of the {other}')
+
+
+def _key(phrase: str) -> str:
+    return " ".join(sorted(content_stems(phrase)))
+
+
+def _head(phrase: str) -> str:
+    ws = words(phrase)
+    return stem(ws[-1]) if ws else ""
+
+
+def field_errors(parts: dict[str, Any], brief: str) -> dict[str, str]:
+    """{field: reason} for every failing field; empty when the decomposition is usable."""
+    data = {k: list(parts.get(k) or []) for k in LIST_FIELDS}
+    try:
+        DecompositionCheck.model_validate(data, context={"brief": brief})
+    except ValidationError as exc:
+        out: dict[str, str] = {}
+        for e in exc.errors():
+            out.setdefault(str(e["loc"][0]) if e["loc"] else "decomposition", _error_text(e))
+        return out
+    return {}
 
 
 def validation_error(parts: dict[str, Any], brief: str) -> str | None:
     """None when the decomposition is usable, else a short readable reason."""
-    data = {k: parts.get(k) or [] for k in ("products", "backgrounds", "themes")}
-    try:
-        DecompositionCheck.model_validate(data, context={"brief": brief})
-    except ValidationError as exc:
-        return "; ".join(_error_text(e) for e in exc.errors())
-    return None
+    errors = field_errors(parts, brief)
+    return "; ".join(errors.values()) if errors else None
 
 
 def _error_text(error: Any) -> str:
@@ -449,7 +462,7 @@ def clean_mood(mood: str | None, parts: dict[str, Any], brief: str) -> str | Non
     (the model tends to echo a theme there); dropping is not inventing."""
     if not mood or not is_grounded(mood, brief) or len(words(mood)) > 4 or has_negation(mood):
         return None
-    used = set().union(*(content_stems(x) for k in ("products", "backgrounds", "themes") for x in parts[k]))
+    used = set().union(*(content_stems(x) for k in LIST_FIELDS for x in parts.get(k) or []))
     return None if content_stems(mood) & used else mood
 
 
@@ -475,34 +488,57 @@ def decompose(brief: str, settings: Settings | None = None) -> dict[str, Any]:
 def _local_decompose(
     brief: str, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Constrained try, one repair with the error in the prompt, then rules."""
-    errors: list[str] = []
-    for _attempt in range(2):
-        parts = _llm_parts(brief, settings, template, errors[-1] if errors else None, calls)
-        error = validation_error(parts, brief)
-        if error is None:
-            return _local_result(brief, parts, calls, template.id)
-        errors.append(error)
-    reason = f"model output invalid (first try: {errors[0]}; repair: {errors[1]}); used the rules decomposer"
+    """Constrained try; one repair that keeps the valid fields, re-asks the failing
+    ones with the error in the prompt and their rejected values banned; then rules."""
+    parts = _llm_parts(brief, settings, template, calls, previous=None, errors={})
+    errors = field_errors(parts, brief)
+    if not errors:
+        return _local_result(brief, parts, calls, template.id)
+    repaired = _llm_parts(brief, settings, template, calls, previous=parts, errors=errors)
+    repair_errors = field_errors(repaired, brief)
+    if not repair_errors:
+        return _local_result(brief, repaired, calls, template.id)
+    reason = (
+        f"model output invalid (first try: {'; '.join(errors.values())}; "
+        f"repair: {'; '.join(repair_errors.values())}); used the rules decomposer"
+    )
     return _rules_result(brief, reason, calls, template.id)
 
 
+def _decompose_fields(previous: dict[str, Any] | None, errors: dict[str, str]) -> list[Any]:
+    """Skeleton fields: all asked on the first try; on repair the valid ones are fixed."""
+    from workers.models import llm_local
+
+    specs = []
+    for name in LIST_FIELDS:
+        min_items = 0 if name == "themes" else 1
+        if previous is not None and name not in errors:
+            specs.append(llm_local.FieldSpec(name, min_items=min_items, fixed=list(previous[name])))
+        else:
+            banned = tuple(previous[name]) if previous is not None else ()
+            specs.append(llm_local.FieldSpec(name, min_items=min_items, banned=banned))
+    mood = None if previous is None else str(previous.get("raw_mood") or "")
+    specs.append(llm_local.FieldSpec("mood", kind="str", fixed=mood))
+    return specs
+
+
 def _llm_parts(
-    brief: str, settings: Settings, template: PromptTemplate, error: str | None, calls: list[dict[str, Any]]
+    brief: str, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]],
+    previous: dict[str, Any] | None, errors: dict[str, str],
 ) -> dict[str, Any]:
     from workers.models import llm_local
 
-    fields = [llm_local.FieldSpec(n) for n in ("products", "backgrounds", "themes")]
-    fields.append(llm_local.FieldSpec("mood", kind="str"))
     # An item of <= 8 words never needs more than ~16 tokens; the cap stops runaway loops early.
     budget = min(int(settings.llm_max_new_tokens), 16)
-    user = template.render_user(error, brief=brief)
+    user = template.render_user("; ".join(errors.values()) or None, brief=brief)
     got = llm_local.generate_fields(
-        template.system, user, fields, budget, examples=template.examples, settings=settings
+        template.system, user, _decompose_fields(previous, errors), budget,
+        examples=template.examples, settings=settings,
     )
-    calls += [dict(c, attempt="repair" if error else "first") for c in got.calls]
-    parts = {k: list(got.values.get(k) or []) for k in ("products", "backgrounds", "themes")}
-    parts["mood"] = clean_mood(str(got.values.get("mood") or ""), parts, brief)
+    calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
+    parts: dict[str, Any] = {k: list(got.values.get(k) or []) for k in LIST_FIELDS}
+    parts["raw_mood"] = str(got.values.get("mood") or "")
+    parts["mood"] = clean_mood(parts["raw_mood"], parts, brief)
     return parts
 
 
@@ -545,8 +581,9 @@ def _check_settings(settings: Settings | None) -> Settings:
         from shared.config import get_settings
 
         return get_settings()
-    if getattr(settings, "llm_backend", None) not in ("local", "rules"):
-        raise ValueError(f"settings.llm_backend must be 'local' or 'rules', got {getattr(settings, 'llm_backend', None)!r}")
+    backend = getattr(settings, "llm_backend", None)
+    if backend not in ("local", "rules"):
+        raise ValueError(f"settings.llm_backend must be 'local' or 'rules', got {backend!r}")
     return settings
 
 
@@ -651,9 +688,11 @@ def _theme_phrase(decomposition: dict[str, Any], bg_caption: str) -> str:
 
 # ----------------------------------------------------------------------------- caption: clauses
 
+CLAUSE_FIELDS = ("lighting", "style")
+
 
 class CaptionFields(BaseModel):
-    """The model's clauses: short, caption-like, and about light / photography."""
+    """The model's clauses: short, caption-like, and the lighting is about light."""
 
     lighting: str = Field(min_length=3)
     style: str = Field(min_length=3)
@@ -666,6 +705,9 @@ class CaptionFields(BaseModel):
             raise ValueError(f'{info.field_name} "{value}" has {n} words (1-10 allowed)')
         if is_instruction_like(value) or has_negation(value):
             raise ValueError(f'{info.field_name} "{value}" is an instruction or a negation, not a description')
+        base = str((info.context or {}).get("base", ""))
+        if content_stems(value) <= content_stems(base):
+            raise ValueError(f'{info.field_name} "{value}" only repeats the subject or setting')
         return value
 
     @field_validator("lighting")
@@ -676,18 +718,35 @@ class CaptionFields(BaseModel):
         return value
 
 
-def caption_fields_error(fields: dict[str, str], scene: Scene) -> str | None:
-    """None when the model's clauses are usable, else the reason."""
+def caption_field_errors(fields: dict[str, str], scene: Scene) -> dict[str, str]:
+    """{field: reason} for every unusable clause; empty when all are usable."""
     try:
-        CaptionFields.model_validate(fields)
+        CaptionFields.model_validate(fields, context={"base": scene.base})
     except ValidationError as exc:
-        return "; ".join(_error_text(e) for e in exc.errors())
-    repeated = [k for k, v in fields.items() if content_stems(v) and content_stems(v) <= content_stems(scene.base)]
-    return f"{repeated[0]} only repeats the subject or setting" if repeated else None
+        out: dict[str, str] = {}
+        for e in exc.errors():
+            out.setdefault(str(e["loc"][0]) if e["loc"] else "caption", _error_text(e))
+        return out
+    return {}
+
+
+def _clause_specs(previous: dict[str, str] | None, errors: dict[str, str]) -> list[Any]:
+    """First try asks both clauses; the repair keeps the valid one and bans the rejected value."""
+    from workers.models import llm_local
+
+    if previous is None:
+        return [llm_local.FieldSpec(k, kind="str") for k in CLAUSE_FIELDS]
+    return [
+        llm_local.FieldSpec(k, kind="str", banned=(previous[k],) if previous[k] else ())
+        if k in errors
+        else llm_local.FieldSpec(k, kind="str", fixed=previous[k])
+        for k in CLAUSE_FIELDS
+    ]
 
 
 def _llm_clauses(
-    scene: Scene, settings: Settings, template: PromptTemplate, error: str | None, calls: list[dict[str, Any]]
+    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]],
+    previous: dict[str, str] | None, errors: dict[str, str],
 ) -> tuple[dict[str, str], list[str]]:
     """Fill "lighting" and "style" under a skeleton that already holds subject and setting."""
     import json
@@ -695,14 +754,13 @@ def _llm_clauses(
     from workers.models import llm_local
 
     skeleton = "{" + f'"subject": {json.dumps(scene.subject)}, "setting": {json.dumps(scene.setting)}'
-    fields = [llm_local.FieldSpec("lighting", kind="str"), llm_local.FieldSpec("style", kind="str")]
-    user = template.render_user(error, subject=scene.subject, setting=scene.setting)
+    user = template.render_user("; ".join(errors.values()) or None, subject=scene.subject, setting=scene.setting)
     got = llm_local.generate_fields(
-        template.system, user, fields, int(settings.llm_max_new_tokens),
+        template.system, user, _clause_specs(previous, errors), int(settings.llm_max_new_tokens),
         examples=template.examples, prefix=skeleton, settings=settings,
     )
-    calls += [dict(c, attempt="repair" if error else "first") for c in got.calls]
-    return _clauses_without_negations({k: str(got.values.get(k) or "") for k in ("lighting", "style")})
+    calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
+    return _clauses_without_negations({k: str(got.values.get(k) or "") for k in CLAUSE_FIELDS})
 
 
 def _clauses_without_negations(fields: dict[str, str]) -> tuple[dict[str, str], list[str]]:
@@ -741,18 +799,21 @@ def caption(
 def _local_caption(
     scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """Constrained try, one repair, then the template caption."""
-    errors: list[str] = []
-    for _attempt in range(2):
-        fields, negatives = _llm_clauses(scene, settings, template, errors[-1] if errors else None, calls)
-        error = caption_fields_error(fields, scene)
-        if error is None:
-            from workers.models import llm_local
+    """Constrained try, one repair of the failing clauses, then the template caption."""
+    from workers.models import llm_local
 
-            return _caption_result(scene, fields, negatives, "local", llm_local.model_id(), None, calls, template.id)
-        errors.append(error)
-    reason = f"model clauses invalid (first try: {errors[0]}; repair: {errors[1]}); used the template caption"
-    return _template_caption(scene, reason, calls, template.id)
+    fields, negatives = _llm_clauses(scene, settings, template, calls, previous=None, errors={})
+    errors = caption_field_errors(fields, scene)
+    if errors:
+        fields, negatives = _llm_clauses(scene, settings, template, calls, previous=fields, errors=errors)
+        repair_errors = caption_field_errors(fields, scene)
+        if repair_errors:
+            reason = (
+                f"model clauses invalid (first try: {'; '.join(errors.values())}; "
+                f"repair: {'; '.join(repair_errors.values())}); used the template caption"
+            )
+            return _template_caption(scene, reason, calls, template.id)
+    return _caption_result(scene, fields, negatives, "local", llm_local.model_id(), None, calls, template.id)
 
 
 def _template_caption(
