@@ -86,6 +86,7 @@ def worker(
     pool: Annotated[str, typer.Option(help="cpu | gpu | all")] = "all",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
     name: Annotated[str, typer.Option(help="worker node name")] = "",
+    beat: Annotated[bool, typer.Option(help="also run the periodic sweeps (exactly one worker per deployment)")] = False,
 ) -> None:
     """Run a Celery worker consuming the cpu queues, the gpu queues or all of them."""
     if pool not in (*POOLS, "all"):
@@ -94,6 +95,10 @@ def worker(
     argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues,
             "-c", str(concurrency), "-l", get_settings().log_level, "-n", name or f"{pool}-{os.getpid()}@%h",
             "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if beat:
+        settings = get_settings()
+        settings.home.mkdir(parents=True, exist_ok=True)
+        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
     os.execvp(argv[0], argv)  # replace this process: signals reach Celery directly
 
 

@@ -52,10 +52,11 @@ class Processes:
         wait_http(f"{url}/readyz", proc=self.procs["gateway"], log=self.logs / "gateway.log")
         return url
 
-    def worker(self, pool: str, name: str | None = None, concurrency: int = 1) -> subprocess.Popen[bytes]:
+    def worker(self, pool: str, name: str | None = None, concurrency: int = 1,
+               beat: bool = False) -> subprocess.Popen[bytes]:
         node = name or pool
-        return self.start(f"worker-{node}", "worker", "--pool", pool, "--concurrency", str(concurrency),
-                          "--name", f"{node}@%h")
+        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--name", f"{node}@%h"]
+        return self.start(f"worker-{node}", *args, *(["--beat"] if beat else []))
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         proc = self.procs.pop(name, None)

@@ -29,6 +29,13 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.deliver": "scoring",
     "onbrand.send_webhook": "webhooks",
     "onbrand.sweep_outbox": "webhooks",
+    "onbrand.sweep_stalled": "llm",
+}
+
+# Safety nets for sends lost between a commit and the broker (run by `onbrand worker --beat`).
+BEAT_SCHEDULE = {
+    "sweep-outbox": {"task": "onbrand.sweep_outbox", "schedule": 30.0},
+    "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": 60.0},
 }
 
 
@@ -49,6 +56,7 @@ def configure(app: Celery, settings: Settings) -> None:
             "unacked_restore_throttle": settings.broker_restore_throttle,
         },
         worker_hijack_root_logger=False,
+        beat_schedule=BEAT_SCHEDULE,
     )
 
 

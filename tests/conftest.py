@@ -83,7 +83,7 @@ def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory)
     procs = Processes(env=env, logs=home / "logs")
     try:
         url = procs.gateway(port)
-        procs.worker("cpu")
+        procs.worker("cpu", beat=True)
         procs.worker("gpu")
         yield System(url=url, env=env, procs=procs, home=home)
     finally:

@@ -90,3 +90,8 @@ def send_webhook(self: Task, delivery_id: str) -> str:
 @app.task(name="onbrand.sweep_outbox")
 def sweep_outbox() -> int:
     return webhooks.sweep()
+
+
+@app.task(name="onbrand.sweep_stalled")
+def sweep_stalled() -> int:
+    return pipeline.restart_stalled()

@@ -392,6 +392,22 @@ def _complete(session: Session, campaign: Campaign) -> list[Task]:
     return webhook_tasks(webhooks.emit(session, campaign, event, {"status": campaign.status, "results": results}))
 
 
+def restart_stalled(older_than_s: int = 60) -> int:
+    """Campaigns still queued with no stage run: the gateway's send after commit was lost."""
+    from datetime import timedelta
+
+    from shared.db.models import StageRun
+    from shared.queue import send
+
+    with session_scope() as session:
+        ids = session.scalars(select(Campaign.id).where(
+            Campaign.status == "queued", Campaign.created_at < now() - timedelta(seconds=older_than_s),
+            ~select(StageRun.id).where(StageRun.campaign_id == Campaign.id).exists()).limit(500)).all()
+    for campaign_id in ids:
+        send("onbrand.decompose", campaign_id, 0, 0)
+    return len(ids)
+
+
 STAGES: dict[str, StageFn] = {
     "decompose": decompose, "retrieve": retrieve, "caption": caption, "segment": segment, "plan": plan,
     "generate": generate, "qc": qc, "rank": rank, "deliver": deliver,
