@@ -370,6 +370,8 @@ box-shadow:0 2px 6px rgba(0,0,0,.3)}.badge.r2{background:#dfe3e8}.badge.r3{backg
 .parts .fill{height:6px;background:linear-gradient(90deg,var(--accent),var(--gold));border-radius:3px}
 .excluded{font-size:12px;color:var(--bad);font-style:italic}
 footer{color:var(--mute);font-size:12px;text-align:center;padding:20px}
+.problem{margin-top:10px;background:rgba(0,0,0,.25);border-radius:8px;padding:6px 10px;font-size:13px;
+display:inline-block}.empty{color:var(--mute);font-style:italic}
 """
 
 
@@ -443,9 +445,21 @@ def _tags(values: Any) -> str:
     return "".join(f'<span class="tag">{esc(v)}</span>' for v in items if v not in (None, ""))
 
 
+DECOMP_HIDDEN = {"brief", "calls", "prompt_version"}  # the brief is in the header; calls are LLM traces
+
+
+def _scalars(value: Any) -> bool:
+    items = value if isinstance(value, list) else [value]
+    return bool(items) and all(isinstance(v, str | int | float) for v in items)
+
+
+DECOMP_FIRST = ("products", "backgrounds", "themes", "mood", "style", "negatives")
+
+
 def _decomposition(decomp: Json) -> str:
-    rows = [f"<b>{esc(k)}</b><div>{_tags(v)}</div>" for k, v in decomp.items()
-            if isinstance(v, list | str) and k not in ("fallback_reason",) and v]
+    keys = [k for k in DECOMP_FIRST if k in decomp] + [k for k in decomp if k not in DECOMP_FIRST]
+    rows = [f"<b>{esc(k)}</b><div>{_tags(decomp[k])}</div>" for k in keys
+            if k not in DECOMP_HIDDEN and _scalars(decomp[k])]
     return f'<div class="panel"><h2>Decomposition</h2><div class="kv">{"".join(rows) or "<i>none</i>"}</div></div>'
 
 
@@ -491,10 +505,12 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
     stats = "".join(f"<div><b>{v}</b>{esc(k)}</div>" for k, v in
                     (("candidates", len(candidates)), ("passed QC", passed), ("ranked", ranked),
                      ("seconds, all stages", f"{wall:.1f}")))
+    error = campaign.get("error") or {}
+    problem = f'<div class="problem">{esc(error.get("code"))}: {esc(error.get("message"))}</div>' if error else ""
     return (f'<header><h1>Onbrand contact sheet<span class="pill {esc(status)}">{esc(status)}</span></h1>'
             f'<div class="id">campaign {esc(campaign.get("id"))}</div>'
             f'<div class="brief">{esc(campaign.get("brief"))}</div>'
-            f'<div class="caption">{esc(caption)}</div><div class="swatches">{swatches}</div>'
+            f'<div class="caption">{esc(caption)}</div>{problem}<div class="swatches">{swatches}</div>'
             f'<div class="stats">{stats}</div></header>')
 
 
@@ -504,7 +520,7 @@ def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[s
     decomp = state.get("decompose") or state.get("decomposition") or {}
     retrieval = state.get("retrieve") or state.get("retrieval") or {}
     ordered = order_candidates(candidates)
-    cards = "".join(_card(c) for c in ordered)
+    cards = "".join(_card(c) for c in ordered) or '<p class="empty">No candidates were generated.</p>'
     panels = _decomposition(decomp) + _retrieval(retrieval) + _timing(campaign)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -534,7 +550,7 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
         top.add_column(col)
     for r in (campaign.get("results") or [])[:3]:
         top.add_row(str(r.get("rank")), str(r.get("candidate_id")), _num(r.get("aesthetic"), 2))
-    console.print(top)
+    console.print(top if top.row_count else "[yellow]no ranked results[/]")
     stages = Table(title="stage wall time", show_edge=False)
     stages.add_column("stage")
     stages.add_column("seconds", justify="right")

@@ -422,9 +422,9 @@ def paint_bottle() -> Image.Image:
     cv = Canvas(w, h)
     xx, yy = coords(w, h)
     rng = np.random.default_rng(303)
-    body = shape((w, h), lambda p: p.polygon(spline(
-        [(132, 150), (228, 150), (232, 178), (262, 214), (268, 260), (268, 590), (254, 618), (180, 624),
-         (106, 618), (92, 590), (92, 260), (98, 214), (128, 178)], closed=True)))
+    shoulder = spline([(92, 270), (96, 222), (126, 184), (132, 150)])  # left side, mirrored for the right
+    outline = shoulder + [(360 - x, y) for x, y in reversed(shoulder)]
+    body = shape((w, h), lambda p: p.rect((92, 240, 268, 624), radius=28).polygon(outline))
     cv.paint(body, _cylinder_color(xx, 180, 88, "#17BEBB", "#0B5E5C"))
     _bottle_label(cv, xx, yy, body)
     _bottle_cap(cv, xx)
@@ -442,9 +442,10 @@ def _cylinder_color(xx: Array, cx: float, half: float, lit: str, dark: str) -> A
 def _bottle_label(cv: Canvas, xx: Array, yy: Array, body: Array) -> None:
     band = body * ((yy > 340) & (yy < 430))
     cv.paint(band, _cylinder_color(xx, 180, 88, "#FFC914", "#A87F05"))
-    font = ImageFont.load_default(30)
+    font = ImageFont.load_default(34)
     text = Image.new("L", (cv.w, cv.h), 0)
-    ImageDraw.Draw(text).text((180, 386), "STRIDE", font=font, fill=255, anchor="mm")
+    ImageDraw.Draw(text).text((180, 386), "STRIDE", font=font, fill=255, anchor="mm", stroke_width=1,
+                              stroke_fill=255)  # the default face is thin: a 1 px stroke makes it a wordmark
     cv.paint(np.asarray(text, np.float32) / 255 * body, "#1F2A44", 0.9)
 
 
@@ -476,7 +477,7 @@ def paint_studio_mug() -> Image.Image:
 
 def _mug_body(cv: Canvas, xx: Array, yy: Array) -> None:
     size = (cv.w, cv.h)
-    body = shape(size, lambda p: p.rect((290, 200, 590, 520)).ellipse((290, 480, 590, 580)), ss=2)
+    body = shape(size, lambda p: p.rect((290, 200, 590, 530)).ellipse((290, 480, 590, 580)), ss=2)
     cv.paint(body, _cylinder_color(xx, 440, 150, "#2E4C8C", "#0F1A33"))
     cv.glow(0.5 * np.exp(-((xx - 372) / 14) ** 2) * body * smoothstep(560, 480, yy) * smoothstep(200, 260, yy),
             "#FFFFFF")

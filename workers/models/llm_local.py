@@ -66,7 +66,7 @@ class FieldSpec:
     name: str
     kind: Literal["list", "str"] = "list"
     max_items: int = 4
-    min_items: int = 1  # 0: the model may answer [] (asked with a one-token peek first)
+    min_items: int = 1  # 0: the model may answer [] (asked with a two-token peek first)
     fixed: list[str] | str | None = None  # written by the code, not asked (e.g. kept on repair)
     banned: tuple[str, ...] = ()  # values the model may not start with (rejected before)
 
@@ -377,7 +377,7 @@ class _Filler:
         p = self.prompt
         got = peek(p.system, p.user, prompt_prefix, 2, examples=p.examples, settings=self.settings)
         self.result.calls.append(got.stats(label))
-        return got.raw.lstrip().startswith("]")
+        return got.raw.lstrip().startswith(("]", '""'))  # `[]` or an empty first item
 
 
 def generate_fields(

@@ -416,15 +416,16 @@ def _check_against_earlier(name: str, items: list[str], earlier: dict[str, Any])
     """No phrase in two lists; a theme must not be a product/background renamed
     ("dining table" as a theme next to the background "dinner table")."""
     for other in LIST_FIELDS[: LIST_FIELDS.index(name)]:
-        keys = {_key(x) for x in earlier.get(other) or []}
-        heads = {_head(x) for x in earlier.get(other) or []}
         for item in items:
-            if _key(item) in keys or (name == "themes" and _head(item) in heads):
+            if any(_overlaps(item, x, same_head=name == "themes") for x in earlier.get(other) or []):
                 raise ValueError(f'{name} item "{item}" is already one of the {other}')
 
 
-def _key(phrase: str) -> str:
-    return " ".join(sorted(content_stems(phrase)))
+def _overlaps(item: str, other: str, same_head: bool) -> bool:
+    """One phrase's content words contain the other's ("Nike Air Max" in
+    "Nike Air Max sneakers"), or, for themes, both end in the same noun."""
+    a, b = content_stems(item), content_stems(other)
+    return bool(a and b and (a <= b or b <= a)) or (same_head and _head(item) == _head(other))
 
 
 def _head(phrase: str) -> str:
@@ -511,7 +512,9 @@ def _decompose_fields(previous: dict[str, Any] | None, errors: dict[str, str]) -
 
     specs = []
     for name in LIST_FIELDS:
-        min_items = 0 if name == "themes" else 1
+        # Themes are optional, but the peek that offers `[]` says "none" too often on a
+        # first try ("sunset" lost); it is offered on the repair, after an error.
+        min_items = 0 if name == "themes" and previous is not None else 1
         if previous is not None and name not in errors:
             specs.append(llm_local.FieldSpec(name, min_items=min_items, fixed=list(previous[name])))
         else:
