@@ -66,15 +66,15 @@ class FieldSpec:
     name: str
     kind: Literal["list", "str"] = "list"
     max_items: int = 4
-    min_items: int = 1  # 0: the model may answer [] (asked with a two-token peek first)
+    optional: bool = False  # the model may answer [] / "" (asked with a short peek first)
     fixed: list[str] | str | None = None  # written by the code, not asked (e.g. kept on repair)
     banned: tuple[str, ...] = ()  # values the model may not start with (rejected before)
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", self.name):
             raise ValueError(f"name must be an identifier, got {self.name!r}")
-        if not 0 <= self.min_items <= 1 <= self.max_items:
-            raise ValueError(f"min_items/max_items must satisfy 0 <= min <= 1 <= max, got {self.min_items}/{self.max_items}")
+        if self.max_items < 1:
+            raise ValueError(f"max_items must be >= 1, got {self.max_items}")
 
 
 @dataclass
@@ -372,12 +372,14 @@ class _Filler:
         self.result.calls.append(got.stats(label))
         return got
 
-    def wants_empty_list(self, prompt_prefix: str, label: str) -> bool:
-        """Let the model choose `[]`: the skeleton would otherwise force an item."""
+    def wants_empty(self, head: str, label: str) -> bool:
+        """Let the model choose an empty value: the skeleton would otherwise force
+        one. `head` ends right after the key's colon, where the examples show the
+        merged tokens ` []`, ` ["`, ` ""` (ending inside `[` would be unnatural)."""
         p = self.prompt
-        got = peek(p.system, p.user, prompt_prefix, 2, examples=p.examples, settings=self.settings)
+        got = peek(p.system, p.user, head, 2, examples=p.examples, settings=self.settings)
         self.result.calls.append(got.stats(label))
-        return got.raw.lstrip().startswith(("]", '""'))  # `[]` or an empty first item
+        return got.raw.lstrip().startswith(("[]", '[""', '""', "null"))
 
 
 def generate_fields(
@@ -401,7 +403,8 @@ def generate_fields(
     filler = _Filler(Prompt(system, user, tuple(examples)), settings, budget, FieldsResult(values={}))
     head = prefix
     for spec in fields:
-        head += ("" if head.rstrip().endswith("{") else ", ") + f"{json.dumps(spec.name)}: "
+        # keys end at the colon; values start with a space, as JSON is tokenised in the examples
+        head += ("" if head.rstrip().endswith("{") else ", ") + f"{json.dumps(spec.name)}:"
         head = (_fill_str if spec.kind == "str" else _fill_list)(filler, spec, head)
     filler.result.json_text = head + "}"
     return filler.result
@@ -410,10 +413,12 @@ def generate_fields(
 def _fill_str(filler: _Filler, spec: FieldSpec, head: str) -> str:
     if spec.fixed is not None:
         value = str(spec.fixed)
+    elif spec.optional and filler.wants_empty(head, f"{spec.name}?"):
+        value = ""
     else:
-        value = filler.ask(head + '"', spec.name, spec.banned).text
+        value = filler.ask(head + ' "', spec.name, spec.banned).text
     filler.result.values[spec.name] = value
-    return head + json.dumps(value)
+    return f"{head} {json.dumps(value)}"
 
 
 def _fill_list(filler: _Filler, spec: FieldSpec, head: str) -> str:
@@ -421,19 +426,19 @@ def _fill_list(filler: _Filler, spec: FieldSpec, head: str) -> str:
     empty item or reaches max_items (small models love to loop)."""
     if spec.fixed is not None:
         items = list(spec.fixed)
-    elif spec.min_items == 0 and filler.wants_empty_list(head + "[", f"{spec.name}[]"):
+    elif spec.optional and filler.wants_empty(head, f"{spec.name}?"):
         items = []
     else:
         items = _ask_items(filler, spec, head)
     filler.result.values[spec.name] = items
-    return head + json.dumps(items)
+    return f"{head} {json.dumps(items)}"
 
 
 def _ask_items(filler: _Filler, spec: FieldSpec, head: str) -> list[str]:
     items: list[str] = []
     while len(items) < spec.max_items:
         so_far = "".join(json.dumps(x) + ", " for x in items)
-        got = filler.ask(head + "[" + so_far + '"', f"{spec.name}[{len(items)}]", spec.banned)
+        got = filler.ask(head + ' [' + so_far + '"', f"{spec.name}[{len(items)}]", spec.banned)
         if not got.text or got.text.lower() in (x.lower() for x in items):
             break
         items.append(got.text)

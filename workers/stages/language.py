@@ -47,8 +47,10 @@ _PREPS = frozenset(
     "on in at by near under over against beside atop inside during beneath below above across "
     "along among behind underneath around upon onto into through amid amidst within outside".split()
 )
+_MOOD_NOUNS = r"mood|moods|vibe|vibes|feel|feeling|atmosphere|tone|aesthetic|ambience|ambiance"
 _STOP = _DETERMINERS | _PREPS | frozenset(
     "and or of with for to is are be very just plus & ad advert image photo picture shot".split()
+    + _MOOD_NOUNS.split("|")
 )
 _PARTICIPLES = frozenset(
     "placed standing sitting lying resting displayed set shown positioned floating perched laid "
@@ -66,7 +68,6 @@ _SURFACES = frozenset(
     "table desk counter countertop floor shelf sheet sand grass rock bench bed tray pedestal "
     "plinth surface court street road sidewalk beach board cloth podium stone".split()
 )
-_MOOD_NOUNS = r"mood|moods|vibe|vibes|feel|feeling|atmosphere|tone|aesthetic|ambience|ambiance"
 _MOOD_WORDS = frozenset(
     "calm cozy cosy warm romantic dreamy playful luxurious luxury minimal minimalist moody serene "
     "energetic vibrant elegant festive bold fresh nostalgic rustic edgy cheerful peaceful "
@@ -175,9 +176,18 @@ def content_stems(text: str) -> set[str]:
     return {stem(w) for w in words(text) if w.lower() not in _STOP}
 
 
-def is_grounded(phrase: str, brief: str) -> bool:
-    """True when the phrase shares a content word with the brief."""
-    return bool(content_stems(phrase) & content_stems(brief))
+def is_grounded(phrase: str, brief: str, strict: bool = False) -> bool:
+    """Lenient: the phrase shares a content word with the brief. Strict: every
+    content word is in the brief ("rainbow window" is not grounded by "rainy window")."""
+    mine, theirs = content_stems(phrase), content_stems(brief)
+    found = {w for w in mine if any(_same_word(w, t) for t in theirs)}
+    return bool(found) and (not strict or found == mine)
+
+
+def _same_word(a: str, b: str) -> bool:
+    """Equal stems, or a derived form: "sand"/"sandy", "wood"/"wooden" (not "night"/"nightmare")."""
+    short, long = sorted((a, b), key=len)
+    return a == b or (len(short) >= 4 and long.startswith(short) and len(long) - len(short) <= 3)
 
 
 def collapse(text: str) -> str:
@@ -403,7 +413,9 @@ def _check_item(name: str, item: str, brief: str) -> None:
         raise ValueError(f'{name} item "{item}" has {n} words (1-{MAX_ITEM_WORDS} allowed)')
     if has_negation(item):
         raise ValueError(f'{name} item "{item}" is negated')
-    if not is_grounded(item, brief):
+    # Products: a shared word suffices (the model may say "sneaker" for "Nike sneakers");
+    # backgrounds and themes are pure extraction, every word must come from the brief.
+    if not is_grounded(item, brief, strict=name != "products"):
         raise ValueError(f'{name} item "{item}" is not in the brief')
     brief_stems = content_stems(brief)
     if len(brief_stems) >= 3 and len(content_stems(item) & brief_stems) >= 0.8 * len(brief_stems):
@@ -461,7 +473,7 @@ def _error_text(error: Any) -> str:
 def clean_mood(mood: str | None, parts: dict[str, Any], brief: str) -> str | None:
     """The model's mood is kept only if the brief says it and no other field does
     (the model tends to echo a theme there); dropping is not inventing."""
-    if not mood or not is_grounded(mood, brief) or len(words(mood)) > 4 or has_negation(mood):
+    if not mood or not is_grounded(mood, brief, strict=True) or len(words(mood)) > 4 or has_negation(mood):
         return None
     used = set().union(*(content_stems(x) for k in LIST_FIELDS for x in parts.get(k) or []))
     return None if content_stems(mood) & used else mood
@@ -512,16 +524,14 @@ def _decompose_fields(previous: dict[str, Any] | None, errors: dict[str, str]) -
 
     specs = []
     for name in LIST_FIELDS:
-        # Themes are optional, but the peek that offers `[]` says "none" too often on a
-        # first try ("sunset" lost); it is offered on the repair, after an error.
-        min_items = 0 if name == "themes" and previous is not None else 1
+        optional = name == "themes"  # the model may answer [] for a brief without time/light
         if previous is not None and name not in errors:
-            specs.append(llm_local.FieldSpec(name, min_items=min_items, fixed=list(previous[name])))
+            specs.append(llm_local.FieldSpec(name, optional=optional, fixed=list(previous[name])))
         else:
             banned = tuple(previous[name]) if previous is not None else ()
-            specs.append(llm_local.FieldSpec(name, min_items=min_items, banned=banned))
+            specs.append(llm_local.FieldSpec(name, optional=optional, banned=banned))
     mood = None if previous is None else str(previous.get("raw_mood") or "")
-    specs.append(llm_local.FieldSpec("mood", kind="str", fixed=mood))
+    specs.append(llm_local.FieldSpec("mood", kind="str", optional=True, fixed=mood))
     return specs
 
 
