@@ -49,7 +49,7 @@ class Settings(BaseSettings):
     grid_rows: int = Field(3, description="Composition grid rows.")
     grid_cols: int = Field(3, description="Composition grid columns.")
     rotations: list[float] = Field([-15.0, 0.0, 15.0], description="Rotations tried per position (degrees).")
-    product_scale: float = Field(0.45, description="Default product height share of the canvas.")
+    product_scale: float = Field(0.45, description="Share of the canvas the product's larger side takes (before the fit and upscale caps).")
     generate_batch_size: int = Field(9, description="Candidates per generate/qc task.")
     qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
     qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")

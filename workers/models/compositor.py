@@ -54,7 +54,7 @@ def plan_layouts(
     """Every canvas x grid row x grid column x rotation, in that (deterministic) order.
 
     One scale per canvas, so the product has the same size in all of that canvas's
-    candidates: its height is ``scale_share`` of the canvas height unless that would
+    candidates: its larger relative side is ``scale_share`` of the canvas unless that would
     not fit (any rotation, inside the margins) or would upscale beyond ``max_upscale``.
 
     Pass the ``cutout`` itself (optional) to stand the product's real lowest pixel on
@@ -114,7 +114,10 @@ def _canvas_scale(canvas: tuple[int, int], product: tuple[int, int], grid: _Grid
     # 3 px of slack: rounding the scaled size and PIL's expand both round outwards.
     inner_w, inner_h = cw * (1 - 2 * grid.margin) - 3, ch * (1 - 2 * grid.margin) - 3
     fit = min(_fit_rotated(inner_w, inner_h, pw, ph, rot) for rot in grid.rotations)
-    return max(1e-6, min(scale_share * ch / ph, max_upscale, fit))
+    # The product's larger relative side gets scale_share of the canvas: a wide shoe and a tall
+    # bottle then both leave room for the grid's columns and rows to differ.
+    share = scale_share * min(cw / pw, ch / ph)
+    return max(1e-6, min(share, max_upscale, fit))
 
 
 def _fit_rotated(inner_w: float, inner_h: float, pw: int, ph: int, rot: float) -> float:
