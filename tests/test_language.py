@@ -103,7 +103,8 @@ def test_decompose_input_checks(rules: Settings) -> None:
 
 def test_validation_names_the_field() -> None:
     brief = "the shoe on an urban street at sunset"
-    assert language.field_errors({"products": ["shoe"], "backgrounds": ["urban street"], "themes": ["sunset"]}, brief) == {}
+    good = {"products": ["shoe"], "backgrounds": ["urban street"], "themes": ["sunset"]}
+    assert language.field_errors(good, brief) == {}
     errors = language.field_errors(
         {"products": ["shoe on an urban street"], "backgrounds": ["brick wall"], "themes": ["golden hour"]}, brief
     )
@@ -227,8 +228,13 @@ def test_local_decompose_missing_model_falls_back(tmp_path: Any) -> None:
     assert d["backend"] == "rules" and "unavailable" in d["fallback_reason"]
 
 
-def test_local_caption_sanitises_model_clauses(monkeypatch: pytest.MonkeyPatch, local: Settings, rules: Settings) -> None:
-    answer = {"lighting": "warm golden light without harsh shadows", "style": "Create a photo of lifestyle product photography"}
+def test_local_caption_sanitises_model_clauses(
+    monkeypatch: pytest.MonkeyPatch, local: Settings, rules: Settings
+) -> None:
+    answer = {
+        "lighting": "warm golden light without harsh shadows",
+        "style": "Create a photo of lifestyle product photography",
+    }
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields([answer]))
     d = language.decompose("the shoe on an urban street at sunset", rules)
     out = language.caption(d, "running shoe", None, local)

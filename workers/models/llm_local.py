@@ -4,7 +4,12 @@ A 135M model cannot be trusted to emit valid JSON, so output is structured by
 *constrained filling*: the code writes the JSON skeleton and the model is asked
 for one string value at a time (the prompt ends inside the open string, e.g.
 `{"products": ["`). Generation stops at the closing quote, a newline, a bracket
-or the token budget, and the value is sanitised before anyone sees it.
+or the token budget, and the value is sanitised before anyone sees it. The
+only structural choices left to the model are "another list item?" (the `,`
+after a closing quote) and, for optional fields, "empty?" (a two-token peek).
+
+Every call returns its model id, latency and tokens in/out (FillResult.stats)
+so the caller can log them.
 
 torch/transformers are imported lazily so that importing this module stays cheap
 for processes (gateway, CLI) that never generate text.
@@ -18,9 +23,10 @@ import re
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Literal, Sequence
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -81,7 +87,7 @@ class FieldSpec:
 class FieldsResult:
     values: dict[str, list[str] | str]
     calls: list[dict[str, Any]] = field(default_factory=list)
-    json_text: str = ""  # the skeleton as filled, exactly what the model saw last
+    json_text: str = ""  # the whole object as filled (code-written keys + model values)
 
 
 _CACHE: dict[Path, LoadedModel] = {}
@@ -89,6 +95,9 @@ _CACHE: dict[Path, LoadedModel] = {}
 # that share the same prompt, which is ~80% of their tokens: prefill it once.
 _PROMPTS: OrderedDict[tuple[Path, str], tuple[Any, Any]] = OrderedDict()
 _PROMPTS_MAX = 8
+# Batch-1 decoding of a 135M model is latency-bound: extra intra-op threads mostly
+# add synchronisation, and on a shared 2-core box they thrash (measured: one
+# decompose 2.7 s with 1 thread vs 12 s with 2). Override with ONBRAND_LLM_THREADS (Settings.llm_threads).
 _LOCK = threading.Lock()  # Celery thread pools may ask for the model concurrently
 
 
@@ -149,6 +158,24 @@ def _load_uncached(path: Path) -> LoadedModel:
 def model_id(settings: Settings | None = None) -> str:
     """Model id without loading the weights."""
     return model_id_for(resolve_gguf_path(settings))
+
+
+def _generation_threads() -> int:
+    return _settings_or_default(None).llm_threads
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Use n intra-op threads for one generation, then restore the process
+    setting so other models in this worker keep theirs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 # --------------------------------------------------------------------------- stopping
@@ -281,7 +308,8 @@ def _run(
 ) -> FillResult:
     lm = load(settings)
     started = time.perf_counter()
-    prompt_ids, prompt_cache = _prompt_state(lm, render_prompt(lm.tokenizer, prompt.system, prompt.user, prompt.examples))
+    chat = render_prompt(lm.tokenizer, prompt.system, prompt.user, prompt.examples)
+    prompt_ids, prompt_cache = _prompt_state(lm, chat)
     bad = _first_token_ids(lm.tokenizer, banned)
     raw, n_in, n_out = _generate(lm, prompt_ids, prompt_cache, prefix, max_new_tokens, constrained, bad)
     hit_budget = n_out >= max_new_tokens
@@ -317,7 +345,7 @@ def _prompt_state(lm: LoadedModel, prompt: str) -> tuple[Any, Any]:
             _PROMPTS.move_to_end(key)
             return _PROMPTS[key]
     ids = lm.tokenizer(prompt, return_tensors="pt", add_special_tokens=False).input_ids
-    with torch.inference_mode():
+    with torch.inference_mode(), _torch_threads(_generation_threads()):
         cache = lm.model(input_ids=ids, past_key_values=DynamicCache(config=lm.model.config), use_cache=True)
     with _LOCK:
         _PROMPTS[key] = (ids, cache.past_key_values)
@@ -340,7 +368,7 @@ def _generate(
     options: dict[str, Any] = {"bad_words_ids": bad_words_ids} if bad_words_ids else {}
     if constrained:
         options["stopping_criteria"] = _stopping_criteria(lm.tokenizer, n_in)
-    with torch.inference_mode():
+    with torch.inference_mode(), _torch_threads(_generation_threads()):
         out = lm.model.generate(
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
@@ -368,7 +396,9 @@ class _Filler:
 
     def ask(self, prompt_prefix: str, label: str, banned: Sequence[str] = ()) -> FillResult:
         p = self.prompt
-        got = fill(p.system, p.user, prompt_prefix, self.budget, examples=p.examples, banned=banned, settings=self.settings)
+        got = fill(
+            p.system, p.user, prompt_prefix, self.budget, examples=p.examples, banned=banned, settings=self.settings
+        )
         self.result.calls.append(got.stats(label))
         return got
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -247,7 +247,8 @@ def cap_at_boundary(text: str, limit: int = MAX_CAPTION_CHARS) -> str:
     if len(text) <= limit:
         return text
     window = text[: limit + 1]
-    cut = max(window.rfind(sep) for sep in (".", ",", ";"))
+    # punctuation followed by a space: "4.5 inch" and "1,000" are not boundaries
+    cut = max((m.start() for m in re.finditer(r"[.,;](?=\s|$)", window)), default=-1)
     if cut < limit // 2:
         cut = window.rfind(" ")
     return text[: cut if cut > 0 else limit].rstrip(" ,;.")
@@ -506,11 +507,11 @@ def _local_decompose(
     parts = _llm_parts(brief, settings, template, calls, previous=None, errors={})
     errors = field_errors(parts, brief)
     if not errors:
-        return _local_result(brief, parts, calls, template.id)
+        return _local_result(brief, parts, calls, template.id, settings)
     repaired = _llm_parts(brief, settings, template, calls, previous=parts, errors=errors)
     repair_errors = field_errors(repaired, brief)
     if not repair_errors:
-        return _local_result(brief, repaired, calls, template.id)
+        return _local_result(brief, repaired, calls, template.id, settings)
     reason = (
         f"model output invalid (first try: {'; '.join(errors.values())}; "
         f"repair: {'; '.join(repair_errors.values())}); used the rules decomposer"
@@ -555,11 +556,13 @@ def _llm_parts(
     return parts
 
 
-def _local_result(brief: str, parts: dict[str, Any], calls: list[dict[str, Any]], version: str) -> dict[str, Any]:
+def _local_result(
+    brief: str, parts: dict[str, Any], calls: list[dict[str, Any]], version: str, settings: Settings
+) -> dict[str, Any]:
     from workers.models import llm_local
 
     negatives = rules_decompose(brief)["negatives"]  # negations are parsed by rule, not by the model
-    return _result(brief, parts, negatives, "local", llm_local.model_id(), None, calls, version)
+    return _result(brief, parts, negatives, "local", llm_local.model_id(settings), None, calls, version)
 
 
 def _rules_result(
@@ -621,21 +624,23 @@ def build_scene(decomposition: dict[str, Any], product_title: str | None, backgr
     """Subject from the product title or products; setting from the background
     caption or backgrounds, with the brief's own prepositions; negations moved out."""
     _check_decomposition(decomposition)
-    title, neg_title = split_negations(strip_instructions(_clean_optional("product_title", product_title)))
-    bg_caption, neg_bg = split_negations(strip_instructions(_clean_optional("background_caption", background_caption)))
+    title, neg_title = _caption_ready("product_title", product_title)
+    bg_caption, neg_bg = _caption_ready("background_caption", background_caption)
     subject = _subject(decomposition, title)
-    setting = collapse(" ".join(x for x in (_environment(decomposition, bg_caption), _theme_phrase(decomposition, bg_caption)) if x))
+    setting = collapse(f"{_environment(decomposition, bg_caption)} {_theme_phrase(decomposition, bg_caption)}")
     mood, neg_mood = split_negations(str(decomposition.get("mood") or ""))
     negatives = list(decomposition.get("negatives") or []) + neg_title + neg_bg + neg_mood
     return Scene(subject, setting, mood or None, tuple(_dedupe(negatives)))
 
 
-def _clean_optional(name: str, value: str | None) -> str:
+def _caption_ready(name: str, value: str | None) -> tuple[str, list[str]]:
+    """Optional free text (title, retrieved background caption) cleaned of control
+    characters and quotes, leading instructions and negations (returned apart)."""
     if value is None:
-        return ""
+        return "", []
     if not isinstance(value, str):
         raise TypeError(f"{name} must be str or None, got {type(value).__name__}")
-    return collapse(re.sub(r"[\x00-\x1f\"`{}\[\]<>]", " ", value))
+    return split_negations(strip_instructions(collapse(re.sub(r"[\x00-\x1f\"`{}\[\]<>]", " ", value))))
 
 
 def _check_decomposition(decomposition: dict[str, Any]) -> None:
@@ -826,7 +831,8 @@ def _local_caption(
                 f"repair: {'; '.join(repair_errors.values())}); used the template caption"
             )
             return _template_caption(scene, reason, calls, template.id)
-    return _caption_result(scene, fields, negatives, "local", llm_local.model_id(), None, calls, template.id)
+    model = llm_local.model_id(settings)
+    return _caption_result(scene, fields, negatives, "local", model, None, calls, template.id)
 
 
 def _template_caption(
