@@ -15,13 +15,14 @@ from shared.storage import Storage
 from shared.tenants import tenant_for_key
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     # The app's own Settings (create_app may be given one), not the process-wide cache.
+    # async: no blocking work, so FastAPI need not hop to the threadpool for it.
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_app_storage(request: Request) -> Storage:
+async def get_app_storage(request: Request) -> Storage:
     storage: Storage = request.app.state.storage
     return storage
 
