@@ -9,6 +9,7 @@ from typing import Any
 
 from celery import Task
 
+from shared.queue import PIPELINE
 from workers.celery_app import app
 from workers.stages import pipeline, webhooks
 from workers.stages.runner import execute, fail_campaign, record_failure
@@ -29,53 +30,22 @@ def _run(task: Task, stage: str, campaign_id: str, rnd: int, item: int) -> str:
         raise task.retry(exc=exc, countdown=RETRY_COUNTDOWNS[task.request.retries]) from exc
 
 
-@app.task(name="onbrand.decompose", **STAGE_OPTS)
-def decompose(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "decompose", campaign_id, rnd, item)
+def _stage_task(stage: str) -> Task:
+    def run(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
+        return _run(self, stage, campaign_id, rnd, item)
+
+    run.__name__ = run.__qualname__ = stage
+    return app.task(name=f"onbrand.{stage}", **STAGE_OPTS)(run)
 
 
-@app.task(name="onbrand.retrieve", **STAGE_OPTS)
-def retrieve(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "retrieve", campaign_id, rnd, item)
+# One task per pipeline stage, all the same thin wrapper; routed to queues by name (shared.queue).
+STAGE_TASKS: dict[str, Task] = {stage: _stage_task(stage) for stage in PIPELINE}
 
 
-@app.task(name="onbrand.caption", **STAGE_OPTS)
-def caption(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "caption", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.segment", **STAGE_OPTS)
-def segment(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "segment", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.plan", **STAGE_OPTS)
-def plan(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "plan", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.generate", **STAGE_OPTS)
-def generate(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "generate", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.qc", **STAGE_OPTS)
-def qc(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "qc", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.rank", **STAGE_OPTS)
-def rank(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "rank", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.deliver", **STAGE_OPTS)
-def deliver(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
-    return _run(self, "deliver", campaign_id, rnd, item)
-
-
-@app.task(name="onbrand.embed_assets", bind=True, max_retries=3, acks_late=True, reject_on_worker_lost=True)
-def embed_assets(self: Task, asset_id: str) -> int:
+@app.task(name="onbrand.embed_assets", acks_late=True, reject_on_worker_lost=True)
+def embed_assets(asset_id: str) -> int:
+    # Idempotent (skips assets that already have this model's vector); retrieve also embeds
+    # whatever is missing, so a lost or failed message only costs latency.
     return pipeline.embed_asset_ids([asset_id])
 
 
