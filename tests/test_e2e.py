@@ -10,7 +10,7 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from standardwebhooks import Webhook
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.demo_library import build_library
 from shared.demo import WebhookReceiver, upload_library
@@ -59,7 +59,8 @@ def finished(brand_setup: dict[str, Any], receiver: Any) -> dict[str, Any]:
     api = brand_setup["api"]
     endpoint = api.post("/v1/webhook-endpoints", json={"url": receiver.url, "event_types": ["campaign.*"]}).json()
     created = api.post("/v1/campaigns", json={"brand_id": brand_setup["brand"]["id"], "brief": BRIEF,
-                                              "sizes": [{"width": 1024, "height": 1024}], "top_k": 3})
+                                              "sizes": [{"width": 1024, "height": 1024}], "top_k": 3,
+                                              "webhook_url": f"{receiver.url}/campaign"})
     assert created.status_code == 202, created.text
     body = wait_terminal(api, created.json()["id"])
     return {"campaign": body, "endpoint": endpoint, "created": created.json()}
@@ -104,10 +105,18 @@ def test_candidates_carry_scores_and_verdicts(finished: dict[str, Any], brand_se
 
 
 def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: Any) -> None:
-    assert receiver.wait_for(["campaign.completed"], timeout=30) is not None
-    verifier = Webhook(finished["endpoint"]["secret"])
-    lines = receiver.log.read_text().splitlines()
-    types = [verifier.verify(r["body"], r["headers"])["type"] for r in map(json.loads, lines)]
-    assert types[0] == "campaign.queued" and types[-1] == "campaign.completed"
-    stages = [e["data"]["stage"] for e in receiver.events() if e["type"] == "campaign.stage.completed"]
-    assert stages == ["decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank"]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and [e["type"] for e in receiver.events()].count("campaign.completed") < 2:
+        time.sleep(0.2)
+    # The registered endpoint and the campaign's own webhook_url, each signed with its own secret.
+    secrets = {False: finished["endpoint"]["secret"], True: finished["created"]["webhook_secret"]}
+    requests = [json.loads(line) for line in receiver.log.read_text().splitlines()]
+    for per_campaign in (False, True):
+        mine = [r for r in requests if r["path"].endswith("/campaign") == per_campaign]
+        events = [Webhook(secrets[per_campaign]).verify(r["body"], r["headers"]) for r in mine]
+        types = [e["type"] for e in events]
+        assert types[0] == "campaign.queued" and types[-1] == "campaign.completed", types
+        stages = [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.completed"]
+        assert stages == ["decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank"]
+        with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
+            Webhook(secrets[not per_campaign]).verify(mine[0]["body"], mine[0]["headers"])

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared import webhooks
 from shared.config import Settings, get_settings
@@ -47,11 +48,14 @@ def target_refused(url: str, settings: Settings) -> str | None:
     return None
 
 
-def _secret(session: object, row: WebhookDelivery) -> str | None:
+def _secret(session: Session, row: WebhookDelivery) -> str | None:
+    """The signing secret: the endpoint's, or the campaign's own for its webhook_url."""
     if row.endpoint_id is not None:
-        endpoint = session.get(WebhookEndpoint, row.endpoint_id)  # type: ignore[attr-defined]
+        endpoint = session.scalars(select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == row.tenant_id, WebhookEndpoint.id == row.endpoint_id)).first()
         return endpoint.secret if endpoint is not None and endpoint.enabled else None
-    campaign = session.get(Campaign, row.campaign_id)  # type: ignore[attr-defined]
+    campaign = session.scalars(select(Campaign).where(
+        Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)).first()
     return campaign.webhook_secret if campaign is not None else None
 
 
