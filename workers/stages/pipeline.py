@@ -328,12 +328,7 @@ def rank(ctx: StageContext) -> dict[str, Any]:
 
     candidates = _round_candidates(ctx)
     for cand in candidates:
-        if cand.passed:
-            scored = aesthetic.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
-            cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
-        else:
-            failed = [v["check"] for v in cand.qc.get("verdicts", []) if not v["passed"]]
-            cand.aesthetic, cand.excluded_reason = None, "failed QC: " + ", ".join(failed)
+        _score(cand, aesthetic)
     chosen = choose(candidates, ctx.campaign.top_k)
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
@@ -342,20 +337,34 @@ def rank(ctx: StageContext) -> dict[str, Any]:
     return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen)}
 
 
+def _score(cand: Candidate, aesthetic: Any) -> None:
+    cand.rank, cand.excluded_reason = None, None  # a re-run ranks from scratch
+    if cand.passed:
+        scored = aesthetic.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
+        cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
+    else:
+        failed = [v["check"] for v in cand.qc.get("verdicts", []) if not v["passed"]]
+        cand.aesthetic, cand.excluded_reason = None, "failed QC: " + ", ".join(failed)
+
+
+def _cell(cand: Candidate) -> tuple[int, int, int, int]:
+    canvas = cand.placement["canvas"]
+    return canvas["width"], canvas["height"], cand.placement["row"], cand.placement["col"]
+
+
 def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
     """Best aesthetic first; a second result from the same grid cell only if there aren't enough."""
     ordered = sorted((c for c in candidates if c.passed), key=lambda c: (-(c.aesthetic or 0.0), c.layout_key))
-    cell = lambda c: (c.placement["canvas"]["width"], c.placement["canvas"]["height"], c.placement["row"], c.placement["col"])  # noqa: E731
-    first, seen = [], set()
+    first: list[Candidate] = []
+    repeats: list[Candidate] = []
     for cand in ordered:
-        if cell(cand) not in seen:
-            first.append(cand)
-            seen.add(cell(cand))
-    rest = [c for c in ordered if c not in first]
-    for cand in rest:
-        if cand.aesthetic is not None and cand.rank is None and cand not in first:
-            cand.excluded_reason = "diversity: another result already uses this grid cell"
-    return (first + rest)[:top_k]
+        (repeats if any(_cell(cand) == _cell(f) for f in first) else first).append(cand)
+    chosen = (first + repeats)[:top_k]
+    for cand in ordered:
+        if cand not in chosen:
+            cand.excluded_reason = ("diversity: a better candidate already uses this grid cell" if cand in repeats
+                                    else f"passed QC, ranked below the top {top_k} by aesthetic score")
+    return chosen
 
 
 def _write_results(session: Session, campaign: Campaign, chosen: list[Candidate]) -> list[Task]:
