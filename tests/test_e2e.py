@@ -73,6 +73,7 @@ def test_campaign_completes_with_three_ranked_results(finished: dict[str, Any]) 
     assert all(s["status"] == "succeeded" for s in campaign["stages"]), campaign["stages"]
     assert campaign["state"]["caption"]["caption"]
     assert campaign["state"]["retrieve"]["product_source"] == "retrieved"
+    assert not [k for k in campaign["state"] if k.startswith("_")]  # worker bookkeeping stays inside
 
 
 def test_product_pixels_are_exact_in_every_result(finished: dict[str, Any]) -> None:

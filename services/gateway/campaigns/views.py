@@ -126,6 +126,11 @@ def _request(campaign: Campaign) -> CampaignRequest:
     )
 
 
+def public_state(campaign: Campaign) -> dict[str, object]:
+    # Keys starting with "_" are the workers' bookkeeping (e.g. which events were announced).
+    return {k: v for k, v in (campaign.state or {}).items() if not k.startswith("_")}
+
+
 def _view(
     campaign: Campaign, tallies: dict[str, StageTally], results: list[ResultRead], settings: Settings
 ) -> CampaignRead:
@@ -135,7 +140,7 @@ def _view(
         id=campaign.id, brand_id=campaign.brand_id, brief=campaign.brief, status=campaign.status,
         current_stage=campaign.current_stage, round=campaign.round, created_at=campaign.created_at,
         updated_at=campaign.updated_at, completed_at=campaign.completed_at, request=_request(campaign),
-        progress=progress(stages, terminal), stages=stages, state=campaign.state or {}, results=results,
+        progress=progress(stages, terminal), stages=stages, state=public_state(campaign), results=results,
         error=campaign.error, links=links(settings, campaign.id),
     )
 
