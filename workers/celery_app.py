@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 
 from celery import Celery
 from celery.signals import worker_process_init
@@ -20,3 +22,22 @@ def _fresh_connections(**_: object) -> None:
 
     get_engine().dispose(close=False)
     logging.getLogger("onbrand").setLevel(get_settings().log_level)
+    if get_settings().warm_models:
+        threading.Thread(target=warm_models, name="onbrand-warm", daemon=True).start()
+
+
+def warm_models() -> None:
+    """Load this worker's embedded models in the background, so the first campaign does not
+    wait ~20 s for the LLM. The adapters' own locks make a task that arrives meanwhile wait."""
+    queues = set(os.environ.get("ONBRAND_WORKER_QUEUES", "").split(","))
+    try:
+        if "llm" in queues:
+            from workers.models import llm_local
+
+            llm_local.load()
+        if "retrieval" in queues:
+            from workers.models import text_embedder
+
+            text_embedder.load()
+    except Exception:  # a broken model must fail the task that needs it, loudly, not the worker
+        logging.getLogger("onbrand").exception("model warm-up failed")
