@@ -362,3 +362,11 @@ def test_aesthetic_names_bad_layer() -> None:
     candidate, layer, _ = composed()
     with pytest.raises(ValueError, match="layer"):
         aesthetic.score(candidate, layer.convert("RGB"))
+
+
+def test_aesthetic_grounding_prefers_products_standing_low() -> None:
+    sky, floor = np.zeros((300, 300), np.uint8), np.zeros((300, 300), np.uint8)
+    sky[20:80, 100:200] = 255  # base at 27 % of the height: standing in the sky
+    floor[200:270, 100:200] = 255  # base at 90 %: on the floor
+    assert aesthetic.grounding(sky) == 0.0
+    assert aesthetic.grounding(floor) == 1.0

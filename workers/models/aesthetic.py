@@ -1,4 +1,4 @@
-"""Classical aesthetic score for a candidate: five explainable parts, 0-10 overall.
+"""Classical aesthetic score for a candidate: six explainable parts, 0-10 overall.
 
 No learned model: every part is a documented image statistic so that a reviewer can see
 why one candidate ranks above another, and the same pixels always score the same.
@@ -18,6 +18,10 @@ Parts (each 0-1, higher is better):
 * thirds        - 1 - d / 0.4714, d = distance (in canvas fractions) from the product's
                   alpha-weighted centroid to the nearest rule-of-thirds intersection;
                   0.4714 is the largest such distance (a corner).
+* grounding     - where the product's base stands: (base_y - 0.5) / 0.35 clipped to 0-1, in
+                  canvas fractions. Floors, streets and tables lie in the lower half of nearly
+                  every ad photo and of our studio backdrop; a product standing in the sky
+                  (top grid row) looks pasted, however sharp it is.
 """
 from __future__ import annotations
 
@@ -25,8 +29,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-WEIGHTS = {"sharpness": 0.25, "exposure": 0.25, "colourfulness": 0.15,
-           "contrast": 0.20, "thirds": 0.15}
+WEIGHTS = {"sharpness": 0.20, "exposure": 0.20, "colourfulness": 0.10,
+           "contrast": 0.15, "thirds": 0.15, "grounding": 0.20}
+GROUND_FROM, GROUND_SPAN = 0.5, 0.35
 SHARPNESS_KNEE = 100.0
 COLOURFUL_FULL = 60.0
 CONTRAST_FULL = 50.0
@@ -42,6 +47,7 @@ def score(candidate: Image.Image, layer: Image.Image) -> dict[str, float | dict[
         "colourfulness": colourfulness(rgb),
         "contrast": contrast(rgb, alpha),
         "thirds": thirds(alpha),
+        "grounding": grounding(alpha),
     }
     total = 10.0 * sum(WEIGHTS[k] * v for k, v in parts.items())
     return {"score": round(total, 4), "parts": {k: round(v, 4) for k, v in parts.items()}}
@@ -111,6 +117,13 @@ def _delta_e(a: np.ndarray, b: np.ndarray) -> float:
     means = np.stack([a.mean(axis=0), b.mean(axis=0)]).astype(np.float32)[:, None, :] / 255.0
     lab = cv2.cvtColor(means, cv2.COLOR_RGB2Lab)[:, 0, :]  # L 0-100, a/b +-127
     return float(np.linalg.norm(lab[0] - lab[1]))
+
+
+def grounding(alpha: np.ndarray) -> float:
+    """0 for a base in the upper half, 1 from 85 % of the canvas height down."""
+    rows = np.nonzero((alpha >= 128).any(axis=1))[0]
+    base = (rows.max() + 1) / alpha.shape[0]
+    return float(np.clip((base - GROUND_FROM) / GROUND_SPAN, 0.0, 1.0))
 
 
 def thirds(alpha: np.ndarray) -> float:
