@@ -9,11 +9,10 @@ from threading import Thread
 from typing import Any
 
 import pytest
-
-import shared.queue
 from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
+import shared.queue
 from shared import webhooks
 from shared.config import get_settings
 from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
