@@ -104,6 +104,16 @@ def worker(
 
 
 @app.command()
+def beat() -> None:
+    """Run the periodic sweeps (lost webhook and campaign sends). Exactly one per deployment."""
+    settings = get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "beat", "-l", settings.log_level,
+            "--schedule", str(settings.home / "celerybeat-schedule")]
+    os.execvp(argv[0], argv)
+
+
+@app.command()
 def demo(out: Annotated[str, typer.Option(help="output dir")] = "out/demo") -> None:
     """Run a real campaign end to end on the embedded defaults (what `make demo` calls)."""
     from shared.demo import run_demo

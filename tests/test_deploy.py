@@ -351,8 +351,14 @@ def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def test_k8s_base_renders() -> None:
     kinds = sorted(d["kind"] for d in kustomize(K8S / "base"))
-    assert kinds == sorted(["ConfigMap", "Service", "Deployment", "Deployment", "Deployment", "Job",
+    assert kinds == sorted(["ConfigMap", "Service", "Deployment", "Deployment", "Deployment", "Deployment", "Job",
                             "HorizontalPodAutoscaler", "PodDisruptionBudget"])
+
+
+def test_k8s_beat_is_a_single_replica() -> None:
+    beat = find(kustomize(K8S / "base"), "Deployment", "onbrand-beat")
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
+    assert pod_spec(beat)["containers"][0]["args"] == ["beat"]
 
 
 def test_k8s_schema(rendered: tuple[str, list[dict[str, Any]]]) -> None:
