@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,21 +71,27 @@ class System:
         return json.loads(run_cli(self.env, "tenants", "create", name))
 
 
-@pytest.fixture(scope="session")
-def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    """Gateway + a cpu worker + a gpu worker against a dedicated database."""
-    home = tmp_path_factory.mktemp("system")
+@contextmanager
+def running_system(stack_urls: dict[str, str], home: Path, database: str, **env: str) -> Iterator[System]:
+    """Gateway + a cpu worker (with the sweeps) + a gpu worker against a dedicated database."""
     port = free_port()
-    env = base_env(home, ONBRAND_DATABASE_URL=create_database(stack_urls, "e2e"),
-                   ONBRAND_REDIS_URL=stack_urls["redis_url"], ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}",
-                   ONBRAND_WEBHOOK_ALLOW_LOOPBACK="1", ONBRAND_BROKER_VISIBILITY_TIMEOUT="20",
-                   ONBRAND_BROKER_RESTORE_THROTTLE="1")
-    run_cli(env, "migrate")
-    procs = Processes(env=env, logs=home / "logs")
+    settings = {"ONBRAND_DATABASE_URL": create_database(stack_urls, database),
+                "ONBRAND_REDIS_URL": stack_urls["redis_url"], "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}",
+                "ONBRAND_WEBHOOK_ALLOW_LOOPBACK": "1", "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
+                "ONBRAND_BROKER_RESTORE_THROTTLE": "1"}
+    base = base_env(home, **{**settings, **env})  # env wins: e.g. another Redis db for a second system
+    run_cli(base, "migrate")
+    procs = Processes(env=base, logs=home / "logs")
     try:
         url = procs.gateway(port)
         procs.worker("cpu", beat=True)
         procs.worker("gpu")
-        yield System(url=url, env=env, procs=procs, home=home)
+        yield System(url=url, env=base, procs=procs, home=home)
     finally:
         procs.stop_all()
+
+
+@pytest.fixture(scope="session")
+def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
+    with running_system(stack_urls, tmp_path_factory.mktemp("system"), "e2e") as running:
+        yield running
