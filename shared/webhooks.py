@@ -4,6 +4,7 @@
 exactly when the state change it announces does. The webhooks queue sends the rows
 (see workers/stages/webhooks.py) after commit.
 """
+
 from __future__ import annotations
 
 import base64
@@ -76,7 +77,9 @@ def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, 
     if campaign.webhook_url:
         rows.append(WebhookDelivery(url=campaign.webhook_url, endpoint_id=None))
     endpoints = session.scalars(
-        select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == campaign.tenant_id, WebhookEndpoint.enabled.is_(True))
+        select(WebhookEndpoint).where(
+            WebhookEndpoint.tenant_id == campaign.tenant_id, WebhookEndpoint.enabled.is_(True)
+        )
     )
     rows += [WebhookDelivery(url=e.url, endpoint_id=e.id) for e in endpoints if _subscribed(e, event_type)]
     for row in rows:

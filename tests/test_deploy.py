@@ -13,8 +13,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -307,7 +308,8 @@ def test_requirements_helper(tmp_path: Path) -> None:
     without_torch = helper.requirements(pyproject, exclude=("torch",))
     torch_only = helper.requirements(pyproject, only=("torch",))
     assert len(torch_only) == 1 and torch_only[0].startswith("torch")
-    assert len(without_torch) == len(every) - 1 and not any(helper.requirement_name(r) == "torch" for r in without_torch)
+    assert len(without_torch) == len(every) - 1
+    assert not any(helper.requirement_name(r) == "torch" for r in without_torch)
     assert helper.requirement_name("celery[redis]>=5.4,<6") == "celery"
     assert helper.requirement_name("Pytorch_MSSSIM>=1.0") == "pytorch-msssim"
     out = tmp_path / "requirements.txt"

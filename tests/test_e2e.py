@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -12,8 +11,8 @@ import pytest
 from PIL import Image
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from shared.demo_library import build_library
 from shared.demo import WebhookReceiver, upload_library
+from shared.demo_library import build_library
 from tests.conftest import System
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,6 @@ from PIL import Image
 
 from workers.models import aesthetic, compositor, fidelity, matting
 
-
 # --- synthetic images -------------------------------------------------------------------
 
 

@@ -309,7 +309,7 @@ def test_text_embedder() -> None:
     assert len(vecs) == 3 and all(len(v) == 384 for v in vecs)
     assert all(math.isclose(sum(x * x for x in v), 1.0, abs_tol=1e-4) for v in vecs)
     shoe, sneaker, table = vecs
-    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b, strict=True))  # noqa: E731
     assert dot(shoe, sneaker) > dot(shoe, table)
     assert text_embedder.embed([]) == []
     assert "MiniLM" in text_embedder.model_id()

@@ -12,8 +12,8 @@ def worker_app(monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
     from shared.config import get_settings
 
     get_settings.cache_clear()
-    from workers.celery_app import app
     import workers.tasks  # noqa: F401 - registers the tasks
+    from workers.celery_app import app
 
     yield app
     get_settings.cache_clear()

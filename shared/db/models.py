@@ -1,4 +1,5 @@
 """SQLAlchemy models. Every tenant-owned table carries tenant_id; every query filters by it."""
+
 from __future__ import annotations
 
 import uuid
@@ -134,7 +135,9 @@ class Campaign(Base):
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage outputs: decomposition, retrieval, caption, ...
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), onupdate=func.now())
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
+    )
     completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
@@ -210,7 +213,9 @@ class WebhookDelivery(Base):
     __table_args__ = (Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),)
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
-    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True)
+    endpoint_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), index=True
+    )
     campaign_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     url: Mapped[str] = mapped_column(String(2000))
     event_id: Mapped[str] = mapped_column(String(64))  # msg_<...>: the same across retries

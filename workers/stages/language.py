@@ -20,9 +20,10 @@ from __future__ import annotations
 import re
 import string
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
@@ -149,7 +150,7 @@ def _parse_template(name: str, version: str, text: str) -> PromptTemplate:
     ex_answers = [body for key, body in parts if key == "example.assistant"]
     if len(ex_users) != len(ex_answers) or not {"system", "user", "repair"} <= singles.keys():
         raise ValueError(f"prompt template {name}.{version} lacks sections or example pairs")
-    examples = tuple(zip(ex_users, ex_answers))
+    examples = tuple(zip(ex_users, ex_answers, strict=True))
     return PromptTemplate(name, version, singles["system"], examples, singles["user"], singles["repair"])
 
 

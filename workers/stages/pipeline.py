@@ -3,6 +3,7 @@
 Each one reads what it needs, computes with no transaction open, and leaves its durable
 output in ctx.state_patch / ctx.rows / ctx.finalize for the runner to commit atomically.
 """
+
 from __future__ import annotations
 
 import io
@@ -50,7 +51,9 @@ def state(ctx: StageContext, name: str) -> dict[str, Any]:
 
 
 def tenant_asset(session: Session, tenant_id: uuid.UUID, asset_id: str | uuid.UUID) -> Asset:
-    asset = session.scalars(select(Asset).where(Asset.tenant_id == tenant_id, Asset.id == uuid.UUID(str(asset_id)))).first()
+    asset = session.scalars(
+        select(Asset).where(Asset.tenant_id == tenant_id, Asset.id == uuid.UUID(str(asset_id)))
+    ).first()
     if asset is None:
         raise StageError("asset_missing", f"asset {asset_id} no longer exists")
     return asset
@@ -71,8 +74,9 @@ def caption(ctx: StageContext) -> dict[str, Any]:
     from workers.stages import language
 
     retrieved = state(ctx, "retrieve")
-    result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
-                              retrieved.get("background_caption"), ctx.settings)
+    result = language.caption(
+        state(ctx, "decompose"), retrieved.get("product_title"), retrieved.get("background_caption"), ctx.settings
+    )
     ctx.state_patch["caption"] = result
     return {"caption": result["caption"], "backend": result.get("backend")}
 
@@ -92,28 +96,45 @@ def embed_asset_ids(asset_ids: list[str]) -> int:
     model = text_embedder.model_id()
     with session_scope() as session:
         assets = session.scalars(select(Asset).where(Asset.id.in_([uuid.UUID(str(a)) for a in asset_ids]))).all()
-        done = set(session.scalars(select(AssetEmbedding.asset_id).where(
-            AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model)))
+        done = set(
+            session.scalars(
+                select(AssetEmbedding.asset_id).where(
+                    AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model
+                )
+            )
+        )
         todo = [a for a in assets if a.id not in done]
         vectors = text_embedder.embed([asset_text(a) for a in todo]) if todo else []
         for asset, vector in zip(todo, vectors, strict=True):
-            session.add(AssetEmbedding(tenant_id=asset.tenant_id, asset_id=asset.id, model=model,
-                                       dim=len(vector), embedding=vector))
+            session.add(
+                AssetEmbedding(
+                    tenant_id=asset.tenant_id, asset_id=asset.id, model=model, dim=len(vector), embedding=vector
+                )
+            )
     return len(todo)
 
 
 def _brand_scope(campaign: Campaign) -> Any:
-    return and_(Asset.tenant_id == campaign.tenant_id,
-                or_(Asset.brand_id == campaign.brand_id, Asset.brand_id.is_(None)))
+    return and_(
+        Asset.tenant_id == campaign.tenant_id, or_(Asset.brand_id == campaign.brand_id, Asset.brand_id.is_(None))
+    )
 
 
-def _search(session: Session, campaign: Campaign, vector: list[float], kind: str, model: str, k: int = 5) -> list[dict[str, Any]]:
+def _search(
+    session: Session, campaign: Campaign, vector: list[float], kind: str, model: str, k: int = 5
+) -> list[dict[str, Any]]:
     distance = AssetEmbedding.embedding.cosine_distance(vector)
     rows = session.execute(
-        select(Asset.id, Asset.title, distance.label("d")).join(AssetEmbedding, AssetEmbedding.asset_id == Asset.id)
-        .where(_brand_scope(campaign), Asset.kind == kind, AssetEmbedding.model == model,
-               AssetEmbedding.tenant_id == campaign.tenant_id)
-        .order_by(distance).limit(k)
+        select(Asset.id, Asset.title, distance.label("d"))
+        .join(AssetEmbedding, AssetEmbedding.asset_id == Asset.id)
+        .where(
+            _brand_scope(campaign),
+            Asset.kind == kind,
+            AssetEmbedding.model == model,
+            AssetEmbedding.tenant_id == campaign.tenant_id,
+        )
+        .order_by(distance)
+        .limit(k)
     ).all()
     return [{"asset_id": str(r.id), "title": r.title, "score": round(1.0 - float(r.d), 4)} for r in rows]
 
@@ -125,13 +146,16 @@ def retrieve(ctx: StageContext) -> dict[str, Any]:
     with session_scope() as session:
         ids = session.scalars(select(Asset.id).where(_brand_scope(campaign))).all()
     embed_asset_ids([str(i) for i in ids])  # assets uploaded moments ago may not be embedded yet
-    entities = [(t, "product") for t in parts.get("products", [])] + \
-               [(t, "background") for t in parts.get("backgrounds", []) + parts.get("themes", [])]
+    entities = [(t, "product") for t in parts.get("products", [])] + [
+        (t, "background") for t in parts.get("backgrounds", []) + parts.get("themes", [])
+    ]
     vectors = text_embedder.embed([t for t, _ in entities]) if entities else []
     model = text_embedder.model_id()
     with session_scope() as session:
-        found = [{"text": t, "kind": k, "matches": _search(session, campaign, v, k, model)}
-                 for (t, k), v in zip(entities, vectors, strict=True)]
+        found = [
+            {"text": t, "kind": k, "matches": _search(session, campaign, v, k, model)}
+            for (t, k), v in zip(entities, vectors, strict=True)
+        ]
         result = _pick(session, ctx, found)
     result.update(entities=found, model=model, min_score=ctx.settings.retrieval_min_score)
     ctx.state_patch["retrieve"] = result
@@ -145,15 +169,19 @@ def _best(found: list[dict[str, Any]], kind: str, min_score: float) -> dict[str,
 
 def _pick(session: Session, ctx: StageContext, found: list[dict[str, Any]]) -> dict[str, Any]:
     named = ctx.campaign.product_asset_ids or []
-    product = {"asset_id": named[0], "score": None} if named else _best(found, "product", ctx.settings.retrieval_min_score)
+    product = (
+        {"asset_id": named[0], "score": None} if named else _best(found, "product", ctx.settings.retrieval_min_score)
+    )
     if product is None:
         raise StageError("no_product", "no product asset matches the brief; upload one or name it in product_asset_ids")
     product_asset = tenant_asset(session, ctx.tenant_id, product["asset_id"])
     background = _best(found, "background", ctx.settings.retrieval_min_score)
     bg_asset = tenant_asset(session, ctx.tenant_id, background["asset_id"]) if background else None
     return {
-        "product_asset_id": str(product_asset.id), "product_title": product_asset.title,
-        "product_source": "named" if named else "retrieved", "product_score": product["score"],
+        "product_asset_id": str(product_asset.id),
+        "product_title": product_asset.title,
+        "product_source": "named" if named else "retrieved",
+        "product_score": product["score"],
         "background_asset_id": str(bg_asset.id) if bg_asset else None,
         "background_caption": ", ".join(p for p in (bg_asset.title, bg_asset.description) if p) if bg_asset else None,
         "background_score": background["score"] if background else None,
@@ -176,8 +204,12 @@ def segment(ctx: StageContext) -> dict[str, Any]:
     except matting.SegmentationError as exc:
         raise StageError("segmentation_failed", f"product asset {asset.id}: {exc}") from exc
     keys = _store_masks(ctx, image, result)
-    ctx.state_patch["segment"] = {"method": result.method, "quality": result.quality, **keys,
-                                  "product_asset_id": str(asset.id)}
+    ctx.state_patch["segment"] = {
+        "method": result.method,
+        "quality": result.quality,
+        **keys,
+        "product_asset_id": str(asset.id),
+    }
     return {"method": result.method, "quality": result.quality}
 
 
@@ -201,14 +233,24 @@ def plan(ctx: StageContext) -> dict[str, Any]:
     seg, settings = state(ctx, "segment"), ctx.settings
     canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
     cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
-    layouts = compositor.plan_layouts(canvases, cutout.size, rows=settings.grid_rows, cols=settings.grid_cols,
-                                      rotations=tuple(settings.rotations), scale_share=settings.product_scale,
-                                      cutout=cutout)
+    layouts = compositor.plan_layouts(
+        canvases,
+        cutout.size,
+        rows=settings.grid_rows,
+        cols=settings.grid_cols,
+        rotations=tuple(settings.rotations),
+        scale_share=settings.product_scale,
+        cutout=cutout,
+    )
     batches = max(1, math.ceil(len(layouts) / settings.generate_batch_size))
     ctx.state_patch["plan"] = {
-        "layouts": [asdict(layout) for layout in layouts], "batch_size": settings.generate_batch_size,
-        "batches": batches, "grid": [settings.grid_rows, settings.grid_cols], "rotations": list(settings.rotations),
-        "canvases": [list(c) for c in canvases], "scale_share": settings.product_scale,
+        "layouts": [asdict(layout) for layout in layouts],
+        "batch_size": settings.generate_batch_size,
+        "batches": batches,
+        "grid": [settings.grid_rows, settings.grid_cols],
+        "rotations": list(settings.rotations),
+        "canvases": [list(c) for c in canvases],
+        "scale_share": settings.product_scale,
     }
     return {"layouts": len(layouts), "batches": batches}
 
@@ -219,7 +261,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
 def _batch_layouts(ctx: StageContext) -> list[dict[str, Any]]:
     plan_state = state(ctx, "plan")
     size = plan_state["batch_size"]
-    return plan_state["layouts"][ctx.item * size:(ctx.item + 1) * size]
+    return plan_state["layouts"][ctx.item * size : (ctx.item + 1) * size]
 
 
 def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tuple[int, int], Image.Image]:
@@ -227,10 +269,14 @@ def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tupl
 
     retrieved = state(ctx, "retrieve")
     with session_scope() as session:
-        brand = session.scalars(select(Brand).where(Brand.tenant_id == ctx.tenant_id,
-                                                    Brand.id == ctx.campaign.brand_id)).first()
-        bg = tenant_asset(session, ctx.tenant_id, retrieved["background_asset_id"]) \
-            if retrieved.get("background_asset_id") else None
+        brand = session.scalars(
+            select(Brand).where(Brand.tenant_id == ctx.tenant_id, Brand.id == ctx.campaign.brand_id)
+        ).first()
+        bg = (
+            tenant_asset(session, ctx.tenant_id, retrieved["background_asset_id"])
+            if retrieved.get("background_asset_id")
+            else None
+        )
     source = load_image(bg.storage_key).convert("RGB") if bg else None
     palette = list(brand.palette or []) if brand else []
     return {c: compositor.cover_crop(source, c) if source else compositor.backdrop(c, palette) for c in canvases}
@@ -247,23 +293,41 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     return {"candidates": len(layouts), "generator": "compositor"}
 
 
-def _make_candidate(ctx: StageContext, compositor: Any, layout: Any, cutout: Image.Image,
-                    backgrounds: dict[tuple[int, int], Image.Image]) -> Candidate:
+def _make_candidate(
+    ctx: StageContext,
+    compositor: Any,
+    layout: Any,
+    cutout: Image.Image,
+    backgrounds: dict[tuple[int, int], Image.Image],
+) -> Candidate:
     layer = compositor.place(cutout, layout)
     image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
     prefix = f"r{ctx.round}/{layout.layout_key}"
     return Candidate(
-        id=candidate_id(ctx.campaign.id, ctx.round, layout.layout_key), tenant_id=ctx.tenant_id,
-        campaign_id=ctx.campaign.id, round=ctx.round, batch=ctx.item, layout_key=layout.layout_key,
-        placement=placement(layout), generator="compositor", integrity=compositor.integrity(image, layer),
+        id=candidate_id(ctx.campaign.id, ctx.round, layout.layout_key),
+        tenant_id=ctx.tenant_id,
+        campaign_id=ctx.campaign.id,
+        round=ctx.round,
+        batch=ctx.item,
+        layout_key=layout.layout_key,
+        placement=placement(layout),
+        generator="compositor",
+        integrity=compositor.integrity(image, layer),
         image_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/candidate.png"), image),
         layer_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/layer.png"), layer),
     )
 
 
 def placement(layout: Any) -> dict[str, Any]:
-    return {"x": layout.x, "y": layout.y, "scale": layout.scale, "rotation": layout.rotation,
-            "row": layout.row, "col": layout.col, "canvas": {"width": layout.canvas_w, "height": layout.canvas_h}}
+    return {
+        "x": layout.x,
+        "y": layout.y,
+        "scale": layout.scale,
+        "rotation": layout.rotation,
+        "row": layout.row,
+        "col": layout.col,
+        "canvas": {"width": layout.canvas_w, "height": layout.canvas_h},
+    }
 
 
 # --- qc (qc queue) --------------------------------------------------------------------------------
@@ -271,28 +335,51 @@ def placement(layout: Any) -> dict[str, Any]:
 
 def _round_candidates(ctx: StageContext, batch: int | None = None) -> list[Candidate]:
     with session_scope() as session:
-        query = select(Candidate).where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id,
-                                        Candidate.round == ctx.round)
+        query = select(Candidate).where(
+            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == ctx.round
+        )
         if batch is not None:
             query = query.where(Candidate.batch == batch)
         return list(session.scalars(query.order_by(Candidate.layout_key)).all())
 
 
 def verdict(check: str, value: float, threshold: float, passed: bool, reason: str) -> dict[str, Any]:
-    return {"check": check, "value": round(float(value), 4), "threshold": threshold, "passed": bool(passed),
-            "reason": reason}
+    return {
+        "check": check,
+        "value": round(float(value), 4),
+        "threshold": threshold,
+        "passed": bool(passed),
+        "reason": reason,
+    }
 
 
 def qc_checks(metrics: dict[str, Any], settings: Any) -> list[dict[str, Any]]:
     exact, ssim, area = metrics["exact_fraction"], metrics["msssim_edges"], metrics["area_share"]
     return [
-        verdict("product_exact", exact, settings.qc_min_exact, exact >= settings.qc_min_exact,
-                f"{exact:.2%} of opaque product pixels are identical to the placed product"),
-        verdict("product_edges_msssim", ssim, settings.qc_min_msssim, ssim >= settings.qc_min_msssim,
-                f"MS-SSIM of product edge maps {ssim:.3f}"),
-        verdict("product_in_frame", metrics["in_frame"], 1.0, metrics["in_frame"] >= 1.0,
-                "product fully inside the canvas" if metrics["in_frame"] >= 1.0 else "product touches the canvas edge"),
-        verdict("product_area", area, 0.02, 0.02 <= area <= 0.6, f"product covers {area:.1%} of the canvas (2–60 % allowed)"),
+        verdict(
+            "product_exact",
+            exact,
+            settings.qc_min_exact,
+            exact >= settings.qc_min_exact,
+            f"{exact:.2%} of opaque product pixels are identical to the placed product",
+        ),
+        verdict(
+            "product_edges_msssim",
+            ssim,
+            settings.qc_min_msssim,
+            ssim >= settings.qc_min_msssim,
+            f"MS-SSIM of product edge maps {ssim:.3f}",
+        ),
+        verdict(
+            "product_in_frame",
+            metrics["in_frame"],
+            1.0,
+            metrics["in_frame"] >= 1.0,
+            "product fully inside the canvas" if metrics["in_frame"] >= 1.0 else "product touches the canvas edge",
+        ),
+        verdict(
+            "product_area", area, 0.02, 0.02 <= area <= 0.6, f"product covers {area:.1%} of the canvas (2–60 % allowed)"
+        ),
     ]
 
 
@@ -362,8 +449,11 @@ def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
     chosen = (first + repeats)[:top_k]
     for cand in ordered:
         if cand not in chosen:
-            cand.excluded_reason = ("diversity: a better candidate already uses this grid cell" if cand in repeats
-                                    else f"passed QC, ranked below the top {top_k} by aesthetic score")
+            cand.excluded_reason = (
+                "diversity: a better candidate already uses this grid cell"
+                if cand in repeats
+                else f"passed QC, ranked below the top {top_k} by aesthetic score"
+            )
     return chosen
 
 
@@ -387,12 +477,23 @@ def deliver(ctx: StageContext) -> dict[str, Any]:
 
 def _complete(session: Session, campaign: Campaign) -> list[Task]:
     storage = get_storage()
-    rows = session.execute(select(Result.rank, Candidate).join(Candidate, Candidate.id == Result.candidate_id)
-                           .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
-                           .order_by(Result.rank)).all()
-    results = [{"rank": r, "candidate_id": str(c.id), "image_url": storage.url(c.image_key),
-                "layer_url": storage.url(c.layer_key), "placement": c.placement, "aesthetic": c.aesthetic}
-               for r, c in rows]
+    rows = session.execute(
+        select(Result.rank, Candidate)
+        .join(Candidate, Candidate.id == Result.candidate_id)
+        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .order_by(Result.rank)
+    ).all()
+    results = [
+        {
+            "rank": r,
+            "candidate_id": str(c.id),
+            "image_url": storage.url(c.image_key),
+            "layer_url": storage.url(c.layer_key),
+            "placement": c.placement,
+            "aesthetic": c.aesthetic,
+        }
+        for r, c in rows
+    ]
     campaign.status = "completed" if len(results) >= campaign.top_k else "partial"
     campaign.completed_at, campaign.current_stage = now(), None
     if campaign.status == "partial":
@@ -409,15 +510,28 @@ def restart_stalled(older_than_s: int = 60) -> int:
     from shared.queue import send
 
     with session_scope() as session:
-        ids = session.scalars(select(Campaign.id).where(
-            Campaign.status == "queued", Campaign.created_at < now() - timedelta(seconds=older_than_s),
-            ~select(StageRun.id).where(StageRun.campaign_id == Campaign.id).exists()).limit(500)).all()
+        ids = session.scalars(
+            select(Campaign.id)
+            .where(
+                Campaign.status == "queued",
+                Campaign.created_at < now() - timedelta(seconds=older_than_s),
+                ~select(StageRun.id).where(StageRun.campaign_id == Campaign.id).exists(),
+            )
+            .limit(500)
+        ).all()
     for campaign_id in ids:
         send("onbrand.decompose", campaign_id, 0, 0)
     return len(ids)
 
 
 STAGES: dict[str, StageFn] = {
-    "decompose": decompose, "retrieve": retrieve, "caption": caption, "segment": segment, "plan": plan,
-    "generate": generate, "qc": qc, "rank": rank, "deliver": deliver,
+    "decompose": decompose,
+    "retrieve": retrieve,
+    "caption": caption,
+    "segment": segment,
+    "plan": plan,
+    "generate": generate,
+    "qc": qc,
+    "rank": rank,
+    "deliver": deliver,
 }
