@@ -120,3 +120,17 @@ def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: An
         assert stages == ["decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank"]
         with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
             Webhook(secrets[not per_campaign]).verify(mine[0]["body"], mine[0]["headers"])
+
+
+def test_cancel_stops_further_stages(brand_setup: dict[str, Any]) -> None:
+    api = brand_setup["api"]
+    created = api.post("/v1/campaigns", json={"brand_id": brand_setup["brand"]["id"], "brief": BRIEF}).json()
+    cancelled = api.post(f"/v1/campaigns/{created['id']}/cancel")
+    assert cancelled.status_code == 200 and cancelled.json()["status"] == "cancelled"
+    assert api.post(f"/v1/campaigns/{created['id']}/cancel").status_code == 409
+    time.sleep(8)  # long enough for a warm pipeline to have gone several stages further
+    body = api.get(f"/v1/campaigns/{created['id']}").json()
+    assert body["status"] == "cancelled" and body["results"] == []
+    ran = {s["stage"] for s in body["stages"] if s["total"]}
+    assert ran <= {"decompose"}, ran  # at most the stage already running when the cancel landed
+    assert api.get(f"/v1/campaigns/{created['id']}/candidates").json()["items"] == []
