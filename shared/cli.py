@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 
@@ -103,51 +103,29 @@ def worker(
     if pool not in (*POOLS, "all"):
         raise typer.BadParameter("pool must be cpu, gpu or all", param_hint="--pool")
     queues = ",".join(POOLS.values()) if pool == "all" else POOLS[pool]
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app:app",
-        "worker",
-        "-Q",
-        queues,
-        "-c",
-        str(concurrency),
-        "-l",
-        get_settings().log_level,
-        "-n",
-        name or f"{pool}-{os.getpid()}@%h",
-        "--without-gossip",
-        "--without-mingle",
-        "--without-heartbeat",
-    ]
+    node = name or f"{pool}-{os.getpid()}@%h"
+    flags = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     if beat:
-        settings = get_settings()
-        settings.home.mkdir(parents=True, exist_ok=True)
-        argv += ["--beat", "--schedule", str(settings.home / "celerybeat-schedule")]
+        flags += ["--beat", "--schedule", _schedule_file()]
     os.environ["ONBRAND_WORKER_QUEUES"] = queues  # tells the pool processes which models to warm
-    os.execvp(argv[0], argv)  # replace this process: signals reach Celery directly
+    _exec_celery("worker", "-Q", queues, "-c", str(concurrency), "-n", node, *flags)
 
 
 @app.command()
 def beat() -> None:
     """Run the periodic sweeps (lost webhook and campaign sends). Exactly one per deployment."""
+    _exec_celery("beat", "--schedule", _schedule_file())
+
+
+def _schedule_file() -> str:
     settings = get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    argv = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers.celery_app:app",
-        "beat",
-        "-l",
-        settings.log_level,
-        "--schedule",
-        str(settings.home / "celerybeat-schedule"),
-    ]
-    os.execvp(argv[0], argv)
+    return str(settings.home / "celerybeat-schedule")
+
+
+def _exec_celery(*args: str) -> NoReturn:
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", *args, "-l", get_settings().log_level]
+    os.execvp(argv[0], argv)  # replace this process: signals reach Celery directly
 
 
 @app.command()
