@@ -40,7 +40,7 @@ def create_campaign(
     if body.webhook_url is not None:
         check_target(body.webhook_url, "webhook_url", settings)
     campaign, replayed = service.create(session, tenant_id, body, idempotency_key)
-    view = views.campaign_views(session, storage, settings, [campaign])[0]
+    view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]
     response.headers["Location"] = view.links.self
     if replayed:
         response.headers["Idempotent-Replayed"] = "true"
