@@ -13,7 +13,7 @@ from functools import partial
 from sqlalchemy.orm import Session
 
 from shared import queue
-from shared.db.session import new_session
+from shared.db.session import session_scope
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +51,14 @@ def _run(hooks: list[Hook], what: str) -> None:
 
 
 def transaction() -> Iterator[Session]:
-    """Yield the request's session; commit if the handler succeeded, roll back otherwise."""
-    session = new_session()
+    """Yield the request's session (shared.db.session_scope: commit on success, roll back
+    otherwise), then run the hooks for the outcome. session.info outlives close()."""
+    info: dict[object, list[Hook]] = {}
     try:
-        yield session
-        session.commit()
+        with session_scope() as session:
+            info = session.info
+            yield session
     except BaseException:
-        session.rollback()
-        session.info.pop(_AFTER_COMMIT, None)
-        _run(session.info.pop(_ON_ROLLBACK, []), "rollback")
+        _run(info.pop(_ON_ROLLBACK, []), "rollback")
         raise
-    else:
-        hooks = session.info.pop(_AFTER_COMMIT, [])
-        session.info.pop(_ON_ROLLBACK, None)
-    finally:
-        session.close()
-    _run(hooks, "after-commit")
+    _run(info.pop(_AFTER_COMMIT, []), "after-commit")

@@ -450,12 +450,18 @@ def _head(phrase: str) -> str:
 def field_errors(parts: dict[str, Any], brief: str) -> dict[str, str]:
     """{field: reason} for every failing field; empty when the decomposition is usable."""
     data = {k: list(parts.get(k) or []) for k in LIST_FIELDS}
+    return _errors_by_field(DecompositionCheck, data, {"brief": brief}, "decomposition")
+
+
+def _errors_by_field(model: type[BaseModel], data: dict[str, Any], context: dict[str, Any],
+                     whole: str) -> dict[str, str]:
+    """The first validation error per top-level field ({} when valid); `whole` names model-level errors."""
     try:
-        DecompositionCheck.model_validate(data, context={"brief": brief})
+        model.model_validate(data, context=context)
     except ValidationError as exc:
         out: dict[str, str] = {}
         for e in exc.errors():
-            out.setdefault(str(e["loc"][0]) if e["loc"] else "decomposition", _error_text(e))
+            out.setdefault(str(e["loc"][0]) if e["loc"] else whole, _error_text(e))
         return out
     return {}
 
@@ -739,14 +745,7 @@ class CaptionFields(BaseModel):
 
 def caption_field_errors(fields: dict[str, str], scene: Scene) -> dict[str, str]:
     """{field: reason} for every unusable clause; empty when all are usable."""
-    try:
-        CaptionFields.model_validate(fields, context={"base": scene.base})
-    except ValidationError as exc:
-        out: dict[str, str] = {}
-        for e in exc.errors():
-            out.setdefault(str(e["loc"][0]) if e["loc"] else "caption", _error_text(e))
-        return out
-    return {}
+    return _errors_by_field(CaptionFields, dict(fields), {"base": scene.base}, "caption")
 
 
 def _clause_specs(previous: dict[str, str] | None, errors: dict[str, str]) -> list[Any]:
