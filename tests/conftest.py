@@ -36,16 +36,24 @@ def create_database(stack_urls: dict[str, str], name: str) -> str:
     return stack_urls["database_url"].rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.fixture
-def fresh_db(stack_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+@contextmanager
+def migrated_db(stack_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A new, migrated database; in-process code (get_settings/get_engine) points at it."""
     url = create_database(stack_urls, f"t_{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("ONBRAND_DATABASE_URL", url)
     monkeypatch.setenv("ONBRAND_REDIS_URL", stack_urls["redis_url"])
     _clear_caches()
     run_cli({**os.environ}, "migrate")
-    yield url
-    _clear_caches()
+    try:
+        yield url
+    finally:
+        _clear_caches()
+
+
+@pytest.fixture
+def fresh_db(stack_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    with migrated_db(stack_urls, monkeypatch) as url:
+        yield url
 
 
 def _clear_caches() -> None:
@@ -77,7 +85,7 @@ def running_system(stack_urls: dict[str, str], home: Path, database: str, **env:
     port = free_port()
     settings = {"ONBRAND_DATABASE_URL": create_database(stack_urls, database),
                 "ONBRAND_REDIS_URL": stack_urls["redis_url"], "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}",
-                "ONBRAND_WEBHOOK_ALLOW_LOOPBACK": "1", "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
+                "ONBRAND_EGRESS_ALLOWLIST": "127.0.0.0/8", "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
                 "ONBRAND_BROKER_RESTORE_THROTTLE": "1"}
     base = base_env(home, **{**settings, **env})  # env wins: e.g. another Redis db for a second system
     run_cli(base, "migrate")

@@ -47,7 +47,7 @@ class Receiver:
 
 @pytest.fixture
 def loopback_ok(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    monkeypatch.setenv("ONBRAND_WEBHOOK_ALLOW_LOOPBACK", "1")
+    monkeypatch.setenv("ONBRAND_EGRESS_ALLOWLIST", "127.0.0.0/8")
     get_settings.cache_clear()
     sent: list[tuple[Any, ...]] = []
     monkeypatch.setattr(sender, "send", lambda *a: sent.append(a))
@@ -104,11 +104,12 @@ def test_failures_are_retried_with_the_same_event_id_then_given_up(loopback_ok: 
 def test_private_targets_are_refused_without_the_dev_setting(fresh_db: str) -> None:
     receiver = Receiver([])
     delivery_id, _, _ = queue_event(receiver.url)
-    assert sender.target_refused(receiver.url, get_settings()) == "target address is not public"
+    private = "the URL's host resolves to a private address"
+    assert sender.target_refused(receiver.url, get_settings()) == private
     assert sender.target_refused("ftp://example.com/x", get_settings()) == "only http and https URLs are allowed"
     assert sender.deliver(delivery_id)[0] == "retry"
     assert receiver.requests == []  # nothing ever reached the loopback receiver
-    assert delivery(delivery_id).last_error == "target address is not public"
+    assert delivery(delivery_id).last_error == f"url_private_address: {private}"
 
 
 def test_sweeps_resend_what_a_lost_send_left_behind(loopback_ok: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:

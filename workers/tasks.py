@@ -9,9 +9,11 @@ from typing import Any
 
 from celery import Task
 
+from shared import query_vectors
+from shared.config import get_settings
 from shared.queue import PIPELINE
 from workers.celery_app import app
-from workers.stages import pipeline, webhooks
+from workers.stages import library, pipeline, webhooks
 from workers.stages.runner import execute, fail_campaign, record_failure
 
 RETRY_COUNTDOWNS = (2, 10, 30)
@@ -43,10 +45,21 @@ STAGE_TASKS: dict[str, Task] = {stage: _stage_task(stage) for stage in PIPELINE}
 
 
 @app.task(name="onbrand.embed_assets", acks_late=True, reject_on_worker_lost=True)
-def embed_assets(asset_id: str) -> int:
-    # Idempotent (skips assets that already have this model's vector); retrieve also embeds
-    # whatever is missing, so a lost or failed message only costs latency.
-    return pipeline.embed_asset_ids([asset_id])
+def embed_assets(*asset_ids: str) -> int:
+    # Idempotent (skips assets that already have a space's vector); the embeddings sweep and the
+    # retrieve stage catch up on whatever is missing, so a lost message only costs latency.
+    return library.embed_asset_ids(list(asset_ids))
+
+
+@app.task(name="onbrand.embed_query")
+def embed_query(q: str, reply_key: str) -> None:
+    # Not acks_late: a query is worth answering only while its request waits (the message expires).
+    query_vectors.reply(get_settings(), reply_key, library.embed_query(q))
+
+
+@app.task(name="onbrand.sweep_embeddings")
+def sweep_embeddings() -> int:
+    return library.sweep()
 
 
 @app.task(name="onbrand.send_webhook", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)

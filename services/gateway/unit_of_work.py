@@ -30,14 +30,17 @@ def on_rollback(session: Session, hook: Hook) -> None:
     session.info.setdefault(_ON_ROLLBACK, []).append(hook)
 
 
-def enqueue(session: Session, task: str, *ids: object) -> None:
+def enqueue(session: Session, task: str, *ids: object, priority: int | None = None) -> None:
     """Send task `task` with id arguments once this request's transaction has committed."""
-    after_commit(session, partial(_send, task, *ids))
+    after_commit(session, partial(_send, task, *ids, priority=priority))
 
 
-def _send(task: str, *ids: object) -> None:
+def _send(task: str, *ids: object, priority: int | None = None) -> None:
     # Looked up on the module at call time so tests can replace shared.queue.send.
-    queue.send(task, *ids)
+    if priority is None:
+        queue.send(task, *ids)
+    else:
+        queue.send(task, *ids, priority=priority)
 
 
 def _run(hooks: list[Hook], what: str) -> None:

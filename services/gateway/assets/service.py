@@ -1,27 +1,58 @@
 """Assets: product photos, backgrounds and references, stored as normalized PNG + thumbnail."""
 from __future__ import annotations
 
+import io
 import uuid
+from dataclasses import dataclass, field
 from functools import partial
-from typing import BinaryIO, cast
+from typing import Any, BinaryIO, Literal, cast
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.gateway.assets import images
-from services.gateway.assets.schemas import AssetKind, AssetMetadata, AssetRead
+from services.gateway.assets.schemas import (
+    AssetImport,
+    AssetKind,
+    AssetMetadata,
+    AssetRead,
+    SearchHit,
+    SearchParams,
+    SearchResults,
+)
 from services.gateway.brands import service as brands
-from services.gateway.errors import conflict, not_found, unknown_reference
+from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference, validation_problem
 from services.gateway.pagination import created_keys, paginate
 from services.gateway.unit_of_work import enqueue, on_rollback
+from shared import egress, query_vectors, search
 from shared.config import Settings
 from shared.db.models import Asset
+from shared.queue import BULK_PRIORITY
 from shared.storage import Storage, asset_key
 
 PNG = "image/png"
+IMAGE_TYPES = "image/png, image/jpeg, image/webp"
+EMBED_TASK_SIZE = 64  # assets per embed task (one MiniLM batch)
+BATCH_METADATA = TypeAdapter(list[AssetMetadata])
+
+
+@dataclass
+class BatchItem:
+    index: int
+    status: Literal["created", "existing", "failed"]
+    asset: Asset | None = None
+    problem: dict[str, Any] | None = None
+
+
+@dataclass
+class BatchResult:
+    items: list[BatchItem] = field(default_factory=list)
+    created: int = 0
+    existing: int = 0
+    failed: int = 0
 
 
 def to_read(asset: Asset, storage: Storage) -> AssetRead:
@@ -32,6 +63,18 @@ def to_read(asset: Asset, storage: Storage) -> AssetRead:
         byte_size=asset.byte_size, url=storage.url(asset.storage_key), thumbnail_url=storage.url(asset.thumb_key),
         created_at=asset.created_at,
     )
+
+
+def parse_batch_metadata(raw: str, count: int) -> list[AssetMetadata]:
+    """The `metadata` part of a batch: a JSON array with one object per file, in file order."""
+    try:
+        metas = BATCH_METADATA.validate_json(raw)
+    except ValidationError as exc:
+        raise RequestValidationError([{**e, "loc": ("body", "metadata", *e["loc"])} for e in exc.errors()]) from None
+    if len(metas) != count:
+        raise validation_problem([{"loc": ("body", "metadata"), "type": "value_error",
+                                   "msg": f"metadata has {len(metas)} entries for {count} files"}])
+    return metas
 
 
 def parse_metadata(raw: str) -> AssetMetadata:
@@ -90,23 +133,83 @@ def _insert(session: Session, storage: Storage, asset: Asset) -> tuple[Asset, bo
     return asset, True
 
 
-def create(
-    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, file: BinaryIO, metadata: str
+def ingest(
+    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, meta: AssetMetadata,
+    upload: tuple[bytes, str], source_url: str | None = None,
 ) -> tuple[Asset, bool]:
-    """Validate and store an upload; return (asset, created). Same bytes again -> the existing asset."""
-    meta = parse_metadata(metadata)
+    """Store checked bytes as an asset; return (asset, created). Same bytes again -> the existing asset.
+
+    Every check that can fail runs before the first object is written, so a refused item leaves
+    nothing behind; a failure after that rolls the transaction back and its hooks delete the objects.
+    """
     _check_brand(session, tenant_id, meta.brand_id)
-    data, fmt = images.read_image_upload(file, settings.max_upload_bytes)
-    image = images.clean(data, fmt, settings.max_image_pixels)
+    image = images.clean(*upload, settings.max_image_pixels)
     existing = find_by_sha(session, tenant_id, image.sha256)
     if existing is not None:
         return existing, False
     asset = _new_asset(tenant_id, meta, image)
+    asset.source_url = source_url
     _write_objects(session, storage, asset, image)
-    asset, created = _insert(session, storage, asset)
+    return _insert(session, storage, asset)
+
+
+def create(
+    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, file: BinaryIO, metadata: str
+) -> tuple[Asset, bool]:
+    """One multipart upload; its embedding is computed on the retrieval queue after the commit."""
+    meta = parse_metadata(metadata)
+    asset, created = ingest(session, storage, settings, tenant_id, meta,
+                            images.read_image_upload(file, settings.max_upload_bytes))
     if created:
         enqueue(session, "onbrand.embed_assets", asset.id)
     return asset, created
+
+
+def import_url(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
+               body: AssetImport) -> tuple[Asset, bool]:
+    """Fetch body.url through the egress guard, then ingest it like an upload."""
+    url = str(body.url)
+    data = _fetch(url, settings)
+    meta = AssetMetadata.model_validate(body.model_dump(exclude={"url"}))
+    asset, created = ingest(session, storage, settings, tenant_id, meta,
+                            images.read_image_upload(io.BytesIO(data), settings.max_upload_bytes), source_url=url)
+    if created:
+        enqueue(session, "onbrand.embed_assets", asset.id)
+    return asset, created
+
+
+def _fetch(url: str, settings: Settings) -> bytes:
+    try:
+        return egress.fetch(url, max_bytes=settings.max_upload_bytes, timeout_s=settings.import_timeout_seconds,
+                            allowlist=settings.egress_allowlist, headers={"Accept": IMAGE_TYPES}).body
+    except egress.EgressRefused as exc:
+        if exc.code == "url_too_large":
+            raise images.too_large(exc.detail) from None
+        raise ProblemError(422, exc.code, "URL refused or not fetchable", exc.detail,
+                           extra={"errors": [{"field": "url", "message": exc.detail}]}) from None
+
+
+def create_batch(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
+                 files: list[BinaryIO], metadata: str) -> BatchResult:
+    """Many uploads in one request; each item succeeds or fails on its own (no partial item)."""
+    metas = parse_batch_metadata(metadata, len(files))
+    items = [_batch_item(session, storage, settings, tenant_id, i, f, m)
+             for i, (f, m) in enumerate(zip(files, metas, strict=True))]
+    new_ids = [item.asset.id for item in items if item.status == "created" and item.asset is not None]
+    for start in range(0, len(new_ids), EMBED_TASK_SIZE):  # bulk priority: campaigns and queries go first
+        enqueue(session, "onbrand.embed_assets", *new_ids[start:start + EMBED_TASK_SIZE], priority=BULK_PRIORITY)
+    return BatchResult(items=items, **{s: sum(i.status == s for i in items) for s in ("created", "existing", "failed")})
+
+
+def _batch_item(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, index: int,
+                file: BinaryIO, meta: AssetMetadata) -> BatchItem:
+    try:
+        asset, created = ingest(session, storage, settings, tenant_id, meta,
+                                images.read_image_upload(file, settings.max_upload_bytes))
+    except ProblemError as exc:
+        problem = {"status": exc.status_code, "code": exc.code, "title": exc.title, "detail": exc.detail}
+        return BatchItem(index=index, status="failed", problem=problem)
+    return BatchItem(index=index, status="created" if created else "existing", asset=asset)
 
 
 def get(session: Session, tenant_id: uuid.UUID, asset_id: uuid.UUID) -> Asset:
@@ -134,3 +237,27 @@ def products_owned(session: Session, tenant_id: uuid.UUID, asset_ids: list[uuid.
         return set()
     stmt = select(Asset.id).where(Asset.tenant_id == tenant_id, Asset.kind == "product", Asset.id.in_(asset_ids))
     return set(session.scalars(stmt))
+
+
+def search_assets(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
+                  params: SearchParams) -> SearchResults:
+    """Hybrid search; without a query vector (no worker answered) hybrid degrades to keywords."""
+    text_space, image_space = (None, None) if params.mode == "keyword" else query_vectors.query_spaces(params.q,
+                                                                                                        settings)
+    degraded = None
+    if text_space is None and params.mode != "keyword":
+        if params.mode == "vector":
+            raise ProblemError(503, "search_unavailable", "Search unavailable",
+                               "No retrieval worker embedded the query in time; retry, or use mode=keyword.",
+                               headers={"Retry-After": "5"})
+        degraded = "query embedding unavailable (no retrieval worker answered in time): keyword match only"
+    filters = search.Filters(tenant_id=tenant_id, kind=params.kind, brand_id=params.brand_id, tags=params.tags)
+    hits = search.search(session, params.q, filters, text_space=text_space, image_space=image_space, k=params.k,
+                         mode=params.mode if text_space is not None else "keyword", boost=params.boost)
+    assets = {a.id: a for a in session.scalars(select(Asset).where(
+        Asset.tenant_id == tenant_id, Asset.id.in_([h.asset_id for h in hits])))}
+    return SearchResults(
+        query=params.q, mode=params.mode, k=params.k, boost=params.boost, degraded=degraded,
+        models={"text": text_space.model if text_space else None, "image": image_space.model if image_space else None},
+        items=[SearchHit(asset=to_read(assets[h.asset_id], storage), score=h.score, parts=h.parts) for h in hits],
+    )
