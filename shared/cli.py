@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated, NoReturn
+import uuid
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
 
 import typer
 
@@ -17,8 +19,11 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The embedded stack: PostgreSQL+pgvector and Redis on loopback.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
+assets_app = typer.Typer(help="The media library: bulk import, embedding status and model changes.",
+                         no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(tenants_app, name="tenants")
+app.add_typer(assets_app, name="assets")
 
 POOLS = {"cpu": "llm,retrieval,scoring,webhooks", "gpu": "segment,generate,qc"}
 
@@ -66,6 +71,159 @@ def tenants_create(name: str) -> None:
     with session_scope() as session:
         tenant_id, api_key = create_tenant(session, name)
     typer.echo(json.dumps({"tenant_id": str(tenant_id), "name": name, "api_key": api_key}))
+
+
+ASSET_KINDS = ("product", "background", "reference")
+
+
+def _uuid_option(value: str | None, hint: str) -> str | None:
+    if not value:
+        return None
+    try:
+        return str(uuid.UUID(value))
+    except ValueError:
+        raise typer.BadParameter(f"not a UUID: {value!r}", param_hint=hint) from None
+
+
+@assets_app.command("import")
+def assets_import(
+    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, resolve_path=True,
+                                              help="Folder of .png/.jpg/.jpeg/.webp images.")],
+    brand: Annotated[str, typer.Option("--brand", help="Brand id of every asset (a sidecar may override).")],
+    kind: Annotated[str, typer.Option(help="Default kind: product | background | reference.")] = "product",
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Default tag of every asset (repeat).")] = None,
+    api_url: Annotated[str, typer.Option(envvar=["ONBRAND_API_URL", "ONBRAND_PUBLIC_URL"],
+                                         help="Gateway URL.")] = "http://127.0.0.1:8000",
+    api_key: Annotated[str, typer.Option(envvar="ONBRAND_API_KEY", show_default=False,
+                                         help="Tenant API key (required).")] = "",
+    batch_size: Annotated[int, typer.Option(min=1, max=100, help="Files per request.")] = 50,
+    concurrency: Annotated[int, typer.Option(min=1, max=32, help="Requests in flight.")] = 2,
+    recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk sub-folders.")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Bulk-upload a folder of images through POST /v1/assets/batch; print a JSON summary.
+
+    Metadata of each image, later sources overriding earlier ones: the flags and the title from the file name;
+    the line {"file": "<relative path>", ...} of metadata.jsonl or manifest.jsonl in the folder;
+    a sidecar <stem>.json next to the image. Keys: kind, title, description, tags, brand_id, attributes, kpis.
+
+    The same bytes again come back as "existing", so an interrupted import can simply be run again.
+
+    Exit code: 0 when every file was stored, 2 when some failed (the others are still imported),
+    1 when the import could not go on (e.g. the API key was refused).
+    """
+    from shared.library_import import ImportAborted, Options, run_import
+
+    if not api_key:
+        raise typer.BadParameter("no API key: pass --api-key or set ONBRAND_API_KEY", param_hint="--api-key")
+    if kind not in ASSET_KINDS:
+        raise typer.BadParameter(f"kind must be one of {', '.join(ASSET_KINDS)}", param_hint="--kind")
+    opts = Options(directory=directory, api_url=api_url, api_key=api_key, brand_id=_uuid_option(brand, "--brand"),
+                   kind=kind, tags=tuple(tag or ()), batch_size=batch_size, concurrency=concurrency,
+                   recursive=recursive, quiet=quiet)
+    try:
+        summary = run_import(opts)
+    except ImportAborted as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(json.dumps(summary, indent=2))
+    raise typer.Exit(2 if summary["failed"] else 0)
+
+
+@assets_app.command("reembed")
+def assets_reembed(
+    tenant: Annotated[str, typer.Option(help="Only this tenant's assets (default: all tenants).")] = "",
+) -> None:
+    """Ask the retrieval workers to embed every asset missing a vector in any configured space.
+
+    Sends the `onbrand.reembed` task (bulk priority). A worker then enqueues embed tasks for the assets
+    without a vector of the text model, of ONBRAND_TEXT_EMBEDDING_MODEL_NEXT (when set) and of the image model.
+
+    Changing the text embedding model without a search outage:
+
+    1. Set ONBRAND_TEXT_EMBEDDING_MODEL_NEXT=<new model> on the workers and restart them.
+    New assets now get both vectors; search keeps using ONBRAND_TEXT_EMBEDDING_MODEL.
+
+    2. `onbrand assets reembed` fills the new space for the existing assets.
+    Wait until `onbrand assets status` shows nothing missing for the new model.
+
+    3. Set ONBRAND_TEXT_EMBEDDING_MODEL to the new model and clear ONBRAND_TEXT_EMBEDDING_MODEL_NEXT
+    (gateway and workers).
+
+    4. `onbrand assets prune-embeddings --keep <new model id> --yes` deletes the other models' vectors.
+    """
+    from shared.queue import BULK_PRIORITY, TASK_QUEUES, send
+
+    tenant_id = _uuid_option(tenant, "--tenant")
+    send("onbrand.reembed", *([tenant_id] if tenant_id else []), priority=BULK_PRIORITY)
+    typer.echo(json.dumps({"sent": "onbrand.reembed", "queue": TASK_QUEUES["onbrand.reembed"],
+                           "tenant_id": tenant_id, "priority": BULK_PRIORITY,
+                           "next": "watch `onbrand assets status` until nothing is missing"}))
+
+
+def _embedding_counts(tenant_id: str | None) -> tuple[int, dict[str, dict[str, Any]]]:
+    """(assets, {model: {modality, embedded}}) for one tenant or all, in plain SQL."""
+    from sqlalchemy import func, select
+
+    from shared.db.models import Asset, AssetEmbedding
+    from shared.db.session import session_scope
+
+    assets = select(func.count()).select_from(Asset)
+    per_model = (select(AssetEmbedding.model, AssetEmbedding.modality, func.count())
+                 .group_by(AssetEmbedding.model, AssetEmbedding.modality).order_by(AssetEmbedding.model))
+    if tenant_id:
+        assets = assets.where(Asset.tenant_id == uuid.UUID(tenant_id))
+        per_model = per_model.where(AssetEmbedding.tenant_id == uuid.UUID(tenant_id))
+    with session_scope() as session:
+        total = int(session.scalar(assets) or 0)
+        models: dict[str, dict[str, Any]] = {}
+        for model, modality, count in session.execute(per_model):
+            entry = models.setdefault(model, {"modality": modality, "embedded": 0})
+            entry["embedded"] += int(count)
+    return total, models
+
+
+@assets_app.command("status")
+def assets_status(
+    tenant: Annotated[str, typer.Option(help="Only this tenant (default: all tenants).")] = "",
+) -> None:
+    """Per embedding model: vectors stored vs assets (JSON); `missing` > 0 means embedding is still catching up."""
+    tenant_id = _uuid_option(tenant, "--tenant")
+    total, models = _embedding_counts(tenant_id)
+    for entry in models.values():
+        entry["missing"] = max(total - entry["embedded"], 0)
+    typer.echo(json.dumps({"tenant_id": tenant_id, "assets": total, "models": models}, indent=2))
+
+
+@assets_app.command("prune-embeddings")
+def assets_prune_embeddings(
+    keep: Annotated[list[str], typer.Option("--keep", help="Model id whose vectors stay (repeat).")],
+    yes: Annotated[bool, typer.Option("--yes", help="Really delete (default: dry run).")] = False,
+) -> None:
+    """Delete the stored vectors of every embedding model not named by --keep (all tenants).
+
+    Prints the vector count per model first; without --yes nothing is deleted (dry run).
+    Refuses when none of the kept models has any vector: a mistyped id would otherwise delete every vector.
+    """
+    from sqlalchemy import delete
+
+    from shared.db.models import AssetEmbedding
+    from shared.db.session import session_scope
+
+    _, models = _embedding_counts(None)
+    counts = {model: entry["embedded"] for model, entry in models.items()}
+    doomed = {model: n for model, n in counts.items() if model not in keep}
+    report: dict[str, Any] = {"keep": keep, "models": counts, "delete": doomed, "dry_run": not yes, "deleted": 0}
+    if yes and doomed and not any(counts.get(k) for k in keep):
+        typer.echo(json.dumps(report, indent=2))
+        typer.echo(f"error: no vectors of {', '.join(keep)}: refusing to delete every vector (mistyped id?)",
+                   err=True)
+        raise typer.Exit(1)
+    if yes and doomed:
+        with session_scope() as session:
+            result = session.execute(delete(AssetEmbedding).where(AssetEmbedding.model.not_in(keep)))
+            report["deleted"] = int(getattr(result, "rowcount", 0) or 0)
+    typer.echo(json.dumps(report, indent=2))
 
 
 @app.command()

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")
     generator: Literal["compositor"] = Field("compositor", description="Generation adapter.")
     retrieval_min_score: float = Field(
-        0.2, description="Cosine similarity below which a retrieved asset is 'nothing relevant'."
+        0.3, description="Hybrid search score below which a retrieved asset is 'nothing relevant'."
     )
     text_embedding_model_next: str = Field(
         "", description="A text model being rolled out: vectors are written for it too (see `onbrand assets "

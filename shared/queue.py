@@ -22,6 +22,7 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.embed_assets": "retrieval",
     "onbrand.embed_query": "retrieval",
     "onbrand.sweep_embeddings": "retrieval",
+    "onbrand.reembed": "retrieval",
     "onbrand.caption": "llm",
     "onbrand.segment": "segment",
     "onbrand.plan": "segment",

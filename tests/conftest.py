@@ -86,7 +86,9 @@ def running_system(stack_urls: dict[str, str], home: Path, database: str, **env:
     settings = {"ONBRAND_DATABASE_URL": create_database(stack_urls, database),
                 "ONBRAND_REDIS_URL": stack_urls["redis_url"], "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}",
                 "ONBRAND_EGRESS_ALLOWLIST": "127.0.0.0/8", "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
-                "ONBRAND_BROKER_RESTORE_THROTTLE": "1"}
+                "ONBRAND_BROKER_RESTORE_THROTTLE": "1",
+                # 2 shared cores under a parallel test load: a query embedding can take seconds
+                "ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS": "15"}
     base = base_env(home, **{**settings, **env})  # env wins: e.g. another Redis db for a second system
     run_cli(base, "migrate")
     procs = Processes(env=base, logs=home / "logs")

@@ -5,12 +5,14 @@ campaign fails with the error recorded (a StageError fails it at once: retrying 
 """
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from celery import Task
 
 from shared import query_vectors
 from shared.config import get_settings
+from shared.db.session import session_scope
 from shared.queue import PIPELINE
 from workers.celery_app import app
 from workers.stages import library, pipeline, webhooks
@@ -60,6 +62,14 @@ def embed_query(q: str, reply_key: str) -> None:
 @app.task(name="onbrand.sweep_embeddings")
 def sweep_embeddings() -> int:
     return library.sweep()
+
+
+@app.task(name="onbrand.reembed")
+def reembed(tenant_id: str = "") -> int:
+    # `onbrand assets reembed`: embed tasks for every asset missing a vector in a configured space
+    # (e.g. the text_next model during a model change).
+    with session_scope() as session:
+        return library.enqueue_missing(session, uuid.UUID(tenant_id) if tenant_id else None)
 
 
 @app.task(name="onbrand.send_webhook", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)

@@ -27,7 +27,7 @@ from shared.db.models import Asset
 router = APIRouter(prefix="/v1/assets", tags=["assets"])
 
 TagsQuery = Annotated[list[str], Query(description="Only assets with all these tags (repeat, or comma-separate).")]
-BoostQuery = Annotated[str | None, Query(pattern=KPI_PATTERN, description="KPI that lifts better performers, e.g. ctr.")]
+BoostQuery = Annotated[str | None, Query(pattern=KPI_PATTERN, description="KPI that lifts top performers, e.g. ctr")]
 METADATA_DOC = ('JSON: {"kind": "product"|"background"|"reference", "title", "description", "tags": [str], '
                 '"brand_id", "attributes": {}, "kpis": {name: number}}')
 
