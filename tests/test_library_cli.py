@@ -63,6 +63,10 @@ def build_folder(root: Path) -> Path:
     return root
 
 
+def onbrand(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(onbrand_cmd(*args), env=env, capture_output=True, text=True, timeout=300)
+
+
 # --------------------------------------------------------------------------- client only (no system)
 
 
@@ -148,11 +152,44 @@ def test_import_requires_an_api_key(tmp_path: Path) -> None:
     assert done.returncode == 2 and "ONBRAND_API_KEY" in done.stderr
 
 
+def test_status_and_prune_on_a_fresh_database(fresh_db: str) -> None:
+    from shared.db.models import Asset, AssetEmbedding
+    from shared.db.session import session_scope
+    from shared.tenants import create_tenant
+
+    with session_scope() as session:
+        tenants = [create_tenant(session, name)[0] for name in ("one", "two")]
+        for n, tenant_id in enumerate([tenants[0]] * 3 + [tenants[1]]):
+            asset = Asset(tenant_id=tenant_id, kind="product", sha256=f"{n:064d}", content_type="image/png", width=1,
+                          height=1, byte_size=1, storage_key=f"k{n}", thumb_key=f"t{n}")
+            session.add(asset)
+            session.flush()
+            for model in ("old/model", "new/model")[: 1 + (n % 2)]:  # assets 1 and 3 have both
+                session.add(AssetEmbedding(tenant_id=tenant_id, asset_id=asset.id, model=model, dim=2,
+                                           embedding=[0.6, 0.8], kind="product", tags=[]))
+    env = {**os.environ}
+
+    def cli(*args: str) -> dict[str, Any]:
+        done = onbrand(env, "assets", *args)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    one = cli("status", "--tenant", str(tenants[0]))
+    assert one["assets"] == 3 and one["models"] == {
+        "new/model": {"modality": "text", "embedded": 1, "missing": 2},
+        "old/model": {"modality": "text", "embedded": 3, "missing": 0}}
+    assert cli("status")["models"]["new/model"]["embedded"] == 2
+
+    dry = cli("prune-embeddings", "--keep", "new/model")
+    assert dry == {"keep": ["new/model"], "models": {"new/model": 2, "old/model": 4}, "delete": {"old/model": 4},
+                   "dry_run": True, "deleted": 0}
+    assert onbrand(env, "assets", "prune-embeddings", "--keep", "typo/model", "--yes").returncode == 1
+    assert cli("status")["models"]["old/model"]["embedded"] == 4
+    assert cli("prune-embeddings", "--keep", "new/model", "--yes")["deleted"] == 4
+    assert list(cli("status")["models"]) == ["new/model"]
+
+
 # --------------------------------------------------------------------------- against the running system
-
-
-def onbrand(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(onbrand_cmd(*args), env=env, capture_output=True, text=True, timeout=300)
 
 
 def wait_embedded(env: dict[str, str], tenant_id: str, assets: int, timeout: float = 60.0) -> dict[str, Any]:

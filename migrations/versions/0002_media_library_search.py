@@ -61,6 +61,8 @@ def upgrade() -> None:
     )
     op.alter_column("asset_embeddings", "kind", nullable=False)
     op.create_index("ix_asset_embeddings_tenant_model", "asset_embeddings", ["tenant_id", "model"])
+    # Selective filters (a brand's products: ~1 % of a tenant) are cheaper as an exact scan of their rows.
+    op.create_index("ix_asset_embeddings_filters", "asset_embeddings", ["tenant_id", "brand_id", "kind"])
     op.execute(
         f"CREATE INDEX IF NOT EXISTS {DEFAULT_INDEX} ON asset_embeddings "
         "USING hnsw ((embedding::halfvec(384)) halfvec_cosine_ops) "
@@ -70,6 +72,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute(f"DROP INDEX IF EXISTS {DEFAULT_INDEX}")
+    op.drop_index("ix_asset_embeddings_filters", table_name="asset_embeddings")
     op.drop_index("ix_asset_embeddings_tenant_model", table_name="asset_embeddings")
     for column in ("tags", "brand_id", "kind", "modality"):
         op.drop_column("asset_embeddings", column)

@@ -112,7 +112,8 @@ class AssetEmbedding(Base):
 
     __tablename__ = "asset_embeddings"
     __table_args__ = (UniqueConstraint("asset_id", "model"), Index("ix_asset_embeddings_tenant_model", "tenant_id",
-                                                                   "model"))
+                                                                   "model"),
+                      Index("ix_asset_embeddings_filters", "tenant_id", "brand_id", "kind"))
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)

@@ -7,10 +7,11 @@ Titles are compositions of small vocabularies, one template per kind:
 Query texts use other templates over the same vocabularies ("red handbag in leather", "beach at sunset,
 calm mood", "minimalist billboard for a backpack"), so no query is a stored title.
 
-Vectors: a sample of distinct titles is embedded with the real MiniLM; every other asset gets the real
-vector of a random sample title of its kind plus Gaussian noise (see `synthesize`), standing in for the
-embedding of a near-duplicate title (its own title is the sample title with one slot swapped).
-Everything is drawn from one seeded numpy Generator, so a run is reproducible.
+Vectors (the benchmark's docstring says how and why): a sample of distinct titles is embedded with the
+real MiniLM; every other asset gets a point between a sample title's real vector and one of its real
+neighbours, plus Gaussian noise shaped like the real embeddings' spread (`Noise`, `synthesize`),
+standing in for the embedding of a near-duplicate title (its own title: the sample title with one slot
+swapped). Everything is drawn from one seeded numpy Generator, so a run is reproducible.
 """
 from __future__ import annotations
 
@@ -61,11 +62,7 @@ SLOTS = {"product": (COLOURS, MATERIALS, PRODUCTS), "background": (MOODS, SCENES
 
 def title(kind: str, parts: Sequence[int]) -> str:
     a, b, c = (vocab[i] for vocab, i in zip(SLOTS[kind], parts, strict=True))
-    if kind == "product":
-        return f"{a} {b} {c}"
-    if kind == "background":
-        return f"{a} {b} {c}"
-    return f"{a} {b} layout for {c}"
+    return f"{a} {b} layout for {c}" if kind == "reference" else f"{a} {b} {c}"
 
 
 def draw_parts(rng: np.random.Generator, kind: str) -> tuple[int, int, int]:
@@ -110,7 +107,7 @@ def query_texts(rng: np.random.Generator, n: int, stored: set[str]) -> tuple[lis
         elif kind == "background":
             text = f"{b} {c}, {a} mood" if form else f"{b} {c}"
         else:
-            text = f"{a} {b} for a {c}" if form else f"{c} {b} ad, {a} style"
+            text = f"{a} {b} for a {c}" if form else f"{c} {b}, {a} style"
         if text not in stored and text not in texts:
             kinds.append(kind)
             texts.append(text)
@@ -125,31 +122,29 @@ def normalize(x: np.ndarray) -> np.ndarray:
 class Noise:
     """Gaussian noise shaped like the real embeddings' own spread, scaled to a target cosine."""
 
-    mean: np.ndarray
     basis: np.ndarray  # (dim, dim): rows are principal directions scaled by their standard deviation
     scale: float
 
     @classmethod
     def fit(cls, real: np.ndarray, cosine: float) -> Noise:
         """cos(normalize(s + n), s) ≈ cosine for unit s: E|n|² = 1/cosine² - 1 (n is nearly orthogonal to s)."""
-        mean = real.mean(axis=0)
-        cov = np.cov(real - mean, rowvar=False)
+        cov = np.cov(real, rowvar=False)
         values, vectors = np.linalg.eigh(cov)
         basis = (vectors * np.sqrt(np.clip(values, 0, None))).T
         target = 1.0 / cosine**2 - 1.0
-        return cls(mean=mean, basis=basis, scale=float(np.sqrt(target / max(float(values.sum()), 1e-12))))
+        return cls(basis=basis, scale=float(np.sqrt(target / max(float(values.sum()), 1e-12))))
 
     def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
         return (rng.standard_normal((n, self.basis.shape[0])) @ self.basis * self.scale).astype(np.float32)
 
 
-def synthesize(rng: np.random.Generator, real: np.ndarray, sources: np.ndarray, noise: Noise,
+def synthesize(rng: np.random.Generator, base: np.ndarray, sources: np.ndarray, noise: Noise,
                chunk: int = 20_000) -> np.ndarray:
-    """normalize(real[source] + noise) for each source index."""
-    out = np.empty((len(sources), real.shape[1]), dtype=np.float32)
+    """normalize(base[source] + noise) for each source index."""
+    out = np.empty((len(sources), base.shape[1]), dtype=np.float32)
     for start in range(0, len(sources), chunk):
         idx = sources[start:start + chunk]
-        out[start:start + len(idx)] = normalize(real[idx] + noise.draw(rng, len(idx)))
+        out[start:start + len(idx)] = normalize(base[idx] + noise.draw(rng, len(idx)))
     return out
 
 

@@ -20,8 +20,8 @@ from tests.conftest import System
 
 COUNT = 2_000
 SIZE = 96
-CONFIGS = ((50, 1), (50, 2), (100, 1), (100, 2))  # (batch size, concurrency)
-BUDGET_S = 240.0  # stop trying configurations after this (the whole bench stays under 5 minutes)
+CONFIGS = ((50, 2), (100, 1), (50, 1), (100, 2))  # (batch size, concurrency); the CLI default first
+BUDGET_S = 260.0  # a configuration starts only if it should end by then (the bench stays under 5 minutes)
 TARGET = 100.0
 COLOURS = ("red", "blue", "green", "black", "white", "orange", "teal", "beige")
 THINGS = ("running shoe", "sneaker", "backpack", "water bottle", "cap", "watch", "jacket", "sunglasses")
@@ -98,7 +98,7 @@ def test_ingest_throughput(system: System, tmp_path: Path) -> None:
 
     results = []
     for batch, concurrency in CONFIGS:
-        if results and time.perf_counter() - bench_started > BUDGET_S:
+        if results and time.perf_counter() - bench_started + results[-1]["e2e_s"] > BUDGET_S:
             print(f"BENCH (skipped batch {batch} x concurrency {concurrency}: time budget)")
             continue
         r = run_import(system, folder, batch, concurrency, expect=COUNT)

@@ -34,6 +34,7 @@ class SpaceSpec:
     name: str
     model: str
     modality: str
+    dim: Callable[[], int]
     embed: Callable[[list[Asset]], list[list[float]]]
 
 
@@ -51,14 +52,15 @@ def spaces(settings: Settings | None = None) -> list[SpaceSpec]:
     from workers.models import clip_embedder, text_embedder
 
     settings = settings or get_settings()
-    found = [SpaceSpec("text", text_embedder.model_id(settings), "text",
+    found = [SpaceSpec("text", text_embedder.model_id(settings), "text", lambda: text_embedder.EMBEDDING_DIM,
                        lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings))]
     nxt = settings.text_embedding_model_next.strip()
     if nxt:
         found.append(SpaceSpec("text_next", text_embedder.model_id(settings, nxt), "text",
+                               lambda: text_embedder.EMBEDDING_DIM,
                                lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings, nxt)))
     if clip_embedder.enabled(settings):
-        found.append(SpaceSpec("image", clip_embedder.model_id(settings), "image",
+        found.append(SpaceSpec("image", clip_embedder.model_id(settings), "image", lambda: clip_embedder.dim(settings),
                                lambda assets: clip_embedder.embed_images([_thumbnail(a) for a in assets], settings)))
     return found
 
@@ -66,10 +68,13 @@ def spaces(settings: Settings | None = None) -> list[SpaceSpec]:
 _INDEXED: set[str] = set()
 
 
-def _ensure_index(model: str, dim: int) -> None:
-    if model not in _INDEXED:  # once per process: CREATE INDEX IF NOT EXISTS still takes a lock
-        ensure_space_index(get_engine(), model, dim)
-        _INDEXED.add(model)
+def _ensure_indexes(specs: list[SpaceSpec]) -> None:
+    """Each space's HNSW index, before any transaction of ours is open: CREATE INDEX CONCURRENTLY
+    waits for every open transaction on the table, our own included (it would wait forever)."""
+    for space in specs:
+        if space.model not in _INDEXED:  # once per process: even IF NOT EXISTS takes a lock
+            ensure_space_index(get_engine(), space.model, space.dim())
+            _INDEXED.add(space.model)
 
 
 def _missing(session: Session, assets: list[Asset], model: str) -> list[Asset]:
@@ -89,7 +94,6 @@ def _embed_space(session: Session, space: SpaceSpec, assets: list[Asset]) -> int
     if not todo:
         return 0
     vectors = space.embed(todo)
-    _ensure_index(space.model, len(vectors[0]))
     # Two tasks may embed the same asset (a redelivery, the retrieve stage's catch-up): first wins.
     stmt = insert(AssetEmbedding).values(_rows(space, todo, vectors)).on_conflict_do_nothing(
         index_elements=["asset_id", "model"])
@@ -100,11 +104,13 @@ def _embed_space(session: Session, space: SpaceSpec, assets: list[Asset]) -> int
 def embed_asset_ids(asset_ids: list[str]) -> int:
     """Embed the given assets in every configured space (idempotent); the number of vectors written."""
     ids = [uuid.UUID(str(a)) for a in asset_ids]
+    specs = spaces()
+    _ensure_indexes(specs)
     written = 0
     for start in range(0, len(ids), EMBED_BATCH):
         with session_scope() as session:  # commit per batch: progress survives a crash
             assets = list(session.scalars(select(Asset).where(Asset.id.in_(ids[start:start + EMBED_BATCH]))))
-            written += sum(_embed_space(session, space, assets) for space in spaces())
+            written += sum(_embed_space(session, space, assets) for space in specs)
     return written
 
 
