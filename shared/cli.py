@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from shared.config import get_settings
+from shared.schemas import ASSET_KINDS
 
 app = typer.Typer(
     help="Onbrand: on-brand ad images, product pixels exact.", no_args_is_help=True, pretty_exceptions_enable=False
@@ -71,9 +72,6 @@ def tenants_create(name: str) -> None:
     with session_scope() as session:
         tenant_id, api_key = create_tenant(session, name)
     typer.echo(json.dumps({"tenant_id": str(tenant_id), "name": name, "api_key": api_key}))
-
-
-ASSET_KINDS = ("product", "background", "reference")
 
 
 def _uuid_option(value: str | None, hint: str) -> str | None:

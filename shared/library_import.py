@@ -13,17 +13,18 @@ import email.utils
 import json
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Annotated, Any, BinaryIO, Literal
+from typing import Any, BinaryIO
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import ValidationError
 from tqdm import tqdm
+
+from shared.schemas import AssetMetadata
 
 IMAGE_SUFFIXES = {".png": "image/png", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".webp": "image/webp"}
 MANIFEST_NAMES = ("metadata.jsonl", "manifest.jsonl")
@@ -36,24 +37,6 @@ BACKOFF_S = (1.0, 3.0)  # before the 2nd and 3rd try, unless the server says Ret
 MAX_RETRY_AFTER_S = 60.0
 SHOWN_FAILURES = 50
 ENDPOINT = "/v1/assets/batch"
-
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-KpiName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-
-
-class AssetMetadata(BaseModel):
-    """Client-side copy of the gateway's metadata rules, so a bad sidecar fails before it is sent."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: Literal["product", "background", "reference"]
-    title: str = Field("", max_length=300)
-    description: str = Field("", max_length=5000)
-    tags: list[Tag] = Field(default_factory=list, max_length=50)
-    brand_id: uuid.UUID | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    kpis: dict[KpiName, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict, max_length=100)
-
 
 class ImportAborted(Exception):
     """The import cannot go on (bad API key, unreadable manifest, ...)."""

@@ -5,26 +5,13 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, UrlConstraints
+from pydantic import BaseModel, Field, HttpUrl, UrlConstraints
 
-AssetKind = Literal["product", "background", "reference"]
+from shared.schemas import AssetKind, AssetMetadata
+
+__all__ = ["AssetKind", "AssetMetadata"]  # re-exported: the gateway's asset module names them here
+
 SearchMode = Literal["hybrid", "vector", "keyword"]
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-KpiName = Annotated[str, StringConstraints(min_length=1, max_length=100)]
-
-
-class AssetMetadata(BaseModel):
-    """The JSON `metadata` part of the multipart upload."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    kind: AssetKind
-    title: str = Field("", max_length=300)
-    description: str = Field("", max_length=5000)
-    tags: list[Tag] = Field(default_factory=list, max_length=50)
-    brand_id: uuid.UUID | None = None
-    attributes: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    kpis: dict[KpiName, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict, max_length=100)
 
 
 class AssetRead(BaseModel):
