@@ -15,8 +15,8 @@ from typing import Any
 
 import redis
 
+from shared import queue
 from shared.config import Settings
-from shared.queue import send
 from shared.search import Space
 
 CACHE_TTL_S = 24 * 3600
@@ -43,7 +43,7 @@ def reply(settings: Settings, reply_key: str, payload: dict[str, Any]) -> None:
 def _ask(q: str, settings: Settings, timeout_s: float) -> dict[str, Any] | None:
     reply_key = f"onbrand:reply:{uuid.uuid4().hex}"
     # expires: a query nobody waits for any more is dropped instead of computed later.
-    send("onbrand.embed_query", q, reply_key, expires=timeout_s + 5)
+    queue.send("onbrand.embed_query", q, reply_key, expires=timeout_s + 5)
     answer = _client(settings.broker_url).blpop([reply_key], timeout=timeout_s)
     return None if answer is None else json.loads(answer[1])
 

@@ -772,3 +772,29 @@ def test_files_signed_urls(client: TestClient, acme: Tenant) -> None:
     future = int(time.time()) + 60
     signed = f"/files/{missing_key}?expires={future}&signature={sign_local(secret, missing_key, future)}"
     assert_problem(client.get(signed), 404, "not_found")
+
+
+def test_search_degrades_to_keywords_when_no_worker_embeds_the_query(
+    acme: Tenant, globex: Tenant, sent: SentTasks, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS", "0.3")
+    _clear_caches()
+    from services.gateway.app import create_app
+
+    with TestClient(create_app()) as client:
+        meta = {"kind": "product", "title": "Crimson trail runner", "tags": ["shoe"]}
+        upload = client.post("/v1/assets", headers=acme.auth, files={"file": ("a.png", png_bytes(), "image/png")},
+                             data={"metadata": json.dumps(meta)})
+        assert upload.status_code == 201
+        monkeypatch.setattr(queue, "send", lambda *args, **kwargs: None)  # no retrieval worker: nobody answers
+        found = client.get("/v1/assets/search", params={"q": "crimson runner"}, headers=acme.auth)
+        assert found.status_code == 200
+        body = found.json()
+        assert body["degraded"] and "keyword" in body["degraded"] and body["models"]["text"] is None
+        assert [item["asset"]["id"] for item in body["items"]] == [upload.json()["id"]]
+        assert body["items"][0]["parts"]["keyword"] > 0 and body["items"][0]["parts"]["vector"] is None
+        other = client.get("/v1/assets/search", params={"q": "crimson runner"}, headers=globex.auth)
+        assert other.json()["items"] == []
+        strict = client.get("/v1/assets/search", params={"q": "crimson", "mode": "vector"}, headers=acme.auth)
+        assert strict.status_code == 503 and strict.json()["code"] == "search_unavailable"
+        assert strict.headers["Retry-After"] == "5"
