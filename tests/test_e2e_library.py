@@ -149,6 +149,12 @@ def test_tag_filter_returns_only_tagged_assets(library: dict[str, Any]) -> None:
 
 class _Images(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - http.server API
+        if self.path == "/huge.png":  # announces 30 MB: refused from the header, before the body is read
+            self.send_response(200)
+            self.send_header("Content-Length", str(30_000_000))
+            self.end_headers()
+            self.wfile.write(b"\x89PNG\r\n\x1a\n")
+            return
         routes = {"/shoe.png": (200, png_for("imported-shoe")), "/notes.png": (200, b"just some text, not an image"),
                   "/missing.png": (404, b"")}
         status, body = routes.get(self.path, (404, b""))
@@ -192,6 +198,7 @@ def test_import_by_url_stores_once_and_refuses_what_it_must(system: System, imag
         "http://does-not-exist.invalid/x.png": (422, "url_unresolvable"),
         f"{image_server}/missing.png": (422, "url_http_status"),
         f"{image_server}/notes.png": (415, "unsupported_media_type"),
+        f"{image_server}/huge.png": (413, "payload_too_large"),
         "ftp://example.com/x.png": (422, "validation_error"),
     }
     for url, (status, code) in refused.items():
