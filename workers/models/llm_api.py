@@ -9,6 +9,7 @@ clients (boto3, httpx).
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -116,7 +117,7 @@ def with_retries(call: Callable[[], Completion], *, max_attempts: int = 4, base_
             if not exc.retryable or attempt == max_attempts:
                 raise
             delay = exc.retry_after if exc.retry_after is not None else random.uniform(0, base_delay_s * 2 ** attempt)
-            sleep(min(delay, max_delay_s))
+            sleep(min(max(delay, 0.0), max_delay_s) if math.isfinite(delay) else max_delay_s)
             continue
         return Completion(result.text, result.model, result.usage, result.latency_ms, attempt)
     raise AssertionError("unreachable")  # the loop returns or raises
