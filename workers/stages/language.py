@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 PROMPTS_DIR = Path(__file__).resolve().parent.parent / "prompts"
 RULES_MODEL_ID = "rules-v1"
 MAX_BRIEF_CHARS = 2000
+HOSTED_BACKENDS = ("openai", "bedrock")
+BACKENDS = ("local", "rules", *HOSTED_BACKENDS)
 MAX_CAPTION_CHARS = 1024
 MAX_ITEM_WORDS = 8
 DEFAULT_NEGATIVES = ("blurry", "distorted product", "extra objects", "text", "watermark")
@@ -497,6 +499,8 @@ def decompose(brief: str, settings: Settings | None = None) -> dict[str, Any]:
     settings = _check_settings(settings)
     if settings.llm_backend == "rules":
         return _rules_result(text, fallback_reason=None, calls=[], prompt_version=None)
+    if settings.llm_backend in HOSTED_BACKENDS:
+        return _hosted_decompose(text, settings, load_prompt("decompose", "v2"), [])
     template = load_prompt("decompose", "v1")
     calls: list[dict[str, Any]] = []
     try:
@@ -605,9 +609,87 @@ def _check_settings(settings: Settings | None) -> Settings:
 
         return get_settings()
     backend = getattr(settings, "llm_backend", None)
-    if backend not in ("local", "rules"):
-        raise ValueError(f"settings.llm_backend must be 'local' or 'rules', got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"settings.llm_backend must be one of {BACKENDS}, got {backend!r}")
     return settings
+
+
+# ----------------------------------------------------------------------------- hosted backends
+
+
+class DecomposeAnswer(BaseModel):
+    """What a hosted model answers for decompose.v2; the same field checks as the local path follow."""
+
+    english: str | None = Field(None, max_length=MAX_BRIEF_CHARS * 2)
+    products: list[str] = Field(min_length=1, max_length=10)
+    backgrounds: list[str] = Field(default_factory=list, max_length=10)
+    themes: list[str] = Field(default_factory=list, max_length=10)
+    mood: str | None = Field(None, max_length=60)
+
+
+class ClauseAnswer(BaseModel):
+    lighting: str = Field("", max_length=200)
+    style: str = Field("", max_length=200)
+
+
+def _hosted_parts(backend: Any, brief: str, template: PromptTemplate, calls: list[dict[str, Any]],
+                  errors: dict[str, str]) -> tuple[dict[str, Any], str]:
+    """(parts, the English brief the parts are checked against)."""
+    from workers.models import llm_hosted
+
+    user = template.render_user("; ".join(errors.values()) or None, brief=brief)
+    answer = llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user),
+                            DecomposeAnswer, calls, "repair" if errors else "first")
+    english = (answer.english or "").strip() or brief
+    parts: dict[str, Any] = {k: [collapse(strip_determiners(x)) for x in getattr(answer, k) if x.strip()]
+                             for k in LIST_FIELDS}
+    parts["raw_mood"] = answer.mood or ""
+    parts["mood"] = clean_mood(parts["raw_mood"], parts, english)
+    return parts, english
+
+
+def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
+                      calls: list[dict[str, Any]]) -> dict[str, Any]:
+    """One answer, one re-ask with the failed checks, then the rules decomposer (said in the result).
+    LLMError (unreachable, no credentials, throttled past the retries) propagates: the stage fails."""
+    from workers.models import llm_hosted
+
+    backend = llm_hosted.backend_for(settings)
+    parts, english = _hosted_parts(backend, brief, template, calls, errors={})
+    errors = field_errors(parts, english)
+    if errors:
+        parts, english = _hosted_parts(backend, brief, template, calls, errors=errors)
+        if field_errors(parts, english):
+            reason = f"{backend.name} output invalid twice ({'; '.join(errors.values())}); used the rules decomposer"
+            return _rules_result(brief, reason, calls, template.id)
+    result = _result(english, parts, rules_decompose(english)["negatives"], backend.name, backend.model, None, calls,
+                     template.id)
+    return {**result, "brief": brief, "english": english if english != brief else None}
+
+
+def _hosted_clauses(backend: Any, scene: Scene, template: PromptTemplate, calls: list[dict[str, Any]],
+                    errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    from workers.models import llm_hosted
+
+    user = template.render_user("; ".join(errors.values()) or None, subject=scene.subject, setting=scene.setting)
+    answer = llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user),
+                            ClauseAnswer, calls, "repair" if errors else "first")
+    return _clauses_without_negations({k: getattr(answer, k) for k in CLAUSE_FIELDS})
+
+
+def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
+                    calls: list[dict[str, Any]]) -> dict[str, Any]:
+    from workers.models import llm_hosted
+
+    backend = llm_hosted.backend_for(settings)
+    fields, negatives = _hosted_clauses(backend, scene, template, calls, errors={})
+    errors = caption_field_errors(fields, scene)
+    if errors:
+        fields, negatives = _hosted_clauses(backend, scene, template, calls, errors=errors)
+        if caption_field_errors(fields, scene):
+            reason = f"{backend.name} clauses invalid twice ({'; '.join(errors.values())}); used the template caption"
+            return _template_caption(scene, reason, calls, template.id)
+    return _caption_result(scene, fields, negatives, backend.name, backend.model, None, calls, template.id)
 
 
 # ----------------------------------------------------------------------------- caption: scene
@@ -805,6 +887,8 @@ def caption(
     scene = build_scene(decomposition, product_title, background_caption)
     if settings.llm_backend == "rules":
         return _template_caption(scene, None, [], None)
+    if settings.llm_backend in HOSTED_BACKENDS:
+        return _hosted_caption(scene, settings, load_prompt("caption", "v1"), [])
     template = load_prompt("caption", "v1")
     calls: list[dict[str, Any]] = []
     try:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import io
 import math
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Any
 
@@ -64,10 +66,25 @@ def tenant_asset(session: Session, tenant_id: uuid.UUID, asset_id: str | uuid.UU
 # --- decompose / caption (llm queue) ----------------------------------------------------------
 
 
+@contextmanager
+def _llm_failures(stage: str) -> Iterator[None]:
+    """A hosted LLM that cannot answer (no credentials, bad request) fails the stage at once with
+    its name and reason; transient errors were retried by the backend and go to the task retries."""
+    from workers.models.llm_api import LLMError
+
+    try:
+        yield
+    except LLMError as exc:
+        if exc.retryable:
+            raise
+        raise StageError(exc.code, f"{stage}: {exc.detail}") from None
+
+
 def decompose(ctx: StageContext) -> dict[str, Any]:
     from workers.stages import language
 
-    result = language.decompose(ctx.campaign.brief, ctx.settings)
+    with _llm_failures("decompose"):
+        result = language.decompose(ctx.campaign.brief, ctx.settings)
     ctx.state_patch["decompose"] = result
     return {"backend": result.get("backend"), "fallback_reason": result.get("fallback_reason")}
 
@@ -76,9 +93,9 @@ def caption(ctx: StageContext) -> dict[str, Any]:
     from workers.stages import language
 
     retrieved = state(ctx, "retrieve")
-    result = language.caption(
-        state(ctx, "decompose"), retrieved.get("product_title"), retrieved.get("background_caption"), ctx.settings
-    )
+    with _llm_failures("caption"):
+        result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
+                                  retrieved.get("background_caption"), ctx.settings)
     ctx.state_patch["caption"] = result
     return {"caption": result["caption"], "backend": result.get("backend")}
 
