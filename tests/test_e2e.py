@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import psycopg
 import pytest
 from PIL import Image
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -73,6 +74,18 @@ def test_campaign_completes_with_three_ranked_results(finished: dict[str, Any]) 
     assert campaign["state"]["caption"]["caption"]
     assert campaign["state"]["retrieve"]["product_source"] == "retrieved"
     assert not [k for k in campaign["state"] if k.startswith("_")]  # worker bookkeeping stays inside
+
+
+def test_language_calls_are_logged_and_summed(finished: dict[str, Any], system: System) -> None:
+    campaign = finished["campaign"]
+    with psycopg.connect(system.env["ONBRAND_DATABASE_URL"]) as conn:
+        rows = conn.execute("SELECT stage, backend, tokens_in, latency_ms FROM llm_calls WHERE campaign_id = %s",
+                            (campaign["id"],)).fetchall()
+    stages_calls = sum(len(campaign["state"][s]["calls"]) for s in ("decompose", "caption"))
+    assert len(rows) == stages_calls == campaign["llm"]["calls"] > 0  # the local LLM really ran
+    assert {r[0] for r in rows} <= {"decompose", "caption"} and {r[1] for r in rows} == {"local"}
+    assert campaign["llm"]["tokens_in"] == sum(r[2] for r in rows) > 0
+    assert campaign["llm"]["latency_ms"] == pytest.approx(sum(r[3] for r in rows), abs=0.5)
 
 
 def test_product_pixels_are_exact_in_every_result(finished: dict[str, Any]) -> None:

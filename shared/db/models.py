@@ -196,6 +196,26 @@ class Candidate(Base):
     created_at: Mapped[datetime] = _created()
 
 
+class LlmCall(Base):
+    """One language-model completion made for a campaign's stage: what it cost and how long it took."""
+
+    __tablename__ = "llm_calls"
+    id: Mapped[uuid.UUID] = _id()  # uuid5 of (campaign, stage, round, index): a re-run overwrites, never doubles
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    stage: Mapped[str] = mapped_column(String(30))
+    round: Mapped[int] = mapped_column(Integer, default=0)
+    backend: Mapped[str] = mapped_column(String(20))  # local | openai | bedrock
+    model: Mapped[str] = mapped_column(String(200))
+    prompt_version: Mapped[str | None] = mapped_column(String(50))
+    attempt: Mapped[str] = mapped_column(String(40), default="first")  # first | repair | ...-json-repair
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    tokens_in: Mapped[int] = mapped_column(Integer, default=0)
+    tokens_out: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[float | None] = mapped_column(Float)  # estimate; None when the model has no known price
+    created_at: Mapped[datetime] = _created()
+
+
 class Result(Base):
     __tablename__ = "results"
     __table_args__ = (UniqueConstraint("campaign_id", "rank"),)

@@ -19,7 +19,7 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from shared import webhooks
-from shared.db.models import Asset, Brand, Campaign, Candidate, Result
+from shared.db.models import Asset, Brand, Campaign, Candidate, LlmCall, Result
 from shared.db.session import session_scope
 from shared.search import Filters, Space, search
 from shared.storage import campaign_key, get_storage
@@ -80,12 +80,28 @@ def _llm_failures(stage: str) -> Iterator[None]:
         raise StageError(exc.code, f"{stage}: {exc.detail}") from None
 
 
+def llm_call_rows(ctx: StageContext, result: dict[str, Any]) -> list[LlmCall]:
+    """The call log of a language stage's result (local calls report seconds, hosted ones ms)."""
+    rows = []
+    for i, call in enumerate(result.get("calls") or []):
+        latency_ms = call["latency_ms"] if "latency_ms" in call else 1000.0 * float(call.get("latency_s") or 0.0)
+        rows.append(LlmCall(
+            id=uuid.uuid5(ctx.campaign.id, f"llm:{ctx.stage}:{ctx.round}:{i}"), tenant_id=ctx.tenant_id,
+            campaign_id=ctx.campaign.id, stage=ctx.stage, round=ctx.round, backend=call.get("backend", "local"),
+            model=str(call.get("model") or result.get("model") or ""), prompt_version=result.get("prompt_version"),
+            attempt=str(call.get("attempt") or "first"), latency_ms=round(latency_ms, 1),
+            tokens_in=int(call.get("tokens_in") or 0), tokens_out=int(call.get("tokens_out") or 0),
+            cost_usd=call.get("cost_usd")))
+    return rows
+
+
 def decompose(ctx: StageContext) -> dict[str, Any]:
     from workers.stages import language
 
     with _llm_failures("decompose"):
         result = language.decompose(ctx.campaign.brief, ctx.settings)
     ctx.state_patch["decompose"] = result
+    ctx.rows += llm_call_rows(ctx, result)
     return {"backend": result.get("backend"), "fallback_reason": result.get("fallback_reason")}
 
 
@@ -97,6 +113,7 @@ def caption(ctx: StageContext) -> dict[str, Any]:
         result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
                                   retrieved.get("background_caption"), ctx.settings)
     ctx.state_patch["caption"] = result
+    ctx.rows += llm_call_rows(ctx, result)
     return {"caption": result["caption"], "backend": result.get("backend")}
 
 

@@ -77,6 +77,16 @@ class CampaignLinks(BaseModel):
     candidates: str
 
 
+class LlmUsage(BaseModel):
+    """Totals of the campaign's language-model calls (the per-call log is in Postgres, llm_calls)."""
+
+    calls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    cost_usd: float = Field(0.0, description="Estimate; calls to models without a known price count 0.")
+    latency_ms: float = Field(0.0, description="Sum over the calls.")
+
+
 class CampaignRead(BaseModel):
     id: uuid.UUID
     brand_id: uuid.UUID
@@ -92,6 +102,7 @@ class CampaignRead(BaseModel):
     stages: list[StageRead]
     state: dict[str, Any]
     results: list[ResultRead]
+    llm: LlmUsage = Field(default_factory=LlmUsage)
     error: dict[str, Any] | None
     links: CampaignLinks
 

@@ -20,6 +20,7 @@ from services.gateway.campaigns.schemas import (
     CampaignRead,
     CampaignRequest,
     CandidateRead,
+    LlmUsage,
     QcPolicy,
     ResultRead,
     Size,
@@ -27,7 +28,7 @@ from services.gateway.campaigns.schemas import (
     StageStatus,
 )
 from shared.config import Settings
-from shared.db.models import Campaign, Candidate, Result, StageRun
+from shared.db.models import Campaign, Candidate, LlmCall, Result, StageRun
 from shared.queue import PIPELINE, TERMINAL_STATUSES
 from shared.storage import Storage
 
@@ -90,6 +91,18 @@ def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> di
     return tallies
 
 
+def _llm_usage(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, LlmUsage]:
+    stmt = (
+        select(LlmCall.campaign_id, func.count(), func.sum(LlmCall.tokens_in), func.sum(LlmCall.tokens_out),
+               func.coalesce(func.sum(LlmCall.cost_usd), 0.0), func.sum(LlmCall.latency_ms))
+        .where(LlmCall.tenant_id == tenant_id, LlmCall.campaign_id.in_(ids))
+        .group_by(LlmCall.campaign_id)
+    )
+    return {cid: LlmUsage(calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost, 6),
+                          latency_ms=round(latency, 1))
+            for cid, n, t_in, t_out, cost, latency in session.execute(stmt)}
+
+
 def _url(storage: Storage, key: str | None) -> str | None:
     return storage.url(key) if key else None
 
@@ -132,7 +145,8 @@ def public_state(campaign: Campaign) -> dict[str, object]:
 
 
 def _view(
-    campaign: Campaign, tallies: dict[str, StageTally], results: list[ResultRead], settings: Settings
+    campaign: Campaign, tallies: dict[str, StageTally], results: list[ResultRead], settings: Settings,
+    llm: LlmUsage | None = None,
 ) -> CampaignRead:
     terminal = campaign.status in TERMINAL_STATUSES
     stages = [stage_view(name, tallies.get(name, StageTally()), terminal) for name in PIPELINE]
@@ -141,7 +155,7 @@ def _view(
         current_stage=campaign.current_stage, round=campaign.round, created_at=campaign.created_at,
         updated_at=campaign.updated_at, completed_at=campaign.completed_at, request=_request(campaign),
         progress=progress(stages, terminal), stages=stages, state=public_state(campaign), results=results,
-        error=campaign.error, links=links(settings, campaign.id),
+        llm=llm or LlmUsage(), error=campaign.error, links=links(settings, campaign.id),
     )
 
 
@@ -156,7 +170,8 @@ def campaign_views(
         return [_view(c, {}, [], settings) for c in campaigns]
     tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
     tallies, results = _tallies(session, tenant_id, ids), _results(session, storage, tenant_id, ids)
-    return [_view(c, tallies.get(c.id, {}), results.get(c.id, []), settings) for c in campaigns]
+    usage = _llm_usage(session, tenant_id, ids)
+    return [_view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id)) for c in campaigns]
 
 
 def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
