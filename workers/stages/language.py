@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
@@ -632,14 +632,36 @@ class ClauseAnswer(BaseModel):
     style: str = Field("", max_length=200)
 
 
+R = TypeVar("R")
+B = TypeVar("B", bound=BaseModel)
+
+
+def _hosted_answer(backend: Any, template: PromptTemplate, schema: type[B], calls: list[dict[str, Any]],
+                   errors: dict[str, str], **values: str) -> B:
+    """The template as chat turns (the failed checks appended on a re-ask), answered as schema."""
+    from workers.models import llm_hosted
+
+    user = template.render_user("; ".join(errors.values()) or None, **values)
+    return llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user), schema, calls,
+                          "repair" if errors else "first")
+
+
+def _with_one_reask(produce: Callable[[dict[str, str]], R],
+                    check: Callable[[R], dict[str, str]]) -> tuple[R, dict[str, str] | None]:
+    """Produce and check; re-ask once with the failed checks. (value, None) when it passes, else
+    (last value, the first try's errors) so the caller can fall back and say why."""
+    value = produce({})
+    errors = check(value)
+    if not errors:
+        return value, None
+    value = produce(errors)
+    return value, (errors if check(value) else None)
+
+
 def _hosted_parts(backend: Any, brief: str, template: PromptTemplate, calls: list[dict[str, Any]],
                   errors: dict[str, str]) -> tuple[dict[str, Any], str]:
     """(parts, the English brief the parts are checked against)."""
-    from workers.models import llm_hosted
-
-    user = template.render_user("; ".join(errors.values()) or None, brief=brief)
-    answer = llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user),
-                            DecomposeAnswer, calls, "repair" if errors else "first")
+    answer = _hosted_answer(backend, template, DecomposeAnswer, calls, errors, brief=brief)
     english = (answer.english or "").strip() or brief
     parts: dict[str, Any] = {k: [collapse(strip_determiners(x)) for x in getattr(answer, k) if x.strip()]
                              for k in LIST_FIELDS}
@@ -655,26 +677,14 @@ def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
     from workers.models import llm_hosted
 
     backend = llm_hosted.backend_for(settings)
-    parts, english = _hosted_parts(backend, brief, template, calls, errors={})
-    errors = field_errors(parts, english)
-    if errors:
-        parts, english = _hosted_parts(backend, brief, template, calls, errors=errors)
-        if field_errors(parts, english):
-            reason = f"{backend.name} output invalid twice ({'; '.join(errors.values())}); used the rules decomposer"
-            return _rules_result(brief, reason, calls, template.id)
+    (parts, english), failed = _with_one_reask(lambda e: _hosted_parts(backend, brief, template, calls, e),
+                                               lambda answer: field_errors(*answer))
+    if failed:
+        reason = f"{backend.name} output invalid twice ({'; '.join(failed.values())}); used the rules decomposer"
+        return _rules_result(brief, reason, calls, template.id)
     result = _result(english, parts, rules_decompose(english)["negatives"], backend.name, backend.model, None, calls,
                      template.id)
     return {**result, "brief": brief, "english": english if english != brief else None}
-
-
-def _hosted_clauses(backend: Any, scene: Scene, template: PromptTemplate, calls: list[dict[str, Any]],
-                    errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-    from workers.models import llm_hosted
-
-    user = template.render_user("; ".join(errors.values()) or None, subject=scene.subject, setting=scene.setting)
-    answer = llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user),
-                            ClauseAnswer, calls, "repair" if errors else "first")
-    return _clauses_without_negations({k: getattr(answer, k) for k in CLAUSE_FIELDS})
 
 
 def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
@@ -682,13 +692,16 @@ def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
     from workers.models import llm_hosted
 
     backend = llm_hosted.backend_for(settings)
-    fields, negatives = _hosted_clauses(backend, scene, template, calls, errors={})
-    errors = caption_field_errors(fields, scene)
-    if errors:
-        fields, negatives = _hosted_clauses(backend, scene, template, calls, errors=errors)
-        if caption_field_errors(fields, scene):
-            reason = f"{backend.name} clauses invalid twice ({'; '.join(errors.values())}); used the template caption"
-            return _template_caption(scene, reason, calls, template.id)
+
+    def clauses(errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        answer = _hosted_answer(backend, template, ClauseAnswer, calls, errors, subject=scene.subject,
+                                setting=scene.setting)
+        return _clauses_without_negations({k: getattr(answer, k) for k in CLAUSE_FIELDS})
+
+    (fields, negatives), failed = _with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
+    if failed:
+        reason = f"{backend.name} clauses invalid twice ({'; '.join(failed.values())}); used the template caption"
+        return _template_caption(scene, reason, calls, template.id)
     return _caption_result(scene, fields, negatives, backend.name, backend.model, None, calls, template.id)
 
 
