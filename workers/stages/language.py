@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 
+from workers.stages import guards
+
 if TYPE_CHECKING:
     from shared.config import Settings
 
@@ -281,8 +283,11 @@ def rules_decompose(brief: str) -> dict[str, Any]:
     text = strip_instructions(_check_brief(brief))
     text, negatives = split_negations(text)
     text, mood = _extract_mood(text)
+    text, audience = _extract_audience(text)
+    text, season = _extract_season(text)
     clauses = [c for c in _CLAUSE_SPLIT.split(text) if c.strip()]
-    parts: dict[str, Any] = {"products": [], "backgrounds": [], "themes": [], "mood": mood}
+    parts: dict[str, Any] = {"products": [], "backgrounds": [], "themes": [], "mood": mood, "season": season,
+                             "audience": audience}
     if clauses:
         head, segments = _split_prepositions(clauses[0])
         parts["products"] = _split_products(head)
@@ -307,6 +312,41 @@ def _extract_mood(text: str) -> tuple[str, str | None]:
     mood = collapse(text[start : noun.start()]).removeprefix("and ").strip()
     before = re.sub(r"(?:\b(?:with|in)\s+)?(?:\b(?:an?|the)\s+)?$", "", text[:start])
     return before + text[noun.end() :], mood or None
+
+
+_PEOPLE = (
+    r"parents|mothers|fathers|moms|mums|dads|families|kids|children|teens|teenagers|students|runners|athletes|"
+    r"professionals|executives|women|men|girls|boys|couples|lovers|beginners|dwellers|travell?ers|commuters|"
+    r"cyclists|hikers|gamers|shoppers|fans|millennials|seniors|adults|owners|buyers|customers|people|foodies|"
+    r"enthusiasts|creators|workers|nurses|chefs|golfers|skaters|surfers|climbers|drivers|riders"
+)
+_AUDIENCE_RE = re.compile(rf"\bfor\s+((?:[\w'-]+\s+){{0,4}}?(?:{_PEOPLE})(?:\s+in\s+their\s+[\w-]+)?)\b", re.I)
+_SEASONS = r"spring|summer|autumn|fall|winter"
+_SEASON_RE = re.compile(
+    rf"\b(?:in|during|for|this|our|the|of|at)\s+(?:(?:the|our|this)\s+)?"
+    rf"((?:{_SEASONS})\s+(?:holidays?|season|launch|collection|sale)|holiday season|holidays|christmas|halloween|"
+    rf"easter|{_SEASONS})\b", re.I)
+
+
+def _extract_audience(text: str) -> tuple[str, str | None]:
+    """"..., for busy parents" -> busy parents: who the ad is for, taken out of the scene."""
+    m = _AUDIENCE_RE.search(text)
+    if m is None:
+        return text, None
+    return text[: m.start()] + text[m.end() :], collapse(m.group(1))
+
+
+def _extract_season(text: str) -> tuple[str, str | None]:
+    """"in autumn", "for the holiday season", "our spring launch" -> the season as written.
+    A season that names a launch or collection stays in the text (it is part of a sentence)."""
+    m = _SEASON_RE.search(text)
+    if m is None:
+        return text, None
+    phrase = m.group(1)
+    season = re.sub(r"\s+(?:launch|collection|sale)$", "", phrase, flags=re.I).lower()
+    if season != phrase.lower():
+        return text, season
+    return text[: m.start()] + text[m.end() :], season
 
 
 def _mood_start(before: str) -> int | None:
@@ -500,7 +540,7 @@ def decompose(brief: str, settings: Settings | None = None) -> dict[str, Any]:
     if settings.llm_backend == "rules":
         return _rules_result(text, fallback_reason=None, calls=[], prompt_version=None)
     if settings.llm_backend in HOSTED_BACKENDS:
-        return _hosted_decompose(text, settings, load_prompt("decompose", "v2"), [])
+        return _hosted_decompose(text, settings, load_prompt("decompose", "v3"), [])
     template = load_prompt("decompose", "v1")
     calls: list[dict[str, Any]] = []
     try:
@@ -572,8 +612,9 @@ def _local_result(
 ) -> dict[str, Any]:
     from workers.models import llm_local
 
-    negatives = rules_decompose(brief)["negatives"]  # negations are parsed by rule, not by the model
-    return _result(brief, parts, negatives, "local", llm_local.model_id(settings), None, calls, version)
+    rules = rules_decompose(brief)  # negations, season and audience are parsed by rule, not by the 135M model
+    parts = {**parts, "season": rules["season"], "audience": rules["audience"]}
+    return _result(brief, parts, rules["negatives"], "local", llm_local.model_id(settings), None, calls, version)
 
 
 def _rules_result(
@@ -593,6 +634,8 @@ def _result(
         "backgrounds": parts["backgrounds"],
         "themes": parts["themes"],
         "mood": parts.get("mood"),
+        "season": parts.get("season"),
+        "audience": parts.get("audience"),
         "negatives": negatives,
         "backend": backend,
         "model": model,
@@ -600,6 +643,7 @@ def _result(
         "validation_error": validation_error(parts, brief),
         "prompt_version": prompt_version,
         "calls": calls,
+        "guards": {"english": not english_errors(parts)},
     }
 
 
@@ -618,17 +662,21 @@ def _check_settings(settings: Settings | None) -> Settings:
 
 
 class DecomposeAnswer(BaseModel):
-    """What a hosted model answers for decompose.v2; the same field checks as the local path follow."""
+    """What a hosted model answers for decompose.v3; the same field checks as the local path follow."""
 
     english: str | None = Field(None, max_length=MAX_BRIEF_CHARS * 2)
     products: list[str] = Field(min_length=1, max_length=10)
     backgrounds: list[str] = Field(default_factory=list, max_length=10)
     themes: list[str] = Field(default_factory=list, max_length=10)
     mood: str | None = Field(None, max_length=60)
+    season: str | None = Field(None, max_length=60)
+    audience: str | None = Field(None, max_length=120)
 
 
 class ClauseAnswer(BaseModel):
+    pose: str = Field("", max_length=200)
     lighting: str = Field("", max_length=200)
+    camera: str = Field("", max_length=200)
     style: str = Field("", max_length=200)
 
 
@@ -667,7 +715,21 @@ def _hosted_parts(backend: Any, brief: str, template: PromptTemplate, calls: lis
                              for k in LIST_FIELDS}
     parts["raw_mood"] = answer.mood or ""
     parts["mood"] = clean_mood(parts["raw_mood"], parts, english)
+    parts["season"], parts["audience"] = (_grounded_label(v, english) for v in (answer.season, answer.audience))
     return parts, english
+
+
+def _grounded_label(value: str | None, english: str) -> str | None:
+    """Season / audience kept only when every word is in the (English) brief; dropping is not inventing."""
+    value = collapse(strip_determiners(value or ""))
+    ok = value and len(words(value)) <= 6 and not has_negation(value) and is_grounded(value, english, strict=True)
+    return value if ok else None
+
+
+def english_errors(parts: dict[str, Any]) -> dict[str, str]:
+    """A hosted answer must be in English (it was asked to translate)."""
+    return {k: f'{k} item "{x}" is not English' for k in LIST_FIELDS for x in parts.get(k) or []
+            if not guards.is_english(x)}
 
 
 def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
@@ -678,7 +740,7 @@ def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
 
     backend = llm_hosted.backend_for(settings)
     (parts, english), failed = _with_one_reask(lambda e: _hosted_parts(backend, brief, template, calls, e),
-                                               lambda answer: field_errors(*answer))
+                                               lambda answer: english_errors(answer[0]) | field_errors(*answer))
     if failed:
         reason = f"{backend.name} output invalid twice ({'; '.join(failed.values())}); used the rules decomposer"
         return _rules_result(brief, reason, calls, template.id)
@@ -696,7 +758,7 @@ def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
     def clauses(errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
         answer = _hosted_answer(backend, template, ClauseAnswer, calls, errors, subject=scene.subject,
                                 setting=scene.setting)
-        return _clauses_without_negations({k: getattr(answer, k) for k in CLAUSE_FIELDS})
+        return _clauses_without_negations({k: getattr(answer, k) for k in HOSTED_CLAUSE_FIELDS})
 
     (fields, negatives), failed = _with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
     if failed:
@@ -716,13 +778,15 @@ class Scene:
     setting: str  # point of reference + environment (+ themes), e.g. "on an urban street at sunset"
     mood: str | None
     negatives: tuple[str, ...]
+    forbidden: tuple[str, ...] = ()  # the brand's forbidden terms: never in the positive prompt
 
     @property
     def base(self) -> str:
         return collapse(f"{self.subject} {self.setting}")
 
 
-def build_scene(decomposition: dict[str, Any], product_title: str | None, background_caption: str | None) -> Scene:
+def build_scene(decomposition: dict[str, Any], product_title: str | None, background_caption: str | None,
+                forbidden_terms: Sequence[str] = ()) -> Scene:
     """Subject from the product title or products; setting from the background
     caption or backgrounds, with the brief's own prepositions; negations moved out."""
     _check_decomposition(decomposition)
@@ -732,7 +796,8 @@ def build_scene(decomposition: dict[str, Any], product_title: str | None, backgr
     setting = collapse(f"{_environment(decomposition, bg_caption)} {_theme_phrase(decomposition, bg_caption)}")
     mood, neg_mood = split_negations(str(decomposition.get("mood") or ""))
     negatives = list(decomposition.get("negatives") or []) + neg_title + neg_bg + neg_mood
-    return Scene(subject, setting, mood or None, tuple(_dedupe(negatives)))
+    return Scene(subject, setting, mood or None, tuple(_dedupe(negatives)),
+                 tuple(guards.check_terms("forbidden_terms", forbidden_terms)))
 
 
 def _caption_ready(name: str, value: str | None) -> tuple[str, list[str]]:
@@ -803,12 +868,20 @@ def _theme_phrase(decomposition: dict[str, Any], bg_caption: str) -> str:
         head = stem(words(theme)[-1])
         prep, article = _preposition(decomposition, theme, "at" if head in _POINT_IN_TIME else "in")
         out.append(f"{prep} {article.lower() + ' ' if article else ''}{theme}")
+    season = str(decomposition.get("season") or "")
+    if season and not (bg_caption and content_stems(season) <= content_stems(bg_caption)):
+        out.append(f"in {season}" if re.fullmatch(_SEASONS, season, re.I) else f"during the {season}")
     return " ".join(out)
 
 
 # ----------------------------------------------------------------------------- caption: clauses
 
-CLAUSE_FIELDS = ("lighting", "style")
+CLAUSE_FIELDS = ("lighting", "style")  # what the local model fills (each field costs it seconds)
+HOSTED_CLAUSE_FIELDS = ("pose", "lighting", "camera", "style")  # the seed's full optional topology
+_CAMERA_WORDS = frozenset(
+    "shot angle view close-up closeup lens eye-level overhead top-down macro wide low high perspective framing "
+    "camera aerial portrait landscape telephoto bokeh depth focus".split()
+)
 
 
 class CaptionFields(BaseModel):
@@ -816,10 +889,14 @@ class CaptionFields(BaseModel):
 
     lighting: str = Field(min_length=3)
     style: str = Field(min_length=3)
+    pose: str = ""  # optional clauses: empty is a valid "nothing to add"
+    camera: str = ""
 
-    @field_validator("lighting", "style")
+    @field_validator("lighting", "style", "pose", "camera")
     @classmethod
     def _caption_like(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in ("pose", "camera"):
+            return value
         n = len(words(value))
         if not 1 <= n <= 10:
             raise ValueError(f'{info.field_name} "{value}" has {n} words (1-10 allowed)')
@@ -835,6 +912,13 @@ class CaptionFields(BaseModel):
     def _about_light(cls, value: str) -> str:
         if not {w.lower() for w in words(value)} & _LIGHT_WORDS:
             raise ValueError(f'lighting "{value}" does not describe light')
+        return value
+
+    @field_validator("camera")
+    @classmethod
+    def _about_camera(cls, value: str) -> str:
+        if value and not {w.lower() for w in words(value)} & _CAMERA_WORDS:
+            raise ValueError(f'camera "{value}" does not describe a camera position or shot')
         return value
 
 
@@ -893,15 +977,16 @@ def caption(
     product_title: str | None = None,
     background_caption: str | None = None,
     settings: Settings | None = None,
+    forbidden_terms: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Decomposition -> {"caption", "negative_prompt", "backend", "model",
-    "fallback_reason", "prompt_version", "calls", "parts"}."""
+    "fallback_reason", "prompt_version", "calls", "parts", "guards"}."""
     settings = _check_settings(settings)
-    scene = build_scene(decomposition, product_title, background_caption)
+    scene = build_scene(decomposition, product_title, background_caption, forbidden_terms)
     if settings.llm_backend == "rules":
         return _template_caption(scene, None, [], None)
     if settings.llm_backend in HOSTED_BACKENDS:
-        return _hosted_caption(scene, settings, load_prompt("caption", "v1"), [])
+        return _hosted_caption(scene, settings, load_prompt("caption", "v2"), [])
     template = load_prompt("caption", "v1")
     calls: list[dict[str, Any]] = []
     try:
@@ -944,27 +1029,30 @@ def _caption_result(
     scene: Scene, fields: dict[str, str], negatives: list[str], backend: str, model: str,
     fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None,
 ) -> dict[str, Any]:
-    text, more_negatives = compose_caption(scene, fields)
+    guarded = compose_caption(scene, fields)
     return {
-        "caption": text,
-        "negative_prompt": negative_prompt(list(scene.negatives) + negatives + more_negatives),
+        "caption": guarded.text,
+        "negative_prompt": negative_prompt(guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives],
+                                                                 scene.forbidden)),
         "backend": backend,
         "model": model,
         "fallback_reason": fallback_reason,
         "prompt_version": prompt_version,
         "calls": calls,
         "parts": {"subject": scene.subject, "setting": scene.setting, "mood": scene.mood, **fields},
+        "guards": guarded.report(),
     }
 
 
-def compose_caption(scene: Scene, fields: dict[str, str]) -> tuple[str, list[str]]:
-    """subject + setting, then lighting, mood and style clauses; caption-like,
-    negation-free and capped at a boundary. Returns (caption, moved negatives)."""
+def compose_caption(scene: Scene, fields: dict[str, str]) -> guards.Guarded:
+    """The seed's topology: subject + point of reference + environment, then the optional
+    pose, lighting, camera, mood and style clauses; through the guards (caption-like,
+    negation-free, no forbidden term, capped at a boundary)."""
     mood = f"{scene.mood} mood" if scene.mood else ""
-    clauses = [scene.base, fields.get("lighting", ""), mood, fields.get("style", "")]
+    clauses = [scene.base, fields.get("pose", ""), fields.get("lighting", ""), fields.get("camera", ""), mood,
+               fields.get("style", "")]
     text = ", ".join(collapse(c) for c in clauses if collapse(c))
-    text, negatives = split_negations(strip_instructions(text))
-    return cap_at_boundary(text, MAX_CAPTION_CHARS), negatives
+    return guards.guard_prompt(text, scene.forbidden, MAX_CAPTION_CHARS)
 
 
 def negative_prompt(extra: list[str]) -> str:
