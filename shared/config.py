@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     openai_model: str = Field("gpt-4o-mini", description="Model name at the OpenAI-compatible endpoint.")
     bedrock_model_id: str = Field("amazon.nova-pro-v1:0", description="Bedrock model id (Converse API).")
     bedrock_region: str = Field("us-east-1", description="AWS region of Bedrock (credentials: boto3's chain).")
-    bedrock_endpoint_url: str = Field("", description="Bedrock runtime endpoint (a VPC endpoint); empty: the region's.")
-    bedrock_top_p: float | None = Field(None, ge=0.0, le=1.0, description="Bedrock inferenceConfig topP (unset: model's).")
+    bedrock_endpoint_url: str = Field("", description="Bedrock runtime endpoint URL (empty: the region's).")
+    bedrock_top_p: float | None = Field(None, ge=0.0, le=1.0, description="Bedrock topP (unset: the model's).")
     openai_vision: bool = Field(True, description="The OpenAI-compatible model accepts image_url parts (false: "
                                 "image stages use their classical checks).")
     llm_gguf_path: Path | None = Field(

@@ -25,10 +25,12 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.reembed": "retrieval",
     "onbrand.caption": "llm",
     "onbrand.segment": "segment",
+    "onbrand.scale": "llm",  # a hosted vision call or a table lookup: no GPU
     "onbrand.plan": "segment",
     "onbrand.generate": "generate",
     "onbrand.qc": "qc",
     "onbrand.rank": "scoring",
+    "onbrand.revise": "llm",
     "onbrand.deliver": "scoring",
     "onbrand.send_webhook": "webhooks",
     "onbrand.sweep_outbox": "webhooks",
@@ -84,5 +86,7 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
                          expires=expires)
 
 # Pipeline stages in order; stage runs and the campaign resource use these names.
-PIPELINE = ("decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank", "deliver")
+# revise runs only when too few candidates passed and the campaign's revision budget allows.
+PIPELINE = ("decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank", "revise",
+            "deliver")
 TERMINAL_STATUSES = ("completed", "partial", "failed", "cancelled")

@@ -63,15 +63,21 @@ def finished(brand_setup: dict[str, Any], receiver: Any) -> dict[str, Any]:
                                               "webhook_url": f"{receiver.url}/campaign"})
     assert created.status_code == 202, created.text
     body = wait_terminal(api, created.json()["id"])
-    return {"campaign": body, "endpoint": endpoint, "created": created.json()}
+    return {"campaign": body, "endpoint": endpoint, "created": created.json(), "api": api}
 
 
 def test_campaign_completes_with_three_ranked_results(finished: dict[str, Any]) -> None:
     campaign = finished["campaign"]
     assert campaign["status"] == "completed", campaign.get("error")
     assert [r["rank"] for r in campaign["results"]] == [1, 2, 3]
-    assert all(s["status"] == "succeeded" for s in campaign["stages"]), campaign["stages"]
+    statuses = {s["stage"]: s["status"] for s in campaign["stages"]}
+    assert statuses.pop("revise") == "skipped"  # enough passed the first round: no caption revision
+    assert set(statuses.values()) == {"succeeded"}, campaign["stages"]
     assert campaign["state"]["caption"]["caption"]
+    scale = campaign["state"]["scale"]  # the local model cannot see: the size table answered, and says so
+    assert scale["method"] == "classical" and "cannot see images" in scale["fallback_reason"]
+    guidelines = [c["qc"]["guidelines"] for c in candidates(finished) if c["qc"].get("guidelines")]
+    assert guidelines and all(g["method"] == "classical" for g in guidelines)
     assert campaign["state"]["retrieve"]["product_source"] == "retrieved"
     assert not [k for k in campaign["state"] if k.startswith("_")]  # worker bookkeeping stays inside
 
@@ -108,9 +114,13 @@ def httpx_get(url: str) -> Any:
     return io.BytesIO(response.content)
 
 
-def test_candidates_carry_scores_and_verdicts(finished: dict[str, Any], brand_setup: dict[str, Any]) -> None:
-    api = brand_setup["api"]
-    items = api.get(f"/v1/campaigns/{finished['campaign']['id']}/candidates", params={"limit": 100}).json()["items"]
+def candidates(finished: dict[str, Any]) -> list[dict[str, Any]]:
+    api = finished["api"]
+    return api.get(f"/v1/campaigns/{finished['campaign']['id']}/candidates", params={"limit": 100}).json()["items"]
+
+
+def test_candidates_carry_scores_and_verdicts(finished: dict[str, Any]) -> None:
+    items = candidates(finished)
     assert len(items) == 27  # 3×3 grid × 3 rotations on one canvas
     for item in items:
         assert item["qc"]["verdicts"] and item["placement"]["canvas"] == {"width": 1024, "height": 1024}
@@ -130,7 +140,7 @@ def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: An
         types = [e["type"] for e in events]
         assert types[0] == "campaign.queued" and types[-1] == "campaign.completed", types
         stages = [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.completed"]
-        assert stages == ["decompose", "retrieve", "caption", "segment", "plan", "generate", "qc", "rank"]
+        assert stages == ["decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank"]
         with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
             Webhook(secrets[not per_campaign]).verify(mine[0]["body"], mine[0]["headers"])
 

@@ -74,6 +74,7 @@ class Brand(Base):
     name: Mapped[str] = mapped_column(String(200))
     palette: Mapped[list[Any]] = mapped_column(default=list)  # ["#RRGGBB", ...]
     guidelines: Mapped[list[Any]] = mapped_column(default=list)  # [{text, flexible, weight}]
+    forbidden_terms: Mapped[list[Any]] = mapped_column(default=list)  # never in a positive prompt
     created_at: Mapped[datetime] = _created()
 
 

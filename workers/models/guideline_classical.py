@@ -8,9 +8,11 @@ only where arithmetic on pixels gives a real answer; everywhere else it says
 Checkable without a model, because we hold the exact ``layer`` that was composited:
 
 * ``duplicated_product`` - a second copy of the product elsewhere on the canvas. The
-  product's own pixels are the template; masked normalised cross-correlation at reduced
-  resolution, a few scales and tilts, with the product's own placement blanked out.
-  A copy that a generator redrew (new perspective, new lighting) can escape it.
+  product as it stands in the candidate is the template (masked to its fully opaque
+  pixels); masked normalised cross-correlation at reduced resolution, over a few scales
+  (0.8-1.25, catches ~0.75-1.3) and tilts (+-20 degrees, catches ~+-25), with the
+  product's own placement blanked out. A copy that a generator redrew (new perspective,
+  new lighting, mirrored) or a faint ghost of it can escape this check.
 * ``floating_product``   - :func:`compositor.compose` darkens the floor under the
   product's base with a contact shadow. A band just under the base is compared with
   the same rows beside the shadow; no darkening means nothing grounds the product.
@@ -30,20 +32,24 @@ import cv2
 import numpy as np
 from PIL import Image
 
+# _footprint is where compose() centres its contact shadow: look for the shadow exactly there.
 from workers.models.compositor import _footprint, integrity
 
 BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
 
 # duplicated_product
-DUPLICATE_MIN_SCORE = 0.85  # masked NCC of an exact copy is ~0.95-1.0 even off the pixel grid; texture vs
-#                            a smooth backdrop stays far below. 0.85 leaves room for a resampled copy.
-TEMPLATE_SIDE = 96  # product's long side at match resolution: NCC needs structure, not detail, and
-#                     the whole search must stay well under 150 ms on a 1024 px canvas
-MATCH_SCALES = (0.75, 1.0, 1.25)  # a copy drawn somewhat smaller or larger
-MATCH_ROTATIONS = (-15.0, 0.0, 15.0)  # a copy tilted like the compositor's own layouts
-MIN_TEXTURE_STD = 3.0  # grey levels: below this the product is flat and NCC is undefined/noise
-CONTRAST_RANGE = (0.5, 2.0)  # NCC ignores gain, so a smooth gradient can correlate with a flat product;
-#                             a real copy has about the product's own contrast
+DUPLICATE_MIN_SCORE = 0.85  # masked NCC: an exact copy scores ~0.97-1.0 even off the sampling grid, a copy
+#   between the scale/tilt steps below >= ~0.87 (fine-textured product); a different textured object or the
+#   backdrop stays under ~0.6. 0.85 sits in that gap.
+TEMPLATE_SIDE = 64  # product's long side at match resolution: NCC needs the product's structure, not its
+#   fine detail, and a smaller template tolerates more scale/tilt error between the steps
+SEARCH_SIDE = 256  # canvas long side at match resolution at most: bounds the cost for a small product
+MATCH_BLUR = 1.0  # px at match resolution: widens each step's catch without blurring the product away
+MATCH_SCALES = (0.8, 0.9, 1.0, 1.1, 1.25)  # a copy drawn somewhat smaller or larger
+MATCH_ROTATIONS = (-20.0, -10.0, 0.0, 10.0, 20.0)  # a copy tilted differently (10 degree steps)
+MIN_TEXTURE_STD = 3.0  # grey levels: a flatter product has no structure to correlate, NCC is noise
+CONTRAST_RANGE = (0.5, 2.0)  # NCC ignores gain, so a faint gradient can correlate with a faint product;
+#   a real copy has about the product's own contrast
 MIN_TEMPLATE_PX = 8  # a template smaller than this at match resolution matches anything
 OWN_PAD = 2  # px (match resolution) blanked around the product's own box: its soft edge and resampling
 
@@ -59,6 +65,8 @@ MIN_REF_LUMA = 8.0  # a near-black floor cannot show a shadow at all
 
 # distorted_product
 MIN_EXACT_FRACTION = 0.999
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 
 NO_VLM = "needs a vision-language model (none configured); pixels alone cannot tell {} from the background"
 
@@ -112,7 +120,7 @@ def check_distorted(candidate: Image.Image, layer: Image.Image) -> dict[str, Any
     frac = float(exact["exact_fraction"])
     status = "pass" if frac >= MIN_EXACT_FRACTION else "fail"
     reason = (f"{exact['exact_pixels']} of {exact['opaque_pixels']} opaque product pixels are bit-exact "
-              f"({frac:.2%}; need >= {MIN_EXACT_FRACTION:.1%})")
+              f"({frac:.3%}; need >= {MIN_EXACT_FRACTION:.1%})")
     return _verdict("distorted_product", status, reason, frac)
 
 
@@ -170,38 +178,40 @@ def check_duplicated(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
     if std < MIN_TEXTURE_STD:
         return _verdict("duplicated_product", "unchecked",
                         f"product is nearly uniform (grey std {std:.1f}): correlation cannot find a copy of it")
-    best = _best_match(_blank(grey, own), template, mask, std)
+    best = _best_match(_blank(grey, own), template, mask)
     if best is None:
         return _verdict("duplicated_product", "unchecked", "no room on the canvas for a second copy")
+    if best == -np.inf:  # NCC is gain-blind, so "no window with the product's contrast" is reported as such
+        return _verdict("duplicated_product", "pass", "nothing elsewhere on the canvas has the product's contrast")
     status = "fail" if best >= DUPLICATE_MIN_SCORE else "pass"
     return _verdict("duplicated_product", status, f"best match of the product elsewhere: NCC {best:.3f} "
                     f"({'>=' if best >= DUPLICATE_MIN_SCORE else '<'} {DUPLICATE_MIN_SCORE})", best)
 
 
-def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple]:
+def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
     """Grey canvas, product template + mask and the product's own (padded) box, all at match resolution."""
     x0, y0, x1, y1 = _bbox(alpha == 255)
-    f = min(1.0, TEMPLATE_SIDE / max(x1 - x0, y1 - y0))
+    f = min(1.0, TEMPLATE_SIDE / max(x1 - x0, y1 - y0), SEARCH_SIDE / max(alpha.shape))
     size = (max(1, round(alpha.shape[1] * f)), max(1, round(alpha.shape[0] * f)))
-    grey = cv2.resize(cv2.cvtColor(cand, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA).astype(np.float32)
-    solid = cv2.resize((alpha == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    grey = cv2.resize(cv2.cvtColor(cand, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), MATCH_BLUR)
+    solid = cv2.resize((alpha == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.99
     # The template comes from the candidate itself, resampled exactly like the searched canvas; only
     # cells wholly inside the product count, so the backdrop around the product never has to match.
-    sx0, sy0, sx1, sy1 = _bbox(solid >= 0.99) if (solid >= 0.99).any() else (0, 0, 0, 0)
-    template = grey[sy0:sy1, sx0:sx1]
-    mask = (solid[sy0:sy1, sx0:sx1] >= 0.99).astype(np.uint8)
+    sx0, sy0, sx1, sy1 = _bbox(solid) if solid.any() else (0, 0, 0, 0)
+    template, mask = grey[sy0:sy1, sx0:sx1], solid[sy0:sy1, sx0:sx1].astype(np.uint8)
     ax0, ay0, ax1, ay1 = _bbox(alpha > 0)
     own = (int(ax0 * f) - OWN_PAD, int(ay0 * f) - OWN_PAD, int(np.ceil(ax1 * f)) + OWN_PAD,
            int(np.ceil(ay1 * f)) + OWN_PAD)
     return grey, template, mask, own
 
 
-def _bbox(fg: np.ndarray) -> tuple[int, int, int, int]:
+def _bbox(fg: np.ndarray) -> Box:
     ys, xs = np.nonzero(fg)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _blank(grey: np.ndarray, own: tuple) -> np.ndarray:
+def _blank(grey: np.ndarray, own: Box) -> np.ndarray:
     """The canvas with the product's own box filled with the mean of a ring around it, so it can't match."""
     h, w = grey.shape
     x0, y0, x1, y1 = max(0, own[0]), max(0, own[1]), min(w, own[2]), min(h, own[3])
@@ -213,40 +223,46 @@ def _blank(grey: np.ndarray, own: tuple) -> np.ndarray:
     return out
 
 
-def _best_match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray, std: float) -> float | None:
-    """Highest masked NCC over all scale/tilt variants whose window contrast resembles the product's."""
-    scores = [_match(grey, t, m, std) for t, m in _variants(template, mask)]
+def _best_match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
+    """Highest masked NCC over all scale/tilt variants: None when no variant fits on the canvas,
+    -inf when no window has about the product's contrast."""
+    g = (grey - grey.mean()) / 255.0  # centred and scaled: the float32 window sums below stay precise
+    scores = [_match(g, g * g, t, m) for t, m in _variants(template, mask)]
     scores = [s for s in scores if s is not None]
     return round(max(scores), 4) if scores else None
 
 
 def _variants(template: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The template and its mask at every MATCH_SCALES x MATCH_ROTATIONS, each in a box that holds it all."""
+    h, w = template.shape
     out = []
     for scale in MATCH_SCALES:
         for rot in MATCH_ROTATIONS:
-            h, w = template.shape
             m = cv2.getRotationMatrix2D((w / 2, h / 2), rot, scale)
-            # Expand the output box to hold the whole scaled, tilted template (like PIL's expand=True).
             c, s = abs(m[0, 0]), abs(m[0, 1])
-            bw, bh = max(1, round(w * c + h * s)), max(1, round(w * s + h * c))
-            m[:, 2] += (bw / 2 - w / 2, bh / 2 - h / 2)
-            t = cv2.warpAffine(template, m, (bw, bh), flags=cv2.INTER_LINEAR)
-            k = cv2.warpAffine(mask, m, (bw, bh), flags=cv2.INTER_NEAREST)
-            out.append((t, k))
+            box = (max(1, round(w * c + h * s)), max(1, round(w * s + h * c)))
+            m[:, 2] += (box[0] / 2 - w / 2, box[1] / 2 - h / 2)
+            # Replicate, not zero, at the border: the mask's edge cells must not blend in black.
+            t = cv2.warpAffine(template, m, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            out.append((t, cv2.warpAffine(mask, m, box, flags=cv2.INTER_NEAREST)))
     return out
 
 
-def _match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray, std: float) -> float | None:
-    """Best masked NCC of one variant, keeping only windows whose masked contrast is within CONTRAST_RANGE."""
-    if template.shape[0] > grey.shape[0] or template.shape[1] > grey.shape[1] or not mask.any():
+def _match(g: np.ndarray, g2: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
+    """Best masked NCC of one variant over windows whose masked contrast is within CONTRAST_RANGE (else -inf).
+
+    Masked NCC from three plain correlations (OpenCV's masked TM_CCOEFF_NORMED costs ~5x more):
+    numerator = sum of zero-mean template x window; window variance from sums of g and g^2 under the mask.
+    """
+    if template.shape[0] > g.shape[0] or template.shape[1] > g.shape[1] or mask.sum() < MIN_TEMPLATE_PX**2:
         return None
-    ncc = cv2.matchTemplate(grey, template, cv2.TM_CCOEFF_NORMED, mask=mask)
-    # Window std under the mask from two masked sums; centred and scaled first so float32 sums stay precise.
-    g = (grey - grey.mean()) / 255.0
-    n = float(mask.sum())
-    s1 = cv2.matchTemplate(g, mask.astype(np.float32), cv2.TM_CCORR) / n
-    s2 = cv2.matchTemplate(g * g, mask.astype(np.float32), cv2.TM_CCORR) / n
-    win_std = np.sqrt(np.maximum(s2 - s1 * s1, 0.0)) * 255.0
-    ratio = win_std / std
-    ok = np.isfinite(ncc) & (ratio >= CONTRAST_RANGE[0]) & (ratio <= CONTRAST_RANGE[1])
-    return float(np.clip(ncc[ok], -1.0, 1.0).max()) if ok.any() else -1.0
+    m = mask.astype(np.float32)
+    n = float(m.sum())
+    t = (template / 255.0 - (template / 255.0)[mask > 0].mean()) * m
+    t_std = float(np.sqrt((t * t).sum() / n))
+    num = cv2.matchTemplate(g, t.astype(np.float32), cv2.TM_CCORR) / n
+    s1 = cv2.matchTemplate(g, m, cv2.TM_CCORR) / n
+    win_std = np.sqrt(np.maximum(cv2.matchTemplate(g2, m, cv2.TM_CCORR) / n - s1 * s1, 0.0))
+    ratio = win_std / max(t_std, 1e-9)
+    ok = (ratio >= CONTRAST_RANGE[0]) & (ratio <= CONTRAST_RANGE[1])
+    return float(np.clip(num[ok] / (t_std * win_std[ok]), -1.0, 1.0).max()) if ok.any() else -np.inf

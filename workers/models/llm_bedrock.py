@@ -46,6 +46,7 @@ class BedrockConfig:
     max_attempts: int = 4
     top_p: float | None = None
     endpoint_url: str | None = None  # for VPC endpoints / tests
+    temperature: float = 0.2  # the stages' default sampling temperature
 
 
 class BedrockBackend:
@@ -64,6 +65,10 @@ class BedrockBackend:
     @property
     def model(self) -> str:
         return self.config.model_id
+
+    @property
+    def temperature(self) -> float:
+        return self.config.temperature
 
     def complete(self, messages: Sequence[Message], *, json_schema: dict | None = None, max_tokens: int = 1024,
                  temperature: float = 0.2) -> Completion:

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from shared.config import Settings
-from workers.models.llm_api import ChatBackend, Completion, Message, complete_json, estimate_cost
+from workers.models.llm_api import ChatBackend, Completion, ImagePart, Message, complete_json, estimate_cost
 
 HOSTED = ("openai", "bedrock")
 T = TypeVar("T", bound=BaseModel)
@@ -20,6 +20,7 @@ def backend_for(settings: Settings) -> ChatBackend:
 
         return OpenAIBackend(OpenAIConfig(base_url=settings.openai_base_url, model=settings.openai_model,
                                           api_key=settings.openai_api_key or None, vision=settings.openai_vision,
+                                          temperature=settings.llm_temperature,
                                           timeout_s=settings.llm_timeout_seconds,
                                           max_attempts=settings.llm_max_attempts))
     if settings.llm_backend == "bedrock":
@@ -27,9 +28,25 @@ def backend_for(settings: Settings) -> ChatBackend:
 
         return BedrockBackend(BedrockConfig(model_id=settings.bedrock_model_id, region=settings.bedrock_region,
                                             endpoint_url=settings.bedrock_endpoint_url or None,
-                                            top_p=settings.bedrock_top_p, timeout_s=settings.llm_timeout_seconds,
+                                            top_p=settings.bedrock_top_p, temperature=settings.llm_temperature,
+                                            timeout_s=settings.llm_timeout_seconds,
                                             max_attempts=settings.llm_max_attempts))
     raise ValueError(f"llm_backend must be one of {HOSTED} for a hosted backend, got {settings.llm_backend!r}")
+
+
+def image_part(image: Any, max_side: int = 768) -> ImagePart:
+    """A PIL image as a message part, downscaled (vision models tile large images; cost grows with
+    pixels): JPEG for opaque images, PNG when there is transparency to keep (a product cut-out)."""
+    import io
+
+    img = image.copy()
+    img.thumbnail((max_side, max_side))
+    buf = io.BytesIO()
+    if img.mode in ("RGBA", "LA"):
+        img.save(buf, format="PNG")
+        return ImagePart(buf.getvalue(), "image/png")
+    img.convert("RGB").save(buf, format="JPEG", quality=85)
+    return ImagePart(buf.getvalue(), "image/jpeg")
 
 
 def call_record(backend: ChatBackend, completion: Completion, attempt: str) -> dict[str, Any]:

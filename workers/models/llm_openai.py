@@ -40,12 +40,17 @@ class OpenAIConfig:
     max_attempts: int = 4
     vision: bool = True
     json_mode: JsonMode = "json_schema"
+    temperature: float = 0.2  # the stages' default sampling temperature
 
 
 class OpenAIBackend:
     """Satisfies llm_api.ChatBackend."""
 
     name = "openai"
+
+    @property
+    def temperature(self) -> float:
+        return self.config.temperature
 
     def __init__(self, config: OpenAIConfig, client: httpx.Client | None = None,
                  sleep: Callable[[float], None] = time.sleep) -> None:

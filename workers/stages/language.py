@@ -684,17 +684,21 @@ R = TypeVar("R")
 B = TypeVar("B", bound=BaseModel)
 
 
-def _hosted_answer(backend: Any, template: PromptTemplate, schema: type[B], calls: list[dict[str, Any]],
-                   errors: dict[str, str], **values: str) -> B:
-    """The template as chat turns (the failed checks appended on a re-ask), answered as schema."""
+def hosted_answer(backend: Any, template: PromptTemplate, schema: type[B], calls: list[dict[str, Any]],
+                  errors: dict[str, str], images: tuple[Any, ...] = (), **values: str) -> B:
+    """The template as chat turns (the failed checks appended on a re-ask, images on the user turn),
+    answered as schema."""
     from workers.models import llm_hosted
+    from workers.models.llm_api import Message
 
     user = template.render_user("; ".join(errors.values()) or None, **values)
-    return llm_hosted.ask(backend, llm_hosted.few_shot(template.system, template.examples, user), schema, calls,
-                          "repair" if errors else "first")
+    messages = llm_hosted.few_shot(template.system, template.examples, user)
+    messages[-1] = Message("user", user, tuple(images))
+    return llm_hosted.ask(backend, messages, schema, calls, "repair" if errors else "first",
+                          temperature=getattr(backend, "temperature", 0.2))
 
 
-def _with_one_reask(produce: Callable[[dict[str, str]], R],
+def with_one_reask(produce: Callable[[dict[str, str]], R],
                     check: Callable[[R], dict[str, str]]) -> tuple[R, dict[str, str] | None]:
     """Produce and check; re-ask once with the failed checks. (value, None) when it passes, else
     (last value, the first try's errors) so the caller can fall back and say why."""
@@ -709,7 +713,7 @@ def _with_one_reask(produce: Callable[[dict[str, str]], R],
 def _hosted_parts(backend: Any, brief: str, template: PromptTemplate, calls: list[dict[str, Any]],
                   errors: dict[str, str]) -> tuple[dict[str, Any], str]:
     """(parts, the English brief the parts are checked against)."""
-    answer = _hosted_answer(backend, template, DecomposeAnswer, calls, errors, brief=brief)
+    answer = hosted_answer(backend, template, DecomposeAnswer, calls, errors, brief=brief)
     english = (answer.english or "").strip() or brief
     parts: dict[str, Any] = {k: [collapse(strip_determiners(x)) for x in getattr(answer, k) if x.strip()]
                              for k in LIST_FIELDS}
@@ -739,7 +743,7 @@ def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
     from workers.models import llm_hosted
 
     backend = llm_hosted.backend_for(settings)
-    (parts, english), failed = _with_one_reask(lambda e: _hosted_parts(backend, brief, template, calls, e),
+    (parts, english), failed = with_one_reask(lambda e: _hosted_parts(backend, brief, template, calls, e),
                                                lambda answer: english_errors(answer[0]) | field_errors(*answer))
     if failed:
         reason = f"{backend.name} output invalid twice ({'; '.join(failed.values())}); used the rules decomposer"
@@ -756,11 +760,11 @@ def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
     backend = llm_hosted.backend_for(settings)
 
     def clauses(errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        answer = _hosted_answer(backend, template, ClauseAnswer, calls, errors, subject=scene.subject,
+        answer = hosted_answer(backend, template, ClauseAnswer, calls, errors, subject=scene.subject,
                                 setting=scene.setting)
         return _clauses_without_negations({k: getattr(answer, k) for k in HOSTED_CLAUSE_FIELDS})
 
-    (fields, negatives), failed = _with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
+    (fields, negatives), failed = with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
     if failed:
         reason = f"{backend.name} clauses invalid twice ({'; '.join(failed.values())}); used the template caption"
         return _template_caption(scene, reason, calls, template.id)

@@ -80,13 +80,15 @@ def _llm_failures(stage: str) -> Iterator[None]:
         raise StageError(exc.code, f"{stage}: {exc.detail}") from None
 
 
-def llm_call_rows(ctx: StageContext, result: dict[str, Any]) -> list[LlmCall]:
-    """The call log of a language stage's result (local calls report seconds, hosted ones ms)."""
+def llm_call_rows(ctx: StageContext, result: dict[str, Any], key: str = "") -> list[LlmCall]:
+    """The call log of a language stage's result (local calls report seconds, hosted ones ms).
+    Ids are derived from (stage, round, item, key, index), so a retried task rewrites the same rows."""
     rows = []
     for i, call in enumerate(result.get("calls") or []):
         latency_ms = call["latency_ms"] if "latency_ms" in call else 1000.0 * float(call.get("latency_s") or 0.0)
         rows.append(LlmCall(
-            id=uuid.uuid5(ctx.campaign.id, f"llm:{ctx.stage}:{ctx.round}:{i}"), tenant_id=ctx.tenant_id,
+            id=uuid.uuid5(ctx.campaign.id, f"llm:{ctx.stage}:{ctx.round}:{ctx.item}:{key}:{i}"),
+            tenant_id=ctx.tenant_id,
             campaign_id=ctx.campaign.id, stage=ctx.stage, round=ctx.round, backend=call.get("backend", "local"),
             model=str(call.get("model") or result.get("model") or ""), prompt_version=result.get("prompt_version"),
             attempt=str(call.get("attempt") or "first"), latency_ms=round(latency_ms, 1),
@@ -99,7 +101,7 @@ def decompose(ctx: StageContext) -> dict[str, Any]:
     from workers.stages import language
 
     with _llm_failures("decompose"):
-        result = language.decompose(ctx.campaign.brief, ctx.settings)
+        result = language.decompose(ctx.campaign.brief, ctx.settings.for_stage("decompose"))
     ctx.state_patch["decompose"] = result
     ctx.rows += llm_call_rows(ctx, result)
     return {"backend": result.get("backend"), "fallback_reason": result.get("fallback_reason")}
@@ -111,10 +113,20 @@ def caption(ctx: StageContext) -> dict[str, Any]:
     retrieved = state(ctx, "retrieve")
     with _llm_failures("caption"):
         result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
-                                  retrieved.get("background_caption"), ctx.settings)
+                                  retrieved.get("background_caption"), ctx.settings.for_stage("caption"),
+                                  forbidden_terms=campaign_brand(ctx).forbidden_terms or [])
     ctx.state_patch["caption"] = result
     ctx.rows += llm_call_rows(ctx, result)
     return {"caption": result["caption"], "backend": result.get("backend")}
+
+
+def campaign_brand(ctx: StageContext) -> Brand:
+    with session_scope() as session:
+        brand = session.scalars(
+            select(Brand).where(Brand.tenant_id == ctx.tenant_id, Brand.id == ctx.campaign.brand_id)).first()
+    if brand is None:
+        raise StageError("brand_missing", f"brand {ctx.campaign.brand_id} no longer exists")
+    return brand
 
 
 # --- retrieve (retrieval queue) ----------------------------------------------------------------
@@ -259,10 +271,33 @@ def _store_masks(ctx: StageContext, image: Image.Image, result: Any) -> dict[str
     }
 
 
+def _canvas_image(ctx: StageContext, canvas: tuple[int, int]) -> Image.Image:
+    return _backgrounds(ctx, {canvas})[canvas]
+
+
+def scale(ctx: StageContext) -> dict[str, Any]:
+    from workers.stages import scale as scaling
+
+    sizes = ctx.campaign.sizes or [{"width": 1024, "height": 1024}]
+    canvas = (int(sizes[0]["width"]), int(sizes[0]["height"]))
+    with _llm_failures("scale"):
+        result = scaling.scale(state(ctx, "caption")["caption"], state(ctx, "decompose"),
+                               load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA"),
+                               _canvas_image(ctx, canvas), ctx.settings.for_stage("scale"))
+    ctx.state_patch["scale"] = result
+    ctx.rows += llm_call_rows(ctx, result)
+    return {"share": result["share"], "method": result["method"], "fallback_reason": result["fallback_reason"]}
+
+
+RETRY_SHRINK = 0.85  # each extra attempt with the same caption places the product this much smaller
+
+
 def plan(ctx: StageContext) -> dict[str, Any]:
     from workers.models import compositor
 
     seg, settings = state(ctx, "segment"), ctx.settings
+    attempt = int((ctx.campaign.state or {}).get("_loop", {}).get("attempt", 0))
+    share = round(float(state(ctx, "scale")["share"]) * RETRY_SHRINK ** attempt, 4)
     canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
     cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
     layouts = compositor.plan_layouts(
@@ -271,7 +306,7 @@ def plan(ctx: StageContext) -> dict[str, Any]:
         rows=settings.grid_rows,
         cols=settings.grid_cols,
         rotations=tuple(settings.rotations),
-        scale_share=settings.product_scale,
+        scale_share=share,
         cutout=cutout,
     )
     batches = max(1, math.ceil(len(layouts) / settings.generate_batch_size))
@@ -282,7 +317,8 @@ def plan(ctx: StageContext) -> dict[str, Any]:
         "grid": [settings.grid_rows, settings.grid_cols],
         "rotations": list(settings.rotations),
         "canvases": [list(c) for c in canvases],
-        "scale_share": settings.product_scale,
+        "scale_share": share,
+        "attempt": attempt,
     }
     return {"layouts": len(layouts), "batches": batches}
 
@@ -375,6 +411,12 @@ def _round_candidates(ctx: StageContext, batch: int | None = None) -> list[Candi
         return list(session.scalars(query.order_by(Candidate.layout_key)).all())
 
 
+def _campaign_candidates(ctx: StageContext) -> list[Candidate]:
+    with session_scope() as session:
+        query = select(Candidate).where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id)
+        return list(session.scalars(query.order_by(Candidate.round, Candidate.layout_key)).all())
+
+
 def verdict(check: str, value: float, threshold: float, passed: bool, reason: str) -> dict[str, Any]:
     return {
         "check": check,
@@ -427,16 +469,40 @@ def _area_metrics(layer: Image.Image) -> dict[str, float]:
 def qc(ctx: StageContext) -> dict[str, Any]:
     from workers.models import fidelity
 
-    passed = 0
+    passed, review = 0, _Review.load(ctx)
     for cand in _round_candidates(ctx, ctx.item):
-        layer = load_image(cand.layer_key).convert("RGBA")
-        metrics = {**fidelity.fidelity(load_image(cand.image_key).convert("RGB"), layer), **_area_metrics(layer)}
+        image, layer = load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA")
+        metrics = {**fidelity.fidelity(image, layer), **_area_metrics(layer)}
         checks = qc_checks(metrics, ctx.settings)
         cand.qc = {"metrics": metrics, "verdicts": checks, "policy": ctx.campaign.qc_policy}
         cand.passed = all(c["passed"] for c in checks)
+        if cand.passed:  # the (costly) guideline review only for candidates whose product is intact
+            cand.qc["guidelines"] = review.check(ctx, cand, image, layer)
+            cand.passed = cand.qc["guidelines"]["passed"]
         passed += cand.passed
         ctx.rows.append(cand)
-    return {"checked": len(ctx.rows), "passed": passed}
+    return {"checked": sum(isinstance(r, Candidate) for r in ctx.rows), "passed": passed}
+
+
+class _Review:
+    """What the guideline check needs once per qc task: caption, product image, brand guidelines."""
+
+    def __init__(self, caption: str, product: Image.Image, guidelines: list[dict[str, Any]]) -> None:
+        self.caption, self.product, self.guidelines = caption, product, guidelines
+
+    @classmethod
+    def load(cls, ctx: StageContext) -> _Review:
+        product = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
+        return cls(state(ctx, "caption")["caption"], product, list(campaign_brand(ctx).guidelines or []))
+
+    def check(self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image) -> dict[str, Any]:
+        from workers.stages import guideline
+
+        with _llm_failures("qc"):
+            result = guideline.check(image, layer, self.product, self.caption, self.guidelines,
+                                     ctx.campaign.qc_policy, ctx.settings.for_stage("guideline"))
+        ctx.rows += llm_call_rows(ctx, result, key=cand.layout_key)
+        return {k: v for k, v in result.items() if k != "calls"}
 
 
 # --- rank (scoring queue) --------------------------------------------------------------------------
@@ -445,7 +511,7 @@ def qc(ctx: StageContext) -> dict[str, Any]:
 def rank(ctx: StageContext) -> dict[str, Any]:
     from workers.models import aesthetic
 
-    candidates = _round_candidates(ctx)
+    candidates = _campaign_candidates(ctx)  # every round so far: a retry adds to the pool, never replaces it
     for cand in candidates:
         _score(cand, aesthetic)
     chosen = choose(candidates, ctx.campaign.top_k)
@@ -463,6 +529,7 @@ def _score(cand: Candidate, aesthetic: Any) -> None:
         cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
     else:
         failed = [v["check"] for v in cand.qc.get("verdicts", []) if not v["passed"]]
+        failed += (cand.qc.get("guidelines") or {}).get("failed") or []
         cand.aesthetic, cand.excluded_reason = None, "failed QC: " + ", ".join(failed)
 
 
@@ -499,6 +566,37 @@ def _write_results(session: Session, campaign: Campaign, chosen: list[Candidate]
     return advance(session, campaign, "rank", campaign.round)
 
 
+# --- revise (llm queue) ----------------------------------------------------------------------------
+
+
+def revise(ctx: StageContext) -> dict[str, Any]:
+    from workers.stages import revise as revising
+
+    failures = revising.failure_summary(_failed_verdicts(ctx, ctx.round - 1))
+    with _llm_failures("revise"):
+        result = revising.revise(state(ctx, "caption"), failures, ctx.settings.for_stage("revise"),
+                                 campaign_brand(ctx).forbidden_terms or [])
+    history = list((ctx.campaign.state or {}).get("revisions") or [])
+    entry = {k: result.get(k) for k in ("previous_caption", "caption", "change", "backend", "fallback_reason")}
+    ctx.state_patch.update(caption=result, revisions=[*history, {"round": ctx.round, **entry}])
+    ctx.rows += llm_call_rows(ctx, result)
+    return {"change": result["change"], "backend": result["backend"], "failures": len(failures)}
+
+
+def _failed_verdicts(ctx: StageContext, rnd: int) -> list[dict[str, Any]]:
+    """Every failed check of a round's candidates: fidelity checks and guideline verdicts alike."""
+    out: list[dict[str, Any]] = []
+    with session_scope() as session:
+        rows = session.scalars(select(Candidate.qc).where(
+            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == rnd))
+        for qc_state in rows:
+            qc_state = qc_state or {}
+            out += [{"guideline": v["check"], "reason": v["reason"]} for v in qc_state.get("verdicts", [])
+                    if not v["passed"]]
+            out += [v for v in (qc_state.get("guidelines") or {}).get("verdicts", []) if v["status"] == "fail"]
+    return out
+
+
 # --- deliver (scoring queue) -----------------------------------------------------------------------
 
 
@@ -529,7 +627,9 @@ def _complete(session: Session, campaign: Campaign) -> list[Task]:
     campaign.status = "completed" if len(results) >= campaign.top_k else "partial"
     campaign.completed_at, campaign.current_stage = now(), None
     if campaign.status == "partial":
-        campaign.error = {"code": "too_few_passed", "message": f"{len(results)} of {campaign.top_k} results passed QC"}
+        loop = (campaign.state or {}).get("_loop") or {}
+        campaign.error = {"code": "too_few_passed", "message": f"{len(results)} of {campaign.top_k} results passed QC "
+                          f"after {campaign.round + 1} round(s) ({loop.get('revision', 0)} caption revision(s))"}
     event = f"campaign.{campaign.status}"
     return webhook_tasks(webhooks.emit(session, campaign, event, {"status": campaign.status, "results": results}))
 
@@ -561,9 +661,11 @@ STAGES: dict[str, StageFn] = {
     "retrieve": retrieve,
     "caption": caption,
     "segment": segment,
+    "scale": scale,
     "plan": plan,
     "generate": generate,
     "qc": qc,
     "rank": rank,
+    "revise": revise,
     "deliver": deliver,
 }

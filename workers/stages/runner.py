@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from shared import webhooks
 from shared.config import Settings, get_settings
-from shared.db.models import Base, Campaign, StageRun
+from shared.db.models import Base, Campaign, Result, StageRun
 from shared.db.session import session_scope
 from shared.queue import PIPELINE, TERMINAL_STATUSES, send
 
@@ -240,6 +240,34 @@ def _after_generate(session: Session, campaign: Campaign, rnd: int) -> list[Task
     return fan_out(session, campaign, "qc", rnd, int(campaign.state["plan"]["batches"]))
 
 
+def _after_rank(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
+    """Enough results: deliver. Too few: another attempt with the same caption (plan again, the product
+    smaller), then a revised caption, bounded by max_retry_attempts and max_prompt_revisions; then deliver
+    what passed. The decision per round is stored, so a re-sent rank task sends the same next step."""
+    loop = dict((campaign.state or {}).get("_loop") or {"attempt": 0, "revision": 0, "decided": {}})
+    decided = loop["decided"].get(str(rnd)) or _decide(session, campaign, loop)
+    if str(rnd) not in loop["decided"]:
+        loop = {**loop, "decided": {**loop["decided"], str(rnd): decided}}
+        if decided != "deliver":
+            loop[decided] = loop.get(decided, 0) + 1
+            loop["attempt"] = loop["attempt"] if decided == "attempt" else 0
+            campaign.round = rnd + 1
+        campaign.state = {**(campaign.state or {}), "_loop": loop}
+    if decided == "deliver":
+        return fan_out(session, campaign, "deliver", rnd, 1)
+    return fan_out(session, campaign, "plan" if decided == "attempt" else "revise", rnd + 1, 1)
+
+
+def _decide(session: Session, campaign: Campaign, loop: dict[str, Any]) -> str:
+    ranked = session.scalar(select(func.count()).select_from(Result).where(
+        Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)) or 0
+    if ranked >= campaign.top_k:
+        return "deliver"
+    if loop["attempt"] < campaign.max_retry_attempts:
+        return "attempt"
+    return "revision" if loop.get("revision", 0) < campaign.max_prompt_revisions else "deliver"
+
+
 def _after_deliver(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
     return []  # deliver set the terminal status and emitted campaign.completed itself
 
@@ -248,10 +276,12 @@ NEXT: dict[str, Callable[[Session, Campaign, int], list[Task]]] = {
     "decompose": _single("retrieve"),
     "retrieve": _single("caption"),
     "caption": _single("segment"),
-    "segment": _single("plan"),
+    "segment": _single("scale"),
+    "scale": _single("plan"),
     "plan": _after_plan,
     "generate": _after_generate,
     "qc": _single("rank"),
-    "rank": _single("deliver"),
+    "rank": _after_rank,
+    "revise": _single("scale"),  # a new caption may change the product's size on the canvas
     "deliver": _after_deliver,
 }

@@ -11,6 +11,10 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$"), AfterValidator(str.upper)]
 
 
+Term = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
+                                        pattern=r"^[^\x00-\x1f]+$")]
+
+
 class Guideline(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -25,6 +29,9 @@ class BrandCreate(BaseModel):
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     palette: list[HexColor] = Field(default_factory=list, max_length=64, description='["#RRGGBB", ...]')
     guidelines: list[Guideline] = Field(default_factory=list, max_length=100)
+    forbidden_terms: list[Term] = Field(
+        default_factory=list, max_length=200,
+        description="Words never written into a positive prompt (competitors, claims); they go to the negative one.")
 
 
 class BrandRead(BaseModel):
@@ -32,4 +39,5 @@ class BrandRead(BaseModel):
     name: str
     palette: list[str]
     guidelines: list[Guideline]
+    forbidden_terms: list[str]
     created_at: datetime

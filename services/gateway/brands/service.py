@@ -15,12 +15,13 @@ from shared.db.models import Brand
 def to_read(brand: Brand) -> BrandRead:
     guidelines = [Guideline.model_validate(g) for g in brand.guidelines]
     return BrandRead(id=brand.id, name=brand.name, palette=brand.palette, guidelines=guidelines,
-                     created_at=brand.created_at)
+                     forbidden_terms=list(brand.forbidden_terms or []), created_at=brand.created_at)
 
 
 def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
     brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name=body.name, palette=body.palette,
-                  guidelines=[g.model_dump() for g in body.guidelines])
+                  guidelines=[g.model_dump() for g in body.guidelines],
+                  forbidden_terms=list(dict.fromkeys(body.forbidden_terms)))
     session.add(brand)
     session.flush()  # fills the server-side created_at for the response
     return brand
