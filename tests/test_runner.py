@@ -110,3 +110,31 @@ def test_stage_completed_event_is_announced_once(sent: list[tuple[Any, ...]]) ->
         events = session.scalars(select(WebhookDelivery.event_type).where(
             WebhookDelivery.campaign_id == uuid.UUID(cid))).all()
     assert events == ["campaign.stage.completed"]
+
+
+def _rank_round(cid: str, rnd: int) -> None:
+    """A rank item of round rnd finished with no result written (too few candidates passed)."""
+    assert execute("rank", cid, rnd, 0, ok) == "succeeded"
+
+
+def test_too_few_results_retry_then_revise_then_deliver_each_decided_once(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        campaign.max_retry_attempts, campaign.max_prompt_revisions = 1, 1
+    _rank_round(cid, 0)
+    assert ("onbrand.plan", cid, 1, 0) in sent  # attempt 2 with the same caption: plan again
+    sent.clear()
+    assert execute("rank", cid, 0, 0, ok) == "skipped" and sent == [("onbrand.plan", cid, 1, 0)]  # same decision
+    sent.clear()
+    _rank_round(cid, 1)
+    assert ("onbrand.revise", cid, 2, 0) in sent  # attempts spent: revise the caption
+    sent.clear()
+    _rank_round(cid, 2)
+    assert ("onbrand.plan", cid, 3, 0) in sent  # a retry of the revised caption
+    sent.clear()
+    _rank_round(cid, 3)
+    assert ("onbrand.deliver", cid, 3, 0) in sent  # both budgets spent: deliver what passed
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign.round == 3 and campaign.state["_loop"]["revision"] == 1

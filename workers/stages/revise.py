@@ -97,7 +97,9 @@ def _hosted(current: dict[str, Any], failures: list[dict[str, Any]], settings: S
         return language.hosted_answer(backend, template, RevisionAnswer, calls, errors, caption=current["caption"],
                                       subject=_subject(current) or "the product", failures=_listing(failures))
 
-    answer, failed = language.with_one_reask(ask, lambda a: revision_errors(a.caption, current))
+    # checked after the guards: an answer that is usable once they ran ("Generate a ..." stripped) is kept
+    answer, failed = language.with_one_reask(
+        ask, lambda a: revision_errors(guards.guard_prompt(a.caption).text, current))
     if failed:
         reason = f"{backend.name} revision invalid twice ({'; '.join(failed.values())}); used the rule clauses"
         return _rules(current, failures, forbidden, reason, calls, template.id)
