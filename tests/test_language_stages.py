@@ -121,7 +121,8 @@ def test_incomplete_hosted_answers_are_re_asked_then_filled_honestly(
     server.script(answer({"verdicts": [{"id": "duplicated_product", "passed": True, "reason": "one shoe"}]}))
     result = guideline.check(composite["candidate"], composite["layer"], composite["product"], CAPTION, BRAND,
                              "strict", hosted(server))
-    assert len(server.requests) == 2 and "no verdict for" in server.requests[1].body["messages"][-1]["content"][0]["text"]
+    re_ask = server.requests[1].body["messages"][-1]["content"][0]["text"]
+    assert len(server.requests) == 2 and "no verdict for" in re_ask
     by_id = {v["guideline"]: v for v in result["verdicts"]}
     assert by_id["duplicated_product"]["method"] == "vision" and by_id["floating_product"]["method"] == "classical"
     assert by_id["brand_1"]["status"] == "unchecked" and "incompletely twice" in result["fallback_reason"]

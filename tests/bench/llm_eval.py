@@ -46,10 +46,11 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from workers.stages import language
+from workers.stages import guards, language
 
 EVAL_FILE = Path(__file__).resolve().parent.parent / "data" / "briefs_eval.json"
 FIELDS = ("products", "backgrounds", "themes")
+LABELS = ("season", "audience")  # single values: P/R over present labels
 SLICES = ("all", "en", "non-en")
 PREFIX = "BENCH llm-eval"
 
@@ -134,6 +135,7 @@ class Row:
     no_negation: bool
     not_instruction: bool
     translated: bool
+    english_ok: bool = True
     fallback_reason: str | None = None
     error: str | None = None
 
@@ -184,6 +186,7 @@ class Report:
             "length": self.share(lambda r: r.length_ok),
             "no_negation": self.share(lambda r: r.no_negation),
             "not_instruction": self.share(lambda r: r.not_instruction),
+            "english": self.share(lambda r: r.english_ok),
             "all": self.share(lambda r: r.length_ok and r.no_negation and r.not_instruction),
         }
 
@@ -197,7 +200,7 @@ class Report:
                        else "no translation (expected values are English: non-en scores are low by design)")
         out = [f"{b} briefs={len(self.rows)} (en {en}, non-en {non_en}); {translation}",
                f"{b} {'field':12s} {'slice':7s} {'P':>6s} {'R':>6s} {'F1':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s}"]
-        for name in FIELDS:
+        for name in (*FIELDS, *LABELS):
             for part in SLICES:
                 c = self.counts(name, part)
                 out.append(f"{b} {name:12s} {part:7s} {c.precision:6.3f} {c.recall:6.3f} {c.f1:6.3f} "
@@ -211,7 +214,7 @@ class Report:
             "not counted)",
             f"{b} caption compliance length<={language.MAX_CAPTION_CHARS}={comp['length']:.1%} "
             f"no-negation={comp['no_negation']:.1%} not-instruction={comp['not_instruction']:.1%} "
-            f"all-three={comp['all']:.1%}",
+            f"all-three={comp['all']:.1%} english={comp['english']:.1%}",
         ]
         return out
 
@@ -236,18 +239,22 @@ def _brief_row(brief: dict[str, Any], settings: Settings) -> Row:
         made = language.caption(parts, None, None, settings)
     except Exception as exc:  # noqa: BLE001 - a crash is a result of the benchmark, not its end
         empty = {name: match([], expected[name]) for name in FIELDS}
+        empty.update({name: match([], [expected[name]] if expected.get(name) else []) for name in LABELS})
         return Row(brief["id"], brief["lang"], empty, "error", "error", time.perf_counter() - started, "",
                    False, False, False, False, error=f"{type(exc).__name__}: {exc}")
     latency = time.perf_counter() - started
     counts = {name: match(parts.get(name) or [], expected.get(name) or [],
                           optional=[expected["season"]] if name == "themes" and expected.get("season") else ())
               for name in FIELDS}
+    counts.update({name: match([parts[name]] if parts.get(name) else [], [expected[name]] if expected.get(name) else [])
+                   for name in LABELS})
     text = made["caption"]
     return Row(
         brief["id"], brief["lang"], counts, parts["backend"], made["backend"], latency, text,
         length_ok=len(text) <= language.MAX_CAPTION_CHARS,
         no_negation=not language.has_negation(text),
         not_instruction=not language.is_instruction_like(text),
+        english_ok=guards.is_english(text),
         translated=bool(parts.get("english")),
         fallback_reason=parts.get("fallback_reason") or made.get("fallback_reason"),
     )
