@@ -335,9 +335,14 @@ def test_422_on_malformed_json(client: TestClient, acme: Tenant) -> None:
 
 
 def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
-    brand = {"name": "", "palette": ["#12345G"], "guidelines": [{"text": "ok", "weight": -1}]}
+    brand = {"name": "", "palette": ["#12345G"], "guidelines": [{"text": "ok", "weight": -1}],
+             "forbidden_terms": ["ok", " ", "tab\there"]}
     assert _locs(client.post("/v1/brands", json=brand, headers=acme.auth)) == [
-        ["body", "name"], ["body", "palette", 0], ["body", "guidelines", 0, "weight"]]
+        ["body", "name"], ["body", "palette", 0], ["body", "guidelines", 0, "weight"],
+        ["body", "forbidden_terms", 1], ["body", "forbidden_terms", 2]]
+    for brief in ("", "   ", "x" * 10_000):  # empty, blank and 10,000 characters: refused before anything runs
+        empty = {"brand_id": str(uuid.uuid4()), "brief": brief}
+        assert _locs(client.post("/v1/campaigns", json=empty, headers=acme.auth)) == [["body", "brief"]]
     campaign = {"brand_id": "not-a-uuid", "brief": "x" * 2001, "sizes": [{"width": 100, "height": 1024}],
                 "top_k": 11, "qc_policy": "lenient", "webhook_url": "ftp://example.com/h"}
     long_url = {"brand_id": str(uuid.uuid4()), "brief": "b", "webhook_url": "https://example.com/" + "a" * 2000}
