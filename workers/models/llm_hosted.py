@@ -34,6 +34,16 @@ def backend_for(settings: Settings) -> ChatBackend:
     raise ValueError(f"llm_backend must be one of {HOSTED} for a hosted backend, got {settings.llm_backend!r}")
 
 
+def no_vision_reason(settings: Settings, instead: str) -> str | None:
+    """Why this stage's backend cannot look at images (None when it can); `instead` says what runs."""
+    backend = settings.llm_backend
+    if backend in ("local", "rules"):
+        return f"the {backend} backend cannot see images; {instead}"
+    if backend == "openai" and not settings.openai_vision:
+        return f"the openai model is text-only (ONBRAND_OPENAI_VISION=false); {instead}"
+    return None
+
+
 def image_part(image: Any, max_side: int = 768) -> ImagePart:
     """A PIL image as a message part, downscaled (vision models tile large images; cost grows with
     pixels): JPEG for opaque images, PNG when there is transparency to keep (a product cut-out)."""

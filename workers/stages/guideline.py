@@ -54,9 +54,11 @@ def check(candidate: Image.Image, layer: Image.Image, product: Image.Image, capt
           guidelines: list[dict[str, Any]], policy: str, settings: Settings) -> dict[str, Any]:
     """-> {"verdicts", "passed", "summary", "method", "backend", "model", "fallback_reason", "calls",
     "prompt_version"}. A hosted backend that cannot answer raises LLMError (the stage fails)."""
+    from workers.models import llm_hosted
+
     _check_args(candidate, layer, product, caption, policy)
     todo = rules(guidelines)
-    reason = _no_vision_reason(settings)
+    reason = llm_hosted.no_vision_reason(settings, "classical checks only")
     if reason:
         result = _classical(candidate, layer, todo, reason)
     else:
@@ -73,14 +75,6 @@ def _check_args(candidate: Image.Image, layer: Image.Image, product: Image.Image
     if policy not in ("strict", "flexible", "weighted"):
         raise ValueError(f"policy must be strict, flexible or weighted, got {policy!r}")
 
-
-def _no_vision_reason(settings: Settings) -> str | None:
-    backend = settings.llm_backend
-    if backend in ("local", "rules"):
-        return f"the {backend} backend cannot see images; classical checks only"
-    if backend == "openai" and not settings.openai_vision:
-        return "the openai model is text-only (ONBRAND_OPENAI_VISION=false); classical checks only"
-    return None
 
 
 def _classical(candidate: Image.Image, layer: Image.Image, todo: list[dict[str, Any]],

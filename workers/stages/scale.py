@@ -77,9 +77,11 @@ def scale(caption: str, decomposition: dict[str, Any], product: Image.Image, can
           settings: Settings) -> dict[str, Any]:
     """-> {"share", "reason", "method": vision|classical, "backend", "model", "fallback_reason", "calls",
     "prompt_version", "clamped"}. A hosted backend that cannot answer raises LLMError (the stage fails)."""
+    from workers.models import llm_hosted
+
     _check_args(caption, product, canvas)
     products, backgrounds = list(decomposition.get("products") or []), list(decomposition.get("backgrounds") or [])
-    reason = _no_vision_reason(settings)
+    reason = llm_hosted.no_vision_reason(settings, "scale from the product's real-world category")
     if reason:
         return _classical(products, backgrounds, settings, reason, [], None)
     return _vision(caption, products, backgrounds, product, canvas, settings)
@@ -92,14 +94,6 @@ def _check_args(caption: str, product: Image.Image, canvas: Image.Image) -> None
         if not isinstance(image, Image.Image) or min(image.size) < 1:
             raise ValueError(f"{name}: expected a non-empty PIL image")
 
-
-def _no_vision_reason(settings: Settings) -> str | None:
-    backend = settings.llm_backend
-    if backend in ("local", "rules"):
-        return f"the {backend} backend cannot see images; scale from the product's real-world category"
-    if backend == "openai" and not settings.openai_vision:
-        return "the openai model is text-only (ONBRAND_OPENAI_VISION=false); scale from the product's category"
-    return None
 
 
 def _classical(products: list[str], backgrounds: list[str], settings: Settings, fallback_reason: str | None,
