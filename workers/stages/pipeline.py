@@ -335,18 +335,14 @@ def _batch_layouts(ctx: StageContext) -> list[dict[str, Any]]:
 def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tuple[int, int], Image.Image]:
     from workers.models import compositor
 
-    retrieved = state(ctx, "retrieve")
+    retrieved, palette = state(ctx, "retrieve"), list(campaign_brand(ctx).palette or [])
     with session_scope() as session:
-        brand = session.scalars(
-            select(Brand).where(Brand.tenant_id == ctx.tenant_id, Brand.id == ctx.campaign.brand_id)
-        ).first()
         bg = (
             tenant_asset(session, ctx.tenant_id, retrieved["background_asset_id"])
             if retrieved.get("background_asset_id")
             else None
         )
     source = load_image(bg.storage_key).convert("RGB") if bg else None
-    palette = list(brand.palette or []) if brand else []
     return {c: compositor.cover_crop(source, c) if source else compositor.backdrop(c, palette) for c in canvases}
 
 
@@ -513,7 +509,7 @@ def rank(ctx: StageContext) -> dict[str, Any]:
 
     candidates = _campaign_candidates(ctx)  # every round so far: a retry adds to the pool, never replaces it
     for cand in candidates:
-        _score(cand, aesthetic)
+        _score(cand, aesthetic, ctx.round)
     chosen = choose(candidates, ctx.campaign.top_k)
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
@@ -522,8 +518,10 @@ def rank(ctx: StageContext) -> dict[str, Any]:
     return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen)}
 
 
-def _score(cand: Candidate, aesthetic: Any) -> None:
+def _score(cand: Candidate, aesthetic: Any, rnd: int) -> None:
     cand.rank, cand.excluded_reason = None, None  # a re-run ranks from scratch
+    if cand.passed and cand.aesthetic is not None and cand.round < rnd:
+        return  # scored by its own round's rank; only the ranking is redone
     if cand.passed:
         scored = aesthetic.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
         cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
