@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.models import compositor
+from workers.models import composition, compositor
 from workers.models import guideline_classical as gc
 
 PALETTE = ["#e0d0c0", "#806040"]
@@ -34,8 +34,8 @@ def scene(size: int = 512, index: int = 22, cutout: Image.Image | None = None,
           share: float = 0.3) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(layer, backdrop, candidate) for layout ``index`` of a 3x3 grid x (-15, 0, 15) degrees."""
     cut = cutout or product()
-    layout = compositor.plan_layouts([(size, size)], cut.size, cutout=cut, scale_share=share)[index]
-    layer = compositor.place(cut, layout)
+    layout = composition.plan_layouts([(size, size)], cut.size, cutout=cut, scale_share=share)[index]
+    layer = composition.place(cut, layout)
     bg = compositor.backdrop((size, size), PALETTE)
     return layer, bg, compositor.compose(layer, bg)
 
@@ -55,7 +55,7 @@ def by_name(verdicts: list[dict]) -> dict[str, dict]:
 def paste_copy(candidate: Image.Image, cutout: Image.Image, scale: float, rotation: float,
                centre: tuple[int, int]) -> Image.Image:
     out = candidate.copy()
-    copy = compositor.transform(cutout, scale, rotation)
+    copy = composition.transform(cutout, scale, rotation)
     out.paste(copy, (centre[0] - copy.width // 2, centre[1] - copy.height // 2), copy)
     return out
 
@@ -95,7 +95,7 @@ def test_normal_composite_passes_what_pixels_can_check(index: int) -> None:
 def test_second_copy_elsewhere_fails(scale: float, rotation: float) -> None:
     cut = product()
     layer, _, cand = scene(index=4, cutout=cut)  # r1c2: the product stands top centre
-    placed = compositor.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
     dup = paste_copy(cand, cut, placed.scale * scale, rotation, (150, 380))
     v = by_name(gc.check(dup, layer))
     assert v["duplicated_product"]["status"] == "fail"
@@ -107,7 +107,7 @@ def test_second_copy_elsewhere_fails(scale: float, rotation: float) -> None:
 def test_second_copy_on_a_photo_background_fails() -> None:
     cut = product()
     layer, _, _ = scene(index=4, cutout=cut)
-    placed = compositor.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
     dup = paste_copy(compositor.compose(layer, photo()), cut, placed.scale, 0.0, (380, 380))
     v = by_name(gc.check(dup, layer))["duplicated_product"]
     assert v["status"] == "fail" and v["value"] >= gc.DUPLICATE_MIN_SCORE
@@ -116,7 +116,7 @@ def test_second_copy_on_a_photo_background_fails() -> None:
 def test_a_different_textured_object_is_not_a_copy() -> None:
     cut = product()
     layer, _, cand = scene(index=4, cutout=cut)
-    placed = compositor.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
     other = paste_copy(cand, product(seed=7), placed.scale, 0.0, (150, 380))
     v = by_name(gc.check(other, layer))["duplicated_product"]
     assert v["status"] == "pass" and v["value"] < 0.7

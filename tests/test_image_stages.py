@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.models import aesthetic, compositor, fidelity, matting
+from workers.models import aesthetic, composition, compositor, fidelity, matting
 
 # --- synthetic images -------------------------------------------------------------------
 
@@ -60,9 +60,9 @@ def composed(canvas: tuple[int, int] = (512, 512), rotation: float = 15.0,
              row: int = 3, col: int = 2) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(candidate, layer, background) for one planned layout of the synthetic product."""
     cut = product_cutout()
-    layouts = compositor.plan_layouts([canvas], cut.size, cutout=cut)
+    layouts = composition.plan_layouts([canvas], cut.size, cutout=cut)
     layout = next(l for l in layouts if (l.row, l.col, l.rotation) == (row, col, rotation))
-    layer = compositor.place(cut, layout)
+    layer = composition.place(cut, layout)
     background = compositor.backdrop(canvas, ["#2b59c3", "#e8b04b"])
     return compositor.compose(layer, background), layer, background
 
@@ -161,10 +161,10 @@ def test_cutout_crops_to_mask_and_keeps_rgb() -> None:
 
 def test_plan_layouts_covers_grid_and_stays_on_canvas() -> None:
     canvases = [(1024, 1024), (1080, 1920), (1200, 628)]
-    layouts = compositor.plan_layouts(canvases, (240, 320))
+    layouts = composition.plan_layouts(canvases, (240, 320))
     assert len(layouts) == len(canvases) * 3 * 3 * 3
     assert len({l.layout_key for l in layouts}) == len(layouts)
-    assert layouts == compositor.plan_layouts(canvases, (240, 320))  # deterministic
+    assert layouts == composition.plan_layouts(canvases, (240, 320))  # deterministic
     for l in layouts:
         assert 0 <= l.x and l.x + l.width <= l.canvas_w, l
         assert 0 <= l.y and l.y + l.height <= l.canvas_h, l
@@ -174,22 +174,22 @@ def test_plan_layouts_covers_grid_and_stays_on_canvas() -> None:
 
 
 def test_plan_layouts_never_upscales_beyond_max() -> None:
-    layouts = compositor.plan_layouts([(1024, 1024)], (40, 50), max_upscale=2.0)
+    layouts = composition.plan_layouts([(1024, 1024)], (40, 50), max_upscale=2.0)
     assert {l.scale for l in layouts} == {2.0}  # 0.45 * 1024 / 50 would be 9.2x
-    big = compositor.plan_layouts([(1024, 1024)], (300, 400), max_upscale=2.0)
+    big = composition.plan_layouts([(1024, 1024)], (300, 400), max_upscale=2.0)
     assert all(abs(l.scale * 400 - 0.45 * 1024) < 1e-6 for l in big)
 
 
 @pytest.mark.parametrize("with_cutout", [False, True])
 def test_plan_layouts_stands_products_on_their_rows_ground_line(with_cutout: bool) -> None:
     margin, rows, cut = 0.04, 3, product_cutout()
-    layouts = compositor.plan_layouts([(1024, 1024)], cut.size, margin=margin,
+    layouts = composition.plan_layouts([(1024, 1024)], cut.size, margin=margin,
                                       cutout=cut if with_cutout else None)
     tallest = max(l.height - l.bottom_gap for l in layouts)
     grounds: dict[int, set[int]] = {}
     for l in layouts:
         assert l.y + l.height - l.bottom_gap == l.ground_y
-        assert l.ground_y == compositor.ground_line(1024, tallest, l.row, rows, margin)
+        assert l.ground_y == composition.ground_line(1024, tallest, l.row, rows, margin)
         grounds.setdefault(l.row, set()).add(l.ground_y)
     assert all(len(g) == 1 for g in grounds.values())  # one floor per row, any rotation
     assert grounds[1].pop() < grounds[2].pop() < grounds[3].pop() == round(1024 * (1 - margin))
@@ -198,19 +198,19 @@ def test_plan_layouts_stands_products_on_their_rows_ground_line(with_cutout: boo
 
 def test_placed_product_stands_exactly_on_the_ground_line() -> None:
     cut = product_cutout()
-    for l in compositor.plan_layouts([(512, 512)], cut.size, rows=2, cols=1, cutout=cut):
-        alpha = np.asarray(compositor.place(cut, l))[:, :, 3]
+    for l in composition.plan_layouts([(512, 512)], cut.size, rows=2, cols=1, cutout=cut):
+        alpha = np.asarray(composition.place(cut, l))[:, :, 3]
         lowest = np.flatnonzero((alpha >= 128).any(axis=1)).max()
         assert lowest == l.ground_y - 1, l  # the last product row sits on the line
 
 
 def test_plan_layouts_names_bad_arguments() -> None:
     with pytest.raises(ValueError, match="canvases"):
-        compositor.plan_layouts([], (10, 10))
+        composition.plan_layouts([], (10, 10))
     with pytest.raises(ValueError, match="scale_share"):
-        compositor.plan_layouts([(512, 512)], (10, 10), scale_share=0)
+        composition.plan_layouts([(512, 512)], (10, 10), scale_share=0)
     with pytest.raises(ValueError, match="product_size"):
-        compositor.plan_layouts([(512, 512)], (0, 10))
+        composition.plan_layouts([(512, 512)], (0, 10))
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -218,19 +218,19 @@ def test_plan_layouts_names_bad_arguments() -> None:
 
 def test_place_at_unit_scale_is_the_product_itself() -> None:
     cut = product_cutout()
-    layout = compositor.Layout("t", 400, 400, 30, 50, 1.0, 0.0, 1, 1)
-    layer = np.asarray(compositor.place(cut, layout))
+    layout = composition.Layout("t", 400, 400, 30, 50, 1.0, 0.0, 1, 1)
+    layer = np.asarray(composition.place(cut, layout))
     assert np.array_equal(layer[50:50 + cut.height, 30:30 + cut.width], np.asarray(cut))
     assert not layer[:50].any() and not layer[:, :30].any()
 
 
 def test_place_rejects_rgb_and_mismatched_layout() -> None:
     cut = product_cutout()
-    layout = compositor.plan_layouts([(512, 512)], cut.size)[0]
+    layout = composition.plan_layouts([(512, 512)], cut.size)[0]
     with pytest.raises(ValueError, match="cutout"):
-        compositor.place(cut.convert("RGB"), layout)
+        composition.place(cut.convert("RGB"), layout)
     with pytest.raises(ValueError, match="layout"):
-        compositor.place(product_cutout(100, 100), layout)
+        composition.place(product_cutout(100, 100), layout)
 
 
 def test_compose_keeps_opaque_product_pixels_exact() -> None:
@@ -243,8 +243,8 @@ def test_compose_keeps_opaque_product_pixels_exact() -> None:
 
 def test_compose_over_photo_background_is_exact_too() -> None:
     cut = product_cutout()
-    layout = compositor.plan_layouts([(256, 256)], cut.size)[4]
-    layer = compositor.place(cut, layout)
+    layout = composition.plan_layouts([(256, 256)], cut.size)[4]
+    layer = composition.place(cut, layout)
     background = compositor.cover_crop(photo_background(), (256, 256))
     candidate = compositor.compose(layer, background)
     assert compositor.integrity(candidate, layer)["exact_fraction"] == 1.0
@@ -322,8 +322,8 @@ def test_fidelity_catches_an_altered_product(how: str) -> None:
 
 def test_fidelity_handles_products_smaller_than_msssim_window() -> None:
     cut = product_cutout(60, 80)
-    layout = compositor.plan_layouts([(256, 256)], cut.size, max_upscale=1.0)[0]
-    layer = compositor.place(cut, layout)
+    layout = composition.plan_layouts([(256, 256)], cut.size, max_upscale=1.0)[0]
+    layer = composition.place(cut, layout)
     candidate = compositor.compose(layer, compositor.backdrop((256, 256), []))
     assert fidelity.fidelity(candidate, layer)["msssim_edges"] > 0.95
     bad = fidelity.fidelity(_altered(candidate, layer, "blur"), layer)

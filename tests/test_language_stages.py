@@ -12,7 +12,7 @@ from PIL import Image
 
 from shared.config import Settings
 from tests.test_llm_openai import FakeOpenAI, Reply, chat_completion, server  # noqa: F401 - the fixture
-from workers.models import compositor
+from workers.models import composition, compositor
 from workers.stages import guideline, language, revise, scale
 
 CAPTION = "a red running shoe on an urban street at sunset, warm golden light, lifestyle product photography"
@@ -38,8 +38,8 @@ def composite() -> dict[str, Image.Image]:
     rgba[..., 2] = 200 - xx // 2
     rgba[..., 3] = np.where(((yy - 80) / 78) ** 2 + ((xx - 120) / 118) ** 2 <= 1, 255, 0)
     cutout = Image.fromarray(rgba, "RGBA")
-    layout = compositor.plan_layouts([(512, 512)], cutout.size, rotations=(0,), cutout=cutout)[7]
-    layer = compositor.place(cutout, layout)
+    layout = composition.plan_layouts([(512, 512)], cutout.size, rotations=(0,), cutout=cutout)[7]
+    layer = composition.place(cutout, layout)
     image = compositor.compose(layer, compositor.backdrop((512, 512), ["#E4572E"]))
     return {"candidate": image, "layer": layer, "product": cutout}
 

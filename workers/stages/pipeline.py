@@ -293,14 +293,14 @@ RETRY_SHRINK = 0.85  # each extra attempt with the same caption places the produ
 
 
 def plan(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import compositor
+    from workers.models import composition
 
     seg, settings = state(ctx, "segment"), ctx.settings
     attempt = int((ctx.campaign.state or {}).get("_loop", {}).get("attempt", 0))
     share = round(float(state(ctx, "scale")["share"]) * RETRY_SHRINK ** attempt, 4)
     canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
     cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
-    layouts = compositor.plan_layouts(
+    layouts = composition.plan_layouts(
         canvases,
         cutout.size,
         rows=settings.grid_rows,
@@ -347,9 +347,9 @@ def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tupl
 
 
 def generate(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import compositor
+    from workers.models import composition, compositor
 
-    layouts = [compositor.Layout(**d) for d in _batch_layouts(ctx)]
+    layouts = [composition.Layout(**d) for d in _batch_layouts(ctx)]
     cutout = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
     backgrounds = _backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
     for layout in layouts:
@@ -364,7 +364,9 @@ def _make_candidate(
     cutout: Image.Image,
     backgrounds: dict[tuple[int, int], Image.Image],
 ) -> Candidate:
-    layer = compositor.place(cutout, layout)
+    from workers.models import composition
+
+    layer = composition.place(cutout, layout)
     image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
     prefix = f"r{ctx.round}/{layout.layout_key}"
     return Candidate(
