@@ -19,6 +19,10 @@ from shared.egress import normalize_allow_entry
 
 LlmBackend = Literal["local", "rules", "openai", "bedrock"]
 LlmStage = Literal["decompose", "caption", "scale", "guideline", "revise"]
+Segmenter = Literal["matting", "sam", "segment-anything"]
+Generator = Literal["compositor", "sd-inpaint"]
+ModelDevice = Literal["auto", "cpu", "cuda"]
+ModelDtype = Literal["auto", "float16", "bfloat16"]
 
 
 class Settings(BaseSettings):
@@ -83,8 +87,52 @@ class Settings(BaseSettings):
     image_embedding_model: str = Field(
         "", description="CLIP model (local path or hub id) for image embeddings; empty = text embeddings only."
     )
-    segmenter: Literal["matting"] = Field("matting", description="Segmentation adapter.")
-    generator: Literal["compositor"] = Field("compositor", description="Generation adapter.")
+    segmenter: Segmenter = Field(
+        "matting", description="Segmentation adapter: matting (embedded), sam (transformers SamModel) or "
+        "segment-anything (the original package, GPU image only)."
+    )
+    generator: Generator = Field(
+        "compositor", description="Generation adapter: compositor (embedded) or sd-inpaint (diffusers)."
+    )
+    models_dir: Path | None = Field(
+        None, description="Directory of local model weights (default <home>/models); a model reference that "
+        "names a directory under it is loaded from there, anything else is a hub id (cache only, offline)."
+    )
+    model_device: ModelDevice = Field("auto", description="Device of the torch adapters: auto (cuda when "
+                                      "available), cpu or cuda.")
+    model_dtype: ModelDtype = Field("auto", description="Weights dtype on CUDA: auto (float16), float16 or "
+                                    "bfloat16. CPU always runs float32.")
+    sam_model: str = Field("facebook/sam-vit-base", description="SAM for the sam segmenter: local path, name "
+                           "under models_dir or hub id (facebook/sam-vit-huge, -large, -base).")
+    sam_checkpoint: str = Field("", description="segment-anything .pth checkpoint (path or name under "
+                                "models_dir) for the segment-anything segmenter.")
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="Architecture of "
+                                                                "sam_checkpoint.")
+    sd_model: str = Field(
+        "stable-diffusion-v1-5/stable-diffusion-inpainting", description="Inpainting pipeline for sd-inpaint "
+        "(SD 1.5/2 or SDXL inpainting): local path, name under models_dir or hub id."
+    )
+    sd_mode: Literal["outpaint", "layered"] = Field(
+        "outpaint", description="outpaint: one pass around the product; layered: background, then the band "
+        "where the product meets its surface, then the upper band."
+    )
+    sd_steps: int = Field(30, ge=1, le=200, description="Denoising steps per sd-inpaint pass.")
+    sd_guidance: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    sd_strength: float = Field(
+        0.85, gt=0.0, le=1.0, description="How far sd-inpaint may move away from a retrieved reference "
+        "background (the init image); 1.0 = ignore it."
+    )
+    sd_resolution: int = Field(
+        512, ge=64, le=2048, description="Longer side (multiple of 8) sd-inpaint works at; the output is "
+        "resized to the canvas and the product pasted back at full resolution."
+    )
+    sd_batch_size: int = Field(4, ge=1, le=64, description="Images per pipeline call (halved on CUDA OOM).")
+    sd_variants: int = Field(1, ge=1, le=16, description="Candidates (seeds) per layout for sd-inpaint.")
+    torch_compile: bool = Field(False, description="torch.compile the denoiser (CUDA; slow first call).")
+    channels_last: bool = Field(False, description="channels_last memory format for the denoiser (CUDA).")
+    gpu_max_tasks_per_child: int = Field(
+        200, ge=1, description="GPU worker: tasks a pool process runs before it is replaced (bounds leaks)."
+    )
     retrieval_min_score: float = Field(
         0.3, description="Hybrid search score below which a retrieved asset is 'nothing relevant'."
     )
@@ -138,6 +186,10 @@ class Settings(BaseSettings):
     @property
     def stack_file(self) -> Path:
         return self.home / "stack.json"
+
+    @property
+    def model_root(self) -> Path:
+        return self.models_dir or (self.home / "models")
 
     @property
     def objects_dir(self) -> Path:

@@ -247,7 +247,7 @@ def test_compose_over_photo_background_is_exact_too() -> None:
     layer = composition.place(cut, layout)
     background = compositor.cover_crop(photo_background(), (256, 256))
     candidate = compositor.compose(layer, background)
-    assert compositor.integrity(candidate, layer)["exact_fraction"] == 1.0
+    assert composition.integrity(candidate, layer)["exact_fraction"] == 1.0
 
 
 def test_compose_shadow_darkens_under_the_product() -> None:

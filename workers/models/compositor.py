@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image, ImageColor
 
+from workers.models.composition import paste_back, split_layer
+
 NEUTRAL = ((128, 128, 128), (96, 96, 96))  # backdrop colours when a brand has no palette
 SHADOW_STRENGTH = 0.55  # darkest shadow multiplies the backdrop by 1 - this
 
@@ -86,25 +88,12 @@ def cover_crop(background: Image.Image, canvas: tuple[int, int]) -> Image.Image:
 
 def compose(layer: Image.Image, background: Image.Image) -> Image.Image:
     """Backdrop + contact shadow + product layer; opaque product pixels copied verbatim."""
-    fg, alpha = _split_layer(layer, "layer")
+    _, alpha = split_layer(layer, "layer")
     if not isinstance(background, Image.Image) or background.size != layer.size:
         raise ValueError(f"background: expected a PIL image of size {layer.size}")
     bg = np.asarray(background.convert("RGB")).astype(np.float32)
     bg *= 1.0 - SHADOW_STRENGTH * contact_shadow(alpha)[:, :, None]
-    a = alpha.astype(np.float32)[:, :, None] / 255.0
-    out = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
-    opaque = alpha == 255
-    out[opaque] = fg[opaque]  # the promise: exact product pixels, never a blend of them
-    return Image.fromarray(out, "RGB")
-
-
-def _split_layer(layer: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray]:
-    if not isinstance(layer, Image.Image) or layer.mode != "RGBA":
-        raise ValueError(f"{name}: expected an RGBA PIL image")
-    arr = np.asarray(layer)
-    if not (arr[:, :, 3] == 255).any():
-        raise ValueError(f"{name}: has no fully opaque pixel, there is no product in it")
-    return arr[:, :, :3], arr[:, :, 3]
+    return paste_back(Image.fromarray(np.clip(bg + 0.5, 0, 255).astype(np.uint8), "RGB"), layer)
 
 
 def contact_shadow(alpha: np.ndarray) -> np.ndarray:
@@ -137,15 +126,3 @@ def _footprint(fg: np.ndarray) -> tuple[int, int, int]:
     width = int(xs.max() - xs.min()) + 1
     half_w = max(4, round(0.55 * max(span, 0.6 * width)))
     return int(round(xs[low].mean())), bottom, half_w
-
-
-def integrity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | int]:
-    """How many of the layer's fully opaque pixels survive bit-exact in ``candidate``."""
-    fg, alpha = _split_layer(layer, "layer")
-    if not isinstance(candidate, Image.Image) or candidate.size != layer.size:
-        raise ValueError(f"candidate: expected a PIL image of size {layer.size}")
-    opaque = alpha == 255
-    cand = np.asarray(candidate.convert("RGB"))
-    n = int(opaque.sum())
-    m = int(np.all(cand[opaque] == fg[opaque], axis=1).sum())
-    return {"opaque_pixels": n, "exact_pixels": m, "exact_fraction": m / n}

@@ -3,7 +3,7 @@
 Three views of the same question, strictest first:
 
 * ``exact_fraction`` - share of the layer's fully opaque pixels that are bit-identical
-  in the candidate (see compositor.integrity). 1.0 is the promise.
+  in the candidate (see composition.integrity). 1.0 is the promise.
 * ``msssim_edges``   - MS-SSIM between edge maps of the product's bounding box in the
   candidate and in a reference built from the layer. Catches structural damage (blur,
   redrawn text, warped logos) that a generator might introduce even when colours are
@@ -19,7 +19,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from workers.models.compositor import integrity
+from workers.models.composition import integrity
 
 MSSSIM_MIN_SIDE = 161  # 5 scales with an 11 px window need > (11 - 1) * 2**4 px
 MSSSIM_MAX_SIDE = 1024  # larger crops are downscaled: cost, not accuracy, grows past this

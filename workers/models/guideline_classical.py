@@ -17,7 +17,7 @@ Checkable without a model, because we hold the exact ``layer`` that was composit
   product's base with a contact shadow. A band just under the base is compared with
   the same rows beside the shadow; no darkening means nothing grounds the product.
 * ``distorted_product``  - share of the product's fully opaque pixels that are still
-  bit-exact (:func:`compositor.integrity`). The promise is 100 %.
+  bit-exact (:func:`composition.integrity`). The promise is 100 %.
 
 Not checkable without a model: ``extra_objects`` and ``text_artefacts``. The background
 is not an input, and nothing in the pixels tells a stray object or garbled lettering
@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image
 
 # _footprint is where compose() centres its contact shadow: look for the shadow exactly there.
-from workers.models.compositor import _footprint, integrity
+from workers.models.composition import integrity
+from workers.models.compositor import _footprint
 
 BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
 
