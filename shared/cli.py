@@ -24,7 +24,9 @@ assets_app = typer.Typer(help="The media library: bulk import, embedding status 
                          no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(tenants_app, name="tenants")
+models_app = typer.Typer(help="The configured models: stage -> adapter -> weights.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
+app.add_typer(models_app, name="models")
 
 POOLS = {"cpu": "llm,retrieval,scoring,webhooks", "gpu": "segment,generate,qc"}
 
@@ -261,6 +263,13 @@ def worker(
     queues = ",".join(POOLS.values()) if pool == "all" else POOLS[pool]
     node = name or f"{pool}-{os.getpid()}@%h"
     flags = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+    if pool == "gpu":
+        if concurrency != 1:
+            raise typer.BadParameter("a GPU worker runs one process per GPU (start one worker per GPU)",
+                                     param_hint="--concurrency")
+        # A long-lived CUDA process fragments memory and keeps what leaks; replacing the child
+        # now and then bounds both (the model is loaded again once, not per task).
+        flags += ["--max-tasks-per-child", str(get_settings().gpu_max_tasks_per_child)]
     if beat:
         flags += ["--beat", "--schedule", _schedule_file()]
     os.environ["ONBRAND_WORKER_QUEUES"] = queues  # tells the pool processes which models to warm
@@ -282,6 +291,14 @@ def _schedule_file() -> str:
 def _exec_celery(*args: str) -> NoReturn:
     argv = [sys.executable, "-m", "celery", "-A", "workers.celery_app:app", *args, "-l", get_settings().log_level]
     os.execvp(argv[0], argv)  # replace this process: signals reach Celery directly
+
+
+@models_app.command("check")
+def models_check() -> NoReturn:
+    """Load every configured model offline; name the stage of each one that is missing (exit 1)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    argv = [sys.executable, "-m", "workers.models.registry"]
+    os.execvp(argv[0], argv)
 
 
 @app.command()

@@ -151,7 +151,12 @@ class Settings(BaseSettings):
     product_scale: float = Field(
         0.45, description="Share of the canvas the product's larger side takes (before the fit and upscale caps)."
     )
-    generate_batch_size: int = Field(9, description="Candidates per generate/qc task.")
+    max_upscale: float = Field(2.0, gt=0.0, description="The product is never scaled up beyond this factor.")
+    min_product_share: float = Field(
+        0.1, ge=0.0, lt=1.0, description="A canvas where the product's larger side would cover less than this "
+        "share (too small to fit, or upscale-capped) is skipped and reported."
+    )
+    generate_batch_size: int = Field(9, description="Layouts per generate/qc task.")
     qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
     qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
 

@@ -350,6 +350,12 @@ def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
     locs = _locs(client.post("/v1/campaigns", json=campaign, headers=acme.auth))
     assert {("body", "brand_id"), ("body", "brief"), ("body", "sizes", 0, "width"), ("body", "top_k"),
             ("body", "qc_policy"), ("body", "webhook_url")} <= {tuple(loc) for loc in locs}
+    sizes = {"brand_id": str(uuid.uuid4()), "brief": "b", "sizes": [
+        {"aspect": "2:1"}, {"aspect": "4:5", "width": 512, "height": 512}, {"width": 512}],
+        "safe_zones": [{"x": 0.9, "y": 0, "width": 0.2, "height": 0.1}, {"x": 0, "y": 0, "width": 0, "height": 1}]}
+    assert _locs(client.post("/v1/campaigns", json=sizes, headers=acme.auth)) == [
+        ["body", "sizes", 0, "aspect"], ["body", "sizes", 1], ["body", "sizes", 2], ["body", "safe_zones", 0],
+        ["body", "safe_zones", 1, "width"]]
     too_many = {"brand_id": str(uuid.uuid4()), "brief": "b", "sizes": [{"width": 512, "height": 512}] * 7}
     assert _locs(client.post("/v1/campaigns", json=too_many, headers=acme.auth)) == [["body", "sizes"]]
     assert _locs(client.get("/v1/brands?limit=0", headers=acme.auth)) == [["query", "limit"]]
@@ -522,7 +528,8 @@ def test_failed_insert_deletes_written_objects(
 def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
     brand_id, product = make_brand(client, acme), make_product(client, acme)
     body = {"brand_id": brand_id, "brief": "  Launch the new runner  ", "product_asset_ids": [product, product],
-            "sizes": [{"width": 1080, "height": 1350}], "top_k": 2, "qc_policy": "weighted",
+            "sizes": [{"width": 1080, "height": 1350}, {"aspect": "1.91:1"}], "top_k": 2, "qc_policy": "weighted",
+            "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}],
             "webhook_url": "https://example.com/hooks/onbrand"}
     response = client.post("/v1/campaigns", json=body, headers=acme.auth)
     assert response.status_code == 202, response.text
@@ -532,7 +539,9 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
     assert campaign["status_url"].endswith(f"/v1/campaigns/{campaign['id']}")
     assert campaign["webhook_secret"].startswith("whsec_")
     assert campaign["request"] == {
-        "product_asset_ids": [product], "sizes": [{"width": 1080, "height": 1350}], "top_k": 2,
+        "product_asset_ids": [product], "sizes": [{"width": 1080, "height": 1350},
+                                                  {"aspect": "1.91:1", "width": 1200, "height": 628}],
+        "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}], "top_k": 2,
         "qc_policy": "weighted", "max_retry_attempts": 1, "max_prompt_revisions": 1,
         "webhook_url": "https://example.com/hooks/onbrand"}
     assert [s["stage"] for s in campaign["stages"]] == list(queue.PIPELINE)

@@ -39,5 +39,18 @@ def warm_models() -> None:
             from workers.models import text_embedder
 
             text_embedder.load()
+        _warm_gpu_models(queues)
     except Exception:  # a broken model must fail the task that needs it, loudly, not the worker
         logging.getLogger("onbrand").exception("model warm-up failed")
+
+
+def _warm_gpu_models(queues: set[str]) -> None:
+    """Segmenter and generator once per pool process; every task then reuses them (registry caches)."""
+    from shared.models import generate_spec, segment_spec
+    from workers.models import registry
+
+    settings = get_settings()
+    if "segment" in queues:
+        registry.load(segment_spec(settings))
+    if "generate" in queues:
+        registry.load(generate_spec(settings))

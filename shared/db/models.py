@@ -135,7 +135,8 @@ class Campaign(Base):
     brand_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
     brief: Mapped[str] = mapped_column(Text)
     product_asset_ids: Mapped[list[Any]] = mapped_column(default=list)
-    sizes: Mapped[list[Any]] = mapped_column(default=list)  # [{width, height}]
+    sizes: Mapped[list[Any]] = mapped_column(default=list)  # [{width, height, aspect?}]
+    safe_zones: Mapped[list[Any]] = mapped_column(default=list)  # [{label, x, y, width, height}] canvas fractions
     top_k: Mapped[int] = mapped_column(Integer, default=3)
     qc_policy: Mapped[str] = mapped_column(String(20), default="strict")
     max_retry_attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -188,7 +189,8 @@ class Candidate(Base):
     image_key: Mapped[str | None] = mapped_column(String(500))
     layer_key: Mapped[str | None] = mapped_column(String(500))
     generator: Mapped[str] = mapped_column(String(50), default="")
-    integrity: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    integrity: Mapped[dict[str, Any]] = mapped_column(default=dict)  # exact fraction, sha256s, placement
+    generation: Mapped[dict[str, Any]] = mapped_column(default=dict)  # adapter, model, seed, gpu_seconds, passes
     qc: Mapped[dict[str, Any]] = mapped_column(default=dict)  # metrics + verdicts with reasons
     passed: Mapped[bool | None] = mapped_column(Boolean)
     aesthetic: Mapped[float | None] = mapped_column(Float)

@@ -35,6 +35,28 @@ class Layout:
 # --- layout planning -----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class SafeZone:
+    """A region of every canvas the product must not cover (headline, logo), in canvas fractions."""
+
+    label: str
+    x: float
+    y: float
+    width: float
+    height: float
+
+    def rect(self, canvas_w: int, canvas_h: int) -> tuple[float, float, float, float]:
+        return (self.x * canvas_w, self.y * canvas_h, (self.x + self.width) * canvas_w,
+                (self.y + self.height) * canvas_h)
+
+
+@dataclass
+class Plan:
+    layouts: list[Layout]
+    skipped_canvases: list[dict[str, object]]  # {"canvas": [w, h], "reason": ...}: no layout at all
+    safe_zone_exclusions: dict[str, int]  # "WxH" -> layouts dropped because they cover a safe zone
+
+
 def plan_layouts(
     canvases: list[tuple[int, int]],
     product_size: tuple[int, int],
@@ -56,15 +78,69 @@ def plan_layouts(
     the ground line: a rotated bottle touches the floor with its corner, a rotated
     round product would otherwise hover by a few pixels above its bounding box bottom.
     """
+    return plan(canvases, product_size, rows, cols, rotations, scale_share, max_upscale, margin,
+                cutout).layouts
+
+
+def plan(
+    canvases: list[tuple[int, int]],
+    product_size: tuple[int, int],
+    rows: int = 3,
+    cols: int = 3,
+    rotations: tuple[float, ...] = (-15, 0, 15),
+    scale_share: float = 0.45,
+    max_upscale: float = 2.0,
+    margin: float = 0.04,
+    cutout: Image.Image | None = None,
+    *,
+    min_share: float = 0.0,
+    safe_zones: tuple[SafeZone, ...] = (),
+) -> Plan:
+    """:func:`plan_layouts` that also skips, and reports, what cannot be placed.
+
+    A canvas where the product's larger relative side would stay below ``min_share`` (it
+    does not fit any larger, or only by upscaling beyond ``max_upscale``) is skipped; so is
+    every layout whose box covers a safe zone, and a canvas left with none.
+    """
     _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share,
                      max_upscale, margin)
     _check_cutout(cutout, product_size)
+    if not 0 <= min_share < 1:
+        raise ValueError(f"min_share: expected 0 <= share < 1, got {min_share}")
     grid = _Grid(rows, cols, tuple(float(r) for r in rotations), margin)
-    layouts: list[Layout] = []
+    out = Plan([], [], {})
     for canvas in canvases:
-        scale = _canvas_scale(canvas, product_size, grid, scale_share, max_upscale)
-        layouts += _canvas_layouts(canvas, product_size, cutout, scale, grid)
-    return layouts
+        _plan_canvas(out, canvas, product_size, cutout, grid, (scale_share, max_upscale, min_share), safe_zones)
+    return out
+
+
+def _plan_canvas(out: Plan, canvas: tuple[int, int], product: tuple[int, int], cutout: Image.Image | None,
+                 grid: _Grid, shares: tuple[float, float, float], zones: tuple[SafeZone, ...]) -> None:
+    scale_share, max_upscale, min_share = shares
+    scale = _canvas_scale(canvas, product, grid, scale_share, max_upscale)
+    achieved = scale * max(product[0] / canvas[0], product[1] / canvas[1])
+    if achieved < min_share:
+        out.skipped_canvases.append({"canvas": list(canvas), "reason": _too_small(achieved, min_share, scale,
+                                                                                   max_upscale)})
+        return
+    found = _canvas_layouts(canvas, product, cutout, scale, grid)
+    kept = [lay for lay in found if not any(_covers(lay, zone) for zone in zones)]
+    if len(kept) < len(found):
+        out.safe_zone_exclusions[f"{canvas[0]}x{canvas[1]}"] = len(found) - len(kept)
+    if not kept:
+        out.skipped_canvases.append({"canvas": list(canvas), "reason": "every grid position covers a safe zone"})
+    out.layouts += kept
+
+
+def _too_small(achieved: float, min_share: float, scale: float, max_upscale: float) -> str:
+    why = (f"upscaling is capped at {max_upscale:g}x" if scale >= max_upscale - 1e-9
+           else "it does not fit the canvas any larger at every rotation")
+    return f"the product would cover only {achieved:.0%} of the canvas (minimum {min_share:.0%}): {why}"
+
+
+def _covers(layout: Layout, zone: SafeZone) -> bool:
+    x0, y0, x1, y1 = zone.rect(layout.canvas_w, layout.canvas_h)
+    return layout.x < x1 and x0 < layout.x + layout.width and layout.y < y1 and y0 < layout.y + layout.height
 
 
 @dataclass(frozen=True)

@@ -6,13 +6,15 @@ output in ctx.state_patch / ctx.rows / ctx.finalize for the runner to commit ato
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
 
 from PIL import Image
 from sqlalchemy import delete, or_, select
@@ -21,10 +23,13 @@ from sqlalchemy.orm import Session
 from shared import webhooks
 from shared.db.models import Asset, Brand, Campaign, Candidate, LlmCall, Result
 from shared.db.session import session_scope
+from shared.models import ModelSpec, generate_spec, segment_spec
 from shared.search import Filters, Space, search
 from shared.storage import campaign_key, get_storage
 from workers.stages import library
 from workers.stages.runner import StageContext, StageError, StageFn, Task, now, webhook_tasks
+
+T = TypeVar("T")
 
 # --- helpers --------------------------------------------------------------------------------
 
@@ -237,24 +242,37 @@ def _pick(session: Session, ctx: StageContext, found: list[dict[str, Any]]) -> d
 
 
 def segment(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import matting
+    from workers.models import matting, registry
 
     retrieved = state(ctx, "retrieve")
     with session_scope() as session:
         asset = tenant_asset(session, ctx.tenant_id, retrieved["product_asset_id"])
     image = load_image(asset.storage_key)
+    spec = segment_spec(ctx.settings)
     try:
-        result = matting.segment(image)
+        result = _model_call(spec, lambda: registry.load(spec).segment(image))
     except matting.SegmentationError as exc:
         raise StageError("segmentation_failed", f"product asset {asset.id}: {exc}") from exc
     keys = _store_masks(ctx, image, result)
     ctx.state_patch["segment"] = {
+        "adapter": spec.adapter,
+        "model": spec.model or None,
         "method": result.method,
         "quality": result.quality,
         **keys,
         "product_asset_id": str(asset.id),
     }
-    return {"method": result.method, "quality": result.quality}
+    return {"adapter": spec.adapter, "method": result.method, "quality": result.quality}
+
+
+def _model_call(spec: ModelSpec, call: Callable[[], T]) -> T:
+    """A configured model that cannot be loaded fails the stage at once, naming it (no retries)."""
+    from workers.models.runtime import ModelUnavailable
+
+    try:
+        return call()
+    except ModelUnavailable as exc:
+        raise StageError("model_unavailable", str(exc)) from None
 
 
 def _store_masks(ctx: StageContext, image: Image.Image, result: Any) -> dict[str, str]:
@@ -298,29 +316,41 @@ def plan(ctx: StageContext) -> dict[str, Any]:
     seg, settings = state(ctx, "segment"), ctx.settings
     attempt = int((ctx.campaign.state or {}).get("_loop", {}).get("attempt", 0))
     share = round(float(state(ctx, "scale")["share"]) * RETRY_SHRINK ** attempt, 4)
-    canvases = [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
     cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
-    layouts = composition.plan_layouts(
-        canvases,
-        cutout.size,
-        rows=settings.grid_rows,
-        cols=settings.grid_cols,
-        rotations=tuple(settings.rotations),
-        scale_share=share,
-        cutout=cutout,
-    )
-    batches = max(1, math.ceil(len(layouts) / settings.generate_batch_size))
-    ctx.state_patch["plan"] = {
-        "layouts": [asdict(layout) for layout in layouts],
+    zones = tuple(composition.SafeZone(**z) for z in ctx.campaign.safe_zones or [])
+    made = composition.plan(
+        _canvases(ctx), cutout.size, settings.grid_rows, settings.grid_cols, tuple(settings.rotations), share,
+        settings.max_upscale, cutout=cutout, min_share=settings.min_product_share, safe_zones=zones)
+    if not made.layouts:
+        reasons = "; ".join(f"{c['canvas'][0]}x{c['canvas'][1]}: {c['reason']}" for c in made.skipped_canvases)
+        raise StageError("no_layout_fits", f"no canvas can hold the product: {reasons}")
+    batches = max(1, math.ceil(len(made.layouts) / settings.generate_batch_size))
+    ctx.state_patch["plan"] = _plan_state(ctx, made, share, attempt, batches)
+    return {"layouts": len(made.layouts), "batches": batches, "skipped_canvases": len(made.skipped_canvases)}
+
+
+def _canvases(ctx: StageContext) -> list[tuple[int, int]]:
+    return [(int(s["width"]), int(s["height"])) for s in (ctx.campaign.sizes or [{"width": 1024, "height": 1024}])]
+
+
+def _plan_state(ctx: StageContext, made: Any, share: float, attempt: int, batches: int) -> dict[str, Any]:
+    settings = ctx.settings
+    return {
+        "layouts": [asdict(layout) for layout in made.layouts],
         "batch_size": settings.generate_batch_size,
         "batches": batches,
         "grid": [settings.grid_rows, settings.grid_cols],
         "rotations": list(settings.rotations),
-        "canvases": [list(c) for c in canvases],
+        "canvases": [list(c) for c in _canvases(ctx)],
+        "skipped_canvases": made.skipped_canvases,
+        "safe_zones": list(ctx.campaign.safe_zones or []),
+        "safe_zone_exclusions": made.safe_zone_exclusions,
         "scale_share": share,
+        "max_upscale": settings.max_upscale,
+        "min_share": settings.min_product_share,
+        "anchor": "bottom-centre on the row's ground line",
         "attempt": attempt,
     }
-    return {"layouts": len(layouts), "batches": batches}
 
 
 # --- generate (generate queue) ----------------------------------------------------------------
@@ -346,41 +376,100 @@ def _backgrounds(ctx: StageContext, canvases: set[tuple[int, int]]) -> dict[tupl
     return {c: compositor.cover_crop(source, c) if source else compositor.backdrop(c, palette) for c in canvases}
 
 
+@dataclass
+class _Made:
+    """One generated candidate before it becomes a row: which layout, which variant, its pixels."""
+
+    layout: Any
+    layer: Image.Image
+    image: Image.Image
+    variant: int
+    generation: dict[str, Any]
+
+
 def generate(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import composition, compositor
+    from workers.models import composition
 
     layouts = [composition.Layout(**d) for d in _batch_layouts(ctx)]
     cutout = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
     backgrounds = _backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
-    for layout in layouts:
-        ctx.rows.append(_make_candidate(ctx, compositor, layout, cutout, backgrounds))
-    return {"candidates": len(layouts), "generator": "compositor"}
+    layers = [composition.place(cutout, layout) for layout in layouts]
+    spec = generate_spec(ctx.settings)
+    make = _inpaint if spec.adapter == "sd-inpaint" else _composite
+    made = _model_call(spec, lambda: make(ctx, spec, list(zip(layouts, layers, strict=True)), backgrounds))
+    saved_layers: set[str] = set()
+    for item in made:
+        ctx.rows.append(_candidate_row(ctx, item, saved_layers))
+    return {"candidates": len(made), "generator": spec.adapter,
+            "gpu_seconds": round(sum(m.generation.get("gpu_seconds", 0.0) for m in made), 3)}
 
 
-def _make_candidate(
-    ctx: StageContext,
-    compositor: Any,
-    layout: Any,
-    cutout: Image.Image,
-    backgrounds: dict[tuple[int, int], Image.Image],
-) -> Candidate:
+def _composite(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.Image]],
+               backgrounds: dict[tuple[int, int], Image.Image]) -> list[_Made]:
+    from workers.models import compositor
+
+    out = []
+    for layout, layer in placed:
+        started = time.perf_counter()
+        image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
+        seconds = round(time.perf_counter() - started, 4)
+        out.append(_Made(layout, layer, image, 0, {"adapter": "compositor", "device": "cpu", "seed": None,
+                                                   "cpu_seconds": seconds}))
+    return out
+
+
+def _inpaint(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.Image]],
+             backgrounds: dict[tuple[int, int], Image.Image]) -> list[_Made]:
+    """sd-inpaint: every layout x variant, batched by the adapter; the reference background (when one
+    was retrieved) is the init image, otherwise the model paints the whole scene."""
+    from workers.models import registry, sd_inpaint
+
+    reference = bool(state(ctx, "retrieve").get("background_asset_id"))
+    todo = [(layout, layer, v) for layout, layer in placed for v in range(ctx.settings.sd_variants)]
+    jobs = [sd_inpaint.Job(layer, backgrounds[(lay.canvas_w, lay.canvas_h)] if reference else None,
+                           seed_for(ctx, lay.layout_key, v)) for lay, layer, v in todo]
+    caption_state = state(ctx, "caption")
+    outputs = registry.load(spec).generate(jobs, caption_state["caption"], caption_state.get("negative_prompt", ""),
+                                           background_prompt=_background_prompt(ctx))
+    return [_Made(lay, layer, out.image, v, _generation(spec, out, reference))
+            for (lay, layer, v), out in zip(todo, outputs, strict=True)]
+
+
+def _generation(spec: ModelSpec, out: Any, reference: bool) -> dict[str, Any]:
+    return {"adapter": spec.adapter, "model": spec.model, "seed": out.seed, "device": spec.device,
+            "mode": spec.option("mode"), "passes": list(out.passes), "working_size": list(out.size),
+            "steps": spec.option("steps"), "init": "reference background" if reference else "none",
+            "gpu_seconds": round(out.gpu_seconds, 4)}
+
+
+def _background_prompt(ctx: StageContext) -> str | None:
+    backgrounds = state(ctx, "decompose").get("backgrounds") or []
+    return ", ".join(backgrounds) or state(ctx, "retrieve").get("background_caption")
+
+
+def seed_for(ctx: StageContext, layout_key: str, variant: int) -> int:
+    """Deterministic per (campaign, round, layout, variant): a retried task paints the same pixels."""
+    digest = hashlib.sha256(f"{ctx.campaign.id}:{ctx.round}:{layout_key}:{variant}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
+
+
+def _candidate_row(ctx: StageContext, item: _Made, saved_layers: set[str]) -> Candidate:
     from workers.models import composition
 
-    layer = composition.place(cutout, layout)
-    image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
-    prefix = f"r{ctx.round}/{layout.layout_key}"
+    layout = item.layout
+    key = layout.layout_key if item.variant == 0 else f"{layout.layout_key}-v{item.variant}"
+    prefix = campaign_key(ctx.tenant_id, ctx.campaign.id, f"r{ctx.round}/{layout.layout_key}")
+    layer_key = f"{prefix}/layer.png"
+    if layer_key not in saved_layers:  # variants of a layout share its product layer
+        save_png(layer_key, item.layer)
+        saved_layers.add(layer_key)
+    suffix = "" if item.variant == 0 else f"-v{item.variant}"
     return Candidate(
-        id=candidate_id(ctx.campaign.id, ctx.round, layout.layout_key),
-        tenant_id=ctx.tenant_id,
-        campaign_id=ctx.campaign.id,
-        round=ctx.round,
-        batch=ctx.item,
-        layout_key=layout.layout_key,
-        placement=placement(layout),
-        generator="compositor",
-        integrity=compositor.integrity(image, layer),
-        image_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/candidate.png"), image),
-        layer_key=save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, f"{prefix}/layer.png"), layer),
+        id=candidate_id(ctx.campaign.id, ctx.round, key), tenant_id=ctx.tenant_id, campaign_id=ctx.campaign.id,
+        round=ctx.round, batch=ctx.item, layout_key=key, placement=placement(layout),
+        generator=item.generation["adapter"], generation=item.generation,
+        integrity={**composition.integrity(item.image, item.layer), "placement": placement(layout)},
+        image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image), layer_key=layer_key,
     )
 
 

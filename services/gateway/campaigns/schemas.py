@@ -5,7 +5,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    model_serializer,
+    model_validator,
+)
 
 from services.gateway.webhook_targets import WebhookUrl
 
@@ -19,11 +28,58 @@ def _unique(ids: list[uuid.UUID]) -> list[uuid.UUID]:
     return list(dict.fromkeys(ids))  # repeated ids mean the same product once; keep the order
 
 
+Aspect = Literal["1:1", "4:5", "9:16", "16:9", "1.91:1"]
+# The ad platforms' recommended pixel sizes for each named aspect ratio (feed, portrait, story, video, link).
+AD_SIZES: dict[str, tuple[int, int]] = {
+    "1:1": (1080, 1080), "4:5": (1080, 1350), "9:16": (1080, 1920), "16:9": (1920, 1080), "1.91:1": (1200, 628),
+}
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
 class Size(BaseModel):
+    """An ad size: a named aspect ratio (resolved to its standard pixel size) or explicit width and height."""
+
     model_config = ConfigDict(extra="forbid")
 
-    width: Dimension
-    height: Dimension
+    aspect: Aspect | None = None
+    width: Dimension | None = None
+    height: Dimension | None = None
+
+    @model_validator(mode="after")
+    def _resolve(self) -> Size:
+        if self.aspect is None:
+            if self.width is None or self.height is None:
+                raise ValueError("give an aspect (1:1, 4:5, 9:16, 16:9, 1.91:1) or both width and height")
+            return self
+        standard = AD_SIZES[self.aspect]
+        if (self.width, self.height) not in ((None, None), standard):
+            raise ValueError(f"aspect {self.aspect} is {standard[0]}x{standard[1]}; give the aspect or a size, "
+                             "not both")
+        self.width, self.height = standard
+        return self
+
+    @model_serializer(mode="wrap")
+    def _without_unset_aspect(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if not (k == "aspect" and v is None)}
+
+
+class SafeZone(BaseModel):
+    """A region of every canvas the product must not cover (text, logo), in fractions of the canvas."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)] = "text"
+    x: Fraction
+    y: Fraction
+    width: Annotated[float, Field(gt=0.0, le=1.0)]
+    height: Annotated[float, Field(gt=0.0, le=1.0)]
+
+    @model_validator(mode="after")
+    def _inside(self) -> SafeZone:
+        if self.x + self.width > 1.0 + 1e-9 or self.y + self.height > 1.0 + 1e-9:
+            raise ValueError("the zone reaches past the canvas (x + width and y + height must be <= 1)")
+        return self
 
 
 class CampaignCreate(BaseModel):
@@ -34,6 +90,8 @@ class CampaignCreate(BaseModel):
     product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
         default_factory=list, max_length=20, description="The tenant's product assets; empty: retrieved by brief.")
     sizes: list[Size] = Field(default_factory=lambda: [Size(width=1024, height=1024)], min_length=1, max_length=6)
+    safe_zones: list[SafeZone] = Field(default_factory=list, max_length=8, description="Regions the product "
+                                       "must not cover on any canvas (headline, logo), in canvas fractions.")
     top_k: int = Field(3, ge=1, le=10)
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5)
@@ -46,6 +104,7 @@ class CampaignRequest(BaseModel):
 
     product_asset_ids: list[uuid.UUID]
     sizes: list[Size]
+    safe_zones: list[SafeZone] = Field(default_factory=list)
     top_k: int
     qc_policy: QcPolicy
     max_retry_attempts: int
@@ -121,7 +180,10 @@ class CandidateRead(BaseModel):
     image_url: str | None
     layer_url: str | None
     generator: str
-    integrity: dict[str, Any]
+    integrity: dict[str, Any] = Field(description="Exact-pixel fraction and sha256 of the product region (as placed "
+                                      "and in the candidate), and the placement.")
+    generation: dict[str, Any] = Field(default_factory=dict, description="Adapter, model, seed, device, passes and "
+                                       "GPU-seconds of this candidate.")
     qc: dict[str, Any]
     passed: bool | None
     aesthetic: float | None

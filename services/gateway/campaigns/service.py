@@ -51,7 +51,9 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
     url = str(body.webhook_url) if body.webhook_url else None
     return Campaign(
         id=uuid.uuid4(), tenant_id=tenant_id, brand_id=body.brand_id, brief=body.brief,
-        product_asset_ids=[str(i) for i in body.product_asset_ids], sizes=[s.model_dump() for s in body.sizes],
+        product_asset_ids=[str(i) for i in body.product_asset_ids],
+        sizes=[s.model_dump(exclude_none=True) for s in body.sizes],
+        safe_zones=[z.model_dump() for z in body.safe_zones],
         top_k=body.top_k, qc_policy=body.qc_policy, max_retry_attempts=body.max_retry_attempts,
         max_prompt_revisions=body.max_prompt_revisions, webhook_url=url,
         webhook_secret=webhooks.new_secret() if url else None, status="queued", round=0, state={},

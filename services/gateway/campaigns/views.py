@@ -23,6 +23,7 @@ from services.gateway.campaigns.schemas import (
     LlmUsage,
     QcPolicy,
     ResultRead,
+    SafeZone,
     Size,
     StageRead,
     StageStatus,
@@ -133,7 +134,8 @@ def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
 def _request(campaign: Campaign) -> CampaignRequest:
     return CampaignRequest(
         product_asset_ids=campaign.product_asset_ids, sizes=[Size.model_validate(s) for s in campaign.sizes],
-        top_k=campaign.top_k, qc_policy=cast(QcPolicy, campaign.qc_policy),
+        safe_zones=[SafeZone.model_validate(z) for z in campaign.safe_zones or []], top_k=campaign.top_k,
+        qc_policy=cast(QcPolicy, campaign.qc_policy),
         max_retry_attempts=campaign.max_retry_attempts, max_prompt_revisions=campaign.max_prompt_revisions,
         webhook_url=campaign.webhook_url,
     )
@@ -178,6 +180,7 @@ def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
     return CandidateRead(
         id=cand.id, round=cand.round, layout_key=cand.layout_key, placement=cand.placement,
         image_url=_url(storage, cand.image_key), layer_url=_url(storage, cand.layer_key), generator=cand.generator,
-        integrity=cand.integrity, qc=cand.qc, passed=cand.passed, aesthetic=cand.aesthetic, rank=cand.rank,
+        integrity=cand.integrity, generation=cand.generation or {}, qc=cand.qc, passed=cand.passed,
+        aesthetic=cand.aesthetic, rank=cand.rank,
         excluded_reason=cand.excluded_reason,
     )
