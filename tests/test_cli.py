@@ -36,3 +36,39 @@ def test_beat_runs_the_sweep_schedule(stack_urls: dict[str, str], tmp_path: Path
         assert list((tmp_path / "home").glob("celerybeat-schedule*"))
     finally:
         procs.stop_all()
+
+
+def test_a_gpu_worker_runs_one_process(tmp_path: Path) -> None:
+    done = subprocess.run(onbrand_cmd("worker", "--pool", "gpu", "--concurrency", "2"), env=base_env(tmp_path),
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "one process per GPU" in done.stderr
+
+
+def test_models_check_names_the_stage_of_each_missing_model(tmp_path: Path) -> None:
+    env = base_env(tmp_path, ONBRAND_LLM_BACKEND="rules", ONBRAND_SEGMENTER="sam",
+                   ONBRAND_SAM_MODEL=str(tmp_path / "no-such-sam"), ONBRAND_GENERATOR="sd-inpaint",
+                   ONBRAND_SD_MODEL="acme/not-in-the-offline-cache")
+    done = subprocess.run(onbrand_cmd("models", "check"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("ok") and "retrieve" in line for line in lines)  # the packaged text model loads
+    sam = next(line for line in lines if "segment" in line and "sam" in line)
+    sd = next(line for line in lines if "generate" in line and "sd-inpaint" in line)
+    assert sam.startswith("MISSING") and "no-such-sam" in sam and "local path" in sam
+    assert sd.startswith("MISSING") and "acme/not-in-the-offline-cache" in sd and "HF cache" in sd
+    assert lines[-1] == "1 of 3 models load; missing: segment (sam), generate (sd-inpaint)"
+
+
+def test_models_check_loads_the_tiny_production_models(tmp_path: Path) -> None:
+    from tests.tiny_sam import build_tiny_sam
+    from tests.tiny_sd import build_tiny_sd_inpaint
+
+    env = base_env(tmp_path, ONBRAND_LLM_BACKEND="rules", ONBRAND_SEGMENTER="sam", ONBRAND_GENERATOR="sd-inpaint",
+                   ONBRAND_MODELS_DIR=str(tmp_path / "models"), ONBRAND_SAM_MODEL="tiny-sam",
+                   ONBRAND_SD_MODEL="tiny-sd")  # names under the models dir, as a mounted volume holds them
+    build_tiny_sam(tmp_path / "models" / "tiny-sam")
+    build_tiny_sd_inpaint(tmp_path / "models" / "tiny-sd")
+    done = subprocess.run(onbrand_cmd("models", "check"), env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1] == "3 of 3 models load"
+    assert f"loaded from {tmp_path / 'models' / 'tiny-sd'}" in done.stdout

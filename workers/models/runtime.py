@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from shared.models import ModelSpec
@@ -30,7 +31,8 @@ class ModelUnavailable(RuntimeError):
     """
 
     def __init__(self, spec: ModelSpec, reason: str) -> None:
-        where = "local path" if spec.local else "hub id (offline: must already be in the HF cache)"
+        path_like = spec.local or Path(spec.source).is_absolute() or spec.source.startswith(".")
+        where = "local path" if path_like else "hub id (offline: must already be in the HF cache)"
         super().__init__(f"{spec.stage}: {spec.adapter} model {spec.model!r} ({where}) cannot be loaded: {reason}")
         self.spec = spec
 
