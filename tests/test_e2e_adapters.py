@@ -82,7 +82,8 @@ def test_every_candidate_keeps_the_product_pixels_exact(run: dict[str, Any]) -> 
     rotations = set()
     for cand in run["candidates"]:
         record = cand["integrity"]
-        assert record["exact_fraction"] == 1.0 and record["product_sha256"] == record["layer_sha256"], cand["layout_key"]
+        key = cand["layout_key"]
+        assert record["exact_fraction"] == 1.0 and record["product_sha256"] == record["layer_sha256"], key
         assert record["placement"] == cand["placement"]
         rotations.add(cand["placement"]["rotation"])
     assert rotations == {-15.0, 0.0, 15.0}

@@ -4,8 +4,9 @@ Two honest paths and nothing else:
 
 * ``alpha``   - the upload already carries transparency (a designer's PNG cut-out). That
   alpha is the ground truth; we only binarise it for the mask and drop stray specks.
-* ``grabcut`` - an opaque studio shot. The backdrop colour is estimated from the border,
-  everything border-connected and close to that colour is definite background, and
+* ``grabcut`` - an opaque studio shot. The backdrop colour is estimated from the border (a
+  plane per channel, to follow the light falloff of a studio sweep), everything
+  border-connected and close to the colour expected there is definite background, and
   cv2.grabCut refines the rest.
 
 When neither yields a plausible product (nothing, or practically the whole frame) we
@@ -15,6 +16,7 @@ Pure functions of pixels: no DB, no storage, no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -27,6 +29,8 @@ ALPHA_MEANINGFUL_BELOW = 250
 # full-resolution border flood fill restores crisp edges afterwards.
 WORK_MAX_SIDE = 512
 MIN_SIDE = 16
+BACKDROP_FIT_ROUNDS = 3  # robust refits of the backdrop plane (see _fit_backdrop)
+BORDER_SAMPLES = 20_000  # border pixels the backdrop plane is fitted to, at most
 MAX_AREA_SHARE = 0.98
 # Components smaller than this share of the largest are dust, shadows or reflections.
 KEEP_COMPONENT_SHARE = 0.05
@@ -41,7 +45,7 @@ class SegmentResult:
     mask: np.ndarray  # uint8 HxW, 0 or 255
     alpha: np.ndarray  # uint8 HxW soft alpha (original alpha, or the cleaned mask)
     method: str  # "alpha" | "grabcut"
-    quality: dict[str, float | int] = field(default_factory=dict)
+    quality: dict[str, Any] = field(default_factory=dict)  # numbers, plus the adapter's prompt box
 
 
 def segment(
@@ -143,11 +147,20 @@ def _segment_grabcut(rgb: np.ndarray, iterations: int, max_hole_share: float) ->
 
 
 def border_background(rgb: np.ndarray) -> np.ndarray:
-    """Bool HxW: pixels near the border's median colour and connected to the border."""
-    border = _border_pixels(rgb)
-    colour = np.median(border, axis=0)
-    dist = np.linalg.norm(rgb.astype(np.float32) - colour.astype(np.float32), axis=2)
-    near = (dist <= _tolerance(np.linalg.norm(border - colour, axis=1))).astype(np.uint8)
+    """Bool HxW: pixels near the backdrop colour expected at their place and connected to the border.
+
+    The expected colour is a plane per channel fitted to the border, not one border colour: a
+    studio sweep's light falloff is a gradient, and against one global colour a product part
+    close to the backdrop's tone (a dark sole on charcoal) matches one end of the sweep although
+    it stands out where it is.
+    """
+    ys, xs = _border_coords(rgb.shape[:2])
+    border = rgb[ys, xs].astype(np.float32)
+    design = _design(ys, xs, rgb.shape[:2])
+    plane = _fit_backdrop(design, border)
+    residual = np.linalg.norm(border - design @ plane, axis=1)
+    dist = np.linalg.norm(rgb.astype(np.float32) - _backdrop_image(plane, rgb.shape[:2]), axis=2)
+    near = (dist <= _tolerance(residual)).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
     edge_labels = np.unique(np.concatenate(
         [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
@@ -155,16 +168,51 @@ def border_background(rgb: np.ndarray) -> np.ndarray:
     return np.isin(labels, edge_labels[edge_labels > 0])
 
 
-def _border_pixels(rgb: np.ndarray) -> np.ndarray:
-    b = max(1, round(0.01 * min(rgb.shape[:2])))
-    strips = [rgb[:b].reshape(-1, 3), rgb[-b:].reshape(-1, 3),
-              rgb[:, :b].reshape(-1, 3), rgb[:, -b:].reshape(-1, 3)]
-    return np.concatenate(strips).astype(np.float32)
+def _border_coords(shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of a border strip 1 % of the short side wide (at least 1 px).
+
+    Evenly thinned to at most BORDER_SAMPLES pixels: a plane and a percentile need no more,
+    and the fit's cost then does not grow with the photo.
+    """
+    b = max(1, round(0.01 * min(shape)))
+    strip = np.zeros(shape, bool)
+    strip[:b], strip[-b:], strip[:, :b], strip[:, -b:] = True, True, True, True
+    ys, xs = np.nonzero(strip)
+    step = max(1, ys.size // BORDER_SAMPLES)
+    return ys[::step], xs[::step]
+
+
+def _design(ys: np.ndarray, xs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """N x 3 rows [1, x, y], x and y scaled to 0..1: the backdrop plane's inputs."""
+    h, w = shape
+    return np.stack([np.ones(ys.size), xs / max(1, w - 1), ys / max(1, h - 1)], axis=1).astype(np.float32)
+
+
+def _fit_backdrop(design: np.ndarray, border: np.ndarray) -> np.ndarray:
+    """3 x 3 plane coefficients (rows: 1, x, y; columns: RGB) of the backdrop along the border.
+
+    Refitted to the pixels the previous fit explains (within tolerance), so a product that
+    touches the border does not tilt the plane; three rounds settle in practice.
+    """
+    keep = np.ones(border.shape[0], bool)
+    for _ in range(BACKDROP_FIT_ROUNDS):
+        plane, *_ = np.linalg.lstsq(design[keep], border[keep], rcond=None)
+        dist = np.linalg.norm(border - design @ plane, axis=1)
+        keep = dist <= _tolerance(dist)
+    return plane.astype(np.float32)
+
+
+def _backdrop_image(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """HxWx3 float32: the backdrop colour the plane expects at every pixel."""
+    h, w = shape
+    x = (np.arange(w, dtype=np.float32) / max(1, w - 1))[None, :, None]
+    y = (np.arange(h, dtype=np.float32) / max(1, h - 1))[:, None, None]
+    return plane[0] + x * plane[1] + y * plane[2]
 
 
 def _tolerance(border_dist: np.ndarray) -> float:
-    # Scale with the backdrop's own spread (sensor noise, a soft gradient) but stay
-    # bounded: too tight leaves noise as "product", too loose eats pale products.
+    # Scale with the backdrop's own spread (sensor noise, what the plane does not model) but
+    # stay bounded: too tight leaves noise as "product", too loose eats pale products.
     return float(np.clip(np.percentile(border_dist, 75) * 2.5 + 10.0, 12.0, 60.0))
 
 
