@@ -298,9 +298,11 @@ def paste_back(image: Image.Image, layer: Image.Image) -> Image.Image:
     fg, alpha = split_layer(layer, "layer")
     if not isinstance(image, Image.Image) or image.size != layer.size:
         raise ValueError(f"image: expected a PIL image of size {layer.size}")
-    bg = np.asarray(image.convert("RGB")).astype(np.float32)
-    a = alpha.astype(np.float32)[:, :, None] / 255.0
-    out = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+    out = np.array(image.convert("RGB"))
+    ys, xs = np.nonzero(alpha)  # blend only the product's box: the rest of the canvas is untouched
+    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    a = alpha[box].astype(np.float32)[:, :, None] / 255.0
+    out[box] = np.clip(fg[box] * a + out[box] * (1 - a) + 0.5, 0, 255).astype(np.uint8)
     opaque = alpha == 255
     out[opaque] = fg[opaque]  # exact product pixels, never a blend of them
     return Image.fromarray(out, "RGB")
