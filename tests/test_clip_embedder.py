@@ -14,35 +14,13 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings, get_settings
+from tests.tiny_tokenizer import write_clip_tokenizer
 from workers.models import clip_embedder
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECTION_DIM = 16
 # BPE merges of a toy vocabulary; each result joins the vocab after the 512 byte tokens.
 MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("a", "n")]
-
-
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet: one printable character per byte value."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def _write_tokenizer(directory: Path) -> int:
-    """vocab.json + merges.txt in CLIP's format; returns the vocab size."""
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
-    return len(tokens)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +30,7 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     directory = tmp_path_factory.mktemp("models") / "tiny-clip"
     directory.mkdir()
-    vocab_size = _write_tokenizer(directory)
+    vocab_size = write_clip_tokenizer(directory, MERGES)
     tokenizer = CLIPTokenizer.from_pretrained(directory, model_max_length=77)
     assert len(tokenizer) == vocab_size
     # bos/eos must be the tokenizer's: the text tower pools at the first eos

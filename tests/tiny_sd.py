@@ -8,10 +8,11 @@ path as a downloaded checkpoint, offline. Its images are noise, which is all tes
 """
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from tests.tiny_tokenizer import write_clip_tokenizer
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -23,33 +24,11 @@ MERGES = [("s", "h"), ("sh", "o"), ("sho", "e</w>"), ("o", "n</w>"), ("s", "t"),
 HIDDEN = 32  # text hidden size = UNet cross-attention dim
 
 
-def _bytes_to_unicode() -> list[str]:
-    """GPT-2/CLIP byte-level alphabet: one printable character per byte value."""
-    printable = {*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)}
-    chars, extra = [], 0
-    for b in range(256):
-        if b in printable:
-            chars.append(chr(b))
-        else:
-            chars.append(chr(256 + extra))
-            extra += 1
-    return chars
-
-
-def _write_tokenizer_files(directory: Path) -> None:
-    """vocab.json + merges.txt in CLIP's format (special tokens last)."""
-    alphabet = _bytes_to_unicode()
-    tokens = alphabet + [c + "</w>" for c in alphabet] + ["".join(pair) for pair in MERGES]
-    tokens += ["<|startoftext|>", "<|endoftext|>"]
-    (directory / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(tokens)}))
-    (directory / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES))
-
-
 def _tokenizer() -> CLIPTokenizer:
     from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        _write_tokenizer_files(Path(tmp))
+        write_clip_tokenizer(Path(tmp), MERGES)
         return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
 
 
