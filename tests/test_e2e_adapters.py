@@ -104,7 +104,7 @@ def test_generation_records_seed_and_cost_per_candidate(run: dict[str, Any]) -> 
     seeds = [g["seed"] for g in generation]
     assert len(set(seeds)) == len(seeds)  # every candidate its own, recorded seed
     assert all(g["gpu_seconds"] > 0 and g["passes"] == ["outpaint"] and g["working_size"][0] <= 128
-               for g in generation)
+               and g["device"] == "cpu" for g in generation)
 
 
 def test_no_candidate_covers_the_safe_zone(run: dict[str, Any]) -> None:

@@ -428,15 +428,15 @@ def _inpaint(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.I
     todo = [(layout, layer, v) for layout, layer in placed for v in range(ctx.settings.sd_variants)]
     jobs = [sd_inpaint.Job(layer, backgrounds[(lay.canvas_w, lay.canvas_h)] if reference else None,
                            seed_for(ctx, lay.layout_key, v)) for lay, layer, v in todo]
-    caption_state = state(ctx, "caption")
-    outputs = registry.load(spec).generate(jobs, caption_state["caption"], caption_state.get("negative_prompt", ""),
-                                           background_prompt=_background_prompt(ctx))
-    return [_Made(lay, layer, out.image, v, _generation(spec, out, reference))
+    caption_state, inpainter = state(ctx, "caption"), registry.load(spec)
+    outputs = inpainter.generate(jobs, caption_state["caption"], caption_state.get("negative_prompt", ""),
+                                 background_prompt=_background_prompt(ctx))
+    return [_Made(lay, layer, out.image, v, _generation(spec, out, reference, str(inpainter.device)))
             for (lay, layer, v), out in zip(todo, outputs, strict=True)]
 
 
-def _generation(spec: ModelSpec, out: Any, reference: bool) -> dict[str, Any]:
-    return {"adapter": spec.adapter, "model": spec.model, "seed": out.seed, "device": spec.device,
+def _generation(spec: ModelSpec, out: Any, reference: bool, device: str) -> dict[str, Any]:
+    return {"adapter": spec.adapter, "model": spec.model, "seed": out.seed, "device": device,
             "mode": spec.option("mode"), "passes": list(out.passes), "working_size": list(out.size),
             "steps": spec.option("steps"), "init": "reference background" if reference else "none",
             "gpu_seconds": round(out.gpu_seconds, 4)}
