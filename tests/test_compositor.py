@@ -47,7 +47,7 @@ def background(kind: str, canvas: tuple[int, int]) -> Image.Image:
 def layer_at(canvas: tuple[int, int], index: int = 22, cut: Image.Image | None = None) -> Image.Image:
     """Layer of layout ``index`` of the default 3x3 x (-15, 0, 15) plan (22: r3c2 at 0 degrees)."""
     cut = cut or bottle()
-    return composition.place(cut, composition.plan_layouts([canvas], cut.size, cutout=cut)[index])
+    return composition.place(cut, composition.plan([canvas], cut.size, cutout=cut).layouts[index])
 
 
 def alpha_of(layer: Image.Image) -> np.ndarray:
@@ -71,7 +71,7 @@ def distance_to_product(alpha: np.ndarray) -> np.ndarray:
 def test_product_pixels_are_exact_for_every_layout(shape: str, kind: str) -> None:
     canvas, cut = CANVASES[shape], bottle()
     bg = background(kind, canvas)
-    layouts = composition.plan_layouts([canvas], cut.size, cutout=cut)
+    layouts = composition.plan([canvas], cut.size, cutout=cut).layouts
     assert {lay.rotation for lay in layouts} == set(ROTATIONS)
     for layout in layouts:
         layer = composition.place(cut, layout)

@@ -1,7 +1,7 @@
 """Classical guideline check: real composites built here, so each test knows the truth it checks.
 
 The product is a textured cut-out (smooth noise + lettering) so correlation has structure to find;
-candidates come from the real compositor (backdrop, plan_layouts, place, compose).
+candidates come from the real compositor (backdrop, plan, place, compose).
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def scene(size: int = 512, index: int = 22, cutout: Image.Image | None = None,
           share: float = 0.3) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(layer, backdrop, candidate) for layout ``index`` of a 3x3 grid x (-15, 0, 15) degrees."""
     cut = cutout or product()
-    layout = composition.plan_layouts([(size, size)], cut.size, cutout=cut, scale_share=share)[index]
+    layout = composition.plan([(size, size)], cut.size, cutout=cut, scale_share=share).layouts[index]
     layer = composition.place(cut, layout)
     bg = compositor.backdrop((size, size), PALETTE)
     return layer, bg, compositor.compose(layer, bg)
@@ -95,7 +95,7 @@ def test_normal_composite_passes_what_pixels_can_check(index: int) -> None:
 def test_second_copy_elsewhere_fails(scale: float, rotation: float) -> None:
     cut = product()
     layer, _, cand = scene(index=4, cutout=cut)  # r1c2: the product stands top centre
-    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan([(512, 512)], cut.size, cutout=cut, scale_share=0.3).layouts[4]
     dup = paste_copy(cand, cut, placed.scale * scale, rotation, (150, 380))
     v = by_name(gc.check(dup, layer))
     assert v["duplicated_product"]["status"] == "fail"
@@ -107,7 +107,7 @@ def test_second_copy_elsewhere_fails(scale: float, rotation: float) -> None:
 def test_second_copy_on_a_photo_background_fails() -> None:
     cut = product()
     layer, _, _ = scene(index=4, cutout=cut)
-    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan([(512, 512)], cut.size, cutout=cut, scale_share=0.3).layouts[4]
     dup = paste_copy(compositor.compose(layer, photo()), cut, placed.scale, 0.0, (380, 380))
     v = by_name(gc.check(dup, layer))["duplicated_product"]
     assert v["status"] == "fail" and v["value"] >= gc.DUPLICATE_MIN_SCORE
@@ -116,7 +116,7 @@ def test_second_copy_on_a_photo_background_fails() -> None:
 def test_a_different_textured_object_is_not_a_copy() -> None:
     cut = product()
     layer, _, cand = scene(index=4, cutout=cut)
-    placed = composition.plan_layouts([(512, 512)], cut.size, cutout=cut, scale_share=0.3)[4]
+    placed = composition.plan([(512, 512)], cut.size, cutout=cut, scale_share=0.3).layouts[4]
     other = paste_copy(cand, product(seed=7), placed.scale, 0.0, (150, 380))
     v = by_name(gc.check(other, layer))["duplicated_product"]
     assert v["status"] == "pass" and v["value"] < 0.7

@@ -60,7 +60,7 @@ def composed(canvas: tuple[int, int] = (512, 512), rotation: float = 15.0,
              row: int = 3, col: int = 2) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(candidate, layer, background) for one planned layout of the synthetic product."""
     cut = product_cutout()
-    layouts = composition.plan_layouts([canvas], cut.size, cutout=cut)
+    layouts = composition.plan([canvas], cut.size, cutout=cut).layouts
     layout = next(l for l in layouts if (l.row, l.col, l.rotation) == (row, col, rotation))
     layer = composition.place(cut, layout)
     background = compositor.backdrop(canvas, ["#2b59c3", "#e8b04b"])
@@ -159,12 +159,12 @@ def test_cutout_crops_to_mask_and_keeps_rgb() -> None:
 # --- layouts ------------------------------------------------------------------------------
 
 
-def test_plan_layouts_covers_grid_and_stays_on_canvas() -> None:
+def test_plan_covers_grid_and_stays_on_canvas() -> None:
     canvases = [(1024, 1024), (1080, 1920), (1200, 628)]
-    layouts = composition.plan_layouts(canvases, (240, 320))
+    layouts = composition.plan(canvases, (240, 320)).layouts
     assert len(layouts) == len(canvases) * 3 * 3 * 3
     assert len({l.layout_key for l in layouts}) == len(layouts)
-    assert layouts == composition.plan_layouts(canvases, (240, 320))  # deterministic
+    assert layouts == composition.plan(canvases, (240, 320)).layouts  # deterministic
     for l in layouts:
         assert 0 <= l.x and l.x + l.width <= l.canvas_w, l
         assert 0 <= l.y and l.y + l.height <= l.canvas_h, l
@@ -173,18 +173,18 @@ def test_plan_layouts_covers_grid_and_stays_on_canvas() -> None:
     assert layouts[5].layout_key == "1024x1024-r1c2-p15"
 
 
-def test_plan_layouts_never_upscales_beyond_max() -> None:
-    layouts = composition.plan_layouts([(1024, 1024)], (40, 50), max_upscale=2.0)
+def test_plan_never_upscales_beyond_max() -> None:
+    layouts = composition.plan([(1024, 1024)], (40, 50), max_upscale=2.0).layouts
     assert {l.scale for l in layouts} == {2.0}  # 0.45 * 1024 / 50 would be 9.2x
-    big = composition.plan_layouts([(1024, 1024)], (300, 400), max_upscale=2.0)
+    big = composition.plan([(1024, 1024)], (300, 400), max_upscale=2.0).layouts
     assert all(abs(l.scale * 400 - 0.45 * 1024) < 1e-6 for l in big)
 
 
 @pytest.mark.parametrize("with_cutout", [False, True])
-def test_plan_layouts_stands_products_on_their_rows_ground_line(with_cutout: bool) -> None:
+def test_plan_stands_products_on_their_rows_ground_line(with_cutout: bool) -> None:
     margin, rows, cut = 0.04, 3, product_cutout()
-    layouts = composition.plan_layouts([(1024, 1024)], cut.size, margin=margin,
-                                      cutout=cut if with_cutout else None)
+    layouts = composition.plan([(1024, 1024)], cut.size, margin=margin,
+                                      cutout=cut if with_cutout else None).layouts
     tallest = max(l.height - l.bottom_gap for l in layouts)
     grounds: dict[int, set[int]] = {}
     for l in layouts:
@@ -198,19 +198,19 @@ def test_plan_layouts_stands_products_on_their_rows_ground_line(with_cutout: boo
 
 def test_placed_product_stands_exactly_on_the_ground_line() -> None:
     cut = product_cutout()
-    for l in composition.plan_layouts([(512, 512)], cut.size, rows=2, cols=1, cutout=cut):
+    for l in composition.plan([(512, 512)], cut.size, rows=2, cols=1, cutout=cut).layouts:
         alpha = np.asarray(composition.place(cut, l))[:, :, 3]
         lowest = np.flatnonzero((alpha >= 128).any(axis=1)).max()
         assert lowest == l.ground_y - 1, l  # the last product row sits on the line
 
 
-def test_plan_layouts_names_bad_arguments() -> None:
+def test_plan_names_bad_arguments() -> None:
     with pytest.raises(ValueError, match="canvases"):
-        composition.plan_layouts([], (10, 10))
+        composition.plan([], (10, 10))
     with pytest.raises(ValueError, match="scale_share"):
-        composition.plan_layouts([(512, 512)], (10, 10), scale_share=0)
+        composition.plan([(512, 512)], (10, 10), scale_share=0)
     with pytest.raises(ValueError, match="product_size"):
-        composition.plan_layouts([(512, 512)], (0, 10))
+        composition.plan([(512, 512)], (0, 10))
 
 
 # --- rendering ----------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def test_place_at_unit_scale_is_the_product_itself() -> None:
 
 def test_place_rejects_rgb_and_mismatched_layout() -> None:
     cut = product_cutout()
-    layout = composition.plan_layouts([(512, 512)], cut.size)[0]
+    layout = composition.plan([(512, 512)], cut.size).layouts[0]
     with pytest.raises(ValueError, match="cutout"):
         composition.place(cut.convert("RGB"), layout)
     with pytest.raises(ValueError, match="layout"):
@@ -243,7 +243,7 @@ def test_compose_keeps_opaque_product_pixels_exact() -> None:
 
 def test_compose_over_photo_background_is_exact_too() -> None:
     cut = product_cutout()
-    layout = composition.plan_layouts([(256, 256)], cut.size)[4]
+    layout = composition.plan([(256, 256)], cut.size).layouts[4]
     layer = composition.place(cut, layout)
     background = compositor.cover_crop(photo_background(), (256, 256))
     candidate = compositor.compose(layer, background)
@@ -322,7 +322,7 @@ def test_fidelity_catches_an_altered_product(how: str) -> None:
 
 def test_fidelity_handles_products_smaller_than_msssim_window() -> None:
     cut = product_cutout(60, 80)
-    layout = composition.plan_layouts([(256, 256)], cut.size, max_upscale=1.0)[0]
+    layout = composition.plan([(256, 256)], cut.size, max_upscale=1.0).layouts[0]
     layer = composition.place(cut, layout)
     candidate = compositor.compose(layer, compositor.backdrop((256, 256), []))
     assert fidelity.fidelity(candidate, layer)["msssim_edges"] > 0.95

@@ -38,7 +38,7 @@ def composite() -> dict[str, Image.Image]:
     rgba[..., 2] = 200 - xx // 2
     rgba[..., 3] = np.where(((yy - 80) / 78) ** 2 + ((xx - 120) / 118) ** 2 <= 1, 255, 0)
     cutout = Image.fromarray(rgba, "RGBA")
-    layout = composition.plan_layouts([(512, 512)], cutout.size, rotations=(0,), cutout=cutout)[7]
+    layout = composition.plan([(512, 512)], cutout.size, rotations=(0,), cutout=cutout).layouts[7]
     layer = composition.place(cutout, layout)
     image = compositor.compose(layer, compositor.backdrop((512, 512), ["#E4572E"]))
     return {"candidate": image, "layer": layer, "product": cutout}

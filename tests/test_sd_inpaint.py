@@ -74,8 +74,8 @@ def cutout() -> Image.Image:
 def layers(canvases: list[tuple[int, int]] = CANVASES) -> list[Image.Image]:
     """Placed layers for every canvas x rotation, on two grid cells (upper left, lower right)."""
     product = cutout()
-    layouts = composition.plan_layouts(canvases, product.size, rows=2, cols=2, rotations=ROTATIONS,
-                                       cutout=product)
+    layouts = composition.plan(canvases, product.size, rows=2, cols=2, rotations=ROTATIONS,
+                                       cutout=product).layouts
     return [composition.place(product, layout) for layout in layouts if layout.row == layout.col]
 
 

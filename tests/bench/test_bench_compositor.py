@@ -59,7 +59,7 @@ def _candidates(cut: Image.Image, layouts: list[composition.Layout], bg: Image.I
 def _worker(share: list[int], start: Any, results: Any) -> None:
     cv2.setNumThreads(1)  # one core per process: the figure is per core
     cut = cutout()
-    layouts = composition.plan_layouts([CANVAS], cut.size, cutout=cut)
+    layouts = composition.plan([CANVAS], cut.size, cutout=cut).layouts
     mine = [layouts[i] for i in share]
     bg = compositor.backdrop(CANVAS, ["#E4572E", "#17BEBB"])
     _candidates(cut, mine[:1], bg)  # warm-up: first calls allocate

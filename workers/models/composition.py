@@ -57,31 +57,6 @@ class Plan:
     safe_zone_exclusions: dict[str, int]  # "WxH" -> layouts dropped because they cover a safe zone
 
 
-def plan_layouts(
-    canvases: list[tuple[int, int]],
-    product_size: tuple[int, int],
-    rows: int = 3,
-    cols: int = 3,
-    rotations: tuple[float, ...] = (-15, 0, 15),
-    scale_share: float = 0.45,
-    max_upscale: float = 2.0,
-    margin: float = 0.04,
-    cutout: Image.Image | None = None,
-) -> list[Layout]:
-    """Every canvas x grid row x grid column x rotation, in that (deterministic) order.
-
-    One scale per canvas, so the product has the same size in all of that canvas's
-    candidates: its larger relative side is ``scale_share`` of the canvas unless that would
-    not fit (any rotation, inside the margins) or would upscale beyond ``max_upscale``.
-
-    Pass the ``cutout`` itself (optional) to stand the product's real lowest pixel on
-    the ground line: a rotated bottle touches the floor with its corner, a rotated
-    round product would otherwise hover by a few pixels above its bounding box bottom.
-    """
-    return plan(canvases, product_size, rows, cols, rotations, scale_share, max_upscale, margin,
-                cutout).layouts
-
-
 def plan(
     canvases: list[tuple[int, int]],
     product_size: tuple[int, int],
@@ -96,11 +71,20 @@ def plan(
     min_share: float = 0.0,
     safe_zones: tuple[SafeZone, ...] = (),
 ) -> Plan:
-    """:func:`plan_layouts` that also skips, and reports, what cannot be placed.
+    """Every canvas x grid row x grid column x rotation, in that (deterministic) order.
 
-    A canvas where the product's larger relative side would stay below ``min_share`` (it
-    does not fit any larger, or only by upscaling beyond ``max_upscale``) is skipped; so is
-    every layout whose box covers a safe zone, and a canvas left with none.
+    One scale per canvas, so the product has the same size in all of that canvas's
+    candidates: its larger relative side is ``scale_share`` of the canvas unless that would
+    not fit (any rotation, inside the margins) or would upscale beyond ``max_upscale``.
+
+    Pass the ``cutout`` itself (optional) to stand the product's real lowest pixel on
+    the ground line: a rotated bottle touches the floor with its corner, a rotated
+    round product would otherwise hover by a few pixels above its bounding box bottom.
+
+    What cannot be placed is skipped and reported: a canvas where the product's larger
+    relative side would stay below ``min_share`` (it does not fit any larger, or only by
+    upscaling beyond ``max_upscale``); every layout whose box covers a safe zone; and a
+    canvas left with none.
     """
     _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share,
                      max_upscale, margin)
