@@ -21,6 +21,7 @@ LlmBackend = Literal["local", "rules", "openai", "bedrock"]
 LlmStage = Literal["decompose", "caption", "scale", "guideline", "revise"]
 Segmenter = Literal["matting", "sam", "segment-anything"]
 Generator = Literal["compositor", "sd-inpaint"]
+Aesthetic = Literal["classical", "laion"]
 ModelDevice = Literal["auto", "cpu", "cuda"]
 ModelDtype = Literal["auto", "float16", "bfloat16"]
 
@@ -159,6 +160,22 @@ class Settings(BaseSettings):
     generate_batch_size: int = Field(9, description="Layouts per generate/qc task.")
     qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
     qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
+    dinov2_model: str = Field(
+        "", description="DINOv2 (local path, name under models_dir or hub id, e.g. facebook/dinov2-base) for "
+        "product-crop similarity and embedding near-duplicates in QC; empty = off (hashes and pixels only)."
+    )
+    aesthetic: Aesthetic = Field(
+        "classical", description="Aesthetic ranking: classical (embedded, explainable parts) or laion (CLIP "
+        "ViT-L/14 + the improved-aesthetic-predictor MLP)."
+    )
+    aesthetic_clip_model: str = Field(
+        "openai/clip-vit-large-patch14", description="CLIP checkpoint of the laion aesthetic adapter: local "
+        "path, name under models_dir or hub id."
+    )
+    aesthetic_mlp: str = Field(
+        "sac+logos+ava1-l14-linearMSE.pth", description="Weights of the improved-aesthetic-predictor MLP "
+        "(.pth or .safetensors): local path or name under models_dir."
+    )
 
     # NoDecode: pydantic-settings would otherwise insist on JSON; the validator takes both forms.
     egress_allowlist: Annotated[list[str], NoDecode] = Field(

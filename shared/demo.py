@@ -364,6 +364,7 @@ box-shadow:0 2px 6px rgba(0,0,0,.3)}.badge.r2{background:#dfe3e8}.badge.r3{backg
 .chips{display:flex;flex-wrap:wrap;gap:4px}
 .chip{font-size:11px;border-radius:999px;padding:1px 8px;cursor:help;white-space:nowrap}
 .chip.pass{background:#ddf5ea;color:#0d6b45}.chip.fail{background:#ffe0e0;color:#9b1c1c}
+.chip.unchecked{background:#eeeeee;color:#555}
 .score{display:flex;align-items:baseline;gap:6px}.score b{font-size:20px}.score span{color:var(--mute);font-size:12px}
 .parts{display:grid;grid-template-columns:88px 1fr 34px;gap:2px 6px;font-size:11px;align-items:center;color:var(--mute)}
 .parts .track{height:6px;background:#f0eeea;border-radius:3px;overflow:hidden}
@@ -391,15 +392,38 @@ def order_candidates(candidates: list[Json]) -> list[Json]:
     return sorted(candidates, key=key)
 
 
+MARKS = {"pass": "✓", "fail": "✗", "unchecked": "?"}
+
+
+def _status(v: Json) -> str:
+    return str(v.get("status") or ("pass" if v.get("passed") else "fail"))
+
+
 def _chips(verdicts: list[Json]) -> str:
+    """One chip per check (product, brand and guideline verdicts); the tooltip has value, limit and reason."""
     chips = []
     for v in verdicts:
-        tip = f"{v.get('check')}: {_num(v.get('value'), 4)} (threshold {v.get('threshold')}) — {v.get('reason', '')}"
-        cls = "pass" if v.get("passed") else "fail"
-        mark = "✓" if v.get("passed") else "✗"
-        chips.append(f'<span class="chip {cls}" title="{esc(tip)}">{mark} {esc(v.get("check"))} '
-                     f'{_num(v.get("value"), 3)}</span>')
+        name, status = v.get("check") or v.get("guideline"), _status(v)
+        limit = f" (threshold {v.get('threshold')})" if v.get("threshold") is not None else ""
+        tip = f"{name}: {_num(v.get('value'), 4)}{limit} — {v.get('reason', '')}"
+        value = f" {_num(v.get('value'), 3)}" if isinstance(v.get("value"), int | float) else ""
+        chips.append(f'<span class="chip {esc(status)}" title="{esc(tip)}">{MARKS.get(status, "?")} {esc(name)}'
+                     f'{value}</span>')
     return f'<div class="chips">{"".join(chips)}</div>'
+
+
+def _qc_lines(cand: Json) -> str:
+    """Policy verdict and near-duplicate cluster of one candidate, in words."""
+    qc = cand.get("qc") or {}
+    pol, found = qc.get("policy") or {}, qc.get("cluster") or {}
+    bits = []
+    if pol:
+        relaxed = f", relaxed {', '.join(pol['relaxed'])}" if pol.get("relaxed") else ""
+        bits.append(f"{pol.get('name')} policy: {'pass' if pol.get('passed') else 'fail'}"
+                    f" (weighted {_num(pol.get('weighted_share'), 2)}){relaxed}")
+    if found.get("size", 1) > 1:
+        bits.append(f"cluster {found.get('id')} of {found.get('size')}, best {found.get('best')}")
+    return "".join(f'<div class="layout">{esc(b)}</div>' for b in bits)
 
 
 def _aesthetic(cand: Json) -> str:
@@ -434,10 +458,11 @@ def _card(cand: Json) -> str:
     thumb = f'<a class="thumb" href="{esc(href)}">{img}</a>'
     badge = f'<div class="badge r{rank}">{rank}</div>' if rank else ""
     excluded = f'<div class="excluded">{esc(cand["excluded_reason"])}</div>' if cand.get("excluded_reason") else ""
-    verdicts = (cand.get("qc") or {}).get("verdicts") or []
+    qc = cand.get("qc") or {}
+    verdicts = [*(qc.get("verdicts") or []), *((qc.get("guidelines") or {}).get("verdicts") or [])]
     return (f'<article class="card {cls}">{badge}{thumb}<div class="body">'
             f'<div class="key">{esc(cand.get("layout_key"))}</div>{_layout(cand)}{_chips(verdicts)}'
-            f'{_aesthetic(cand)}{excluded}</div></article>')
+            f'{_qc_lines(cand)}{_aesthetic(cand)}{excluded}</div></article>')
 
 
 def _tags(values: Any) -> str:
@@ -514,14 +539,28 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
             f'<div class="stats">{stats}</div></header>')
 
 
-def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[str] | None = None) -> str:
+def _report(report: Json | None) -> str:
+    """The campaign QC report: pass rate per check, what was relaxed."""
+    if not report:
+        return ""
+    rows = "".join(f"<b>{esc(name)}</b><span>{_num(r.get('pass_rate'), 2)} ({r.get('pass')} pass, {r.get('fail')} "
+                   f"fail, {r.get('unchecked')} unchecked)</span>" for name, r in (report.get("checks") or {}).items())
+    relaxed = ", ".join(f"{r.get('id')} (weight {r.get('weight')})" for r in report.get("relaxed") or []) or "nothing"
+    outcomes = ", ".join(f"{k} {v}" for k, v in (report.get("outcomes") or {}).items())
+    return (f'<section class="panel"><h2>QC report · {esc(report.get("policy"))} policy</h2><div class="kv">'
+            f'<b>outcomes</b><span>{esc(outcomes)}</span><b>relaxed</b><span>{esc(relaxed)}</span>{rows}'
+            f'</div></section>')
+
+
+def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[str] | None = None,
+                         report: Json | None = None) -> str:
     """The whole page as one self-contained HTML string (inline CSS, relative image paths)."""
     state = campaign.get("state") or {}
     decomp = state.get("decompose") or state.get("decomposition") or {}
     retrieval = state.get("retrieve") or state.get("retrieval") or {}
     ordered = order_candidates(candidates)
     cards = "".join(_card(c) for c in ordered) or '<p class="empty">No candidates were generated.</p>'
-    panels = _decomposition(decomp) + _retrieval(retrieval) + _timing(campaign)
+    panels = _decomposition(decomp) + _retrieval(retrieval) + _timing(campaign) + _report(report)
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width,initial-scale=1">'
             f'<title>Onbrand · {esc(campaign.get("brief"))}</title><style>{CSS}</style></head><body>'
@@ -531,10 +570,11 @@ def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[s
             f'</footer></body></html>')
 
 
-def write_contact_sheet(out: Path, campaign: Json, candidates: list[Json], palette: list[str] | None = None) -> Path:
+def write_contact_sheet(out: Path, campaign: Json, candidates: list[Json], palette: list[str] | None = None,
+                        report: Json | None = None) -> Path:
     """out/contact-sheet.html; thumbnails are expected at out/candidates/<thumb_name>.png."""
     path = Path(out) / "contact-sheet.html"
-    path.write_text(render_contact_sheet(campaign, candidates, palette), encoding="utf-8")
+    path.write_text(render_contact_sheet(campaign, candidates, palette, report), encoding="utf-8")
     return path
 
 
@@ -600,12 +640,14 @@ def run_campaign(client: httpx.Client, out: Path, receiver: WebhookReceiver, con
 
 
 def write_outputs(client: httpx.Client, out: Path, campaign: Json) -> list[Json]:
-    """campaign.json, rank-N.png, candidates/ thumbnails and the contact sheet; the candidates."""
+    """campaign.json, report.json, rank-N.png, candidates/ thumbnails and the contact sheet; the candidates."""
     (out / "campaign.json").write_text(json.dumps(campaign, indent=2, default=str) + "\n")
+    report = api(client, "GET", f"/v1/campaigns/{campaign['id']}/report")
+    (out / "report.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     candidates = fetch_candidates(client, str(campaign["id"]))
     save_results(client, out, campaign)
     save_thumbnails(client, out, candidates)
-    write_contact_sheet(out, campaign, candidates)
+    write_contact_sheet(out, campaign, candidates, report=report)
     return candidates
 
 

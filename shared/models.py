@@ -73,6 +73,20 @@ def generate_spec(settings: Settings) -> ModelSpec:
     return _spec("generate", "compositor", EMBEDDED, settings)
 
 
+def fidelity_spec(settings: Settings) -> ModelSpec | None:
+    """DINOv2 for QC when configured; None = product fidelity from pixels and edges only."""
+    if not settings.dinov2_model:
+        return None
+    return _spec("qc", "dinov2", settings.dinov2_model, settings)
+
+
+def aesthetic_spec(settings: Settings) -> ModelSpec:
+    if settings.aesthetic == "laion":
+        return _spec("rank", "laion", settings.aesthetic_clip_model, settings,
+                     mlp=resolve(settings.aesthetic_mlp, settings))
+    return _spec("rank", "classical", EMBEDDED, settings)
+
+
 def language_specs(settings: Settings) -> list[ModelSpec]:
     """The retrieval and local-LLM models (CPU adapters; hosted LLMs are not loaded)."""
     specs = [ModelSpec("retrieve", "text-embedder", settings.text_embedding_model,
@@ -88,4 +102,6 @@ def language_specs(settings: Settings) -> list[ModelSpec]:
 
 def model_specs(settings: Settings) -> list[ModelSpec]:
     """Every model this configuration loads, in pipeline order."""
-    return [*language_specs(settings), segment_spec(settings), generate_spec(settings)]
+    fidelity = fidelity_spec(settings)
+    return [*language_specs(settings), segment_spec(settings), generate_spec(settings),
+            *([fidelity] if fidelity else []), aesthetic_spec(settings)]

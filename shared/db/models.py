@@ -75,6 +75,7 @@ class Brand(Base):
     palette: Mapped[list[Any]] = mapped_column(default=list)  # ["#RRGGBB", ...]
     guidelines: Mapped[list[Any]] = mapped_column(default=list)  # [{text, flexible, weight}]
     forbidden_terms: Mapped[list[Any]] = mapped_column(default=list)  # never in a positive prompt
+    qc_thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # overrides of shared.qc.QcThresholds
     created_at: Mapped[datetime] = _created()
 
 
@@ -196,6 +197,8 @@ class Candidate(Base):
     aesthetic: Mapped[float | None] = mapped_column(Float)
     rank: Mapped[int | None] = mapped_column(Integer)
     excluded_reason: Mapped[str | None] = mapped_column(Text)
+    # DINOv2 embedding of the whole candidate (near-duplicates); deferred: only the rank stage reads it
+    embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     created_at: Mapped[datetime] = _created()
 
 

@@ -9,6 +9,11 @@ Three views of the same question, strictest first:
   redrawn text, warped logos) that a generator might introduce even when colours are
   close, and degrades gracefully where exact comparison is all-or-nothing.
 * ``mean_abs_diff``  - mean absolute RGB difference (0-255) over the opaque region.
+* ``delta_e``        - mean CIEDE2000 colour difference over the opaque region: how far a
+                       recoloured or re-lit product drifted, in perceptual units (2.3 ~ JND).
+
+:func:`product_crops` gives the product's box in the candidate and in the reference (the
+candidate with the placed product put back) for an embedding model to compare (DINOv2).
 
 torch / pytorch_msssim are imported inside the function so that importing this module
 stays cheap for processes that never run QC.
@@ -19,6 +24,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from workers.models import colour
 from workers.models.composition import integrity
 
 MSSSIM_MIN_SIDE = 161  # 5 scales with an 11 px window need > (11 - 1) * 2**4 px
@@ -37,7 +43,22 @@ def fidelity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | in
         **exact,
         "msssim_edges": round(msssim_edges(cand, arr[:, :, :3], opaque), 6),
         "mean_abs_diff": round(float(diff.mean()), 4),
+        "delta_e": round(colour.mean_delta_e(cand, arr[:, :, :3], opaque), 4),
     }
+
+
+def product_crops(candidate: Image.Image, layer: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(candidate, reference) crops of the product's padded box; the reference has the placed product's
+    opaque pixels, so the crops differ only where the product was changed."""
+    cand = np.asarray(candidate.convert("RGB"))
+    arr = np.asarray(layer.convert("RGBA"))
+    opaque = arr[:, :, 3] == 255
+    if not opaque.any():
+        raise ValueError("layer: no opaque product pixel to compare")
+    x0, y0, x1, y1 = _padded_bbox(opaque, BBOX_PAD)
+    reference = cand.copy()
+    reference[opaque] = arr[:, :, :3][opaque]
+    return Image.fromarray(cand[y0:y1, x0:x1]), Image.fromarray(reference[y0:y1, x0:x1])
 
 
 def msssim_edges(cand: np.ndarray, product: np.ndarray, opaque: np.ndarray) -> float:

@@ -18,8 +18,10 @@ from shared.models import ModelSpec, model_specs
 
 # adapter name -> module with ``load(spec)``; embedded adapters are the module itself.
 LOADERS = {"sam": "workers.models.sam", "segment-anything": "workers.models.sam_original",
-           "sd-inpaint": "workers.models.sd_inpaint"}
-EMBEDDED = {"matting": "workers.models.matting", "compositor": "workers.models.compositor"}
+           "sd-inpaint": "workers.models.sd_inpaint", "dinov2": "workers.models.dinov2",
+           "laion": "workers.models.laion"}
+EMBEDDED = {"matting": "workers.models.matting", "compositor": "workers.models.compositor",
+            "classical": "workers.models.aesthetic"}
 
 
 def load(spec: ModelSpec) -> Any:

@@ -139,13 +139,12 @@ def _one_line(verdict: Verdict) -> dict[str, Any]:
 
 
 def decide(verdicts: list[dict[str, Any]], policy: str) -> dict[str, Any]:
-    """strict: every checked rule passes; flexible: every non-flexible one; weighted: the non-flexible
-    ones and WEIGHTED_PASS of the checked weight. Unchecked rules count neither way (and are listed)."""
-    failed = [v for v in verdicts if v["status"] == "fail"]
-    hard = [v for v in failed if not v["flexible"]]
-    checked = [v for v in verdicts if v["status"] != "unchecked"]
-    weight = sum(v["weight"] for v in checked)
-    share = sum(v["weight"] for v in checked if v["status"] == "pass") / weight if weight else 1.0
-    passed = {"strict": not failed, "flexible": not hard, "weighted": not hard and share >= WEIGHTED_PASS}[policy]
-    return {"passed": passed, "weighted_share": round(share, 3), "failed": [v["guideline"] for v in failed],
-            "unchecked": [v["guideline"] for v in verdicts if v["status"] == "unchecked"]}
+    """The guidelines alone under ``policy`` with every flexible rule relaxed: the most this check can say
+    on its own. The campaign's decision (product and brand checks too, flexible rules relaxed only when
+    fewer than top_k pass) is workers/stages/policy.py's."""
+    from workers.stages import policy as policies
+
+    found = policies.checks({"guidelines": {"verdicts": verdicts}})
+    verdict = policies.decide(found, policy, WEIGHTED_PASS, [c["id"] for c in found if c["flexible"]])
+    return {"passed": verdict["passed"], "weighted_share": round(verdict["weighted_share"], 3),
+            "failed": verdict["failed"], "unchecked": verdict["unchecked"]}

@@ -485,167 +485,22 @@ def placement(layout: Any) -> dict[str, Any]:
     }
 
 
-# --- qc (qc queue) --------------------------------------------------------------------------------
-
-
-def _round_candidates(ctx: StageContext, batch: int | None = None) -> list[Candidate]:
-    with session_scope() as session:
-        query = select(Candidate).where(
-            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == ctx.round
-        )
-        if batch is not None:
-            query = query.where(Candidate.batch == batch)
-        return list(session.scalars(query.order_by(Candidate.layout_key)).all())
-
-
-def _campaign_candidates(ctx: StageContext) -> list[Candidate]:
-    with session_scope() as session:
-        query = select(Candidate).where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id)
-        return list(session.scalars(query.order_by(Candidate.round, Candidate.layout_key)).all())
-
-
-def verdict(check: str, value: float, threshold: float, passed: bool, reason: str) -> dict[str, Any]:
-    return {
-        "check": check,
-        "value": round(float(value), 4),
-        "threshold": threshold,
-        "passed": bool(passed),
-        "reason": reason,
-    }
-
-
-def qc_checks(metrics: dict[str, Any], settings: Any) -> list[dict[str, Any]]:
-    exact, ssim, area = metrics["exact_fraction"], metrics["msssim_edges"], metrics["area_share"]
-    return [
-        verdict(
-            "product_exact",
-            exact,
-            settings.qc_min_exact,
-            exact >= settings.qc_min_exact,
-            f"{exact:.2%} of opaque product pixels are identical to the placed product",
-        ),
-        verdict(
-            "product_edges_msssim",
-            ssim,
-            settings.qc_min_msssim,
-            ssim >= settings.qc_min_msssim,
-            f"MS-SSIM of product edge maps {ssim:.3f}",
-        ),
-        verdict(
-            "product_in_frame",
-            metrics["in_frame"],
-            1.0,
-            metrics["in_frame"] >= 1.0,
-            "product fully inside the canvas" if metrics["in_frame"] >= 1.0 else "product touches the canvas edge",
-        ),
-        verdict(
-            "product_area", area, 0.02, 0.02 <= area <= 0.6, f"product covers {area:.1%} of the canvas (2–60 % allowed)"
-        ),
-    ]
-
-
-def _area_metrics(layer: Image.Image) -> dict[str, float]:
-    import numpy as np
-
-    alpha = np.asarray(layer.getchannel("A"))
-    ys, xs = np.nonzero(alpha)
-    touches = ys.min() == 0 or xs.min() == 0 or ys.max() == alpha.shape[0] - 1 or xs.max() == alpha.shape[1] - 1
-    return {"area_share": float((alpha > 0).mean()), "in_frame": 0.0 if touches else 1.0}
+# --- qc (qc queue) and rank (scoring queue): workers/stages/quality.py ---------------------------------
 
 
 def qc(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import fidelity
+    from workers.stages import quality
 
-    passed, review = 0, _Review.load(ctx)
-    for cand in _round_candidates(ctx, ctx.item):
-        image, layer = load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA")
-        metrics = {**fidelity.fidelity(image, layer), **_area_metrics(layer)}
-        checks = qc_checks(metrics, ctx.settings)
-        cand.qc = {"metrics": metrics, "verdicts": checks, "policy": ctx.campaign.qc_policy}
-        cand.passed = all(c["passed"] for c in checks)
-        if cand.passed:  # the (costly) guideline review only for candidates whose product is intact
-            cand.qc["guidelines"] = review.check(ctx, cand, image, layer)
-            cand.passed = cand.qc["guidelines"]["passed"]
-        passed += cand.passed
-        ctx.rows.append(cand)
-    return {"checked": sum(isinstance(r, Candidate) for r in ctx.rows), "passed": passed}
-
-
-class _Review:
-    """What the guideline check needs once per qc task: caption, product image, brand guidelines."""
-
-    def __init__(self, caption: str, product: Image.Image, guidelines: list[dict[str, Any]]) -> None:
-        self.caption, self.product, self.guidelines = caption, product, guidelines
-
-    @classmethod
-    def load(cls, ctx: StageContext) -> _Review:
-        product = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
-        return cls(state(ctx, "caption")["caption"], product, list(campaign_brand(ctx).guidelines or []))
-
-    def check(self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image) -> dict[str, Any]:
-        from workers.stages import guideline
-
-        with _llm_failures("qc"):
-            result = guideline.check(image, layer, self.product, self.caption, self.guidelines,
-                                     ctx.campaign.qc_policy, ctx.settings.for_stage("guideline"))
-        ctx.rows += llm_call_rows(ctx, result, key=cand.layout_key)
-        return {k: v for k, v in result.items() if k != "calls"}
-
-
-# --- rank (scoring queue) --------------------------------------------------------------------------
+    return quality.qc(ctx)
 
 
 def rank(ctx: StageContext) -> dict[str, Any]:
-    from workers.models import aesthetic
+    from workers.stages import quality
 
-    candidates = _campaign_candidates(ctx)  # every round so far: a retry adds to the pool, never replaces it
-    for cand in candidates:
-        _score(cand, aesthetic, ctx.round)
-    chosen = choose(candidates, ctx.campaign.top_k)
-    for position, cand in enumerate(chosen, start=1):
-        cand.rank = position
-    ctx.rows.extend(candidates)
-    ctx.finalize = lambda session, campaign: _write_results(session, campaign, chosen)
-    return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen)}
+    return quality.rank(ctx)
 
 
-def _score(cand: Candidate, aesthetic: Any, rnd: int) -> None:
-    cand.rank, cand.excluded_reason = None, None  # a re-run ranks from scratch
-    if cand.passed and cand.aesthetic is not None and cand.round < rnd:
-        return  # scored by its own round's rank; only the ranking is redone
-    if cand.passed:
-        scored = aesthetic.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
-        cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
-    else:
-        failed = [v["check"] for v in cand.qc.get("verdicts", []) if not v["passed"]]
-        failed += (cand.qc.get("guidelines") or {}).get("failed") or []
-        cand.aesthetic, cand.excluded_reason = None, "failed QC: " + ", ".join(failed)
-
-
-def _cell(cand: Candidate) -> tuple[int, int, int, int]:
-    canvas = cand.placement["canvas"]
-    return canvas["width"], canvas["height"], cand.placement["row"], cand.placement["col"]
-
-
-def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
-    """Best aesthetic first; a second result from the same grid cell only if there aren't enough."""
-    ordered = sorted((c for c in candidates if c.passed), key=lambda c: (-(c.aesthetic or 0.0), c.layout_key))
-    first: list[Candidate] = []
-    repeats: list[Candidate] = []
-    for cand in ordered:
-        (repeats if any(_cell(cand) == _cell(f) for f in first) else first).append(cand)
-    chosen = (first + repeats)[:top_k]
-    for cand in ordered:
-        if cand not in chosen:
-            cand.excluded_reason = (
-                "diversity: a better candidate already uses this grid cell"
-                if cand in repeats
-                else f"passed QC, ranked below the top {top_k} by aesthetic score"
-            )
-    return chosen
-
-
-def _write_results(session: Session, campaign: Campaign, chosen: list[Candidate]) -> list[Task]:
+def write_results(session: Session, campaign: Campaign, chosen: list[Candidate]) -> list[Task]:
     from workers.stages.runner import advance
 
     session.execute(delete(Result).where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
@@ -673,17 +528,13 @@ def revise(ctx: StageContext) -> dict[str, Any]:
 
 
 def _failed_verdicts(ctx: StageContext, rnd: int) -> list[dict[str, Any]]:
-    """Every failed check of a round's candidates: fidelity checks and guideline verdicts alike."""
-    out: list[dict[str, Any]] = []
+    """Every failed check of a round's candidates: product, brand and guideline checks alike."""
+    from workers.stages import quality
+
     with session_scope() as session:
-        rows = session.scalars(select(Candidate.qc).where(
-            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == rnd))
-        for qc_state in rows:
-            qc_state = qc_state or {}
-            out += [{"guideline": v["check"], "reason": v["reason"]} for v in qc_state.get("verdicts", [])
-                    if not v["passed"]]
-            out += [v for v in (qc_state.get("guidelines") or {}).get("verdicts", []) if v["status"] == "fail"]
-    return out
+        records = list(session.scalars(select(Candidate.qc).where(
+            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == rnd)))
+    return quality.failed_checks(records)
 
 
 # --- deliver (scoring queue) -----------------------------------------------------------------------
@@ -715,12 +566,26 @@ def _complete(session: Session, campaign: Campaign) -> list[Task]:
     ]
     campaign.status = "completed" if len(results) >= campaign.top_k else "partial"
     campaign.completed_at, campaign.current_stage = now(), None
+    data: dict[str, Any] = {"status": campaign.status, "results": results}
     if campaign.status == "partial":
-        loop = (campaign.state or {}).get("_loop") or {}
-        campaign.error = {"code": "too_few_passed", "message": f"{len(results)} of {campaign.top_k} results passed QC "
-                          f"after {campaign.round + 1} round(s) ({loop.get('revision', 0)} caption revision(s))"}
-    event = f"campaign.{campaign.status}"
-    return webhook_tasks(webhooks.emit(session, campaign, event, {"status": campaign.status, "results": results}))
+        campaign.error = _partial_error(session, campaign, len(results))
+        data["error"] = campaign.error
+    return webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
+
+
+def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str, Any]:
+    """Too few results once the loop's bounds ran out: say how far it got and which checks kept the rest out."""
+    from shared import qc as qc_report
+
+    loop = (campaign.state or {}).get("_loop") or {}
+    rows = session.execute(select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round,
+                                  Candidate.excluded_reason).where(
+        Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id)).mappings().all()
+    blocking = qc_report.report(rows, campaign.qc_policy, campaign.top_k)["blocking"]
+    kept_out = ", ".join(f"{b['check']} ({b['failed']})" for b in blocking[:6]) or "no check failed"
+    return {"code": "too_few_passed", "blocking": blocking,
+            "message": f"{found} of {campaign.top_k} results passed QC after {campaign.round + 1} round(s) "
+                       f"({loop.get('revision', 0)} caption revision(s)); failed checks: {kept_out}"}
 
 
 def restart_stalled(older_than_s: int = 60) -> int:

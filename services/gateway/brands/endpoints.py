@@ -6,7 +6,7 @@ import uuid
 from fastapi import APIRouter, status
 
 from services.gateway.brands import service
-from services.gateway.brands.schemas import BrandCreate, BrandRead
+from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate
 from services.gateway.deps import SessionDep, TenantDep
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 
@@ -21,6 +21,11 @@ def create_brand(body: BrandCreate, session: SessionDep, tenant_id: TenantDep) -
 @router.get("/{brand_id}", response_model=BrandRead)
 def get_brand(brand_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
     return service.to_read(service.get(session, tenant_id, brand_id))
+
+
+@router.patch("/{brand_id}", response_model=BrandRead)
+def update_brand(brand_id: uuid.UUID, body: BrandUpdate, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
+    return service.to_read(service.update(session, tenant_id, brand_id, body))
 
 
 @router.get("", response_model=Page[BrandRead])

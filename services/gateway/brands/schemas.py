@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from shared.qc import QcThresholds
 
 # Upper-cased on the way in so "#ff0000" and "#FF0000" are one colour everywhere downstream.
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$"), AfterValidator(str.upper)]
@@ -23,15 +25,50 @@ class Guideline(BaseModel):
     weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="Weight under the weighted policy.")
 
 
-class BrandCreate(BaseModel):
+THRESHOLDS_DOC = ("Overrides of the QC limits for this brand's campaigns (unset keys keep the defaults): "
+                  + ", ".join(f"{k} ({f.description})" for k, f in QcThresholds.model_fields.items()))
+
+
+def _overrides(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Only known keys, each within its bounds, and the ranges still ranges once merged with the defaults."""
+    if value is not None:
+        try:
+            QcThresholds(**value)
+        except ValidationError as exc:  # one 422 naming each bad key and its bound
+            problems = [f"{'.'.join(map(str, e['loc'])) or 'qc_thresholds'}: {e['msg']}" for e in exc.errors()]
+            raise ValueError("; ".join(problems)) from None
+    return value
+
+
+class BrandFields(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     palette: list[HexColor] = Field(default_factory=list, max_length=64, description='["#RRGGBB", ...]')
     guidelines: list[Guideline] = Field(default_factory=list, max_length=100)
     forbidden_terms: list[Term] = Field(
         default_factory=list, max_length=200,
         description="Words never written into a positive prompt (competitors, claims); they go to the negative one.")
+    qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
+
+    _check_thresholds = field_validator("qc_thresholds")(_overrides)
+
+
+class BrandCreate(BrandFields):
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+
+
+class BrandUpdate(BaseModel):
+    """PATCH: only the fields given change; qc_thresholds replaces the brand's overrides as a whole."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
+    palette: list[HexColor] | None = Field(None, max_length=64)
+    guidelines: list[Guideline] | None = Field(None, max_length=100)
+    forbidden_terms: list[Term] | None = Field(None, max_length=200)
+    qc_thresholds: dict[str, float] | None = Field(None, description=THRESHOLDS_DOC)
+
+    _check_thresholds = field_validator("qc_thresholds")(_overrides)
 
 
 class BrandRead(BaseModel):
@@ -40,4 +77,5 @@ class BrandRead(BaseModel):
     palette: list[str]
     guidelines: list[Guideline]
     forbidden_terms: list[str]
+    qc_thresholds: dict[str, float]
     created_at: datetime

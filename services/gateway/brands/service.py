@@ -6,7 +6,7 @@ import uuid
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.gateway.brands.schemas import BrandCreate, BrandRead, Guideline
+from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate, Guideline
 from services.gateway.errors import not_found
 from services.gateway.pagination import created_keys, paginate
 from shared.db.models import Brand
@@ -15,15 +15,30 @@ from shared.db.models import Brand
 def to_read(brand: Brand) -> BrandRead:
     guidelines = [Guideline.model_validate(g) for g in brand.guidelines]
     return BrandRead(id=brand.id, name=brand.name, palette=brand.palette, guidelines=guidelines,
-                     forbidden_terms=list(brand.forbidden_terms or []), created_at=brand.created_at)
+                     forbidden_terms=list(brand.forbidden_terms or []),
+                     qc_thresholds=dict(brand.qc_thresholds or {}), created_at=brand.created_at)
 
 
 def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
     brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name=body.name, palette=body.palette,
                   guidelines=[g.model_dump() for g in body.guidelines],
-                  forbidden_terms=list(dict.fromkeys(body.forbidden_terms)))
+                  forbidden_terms=list(dict.fromkeys(body.forbidden_terms)), qc_thresholds=body.qc_thresholds)
     session.add(brand)
     session.flush()  # fills the server-side created_at for the response
+    return brand
+
+
+def update(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: BrandUpdate) -> Brand:
+    """Campaigns already running keep what their stages read; the next stage reads the new values."""
+    brand = get(session, tenant_id, brand_id)
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)
+    if "guidelines" in changes:
+        changes["guidelines"] = [g.model_dump() for g in body.guidelines or []]
+    if "forbidden_terms" in changes:
+        changes["forbidden_terms"] = list(dict.fromkeys(changes["forbidden_terms"]))
+    for name, value in changes.items():
+        setattr(brand, name, value)
+    session.flush()
     return brand
 
 

@@ -11,6 +11,7 @@ from services.gateway.campaigns.schemas import (
     CampaignCreate,
     CampaignCreated,
     CampaignRead,
+    CampaignReport,
     CampaignStatus,
     CandidateRead,
 )
@@ -90,3 +91,9 @@ def list_candidates(
 ) -> Page[CandidateRead]:
     rows, next_cursor = service.candidates_page(session, tenant_id, campaign_id, limit, cursor)
     return Page[CandidateRead](items=[views.candidate_view(c, storage) for c in rows], next_cursor=next_cursor)
+
+
+@router.get("/{campaign_id}/report", response_model=CampaignReport)
+def campaign_report(campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> CampaignReport:
+    """Pass rates per QC check, outcomes per round, what was relaxed and what kept candidates out."""
+    return CampaignReport.model_validate(service.report(session, tenant_id, campaign_id))

@@ -134,6 +134,38 @@ class ResultRead(BaseModel):
 class CampaignLinks(BaseModel):
     self: str
     candidates: str
+    report: str
+
+
+class CheckRate(BaseModel):
+    pass_: int = Field(alias="pass")
+    fail: int
+    unchecked: int
+    pass_rate: float | None = Field(description="pass / (pass + fail); null when never checked.")
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class BlockingCheck(BaseModel):
+    check: str
+    failed: int
+
+
+class CampaignReport(BaseModel):
+    """QC over a campaign's candidates so far: pass rates per check, outcomes, what kept candidates out."""
+
+    campaign_id: uuid.UUID
+    status: str
+    policy: QcPolicy
+    top_k: int
+    candidates: int
+    outcomes: dict[str, int] = Field(description="ranked | passed_not_ranked | duplicate | failed | unchecked")
+    rounds: dict[str, dict[str, int]] = Field(description="Outcomes per round.")
+    checks: dict[str, CheckRate] = Field(description="Per check (product, brand and guideline alike).")
+    blocking: list[BlockingCheck] = Field(description="Checks that failed at least once, most failures first.")
+    relaxed: list[dict[str, Any]] = Field(description="flexible policy: guidelines relaxed, in order, with weight.")
+    clusters: int | None = Field(None, description="Near-duplicate clusters among the candidates at the last rank.")
+    revisions: list[dict[str, Any]] = Field(default_factory=list, description="Caption revisions of the loop.")
 
 
 class LlmUsage(BaseModel):

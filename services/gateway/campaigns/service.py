@@ -16,6 +16,7 @@ from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import enqueue
+from shared import qc as qc_report
 from shared import webhooks
 from shared.db.models import Campaign, Candidate, IdempotencyKey
 from shared.queue import TERMINAL_STATUSES
@@ -152,3 +153,15 @@ def candidates_page(
     get(session, tenant_id, campaign_id)  # 404 for another tenant's campaign, not an empty list
     stmt = select(Candidate).where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)
     return paginate(session, stmt, _candidate_keys(), limit, cursor)
+
+
+def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
+    """shared.qc.report over the campaign's candidates, with the rank stage's policy record."""
+    campaign = get(session, tenant_id, campaign_id)
+    rows = session.execute(
+        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason)
+        .where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)).mappings().all()
+    summary = (campaign.state or {}).get("qc") or {}
+    return {**qc_report.report(rows, campaign.qc_policy, campaign.top_k), "campaign_id": campaign.id,
+            "status": campaign.status, "relaxed": summary.get("relaxed") or [], "clusters": summary.get("clusters"),
+            "revisions": (campaign.state or {}).get("revisions") or []}

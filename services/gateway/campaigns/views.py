@@ -128,7 +128,7 @@ def _results(
 
 def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
     base = f"{settings.public_url.rstrip('/')}/v1/campaigns/{campaign_id}"
-    return CampaignLinks(self=base, candidates=f"{base}/candidates")
+    return CampaignLinks(self=base, candidates=f"{base}/candidates", report=f"{base}/report")
 
 
 def _request(campaign: Campaign) -> CampaignRequest:

@@ -1,0 +1,116 @@
+"""Quality-control thresholds and the campaign QC report: what gateway and workers both read.
+
+Thresholds: every check's limit has a product default here; a deployment may move the two
+fidelity limits (ONBRAND_QC_MIN_EXACT, ONBRAND_QC_MIN_MSSSIM) and a brand overrides any of
+them (`qc_thresholds` on the brand). The effective set is recorded on every candidate.
+
+Report: pass rates per check over a campaign's candidates, computed from the candidates'
+stored QC records, so it is the same whether asked mid-campaign or after delivery.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.config import Settings
+
+
+class QcThresholds(BaseModel):
+    """Limits of the QC checks. Fidelity limits guard "the product is exactly the product"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    min_exact: float = Field(0.999, ge=0, le=1, description="Least share of opaque product pixels left identical.")
+    min_msssim: float = Field(0.9, ge=0, le=1, description="Least MS-SSIM of the product's edge maps.")
+    min_dino: float = Field(0.9, ge=-1, le=1, description="Least DINOv2 cosine of product crops (when configured).")
+    max_delta_e: float = Field(2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND).")
+    palette_radius: float = Field(12.0, gt=0, le=100, description="ΔE00 (lightness ignored) to count as on-palette.")
+    min_palette_share: float = Field(0.6, ge=0, le=1, description="Least share of background on the palette.")
+    area_min: float = Field(0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
+    area_max: float = Field(0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
+    exposure_min: float = Field(0.12, ge=0, le=1, description="Least mean luminance (0-1).")
+    exposure_max: float = Field(0.88, ge=0, le=1, description="Most mean luminance (0-1).")
+    max_clipped: float = Field(0.25, ge=0, le=1, description="Most share of clipped (near black/white) pixels.")
+    min_contrast: float = Field(0.04, ge=0, le=1, description="Least RMS contrast (std of luminance 0-1).")
+    dup_max_hamming: int = Field(6, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
+    dup_min_cosine: float = Field(0.97, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
+    weighted_threshold: float = Field(0.75, ge=0, le=1, description="weighted policy: least passing share of weight.")
+
+    @model_validator(mode="after")
+    def _ranges(self) -> QcThresholds:
+        for low, high in (("area_min", "area_max"), ("exposure_min", "exposure_max")):
+            if getattr(self, low) >= getattr(self, high):
+                raise ValueError(f"{low} must be below {high}")
+        return self
+
+
+THRESHOLD_KEYS = tuple(QcThresholds.model_fields)
+
+
+def thresholds(settings: Settings, brand_overrides: Mapping[str, Any] | None) -> QcThresholds:
+    """Product defaults, then the deployment's fidelity limits, then the brand's own."""
+    base = {"min_exact": settings.qc_min_exact, "min_msssim": settings.qc_min_msssim}
+    return QcThresholds(**{**base, **dict(brand_overrides or {})})
+
+
+# --- the campaign report ------------------------------------------------------------------------
+
+
+def _checks(qc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    """(check id, status) of every verdict on one candidate: product, brand and guideline checks."""
+    for v in qc.get("verdicts") or []:
+        yield v["check"], v.get("status") or ("pass" if v.get("passed") else "fail")
+    for v in (qc.get("guidelines") or {}).get("verdicts") or []:
+        yield v["guideline"], v["status"]
+
+
+def report(candidates: Iterable[Mapping[str, Any]], policy: str, top_k: int) -> dict[str, Any]:
+    """Pass rates per check, outcomes and exclusion reasons over a campaign's candidates.
+
+    Each candidate is a mapping with qc, passed, rank, round and excluded_reason (a row's columns).
+    """
+    tally: dict[str, Counter[str]] = {}
+    outcomes: Counter[str] = Counter()
+    rounds: dict[int, Counter[str]] = {}
+    for cand in candidates:
+        qc = cand.get("qc") or {}
+        for check, status in _checks(qc):
+            tally.setdefault(check, Counter())[status] += 1
+        outcome = _outcome(cand)
+        outcomes[outcome] += 1
+        rounds.setdefault(int(cand.get("round") or 0), Counter())[outcome] += 1
+    return {
+        "policy": policy,
+        "top_k": top_k,
+        "candidates": sum(outcomes.values()),
+        "outcomes": dict(outcomes),
+        "rounds": {str(r): dict(c) for r, c in sorted(rounds.items())},
+        "checks": {check: _rates(c) for check, c in sorted(tally.items())},
+        "blocking": blocking(tally),
+    }
+
+
+def _outcome(cand: Mapping[str, Any]) -> str:
+    if cand.get("rank") is not None:
+        return "ranked"
+    if cand.get("passed") is None:
+        return "unchecked"
+    if not cand.get("passed"):
+        return "failed"
+    reason = str(cand.get("excluded_reason") or "")
+    return "duplicate" if reason.startswith("near-duplicate") else "passed_not_ranked"
+
+
+def _rates(counts: Counter[str]) -> dict[str, Any]:
+    checked = counts["pass"] + counts["fail"]
+    return {"pass": counts["pass"], "fail": counts["fail"], "unchecked": counts["unchecked"],
+            "pass_rate": round(counts["pass"] / checked, 4) if checked else None}
+
+
+def blocking(tally: Mapping[str, Counter[str]]) -> list[dict[str, Any]]:
+    """Checks that failed at least once, most failures first: what kept candidates out."""
+    failing = [(check, c["fail"]) for check, c in tally.items() if c["fail"]]
+    return [{"check": check, "failed": n} for check, n in sorted(failing, key=lambda t: (-t[1], t[0]))]
