@@ -77,7 +77,8 @@ def fidelity_spec(settings: Settings) -> ModelSpec | None:
     """DINOv2 for QC when configured; None = product fidelity from pixels and edges only."""
     if not settings.dinov2_model:
         return None
-    return _spec("qc", "dinov2", settings.dinov2_model, settings)
+    # 224 px as DINOv2's own processor (the checkpoints' config says 518: ~5x the compute per crop)
+    return _spec("qc", "dinov2", settings.dinov2_model, settings, image_size=224)
 
 
 def aesthetic_spec(settings: Settings) -> ModelSpec:
