@@ -27,7 +27,8 @@ class QcThresholds(BaseModel):
     min_msssim: float = Field(0.9, ge=0, le=1, description="Least MS-SSIM of the product's edge maps.")
     min_dino: float = Field(0.9, ge=-1, le=1, description="Least DINOv2 cosine of product crops (when configured).")
     max_delta_e: float = Field(2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND).")
-    palette_radius: float = Field(12.0, gt=0, le=100, description="ΔE00 (lightness ignored) to count as on-palette.")
+    palette_radius: float = Field(5.0, gt=0, le=100, description="ΔE00 to the nearest tint or shade of a palette "
+                                  "colour that counts as on-palette.")
     min_palette_share: float = Field(0.6, ge=0, le=1, description="Least share of background on the palette.")
     area_min: float = Field(0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
     area_max: float = Field(0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
@@ -35,8 +36,8 @@ class QcThresholds(BaseModel):
     exposure_max: float = Field(0.88, ge=0, le=1, description="Most mean luminance (0-1).")
     max_clipped: float = Field(0.25, ge=0, le=1, description="Most share of clipped (near black/white) pixels.")
     min_contrast: float = Field(0.04, ge=0, le=1, description="Least RMS contrast (std of luminance 0-1).")
-    dup_max_hamming: int = Field(6, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
-    dup_min_cosine: float = Field(0.97, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
+    dup_max_hamming: int = Field(12, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
+    dup_min_cosine: float = Field(0.95, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
     weighted_threshold: float = Field(0.75, ge=0, le=1, description="weighted policy: least passing share of weight.")
 
     @model_validator(mode="after")

@@ -177,7 +177,7 @@ def rank(ctx: StageContext) -> dict[str, Any]:
     ctx.state_patch["qc"] = _summary(ctx, candidates, clusters, relaxed, len(chosen))
     ctx.finalize = lambda session, campaign: pipeline.write_results(session, campaign, chosen)
     return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen),
-            "clusters": len(set(clusters.values())), "relaxed": [r["id"] for r in relaxed]}
+            "clusters": len({c.id for c in clusters.values()}), "relaxed": [r["id"] for r in relaxed]}
 
 
 def _pool(ctx: StageContext) -> list[Candidate]:
