@@ -2,7 +2,8 @@
 
 matting x compositor is tests/test_e2e.py. Here: sam x compositor, matting x sd-inpaint and
 sam x sd-inpaint, with the tiny random SamModel and SD inpainting pipeline saved to disk and
-loaded by the workers offline (HF_HUB_OFFLINE=1) through the configured model paths: the
+loaded by the workers offline; sam x compositor also runs QC with a tiny DINOv2 and ranks with the
+laion aesthetic adapter (tiny CLIP + MLP). All are loaded offline (HF_HUB_OFFLINE=1) through the configured model paths: the
 same path a GPU deployment takes. The promise checked on every candidate, not only results:
 wherever the placed product is opaque, the candidate's pixels are the product's pixels.
 """
@@ -22,6 +23,7 @@ from tests.conftest import System, running_system
 from tests.test_e2e import BRIEF, client, httpx_get, wait_terminal
 from tests.tiny_sam import build_tiny_sam
 from tests.tiny_sd import build_tiny_sd_inpaint
+from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
 
 pytestmark = pytest.mark.slow
 PAIRINGS = {"sam+compositor": ("sam", "compositor", "/8"), "matting+sd-inpaint": ("matting", "sd-inpaint", "/9"),
@@ -33,7 +35,15 @@ GRID = {"ONBRAND_GRID_ROWS": "2", "ONBRAND_GRID_COLS": "2", "ONBRAND_ROTATIONS":
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"sam": build_tiny_sam(root / "tiny-sam"), "sd": build_tiny_sd_inpaint(root / "tiny-sd-inpaint")}
+    return {"sam": build_tiny_sam(root / "tiny-sam"), "sd": build_tiny_sd_inpaint(root / "tiny-sd-inpaint"),
+            "dinov2": build_tiny_dinov2(root / "tiny-dinov2"), "clip": build_tiny_clip(root / "tiny-clip"),
+            "mlp": build_tiny_aesthetic_mlp(root / "tiny-aesthetic-mlp", in_dim=16)}
+
+
+def qc_models(models: dict[str, Path]) -> dict[str, str]:
+    """QC and ranking with the production adapters: DINOv2 fidelity/duplicates, laion aesthetic."""
+    return {"ONBRAND_DINOV2_MODEL": str(models["dinov2"]), "ONBRAND_AESTHETIC": "laion",
+            "ONBRAND_AESTHETIC_CLIP_MODEL": str(models["clip"]), "ONBRAND_AESTHETIC_MLP": str(models["mlp"])}
 
 
 @pytest.fixture(scope="module", params=list(PAIRINGS))
@@ -45,7 +55,8 @@ def pairing(request: pytest.FixtureRequest, stack_urls: dict[str, str], tiny_mod
            "ONBRAND_SD_STEPS": "2", "ONBRAND_SD_RESOLUTION": "128", "ONBRAND_SD_BATCH_SIZE": "4",
            "ONBRAND_SD_VARIANTS": "2" if request.param == "sam+sd-inpaint" else "1",
            "ONBRAND_LLM_BACKEND": "rules",  # the language stages are not under test here
-           "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + db, **GRID}
+           "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + db, **GRID,
+           **(qc_models(tiny_models) if request.param == "sam+compositor" else {})}
     home = tmp_path_factory.mktemp(request.param.replace("+", "_"))
     with running_system(stack_urls, home, f"e2e_{segmenter}_{generator.replace('-', '_')}", **env) as system:
         yield request.param, system
@@ -114,3 +125,22 @@ def test_no_candidate_covers_the_safe_zone(run: dict[str, Any]) -> None:
         p, canvas = cand["placement"], cand["placement"]["canvas"]
         # the box grows right and down from (x, y): clear of the top-left zone iff it starts past it
         assert p["x"] >= 0.3 * canvas["width"] or p["y"] >= 0.12 * canvas["height"], cand["layout_key"]
+
+
+def test_qc_uses_dinov2_and_ranking_the_laion_adapter_where_configured(run: dict[str, Any]) -> None:
+    with_models = run["name"] == "sam+compositor"
+    for cand in run["candidates"]:
+        dino = next(v for v in cand["qc"]["verdicts"] if v["check"] == "product_dino")
+        if with_models:  # the compositor leaves the product untouched: its crops embed identically
+            assert dino["status"] == "pass" and cand["qc"]["metrics"]["dino_cosine"] == pytest.approx(1.0, abs=1e-4)
+        else:
+            assert dino["status"] == "unchecked" and "ONBRAND_DINOV2_MODEL" in dino["reason"]
+        if cand["aesthetic"] is not None:
+            assert cand["qc"]["aesthetic"]["method"] == ("laion" if with_models else "classical")
+            assert 0.0 <= cand["aesthetic"] <= 10.0
+    summary = run["campaign"]["state"]["qc"]
+    assert summary["aesthetic"] == ("laion" if with_models else "classical")
+    assert bool(summary["dinov2"]) == with_models
+    report = run["api"].get(f"/v1/campaigns/{run['campaign']['id']}/report").json()
+    assert report["candidates"] == len(run["candidates"]) and report["policy"] == "weighted"
+    assert report["checks"]["product_exact"]["pass_rate"] == 1.0

@@ -45,12 +45,14 @@ def warm_models() -> None:
 
 
 def _warm_gpu_models(queues: set[str]) -> None:
-    """Segmenter and generator once per pool process; every task then reuses them (registry caches)."""
-    from shared.models import generate_spec, segment_spec
+    """Segmenter, generator, DINOv2 and the aesthetic scorer once per pool process; every task then reuses
+    them (registry caches)."""
+    from shared.models import aesthetic_spec, fidelity_spec, generate_spec, segment_spec
     from workers.models import registry
 
     settings = get_settings()
-    if "segment" in queues:
-        registry.load(segment_spec(settings))
-    if "generate" in queues:
-        registry.load(generate_spec(settings))
+    wanted = {"segment": segment_spec(settings), "generate": generate_spec(settings),
+              "qc": fidelity_spec(settings), "scoring": aesthetic_spec(settings)}
+    for queue, spec in wanted.items():
+        if queue in queues and spec is not None:
+            registry.load(spec)
