@@ -29,7 +29,10 @@ class QcThresholds(BaseModel):
     max_delta_e: float = Field(2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND).")
     palette_radius: float = Field(5.0, gt=0, le=100, description="ΔE00 to the nearest tint or shade of a palette "
                                   "colour that counts as on-palette.")
-    min_palette_share: float = Field(0.6, ge=0, le=1, description="Least share of background on the palette.")
+    # Unset = measured and shown, not enforced: photos from a brand's own library carry scene colours
+    # (5-97 % on-palette in the demo library), while studio backdrops are 100 % and foreign hues 1-6 %.
+    min_palette_share: float | None = Field(None, ge=0, le=1, description="Least share of background on the "
+                                            "palette (e.g. 0.6); unset = reported, not enforced.")
     area_min: float = Field(0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
     area_max: float = Field(0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
     exposure_min: float = Field(0.12, ge=0, le=1, description="Least mean luminance (0-1).")

@@ -47,7 +47,8 @@ def test_a_gpu_worker_runs_one_process(tmp_path: Path) -> None:
 def test_models_check_names_the_stage_of_each_missing_model(tmp_path: Path) -> None:
     env = base_env(tmp_path, ONBRAND_LLM_BACKEND="rules", ONBRAND_SEGMENTER="sam",
                    ONBRAND_SAM_MODEL=str(tmp_path / "no-such-sam"), ONBRAND_GENERATOR="sd-inpaint",
-                   ONBRAND_SD_MODEL="acme/not-in-the-offline-cache")
+                   ONBRAND_SD_MODEL="acme/not-in-the-offline-cache", ONBRAND_DINOV2_MODEL=str(tmp_path / "no-dino"),
+                   ONBRAND_AESTHETIC="laion", ONBRAND_AESTHETIC_CLIP_MODEL=str(tmp_path / "no-clip"))
     done = subprocess.run(onbrand_cmd("models", "check"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stdout + done.stderr
     lines = done.stdout.splitlines()
@@ -56,19 +57,28 @@ def test_models_check_names_the_stage_of_each_missing_model(tmp_path: Path) -> N
     sd = next(line for line in lines if "generate" in line and "sd-inpaint" in line)
     assert sam.startswith("MISSING") and "no-such-sam" in sam and "local path" in sam
     assert sd.startswith("MISSING") and "acme/not-in-the-offline-cache" in sd and "HF cache" in sd
-    assert lines[-1] == "1 of 3 models load; missing: segment (sam), generate (sd-inpaint)"
+    dino = next(line for line in lines if "qc" in line and "dinov2" in line)
+    assert dino.startswith("MISSING") and "no-dino" in dino
+    assert lines[-1] == ("1 of 5 models load; missing: segment (sam), generate (sd-inpaint), qc (dinov2), "
+                         "rank (laion)")
 
 
 def test_models_check_loads_the_tiny_production_models(tmp_path: Path) -> None:
     from tests.tiny_sam import build_tiny_sam
     from tests.tiny_sd import build_tiny_sd_inpaint
+    from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
 
     env = base_env(tmp_path, ONBRAND_LLM_BACKEND="rules", ONBRAND_SEGMENTER="sam", ONBRAND_GENERATOR="sd-inpaint",
                    ONBRAND_MODELS_DIR=str(tmp_path / "models"), ONBRAND_SAM_MODEL="tiny-sam",
-                   ONBRAND_SD_MODEL="tiny-sd")  # names under the models dir, as a mounted volume holds them
+                   ONBRAND_SD_MODEL="tiny-sd", ONBRAND_DINOV2_MODEL="tiny-dinov2", ONBRAND_AESTHETIC="laion",
+                   ONBRAND_AESTHETIC_CLIP_MODEL="tiny-clip",
+                   ONBRAND_AESTHETIC_MLP="mlp.safetensors")  # names under the models dir, as a mounted volume holds
     build_tiny_sam(tmp_path / "models" / "tiny-sam")
     build_tiny_sd_inpaint(tmp_path / "models" / "tiny-sd")
+    build_tiny_dinov2(tmp_path / "models" / "tiny-dinov2")
+    build_tiny_clip(tmp_path / "models" / "tiny-clip")
+    build_tiny_aesthetic_mlp(tmp_path / "models" / "mlp", suffix=".safetensors")
     done = subprocess.run(onbrand_cmd("models", "check"), env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.splitlines()[-1] == "3 of 3 models load"
+    assert done.stdout.splitlines()[-1] == "5 of 5 models load"
     assert f"loaded from {tmp_path / 'models' / 'tiny-sd'}" in done.stdout

@@ -3,8 +3,8 @@
 matting x compositor is tests/test_e2e.py. Here: sam x compositor, matting x sd-inpaint and
 sam x sd-inpaint, with the tiny random SamModel and SD inpainting pipeline saved to disk and
 loaded by the workers offline; sam x compositor also runs QC with a tiny DINOv2 and ranks with the
-laion aesthetic adapter (tiny CLIP + MLP). All are loaded offline (HF_HUB_OFFLINE=1) through the configured model paths: the
-same path a GPU deployment takes. The promise checked on every candidate, not only results:
+laion aesthetic adapter (tiny CLIP + MLP). All are loaded offline (HF_HUB_OFFLINE=1) through the
+configured model paths: the same path a GPU deployment takes. The promise checked on every candidate, not only results:
 wherever the placed product is opaque, the candidate's pixels are the product's pixels.
 """
 from __future__ import annotations

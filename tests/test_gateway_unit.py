@@ -340,6 +340,9 @@ def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
     assert _locs(client.post("/v1/brands", json=brand, headers=acme.auth)) == [
         ["body", "name"], ["body", "palette", 0], ["body", "guidelines", 0, "weight"],
         ["body", "forbidden_terms", 1], ["body", "forbidden_terms", 2]]
+    limits = client.post("/v1/brands", json={"name": "b", "qc_thresholds": {"min_exat": 1, "area_min": 0.9}},
+                         headers=acme.auth)
+    assert _locs(limits) == [["body", "qc_thresholds"]] and "min_exat" in limits.text and "area_min" in limits.text
     for brief in ("", "   ", "x" * 10_000):  # empty, blank and 10,000 characters: refused before anything runs
         empty = {"brand_id": str(uuid.uuid4()), "brief": brief}
         assert _locs(client.post("/v1/campaigns", json=empty, headers=acme.auth)) == [["body", "brief"]]

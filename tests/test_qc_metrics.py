@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from shared.qc import QcThresholds
 from tests.test_compositor import bottle
 from workers.models import brand_rules, colour, composition, compositor, duplicates
 
 BRAND = ["#1F6FEB", "#F2CC60"]  # blue wall, yellow floor
 FOREIGN = ["#D12E2E", "#2EA043"]  # red / green: nothing like it
 CANVAS = (512, 512)
-LIMITS = brand_rules.DEFAULT_LIMITS
+LIMITS = QcThresholds(min_palette_share=0.6).model_dump()  # palette enforced, as a brand would
 
 # Sharma, Wu & Dalal (2005), Table 1: the 34 CIEDE2000 test pairs (Lab 1, Lab 2, dE00 to 4 decimals).
 SHARMA = [

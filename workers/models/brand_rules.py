@@ -31,31 +31,15 @@ from PIL import Image
 from workers.models.colour import ciede2000, palette_rgb, rgb01_to_lab
 from workers.models.composition import SafeZone
 
-__all__ = ["DEFAULT_LIMITS", "check"]
+__all__ = ["LIMIT_KEYS", "check"]
 
-DEFAULT_LIMITS: dict[str, float] = {
-    # dE00 ~2.3 is a just-noticeable difference; 5 still reads as "the same colour" at a glance and
-    # absorbs generator noise and JPEG. Measured (1024 px studio backdrop, blue/yellow brand): 100 % of
-    # the background is within 5 of its own palette, 2.2 % within 5 of a red/green palette.
-    "palette_radius": 5.0,
-    # Most of the background must be on-brand, but props, horizon blends and reflections may not be.
-    # Measured shares: 1.00 on-brand vs 0.02 (red/green) and 0.01-0.06 for other foreign palettes.
-    "min_palette_share": 0.6,
-    # As the pipeline's product_area QC (workers/stages/pipeline.py): below 2 % the product is lost in
-    # a banner, above 60 % no scene is left around it.
-    "area_min": 0.02,
-    "area_max": 0.6,
-    # Mean luminance of a usable ad: a dark mood shot sits around 0.2, a high-key one around 0.8; the
-    # bounds leave room for both and fail only near-black and washed-out images.
-    "exposure_min": 0.12,
-    "exposure_max": 0.88,
-    # A white seamless studio background legitimately clips a lot; a quarter of the canvas is where it
-    # stops being a style and becomes lost detail.
-    "max_clipped": 0.25,
-    # RMS contrast (std of luminance): natural photos sit at 0.15-0.3, our smooth studio backdrops with
-    # a product ~0.1; below 0.04 the image is essentially one flat tone.
-    "min_contrast": 0.04,
-}
+# The limits' defaults and their reasons live in shared/qc.py (QcThresholds), with the brand's overrides.
+# Palette measurements behind them: a 1024 px studio backdrop is 100 % within 5 dE00 of its own palette
+# and 1-6 % of foreign ones; photos from a media library are 5-97 % within 5 of the demo palette, so a
+# required share is the brand's call (min_palette_share), not a default.
+LIMIT_KEYS = ("palette_radius", "min_palette_share", "area_min", "area_max", "exposure_min", "exposure_max",
+              "max_clipped", "min_contrast")
+OPTIONAL = {"min_palette_share"}  # None = measured and reported, not enforced
 
 PALETTE_SIDE = 256  # palette statistics on the background downsampled to this longest side: it is a share
 EDGE_CLEARANCE = 0.01  # background this close to the product (share of the longest side) is not counted:
@@ -69,7 +53,7 @@ CLIP_LO, CLIP_HI = 2, 253  # of 255: luminance this dark / bright carries no det
 
 
 def check(candidate: Image.Image, layer: Image.Image, palette: list[str], safe_zones: list[dict[str, Any]],
-          limits: Mapping[str, float]) -> list[dict[str, Any]]:
+          limits: Mapping[str, float | None]) -> list[dict[str, Any]]:
     """Verdicts palette_adherence, product_area, safe_zones_clear, exposure, contrast (in this order)."""
     rgb, alpha = _images(candidate, layer)
     pal = palette_rgb(palette)
@@ -116,14 +100,17 @@ def _zones(safe_zones: list[dict[str, Any]]) -> list[SafeZone]:
     return out
 
 
-def _limits(limits: Mapping[str, float]) -> dict[str, float]:
+def _limits(limits: Mapping[str, float | None]) -> dict[str, Any]:
     if not isinstance(limits, Mapping):
         raise ValueError(f"limits: expected a mapping, got {type(limits).__name__}")
-    out = {}
-    for key in DEFAULT_LIMITS:
+    out: dict[str, Any] = {}
+    for key in LIMIT_KEYS:
         if key not in limits:
-            raise ValueError(f"limits: missing key {key!r} (DEFAULT_LIMITS has them all)")
+            raise ValueError(f"limits: missing key {key!r} (shared.qc.QcThresholds has them all)")
         value = limits[key]
+        if value is None and key in OPTIONAL:
+            out[key] = None
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
             raise ValueError(f"limits[{key!r}]: expected a finite number >= 0, got {value!r}")
         out[key] = float(value)
@@ -144,8 +131,10 @@ def _verdict(name: str, value: float | None, threshold: float | list[float] | No
 
 
 def palette_adherence(rgb: np.ndarray, alpha: np.ndarray, pal: np.ndarray, radius: float,
-                      min_share: float) -> dict[str, Any]:
-    """Share of the background within ``radius`` dE00 of a palette colour's tints and shades."""
+                      min_share: float | None) -> dict[str, Any]:
+    """Share of the background within ``radius`` dE00 of a palette colour's tints and shades.
+
+    min_share None: the share is measured and reported, status "unchecked" (the brand requires none)."""
     name = "palette_adherence"
     if len(pal) == 0:
         return _verdict(name, None, min_share, None, "the brand has no palette")
@@ -155,12 +144,14 @@ def palette_adherence(rgb: np.ndarray, alpha: np.ndarray, pal: np.ndarray, radiu
     dist = _palette_distance(pixels, pal)
     on = dist <= radius
     share = float(on.mean())
-    reason = (f"{share:.1%} of the background is within {radius:g} dE00 of a palette colour's tints and shades "
-              f"(at least {min_share:.0%} required)")
+    required = "not enforced: the brand sets no min_palette_share" if min_share is None else (
+        f"at least {min_share:.0%} required")
+    reason = (f"{share:.1%} of the background is within {radius:g} dE00 of a palette colour's tints and "
+              f"shades ({required})")
     if not on.all():
         hex_code, d = _farthest_dominant(pixels[~on], dist[~on], len(pixels))
         reason += f"; farthest-off dominant colour {hex_code} ({d:.1f} dE00 away)"
-    return _verdict(name, share, min_share, share >= min_share, reason)
+    return _verdict(name, share, min_share, None if min_share is None else share >= min_share, reason)
 
 
 def _background_pixels(rgb: np.ndarray, alpha: np.ndarray) -> np.ndarray:

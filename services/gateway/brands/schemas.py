@@ -40,9 +40,10 @@ def _overrides(value: dict[str, Any] | None) -> dict[str, Any] | None:
     return value
 
 
-class BrandFields(BaseModel):
+class BrandCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     palette: list[HexColor] = Field(default_factory=list, max_length=64, description='["#RRGGBB", ...]')
     guidelines: list[Guideline] = Field(default_factory=list, max_length=100)
     forbidden_terms: list[Term] = Field(
@@ -51,10 +52,6 @@ class BrandFields(BaseModel):
     qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
-
-
-class BrandCreate(BrandFields):
-    name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 
 
 class BrandUpdate(BaseModel):
