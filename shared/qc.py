@@ -39,8 +39,8 @@ class QcThresholds(BaseModel):
     exposure_max: float = Field(0.88, ge=0, le=1, description="Most mean luminance (0-1).")
     max_clipped: float = Field(0.25, ge=0, le=1, description="Most share of clipped (near black/white) pixels.")
     min_contrast: float = Field(0.04, ge=0, le=1, description="Least RMS contrast (std of luminance 0-1).")
-    dup_max_hamming: int = Field(12, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
-    dup_min_cosine: float = Field(0.95, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
+    dup_max_hamming: int = Field(6, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
+    dup_min_cosine: float = Field(0.98, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
     weighted_threshold: float = Field(0.75, ge=0, le=1, description="weighted policy: least passing share of weight.")
 
     @model_validator(mode="after")

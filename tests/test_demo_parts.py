@@ -114,7 +114,12 @@ def _verdicts(passed: bool) -> list[dict[str, Any]]:
 
 def _candidate(key: str, row: int, col: int, rank: int | None, passed: bool, aesthetic: float | None,
                rnd: int = 0) -> dict[str, Any]:
-    qc: dict[str, Any] = {"metrics": {}, "verdicts": _verdicts(passed)}
+    qc: dict[str, Any] = {
+        "metrics": {}, "verdicts": _verdicts(passed),
+        "guidelines": {"verdicts": [{"guideline": "brand_1", "status": "unchecked", "flexible": True, "weight": 0.5,
+                                     "reason": "a written guideline needs a vision-language model"}]},
+        "policy": {"name": "flexible", "passed": passed, "weighted_share": 1.0, "relaxed": ["brand_2"] if rank else []},
+        "cluster": {"id": f"c-{key}", "size": 2, "best": key, "members": [key, "other"]}}
     if aesthetic is not None:
         qc["aesthetic"] = {"score": aesthetic, "parts": {"sharpness": 0.8, "exposure": 0.6, "thirds": 0.4}}
     return {"id": f"id-{key}", "round": rnd, "layout_key": key, "generator": "compositor", "integrity": {},
@@ -153,7 +158,10 @@ def test_contact_sheet_lists_every_candidate_and_check(tmp_path: Path) -> None:
     (tmp_path / "candidates").mkdir()
     for cand in candidates:
         Image.new("RGB", (8, 8), "#E4572E").save(tmp_path / "candidates" / f"{thumb_name(cand)}.png")
-    path = write_contact_sheet(tmp_path, _campaign(), candidates)
+    report = {"policy": "flexible", "outcomes": {"ranked": 1, "failed": 2},
+              "relaxed": [{"id": "brand_2", "weight": 0.5}],
+              "checks": {"product_exact": {"pass": 2, "fail": 2, "unchecked": 0, "pass_rate": 0.5}}}
+    path = write_contact_sheet(tmp_path, _campaign(), candidates, report=report)
     page = path.read_text()
     assert path == tmp_path / "contact-sheet.html" and page.startswith("<!doctype html>")
     for cand in candidates:
@@ -163,6 +171,9 @@ def test_contact_sheet_lists_every_candidate_and_check(tmp_path: Path) -> None:
     for check in ("product_exact", "product_in_frame"):
         assert check in page
     assert "inside &lt;canvas&gt;" in page, "reasons are escaped into the hover title"
+    assert 'class="chip unchecked"' in page and "brand_1" in page  # guideline verdicts, unchecked ones too
+    assert "flexible policy: pass (weighted 1.00), relaxed brand_2" in page and "cluster c-" in page
+    assert "QC report · flexible policy" in page and "brand_2 (weight 0.5)" in page and "0.50 (2 pass" in page
     assert 'class="badge r1"' in page and 'href="rank-1.png"' in page
     assert "Stride into the golden hour." in page and "failed QC: product_exact" in page
     assert page.index("r3c1-m15") < page.index("r2c2-p0") < page.index("r1c3-p15"), "ranked first"

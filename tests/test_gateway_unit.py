@@ -342,7 +342,9 @@ def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
         ["body", "forbidden_terms", 1], ["body", "forbidden_terms", 2]]
     limits = client.post("/v1/brands", json={"name": "b", "qc_thresholds": {"min_exat": 1, "area_min": 0.9}},
                          headers=acme.auth)
-    assert _locs(limits) == [["body", "qc_thresholds"]] and "min_exat" in limits.text and "area_min" in limits.text
+    assert _locs(limits) == [["body", "qc_thresholds"]] and "min_exat" in limits.text
+    inverted = client.post("/v1/brands", json={"name": "b", "qc_thresholds": {"area_min": 0.9}}, headers=acme.auth)
+    assert _locs(inverted) == [["body", "qc_thresholds"]] and "area_min must be below area_max" in inverted.text
     for brief in ("", "   ", "x" * 10_000):  # empty, blank and 10,000 characters: refused before anything runs
         empty = {"brand_id": str(uuid.uuid4()), "brief": brief}
         assert _locs(client.post("/v1/campaigns", json=empty, headers=acme.auth)) == [["body", "brief"]]

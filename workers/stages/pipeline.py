@@ -581,11 +581,13 @@ def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str
     rows = session.execute(select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round,
                                   Candidate.excluded_reason).where(
         Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id)).mappings().all()
-    blocking = qc_report.report(rows, campaign.qc_policy, campaign.top_k)["blocking"]
+    summary = qc_report.report(rows, campaign.qc_policy, campaign.top_k)
+    blocking, duplicates = summary["blocking"], summary["outcomes"].get("duplicate", 0)
     kept_out = ", ".join(f"{b['check']} ({b['failed']})" for b in blocking[:6]) or "no check failed"
-    return {"code": "too_few_passed", "blocking": blocking,
+    return {"code": "too_few_passed", "blocking": blocking, "duplicates": duplicates,
             "message": f"{found} of {campaign.top_k} results passed QC after {campaign.round + 1} round(s) "
-                       f"({loop.get('revision', 0)} caption revision(s)); failed checks: {kept_out}"}
+                       f"({loop.get('revision', 0)} caption revision(s)); failed checks: {kept_out}; "
+                       f"{duplicates} passing candidate(s) were near-duplicates of better ones"}
 
 
 def restart_stalled(older_than_s: int = 60) -> int:
