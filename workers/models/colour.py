@@ -114,7 +114,13 @@ def mean_delta_e(rgb_a: np.ndarray, rgb_b: np.ndarray, mask: np.ndarray) -> floa
         raise ValueError(f"mask: expected a bool array of shape {a.shape[:2]}, got {m.dtype} {m.shape}")
     if not m.any():
         raise ValueError("mask: empty")
-    return float(ciede2000(rgb_to_lab(a[m]), rgb_to_lab(b[m])).mean())
+    pa, pb = a[m], b[m]
+    # dE00 of identical colours is exactly 0: only differing pixels need the (costly) formula, and a
+    # candidate whose product is intact, the usual case, costs one comparison.
+    differ = (pa != pb).any(axis=1)
+    if not differ.any():
+        return 0.0
+    return float(ciede2000(rgb_to_lab(pa[differ]), rgb_to_lab(pb[differ])).sum()) / len(pa)
 
 
 def palette_rgb(palette: list[str]) -> np.ndarray:

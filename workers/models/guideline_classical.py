@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 # _footprint is where compose() centres its contact shadow: look for the shadow exactly there.
-from workers.models.composition import integrity
+from workers.models.composition import exact_counts
 from workers.models.compositor import _footprint
 
 BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
@@ -117,10 +117,10 @@ def _validate(candidate: Image.Image, layer: Image.Image) -> tuple[np.ndarray, n
 
 def check_distorted(candidate: Image.Image, layer: Image.Image) -> dict[str, Any]:
     """Fail when fewer than MIN_EXACT_FRACTION of the opaque product pixels are bit-exact."""
-    exact = integrity(candidate, layer)
-    frac = float(exact["exact_fraction"])
+    opaque, exact = exact_counts(candidate, layer)
+    frac = exact / opaque
     status = "pass" if frac >= MIN_EXACT_FRACTION else "fail"
-    reason = (f"{exact['exact_pixels']} of {exact['opaque_pixels']} opaque product pixels are bit-exact "
+    reason = (f"{exact} of {opaque} opaque product pixels are bit-exact "
               f"({frac:.3%}; need >= {MIN_EXACT_FRACTION:.1%})")
     return _verdict("distorted_product", status, reason, frac)
 
