@@ -4,6 +4,8 @@ from __future__ import annotations
 import uuid
 from types import SimpleNamespace
 
+import pytest
+
 from shared.db.models import Candidate
 from shared.qc import QcThresholds
 from workers.stages.quality import best_of_clusters, choose, product_checks
@@ -53,3 +55,26 @@ def test_only_the_best_of_a_cluster_is_rankable_and_the_rest_say_why() -> None:
     assert a.qc["cluster"] == {"id": "c1", "size": 3, "members": ["a", "b", "f"], "best": "b", "links": [
         {"a": "a", "b": "b", "how": "phash distance 2"}, {"a": "b", "b": "f", "how": "phash 0"}]}
     assert c.qc["cluster"]["size"] == 1 and c.qc["cluster"]["best"] == "c"
+
+
+def test_product_checks_on_known_images_identical_and_recoloured() -> None:
+    import numpy as np
+    from PIL import Image
+
+    from tests.bench.test_bench_compositor import cutout
+    from workers.models import composition, compositor, fidelity
+
+    cut = cutout()
+    layout = composition.plan([(512, 512)], cut.size, 3, 3, (0.0,), 0.45, 2.0, cutout=cut).layouts[4]
+    layer = composition.place(cut, layout)
+    image = compositor.compose(layer, compositor.backdrop((512, 512), ["#1F6FEB"]))
+    same = {**fidelity.fidelity(image, layer), "dino_cosine": None}
+    assert same["exact_fraction"] == 1.0 and same["msssim_edges"] == pytest.approx(1.0, abs=1e-6)
+    assert same["delta_e"] == 0.0
+    arr = np.asarray(image).copy()
+    opaque = np.asarray(layer)[:, :, 3] == 255
+    arr[opaque] = arr[opaque][:, [2, 0, 1]]  # the product's channels rotated: same shape, other colours
+    recoloured = {**fidelity.fidelity(Image.fromarray(arr), layer), "dino_cosine": None}
+    verdicts = {v["check"]: v for v in product_checks(recoloured, QcThresholds())}
+    assert recoloured["delta_e"] > 10 and verdicts["product_colour_delta_e"]["status"] == "fail"
+    assert verdicts["product_exact"]["status"] == "fail"
