@@ -598,7 +598,7 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
         stages.add_row(s["stage"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "—")
     console.print(stages)
     console.print(f"webhooks: {webhooks[1]} received, {webhooks[0]} with a valid signature")
-    console.print(f"outputs in [bold]{out}[/]: campaign.json, rank-*.png, candidates/, contact-sheet.html, "
+    console.print(f"outputs in [bold]{out}[/]: campaign.json, report.json, rank-*.png, candidates/, contact-sheet.html, "
                   "webhooks.jsonl, webhook-secret.txt, library/")
 
 
