@@ -598,8 +598,8 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
         stages.add_row(s["stage"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "—")
     console.print(stages)
     console.print(f"webhooks: {webhooks[1]} received, {webhooks[0]} with a valid signature")
-    console.print(f"outputs in [bold]{out}[/]: campaign.json, report.json, rank-*.png, candidates/, contact-sheet.html, "
-                  "webhooks.jsonl, webhook-secret.txt, library/")
+    console.print(f"outputs in [bold]{out}[/]: campaign.json, report.json, rank-*.png, candidates/, "
+                  "contact-sheet.html, webhooks.jsonl, webhook-secret.txt, library/")
 
 
 # --------------------------------------------------------------------------- the run
