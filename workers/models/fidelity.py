@@ -3,7 +3,8 @@
 Three views of the same question, strictest first:
 
 * ``exact_fraction`` - share of the layer's fully opaque pixels that are bit-identical
-  in the candidate (see composition.integrity). 1.0 is the promise.
+  in the candidate (composition.exact_counts; the generate stage already stored the
+  sha256 proof in the candidate's integrity record, QC does not hash again). 1.0 is the promise.
 * ``msssim_edges``   - MS-SSIM between edge maps of the product's bounding box in the
   candidate and in a reference built from the layer. Catches structural damage (blur,
   redrawn text, warped logos) that a generator might introduce even when colours are
@@ -25,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from workers.models import colour
-from workers.models.composition import integrity
+from workers.models.composition import exact_counts
 
 MSSSIM_MIN_SIDE = 161  # 5 scales with an 11 px window need > (11 - 1) * 2**4 px
 MSSSIM_MAX_SIDE = 1024  # larger crops are downscaled: cost, not accuracy, grows past this
@@ -34,13 +35,13 @@ BBOX_PAD = 4  # px of context around the product so its outline is inside the cr
 
 def fidelity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | int]:
     """Fidelity of ``candidate`` to the product in ``layer`` (RGBA, alpha = mask)."""
-    exact = integrity(candidate, layer)  # also validates both arguments
+    opaque_n, exact_n = exact_counts(candidate, layer)  # also validates both arguments
     cand = np.asarray(candidate.convert("RGB"))
     arr = np.asarray(layer)
     opaque = arr[:, :, 3] == 255
     diff = np.abs(cand[opaque].astype(np.int16) - arr[:, :, :3][opaque].astype(np.int16))
     return {
-        **exact,
+        "opaque_pixels": opaque_n, "exact_pixels": exact_n, "exact_fraction": exact_n / opaque_n,
         "msssim_edges": round(msssim_edges(cand, arr[:, :, :3], opaque), 6),
         "mean_abs_diff": round(float(diff.mean()), 4),
         "delta_e": round(colour.mean_delta_e(cand, arr[:, :, :3], opaque), 4),
