@@ -817,3 +817,21 @@ def test_search_degrades_to_keywords_when_no_worker_embeds_the_query(
         strict = client.get("/v1/assets/search", params={"q": "crimson", "mode": "vector"}, headers=acme.auth)
         assert strict.status_code == 503 and strict.json()["code"] == "search_unavailable"
         assert strict.headers["Retry-After"] == "5"
+
+
+def test_patch_brand_changes_only_the_given_fields_and_is_tenant_scoped(
+        client: TestClient, acme: Tenant, globex: Tenant) -> None:
+    brand_id = make_brand(client, acme, "Patched")
+    changed = client.patch(f"/v1/brands/{brand_id}", headers=acme.auth, json={
+        "qc_thresholds": {"min_palette_share": 0.6, "max_delta_e": 1.0},
+        "guidelines": [{"text": "warm light", "flexible": True, "weight": 0.5}], "forbidden_terms": ["Acme", "Acme"]})
+    assert changed.status_code == 200, changed.text
+    body = changed.json()
+    assert body["name"] == "Patched" and body["qc_thresholds"] == {"min_palette_share": 0.6, "max_delta_e": 1.0}
+    assert body["guidelines"] == [{"text": "warm light", "flexible": True, "weight": 0.5}]
+    assert body["forbidden_terms"] == ["Acme"]
+    assert client.get(f"/v1/brands/{brand_id}", headers=acme.auth).json()["qc_thresholds"]["max_delta_e"] == 1.0
+    assert_problem(client.patch(f"/v1/brands/{brand_id}", headers=globex.auth, json={"name": "x"}), 404, "not_found")
+    bad = client.patch(f"/v1/brands/{brand_id}", headers=acme.auth, json={"qc_thresholds": {"min_exact": 2}})
+    assert bad.status_code == 422 and "min_exact" in bad.text
+    assert client.get(f"/v1/brands/{brand_id}", headers=acme.auth).json()["qc_thresholds"]["max_delta_e"] == 1.0

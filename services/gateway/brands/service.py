@@ -31,9 +31,7 @@ def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
 def update(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: BrandUpdate) -> Brand:
     """Campaigns already running keep what their stages read; the next stage reads the new values."""
     brand = get(session, tenant_id, brand_id)
-    changes = body.model_dump(exclude_unset=True, exclude_none=True)
-    if "guidelines" in changes:
-        changes["guidelines"] = [g.model_dump() for g in body.guidelines or []]
+    changes = body.model_dump(exclude_unset=True, exclude_none=True)  # guidelines come out as plain dicts
     if "forbidden_terms" in changes:
         changes["forbidden_terms"] = list(dict.fromkeys(changes["forbidden_terms"]))
     for name, value in changes.items():
