@@ -9,13 +9,17 @@ stored QC records, so it is the same whether asked mid-campaign or after deliver
 """
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from shared.config import Settings
+from shared.db.models import Candidate
 
 
 class QcThresholds(BaseModel):
@@ -69,6 +73,13 @@ def _checks(qc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         yield v["check"], v.get("status") or ("pass" if v.get("passed") else "fail")
     for v in (qc.get("guidelines") or {}).get("verdicts") or []:
         yield v["guideline"], v["status"]
+
+
+def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> list[Mapping[str, Any]]:
+    """What :func:`report` reads of a campaign's candidates (the QC records, not the images)."""
+    return list(session.execute(
+        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason)
+        .where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)).mappings().all())
 
 
 def report(candidates: Iterable[Mapping[str, Any]], policy: str, top_k: int) -> dict[str, Any]:

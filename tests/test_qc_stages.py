@@ -166,6 +166,13 @@ def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(world: dic
     failures = campaign.state["caption"]["failures"]
     assert failures[0]["guideline"] == "product_area" and failures[0]["count"] == 18
     assert not any(c.passed for c in candidates(campaign.id))
+    from services.gateway.campaigns import service  # the report endpoint's service, on the same rows
+
+    with session_scope() as session:
+        report = service.report(session, campaign.tenant_id, campaign.id)
+    assert report["status"] == "partial" and report["candidates"] == 72 and report["outcomes"] == {"failed": 72}
+    assert report["checks"]["product_area"] == {"pass": 0, "fail": 72, "unchecked": 0, "pass_rate": 0.0}
+    assert report["blocking"] == campaign.error["blocking"] and report["revisions"][0]["round"] == 2
 
 
 def test_near_duplicates_are_clustered_and_only_the_best_of_each_is_ranked(world: dict[str, Any]) -> None:

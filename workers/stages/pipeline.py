@@ -578,9 +578,7 @@ def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str
     from shared import qc as qc_report
 
     loop = (campaign.state or {}).get("_loop") or {}
-    rows = session.execute(select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round,
-                                  Candidate.excluded_reason).where(
-        Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id)).mappings().all()
+    rows = qc_report.candidate_rows(session, campaign.tenant_id, campaign.id)
     summary = qc_report.report(rows, campaign.qc_policy, campaign.top_k)
     blocking, duplicates = summary["blocking"], summary["outcomes"].get("duplicate", 0)
     kept_out = ", ".join(f"{b['check']} ({b['failed']})" for b in blocking[:6]) or "no check failed"

@@ -158,9 +158,7 @@ def candidates_page(
 def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
     """shared.qc.report over the campaign's candidates, with the rank stage's policy record."""
     campaign = get(session, tenant_id, campaign_id)
-    rows = session.execute(
-        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason)
-        .where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)).mappings().all()
+    rows = qc_report.candidate_rows(session, tenant_id, campaign_id)
     summary = (campaign.state or {}).get("qc") or {}
     return {**qc_report.report(rows, campaign.qc_policy, campaign.top_k), "campaign_id": campaign.id,
             "status": campaign.status, "relaxed": summary.get("relaxed") or [], "clusters": summary.get("clusters"),
