@@ -183,10 +183,29 @@ class Settings(BaseSettings):
         description="Networks (CIDR/IP) or hostnames that outgoing requests (webhooks, URL import) may reach "
         "although private. Development only, e.g. 127.0.0.0/8.",
     )
-    webhook_timeout_seconds: float = Field(15.0, description="Timeout of one webhook delivery.")
-    webhook_max_attempts: int = Field(8, description="Delivery attempts before a webhook is marked failed.")
+    webhook_timeout_seconds: float = Field(15.0, gt=0, le=60, description="Timeout of one webhook delivery.")
+    webhook_max_attempts: int = Field(
+        10, ge=1, le=10, description="Delivery attempts before a webhook is marked failed (Standard Webhooks' "
+        "schedule: now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h; about 3.3 days in all).")
+    webhook_disable_after_seconds: int = Field(
+        5 * 86400, ge=60, description="An endpoint failing without a success for this long is disabled.")
+    webhook_rotation_grace_seconds: int = Field(
+        86400, ge=0, le=7 * 86400, description="Default time the old secret keeps signing after a rotation.")
+    outbox_dispatch_seconds: float = Field(
+        5.0, gt=0, description="How often the beat dispatches due webhook deliveries and DAM pushes.")
+    dam_push_timeout_seconds: float = Field(60.0, gt=0, description="Time limit of one object upload to a DAM.")
+    encryption_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Fernet keys (comma-separated, newest first) encrypting stored "
+        "credentials (DAM targets, v1a signing keys). Unset: one derived from secret_key (development).")
 
     log_level: str = Field("INFO", description="Log level.")
+
+    @field_validator("encryption_keys", mode="before")
+    @classmethod
+    def _key_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
 
     @field_validator("egress_allowlist", mode="before")
     @classmethod

@@ -482,12 +482,22 @@ def _final(response: httpx.Response, target: httpx.URL, ip: str, max_bytes: int,
 
 def post(url: str, *, content: bytes, headers: Mapping[str, str], timeout_s: float, allowlist: Sequence[str] = (),
          max_response_bytes: int = 2048) -> Fetched:
-    """POST for webhooks: pinned, NO redirects followed (a 3xx comes back as a Fetched with its
-    status, not raised), with at most max_response_bytes of the body. Raises EgressRefused only
-    for a refused URL, an unreachable host or the timeout (a total deadline, as in fetch).
+    """POST for webhooks: see `upload`."""
+    return upload("POST", url, content=content, headers=headers, timeout_s=timeout_s, allowlist=allowlist,
+                  max_response_bytes=max_response_bytes)
+
+
+def upload(method: str, url: str, *, content: bytes, headers: Mapping[str, str], timeout_s: float,
+           allowlist: Sequence[str] = (), max_response_bytes: int = 2048) -> Fetched:
+    """POST (webhooks) or PUT (DAM push): pinned, NO redirects followed (a 3xx comes back as a Fetched
+    with its status, not raised: re-sending a body elsewhere is the receiver's job, not ours), with at
+    most max_response_bytes of the body. Raises EgressRefused only for a refused URL, an unreachable
+    host or the timeout (a total deadline, as in fetch).
     """
+    if method not in ("POST", "PUT"):
+        raise ValueError(f"method must be POST or PUT, not {method!r}")
     with _Deadline(timeout_s) as deadline:
         target, ip = pin(url, allowlist)
-        with _exchange("POST", target, ip, headers, content, deadline) as response:
+        with _exchange(method, target, ip, headers, content, deadline) as response:
             body = _read_body(response, max_response_bytes, deadline, truncate=True)
             return Fetched(response.status_code, _headers(response), body, str(target), ip)

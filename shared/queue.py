@@ -34,15 +34,21 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.deliver": "scoring",
     "onbrand.send_webhook": "webhooks",
     "onbrand.sweep_outbox": "webhooks",
+    "onbrand.push_results": "webhooks",
     "onbrand.sweep_stalled": "llm",
 }
 
-# Safety nets for sends lost between a commit and the broker (run by `onbrand worker --beat`).
-BEAT_SCHEDULE = {
-    "sweep-outbox": {"task": "onbrand.sweep_outbox", "schedule": 30.0},
-    "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": 60.0},
-    "sweep-embeddings": {"task": "onbrand.sweep_embeddings", "schedule": 60.0},
-}
+
+
+def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
+    """Periodic tasks (run by `onbrand worker --beat`). sweep-outbox sends the webhook deliveries and DAM
+    pushes whose scheduled retry is due (retries live in Postgres, not as Celery countdowns) and any
+    whose send after commit was lost; the others are safety nets for lost sends."""
+    return {
+        "sweep-outbox": {"task": "onbrand.sweep_outbox", "schedule": settings.outbox_dispatch_seconds},
+        "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": 60.0},
+        "sweep-embeddings": {"task": "onbrand.sweep_embeddings", "schedule": 60.0},
+    }
 
 
 def configure(app: Celery, settings: Settings) -> None:
@@ -62,7 +68,7 @@ def configure(app: Celery, settings: Settings) -> None:
             "unacked_restore_throttle": settings.broker_restore_throttle,
         },
         worker_hijack_root_logger=False,
-        beat_schedule=BEAT_SCHEDULE,
+        beat_schedule=beat_schedule(settings),
     )
 
 

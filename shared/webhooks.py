@@ -1,8 +1,14 @@
-"""Webhooks: Standard Webhooks signing and the transactional outbox.
+"""Webhooks: Standard Webhooks signing, the event catalogue and the transactional outbox.
 
-`emit` writes one outbox row per receiver in the caller's transaction, so an event exists
-exactly when the state change it announces does. The webhooks queue sends the rows
-(see workers/stages/webhooks.py) after commit.
+`emit` writes one outbox row per receiver in the caller's transaction, so an event exists exactly
+when the state change it announces does. The webhooks queue sends the rows (workers/stages/webhooks.py)
+after commit, and the beat's dispatcher re-sends them when a scheduled retry is due (shared.outbox).
+
+Signing follows https://www.standardwebhooks.com: headers webhook-id / webhook-timestamp /
+webhook-signature; `v1,` + base64 HMAC-SHA256 of `{id}.{timestamp}.{body}` with the endpoint's
+`whsec_` secret; optionally `v1a,` + base64 ed25519 over the same bytes (public key `whpk_`).
+Several signatures are space-separated: during a secret rotation the old and the new secret both
+sign, so a receiver still holding the old one keeps verifying.
 """
 
 from __future__ import annotations
@@ -11,25 +17,43 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
 import time
 import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared import crypto, outbox
+from shared.config import get_settings
 from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
 
-EVENT_TYPES = (
+log = logging.getLogger("onbrand.webhooks")
+
+CAMPAIGN_EVENTS = (
     "campaign.queued",
+    "campaign.stage.started",
     "campaign.stage.completed",
+    "campaign.candidates.ready",
     "campaign.completed",
     "campaign.partial",
     "campaign.failed",
     "campaign.cancelled",
 )
+ENDPOINT_DISABLED = "webhook_endpoint.disabled"
+EVENT_TYPES = (*CAMPAIGN_EVENTS, ENDPOINT_DISABLED)
+TEST_EVENT = "webhook.test"  # sent on request to one endpoint, whatever it subscribes to
+MAX_PAYLOAD_BYTES = 20_000  # events are thin: ids, status, links; never image bytes
+
+
+# ----------------------------------------------------------------------------- secrets and keys
 
 
 def new_secret() -> str:
@@ -40,51 +64,147 @@ def new_event_id() -> str:
     return "msg_" + uuid.uuid4().hex
 
 
-def _secret_bytes(secret: str) -> bytes:
-    return base64.b64decode(secret.removeprefix("whsec_"))
+def new_signing_key() -> str:
+    """A v1a ed25519 private key as stored: encrypted (shared.crypto)."""
+    raw = Ed25519PrivateKey.generate().private_bytes_raw()
+    return crypto.encrypt("whsk_" + base64.b64encode(raw).decode())
+
+
+def _private_key(stored: str) -> Ed25519PrivateKey:
+    raw = base64.b64decode(crypto.decrypt(stored).removeprefix("whsk_"))
+    return Ed25519PrivateKey.from_private_bytes(raw)
+
+
+def public_key(stored: str) -> str:
+    """The `whpk_` public key a receiver verifies v1a signatures with."""
+    raw = _private_key(stored).public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    return "whpk_" + base64.b64encode(raw).decode()
+
+
+def _signed_content(msg_id: str, timestamp: int, body: str) -> bytes:
+    return f"{msg_id}.{timestamp}.{body}".encode()
 
 
 def sign(secret: str, msg_id: str, timestamp: int, body: str) -> str:
-    """The webhook-signature header value: `v1,` + base64 HMAC-SHA256 of `{id}.{ts}.{body}`."""
-    digest = hmac.new(_secret_bytes(secret), f"{msg_id}.{timestamp}.{body}".encode(), hashlib.sha256).digest()
+    """One `v1,` signature: base64 HMAC-SHA256 of `{id}.{ts}.{body}` keyed by the secret's bytes."""
+    key = base64.b64decode(secret.removeprefix("whsec_"))
+    digest = hmac.new(key, _signed_content(msg_id, timestamp, body), hashlib.sha256).digest()
     return "v1," + base64.b64encode(digest).decode()
 
 
-def signed_headers(secret: str, msg_id: str, body: str, timestamp: int | None = None) -> dict[str, str]:
+def sign_v1a(stored_key: str, msg_id: str, timestamp: int, body: str) -> str:
+    signature = _private_key(stored_key).sign(_signed_content(msg_id, timestamp, body))
+    return "v1a," + base64.b64encode(signature).decode()
+
+
+def signed_headers(hmac_secrets: Sequence[str], msg_id: str, body: str, timestamp: int | None = None,
+                   signing_keys: Sequence[str] = ()) -> dict[str, str]:
+    """Headers for one attempt. The timestamp is the send time (receivers reject stale ones)."""
     ts = int(time.time()) if timestamp is None else timestamp
-    return {
-        "webhook-id": msg_id,
-        "webhook-timestamp": str(ts),
-        "webhook-signature": sign(secret, msg_id, ts, body),
-        "content-type": "application/json",
-    }
+    signatures = [sign(s, msg_id, ts, body) for s in hmac_secrets]
+    signatures += [sign_v1a(k, msg_id, ts, body) for k in signing_keys]
+    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": " ".join(signatures),
+            "content-type": "application/json"}
+
+
+def endpoint_signers(endpoint: WebhookEndpoint, at: datetime) -> tuple[list[str], list[str]]:
+    """(HMAC secrets, v1a keys) that sign for the endpoint now: the old ones too while in grace."""
+    grace = endpoint.previous_secret_expires_at is not None and endpoint.previous_secret_expires_at > at
+    hmac_secrets = [endpoint.secret] + ([endpoint.previous_secret] if grace and endpoint.previous_secret else [])
+    keys = [endpoint.signing_key] if endpoint.signing_key else []
+    if grace and endpoint.previous_signing_key:
+        keys.append(endpoint.previous_signing_key)
+    return hmac_secrets, keys
+
+
+def rotate(endpoint: WebhookEndpoint, at: datetime, grace_seconds: int) -> None:
+    """New secret (and v1a key); the current ones keep signing for `grace_seconds`."""
+    endpoint.previous_secret, endpoint.secret = endpoint.secret, new_secret()
+    if endpoint.signing_key:
+        endpoint.previous_signing_key, endpoint.signing_key = endpoint.signing_key, new_signing_key()
+    endpoint.previous_secret_expires_at = at + timedelta(seconds=grace_seconds)
+
+
+# ----------------------------------------------------------------------------- events
 
 
 def encode_body(event_type: str, data: dict[str, Any], timestamp: str) -> str:
     return json.dumps({"type": event_type, "timestamp": timestamp, "data": data}, separators=(",", ":"), default=str)
 
 
-def _subscribed(endpoint: WebhookEndpoint, event_type: str) -> bool:
+def subscribed(endpoint: WebhookEndpoint, event_type: str) -> bool:
     patterns = endpoint.event_types or ["*"]
     return any(fnmatchcase(event_type, p) for p in patterns)
 
 
+def thin(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """The payload itself, or, should it ever pass MAX_PAYLOAD_BYTES (a long error list), its ids,
+    status and links with `truncated: true`: the receiver fetches the rest from the API."""
+    if len(encode_body(event_type, data, "0000-00-00T00:00:00+00:00")) <= MAX_PAYLOAD_BYTES:
+        return data
+    log.warning("%s payload over %d bytes: sent without details", event_type, MAX_PAYLOAD_BYTES)
+    keep = ("campaign_id", "sequence", "status", "stage", "round", "progress", "endpoint_id", "links")
+    return {**{k: data[k] for k in keep if k in data}, "truncated": True}
+
+
+def campaign_links(campaign: Campaign) -> dict[str, str]:
+    base = f"{get_settings().public_url.rstrip('/')}/v1/campaigns/{campaign.id}"
+    return {"campaign": base, "candidates": f"{base}/candidates", "report": f"{base}/report"}
+
+
+def outbox_rows(event_id: str, event_type: str, payload: dict[str, Any], tenant_id: uuid.UUID,
+          campaign_id: uuid.UUID | None, targets: Iterable[tuple[str, uuid.UUID | None]]) -> list[WebhookDelivery]:
+    # Leased: the caller sends them right after commit; the dispatcher takes over if that send is lost.
+    lease = outbox.utcnow() + timedelta(seconds=outbox.lease_seconds(get_settings().webhook_timeout_seconds))
+    return [WebhookDelivery(id=uuid.uuid4(), tenant_id=tenant_id, campaign_id=campaign_id, url=url,
+                            endpoint_id=endpoint_id, event_id=event_id, event_type=event_type, payload=payload,
+                            status="pending", attempts=0, next_attempt_at=outbox.utcnow(), leased_until=lease)
+            for url, endpoint_id in targets]
+
+
+def _enabled_endpoints(session: Session, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:
+    return list(session.scalars(select(WebhookEndpoint).where(
+        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))))
+
+
 def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, Any]) -> list[uuid.UUID]:
-    """Write outbox rows for the campaign's webhook_url and the tenant's endpoints; return their ids."""
-    event_id = new_event_id()
-    payload = {"campaign_id": str(campaign.id), **data}
-    rows = []
-    if campaign.webhook_url:
-        rows.append(WebhookDelivery(url=campaign.webhook_url, endpoint_id=None))
-    endpoints = session.scalars(
-        select(WebhookEndpoint).where(
-            WebhookEndpoint.tenant_id == campaign.tenant_id, WebhookEndpoint.enabled.is_(True)
-        )
-    )
-    rows += [WebhookDelivery(url=e.url, endpoint_id=e.id) for e in endpoints if _subscribed(e, event_type)]
-    for row in rows:
-        row.id = uuid.uuid4()
-        row.tenant_id, row.campaign_id = campaign.tenant_id, campaign.id
-        row.event_id, row.event_type, row.payload = event_id, event_type, payload
-        session.add(row)
+    """Outbox rows for the campaign's webhook_url and the tenant's subscribed endpoints; their ids.
+
+    Every campaign event carries the campaign's next sequence number (the caller holds the campaign
+    row), so a receiver can order events that arrive out of order after retries.
+    """
+    campaign.event_sequence = (campaign.event_sequence or 0) + 1
+    payload = thin(event_type, {"campaign_id": str(campaign.id), "sequence": campaign.event_sequence, **data,
+                                "links": campaign_links(campaign)})
+    targets: list[tuple[str, uuid.UUID | None]] = [(campaign.webhook_url, None)] if campaign.webhook_url else []
+    targets += [(e.url, e.id) for e in _enabled_endpoints(session, campaign.tenant_id) if subscribed(e, event_type)]
+    rows = outbox_rows(new_event_id(), event_type, payload, campaign.tenant_id, campaign.id, targets)
+    session.add_all(rows)
     return [r.id for r in rows]
+
+
+def emit_to_endpoints(session: Session, endpoints: Iterable[WebhookEndpoint], event_type: str,
+                      data: dict[str, Any], *, check_subscription: bool = True) -> list[uuid.UUID]:
+    """A tenant event (not about one campaign) to the given endpoints; the outbox rows' ids."""
+    chosen = [e for e in endpoints if not check_subscription or subscribed(e, event_type)]
+    if not chosen:
+        return []
+    rows = outbox_rows(new_event_id(), event_type, thin(event_type, data), chosen[0].tenant_id, None,
+                 [(e.url, e.id) for e in chosen])
+    session.add_all(rows)
+    return [r.id for r in rows]
+
+
+def endpoint_disabled(session: Session, endpoint: WebhookEndpoint, reason: str, at: datetime) -> list[uuid.UUID]:
+    """Disable an endpoint: its pending deliveries end, and the tenant's other endpoints hear of it."""
+    endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = False, at, reason
+    for row in session.scalars(select(WebhookDelivery).where(
+            WebhookDelivery.tenant_id == endpoint.tenant_id, WebhookDelivery.endpoint_id == endpoint.id,
+            WebhookDelivery.status == "pending")):
+        row.status, row.last_error = "failed", "endpoint_disabled: the endpoint was disabled"
+    others = [e for e in _enabled_endpoints(session, endpoint.tenant_id) if e.id != endpoint.id]
+    since = endpoint.failing_since.isoformat() if endpoint.failing_since else None
+    data = {"endpoint_id": str(endpoint.id), "url": endpoint.url, "reason": reason, "failing_since": since,
+            "disabled_at": at.isoformat()}
+    log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
+    return emit_to_endpoints(session, others, ENDPOINT_DISABLED, data)

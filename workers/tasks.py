@@ -15,7 +15,7 @@ from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.queue import PIPELINE
 from workers.celery_app import app
-from workers.stages import library, pipeline, webhooks
+from workers.stages import library, pipeline, push, webhooks
 from workers.stages.runner import execute, fail_campaign, record_failure
 
 RETRY_COUNTDOWNS = (2, 10, 30)
@@ -72,17 +72,20 @@ def reembed(tenant_id: str = "") -> int:
         return library.enqueue_missing(session, uuid.UUID(tenant_id) if tenant_id else None)
 
 
-@app.task(name="onbrand.send_webhook", bind=True, acks_late=True, reject_on_worker_lost=True, max_retries=None)
-def send_webhook(self: Task, delivery_id: str) -> str:
-    outcome, retry_in = webhooks.deliver(delivery_id)
-    if retry_in is not None:
-        raise self.retry(countdown=retry_in)
-    return outcome
+@app.task(name="onbrand.send_webhook", acks_late=True, reject_on_worker_lost=True)
+def send_webhook(delivery_id: str) -> str:
+    # A failed attempt schedules its retry in Postgres (next_attempt_at); sweep_outbox sends it when due.
+    return webhooks.deliver(delivery_id)
+
+
+@app.task(name="onbrand.push_results", acks_late=True, reject_on_worker_lost=True)
+def push_results(push_id: str) -> str:
+    return push.push(push_id)
 
 
 @app.task(name="onbrand.sweep_outbox")
 def sweep_outbox() -> int:
-    return webhooks.sweep()
+    return webhooks.dispatch_due() + push.dispatch_due()
 
 
 @app.task(name="onbrand.sweep_stalled")

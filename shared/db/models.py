@@ -144,6 +144,9 @@ class Campaign(Base):
     max_prompt_revisions: Mapped[int] = mapped_column(Integer, default=1)
     webhook_url: Mapped[str | None] = mapped_column(String(2000))
     webhook_secret: Mapped[str | None] = mapped_column(String(200))
+    event_sequence: Mapped[int] = mapped_column(Integer, default=0)  # last webhook event's sequence number
+    # Presigned PUT URLs to push results to, per rank: [{image, sidecar}]; they are credentials, never echoed
+    push_urls: Mapped[list[Any] | None] = mapped_column(JSONB)
     # queued | running | completed | partial | failed | cancelled
     status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
     current_stage: Mapped[str | None] = mapped_column(String(30))
@@ -243,6 +246,14 @@ class WebhookEndpoint(Base):
     description: Mapped[str] = mapped_column(String(500), default="")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = _created()
+    # Rotation: the old secret keeps signing (next to the new one) until it expires.
+    previous_secret: Mapped[str | None] = mapped_column(String(200))
+    previous_secret_expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    signing_key: Mapped[str | None] = mapped_column(Text)  # v1a: encrypted ed25519 private key (shared.crypto)
+    previous_signing_key: Mapped[str | None] = mapped_column(Text)
+    failing_since: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # first failure since a success
+    disabled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    disabled_reason: Mapped[str | None] = mapped_column(String(300))
 
 
 class WebhookDelivery(Base):
@@ -265,6 +276,63 @@ class WebhookDelivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
     last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Set when sent (after commit or by the dispatcher): no second send until it lapses (a lost send).
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    replay_of: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+
+
+class WebhookAttempt(Base):
+    """The delivery log: one row per HTTP attempt (never the receiver's internals beyond 2 kB)."""
+
+    __tablename__ = "webhook_attempts"
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+                                                   index=True)
+    attempt: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(20))  # delivered | retry | failed
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)  # stable code + client-safe sentence
+    response_body: Mapped[str | None] = mapped_column(Text)  # first 2 kB
+    retry_in_seconds: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = _created()
+
+
+class DeliveryTarget(Base):
+    """Where a brand's results are pushed: an S3-compatible bucket/prefix of the customer's."""
+
+    __tablename__ = "delivery_targets"
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    brand_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(20))  # s3
+    name: Mapped[str] = mapped_column(String(200))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)  # bucket, prefix, region, endpoint_url
+    credentials: Mapped[str | None] = mapped_column(Text)  # encrypted JSON (shared.crypto), never returned
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    created_at: Mapped[datetime] = _created()
+
+
+class DamPush(Base):
+    """The push outbox: one row per (completed campaign, target), written with the completion."""
+
+    __tablename__ = "dam_pushes"
+    __table_args__ = (Index("ix_dam_pushes_due", "status", "next_attempt_at"),)
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    target_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("delivery_targets.id", ondelete="CASCADE"), index=True)  # None: the campaign's push_urls
+    kind: Mapped[str] = mapped_column(String(20))  # s3 | presigned
+    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    objects: Mapped[list[Any]] = mapped_column(default=list)  # [{name, url (no query), bytes, sha256}] uploaded
     created_at: Mapped[datetime] = _created()
     delivered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 

@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from shared import webhooks
 from shared.config import Settings, get_settings
-from shared.db.models import Base, Campaign, Result, StageRun
+from shared.db.models import Base, Campaign, Candidate, Result, StageRun
 from shared.db.session import session_scope
 from shared.queue import PIPELINE, TERMINAL_STATUSES, send
 
@@ -85,8 +85,8 @@ def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: in
 def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> str:
     """Run one stage item durably; returns what happened (for logs and tests)."""
     ctx, pending = _claim(stage, uuid.UUID(campaign_id), rnd, item)
+    _send_all(pending)
     if ctx is None:
-        _send_all(pending)
         return "skipped"
     try:
         output = fn(ctx)
@@ -107,9 +107,10 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
             return None, advance(session, campaign, stage, rnd)
         run.status, run.started_at, run.attempts = "running", now(), run.attempts + 1
         campaign.status, campaign.current_stage = "running", stage
+        started = _stage_started_event(session, campaign, stage, rnd)
         session.flush()
         session.expunge(campaign)
-        return StageContext(campaign, stage, rnd, item, get_settings()), []
+        return StageContext(campaign, stage, rnd, item, get_settings()), started
 
 
 def _finish(ctx: StageContext, output: dict[str, Any]) -> list[Task]:
@@ -171,9 +172,13 @@ def webhook_tasks(delivery_ids: list[uuid.UUID]) -> list[Task]:
     return [("onbrand.send_webhook", str(d), 0, 0) for d in delivery_ids]
 
 
+# Outbox sends carry only their row's id (not a campaign, round and item).
+ID_ONLY_TASKS = frozenset({"onbrand.send_webhook", "onbrand.push_results"})
+
+
 def _send_all(tasks: list[Task]) -> None:
     for name, ident, rnd, item in tasks:
-        if name == "onbrand.send_webhook":
+        if name in ID_ONLY_TASKS:
             send(name, ident)
         else:
             send(name, ident, rnd, item)
@@ -215,14 +220,39 @@ def advance(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[
     return tasks + NEXT[stage](session, campaign, rnd)
 
 
-def _stage_completed_event(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[Task]:
-    key = f"{stage}:{rnd}"
+def _first_time(campaign: Campaign, key: str) -> bool:
+    """True once per key: events are announced once however often a task is redelivered."""
     announced = list((campaign.state or {}).get("_announced", []))
     if key in announced:
-        return []
+        return False
     campaign.state = {**(campaign.state or {}), "_announced": [*announced, key]}
+    return True
+
+
+def _stage_started_event(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[Task]:
+    if not _first_time(campaign, f"started:{stage}:{rnd}"):
+        return []
+    _, items = stage_items(session, campaign.id, stage, rnd)
+    data = {"stage": stage, "round": rnd, "status": "running", "items": items, "progress": progress(session, campaign)}
+    return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.started", data))
+
+
+def _stage_completed_event(session: Session, campaign: Campaign, stage: str, rnd: int) -> list[Task]:
+    if not _first_time(campaign, f"{stage}:{rnd}"):
+        return []
     data = {"stage": stage, "round": rnd, "status": "running", "progress": progress(session, campaign)}
-    return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
+    tasks = webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
+    if stage == "rank":  # this round's candidates are checked and ranked: reviewable through the API
+        tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.candidates.ready",
+                                             _candidate_counts(session, campaign, rnd)))
+    return tasks
+
+
+def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:
+    rows = session.execute(select(Candidate.passed, Candidate.rank).where(
+        Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd)).all()
+    return {"round": rnd, "status": "running", "candidates": len(rows), "passed": sum(1 for p, _ in rows if p),
+            "ranked": sum(1 for _, r in rows if r is not None)}
 
 
 def _single(next_stage: str) -> Callable[[Session, Campaign, int], list[Task]]:
