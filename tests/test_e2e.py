@@ -127,22 +127,44 @@ def test_candidates_carry_scores_and_verdicts(finished: dict[str, Any]) -> None:
         assert item["passed"] is not None and (item["aesthetic"] is not None or item["excluded_reason"])
 
 
+def _signed_events(receiver: Any, secret: str, per_campaign: bool) -> list[dict[str, Any]]:
+    requests = [json.loads(line) for line in receiver.log.read_text().splitlines()]
+    mine = [r for r in requests if r["path"].endswith("/campaign") == per_campaign]
+    assert all(len(r["body"]) < 20_000 for r in mine)  # thin payloads
+    return sorted((Webhook(secret).verify(r["body"], r["headers"]) for r in mine), key=lambda e: e["data"]["sequence"])
+
+
+def _all_arrived(receiver: Any, secrets: dict[bool, str]) -> bool:
+    # Deliveries are independent tasks: they may arrive out of order; the sequence shows what is missing.
+    for per_campaign, secret in secrets.items():
+        sequence = [e["data"]["sequence"] for e in _signed_events(receiver, secret, per_campaign)]
+        if not sequence or sequence != list(range(1, len(sequence) + 1)) or sequence[-1] < 3:
+            return False
+    return True
+
+
 def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: Any) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and [e["type"] for e in receiver.events()].count("campaign.completed") < 2:
-        time.sleep(0.2)
     # The registered endpoint and the campaign's own webhook_url, each signed with its own secret.
     secrets = {False: finished["endpoint"]["secret"], True: finished["created"]["webhook_secret"]}
-    requests = [json.loads(line) for line in receiver.log.read_text().splitlines()]
-    for per_campaign in (False, True):
-        mine = [r for r in requests if r["path"].endswith("/campaign") == per_campaign]
-        events = [Webhook(secrets[per_campaign]).verify(r["body"], r["headers"]) for r in mine]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not _all_arrived(receiver, secrets):
+        time.sleep(0.2)
+    stages = ["decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank"]
+    for per_campaign, secret in secrets.items():
+        events = _signed_events(receiver, secret, per_campaign)
+        assert [e["data"]["sequence"] for e in events] == list(range(1, len(events) + 1))  # none missing
         types = [e["type"] for e in events]
         assert types[0] == "campaign.queued" and types[-1] == "campaign.completed", types
-        stages = [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.completed"]
-        assert stages == ["decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank"]
-        with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
-            Webhook(secrets[not per_campaign]).verify(mine[0]["body"], mine[0]["headers"])
+        assert [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.completed"] == stages
+        assert [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.started"] == [*stages, "deliver"]
+        [ready] = [e for e in events if e["type"] == "campaign.candidates.ready"]
+        assert ready["data"]["candidates"] >= ready["data"]["passed"] >= ready["data"]["ranked"] == 3
+        progress = [e["data"]["progress"] for e in events if e["type"] == "campaign.stage.completed"]
+        assert progress == sorted(progress) and progress[-1] > 0.5
+        assert len(events[-1]["data"]["results"]) == 3
+    mine = [json.loads(line) for line in receiver.log.read_text().splitlines()][0]
+    with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
+        Webhook(secrets[not mine["path"].endswith("/campaign")]).verify(mine["body"], mine["headers"])
 
 
 def test_cancel_stops_further_stages(brand_setup: dict[str, Any]) -> None:

@@ -1,6 +1,7 @@
 """The webhook endpoint API in process (TestClient, real Postgres): v1a keys, PATCH and re-enabling,
 secret rotation, test events, the delivery log (filled by real attempts against a local receiver)
 and replays; tenant scoping throughout."""
+# ruff: noqa: F811 - the gateway fixtures are imported by name and then requested as arguments
 from __future__ import annotations
 
 import uuid
@@ -114,7 +115,8 @@ def test_delivery_log_and_replay(loopback: None, client: TestClient, acme: Tenan
     assert (uuid.UUID(queued["id"]),) in sent.named("onbrand.send_webhook") and queued["attempt_log"] == []
     assert sender.deliver(queued["id"]) == "retry"
     [entry] = client.get(base, headers=acme.auth).json()["items"]
-    assert (entry["event_type"], entry["campaign_id"], entry["status"]) == ("campaign.queued", campaign["id"], "pending")
+    assert (entry["event_type"], entry["campaign_id"]) == ("campaign.queued", campaign["id"])
+    assert entry["status"] == "pending"
     [attempt] = entry["attempt_log"]
     assert attempt["status_code"] == 500 and attempt["error"] == "HTTP 500" and attempt["retry_in_seconds"] >= 0
     assert attempt["latency_ms"] > 0 and attempt["response_body"].startswith('{"received": true')

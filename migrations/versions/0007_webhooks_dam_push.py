@@ -70,7 +70,8 @@ def _dam_tables() -> None:
                   nullable=False),
         sa.Column("campaign_id", UUID(as_uuid=True), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), index=True,
                   nullable=False),
-        sa.Column("target_id", UUID(as_uuid=True), sa.ForeignKey("delivery_targets.id", ondelete="CASCADE"),
+        # SET NULL: deleting a target keeps its push history (kind s3 without a target reads "deleted")
+        sa.Column("target_id", UUID(as_uuid=True), sa.ForeignKey("delivery_targets.id", ondelete="SET NULL"),
                   index=True),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("status", sa.String(20), nullable=False, server_default="pending"),

@@ -8,6 +8,7 @@ from services.gateway import errors, files, system
 from services.gateway.assets.endpoints import router as assets_router
 from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
+from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
 from shared.config import Settings, get_settings
@@ -36,6 +37,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
     for router in (system.router, files.router, brands_router, assets_router, campaigns_router,
-                   webhook_endpoints_router):
+                   webhook_endpoints_router, delivery_targets_router):
         app.include_router(router)
     return app

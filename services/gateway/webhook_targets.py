@@ -1,4 +1,4 @@
-"""Early rejection of webhook URLs that point into our own network.
+"""Early rejection of client-given URLs (webhooks, DAM push) that point into our own network.
 
 Only literal hosts are checked here (localhost, loopback/private/link-local IPs, IPv6 forms
 wrapping them): a name can resolve differently at delivery time, so the webhook sender checks
@@ -36,8 +36,10 @@ def _refused(host: str, settings: Settings) -> bool:
     return address is not None and not permitted(host, address, settings.egress_allowlist)
 
 
-def check_target(url: HttpUrl, field: str, settings: Settings) -> None:
+def check_target(url: HttpUrl, loc: str | tuple[str | int, ...], settings: Settings, what: str = "Webhook URL") -> None:
+    """422 naming the field (`loc` below "body") when the URL's literal host is ours to refuse."""
     if not _refused(url.host or "", settings):
         return
-    raise validation_problem([{"loc": ("body", field), "msg": "Webhook URL must not target a loopback or "
+    path = (loc,) if isinstance(loc, str) else loc
+    raise validation_problem([{"loc": ("body", *path), "msg": f"{what} must not target a loopback or "
                                "private address", "type": "value_error"}])

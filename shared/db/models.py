@@ -325,7 +325,7 @@ class DamPush(Base):
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     target_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("delivery_targets.id", ondelete="CASCADE"), index=True)  # None: the campaign's push_urls
+        ForeignKey("delivery_targets.id", ondelete="SET NULL"), index=True)  # None: push_urls, or target deleted
     kind: Mapped[str] = mapped_column(String(20))  # s3 | presigned
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -546,6 +546,8 @@ def deliver(ctx: StageContext) -> dict[str, Any]:
 
 
 def _complete(session: Session, campaign: Campaign) -> list[Task]:
+    from workers.stages import push  # the DAM pushes are written in this same transaction
+
     storage = get_storage()
     rows = session.execute(
         select(Result.rank, Candidate)
@@ -570,7 +572,8 @@ def _complete(session: Session, campaign: Campaign) -> list[Task]:
     if campaign.status == "partial":
         campaign.error = _partial_error(session, campaign, len(results))
         data["error"] = campaign.error
-    return webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
+    tasks = webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
+    return tasks + push.queue_pushes(session, campaign)  # none without results
 
 
 def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from services.gateway.campaigns.schemas import (
     CampaignReport,
     CampaignStatus,
     CandidateRead,
+    PushRead,
 )
 from services.gateway.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
@@ -40,6 +41,9 @@ def create_campaign(
 ) -> CampaignCreated:
     if body.webhook_url is not None:
         check_target(body.webhook_url, "webhook_url", settings)
+    for i, urls in enumerate(body.push_urls or []):  # literal private addresses: 422 now, names at push time
+        check_target(urls.image, ("push_urls", i, "image"), settings, "Push URL")
+        check_target(urls.sidecar, ("push_urls", i, "sidecar"), settings, "Push URL")
     campaign, replayed = service.create(session, tenant_id, body, idempotency_key)
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]
     response.headers["Location"] = view.links.self
@@ -97,3 +101,16 @@ def list_candidates(
 def campaign_report(campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> CampaignReport:
     """Pass rates per QC check, outcomes per round, what was relaxed and what kept candidates out."""
     return CampaignReport.model_validate(service.report(session, tenant_id, campaign_id))
+
+
+@router.get("/{campaign_id}/pushes", response_model=Page[PushRead])
+def list_pushes(
+    campaign_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+) -> Page[PushRead]:
+    """The pushes of the campaign's results to DAMs: status, attempts, last error and the objects uploaded."""
+    rows, next_cursor = service.pushes_page(session, tenant_id, campaign_id, limit, cursor)
+    return Page[PushRead](items=[views.push_view(r) for r in rows], next_cursor=next_cursor)

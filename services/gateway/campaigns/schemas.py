@@ -82,6 +82,15 @@ class SafeZone(BaseModel):
         return self
 
 
+class PushUrls(BaseModel):
+    """Presigned PUT URLs for one rank's image and JSON sidecar. They are credentials: never echoed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image: WebhookUrl
+    sidecar: WebhookUrl
+
+
 class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -97,6 +106,13 @@ class CampaignCreate(BaseModel):
     max_retry_attempts: int = Field(1, ge=0, le=5)
     max_prompt_revisions: int = Field(1, ge=0, le=5)
     webhook_url: WebhookUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
+    push_urls: list[PushUrls] | None = Field(
+        None, min_length=1, max_length=10, description="Presigned PUT URLs, one entry per rank (rank 1 first): the "
+        "results and their sidecars are uploaded there on completion. Never shown again.")
+
+
+class PushSummary(BaseModel):
+    presigned_urls: int = Field(description="How many ranks have presigned PUT URLs (the URLs are not shown).")
 
 
 class CampaignRequest(BaseModel):
@@ -110,6 +126,8 @@ class CampaignRequest(BaseModel):
     max_retry_attempts: int
     max_prompt_revisions: int
     webhook_url: str | None
+    # Left out when the campaign has no push URLs (the request is echoed as it was sent).
+    push: PushSummary | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class StageRead(BaseModel):
@@ -135,6 +153,22 @@ class CampaignLinks(BaseModel):
     self: str
     candidates: str
     report: str
+    pushes: str
+
+
+class PushRead(BaseModel):
+    """One push of the campaign's results: to a brand's delivery target (s3) or its own URLs (presigned)."""
+
+    id: uuid.UUID
+    kind: str = Field(description="s3 | presigned")
+    target_id: uuid.UUID | None
+    status: str = Field(description="pending | delivered | failed")
+    attempts: int
+    last_error: str | None
+    objects: list[dict[str, Any]] = Field(description="Uploaded so far: name, url (without query), bytes, sha256.")
+    next_attempt_at: datetime
+    delivered_at: datetime | None
+    created_at: datetime
 
 
 class CheckRate(BaseModel):

@@ -18,7 +18,7 @@ from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import enqueue
 from shared import qc as qc_report
 from shared import webhooks
-from shared.db.models import Campaign, Candidate, IdempotencyKey
+from shared.db.models import Campaign, Candidate, DamPush, IdempotencyKey
 from shared.queue import TERMINAL_STATUSES
 
 _INT_MAX = 2**31 - 1
@@ -58,6 +58,8 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         top_k=body.top_k, qc_policy=body.qc_policy, max_retry_attempts=body.max_retry_attempts,
         max_prompt_revisions=body.max_prompt_revisions, webhook_url=url,
         webhook_secret=webhooks.new_secret() if url else None, status="queued", round=0, state={},
+        push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls] if body.push_urls
+        else None,
     )
 
 
@@ -153,6 +155,14 @@ def candidates_page(
     get(session, tenant_id, campaign_id)  # 404 for another tenant's campaign, not an empty list
     stmt = select(Candidate).where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)
     return paginate(session, stmt, _candidate_keys(), limit, cursor)
+
+
+def pushes_page(
+    session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[DamPush], str | None]:
+    get(session, tenant_id, campaign_id)  # 404 for another tenant's campaign, not an empty list
+    stmt = select(DamPush).where(DamPush.tenant_id == tenant_id, DamPush.campaign_id == campaign_id)
+    return paginate(session, stmt, created_keys(DamPush), limit, cursor)
 
 
 def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from services.gateway.campaigns.schemas import (
     CampaignRequest,
     CandidateRead,
     LlmUsage,
+    PushRead,
+    PushSummary,
     QcPolicy,
     ResultRead,
     SafeZone,
@@ -29,7 +31,7 @@ from services.gateway.campaigns.schemas import (
     StageStatus,
 )
 from shared.config import Settings
-from shared.db.models import Campaign, Candidate, LlmCall, Result, StageRun
+from shared.db.models import Campaign, Candidate, DamPush, LlmCall, Result, StageRun
 from shared.queue import PIPELINE, TERMINAL_STATUSES
 from shared.storage import Storage
 
@@ -128,7 +130,7 @@ def _results(
 
 def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
     base = f"{settings.public_url.rstrip('/')}/v1/campaigns/{campaign_id}"
-    return CampaignLinks(self=base, candidates=f"{base}/candidates", report=f"{base}/report")
+    return CampaignLinks(self=base, candidates=f"{base}/candidates", report=f"{base}/report", pushes=f"{base}/pushes")
 
 
 def _request(campaign: Campaign) -> CampaignRequest:
@@ -138,6 +140,7 @@ def _request(campaign: Campaign) -> CampaignRequest:
         qc_policy=cast(QcPolicy, campaign.qc_policy),
         max_retry_attempts=campaign.max_retry_attempts, max_prompt_revisions=campaign.max_prompt_revisions,
         webhook_url=campaign.webhook_url,
+        push=PushSummary(presigned_urls=len(campaign.push_urls)) if campaign.push_urls else None,
     )
 
 
@@ -184,3 +187,9 @@ def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
         aesthetic=cand.aesthetic, rank=cand.rank,
         excluded_reason=cand.excluded_reason,
     )
+
+
+def push_view(row: DamPush) -> PushRead:
+    return PushRead(id=row.id, kind=row.kind, target_id=row.target_id, status=row.status, attempts=row.attempts,
+                    last_error=row.last_error, objects=list(row.objects or []), next_attempt_at=row.next_attempt_at,
+                    delivered_at=row.delivered_at, created_at=row.created_at)
