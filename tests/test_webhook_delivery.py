@@ -1,6 +1,8 @@
 """Sending outbox rows against real local HTTP receivers (threads): signing (verified with the
 `standardwebhooks` library, which we did not write), rotation, v1a, the retry schedule under a
-controllable clock, Retry-After, 410, timeouts, disabling a long-failing endpoint, leases and sweeps."""
+controllable clock, Retry-After, 410, timeouts, disabling a long-failing endpoint, leases and sweeps,
+and the SSRF suite through the sender."""
+# ruff: noqa: F811 - test_egress's `dns` fixture is imported by name and requested as an argument
 from __future__ import annotations
 
 import base64
@@ -24,6 +26,7 @@ from shared import outbox, webhooks
 from shared.config import get_settings
 from shared.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
+from tests.test_egress import FakeDns, dns  # noqa: F401
 from tests.test_runner import make_campaign
 from workers.stages import pipeline
 from workers.stages import webhooks as sender
@@ -316,6 +319,33 @@ def test_private_targets_are_refused_without_the_dev_setting(fresh_db: str, monk
     assert sender.deliver(delivery_id) == "retry"
     assert receiver.requests == []  # nothing ever reached the loopback receiver
     assert delivery(delivery_id).last_error == f"url_private_address: {private}"
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
+                                  "2130706433", "metadata.evil.test", "intranet.evil.test", "mixed.evil.test",
+                                  "v6.evil.test", "ula.evil.test", "169.254.169.254", "100.64.0.1", "10.1.2.3",
+                                  "[fe80::1]", "[fd00::1]", "224.0.0.1"])
+def test_ssrf_targets_are_never_contacted(fresh_db: str, dns: FakeDns, monkeypatch: pytest.MonkeyPatch,
+                                          host: str) -> None:
+    """Literal addresses in every spelling and names that resolve into private ranges (fake DNS): the
+    sender refuses them all before connecting, and the log says so without naming an address."""
+    monkeypatch.setattr(sender, "send", lambda *a: None)
+    receiver = Receiver()  # listening on 127.0.0.1: any leak to loopback would show up here
+    delivery_id, _, _ = queue_event(f"http://{host}:{receiver.server.server_port}/hook")
+    assert sender.deliver(delivery_id) == "retry"
+    assert receiver.requests == []
+    error = delivery(delivery_id).last_error
+    assert error == "url_private_address: the URL's host resolves to a private address"
+
+
+def test_dns_failure_refuses_and_redirects_are_not_followed(loopback_ok: list[Any], dns: FakeDns) -> None:
+    unresolvable, _, _ = queue_event("http://nxdomain.evil.test/hook")
+    assert sender.deliver(unresolvable) == "retry"
+    assert delivery(unresolvable).last_error.startswith("url_unresolvable: ")
+    receiver = Receiver([(307, {"Location": "http://169.254.169.254/latest/meta-data/"})])
+    redirected, _, _ = queue_event(receiver.url)
+    assert sender.deliver(redirected) == "retry"  # a 3xx is a failed delivery, never a hop to elsewhere
+    assert delivery(redirected).last_error == "HTTP 307" and "169.254.169.254" not in dns.calls
 
 
 def test_two_workers_on_one_delivery_send_it_once(loopback_ok: list[Any]) -> None:
