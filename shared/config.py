@@ -7,6 +7,7 @@ ONBRAND_REDIS_URL are not set, the URLs of the embedded stack started by
 
 from __future__ import annotations
 
+import base64
 import json
 from functools import lru_cache
 from pathlib import Path
@@ -203,9 +204,15 @@ class Settings(BaseSettings):
     @field_validator("encryption_keys", mode="before")
     @classmethod
     def _key_list(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [k.strip() for k in value.split(",") if k.strip()]
-        return value
+        keys = [k.strip() for k in value.split(",") if k.strip()] if isinstance(value, str) else value
+        for key in keys if isinstance(keys, list) else []:
+            try:  # a Fernet key: 32 bytes, url-safe base64; a typo fails at start-up, not at first use
+                valid = len(base64.urlsafe_b64decode(key.encode())) == 32
+            except (ValueError, TypeError):
+                valid = False
+            if not valid:
+                raise ValueError("each encryption key must be a Fernet key (32 url-safe base64 bytes)")
+        return keys
 
     @field_validator("egress_allowlist", mode="before")
     @classmethod
