@@ -40,6 +40,25 @@ def retry_delay(attempts: int, retry_after: float | None = None, rng: random.Ran
     return delay
 
 
+RETRY_AFTER_STATUSES = frozenset({429, 503})  # the statuses whose Retry-After a sender honours
+
+
+def settle_failure(row: Any, at: datetime, max_attempts: int, retry_after: float | None = None) -> int | None:
+    """After a failed (and counted) attempt: mark the row failed for good, or schedule its retry.
+    Returns the wait in seconds, or None when it gave up."""
+    if row.attempts >= max_attempts:
+        row.status = "failed"
+        return None
+    wait = int(round(retry_delay(row.attempts, retry_after)))
+    row.next_attempt_at = at + timedelta(seconds=wait)
+    return wait
+
+
+def retry_hint(status_code: int | None, header: str | None, at: datetime) -> float | None:
+    """The receiver's Retry-After in seconds, honoured on 429 and 503 only."""
+    return parse_retry_after(header, at) if status_code in RETRY_AFTER_STATUSES else None
+
+
 def parse_retry_after(value: str | None, at: datetime) -> float | None:
     """Retry-After as seconds: delta-seconds or an HTTP-date (RFC 9110 10.2.3); None when absent/invalid."""
     if not value:

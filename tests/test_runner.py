@@ -98,8 +98,9 @@ def test_stage_error_fails_campaign_and_writes_outbox(sent: list[tuple[Any, ...]
         campaign = session.get(Campaign, uuid.UUID(cid))
         deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.campaign_id == campaign.id)).all()
         assert campaign.status == "failed" and campaign.error["code"] == "no_product"
-        assert [d.event_type for d in deliveries] == ["campaign.failed"]
-    assert sent == [("onbrand.send_webhook", str(deliveries[0].id))]
+        deliveries = sorted(deliveries, key=lambda d: d.payload["sequence"])
+        assert [d.event_type for d in deliveries] == ["campaign.stage.started", "campaign.failed"]
+    assert sent == [("onbrand.send_webhook", str(d.id)) for d in deliveries]
 
 
 def test_stage_completed_event_is_announced_once(sent: list[tuple[Any, ...]]) -> None:
@@ -107,9 +108,10 @@ def test_stage_completed_event_is_announced_once(sent: list[tuple[Any, ...]]) ->
     execute("decompose", cid, 0, 0, ok)
     execute("decompose", cid, 0, 0, ok)
     with session_scope() as session:
-        events = session.scalars(select(WebhookDelivery.event_type).where(
+        events = session.execute(select(WebhookDelivery.event_type, WebhookDelivery.payload).where(
             WebhookDelivery.campaign_id == uuid.UUID(cid))).all()
-    assert events == ["campaign.stage.completed"]
+    ordered = sorted((payload["sequence"], event_type) for event_type, payload in events)
+    assert ordered == [(1, "campaign.stage.started"), (2, "campaign.stage.completed")]  # a rerun adds none
 
 
 def _rank_round(cid: str, rnd: int) -> None:

@@ -37,7 +37,6 @@ log = logging.getLogger("onbrand.push")
 
 TASK = "onbrand.push_results"
 IMAGE_TYPE, SIDECAR_TYPE = "image/png", "application/json"
-RETRY_AFTER_STATUSES = frozenset({429, 503})
 
 
 class PushFailed(Exception):
@@ -140,11 +139,9 @@ def _record(row: DamPush, error: str | None, retry_after: float | None, at: date
     if error is None:
         row.status, row.delivered_at = "delivered", at
         return "delivered"
-    if row.attempts >= settings.webhook_max_attempts:
-        row.status = "failed"
+    if outbox.settle_failure(row, at, settings.webhook_max_attempts, retry_after) is None:
         log.warning("push %s failed for good after %d attempts: %s", row.id, row.attempts, error)
         return "failed"
-    row.next_attempt_at = at + timedelta(seconds=outbox.retry_delay(row.attempts, retry_after))
     return "retry"
 
 
@@ -302,10 +299,8 @@ def _put(obj: PushObject, url: str, settings: Settings, at: datetime) -> tuple[s
         return f"{exc.code}: {exc.detail} ({obj.name})", None
     if 200 <= response.status < 300:
         return None, None
-    retry_after = None
-    if response.status in RETRY_AFTER_STATUSES:
-        retry_after = outbox.parse_retry_after(response.headers.get("retry-after"), at)
-    return f"HTTP {response.status} on {obj.name}", retry_after
+    hint = outbox.retry_hint(response.status, response.headers.get("retry-after"), at)
+    return f"HTTP {response.status} on {obj.name}", hint
 
 
 # --- the dispatcher (beat) ----------------------------------------------------------------------------

@@ -25,7 +25,6 @@ from shared.queue import send
 
 log = logging.getLogger("onbrand.webhooks")
 RESPONSE_LOG_BYTES = 2048
-RETRY_AFTER_STATUSES = (429, 503)
 
 
 @dataclass
@@ -153,14 +152,12 @@ def _failed(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | 
             follow_ups = webhooks.endpoint_disabled(session, endpoint, reason, at)
             row.last_error = f"{result.error}; endpoint disabled: {reason}"
             return "failed", None, follow_ups
-    if row.attempts >= settings.webhook_max_attempts:
-        row.status = "failed"
+    hint = outbox.retry_hint(result.status_code, result.retry_after, at)
+    retry_in = outbox.settle_failure(row, at, settings.webhook_max_attempts, hint)
+    if retry_in is None:
         log.warning("webhook %s (%s) failed for good after %d attempts: %s", row.event_id, row.id, row.attempts,
                     result.error)
         return "failed", None, []
-    hint = outbox.parse_retry_after(result.retry_after, at) if result.status_code in RETRY_AFTER_STATUSES else None
-    retry_in = int(round(outbox.retry_delay(row.attempts, hint)))
-    row.next_attempt_at = at + timedelta(seconds=retry_in)
     return "retry", retry_in, []
 
 

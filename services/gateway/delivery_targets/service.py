@@ -57,7 +57,7 @@ def get(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, target_id: 
 
 
 def delete(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, target_id: uuid.UUID) -> None:
-    # Its pushes go with it (ON DELETE CASCADE): a removed bucket receives nothing more.
+    # Its push history stays (target_id SET NULL); pending pushes to it fail: a removed bucket gets nothing more.
     session.delete(get(session, tenant_id, brand_id, target_id))
 
 
