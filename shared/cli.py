@@ -27,6 +27,8 @@ app.add_typer(tenants_app, name="tenants")
 models_app = typer.Typer(help="The configured models: stage -> adapter -> weights.", no_args_is_help=True)
 app.add_typer(assets_app, name="assets")
 app.add_typer(models_app, name="models")
+probe_app = typer.Typer(help="Health probes for containers (exit 0 healthy, 1 not).", no_args_is_help=True)
+app.add_typer(probe_app, name="probe")
 
 POOLS = {"cpu": "llm,retrieval,scoring,webhooks", "gpu": "segment,generate,qc"}
 
@@ -238,12 +240,13 @@ def gateway(
     os.environ.setdefault("ONBRAND_PUBLIC_URL", f"http://{host}:{port}")
     get_settings.cache_clear()
     uvicorn.run(
-        "services.gateway.app:create_app",
+        "services.gateway.app:serve_app",  # create_app plus this process's logging and tracing
         factory=True,
         host=host,
         port=port,
         workers=workers,
         log_level=get_settings().log_level.lower(),
+        log_config=None,  # uvicorn's loggers propagate to the root handler set by shared.logs
         access_log=False,
     )
 
@@ -256,6 +259,9 @@ def worker(
     beat: Annotated[
         bool, typer.Option(help="also run the periodic sweeps (exactly one worker per deployment)")
     ] = False,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Prometheus /metrics port (0: none) [default: ONBRAND_METRICS_PORT]")
+    ] = None,
 ) -> None:
     """Run a Celery worker consuming the cpu queues, the gpu queues or all of them."""
     if pool not in (*POOLS, "all"):
@@ -271,15 +277,33 @@ def worker(
         # now and then bounds both (the model is loaded again once, not per task).
         flags += ["--max-tasks-per-child", str(get_settings().gpu_max_tasks_per_child)]
     if beat:
-        flags += ["--beat", "--schedule", _schedule_file()]
-    os.environ["ONBRAND_WORKER_QUEUES"] = queues  # tells the pool processes which models to warm
+        flags += ["--beat", *BEAT_FLAGS, _schedule_file()]
+    _worker_environment(queues, metrics_port)
     _exec_celery("worker", "-Q", queues, "-c", str(concurrency), "-n", node, *flags)
+
+
+def _worker_environment(queues: str, metrics_port: int | None) -> None:
+    """What the Celery process about to be exec'd (and its pool processes) must see at import."""
+    from shared import metrics
+
+    os.environ["ONBRAND_WORKER_QUEUES"] = queues  # tells the pool processes which models to warm
+    if metrics_port is not None:
+        os.environ["ONBRAND_METRICS_PORT"] = str(metrics_port)
+    metrics.prepare_multiprocess()
+    if get_settings().worker_soft_shutdown_seconds > 0:
+        # billiard reads this at import: SIGTERM then starts the soft shutdown (finish for
+        # worker_soft_shutdown_timeout, then requeue) instead of an unbounded warm shutdown.
+        os.environ["REMAP_SIGTERM"] = "SIGQUIT"
+
+
+# The beat's scheduler touches its heartbeat file (liveness) on every tick; then the schedule file.
+BEAT_FLAGS = ("--scheduler", "workers.observability:HeartbeatScheduler", "--schedule")
 
 
 @app.command()
 def beat() -> None:
     """Run the periodic sweeps (lost webhook and campaign sends). Exactly one per deployment."""
-    _exec_celery("beat", "--schedule", _schedule_file())
+    _exec_celery("beat", *BEAT_FLAGS, _schedule_file())
 
 
 def _schedule_file() -> str:
@@ -307,6 +331,66 @@ def demo(out: Annotated[str, typer.Option(help="output dir")] = "out/demo") -> N
     from shared.demo import run_demo
 
     sys.exit(run_demo(out))
+
+
+@probe_app.command("heartbeat")
+def probe_heartbeat(
+    process: Annotated[str, typer.Option(help="worker | beat")] = "worker",
+    max_age: Annotated[float, typer.Option(help="seconds since the last heartbeat")] = 120.0,
+) -> None:
+    """Liveness: the process's event loop touched <home>/<process>.heartbeat within --max-age seconds.
+    Needs neither broker nor database, so an outage of either does not restart every pod."""
+    import time
+
+    if process not in ("worker", "beat"):
+        raise typer.BadParameter("process must be worker or beat", param_hint="--process")
+    path = get_settings().home / f"{process}.heartbeat"
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        typer.echo(f"unhealthy: no heartbeat file {path}", err=True)
+        raise typer.Exit(1) from None
+    if age > max_age:
+        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago (max {max_age:.0f} s)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: heartbeat {age:.1f} s ago")
+
+
+@probe_app.command("ping")
+def probe_ping(
+    pool: Annotated[str, typer.Option(help="cpu | gpu | all: the node <pool>@<this host> to ping")] = "cpu",
+    timeout: Annotated[float, typer.Option(help="seconds to wait for the reply")] = 10.0,
+) -> None:
+    """Readiness: this host's worker answers a Celery ping through the broker."""
+    import socket
+
+    from shared.queue import producer
+
+    node = f"{pool}@{socket.gethostname()}"
+    replies = producer().control.ping(destination=[node], timeout=timeout)
+    if not any(node in reply for reply in replies or []):
+        typer.echo(f"unhealthy: {node} did not answer within {timeout:g} s", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {node}")
+
+
+@probe_app.command("http")
+def probe_http(
+    url: Annotated[str, typer.Option(help="URL that must answer 200")] = "http://127.0.0.1:8000/healthz",
+    timeout: Annotated[float, typer.Option(help="seconds")] = 4.0,
+) -> None:
+    """The gateway answers (container health checks; Kubernetes uses httpGet probes instead)."""
+    import httpx
+
+    try:
+        status = httpx.get(url, timeout=timeout).status_code
+    except httpx.HTTPError as exc:
+        typer.echo(f"unhealthy: {url}: {exc}", err=True)
+        raise typer.Exit(1) from None
+    if status != 200:
+        typer.echo(f"unhealthy: {url}: HTTP {status}", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"ok: {url}")
 
 
 def main() -> None:

@@ -200,6 +200,25 @@ class Settings(BaseSettings):
         "credentials (DAM targets, v1a signing keys). Unset: one derived from secret_key (development).")
 
     log_level: str = Field("INFO", description="Log level.")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="Log lines of gateway, workers and beat: one JSON object per line (with tenant, "
+        "campaign, stage and trace ids) or plain text.")
+    metrics_port: int = Field(
+        9808, ge=0, le=65535, description="Port of a worker's Prometheus /metrics (0: none). The gateway serves "
+        "/metrics on its own port.")
+    otel_exporter: Literal["none", "otlp", "console"] = Field(
+        "none", description="OpenTelemetry trace exporter: none (tracing off), otlp (OTLP over HTTP to "
+        "otel_endpoint) or console (stdout).")
+    otel_endpoint: str | None = Field(
+        None, description="OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces (unset: the "
+        "OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318/v1/traces).")
+    otel_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces sampled (parent-based).")
+    heartbeat_seconds: float = Field(
+        10.0, gt=0, description="How often a worker and the beat touch their heartbeat file (liveness probe).")
+    worker_soft_shutdown_seconds: float = Field(
+        60.0, ge=0, description="On SIGTERM with a task running, a worker waits this long (the whole time: "
+        "Celery's soft shutdown sleeps), then returns unfinished tasks to their queues at once; an idle worker "
+        "stops at once. 0: warm shutdown, waiting however long. Keep it below terminationGracePeriodSeconds.")
 
     @field_validator("encryption_keys", mode="before")
     @classmethod

@@ -36,6 +36,7 @@ class Processes:
     env: dict[str, str]
     logs: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    metrics_ports: dict[str, int] = field(default_factory=dict)  # worker node -> its /metrics port
 
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.logs.mkdir(parents=True, exist_ok=True)
@@ -55,7 +56,10 @@ class Processes:
     def worker(self, pool: str, name: str | None = None, concurrency: int = 1,
                beat: bool = False) -> subprocess.Popen[bytes]:
         node = name or pool
-        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--name", f"{node}@%h"]
+        # a port of its own: several workers share this machine (the default 9808 is one per pod)
+        self.metrics_ports[node] = free_port()
+        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--name", f"{node}@%h",
+                "--metrics-port", str(self.metrics_ports[node])]
         return self.start(f"worker-{node}", *args, *(["--beat"] if beat else []))
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:

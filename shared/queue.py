@@ -9,7 +9,9 @@ from functools import lru_cache
 from typing import Any
 
 from celery import Celery
+from opentelemetry.trace import SpanKind
 
+from shared import tracing
 from shared.config import Settings, get_settings
 
 CPU_QUEUES = ("llm", "retrieval", "scoring", "webhooks")
@@ -68,6 +70,10 @@ def configure(app: Celery, settings: Settings) -> None:
             "unacked_restore_throttle": settings.broker_restore_throttle,
         },
         worker_hijack_root_logger=False,
+        # SIGTERM (`onbrand worker` remaps it to Celery's cold shutdown, REMAP_SIGTERM=SIGQUIT): while a
+        # task runs, the worker waits this long (all of it: Celery sleeps), then cancels what is left and
+        # returns it to its queue at once, not after the visibility timeout. An idle worker stops at once.
+        worker_soft_shutdown_timeout=settings.worker_soft_shutdown_seconds,
         beat_schedule=beat_schedule(settings),
     )
 
@@ -88,8 +94,11 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
     """Send a task by name with id arguments only. Call after commit."""
     if name not in TASK_QUEUES:
         raise KeyError(f"unknown task {name!r}")
-    producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args], priority=priority,
-                         expires=expires)
+    # A producer span, and its context in the message headers: the task's span becomes its child.
+    with tracing.tracer().start_as_current_span(f"send {name}", kind=SpanKind.PRODUCER,
+                                                attributes={"messaging.destination.name": TASK_QUEUES[name]}):
+        producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args],
+                             priority=priority, expires=expires, headers=tracing.inject())
 
 # Pipeline stages in order; stage runs and the campaign resource use these names.
 # revise runs only when too few candidates passed and the campaign's revision budget allows.

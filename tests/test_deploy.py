@@ -1,14 +1,19 @@
 """Offline checks of the deployment files: docker-compose.yml, .env.example, docker/, k8s/.
 
 Nothing here needs Docker or a cluster. The Kubernetes overlays are rendered with `kubectl
-kustomize` and validated with kubernetes-validate; docker-compose.yml is validated against the
-compose-spec schema vendored by check-jsonschema. Each of those three is skipped, with the
-reason, where it is missing.
+kustomize` and validated with kubernetes-validate (the KEDA objects, CRDs it cannot know, are
+checked structurally); docker-compose.yml is validated against the compose-spec schema vendored
+by check-jsonschema. Each of those three is skipped, with the reason, where it is missing. Every
+`onbrand ...` command line the images, compose and the manifests run is checked against the
+installed CLI's --help.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
+import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -20,7 +25,9 @@ from typing import Any
 import pytest
 import yaml
 
+from shared import egress
 from shared.config import Settings
+from shared.queue import BULK_PRIORITY, CPU_QUEUES, GPU_QUEUES, TASK_QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -34,6 +41,25 @@ SETTINGS_VARS = {f"ONBRAND_{name.upper()}" for name in Settings.model_fields}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|CREDENTIAL", re.I)
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?])[^}]*)?\}$")
 APP_SERVICES = ("migrate", "gateway", "cpu-worker", "gpu-worker", "gpu-queues-on-cpu")
+WORKER_SERVICES = ("cpu-worker", "gpu-worker", "gpu-queues-on-cpu")
+POOL_QUEUES = {"cpu": CPU_QUEUES, "gpu": GPU_QUEUES}
+SOFT_SHUTDOWN = "ONBRAND_WORKER_SOFT_SHUTDOWN_SECONDS"
+
+ONBRAND_NAME = re.compile(r"ONBRAND_[A-Z0-9_]+")
+CODE_DIRS = ("shared", "services", "workers")
+# Read in code but deliberately left out of .env.example and the README: `onbrand worker` sets it
+# for its own pool processes (which models to warm); nobody should set it by hand.
+INTERNAL_VARS = {"ONBRAND_WORKER_QUEUES"}
+
+
+@functools.cache
+def code_vars() -> frozenset[str]:
+    """Every ONBRAND_ name the code mentions (Settings' env_prefix aside)."""
+    found: set[str] = set()
+    for folder in CODE_DIRS:
+        for path in (ROOT / folder).rglob("*.py"):
+            found.update(ONBRAND_NAME.findall(path.read_text()))
+    return frozenset(found)
 
 
 # ----------------------------------------------------------------------------- docker-compose
@@ -100,7 +126,15 @@ def test_compose_gateway(compose: dict[str, Any]) -> None:
     gateway = service(compose, "gateway")
     assert "8000:8000" in gateway["ports"]
     assert gateway["command"][:1] == ["gateway"] and "0.0.0.0" in gateway["command"]
-    assert "/healthz" in healthcheck_text(gateway)
+    assert gateway["healthcheck"]["test"] == ["CMD", "onbrand", "probe", "http"]  # GET /healthz
+
+
+def test_compose_beat_checks_its_heartbeat(compose: dict[str, Any]) -> None:
+    # The beat runs from the cpu-worker image, whose HEALTHCHECK pings a worker node it does not run.
+    beat = service(compose, "beat")
+    assert beat["command"] == ["beat"]
+    test = beat["healthcheck"]["test"]
+    assert test[:6] == ["CMD", "onbrand", "probe", "heartbeat", "--process", "beat"], test
 
 
 @pytest.mark.parametrize("name,pool", [("cpu-worker", "cpu"), ("gpu-worker", "gpu"), ("gpu-queues-on-cpu", "gpu")])
@@ -109,9 +143,32 @@ def test_compose_worker_pings_its_own_node(compose: dict[str, Any], name: str, p
     command = svc["command"]
     assert command[:3] == ["worker", "--pool", pool]
     assert command[command.index("--name") + 1] == f"{pool}@%h"
-    check = healthcheck_text(svc)
-    assert "inspect ping" in check and f"{pool}@$$HOSTNAME" in check
+    assert command[command.index("--metrics-port") + 1] == "9808"
+    # `probe ping` finds this host's node <pool>@<hostname> itself: no shell, no $HOSTNAME
+    assert svc["healthcheck"]["test"] == ["CMD", "onbrand", "probe", "ping", "--pool", pool]
     assert "/models:ro" in " ".join(svc["volumes"])
+
+
+def duration_seconds(text: str) -> float:
+    """A compose duration ("5m", "1m30s", "90s") in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ms|us|ns|h|m|s)", text)
+    assert parts and "".join(n + u for n, u in parts) == text, f"not a compose duration: {text!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def test_duration_seconds() -> None:
+    assert duration_seconds("5m") == 300 and duration_seconds("1m30s") == 90 and duration_seconds("10m") == 600
+    with pytest.raises(AssertionError):
+        duration_seconds("5 minutes")
+
+
+@pytest.mark.parametrize("name", WORKER_SERVICES)
+def test_compose_worker_soft_shutdown_ends_before_sigkill(compose: dict[str, Any], name: str) -> None:
+    svc = service(compose, name)
+    soft = float(svc["environment"][SOFT_SHUTDOWN])
+    grace = duration_seconds(svc["stop_grace_period"])
+    assert 0 < soft < grace, f"{name}: soft shutdown {soft}s must end before stop_grace_period {grace}s"
 
 
 def test_compose_gpu_worker_is_optional(compose: dict[str, Any]) -> None:
@@ -207,8 +264,64 @@ def test_env_example_documents_every_setting() -> None:
 
 
 def test_env_example_has_no_unknown_onbrand_vars() -> None:
-    unknown = {name for name in env_example_vars() if name.startswith("ONBRAND_")} - SETTINGS_VARS
-    assert not unknown, f"not fields of shared.config.Settings: {unknown}"
+    # CLI options read from the environment (ONBRAND_API_URL, ONBRAND_API_KEY) are not Settings fields
+    unknown = {name for name in env_example_vars() if name.startswith("ONBRAND_")} - SETTINGS_VARS - code_vars()
+    assert not unknown, f"neither fields of shared.config.Settings nor read in code: {unknown}"
+
+
+def readme_config_lines() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    assert "\n## Configuration\n" in text
+    section = text.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+    return [line for line in section.splitlines() if line.startswith("|")]
+
+
+def readme_config_rows() -> set[str]:
+    """The variables the README's Configuration table has a row for."""
+    return {m.group(1) for line in readme_config_lines() if (m := re.match(r"^\| `(ONBRAND_[A-Z0-9_]+)` \|", line))}
+
+
+def test_every_variable_read_is_documented() -> None:
+    assert INTERNAL_VARS <= code_vars(), "stale INTERNAL_VARS exemption: the code no longer reads it"
+    needed = (SETTINGS_VARS | code_vars()) - INTERNAL_VARS
+    assert {"ONBRAND_API_URL", "ONBRAND_API_KEY"} <= needed
+    in_env_example = {name for name in env_example_vars() if name.startswith("ONBRAND_")}
+    assert not needed - in_env_example, f"add to .env.example: {sorted(needed - in_env_example)}"
+    rows = readme_config_rows()
+    assert not needed - rows, f"add to README.md's Configuration table: {sorted(needed - rows)}"
+
+
+def test_documented_variables_exist() -> None:
+    known = SETTINGS_VARS | code_vars()
+    mentioned = set(ONBRAND_NAME.findall(ENV_EXAMPLE.read_text()))
+    assert not mentioned - known, f".env.example names unknown variables: {sorted(mentioned - known)}"
+    mentioned = {name for line in readme_config_lines() for name in ONBRAND_NAME.findall(line)}
+    assert not mentioned - known, f"README's Configuration table names unknown variables: {sorted(mentioned - known)}"
+
+
+def configmap_literals() -> dict[str, set[str]]:
+    """Variable names of k8s/base/config.env and of every overlay's configMapGenerator, by file."""
+    found = {"k8s/base/config.env": {line.split("=", 1)[0].strip() for line in (K8S / "base" / "config.env")
+                                     .read_text().splitlines() if "=" in line and not line.lstrip().startswith("#")}}
+    for path in sorted(K8S.glob("overlays/*/kustomization.yaml")):
+        for generator in yaml.safe_load(path.read_text()).get("configMapGenerator", []):
+            names = {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
+            for env_file in generator.get("envs", []):
+                names |= {line.split("=", 1)[0] for line in (path.parent / env_file).read_text().splitlines()
+                          if "=" in line and not line.lstrip().startswith("#")}
+            found.setdefault(str(path.relative_to(ROOT)), set()).update(names)
+    return found
+
+
+def test_onbrand_keys_set_in_deploy_files_are_settings(compose: dict[str, Any]) -> None:
+    for name, svc in compose["services"].items():
+        env = svc.get("environment") or {}
+        keys = set(env) if isinstance(env, dict) else {item.split("=", 1)[0] for item in env}
+        unknown = {k for k in keys if k.startswith("ONBRAND_")} - SETTINGS_VARS
+        assert not unknown, f"docker-compose.yml {name}: not Settings fields: {unknown}"
+    for where, names in configmap_literals().items():
+        unknown = {k for k in names if k.startswith("ONBRAND_")} - SETTINGS_VARS
+        assert not unknown, f"{where}: not Settings fields: {unknown}"
 
 
 def test_env_example_values_are_valid_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -286,12 +399,39 @@ def test_gpu_dockerfile_keeps_the_base_torch() -> None:
     assert "assert torch.version.cuda" in text
 
 
+def healthcheck_argv(text: str) -> list[str]:
+    """The command of a Dockerfile's last HEALTHCHECK; the shell form as ["sh", "-c", ...]."""
+    check = instructions(text, "HEALTHCHECK")[-1]
+    command = re.split(r"(?:^|\s)CMD\s+", check, maxsplit=1)[1].strip()
+    return json.loads(command) if command.startswith("[") else ["sh", "-c", command]
+
+
+def dockerfile_commands(name: str) -> list[tuple[str, list[str]]]:
+    """(where, argv) of the image's default command (ENTRYPOINT + CMD) and of its HEALTHCHECK."""
+    text = dockerfile(name)
+    entrypoint = json.loads(instructions(text, "ENTRYPOINT")[-1])
+    cmd = json.loads(instructions(text, "CMD")[-1])
+    return [(f"Dockerfile.{name} CMD", [*entrypoint, *cmd]),
+            (f"Dockerfile.{name} HEALTHCHECK", healthcheck_argv(text))]
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_runs_onbrand_in_exec_form(name: str) -> None:
+    text = dockerfile(name)
+    assert json.loads(instructions(text, "ENTRYPOINT")[-1]) == ["onbrand"]
+    assert healthcheck_argv(text)[:2] == ["onbrand", "probe"]
+
+
+def test_gateway_dockerfile_checks_http() -> None:
+    assert healthcheck_argv(dockerfile("gateway")) == ["onbrand", "probe", "http"]
+
+
 @pytest.mark.parametrize("name,pool", [("cpu-worker", "cpu"), ("gpu-worker", "gpu")])
 def test_worker_dockerfile_pings_its_own_node(name: str, pool: str) -> None:
     text = dockerfile(name)
     cmd = json.loads(instructions(text, "CMD")[-1])
     assert cmd[:3] == ["worker", "--pool", pool] and cmd[cmd.index("--name") + 1] == f"{pool}@%h"
-    assert f'{pool}@$HOSTNAME' in instructions(text, "HEALTHCHECK")[-1]
+    assert healthcheck_argv(text) == ["onbrand", "probe", "ping", "--pool", pool]
 
 
 def load_requirements_helper():
@@ -351,16 +491,41 @@ def workloads(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] in ("Deployment", "Job")]
 
 
+def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spec = pod_spec(doc)
+    return [*spec.get("initContainers", []), *spec["containers"]]
+
+
+def env_of(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+def worker_pool(doc: dict[str, Any]) -> str | None:
+    """cpu / gpu for a worker Deployment (from its --pool argument), else None."""
+    args = pod_spec(doc)["containers"][0].get("args", [])
+    return args[args.index("--pool") + 1] if args[:1] == ["worker"] and "--pool" in args else None
+
+
+def worker_deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    found = {worker_pool(d): d for d in docs if d["kind"] == "Deployment" and worker_pool(d)}
+    assert set(found) == {"cpu", "gpu"}, set(found)
+    return found
+
+
 def test_k8s_base_renders() -> None:
     kinds = sorted(d["kind"] for d in kustomize(K8S / "base"))
     assert kinds == sorted(["ConfigMap", "Service", "Deployment", "Deployment", "Deployment", "Deployment", "Job",
-                            "HorizontalPodAutoscaler", "PodDisruptionBudget"])
+                            "HorizontalPodAutoscaler", "PodDisruptionBudget", "TriggerAuthentication",
+                            "ScaledObject", "ScaledObject", *["NetworkPolicy"] * 8])
 
 
 def test_k8s_beat_is_a_single_replica() -> None:
     beat = find(kustomize(K8S / "base"), "Deployment", "onbrand-beat")
     assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"]["type"] == "Recreate"
-    assert pod_spec(beat)["containers"][0]["args"] == ["beat"]
+    (container,) = pod_spec(beat)["containers"]
+    assert container["args"] == ["beat"]
+    command = container["livenessProbe"]["exec"]["command"]
+    assert command[:5] == ["onbrand", "probe", "heartbeat", "--process", "beat"], command
 
 
 def test_k8s_schema(rendered: tuple[str, list[dict[str, Any]]]) -> None:
@@ -370,6 +535,8 @@ def test_k8s_schema(rendered: tuple[str, list[dict[str, Any]]]) -> None:
 
     overlay, docs = rendered
     for doc in docs:
+        if doc["apiVersion"].startswith("keda.sh/"):
+            continue  # a CRD: no schema here; test_k8s_keda checks these
         try:
             kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:  # pragma: no cover - the message is the point
@@ -404,6 +571,10 @@ def test_k8s_gateway(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
 
 
+def option(argv: list[str], name: str, default: str | None = None) -> str | None:
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
 def test_k8s_workers(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     overlay, docs = rendered
     for pool in ("cpu", "gpu"):
@@ -411,11 +582,19 @@ def test_k8s_workers(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         (container,) = pod_spec(deployment)["containers"]
         args = container["args"]
         assert args[:3] == ["worker", "--pool", pool] and args[args.index("--name") + 1] == f"{pool}@%h"
-        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-            command = " ".join(container[probe]["exec"]["command"])
-            assert "inspect ping" in command and f'"{pool}@$HOSTNAME"' in command, (overlay, pool, probe)
-            assert container[probe]["timeoutSeconds"] > 10, "the probe's timeout must exceed celery's --timeout"
-        assert deployment["spec"]["replicas"] >= 1
+        # started / ready: the node answers a Celery ping through the broker
+        for probe in ("startupProbe", "readinessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert command[:5] == ["onbrand", "probe", "ping", "--pool", pool], (overlay, pool, probe, command)
+            ping_timeout = float(option(command, "--timeout", "10"))
+            assert container[probe]["timeoutSeconds"] > ping_timeout, "the probe's timeout must exceed the ping's"
+        # alive: the heartbeat file, no broker (a Redis outage must not restart every worker)
+        liveness = container["livenessProbe"]
+        command = liveness["exec"]["command"]
+        assert command[:5] == ["onbrand", "probe", "heartbeat", "--process", "worker"], (overlay, pool, command)
+        # several missed heartbeats (ONBRAND_HEARTBEAT_SECONDS) before a restart, not one slow tick
+        assert float(option(command, "--max-age")) >= 6 * Settings.model_fields["heartbeat_seconds"].default
+        assert "replicas" not in deployment["spec"], f"{overlay}: KEDA's HPA owns the {pool}-worker count"
 
     gpu = find(docs, "Deployment", "onbrand-gpu-worker")
     spec = pod_spec(gpu)
@@ -483,6 +662,305 @@ def test_k8s_repo_holds_no_secret_objects() -> None:
 
 def test_k8s_readme_documents_the_secret_keys() -> None:
     text = (K8S / "README.md").read_text()
+    keda_keys = [ref["key"] for doc in kustomize(K8S / "base") if doc["kind"] == "TriggerAuthentication"
+                 for ref in doc["spec"]["secretTargetRef"]]
+    assert keda_keys
     for key in ("onbrand-secrets", "ONBRAND_DATABASE_URL", "ONBRAND_REDIS_URL", "ONBRAND_SECRET_KEY",
-                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "onbrand-models"):
-        assert key in text, key
+                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "onbrand-models", *keda_keys):
+        assert f"`{key}`" in text, key  # in the secret table
+        if key.isupper():
+            assert f"--from-literal={key}=" in text, f"{key} missing from the kubectl create example"
+
+
+def test_k8s_env_and_soft_shutdown(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = rendered
+    for doc in workloads(docs):
+        for container in containers(doc):
+            unknown = {k for k in env_of(container) if k.startswith("ONBRAND_")} - SETTINGS_VARS
+            assert not unknown, f"{overlay}: {doc['metadata']['name']}: env not Settings fields: {unknown}"
+    for pool, deployment in worker_deployments(docs).items():
+        grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        (container,) = pod_spec(deployment)["containers"]
+        soft = env_of(container).get(SOFT_SHUTDOWN)
+        assert soft is not None, f"{overlay}: {pool}-worker: set {SOFT_SHUTDOWN} (the default is 60 s)"
+        assert 0 < float(soft) < grace, f"{overlay}: {pool}-worker: soft shutdown {soft}s >= grace {grace}s"
+
+
+# ----------------------------------------------------------------------------- KEDA
+
+
+def bulk_priority_lists(queues: tuple[str, ...]) -> set[str]:
+    """kombu's Redis lists of the bulk-priority messages of these queues (the bare name is priority 0)."""
+    bulk_queues = {TASK_QUEUES[task] for task in ("onbrand.embed_assets", "onbrand.reembed")}
+    return {f"{queue}\x06\x16{BULK_PRIORITY}" for queue in queues if queue in bulk_queues}
+
+
+def test_bulk_priority_list_name() -> None:
+    assert bulk_priority_lists(CPU_QUEUES) == {"retrieval\x06\x169"}
+    assert bulk_priority_lists(GPU_QUEUES) == set()
+
+
+def test_k8s_keda(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = rendered
+    auths = {d["metadata"]["name"]: d for d in docs if d["kind"] == "TriggerAuthentication"}
+    scaled = [d for d in docs if d["kind"] == "ScaledObject"]
+    targeted: dict[str, dict[str, Any]] = {}
+    for so in scaled:
+        where = f"{overlay}: ScaledObject/{so['metadata']['name']}"
+        assert so["apiVersion"] == "keda.sh/v1alpha1", where
+        spec = so["spec"]
+        ref = spec["scaleTargetRef"]
+        assert ref.get("kind", "Deployment") == "Deployment" and ref.get("apiVersion", "apps/v1") == "apps/v1", where
+        deployment = find(docs, "Deployment", ref["name"])
+        pool = worker_pool(deployment)
+        assert pool, f"{where} scales {ref['name']}, which is no worker"
+        assert pool not in targeted, f"{overlay}: two ScaledObjects scale the {pool}-worker"
+        targeted[pool] = spec
+        triggers = spec["triggers"]
+        assert {t["type"] for t in triggers} == {"redis"}, where
+        lists = [t["metadata"]["listName"] for t in triggers]
+        expected = set(POOL_QUEUES[pool]) | bulk_priority_lists(POOL_QUEUES[pool])
+        assert len(lists) == len(set(lists)) and set(lists) == expected, (where, lists, expected)
+        for trigger in triggers:
+            meta = trigger["metadata"]
+            assert int(meta["listLength"]) >= 1 and meta["databaseIndex"] == "0", (where, meta)
+            auth = auths.get(trigger["authenticationRef"]["name"])
+            assert auth is not None, f"{where}: no TriggerAuthentication {trigger['authenticationRef']['name']}"
+            refs = auth["spec"]["secretTargetRef"]
+            assert {r["name"] for r in refs} == {"onbrand-secrets"}, refs
+            assert {"address", "password"} <= {r["parameter"] for r in refs}, refs
+        assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], where
+        assert spec.get("pollingInterval", 30) <= 30, where
+    assert set(targeted) == {"cpu", "gpu"}, f"{overlay}: every worker Deployment needs a ScaledObject"
+    assert targeted["gpu"]["minReplicaCount"] == 0, "idle GPUs scale to zero"
+    assert targeted["gpu"]["cooldownPeriod"] >= 600, "a busy GPU worker's task is not in the list: cool down slowly"
+    assert targeted["cpu"]["minReplicaCount"] >= 1, "the webhooks queue (outbox sweeps) needs a consumer"
+    for pool, deployment in worker_deployments(docs).items():
+        assert "replicas" not in deployment["spec"], f"{overlay}: {pool}-worker: KEDA's HPA owns replicas"
+
+
+def test_k8s_overlays_do_not_set_worker_replicas() -> None:
+    for path in K8S.glob("overlays/*/*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if isinstance(doc, dict) and doc.get("kind") == "Deployment" and "worker" in doc["metadata"]["name"]:
+                assert "replicas" not in doc.get("spec", {}), f"{path}: size workers with the ScaledObject"
+
+
+# ----------------------------------------------------------------------------- NetworkPolicy
+
+
+def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in (selector.get("matchLabels") or {}).items()):
+        return False
+    for expr in selector.get("matchExpressions") or []:
+        key, op, values = expr["key"], expr["operator"], expr.get("values") or []
+        if ((op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values)
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels)):
+            return False
+    return True
+
+
+def policies_for(docs: list[dict[str, Any]], labels: dict[str, str]) -> list[dict[str, Any]]:
+    """The NetworkPolicies whose podSelector selects a pod with these labels."""
+    return [d for d in docs if d["kind"] == "NetworkPolicy" and selector_matches(d["spec"]["podSelector"], labels)]
+
+
+def policy_types(policy: dict[str, Any]) -> list[str]:
+    spec = policy["spec"]
+    return spec.get("policyTypes") or ["Ingress", *(["Egress"] if "egress" in spec else [])]
+
+
+def rules_of(policies: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
+    """direction: "ingress" or "egress"."""
+    return [rule for p in policies if direction.capitalize() in policy_types(p)
+            for rule in p["spec"].get(direction) or []]
+
+
+def allows_port(rule: dict[str, Any], port: int, protocol: str = "TCP") -> bool:
+    if not rule.get("ports"):
+        return True  # no ports: every port
+    return any(p.get("protocol", "TCP") == protocol
+               and (p.get("port") is None or p["port"] <= port <= p.get("endPort", p["port"]))
+               for p in rule["ports"])
+
+
+BLOCKED = (*egress._V4_BLOCKED, *egress._V6_BLOCKED)  # what the app's SSRF guard refuses
+
+
+def public_peers(rule: dict[str, Any], direction: str = "to") -> list[dict[str, Any]]:
+    """The ipBlocks of an egress rule that reach beyond the non-public ranges; a rule with no peers
+    reaches everything ({} stands for that)."""
+    peers = rule.get(direction) or []
+    if not peers:
+        return [{}]
+    blocks = [peer["ipBlock"] for peer in peers if "ipBlock" in peer]
+    return [b for b in blocks if not any(ipaddress.ip_network(b["cidr"]).subnet_of(net) for net in BLOCKED
+                                         if ipaddress.ip_network(b["cidr"]).version == net.version)]
+
+
+def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
+    return doc["spec"]["template"]["metadata"]["labels"]
+
+
+def test_network_policy_helpers() -> None:
+    labels = {"app.kubernetes.io/name": "onbrand", "app.kubernetes.io/component": "gateway"}
+    assert selector_matches({"matchLabels": {"app.kubernetes.io/name": "onbrand"}}, labels)
+    assert selector_matches({}, labels)
+    assert not selector_matches({"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
+                                                       "values": ["cpu-worker"]}]}, labels)
+    assert allows_port({}, 5432) and allows_port({"ports": [{"port": 53, "protocol": "UDP"}]}, 53, "UDP")
+    assert not allows_port({"ports": [{"port": 53, "protocol": "UDP"}]}, 53)
+    assert public_peers({}) == [{}]
+    assert public_peers({"to": [{"ipBlock": {"cidr": "10.0.0.0/8"}}, {"namespaceSelector": {}}]}) == []
+    assert public_peers({"to": [{"ipBlock": {"cidr": "0.0.0.0/0"}}]}) == [{"cidr": "0.0.0.0/0"}]
+
+
+def test_k8s_network_policies(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = rendered
+    pods = {d["metadata"]["name"]: pod_labels(d) for d in workloads(docs)}
+    assert len(pods) == 5, pods
+    deny = [p for p in docs if p["kind"] == "NetworkPolicy" and set(policy_types(p)) == {"Ingress", "Egress"}
+            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    assert deny, f"{overlay}: no default-deny NetworkPolicy"
+    for name, labels in pods.items():
+        where = f"{overlay}: {name}"
+        assert any(selector_matches(p["spec"]["podSelector"], labels) for p in deny), f"{where}: not default-denied"
+        policies = policies_for(docs, labels)
+        egress_rules = rules_of(policies, "egress")
+        for port in (5432, 6379):
+            assert any(allows_port(r, port) for r in egress_rules), f"{where}: no egress to {port}"
+        assert any(allows_port(r, 53, "UDP") for r in egress_rules), f"{where}: no DNS"
+        internet = [(r, b) for r in egress_rules for b in public_peers(r)]
+        if labels["app.kubernetes.io/component"] != "cpu-worker":
+            assert not internet, f"{where}: only the cpu-worker may reach the internet: {internet}"
+            continue
+        assert internet, f"{where}: the cpu-worker needs the internet (webhooks, DAM pushes, hosted LLMs)"
+        for rule, block in internet:
+            assert block, f"{where}: an egress rule with no destination reaches everything"
+            assert rule.get("ports") and all(allows_port(rule, p) for p in (80, 443)), rule
+            assert {p["port"] for p in rule["ports"]} <= {80, 443}, rule
+            cidr = ipaddress.ip_network(block["cidr"])
+            excepted = [ipaddress.ip_network(n) for n in block.get("except", [])]
+            for net in BLOCKED:  # mirrors shared/egress.py: every refused range inside the block is excepted
+                if net.version == cidr.version and net.overlaps(cidr):
+                    assert any(net.subnet_of(e) for e in excepted if e.version == net.version), (where, str(net))
+        blocks = {b["cidr"]: set(b.get("except", [])) for _, b in internet}
+        assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
+                "127.0.0.0/8"} <= blocks.get("0.0.0.0/0", set()), blocks
+        v6 = [ipaddress.ip_network(n) for n in blocks.get("::/0", set())]
+        for net in ("fc00::/7", "fe80::/10", "::1/128"):
+            assert any(ipaddress.ip_network(net).subnet_of(e) for e in v6), net
+    gateway = rules_of(policies_for(docs, pods["onbrand-gateway"]), "ingress")
+    # from any source (the ingress controller's namespace differs per cluster), not only from monitoring
+    assert any(allows_port(r, 8000) and not r.get("from") for r in gateway), f"{overlay}: gateway gets no traffic"
+
+
+def test_k8s_metrics_are_scraped(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    overlay, docs = rendered
+    for name in ("onbrand-gateway", "onbrand-cpu-worker", "onbrand-gpu-worker"):
+        deployment = find(docs, "Deployment", name)
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", (overlay, name)
+        assert annotations.get("prometheus.io/path") == "/metrics", (overlay, name)
+        port = int(annotations["prometheus.io/port"])
+        (container,) = pod_spec(deployment)["containers"]
+        assert port in {p["containerPort"] for p in container.get("ports", [])}, (overlay, name, port)
+        if worker_pool(deployment):
+            assert option(container["args"], "--metrics-port") == str(port), (overlay, name)
+            assert {"name": "metrics", "containerPort": port} in container["ports"]
+        else:
+            assert port == 8000, "the gateway serves /metrics on its HTTP port"
+        ingress = rules_of(policies_for(docs, pod_labels(deployment)), "ingress")
+        scrape = [r for r in ingress
+                  if allows_port(r, port) and any("namespaceSelector" in peer for peer in r.get("from", []))]
+        assert scrape, f"{overlay}: {name}: no ingress on {port} from the monitoring namespace"
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+SHELLS = {"sh", "/bin/sh", "bash", "/bin/bash"}
+NOT_ONBRAND = {"sleep"}  # the gateway's preStop pause
+
+
+@functools.cache
+def onbrand_help(path: tuple[str, ...]) -> tuple[int, str]:
+    exe = Path(sys.executable).parent / "onbrand"
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"}
+    done = subprocess.run([str(exe), *path, "--help"], capture_output=True, text=True, timeout=60, env=env)
+    return done.returncode, done.stdout + done.stderr
+
+
+def compose_commands(compose: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """(where, argv) of every command our images run in compose (third-party services left out)."""
+    found = []
+    for name, svc in compose["services"].items():
+        if "build" not in svc:
+            continue  # postgres, redis, minio, createbucket
+        entrypoint = svc.get("entrypoint", ["onbrand"])
+        entrypoint = entrypoint if isinstance(entrypoint, list) else ["sh", "-c", entrypoint]
+        if "command" in svc:
+            command = svc["command"] if isinstance(svc["command"], list) else ["sh", "-c", svc["command"]]
+            found.append((f"compose {name} command", [*entrypoint, *command]))
+        check = svc.get("healthcheck", {})
+        if check.get("test") and not check.get("disable"):
+            test = check["test"] if isinstance(check["test"], list) else ["CMD-SHELL", check["test"]]
+            if test[0] != "NONE":
+                found.append((f"compose {name} healthcheck",
+                              test[1:] if test[0] == "CMD" else ["sh", "-c", " ".join(test[1:])]))
+    return found
+
+
+def k8s_commands(docs: list[dict[str, Any]], overlay: str) -> list[tuple[str, list[str]]]:
+    found = []
+    for doc in workloads(docs):
+        for container in containers(doc):
+            where = f"{overlay}: {doc['metadata']['name']}/{container['name']}"
+            found.append((f"{where} args", [*container.get("command", ["onbrand"]), *container.get("args", [])]))
+            for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+                if "exec" in container.get(probe, {}):
+                    found.append((f"{where} {probe}", container[probe]["exec"]["command"]))
+            for hook, handler in container.get("lifecycle", {}).items():
+                if "exec" in handler:
+                    found.append((f"{where} {hook}", handler["exec"]["command"]))
+    return found
+
+
+def all_commands(compose: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    found = compose_commands(compose)
+    for name in DOCKERFILES:
+        found += dockerfile_commands(name)
+    if shutil.which("kubectl"):
+        for overlay in OVERLAYS:
+            found += k8s_commands(kustomize(K8S / "overlays" / overlay), overlay)
+    return found
+
+
+def test_app_containers_run_onbrand_without_a_shell(compose: dict[str, Any]) -> None:
+    commands = all_commands(compose)
+    assert len(commands) > 20, commands
+    for where, argv in commands:
+        assert argv and argv[0] not in SHELLS, f"{where}: no shell in our containers: {argv}"
+        assert not re.search(r"\bcelery\b.*\s-A\b", " ".join(argv)), f"{where}: use `onbrand ...`: {argv}"
+        assert argv[0] == "onbrand" or argv[0] in NOT_ONBRAND, f"{where}: {argv}"
+
+
+def test_onbrand_commands_exist(compose: dict[str, Any]) -> None:
+    exe = Path(sys.executable).parent / "onbrand"
+    if not exe.exists():
+        pytest.skip(f"{exe} is not installed (pip install -e .)")
+    failures = []
+    for where, argv in all_commands(compose):
+        if argv[:1] != ["onbrand"]:
+            continue
+        tail = argv[1:]
+        path = tuple(tail[:next((i for i, tok in enumerate(tail) if tok.startswith("-")), len(tail))])
+        rc, text = onbrand_help(path)
+        if rc != 0:
+            failures.append(f"{where}: `onbrand {' '.join(path)} --help` exited {rc}: {text.strip()[-300:]}")
+            continue
+        for token in tail:
+            name = token.split("=", 1)[0]
+            if token.startswith("--") and not re.search(rf"(?<![\w-]){re.escape(name)}(?![\w-])", text):
+                failures.append(f"{where}: `onbrand {' '.join(path)}` has no option {name}")
+    assert not failures, "\n".join(failures)

@@ -10,9 +10,11 @@ from celery.signals import worker_process_init
 
 from shared.config import get_settings
 from shared.queue import configure
+from workers import observability
 
 app = Celery("onbrand", include=["workers.tasks"])
 configure(app, get_settings())
+observability.install(app)
 
 
 @worker_process_init.connect

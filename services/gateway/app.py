@@ -11,6 +11,7 @@ from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
+from shared import logs, tracing
 from shared.config import Settings, get_settings
 from shared.storage import build_storage
 
@@ -30,7 +31,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Process-wide Pillow guard (one gateway app per process); the assets service also checks
     # width x height from the header before decoding.
     Image.MAX_IMAGE_PIXELS = settings.max_image_pixels
-    app = FastAPI(title="Onbrand", version="1", description=DESCRIPTION)
+    # FastAPI's own OpenTelemetry spans (the request's SERVER span, joined to an incoming traceparent,
+    # and its dependency/endpoint spans): recorded once shared.tracing installs a provider, no-op
+    # otherwise. Request metrics are Prometheus (middleware), so FastAPI's OTel metrics are off.
+    app = FastAPI(title="Onbrand", version="1", description=DESCRIPTION,
+                  telemetry={"tracing": True, "operation_spans": True, "metrics": False, "logs": False})
     app.state.settings = settings
     app.state.storage = build_storage(settings)
     errors.install(app)
@@ -40,3 +45,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                    webhook_endpoints_router, delivery_targets_router):
         app.include_router(router)
     return app
+
+
+def serve_app() -> FastAPI:
+    """What `onbrand gateway` serves: the app, in a process whose logging and tracing it sets up."""
+    settings = get_settings()
+    logs.configure(settings)
+    tracing.setup(settings, "onbrand-gateway")
+    return create_app(settings)

@@ -6,10 +6,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from opentelemetry import trace
 from sqlalchemy.orm import Session
 
 from services.gateway.errors import ProblemError
 from services.gateway.unit_of_work import transaction
+from shared import logs
 from shared.config import Settings
 from shared.storage import Storage
 from shared.tenants import tenant_for_key
@@ -50,6 +52,8 @@ def get_tenant(
     tenant_id = tenant_for_key(session, credentials.credentials.strip())
     if tenant_id is None:
         raise _unauthorized("The API key is invalid or revoked.", "invalid_token")
+    logs.bind(tenant_id=tenant_id)  # on every later log line of this request, and on its span
+    trace.get_current_span().set_attribute("onbrand.tenant_id", str(tenant_id))
     return tenant_id
 
 

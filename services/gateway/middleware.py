@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request metrics and a request-body ceiling.
+"""Pure ASGI middleware: request metrics and log context; a request-body ceiling.
 
 Pure ASGI rather than BaseHTTPMiddleware: no extra task per request and streaming bodies
 pass through untouched.
@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import PROBLEM_MEDIA_TYPE, ProblemError, problem_body
+from shared import logs
 
 # Module level: prometheus metrics are process-wide, and create_app may run more than once.
 REQUESTS = Counter("onbrand_http_requests_total", "HTTP requests handled.", ["method", "route", "status"])
@@ -43,6 +45,8 @@ class MetricsMiddleware:
                 status = message["status"]
             await send(message)
 
+        logs.clear()  # a fresh log context per request (the tenant is bound once authenticated)
+        logs.bind(request_id=uuid.uuid4().hex[:16])
         try:
             await self.app(scope, receive, send_wrapper)
         finally:

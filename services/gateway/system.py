@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy import text
 
 from services.gateway.errors import problem_response
+from shared import metrics as shared_metrics
 from shared.config import Settings
 from shared.db.session import get_engine
 
@@ -65,6 +66,14 @@ def readyz(request: Request) -> Any:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics() -> Response:
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+def metrics(request: Request) -> Response:
+    """This process's metrics, then the queue depths read from the broker now (left out, and
+    logged, when the broker does not answer: a scrape must not fail with it)."""
+    body = generate_latest(REGISTRY)
+    try:
+        body += generate_latest(shared_metrics.registry_of(
+            shared_metrics.QueueCollector(_broker_client(request, request.app.state.settings))))
+    except Exception as exc:
+        log.warning("metrics: queue depth unavailable: %s", exc)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)
 

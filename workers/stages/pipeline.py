@@ -20,14 +20,14 @@ from PIL import Image
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
-from shared import webhooks
+from shared import metrics, webhooks
 from shared.db.models import Asset, Brand, Campaign, Candidate, LlmCall, Result
 from shared.db.session import session_scope
 from shared.models import ModelSpec, generate_spec, segment_spec
 from shared.search import Filters, Space, search
 from shared.storage import campaign_key, get_storage
 from workers.stages import library
-from workers.stages.runner import StageContext, StageError, StageFn, Task, now, webhook_tasks
+from workers.stages.runner import StageContext, StageError, StageFn, Task, campaign_finished, now, webhook_tasks
 
 T = TypeVar("T")
 
@@ -99,6 +99,8 @@ def llm_call_rows(ctx: StageContext, result: dict[str, Any], key: str = "") -> l
             attempt=str(call.get("attempt") or "first"), latency_ms=round(latency_ms, 1),
             tokens_in=int(call.get("tokens_in") or 0), tokens_out=int(call.get("tokens_out") or 0),
             cost_usd=call.get("cost_usd")))
+    for row in rows:  # counted when made: a retried stage really spent its tokens twice
+        metrics.observe_llm_call(row.backend, row.model, row.tokens_in, row.tokens_out, row.cost_usd)
     return rows
 
 
@@ -400,6 +402,7 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     saved_layers: set[str] = set()
     for item in made:
         ctx.rows.append(_candidate_row(ctx, item, saved_layers))
+        _observe_generation(item.generation)
     return {"candidates": len(made), "generator": spec.adapter,
             "gpu_seconds": round(sum(m.generation.get("gpu_seconds", 0.0) for m in made), 3)}
 
@@ -433,6 +436,14 @@ def _inpaint(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.I
                                  background_prompt=_background_prompt(ctx))
     return [_Made(lay, layer, out.image, v, _generation(spec, out, reference, str(inpainter.device)))
             for (lay, layer, v), out in zip(todo, outputs, strict=True)]
+
+
+def _observe_generation(generation: dict[str, Any]) -> None:
+    # The adapter's own timing of this candidate: gpu_seconds on an accelerator, cpu_seconds otherwise.
+    seconds = generation.get("gpu_seconds", generation.get("cpu_seconds"))
+    if seconds is not None:
+        metrics.GPU_SECONDS_PER_CANDIDATE.labels(generation["adapter"], generation.get("device") or "cpu").observe(
+            float(seconds))
 
 
 def _generation(spec: ModelSpec, out: Any, reference: bool, device: str) -> dict[str, Any]:
@@ -568,6 +579,7 @@ def _complete(session: Session, campaign: Campaign) -> list[Task]:
     ]
     campaign.status = "completed" if len(results) >= campaign.top_k else "partial"
     campaign.completed_at, campaign.current_stage = now(), None
+    campaign_finished(campaign)
     data: dict[str, Any] = {"status": campaign.status, "results": results}
     if campaign.status == "partial":
         campaign.error = _partial_error(session, campaign, len(results))

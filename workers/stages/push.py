@@ -23,7 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import egress, outbox
+from shared import egress, metrics, outbox
 from shared.config import Settings, get_settings
 from shared.crypto import UnreadableSecret, decrypt_json
 from shared.db.models import Campaign, Candidate, DamPush, DeliveryTarget, Result
@@ -105,6 +105,12 @@ def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: da
 
 def push(push_id: str, at: datetime | None = None) -> str:
     """Attempt one push: "delivered" | "retry" | "failed" | "skipped" (not due, or taken by another worker)."""
+    outcome = _push(push_id, at)
+    metrics.DAM_PUSHES.labels(outcome).inc()
+    return outcome
+
+
+def _push(push_id: str, at: datetime | None) -> str:
     at = at or outbox.utcnow()
     with session_scope() as session:
         row = session.scalars(select(DamPush).where(DamPush.id == uuid.UUID(push_id))

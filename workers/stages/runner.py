@@ -11,8 +11,10 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +22,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import webhooks
+from shared import logs, metrics, webhooks
 from shared.config import Settings, get_settings
 from shared.db.models import Base, Campaign, Candidate, Result, StageRun
 from shared.db.session import session_scope
@@ -88,13 +90,34 @@ def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> s
     _send_all(pending)
     if ctx is None:
         return "skipped"
-    try:
-        output = fn(ctx)
-    except StageError as exc:
-        _send_all(_fail(ctx, exc.code, exc.message))
-        return "failed"
+    logs.bind(tenant_id=ctx.tenant_id)
+    with _timed(stage) as outcome:
+        try:
+            output = fn(ctx)
+        except StageError as exc:
+            outcome[0] = "failed"
+            _send_all(_fail(ctx, exc.code, exc.message))
+            return "failed"
+        outcome[0] = "succeeded"
     _send_all(_finish(ctx, output))
     return "succeeded"
+
+
+@contextmanager
+def _timed(stage: str) -> Iterator[list[str]]:
+    """onbrand_stage_duration_seconds of the stage function; outcome "error" unless the block set it."""
+    outcome, started = ["error"], time.perf_counter()
+    try:
+        yield outcome
+    finally:
+        metrics.STAGE_DURATION.labels(stage, outcome[0]).observe(time.perf_counter() - started)
+
+
+def campaign_finished(campaign: Campaign) -> None:
+    """Count a campaign's terminal transition (called where its status is set, in that transaction)."""
+    if campaign.created_at is not None:
+        seconds = (now() - campaign.created_at).total_seconds()
+        metrics.CAMPAIGN_DURATION.labels(campaign.status).observe(max(0.0, seconds))
 
 
 def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[StageContext | None, list[Task]]:
@@ -163,6 +186,7 @@ def _mark_failed(session: Session, campaign: Campaign, stage: str, rnd: int, ite
     run.status, run.finished_at, run.error = "failed", now(), message[:2000]
     campaign.status, campaign.completed_at = "failed", now()
     campaign.error = {"stage": stage, "code": code, "message": message}
+    campaign_finished(campaign)
     ids = webhooks.emit(session, campaign, "campaign.failed", {"status": "failed", "error": campaign.error})
     log.warning("campaign %s failed in %s: %s", campaign.id, stage, message)
     return webhook_tasks(ids)

@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import egress, outbox, webhooks
+from shared import egress, logs, metrics, outbox, webhooks
 from shared.config import Settings, get_settings
 from shared.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
@@ -69,11 +69,18 @@ def _lock(session: Session, delivery_id: str) -> WebhookDelivery | None:
 
 def deliver(delivery_id: str, at: datetime | None = None) -> str:
     """Attempt one delivery if it is due: delivered | retry | failed | skipped."""
+    outcome = _deliver(delivery_id, at)
+    metrics.WEBHOOK_DELIVERIES.labels(outcome).inc()
+    return outcome
+
+
+def _deliver(delivery_id: str, at: datetime | None) -> str:
     settings, at = get_settings(), at or outbox.utcnow()
     with session_scope() as session:
         row = _lock(session, delivery_id)
         if row is None or not outbox.is_due(row, at):
             return "skipped"  # done, not yet due (a stale duplicate send) or in flight elsewhere
+        logs.bind(tenant_id=row.tenant_id, campaign_id=row.campaign_id)
         signers = _signers(session, row, at)
         if signers is None:
             row.status, row.leased_until = "failed", None
