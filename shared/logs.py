@@ -20,8 +20,6 @@ from opentelemetry import trace
 
 from shared.config import Settings
 
-CONTEXT_FIELDS = ("tenant_id", "campaign_id", "stage", "round", "item", "task", "task_id", "delivery_id",
-                  "request_id", "route")
 # One dict per request or task, set by clear() at its start and filled in place by bind(): FastAPI runs
 # sync dependencies in copies of the request's context, and those copies share the dict, so a tenant
 # bound while authenticating is on every later line of the request.

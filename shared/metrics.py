@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
@@ -64,6 +65,12 @@ def init_labels() -> None:
     for outcome in OUTCOMES:
         WEBHOOK_DELIVERIES.labels(outcome)
         DAM_PUSHES.labels(outcome)
+
+
+def campaign_finished(status: str, created_at: datetime | None) -> None:
+    """A campaign's terminal transition (wherever its status is set: worker or gateway)."""
+    if created_at is not None:
+        CAMPAIGN_DURATION.labels(status).observe(max(0.0, (datetime.now(UTC) - created_at).total_seconds()))
 
 
 def observe_llm_call(backend: str, model: str, tokens_in: int, tokens_out: int, cost_usd: float | None) -> None:

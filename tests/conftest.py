@@ -16,6 +16,7 @@ import pytest
 from shared import stack
 from shared.config import Settings, get_settings
 from shared.procs import Processes, base_env, free_port, run_cli
+from tests.otlp_collector import Collector
 
 os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})
 
@@ -102,6 +103,17 @@ def running_system(stack_urls: dict[str, str], home: Path, database: str, **env:
 
 
 @pytest.fixture(scope="session")
-def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    with running_system(stack_urls, tmp_path_factory.mktemp("system"), "e2e") as running:
+def collector() -> Iterator[Collector]:
+    running = Collector()
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="session")
+def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
+           collector: Collector) -> Iterator[System]:
+    # Traces on, as in production with a collector: every process exports OTLP/HTTP to `collector`.
+    tracing = {"ONBRAND_OTEL_EXPORTER": "otlp", "ONBRAND_OTEL_ENDPOINT": collector.endpoint,
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    with running_system(stack_urls, tmp_path_factory.mktemp("system"), "e2e", **tracing) as running:
         yield running

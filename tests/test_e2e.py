@@ -179,3 +179,77 @@ def test_cancel_stops_further_stages(brand_setup: dict[str, Any]) -> None:
     ran = {s["stage"] for s in body["stages"] if s["total"]}
     assert ran <= {"decompose"}, ran  # at most the stage already running when the cancel landed
     assert api.get(f"/v1/campaigns/{created['id']}/candidates").json()["items"] == []
+
+
+# ----------------------------------------------------------------------------- observability
+
+
+def scrape(url: str) -> str:
+    response = httpx.get(url, timeout=10)
+    assert response.status_code == 200, url
+    return response.text
+
+
+GATEWAY_METRICS = {"onbrand_http_requests", "onbrand_http_request_duration_seconds", "onbrand_queue_depth",
+                   "onbrand_tasks_in_flight"}
+WORKER_METRICS = {"onbrand_stage_duration_seconds", "onbrand_campaign_duration_seconds",
+                  "onbrand_task_duration_seconds", "onbrand_task_retries", "onbrand_task_failures",
+                  "onbrand_gpu_seconds_per_candidate", "onbrand_webhook_deliveries", "onbrand_dam_pushes",
+                  "onbrand_llm_tokens", "onbrand_llm_cost_usd"}
+STAGES_RUN = ("decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank", "deliver")
+
+
+def test_metrics_after_a_campaign(finished: dict[str, Any], system: System) -> None:
+    from shared.metrics import names, sample_total
+
+    gateway = scrape(f"{system.url}/metrics")
+    assert GATEWAY_METRICS <= names(gateway), GATEWAY_METRICS - names(gateway)
+    assert sample_total(gateway, "onbrand_http_requests_total", method="POST", route="/v1/campaigns",
+                        status="202") >= 1
+    assert sample_total(gateway, "onbrand_queue_depth", queue="generate") >= 0
+    cpu, gpu = (scrape(f"http://127.0.0.1:{system.procs.metrics_ports[node]}/metrics") for node in ("cpu", "gpu"))
+    both = cpu + gpu
+    assert WORKER_METRICS <= names(cpu) | names(gpu), WORKER_METRICS - names(cpu) - names(gpu)
+    for stage in STAGES_RUN:
+        assert sample_total(both, "onbrand_stage_duration_seconds_count", stage=stage, outcome="succeeded") >= 1, stage
+    assert sample_total(cpu, "onbrand_campaign_duration_seconds_count", status="completed") >= 1  # deliver: cpu
+    assert sample_total(gpu, "onbrand_gpu_seconds_per_candidate_count", generator="compositor", device="cpu") >= 27
+    assert sample_total(cpu, "onbrand_webhook_deliveries_total", outcome="delivered") >= 20
+    assert sample_total(cpu, "onbrand_llm_tokens_total", backend="local", direction="in") > 0
+    assert sample_total(both, "onbrand_task_duration_seconds_count", task="onbrand.generate", outcome="success") >= 1
+    assert sample_total(both, "onbrand_task_failures_total", task="onbrand.decompose") == 0  # a series, at 0
+
+
+def test_one_trace_spans_the_gateway_and_every_stage(finished: dict[str, Any], collector: Any) -> None:
+    campaign_id = finished["campaign"]["id"]
+
+    def runs() -> list[Any]:
+        return [s for s in collector.snapshot() if s.attributes.get("onbrand.campaign_id") == campaign_id]
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "deliver" not in {s.attributes.get("onbrand.stage") for s in runs()}:
+        time.sleep(0.2)
+    mine = runs()
+    assert len({s.trace_id for s in mine}) == 1, "every stage of one campaign run is in one trace"
+    trace = [s for s in collector.snapshot() if s.trace_id == mine[0].trace_id]
+    by_id = {s.span_id: s for s in trace}
+    [request] = [s for s in trace if s.kind == "SERVER"]
+    assert (request.service, request.name) == ("onbrand-gateway", "POST /v1/campaigns")
+    assert request.attributes["http.response.status_code"] == 202
+    assert {s.attributes.get("onbrand.stage") for s in mine} >= set(STAGES_RUN)
+    for run in (s for s in trace if s.kind == "CONSUMER"):
+        assert run.service == "onbrand-worker"
+        sender = by_id[run.parent_id]  # the message's traceparent: the span that sent it, in this trace
+        assert sender.kind == "PRODUCER" and sender.name == f"send {run.name.removeprefix('run ')}"
+    assert any(s.name == "run onbrand.send_webhook" for s in trace)  # its webhooks are part of it
+
+
+def test_worker_logs_are_json_with_context(finished: dict[str, Any], system: System) -> None:
+    lines = [json.loads(line) for line in (system.home / "logs" / "worker-gpu.log").read_text().splitlines()
+             if line.startswith("{")]
+    mine = [line for line in lines if line.get("campaign_id") == finished["campaign"]["id"]]
+    assert {line.get("stage") for line in mine} >= {"segment", "generate", "qc"}
+    for line in mine:
+        assert {"ts", "level", "logger", "message", "task", "task_id", "trace_id"} <= line.keys(), line
+    done = [line for line in mine if "succeeded in" in line["message"]]
+    assert done and len({line["tenant_id"] for line in done}) == 1  # bound once the stage claimed its campaign

@@ -35,12 +35,13 @@ def touch(path: Path) -> None:
 
 
 def task_context(task: Any, args: tuple[Any, ...]) -> dict[str, Any]:
-    """Log fields of a task: stage tasks take (campaign id, round, item), outbox tasks a row id."""
+    """Log fields of a task: stage tasks take (campaign id[, round, item]), outbox tasks a row id."""
     name = str(getattr(task, "name", ""))
     fields: dict[str, Any] = {"task": name}
     stage = name.removeprefix("onbrand.")
-    if stage in PIPELINE and len(args) == 3:
-        fields.update(campaign_id=args[0], stage=stage, round=args[1], item=args[2])
+    if stage in PIPELINE and args:  # the gateway sends the first stage with the campaign id only
+        rnd, item = (list(args[1:3]) + [0, 0])[:2]
+        fields.update(campaign_id=args[0], stage=stage, round=rnd, item=item)
     elif args and name in ("onbrand.send_webhook", "onbrand.push_results"):
         fields["delivery_id"] = args[0]
     return fields

@@ -115,9 +115,7 @@ def _timed(stage: str) -> Iterator[list[str]]:
 
 def campaign_finished(campaign: Campaign) -> None:
     """Count a campaign's terminal transition (called where its status is set, in that transaction)."""
-    if campaign.created_at is not None:
-        seconds = (now() - campaign.created_at).total_seconds()
-        metrics.CAMPAIGN_DURATION.labels(campaign.status).observe(max(0.0, seconds))
+    metrics.campaign_finished(campaign.status, campaign.created_at)
 
 
 def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[StageContext | None, list[Task]]:

@@ -15,9 +15,9 @@ from services.gateway.brands import service as brands
 from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
 from services.gateway.pagination import SortKey, created_keys, paginate
-from services.gateway.unit_of_work import enqueue
+from services.gateway.unit_of_work import after_commit, enqueue
+from shared import metrics, webhooks
 from shared import qc as qc_report
-from shared import webhooks
 from shared.db.models import Campaign, Candidate, DamPush, IdempotencyKey
 from shared.queue import TERMINAL_STATUSES
 
@@ -126,6 +126,8 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
                                {"status": "cancelled", "previous_status": previous})
     for delivery_id in deliveries:
         enqueue(session, "onbrand.send_webhook", delivery_id)
+    created_at = campaign.created_at
+    after_commit(session, lambda: metrics.campaign_finished("cancelled", created_at))
     return campaign
 
 
