@@ -325,6 +325,25 @@ def models_check() -> NoReturn:
     os.execvp(argv[0], argv)
 
 
+@models_app.command("pull")
+def models_pull(
+    dry_run: Annotated[bool, typer.Option(help="show what would be fetched, fetch nothing")] = False,
+) -> None:
+    """Download every configured hub model into ONBRAND_MODELS_DIR (where there is internet); exit 1
+    when any could not be fetched. Run `onbrand models check` afterwards, offline."""
+    from shared import model_pull
+
+    settings = get_settings()
+    results = model_pull.pull(settings, dry_run=dry_run)
+    for r in results:
+        typer.echo(f"{r.status:<9} {r.stage:<9} {r.adapter:<17} {r.model or '(embedded)'}  {r.detail}")
+    failed = [r for r in results if r.status == "failed"]
+    typer.echo(f"models dir {settings.model_root}: {len(results) - len(failed)} of {len(results)} ready"
+               + (" (dry run)" if dry_run else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(out: Annotated[str, typer.Option(help="output dir")] = "out/demo") -> None:
     """Run a real campaign end to end on the embedded defaults (what `make demo` calls)."""

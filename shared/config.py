@@ -32,7 +32,8 @@ class Settings(BaseSettings):
 
     home: Path = Field(Path(".onbrand"), description="Data dir of the embedded stack, local objects and models.")
     database_url: str | None = Field(
-        None, description="Postgres (with pgvector >= 0.5) URL; embedded stack when unset."
+        None, description="Postgres (with pgvector >= 0.8: halfvec, HNSW iterative scans) URL; embedded stack "
+        "when unset."
     )
     redis_url: str | None = Field(None, description="Redis URL for the Celery broker; embedded stack when unset.")
     public_url: str = Field("http://127.0.0.1:8000", description="Base URL the gateway is reachable at (for links).")

@@ -41,6 +41,8 @@ SETTINGS_VARS = {f"ONBRAND_{name.upper()}" for name in Settings.model_fields}
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|ACCESS_KEY|TOKEN|CREDENTIAL", re.I)
 INTERPOLATION = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:(?::?[-?])[^}]*)?\}$")
 APP_SERVICES = ("migrate", "gateway", "cpu-worker", "gpu-worker", "gpu-queues-on-cpu")
+# Reach the public internet (through the SSRF guard): webhooks, DAM pushes, hosted LLMs; URL imports.
+INTERNET_COMPONENTS = ("cpu-worker", "gateway")
 WORKER_SERVICES = ("cpu-worker", "gpu-worker", "gpu-queues-on-cpu")
 POOL_QUEUES = {"cpu": CPU_QUEUES, "gpu": GPU_QUEUES}
 SOFT_SHUTDOWN = "ONBRAND_WORKER_SOFT_SHUTDOWN_SECONDS"
@@ -831,10 +833,10 @@ def test_k8s_network_policies(rendered: tuple[str, list[dict[str, Any]]]) -> Non
             assert any(allows_port(r, port) for r in egress_rules), f"{where}: no egress to {port}"
         assert any(allows_port(r, 53, "UDP") for r in egress_rules), f"{where}: no DNS"
         internet = [(r, b) for r in egress_rules for b in public_peers(r)]
-        if labels["app.kubernetes.io/component"] != "cpu-worker":
-            assert not internet, f"{where}: only the cpu-worker may reach the internet: {internet}"
+        if labels["app.kubernetes.io/component"] not in INTERNET_COMPONENTS:
+            assert not internet, f"{where}: only {INTERNET_COMPONENTS} may reach the internet: {internet}"
             continue
-        assert internet, f"{where}: the cpu-worker needs the internet (webhooks, DAM pushes, hosted LLMs)"
+        assert internet, f"{where}: needs the internet (webhooks, DAM pushes, hosted LLMs; URL imports)"
         for rule, block in internet:
             assert block, f"{where}: an egress rule with no destination reaches everything"
             assert rule.get("ports") and all(allows_port(rule, p) for p in (80, 443)), rule
