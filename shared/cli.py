@@ -367,12 +367,15 @@ def probe_heartbeat(
     try:
         age = time.time() - path.stat().st_mtime
     except OSError:
-        typer.echo(f"unhealthy: no heartbeat file {path}", err=True)
-        raise typer.Exit(1) from None
+        _unhealthy(f"no heartbeat file {path}")
     if age > max_age:
-        typer.echo(f"unhealthy: last heartbeat {age:.0f} s ago (max {max_age:.0f} s)", err=True)
-        raise typer.Exit(1)
+        _unhealthy(f"last heartbeat {age:.0f} s ago (max {max_age:.0f} s)")
     typer.echo(f"ok: heartbeat {age:.1f} s ago")
+
+
+def _unhealthy(why: str) -> NoReturn:
+    typer.echo(f"unhealthy: {why}", err=True)
+    raise typer.Exit(1)
 
 
 @probe_app.command("ping")
@@ -388,8 +391,7 @@ def probe_ping(
     node = f"{pool}@{socket.gethostname()}"
     replies = producer().control.ping(destination=[node], timeout=timeout)
     if not any(node in reply for reply in replies or []):
-        typer.echo(f"unhealthy: {node} did not answer within {timeout:g} s", err=True)
-        raise typer.Exit(1)
+        _unhealthy(f"{node} did not answer within {timeout:g} s")
     typer.echo(f"ok: {node}")
 
 
@@ -404,11 +406,9 @@ def probe_http(
     try:
         status = httpx.get(url, timeout=timeout).status_code
     except httpx.HTTPError as exc:
-        typer.echo(f"unhealthy: {url}: {exc}", err=True)
-        raise typer.Exit(1) from None
+        _unhealthy(f"{url}: {exc}")
     if status != 200:
-        typer.echo(f"unhealthy: {url}: HTTP {status}", err=True)
-        raise typer.Exit(1)
+        _unhealthy(f"{url}: HTTP {status}")
     typer.echo(f"ok: {url}")
 
 

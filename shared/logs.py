@@ -25,7 +25,9 @@ from shared.config import Settings
 # bound while authenticating is on every later line of the request.
 _context: ContextVar[dict[str, str] | None] = ContextVar("onbrand_log_context", default=None)
 # LogRecord attributes that are not extra fields given by the caller.
-_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# (color_message: uvicorn's copy of the message with terminal colour codes.)
+_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
+                                                                                   "color_message"}
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:

@@ -253,3 +253,23 @@ def test_worker_logs_are_json_with_context(finished: dict[str, Any], system: Sys
         assert {"ts", "level", "logger", "message", "task", "task_id", "trace_id"} <= line.keys(), line
     done = [line for line in mine if "succeeded in" in line["message"]]
     assert done and len({line["tenant_id"] for line in done}) == 1  # bound once the stage claimed its campaign
+
+
+def test_probes_against_the_running_system(system: System) -> None:
+    import subprocess
+
+    from shared.procs import onbrand_cmd
+
+    def probe(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(onbrand_cmd("probe", *args), env=system.env, capture_output=True, text=True,
+                              timeout=60)
+
+    for pool in ("cpu", "gpu"):  # the workers are named <pool>@<hostname>, as in compose and k8s
+        deadline = time.monotonic() + 90  # like a startup probe: a worker still starting does not answer
+        while (ready := probe("ping", "--pool", pool, "--timeout", "5")).returncode and time.monotonic() < deadline:
+            time.sleep(1)
+        assert ready.returncode == 0 and ready.stdout.startswith(f"ok: {pool}@"), ready.stderr
+    absent = probe("ping", "--pool", "tpu", "--timeout", "1")
+    assert absent.returncode == 1 and "did not answer" in absent.stderr
+    assert probe("http", "--url", f"{system.url}/healthz").returncode == 0
+    assert probe("heartbeat", "--process", "worker").returncode == 0  # the workers share this ONBRAND_HOME
