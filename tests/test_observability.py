@@ -58,6 +58,21 @@ def memory_exporter() -> InMemorySpanExporter:
     return _EXPORTER
 
 
+def private_redis(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, db: int) -> str:
+    """A Redis database of this test's own: the session's end-to-end workers share the server's db 0
+    and would consume (or add to) what this test queues."""
+    import redis
+
+    if not env["ONBRAND_REDIS_URL"].startswith("redis://"):
+        pytest.skip("needs a TCP Redis URL")
+    url = env["ONBRAND_REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
+    redis.Redis.from_url(url).flushdb()
+    monkeypatch.setenv("ONBRAND_REDIS_URL", url)
+    _clear_caches()
+    queue.producer.cache_clear()
+    return url
+
+
 @pytest.fixture
 def worker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A real Celery worker (the production app, its signals and bootsteps) in a thread of this process,
@@ -65,11 +80,10 @@ def worker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     from celery.contrib.testing.worker import start_worker
 
     monkeypatch.setenv("ONBRAND_EGRESS_ALLOWLIST", "127.0.0.0/8")
-    _clear_caches()
-    queue.producer.cache_clear()
+    url = private_redis(env, monkeypatch, 14)
     from workers.celery_app import app as celery_app
 
-    celery_app.conf.broker_url = env["ONBRAND_REDIS_URL"]
+    celery_app.conf.broker_url = url
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # the worker sets up logging as in production
     try:
@@ -201,16 +215,9 @@ def test_probe_http(tmp_path: Path) -> None:
 def test_metrics_show_queue_depths(app: Any, env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> None:
     import redis
 
-    if not env["ONBRAND_REDIS_URL"].startswith("redis://"):
-        pytest.skip("needs a TCP Redis URL")
-    # A database of its own: other tests' workers on this Redis would consume what is queued here.
-    url = env["ONBRAND_REDIS_URL"].rsplit("/", 1)[0] + "/15"
-    monkeypatch.setenv("ONBRAND_REDIS_URL", url)
-    _clear_caches()
-    queue.producer.cache_clear()
+    url = private_redis(env, monkeypatch, 15)
     app.state.settings = app.state.settings.model_copy(update={"redis_url": url})
     client = redis.Redis.from_url(url)
-    client.flushdb()
     try:
         for _ in range(3):
             queue.send("onbrand.generate", uuid.uuid4(), 0, 0)
