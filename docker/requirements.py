@@ -9,6 +9,7 @@ image is cached until pyproject.toml changes and the project itself is then inst
 (the CUDA build of a pytorch base image), so that no other package can replace it.
 Standard library only: it runs before anything is installed.
 """
+
 from __future__ import annotations
 
 import argparse

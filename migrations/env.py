@@ -1,4 +1,5 @@
 """Alembic environment: the URL comes from Settings (env or the embedded stack)."""
+
 from __future__ import annotations
 
 from alembic import context

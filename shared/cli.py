@@ -20,8 +20,9 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The embedded stack: PostgreSQL+pgvector and Redis on loopback.", no_args_is_help=True)
 tenants_app = typer.Typer(help="Tenants and API keys.", no_args_is_help=True)
-assets_app = typer.Typer(help="The media library: bulk import, embedding status and model changes.",
-                         no_args_is_help=True)
+assets_app = typer.Typer(
+    help="The media library: bulk import, embedding status and model changes.", no_args_is_help=True
+)
 app.add_typer(stack_app, name="stack")
 app.add_typer(tenants_app, name="tenants")
 models_app = typer.Typer(help="The configured models: stage -> adapter -> weights.", no_args_is_help=True)
@@ -89,15 +90,19 @@ def _uuid_option(value: str | None, hint: str) -> str | None:
 
 @assets_app.command("import")
 def assets_import(
-    directory: Annotated[Path, typer.Argument(exists=True, file_okay=False, resolve_path=True,
-                                              help="Folder of .png/.jpg/.jpeg/.webp images.")],
+    directory: Annotated[
+        Path,
+        typer.Argument(exists=True, file_okay=False, resolve_path=True, help="Folder of .png/.jpg/.jpeg/.webp images."),
+    ],
     brand: Annotated[str, typer.Option("--brand", help="Brand id of every asset (a sidecar may override).")],
     kind: Annotated[str, typer.Option(help="Default kind: product | background | reference.")] = "product",
     tag: Annotated[list[str] | None, typer.Option("--tag", help="Default tag of every asset (repeat).")] = None,
-    api_url: Annotated[str, typer.Option(envvar=["ONBRAND_API_URL", "ONBRAND_PUBLIC_URL"],
-                                         help="Gateway URL.")] = "http://127.0.0.1:8000",
-    api_key: Annotated[str, typer.Option(envvar="ONBRAND_API_KEY", show_default=False,
-                                         help="Tenant API key (required).")] = "",
+    api_url: Annotated[
+        str, typer.Option(envvar=["ONBRAND_API_URL", "ONBRAND_PUBLIC_URL"], help="Gateway URL.")
+    ] = "http://127.0.0.1:8000",
+    api_key: Annotated[
+        str, typer.Option(envvar="ONBRAND_API_KEY", show_default=False, help="Tenant API key (required).")
+    ] = "",
     batch_size: Annotated[int, typer.Option(min=1, max=100, help="Files per request.")] = 50,
     concurrency: Annotated[int, typer.Option(min=1, max=32, help="Requests in flight.")] = 2,
     recursive: Annotated[bool, typer.Option("--recursive/--no-recursive", help="Walk sub-folders.")] = True,
@@ -120,9 +125,18 @@ def assets_import(
         raise typer.BadParameter("no API key: pass --api-key or set ONBRAND_API_KEY", param_hint="--api-key")
     if kind not in ASSET_KINDS:
         raise typer.BadParameter(f"kind must be one of {', '.join(ASSET_KINDS)}", param_hint="--kind")
-    opts = Options(directory=directory, api_url=api_url, api_key=api_key, brand_id=_uuid_option(brand, "--brand"),
-                   kind=kind, tags=tuple(tag or ()), batch_size=batch_size, concurrency=concurrency,
-                   recursive=recursive, quiet=quiet)
+    opts = Options(
+        directory=directory,
+        api_url=api_url,
+        api_key=api_key,
+        brand_id=_uuid_option(brand, "--brand"),
+        kind=kind,
+        tags=tuple(tag or ()),
+        batch_size=batch_size,
+        concurrency=concurrency,
+        recursive=recursive,
+        quiet=quiet,
+    )
     try:
         summary = run_import(opts)
     except ImportAborted as exc:
@@ -158,9 +172,17 @@ def assets_reembed(
 
     tenant_id = _uuid_option(tenant, "--tenant")
     send("onbrand.reembed", *([tenant_id] if tenant_id else []), priority=BULK_PRIORITY)
-    typer.echo(json.dumps({"sent": "onbrand.reembed", "queue": TASK_QUEUES["onbrand.reembed"],
-                           "tenant_id": tenant_id, "priority": BULK_PRIORITY,
-                           "next": "watch `onbrand assets status` until nothing is missing"}))
+    typer.echo(
+        json.dumps(
+            {
+                "sent": "onbrand.reembed",
+                "queue": TASK_QUEUES["onbrand.reembed"],
+                "tenant_id": tenant_id,
+                "priority": BULK_PRIORITY,
+                "next": "watch `onbrand assets status` until nothing is missing",
+            }
+        )
+    )
 
 
 def _embedding_counts(tenant_id: str | None) -> tuple[int, dict[str, dict[str, Any]]]:
@@ -171,8 +193,11 @@ def _embedding_counts(tenant_id: str | None) -> tuple[int, dict[str, dict[str, A
     from shared.db.session import session_scope
 
     assets = select(func.count()).select_from(Asset)
-    per_model = (select(AssetEmbedding.model, AssetEmbedding.modality, func.count())
-                 .group_by(AssetEmbedding.model, AssetEmbedding.modality).order_by(AssetEmbedding.model))
+    per_model = (
+        select(AssetEmbedding.model, AssetEmbedding.modality, func.count())
+        .group_by(AssetEmbedding.model, AssetEmbedding.modality)
+        .order_by(AssetEmbedding.model)
+    )
     if tenant_id:
         assets = assets.where(Asset.tenant_id == uuid.UUID(tenant_id))
         per_model = per_model.where(AssetEmbedding.tenant_id == uuid.UUID(tenant_id))
@@ -218,8 +243,7 @@ def assets_prune_embeddings(
     report: dict[str, Any] = {"keep": keep, "models": counts, "delete": doomed, "dry_run": not yes, "deleted": 0}
     if yes and doomed and not any(counts.get(k) for k in keep):
         typer.echo(json.dumps(report, indent=2))
-        typer.echo(f"error: no vectors of {', '.join(keep)}: refusing to delete every vector (mistyped id?)",
-                   err=True)
+        typer.echo(f"error: no vectors of {', '.join(keep)}: refusing to delete every vector (mistyped id?)", err=True)
         raise typer.Exit(1)
     if yes and doomed:
         with session_scope() as session:
@@ -271,8 +295,9 @@ def worker(
     flags = ["--without-gossip", "--without-mingle", "--without-heartbeat"]
     if pool == "gpu":
         if concurrency != 1:
-            raise typer.BadParameter("a GPU worker runs one process per GPU (start one worker per GPU)",
-                                     param_hint="--concurrency")
+            raise typer.BadParameter(
+                "a GPU worker runs one process per GPU (start one worker per GPU)", param_hint="--concurrency"
+            )
         # A long-lived CUDA process fragments memory and keeps what leaks; replacing the child
         # now and then bounds both (the model is loaded again once, not per task).
         flags += ["--max-tasks-per-child", str(get_settings().gpu_max_tasks_per_child)]
@@ -338,8 +363,10 @@ def models_pull(
     for r in results:
         typer.echo(f"{r.status:<9} {r.stage:<9} {r.adapter:<17} {r.model or '(embedded)'}  {r.detail}")
     failed = [r for r in results if r.status == "failed"]
-    typer.echo(f"models dir {settings.model_root}: {len(results) - len(failed)} of {len(results)} ready"
-               + (" (dry run)" if dry_run else ""))
+    typer.echo(
+        f"models dir {settings.model_root}: {len(results) - len(failed)} of {len(results)} ready"
+        + (" (dry run)" if dry_run else "")
+    )
     if failed:
         raise typer.Exit(1)
 

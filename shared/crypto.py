@@ -4,6 +4,7 @@ Fernet (AES-128-CBC + HMAC-SHA256) with the keys in ONBRAND_ENCRYPTION_KEYS, new
 first encrypts, any decrypts, so keys can be rotated by prepending a new one (and re-encrypting at
 leisure). Without the setting a key is derived from secret_key, which is only fit for development.
 """
+
 from __future__ import annotations
 
 import base64

@@ -11,6 +11,7 @@ a contact sheet to look at, and every webhook request as it arrived.
 The pieces (WebhookReceiver, upload_library, wait_for_campaign, fetch_candidates,
 write_contact_sheet, ...) are public so tests and benchmarks drive the system the same way.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -89,9 +90,15 @@ class WebhookReceiver:
             def _record(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-                receiver.record({"method": self.command, "path": self.path,
-                                 "headers": {k.lower(): v for k, v in self.headers.items()},
-                                 "body": body, "received_at": time.time()})
+                receiver.record(
+                    {
+                        "method": self.command,
+                        "path": self.path,
+                        "headers": {k.lower(): v for k, v in self.headers.items()},
+                        "body": body,
+                        "received_at": time.time(),
+                    }
+                )
                 self.send_response(204)
                 self.end_headers()
 
@@ -161,8 +168,7 @@ def verify_webhooks(secret: str, records: list[Json]) -> tuple[int, int]:
 # --------------------------------------------------------------------------- API calls
 
 
-def api(client: httpx.Client, method: str, path: str, expect: Iterable[int] = (200, 201, 202),
-        **kwargs: Any) -> Json:
+def api(client: httpx.Client, method: str, path: str, expect: Iterable[int] = (200, 201, 202), **kwargs: Any) -> Json:
     response = client.request(method, path, **kwargs)
     if response.status_code not in set(expect):
         raise DemoError(f"{method} {path} -> {response.status_code}: {response.text[:800]}")
@@ -189,10 +195,15 @@ def upload_library(client: httpx.Client, brand_id: str | None, items: list[Json]
     return uploaded
 
 
-def start_campaign(client: httpx.Client, brand_id: str, brief: str = BRIEF, top_k: int = 3,
-                   sizes: list[Json] | None = None, idempotency_key: str | None = None) -> Json:
-    body = {"brand_id": brand_id, "brief": brief, "sizes": sizes or [{"width": 1024, "height": 1024}],
-            "top_k": top_k}
+def start_campaign(
+    client: httpx.Client,
+    brand_id: str,
+    brief: str = BRIEF,
+    top_k: int = 3,
+    sizes: list[Json] | None = None,
+    idempotency_key: str | None = None,
+) -> Json:
+    body = {"brand_id": brand_id, "brief": brief, "sizes": sizes or [{"width": 1024, "height": 1024}], "top_k": top_k}
     headers = {"Idempotency-Key": idempotency_key or f"demo-{uuid.uuid4()}"}
     return api(client, "POST", "/v1/campaigns", expect=(202,), json=body, headers=headers)
 
@@ -234,11 +245,22 @@ def stage_line(campaign: Json) -> str:
     return "  ".join(parts)
 
 
-def wait_for_campaign(client: httpx.Client, campaign_id: str, timeout: float = 600.0, interval: float = 0.5,
-                      console: Console | None = None) -> Json:
+def wait_for_campaign(
+    client: httpx.Client,
+    campaign_id: str,
+    timeout: float = 600.0,
+    interval: float = 0.5,
+    console: Console | None = None,
+) -> Json:
     """Poll until the campaign is terminal (or `timeout`), drawing a progress bar; the last body."""
-    columns = (SpinnerColumn(), TextColumn("[bold]{task.description:<22}"), BarColumn(bar_width=32),
-               TaskProgressColumn(), TimeElapsedColumn(), TextColumn("{task.fields[stages]}"))
+    columns = (
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description:<22}"),
+        BarColumn(bar_width=32),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[stages]}"),
+    )
     deadline, body = time.monotonic() + timeout, {}
     with Progress(*columns, console=console or Console(), transient=False) as progress:
         task = progress.add_task("queued", total=1.0, stages="")
@@ -246,8 +268,9 @@ def wait_for_campaign(client: httpx.Client, campaign_id: str, timeout: float = 6
             with contextlib.suppress(httpx.HTTPError):  # a slow poll is no reason to give up
                 body = get_campaign(client, campaign_id)
             label = f"{body.get('status', '?')} · {body.get('current_stage') or '-'}"
-            progress.update(task, completed=float(body.get("progress") or 0), description=label,
-                            stages=stage_line(body))
+            progress.update(
+                task, completed=float(body.get("progress") or 0), description=label, stages=stage_line(body)
+            )
             if body.get("status") in TERMINAL:
                 break
             time.sleep(interval)
@@ -310,12 +333,20 @@ def _when(value: Any) -> datetime | None:
 
 def stage_timings(campaign: Json) -> list[Json]:
     """[{stage, start, seconds}] with start relative to the earliest stage start (Gantt input)."""
-    spans = [(st.get("stage", "?"), _when(st.get("started_at")), _when(st.get("finished_at")))
-             for st in campaign.get("stages") or []]
+    spans = [
+        (st.get("stage", "?"), _when(st.get("started_at")), _when(st.get("finished_at")))
+        for st in campaign.get("stages") or []
+    ]
     starts = [s for _, s, _ in spans if s]
     t0 = min(starts) if starts else None
-    return [{"stage": name, "start": (s - t0).total_seconds() if s and t0 else None,
-             "seconds": (f - s).total_seconds() if s and f else None} for name, s, f in spans]
+    return [
+        {
+            "stage": name,
+            "start": (s - t0).total_seconds() if s and t0 else None,
+            "seconds": (f - s).total_seconds() if s and f else None,
+        }
+        for name, s, f in spans
+    ]
 
 
 # --------------------------------------------------------------------------- contact sheet
@@ -386,9 +417,11 @@ def _num(value: Any, digits: int = 3) -> str:
 
 def order_candidates(candidates: list[Json]) -> list[Json]:
     """Ranked first (by rank), then passed by aesthetic score, then the rest by layout key."""
+
     def key(c: Json) -> tuple[int, float, str]:
         group = 0 if c.get("rank") else (1 if c.get("passed") else 2)
         return (group, c.get("rank") or -(c.get("aesthetic") or 0.0), str(c.get("layout_key")))
+
     return sorted(candidates, key=key)
 
 
@@ -407,8 +440,9 @@ def _chips(verdicts: list[Json]) -> str:
         limit = f" (threshold {v.get('threshold')})" if v.get("threshold") is not None else ""
         tip = f"{name}: {_num(v.get('value'), 4)}{limit} — {v.get('reason', '')}"
         value = f" {_num(v.get('value'), 3)}" if isinstance(v.get("value"), int | float) else ""
-        chips.append(f'<span class="chip {esc(status)}" title="{esc(tip)}">{MARKS.get(status, "?")} {esc(name)}'
-                     f'{value}</span>')
+        chips.append(
+            f'<span class="chip {esc(status)}" title="{esc(tip)}">{MARKS.get(status, "?")} {esc(name)}{value}</span>'
+        )
     return f'<div class="chips">{"".join(chips)}</div>'
 
 
@@ -419,8 +453,10 @@ def _qc_lines(cand: Json) -> str:
     bits = []
     if pol:
         relaxed = f", relaxed {', '.join(pol['relaxed'])}" if pol.get("relaxed") else ""
-        bits.append(f"{pol.get('name')} policy: {'pass' if pol.get('passed') else 'fail'}"
-                    f" (weighted {_num(pol.get('weighted_share'), 2)}){relaxed}")
+        bits.append(
+            f"{pol.get('name')} policy: {'pass' if pol.get('passed') else 'fail'}"
+            f" (weighted {_num(pol.get('weighted_share'), 2)}){relaxed}"
+        )
     if found.get("size", 1) > 1:
         bits.append(f"cluster {found.get('id')} of {found.get('size')}, best {found.get('best')}")
     return "".join(f'<div class="layout">{esc(b)}</div>' for b in bits)
@@ -433,18 +469,24 @@ def _aesthetic(cand: Json) -> str:
         return ""
     rows = "".join(
         f'<span>{esc(name)}</span><div class="track"><div class="fill" style="width:{max(0, min(1, v)) * 100:.0f}%">'
-        f'</div></div><span>{_num(v, 2)}</span>'
-        for name, v in (block.get("parts") or {}).items() if isinstance(v, int | float))
-    return (f'<div class="score"><b>{_num(score, 2)}</b><span>/ 10 aesthetic</span></div>'
-            + (f'<div class="parts">{rows}</div>' if rows else ""))
+        f"</div></div><span>{_num(v, 2)}</span>"
+        for name, v in (block.get("parts") or {}).items()
+        if isinstance(v, int | float)
+    )
+    return f'<div class="score"><b>{_num(score, 2)}</b><span>/ 10 aesthetic</span></div>' + (
+        f'<div class="parts">{rows}</div>' if rows else ""
+    )
 
 
 def _layout(cand: Json) -> str:
     p = cand.get("placement") or {}
     canvas = p.get("canvas") or {}
-    bits = [f"{canvas.get('width', '?')}×{canvas.get('height', '?')}",
-            f"row {p.get('row', '?')} · col {p.get('col', '?')}",
-            f"{_num(p.get('rotation'), 0)}°", f"scale {_num(p.get('scale'), 2)}"]
+    bits = [
+        f"{canvas.get('width', '?')}×{canvas.get('height', '?')}",
+        f"row {p.get('row', '?')} · col {p.get('col', '?')}",
+        f"{_num(p.get('rotation'), 0)}°",
+        f"scale {_num(p.get('scale'), 2)}",
+    ]
     if cand.get("round"):
         bits.append(f"round {cand['round']}")
     return f'<div class="layout">{" · ".join(esc(b) for b in bits)}</div>'
@@ -460,9 +502,11 @@ def _card(cand: Json) -> str:
     excluded = f'<div class="excluded">{esc(cand["excluded_reason"])}</div>' if cand.get("excluded_reason") else ""
     qc = cand.get("qc") or {}
     verdicts = [*(qc.get("verdicts") or []), *((qc.get("guidelines") or {}).get("verdicts") or [])]
-    return (f'<article class="card {cls}">{badge}{thumb}<div class="body">'
-            f'<div class="key">{esc(cand.get("layout_key"))}</div>{_layout(cand)}{_chips(verdicts)}'
-            f'{_qc_lines(cand)}{_aesthetic(cand)}{excluded}</div></article>')
+    return (
+        f'<article class="card {cls}">{badge}{thumb}<div class="body">'
+        f'<div class="key">{esc(cand.get("layout_key"))}</div>{_layout(cand)}{_chips(verdicts)}'
+        f"{_qc_lines(cand)}{_aesthetic(cand)}{excluded}</div></article>"
+    )
 
 
 def _tags(values: Any) -> str:
@@ -483,8 +527,9 @@ DECOMP_FIRST = ("products", "backgrounds", "themes", "mood", "style", "negatives
 
 def _decomposition(decomp: Json) -> str:
     keys = [k for k in DECOMP_FIRST if k in decomp] + [k for k in decomp if k not in DECOMP_FIRST]
-    rows = [f"<b>{esc(k)}</b><div>{_tags(decomp[k])}</div>" for k in keys
-            if k not in DECOMP_HIDDEN and _scalars(decomp[k])]
+    rows = [
+        f"<b>{esc(k)}</b><div>{_tags(decomp[k])}</div>" for k in keys if k not in DECOMP_HIDDEN and _scalars(decomp[k])
+    ]
     return f'<div class="panel"><h2>Decomposition</h2><div class="kv">{"".join(rows) or "<i>none</i>"}</div></div>'
 
 
@@ -495,13 +540,15 @@ def _pick(label: str, title: Any, score: Any, note: Any = None) -> str:
 
 
 def _retrieval(ret: Json) -> str:
-    rows = [_pick("product", ret.get("product_title"), ret.get("product_score"), ret.get("product_source")),
-            _pick("background", ret.get("background_caption"), ret.get("background_score"),
-                  ret.get("background_reason"))]
+    rows = [
+        _pick("product", ret.get("product_title"), ret.get("product_score"), ret.get("product_source")),
+        _pick("background", ret.get("background_caption"), ret.get("background_score"), ret.get("background_reason")),
+    ]
     for entity in ret.get("entities") or []:
         top = ", ".join(f"{m.get('title')} ({_num(m.get('score'), 2)})" for m in (entity.get("matches") or [])[:3])
-        rows.append(f"<b>“{esc(entity.get('text'))}”</b>"
-                    f"<div class='layout'>{esc(entity.get('kind'))}: {esc(top)}</div>")
+        rows.append(
+            f"<b>“{esc(entity.get('text'))}”</b><div class='layout'>{esc(entity.get('kind'))}: {esc(top)}</div>"
+        )
     return f'<div class="panel"><h2>Retrieval picks</h2><div class="kv">{"".join(rows)}</div></div>'
 
 
@@ -512,10 +559,12 @@ def _timing(campaign: Json) -> str:
     for s in spans:
         left, width = (s["start"] or 0) / end * 100, (s["seconds"] or 0) / end * 100
         secs = f"{s['seconds']:.1f}s" if s["seconds"] is not None else "—"
-        rows.append(f'<div class="row"><span>{esc(s["stage"])}</span><div class="track"><div class="bar" '
-                    f'style="left:{left:.1f}%;width:{max(width, 0.6) if s["seconds"] is not None else 0:.1f}%">'
-                    '</div></div>'
-                    f'<span class="t">{secs}</span></div>')
+        rows.append(
+            f'<div class="row"><span>{esc(s["stage"])}</span><div class="track"><div class="bar" '
+            f'style="left:{left:.1f}%;width:{max(width, 0.6) if s["seconds"] is not None else 0:.1f}%">'
+            "</div></div>"
+            f'<span class="t">{secs}</span></div>'
+        )
     return f'<div class="panel gantt"><h2>Timing per stage</h2>{"".join(rows) or "<i>no stages</i>"}</div>'
 
 
@@ -527,33 +576,47 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
     passed = sum(bool(c.get("passed")) for c in candidates)
     ranked = sum(bool(c.get("rank")) for c in candidates)
     wall = max([(s["start"] or 0) + (s["seconds"] or 0) for s in stage_timings(campaign)] or [0])
-    stats = "".join(f"<div><b>{v}</b>{esc(k)}</div>" for k, v in
-                    (("candidates", len(candidates)), ("passed QC", passed), ("ranked", ranked),
-                     ("seconds, all stages", f"{wall:.1f}")))
+    stats = "".join(
+        f"<div><b>{v}</b>{esc(k)}</div>"
+        for k, v in (
+            ("candidates", len(candidates)),
+            ("passed QC", passed),
+            ("ranked", ranked),
+            ("seconds, all stages", f"{wall:.1f}"),
+        )
+    )
     error = campaign.get("error") or {}
     problem = f'<div class="problem">{esc(error.get("code"))}: {esc(error.get("message"))}</div>' if error else ""
-    return (f'<header><h1>Onbrand contact sheet<span class="pill {esc(status)}">{esc(status)}</span></h1>'
-            f'<div class="id">campaign {esc(campaign.get("id"))}</div>'
-            f'<div class="brief">{esc(campaign.get("brief"))}</div>'
-            f'<div class="caption">{esc(caption)}</div>{problem}<div class="swatches">{swatches}</div>'
-            f'<div class="stats">{stats}</div></header>')
+    return (
+        f'<header><h1>Onbrand contact sheet<span class="pill {esc(status)}">{esc(status)}</span></h1>'
+        f'<div class="id">campaign {esc(campaign.get("id"))}</div>'
+        f'<div class="brief">{esc(campaign.get("brief"))}</div>'
+        f'<div class="caption">{esc(caption)}</div>{problem}<div class="swatches">{swatches}</div>'
+        f'<div class="stats">{stats}</div></header>'
+    )
 
 
 def _report(report: Json | None) -> str:
     """The campaign QC report: pass rate per check, what was relaxed."""
     if not report:
         return ""
-    rows = "".join(f"<b>{esc(name)}</b><span>{_num(r.get('pass_rate'), 2)} ({r.get('pass')} pass, {r.get('fail')} "
-                   f"fail, {r.get('unchecked')} unchecked)</span>" for name, r in (report.get("checks") or {}).items())
+    rows = "".join(
+        f"<b>{esc(name)}</b><span>{_num(r.get('pass_rate'), 2)} ({r.get('pass')} pass, {r.get('fail')} "
+        f"fail, {r.get('unchecked')} unchecked)</span>"
+        for name, r in (report.get("checks") or {}).items()
+    )
     relaxed = ", ".join(f"{r.get('id')} (weight {r.get('weight')})" for r in report.get("relaxed") or []) or "nothing"
     outcomes = ", ".join(f"{k} {v}" for k, v in (report.get("outcomes") or {}).items())
-    return (f'<section class="panel"><h2>QC report · {esc(report.get("policy"))} policy</h2><div class="kv">'
-            f'<b>outcomes</b><span>{esc(outcomes)}</span><b>relaxed</b><span>{esc(relaxed)}</span>{rows}'
-            f'</div></section>')
+    return (
+        f'<section class="panel"><h2>QC report · {esc(report.get("policy"))} policy</h2><div class="kv">'
+        f"<b>outcomes</b><span>{esc(outcomes)}</span><b>relaxed</b><span>{esc(relaxed)}</span>{rows}"
+        f"</div></section>"
+    )
 
 
-def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[str] | None = None,
-                         report: Json | None = None) -> str:
+def render_contact_sheet(
+    campaign: Json, candidates: list[Json], palette: list[str] | None = None, report: Json | None = None
+) -> str:
     """The whole page as one self-contained HTML string (inline CSS, relative image paths)."""
     state = campaign.get("state") or {}
     decomp = state.get("decompose") or state.get("decomposition") or {}
@@ -561,17 +624,20 @@ def render_contact_sheet(campaign: Json, candidates: list[Json], palette: list[s
     ordered = order_candidates(candidates)
     cards = "".join(_card(c) for c in ordered) or '<p class="empty">No candidates were generated.</p>'
     panels = _decomposition(decomp) + _retrieval(retrieval) + _timing(campaign) + _report(report)
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width,initial-scale=1">'
-            f'<title>Onbrand · {esc(campaign.get("brief"))}</title><style>{CSS}</style></head><body>'
-            f'{_header(campaign, candidates, palette or BRAND["palette"])}<main><div class="panels">{panels}</div>'
-            f'<h3 class="section">Candidates · ranked first</h3><div class="grid">{cards}</div></main>'
-            f'<footer>Every product pixel in these images is the uploaded product, composited, not generated.'
-            f'</footer></body></html>')
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width,initial-scale=1">'
+        f"<title>Onbrand · {esc(campaign.get('brief'))}</title><style>{CSS}</style></head><body>"
+        f'{_header(campaign, candidates, palette or BRAND["palette"])}<main><div class="panels">{panels}</div>'
+        f'<h3 class="section">Candidates · ranked first</h3><div class="grid">{cards}</div></main>'
+        f"<footer>Every product pixel in these images is the uploaded product, composited, not generated."
+        f"</footer></body></html>"
+    )
 
 
-def write_contact_sheet(out: Path, campaign: Json, candidates: list[Json], palette: list[str] | None = None,
-                        report: Json | None = None) -> Path:
+def write_contact_sheet(
+    out: Path, campaign: Json, candidates: list[Json], palette: list[str] | None = None, report: Json | None = None
+) -> Path:
     """out/contact-sheet.html; thumbnails are expected at out/candidates/<thumb_name>.png."""
     path = Path(out) / "contact-sheet.html"
     path.write_text(render_contact_sheet(campaign, candidates, palette, report), encoding="utf-8")
@@ -598,8 +664,10 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
         stages.add_row(s["stage"], f"{s['seconds']:.2f}" if s["seconds"] is not None else "—")
     console.print(stages)
     console.print(f"webhooks: {webhooks[1]} received, {webhooks[0]} with a valid signature")
-    console.print(f"outputs in [bold]{out}[/]: campaign.json, report.json, rank-*.png, candidates/, "
-                  "contact-sheet.html, webhooks.jsonl, webhook-secret.txt, library/")
+    console.print(
+        f"outputs in [bold]{out}[/]: campaign.json, report.json, rank-*.png, candidates/, "
+        "contact-sheet.html, webhooks.jsonl, webhook-secret.txt, library/"
+    )
 
 
 # --------------------------------------------------------------------------- the run
@@ -626,8 +694,9 @@ def running_system(home: Path, console: Console) -> Iterator[tuple[str, Json, Pr
         yield url, tenant, procs
 
 
-def run_campaign(client: httpx.Client, out: Path, receiver: WebhookReceiver, console: Console,
-                 timeout: float = 600.0) -> Json:
+def run_campaign(
+    client: httpx.Client, out: Path, receiver: WebhookReceiver, console: Console, timeout: float = 600.0
+) -> Json:
     """Register the webhook, create the brand, upload the library, run the campaign; the final body."""
     secret = register_webhook(client, receiver.url)["secret"]
     (out / "webhook-secret.txt").write_text(secret + "\n")
@@ -658,10 +727,13 @@ def run_demo(out: str) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     home = Path(".onbrand/demo").absolute()
     try:
-        with running_system(home, console) as (url, tenant, _procs), \
-                WebhookReceiver(out_dir / "webhooks.jsonl") as receiver, \
-                httpx.Client(base_url=url, headers={"Authorization": f"Bearer {tenant['api_key']}"},
-                             timeout=60.0) as client:
+        with (
+            running_system(home, console) as (url, tenant, _procs),
+            WebhookReceiver(out_dir / "webhooks.jsonl") as receiver,
+            httpx.Client(
+                base_url=url, headers={"Authorization": f"Bearer {tenant['api_key']}"}, timeout=60.0
+            ) as client,
+        ):
             campaign = run_campaign(client, out_dir, receiver, console)
             write_outputs(client, out_dir, campaign)
             receiver.wait_for(TERMINAL_EVENTS, timeout=20.0)  # delivery is async: give it a moment

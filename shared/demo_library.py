@@ -9,6 +9,7 @@ Painting model: shapes are drawn as coverage masks at SS x resolution and box-re
 (antialiased edges); colour is computed at output resolution as float RGB and laid on
 with premultiplied "over", so cut-outs have soft, fringe-free alpha edges.
 """
+
 from __future__ import annotations
 
 import math
@@ -34,7 +35,7 @@ ColorLike = str | tuple[float, float, float] | Array
 def rgb(hex_color: str) -> Array:
     """'#RRGGBB' -> float32 RGB in 0..1."""
     h = hex_color.lstrip("#")
-    return np.array([int(h[i:i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
+    return np.array([int(h[i : i + 2], 16) for i in (0, 2, 4)], np.float32) / 255.0
 
 
 def _as_color(color: ColorLike, shape: tuple[int, int]) -> Array:
@@ -97,9 +98,9 @@ def noise(w: int, h: int, rng: np.random.Generator, cells: tuple[int, int], octa
     """Fractal value noise in 0..1: random grids upsampled bicubically and summed."""
     total, weight = np.zeros((h, w), np.float32), 0.0
     for octave in range(octaves):
-        cw, ch = cells[0] * 2 ** octave + 3, cells[1] * 2 ** octave + 3
+        cw, ch = cells[0] * 2**octave + 3, cells[1] * 2**octave + 3
         small = Image.fromarray(rng.random((ch, cw), dtype=np.float32), "F")
-        amp = 0.5 ** octave
+        amp = 0.5**octave
         total += amp * np.asarray(small.resize((w, h), Image.Resampling.BICUBIC), np.float32)
         weight += amp
     total /= weight
@@ -112,7 +113,7 @@ def noise_at(u: Array, v: Array, table: Array, octaves: int = 4) -> Array:
     n = table.shape[0]
     total, weight = np.zeros_like(u, np.float32), 0.0
     for octave in range(octaves):
-        f, amp = 2.0 ** octave, 0.5 ** octave
+        f, amp = 2.0**octave, 0.5**octave
         uu, vv = u * f + 17.3 * octave, v * f + 31.7 * octave  # decorrelate octaves
         i, j = np.floor(uu).astype(np.int64), np.floor(vv).astype(np.int64)
         fu, fv = smoothstep(0, 1, uu - i), smoothstep(0, 1, vv - j)
@@ -133,10 +134,11 @@ def spline(points: Sequence[Point], n: int = 14, closed: bool = False) -> list[P
     out: list[Point] = []
     segments = len(pts) if closed else len(pts) - 1
     for i in range(segments):
-        p0, p1, p2, p3 = ext[i:i + 4]
+        p0, p1, p2, p3 = ext[i : i + 4]
         for t in np.linspace(0, 1, n, endpoint=False):
-            q = 0.5 * (2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t
-                       + (3 * p1 - p0 - 3 * p2 + p3) * t ** 3)
+            q = 0.5 * (
+                2 * p1 + (p2 - p0) * t + (2 * p0 - 5 * p1 + 4 * p2 - p3) * t * t + (3 * p1 - p0 - 3 * p2 + p3) * t**3
+            )
             out.append((float(q[0]), float(q[1])))
     if not closed:
         out.append((float(pts[-1][0]), float(pts[-1][1])))
@@ -268,9 +270,27 @@ def paint_shoe() -> Image.Image:
     return fine_grain(cv, rng, 0.012).rgba()
 
 
-SHOE_UPPER = [(70, 292), (54, 250), (50, 200), (60, 156), (78, 128), (118, 140), (165, 152), (205, 150),
-              (232, 118), (256, 96), (286, 100), (330, 148), (400, 194), (470, 226), (530, 248), (566, 270),
-              (572, 292), (540, 298), (300, 300)]
+SHOE_UPPER = [
+    (70, 292),
+    (54, 250),
+    (50, 200),
+    (60, 156),
+    (78, 128),
+    (118, 140),
+    (165, 152),
+    (205, 150),
+    (232, 118),
+    (256, 96),
+    (286, 100),
+    (330, 148),
+    (400, 194),
+    (470, 226),
+    (530, 248),
+    (566, 270),
+    (572, 292),
+    (540, 298),
+    (300, 300),
+]
 
 
 def _shoe_upper(cv: Canvas, xx: Array, yy: Array) -> Array:
@@ -286,20 +306,32 @@ def _shoe_upper(cv: Canvas, xx: Array, yy: Array) -> Array:
 
 def _shoe_details(cv: Canvas, upper: Array, xx: Array, yy: Array) -> None:
     size = (cv.w, cv.h)
-    heel = shape(size, lambda p: p.polygon(spline([(48, 170), (66, 136), (108, 142), (136, 200), (142, 292),
-                                                   (60, 292)], closed=True))) * upper
+    heel = (
+        shape(
+            size,
+            lambda p: p.polygon(
+                spline([(48, 170), (66, 136), (108, 142), (136, 200), (142, 292), (60, 292)], closed=True)
+            ),
+        )
+        * upper
+    )
     cv.paint(heel, "#8E1712", 0.85)
     cv.shade(0.8 + 0.25 * roundness(heel, 10), heel)
-    stripe_pts = spline([(112, 262), (200, 222), (300, 200), (380, 214), (440, 246)]) + \
-        spline([(418, 258), (360, 236), (300, 232), (210, 250), (124, 282)])
+    stripe_pts = spline([(112, 262), (200, 222), (300, 200), (380, 214), (440, 246)]) + spline(
+        [(418, 258), (360, 236), (300, 232), (210, 250), (124, 282)]
+    )
     stripe = shape(size, lambda p: p.polygon(stripe_pts)) * upper
     cv.paint(stripe, ramp(xx / cv.w, [(0.15, "#0E8E8C"), (0.7, "#17BEBB"), (0.9, "#7FE3E0")]))
     cv.shade(0.85 + 0.2 * roundness(stripe, 4), stripe)
     _shoe_collar(cv, size)
     _stitches(cv, spline([(120, 146), (146, 205), (150, 286)]), "#F7C9BF", 0.7)
     _stitches(cv, spline([(118, 254), (204, 214), (300, 192), (384, 206), (446, 238)]), "#D9FFFD", 0.8)
-    toe = shape(size, lambda p: p.polygon(spline([(470, 236), (540, 252), (570, 280), (566, 296),
-                                                  (490, 296)], closed=True))) * upper
+    toe = (
+        shape(
+            size, lambda p: p.polygon(spline([(470, 236), (540, 252), (570, 280), (566, 296), (490, 296)], closed=True))
+        )
+        * upper
+    )
     cv.paint(toe, "#C1261C", 0.55)
 
 
@@ -338,8 +370,19 @@ def _shoe_sole(cv: Canvas, xx: Array, yy: Array) -> None:
     size = (cv.w, cv.h)
     top = [(46, 278), (120, 290), (300, 296), (460, 292), (540, 280), (584, 272)]
     bottom = [(588, 286), (574, 314), (540, 326), (300, 334), (100, 334), (58, 324), (44, 300)]
-    outsole_pts = [(50, 318), (120, 332), (300, 336), (540, 328), (580, 304), (588, 290), (584, 318),
-                   (548, 340), (300, 348), (100, 346), (54, 336)]
+    outsole_pts = [
+        (50, 318),
+        (120, 332),
+        (300, 336),
+        (540, 328),
+        (580, 304),
+        (588, 290),
+        (584, 318),
+        (548, 340),
+        (300, 348),
+        (100, 346),
+        (54, 336),
+    ]
     outsole = shape(size, lambda p: p.polygon(spline(outsole_pts, closed=True)))
     cv.paint(outsole, ramp(yy / cv.h, [(0.8, "#3C3A3F"), (0.87, "#1E1C20")]))
     treads = shape(size, lambda p: [p.line([(x, 338), (x + 5, 346)], 3) for x in range(80, 540, 14)]) * outsole
@@ -364,8 +407,18 @@ def paint_handbag() -> Image.Image:
     return fine_grain(cv, rng, 0.01).rgba()
 
 
-BAG_BODY = [(150, 168), (300, 162), (450, 168), (478, 290), (494, 392), (470, 412), (300, 416), (130, 412),
-            (106, 392), (122, 290)]
+BAG_BODY = [
+    (150, 168),
+    (300, 162),
+    (450, 168),
+    (478, 290),
+    (494, 392),
+    (470, 412),
+    (300, 416),
+    (130, 412),
+    (106, 392),
+    (122, 290),
+]
 
 
 def _leather(xx: Array, yy: Array, grain: Array, shape_hw: tuple[int, int]) -> Array:
@@ -377,8 +430,8 @@ def _bag_body(cv: Canvas, xx: Array, yy: Array, grain: Array) -> Array:
     body = shape((cv.w, cv.h), lambda p: p.polygon(spline(BAG_BODY, closed=True)))
     cv.paint(body, _leather(xx, yy, grain, cv.shape))
     u = (xx - 300) / 200
-    cv.shade(np.clip(1.08 - 0.35 * u ** 2, 0.6, 1.1) * (0.75 + 0.3 * roundness(body, 18)), body)
-    cv.glow(0.18 * np.exp(-((xx - 250) / 70) ** 2) * body * smoothstep(420, 200, yy), "#FFD9B8")
+    cv.shade(np.clip(1.08 - 0.35 * u**2, 0.6, 1.1) * (0.75 + 0.3 * roundness(body, 18)), body)
+    cv.glow(0.18 * np.exp(-(((xx - 250) / 70) ** 2)) * body * smoothstep(420, 200, yy), "#FFD9B8")
     inset = [(x + (300 - x) * 0.035, y + (290 - y) * 0.05) for x, y in BAG_BODY]
     _stitches(cv, spline(inset, closed=True) + spline(inset[:1]), "#F2D2A6", 0.75)
     return body
@@ -399,14 +452,20 @@ def _bag_handle(cv: Canvas, xx: Array, yy: Array, grain: Array) -> None:
 
 
 def _brass(xx: Array, yy: Array, shape_hw: tuple[int, int]) -> Array:
-    return ramp((yy + xx * 0.3) % 60 / 60, [(0.0, "#8A6A22"), (0.35, "#F6D77A"), (0.6, "#C9A13A"),
-                                             (1.0, "#8A6A22")])
+    return ramp((yy + xx * 0.3) % 60 / 60, [(0.0, "#8A6A22"), (0.35, "#F6D77A"), (0.6, "#C9A13A"), (1.0, "#8A6A22")])
 
 
 def _bag_flap(cv: Canvas, body: Array, xx: Array, yy: Array) -> None:
     size = (cv.w, cv.h)
-    flap = shape(size, lambda p: p.polygon(spline([(148, 168), (300, 160), (452, 168), (440, 230),
-                                                   (300, 262), (160, 230)], closed=True))) * body
+    flap = (
+        shape(
+            size,
+            lambda p: p.polygon(
+                spline([(148, 168), (300, 160), (452, 168), (440, 230), (300, 262), (160, 230)], closed=True)
+            ),
+        )
+        * body
+    )
     cv.paint(flap, "#6B3415", 0.55)
     cv.shade(0.85 + 0.2 * roundness(flap, 8), flap)
     edge = spline([(156, 226), (300, 258), (444, 226)])
@@ -428,14 +487,14 @@ def paint_bottle() -> Image.Image:
     cv.paint(body, _cylinder_color(xx, 180, 88, "#17BEBB", "#0B5E5C"))
     _bottle_label(cv, xx, yy, body)
     _bottle_cap(cv, xx)
-    cv.glow(0.55 * np.exp(-((xx - 138) / 9) ** 2) * body * smoothstep(600, 560, yy), "#FFFFFF")
+    cv.glow(0.55 * np.exp(-(((xx - 138) / 9) ** 2)) * body * smoothstep(600, 560, yy), "#FFFFFF")
     return fine_grain(cv, rng, 0.008).rgba()
 
 
 def _cylinder_color(xx: Array, cx: float, half: float, lit: str, dark: str) -> Array:
     """Colour across a vertical cylinder lit from the front-left."""
     u = np.clip((xx - cx) / half, -1, 1)
-    light = np.clip(np.sqrt(1 - u ** 2) * 0.8 + 0.25 * (1 - (u + 0.4) ** 2), 0, 1)
+    light = np.clip(np.sqrt(1 - u**2) * 0.8 + 0.25 * (1 - (u + 0.4) ** 2), 0, 1)
     return mix(dark, lit, light, xx.shape)
 
 
@@ -444,8 +503,9 @@ def _bottle_label(cv: Canvas, xx: Array, yy: Array, body: Array) -> None:
     cv.paint(band, _cylinder_color(xx, 180, 88, "#FFC914", "#A87F05"))
     font = ImageFont.load_default(34)
     text = Image.new("L", (cv.w, cv.h), 0)
-    ImageDraw.Draw(text).text((180, 386), "STRIDE", font=font, fill=255, anchor="mm", stroke_width=1,
-                              stroke_fill=255)  # the default face is thin: a 1 px stroke makes it a wordmark
+    ImageDraw.Draw(text).text(
+        (180, 386), "STRIDE", font=font, fill=255, anchor="mm", stroke_width=1, stroke_fill=255
+    )  # the default face is thin: a 1 px stroke makes it a wordmark
     cv.paint(np.asarray(text, np.float32) / 255 * body, "#1F2A44", 0.9)
 
 
@@ -479,8 +539,9 @@ def _mug_body(cv: Canvas, xx: Array, yy: Array) -> None:
     size = (cv.w, cv.h)
     body = shape(size, lambda p: p.rect((290, 200, 590, 530)).ellipse((290, 480, 590, 580)), ss=2)
     cv.paint(body, _cylinder_color(xx, 440, 150, "#2E4C8C", "#0F1A33"))
-    cv.glow(0.5 * np.exp(-((xx - 372) / 14) ** 2) * body * smoothstep(560, 480, yy) * smoothstep(200, 260, yy),
-            "#FFFFFF")
+    cv.glow(
+        0.5 * np.exp(-(((xx - 372) / 14) ** 2)) * body * smoothstep(560, 480, yy) * smoothstep(200, 260, yy), "#FFFFFF"
+    )
     rim = shape(size, lambda p: p.ellipse((290, 170, 590, 232)), ss=2)
     cv.paint(rim, "#3A5BA0")
     inside = shape(size, lambda p: p.ellipse((302, 176, 578, 226)), ss=2)
@@ -490,8 +551,7 @@ def _mug_body(cv: Canvas, xx: Array, yy: Array) -> None:
 
 
 def _mug_handle(cv: Canvas, xx: Array) -> None:
-    ring = shape((cv.w, cv.h), lambda p: p.ellipse((520, 270, 700, 470)).ellipse((560, 310, 660, 430), fill=0),
-                 ss=2)
+    ring = shape((cv.w, cv.h), lambda p: p.ellipse((520, 270, 700, 470)).ellipse((560, 310, 660, 430), fill=0), ss=2)
     cv.paint(ring, _cylinder_color(xx, 610, 90, "#2A4580", "#0F1A33"))
     cv.shade(0.75 + 0.35 * roundness(ring, 8), ring)
 
@@ -534,7 +594,7 @@ def paint_street_sunset() -> Image.Image:
     for side in (-1, 1):
         _facades(cv, xx, vp, side, rng)
     _street_lamps(cv, xx, yy, vp)
-    haze = np.exp(-np.abs(yy - vp[1]) / 70) * np.exp(-((xx - vp[0]) / 500) ** 2)
+    haze = np.exp(-np.abs(yy - vp[1]) / 70) * np.exp(-(((xx - vp[0]) / 500) ** 2))
     cv.glow(0.35 * haze, "#FFB870")
     _vignette(cv, xx, yy, 0.28)
     return fine_grain(cv, rng, 0.015).rgb()
@@ -542,10 +602,12 @@ def paint_street_sunset() -> Image.Image:
 
 def _sunset_sky(xx: Array, yy: Array, vp: Point, rng: np.random.Generator) -> Array:
     t = yy / vp[1]
-    sky = ramp(t, [(0.0, "#241F52"), (0.3, "#5B2F78"), (0.58, "#C2467A"), (0.8, "#F2804F"),
-                   (0.95, "#FFC46E"), (1.05, "#FFE2A0")])
+    sky = ramp(
+        t,
+        [(0.0, "#241F52"), (0.3, "#5B2F78"), (0.58, "#C2467A"), (0.8, "#F2804F"), (0.95, "#FFC46E"), (1.05, "#FFE2A0")],
+    )
     d = np.hypot(xx - vp[0], (yy - vp[1] + 40) * 1.4)
-    sky = sky + (0.55 * np.exp(-(d / 260) ** 2))[..., None] * rgb("#FFB25E")
+    sky = sky + (0.55 * np.exp(-((d / 260) ** 2)))[..., None] * rgb("#FFB25E")
     sun = smoothstep(64, 58, d)
     sky = sky * (1 - sun[..., None]) + sun[..., None] * rgb("#FFF4D6")
     clouds = noise(xx.shape[1], xx.shape[0], rng, (3, 14), octaves=4)
@@ -573,13 +635,14 @@ def _street(cv: Canvas, xx: Array, yy: Array, vp: Point) -> None:
     depth = np.clip((yy - vp[1]) / (cv.h - vp[1]), 0, 1)
     asphalt = ramp(depth, [(0.0, "#B0707A"), (0.12, "#6A4A63"), (0.5, "#3A3248"), (1.0, "#26222F")])
     cv.paint(ground, asphalt)
-    sheen = np.exp(-((xx - vp[0]) / (60 + 420 * depth)) ** 2) * (1 - depth) ** 1.5 * ground
+    sheen = np.exp(-(((xx - vp[0]) / (60 + 420 * depth)) ** 2)) * (1 - depth) ** 1.5 * ground
     cv.glow(0.45 * sheen, "#FF9A5C")  # the sun's reflection on the road
     _road_markings(cv, vp)
     walks = Pen(BG_SIZE, BG_SS)
     for s in (-1, 1):  # sidewalks: wedges between the curb line and the facade line
-        walks.polygon([(vp[0] + s * 8, vp[1]), (vp[0] + s * 1400, cv.h + 400), (vp[0] + s * 2400, cv.h),
-                       (vp[0] + s * 60, vp[1])])
+        walks.polygon(
+            [(vp[0] + s * 8, vp[1]), (vp[0] + s * 1400, cv.h + 400), (vp[0] + s * 2400, cv.h), (vp[0] + s * 60, vp[1])]
+        )
     cv.paint(walks.cover() * ground, ramp(depth, [(0.0, "#9A6A78"), (0.4, "#5E4A5E"), (1.0, "#463C4E")]))
 
 
@@ -591,8 +654,9 @@ def _road_markings(cv: Canvas, vp: Point) -> None:
         w0, w1 = 14 * s0, 14 * s1
         pen.polygon([(vp[0] - w0, y0), (vp[0] + w0, y0), (vp[0] + w1, y1), (vp[0] - w1, y1)])
     cv.paint(pen.cover(), "#F3C98A", 0.85)
-    edges = _bg_shape(lambda p: [p.line([(vp[0] + s * 6, vp[1] + 1), (vp[0] + s * 1100, cv.h + 300)], 5)
-                                 for s in (-1, 1)])
+    edges = _bg_shape(
+        lambda p: [p.line([(vp[0] + s * 6, vp[1] + 1), (vp[0] + s * 1100, cv.h + 300)], 5) for s in (-1, 1)]
+    )
     cv.paint(edges, "#E9D7C4", 0.55)
 
 
@@ -618,8 +682,12 @@ def _facades(cv: Canvas, xx: Array, vp: Point, side: int, rng: np.random.Generat
 def _facade_quad(vp: Point, near_x: float, top: float, z0: float, z1: float) -> list[Point]:
     bottom = vp[1] + 420
     s0, s1 = _depth_s(z0, 3.0), _depth_s(z1, 3.0)
-    return [_toward((near_x, top), vp, s0), _toward((near_x, top), vp, s1),
-            _toward((near_x, bottom), vp, s1), _toward((near_x, bottom), vp, s0)]
+    return [
+        _toward((near_x, top), vp, s0),
+        _toward((near_x, top), vp, s1),
+        _toward((near_x, bottom), vp, s1),
+        _toward((near_x, bottom), vp, s0),
+    ]
 
 
 def _bilinear(quad: Sequence[Point], u: float, v: float) -> Point:
@@ -650,7 +718,7 @@ def _street_lamps(cv: Canvas, xx: Array, yy: Array, vp: Point) -> None:
             r = 10 * (1 - s) + 2
             posts.line([base, head], 9 * (1 - s) + 1)
             heads.ellipse((head[0] - r, head[1] - r * 0.6, head[0] + r, head[1] + r * 0.6))
-            glow += np.exp(-(np.hypot(xx - head[0], yy - head[1]) / (70 * (1 - s) + 8)) ** 2)
+            glow += np.exp(-((np.hypot(xx - head[0], yy - head[1]) / (70 * (1 - s) + 8)) ** 2))
     cv.paint(posts.cover(), "#1C1424")
     cv.paint(heads.cover(), "#FFF1CC")
     cv.glow(0.9 * glow, "#FFD28A")
@@ -663,11 +731,16 @@ def paint_beach_noon() -> Image.Image:
     horizon = 470.0
     sky = ramp(yy / horizon, [(0.0, "#2F77C8"), (0.6, "#74B4E8"), (1.0, "#D6ECF7")])
     cv = Canvas(w, h, sky)
-    cv.glow(0.35 * np.exp(-(np.hypot(xx - 1300, yy + 100) / 600) ** 2), "#FFFFFF")
+    cv.glow(0.35 * np.exp(-((np.hypot(xx - 1300, yy + 100) / 600) ** 2)), "#FFFFFF")
     for cx, cy, scale in ((300, 190, 1.0), (980, 120, 0.75), (1300, 300, 0.55)):
         _cloud(cv, rng, cx, cy, scale)
-    island = _bg_shape(lambda p: p.polygon(spline([(80, horizon + 2), (170, horizon - 22), (300, horizon - 34),
-                                                   (420, horizon - 10), (480, horizon + 2)])))
+    island = _bg_shape(
+        lambda p: p.polygon(
+            spline(
+                [(80, horizon + 2), (170, horizon - 22), (300, horizon - 34), (420, horizon - 10), (480, horizon + 2)]
+            )
+        )
+    )
     cv.paint(island, "#7C9BB0", 0.8)
     # the waterline wanders: two slow swells plus noise, shared by sea and sand
     wander = noise(w, 4, rng, (18, 1), octaves=3)[0]
@@ -698,8 +771,8 @@ def _sea(cv: Canvas, xx: Array, yy: Array, horizon: float, shore: Array, rng: np
     glints = noise(cv.w, cv.h, rng, (40, 160), octaves=2)
     cv.glow(0.8 * smoothstep(0.78, 0.95, glints) * sea * (0.25 + 0.75 * t), "#FFFFFF")
     foam_noise = noise(cv.w, cv.h, rng, (50, 24), octaves=3)
-    foam = np.exp(-((yy - shore + 5) / 7) ** 2) * smoothstep(0.25, 0.55, foam_noise)
-    lace = np.exp(-((yy - shore + 26) / 4) ** 2) * smoothstep(0.55, 0.75, foam_noise)  # last wave's edge
+    foam = np.exp(-(((yy - shore + 5) / 7) ** 2)) * smoothstep(0.25, 0.55, foam_noise)
+    lace = np.exp(-(((yy - shore + 26) / 4) ** 2)) * smoothstep(0.55, 0.75, foam_noise)  # last wave's edge
     cv.paint(np.clip(foam * 1.5 + lace * 0.8, 0, 1), "#FBFEFF")
 
 
@@ -727,7 +800,7 @@ def paint_marble_kitchen() -> Image.Image:
     cv.paint(counter, _marble(xx, yy, back, rng))
     _counter_reflection(cv, yy, back, counter)
     cv.shade(1 - 0.22 * np.exp(-(yy - back) / 12) * counter)  # contact shadow under the wall
-    cv.glow(0.12 * np.exp(-(xx / 700) ** 2) * counter, "#FFF3E0")  # window light from the left
+    cv.glow(0.12 * np.exp(-((xx / 700) ** 2)) * counter, "#FFF3E0")  # window light from the left
     cv.paint(_bg_shape(lambda p: p.line([(0, back + 1), (w, back + 1)], 2)), "#FFFFFF", 0.5)
     _vignette(cv, xx, yy, 0.18)
     return fine_grain(cv, rng, 0.01).rgb()
@@ -748,8 +821,7 @@ def _tile_wall(xx: Array, yy: Array, back: float, rng: np.random.Generator) -> A
 
 def _blurred_props(cv: Canvas, xx: Array, yy: Array, back: float) -> None:
     """An out-of-focus plant and jar at the back right: depth and a hint of 'kitchen'."""
-    pot = _bg_shape(lambda p: p.polygon([(1228, back - 150), (1372, back - 150), (1356, back + 3),
-                                         (1244, back + 3)]))
+    pot = _bg_shape(lambda p: p.polygon([(1228, back - 150), (1372, back - 150), (1356, back + 3), (1244, back + 3)]))
     cv.paint(blur(pot, 5), ramp(xx / cv.w, [(0.8, "#E2D2BE"), (0.9, "#A88F76")]))
     pen = Pen(BG_SIZE, BG_SS)
     leaves = np.random.default_rng(708)
@@ -759,8 +831,11 @@ def _blurred_props(cv: Canvas, xx: Array, yy: Array, back: float) -> None:
         x, y = 1300 + reach * math.cos(angle) * 1.2, back - 150 + reach * math.sin(angle)
         pen.ellipse((x - 20, y - 9, x + 20, y + 9))
     foliage = blur(pen.cover(), 7)
-    cv.paint(foliage, ramp(yy / cv.h, [(0.1, "#78A85C"), (0.45, "#2F5A2E")]) *
-             (0.8 + 0.3 * blur(pen.cover(), 2))[..., None], 0.95)
+    cv.paint(
+        foliage,
+        ramp(yy / cv.h, [(0.1, "#78A85C"), (0.45, "#2F5A2E")]) * (0.8 + 0.3 * blur(pen.cover(), 2))[..., None],
+        0.95,
+    )
     jar = _bg_shape(lambda p: p.rect((1080, back - 120, 1170, back + 2), radius=16))
     cv.paint(blur(jar, 5), ramp(xx / cv.w, [(0.7, "#DCE6EA"), (0.76, "#A9BCC4")]), 0.85)
 
@@ -795,7 +870,7 @@ def paint_forest_autumn() -> Image.Image:
     w, h, xx, yy = _bg()
     rng = np.random.default_rng(808)
     vp = (800.0, 600.0)
-    glow = np.exp(-(np.hypot(xx - vp[0], (yy - 440) * 1.3) / 560) ** 2)
+    glow = np.exp(-((np.hypot(xx - vp[0], (yy - 440) * 1.3) / 560) ** 2))
     base = mix("#A8663C", "#FFE9B8", glow, xx.shape)
     cv = Canvas(w, h, base)
     _trunks(cv, rng, list(rng.uniform(-40, w + 40, 40)), (4, 10), vp[1] + 4, "#C08E70", 0.55)
@@ -814,15 +889,23 @@ def paint_forest_autumn() -> Image.Image:
 FOLIAGE = ("#B8401F", "#D9622B", "#E89A2F", "#F2C14E", "#C7772A", "#9C5A1E")
 
 
-def _trunks(cv: Canvas, rng: np.random.Generator, xs: list[float], widths: tuple[int, int], ground: float,
-            color: str, opacity: float) -> None:
+def _trunks(
+    cv: Canvas,
+    rng: np.random.Generator,
+    xs: list[float],
+    widths: tuple[int, int],
+    ground: float,
+    color: str,
+    opacity: float,
+) -> None:
     """One depth layer of tapering trunks with a few branches, bark as vertical streaks."""
     pen = Pen(BG_SIZE, BG_SS)
     for x in xs:
         wd = float(rng.uniform(*widths))
         lean = float(rng.normal(0, wd * 0.4))
-        pen.polygon([(x - wd / 2, ground), (x + lean - wd * 0.3, -10), (x + lean + wd * 0.3, -10),
-                     (x + wd / 2, ground)])
+        pen.polygon(
+            [(x - wd / 2, ground), (x + lean - wd * 0.3, -10), (x + lean + wd * 0.3, -10), (x + wd / 2, ground)]
+        )
         for _ in range(2 if wd < 40 else 0):  # near trunks rise out of frame: no branches
             y0, d = float(rng.uniform(0.15, 0.5)) * ground, float(rng.choice([-1, 1]))
             pen.line([(x + lean * 0.5, y0), (x + d * wd * 2.5, y0 - wd * 3)], wd * 0.15)
@@ -830,8 +913,9 @@ def _trunks(cv: Canvas, rng: np.random.Generator, xs: list[float], widths: tuple
     cv.paint(pen.cover(), rgb(color) * bark[..., None], opacity)
 
 
-def _canopy(cv: Canvas, yy: Array, rng: np.random.Generator, cells: tuple[int, int], bottom: float,
-            haze: float) -> None:
+def _canopy(
+    cv: Canvas, yy: Array, rng: np.random.Generator, cells: tuple[int, int], bottom: float, haze: float
+) -> None:
     """Foliage as thresholded fractal noise: dense at the top, thinning out toward `bottom`."""
     n = noise(cv.w, cv.h, rng, cells, octaves=6)
     bias = smoothstep(bottom, bottom * 0.15, yy)
@@ -851,7 +935,7 @@ def _forest_floor(cv: Canvas, xx: Array, yy: Array, vp: Point, mist: Array, rng:
     near = smoothstep(0, 0.5, depth)[..., None]
     cv.paint(floor, mist[None, :, :] * (1 - near) + ground * near)  # far ground fades into the mist
     centre = vp[0] + 160 * np.sin(depth * 2.6) * depth  # the trail bends as it comes near
-    half = 14 + 360 * depth ** 1.3
+    half = 14 + 360 * depth**1.3
     trail = smoothstep(half + 8, half - 8, np.abs(xx - centre)) * floor
     dirt = ramp(depth, [(0.0, "#F0CFA0"), (0.5, "#C8945E"), (1.0, "#A87648")]) * (0.9 + 0.2 * litter[..., None])
     cv.paint(trail, dirt)
@@ -874,8 +958,12 @@ def _leaf(x: float, y: float, size: float, angle: float) -> list[Point]:
     pts = []
     for a in np.linspace(0, 2 * math.pi, 12, endpoint=False):
         u, v = math.cos(a), 0.42 * math.sin(a) * abs(math.sin(a)) ** 0.4  # pointed at both ends
-        pts.append((x + size * (u * math.cos(angle) - v * math.sin(angle)),
-                    y + 0.55 * size * (u * math.sin(angle) + v * math.cos(angle))))
+        pts.append(
+            (
+                x + size * (u * math.cos(angle) - v * math.sin(angle)),
+                y + 0.55 * size * (u * math.sin(angle) + v * math.cos(angle)),
+            )
+        )
     return pts
 
 
@@ -883,7 +971,7 @@ def _light_rays(cv: Canvas, xx: Array, yy: Array, vp: Point) -> None:
     src = (vp[0] + 250, -200.0)
     angle = np.arctan2(yy - src[1], xx - src[0])
     beams = 0.5 + 0.5 * np.sin(angle * 60) * np.sin(angle * 23 + 1)
-    fade = smoothstep(cv.h, 0, yy) * np.exp(-((angle - math.pi / 2 - 0.15) / 0.45) ** 2)
+    fade = smoothstep(cv.h, 0, yy) * np.exp(-(((angle - math.pi / 2 - 0.15) / 0.45) ** 2))
     cv.glow(0.22 * smoothstep(0.55, 1.0, beams) * fade, "#FFE9B0")
 
 
@@ -891,67 +979,137 @@ def _light_rays(cv: Canvas, xx: Array, yy: Array, vp: Point) -> None:
 
 
 LIBRARY: list[dict[str, Any]] = [
-    {"file": "product-running-shoe-red.png", "paint": paint_shoe, "metadata": {
-        "kind": "product", "title": "Stride Velocity running shoe, red",
-        "description": "Red lightweight running shoe with a white cushioned foam sole, white laces, teal side "
-                       "stripe and yellow heel tab. Side view, transparent background (cut-out PNG).",
-        "tags": ["running shoe", "shoe", "sneaker", "trainer", "footwear", "sport", "running", "red"],
-        "attributes": {"category": "footwear", "color": "red", "sku": "STR-VEL-RED", "material": "knit mesh",
-                       "view": "side"},
-        "kpis": {"ctr": 0.034, "conversion_rate": 0.021, "impressions": 182000}}},
-    {"file": "product-tote-bag-cognac.png", "paint": paint_handbag, "metadata": {
-        "kind": "product", "title": "Stride City tote handbag, cognac leather",
-        "description": "Cognac brown leather tote bag with a top handle, front flap and brass clasp. "
-                       "Front view, transparent background.",
-        "tags": ["handbag", "bag", "tote", "leather", "accessory", "fashion", "brown"],
-        "attributes": {"category": "bags", "color": "cognac", "sku": "STR-TOTE-CGN", "material": "leather"},
-        "kpis": {"ctr": 0.018, "conversion_rate": 0.009, "impressions": 96000}}},
-    {"file": "product-water-bottle-teal.png", "paint": paint_bottle, "metadata": {
-        "kind": "product", "title": "Stride insulated water bottle, teal",
-        "description": "Teal stainless steel insulated water bottle with a yellow STRIDE label band and a black "
-                       "loop cap. Upright, transparent background.",
-        "tags": ["water bottle", "bottle", "drinkware", "hydration", "sport", "teal"],
-        "attributes": {"category": "drinkware", "color": "teal", "sku": "STR-BTL-TEAL", "volume_ml": 750},
-        "kpis": {"ctr": 0.022, "conversion_rate": 0.014, "impressions": 120500}}},
-    {"file": "product-mug-studio.png", "paint": paint_studio_mug, "metadata": {
-        "kind": "product", "title": "Stride team mug, navy ceramic (studio shot)",
-        "description": "Navy blue ceramic coffee mug with a yellow stripe, photographed on a seamless white "
-                       "studio backdrop (no transparency).",
-        "tags": ["mug", "coffee mug", "cup", "ceramic", "kitchen", "navy", "studio"],
-        "attributes": {"category": "kitchenware", "color": "navy", "sku": "STR-MUG-NVY", "backdrop": "white"},
-        "kpis": {"ctr": 0.012, "conversion_rate": 0.006, "impressions": 54000}}},
-    {"file": "background-urban-street-sunset.png", "paint": paint_street_sunset, "metadata": {
-        "kind": "background", "title": "Urban street at sunset",
-        "description": "Empty city street at golden hour: warm sunset sky over downtown buildings with lit "
-                       "windows, street lamps, and the asphalt road running to the horizon.",
-        "tags": ["urban", "street", "city", "sunset", "golden hour", "evening", "buildings", "road", "outdoor"],
-        "attributes": {"scene": "urban street", "time_of_day": "sunset", "lighting": "warm backlight",
-                       "orientation": "landscape"},
-        "kpis": {"ctr": 0.031, "impressions": 240000}}},
-    {"file": "background-beach-noon.png", "paint": paint_beach_noon, "metadata": {
-        "kind": "background", "title": "Beach at noon",
-        "description": "Sunny tropical beach at midday: bright blue sky with white clouds, turquoise sea, "
-                       "gentle surf and warm golden sand.",
-        "tags": ["beach", "sea", "ocean", "sand", "summer", "noon", "sunny", "coast", "outdoor"],
-        "attributes": {"scene": "beach", "time_of_day": "noon", "lighting": "bright daylight",
-                       "orientation": "landscape"},
-        "kpis": {"ctr": 0.027, "impressions": 210000}}},
-    {"file": "background-marble-kitchen-counter.png", "paint": paint_marble_kitchen, "metadata": {
-        "kind": "background", "title": "Marble kitchen counter",
-        "description": "White marble kitchen countertop with grey veins in front of a softly blurred white "
-                       "subway-tile wall, a potted plant and a jar; bright, clean home interior.",
-        "tags": ["kitchen", "marble", "counter", "countertop", "interior", "home", "indoor", "white"],
-        "attributes": {"scene": "kitchen", "time_of_day": "day", "lighting": "soft window light",
-                       "orientation": "landscape"},
-        "kpis": {"ctr": 0.024, "impressions": 150000}}},
-    {"file": "background-forest-trail-autumn.png", "paint": paint_forest_autumn, "metadata": {
-        "kind": "background", "title": "Forest trail in autumn",
-        "description": "Dirt trail winding through an autumn forest with orange, red and yellow foliage, "
-                       "fallen leaves and soft light rays between the trees.",
-        "tags": ["forest", "trail", "autumn", "fall", "woods", "nature", "path", "leaves", "outdoor"],
-        "attributes": {"scene": "forest trail", "time_of_day": "afternoon", "lighting": "soft backlight",
-                       "season": "autumn", "orientation": "landscape"},
-        "kpis": {"ctr": 0.026, "impressions": 175000}}},
+    {
+        "file": "product-running-shoe-red.png",
+        "paint": paint_shoe,
+        "metadata": {
+            "kind": "product",
+            "title": "Stride Velocity running shoe, red",
+            "description": "Red lightweight running shoe with a white cushioned foam sole, white laces, teal side "
+            "stripe and yellow heel tab. Side view, transparent background (cut-out PNG).",
+            "tags": ["running shoe", "shoe", "sneaker", "trainer", "footwear", "sport", "running", "red"],
+            "attributes": {
+                "category": "footwear",
+                "color": "red",
+                "sku": "STR-VEL-RED",
+                "material": "knit mesh",
+                "view": "side",
+            },
+            "kpis": {"ctr": 0.034, "conversion_rate": 0.021, "impressions": 182000},
+        },
+    },
+    {
+        "file": "product-tote-bag-cognac.png",
+        "paint": paint_handbag,
+        "metadata": {
+            "kind": "product",
+            "title": "Stride City tote handbag, cognac leather",
+            "description": "Cognac brown leather tote bag with a top handle, front flap and brass clasp. "
+            "Front view, transparent background.",
+            "tags": ["handbag", "bag", "tote", "leather", "accessory", "fashion", "brown"],
+            "attributes": {"category": "bags", "color": "cognac", "sku": "STR-TOTE-CGN", "material": "leather"},
+            "kpis": {"ctr": 0.018, "conversion_rate": 0.009, "impressions": 96000},
+        },
+    },
+    {
+        "file": "product-water-bottle-teal.png",
+        "paint": paint_bottle,
+        "metadata": {
+            "kind": "product",
+            "title": "Stride insulated water bottle, teal",
+            "description": "Teal stainless steel insulated water bottle with a yellow STRIDE label band and a black "
+            "loop cap. Upright, transparent background.",
+            "tags": ["water bottle", "bottle", "drinkware", "hydration", "sport", "teal"],
+            "attributes": {"category": "drinkware", "color": "teal", "sku": "STR-BTL-TEAL", "volume_ml": 750},
+            "kpis": {"ctr": 0.022, "conversion_rate": 0.014, "impressions": 120500},
+        },
+    },
+    {
+        "file": "product-mug-studio.png",
+        "paint": paint_studio_mug,
+        "metadata": {
+            "kind": "product",
+            "title": "Stride team mug, navy ceramic (studio shot)",
+            "description": "Navy blue ceramic coffee mug with a yellow stripe, photographed on a seamless white "
+            "studio backdrop (no transparency).",
+            "tags": ["mug", "coffee mug", "cup", "ceramic", "kitchen", "navy", "studio"],
+            "attributes": {"category": "kitchenware", "color": "navy", "sku": "STR-MUG-NVY", "backdrop": "white"},
+            "kpis": {"ctr": 0.012, "conversion_rate": 0.006, "impressions": 54000},
+        },
+    },
+    {
+        "file": "background-urban-street-sunset.png",
+        "paint": paint_street_sunset,
+        "metadata": {
+            "kind": "background",
+            "title": "Urban street at sunset",
+            "description": "Empty city street at golden hour: warm sunset sky over downtown buildings with lit "
+            "windows, street lamps, and the asphalt road running to the horizon.",
+            "tags": ["urban", "street", "city", "sunset", "golden hour", "evening", "buildings", "road", "outdoor"],
+            "attributes": {
+                "scene": "urban street",
+                "time_of_day": "sunset",
+                "lighting": "warm backlight",
+                "orientation": "landscape",
+            },
+            "kpis": {"ctr": 0.031, "impressions": 240000},
+        },
+    },
+    {
+        "file": "background-beach-noon.png",
+        "paint": paint_beach_noon,
+        "metadata": {
+            "kind": "background",
+            "title": "Beach at noon",
+            "description": "Sunny tropical beach at midday: bright blue sky with white clouds, turquoise sea, "
+            "gentle surf and warm golden sand.",
+            "tags": ["beach", "sea", "ocean", "sand", "summer", "noon", "sunny", "coast", "outdoor"],
+            "attributes": {
+                "scene": "beach",
+                "time_of_day": "noon",
+                "lighting": "bright daylight",
+                "orientation": "landscape",
+            },
+            "kpis": {"ctr": 0.027, "impressions": 210000},
+        },
+    },
+    {
+        "file": "background-marble-kitchen-counter.png",
+        "paint": paint_marble_kitchen,
+        "metadata": {
+            "kind": "background",
+            "title": "Marble kitchen counter",
+            "description": "White marble kitchen countertop with grey veins in front of a softly blurred white "
+            "subway-tile wall, a potted plant and a jar; bright, clean home interior.",
+            "tags": ["kitchen", "marble", "counter", "countertop", "interior", "home", "indoor", "white"],
+            "attributes": {
+                "scene": "kitchen",
+                "time_of_day": "day",
+                "lighting": "soft window light",
+                "orientation": "landscape",
+            },
+            "kpis": {"ctr": 0.024, "impressions": 150000},
+        },
+    },
+    {
+        "file": "background-forest-trail-autumn.png",
+        "paint": paint_forest_autumn,
+        "metadata": {
+            "kind": "background",
+            "title": "Forest trail in autumn",
+            "description": "Dirt trail winding through an autumn forest with orange, red and yellow foliage, "
+            "fallen leaves and soft light rays between the trees.",
+            "tags": ["forest", "trail", "autumn", "fall", "woods", "nature", "path", "leaves", "outdoor"],
+            "attributes": {
+                "scene": "forest trail",
+                "time_of_day": "afternoon",
+                "lighting": "soft backlight",
+                "season": "autumn",
+                "orientation": "landscape",
+            },
+            "kpis": {"ctr": 0.026, "impressions": 175000},
+        },
+    },
 ]
 
 

@@ -15,6 +15,7 @@ The only way through for private addresses is an explicit allowlist (development
 Errors carry a stable `code` and a `detail` that is safe to show a client: it never contains
 errno text or the internal address a name resolved to.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,8 +34,17 @@ from typing import Any
 import certifi
 import httpx
 
-CODES = ("url_invalid", "url_scheme_not_allowed", "url_unresolvable", "url_private_address",
-         "url_unreachable", "url_timeout", "url_redirect_refused", "url_too_large", "url_http_status")
+CODES = (
+    "url_invalid",
+    "url_scheme_not_allowed",
+    "url_unresolvable",
+    "url_private_address",
+    "url_unreachable",
+    "url_timeout",
+    "url_redirect_refused",
+    "url_too_large",
+    "url_http_status",
+)
 
 SCHEMES = ("http", "https")
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -46,29 +56,39 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # Spelled out rather than trusting `is_global` alone: its tables changed between Python
 # releases, and for an SSRF guard the list of what we refuse should be readable here.
-_V4_BLOCKED = tuple(ipaddress.IPv4Network(n) for n in (
-    "0.0.0.0/8",        # "this network"; connecting to 0.0.0.0 reaches the local host on Linux
-    "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",  # RFC 1918
-    "100.64.0.0/10",    # carrier-grade NAT (RFC 6598), used for internal addresses by some clouds
-    "127.0.0.0/8",      # loopback
-    "169.254.0.0/16",   # link-local, incl. the cloud metadata service 169.254.169.254
-    "192.0.0.0/24",     # IETF protocol assignments (192.0.0.192 is a cloud metadata address)
-    "192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24",  # documentation
-    "192.88.99.0/24",   # deprecated 6to4 relay anycast
-    "198.18.0.0/15",    # benchmarking
-    "224.0.0.0/4",      # multicast
-    "240.0.0.0/4",      # reserved, incl. the broadcast address 255.255.255.255
-))
-_V6_BLOCKED = tuple(ipaddress.IPv6Network(n) for n in (
-    "::/96",            # unspecified, loopback ::1 and the deprecated IPv4-compatible ::a.b.c.d
-    "100::/64",         # discard-only
-    "2001:db8::/32",    # documentation
-    "fc00::/7",         # unique local (ULA)
-    "fe80::/10",        # link-local
-    "fec0::/10",        # site-local (deprecated, still routed internally in places)
-    "ff00::/8",         # multicast
-    "64:ff9b:1::/48",   # local-use NAT64 (RFC 8215)
-))
+_V4_BLOCKED = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network"; connecting to 0.0.0.0 reaches the local host on Linux
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",  # RFC 1918
+        "100.64.0.0/10",  # carrier-grade NAT (RFC 6598), used for internal addresses by some clouds
+        "127.0.0.0/8",  # loopback
+        "169.254.0.0/16",  # link-local, incl. the cloud metadata service 169.254.169.254
+        "192.0.0.0/24",  # IETF protocol assignments (192.0.0.192 is a cloud metadata address)
+        "192.0.2.0/24",
+        "198.51.100.0/24",
+        "203.0.113.0/24",  # documentation
+        "192.88.99.0/24",  # deprecated 6to4 relay anycast
+        "198.18.0.0/15",  # benchmarking
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, incl. the broadcast address 255.255.255.255
+    )
+)
+_V6_BLOCKED = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "::/96",  # unspecified, loopback ::1 and the deprecated IPv4-compatible ::a.b.c.d
+        "100::/64",  # discard-only
+        "2001:db8::/32",  # documentation
+        "fc00::/7",  # unique local (ULA)
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed internally in places)
+        "ff00::/8",  # multicast
+        "64:ff9b:1::/48",  # local-use NAT64 (RFC 8215)
+    )
+)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
 _SIIT = ipaddress.IPv6Network("::ffff:0:0:0/96")  # IPv4-translated ::ffff:0:a.b.c.d
 _V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
@@ -301,8 +321,9 @@ class _Deadline:
         self._timer.start()
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self._timer.cancel()
         with self._lock:
             for sock in self._sockets:
@@ -358,8 +379,15 @@ def _failure(exc: Exception, deadline: _Deadline) -> EgressRefused:
     return EgressRefused("url_unreachable", "the connection to the URL's host failed")
 
 
-def _pinned_request(client: httpx.Client, method: str, target: httpx.URL, ip: str,
-                    headers: Mapping[str, str], content: bytes | None, deadline: _Deadline) -> httpx.Request:
+def _pinned_request(
+    client: httpx.Client,
+    method: str,
+    target: httpx.URL,
+    ip: str,
+    headers: Mapping[str, str],
+    content: bytes | None,
+    deadline: _Deadline,
+) -> httpx.Request:
     """A request to `ip` that still says (Host), and verifies TLS for (SNI), the URL's host."""
     host = target.raw_host.decode("ascii")
     extensions: dict[str, Any] = {"trace": deadline.trace}
@@ -367,20 +395,30 @@ def _pinned_request(client: httpx.Client, method: str, target: httpx.URL, ip: st
         extensions["sni_hostname"] = host  # httpcore uses it for SNI and certificate hostname checks
     sent = httpx.Headers(headers)
     sent["Host"] = target.netloc.decode("ascii")  # replaces any caller-given Host, whatever its case
-    return client.build_request(method, target.copy_with(host=ip), content=content, headers=sent,
-                                timeout=deadline.remaining(), extensions=extensions)
+    return client.build_request(
+        method,
+        target.copy_with(host=ip),
+        content=content,
+        headers=sent,
+        timeout=deadline.remaining(),
+        extensions=extensions,
+    )
 
 
 @contextlib.contextmanager
-def _exchange(method: str, target: httpx.URL, ip: str, headers: Mapping[str, str], content: bytes | None,
-              deadline: _Deadline) -> Iterator[httpx.Response]:
+def _exchange(
+    method: str, target: httpx.URL, ip: str, headers: Mapping[str, str], content: bytes | None, deadline: _Deadline
+) -> Iterator[httpx.Response]:
     """One pinned request with a streamed response; transport errors become EgressRefused,
     also those raised while the caller reads the body inside the with-block."""
     try:
         # A fresh client per hop: its pool keys connections by address, so a kept-alive TLS
         # connection verified for one name could otherwise serve another name on the same IP.
-        with httpx.Client(follow_redirects=False, trust_env=False,  # trust_env: no env proxies
-                          verify=_tls_context(certifi.where())) as client:
+        with httpx.Client(
+            follow_redirects=False,
+            trust_env=False,  # trust_env: no env proxies
+            verify=_tls_context(certifi.where()),
+        ) as client:
             request = _pinned_request(client, method, target, ip, headers, content, deadline)
             with contextlib.closing(client.send(request, stream=True)) as response:
                 yield response
@@ -457,8 +495,15 @@ def _get_headers(headers: Mapping[str, str] | None) -> httpx.Headers:
     return sent
 
 
-def fetch(url: str, *, max_bytes: int, timeout_s: float, allowlist: Sequence[str] = (), max_redirects: int = 3,
-          headers: Mapping[str, str] | None = None) -> Fetched:
+def fetch(
+    url: str,
+    *,
+    max_bytes: int,
+    timeout_s: float,
+    allowlist: Sequence[str] = (),
+    max_redirects: int = 3,
+    headers: Mapping[str, str] | None = None,
+) -> Fetched:
     """GET with the connection going to the pinned IP (never a second DNS lookup).
 
     Each redirect hop (301/302/303/307/308 with Location, relative to the current URL) is checked
@@ -492,15 +537,37 @@ def _final(response: httpx.Response, target: httpx.URL, ip: str, max_bytes: int,
     return Fetched(response.status_code, _headers(response), body, str(target), ip)
 
 
-def post(url: str, *, content: bytes, headers: Mapping[str, str], timeout_s: float, allowlist: Sequence[str] = (),
-         max_response_bytes: int = 2048) -> Fetched:
+def post(
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    allowlist: Sequence[str] = (),
+    max_response_bytes: int = 2048,
+) -> Fetched:
     """POST for webhooks: see `upload`."""
-    return upload("POST", url, content=content, headers=headers, timeout_s=timeout_s, allowlist=allowlist,
-                  max_response_bytes=max_response_bytes)
+    return upload(
+        "POST",
+        url,
+        content=content,
+        headers=headers,
+        timeout_s=timeout_s,
+        allowlist=allowlist,
+        max_response_bytes=max_response_bytes,
+    )
 
 
-def upload(method: str, url: str, *, content: bytes, headers: Mapping[str, str], timeout_s: float,
-           allowlist: Sequence[str] = (), max_response_bytes: int = 2048) -> Fetched:
+def upload(
+    method: str,
+    url: str,
+    *,
+    content: bytes,
+    headers: Mapping[str, str],
+    timeout_s: float,
+    allowlist: Sequence[str] = (),
+    max_response_bytes: int = 2048,
+) -> Fetched:
     """POST (webhooks) or PUT (DAM push): pinned, NO redirects followed (a 3xx comes back as a Fetched
     with its status, not raised: re-sending a body elsewhere is the receiver's job, not ours), with at
     most max_response_bytes of the body. Raises EgressRefused only for a refused URL, an unreachable

@@ -7,6 +7,7 @@ parallel. Files are opened per batch and streamed by httpx, so a 50k-image folde
 in memory. Uploads are idempotent on the server (same bytes -> the existing asset), so a
 batch is simply sent again after a connection error, a 5xx or a 429.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -37,6 +38,7 @@ BACKOFF_S = (1.0, 3.0)  # before the 2nd and 3rd try, unless the server says Ret
 MAX_RETRY_AFTER_S = 60.0
 SHOWN_FAILURES = 50
 ENDPOINT = "/v1/assets/batch"
+
 
 class ImportAborted(Exception):
     """The import cannot go on (bad API key, unreadable manifest, ...)."""
@@ -133,8 +135,9 @@ def _errors(exc: ValidationError) -> str:
     return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'metadata'}: {e['msg']}" for e in exc.errors())
 
 
-def build_item(path: Path, directory: Path, defaults: dict[str, Any],
-               manifest: dict[str, dict[str, Any]]) -> Item | Failure:
+def build_item(
+    path: Path, directory: Path, defaults: dict[str, Any], manifest: dict[str, dict[str, Any]]
+) -> Item | Failure:
     """The image with its checked metadata (flags < manifest line < sidecar), or why it is refused."""
     rel = path.relative_to(directory).as_posix()
     merged: dict[str, Any] = {**defaults, "title": default_title(path), **manifest.get(rel, {})}
@@ -164,8 +167,10 @@ def plan(opts: Options) -> tuple[list[Path], dict[str, dict[str, Any]], list[Fai
     images = find_images(opts.directory, opts.recursive)
     manifest = load_manifest(opts.directory)
     found = {p.relative_to(opts.directory).as_posix() for p in images}
-    orphans = [Failure(rel, "file_not_found", "listed in the manifest but not an image found under the directory")
-               for rel in sorted(set(manifest) - found)]
+    orphans = [
+        Failure(rel, "file_not_found", "listed in the manifest but not an image found under the directory")
+        for rel in sorted(set(manifest) - found)
+    ]
     return images, manifest, orphans
 
 
@@ -211,8 +216,13 @@ def _read_items(batch: list[Item], body: dict[str, Any]) -> Outcome:
             outcome.existing += 1
         elif result is not None and status == "failed":
             problem = result.get("problem") or {}
-            outcome.failures.append(Failure(item.rel, str(problem.get("code") or "failed"),
-                                            str(problem.get("detail") or problem.get("title") or "")))
+            outcome.failures.append(
+                Failure(
+                    item.rel,
+                    str(problem.get("code") or "failed"),
+                    str(problem.get("detail") or problem.get("title") or ""),
+                )
+            )
         else:
             outcome.failures.append(Failure(item.rel, "bad_response", f"no result for index {index} in the response"))
     return outcome
@@ -233,8 +243,10 @@ def post_batch(client: httpx.Client, batch: list[Item], sleep: Any = time.sleep)
         if not sendable:
             return local
         # httpx streams each handle in chunks (and seeks it back to 0 when a try is repeated).
-        files = [("files", (it.path.name, fh, IMAGE_SUFFIXES[it.path.suffix.lower()]))
-                 for it, fh in zip(sendable, handles, strict=True)]
+        files = [
+            ("files", (it.path.name, fh, IMAGE_SUFFIXES[it.path.suffix.lower()]))
+            for it, fh in zip(sendable, handles, strict=True)
+        ]
         data = {"metadata": json.dumps([it.metadata for it in sendable])}
         code, detail = "connection_error", ""
         for attempt in range(TRIES):
@@ -305,14 +317,19 @@ def run_import(opts: Options) -> dict[str, Any]:
     if opts.brand_id:
         defaults["brand_id"] = opts.brand_id
     tally = Tally()
-    progress = tqdm(total=len(images) + len(orphans), unit="file", desc="import", file=sys.stderr,
-                    disable=opts.quiet, dynamic_ncols=True)
+    progress = tqdm(
+        total=len(images) + len(orphans),
+        unit="file",
+        desc="import",
+        file=sys.stderr,
+        disable=opts.quiet,
+        dynamic_ncols=True,
+    )
 
     def record(outcome: Outcome) -> None:
         tally.add(outcome)
         progress.update(outcome.count)
-        progress.set_postfix(created=tally.created, existing=tally.existing, failed=len(tally.failures),
-                             refresh=False)
+        progress.set_postfix(created=tally.created, existing=tally.existing, failed=len(tally.failures), refresh=False)
 
     def checked() -> Iterator[Item]:
         for path in images:
@@ -327,9 +344,10 @@ def run_import(opts: Options) -> dict[str, Any]:
     timeout = httpx.Timeout(opts.timeout_s, connect=10.0)
     limits = httpx.Limits(max_connections=opts.concurrency, max_keepalive_connections=opts.concurrency)
     try:
-        with httpx.Client(base_url=opts.api_url.rstrip("/"), headers=headers, timeout=timeout,
-                          limits=limits) as client, \
-                ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="import") as pool:
+        with (
+            httpx.Client(base_url=opts.api_url.rstrip("/"), headers=headers, timeout=timeout, limits=limits) as client,
+            ThreadPoolExecutor(max_workers=opts.concurrency, thread_name_prefix="import") as pool,
+        ):
             pending: set[Future[Outcome]] = set()
             try:
                 for batch in batches(checked(), opts.batch_size):
@@ -350,6 +368,12 @@ def run_import(opts: Options) -> dict[str, Any]:
     seconds = time.perf_counter() - started
     stored = tally.created + tally.existing
     failures = sorted(tally.failures, key=lambda f: f.file)
-    return {"files": tally.files, "created": tally.created, "existing": tally.existing, "failed": len(failures),
-            "seconds": round(seconds, 3), "assets_per_second": round(stored / seconds, 2) if seconds > 0 else 0.0,
-            "failures": [f.as_dict() for f in failures[:SHOWN_FAILURES]]}
+    return {
+        "files": tally.files,
+        "created": tally.created,
+        "existing": tally.existing,
+        "failed": len(failures),
+        "seconds": round(seconds, 3),
+        "assets_per_second": round(stored / seconds, 2) if seconds > 0 else 0.0,
+        "failures": [f.as_dict() for f in failures[:SHOWN_FAILURES]],
+    }

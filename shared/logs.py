@@ -5,6 +5,7 @@ through FastAPI's thread pool and a task through its stage function without bein
 the trace and span ids of the current OpenTelemetry span are added to every line, so a log line
 leads to its trace. Gateway, workers and beat call configure() once at start-up.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,11 @@ from shared.config import Settings
 _context: ContextVar[dict[str, str] | None] = ContextVar("onbrand_log_context", default=None)
 # LogRecord attributes that are not extra fields given by the caller.
 # (color_message: uvicorn's copy of the message with terminal colour codes.)
-_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime",
-                                                                                   "color_message"}
+_RECORD_KEYS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 def _fields(fields: dict[str, Any]) -> dict[str, str]:
@@ -75,8 +79,12 @@ class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         line: dict[str, Any] = {
             "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname, "logger": record.name, "message": record.getMessage(),
-            "process": record.process, **context(), **trace_ids(),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "process": record.process,
+            **context(),
+            **trace_ids(),
         }
         line.update({k: v for k, v in vars(record).items() if k not in _RECORD_KEYS and not k.startswith("_")})
         if record.exc_info:

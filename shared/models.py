@@ -51,25 +51,43 @@ def resolve(reference: str, settings: Settings) -> str:
 
 
 def _spec(stage: str, adapter: str, reference: str, settings: Settings, **options: Any) -> ModelSpec:
-    return ModelSpec(stage, adapter, reference, resolve(reference, settings), settings.model_device,
-                     settings.model_dtype, tuple(sorted(options.items())))
+    return ModelSpec(
+        stage,
+        adapter,
+        reference,
+        resolve(reference, settings),
+        settings.model_device,
+        settings.model_dtype,
+        tuple(sorted(options.items())),
+    )
 
 
 def segment_spec(settings: Settings) -> ModelSpec:
     if settings.segmenter == "sam":
         return _spec("segment", "sam", settings.sam_model, settings)
     if settings.segmenter == "segment-anything":
-        return _spec("segment", "segment-anything", settings.sam_checkpoint, settings,
-                     model_type=settings.sam_model_type)
+        return _spec(
+            "segment", "segment-anything", settings.sam_checkpoint, settings, model_type=settings.sam_model_type
+        )
     return _spec("segment", "matting", EMBEDDED, settings)
 
 
 def generate_spec(settings: Settings) -> ModelSpec:
     if settings.generator == "sd-inpaint":
-        return _spec("generate", "sd-inpaint", settings.sd_model, settings, mode=settings.sd_mode,
-                     steps=settings.sd_steps, guidance=settings.sd_guidance, strength=settings.sd_strength,
-                     resolution=settings.sd_resolution, batch_size=settings.sd_batch_size,
-                     torch_compile=settings.torch_compile, channels_last=settings.channels_last)
+        return _spec(
+            "generate",
+            "sd-inpaint",
+            settings.sd_model,
+            settings,
+            mode=settings.sd_mode,
+            steps=settings.sd_steps,
+            guidance=settings.sd_guidance,
+            strength=settings.sd_strength,
+            resolution=settings.sd_resolution,
+            batch_size=settings.sd_batch_size,
+            torch_compile=settings.torch_compile,
+            channels_last=settings.channels_last,
+        )
     return _spec("generate", "compositor", EMBEDDED, settings)
 
 
@@ -83,18 +101,33 @@ def fidelity_spec(settings: Settings) -> ModelSpec | None:
 
 def aesthetic_spec(settings: Settings) -> ModelSpec:
     if settings.aesthetic == "laion":
-        return _spec("rank", "laion", settings.aesthetic_clip_model, settings,
-                     mlp=resolve(settings.aesthetic_mlp, settings))
+        return _spec(
+            "rank", "laion", settings.aesthetic_clip_model, settings, mlp=resolve(settings.aesthetic_mlp, settings)
+        )
     return _spec("rank", "classical", EMBEDDED, settings)
 
 
 def language_specs(settings: Settings) -> list[ModelSpec]:
     """The retrieval and local-LLM models (CPU adapters; hosted LLMs are not loaded)."""
-    specs = [ModelSpec("retrieve", "text-embedder", settings.text_embedding_model,
-                       resolve(settings.text_embedding_model, settings), "cpu")]
+    specs = [
+        ModelSpec(
+            "retrieve",
+            "text-embedder",
+            settings.text_embedding_model,
+            resolve(settings.text_embedding_model, settings),
+            "cpu",
+        )
+    ]
     if settings.image_embedding_model:
-        specs.append(ModelSpec("retrieve", "clip", settings.image_embedding_model,
-                               resolve(settings.image_embedding_model, settings), "cpu"))
+        specs.append(
+            ModelSpec(
+                "retrieve",
+                "clip",
+                settings.image_embedding_model,
+                resolve(settings.image_embedding_model, settings),
+                "cpu",
+            )
+        )
     if "local" in {settings.llm_backend, *settings.llm_stage_backends.values()}:
         gguf = str(settings.llm_gguf_path or "")
         specs.append(ModelSpec("llm", "local", gguf, gguf, "cpu"))
@@ -104,5 +137,10 @@ def language_specs(settings: Settings) -> list[ModelSpec]:
 def model_specs(settings: Settings) -> list[ModelSpec]:
     """Every model this configuration loads, in pipeline order."""
     fidelity = fidelity_spec(settings)
-    return [*language_specs(settings), segment_spec(settings), generate_spec(settings),
-            *([fidelity] if fidelity else []), aesthetic_spec(settings)]
+    return [
+        *language_specs(settings),
+        segment_spec(settings),
+        generate_spec(settings),
+        *([fidelity] if fidelity else []),
+        aesthetic_spec(settings),
+    ]

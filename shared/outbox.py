@@ -8,6 +8,7 @@ visibility_timeout, and a worker restart must not lose or repeat a 10-hour wait.
 `leased_until` is set whenever a send is made, so the dispatcher does not send a row again while the
 first send is still queued or running; a send that was lost (or a worker that died) lets it lapse.
 """
+
 from __future__ import annotations
 
 import random
@@ -83,9 +84,17 @@ def lease_seconds(timeout_s: float) -> float:
 def claim_due(session: Session, model: Any, at: datetime, lease_s: float, limit: int = 500) -> list[Any]:
     """Ids of pending rows whose attempt is due and not leased; leases them. Concurrent dispatchers
     (two beats by mistake) skip each other's rows instead of sending them twice."""
-    due = (select(model.id).where(model.status == "pending", model.next_attempt_at <= at,
-                                  (model.leased_until.is_(None)) | (model.leased_until < at))
-           .order_by(model.next_attempt_at).limit(limit).with_for_update(skip_locked=True))
+    due = (
+        select(model.id)
+        .where(
+            model.status == "pending",
+            model.next_attempt_at <= at,
+            (model.leased_until.is_(None)) | (model.leased_until < at),
+        )
+        .order_by(model.next_attempt_at)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
     ids = list(session.scalars(due))
     if ids:
         session.execute(update(model).where(model.id.in_(ids)).values(leased_until=at + timedelta(seconds=lease_s)))

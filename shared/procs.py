@@ -3,6 +3,7 @@
 Each process is a real OS process talking over real TCP; this module only launches them with
 the right environment, waits until they are ready, and stops exactly what it started.
 """
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ class Processes:
         self.logs.mkdir(parents=True, exist_ok=True)
         log = (self.logs / f"{name}.log").open("ab")
         # own process group: stopping it also stops a Celery worker's pool children
-        proc = subprocess.Popen(onbrand_cmd(*args), env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        proc = subprocess.Popen(
+            onbrand_cmd(*args), env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         self.procs[name] = proc
         return proc
 
@@ -53,13 +55,23 @@ class Processes:
         wait_http(f"{url}/readyz", proc=self.procs["gateway"], log=self.logs / "gateway.log")
         return url
 
-    def worker(self, pool: str, name: str | None = None, concurrency: int = 1,
-               beat: bool = False) -> subprocess.Popen[bytes]:
+    def worker(
+        self, pool: str, name: str | None = None, concurrency: int = 1, beat: bool = False
+    ) -> subprocess.Popen[bytes]:
         node = name or pool
         # a port of its own: several workers share this machine (the default 9808 is one per pod)
         self.metrics_ports[node] = free_port()
-        args = ["worker", "--pool", pool, "--concurrency", str(concurrency), "--name", f"{node}@%h",
-                "--metrics-port", str(self.metrics_ports[node])]
+        args = [
+            "worker",
+            "--pool",
+            pool,
+            "--concurrency",
+            str(concurrency),
+            "--name",
+            f"{node}@%h",
+            "--metrics-port",
+            str(self.metrics_ports[node]),
+        ]
         return self.start(f"worker-{node}", *args, *(["--beat"] if beat else []))
 
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
@@ -84,8 +96,9 @@ def base_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None,
-              timeout: float = 60.0) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes] | None = None, log: Path | None = None, timeout: float = 60.0
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:

@@ -7,6 +7,7 @@ them (`qc_thresholds` on the brand). The effective set is recorded on every cand
 Report: pass rates per check over a campaign's candidates, computed from the candidates'
 stored QC records, so it is the same whether asked mid-campaign or after delivery.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -31,12 +32,20 @@ class QcThresholds(BaseModel):
     min_msssim: float = Field(0.9, ge=0, le=1, description="Least MS-SSIM of the product's edge maps.")
     min_dino: float = Field(0.9, ge=-1, le=1, description="Least DINOv2 cosine of product crops (when configured).")
     max_delta_e: float = Field(2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND).")
-    palette_radius: float = Field(5.0, gt=0, le=100, description="ΔE00 to the nearest tint or shade of a palette "
-                                  "colour that counts as on-palette.")
+    palette_radius: float = Field(
+        5.0,
+        gt=0,
+        le=100,
+        description="ΔE00 to the nearest tint or shade of a palette colour that counts as on-palette.",
+    )
     # Unset = measured and shown, not enforced: photos from a brand's own library carry scene colours
     # (5-97 % on-palette in the demo library), while studio backdrops are 100 % and foreign hues 1-6 %.
-    min_palette_share: float | None = Field(None, ge=0, le=1, description="Least share of background on the "
-                                            "palette (e.g. 0.6); unset = reported, not enforced.")
+    min_palette_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="Least share of background on the palette (e.g. 0.6); unset = reported, not enforced.",
+    )
     area_min: float = Field(0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
     area_max: float = Field(0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
     exposure_min: float = Field(0.12, ge=0, le=1, description="Least mean luminance (0-1).")
@@ -77,9 +86,15 @@ def _checks(qc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
 
 def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> list[Mapping[str, Any]]:
     """What :func:`report` reads of a campaign's candidates (the QC records, not the images)."""
-    return list(session.execute(
-        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason)
-        .where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)).mappings().all())
+    return list(
+        session.execute(
+            select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason).where(
+                Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id
+            )
+        )
+        .mappings()
+        .all()
+    )
 
 
 def report(candidates: Iterable[Mapping[str, Any]], policy: str, top_k: int) -> dict[str, Any]:
@@ -121,8 +136,12 @@ def _outcome(cand: Mapping[str, Any]) -> str:
 
 def _rates(counts: Counter[str]) -> dict[str, Any]:
     checked = counts["pass"] + counts["fail"]
-    return {"pass": counts["pass"], "fail": counts["fail"], "unchecked": counts["unchecked"],
-            "pass_rate": round(counts["pass"] / checked, 4) if checked else None}
+    return {
+        "pass": counts["pass"],
+        "fail": counts["fail"],
+        "unchecked": counts["unchecked"],
+        "pass_rate": round(counts["pass"] / checked, 4) if checked else None,
+    }
 
 
 def blocking(tally: Mapping[str, Counter[str]]) -> list[dict[str, Any]]:

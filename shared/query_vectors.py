@@ -5,6 +5,7 @@ onbrand.embed_query with the query and a one-off reply key, and waits on that ke
 Vectors are cached per (configured models, query) so repeated and popular queries cost one
 Redis GET. When no worker answers in time, search degrades to its keyword part and says so.
 """
+
 from __future__ import annotations
 
 import hashlib

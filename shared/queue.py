@@ -3,6 +3,7 @@
 The gateway sends tasks by name (it never imports workers/). Tasks take ids only and
 are sent only after the transaction that created their state has committed.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -39,7 +40,6 @@ TASK_QUEUES: dict[str, str] = {
     "onbrand.push_results": "webhooks",
     "onbrand.sweep_stalled": "llm",
 }
-
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -95,13 +95,31 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
     if name not in TASK_QUEUES:
         raise KeyError(f"unknown task {name!r}")
     # A producer span, and its context in the message headers: the task's span becomes its child.
-    with tracing.tracer().start_as_current_span(f"send {name}", kind=SpanKind.PRODUCER,
-                                                attributes={"messaging.destination.name": TASK_QUEUES[name]}):
-        producer().send_task(name, args=[str(a) if not isinstance(a, int) else a for a in args],
-                             priority=priority, expires=expires, headers=tracing.inject())
+    with tracing.tracer().start_as_current_span(
+        f"send {name}", kind=SpanKind.PRODUCER, attributes={"messaging.destination.name": TASK_QUEUES[name]}
+    ):
+        producer().send_task(
+            name,
+            args=[str(a) if not isinstance(a, int) else a for a in args],
+            priority=priority,
+            expires=expires,
+            headers=tracing.inject(),
+        )
+
 
 # Pipeline stages in order; stage runs and the campaign resource use these names.
 # revise runs only when too few candidates passed and the campaign's revision budget allows.
-PIPELINE = ("decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank", "revise",
-            "deliver")
+PIPELINE = (
+    "decompose",
+    "retrieve",
+    "caption",
+    "segment",
+    "scale",
+    "plan",
+    "generate",
+    "qc",
+    "rank",
+    "revise",
+    "deliver",
+)
 TERMINAL_STATUSES = ("completed", "partial", "failed", "cancelled")

@@ -1,5 +1,6 @@
 """Schemas both sides use: the gateway validates requests with them, the import CLI validates
 sidecar metadata with the same rules before sending it."""
+
 from __future__ import annotations
 
 import uuid

@@ -13,6 +13,7 @@ tags) are columns of asset_embeddings too, so pgvector's iterative index scan ap
 scanning: a filtered query still finds k results instead of filtering a fixed top-ef afterwards.
 No model code here: callers pass the query vectors in.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -80,8 +81,10 @@ def ensure_space_index(engine: Engine, model: str, dim: int, build_memory: str =
     """
     if not 0 < dim <= 4000:
         raise ValueError(f"dim must be in 1..4000 for a halfvec HNSW index, got {dim}")
-    ddl = (f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {space_index_name(model)} ON asset_embeddings "
-           f"USING hnsw ((embedding::halfvec({int(dim)})) halfvec_cosine_ops) WHERE model = {_literal(model)}")
+    ddl = (
+        f"CREATE INDEX CONCURRENTLY IF NOT EXISTS {space_index_name(model)} ON asset_embeddings "
+        f"USING hnsw ((embedding::halfvec({int(dim)})) halfvec_cosine_ops) WHERE model = {_literal(model)}"
+    )
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         conn.execute(text("SELECT set_config('maintenance_work_mem', :m, false)"), {"m": build_memory})
         conn.execute(text(ddl))
@@ -110,21 +113,27 @@ def _filter_sql(alias: str, filters: Filters, params: dict[str, Any]) -> str:
 
 def _vector_cte(name: str, space: Space, filters: Filters, n: int, params: dict[str, Any]) -> str:
     distance = f"e.embedding::halfvec({int(space.dim)}) <=> CAST(:{name}_q AS halfvec({int(space.dim)}))"
-    return (f"{name} AS MATERIALIZED (SELECT e.asset_id FROM asset_embeddings e "
-            f"WHERE e.model = {_literal(space.model)} AND {_filter_sql('e', filters, params)} "
-            f"ORDER BY {distance} LIMIT {int(n)})")
+    return (
+        f"{name} AS MATERIALIZED (SELECT e.asset_id FROM asset_embeddings e "
+        f"WHERE e.model = {_literal(space.model)} AND {_filter_sql('e', filters, params)} "
+        f"ORDER BY {distance} LIMIT {int(n)})"
+    )
 
 
 def _keyword_cte(filters: Filters, n: int, params: dict[str, Any]) -> str:
-    return (f"kw AS MATERIALIZED (SELECT a.id AS asset_id FROM assets a, qq WHERE {_filter_sql('a', filters, params)} "
-            f"AND a.search_tsv @@ qq.query ORDER BY ts_rank(a.search_tsv, qq.query, 32) DESC LIMIT {int(n)})")
+    return (
+        f"kw AS MATERIALIZED (SELECT a.id AS asset_id FROM assets a, qq WHERE {_filter_sql('a', filters, params)} "
+        f"AND a.search_tsv @@ qq.query ORDER BY ts_rank(a.search_tsv, qq.query, 32) DESC LIMIT {int(n)})"
+    )
 
 
 def _similarity(name: str, space: Space | None) -> str:
     if space is None:
         return f"NULL::float AS {name}"
-    return (f"(SELECT 1 - (e.embedding <=> CAST(:{name}_q AS vector)) FROM asset_embeddings e "
-            f"WHERE e.asset_id = a.id AND e.model = {_literal(space.model)}) AS {name}")
+    return (
+        f"(SELECT 1 - (e.embedding <=> CAST(:{name}_q AS vector)) FROM asset_embeddings e "
+        f"WHERE e.asset_id = a.id AND e.model = {_literal(space.model)}) AS {name}"
+    )
 
 
 # The words of the query OR-ed (plainto_tsquery ANDs them, which misses most partial matches).
@@ -169,8 +178,12 @@ def _combine(rows: list[Any], mode: Mode, boost: str | None) -> list[Hit]:
     kpis = _kpi_percentiles([r.kpi for r in rows]) if boost else [None] * len(rows)
     hits = []
     for row, kpi in zip(rows, kpis, strict=True):
-        parts = {"vector": _clip(row.vector), "image": _clip(row.image), "keyword": round(float(row.keyword), 4),
-                 "kpi": None if kpi is None else round(kpi, 4)}
+        parts = {
+            "vector": _clip(row.vector),
+            "image": _clip(row.image),
+            "keyword": round(float(row.keyword), 4),
+            "kpi": None if kpi is None else round(kpi, 4),
+        }
         used = {name: value for name, value in parts.items() if value is not None and _counts(name, mode)}
         hits.append(Hit(asset_id=row.id, score=round(sum(WEIGHTS[n] * v for n, v in used.items()), 4), parts=parts))
     return hits
@@ -197,14 +210,26 @@ def _tune(session: Session, ef_search: int) -> None:
     generic plan that runs HNSW for a small tenant whose rows an exact scan would serve, and comes
     back short of k once hnsw.max_scan_tuples is spent (seen in the bench).
     """
-    session.execute(text("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-                         "set_config('hnsw.ef_search', :ef, true), "
-                         "set_config('plan_cache_mode', 'force_custom_plan', true)"), {"ef": str(ef_search)})
+    session.execute(
+        text(
+            "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+            "set_config('hnsw.ef_search', :ef, true), "
+            "set_config('plan_cache_mode', 'force_custom_plan', true)"
+        ),
+        {"ef": str(ef_search)},
+    )
 
 
 def search(
-    session: Session, q: str, filters: Filters, *, text_space: Space | None = None, image_space: Space | None = None,
-    k: int = 10, mode: Mode = "hybrid", boost: str | None = None,
+    session: Session,
+    q: str,
+    filters: Filters,
+    *,
+    text_space: Space | None = None,
+    image_space: Space | None = None,
+    k: int = 10,
+    mode: Mode = "hybrid",
+    boost: str | None = None,
 ) -> list[Hit]:
     """The top-k assets for q under filters, best first, each with its score parts."""
     if not q.strip():

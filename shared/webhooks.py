@@ -97,14 +97,19 @@ def sign_v1a(stored_key: str, msg_id: str, timestamp: int, body: str) -> str:
     return "v1a," + base64.b64encode(signature).decode()
 
 
-def signed_headers(hmac_secrets: Sequence[str], msg_id: str, body: str, timestamp: int | None = None,
-                   signing_keys: Sequence[str] = ()) -> dict[str, str]:
+def signed_headers(
+    hmac_secrets: Sequence[str], msg_id: str, body: str, timestamp: int | None = None, signing_keys: Sequence[str] = ()
+) -> dict[str, str]:
     """Headers for one attempt. The timestamp is the send time (receivers reject stale ones)."""
     ts = int(time.time()) if timestamp is None else timestamp
     signatures = [sign(s, msg_id, ts, body) for s in hmac_secrets]
     signatures += [sign_v1a(k, msg_id, ts, body) for k in signing_keys]
-    return {"webhook-id": msg_id, "webhook-timestamp": str(ts), "webhook-signature": " ".join(signatures),
-            "content-type": "application/json"}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(ts),
+        "webhook-signature": " ".join(signatures),
+        "content-type": "application/json",
+    }
 
 
 def endpoint_signers(endpoint: WebhookEndpoint, at: datetime) -> tuple[list[str], list[str]]:
@@ -152,19 +157,41 @@ def campaign_links(campaign: Campaign) -> dict[str, str]:
     return {"campaign": base, "candidates": f"{base}/candidates", "report": f"{base}/report"}
 
 
-def outbox_rows(event_id: str, event_type: str, payload: dict[str, Any], tenant_id: uuid.UUID,
-          campaign_id: uuid.UUID | None, targets: Iterable[tuple[str, uuid.UUID | None]]) -> list[WebhookDelivery]:
+def outbox_rows(
+    event_id: str,
+    event_type: str,
+    payload: dict[str, Any],
+    tenant_id: uuid.UUID,
+    campaign_id: uuid.UUID | None,
+    targets: Iterable[tuple[str, uuid.UUID | None]],
+) -> list[WebhookDelivery]:
     # Leased: the caller sends them right after commit; the dispatcher takes over if that send is lost.
     lease = outbox.utcnow() + timedelta(seconds=outbox.lease_seconds(get_settings().webhook_timeout_seconds))
-    return [WebhookDelivery(id=uuid.uuid4(), tenant_id=tenant_id, campaign_id=campaign_id, url=url,
-                            endpoint_id=endpoint_id, event_id=event_id, event_type=event_type, payload=payload,
-                            status="pending", attempts=0, next_attempt_at=outbox.utcnow(), leased_until=lease)
-            for url, endpoint_id in targets]
+    return [
+        WebhookDelivery(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            campaign_id=campaign_id,
+            url=url,
+            endpoint_id=endpoint_id,
+            event_id=event_id,
+            event_type=event_type,
+            payload=payload,
+            status="pending",
+            attempts=0,
+            next_attempt_at=outbox.utcnow(),
+            leased_until=lease,
+        )
+        for url, endpoint_id in targets
+    ]
 
 
 def _enabled_endpoints(session: Session, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:
-    return list(session.scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))))
+    return list(
+        session.scalars(
+            select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == tenant_id, WebhookEndpoint.enabled.is_(True))
+        )
+    )
 
 
 def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, Any]) -> list[uuid.UUID]:
@@ -174,8 +201,15 @@ def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, 
     row), so a receiver can order events that arrive out of order after retries.
     """
     campaign.event_sequence = (campaign.event_sequence or 0) + 1
-    payload = thin(event_type, {"campaign_id": str(campaign.id), "sequence": campaign.event_sequence, **data,
-                                "links": campaign_links(campaign)})
+    payload = thin(
+        event_type,
+        {
+            "campaign_id": str(campaign.id),
+            "sequence": campaign.event_sequence,
+            **data,
+            "links": campaign_links(campaign),
+        },
+    )
     targets: list[tuple[str, uuid.UUID | None]] = [(campaign.webhook_url, None)] if campaign.webhook_url else []
     targets += [(e.url, e.id) for e in _enabled_endpoints(session, campaign.tenant_id) if subscribed(e, event_type)]
     rows = outbox_rows(new_event_id(), event_type, payload, campaign.tenant_id, campaign.id, targets)
@@ -183,14 +217,21 @@ def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, 
     return [r.id for r in rows]
 
 
-def emit_to_endpoints(session: Session, endpoints: Iterable[WebhookEndpoint], event_type: str,
-                      data: dict[str, Any], *, check_subscription: bool = True) -> list[uuid.UUID]:
+def emit_to_endpoints(
+    session: Session,
+    endpoints: Iterable[WebhookEndpoint],
+    event_type: str,
+    data: dict[str, Any],
+    *,
+    check_subscription: bool = True,
+) -> list[uuid.UUID]:
     """A tenant event (not about one campaign) to the given endpoints; the outbox rows' ids."""
     chosen = [e for e in endpoints if not check_subscription or subscribed(e, event_type)]
     if not chosen:
         return []
-    rows = outbox_rows(new_event_id(), event_type, thin(event_type, data), chosen[0].tenant_id, None,
-                 [(e.url, e.id) for e in chosen])
+    rows = outbox_rows(
+        new_event_id(), event_type, thin(event_type, data), chosen[0].tenant_id, None, [(e.url, e.id) for e in chosen]
+    )
     session.add_all(rows)
     return [r.id for r in rows]
 
@@ -198,13 +239,22 @@ def emit_to_endpoints(session: Session, endpoints: Iterable[WebhookEndpoint], ev
 def endpoint_disabled(session: Session, endpoint: WebhookEndpoint, reason: str, at: datetime) -> list[uuid.UUID]:
     """Disable an endpoint: its pending deliveries end, and the tenant's other endpoints hear of it."""
     endpoint.enabled, endpoint.disabled_at, endpoint.disabled_reason = False, at, reason
-    for row in session.scalars(select(WebhookDelivery).where(
-            WebhookDelivery.tenant_id == endpoint.tenant_id, WebhookDelivery.endpoint_id == endpoint.id,
-            WebhookDelivery.status == "pending")):
+    for row in session.scalars(
+        select(WebhookDelivery).where(
+            WebhookDelivery.tenant_id == endpoint.tenant_id,
+            WebhookDelivery.endpoint_id == endpoint.id,
+            WebhookDelivery.status == "pending",
+        )
+    ):
         row.status, row.last_error = "failed", "endpoint_disabled: the endpoint was disabled"
     others = [e for e in _enabled_endpoints(session, endpoint.tenant_id) if e.id != endpoint.id]
     since = endpoint.failing_since.isoformat() if endpoint.failing_since else None
-    data = {"endpoint_id": str(endpoint.id), "url": endpoint.url, "reason": reason, "failing_since": since,
-            "disabled_at": at.isoformat()}
+    data = {
+        "endpoint_id": str(endpoint.id),
+        "url": endpoint.url,
+        "reason": reason,
+        "failing_since": since,
+        "disabled_at": at.isoformat(),
+    }
     log.warning("webhook endpoint %s disabled: %s", endpoint.id, reason)
     return emit_to_endpoints(session, others, ENDPOINT_DISABLED, data)

@@ -1,5 +1,6 @@
 """Fixtures that run the real thing: embedded Postgres+pgvector and Redis servers, the gateway
 and Celery workers as separate OS processes talking over TCP."""
+
 from __future__ import annotations
 
 import json
@@ -84,12 +85,16 @@ class System:
 def running_system(stack_urls: dict[str, str], home: Path, database: str, **env: str) -> Iterator[System]:
     """Gateway + a cpu worker (with the sweeps) + a gpu worker against a dedicated database."""
     port = free_port()
-    settings = {"ONBRAND_DATABASE_URL": create_database(stack_urls, database),
-                "ONBRAND_REDIS_URL": stack_urls["redis_url"], "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}",
-                "ONBRAND_EGRESS_ALLOWLIST": "127.0.0.0/8", "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
-                "ONBRAND_BROKER_RESTORE_THROTTLE": "1",
-                # 2 shared cores under a parallel test load: a query embedding can take seconds
-                "ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS": "15"}
+    settings = {
+        "ONBRAND_DATABASE_URL": create_database(stack_urls, database),
+        "ONBRAND_REDIS_URL": stack_urls["redis_url"],
+        "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "ONBRAND_EGRESS_ALLOWLIST": "127.0.0.0/8",
+        "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
+        "ONBRAND_BROKER_RESTORE_THROTTLE": "1",
+        # 2 shared cores under a parallel test load: a query embedding can take seconds
+        "ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS": "15",
+    }
     base = base_env(home, **{**settings, **env})  # env wins: e.g. another Redis db for a second system
     run_cli(base, "migrate")
     procs = Processes(env=base, logs=home / "logs")
@@ -110,10 +115,14 @@ def collector() -> Iterator[Collector]:
 
 
 @pytest.fixture(scope="session")
-def system(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory,
-           collector: Collector) -> Iterator[System]:
+def system(
+    stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory, collector: Collector
+) -> Iterator[System]:
     # Traces on, as in production with a collector: every process exports OTLP/HTTP to `collector`.
-    tracing = {"ONBRAND_OTEL_EXPORTER": "otlp", "ONBRAND_OTEL_ENDPOINT": collector.endpoint,
-               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    tracing = {
+        "ONBRAND_OTEL_EXPORTER": "otlp",
+        "ONBRAND_OTEL_ENDPOINT": collector.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "200",
+    }
     with running_system(stack_urls, tmp_path_factory.mktemp("system"), "e2e", **tracing) as running:
         yield running

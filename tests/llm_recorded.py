@@ -8,6 +8,7 @@ It also plays the failure modes: the first call of a run is throttled (429), a b
 The reviewer fails the brand's shadow rule until the caption mentions a contact shadow, so a
 campaign goes through the revise loop.
 """
+
 from __future__ import annotations
 
 import json
@@ -71,18 +72,32 @@ class RecordedLLM:
 
 
 def _decompose(user: str) -> dict[str, Any]:
-    return {"english": None, "products": ["running shoe"], "backgrounds": ["urban street"], "themes": ["sunset"],
-            "mood": None, "season": None, "audience": None}
+    return {
+        "english": None,
+        "products": ["running shoe"],
+        "backgrounds": ["urban street"],
+        "themes": ["sunset"],
+        "mood": None,
+        "season": None,
+        "audience": None,
+    }
 
 
 def _caption(user: str) -> dict[str, Any]:
-    return {"pose": "standing on its sole, angled toward the camera", "lighting": "warm golden sunset light",
-            "camera": "low angle close-up shot", "style": "vibrant lifestyle sports advertising photo"}
+    return {
+        "pose": "standing on its sole, angled toward the camera",
+        "lighting": "warm golden sunset light",
+        "camera": "low angle close-up shot",
+        "style": "vibrant lifestyle sports advertising photo",
+    }
 
 
 def _scale(user: str) -> dict[str, Any]:
-    return {"share": 0.42, "reason": "A running shoe is about 30 cm long; in a low close-up of a street it should "
-                                     "fill a good part of the frame while the street stays readable."}
+    return {
+        "share": 0.42,
+        "reason": "A running shoe is about 30 cm long; in a low close-up of a street it should "
+        "fill a good part of the frame while the street stays readable.",
+    }
 
 
 def _guideline(user: str) -> dict[str, Any]:
@@ -93,8 +108,13 @@ def _guideline(user: str) -> dict[str, Any]:
         if rule_id in BASELINE_REASONS:
             verdicts.append({"id": rule_id, "passed": True, "reason": BASELINE_REASONS[rule_id]})
         elif text.rstrip(".") == SHADOW_RULE.rstrip(".") and not grounded:
-            verdicts.append({"id": rule_id, "passed": False, "reason": "The shoe casts no visible shadow on the "
-                                                                      "pavement; it looks pasted on."})
+            verdicts.append(
+                {
+                    "id": rule_id,
+                    "passed": False,
+                    "reason": "The shoe casts no visible shadow on the pavement; it looks pasted on.",
+                }
+            )
         else:
             verdicts.append({"id": rule_id, "passed": True, "reason": "The image follows this guideline."})
     return {"verdicts": verdicts}
@@ -103,45 +123,85 @@ def _guideline(user: str) -> dict[str, Any]:
 def _revise(user: str) -> dict[str, Any]:
     caption = re.search(r"^Caption: (.*)$", user, re.M)
     assert caption, user
-    return {"caption": f"{caption.group(1)}, resting on the pavement with a soft contact shadow beneath it",
-            "negative_terms": ["floating shoe", "missing shadow"],
-            "change": "Grounded the shoe with a contact shadow on the pavement, as the reviewer asked."}
+    return {
+        "caption": f"{caption.group(1)}, resting on the pavement with a soft contact shadow beneath it",
+        "negative_terms": ["floating shoe", "missing shadow"],
+        "change": "Grounded the shoe with a contact shadow on the pavement, as the reviewer asked.",
+    }
 
 
-ANSWERS = {"decompose": _decompose, "caption": _caption, "scale": _scale, "guideline": _guideline,
-           "revise": _revise}
+ANSWERS = {"decompose": _decompose, "caption": _caption, "scale": _scale, "guideline": _guideline, "revise": _revise}
 
 
 def _completion(api: str, text: str, prompt: str) -> Any:
     tokens_in, tokens_out = max(1, len(prompt) // 4), max(1, len(text) // 4)
     if api == "bedrock":
-        return {"output": {"message": {"role": "assistant", "content": [{"text": text}]}}, "stopReason": "end_turn",
-                "usage": {"inputTokens": tokens_in, "outputTokens": tokens_out, "totalTokens": tokens_in + tokens_out},
-                "metrics": {"latencyMs": 840}}
-    return {"id": "chatcmpl-9x2Rk7", "object": "chat.completion", "created": 1732180000,
-            "model": "gpt-4o-mini-2024-07-18", "system_fingerprint": "fp_0ba0d124f1",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text, "refusal": None},
-                         "logprobs": None, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out,
-                      "total_tokens": tokens_in + tokens_out}}
+        return {
+            "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
+            "stopReason": "end_turn",
+            "usage": {"inputTokens": tokens_in, "outputTokens": tokens_out, "totalTokens": tokens_in + tokens_out},
+            "metrics": {"latencyMs": 840},
+        }
+    return {
+        "id": "chatcmpl-9x2Rk7",
+        "object": "chat.completion",
+        "created": 1732180000,
+        "model": "gpt-4o-mini-2024-07-18",
+        "system_fingerprint": "fp_0ba0d124f1",
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text, "refusal": None},
+                "logprobs": None,
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": {"prompt_tokens": tokens_in, "completion_tokens": tokens_out, "total_tokens": tokens_in + tokens_out},
+    }
 
 
 def _throttled(api: str) -> tuple[int, dict[str, str], Any]:
     if api == "bedrock":
-        return 429, {"x-amzn-ErrorType": "ThrottlingException"}, {
-            "message": "Too many requests, please wait before trying again."}
-    return 429, {"Retry-After": "1"}, {"error": {"message": "Rate limit reached for gpt-4o-mini on requests per min "
-                                                            "(RPM): Limit 500. Please try again in 120ms.",
-                                                 "type": "requests", "param": None, "code": "rate_limit_exceeded"}}
+        return (
+            429,
+            {"x-amzn-ErrorType": "ThrottlingException"},
+            {"message": "Too many requests, please wait before trying again."},
+        )
+    return (
+        429,
+        {"Retry-After": "1"},
+        {
+            "error": {
+                "message": "Rate limit reached for gpt-4o-mini on requests per min "
+                "(RPM): Limit 500. Please try again in 120ms.",
+                "type": "requests",
+                "param": None,
+                "code": "rate_limit_exceeded",
+            }
+        },
+    )
 
 
 def _denied(api: str) -> tuple[int, dict[str, str], Any]:
     if api == "bedrock":
-        return 403, {"x-amzn-ErrorType": "AccessDeniedException"}, {
-            "message": "You don't have access to the model with the specified model ID."}
-    return 401, {}, {"error": {"message": "Incorrect API key provided: sk-test***. You can find your API key at "
-                                          "https://platform.openai.com/account/api-keys.",
-                               "type": "invalid_request_error", "param": None, "code": "invalid_api_key"}}
+        return (
+            403,
+            {"x-amzn-ErrorType": "AccessDeniedException"},
+            {"message": "You don't have access to the model with the specified model ID."},
+        )
+    return (
+        401,
+        {},
+        {
+            "error": {
+                "message": "Incorrect API key provided: sk-test***. You can find your API key at "
+                "https://platform.openai.com/account/api-keys.",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "invalid_api_key",
+            }
+        },
+    )
 
 
 def _bad_request(api: str, message: str) -> tuple[int, dict[str, str], Any]:

@@ -1,5 +1,6 @@
 """A local OpenTelemetry collector for tests: receives OTLP/HTTP trace exports (protobuf) from the
 gateway and worker processes and keeps their spans, flattened."""
+
 from __future__ import annotations
 
 import threading
@@ -36,11 +37,17 @@ def flatten(request: ExportTraceServiceRequest) -> list[Span]:
         resource = {a.key: _value(a.value) for a in resource_spans.resource.attributes}
         for scope_spans in resource_spans.scope_spans:
             for span in scope_spans.spans:
-                spans.append(Span(
-                    service=str(resource.get("service.name")), name=span.name,
-                    kind=ProtoSpan.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
-                    trace_id=span.trace_id.hex(), span_id=span.span_id.hex(), parent_id=span.parent_span_id.hex(),
-                    attributes={a.key: _value(a.value) for a in span.attributes}))
+                spans.append(
+                    Span(
+                        service=str(resource.get("service.name")),
+                        name=span.name,
+                        kind=ProtoSpan.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_"),
+                        trace_id=span.trace_id.hex(),
+                        span_id=span.span_id.hex(),
+                        parent_id=span.parent_span_id.hex(),
+                        attributes={a.key: _value(a.value) for a in span.attributes},
+                    )
+                )
     return spans
 
 

@@ -1,6 +1,7 @@
 """The fixed architecture rules, checked on the source: services/ and workers/ import shared/ but
 never each other; shared/ imports neither; heavy ML libraries only inside workers' model adapters,
 and there only inside functions (lazily)."""
+
 from __future__ import annotations
 
 import ast

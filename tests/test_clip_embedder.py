@@ -1,5 +1,6 @@
 """CLIP embedder against a tiny random CLIP saved to disk and loaded back through the
 adapter's public functions (the same path a configured worker takes). No downloads."""
+
 from __future__ import annotations
 
 import json
@@ -34,11 +35,25 @@ def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tokenizer = CLIPTokenizer.from_pretrained(directory, model_max_length=77)
     assert len(tokenizer) == vocab_size
     # bos/eos must be the tokenizer's: the text tower pools at the first eos
-    text = {"vocab_size": vocab_size, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
-    vision = {"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-              "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = {
+        "vocab_size": vocab_size,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 77,
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    vision = {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     torch.manual_seed(0)
     config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION_DIM)
     CLIPModel(config).save_pretrained(directory)
@@ -103,8 +118,11 @@ def test_rgba_is_composited_on_white(configured: Path) -> None:
     [vector] = clip_embedder.embed_images([rgba])
     _assert_unit([vector])
     transparent = Image.new("RGBA", (32, 32), (0, 0, 0, 0))  # black, but fully see-through
-    assert np.allclose(clip_embedder.embed_images([transparent])[0],
-                       clip_embedder.embed_images([Image.new("RGB", (32, 32), "white")])[0], atol=1e-6)
+    assert np.allclose(
+        clip_embedder.embed_images([transparent])[0],
+        clip_embedder.embed_images([Image.new("RGB", (32, 32), "white")])[0],
+        atol=1e-6,
+    )
 
 
 def test_texts_share_the_image_space(configured: Path) -> None:

@@ -1,5 +1,6 @@
 """Composition planning: every ad size, safe zones, canvases that cannot hold the product, the
 ground-line anchor, and the sha256 integrity record every generator's output is held to."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,10 +14,10 @@ AD_CANVASES = [(1080, 1080), (1080, 1350), (1080, 1920), (1920, 1080), (1200, 62
 
 def bottle(w: int = 120, h: int = 300) -> Image.Image:
     arr = np.zeros((h, w, 4), np.uint8)
-    arr[h // 5:, :, :3] = (30, 90, 160)
-    arr[: h // 5, w // 3: 2 * w // 3, :3] = (200, 200, 210)
-    arr[h // 5:, :, 3] = 255
-    arr[: h // 5, w // 3: 2 * w // 3, 3] = 255
+    arr[h // 5 :, :, :3] = (30, 90, 160)
+    arr[: h // 5, w // 3 : 2 * w // 3, :3] = (200, 200, 210)
+    arr[h // 5 :, :, 3] = 255
+    arr[: h // 5, w // 3 : 2 * w // 3, 3] = 255
     return Image.fromarray(arr, "RGBA")
 
 

@@ -2,6 +2,7 @@
 
 Every product and background is synthesised here (numpy), so each test knows its truth.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -119,12 +120,12 @@ def test_drop_shadow_darkens_the_floor_behind_and_beside_the_product() -> None:
     ys, xs = np.nonzero(alpha >= 128)
     base, height, right = ys.max(), ys.max() - ys.min(), np.nonzero(alpha.any(axis=0))[0].max()
     # Light from the front left: the shadow falls back (up the image) and to the right of the product.
-    beside = np.s_[base - height // 8:base - 2, right + 3:right + 3 + height // 10]
+    beside = np.s_[base - height // 8 : base - 2, right + 3 : right + 3 + height // 10]
     assert not alpha[beside].any()
     assert (plain[beside] - cast[beside]).mean() > 8
     darker = (plain - cast).sum(axis=2) > 0
-    assert darker[:, right:].sum() > darker[:, :xs.min()].sum()
-    assert not darker[base + 6:].any()  # nothing cast in front of the contact line
+    assert darker[:, right:].sum() > darker[:, : xs.min()].sum()
+    assert not darker[base + 6 :].any()  # nothing cast in front of the contact line
 
 
 def test_drop_shadow_starts_at_the_contact_line_and_fades() -> None:
@@ -139,7 +140,7 @@ def test_drop_shadow_starts_at_the_contact_line_and_fades() -> None:
         assert base - reach // 3 <= int(np.argmax(rows)) <= base + 2  # darkest just behind the contact line
         assert rows[base - reach // 2] > rows[base - 3 * reach // 4] > rows[base - reach] > 0
         assert rows[base - reach] < 0.25 * rows.max()  # faint where the product's top falls
-        assert rows[base + 8:].max() < 0.02  # nothing in front of the footprint
+        assert rows[base + 8 :].max() < 0.02  # nothing in front of the footprint
 
 
 def test_compose_darkens_by_exactly_the_drop_shadow() -> None:
@@ -158,8 +159,11 @@ def test_background_far_from_the_product_is_untouched() -> None:
         layer, bg = layer_at((382, 200), index=18), background(kind, (382, 200))  # r3c1: room on the right
         alpha = alpha_of(layer)
         changed = (arr(compositor.compose(layer, bg)) != arr(bg)).any(axis=2)
-        allowed = ((distance_to_product(alpha) <= compositor.RING + 1) | (compositor.contact_shadow(alpha) > 0)
-                   | (compositor.drop_shadow(alpha) > 1e-3))
+        allowed = (
+            (distance_to_product(alpha) <= compositor.RING + 1)
+            | (compositor.contact_shadow(alpha) > 0)
+            | (compositor.drop_shadow(alpha) > 1e-3)
+        )
         assert changed.any() and not (changed & ~allowed).any()
         assert allowed.mean() < 0.5
         assert not changed[:, 260:].any() and not changed[:20].any()  # far right, top: background verbatim
@@ -171,8 +175,12 @@ def test_floating_check_still_sees_the_contact_shadow() -> None:
 
     for index in (3, 14, 24, 26):  # tilted: the soft edge under a flat base would hide the band
         layer, bg = layer_at((256, 256), index), background("backdrop", (256, 256))
-        verdicts = [guideline_classical.check_floating(np.asarray(compositor.compose(layer, bg, drop_shadow=on)),
-                                                       alpha_of(layer)) for on in (True, False)]
+        verdicts = [
+            guideline_classical.check_floating(
+                np.asarray(compositor.compose(layer, bg, drop_shadow=on)), alpha_of(layer)
+            )
+            for on in (True, False)
+        ]
         assert verdicts[0]["status"] == "pass" and verdicts[0]["value"] >= 0.9 * verdicts[1]["value"]
 
 
@@ -198,8 +206,9 @@ def test_harmonisation_pulls_the_fringe_towards_the_background() -> None:
     """A red product with a soft edge on a blue floor: its fringe turns a little bluer."""
     alpha = np.zeros((200, 200), np.uint8)
     cv2.circle(alpha, (100, 100), 50, 255, -1)
-    rgba = np.dstack([np.full((200, 200), 220, np.uint8), np.zeros((200, 200, 2), np.uint8),
-                      cv2.GaussianBlur(alpha, (0, 0), 2.0)])
+    rgba = np.dstack(
+        [np.full((200, 200), 220, np.uint8), np.zeros((200, 200, 2), np.uint8), cv2.GaussianBlur(alpha, (0, 0), 2.0)]
+    )
     layer = Image.fromarray(rgba, "RGBA")
     bg = Image.new("RGB", (200, 200), (20, 40, 230))
     fringe = (rgba[..., 3] > 40) & (rgba[..., 3] < 215)

@@ -1,4 +1,5 @@
 """Stored-credential encryption: round trip, key rotation (newest first), tampering and bad keys."""
+
 from __future__ import annotations
 
 import pytest

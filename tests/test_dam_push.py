@@ -1,6 +1,7 @@
 """Push to DAM: results and sidecars uploaded to a moto S3 server (a real HTTP S3 endpoint) and to a
 local receiver, retries, the egress guard, the dispatcher; then the gateway's delivery targets and
 push_urls (in-process TestClient, fixtures of test_gateway_unit)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,9 @@ SECRET_KEY = "moto-SECRET-key-do-not-leak-42"
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(f"{url}/moto-api/", proc=proc)
@@ -61,8 +63,9 @@ def moto_url() -> Iterator[str]:
 
 
 def s3(url: str) -> Any:
-    return boto3.client("s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test",
-                        aws_secret_access_key="test")
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )
 
 
 @pytest.fixture
@@ -121,10 +124,14 @@ def png(rank: int) -> bytes:
     return buf.getvalue()
 
 
-QC = {"metrics": {"exact_fraction": 1.0, "msssim": 0.99},
-      "verdicts": [{"check": "product_exact", "group": "product", "status": "pass", "reason": "all pixels"},
-                   {"check": "palette", "group": "brand", "status": "fail", "reason": "off palette"}],
-      "policy": {"name": "weighted", "passed": True, "failed": ["palette"]}}
+QC = {
+    "metrics": {"exact_fraction": 1.0, "msssim": 0.99},
+    "verdicts": [
+        {"check": "product_exact", "group": "product", "status": "pass", "reason": "all pixels"},
+        {"check": "palette", "group": "brand", "status": "fail", "reason": "off palette"},
+    ],
+    "policy": {"name": "weighted", "passed": True, "failed": ["palette"]},
+}
 
 
 def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | None = None) -> str:
@@ -136,26 +143,44 @@ def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | No
         for rank in range(1, results + 1):
             key = campaign_key(campaign.tenant_id, campaign.id, f"c{rank}.png")
             get_storage().put(key, png(rank), "image/png")
-            cand = Candidate(tenant_id=campaign.tenant_id, campaign_id=campaign.id, layout_key=f"l{rank}",
-                             image_key=key, layer_key=key, placement={"x": 0.1 * rank, "y": 0.2, "scale": 0.5},
-                             passed=True,
-                             integrity={"exact_fraction": 1.0, "product_sha256": "ab" * 32}, qc=QC,
-                             aesthetic=7.0 - rank, rank=rank)
+            cand = Candidate(
+                tenant_id=campaign.tenant_id,
+                campaign_id=campaign.id,
+                layout_key=f"l{rank}",
+                image_key=key,
+                layer_key=key,
+                placement={"x": 0.1 * rank, "y": 0.2, "scale": 0.5},
+                passed=True,
+                integrity={"exact_fraction": 1.0, "product_sha256": "ab" * 32},
+                qc=QC,
+                aesthetic=7.0 - rank,
+                rank=rank,
+            )
             session.add(cand)
             session.flush()
             session.add(Result(tenant_id=campaign.tenant_id, campaign_id=campaign.id, candidate_id=cand.id, rank=rank))
     return cid
 
 
-def add_target(cid: str, endpoint_url: str | None, *, enabled: bool = True, brand_id: uuid.UUID | None = None,
-               credentials: str | None = None) -> str:
+def add_target(
+    cid: str,
+    endpoint_url: str | None,
+    *,
+    enabled: bool = True,
+    brand_id: uuid.UUID | None = None,
+    credentials: str | None = None,
+) -> str:
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(cid))
         target = DeliveryTarget(
-            tenant_id=campaign.tenant_id, brand_id=brand_id or campaign.brand_id, kind="s3", name="dam",
+            tenant_id=campaign.tenant_id,
+            brand_id=brand_id or campaign.brand_id,
+            kind="s3",
+            name="dam",
             config={"bucket": BUCKET, "prefix": "dam/in", "region": "us-east-1", "endpoint_url": endpoint_url},
             credentials=credentials or encrypt_json({"access_key_id": "AKIATEST1234", "secret_access_key": SECRET_KEY}),
-            enabled=enabled)
+            enabled=enabled,
+        )
         session.add(target)
         session.flush()
         return str(target.id)
@@ -175,8 +200,11 @@ def row(push_id: str) -> DamPush:
 
 def stored_image(cid: str, rank: int) -> bytes:
     with session_scope() as session:
-        key = session.scalars(select(Candidate.image_key).join(Result, Result.candidate_id == Candidate.id)
-                              .where(Result.campaign_id == uuid.UUID(cid), Result.rank == rank)).one()
+        key = session.scalars(
+            select(Candidate.image_key)
+            .join(Result, Result.candidate_id == Candidate.id)
+            .where(Result.campaign_id == uuid.UUID(cid), Result.rank == rank)
+        ).one()
     return get_storage().get(key)
 
 
@@ -202,8 +230,9 @@ def test_completion_queues_one_push_per_enabled_target_of_the_brand_and_one_for_
     ids = complete(cid)
     rows = [row(i) for i in ids]
     assert sorted((r.kind, str(r.target_id)) for r in rows) == [("presigned", "None"), ("s3", enabled)]
-    assert all(r.status == "pending" and r.attempts == 0 and r.leased_until > before + timedelta(seconds=60)
-               for r in rows)  # sent right after commit: the dispatcher leaves them alone meanwhile
+    assert all(
+        r.status == "pending" and r.attempts == 0 and r.leased_until > before + timedelta(seconds=60) for r in rows
+    )  # sent right after commit: the dispatcher leaves them alone meanwhile
     with session_scope() as session:
         assert session.get(Campaign, uuid.UUID(cid)).status == "partial"  # 2 of top_k 3: still pushed
 
@@ -226,16 +255,21 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
     assert push.push(push_id) == "delivered"
     bucket = s3(moto_url)
     listed = bucket.list_objects_v2(Bucket=BUCKET, Prefix=f"dam/in/{cid}/")["Contents"]
-    assert sorted(o["Key"] for o in listed) == [f"dam/in/{cid}/rank-{n}.{ext}" for n in (1, 2) for ext in
-                                                ("json", "png")]
+    assert sorted(o["Key"] for o in listed) == [
+        f"dam/in/{cid}/rank-{n}.{ext}" for n in (1, 2) for ext in ("json", "png")
+    ]
     for rank in (1, 2):
         image = bucket.get_object(Bucket=BUCKET, Key=f"dam/in/{cid}/rank-{rank}.png")
         assert sha(image["Body"].read()) == sha(stored_image(cid, rank)) and image["ContentType"] == "image/png"
         sidecar = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"dam/in/{cid}/rank-{rank}.json")["Body"].read())
         assert sidecar["campaign_id"] == cid and sidecar["rank"] == rank and sidecar["brief"] == "a shoe"
         assert sidecar["caption"] == "a sneaker on a sunny beach" and sidecar["placement"]["x"] == 0.1 * rank
-        assert sidecar["image"] == {"name": f"rank-{rank}.png", "sha256": sha(stored_image(cid, rank)),
-                                    "bytes": len(stored_image(cid, rank)), "content_type": "image/png"}
+        assert sidecar["image"] == {
+            "name": f"rank-{rank}.png",
+            "sha256": sha(stored_image(cid, rank)),
+            "bytes": len(stored_image(cid, rank)),
+            "content_type": "image/png",
+        }
         assert sidecar["scores"]["aesthetic"] == 7.0 - rank
         assert sidecar["scores"]["qc"]["checks"] == {"product_exact": "pass", "palette": "fail"}
         assert sidecar["scores"]["qc"]["policy"] == "weighted" and sidecar["integrity"]["exact_fraction"] == 1.0
@@ -246,8 +280,9 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
     assert done.objects[0]["url"] == f"{moto_url}/{BUCKET}/dam/in/{cid}/rank-1.png"  # no signature kept
     assert done.objects[0]["sha256"] == sha(stored_image(cid, 1)) and done.delivered_at is not None
     with db_session.new_session() as session:
-        raw = session.execute(text("SELECT credentials FROM delivery_targets WHERE id = :id"),
-                              {"id": target_id}).scalar_one()
+        raw = session.execute(
+            text("SELECT credentials FROM delivery_targets WHERE id = :id"), {"id": target_id}
+        ).scalar_one()
     assert SECRET_KEY not in raw and decrypt_json(raw)["secret_access_key"] == SECRET_KEY
     assert push.push(push_id) == "skipped"  # a re-delivered task uploads nothing twice
 
@@ -255,8 +290,14 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
 def test_presigned_put_urls_push(loopback: str, moto_url: str) -> None:
     bucket = s3(moto_url)
     key = f"client/{uuid.uuid4()}"
-    urls = [{name: bucket.generate_presigned_url("put_object", Params={"Bucket": BUCKET, "Key": f"{key}/{name}"},
-                                                 ExpiresIn=600) for name in ("image", "sidecar")}]
+    urls = [
+        {
+            name: bucket.generate_presigned_url(
+                "put_object", Params={"Bucket": BUCKET, "Key": f"{key}/{name}"}, ExpiresIn=600
+            )
+            for name in ("image", "sidecar")
+        }
+    ]
     cid = campaign_with_results(2, push_urls=urls)  # URLs for rank 1 only: rank 2 is not pushed
     [push_id] = complete(cid)
     assert push.push(push_id) == "delivered"
@@ -283,8 +324,11 @@ def test_503_with_retry_after_is_retried_later_without_resending_uploaded_object
     assert [(o["name"], o["url"]) for o in first.objects] == [("rank-1.png", f"{receiver.url}/img")]
     assert push.push(push_id, at=at + timedelta(seconds=60)) == "skipped" and len(receiver.requests) == 2
     assert push.push(push_id, at=at + timedelta(seconds=121)) == "delivered"
-    assert [path for path, _, _ in receiver.requests] == ["/img?X-Amz-Signature=sekrit1", "/meta?sig=sekrit2",
-                                                          "/meta?sig=sekrit2"]  # the image went once
+    assert [path for path, _, _ in receiver.requests] == [
+        "/img?X-Amz-Signature=sekrit1",
+        "/meta?sig=sekrit2",
+        "/meta?sig=sekrit2",
+    ]  # the image went once
     _, headers, body = receiver.requests[0]
     assert headers["Content-Type"] == "image/png" and sha(body) == sha(stored_image(cid, 1))
     assert receiver.requests[2][1]["Content-Type"] == "application/json"
@@ -348,9 +392,14 @@ def test_s3_target_on_a_private_address_is_refused_without_the_allowlist(db: str
     assert receiver.requests == []
 
 
-@pytest.mark.parametrize("url", ["http://10.1.2.3/dam/img?X-Amz-Signature=sekrit",
-                                 "http://169.254.169.254/latest/meta-data?X-Amz-Signature=sekrit",
-                                 "https://dam.internal.example.com/img?X-Amz-Signature=sekrit"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/dam/img?X-Amz-Signature=sekrit",
+        "http://169.254.169.254/latest/meta-data?X-Amz-Signature=sekrit",
+        "https://dam.internal.example.com/img?X-Amz-Signature=sekrit",
+    ],
+)
 def test_presigned_url_to_a_private_address_is_refused(db: str, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setattr(egress, "resolve", lambda host, port: ["10.0.0.5"])  # a name resolving inside
     cid = campaign_with_results(1, push_urls=[{"image": url, "sidecar": url}])
@@ -371,8 +420,12 @@ def test_dispatch_due_sends_only_due_unleased_pending_pushes(db: str, monkeypatc
         add_target(cid, None)
     ids = complete(cid)
     at = utcnow() + timedelta(minutes=5)  # the completion's leases (timeout + 60 s) have lapsed
-    states = [dict(next_attempt_at=at - timedelta(seconds=1)), dict(leased_until=at + timedelta(seconds=30)),
-              dict(next_attempt_at=at + timedelta(seconds=30)), dict(status="delivered")]
+    states = [
+        dict(next_attempt_at=at - timedelta(seconds=1)),
+        dict(leased_until=at + timedelta(seconds=30)),
+        dict(next_attempt_at=at + timedelta(seconds=30)),
+        dict(status="delivered"),
+    ]
     with session_scope() as session:
         for push_id, changes in zip(ids, states, strict=True):
             for name, value in changes.items():
@@ -387,9 +440,16 @@ def test_dispatch_due_sends_only_due_unleased_pending_pushes(db: str, monkeypatc
 # ----------------------------------------------------------------------------- gateway
 
 
-TARGET = {"name": "Brand DAM", "bucket": "brand-assets", "prefix": "onbrand/results/", "region": "eu-west-1",
-          "endpoint_url": "https://s3.example.com", "access_key_id": "AKIAEXAMPLEWXYZ",
-          "secret_access_key": SECRET_KEY, "session_token": "session-token-do-not-leak"}
+TARGET = {
+    "name": "Brand DAM",
+    "bucket": "brand-assets",
+    "prefix": "onbrand/results/",
+    "region": "eu-west-1",
+    "endpoint_url": "https://s3.example.com",
+    "access_key_id": "AKIAEXAMPLEWXYZ",
+    "secret_access_key": SECRET_KEY,
+    "session_token": "session-token-do-not-leak",
+}
 
 
 def test_delivery_targets_create_list_get_delete(client: TestClient, acme: Tenant, globex: Tenant) -> None:
@@ -400,8 +460,12 @@ def test_delivery_targets_create_list_get_delete(client: TestClient, acme: Tenan
     created = response.json()
     assert SECRET_KEY not in response.text and "session-token" not in response.text
     assert created["access_key_id"] == "****WXYZ" and created["kind"] == "s3" and created["enabled"] is True
-    assert created["config"] == {"bucket": "brand-assets", "prefix": "onbrand/results", "region": "eu-west-1",
-                                 "endpoint_url": "https://s3.example.com/"}
+    assert created["config"] == {
+        "bucket": "brand-assets",
+        "prefix": "onbrand/results",
+        "region": "eu-west-1",
+        "endpoint_url": "https://s3.example.com/",
+    }
     listed = client.get(base, headers=acme.auth)
     assert [t["id"] for t in listed.json()["items"]] == [created["id"]] and SECRET_KEY not in listed.text
     assert client.get(f"{base}/{created['id']}", headers=acme.auth).json() == created
@@ -409,37 +473,56 @@ def test_delivery_targets_create_list_get_delete(client: TestClient, acme: Tenan
         stored = session.get(DeliveryTarget, uuid.UUID(created["id"]))
         assert SECRET_KEY not in stored.credentials and "session-token" not in stored.credentials
         assert decrypt_json(stored.credentials)["session_token"] == "session-token-do-not-leak"
-    for method, path in (("get", base), ("get", f"{base}/{created['id']}"), ("delete", f"{base}/{created['id']}"),
-                         ("post", base)):
+    for method, path in (
+        ("get", base),
+        ("get", f"{base}/{created['id']}"),
+        ("delete", f"{base}/{created['id']}"),
+        ("post", base),
+    ):
         kwargs = {"json": TARGET} if method == "post" else {}
         assert_problem(getattr(client, method)(path, headers=globex.auth, **kwargs), 404, "not_found")
     other_brand = make_brand(client, acme, "other")
-    assert_problem(client.get(f"/v1/brands/{other_brand}/delivery-targets/{created['id']}", headers=acme.auth),
-                   404, "not_found")
+    assert_problem(
+        client.get(f"/v1/brands/{other_brand}/delivery-targets/{created['id']}", headers=acme.auth), 404, "not_found"
+    )
     assert client.delete(f"{base}/{created['id']}", headers=acme.auth).status_code == 204
     assert_problem(client.get(f"{base}/{created['id']}", headers=acme.auth), 404, "not_found")
 
 
-@pytest.mark.parametrize(("change", "loc"), [
-    ({"prefix": "../escape"}, ["body", "prefix"]), ({"prefix": "/absolute"}, ["body", "prefix"]),
-    ({"prefix": "a//b"}, ["body", "prefix"]), ({"bucket": "Not_A_Bucket"}, ["body", "bucket"]),
-    ({"endpoint_url": "http://127.0.0.1:9000"}, ["body", "endpoint_url"]),
-    ({"endpoint_url": "http://[::ffff:169.254.169.254]/"}, ["body", "endpoint_url"]),
-    ({"kind": "ftp"}, ["body", "kind"]), ({"extra": 1}, ["body", "extra"]),
-    ({"secret_access_key": ""}, ["body", "secret_access_key"]),
-])
-def test_delivery_target_422_names_the_bad_field(client: TestClient, acme: Tenant, change: dict[str, Any],
-                                                 loc: list[Any]) -> None:
-    response = client.post(f"/v1/brands/{make_brand(client, acme)}/delivery-targets", json={**TARGET, **change},
-                           headers=acme.auth)
+@pytest.mark.parametrize(
+    ("change", "loc"),
+    [
+        ({"prefix": "../escape"}, ["body", "prefix"]),
+        ({"prefix": "/absolute"}, ["body", "prefix"]),
+        ({"prefix": "a//b"}, ["body", "prefix"]),
+        ({"bucket": "Not_A_Bucket"}, ["body", "bucket"]),
+        ({"endpoint_url": "http://127.0.0.1:9000"}, ["body", "endpoint_url"]),
+        ({"endpoint_url": "http://[::ffff:169.254.169.254]/"}, ["body", "endpoint_url"]),
+        ({"kind": "ftp"}, ["body", "kind"]),
+        ({"extra": 1}, ["body", "extra"]),
+        ({"secret_access_key": ""}, ["body", "secret_access_key"]),
+    ],
+)
+def test_delivery_target_422_names_the_bad_field(
+    client: TestClient, acme: Tenant, change: dict[str, Any], loc: list[Any]
+) -> None:
+    response = client.post(
+        f"/v1/brands/{make_brand(client, acme)}/delivery-targets", json={**TARGET, **change}, headers=acme.auth
+    )
     body = assert_problem(response, 422, "validation_error")
     assert [e["loc"] for e in body["errors"]] == [loc] and SECRET_KEY not in response.text
 
 
-PUSH_URLS = [{"image": "https://dam.example.com/r1.png?X-Amz-Signature=sekrit-1",
-              "sidecar": "https://dam.example.com/r1.json?X-Amz-Signature=sekrit-2"},
-             {"image": "https://dam.example.com/r2.png?X-Amz-Signature=sekrit-3",
-              "sidecar": "https://dam.example.com/r2.json?X-Amz-Signature=sekrit-4"}]
+PUSH_URLS = [
+    {
+        "image": "https://dam.example.com/r1.png?X-Amz-Signature=sekrit-1",
+        "sidecar": "https://dam.example.com/r1.json?X-Amz-Signature=sekrit-2",
+    },
+    {
+        "image": "https://dam.example.com/r2.png?X-Amz-Signature=sekrit-3",
+        "sidecar": "https://dam.example.com/r2.json?X-Amz-Signature=sekrit-4",
+    },
+]
 
 
 def test_push_urls_are_stored_and_never_echoed(client: TestClient, acme: Tenant) -> None:
@@ -459,17 +542,25 @@ def test_push_urls_are_stored_and_never_echoed(client: TestClient, acme: Tenant)
     assert "push" not in plain.json()["request"]
 
 
-@pytest.mark.parametrize(("push_urls", "loc"), [
-    ([{"image": "https://dam.example.com/i", "sidecar": "http://10.0.0.7/s"}], ["body", "push_urls", 0, "sidecar"]),
-    ([PUSH_URLS[0], {"image": "http://localhost/i", "sidecar": "https://dam.example.com/s"}],
-     ["body", "push_urls", 1, "image"]),
-    ([PUSH_URLS[0]] * 11, ["body", "push_urls"]),
-    ([{"image": "https://dam.example.com/" + "a" * 2000, "sidecar": "https://x.com/s"}],
-     ["body", "push_urls", 0, "image"]),
-    ([{"image": "ftp://dam.example.com/i", "sidecar": "https://x.com/s"}], ["body", "push_urls", 0, "image"]),
-])
-def test_push_urls_422_names_the_bad_field(client: TestClient, acme: Tenant, push_urls: list[Any],
-                                           loc: list[Any]) -> None:
+@pytest.mark.parametrize(
+    ("push_urls", "loc"),
+    [
+        ([{"image": "https://dam.example.com/i", "sidecar": "http://10.0.0.7/s"}], ["body", "push_urls", 0, "sidecar"]),
+        (
+            [PUSH_URLS[0], {"image": "http://localhost/i", "sidecar": "https://dam.example.com/s"}],
+            ["body", "push_urls", 1, "image"],
+        ),
+        ([PUSH_URLS[0]] * 11, ["body", "push_urls"]),
+        (
+            [{"image": "https://dam.example.com/" + "a" * 2000, "sidecar": "https://x.com/s"}],
+            ["body", "push_urls", 0, "image"],
+        ),
+        ([{"image": "ftp://dam.example.com/i", "sidecar": "https://x.com/s"}], ["body", "push_urls", 0, "image"]),
+    ],
+)
+def test_push_urls_422_names_the_bad_field(
+    client: TestClient, acme: Tenant, push_urls: list[Any], loc: list[Any]
+) -> None:
     body = {"brand_id": make_brand(client, acme), "brief": "b", "push_urls": push_urls}
     response = client.post("/v1/campaigns", json=body, headers=acme.auth)
     assert [e["loc"] for e in assert_problem(response, 422, "validation_error")["errors"]] == [loc]
@@ -481,8 +572,17 @@ def test_pushes_listing_is_tenant_scoped(client: TestClient, acme: Tenant, globe
     cid = client.post("/v1/campaigns", json=body, headers=acme.auth).json()["id"]
     objects = [{"name": "rank-1.png", "url": "https://dam.example.com/r1.png", "bytes": 10, "sha256": "0" * 64}]
     with db_session.session_scope() as session:
-        session.add(DamPush(tenant_id=acme.id, campaign_id=uuid.UUID(cid), kind="presigned", status="pending",
-                            attempts=1, last_error="HTTP 503 on rank-1.json", objects=objects))
+        session.add(
+            DamPush(
+                tenant_id=acme.id,
+                campaign_id=uuid.UUID(cid),
+                kind="presigned",
+                status="pending",
+                attempts=1,
+                last_error="HTTP 503 on rank-1.json",
+                objects=objects,
+            )
+        )
     response = client.get(f"/v1/campaigns/{cid}/pushes", headers=acme.auth)
     assert response.status_code == 200, response.text
     [item] = response.json()["items"]

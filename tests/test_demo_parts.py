@@ -1,5 +1,6 @@
 """The demo's parts that need no running system: the painted library, the webhook receiver
 and the contact sheet."""
+
 from __future__ import annotations
 
 import json
@@ -81,8 +82,12 @@ def test_library_metadata_finds_the_brief(library: list[dict[str, Any]]) -> None
 def test_webhook_receiver_records_headers_and_body(tmp_path: Path) -> None:
     log = tmp_path / "webhooks.jsonl"
     body = json.dumps({"type": "campaign.completed", "data": {"campaign_id": "c1"}})
-    headers = {"webhook-id": "msg_1", "webhook-timestamp": "1700000000", "webhook-signature": "v1,abc",
-               "content-type": "application/json"}
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": "1700000000",
+        "webhook-signature": "v1,abc",
+        "content-type": "application/json",
+    }
     with WebhookReceiver(log) as receiver:
         response = httpx.post(receiver.url, content=body, headers=headers, timeout=5)
         assert response.status_code == 204
@@ -106,44 +111,103 @@ def test_webhook_receiver_wait_for_times_out(tmp_path: Path) -> None:
 
 def _verdicts(passed: bool) -> list[dict[str, Any]]:
     return [
-        {"check": "product_exact", "value": 1.0 if passed else 0.91, "threshold": 0.999, "passed": passed,
-         "reason": "share of identical product pixels"},
+        {
+            "check": "product_exact",
+            "value": 1.0 if passed else 0.91,
+            "threshold": 0.999,
+            "passed": passed,
+            "reason": "share of identical product pixels",
+        },
         {"check": "product_in_frame", "value": 1.0, "threshold": 1.0, "passed": True, "reason": "inside <canvas>"},
     ]
 
 
-def _candidate(key: str, row: int, col: int, rank: int | None, passed: bool, aesthetic: float | None,
-               rnd: int = 0) -> dict[str, Any]:
+def _candidate(
+    key: str, row: int, col: int, rank: int | None, passed: bool, aesthetic: float | None, rnd: int = 0
+) -> dict[str, Any]:
     qc: dict[str, Any] = {
-        "metrics": {}, "verdicts": _verdicts(passed),
-        "guidelines": {"verdicts": [{"guideline": "brand_1", "status": "unchecked", "flexible": True, "weight": 0.5,
-                                     "reason": "a written guideline needs a vision-language model"}]},
+        "metrics": {},
+        "verdicts": _verdicts(passed),
+        "guidelines": {
+            "verdicts": [
+                {
+                    "guideline": "brand_1",
+                    "status": "unchecked",
+                    "flexible": True,
+                    "weight": 0.5,
+                    "reason": "a written guideline needs a vision-language model",
+                }
+            ]
+        },
         "policy": {"name": "flexible", "passed": passed, "weighted_share": 1.0, "relaxed": ["brand_2"] if rank else []},
-        "cluster": {"id": f"c-{key}", "size": 2, "best": key, "members": [key, "other"]}}
+        "cluster": {"id": f"c-{key}", "size": 2, "best": key, "members": [key, "other"]},
+    }
     if aesthetic is not None:
         qc["aesthetic"] = {"score": aesthetic, "parts": {"sharpness": 0.8, "exposure": 0.6, "thirds": 0.4}}
-    return {"id": f"id-{key}", "round": rnd, "layout_key": key, "generator": "compositor", "integrity": {},
-            "placement": {"x": 10, "y": 20, "scale": 0.5, "rotation": -15.0, "row": row, "col": col,
-                          "canvas": {"width": 1024, "height": 1024}},
-            "image_url": "http://x/c.png", "layer_url": "http://x/l.png", "qc": qc, "passed": passed,
-            "aesthetic": aesthetic, "rank": rank,
-            "excluded_reason": None if passed else "failed QC: product_exact"}
+    return {
+        "id": f"id-{key}",
+        "round": rnd,
+        "layout_key": key,
+        "generator": "compositor",
+        "integrity": {},
+        "placement": {
+            "x": 10,
+            "y": 20,
+            "scale": 0.5,
+            "rotation": -15.0,
+            "row": row,
+            "col": col,
+            "canvas": {"width": 1024, "height": 1024},
+        },
+        "image_url": "http://x/c.png",
+        "layer_url": "http://x/l.png",
+        "qc": qc,
+        "passed": passed,
+        "aesthetic": aesthetic,
+        "rank": rank,
+        "excluded_reason": None if passed else "failed QC: product_exact",
+    }
 
 
 def _campaign() -> dict[str, Any]:
     return {
-        "id": "cmp-1", "status": "completed", "brief": "the running shoe on an urban street at sunset",
-        "state": {"caption": {"caption": "Stride into the golden hour."},
-                  "decompose": {"products": ["running shoe"], "backgrounds": ["urban street at sunset"]},
-                  "retrieve": {"product_title": "Stride Velocity running shoe, red", "product_score": 0.71,
-                               "background_caption": "Urban street at sunset", "background_score": 0.66,
-                               "entities": [{"text": "running shoe", "kind": "product",
-                                             "matches": [{"title": "Stride Velocity", "score": 0.71}]}]}},
+        "id": "cmp-1",
+        "status": "completed",
+        "brief": "the running shoe on an urban street at sunset",
+        "state": {
+            "caption": {"caption": "Stride into the golden hour."},
+            "decompose": {"products": ["running shoe"], "backgrounds": ["urban street at sunset"]},
+            "retrieve": {
+                "product_title": "Stride Velocity running shoe, red",
+                "product_score": 0.71,
+                "background_caption": "Urban street at sunset",
+                "background_score": 0.66,
+                "entities": [
+                    {
+                        "text": "running shoe",
+                        "kind": "product",
+                        "matches": [{"title": "Stride Velocity", "score": 0.71}],
+                    }
+                ],
+            },
+        },
         "stages": [
-            {"stage": "decompose", "status": "succeeded", "done": 1, "total": 1,
-             "started_at": "2026-01-01T00:00:00+00:00", "finished_at": "2026-01-01T00:00:01.500000+00:00"},
-            {"stage": "generate", "status": "succeeded", "done": 3, "total": 3,
-             "started_at": "2026-01-01T00:00:02+00:00", "finished_at": "2026-01-01T00:00:06+00:00"},
+            {
+                "stage": "decompose",
+                "status": "succeeded",
+                "done": 1,
+                "total": 1,
+                "started_at": "2026-01-01T00:00:00+00:00",
+                "finished_at": "2026-01-01T00:00:01.500000+00:00",
+            },
+            {
+                "stage": "generate",
+                "status": "succeeded",
+                "done": 3,
+                "total": 3,
+                "started_at": "2026-01-01T00:00:02+00:00",
+                "finished_at": "2026-01-01T00:00:06+00:00",
+            },
             {"stage": "rank", "status": "pending", "done": 0, "total": 1, "started_at": None, "finished_at": None},
         ],
         "results": [],
@@ -151,22 +215,27 @@ def _campaign() -> dict[str, Any]:
 
 
 def test_contact_sheet_lists_every_candidate_and_check(tmp_path: Path) -> None:
-    candidates = [_candidate("1024x1024-r3c1-m15", 3, 1, 1, True, 7.5),
-                  _candidate("1024x1024-r2c2-p0", 2, 2, None, True, 6.1),
-                  _candidate("1024x1024-r1c3-p15", 1, 3, None, False, None),
-                  _candidate("1024x1024-r1c3-p15", 1, 3, None, False, None, rnd=1)]
+    candidates = [
+        _candidate("1024x1024-r3c1-m15", 3, 1, 1, True, 7.5),
+        _candidate("1024x1024-r2c2-p0", 2, 2, None, True, 6.1),
+        _candidate("1024x1024-r1c3-p15", 1, 3, None, False, None),
+        _candidate("1024x1024-r1c3-p15", 1, 3, None, False, None, rnd=1),
+    ]
     (tmp_path / "candidates").mkdir()
     for cand in candidates:
         Image.new("RGB", (8, 8), "#E4572E").save(tmp_path / "candidates" / f"{thumb_name(cand)}.png")
-    report = {"policy": "flexible", "outcomes": {"ranked": 1, "failed": 2},
-              "relaxed": [{"id": "brand_2", "weight": 0.5}],
-              "checks": {"product_exact": {"pass": 2, "fail": 2, "unchecked": 0, "pass_rate": 0.5}}}
+    report = {
+        "policy": "flexible",
+        "outcomes": {"ranked": 1, "failed": 2},
+        "relaxed": [{"id": "brand_2", "weight": 0.5}],
+        "checks": {"product_exact": {"pass": 2, "fail": 2, "unchecked": 0, "pass_rate": 0.5}},
+    }
     path = write_contact_sheet(tmp_path, _campaign(), candidates, report=report)
     page = path.read_text()
     assert path == tmp_path / "contact-sheet.html" and page.startswith("<!doctype html>")
     for cand in candidates:
         assert cand["layout_key"] in page
-        src = f'candidates/{thumb_name(cand)}.png'
+        src = f"candidates/{thumb_name(cand)}.png"
         assert src in page and (tmp_path / src).exists()
     for check in ("product_exact", "product_in_frame"):
         assert check in page
@@ -181,8 +250,12 @@ def test_contact_sheet_lists_every_candidate_and_check(tmp_path: Path) -> None:
 
 
 def test_order_and_timings() -> None:
-    cands = [_candidate("a", 1, 1, None, False, None), _candidate("b", 1, 2, 2, True, 5.0),
-             _candidate("c", 1, 3, None, True, 9.0), _candidate("d", 2, 1, 1, True, 4.0)]
+    cands = [
+        _candidate("a", 1, 1, None, False, None),
+        _candidate("b", 1, 2, 2, True, 5.0),
+        _candidate("c", 1, 3, None, True, 9.0),
+        _candidate("d", 2, 1, 1, True, 4.0),
+    ]
     assert [c["layout_key"] for c in order_candidates(cands)] == ["d", "b", "c", "a"]
     timings = {t["stage"]: t for t in stage_timings(_campaign())}
     assert timings["decompose"]["seconds"] == pytest.approx(1.5)

@@ -7,6 +7,7 @@ by check-jsonschema. Each of those three is skipped, with the reason, where it i
 `onbrand ...` command line the images, compose and the manifests run is checked against the
 installed CLI's --help.
 """
+
 from __future__ import annotations
 
 import functools
@@ -260,8 +261,9 @@ def env_example_vars(active_only: bool = False) -> dict[str, str]:
 
 def test_env_example_documents_every_setting() -> None:
     documented = set(env_example_vars())
-    missing = sorted(f"ONBRAND_{name.upper()}" for name in Settings.model_fields
-                     if f"ONBRAND_{name.upper()}" not in documented)
+    missing = sorted(
+        f"ONBRAND_{name.upper()}" for name in Settings.model_fields if f"ONBRAND_{name.upper()}" not in documented
+    )
     assert not missing, f"add to .env.example: {missing}"
 
 
@@ -303,14 +305,22 @@ def test_documented_variables_exist() -> None:
 
 def configmap_literals() -> dict[str, set[str]]:
     """Variable names of k8s/base/config.env and of every overlay's configMapGenerator, by file."""
-    found = {"k8s/base/config.env": {line.split("=", 1)[0].strip() for line in (K8S / "base" / "config.env")
-                                     .read_text().splitlines() if "=" in line and not line.lstrip().startswith("#")}}
+    found = {
+        "k8s/base/config.env": {
+            line.split("=", 1)[0].strip()
+            for line in (K8S / "base" / "config.env").read_text().splitlines()
+            if "=" in line and not line.lstrip().startswith("#")
+        }
+    }
     for path in sorted(K8S.glob("overlays/*/kustomization.yaml")):
         for generator in yaml.safe_load(path.read_text()).get("configMapGenerator", []):
             names = {literal.split("=", 1)[0] for literal in generator.get("literals", [])}
             for env_file in generator.get("envs", []):
-                names |= {line.split("=", 1)[0] for line in (path.parent / env_file).read_text().splitlines()
-                          if "=" in line and not line.lstrip().startswith("#")}
+                names |= {
+                    line.split("=", 1)[0]
+                    for line in (path.parent / env_file).read_text().splitlines()
+                    if "=" in line and not line.lstrip().startswith("#")
+                }
             found.setdefault(str(path.relative_to(ROOT)), set()).update(names)
     return found
 
@@ -388,8 +398,9 @@ def test_dockerfile_shape(name: str) -> None:
 def test_dockerfile_bases() -> None:
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile("gateway")
     assert "ARG PYTHON_IMAGE=python:3.11-slim-bookworm" in dockerfile("cpu-worker")
-    assert re.search(r"^ARG GPU_BASE_IMAGE=pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime$",
-                     dockerfile("gpu-worker"), re.M)
+    assert re.search(
+        r"^ARG GPU_BASE_IMAGE=pytorch/pytorch:[\w.]+-cuda[\w.]+-cudnn\d+-runtime$", dockerfile("gpu-worker"), re.M
+    )
 
 
 def test_gpu_dockerfile_keeps_the_base_torch() -> None:
@@ -413,8 +424,7 @@ def dockerfile_commands(name: str) -> list[tuple[str, list[str]]]:
     text = dockerfile(name)
     entrypoint = json.loads(instructions(text, "ENTRYPOINT")[-1])
     cmd = json.loads(instructions(text, "CMD")[-1])
-    return [(f"Dockerfile.{name} CMD", [*entrypoint, *cmd]),
-            (f"Dockerfile.{name} HEALTHCHECK", healthcheck_argv(text))]
+    return [(f"Dockerfile.{name} CMD", [*entrypoint, *cmd]), (f"Dockerfile.{name} HEALTHCHECK", healthcheck_argv(text))]
 
 
 @pytest.mark.parametrize("name", DOCKERFILES)
@@ -455,8 +465,9 @@ def test_requirements_helper(tmp_path: Path) -> None:
     assert helper.requirement_name("celery[redis]>=5.4,<6") == "celery"
     assert helper.requirement_name("Pytorch_MSSSIM>=1.0") == "pytorch-msssim"
     out = tmp_path / "requirements.txt"
-    subprocess.run([sys.executable, str(DOCKER / "requirements.py"), str(pyproject), str(out), "--exclude", "torch"],
-                   check=True)
+    subprocess.run(
+        [sys.executable, str(DOCKER / "requirements.py"), str(pyproject), str(out), "--exclude", "torch"], check=True
+    )
     assert out.read_text().split() == without_torch
     with pytest.raises(SystemExit):
         helper.requirements(pyproject, only=("no-such-dist",))
@@ -516,9 +527,23 @@ def worker_deployments(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def test_k8s_base_renders() -> None:
     kinds = sorted(d["kind"] for d in kustomize(K8S / "base"))
-    assert kinds == sorted(["ConfigMap", "Service", "Deployment", "Deployment", "Deployment", "Deployment", "Job",
-                            "HorizontalPodAutoscaler", "PodDisruptionBudget", "TriggerAuthentication",
-                            "ScaledObject", "ScaledObject", *["NetworkPolicy"] * 8])
+    assert kinds == sorted(
+        [
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "Deployment",
+            "Deployment",
+            "Deployment",
+            "Job",
+            "HorizontalPodAutoscaler",
+            "PodDisruptionBudget",
+            "TriggerAuthentication",
+            "ScaledObject",
+            "ScaledObject",
+            *["NetworkPolicy"] * 8,
+        ]
+    )
 
 
 def test_k8s_beat_is_a_single_replica() -> None:
@@ -550,8 +575,12 @@ def test_k8s_objects(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     namespace = {"dev": "onbrand-dev", "prod": "onbrand"}[overlay]
     for doc in docs:
         labels = doc["metadata"].get("labels", {})
-        for key in ("app.kubernetes.io/name", "app.kubernetes.io/component", "app.kubernetes.io/part-of",
-                    "app.kubernetes.io/instance"):
+        for key in (
+            "app.kubernetes.io/name",
+            "app.kubernetes.io/component",
+            "app.kubernetes.io/part-of",
+            "app.kubernetes.io/instance",
+        ):
             assert key in labels, f"{overlay}: {doc['kind']}/{doc['metadata']['name']} lacks label {key}"
         assert doc["metadata"]["namespace"] == namespace
 
@@ -664,11 +693,23 @@ def test_k8s_repo_holds_no_secret_objects() -> None:
 
 def test_k8s_readme_documents_the_secret_keys() -> None:
     text = (K8S / "README.md").read_text()
-    keda_keys = [ref["key"] for doc in kustomize(K8S / "base") if doc["kind"] == "TriggerAuthentication"
-                 for ref in doc["spec"]["secretTargetRef"]]
+    keda_keys = [
+        ref["key"]
+        for doc in kustomize(K8S / "base")
+        if doc["kind"] == "TriggerAuthentication"
+        for ref in doc["spec"]["secretTargetRef"]
+    ]
     assert keda_keys
-    for key in ("onbrand-secrets", "ONBRAND_DATABASE_URL", "ONBRAND_REDIS_URL", "ONBRAND_SECRET_KEY",
-                "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "onbrand-models", *keda_keys):
+    for key in (
+        "onbrand-secrets",
+        "ONBRAND_DATABASE_URL",
+        "ONBRAND_REDIS_URL",
+        "ONBRAND_SECRET_KEY",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "onbrand-models",
+        *keda_keys,
+    ):
         assert f"`{key}`" in text, key  # in the secret table
         if key.isupper():
             assert f"--from-literal={key}=" in text, f"{key} missing from the kubectl create example"
@@ -756,8 +797,12 @@ def selector_matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions") or []:
         key, op, values = expr["key"], expr["operator"], expr.get("values") or []
-        if ((op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values)
-                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels)):
+        if (
+            (op == "In" and labels.get(key) not in values)
+            or (op == "NotIn" and labels.get(key) in values)
+            or (op == "Exists" and key not in labels)
+            or (op == "DoesNotExist" and key in labels)
+        ):
             return False
     return True
 
@@ -774,16 +819,19 @@ def policy_types(policy: dict[str, Any]) -> list[str]:
 
 def rules_of(policies: list[dict[str, Any]], direction: str) -> list[dict[str, Any]]:
     """direction: "ingress" or "egress"."""
-    return [rule for p in policies if direction.capitalize() in policy_types(p)
-            for rule in p["spec"].get(direction) or []]
+    return [
+        rule for p in policies if direction.capitalize() in policy_types(p) for rule in p["spec"].get(direction) or []
+    ]
 
 
 def allows_port(rule: dict[str, Any], port: int, protocol: str = "TCP") -> bool:
     if not rule.get("ports"):
         return True  # no ports: every port
-    return any(p.get("protocol", "TCP") == protocol
-               and (p.get("port") is None or p["port"] <= port <= p.get("endPort", p["port"]))
-               for p in rule["ports"])
+    return any(
+        p.get("protocol", "TCP") == protocol
+        and (p.get("port") is None or p["port"] <= port <= p.get("endPort", p["port"]))
+        for p in rule["ports"]
+    )
 
 
 BLOCKED = (*egress._V4_BLOCKED, *egress._V6_BLOCKED)  # what the app's SSRF guard refuses
@@ -796,8 +844,15 @@ def public_peers(rule: dict[str, Any], direction: str = "to") -> list[dict[str, 
     if not peers:
         return [{}]
     blocks = [peer["ipBlock"] for peer in peers if "ipBlock" in peer]
-    return [b for b in blocks if not any(ipaddress.ip_network(b["cidr"]).subnet_of(net) for net in BLOCKED
-                                         if ipaddress.ip_network(b["cidr"]).version == net.version)]
+    return [
+        b
+        for b in blocks
+        if not any(
+            ipaddress.ip_network(b["cidr"]).subnet_of(net)
+            for net in BLOCKED
+            if ipaddress.ip_network(b["cidr"]).version == net.version
+        )
+    ]
 
 
 def pod_labels(doc: dict[str, Any]) -> dict[str, str]:
@@ -808,8 +863,10 @@ def test_network_policy_helpers() -> None:
     labels = {"app.kubernetes.io/name": "onbrand", "app.kubernetes.io/component": "gateway"}
     assert selector_matches({"matchLabels": {"app.kubernetes.io/name": "onbrand"}}, labels)
     assert selector_matches({}, labels)
-    assert not selector_matches({"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In",
-                                                       "values": ["cpu-worker"]}]}, labels)
+    assert not selector_matches(
+        {"matchExpressions": [{"key": "app.kubernetes.io/component", "operator": "In", "values": ["cpu-worker"]}]},
+        labels,
+    )
     assert allows_port({}, 5432) and allows_port({"ports": [{"port": 53, "protocol": "UDP"}]}, 53, "UDP")
     assert not allows_port({"ports": [{"port": 53, "protocol": "UDP"}]}, 53)
     assert public_peers({}) == [{}]
@@ -821,8 +878,14 @@ def test_k8s_network_policies(rendered: tuple[str, list[dict[str, Any]]]) -> Non
     overlay, docs = rendered
     pods = {d["metadata"]["name"]: pod_labels(d) for d in workloads(docs)}
     assert len(pods) == 5, pods
-    deny = [p for p in docs if p["kind"] == "NetworkPolicy" and set(policy_types(p)) == {"Ingress", "Egress"}
-            and not p["spec"].get("ingress") and not p["spec"].get("egress")]
+    deny = [
+        p
+        for p in docs
+        if p["kind"] == "NetworkPolicy"
+        and set(policy_types(p)) == {"Ingress", "Egress"}
+        and not p["spec"].get("ingress")
+        and not p["spec"].get("egress")
+    ]
     assert deny, f"{overlay}: no default-deny NetworkPolicy"
     for name, labels in pods.items():
         where = f"{overlay}: {name}"
@@ -847,8 +910,9 @@ def test_k8s_network_policies(rendered: tuple[str, list[dict[str, Any]]]) -> Non
                 if net.version == cidr.version and net.overlaps(cidr):
                     assert any(net.subnet_of(e) for e in excepted if e.version == net.version), (where, str(net))
         blocks = {b["cidr"]: set(b.get("except", [])) for _, b in internet}
-        assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16",
-                "127.0.0.0/8"} <= blocks.get("0.0.0.0/0", set()), blocks
+        assert {"169.254.0.0/16", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "127.0.0.0/8"} <= blocks.get(
+            "0.0.0.0/0", set()
+        ), blocks
         v6 = [ipaddress.ip_network(n) for n in blocks.get("::/0", set())]
         for net in ("fc00::/7", "fe80::/10", "::1/128"):
             assert any(ipaddress.ip_network(net).subnet_of(e) for e in v6), net
@@ -873,8 +937,11 @@ def test_k8s_metrics_are_scraped(rendered: tuple[str, list[dict[str, Any]]]) -> 
         else:
             assert port == 8000, "the gateway serves /metrics on its HTTP port"
         ingress = rules_of(policies_for(docs, pod_labels(deployment)), "ingress")
-        scrape = [r for r in ingress
-                  if allows_port(r, port) and any("namespaceSelector" in peer for peer in r.get("from", []))]
+        scrape = [
+            r
+            for r in ingress
+            if allows_port(r, port) and any("namespaceSelector" in peer for peer in r.get("from", []))
+        ]
         assert scrape, f"{overlay}: {name}: no ingress on {port} from the monitoring namespace"
 
 
@@ -908,8 +975,9 @@ def compose_commands(compose: dict[str, Any]) -> list[tuple[str, list[str]]]:
         if check.get("test") and not check.get("disable"):
             test = check["test"] if isinstance(check["test"], list) else ["CMD-SHELL", check["test"]]
             if test[0] != "NONE":
-                found.append((f"compose {name} healthcheck",
-                              test[1:] if test[0] == "CMD" else ["sh", "-c", " ".join(test[1:])]))
+                found.append(
+                    (f"compose {name} healthcheck", test[1:] if test[0] == "CMD" else ["sh", "-c", " ".join(test[1:])])
+                )
     return found
 
 
@@ -956,7 +1024,7 @@ def test_onbrand_commands_exist(compose: dict[str, Any]) -> None:
         if argv[:1] != ["onbrand"]:
             continue
         tail = argv[1:]
-        path = tuple(tail[:next((i for i, tok in enumerate(tail) if tok.startswith("-")), len(tail))])
+        path = tuple(tail[: next((i for i, tok in enumerate(tail) if tok.startswith("-")), len(tail))])
         rc, text = onbrand_help(path)
         if rc != 0:
             failures.append(f"{where}: `onbrand {' '.join(path)} --help` exited {rc}: {text.strip()[-300:]}")

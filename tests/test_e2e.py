@@ -1,4 +1,5 @@
 """End to end over real processes: REST → Celery workers → Postgres/pgvector → storage → webhooks."""
+
 from __future__ import annotations
 
 import json
@@ -58,9 +59,16 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def finished(brand_setup: dict[str, Any], receiver: Any) -> dict[str, Any]:
     api = brand_setup["api"]
     endpoint = api.post("/v1/webhook-endpoints", json={"url": receiver.url, "event_types": ["campaign.*"]}).json()
-    created = api.post("/v1/campaigns", json={"brand_id": brand_setup["brand"]["id"], "brief": BRIEF,
-                                              "sizes": [{"width": 1024, "height": 1024}], "top_k": 3,
-                                              "webhook_url": f"{receiver.url}/campaign"})
+    created = api.post(
+        "/v1/campaigns",
+        json={
+            "brand_id": brand_setup["brand"]["id"],
+            "brief": BRIEF,
+            "sizes": [{"width": 1024, "height": 1024}],
+            "top_k": 3,
+            "webhook_url": f"{receiver.url}/campaign",
+        },
+    )
     assert created.status_code == 202, created.text
     body = wait_terminal(api, created.json()["id"])
     return {"campaign": body, "endpoint": endpoint, "created": created.json(), "api": api}
@@ -85,8 +93,9 @@ def test_campaign_completes_with_three_ranked_results(finished: dict[str, Any]) 
 def test_language_calls_are_logged_and_summed(finished: dict[str, Any], system: System) -> None:
     campaign = finished["campaign"]
     with psycopg.connect(system.env["ONBRAND_DATABASE_URL"]) as conn:
-        rows = conn.execute("SELECT stage, backend, tokens_in, latency_ms FROM llm_calls WHERE campaign_id = %s",
-                            (campaign["id"],)).fetchall()
+        rows = conn.execute(
+            "SELECT stage, backend, tokens_in, latency_ms FROM llm_calls WHERE campaign_id = %s", (campaign["id"],)
+        ).fetchall()
     stages_calls = sum(len(campaign["state"][s]["calls"]) for s in ("decompose", "caption"))
     assert len(rows) == stages_calls == campaign["llm"]["calls"] > 0  # the local LLM really ran
     assert {r[0] for r in rows} <= {"decompose", "caption"} and {r[1] for r in rows} == {"local"}
@@ -190,12 +199,24 @@ def scrape(url: str) -> str:
     return response.text
 
 
-GATEWAY_METRICS = {"onbrand_http_requests", "onbrand_http_request_duration_seconds", "onbrand_queue_depth",
-                   "onbrand_tasks_in_flight"}
-WORKER_METRICS = {"onbrand_stage_duration_seconds", "onbrand_campaign_duration_seconds",
-                  "onbrand_task_duration_seconds", "onbrand_task_retries", "onbrand_task_failures",
-                  "onbrand_gpu_seconds_per_candidate", "onbrand_webhook_deliveries", "onbrand_dam_pushes",
-                  "onbrand_llm_tokens", "onbrand_llm_cost_usd"}
+GATEWAY_METRICS = {
+    "onbrand_http_requests",
+    "onbrand_http_request_duration_seconds",
+    "onbrand_queue_depth",
+    "onbrand_tasks_in_flight",
+}
+WORKER_METRICS = {
+    "onbrand_stage_duration_seconds",
+    "onbrand_campaign_duration_seconds",
+    "onbrand_task_duration_seconds",
+    "onbrand_task_retries",
+    "onbrand_task_failures",
+    "onbrand_gpu_seconds_per_candidate",
+    "onbrand_webhook_deliveries",
+    "onbrand_dam_pushes",
+    "onbrand_llm_tokens",
+    "onbrand_llm_cost_usd",
+}
 STAGES_RUN = ("decompose", "retrieve", "caption", "segment", "scale", "plan", "generate", "qc", "rank", "deliver")
 
 
@@ -204,8 +225,7 @@ def test_metrics_after_a_campaign(finished: dict[str, Any], system: System) -> N
 
     gateway = scrape(f"{system.url}/metrics")
     assert GATEWAY_METRICS <= names(gateway), GATEWAY_METRICS - names(gateway)
-    assert sample_total(gateway, "onbrand_http_requests_total", method="POST", route="/v1/campaigns",
-                        status="202") >= 1
+    assert sample_total(gateway, "onbrand_http_requests_total", method="POST", route="/v1/campaigns", status="202") >= 1
     assert sample_total(gateway, "onbrand_queue_depth", queue="generate") >= 0
     cpu, gpu = (scrape(f"http://127.0.0.1:{system.procs.metrics_ports[node]}/metrics") for node in ("cpu", "gpu"))
     both = cpu + gpu
@@ -245,8 +265,11 @@ def test_one_trace_spans_the_gateway_and_every_stage(finished: dict[str, Any], c
 
 
 def test_worker_logs_are_json_with_context(finished: dict[str, Any], system: System) -> None:
-    lines = [json.loads(line) for line in (system.home / "logs" / "worker-gpu.log").read_text().splitlines()
-             if line.startswith("{")]
+    lines = [
+        json.loads(line)
+        for line in (system.home / "logs" / "worker-gpu.log").read_text().splitlines()
+        if line.startswith("{")
+    ]
     mine = [line for line in lines if line.get("campaign_id") == finished["campaign"]["id"]]
     assert {line.get("stage") for line in mine} >= {"segment", "generate", "qc"}
     for line in mine:
@@ -261,8 +284,7 @@ def test_probes_against_the_running_system(system: System) -> None:
     from shared.procs import onbrand_cmd
 
     def probe(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(onbrand_cmd("probe", *args), env=system.env, capture_output=True, text=True,
-                              timeout=60)
+        return subprocess.run(onbrand_cmd("probe", *args), env=system.env, capture_output=True, text=True, timeout=60)
 
     for pool in ("cpu", "gpu"):  # the workers are named <pool>@<hostname>, as in compose and k8s
         deadline = time.monotonic() + 90  # like a startup probe: a worker still starting does not answer

@@ -7,6 +7,7 @@ laion aesthetic adapter (tiny CLIP + MLP). All are loaded offline (HF_HUB_OFFLIN
 configured model paths: the same path a GPU deployment takes. The promise checked on every candidate, not only results:
 wherever the placed product is opaque, the candidate's pixels are the product's pixels.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -26,8 +27,11 @@ from tests.tiny_sd import build_tiny_sd_inpaint
 from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
 
 pytestmark = pytest.mark.slow
-PAIRINGS = {"sam+compositor": ("sam", "compositor", "/8"), "matting+sd-inpaint": ("matting", "sd-inpaint", "/9"),
-            "sam+sd-inpaint": ("sam", "sd-inpaint", "/10")}  # one Redis db per system
+PAIRINGS = {
+    "sam+compositor": ("sam", "compositor", "/8"),
+    "matting+sd-inpaint": ("matting", "sd-inpaint", "/9"),
+    "sam+sd-inpaint": ("sam", "sd-inpaint", "/10"),
+}  # one Redis db per system
 SIZES = [{"width": 512, "height": 512}, {"width": 512, "height": 268}]  # 1:1 and ~1.91:1
 GRID = {"ONBRAND_GRID_ROWS": "2", "ONBRAND_GRID_COLS": "2", "ONBRAND_ROTATIONS": "[-15, 0, 15]"}
 
@@ -35,28 +39,48 @@ GRID = {"ONBRAND_GRID_ROWS": "2", "ONBRAND_GRID_COLS": "2", "ONBRAND_ROTATIONS":
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("models")
-    return {"sam": build_tiny_sam(root / "tiny-sam"), "sd": build_tiny_sd_inpaint(root / "tiny-sd-inpaint"),
-            "dinov2": build_tiny_dinov2(root / "tiny-dinov2"), "clip": build_tiny_clip(root / "tiny-clip"),
-            "mlp": build_tiny_aesthetic_mlp(root / "tiny-aesthetic-mlp", in_dim=16)}
+    return {
+        "sam": build_tiny_sam(root / "tiny-sam"),
+        "sd": build_tiny_sd_inpaint(root / "tiny-sd-inpaint"),
+        "dinov2": build_tiny_dinov2(root / "tiny-dinov2"),
+        "clip": build_tiny_clip(root / "tiny-clip"),
+        "mlp": build_tiny_aesthetic_mlp(root / "tiny-aesthetic-mlp", in_dim=16),
+    }
 
 
 def qc_models(models: dict[str, Path]) -> dict[str, str]:
     """QC and ranking with the production adapters: DINOv2 fidelity/duplicates, laion aesthetic."""
-    return {"ONBRAND_DINOV2_MODEL": str(models["dinov2"]), "ONBRAND_AESTHETIC": "laion",
-            "ONBRAND_AESTHETIC_CLIP_MODEL": str(models["clip"]), "ONBRAND_AESTHETIC_MLP": str(models["mlp"])}
+    return {
+        "ONBRAND_DINOV2_MODEL": str(models["dinov2"]),
+        "ONBRAND_AESTHETIC": "laion",
+        "ONBRAND_AESTHETIC_CLIP_MODEL": str(models["clip"]),
+        "ONBRAND_AESTHETIC_MLP": str(models["mlp"]),
+    }
 
 
 @pytest.fixture(scope="module", params=list(PAIRINGS))
-def pairing(request: pytest.FixtureRequest, stack_urls: dict[str, str], tiny_models: dict[str, Path],
-            tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, System]]:
+def pairing(
+    request: pytest.FixtureRequest,
+    stack_urls: dict[str, str],
+    tiny_models: dict[str, Path],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, System]]:
     segmenter, generator, db = PAIRINGS[request.param]
-    env = {"ONBRAND_SEGMENTER": segmenter, "ONBRAND_GENERATOR": generator, "HF_HUB_OFFLINE": "1",
-           "ONBRAND_SAM_MODEL": str(tiny_models["sam"]), "ONBRAND_SD_MODEL": str(tiny_models["sd"]),
-           "ONBRAND_SD_STEPS": "2", "ONBRAND_SD_RESOLUTION": "128", "ONBRAND_SD_BATCH_SIZE": "4",
-           "ONBRAND_SD_VARIANTS": "2" if request.param == "sam+sd-inpaint" else "1",
-           "ONBRAND_LLM_BACKEND": "rules",  # the language stages are not under test here
-           "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + db, **GRID,
-           **(qc_models(tiny_models) if request.param == "sam+compositor" else {})}
+    env = {
+        "ONBRAND_SEGMENTER": segmenter,
+        "ONBRAND_GENERATOR": generator,
+        "HF_HUB_OFFLINE": "1",
+        "ONBRAND_SAM_MODEL": str(tiny_models["sam"]),
+        "ONBRAND_SD_MODEL": str(tiny_models["sd"]),
+        "ONBRAND_SD_STEPS": "2",
+        "ONBRAND_SD_RESOLUTION": "128",
+        "ONBRAND_SD_BATCH_SIZE": "4",
+        "ONBRAND_SD_VARIANTS": "2" if request.param == "sam+sd-inpaint" else "1",
+        "ONBRAND_LLM_BACKEND": "rules",  # the language stages are not under test here
+        "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + db,
+        **GRID,
+        **(qc_models(tiny_models) if request.param == "sam+compositor" else {}),
+    }
     home = tmp_path_factory.mktemp(request.param.replace("+", "_"))
     with running_system(stack_urls, home, f"e2e_{segmenter}_{generator.replace('-', '_')}", **env) as system:
         yield request.param, system
@@ -68,10 +92,19 @@ def run(pairing: tuple[str, System], tmp_path_factory: pytest.TempPathFactory) -
     api = client(system, system.tenant(name.replace("+", "-"))["api_key"])
     brand = api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E", "#2E4057"]}).json()
     upload_library(api, brand["id"], build_library(tmp_path_factory.mktemp("library")))
-    created = api.post("/v1/campaigns", json={
-        "brand_id": brand["id"], "brief": BRIEF, "sizes": SIZES, "top_k": 2, "qc_policy": "weighted",
-        "max_retry_attempts": 0, "max_prompt_revisions": 0,
-        "safe_zones": [{"label": "logo", "x": 0.0, "y": 0.0, "width": 0.3, "height": 0.12}]})
+    created = api.post(
+        "/v1/campaigns",
+        json={
+            "brand_id": brand["id"],
+            "brief": BRIEF,
+            "sizes": SIZES,
+            "top_k": 2,
+            "qc_policy": "weighted",
+            "max_retry_attempts": 0,
+            "max_prompt_revisions": 0,
+            "safe_zones": [{"label": "logo", "x": 0.0, "y": 0.0, "width": 0.3, "height": 0.12}],
+        },
+    )
     assert created.status_code == 202, created.text
     campaign = wait_terminal(api, created.json()["id"])
     items = api.get(f"/v1/campaigns/{campaign['id']}/candidates", params={"limit": 100}).json()["items"]
@@ -114,8 +147,10 @@ def test_generation_records_seed_and_cost_per_candidate(run: dict[str, Any]) -> 
         return
     seeds = [g["seed"] for g in generation]
     assert len(set(seeds)) == len(seeds)  # every candidate its own, recorded seed
-    assert all(g["gpu_seconds"] > 0 and g["passes"] == ["outpaint"] and g["working_size"][0] <= 128
-               and g["device"] == "cpu" for g in generation)
+    assert all(
+        g["gpu_seconds"] > 0 and g["passes"] == ["outpaint"] and g["working_size"][0] <= 128 and g["device"] == "cpu"
+        for g in generation
+    )
 
 
 def test_no_candidate_covers_the_safe_zone(run: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@ Celery workers configured for openai or bedrock, talking HTTP to a server that a
 recorded responses (tests/llm_recorded.py). One campaign goes through the revise loop (the
 reviewer fails the brand's shadow rule until the caption grounds the shoe); one is refused by
 the provider and fails at its stage with a campaign.failed webhook."""
+
 from __future__ import annotations
 
 import time
@@ -25,15 +26,22 @@ REDIS_DB = {"openai": "/6", "bedrock": "/7"}  # a system per Redis db: workers n
 
 
 @pytest.fixture(scope="module", params=["openai", "bedrock"])
-def hosted(request: pytest.FixtureRequest, stack_urls: dict[str, str],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, RecordedLLM, System]]:
+def hosted(
+    request: pytest.FixtureRequest, stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, RecordedLLM, System]]:
     backend = request.param
     with recorded_llm() as llm:
-        env = {"ONBRAND_LLM_BACKEND": backend, "ONBRAND_OPENAI_BASE_URL": f"{llm.base_url}/v1",
-               "ONBRAND_OPENAI_API_KEY": "sk-test", "ONBRAND_BEDROCK_ENDPOINT_URL": llm.base_url,
-               "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE", "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG",
-               "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + REDIS_DB[backend],
-               "ONBRAND_ROTATIONS": "[0]", "ONBRAND_WARM_MODELS": "false"}  # 9 candidates a round
+        env = {
+            "ONBRAND_LLM_BACKEND": backend,
+            "ONBRAND_OPENAI_BASE_URL": f"{llm.base_url}/v1",
+            "ONBRAND_OPENAI_API_KEY": "sk-test",
+            "ONBRAND_BEDROCK_ENDPOINT_URL": llm.base_url,
+            "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+            "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG",
+            "ONBRAND_REDIS_URL": stack_urls["redis_url"].rsplit("/", 1)[0] + REDIS_DB[backend],
+            "ONBRAND_ROTATIONS": "[0]",
+            "ONBRAND_WARM_MODELS": "false",
+        }  # 9 candidates a round
         with running_system(stack_urls, tmp_path_factory.mktemp(backend), f"e2e_{backend}", **env) as system:
             yield backend, llm, system
 
@@ -45,22 +53,43 @@ def receiver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebhookReceiv
 
 
 @pytest.fixture(scope="module")
-def campaigns(hosted: tuple[str, RecordedLLM, System], receiver: WebhookReceiver,
-              tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def campaigns(
+    hosted: tuple[str, RecordedLLM, System], receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
     backend, llm, system = hosted
     api = client(system, system.tenant(f"hosted-{backend}")["api_key"])
-    brand = api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E"], "forbidden_terms": ["Nike"],
-                                         "guidelines": [{"text": SHADOW_RULE, "flexible": False}]}).json()
+    brand = api.post(
+        "/v1/brands",
+        json={
+            "name": "Stride",
+            "palette": ["#E4572E"],
+            "forbidden_terms": ["Nike"],
+            "guidelines": [{"text": SHADOW_RULE, "flexible": False}],
+        },
+    ).json()
     upload_library(api, brand["id"], build_library(tmp_path_factory.mktemp("library")))
-    common = {"brand_id": brand["id"], "sizes": [{"width": 512, "height": 512}], "top_k": 2,
-              "max_retry_attempts": 0, "max_prompt_revisions": 1}
+    common = {
+        "brand_id": brand["id"],
+        "sizes": [{"width": 512, "height": 512}],
+        "top_k": 2,
+        "max_retry_attempts": 0,
+        "max_prompt_revisions": 1,
+    }
     ok = api.post("/v1/campaigns", json={**common, "brief": BRIEF, "webhook_url": f"{receiver.url}/{backend}/ok"})
-    denied = api.post("/v1/campaigns", json={**common, "brief": f"{BRIEF} ACCESS-DENIED",
-                                             "webhook_url": f"{receiver.url}/{backend}/denied"})
+    denied = api.post(
+        "/v1/campaigns",
+        json={**common, "brief": f"{BRIEF} ACCESS-DENIED", "webhook_url": f"{receiver.url}/{backend}/denied"},
+    )
     assert ok.status_code == denied.status_code == 202, (ok.text, denied.text)
-    return {"backend": backend, "llm": llm, "system": system, "api": api,
-            "ok": wait_terminal(api, ok.json()["id"]), "denied": wait_terminal(api, denied.json()["id"]),
-            "secrets": {"ok": ok.json()["webhook_secret"], "denied": denied.json()["webhook_secret"]}}
+    return {
+        "backend": backend,
+        "llm": llm,
+        "system": system,
+        "api": api,
+        "ok": wait_terminal(api, ok.json()["id"]),
+        "denied": wait_terminal(api, denied.json()["id"]),
+        "secrets": {"ok": ok.json()["webhook_secret"], "denied": denied.json()["webhook_secret"]},
+    }
 
 
 def test_all_five_stages_ran_on_the_backend_and_the_loop_revised_once(campaigns: dict[str, Any]) -> None:
@@ -80,8 +109,10 @@ def test_all_five_stages_ran_on_the_backend_and_the_loop_revised_once(campaigns:
 def test_every_call_is_logged_with_its_stage_and_backend(campaigns: dict[str, Any]) -> None:
     campaign, system = campaigns["ok"], campaigns["system"]
     with psycopg.connect(system.env["ONBRAND_DATABASE_URL"]) as conn:
-        rows = conn.execute("SELECT stage, backend, prompt_version, tokens_in, cost_usd FROM llm_calls "
-                            "WHERE campaign_id = %s", (campaign["id"],)).fetchall()
+        rows = conn.execute(
+            "SELECT stage, backend, prompt_version, tokens_in, cost_usd FROM llm_calls WHERE campaign_id = %s",
+            (campaign["id"],),
+        ).fetchall()
     stages = {"qc" if r[0] == "qc" else r[0] for r in rows}
     assert stages == {"decompose", "caption", "scale", "qc", "revise"}  # the guideline check runs inside qc
     assert {r[1] for r in rows} == {campaigns["backend"]} and all(r[3] > 0 and r[4] > 0 for r in rows)
@@ -109,8 +140,9 @@ def test_forbidden_terms_never_reach_the_caption(campaigns: dict[str, Any]) -> N
     assert "Nike" not in caption["caption"] and "Nike" in caption["negative_prompt"]
 
 
-def test_a_refused_backend_fails_the_campaign_at_its_stage(campaigns: dict[str, Any],
-                                                           receiver: WebhookReceiver) -> None:
+def test_a_refused_backend_fails_the_campaign_at_its_stage(
+    campaigns: dict[str, Any], receiver: WebhookReceiver
+) -> None:
     campaign = campaigns["denied"]
     assert campaign["status"] == "failed" and campaign["error"]["code"] == "llm_auth"
     assert campaign["error"]["message"].startswith("decompose: ")

@@ -1,5 +1,6 @@
 """The media library over real HTTP: batch ingest, search on the evaluation set, URL import through
 the egress guard, tenant isolation and the bad-input contract (gateway + workers as processes)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -29,7 +30,7 @@ def png_for(key: str, size: int = 96) -> bytes:
     draw = ImageDraw.Draw(image)
     for i in range(4):
         x, y = digest[3 + i] % size, digest[7 + i] % size
-        draw.rectangle((x, y, x + size // 4, y + size // 4), fill=tuple(digest[11 + 3 * i:14 + 3 * i]))
+        draw.rectangle((x, y, x + size // 4, y + size // 4), fill=tuple(digest[11 + 3 * i : 14 + 3 * i]))
     buffer = io.BytesIO()
     image.save(buffer, "PNG")
     return buffer.getvalue()
@@ -51,7 +52,7 @@ def upload_eval_set(api: httpx.Client, data: dict[str, Any]) -> tuple[dict[str, 
     keys: dict[str, str] = {}
     specs = data["assets"]
     for start in range(0, len(specs), 25):
-        chunk = specs[start:start + 25]
+        chunk = specs[start : start + 25]
         files = [("files", (f"{s['key']}.png", png_for(s["key"]), "image/png")) for s in chunk]
         meta = json.dumps([_metadata(s, brands) for s in chunk])
         response = api.post("/v1/assets/batch", files=files, data={"metadata": meta})
@@ -66,8 +67,10 @@ def wait_embedded(system: System, asset_ids: list[str], timeout: float = 120) ->
     deadline = time.monotonic() + timeout
     with psycopg.connect(system.env["ONBRAND_DATABASE_URL"], autocommit=True) as conn:
         while time.monotonic() < deadline:
-            count = conn.execute("SELECT count(DISTINCT asset_id) FROM asset_embeddings WHERE asset_id = ANY(%s)",
-                                 ([*map(str, asset_ids)],)).fetchone()
+            count = conn.execute(
+                "SELECT count(DISTINCT asset_id) FROM asset_embeddings WHERE asset_id = ANY(%s)",
+                ([*map(str, asset_ids)],),
+            ).fetchone()
             if count and count[0] == len(asset_ids):
                 return
             time.sleep(0.5)
@@ -92,16 +95,25 @@ def test_search_over_http_matches_the_evaluation_figures(library: dict[str, Any]
 
     def ranked(mode: str) -> Any:
         def run(query: dict[str, Any]) -> list[str]:
-            response = search(api, q=query["q"], kind=query["kind"], mode=mode, k=10,
-                              brand_id=brands[query["brand"]] if query["brand"] else None)
+            response = search(
+                api,
+                q=query["q"],
+                kind=query["kind"],
+                mode=mode,
+                k=10,
+                brand_id=brands[query["brand"]] if query["brand"] else None,
+            )
             assert response.status_code == 200, response.text
             body = response.json()
             assert body["degraded"] is None and bool(body["models"]["text"]) == (mode != "keyword")
             return [keys[item["asset"]["id"]] for item in body["items"]]
+
         return run
 
-    scores = {mode: retrieval_eval.evaluate(library["data"]["queries"], ranked(mode))
-              for mode in ("hybrid", "vector", "keyword")}
+    scores = {
+        mode: retrieval_eval.evaluate(library["data"]["queries"], ranked(mode))
+        for mode in ("hybrid", "vector", "keyword")
+    }
     for mode, score in scores.items():
         print(score.row(f"http-{mode}"))
     assert scores["hybrid"].recall_at_5 >= 0.9
@@ -129,13 +141,21 @@ def test_another_tenant_never_sees_the_library(system: System, library: dict[str
     assert search(other, q="sneaker", brand_id=library["brands"]["northwind"]).json()["items"] == []
 
 
-@pytest.mark.parametrize(("params", "field"), [
-    ({"q": ""}, "q"), ({"q": "   "}, "q"), ({"q": "shoe", "kind": "poster"}, "kind"), ({"q": "shoe", "k": 0}, "k"),
-    ({"q": "shoe", "k": 101}, "k"), ({"q": "shoe", "boost": "ctr; drop"}, "boost"),
-    ({"q": "shoe", "mode": "x"}, "mode"),
-])
-def test_bad_search_input_is_a_422_naming_the_parameter(library: dict[str, Any], params: dict[str, Any],
-                                                        field: str) -> None:
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"q": ""}, "q"),
+        ({"q": "   "}, "q"),
+        ({"q": "shoe", "kind": "poster"}, "kind"),
+        ({"q": "shoe", "k": 0}, "k"),
+        ({"q": "shoe", "k": 101}, "k"),
+        ({"q": "shoe", "boost": "ctr; drop"}, "boost"),
+        ({"q": "shoe", "mode": "x"}, "mode"),
+    ],
+)
+def test_bad_search_input_is_a_422_naming_the_parameter(
+    library: dict[str, Any], params: dict[str, Any], field: str
+) -> None:
     response = search(library["api"], **params)
     assert response.status_code == 422
     assert response.headers["content-type"].startswith("application/problem+json")
@@ -155,8 +175,11 @@ class _Images(BaseHTTPRequestHandler):
             self.end_headers()
             self.wfile.write(b"\x89PNG\r\n\x1a\n")
             return
-        routes = {"/shoe.png": (200, png_for("imported-shoe")), "/notes.png": (200, b"just some text, not an image"),
-                  "/missing.png": (404, b"")}
+        routes = {
+            "/shoe.png": (200, png_for("imported-shoe")),
+            "/notes.png": (200, b"just some text, not an image"),
+            "/missing.png": (404, b""),
+        }
         status, body = routes.get(self.path, (404, b""))
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
@@ -211,8 +234,11 @@ def test_import_by_url_stores_once_and_refuses_what_it_must(system: System, imag
 
 def test_batch_items_fail_alone(system: System) -> None:
     api = client(system, "batcher")
-    files = [("files", ("a.png", png_for("batch-a"), "image/png")), ("files", ("b.png", b"GIF89a....", "image/gif")),
-             ("files", ("c.png", png_for("batch-a"), "image/png"))]
+    files = [
+        ("files", ("a.png", png_for("batch-a"), "image/png")),
+        ("files", ("b.png", b"GIF89a....", "image/gif")),
+        ("files", ("c.png", png_for("batch-a"), "image/png")),
+    ]
     meta = json.dumps([{"kind": "product", "title": "A"}, {"kind": "product"}, {"kind": "product", "title": "A2"}])
     body = api.post("/v1/assets/batch", files=files, data={"metadata": meta}).json()
     assert [i["status"] for i in body["items"]] == ["created", "failed", "existing"]

@@ -3,6 +3,7 @@
 The fake DNS replaces socket.getaddrinfo itself (the real resolution path), so these tests also
 see whether the HTTP stack resolves a name a second time: it must only ever be handed IPs.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -62,7 +63,7 @@ class Routes(BaseHTTPRequestHandler):
 
     def _trickle(self, data: bytes, every: float) -> None:
         for i in range(len(data)):
-            self.wfile.write(data[i:i + 1])
+            self.wfile.write(data[i : i + 1])
             self.wfile.flush()
             time.sleep(every)
 
@@ -216,17 +217,60 @@ def closed_port() -> int:
 
 
 NOT_PUBLIC = [
-    "127.0.0.1", "127.255.255.254", "10.0.0.1", "172.16.0.1", "172.31.255.255", "192.168.1.1",
-    "169.254.169.254", "169.254.0.1", "100.64.0.1", "100.127.255.255", "0.0.0.0", "0.1.2.3",
-    "224.0.0.1", "239.255.255.250", "255.255.255.255", "240.0.0.1", "192.0.0.192", "192.0.2.1",
-    "198.18.0.1", "::1", "::", "fc00::1", "fd12::1", "fe80::1", "fe80::1%eth0", "fec0::1", "ff02::1",
-    "2001:db8::1", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1", "::ffff:0:10.0.0.1",
-    "::10.0.0.1", "64:ff9b::a00:1", "64:ff9b::7f00:1", "64:ff9b:1::a00:1", "2002:a00:1::", "2002:7f00:1::",
-    "2002:a9fe:a9fe::", "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
-    "not-an-ip", "", "1.2.3",
+    "127.0.0.1",
+    "127.255.255.254",
+    "10.0.0.1",
+    "172.16.0.1",
+    "172.31.255.255",
+    "192.168.1.1",
+    "169.254.169.254",
+    "169.254.0.1",
+    "100.64.0.1",
+    "100.127.255.255",
+    "0.0.0.0",
+    "0.1.2.3",
+    "224.0.0.1",
+    "239.255.255.250",
+    "255.255.255.255",
+    "240.0.0.1",
+    "192.0.0.192",
+    "192.0.2.1",
+    "198.18.0.1",
+    "::1",
+    "::",
+    "fc00::1",
+    "fd12::1",
+    "fe80::1",
+    "fe80::1%eth0",
+    "fec0::1",
+    "ff02::1",
+    "2001:db8::1",
+    "::ffff:127.0.0.1",
+    "::ffff:169.254.169.254",
+    "::ffff:10.0.0.1",
+    "::ffff:0:10.0.0.1",
+    "::10.0.0.1",
+    "64:ff9b::a00:1",
+    "64:ff9b::7f00:1",
+    "64:ff9b:1::a00:1",
+    "2002:a00:1::",
+    "2002:7f00:1::",
+    "2002:a9fe:a9fe::",
+    "2001:0:4136:e378:8000:63bf:f5ff:fffe",  # Teredo, client 10.0.0.1
+    "not-an-ip",
+    "",
+    "1.2.3",
 ]
-PUBLIC = ["8.8.8.8", "1.1.1.1", "93.184.216.34", "2606:4700:4700::1111", "2001:4860:4860::8888",
-          "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::"]
+PUBLIC = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "93.184.216.34",
+    "2606:4700:4700::1111",
+    "2001:4860:4860::8888",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::",
+]
 
 
 @pytest.mark.parametrize("ip", NOT_PUBLIC)
@@ -260,8 +304,9 @@ def test_refusal_codes_are_closed() -> None:
 # ----------------------------------------------------------------------------- pin
 
 
-@pytest.mark.parametrize("host", ["metadata.evil.test", "intranet.evil.test", "mixed.evil.test", "v6.evil.test",
-                                  "ula.evil.test"])
+@pytest.mark.parametrize(
+    "host", ["metadata.evil.test", "intranet.evil.test", "mixed.evil.test", "v6.evil.test", "ula.evil.test"]
+)
 def test_names_resolving_to_private_addresses_are_refused(dns: FakeDns, host: str) -> None:
     error = refused("url_private_address", lambda: pin(f"http://{host}/latest/meta-data/"))
     refused("url_private_address", lambda: fetch(f"https://{host}/x", max_bytes=100, timeout_s=2))
@@ -270,9 +315,19 @@ def test_names_resolving_to_private_addresses_are_refused(dns: FakeDns, host: st
     assert dns.calls.count(host) == 2  # one lookup per attempt, no connection after it
 
 
-@pytest.mark.parametrize("url", ["http://127.0.0.1/", "http://[::1]/", "http://169.254.169.254/latest/",
-                                 "http://[::ffff:a9fe:a9fe]/", "http://0.0.0.0:8000/", "http://2130706433/",
-                                 "http://0x7f.1/", "http://localhost/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1/",
+        "http://[::1]/",
+        "http://169.254.169.254/latest/",
+        "http://[::ffff:a9fe:a9fe]/",
+        "http://0.0.0.0:8000/",
+        "http://2130706433/",
+        "http://0x7f.1/",
+        "http://localhost/",
+    ],
+)
 def test_private_literals_and_real_localhost_are_refused(url: str) -> None:
     refused("url_private_address", lambda: pin(url))
 
@@ -282,14 +337,32 @@ def test_unresolvable_names(dns: FakeDns) -> None:
     assert "Name or service" not in error.detail
 
 
-@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/x", "gopher://example.com:70/_x",
-                                 "javascript:alert(1)", "//example.com/x", "example.com/x"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "ftp://example.com/x",
+        "gopher://example.com:70/_x",
+        "javascript:alert(1)",
+        "//example.com/x",
+        "example.com/x",
+    ],
+)
 def test_only_http_and_https(url: str) -> None:
     refused("url_scheme_not_allowed", lambda: pin(url))
 
 
-@pytest.mark.parametrize("url", ["http://user:pw@example.com/", "http://user@example.com/", "http:///x",
-                                 "http://exa mple.com/", "http://example.com:99999/", "https://:443/"])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:pw@example.com/",
+        "http://user@example.com/",
+        "http:///x",
+        "http://exa mple.com/",
+        "http://example.com:99999/",
+        "https://:443/",
+    ],
+)
 def test_invalid_urls(url: str) -> None:
     refused("url_invalid", lambda: pin(url))
 
@@ -320,15 +393,22 @@ def test_resolved_once_per_hop_and_connected_by_address(server: Server, dns: Fak
     assert got.body == IMG and got.url == server.url("/img", host="images.test") and got.address == "127.0.0.1"
     assert dns.names() == ["images.test", "images.test"]  # one lookup per hop; the connections used the IP
     assert [(path, headers["host"]) for _, path, headers in server.seen] == [
-        ("/redirect-ok", f"images.test:{server.server_port}"), ("/img", f"images.test:{server.server_port}")]
+        ("/redirect-ok", f"images.test:{server.server_port}"),
+        ("/img", f"images.test:{server.server_port}"),
+    ]
 
 
 def test_a_named_host_in_the_allowlist(server: Server, dns: FakeDns) -> None:
-    got = fetch(server.url("/img", host="receiver.internal"), max_bytes=1000, timeout_s=5,
-                allowlist=["receiver.internal"])
+    got = fetch(
+        server.url("/img", host="receiver.internal"), max_bytes=1000, timeout_s=5, allowlist=["receiver.internal"]
+    )
     assert got.body == IMG
-    refused("url_private_address", lambda: fetch(server.url("/img", host="images.test"), max_bytes=1000,
-                                                 timeout_s=5, allowlist=["receiver.internal"]))
+    refused(
+        "url_private_address",
+        lambda: fetch(
+            server.url("/img", host="images.test"), max_bytes=1000, timeout_s=5, allowlist=["receiver.internal"]
+        ),
+    )
 
 
 @pytest.mark.parametrize("path", ["/big", "/big-no-length"])
@@ -347,11 +427,14 @@ def test_the_timeout_is_a_total_deadline(server: Server, path: str) -> None:
 
 def test_redirect_targets_are_checked_again(server: Server, dns: FakeDns) -> None:
     for path in ("/redirect-private", "/redirect-metadata"):
-        error = refused("url_private_address",
-                        lambda p=path: fetch(server.url(p), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK))
+        error = refused(
+            "url_private_address", lambda p=path: fetch(server.url(p), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK)
+        )
         assert error.detail.startswith("redirect refused")
-    refused("url_scheme_not_allowed",
-            lambda: fetch(server.url("/redirect-ftp"), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK))
+    refused(
+        "url_scheme_not_allowed",
+        lambda: fetch(server.url("/redirect-ftp"), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK),
+    )
     assert "169.254.169.254" not in dns.calls  # resolved, refused, never connected to
     assert [path for _, path, _ in server.seen] == ["/redirect-private", "/redirect-metadata", "/redirect-ftp"]
 
@@ -368,19 +451,27 @@ def test_redirect_limits(server: Server) -> None:
 
 
 def test_credentials_stay_with_their_origin(server: Server, dns: FakeDns) -> None:
-    fetch(server.url("/redirect-other-origin", host="images.test"), max_bytes=1000, timeout_s=5,
-          allowlist=LOOPBACK, headers={"Authorization": "Bearer s3cret", "X-Trace": "1"})
+    fetch(
+        server.url("/redirect-other-origin", host="images.test"),
+        max_bytes=1000,
+        timeout_s=5,
+        allowlist=LOOPBACK,
+        headers={"Authorization": "Bearer s3cret", "X-Trace": "1"},
+    )
     first, second = (headers for _, _, headers in server.seen)
     assert first["authorization"] == "Bearer s3cret" and "authorization" not in second
     assert second["x-trace"] == "1" and second["host"] == f"127.0.0.1:{server.server_port}"
 
 
 def test_error_statuses_and_unreachable_hosts(server: Server) -> None:
-    error = refused("url_http_status", lambda: fetch(server.url("/404"), max_bytes=1000, timeout_s=5,
-                                                     allowlist=LOOPBACK))
+    error = refused(
+        "url_http_status", lambda: fetch(server.url("/404"), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK)
+    )
     assert "404" in error.detail
-    error = refused("url_unreachable", lambda: fetch(f"http://127.0.0.1:{closed_port()}/", max_bytes=1000,
-                                                     timeout_s=5, allowlist=LOOPBACK))
+    error = refused(
+        "url_unreachable",
+        lambda: fetch(f"http://127.0.0.1:{closed_port()}/", max_bytes=1000, timeout_s=5, allowlist=LOOPBACK),
+    )
     assert "refused" not in error.detail.lower() and "errno" not in error.detail.lower()
 
 
@@ -404,18 +495,20 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Server, Path
         yield server, folder / "ca.pem"
 
 
-def test_https_uses_the_real_name_for_sni_and_certificate(tls: tuple[Server, Path], dns: FakeDns,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_https_uses_the_real_name_for_sni_and_certificate(
+    tls: tuple[Server, Path], dns: FakeDns, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import certifi
 
     server, ca = tls
     monkeypatch.setattr(certifi, "where", lambda: str(ca))  # httpx's default trust store, now our test CA
-    got = fetch(server.url("/img", host="images.test", scheme="https"), max_bytes=1000, timeout_s=5,
-                allowlist=LOOPBACK)
+    got = fetch(server.url("/img", host="images.test", scheme="https"), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK)
     assert got.body == IMG and got.address == "127.0.0.1" and server.sni[-1] == "images.test"  # type: ignore[attr-defined]
     # The certificate names images.test only: by its address the same server fails verification.
-    refused("url_unreachable", lambda: fetch(server.url("/img", scheme="https"), max_bytes=1000, timeout_s=5,
-                                             allowlist=LOOPBACK))
+    refused(
+        "url_unreachable",
+        lambda: fetch(server.url("/img", scheme="https"), max_bytes=1000, timeout_s=5, allowlist=LOOPBACK),
+    )
 
 
 def _certificates(hostname: str) -> tuple[bytes, bytes, bytes]:
@@ -430,21 +523,31 @@ def _certificates(hostname: str) -> tuple[bytes, bytes, bytes]:
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "onbrand test CA")])
 
     def base(subject: Any, public_key: Any) -> Any:
-        return (x509.CertificateBuilder().subject_name(subject).issuer_name(ca_name).public_key(public_key)
-                .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False))
+        return (
+            x509.CertificateBuilder()
+            .subject_name(subject)
+            .issuer_name(ca_name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        )
 
-    ca = (base(ca_name, ca_key.public_key())
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
-    leaf = (base(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]), key.public_key())
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-            .sign(ca_key, hashes.SHA256()))
+    ca = (
+        base(ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    leaf = (
+        base(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname)]), key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     return ca.public_bytes(pem), leaf.public_bytes(pem), key_pem
@@ -454,37 +557,45 @@ def _certificates(hostname: str) -> tuple[bytes, bytes, bytes]:
 
 
 def test_post_does_not_follow_redirects(server: Server) -> None:
-    got = post(server.url("/post-redirect"), content=b"{}", headers={"Content-Type": "application/json"},
-               timeout_s=5, allowlist=LOOPBACK)
+    got = post(
+        server.url("/post-redirect"),
+        content=b"{}",
+        headers={"Content-Type": "application/json"},
+        timeout_s=5,
+        allowlist=LOOPBACK,
+    )
     assert got.status == 302 and got.headers["location"] == "/img"
     assert [(method, path) for method, path, _ in server.seen] == [("POST", "/post-redirect")]
 
 
 def test_post_truncates_the_response_body(server: Server) -> None:
-    got = post(server.url("/echo"), content=b"{}", headers={}, timeout_s=5, allowlist=LOOPBACK,
-               max_response_bytes=100)
+    got = post(server.url("/echo"), content=b"{}", headers={}, timeout_s=5, allowlist=LOOPBACK, max_response_bytes=100)
     assert (got.status, got.body) == (200, BIG[:100])
     assert post(server.url("/echo"), content=b"", headers={}, timeout_s=5, allowlist=LOOPBACK).body == BIG[:2048]
 
 
 def test_post_refusals(server: Server, dns: FakeDns) -> None:
     refused("url_private_address", lambda: post(server.url("/echo"), content=b"{}", headers={}, timeout_s=5))
-    refused("url_private_address", lambda: post("https://metadata.evil.test/", content=b"{}", headers={},
-                                                timeout_s=5))
-    refused("url_unreachable", lambda: post(f"http://127.0.0.1:{closed_port()}/", content=b"{}", headers={},
-                                            timeout_s=5, allowlist=LOOPBACK))
+    refused("url_private_address", lambda: post("https://metadata.evil.test/", content=b"{}", headers={}, timeout_s=5))
+    refused(
+        "url_unreachable",
+        lambda: post(f"http://127.0.0.1:{closed_port()}/", content=b"{}", headers={}, timeout_s=5, allowlist=LOOPBACK),
+    )
     assert server.seen == []
 
 
 # ----------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("127.0.0.0/8,::1", ["127.0.0.0/8", "::1/128"]),
-    (" 127.0.0.0/8 , receiver.internal ", ["127.0.0.0/8", "receiver.internal"]),
-    ('["127.0.0.0/8"]', ["127.0.0.0/8"]),
-    ("", []),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("127.0.0.0/8,::1", ["127.0.0.0/8", "::1/128"]),
+        (" 127.0.0.0/8 , receiver.internal ", ["127.0.0.0/8", "receiver.internal"]),
+        ('["127.0.0.0/8"]', ["127.0.0.0/8"]),
+        ("", []),
+    ],
+)
 def test_allowlist_setting_parses(monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]) -> None:
     monkeypatch.setenv("ONBRAND_EGRESS_ALLOWLIST", value)
     assert Settings(_env_file=None).egress_allowlist == expected  # type: ignore[call-arg]

@@ -4,6 +4,7 @@ The worker side is not exercised: shared.queue.send is replaced by a recorder th
 at send time, that every task carries ids only and that the rows they name are already
 committed (visible from a separate connection).
 """
+
 from __future__ import annotations
 
 import io
@@ -83,10 +84,14 @@ def env(tmp_path_factory: pytest.TempPathFactory, servers: tuple[str, str]) -> I
     with admin.connect() as conn:
         conn.execute(text(f'CREATE DATABASE "{name}"'))
     url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    values = {"ONBRAND_DATABASE_URL": url, "ONBRAND_REDIS_URL": redis_url,
-              "ONBRAND_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
-              "ONBRAND_HOME": str(tmp_path_factory.mktemp("home")), "ONBRAND_PUBLIC_URL": "http://testserver",
-              "ONBRAND_STORAGE_BACKEND": "local"}
+    values = {
+        "ONBRAND_DATABASE_URL": url,
+        "ONBRAND_REDIS_URL": redis_url,
+        "ONBRAND_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
+        "ONBRAND_HOME": str(tmp_path_factory.mktemp("home")),
+        "ONBRAND_PUBLIC_URL": "http://testserver",
+        "ONBRAND_STORAGE_BACKEND": "local",
+    }
     pillow_limit = Image.MAX_IMAGE_PIXELS  # create_app sets it process-wide
     with pytest.MonkeyPatch.context() as mp:
         for key, value in values.items():
@@ -203,8 +208,7 @@ def huge_png_header(width: int = 100_000, height: int = 100_000) -> bytes:
 def upload(client: TestClient, tenant: Tenant, data: bytes, **metadata: Any) -> Any:
     meta = {"kind": "product", "title": "thing", **metadata}
     files = {"file": ("upload.png", data, "image/png")}
-    return client.post("/v1/assets", files=files, data={"metadata": json.dumps(meta, default=str)},
-                       headers=tenant.auth)
+    return client.post("/v1/assets", files=files, data={"metadata": json.dumps(meta, default=str)}, headers=tenant.auth)
 
 
 def make_brand(client: TestClient, tenant: Tenant, name: str = "Brand") -> str:
@@ -309,8 +313,13 @@ def test_other_tenants_objects_are_404(client: TestClient, acme: Tenant, globex:
     campaign = make_campaign(client, acme)
     asset_id = make_product(client, acme)
     hook = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"}, headers=acme.auth).json()
-    for path in (f"/v1/brands/{campaign['brand_id']}", f"/v1/assets/{asset_id}", f"/v1/campaigns/{campaign['id']}",
-                 f"/v1/campaigns/{campaign['id']}/candidates", f"/v1/webhook-endpoints/{hook['id']}"):
+    for path in (
+        f"/v1/brands/{campaign['brand_id']}",
+        f"/v1/assets/{asset_id}",
+        f"/v1/campaigns/{campaign['id']}",
+        f"/v1/campaigns/{campaign['id']}/candidates",
+        f"/v1/webhook-endpoints/{hook['id']}",
+    ):
         assert client.get(path, headers=acme.auth).status_code == 200, path
         assert_problem(client.get(path, headers=globex.auth), 404, "not_found")
     assert_problem(client.post(f"/v1/campaigns/{campaign['id']}/cancel", headers=globex.auth), 404, "not_found")
@@ -335,32 +344,60 @@ def test_422_on_malformed_json(client: TestClient, acme: Tenant) -> None:
 
 
 def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
-    brand = {"name": "", "palette": ["#12345G"], "guidelines": [{"text": "ok", "weight": -1}],
-             "forbidden_terms": ["ok", " ", "tab\there"]}
+    brand = {
+        "name": "",
+        "palette": ["#12345G"],
+        "guidelines": [{"text": "ok", "weight": -1}],
+        "forbidden_terms": ["ok", " ", "tab\there"],
+    }
     assert _locs(client.post("/v1/brands", json=brand, headers=acme.auth)) == [
-        ["body", "name"], ["body", "palette", 0], ["body", "guidelines", 0, "weight"],
-        ["body", "forbidden_terms", 1], ["body", "forbidden_terms", 2]]
-    limits = client.post("/v1/brands", json={"name": "b", "qc_thresholds": {"min_exat": 1, "area_min": 0.9}},
-                         headers=acme.auth)
+        ["body", "name"],
+        ["body", "palette", 0],
+        ["body", "guidelines", 0, "weight"],
+        ["body", "forbidden_terms", 1],
+        ["body", "forbidden_terms", 2],
+    ]
+    limits = client.post(
+        "/v1/brands", json={"name": "b", "qc_thresholds": {"min_exat": 1, "area_min": 0.9}}, headers=acme.auth
+    )
     assert _locs(limits) == [["body", "qc_thresholds"]] and "min_exat" in limits.text
     inverted = client.post("/v1/brands", json={"name": "b", "qc_thresholds": {"area_min": 0.9}}, headers=acme.auth)
     assert _locs(inverted) == [["body", "qc_thresholds"]] and "area_min must be below area_max" in inverted.text
     for brief in ("", "   ", "x" * 10_000):  # empty, blank and 10,000 characters: refused before anything runs
         empty = {"brand_id": str(uuid.uuid4()), "brief": brief}
         assert _locs(client.post("/v1/campaigns", json=empty, headers=acme.auth)) == [["body", "brief"]]
-    campaign = {"brand_id": "not-a-uuid", "brief": "x" * 2001, "sizes": [{"width": 100, "height": 1024}],
-                "top_k": 11, "qc_policy": "lenient", "webhook_url": "ftp://example.com/h"}
+    campaign = {
+        "brand_id": "not-a-uuid",
+        "brief": "x" * 2001,
+        "sizes": [{"width": 100, "height": 1024}],
+        "top_k": 11,
+        "qc_policy": "lenient",
+        "webhook_url": "ftp://example.com/h",
+    }
     long_url = {"brand_id": str(uuid.uuid4()), "brief": "b", "webhook_url": "https://example.com/" + "a" * 2000}
     assert _locs(client.post("/v1/campaigns", json=long_url, headers=acme.auth)) == [["body", "webhook_url"]]
     locs = _locs(client.post("/v1/campaigns", json=campaign, headers=acme.auth))
-    assert {("body", "brand_id"), ("body", "brief"), ("body", "sizes", 0, "width"), ("body", "top_k"),
-            ("body", "qc_policy"), ("body", "webhook_url")} <= {tuple(loc) for loc in locs}
-    sizes = {"brand_id": str(uuid.uuid4()), "brief": "b", "sizes": [
-        {"aspect": "2:1"}, {"aspect": "4:5", "width": 512, "height": 512}, {"width": 512}],
-        "safe_zones": [{"x": 0.9, "y": 0, "width": 0.2, "height": 0.1}, {"x": 0, "y": 0, "width": 0, "height": 1}]}
+    assert {
+        ("body", "brand_id"),
+        ("body", "brief"),
+        ("body", "sizes", 0, "width"),
+        ("body", "top_k"),
+        ("body", "qc_policy"),
+        ("body", "webhook_url"),
+    } <= {tuple(loc) for loc in locs}
+    sizes = {
+        "brand_id": str(uuid.uuid4()),
+        "brief": "b",
+        "sizes": [{"aspect": "2:1"}, {"aspect": "4:5", "width": 512, "height": 512}, {"width": 512}],
+        "safe_zones": [{"x": 0.9, "y": 0, "width": 0.2, "height": 0.1}, {"x": 0, "y": 0, "width": 0, "height": 1}],
+    }
     assert _locs(client.post("/v1/campaigns", json=sizes, headers=acme.auth)) == [
-        ["body", "sizes", 0, "aspect"], ["body", "sizes", 1], ["body", "sizes", 2], ["body", "safe_zones", 0],
-        ["body", "safe_zones", 1, "width"]]
+        ["body", "sizes", 0, "aspect"],
+        ["body", "sizes", 1],
+        ["body", "sizes", 2],
+        ["body", "safe_zones", 0],
+        ["body", "safe_zones", 1, "width"],
+    ]
     too_many = {"brand_id": str(uuid.uuid4()), "brief": "b", "sizes": [{"width": 512, "height": 512}] * 7}
     assert _locs(client.post("/v1/campaigns", json=too_many, headers=acme.auth)) == [["body", "sizes"]]
     assert _locs(client.get("/v1/brands?limit=0", headers=acme.auth)) == [["query", "limit"]]
@@ -368,17 +405,22 @@ def test_422_with_field_paths(client: TestClient, acme: Tenant) -> None:
     assert _locs(client.get("/v1/brands?cursor=garbage!", headers=acme.auth)) == [["query", "cursor"]]
     assert _locs(client.get("/v1/brands/not-a-uuid", headers=acme.auth)) == [["path", "brand_id"]]
     hook = {"url": "https://example.com", "event_types": ["campaign.complete"]}
-    assert _locs(client.post("/v1/webhook-endpoints", json=hook, headers=acme.auth)) == [
-        ["body", "event_types", 0]]
+    assert _locs(client.post("/v1/webhook-endpoints", json=hook, headers=acme.auth)) == [["body", "event_types", 0]]
 
 
 def test_422_on_bad_asset_metadata(client: TestClient, acme: Tenant, env: dict[str, str]) -> None:
     before = object_files(env)
     response = upload(client, acme, png_bytes(), kind="poster", kpis={"ctr": "high"})
-    assert {tuple(loc) for loc in _locs(response)} == {("body", "metadata", "kind"),
-                                                       ("body", "metadata", "kpis", "ctr")}
-    bad_json = client.post("/v1/assets", files={"file": ("a.png", png_bytes(), "image/png")},
-                           data={"metadata": "{not json"}, headers=acme.auth)
+    assert {tuple(loc) for loc in _locs(response)} == {
+        ("body", "metadata", "kind"),
+        ("body", "metadata", "kpis", "ctr"),
+    }
+    bad_json = client.post(
+        "/v1/assets",
+        files={"file": ("a.png", png_bytes(), "image/png")},
+        data={"metadata": "{not json"},
+        headers=acme.auth,
+    )
     assert _locs(bad_json)[0][:2] == ["body", "metadata"]
     missing = client.post("/v1/assets", files={"file": ("a.png", png_bytes(), "image/png")}, headers=acme.auth)
     assert _locs(missing) == [["body", "metadata"]]
@@ -388,12 +430,17 @@ def test_422_on_bad_asset_metadata(client: TestClient, acme: Tenant, env: dict[s
 # ---------------------------------------------------------------- assets
 
 
-def test_upload_creates_normalized_png_and_thumbnail(
-    client: TestClient, acme: Tenant, sent: SentTasks
-) -> None:
+def test_upload_creates_normalized_png_and_thumbnail(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
     brand_id = make_brand(client, acme)
-    response = upload(client, acme, png_bytes((600, 300), "RGBA"), brand_id=brand_id, tags=["shoe"],
-                      kpis={"ctr": 0.031}, attributes={"sku": "A1"})
+    response = upload(
+        client,
+        acme,
+        png_bytes((600, 300), "RGBA"),
+        brand_id=brand_id,
+        tags=["shoe"],
+        kpis={"ctr": 0.031},
+        attributes={"sku": "A1"},
+    )
     assert response.status_code == 201, response.text
     asset = response.json()
     assert response.headers["location"] == f"/v1/assets/{asset['id']}"
@@ -414,8 +461,7 @@ def test_upload_sniffs_format_not_declared_type(client: TestClient, acme: Tenant
     buffer = io.BytesIO()
     Image.new("RGB", (50, 30), (next(_colors) % 256, 90, 160)).save(buffer, fmt)
     files = {"file": ("notes.txt", buffer.getvalue(), "text/plain")}  # the declared type is ignored
-    response = client.post("/v1/assets", files=files, data={"metadata": '{"kind": "background"}'},
-                           headers=acme.auth)
+    response = client.post("/v1/assets", files=files, data={"metadata": '{"kind": "background"}'}, headers=acme.auth)
     assert response.status_code == 201, response.text
     assert (response.json()["width"], response.json()["content_type"]) == (50, "image/png")
 
@@ -433,8 +479,9 @@ def test_upload_strips_metadata_and_applies_orientation(client: TestClient, acme
     assert Image.open(io.BytesIO(stored)).format == "PNG"
 
 
-def test_upload_dedupes_same_bytes(client: TestClient, acme: Tenant, globex: Tenant, sent: SentTasks,
-                                   env: dict[str, str]) -> None:
+def test_upload_dedupes_same_bytes(
+    client: TestClient, acme: Tenant, globex: Tenant, sent: SentTasks, env: dict[str, str]
+) -> None:
     data = png_bytes()
     first = upload(client, acme, data)
     files_after_first = object_files(env)
@@ -502,8 +549,9 @@ def test_oversized_upload_413(env: dict[str, str], acme: Tenant, sent: SentTasks
     assert count_rows(Asset) == rows + 1 and len(object_files(env)) == len(files) + 2
 
 
-def test_upload_with_unknown_brand_is_422(client: TestClient, acme: Tenant, globex: Tenant,
-                                          env: dict[str, str]) -> None:
+def test_upload_with_unknown_brand_is_422(
+    client: TestClient, acme: Tenant, globex: Tenant, env: dict[str, str]
+) -> None:
     rows, files = count_rows(Asset), object_files(env)
     for brand_id in (uuid.uuid4(), make_brand(client, globex)):
         body = assert_problem(upload(client, acme, png_bytes(), brand_id=brand_id), 422, "unknown_reference")
@@ -532,10 +580,16 @@ def test_failed_insert_deletes_written_objects(
 
 def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
     brand_id, product = make_brand(client, acme), make_product(client, acme)
-    body = {"brand_id": brand_id, "brief": "  Launch the new runner  ", "product_asset_ids": [product, product],
-            "sizes": [{"width": 1080, "height": 1350}, {"aspect": "1.91:1"}], "top_k": 2, "qc_policy": "weighted",
-            "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}],
-            "webhook_url": "https://example.com/hooks/onbrand"}
+    body = {
+        "brand_id": brand_id,
+        "brief": "  Launch the new runner  ",
+        "product_asset_ids": [product, product],
+        "sizes": [{"width": 1080, "height": 1350}, {"aspect": "1.91:1"}],
+        "top_k": 2,
+        "qc_policy": "weighted",
+        "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}],
+        "webhook_url": "https://example.com/hooks/onbrand",
+    }
     response = client.post("/v1/campaigns", json=body, headers=acme.auth)
     assert response.status_code == 202, response.text
     campaign = response.json()
@@ -544,11 +598,15 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
     assert campaign["status_url"].endswith(f"/v1/campaigns/{campaign['id']}")
     assert campaign["webhook_secret"].startswith("whsec_")
     assert campaign["request"] == {
-        "product_asset_ids": [product], "sizes": [{"width": 1080, "height": 1350},
-                                                  {"aspect": "1.91:1", "width": 1200, "height": 628}],
-        "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}], "top_k": 2,
-        "qc_policy": "weighted", "max_retry_attempts": 1, "max_prompt_revisions": 1,
-        "webhook_url": "https://example.com/hooks/onbrand"}
+        "product_asset_ids": [product],
+        "sizes": [{"width": 1080, "height": 1350}, {"aspect": "1.91:1", "width": 1200, "height": 628}],
+        "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}],
+        "top_k": 2,
+        "qc_policy": "weighted",
+        "max_retry_attempts": 1,
+        "max_prompt_revisions": 1,
+        "webhook_url": "https://example.com/hooks/onbrand",
+    }
     assert [s["stage"] for s in campaign["stages"]] == list(queue.PIPELINE)
     assert {s["status"] for s in campaign["stages"]} == {"pending"} and campaign["progress"] == 0
     assert campaign["results"] == [] and campaign["state"] == {} and "Idempotent-Replayed" not in response.headers
@@ -586,8 +644,11 @@ def test_idempotency_key(client: TestClient, acme: Tenant, globex: Tenant, sent:
     changed = client.post("/v1/campaigns", json={**body, "brief": "Different"}, headers=headers)
     assert_problem(changed, 422, "idempotency_key_reused")
     # Keys are per tenant: globex's "order-42" is a different key.
-    other = client.post("/v1/campaigns", json={**body, "brand_id": make_brand(client, globex)},
-                        headers={**globex.auth, "Idempotency-Key": "order-42"})
+    other = client.post(
+        "/v1/campaigns",
+        json={**body, "brand_id": make_brand(client, globex)},
+        headers={**globex.auth, "Idempotency-Key": "order-42"},
+    )
     assert other.status_code == 202 and other.json()["id"] != first.json()["id"]
 
 
@@ -629,9 +690,7 @@ def _wait_for_lock_wait(timeout: float = 10) -> None:
             conn.rollback()  # a fresh snapshot of pg_stat_activity per poll
 
 
-def test_unknown_references_create_nothing(
-    client: TestClient, acme: Tenant, globex: Tenant, sent: SentTasks
-) -> None:
+def test_unknown_references_create_nothing(client: TestClient, acme: Tenant, globex: Tenant, sent: SentTasks) -> None:
     brand_id = make_brand(client, acme)
     background = upload(client, acme, png_bytes(), kind="background").json()["id"]
     foreign_product = make_product(client, globex)
@@ -646,8 +705,9 @@ def test_unknown_references_create_nothing(
     ]
     keys = [f"unknown-{uuid.uuid4()}" for _ in cases]
     for (fields, field), key in zip(cases, keys, strict=True):
-        response = client.post("/v1/campaigns", json={"brief": "b", **fields},
-                               headers={**acme.auth, "Idempotency-Key": key})
+        response = client.post(
+            "/v1/campaigns", json={"brief": "b", **fields}, headers={**acme.auth, "Idempotency-Key": key}
+        )
         assert assert_problem(response, 422, "unknown_reference")["field"] == field
     assert count_rows(Campaign) == before and not sent
     assert count_rows(IdempotencyKey, IdempotencyKey.key.in_(keys)) == 0
@@ -669,9 +729,12 @@ def test_cancel(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
     assert cancelled["status"] == "cancelled" and cancelled["completed_at"] is not None
     assert cancelled["progress"] == 1 and "webhook_secret" not in cancelled
     with db_session.new_session() as session:
-        rows = session.scalars(select(WebhookDelivery).where(
-            WebhookDelivery.campaign_id == uuid.UUID(campaign["id"]),
-            WebhookDelivery.event_type == "campaign.cancelled")).all()
+        rows = session.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.campaign_id == uuid.UUID(campaign["id"]),
+                WebhookDelivery.event_type == "campaign.cancelled",
+            )
+        ).all()
     assert rows and rows[0].payload["status"] == "cancelled"
     assert sorted(a for (a,) in sent.named("onbrand.send_webhook")) == sorted(r.id for r in rows)
     assert_problem(client.post(f"/v1/campaigns/{campaign['id']}/cancel", headers=acme.auth), 409, "conflict")
@@ -697,8 +760,7 @@ def test_campaign_view_reports_stages_results_and_candidates(
     pages = list(_candidate_pages(client, acme, cid, limit=2))
     assert [len(items) for items in pages] == [2, 2, 1]
     # rank first (nulls last), then aesthetic descending (nulls last)
-    assert [c["layout_key"] for items in pages for c in items] == ["ranked-1", "ranked-2", "best", "worse",
-                                                                   "unscored"]
+    assert [c["layout_key"] for items in pages for c in items] == ["ranked-1", "ranked-2", "best", "worse", "unscored"]
 
 
 def _candidate_pages(client: TestClient, tenant: Tenant, cid: uuid.UUID, limit: int) -> Iterator[list[Any]]:
@@ -715,14 +777,32 @@ def _seed_pipeline(session: Any, tenant_id: uuid.UUID, cid: uuid.UUID, image_key
     campaign = session.get(Campaign, cid)
     campaign.status, campaign.current_stage, campaign.state = "running", "generate", {"decompose": {"mood": "sunny"}}
     now = func.now()
-    session.add(StageRun(tenant_id=tenant_id, campaign_id=cid, stage="decompose", status="succeeded",
-                         started_at=now, finished_at=now))
+    session.add(
+        StageRun(
+            tenant_id=tenant_id, campaign_id=cid, stage="decompose", status="succeeded", started_at=now, finished_at=now
+        )
+    )
     for item, status in enumerate(("succeeded", "running", "pending")):
         session.add(StageRun(tenant_id=tenant_id, campaign_id=cid, stage="generate", item=item, status=status))
-    candidates = [("worse", None, 0.2), ("ranked-2", 2, 0.1), ("unscored", None, None), ("best", None, 0.9),
-                  ("ranked-1", 1, 0.5)]
-    rows = {key: Candidate(id=uuid.uuid4(), tenant_id=tenant_id, campaign_id=cid, layout_key=key, rank=rank,
-                           aesthetic=aesthetic, image_key=image_key) for key, rank, aesthetic in candidates}
+    candidates = [
+        ("worse", None, 0.2),
+        ("ranked-2", 2, 0.1),
+        ("unscored", None, None),
+        ("best", None, 0.9),
+        ("ranked-1", 1, 0.5),
+    ]
+    rows = {
+        key: Candidate(
+            id=uuid.uuid4(),
+            tenant_id=tenant_id,
+            campaign_id=cid,
+            layout_key=key,
+            rank=rank,
+            aesthetic=aesthetic,
+            image_key=image_key,
+        )
+        for key, rank, aesthetic in candidates
+    }
     session.add_all(rows.values())
     session.flush()
     session.add(Result(tenant_id=tenant_id, campaign_id=cid, candidate_id=rows["ranked-1"].id, rank=1))
@@ -758,8 +838,14 @@ def test_webhook_endpoints(client: TestClient, acme: Tenant, sent: SentTasks) ->
     listed = client.get("/v1/webhook-endpoints", headers=acme.auth).json()["items"]
     assert endpoint["id"] in {e["id"] for e in listed} and all("secret" not in e for e in listed)
     campaign = make_campaign(client, acme)
-    assert count_rows(WebhookDelivery, WebhookDelivery.campaign_id == uuid.UUID(campaign["id"]),
-                      WebhookDelivery.endpoint_id == uuid.UUID(endpoint["id"])) == 1
+    assert (
+        count_rows(
+            WebhookDelivery,
+            WebhookDelivery.campaign_id == uuid.UUID(campaign["id"]),
+            WebhookDelivery.endpoint_id == uuid.UUID(endpoint["id"]),
+        )
+        == 1
+    )
     assert client.delete(f"/v1/webhook-endpoints/{endpoint['id']}", headers=acme.auth).status_code == 204
     assert_problem(client.delete(f"/v1/webhook-endpoints/{endpoint['id']}", headers=acme.auth), 404, "not_found")
     default = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/all"}, headers=acme.auth)
@@ -785,8 +871,9 @@ def test_files_signed_urls(client: TestClient, acme: Tenant) -> None:
     assert_problem(client.get(f"/files/{other_key}?expires={expires}&signature={signature}"), 403, "forbidden")
     secret = get_settings().secret_key
     past = int(time.time()) - 10
-    assert_problem(client.get(f"{path}?expires={past}&signature={sign_local(secret, path[7:], past)}"),
-                   403, "forbidden")
+    assert_problem(
+        client.get(f"{path}?expires={past}&signature={sign_local(secret, path[7:], past)}"), 403, "forbidden"
+    )
     missing_key = f"tenants/{acme.id}/assets/{uuid.uuid4()}/original.png"
     future = int(time.time()) + 60
     signed = f"/files/{missing_key}?expires={future}&signature={sign_local(secret, missing_key, future)}"
@@ -802,8 +889,12 @@ def test_search_degrades_to_keywords_when_no_worker_embeds_the_query(
 
     with TestClient(create_app()) as client:
         meta = {"kind": "product", "title": "Crimson trail runner", "tags": ["shoe"]}
-        upload = client.post("/v1/assets", headers=acme.auth, files={"file": ("a.png", png_bytes(), "image/png")},
-                             data={"metadata": json.dumps(meta)})
+        upload = client.post(
+            "/v1/assets",
+            headers=acme.auth,
+            files={"file": ("a.png", png_bytes(), "image/png")},
+            data={"metadata": json.dumps(meta)},
+        )
         assert upload.status_code == 201
         monkeypatch.setattr(queue, "send", lambda *args, **kwargs: None)  # no retrieval worker: nobody answers
         found = client.get("/v1/assets/search", params={"q": "crimson runner"}, headers=acme.auth)
@@ -820,11 +911,18 @@ def test_search_degrades_to_keywords_when_no_worker_embeds_the_query(
 
 
 def test_patch_brand_changes_only_the_given_fields_and_is_tenant_scoped(
-        client: TestClient, acme: Tenant, globex: Tenant) -> None:
+    client: TestClient, acme: Tenant, globex: Tenant
+) -> None:
     brand_id = make_brand(client, acme, "Patched")
-    changed = client.patch(f"/v1/brands/{brand_id}", headers=acme.auth, json={
-        "qc_thresholds": {"min_palette_share": 0.6, "max_delta_e": 1.0},
-        "guidelines": [{"text": "warm light", "flexible": True, "weight": 0.5}], "forbidden_terms": ["Acme", "Acme"]})
+    changed = client.patch(
+        f"/v1/brands/{brand_id}",
+        headers=acme.auth,
+        json={
+            "qc_thresholds": {"min_palette_share": 0.6, "max_delta_e": 1.0},
+            "guidelines": [{"text": "warm light", "flexible": True, "weight": 0.5}],
+            "forbidden_terms": ["Acme", "Acme"],
+        },
+    )
     assert changed.status_code == 200, changed.text
     body = changed.json()
     assert body["name"] == "Patched" and body["qc_thresholds"] == {"min_palette_share": 0.6, "max_delta_e": 1.0}

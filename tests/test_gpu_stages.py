@@ -1,6 +1,7 @@
 """The segment, plan and generate stage functions on a real database and object store: bad input
 fails with a clear reason (never a full-canvas mask, never a silent empty plan), canvases that
 cannot hold the product are skipped and reported, a missing model names its stage."""
+
 from __future__ import annotations
 
 import uuid
@@ -39,10 +40,19 @@ def world(fresh_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
     get_storage.cache_clear()
 
 
-def context(world: dict[str, Any], stage: str, state: dict[str, Any], sizes: list[dict[str, int]] | None = None,
-            **settings: Any) -> StageContext:
-    campaign = Campaign(id=uuid.uuid4(), tenant_id=world["tenant_id"], brand_id=world["brand_id"], brief="b",
-                        sizes=sizes or [{"width": 512, "height": 512}], safe_zones=[], state=state, round=0)
+def context(
+    world: dict[str, Any], stage: str, state: dict[str, Any], sizes: list[dict[str, int]] | None = None, **settings: Any
+) -> StageContext:
+    campaign = Campaign(
+        id=uuid.uuid4(),
+        tenant_id=world["tenant_id"],
+        brand_id=world["brand_id"],
+        brief="b",
+        sizes=sizes or [{"width": 512, "height": 512}],
+        safe_zones=[],
+        state=state,
+        round=0,
+    )
     return StageContext(campaign, stage, 0, 0, Settings(**settings))
 
 
@@ -59,18 +69,32 @@ def stored_cutout(world: dict[str, Any], image: Image.Image) -> str:
 
 
 def planned_state(world: dict[str, Any], cutout: Image.Image) -> dict[str, Any]:
-    return {"segment": {"cutout_key": stored_cutout(world, cutout)}, "scale": {"share": 0.45},
-            "retrieve": {"background_asset_id": None}, "decompose": {"backgrounds": ["urban street"]},
-            "caption": {"caption": "a shoe on an urban street", "negative_prompt": "blurry"}}
+    return {
+        "segment": {"cutout_key": stored_cutout(world, cutout)},
+        "scale": {"share": 0.45},
+        "retrieve": {"background_asset_id": None},
+        "decompose": {"backgrounds": ["urban street"]},
+        "caption": {"caption": "a shoe on an urban street", "negative_prompt": "blurry"},
+    }
 
 
 def test_a_full_bleed_product_photo_fails_segmentation_with_a_reason(world: dict[str, Any]) -> None:
     noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     key = campaign_key(world["tenant_id"], uuid.uuid4(), "upload.png")
     pipeline.save_png(key, Image.fromarray(noise))
-    asset = Asset(id=uuid.uuid4(), tenant_id=world["tenant_id"], brand_id=world["brand_id"], kind="product",
-                  sha256="0" * 64, content_type="image/png", width=256, height=256, byte_size=1, storage_key=key,
-                  thumb_key=key)
+    asset = Asset(
+        id=uuid.uuid4(),
+        tenant_id=world["tenant_id"],
+        brand_id=world["brand_id"],
+        kind="product",
+        sha256="0" * 64,
+        content_type="image/png",
+        width=256,
+        height=256,
+        byte_size=1,
+        storage_key=key,
+        thumb_key=key,
+    )
     with session_scope() as session:
         session.add(asset)
     ctx = context(world, "segment", {"retrieve": {"product_asset_id": str(asset.id)}})
@@ -81,8 +105,12 @@ def test_a_full_bleed_product_photo_fails_segmentation_with_a_reason(world: dict
 
 
 def test_plan_skips_and_reports_a_canvas_the_product_cannot_fill(world: dict[str, Any]) -> None:
-    ctx = context(world, "plan", planned_state(world, product(12, 20)),
-                  sizes=[{"width": 1920, "height": 1080}, {"width": 256, "height": 256}])
+    ctx = context(
+        world,
+        "plan",
+        planned_state(world, product(12, 20)),
+        sizes=[{"width": 1920, "height": 1080}, {"width": 256, "height": 256}],
+    )
     out = pipeline.plan(ctx)
     plan = ctx.state_patch["plan"]
     assert out["skipped_canvases"] == 1 and plan["skipped_canvases"][0]["canvas"] == [1920, 1080]
@@ -101,8 +129,13 @@ def test_generate_with_a_missing_model_names_the_stage(world: dict[str, Any], tm
     state = planned_state(world, product())
     plan_ctx = context(world, "plan", state)
     pipeline.plan(plan_ctx)
-    ctx = context(world, "generate", {**state, **plan_ctx.state_patch}, generator="sd-inpaint",
-                  sd_model=str(tmp_path / "no-such-pipeline"))
+    ctx = context(
+        world,
+        "generate",
+        {**state, **plan_ctx.state_patch},
+        generator="sd-inpaint",
+        sd_model=str(tmp_path / "no-such-pipeline"),
+    )
     with pytest.raises(StageError) as failed:
         pipeline.generate(ctx)
     assert failed.value.code == "model_unavailable" and failed.value.message.startswith("generate: sd-inpaint")

@@ -1,4 +1,5 @@
 """The deterministic guards every language backend's output goes through."""
+
 from __future__ import annotations
 
 import json

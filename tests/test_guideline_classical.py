@@ -3,6 +3,7 @@
 The product is a textured cut-out (smooth noise + lettering) so correlation has structure to find;
 candidates come from the real compositor (backdrop, plan, place, compose).
 """
+
 from __future__ import annotations
 
 import time
@@ -30,8 +31,9 @@ def product(w: int = 240, h: int = 320, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
-def scene(size: int = 512, index: int = 22, cutout: Image.Image | None = None,
-          share: float = 0.3) -> tuple[Image.Image, Image.Image, Image.Image]:
+def scene(
+    size: int = 512, index: int = 22, cutout: Image.Image | None = None, share: float = 0.3
+) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(layer, backdrop, candidate) for layout ``index`` of a 3x3 grid x (-15, 0, 15) degrees."""
     cut = cutout or product()
     layout = composition.plan([(size, size)], cut.size, cutout=cut, scale_share=share).layouts[index]
@@ -52,8 +54,9 @@ def by_name(verdicts: list[dict]) -> dict[str, dict]:
     return {v["guideline"]: v for v in verdicts}
 
 
-def paste_copy(candidate: Image.Image, cutout: Image.Image, scale: float, rotation: float,
-               centre: tuple[int, int]) -> Image.Image:
+def paste_copy(
+    candidate: Image.Image, cutout: Image.Image, scale: float, rotation: float, centre: tuple[int, int]
+) -> Image.Image:
     out = candidate.copy()
     copy = composition.transform(cutout, scale, rotation)
     out.paste(copy, (centre[0] - copy.width // 2, centre[1] - copy.height // 2), copy)
@@ -76,8 +79,9 @@ def test_normal_composite_passes_what_pixels_can_check(index: int) -> None:
     layer, _, cand = scene(index=index)
     verdicts = gc.check(cand, layer)
     assert [v["guideline"] for v in verdicts] == list(gc.BASELINE)
-    assert all(v["method"] == "classical" and set(v) == {"guideline", "status", "reason", "value", "method"}
-               for v in verdicts)
+    assert all(
+        v["method"] == "classical" and set(v) == {"guideline", "status", "reason", "value", "method"} for v in verdicts
+    )
     v = by_name(verdicts)
     assert v["duplicated_product"]["status"] == "pass" and v["duplicated_product"]["value"] < 0.7
     assert v["floating_product"]["status"] == "pass" and v["floating_product"]["value"] > 0.15
@@ -211,8 +215,10 @@ def test_bad_arguments_name_the_argument() -> None:
 
 
 def test_summary_lists_failures() -> None:
-    verdicts = [{"guideline": n, "status": s} for n, s in zip(
-        gc.BASELINE, ("fail", "unchecked", "fail", "unchecked", "pass"), strict=True)]
+    verdicts = [
+        {"guideline": n, "status": s}
+        for n, s in zip(gc.BASELINE, ("fail", "unchecked", "fail", "unchecked", "pass"), strict=True)
+    ]
     assert gc.summary(verdicts) == "1 pass, 2 fail (duplicated_product, floating_product), 2 unchecked"
     with pytest.raises(ValueError, match="^verdicts: unknown status"):
         gc.summary([{"guideline": "x", "status": "maybe"}])

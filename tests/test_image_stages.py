@@ -2,6 +2,7 @@
 
 Every image is synthesised here, so each test knows the ground truth it checks against.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -56,8 +57,9 @@ def product_cutout(w: int = 240, h: int = 320) -> Image.Image:
     return matting.cutout(image, matting.segment(image))
 
 
-def composed(canvas: tuple[int, int] = (512, 512), rotation: float = 15.0,
-             row: int = 3, col: int = 2) -> tuple[Image.Image, Image.Image, Image.Image]:
+def composed(
+    canvas: tuple[int, int] = (512, 512), rotation: float = 15.0, row: int = 3, col: int = 2
+) -> tuple[Image.Image, Image.Image, Image.Image]:
     """(candidate, layer, background) for one planned layout of the synthetic product."""
     cut = product_cutout()
     layouts = composition.plan([canvas], cut.size, cutout=cut).layouts
@@ -124,10 +126,13 @@ def test_clean_mask_drops_specks_fills_small_holes_keeps_openings() -> None:
     assert matting.clean_mask(mask, max_hole_share=1.0)[0][175, 175] == 255
 
 
-@pytest.mark.parametrize("image", [
-    Image.new("RGB", (256, 256), (210, 210, 210)),
-    Image.new("RGBA", (256, 256), (210, 20, 20, 0)),
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        Image.new("RGB", (256, 256), (210, 210, 210)),
+        Image.new("RGBA", (256, 256), (210, 20, 20, 0)),
+    ],
+)
 def test_segmentation_error_when_there_is_no_product(image: Image.Image) -> None:
     with pytest.raises(matting.SegmentationError):
         matting.segment(image)
@@ -152,7 +157,7 @@ def test_cutout_crops_to_mask_and_keeps_rgb() -> None:
     ys, xs = np.nonzero(np.asarray(image)[:, :, 3])
     assert cut.mode == "RGBA"
     assert cut.size == (xs.max() - xs.min() + 1, ys.max() - ys.min() + 1)
-    box = np.asarray(image)[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = np.asarray(image)[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     assert np.array_equal(np.asarray(cut), box)
 
 
@@ -183,8 +188,7 @@ def test_plan_never_upscales_beyond_max() -> None:
 @pytest.mark.parametrize("with_cutout", [False, True])
 def test_plan_stands_products_on_their_rows_ground_line(with_cutout: bool) -> None:
     margin, rows, cut = 0.04, 3, product_cutout()
-    layouts = composition.plan([(1024, 1024)], cut.size, margin=margin,
-                                      cutout=cut if with_cutout else None).layouts
+    layouts = composition.plan([(1024, 1024)], cut.size, margin=margin, cutout=cut if with_cutout else None).layouts
     tallest = max(l.height - l.bottom_gap for l in layouts)
     grounds: dict[int, set[int]] = {}
     for l in layouts:
@@ -220,7 +224,7 @@ def test_place_at_unit_scale_is_the_product_itself() -> None:
     cut = product_cutout()
     layout = composition.Layout("t", 400, 400, 30, 50, 1.0, 0.0, 1, 1)
     layer = np.asarray(composition.place(cut, layout))
-    assert np.array_equal(layer[50:50 + cut.height, 30:30 + cut.width], np.asarray(cut))
+    assert np.array_equal(layer[50 : 50 + cut.height, 30 : 30 + cut.width], np.asarray(cut))
     assert not layer[:50].any() and not layer[:, :30].any()
 
 
@@ -255,7 +259,7 @@ def test_compose_shadow_darkens_under_the_product() -> None:
     alpha = np.asarray(layer)[:, :, 3]
     ys, xs = np.nonzero(alpha)
     bottom, cx = ys.max(), int(xs.mean())
-    under = np.s_[bottom + 2:bottom + 6, cx - 20:cx + 20]  # floor just below, alpha == 0
+    under = np.s_[bottom + 2 : bottom + 6, cx - 20 : cx + 20]  # floor just below, alpha == 0
     assert not alpha[under].any()
     cand, bg = (np.asarray(i).astype(int) for i in (candidate, background))
     assert (bg[under] - cand[under]).mean() > 15

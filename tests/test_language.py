@@ -3,6 +3,7 @@
 Tests marked `slow` load SmolLM2 (~20 s on 2 cores); they assert structure and
 constraints, never a canned model string.
 """
+
 from __future__ import annotations
 
 import math

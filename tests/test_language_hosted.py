@@ -1,6 +1,7 @@
 """decompose and caption on a hosted backend (an OpenAI-compatible server answering recorded,
 realistic responses): translation, the field checks and their one re-ask, the rules fallback, and
 a misconfigured backend failing the stage by name."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from workers.stages import language
 
 
 def hosted(fake: FakeOpenAI, **overrides: Any) -> Settings:
-    return Settings(llm_backend="openai", openai_base_url=fake.base_url, openai_api_key="sk-test",
-                    llm_max_attempts=2, **overrides)
+    return Settings(
+        llm_backend="openai", openai_base_url=fake.base_url, openai_api_key="sk-test", llm_max_attempts=2, **overrides
+    )
 
 
 def answer(payload: dict[str, Any]) -> Reply:
@@ -23,13 +25,24 @@ def answer(payload: dict[str, Any]) -> Reply:
 
 
 def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None:  # noqa: F811
-    server.script(answer({"english": "the red running shoe on an urban street at sunset in autumn, for young runners,"
-                                     " energetic mood",
-                          "products": ["the red running shoe"], "backgrounds": ["urban street"],
-                          "themes": ["sunset"], "mood": "energetic", "season": "autumn",
-                          "audience": "runners from Mars"}))
-    result = language.decompose("der rote Laufschuh auf einer Stadtstraße bei Sonnenuntergang im Herbst, für junge "
-                                "Läufer, energische Stimmung", hosted(server))
+    server.script(
+        answer(
+            {
+                "english": "the red running shoe on an urban street at sunset in autumn, for young runners,"
+                " energetic mood",
+                "products": ["the red running shoe"],
+                "backgrounds": ["urban street"],
+                "themes": ["sunset"],
+                "mood": "energetic",
+                "season": "autumn",
+                "audience": "runners from Mars",
+            }
+        )
+    )
+    result = language.decompose(
+        "der rote Laufschuh auf einer Stadtstraße bei Sonnenuntergang im Herbst, für junge Läufer, energische Stimmung",
+        hosted(server),
+    )
     assert result["products"] == ["red running shoe"] and result["backgrounds"] == ["urban street"]
     assert result["themes"] == ["sunset"] and result["mood"] == "energetic" and result["season"] == "autumn"
     assert result["audience"] is None  # "from Mars" is not in the brief: dropped, not passed on
@@ -44,8 +57,9 @@ def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None: 
 
 
 def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server: FakeOpenAI) -> None:  # noqa: F811
-    made_up = answer({"english": None, "products": ["shoe"], "backgrounds": ["mountain lake"], "themes": [],
-                      "mood": None})
+    made_up = answer(
+        {"english": None, "products": ["shoe"], "backgrounds": ["mountain lake"], "themes": [], "mood": None}
+    )
     server.script(made_up, made_up)
     result = language.decompose("a shoe on a wooden table", hosted(server))
     assert len(server.requests) == 2
@@ -55,21 +69,45 @@ def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server
 
 
 def test_caption_clauses_from_the_hosted_model(server: FakeOpenAI) -> None:  # noqa: F811
-    server.script(answer({"pose": "standing on its sole", "lighting": "warm golden hour light",
-                          "camera": "low angle shot", "style": "lifestyle product photography"}))
-    parts = {"products": ["red running shoe"], "backgrounds": ["urban street"], "themes": ["sunset"],
-             "mood": None, "negatives": [], "season": "autumn"}
+    server.script(
+        answer(
+            {
+                "pose": "standing on its sole",
+                "lighting": "warm golden hour light",
+                "camera": "low angle shot",
+                "style": "lifestyle product photography",
+            }
+        )
+    )
+    parts = {
+        "products": ["red running shoe"],
+        "backgrounds": ["urban street"],
+        "themes": ["sunset"],
+        "mood": None,
+        "negatives": [],
+        "season": "autumn",
+    }
     result = language.caption(parts, "Stride running shoe", None, hosted(server))
-    assert result["caption"] == ("a Stride running shoe on an urban street at sunset in autumn, standing on its sole, "
-                                 "warm golden hour light, low angle shot, lifestyle product photography")
+    assert result["caption"] == (
+        "a Stride running shoe on an urban street at sunset in autumn, standing on its sole, "
+        "warm golden hour light, low angle shot, lifestyle product photography"
+    )
     assert result["backend"] == "openai" and result["prompt_version"] == "caption.v2"
     assert not language.is_instruction_like(result["caption"]) and not language.has_negation(result["caption"])
 
 
 def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noqa: F811
     """An instruction, a negation and a competitor's name from the model never reach the positive prompt."""
-    server.script(answer({"pose": "standing upright without laces", "lighting": "soft light, no harsh shadows",
-                          "camera": "", "style": "Nike-style sports photo"}))
+    server.script(
+        answer(
+            {
+                "pose": "standing upright without laces",
+                "lighting": "soft light, no harsh shadows",
+                "camera": "",
+                "style": "Nike-style sports photo",
+            }
+        )
+    )
     parts = {"products": ["running shoe"], "backgrounds": ["track"], "themes": [], "mood": None, "negatives": []}
     result = language.caption(parts, None, None, hosted(server), forbidden_terms=["Nike", "Adidas"])
     caption = result["caption"]
@@ -81,10 +119,21 @@ def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noq
 
 
 def test_an_untranslated_hosted_answer_is_re_asked(server: FakeOpenAI) -> None:  # noqa: F811
-    german = answer({"english": None, "products": ["Laufschuh"], "backgrounds": ["einer Stadtstraße"], "themes": [],
-                     "mood": None})
-    server.script(german, answer({"english": "a running shoe on a city street", "products": ["running shoe"],
-                                  "backgrounds": ["city street"], "themes": [], "mood": None}))
+    german = answer(
+        {"english": None, "products": ["Laufschuh"], "backgrounds": ["einer Stadtstraße"], "themes": [], "mood": None}
+    )
+    server.script(
+        german,
+        answer(
+            {
+                "english": "a running shoe on a city street",
+                "products": ["running shoe"],
+                "backgrounds": ["city street"],
+                "themes": [],
+                "mood": None,
+            }
+        ),
+    )
     result = language.decompose("ein Laufschuh auf einer Stadtstraße", hosted(server))
     assert "not English" in server.requests[1].body["messages"][-1]["content"]
     assert result["products"] == ["running shoe"] and result["backend"] == "openai"
@@ -93,8 +142,9 @@ def test_an_untranslated_hosted_answer_is_re_asked(server: FakeOpenAI) -> None: 
 def test_unreachable_backend_raises_a_named_error() -> None:
     from workers.models.llm_api import LLMError
 
-    settings = Settings(llm_backend="openai", openai_base_url="http://127.0.0.1:9/v1", llm_max_attempts=1,
-                        llm_timeout_seconds=2)
+    settings = Settings(
+        llm_backend="openai", openai_base_url="http://127.0.0.1:9/v1", llm_max_attempts=1, llm_timeout_seconds=2
+    )
     with pytest.raises(LLMError, match="llm_unavailable"):
         language.decompose("a shoe on a table", settings)
 

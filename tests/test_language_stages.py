@@ -1,6 +1,7 @@
 """scale, guideline check and revise: the classical paths (local / rules backends), the hosted
 vision and text paths against an OpenAI-compatible server with recorded answers, and the
 local revise on the real SmolLM2 (marked slow)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ PARTS = {"products": ["red running shoe"], "backgrounds": ["urban street"], "the
 
 
 def hosted(fake: FakeOpenAI, **overrides: Any) -> Settings:
-    return Settings(llm_backend="openai", openai_base_url=fake.base_url, openai_api_key="sk-test",
-                    llm_max_attempts=1, **overrides)
+    return Settings(
+        llm_backend="openai", openai_base_url=fake.base_url, openai_api_key="sk-test", llm_max_attempts=1, **overrides
+    )
 
 
 def answer(payload: dict[str, Any]) -> Reply:
@@ -91,8 +93,15 @@ BRAND = [{"text": "Show the brand's red on the product.", "flexible": True, "wei
 
 
 def test_local_guideline_check_is_classical_and_honest(composite: dict[str, Image.Image]) -> None:
-    result = guideline.check(composite["candidate"], composite["layer"], composite["product"], CAPTION, BRAND,
-                             "strict", Settings(llm_backend="local"))
+    result = guideline.check(
+        composite["candidate"],
+        composite["layer"],
+        composite["product"],
+        CAPTION,
+        BRAND,
+        "strict",
+        Settings(llm_backend="local"),
+    )
     by_id = {v["guideline"]: v for v in result["verdicts"]}
     assert list(by_id) == [*guideline.BASELINE, "brand_1"]
     assert by_id["floating_product"]["status"] == "pass" and by_id["distorted_product"]["status"] == "pass"
@@ -117,10 +126,12 @@ def test_hosted_guideline_verdicts_and_policies(server: FakeOpenAI, composite: d
 
 
 def test_incomplete_hosted_answers_are_re_asked_then_filled_honestly(
-        server: FakeOpenAI, composite: dict[str, Image.Image]) -> None:  # noqa: F811
+    server: FakeOpenAI, composite: dict[str, Image.Image]
+) -> None:  # noqa: F811
     server.script(answer({"verdicts": [{"id": "duplicated_product", "passed": True, "reason": "one shoe"}]}))
-    result = guideline.check(composite["candidate"], composite["layer"], composite["product"], CAPTION, BRAND,
-                             "strict", hosted(server))
+    result = guideline.check(
+        composite["candidate"], composite["layer"], composite["product"], CAPTION, BRAND, "strict", hosted(server)
+    )
     re_ask = server.requests[1].body["messages"][-1]["content"][0]["text"]
     assert len(server.requests) == 2 and "no verdict for" in re_ask
     by_id = {v["guideline"]: v for v in result["verdicts"]}
@@ -130,15 +141,24 @@ def test_incomplete_hosted_answers_are_re_asked_then_filled_honestly(
 
 def test_guideline_check_names_bad_arguments(composite: dict[str, Image.Image]) -> None:
     with pytest.raises(ValueError, match="policy"):
-        guideline.check(composite["candidate"], composite["layer"], composite["product"], CAPTION, [], "lenient",
-                        Settings(llm_backend="rules"))
+        guideline.check(
+            composite["candidate"],
+            composite["layer"],
+            composite["product"],
+            CAPTION,
+            [],
+            "lenient",
+            Settings(llm_backend="rules"),
+        )
 
 
 # ----------------------------------------------------------------------------- revise
 
 CURRENT = {"caption": CAPTION, "negative_prompt": "blurry, text", "parts": {"subject": "a red running shoe"}}
-FAILURES = [{"guideline": "floating_product", "count": 4, "reason": "the shoe floats above the street"},
-            {"guideline": "brand_1", "count": 2, "reason": "no brand red"}]
+FAILURES = [
+    {"guideline": "floating_product", "count": 4, "reason": "the shoe floats above the street"},
+    {"guideline": "brand_1", "count": 2, "reason": "no brand red"},
+]
 
 
 def test_rules_revision_adds_the_fixing_clause_and_negatives() -> None:
@@ -150,14 +170,23 @@ def test_rules_revision_adds_the_fixing_clause_and_negatives() -> None:
 
 def test_failure_summary_counts_and_orders() -> None:
     failed = [{"guideline": "a", "reason": "x"}, {"guideline": "b", "reason": "y"}, {"guideline": "b", "reason": "z"}]
-    assert revise.failure_summary(failed) == [{"guideline": "b", "count": 2, "reason": "y"},
-                                              {"guideline": "a", "count": 1, "reason": "x"}]
+    assert revise.failure_summary(failed) == [
+        {"guideline": "b", "count": 2, "reason": "y"},
+        {"guideline": "a", "count": 1, "reason": "x"},
+    ]
 
 
 def test_hosted_revision_is_guarded(server: FakeOpenAI) -> None:  # noqa: F811
-    server.script(answer({"caption": "Generate a red running shoe by Nike on an urban street, no people, "
-                                     "with a soft contact shadow", "negative_terms": ["floating shoe"],
-                          "change": "grounded it"}))
+    server.script(
+        answer(
+            {
+                "caption": "Generate a red running shoe by Nike on an urban street, no people, "
+                "with a soft contact shadow",
+                "negative_terms": ["floating shoe"],
+                "change": "grounded it",
+            }
+        )
+    )
     result = revise.revise(CURRENT, FAILURES, hosted(server), ["Nike"])
     text = result["caption"]
     assert text.startswith("a red running shoe") and "Nike" not in text and not language.has_negation(text)

@@ -1,5 +1,6 @@
 """`onbrand assets import|status|reembed|prune-embeddings`: the client on its own (metadata, batching,
 retries) and as a real subprocess against the running system."""
+
 from __future__ import annotations
 
 import json
@@ -51,12 +52,20 @@ def build_folder(root: Path) -> Path:
         make_png(root / f"a{i:02d}_red-shoe_{SHAPES[i % 3]}.png", i)
     make_png(root / "sub" / "b01.png", 28)
     make_png(root / "sub" / "B02.PNG", 29)
-    (root / "a03_red-shoe_rectangle.json").write_text(json.dumps(
-        {"kind": "background", "title": "Sunset street", "tags": ["street", "sunset"],
-         "description": "an urban street at dusk"}))
+    (root / "a03_red-shoe_rectangle.json").write_text(
+        json.dumps(
+            {
+                "kind": "background",
+                "title": "Sunset street",
+                "tags": ["street", "sunset"],
+                "description": "an urban street at dusk",
+            }
+        )
+    )
     (root / "a05_red-shoe_triangle.json").write_text(json.dumps({"kind": "poster"}))
-    (root / "manifest.jsonl").write_text(json.dumps(
-        {"file": "sub/b01.png", "title": "From the manifest", "kpis": {"ctr": 0.05}}) + "\n")
+    (root / "manifest.jsonl").write_text(
+        json.dumps({"file": "sub/b01.png", "title": "From the manifest", "kpis": {"ctr": 0.05}}) + "\n"
+    )
     (root / "notes.txt").write_text("not an image")
     (root / "y_not_really.png").write_text("this is a text file, not a PNG\n" * 10)
     shutil.copy(root / "a00_red-shoe_rectangle.png", root / "z_duplicate.png")
@@ -108,7 +117,11 @@ def test_manifest_orphans_and_bad_lines(tmp_path: Path) -> None:
 def test_batches_respect_count_and_bytes() -> None:
     items = [li.Item(path=Path(f"{i}.png"), rel=f"{i}.png", size=size) for i, size in enumerate([5, 5, 5, 30, 5])]
     assert [[it.rel for it in b] for b in li.batches(iter(items), 2, max_bytes=20)] == [
-        ["0.png", "1.png"], ["2.png"], ["3.png"], ["4.png"]]
+        ["0.png", "1.png"],
+        ["2.png"],
+        ["3.png"],
+        ["4.png"],
+    ]
 
 
 def _ok(request: httpx.Request, n: int) -> httpx.Response:
@@ -140,15 +153,21 @@ def test_post_batch_retries_5xx_429_and_honours_retry_after(tmp_path: Path) -> N
         outcome = li.post_batch(client, batch, sleep=slept.append)
     assert [f.code for f in outcome.failures] == ["connection_error"] * 3
 
-    with httpx.Client(transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"code": "unauthorized"})),
-                      base_url="http://gw") as client, pytest.raises(li.ImportAborted, match="API key"):
+    with (
+        httpx.Client(
+            transport=httpx.MockTransport(lambda r: httpx.Response(401, json={"code": "unauthorized"})),
+            base_url="http://gw",
+        ) as client,
+        pytest.raises(li.ImportAborted, match="API key"),
+    ):
         li.post_batch(client, batch, sleep=slept.append)
 
 
 def test_import_requires_an_api_key(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "ONBRAND_API_KEY"}
-    done = subprocess.run(onbrand_cmd("assets", "import", str(tmp_path), "--brand", "x"), env=env,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        onbrand_cmd("assets", "import", str(tmp_path), "--brand", "x"), env=env, capture_output=True, text=True
+    )
     assert done.returncode == 2 and "ONBRAND_API_KEY" in done.stderr
 
 
@@ -160,13 +179,31 @@ def test_status_and_prune_on_a_fresh_database(fresh_db: str) -> None:
     with session_scope() as session:
         tenants = [create_tenant(session, name)[0] for name in ("one", "two")]
         for n, tenant_id in enumerate([tenants[0]] * 3 + [tenants[1]]):
-            asset = Asset(tenant_id=tenant_id, kind="product", sha256=f"{n:064d}", content_type="image/png", width=1,
-                          height=1, byte_size=1, storage_key=f"k{n}", thumb_key=f"t{n}")
+            asset = Asset(
+                tenant_id=tenant_id,
+                kind="product",
+                sha256=f"{n:064d}",
+                content_type="image/png",
+                width=1,
+                height=1,
+                byte_size=1,
+                storage_key=f"k{n}",
+                thumb_key=f"t{n}",
+            )
             session.add(asset)
             session.flush()
             for model in ("old/model", "new/model")[: 1 + (n % 2)]:  # assets 1 and 3 have both
-                session.add(AssetEmbedding(tenant_id=tenant_id, asset_id=asset.id, model=model, dim=2,
-                                           embedding=[0.6, 0.8], kind="product", tags=[]))
+                session.add(
+                    AssetEmbedding(
+                        tenant_id=tenant_id,
+                        asset_id=asset.id,
+                        model=model,
+                        dim=2,
+                        embedding=[0.6, 0.8],
+                        kind="product",
+                        tags=[],
+                    )
+                )
     env = {**os.environ}
 
     def cli(*args: str) -> dict[str, Any]:
@@ -177,12 +214,18 @@ def test_status_and_prune_on_a_fresh_database(fresh_db: str) -> None:
     one = cli("status", "--tenant", str(tenants[0]))
     assert one["assets"] == 3 and one["models"] == {
         "new/model": {"modality": "text", "embedded": 1, "missing": 2},
-        "old/model": {"modality": "text", "embedded": 3, "missing": 0}}
+        "old/model": {"modality": "text", "embedded": 3, "missing": 0},
+    }
     assert cli("status")["models"]["new/model"]["embedded"] == 2
 
     dry = cli("prune-embeddings", "--keep", "new/model")
-    assert dry == {"keep": ["new/model"], "models": {"new/model": 2, "old/model": 4}, "delete": {"old/model": 4},
-                   "dry_run": True, "deleted": 0}
+    assert dry == {
+        "keep": ["new/model"],
+        "models": {"new/model": 2, "old/model": 4},
+        "delete": {"old/model": 4},
+        "dry_run": True,
+        "deleted": 0,
+    }
     assert onbrand(env, "assets", "prune-embeddings", "--keep", "typo/model", "--yes").returncode == 1
     assert cli("status")["models"]["old/model"]["embedded"] == 4
     assert cli("prune-embeddings", "--keep", "new/model", "--yes")["deleted"] == 4
@@ -215,20 +258,39 @@ def test_import_a_folder_then_again(system: System, tmp_path: Path) -> None:
     # --api-url comes from ONBRAND_PUBLIC_URL in the system's environment
     env = {**system.env, "ONBRAND_API_KEY": tenant["api_key"]}
 
-    done = onbrand(env, "assets", "import", str(folder), "--brand", brand["id"], "--tag", "shoe",
-                   "--batch-size", "8", "--concurrency", "2")
+    done = onbrand(
+        env,
+        "assets",
+        "import",
+        str(folder),
+        "--brand",
+        brand["id"],
+        "--tag",
+        "shoe",
+        "--batch-size",
+        "8",
+        "--concurrency",
+        "2",
+    )
     assert done.returncode == 2, done.stderr
     summary = json.loads(done.stdout)
     assert {k: summary[k] for k in ("files", "created", "existing", "failed")} == {
-        "files": 32, "created": 29, "existing": 1, "failed": 2}, summary
+        "files": 32,
+        "created": 29,
+        "existing": 1,
+        "failed": 2,
+    }, summary
     assert {(f["file"], f["code"]) for f in summary["failures"]} == {
-        ("a05_red-shoe_triangle.png", "invalid_metadata"), ("y_not_really.png", "unsupported_media_type")}
+        ("a05_red-shoe_triangle.png", "invalid_metadata"),
+        ("y_not_really.png", "unsupported_media_type"),
+    }
     assert summary["seconds"] > 0 and summary["assets_per_second"] > 0
     assert "created=" in done.stderr  # the progress bar
 
     backgrounds = api.get("/v1/assets", params={"kind": "background"}).json()["items"]
     assert [(a["title"], a["tags"], a["description"], a["brand_id"]) for a in backgrounds] == [
-        ("Sunset street", ["street", "sunset"], "an urban street at dusk", brand["id"])]
+        ("Sunset street", ["street", "sunset"], "an urban street at dusk", brand["id"])
+    ]
     products = api.get("/v1/assets", params={"kind": "product", "limit": 100}).json()["items"]
     assert len(products) == 28 and all(a["brand_id"] == brand["id"] for a in products)
     by_title = {a["title"]: a for a in products}
@@ -238,12 +300,27 @@ def test_import_a_folder_then_again(system: System, tmp_path: Path) -> None:
     status = wait_embedded(env, tenant["tenant_id"], assets=29)
     assert status["models"][TEXT_MODEL]["embedded"] == 29
 
-    again = onbrand(env, "assets", "import", str(folder), "--brand", brand["id"], "--quiet",
-                    "--api-url", system.url, "--api-key", tenant["api_key"])
+    again = onbrand(
+        env,
+        "assets",
+        "import",
+        str(folder),
+        "--brand",
+        brand["id"],
+        "--quiet",
+        "--api-url",
+        system.url,
+        "--api-key",
+        tenant["api_key"],
+    )
     assert again.returncode == 2 and again.stderr == "", again.stderr
     second = json.loads(again.stdout)
     assert {k: second[k] for k in ("files", "created", "existing", "failed")} == {
-        "files": 32, "created": 0, "existing": 30, "failed": 2}, second
+        "files": 32,
+        "created": 0,
+        "existing": 30,
+        "failed": 2,
+    }, second
 
     dry = onbrand(env, "assets", "prune-embeddings", "--keep", "some/other-model")
     assert dry.returncode == 0, dry.stderr
@@ -266,8 +343,11 @@ def test_reembed_sends_the_task_and_a_bad_key_stops_the_import(system: System, t
     log = system.home / "logs" / "worker-cpu.log"
 
     def finished() -> list[str]:
-        return [line for line in log.read_text().splitlines()
-                if "onbrand.reembed[" in line and ("succeeded" in line or "raised" in line)]
+        return [
+            line
+            for line in log.read_text().splitlines()
+            if "onbrand.reembed[" in line and ("succeeded" in line or "raised" in line)
+        ]
 
     deadline = time.monotonic() + 30
     while not finished() and time.monotonic() < deadline:
@@ -276,6 +356,13 @@ def test_reembed_sends_the_task_and_a_bad_key_stops_the_import(system: System, t
     assert onbrand(system.env, "assets", "reembed", "--tenant", "nope").returncode == 2
 
     make_png(tmp_path / "one.png", 1)
-    refused = onbrand({**system.env, "ONBRAND_API_KEY": "onb_wrong"}, "assets", "import", str(tmp_path),
-                      "--brand", "7f1f5a52-4b7c-4bd4-9d0a-3f4cf0b8e7a1", "--quiet")
+    refused = onbrand(
+        {**system.env, "ONBRAND_API_KEY": "onb_wrong"},
+        "assets",
+        "import",
+        str(tmp_path),
+        "--brand",
+        "7f1f5a52-4b7c-4bd4-9d0a-3f4cf0b8e7a1",
+        "--quiet",
+    )
     assert refused.returncode == 1 and "API key" in refused.stderr

@@ -1,5 +1,6 @@
 """Embedding spaces in Postgres: a CLIP image space next to the text space (tiny random CLIP), one
 partial HNSW index per space, and filters applied inside the index scan (pgvector iterative scan)."""
+
 from __future__ import annotations
 
 import io
@@ -39,9 +40,24 @@ def _tenant() -> uuid.UUID:
 
 def _asset(tenant_id: uuid.UUID, i: int, kind: str, colour: tuple[int, int, int] = (0, 0, 0)) -> Asset:
     asset_id = uuid.uuid4()
-    return Asset(id=asset_id, tenant_id=tenant_id, kind=kind, title=f"asset {i}", description="", tags=[],
-                 attributes={}, kpis={}, sha256=f"{i:064x}", content_type="image/png", width=32, height=32,
-                 has_alpha=False, byte_size=1, storage_key=f"t/{asset_id}.png", thumb_key=f"t/{asset_id}-thumb.png")
+    return Asset(
+        id=asset_id,
+        tenant_id=tenant_id,
+        kind=kind,
+        title=f"asset {i}",
+        description="",
+        tags=[],
+        attributes={},
+        kpis={},
+        sha256=f"{i:064x}",
+        content_type="image/png",
+        width=32,
+        height=32,
+        has_alpha=False,
+        byte_size=1,
+        storage_key=f"t/{asset_id}.png",
+        thumb_key=f"t/{asset_id}-thumb.png",
+    )
 
 
 def _put_thumb(asset: Asset, colour: tuple[int, int, int]) -> None:
@@ -50,8 +66,11 @@ def _put_thumb(asset: Asset, colour: tuple[int, int, int]) -> None:
     get_storage().put(asset.thumb_key, buffer.getvalue(), "image/png")
 
 
-def test_image_space_is_written_indexed_and_searched(db: str, clip_dir: Path,  # noqa: F811
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_space_is_written_indexed_and_searched(
+    db: str,
+    clip_dir: Path,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from workers.models import clip_embedder
     from workers.stages import library
 
@@ -70,8 +89,9 @@ def test_image_space_is_written_indexed_and_searched(db: str, clip_dir: Path,  #
     assert library.embed_asset_ids([str(a.id) for a in assets]) == 0  # idempotent
     model = clip_embedder.model_id(get_settings())
     with session_scope() as session:
-        rows = session.execute(select(AssetEmbedding.model, AssetEmbedding.modality, AssetEmbedding.dim)
-                               .distinct()).all()
+        rows = session.execute(
+            select(AssetEmbedding.model, AssetEmbedding.modality, AssetEmbedding.dim).distinct()
+        ).all()
         indexes = set(session.scalars(text("SELECT indexname FROM pg_indexes WHERE tablename = 'asset_embeddings'")))
     assert set(rows) == {(MINILM, "text", 384), (model, "image", PROJECTION_DIM)}
     assert {search.space_index_name(MINILM), search.space_index_name(model)} <= indexes
@@ -80,8 +100,14 @@ def test_image_space_is_written_indexed_and_searched(db: str, clip_dir: Path,  #
     assert query["image"]["model"] == model and query["image"]["dim"] == PROJECTION_DIM
     spaces = {name: search.Space(q["model"], q["dim"], q["vector"], name) for name, q in query.items()}
     with session_scope() as session:
-        hits = search.search(session, "a red product", search.Filters(tenant_id=tenant_id), k=3,
-                             text_space=spaces["text"], image_space=spaces["image"])
+        hits = search.search(
+            session,
+            "a red product",
+            search.Filters(tenant_id=tenant_id),
+            k=3,
+            text_space=spaces["text"],
+            image_space=spaces["image"],
+        )
     assert len(hits) == 3 and all(h.parts["image"] is not None for h in hits)
     part_sum = search.WEIGHTS["vector"] * hits[0].parts["vector"] + search.WEIGHTS["image"] * hits[0].parts["image"]
     assert hits[0].score == pytest.approx(part_sum + search.WEIGHTS["keyword"] * hits[0].parts["keyword"], abs=1e-3)
@@ -96,8 +122,10 @@ def _load_vectors(tenant_id: uuid.UUID, n: int, rare_every: int) -> np.ndarray:
     with session_scope() as session:
         session.add_all(assets)
         session.flush()
-        session.add_all(AssetEmbedding(tenant_id=tenant_id, asset_id=a.id, model=MINILM, dim=384, embedding=v,
-                                       kind=a.kind, tags=[]) for a, v in zip(assets, vectors, strict=True))
+        session.add_all(
+            AssetEmbedding(tenant_id=tenant_id, asset_id=a.id, model=MINILM, dim=384, embedding=v, kind=a.kind, tags=[])
+            for a, v in zip(assets, vectors, strict=True)
+        )
     with get_engine().connect() as conn:
         conn.execute(text("ANALYZE asset_embeddings"))
         conn.commit()

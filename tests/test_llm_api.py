@@ -1,4 +1,5 @@
 """The backend-independent parts of the hosted LLM interface: messages, retries, JSON extraction."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,9 +27,14 @@ def test_messages_check_their_arguments() -> None:
         ImagePart(b"")
 
 
-@pytest.mark.parametrize("answer", [
-    '{"products": ["shoe"]}', '```json\n{"products": ["shoe"]}\n```', 'Sure! {"products": ["shoe"]} Hope it helps.',
-])
+@pytest.mark.parametrize(
+    "answer",
+    [
+        '{"products": ["shoe"]}',
+        '```json\n{"products": ["shoe"]}\n```',
+        'Sure! {"products": ["shoe"]} Hope it helps.',
+    ],
+)
 def test_extract_json_finds_the_object(answer: str) -> None:
     assert extract_json(answer) == {"products": ["shoe"]}
 
@@ -46,6 +52,7 @@ def _flaky(errors: list[LLMError]) -> tuple[list[int], object]:
         if errors:
             raise errors.pop(0)
         return Completion("ok", "m", Usage(3, 4))
+
     return calls, call
 
 

@@ -3,6 +3,7 @@
 No test reaches AWS: Stubber answers before a request is signed or sent, and the one test without a
 Stubber (missing credentials) fails at signing, before any connection.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,15 @@ from workers.models.llm_bedrock import BedrockBackend, BedrockConfig
 
 NOVA_PRO = "amazon.nova-pro-v1:0"
 # Smallest valid PNG (1x1, transparent): real bytes, so the test exercises what a caller would send.
-PNG_1PX = bytes.fromhex("89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-                        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082")
+PNG_1PX = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
 
 
-def converse_response(text: str, *, stop_reason: str = "end_turn", tokens_in: int = 412,
-                      tokens_out: int = 57, latency_ms: int = 812) -> dict[str, Any]:
+def converse_response(
+    text: str, *, stop_reason: str = "end_turn", tokens_in: int = 412, tokens_out: int = 57, latency_ms: int = 812
+) -> dict[str, Any]:
     """A Converse response as Bedrock returns it (recorded shape from amazon.nova-pro-v1:0)."""
     return {
         "output": {"message": {"role": "assistant", "content": [{"text": text}]}},
@@ -51,8 +55,7 @@ class Headline(BaseModel):
 
 @pytest.fixture
 def client() -> Any:
-    return boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x",
-                        aws_secret_access_key="y")
+    return boto3.client("bedrock-runtime", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="y")
 
 
 @pytest.fixture
@@ -75,13 +78,21 @@ def backend(client: Any, stubber: Stubber, sleeps: Sleeps) -> BedrockBackend:
 def test_text_completion_request_and_parsed_completion(client: Any, stubber: Stubber, sleeps: Sleeps) -> None:
     backend = BedrockBackend(BedrockConfig(top_p=0.9), client=client, sleep=sleeps)
     schema = {"type": "object", "properties": {"headline": {"type": "string"}}, "required": ["headline"]}
-    stubber.add_response("converse", converse_response('{"headline": "Summer, bottled."}'), expected_params={
-        "modelId": NOVA_PRO,
-        "system": [{"text": "You write ad copy.\n\nAnswer with only a JSON object matching this JSON schema: "
-                            + json.dumps(schema, separators=(",", ":"))}],
-        "messages": [{"role": "user", "content": [{"text": "A headline for lemonade."}]}],
-        "inferenceConfig": {"maxTokens": 256, "temperature": 0.5, "topP": 0.9},
-    })
+    stubber.add_response(
+        "converse",
+        converse_response('{"headline": "Summer, bottled."}'),
+        expected_params={
+            "modelId": NOVA_PRO,
+            "system": [
+                {
+                    "text": "You write ad copy.\n\nAnswer with only a JSON object matching this JSON schema: "
+                    + json.dumps(schema, separators=(",", ":"))
+                }
+            ],
+            "messages": [{"role": "user", "content": [{"text": "A headline for lemonade."}]}],
+            "inferenceConfig": {"maxTokens": 256, "temperature": 0.5, "topP": 0.9},
+        },
+    )
 
     messages = [Message("system", "You write ad copy."), Message("user", "A headline for lemonade.")]
     completion = backend.complete(messages, json_schema=schema, max_tokens=256, temperature=0.5)
@@ -96,36 +107,54 @@ def test_text_completion_request_and_parsed_completion(client: Any, stubber: Stu
 
 
 def test_plain_request_has_no_system_and_no_top_p(backend: BedrockBackend, stubber: Stubber) -> None:
-    stubber.add_response("converse", converse_response("Hi."), expected_params={
-        "modelId": NOVA_PRO,
-        "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
-        "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
-    })
+    stubber.add_response(
+        "converse",
+        converse_response("Hi."),
+        expected_params={
+            "modelId": NOVA_PRO,
+            "messages": [{"role": "user", "content": [{"text": "Hello"}]}],
+            "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
+        },
+    )
     assert backend.complete([Message("user", "Hello")]).text == "Hi."
 
 
 def test_image_message_sends_png_block_with_exact_bytes(backend: BedrockBackend, stubber: Stubber) -> None:
-    stubber.add_response("converse", converse_response("A red sneaker on white."), expected_params={
-        "modelId": NOVA_PRO,
-        "messages": [{"role": "user", "content": [
-            {"image": {"format": "png", "source": {"bytes": PNG_1PX}}},
-            {"text": "Describe the product."},
-        ]}],
-        "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
-    })
+    stubber.add_response(
+        "converse",
+        converse_response("A red sneaker on white."),
+        expected_params={
+            "modelId": NOVA_PRO,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"image": {"format": "png", "source": {"bytes": PNG_1PX}}},
+                        {"text": "Describe the product."},
+                    ],
+                }
+            ],
+            "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
+        },
+    )
     completion = backend.complete([Message("user", "Describe the product.", images=(ImagePart(PNG_1PX),))])
     assert completion.text == "A red sneaker on white."
 
 
 def test_roles_are_merged_into_one_system_block_and_one_user_turn(backend: BedrockBackend, stubber: Stubber) -> None:
-    stubber.add_response("converse", converse_response("ok"), expected_params={
-        "modelId": NOVA_PRO,
-        "system": [{"text": "Be brief."}],
-        "messages": [{"role": "user", "content": [{"text": "Brand: Acme."}, {"text": "Product: anvil."}]}],
-        "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
-    })
-    backend.complete([Message("system", "Be brief."), Message("user", "Brand: Acme."),
-                      Message("user", "Product: anvil.")])
+    stubber.add_response(
+        "converse",
+        converse_response("ok"),
+        expected_params={
+            "modelId": NOVA_PRO,
+            "system": [{"text": "Be brief."}],
+            "messages": [{"role": "user", "content": [{"text": "Brand: Acme."}, {"text": "Product: anvil."}]}],
+            "inferenceConfig": {"maxTokens": 1024, "temperature": 0.2},
+        },
+    )
+    backend.complete(
+        [Message("system", "Be brief."), Message("user", "Brand: Acme."), Message("user", "Product: anvil.")]
+    )
 
 
 def test_conversation_must_start_with_user(backend: BedrockBackend) -> None:
@@ -146,8 +175,9 @@ def test_throttling_then_success_retries_once(backend: BedrockBackend, stubber: 
 
 
 def test_retry_after_header_sets_the_backoff(backend: BedrockBackend, stubber: Stubber, sleeps: Sleeps) -> None:
-    stubber.add_client_error("converse", "ServiceQuotaExceededException", "quota", 429,
-                             response_meta={"HTTPHeaders": {"retry-after": "3"}})
+    stubber.add_client_error(
+        "converse", "ServiceQuotaExceededException", "quota", 429, response_meta={"HTTPHeaders": {"retry-after": "3"}}
+    )
     stubber.add_response("converse", converse_response("done"))
     backend.complete([Message("user", "go")])
     assert sleeps.calls == [3.0]
@@ -166,8 +196,9 @@ def test_model_not_ready_every_time_gives_up_after_max_attempts(client: Any, stu
 
 
 def test_access_denied_is_auth_and_not_retried(backend: BedrockBackend, stubber: Stubber, sleeps: Sleeps) -> None:
-    stubber.add_client_error("converse", "AccessDeniedException",
-                             "You don't have access to the model with the specified model ID.", 403)
+    stubber.add_client_error(
+        "converse", "AccessDeniedException", "You don't have access to the model with the specified model ID.", 403
+    )
 
     with pytest.raises(LLMError) as info:
         backend.complete([Message("user", "go")])
@@ -185,11 +216,20 @@ def test_validation_error_is_bad_request_with_truncated_message(backend: Bedrock
     assert len(info.value.detail) <= 300
 
 
-def test_missing_credentials_is_misconfigured_without_network(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                              sleeps: Sleeps) -> None:
-    for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
-                "AWS_DEFAULT_PROFILE", "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
-                "AWS_CONTAINER_CREDENTIALS_FULL_URI", "AWS_WEB_IDENTITY_TOKEN_FILE", "AWS_ROLE_ARN"):
+def test_missing_credentials_is_misconfigured_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sleeps: Sleeps
+) -> None:
+    for var in (
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+    ):
         monkeypatch.delenv(var, raising=False)
     for var in ("AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
         empty = tmp_path / var.lower()
@@ -197,8 +237,9 @@ def test_missing_credentials_is_misconfigured_without_network(tmp_path: Path, mo
         monkeypatch.setenv(var, str(empty))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     # A closed local port: should signing somehow pass, the call still fails fast instead of reaching AWS.
-    backend = BedrockBackend(BedrockConfig(endpoint_url="http://127.0.0.1:9", timeout_s=2.0, max_attempts=2),
-                             sleep=sleeps)
+    backend = BedrockBackend(
+        BedrockConfig(endpoint_url="http://127.0.0.1:9", timeout_s=2.0, max_attempts=2), sleep=sleeps
+    )
 
     with pytest.raises(LLMError) as info:
         backend.complete([Message("user", "go")])
@@ -248,11 +289,16 @@ def test_complete_json_repairs_once(backend: BedrockBackend, stubber: Stubber) -
 def test_complete_json_repair_turns_alternate(backend: BedrockBackend, stubber: Stubber) -> None:
     schema_text = json.dumps(Headline.model_json_schema(), separators=(",", ":"))
     stubber.add_response("converse", converse_response("not json"))
-    second = {"modelId": NOVA_PRO, "system": [{"text": "Answer with only a JSON object matching this JSON schema: "
-                                                      + schema_text}],
-              "inferenceConfig": {"maxTokens": 1024, "temperature": 0.0}}
-    stubber.add_response("converse", converse_response('{"headline": "a", "tone": "b"}'),
-                         expected_params={**second, "messages": _RepairTurns()})
+    second = {
+        "modelId": NOVA_PRO,
+        "system": [{"text": "Answer with only a JSON object matching this JSON schema: " + schema_text}],
+        "inferenceConfig": {"maxTokens": 1024, "temperature": 0.0},
+    }
+    stubber.add_response(
+        "converse",
+        converse_response('{"headline": "a", "tone": "b"}'),
+        expected_params={**second, "messages": _RepairTurns()},
+    )
     complete_json(backend, [Message("user", "A headline.")], Headline)
 
 

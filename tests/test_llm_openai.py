@@ -1,4 +1,5 @@
 """OpenAIBackend against a real loopback HTTP server that answers like an OpenAI-compatible endpoint."""
+
 from __future__ import annotations
 
 import base64
@@ -20,20 +21,39 @@ from pydantic import BaseModel
 from workers.models.llm_api import ImagePart, LLMError, Message, complete_json, estimate_cost
 from workers.models.llm_openai import OpenAIBackend, OpenAIConfig, _retry_after
 
-PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5E"
-                       "rkJggg==")  # a 1x1 PNG
+PNG = base64.b64decode(
+    "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
+)  # a 1x1 PNG
 
 
-def chat_completion(content: Any, *, model: str = "gpt-4o-mini-2024-07-18", finish_reason: str = "stop",
-                    prompt_tokens: int = 42, completion_tokens: int = 7) -> dict[str, Any]:
+def chat_completion(
+    content: Any,
+    *,
+    model: str = "gpt-4o-mini-2024-07-18",
+    finish_reason: str = "stop",
+    prompt_tokens: int = 42,
+    completion_tokens: int = 7,
+) -> dict[str, Any]:
     """The shape OpenAI (and vLLM, Ollama's /v1) return for POST /chat/completions."""
     return {
-        "id": "chatcmpl-AbC123xyz", "object": "chat.completion", "created": 1727000000, "model": model,
+        "id": "chatcmpl-AbC123xyz",
+        "object": "chat.completion",
+        "created": 1727000000,
+        "model": model,
         "system_fingerprint": "fp_0ba0d124f1",
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": content, "refusal": None},
-                     "logprobs": None, "finish_reason": finish_reason}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content, "refusal": None},
+                "logprobs": None,
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
     }
 
 
@@ -81,8 +101,9 @@ class FakeOpenAI:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
                 raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                reply = fake._next(Recorded(self.path, {k.lower(): v for k, v in self.headers.items()},
-                                            json.loads(raw)))
+                reply = fake._next(
+                    Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
+                )
                 time.sleep(reply.delay_s)
                 payload = (reply.body if isinstance(reply.body, str) else json.dumps(reply.body)).encode()
                 self.send_response(reply.status)
@@ -115,8 +136,7 @@ class Sleeps(list):
 
 
 def backend_for(server: FakeOpenAI, sleeps: Sleeps | None = None, **overrides: Any) -> OpenAIBackend:
-    config = OpenAIConfig(**{"base_url": server.base_url, "api_key": "sk-test-123", "max_attempts": 3,
-                             **overrides})
+    config = OpenAIConfig(**{"base_url": server.base_url, "api_key": "sk-test-123", "max_attempts": 3, **overrides})
     return OpenAIBackend(config, sleep=sleeps if sleeps is not None else Sleeps())
 
 
@@ -133,11 +153,16 @@ def test_text_completion_request_and_parsed_answer(server: FakeOpenAI) -> None:
     assert request.headers["authorization"] == "Bearer sk-test-123"
     assert request.body == {
         "model": "gpt-4o-mini",
-        "messages": [{"role": "system", "content": "You write ad headlines."},
-                     {"role": "user", "content": "A headline for a red running shoe."}],
-        "max_tokens": 200, "temperature": 0.5,
-        "response_format": {"type": "json_schema",
-                            "json_schema": {"name": "answer", "schema": SCHEMA, "strict": False}},
+        "messages": [
+            {"role": "system", "content": "You write ad headlines."},
+            {"role": "user", "content": "A headline for a red running shoe."},
+        ],
+        "max_tokens": 200,
+        "temperature": 0.5,
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": SCHEMA, "strict": False},
+        },
     }
     assert completion.text == '{"headline": "Run red."}'
     assert completion.model == "gpt-4o-mini-2024-07-18"
@@ -159,11 +184,19 @@ def test_image_message_becomes_content_parts_with_data_url(server: FakeOpenAI) -
     backend_for(server).complete([message])
 
     [request] = server.requests
-    assert request.body["messages"] == [{"role": "user", "content": [
-        {"type": "text", "text": "Describe the product."},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
-        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()}},
-    ]}]
+    assert request.body["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Describe the product."},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64," + base64.b64encode(PNG).decode()}},
+                {
+                    "type": "image_url",
+                    "image_url": {"url": "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()},
+                },
+            ],
+        }
+    ]
 
 
 def test_images_refused_without_vision_before_any_request(server: FakeOpenAI) -> None:
@@ -176,9 +209,14 @@ def test_images_refused_without_vision_before_any_request(server: FakeOpenAI) ->
 
 def test_429_with_retry_after_then_success(server: FakeOpenAI) -> None:
     sleeps = Sleeps()
-    server.script(Reply(429, api_error("Rate limit reached for gpt-4o-mini", "requests", "rate_limit_exceeded"),
-                        {"Retry-After": "1"}),
-                  Reply(body=chat_completion("ok")))
+    server.script(
+        Reply(
+            429,
+            api_error("Rate limit reached for gpt-4o-mini", "requests", "rate_limit_exceeded"),
+            {"Retry-After": "1"},
+        ),
+        Reply(body=chat_completion("ok")),
+    )
     completion = backend_for(server, sleeps).complete(ASK)
     assert completion.text == "ok" and completion.attempts == 2
     assert sleeps == [1.0] and len(server.requests) == 2
@@ -231,10 +269,19 @@ def test_other_400_is_bad_request_with_server_message(server: FakeOpenAI) -> Non
 
 
 def test_rejected_json_schema_falls_back_to_json_object_and_remembers(server: FakeOpenAI) -> None:
-    server.script(Reply(400, {"object": "error", "message": "response_format json_schema is not supported",
-                              "type": "BadRequestError", "code": 400}),
-                  Reply(body=chat_completion('{"headline": "a"}')),
-                  Reply(body=chat_completion('{"headline": "b"}')))
+    server.script(
+        Reply(
+            400,
+            {
+                "object": "error",
+                "message": "response_format json_schema is not supported",
+                "type": "BadRequestError",
+                "code": 400,
+            },
+        ),
+        Reply(body=chat_completion('{"headline": "a"}')),
+        Reply(body=chat_completion('{"headline": "b"}')),
+    )
     backend = backend_for(server)
     assert backend.complete(ASK, json_schema=SCHEMA).text == '{"headline": "a"}'
     assert backend.json_mode == "json_object"
@@ -244,9 +291,11 @@ def test_rejected_json_schema_falls_back_to_json_object_and_remembers(server: Fa
 
 
 def test_json_object_also_rejected_falls_back_to_none(server: FakeOpenAI) -> None:
-    server.script(Reply(400, {"error": "response_format is not supported"}),
-                  Reply(400, {"error": "response_format is not supported"}),
-                  Reply(body=chat_completion('{"headline": "a"}')))
+    server.script(
+        Reply(400, {"error": "response_format is not supported"}),
+        Reply(400, {"error": "response_format is not supported"}),
+        Reply(body=chat_completion('{"headline": "a"}')),
+    )
     backend = backend_for(server)
     backend.complete(ASK, json_schema=SCHEMA)
     formats = [r.body.get("response_format", {}).get("type") for r in server.requests]
@@ -292,8 +341,10 @@ def test_complete_json_reads_a_fenced_answer(server: FakeOpenAI) -> None:
 
 
 def test_complete_json_repairs_a_malformed_answer_once(server: FakeOpenAI) -> None:
-    server.script(Reply(body=chat_completion("Sure! here it is: {products: [shoe]")),
-                  Reply(body=chat_completion('{"products": ["shoe"]}')))
+    server.script(
+        Reply(body=chat_completion("Sure! here it is: {products: [shoe]")),
+        Reply(body=chat_completion('{"products": ["shoe"]}')),
+    )
     parsed, completions = complete_json(backend_for(server), PRODUCT_ASK, Products)
     assert parsed == Products(products=["shoe"]) and len(completions) == 2
     second = server.requests[1].body

@@ -1,5 +1,6 @@
 """`onbrand models pull`: what it fetches, where it puts it (where the adapters then load it offline
 from), and how it fails. The download itself is huggingface_hub's (no model hub is reachable here)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -59,12 +60,19 @@ def test_the_local_llm_gguf_is_copied_from_its_package(tmp_path: Path) -> None:
 
 
 def test_cli_offline_pull_fails_and_says_which(tmp_path: Path) -> None:
-    env = base_env(tmp_path, ONBRAND_MODELS_DIR=str(tmp_path / "models"), ONBRAND_LLM_BACKEND="rules",
-                   ONBRAND_SEGMENTER="sam", ONBRAND_SAM_MODEL="org/not-cached", HF_HUB_OFFLINE="1",
-                   HF_HOME=str(tmp_path / "hf"))
+    env = base_env(
+        tmp_path,
+        ONBRAND_MODELS_DIR=str(tmp_path / "models"),
+        ONBRAND_LLM_BACKEND="rules",
+        ONBRAND_SEGMENTER="sam",
+        ONBRAND_SAM_MODEL="org/not-cached",
+        HF_HUB_OFFLINE="1",
+        HF_HOME=str(tmp_path / "hf"),
+    )
     done = subprocess.run(onbrand_cmd("models", "pull"), env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "failed" in done.stdout and "org/not-cached" in done.stdout
-    dry = subprocess.run(onbrand_cmd("models", "pull", "--dry-run"), env=env, capture_output=True, text=True,
-                         timeout=120)
+    dry = subprocess.run(
+        onbrand_cmd("models", "pull", "--dry-run"), env=env, capture_output=True, text=True, timeout=120
+    )
     assert dry.returncode == 0 and "would download to" in dry.stdout

@@ -4,6 +4,7 @@ the worker's heartbeat, queue depths on /metrics, and the `onbrand probe` comman
 
 The same over real processes (OTLP to a local collector, worker /metrics after a campaign) is in
 tests/test_e2e.py."""
+
 # ruff: noqa: F811 - the gateway fixtures are imported by name and then requested as arguments
 from __future__ import annotations
 
@@ -87,8 +88,15 @@ def worker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level  # the worker sets up logging as in production
     try:
-        with start_worker(celery_app, pool="solo", concurrency=1, perform_ping_check=False, queues=("webhooks",),
-                          loglevel="INFO", shutdown_timeout=15) as running:
+        with start_worker(
+            celery_app,
+            pool="solo",
+            concurrency=1,
+            perform_ping_check=False,
+            queues=("webhooks",),
+            loglevel="INFO",
+            shutdown_timeout=15,
+        ) as running:
             yield running
     finally:
         root.handlers[:] = handlers
@@ -136,8 +144,9 @@ def span_named(spans: tuple[ReadableSpan, ...], name: str) -> ReadableSpan:
     return matches[0]
 
 
-def test_one_trace_from_request_through_the_worker(worker: Any, app: Any, acme: Tenant,
-                                                   json_lines: io.StringIO) -> None:
+def test_one_trace_from_request_through_the_worker(
+    worker: Any, app: Any, acme: Tenant, json_lines: io.StringIO
+) -> None:
     exporter = memory_exporter()
     receiver = Receiver()
     with TestClient(app) as client:
@@ -175,8 +184,9 @@ def test_one_trace_from_request_through_the_worker(worker: Any, app: Any, acme: 
     assert done[-1]["delivery_id"] == sent.json()["id"] and done[-1]["level"] == "INFO"
 
 
-def test_worker_touches_its_heartbeat_from_its_event_loop(env: dict[str, str], worker: Any,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_worker_touches_its_heartbeat_from_its_event_loop(
+    env: dict[str, str], worker: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = Path(env["ONBRAND_HOME"]) / "worker.heartbeat"
     wait_for(path.exists)
     os.utime(path, (time.time() - 3600, time.time() - 3600))  # make it stale; the worker must renew it
@@ -187,8 +197,13 @@ def test_worker_touches_its_heartbeat_from_its_event_loop(env: dict[str, str], w
 
 
 def probe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(onbrand_cmd("probe", *args), env=base_env(Path(env["ONBRAND_HOME"]), **env),
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        onbrand_cmd("probe", *args),
+        env=base_env(Path(env["ONBRAND_HOME"]), **env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_probe_heartbeat(tmp_path: Path) -> None:

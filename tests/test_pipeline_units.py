@@ -1,4 +1,5 @@
 """Pure parts of the QC and rank stages: product verdicts, the diverse top-k choice, the best of a cluster."""
+
 from __future__ import annotations
 
 import uuid
@@ -45,15 +46,23 @@ def test_product_checks_pass_and_fail_with_reasons() -> None:
 def test_only_the_best_of_a_cluster_is_rankable_and_the_rest_say_why() -> None:
     a, b, c = cand("a", 1, 1, 6.0), cand("b", 1, 1, 8.0), cand("c", 2, 2, 5.0)
     failed = cand("f", 1, 1, None, passed=False)
-    dup = SimpleNamespace(id="c1", members=[str(x.id) for x in (a, b, failed)],
-                          links=[(str(a.id), str(b.id), "phash distance 2"), (str(b.id), str(failed.id), "phash 0")])
+    dup = SimpleNamespace(
+        id="c1",
+        members=[str(x.id) for x in (a, b, failed)],
+        links=[(str(a.id), str(b.id), "phash distance 2"), (str(b.id), str(failed.id), "phash 0")],
+    )
     alone = SimpleNamespace(id="c2", members=[str(c.id)], links=[])
     clusters = {str(a.id): dup, str(b.id): dup, str(failed.id): dup, str(c.id): alone}
     assert best_of_clusters([a, b, c, failed], clusters) == [b, c]
     assert a.excluded_reason and a.excluded_reason.startswith("near-duplicate of b (cluster c1, phash distance 2)")
     assert failed.excluded_reason is None  # its own failure is its reason, set by the policy
-    assert a.qc["cluster"] == {"id": "c1", "size": 3, "members": ["a", "b", "f"], "best": "b", "links": [
-        {"a": "a", "b": "b", "how": "phash distance 2"}, {"a": "b", "b": "f", "how": "phash 0"}]}
+    assert a.qc["cluster"] == {
+        "id": "c1",
+        "size": 3,
+        "members": ["a", "b", "f"],
+        "best": "b",
+        "links": [{"a": "a", "b": "b", "how": "phash distance 2"}, {"a": "b", "b": "f", "how": "phash 0"}],
+    }
     assert c.qc["cluster"]["size"] == 1 and c.qc["cluster"]["best"] == "c"
 
 

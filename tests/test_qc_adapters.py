@@ -1,5 +1,6 @@
 """QC model adapters: DINOv2 embeddings and the LAION aesthetic predictor, against tiny random checkpoints
 saved to disk and loaded back offline through ``load(spec)``, the way a configured worker loads its models."""
+
 from __future__ import annotations
 
 import re
@@ -84,8 +85,8 @@ def product(seed: int = 0, size: tuple[int, int] = (64, 48)) -> Image.Image:
     rng = np.random.default_rng(seed)
     w, h = size
     rgb = np.full((h, w, 3), (240, 238, 232), np.float32)
-    rgb[h // 5:h - h // 6, w // 3:2 * w // 3] = (190, 40, 50)
-    rgb[h // 2:2 * h // 3, w // 3 + 3:2 * w // 3 - 3] = (232, 222, 196)
+    rgb[h // 5 : h - h // 6, w // 3 : 2 * w // 3] = (190, 40, 50)
+    rgb[h // 2 : 2 * h // 3, w // 3 + 3 : 2 * w // 3 - 3] = (232, 222, 196)
     rgb += rng.normal(0.0, 4.0, rgb.shape)
     return Image.fromarray(np.clip(rgb, 0, 255).round().astype(np.uint8))
 
@@ -129,8 +130,9 @@ def test_dinov2_identical_is_one_and_different_is_lower(embedder: dinov2.Dinov2E
     assert other < same - 1e-3
 
 
-def test_dinov2_is_deterministic_and_batch_equals_one_by_one(embedder: dinov2.Dinov2Embedder,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dinov2_is_deterministic_and_batch_equals_one_by_one(
+    embedder: dinov2.Dinov2Embedder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = [product(seed) for seed in range(3)] + [noise(), inverted(product())]
     monkeypatch.setattr(dinov2, "BATCH_SIZE", 2)  # chunks of 2, 2, 1 through runtime.in_batches
     batched = embedder.embed(images)
@@ -170,13 +172,16 @@ def test_dinov2_composites_transparency_on_grey(embedder: dinov2.Dinov2Embedder)
     assert np.allclose(embedder.embed([cutout]), embedder.embed([on_grey]), atol=1e-6)
 
 
-@pytest.mark.parametrize(("call", "name"), [
-    (lambda e: e.embed("not a list"), "images"),
-    (lambda e: e.embed([np.zeros((8, 8, 3), np.uint8)]), r"images\[0\]"),
-    (lambda e: e.embed([Image.new("RGB", (0, 4))]), r"images\[0\]: the image is empty"),
-    (lambda e: e.similarity(product(), [product()]), "a"),
-    (lambda e: e.similarity([product()], [product(), product()]), "b"),
-])
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda e: e.embed("not a list"), "images"),
+        (lambda e: e.embed([np.zeros((8, 8, 3), np.uint8)]), r"images\[0\]"),
+        (lambda e: e.embed([Image.new("RGB", (0, 4))]), r"images\[0\]: the image is empty"),
+        (lambda e: e.similarity(product(), [product()]), "a"),
+        (lambda e: e.similarity([product()], [product(), product()]), "b"),
+    ],
+)
 def test_dinov2_bad_arguments_are_named(embedder: dinov2.Dinov2Embedder, call: object, name: str) -> None:
     with pytest.raises(ValueError, match=f"^{name}"):
         call(embedder)  # type: ignore[operator]
@@ -225,8 +230,9 @@ def test_laion_score_has_the_classical_shape(predictor: laion.LaionAesthetic, cl
 
 
 @pytest.mark.parametrize(("raw", "expected"), [(12.34567, 10.0), (-0.5, 0.0), (6.123456, 6.1235)])
-def test_laion_score_clips_to_0_10_and_keeps_the_raw_part(predictor: laion.LaionAesthetic, raw: float,
-                                                          expected: float, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_laion_score_clips_to_0_10_and_keeps_the_raw_part(
+    predictor: laion.LaionAesthetic, raw: float, expected: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(laion.LaionAesthetic, "score_many", lambda self, images: [raw])
     shot = product()
     result = predictor.score(shot, layer_for(shot))
@@ -243,8 +249,9 @@ def test_laion_score_validates_candidate_and_layer(predictor: laion.LaionAesthet
         predictor.score_many(shot)  # type: ignore[arg-type]
 
 
-def test_laion_matches_the_predictor_run_by_hand(predictor: laion.LaionAesthetic, clip_dir: Path,
-                                                 mlp_pth: Path) -> None:
+def test_laion_matches_the_predictor_run_by_hand(
+    predictor: laion.LaionAesthetic, clip_dir: Path, mlp_pth: Path
+) -> None:
     import torch
     from torch.nn.functional import linear, normalize
     from transformers import CLIPModel
@@ -253,8 +260,9 @@ def test_laion_matches_the_predictor_run_by_hand(predictor: laion.LaionAesthetic
     clip = CLIPModel.from_pretrained(clip_dir).eval()  # the full model, as the checkpoint was saved
     state = torch.load(mlp_pth, weights_only=True)
     with torch.inference_mode():
-        features = clip.get_image_features(pixel_values=torch.from_numpy(normalised(shot, laion.CLIP_MEAN,
-                                                                                    laion.CLIP_STD)))
+        features = clip.get_image_features(
+            pixel_values=torch.from_numpy(normalised(shot, laion.CLIP_MEAN, laion.CLIP_STD))
+        )
         x = normalize(features if isinstance(features, torch.Tensor) else features.pooler_output, dim=-1)
         for i in (0, 2, 4, 6, 7):  # dropouts are identities at inference
             x = linear(x, state[f"layers.{i}.weight"], state[f"layers.{i}.bias"])
@@ -280,8 +288,9 @@ def test_laion_pth_and_safetensors_give_the_same_scores(clip_dir: Path, mlp_pth:
     assert laion.load(laion_spec(clip_dir, other)).score_many(images) != from_pth
 
 
-def test_laion_loads_a_vision_only_checkpoint_too(clip_dir: Path, mlp_pth: Path, tmp_path: Path,
-                                                  predictor: laion.LaionAesthetic) -> None:
+def test_laion_loads_a_vision_only_checkpoint_too(
+    clip_dir: Path, mlp_pth: Path, tmp_path: Path, predictor: laion.LaionAesthetic
+) -> None:
     vision_only = tmp_path / "clip-vision"
     predictor.vision.save_pretrained(vision_only)  # a CLIPVisionModelWithProjection checkpoint
     images = [product(), noise()]

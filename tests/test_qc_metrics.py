@@ -2,6 +2,7 @@
 
 Every image is synthesised here (numpy, or the embedded compositor), so each test knows its truth.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -168,8 +169,13 @@ def on_brand() -> tuple[Image.Image, Image.Image]:
 
 def test_verdicts_come_in_order_with_the_shared_shape(on_brand: tuple[Image.Image, Image.Image]) -> None:
     verdicts = brand_rules.check(*on_brand, BRAND, [], LIMITS)
-    assert [v["check"] for v in verdicts] == ["palette_adherence", "product_area", "safe_zones_clear", "exposure",
-                                              "contrast"]
+    assert [v["check"] for v in verdicts] == [
+        "palette_adherence",
+        "product_area",
+        "safe_zones_clear",
+        "exposure",
+        "contrast",
+    ]
     for v in verdicts:
         assert set(v) == {"check", "value", "threshold", "passed", "status", "reason"}
         assert v["status"] == {True: "pass", False: "fail", None: "unchecked"}[v["passed"]]
@@ -207,11 +213,14 @@ def test_a_tint_of_the_palette_counts_but_a_foreign_hue_does_not() -> None:
 # --- brand rules: geometry -------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("box", "passed"), [
-    ((100, 100, 200, 200), True),  # 10000 / 262144 = 3.8 %
-    ((100, 100, 150, 150), False),  # 2500 px = 0.95 %: lost in the frame
-    ((0, 0, 512, 400), False),  # 78 %: no scene left
-])
+@pytest.mark.parametrize(
+    ("box", "passed"),
+    [
+        ((100, 100, 200, 200), True),  # 10000 / 262144 = 3.8 %
+        ((100, 100, 150, 150), False),  # 2500 px = 0.95 %: lost in the frame
+        ((0, 0, 512, 400), False),  # 78 %: no scene left
+    ],
+)
 def test_product_area_bounds(box: tuple[int, int, int, int], passed: bool) -> None:
     layer = rect_layer(CANVAS, box)
     v = by_name(brand_rules.check(flat(CANVAS, 128), layer, [], [], LIMITS))["product_area"]
@@ -222,8 +231,10 @@ def test_product_area_bounds(box: tuple[int, int, int, int], passed: bool) -> No
 
 def test_a_safe_zone_under_the_product_fails_naming_it() -> None:
     layer = rect_layer(CANVAS, (100, 100, 200, 200))
-    zones = [{"label": "logo", "x": 0.0, "y": 0.0, "width": 0.5, "height": 150 / 512},  # covers rows 100-149
-             {"label": "headline", "x": 0.6, "y": 0.0, "width": 0.4, "height": 0.2}]  # far from the product
+    zones = [
+        {"label": "logo", "x": 0.0, "y": 0.0, "width": 0.5, "height": 150 / 512},  # covers rows 100-149
+        {"label": "headline", "x": 0.6, "y": 0.0, "width": 0.4, "height": 0.2},
+    ]  # far from the product
     v = by_name(brand_rules.check(flat(CANVAS, 128), layer, [], zones, LIMITS))["safe_zones_clear"]
     assert v["status"] == "fail"
     assert v["value"] == pytest.approx(0.5)  # the top half of the product
@@ -244,20 +255,26 @@ def test_a_safe_zone_counts_every_pixel_it_touches_as_composition_does() -> None
     touching = [{"label": "edge", "x": 0.0, "y": 0.0, "width": 0.505, "height": 1.0}]  # ends inside column 50
     short = [{"label": "edge", "x": 0.0, "y": 0.0, "width": 0.5, "height": 1.0}]  # ends exactly at column 50
     assert by_name(brand_rules.check(flat((100, 100), 128), layer, [], touching, LIMITS))["safe_zones_clear"][
-        "value"] == pytest.approx(0.1)
-    assert by_name(brand_rules.check(flat((100, 100), 128), layer, [], short, LIMITS))["safe_zones_clear"][
-        "passed"] is True
+        "value"
+    ] == pytest.approx(0.1)
+    assert (
+        by_name(brand_rules.check(flat((100, 100), 128), layer, [], short, LIMITS))["safe_zones_clear"]["passed"]
+        is True
+    )
 
 
 # --- brand rules: exposure and contrast ------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("image", "passed"), [
-    (lambda xs: 30 + 180 * xs, True),  # a full ramp, mean 0.47
-    (lambda xs: 3 + 20 * xs, False),  # nearly black: mean 0.05
-    (lambda xs: 240 + 15 * xs, False),  # blown out: mean 0.97
-    (lambda xs: np.where(xs < 0.5, 0, 255), False),  # mean 0.5, but every pixel is clipped
-])
+@pytest.mark.parametrize(
+    ("image", "passed"),
+    [
+        (lambda xs: 30 + 180 * xs, True),  # a full ramp, mean 0.47
+        (lambda xs: 3 + 20 * xs, False),  # nearly black: mean 0.05
+        (lambda xs: 240 + 15 * xs, False),  # blown out: mean 0.97
+        (lambda xs: np.where(xs < 0.5, 0, 255), False),  # mean 0.5, but every pixel is clipped
+    ],
+)
 def test_exposure(image: Callable[[np.ndarray], np.ndarray], passed: bool) -> None:
     layer = rect_layer(CANVAS, (100, 100, 200, 200))
     v = by_name(brand_rules.check(flat(CANVAS, image), layer, [], [], LIMITS))["exposure"]
@@ -300,8 +317,9 @@ def grid() -> dict[str, dict[str, str]]:
     of one, and of 1 %-shifted copies of two (re-placed 10 px to the right)."""
     canvas, cut = (1024, 1024), bottle()
     bg = compositor.backdrop(canvas, BRAND)
-    layers = {lay.layout_key: composition.place(cut, lay)
-              for lay in composition.plan([canvas], cut.size, cutout=cut).layouts}
+    layers = {
+        lay.layout_key: composition.place(cut, lay) for lay in composition.plan([canvas], cut.size, cutout=cut).layouts
+    }
     images = {key: compositor.compose(layer, bg) for key, layer in layers.items()}
     images["exact-copy"] = images["1024x1024-r2c2-p0"].copy()
     for key in ("1024x1024-r3c1-p0", "1024x1024-r1c3-p0"):
@@ -340,9 +358,11 @@ def test_exact_and_shifted_duplicates_cluster_and_grid_cells_do_not(grid: dict[s
 
 
 def test_different_groups_never_cluster_even_when_identical() -> None:
-    items = [duplicates.Item("square", "1024x1024", "8f373714acfcf4d0"),
-             duplicates.Item("wide", "1920x1080", "8f373714acfcf4d0"),
-             duplicates.Item("square-2", "1024x1024", "8f373714acfcf4d0")]
+    items = [
+        duplicates.Item("square", "1024x1024", "8f373714acfcf4d0"),
+        duplicates.Item("wide", "1920x1080", "8f373714acfcf4d0"),
+        duplicates.Item("square-2", "1024x1024", "8f373714acfcf4d0"),
+    ]
     clusters = duplicates.cluster(items, duplicates.MAX_HAMMING, duplicates.MIN_COSINE)
     assert clusters["square"] is clusters["square-2"]
     assert clusters["wide"] is not clusters["square"] and clusters["wide"].members == ["wide"]
@@ -352,8 +372,12 @@ def test_embeddings_link_items_whose_hashes_are_far_apart() -> None:
     e = np.array([1.0, 0.0, 0.0, 0.0])
     close = np.array([0.99, 0.1, 0.0, 0.05])  # cosine 0.994
     other = np.array([0.5, 0.8, 0.3, 0.0])  # cosine 0.50
-    items = [duplicates.Item("a", "g", "0000000000000000", e), duplicates.Item("b", "g", "ffffffffffffffff", close),
-             duplicates.Item("c", "g", "00000000ffffffff", other), duplicates.Item("d", "g", "ffffffff00000000")]
+    items = [
+        duplicates.Item("a", "g", "0000000000000000", e),
+        duplicates.Item("b", "g", "ffffffffffffffff", close),
+        duplicates.Item("c", "g", "00000000ffffffff", other),
+        duplicates.Item("d", "g", "ffffffff00000000"),
+    ]
     clusters = duplicates.cluster(items, duplicates.MAX_HAMMING, duplicates.MIN_COSINE)
     assert clusters["a"] is clusters["b"]
     assert clusters["a"].links == [("a", "b", "embedding cosine 0.994")]

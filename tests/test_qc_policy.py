@@ -1,4 +1,5 @@
 """The three QC policies on a fixed table of verdicts, and the flexible policy's relaxation order."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -9,24 +10,46 @@ from shared.qc import QcThresholds, report
 from workers.stages import policy
 
 
-def chk(ident: str, status: str, group: str = "guideline", flexible: bool = False,
-        weight: float = 1.0) -> dict[str, Any]:
+def chk(
+    ident: str, status: str, group: str = "guideline", flexible: bool = False, weight: float = 1.0
+) -> dict[str, Any]:
     return {"id": ident, "group": group, "status": status, "flexible": flexible, "weight": weight, "reason": "r"}
 
 
 PRODUCT_OK = [chk("product_exact", "pass", "product"), chk("product_dino", "unchecked", "product")]
 # candidate -> its checks; brand rules weigh 1, guidelines as the brand set them
 TABLE = {
-    "clean": [*PRODUCT_OK, chk("palette_adherence", "pass", "brand"), chk("floating_product", "pass"),
-              chk("brand_1", "pass", flexible=True, weight=2.0)],
-    "flex_fail": [*PRODUCT_OK, chk("palette_adherence", "pass", "brand"), chk("floating_product", "pass"),
-                  chk("brand_1", "fail", flexible=True, weight=2.0)],
-    "hard_fail": [*PRODUCT_OK, chk("palette_adherence", "pass", "brand"), chk("floating_product", "fail"),
-                  chk("brand_1", "pass", flexible=True, weight=2.0)],
-    "product_fail": [chk("product_exact", "fail", "product"), chk("palette_adherence", "pass", "brand"),
-                     chk("floating_product", "pass"), chk("brand_1", "pass", flexible=True, weight=2.0)],
-    "light_fail": [*PRODUCT_OK, chk("palette_adherence", "fail", "brand"), chk("floating_product", "pass"),
-                   chk("brand_1", "pass", flexible=True, weight=2.0), chk("brand_2", "unchecked", flexible=True)],
+    "clean": [
+        *PRODUCT_OK,
+        chk("palette_adherence", "pass", "brand"),
+        chk("floating_product", "pass"),
+        chk("brand_1", "pass", flexible=True, weight=2.0),
+    ],
+    "flex_fail": [
+        *PRODUCT_OK,
+        chk("palette_adherence", "pass", "brand"),
+        chk("floating_product", "pass"),
+        chk("brand_1", "fail", flexible=True, weight=2.0),
+    ],
+    "hard_fail": [
+        *PRODUCT_OK,
+        chk("palette_adherence", "pass", "brand"),
+        chk("floating_product", "fail"),
+        chk("brand_1", "pass", flexible=True, weight=2.0),
+    ],
+    "product_fail": [
+        chk("product_exact", "fail", "product"),
+        chk("palette_adherence", "pass", "brand"),
+        chk("floating_product", "pass"),
+        chk("brand_1", "pass", flexible=True, weight=2.0),
+    ],
+    "light_fail": [
+        *PRODUCT_OK,
+        chk("palette_adherence", "fail", "brand"),
+        chk("floating_product", "pass"),
+        chk("brand_1", "pass", flexible=True, weight=2.0),
+        chk("brand_2", "unchecked", flexible=True),
+    ],
 }
 EXPECTED = {  # policy -> candidates that pass (without relaxation)
     "strict": {"clean"},
@@ -58,8 +81,11 @@ def test_a_product_failure_is_never_weighed_away() -> None:
 def test_flexible_relaxes_only_when_too_few_pass_lightest_first() -> None:
     heavy = [*PRODUCT_OK, chk("brand_1", "fail", flexible=True, weight=5.0)]
     light = [*PRODUCT_OK, chk("brand_2", "fail", flexible=True, weight=0.5)]
-    both = [*PRODUCT_OK, chk("brand_1", "fail", flexible=True, weight=5.0),
-            chk("brand_2", "fail", flexible=True, weight=0.5)]
+    both = [
+        *PRODUCT_OK,
+        chk("brand_1", "fail", flexible=True, weight=5.0),
+        chk("brand_2", "fail", flexible=True, weight=0.5),
+    ]
     pool = [TABLE["clean"], heavy, light, both, TABLE["hard_fail"]]
 
     def at_least(n: int):  # noqa: ANN202 - a predicate factory
@@ -85,17 +111,33 @@ def test_unknown_policy_is_refused_by_name() -> None:
 
 def test_report_sums_pass_rates_per_check_and_what_blocked() -> None:
     def qc(verdicts: list[tuple[str, str]], guidelines: list[tuple[str, str]] = ()) -> dict[str, Any]:  # type: ignore[assignment]
-        return {"verdicts": [{"check": c, "status": s} for c, s in verdicts],
-                "guidelines": {"verdicts": [{"guideline": g, "status": s} for g, s in guidelines]}}
+        return {
+            "verdicts": [{"check": c, "status": s} for c, s in verdicts],
+            "guidelines": {"verdicts": [{"guideline": g, "status": s} for g, s in guidelines]},
+        }
 
     rows = [
-        {"qc": qc([("product_exact", "pass"), ("palette_adherence", "pass")], [("brand_1", "pass")]),
-         "passed": True, "rank": 1, "round": 0},
-        {"qc": qc([("product_exact", "pass"), ("palette_adherence", "fail")], [("brand_1", "unchecked")]),
-         "passed": False, "rank": None, "round": 0, "excluded_reason": "failed QC (strict policy): palette"},
+        {
+            "qc": qc([("product_exact", "pass"), ("palette_adherence", "pass")], [("brand_1", "pass")]),
+            "passed": True,
+            "rank": 1,
+            "round": 0,
+        },
+        {
+            "qc": qc([("product_exact", "pass"), ("palette_adherence", "fail")], [("brand_1", "unchecked")]),
+            "passed": False,
+            "rank": None,
+            "round": 0,
+            "excluded_reason": "failed QC (strict policy): palette",
+        },
         {"qc": qc([("product_exact", "fail"), ("palette_adherence", "fail")]), "passed": False, "round": 1},
-        {"qc": qc([("product_exact", "pass"), ("palette_adherence", "pass")], [("brand_1", "pass")]),
-         "passed": True, "rank": None, "round": 1, "excluded_reason": "near-duplicate of x"},
+        {
+            "qc": qc([("product_exact", "pass"), ("palette_adherence", "pass")], [("brand_1", "pass")]),
+            "passed": True,
+            "rank": None,
+            "round": 1,
+            "excluded_reason": "near-duplicate of x",
+        },
     ]
     got = report(rows, "strict", 3)
     assert got["candidates"] == 4 and got["outcomes"] == {"ranked": 1, "failed": 2, "duplicate": 1}

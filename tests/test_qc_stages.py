@@ -4,6 +4,7 @@ Tasks the runner sends go to a local queue that this test drains with the real s
 (`pipeline.STAGES`): the same claim → compute → finish path the Celery workers take, minus the
 broker. The campaign starts at plan, with a product cut-out and a caption already in its state.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -56,23 +57,47 @@ def bottle(w: int = 90, h: int = 200) -> Image.Image:
     return Image.fromarray(arr, "RGBA")
 
 
-def make_campaign(world: dict[str, Any], thresholds: dict[str, float], policy: str = "strict", attempts: int = 0,
-                  revisions: int = 0, top_k: int = 3) -> uuid.UUID:
+def make_campaign(
+    world: dict[str, Any],
+    thresholds: dict[str, float],
+    policy: str = "strict",
+    attempts: int = 0,
+    revisions: int = 0,
+    top_k: int = 3,
+) -> uuid.UUID:
     tenant_id = world["tenant_id"]
     brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name="Stride", palette=PALETTE, qc_thresholds=thresholds)
     campaign_id = uuid.uuid4()
     cutout = pipeline.save_png(campaign_key(tenant_id, campaign_id, "segment/cutout.png"), bottle())
-    state = {"segment": {"cutout_key": cutout}, "scale": {"share": 0.45}, "retrieve": {"background_asset_id": None},
-             "decompose": {"products": ["bottle"], "backgrounds": ["studio"], "themes": []},
-             "caption": {"caption": "a green bottle in a bright studio", "negative_prompt": "blurry",
-                         "parts": {"subject": "a green bottle"}}}
+    state = {
+        "segment": {"cutout_key": cutout},
+        "scale": {"share": 0.45},
+        "retrieve": {"background_asset_id": None},
+        "decompose": {"products": ["bottle"], "backgrounds": ["studio"], "themes": []},
+        "caption": {
+            "caption": "a green bottle in a bright studio",
+            "negative_prompt": "blurry",
+            "parts": {"subject": "a green bottle"},
+        },
+    }
     with session_scope() as session:
         session.add(brand)
         session.flush()
-        session.add(Campaign(id=campaign_id, tenant_id=tenant_id, brand_id=brand.id, brief="a bottle in a studio",
-                             sizes=[{"width": 512, "height": 512}, {"width": 640, "height": 360}], safe_zones=[],
-                             state=state, top_k=top_k, qc_policy=policy, max_retry_attempts=attempts,
-                             max_prompt_revisions=revisions))
+        session.add(
+            Campaign(
+                id=campaign_id,
+                tenant_id=tenant_id,
+                brand_id=brand.id,
+                brief="a bottle in a studio",
+                sizes=[{"width": 512, "height": 512}, {"width": 640, "height": 360}],
+                safe_zones=[],
+                state=state,
+                top_k=top_k,
+                qc_policy=policy,
+                max_retry_attempts=attempts,
+                max_prompt_revisions=revisions,
+            )
+        )
     return campaign_id
 
 
@@ -96,14 +121,20 @@ def drive(world: dict[str, Any], campaign_id: uuid.UUID, limit: int = 60) -> Cam
 
 def candidates(campaign_id: uuid.UUID) -> list[Candidate]:
     with session_scope() as session:
-        return list(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign_id)
-                                    .order_by(Candidate.round, Candidate.layout_key)))
+        return list(
+            session.scalars(
+                select(Candidate)
+                .where(Candidate.campaign_id == campaign_id)
+                .order_by(Candidate.round, Candidate.layout_key)
+            )
+        )
 
 
 def stage_runs(campaign_id: uuid.UUID, stage: str) -> list[StageRun]:
     with session_scope() as session:
-        return list(session.scalars(select(StageRun).where(StageRun.campaign_id == campaign_id,
-                                                           StageRun.stage == stage)))
+        return list(
+            session.scalars(select(StageRun).where(StageRun.campaign_id == campaign_id, StageRun.stage == stage))
+        )
 
 
 def verdict(cand: Candidate, check: str) -> dict[str, Any]:
@@ -119,8 +150,17 @@ def test_every_candidate_carries_its_metrics_verdicts_cluster_and_rank_or_reason
         metrics = cand.qc["metrics"]
         assert metrics["exact_fraction"] == 1.0 and metrics["delta_e"] == 0.0 and len(metrics["phash"]) == 16
         assert {v["check"] for v in cand.qc["verdicts"]} >= {
-            "product_exact", "product_edges_msssim", "product_colour_delta_e", "product_dino", "product_in_frame",
-            "palette_adherence", "product_area", "safe_zones_clear", "exposure", "contrast"}
+            "product_exact",
+            "product_edges_msssim",
+            "product_colour_delta_e",
+            "product_dino",
+            "product_in_frame",
+            "palette_adherence",
+            "product_area",
+            "safe_zones_clear",
+            "exposure",
+            "contrast",
+        }
         assert all(v["reason"] for v in cand.qc["verdicts"])
         assert cand.qc["policy"]["name"] == "strict" and cand.qc["cluster"]["id"]
         assert (cand.rank is not None) != bool(cand.excluded_reason)  # a rank, or the reason it has none
@@ -131,8 +171,9 @@ def test_every_candidate_carries_its_metrics_verdicts_cluster_and_rank_or_reason
     # exactly the top-K of passing, non-duplicate candidates (the diversity rule cannot bite: one rotation)
     assert [c.id for c in ranked] == [c.id for c in best[:3]]
     with session_scope() as session:
-        results = session.scalars(select(Result.candidate_id).where(Result.campaign_id == campaign.id)
-                                  .order_by(Result.rank)).all()
+        results = session.scalars(
+            select(Result.candidate_id).where(Result.campaign_id == campaign.id).order_by(Result.rank)
+        ).all()
     assert list(results) == [c.id for c in ranked]
 
 

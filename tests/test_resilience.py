@@ -1,5 +1,6 @@
 """Worker processes killed mid-task: the campaign still completes (acks_late + reject_on_worker_lost,
 state in Postgres, idempotent stages with deterministic keys)."""
+
 from __future__ import annotations
 
 import signal
@@ -37,8 +38,10 @@ def running_generate(system: System, campaign_id: str, timeout: float = 240) -> 
     deadline = time.monotonic() + timeout
     with psycopg.connect(system.env["ONBRAND_DATABASE_URL"], autocommit=True) as conn:
         while time.monotonic() < deadline:
-            row = conn.execute("SELECT count(*) FROM stage_runs WHERE campaign_id = %s AND stage = 'generate' "
-                               "AND status = 'running'", (campaign_id,)).fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM stage_runs WHERE campaign_id = %s AND stage = 'generate' AND status = 'running'",
+                (campaign_id,),
+            ).fetchone()
             if row and row[0]:
                 return
             time.sleep(0.05)
@@ -47,13 +50,15 @@ def running_generate(system: System, campaign_id: str, timeout: float = 240) -> 
 
 def generate_attempts(system: System, campaign_id: str) -> int:
     with psycopg.connect(system.env["ONBRAND_DATABASE_URL"]) as conn:
-        return conn.execute("SELECT max(attempts) FROM stage_runs WHERE campaign_id = %s AND stage = 'generate'",
-                            (campaign_id,)).fetchone()[0]
+        return conn.execute(
+            "SELECT max(attempts) FROM stage_runs WHERE campaign_id = %s AND stage = 'generate'", (campaign_id,)
+        ).fetchone()[0]
 
 
 def start_campaign(api: Any) -> str:
-    response = api.post("/v1/campaigns", json={"brand_id": api.brand_id, "brief": "the running shoe on a street",
-                                                "sizes": SIZES})
+    response = api.post(
+        "/v1/campaigns", json={"brand_id": api.brand_id, "brief": "the running shoe on a street", "sizes": SIZES}
+    )
     assert response.status_code == 202, response.text
     return response.json()["id"]
 
@@ -130,8 +135,9 @@ def _wait(predicate: Any, timeout: float, what: str) -> None:
 
 def test_worker_killed_mid_delivery_still_delivers_exactly_once(system: System, api: Any) -> None:
     receiver = HangingOnceReceiver()
-    endpoint = api.post("/v1/webhook-endpoints", json={"url": receiver.url,
-                                                       "event_types": ["campaign.completed"]}).json()
+    endpoint = api.post(
+        "/v1/webhook-endpoints", json={"url": receiver.url, "event_types": ["campaign.completed"]}
+    ).json()
     queued = api.post(f"/v1/webhook-endpoints/{endpoint['id']}/test").json()
     _wait(lambda: receiver.requests, 60, "the test event never reached the receiver")
     worker = psutil.Process(system.procs.procs["worker-cpu"].pid)

@@ -1,4 +1,5 @@
 """Producer routing (shared.queue) and the worker app's registered tasks agree."""
+
 from __future__ import annotations
 
 import pytest

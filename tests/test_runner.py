@@ -1,4 +1,5 @@
 """The durable stage runner against real Postgres: idempotency, fan-out barrier, cancel, failure."""
+
 from __future__ import annotations
 
 import uuid
@@ -27,8 +28,15 @@ def make_campaign(state: dict[str, Any] | None = None, webhook_url: str | None =
         brand = Brand(tenant_id=tenant_id, name="b")
         session.add(brand)
         session.flush()
-        campaign = Campaign(tenant_id=tenant_id, brand_id=brand.id, brief="a shoe", sizes=[], state=state or {},
-                            webhook_url=webhook_url, webhook_secret="whsec_" + "A" * 32 if webhook_url else None)
+        campaign = Campaign(
+            tenant_id=tenant_id,
+            brand_id=brand.id,
+            brief="a shoe",
+            sizes=[],
+            state=state or {},
+            webhook_url=webhook_url,
+            webhook_secret="whsec_" + "A" * 32 if webhook_url else None,
+        )
         session.add(campaign)
         session.flush()
         return str(campaign.id)
@@ -41,8 +49,11 @@ def ok(ctx: StageContext) -> dict[str, Any]:
 
 def runs(campaign_id: str, stage: str) -> list[StageRun]:
     with session_scope() as session:
-        return list(session.scalars(select(StageRun).where(StageRun.campaign_id == uuid.UUID(campaign_id),
-                                                           StageRun.stage == stage)))
+        return list(
+            session.scalars(
+                select(StageRun).where(StageRun.campaign_id == uuid.UUID(campaign_id), StageRun.stage == stage)
+            )
+        )
 
 
 def test_success_sends_next_stage_after_commit_and_rerun_is_noop(sent: list[tuple[Any, ...]]) -> None:
@@ -108,8 +119,11 @@ def test_stage_completed_event_is_announced_once(sent: list[tuple[Any, ...]]) ->
     execute("decompose", cid, 0, 0, ok)
     execute("decompose", cid, 0, 0, ok)
     with session_scope() as session:
-        events = session.execute(select(WebhookDelivery.event_type, WebhookDelivery.payload).where(
-            WebhookDelivery.campaign_id == uuid.UUID(cid))).all()
+        events = session.execute(
+            select(WebhookDelivery.event_type, WebhookDelivery.payload).where(
+                WebhookDelivery.campaign_id == uuid.UUID(cid)
+            )
+        ).all()
     ordered = sorted((payload["sequence"], event_type) for event_type, payload in events)
     assert ordered == [(1, "campaign.stage.started"), (2, "campaign.stage.completed")]  # a rerun adds none
 

@@ -5,6 +5,7 @@ The tiny model paints noise, which is enough to prove what matters: the product'
 survive bit for bit on every canvas shape and rotation, in both modes, and the scene around
 it really comes out of the model.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -56,8 +57,14 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def make_spec(path: Path, **settings: Any) -> ModelSpec:
-    values: dict[str, Any] = dict(generator="sd-inpaint", sd_model=str(path), sd_steps=2,
-                                  sd_resolution=RESOLUTION, sd_batch_size=4, model_device="cpu")
+    values: dict[str, Any] = dict(
+        generator="sd-inpaint",
+        sd_model=str(path),
+        sd_steps=2,
+        sd_resolution=RESOLUTION,
+        sd_batch_size=4,
+        model_device="cpu",
+    )
     return generate_spec(Settings(**{**values, **settings}))
 
 
@@ -74,8 +81,7 @@ def cutout() -> Image.Image:
 def layers(canvases: list[tuple[int, int]] = CANVASES) -> list[Image.Image]:
     """Placed layers for every canvas x rotation, on two grid cells (upper left, lower right)."""
     product = cutout()
-    layouts = composition.plan(canvases, product.size, rows=2, cols=2, rotations=ROTATIONS,
-                                       cutout=product).layouts
+    layouts = composition.plan(canvases, product.size, rows=2, cols=2, rotations=ROTATIONS, cutout=product).layouts
     return [composition.place(product, layout) for layout in layouts if layout.row == layout.col]
 
 
@@ -127,8 +133,7 @@ class Counting:
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("with_init", [False, True], ids=["grey", "init"])
 @pytest.mark.parametrize("mode", ["outpaint", "layered"])
-def test_product_exact_on_every_canvas_and_rotation(model_dir: Path, device: str, mode: str,
-                                                    with_init: bool) -> None:
+def test_product_exact_on_every_canvas_and_rotation(model_dir: Path, device: str, mode: str, with_init: bool) -> None:
     import torch
 
     if device == "cuda" and not torch.cuda.is_available():

@@ -3,6 +3,7 @@
 Prints recall@5 and MRR of hybrid vs vector-only vs keyword-only (the figures in the README) and
 holds the hybrid ranking to them. Also: the retrieve stage's entity search and tenant isolation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,10 +25,25 @@ pytestmark = pytest.mark.timeout(300)
 
 def _asset(tenant_id: uuid.UUID, brand_id: uuid.UUID | None, spec: dict[str, Any]) -> Asset:
     digest = hashlib.sha256(f"{tenant_id}{spec['key']}".encode()).hexdigest()
-    return Asset(id=uuid.uuid4(), tenant_id=tenant_id, brand_id=brand_id, kind=spec["kind"], title=spec["title"],
-                 description=spec["description"], tags=spec["tags"], attributes=spec["attributes"],
-                 kpis=spec["kpis"], sha256=digest, content_type="image/png", width=1, height=1, has_alpha=False,
-                 byte_size=1, storage_key=f"eval/{digest}.png", thumb_key=f"eval/{digest}-t.png")
+    return Asset(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        brand_id=brand_id,
+        kind=spec["kind"],
+        title=spec["title"],
+        description=spec["description"],
+        tags=spec["tags"],
+        attributes=spec["attributes"],
+        kpis=spec["kpis"],
+        sha256=digest,
+        content_type="image/png",
+        width=1,
+        height=1,
+        has_alpha=False,
+        byte_size=1,
+        storage_key=f"eval/{digest}.png",
+        thumb_key=f"eval/{digest}-t.png",
+    )
 
 
 def _load_tenant(name: str, data: dict[str, Any]) -> tuple[uuid.UUID, dict[str, uuid.UUID], dict[str, str]]:
@@ -71,6 +87,7 @@ def _ranked(lib: dict[str, Any], mode: search.Mode, k: int = 10) -> Any:
         with session_scope() as session:
             hits = search.search(session, query["q"], filters, text_space=_text_space(query["q"]), k=k, mode=mode)
         return [lib["keys"][str(h.asset_id)] for h in hits]
+
     return run
 
 
@@ -89,8 +106,9 @@ def test_hybrid_beats_each_part_on_the_evaluation_set(library: dict[str, Any]) -
 def test_hits_carry_their_parts_and_search_is_tenant_scoped(library: dict[str, Any]) -> None:
     filters = search.Filters(tenant_id=library["tenant_id"])
     with session_scope() as session:
-        hits = search.search(session, "white leather sneaker", filters, text_space=_text_space("white leather sneaker"),
-                             k=20)
+        hits = search.search(
+            session, "white leather sneaker", filters, text_space=_text_space("white leather sneaker"), k=20
+        )
     assert hits and all(str(h.asset_id) in library["keys"] for h in hits)  # never the other tenant's copy
     top = hits[0]
     assert library["keys"][str(top.asset_id)] == "nw-sneaker-white"
@@ -106,8 +124,11 @@ def test_kpi_boost_lifts_better_performing_references(library: dict[str, Any]) -
     with session_scope() as session:
         plain = search.search(session, "campaign", filters, text_space=space, k=12)
         boosted = search.search(session, "campaign", filters, text_space=space, k=12, boost="ctr")
-        ctr = dict(session.execute(select(Asset.id, Asset.kpis["ctr"].as_float()).where(
-            Asset.id.in_([h.asset_id for h in boosted]))).all())
+        ctr = dict(
+            session.execute(
+                select(Asset.id, Asset.kpis["ctr"].as_float()).where(Asset.id.in_([h.asset_id for h in boosted]))
+            ).all()
+        )
     assert all(h.parts["kpi"] is None for h in plain)
     best = max(boosted, key=lambda h: ctr[h.asset_id])
     assert best.parts["kpi"] == 1.0
@@ -118,8 +139,9 @@ def test_filters_and_input_checks(library: dict[str, Any]) -> None:
     filters = search.Filters(tenant_id=library["tenant_id"], kind="background", tags=("beach",))
     with session_scope() as session:
         hits = search.search(session, "sunny", filters, text_space=_text_space("sunny"), k=10)
-        tags = session.scalars(select(AssetEmbedding.tags).where(AssetEmbedding.asset_id.in_(
-            [h.asset_id for h in hits]))).all()
+        tags = session.scalars(
+            select(AssetEmbedding.tags).where(AssetEmbedding.asset_id.in_([h.asset_id for h in hits]))
+        ).all()
         assert hits and all("beach" in t for t in tags)
         for bad, match in (({"q": " "}, "q"), ({"k": 0}, "k"), ({"mode": "fuzzy"}, "mode")):
             args = {"q": "shoe", "k": 5, "mode": "hybrid", **bad}
@@ -140,8 +162,9 @@ def test_retrieve_stage_finds_the_relevant_assets(library: dict[str, Any]) -> No
         brand = query["brand"] or specs[query["relevant"][0]]["brand"]
         campaign = Campaign(tenant_id=library["tenant_id"], brand_id=library["brands"][brand])
         with session_scope() as session:
-            found = pipeline._matches(session, campaign, (query["q"], query["kind"], None),
-                                      spaces[queries.index(query)])
+            found = pipeline._matches(
+                session, campaign, (query["q"], query["kind"], None), spaces[queries.index(query)]
+            )
         return [library["keys"][m["asset_id"]] for m in found]
 
     score = retrieval_eval.evaluate(queries, ranked)

@@ -2,6 +2,7 @@
 the original segment-anything package (GPU image only), and the embedded matting on generated
 product shots whose true masks are known.
 """
+
 from __future__ import annotations
 
 import functools
@@ -36,8 +37,17 @@ def _bottle(canvas: np.ndarray, p: Callable[..., tuple[int, ...]]) -> None:
 
 
 def _shoe(canvas: np.ndarray, p: Callable[..., tuple[int, ...]]) -> None:
-    outline = [p(36, 200), p(60, 150), p(120, 130), p(150, 80), p(200, 72), p(236, 90), p(250, 170),
-               p(256, 214), p(40, 222)]
+    outline = [
+        p(36, 200),
+        p(60, 150),
+        p(120, 130),
+        p(150, 80),
+        p(200, 72),
+        p(236, 90),
+        p(250, 170),
+        p(256, 214),
+        p(40, 222),
+    ]
     cv2.fillPoly(canvas, [np.array(outline, np.int32)], 255)
     cv2.ellipse(canvas, p(196, 112), p(30, 16), -10, 0, 360, 0, -1)  # the opening: a real hole
 
@@ -51,8 +61,14 @@ def _mug(canvas: np.ndarray, p: Callable[..., tuple[int, ...]]) -> None:
 
 SHAPES = {"bottle": _bottle, "shoe": _shoe, "mug": _mug}
 COLOURS = {"bottle": (40, 110, 60), "shoe": (150, 75, 40), "mug": (200, 40, 50)}
-BACKDROPS = {"white": (246, 246, 244), "sky": (170, 195, 230), "sage": (175, 195, 165),
-             "coral": (235, 160, 135), "charcoal": (55, 58, 62), "mustard": (240, 215, 90)}
+BACKDROPS = {
+    "white": (246, 246, 244),
+    "sky": (170, 195, 230),
+    "sage": (175, 195, 165),
+    "coral": (235, 160, 135),
+    "charcoal": (55, 58, 62),
+    "mustard": (240, 215, 90),
+}
 
 
 @functools.cache
@@ -107,8 +123,7 @@ OPENINGS = {"shoe": (196, 112), "mug": (192, 158)}  # (x, y) inside each product
 MATTING_CASES = [(kind, backdrop) for kind in SHAPES for backdrop in (None, *BACKDROPS)]
 
 
-@pytest.mark.parametrize(("kind", "backdrop"), MATTING_CASES,
-                         ids=[f"{k}-{b or 'alpha'}" for k, b in MATTING_CASES])
+@pytest.mark.parametrize(("kind", "backdrop"), MATTING_CASES, ids=[f"{k}-{b or 'alpha'}" for k, b in MATTING_CASES])
 def test_matting_finds_the_product(kind: str, backdrop: str | None) -> None:
     image, truth = shot(kind, backdrop)
     result = matting.segment(image)
@@ -136,8 +151,7 @@ def test_product_box_on_a_backdrop_hugs_the_product(kind: str, backdrop: str) ->
     assert np.abs(found - true).max() <= 2, (found, true)
 
 
-def test_product_box_falls_back_to_saliency_when_the_border_gives_nothing(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_product_box_falls_back_to_saliency_when_the_border_gives_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     image, truth = shot("mug", "sky")
     # stand-in for a shot whose border is no backdrop: everything matches it
     monkeypatch.setattr(matting, "border_background", lambda rgb: np.ones(rgb.shape[:2], bool))
@@ -223,8 +237,9 @@ def test_sam_is_loaded_once_per_spec(tiny_sam: Path, monkeypatch: pytest.MonkeyP
 
 
 @pytest.mark.parametrize("reference", ["missing-dir", "onbrand-tests/no-such-sam"])
-def test_sam_missing_model_is_model_unavailable(reference: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sam_missing_model_is_model_unavailable(
+    reference: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     target = tmp_path / reference if reference == "missing-dir" else reference
     with pytest.raises(runtime.ModelUnavailable, match=r"^segment: sam model"):
@@ -248,12 +263,12 @@ def test_finish_rejects_empty_and_full_frame_masks() -> None:
 
 
 def original_spec(checkpoint: Path | str, model_type: str = "vit_b") -> ModelSpec:
-    return segment_spec(Settings(segmenter="segment-anything", sam_checkpoint=str(checkpoint),
-                                 sam_model_type=model_type))
+    return segment_spec(
+        Settings(segmenter="segment-anything", sam_checkpoint=str(checkpoint), sam_model_type=model_type)
+    )
 
 
-def test_segment_anything_missing_package_is_model_unavailable(tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_segment_anything_missing_package_is_model_unavailable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     checkpoint = tmp_path / "sam_vit_b.pth"
     checkpoint.write_bytes(b"not loaded: the import fails first")
     monkeypatch.setitem(sys.modules, "segment_anything", None)  # makes the import fail, installed or not
@@ -270,8 +285,10 @@ def test_segment_anything_missing_checkpoint_is_model_unavailable(tmp_path: Path
 
 def test_segment_anything_segments_with_a_small_random_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("torchvision", reason="segment-anything needs torchvision (GPU image only)")
-    build = pytest.importorskip("segment_anything.build_sam", reason="segment-anything is installed in the GPU "
-                                "image only (pip install 'onbrand[gpu]')")
+    build = pytest.importorskip(
+        "segment_anything.build_sam",
+        reason="segment-anything is installed in the GPU image only (pip install 'onbrand[gpu]')",
+    )
     import torch
 
     # vit_b's layout at a fraction of its width and depth: the registry builds what the test saved

@@ -1,5 +1,6 @@
 """The embedded stack starts real Postgres+pgvector and Redis servers on loopback, is
 idempotent, restarts only what died, and `down` stops exactly what `up` started."""
+
 from __future__ import annotations
 
 import os
@@ -87,8 +88,9 @@ def test_up_restarts_only_the_dead_server(settings: Settings) -> None:
 
 
 def test_explicit_urls_are_external(tmp_path: Path) -> None:
-    s = Settings(home=tmp_path, database_url="postgresql://u@db.invalid/x",
-                 redis_url="redis://cache.invalid/0", _env_file=None)
+    s = Settings(
+        home=tmp_path, database_url="postgresql://u@db.invalid/x", redis_url="redis://cache.invalid/0", _env_file=None
+    )
     info = stack.up(s)
     assert info["postgres"] == {"external": True} and info["redis"] == {"external": True}
     assert "database_url" not in info and "redis_url" not in info

@@ -1,5 +1,6 @@
 """Object storage: S3 through boto3 against moto's server (a real HTTP S3 endpoint; note that moto
 does not verify presigned-URL signatures or expiry), and the local backend's signed URLs."""
+
 from __future__ import annotations
 
 import subprocess
@@ -20,8 +21,9 @@ from shared.storage import LocalStorage, S3Storage, campaign_key, sign_local, ve
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/moto-api/", proc=proc)

@@ -1,6 +1,7 @@
 """The webhook endpoint API in process (TestClient, real Postgres): v1a keys, PATCH and re-enabling,
 secret rotation, test events, the delivery log (filled by real attempts against a local receiver)
 and replays; tenant scoping throughout."""
+
 # ruff: noqa: F811 - the gateway fixtures are imported by name and then requested as arguments
 from __future__ import annotations
 
@@ -67,12 +68,14 @@ def test_patch_disables_and_re_enables(client: TestClient, acme: Tenant, globex:
     assert paused.status_code == 200, paused.text
     body = paused.json()
     assert (body["enabled"], body["disabled_reason"], body["event_types"]) == (
-        False, "disabled through the API", ["campaign.completed"])
+        False,
+        "disabled through the API",
+        ["campaign.completed"],
+    )
     resumed = client.patch(path, json={"enabled": True}, headers=acme.auth).json()
     assert resumed["enabled"] and resumed["disabled_at"] is None and resumed["disabled_reason"] is None
     bad = client.patch(path, json={"event_types": ["campaign.complete"]}, headers=acme.auth)
-    assert [e["loc"] for e in assert_problem(bad, 422, "validation_error")["errors"]] == [
-        ["body", "event_types", 0]]
+    assert [e["loc"] for e in assert_problem(bad, 422, "validation_error")["errors"]] == [["body", "event_types", 0]]
     private = client.patch(path, json={"url": "http://10.0.0.5/h"}, headers=acme.auth)
     assert [e["loc"] for e in assert_problem(private, 422, "validation_error")["errors"]] == [["body", "url"]]
     assert_problem(client.patch(path, json={"enabled": False}, headers=globex.auth), 404, "not_found")
@@ -105,8 +108,9 @@ def test_test_event_is_queued_after_commit(client: TestClient, acme: Tenant, sen
     assert_problem(client.post(f"/v1/webhook-endpoints/{hook['id']}/test", headers=acme.auth), 409, "conflict")
 
 
-def test_delivery_log_and_replay(loopback: None, client: TestClient, acme: Tenant, globex: Tenant,
-                                 sent: SentTasks) -> None:
+def test_delivery_log_and_replay(
+    loopback: None, client: TestClient, acme: Tenant, globex: Tenant, sent: SentTasks
+) -> None:
     receiver = Receiver([(500, {}), 200])
     hook = new_endpoint(client, acme, url=receiver.url)
     campaign = make_campaign(client, acme)
@@ -133,6 +137,9 @@ def test_delivery_log_and_replay(loopback: None, client: TestClient, acme: Tenan
     assert_problem(client.get(base, headers=globex.auth), 404, "not_found")
     assert_problem(client.post(f"{base}/{entry['id']}/replay", headers=globex.auth), 404, "not_found")
     with session_scope() as session:
-        rows = session.scalars(select(WebhookDelivery).where(
-            WebhookDelivery.event_id == entry["event_id"], WebhookDelivery.endpoint_id == uuid.UUID(hook["id"]))).all()
+        rows = session.scalars(
+            select(WebhookDelivery).where(
+                WebhookDelivery.event_id == entry["event_id"], WebhookDelivery.endpoint_id == uuid.UUID(hook["id"])
+            )
+        ).all()
     assert len(rows) == 2  # the original and its replay, one event

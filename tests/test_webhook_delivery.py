@@ -2,6 +2,7 @@
 `standardwebhooks` library, which we did not write), rotation, v1a, the retry schedule under a
 controllable clock, Retry-After, 410, timeouts, disabling a long-failing endpoint, leases and sweeps,
 and the SSRF suite through the sender."""
+
 # ruff: noqa: F811 - test_egress's `dns` fixture is imported by name and requested as an argument
 from __future__ import annotations
 
@@ -82,9 +83,13 @@ def loopback_ok(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
 def add_endpoint(campaign_id: str, url: str, v1a: bool = False, patterns: tuple[str, ...] = ("campaign.*",)) -> str:
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(campaign_id))
-        endpoint = WebhookEndpoint(tenant_id=campaign.tenant_id, url=url, secret=webhooks.new_secret(),
-                                   event_types=list(patterns),
-                                   signing_key=webhooks.new_signing_key() if v1a else None)
+        endpoint = WebhookEndpoint(
+            tenant_id=campaign.tenant_id,
+            url=url,
+            secret=webhooks.new_secret(),
+            event_types=list(patterns),
+            signing_key=webhooks.new_signing_key() if v1a else None,
+        )
         session.add(endpoint)
         session.flush()
         return str(endpoint.id)
@@ -116,8 +121,13 @@ def endpoint(endpoint_id: str) -> WebhookEndpoint:
 
 def attempts(delivery_id: str) -> list[WebhookAttempt]:
     with session_scope() as session:
-        return list(session.scalars(select(WebhookAttempt).where(WebhookAttempt.delivery_id == uuid.UUID(delivery_id))
-                                    .order_by(WebhookAttempt.attempt)))
+        return list(
+            session.scalars(
+                select(WebhookAttempt)
+                .where(WebhookAttempt.delivery_id == uuid.UUID(delivery_id))
+                .order_by(WebhookAttempt.attempt)
+            )
+        )
 
 
 def verify(secret: str, headers: dict[str, str], body: str) -> dict[str, Any]:
@@ -295,8 +305,9 @@ def test_a_success_resets_the_failure_clock(loopback_ok: list[Any]) -> None:
     assert endpoint(endpoint_id).enabled
 
 
-def test_a_hanging_receiver_times_out_and_the_log_leaks_no_address(loopback_ok: list[Any],
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_hanging_receiver_times_out_and_the_log_leaks_no_address(
+    loopback_ok: list[Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ONBRAND_WEBHOOK_TIMEOUT_SECONDS", "1")
     get_settings.cache_clear()
     receiver = Receiver([3.0])
@@ -321,12 +332,31 @@ def test_private_targets_are_refused_without_the_dev_setting(fresh_db: str, monk
     assert delivery(delivery_id).last_error == f"url_private_address: {private}"
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "0.0.0.0", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
-                                  "2130706433", "metadata.evil.test", "intranet.evil.test", "mixed.evil.test",
-                                  "v6.evil.test", "ula.evil.test", "169.254.169.254", "100.64.0.1", "10.1.2.3",
-                                  "[fe80::1]", "[fd00::1]", "224.0.0.1"])
-def test_ssrf_targets_are_never_contacted(fresh_db: str, dns: FakeDns, monkeypatch: pytest.MonkeyPatch,
-                                          host: str) -> None:
+@pytest.mark.parametrize(
+    "host",
+    [
+        "127.0.0.1",
+        "localhost",
+        "0.0.0.0",
+        "[::ffff:127.0.0.1]",
+        "[::ffff:7f00:1]",
+        "2130706433",
+        "metadata.evil.test",
+        "intranet.evil.test",
+        "mixed.evil.test",
+        "v6.evil.test",
+        "ula.evil.test",
+        "169.254.169.254",
+        "100.64.0.1",
+        "10.1.2.3",
+        "[fe80::1]",
+        "[fd00::1]",
+        "224.0.0.1",
+    ],
+)
+def test_ssrf_targets_are_never_contacted(
+    fresh_db: str, dns: FakeDns, monkeypatch: pytest.MonkeyPatch, host: str
+) -> None:
     """Literal addresses in every spelling and names that resolve into private ranges (fake DNS): the
     sender refuses them all before connecting, and the log says so without naming an address."""
     monkeypatch.setattr(sender, "send", lambda *a: None)
@@ -378,7 +408,10 @@ def test_campaign_events_carry_a_sequence_and_stay_thin(loopback_ok: list[Any]) 
     ids = emit(cid, "campaign.stage.started") + emit(cid, "campaign.completed", error={"blocking": ["x" * 50] * 800})
     rows = [delivery(i) for i in ids]
     assert [(r.event_type, r.payload["sequence"]) for r in rows] == [
-        ("campaign.stage.started", 1), ("campaign.stage.started", 1), ("campaign.completed", 2)]
+        ("campaign.stage.started", 1),
+        ("campaign.stage.started", 1),
+        ("campaign.completed", 2),
+    ]
     assert rows[0].event_id == rows[1].event_id  # one event, two receivers
     big = rows[2].payload
     assert big["truncated"] is True and "error" not in big and big["status"] == "completed"

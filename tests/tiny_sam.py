@@ -4,6 +4,7 @@ layout, ~100k parameters, built and saved in well under a second on CPU.
 Random weights segment nothing in particular; what the tests check with it is the plumbing (loading from
 a local directory offline, the box prompt, post-processing to the original size, the plausibility checks).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -36,9 +37,18 @@ def build_tiny_sam(path: Path, seed: int = 0) -> Path:
 def _config() -> SamConfig:
     from transformers import SamConfig, SamMaskDecoderConfig, SamPromptEncoderConfig, SamVisionConfig
 
-    vision = SamVisionConfig(hidden_size=32, output_channels=HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                             mlp_dim=64, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE, window_size=4,
-                             global_attn_indexes=[1], num_pos_feats=HIDDEN // 2)
+    vision = SamVisionConfig(
+        hidden_size=32,
+        output_channels=HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        mlp_dim=64,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+        window_size=4,
+        global_attn_indexes=[1],
+        num_pos_feats=HIDDEN // 2,
+    )
     prompt = SamPromptEncoderConfig(hidden_size=HIDDEN, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
     decoder = SamMaskDecoderConfig(hidden_size=HIDDEN, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
     return SamConfig(vision_config=vision, prompt_encoder_config=prompt, mask_decoder_config=decoder)
@@ -50,7 +60,9 @@ def _image_processor() -> SamImageProcessorPil:
     from transformers.models.sam.image_processing_pil_sam import SamImageProcessorPil
 
     low_res = IMAGE_SIZE // 4  # the mask decoder upsamples the embedding 4x
-    return SamImageProcessorPil(size={"longest_edge": IMAGE_SIZE},
-                                pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
-                                mask_size={"longest_edge": low_res},
-                                mask_pad_size={"height": low_res, "width": low_res})
+    return SamImageProcessorPil(
+        size={"longest_edge": IMAGE_SIZE},
+        pad_size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
+        mask_size={"longest_edge": low_res},
+        mask_pad_size={"height": low_res, "width": low_res},
+    )

@@ -6,6 +6,7 @@ a scheduler), only small enough to build in about a second and denoise 64 px on 
 Loading it back with ``AutoPipelineForInpainting.from_pretrained`` exercises the same code
 path as a downloaded checkpoint, offline. Its images are noise, which is all tests need.
 """
+
 from __future__ import annotations
 
 import tempfile
@@ -19,8 +20,19 @@ if TYPE_CHECKING:
     from transformers import CLIPTextModel, CLIPTokenizer
 
 # BPE merges of a toy vocabulary; each result joins the vocab after the 512 byte tokens.
-MERGES = [("s", "h"), ("sh", "o"), ("sho", "e</w>"), ("o", "n</w>"), ("s", "t"), ("st", "r"),
-          ("b", "e"), ("a", "c"), ("ac", "h</w>"), ("t", "h"), ("th", "e</w>")]
+MERGES = [
+    ("s", "h"),
+    ("sh", "o"),
+    ("sho", "e</w>"),
+    ("o", "n</w>"),
+    ("s", "t"),
+    ("st", "r"),
+    ("b", "e"),
+    ("a", "c"),
+    ("ac", "h</w>"),
+    ("t", "h"),
+    ("th", "e</w>"),
+]
 HIDDEN = 32  # text hidden size = UNet cross-attention dim
 
 
@@ -36,10 +48,17 @@ def _text_encoder(tokenizer: CLIPTokenizer) -> CLIPTextModel:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     # bos/eos/pad must be the tokenizer's ids: the text tower pools at the first eos.
-    config = CLIPTextConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=37,
-                            num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=77,
-                            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                            pad_token_id=tokenizer.pad_token_id)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=HIDDEN,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return CLIPTextModel(config)
 
 
@@ -47,19 +66,32 @@ def _unet() -> UNet2DConditionModel:
     from diffusers import UNet2DConditionModel
 
     return UNet2DConditionModel(
-        sample_size=32, in_channels=9, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        layers_per_block=1,
+        block_out_channels=(32, 64),
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=HIDDEN, attention_head_dim=(2, 4), use_linear_projection=True)
+        cross_attention_dim=HIDDEN,
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+    )
 
 
 def _vae() -> AutoencoderKL:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
         down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
-        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), sample_size=64)
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        sample_size=64,
+    )
 
 
 def build_tiny_sd_inpaint(path: Path, seed: int = 0) -> Path:
@@ -71,9 +103,21 @@ def build_tiny_sd_inpaint(path: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     tokenizer = _tokenizer()
     pipe = StableDiffusionInpaintPipeline(
-        vae=_vae(), text_encoder=_text_encoder(tokenizer), tokenizer=tokenizer, unet=_unet(),
-        scheduler=DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                clip_sample=False, set_alpha_to_one=False, steps_offset=1),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        vae=_vae(),
+        text_encoder=_text_encoder(tokenizer),
+        tokenizer=tokenizer,
+        unet=_unet(),
+        scheduler=DDIMScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        ),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(path)
     return path

@@ -1,5 +1,6 @@
 """A toy CLIP BPE tokenizer written to disk (vocab.json + merges.txt): what tiny CLIP text models need
 to be saved and loaded back through the real from_pretrained path, with no hub."""
+
 from __future__ import annotations
 
 import json

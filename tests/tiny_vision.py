@@ -5,6 +5,7 @@ real classes and file layouts, each built and saved in well under a second on CP
 Random weights judge nothing; what the tests check with them is the plumbing (offline loading from a local
 directory, preprocessing, batching, the MLP layout and the errors of a wrong configuration).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,8 +23,14 @@ def build_tiny_dinov2(path: Path, seed: int = 0) -> Path:
     from transformers import Dinov2Config, Dinov2Model
 
     path = Path(path)
-    config = Dinov2Config(hidden_size=DINOV2_HIDDEN, num_hidden_layers=2, num_attention_heads=2,
-                          intermediate_size=64, image_size=IMAGE_SIZE, patch_size=PATCH_SIZE)
+    config = Dinov2Config(
+        hidden_size=DINOV2_HIDDEN,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
+    )
     # fork_rng: seeding must not disturb the global torch RNG of the test session
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -39,11 +46,25 @@ def build_tiny_clip(path: Path, seed: int = 0, projection_dim: int = CLIP_PROJEC
 
     path = Path(path)
     # special token ids inside the toy vocabulary (the defaults, 49406/49407, are CLIP's real ones)
-    text = {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-            "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 0, "eos_token_id": 1,
-            "pad_token_id": 1}
-    vision = {"image_size": IMAGE_SIZE, "patch_size": PATCH_SIZE, "hidden_size": 32, "intermediate_size": 37,
-              "num_hidden_layers": 2, "num_attention_heads": 2}
+    text = {
+        "vocab_size": 64,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 16,
+        "bos_token_id": 0,
+        "eos_token_id": 1,
+        "pad_token_id": 1,
+    }
+    vision = {
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    }
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=projection_dim))
@@ -51,8 +72,9 @@ def build_tiny_clip(path: Path, seed: int = 0, projection_dim: int = CLIP_PROJEC
     return path
 
 
-def build_tiny_aesthetic_mlp(path_file: Path, in_dim: int = CLIP_PROJECTION, seed: int = 0,
-                             suffix: str = ".pth") -> Path:
+def build_tiny_aesthetic_mlp(
+    path_file: Path, in_dim: int = CLIP_PROJECTION, seed: int = 0, suffix: str = ".pth"
+) -> Path:
     """Save a seeded predictor MLP in the published layout as a state dict; returns the file written
     (``path_file`` with ``suffix``: .pth through torch.save, .safetensors through safetensors)."""
     import torch
@@ -63,9 +85,16 @@ def build_tiny_aesthetic_mlp(path_file: Path, in_dim: int = CLIP_PROJECTION, see
     # written out as the published class does it, independently of the adapter's builder
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        layers = nn.Sequential(nn.Linear(widths[0], widths[1]), nn.Dropout(0.2), nn.Linear(widths[1], widths[2]),
-                               nn.Dropout(0.2), nn.Linear(widths[2], widths[3]), nn.Dropout(0.1),
-                               nn.Linear(widths[3], widths[4]), nn.Linear(widths[4], widths[5]))
+        layers = nn.Sequential(
+            nn.Linear(widths[0], widths[1]),
+            nn.Dropout(0.2),
+            nn.Linear(widths[1], widths[2]),
+            nn.Dropout(0.2),
+            nn.Linear(widths[2], widths[3]),
+            nn.Dropout(0.1),
+            nn.Linear(widths[3], widths[4]),
+            nn.Linear(widths[4], widths[5]),
+        )
     state = {f"layers.{key}": value.contiguous() for key, value in layers.state_dict().items()}
     if suffix == ".safetensors":
         from safetensors.torch import save_file

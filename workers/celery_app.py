@@ -1,4 +1,5 @@
 """The Celery application of the workers. Queues and routing come from shared.queue."""
+
 from __future__ import annotations
 
 import logging
@@ -53,8 +54,12 @@ def _warm_gpu_models(queues: set[str]) -> None:
     from workers.models import registry
 
     settings = get_settings()
-    wanted = {"segment": segment_spec(settings), "generate": generate_spec(settings),
-              "qc": fidelity_spec(settings), "scoring": aesthetic_spec(settings)}
+    wanted = {
+        "segment": segment_spec(settings),
+        "generate": generate_spec(settings),
+        "qc": fidelity_spec(settings),
+        "scoring": aesthetic_spec(settings),
+    }
     for queue, spec in wanted.items():
         if queue in queues and spec is not None:
             registry.load(spec)

@@ -4,6 +4,7 @@ Connected to Celery's signals by workers.celery_app. Per task (in the pool proce
 the log context is bound (task, campaign, stage), a CONSUMER span is started as the child of the
 context the sender put in the message headers, and its duration and outcome are counted.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,9 +52,16 @@ def on_prerun(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: Any) -> 
     logs.clear()
     logs.bind(task_id=task_id, **task_context(task, tuple(args or ())))
     parent = tracing.extract(task.request)
-    span = tracing.tracer().start_span(f"run {task.name}", context=parent, kind=SpanKind.CONSUMER,
-                                       attributes={"celery.task_id": task_id, "celery.task_name": task.name,
-                                                   **{f"onbrand.{k}": v for k, v in logs.context().items()}})
+    span = tracing.tracer().start_span(
+        f"run {task.name}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "celery.task_id": task_id,
+            "celery.task_name": task.name,
+            **{f"onbrand.{k}": v for k, v in logs.context().items()},
+        },
+    )
     token = otel_context.attach(set_span_in_context(span, parent))
     _running[task_id] = (span, token, time.perf_counter())
 

@@ -3,6 +3,7 @@
 Tasks take ids only. Unexpected errors are retried with backoff; once retries run out the
 campaign fails with the error recorded (a StageError fails it at once: retrying can't help).
 """
+
 from __future__ import annotations
 
 import uuid
@@ -19,8 +20,12 @@ from workers.stages import library, pipeline, push, webhooks
 from workers.stages.runner import execute, fail_campaign, record_failure
 
 RETRY_COUNTDOWNS = (2, 10, 30)
-STAGE_OPTS: dict[str, Any] = {"bind": True, "max_retries": len(RETRY_COUNTDOWNS), "acks_late": True,
-                              "reject_on_worker_lost": True}
+STAGE_OPTS: dict[str, Any] = {
+    "bind": True,
+    "max_retries": len(RETRY_COUNTDOWNS),
+    "acks_late": True,
+    "reject_on_worker_lost": True,
+}
 
 
 def _run(task: Task, stage: str, campaign_id: str, rnd: int, item: int) -> str:

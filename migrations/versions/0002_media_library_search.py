@@ -9,6 +9,7 @@
 - asset_embeddings gets copies of the asset's filter columns (kind, brand_id, tags) so that
   filters are evaluated inside the HNSW index scan (pgvector iterative scans), not after it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -78,8 +79,13 @@ def downgrade() -> None:
         op.drop_column("asset_embeddings", column)
     op.execute("DELETE FROM asset_embeddings WHERE vector_dims(embedding) <> 384")
     op.execute("ALTER TABLE asset_embeddings ALTER COLUMN embedding TYPE vector(384)")
-    op.create_index("ix_asset_embeddings_hnsw", "asset_embeddings", ["embedding"], postgresql_using="hnsw",
-                    postgresql_ops={"embedding": "vector_cosine_ops"})
+    op.create_index(
+        "ix_asset_embeddings_hnsw",
+        "asset_embeddings",
+        ["embedding"],
+        postgresql_using="hnsw",
+        postgresql_ops={"embedding": "vector_cosine_ops"},
+    )
     op.drop_index("ix_assets_tenant_kind_created", table_name="assets")
     op.drop_index("ix_assets_tags", table_name="assets")
     op.drop_index("ix_assets_search_tsv", table_name="assets")

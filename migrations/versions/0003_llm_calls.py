@@ -1,5 +1,6 @@
 """LLM call log: one row per completion a language stage made (backend, model, prompt version,
 latency, tokens, cost estimate); the campaign resource shows their totals."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -1,4 +1,5 @@
 """Brand forbidden terms: words the language stages never write into a positive prompt."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -12,7 +13,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.add_column("brands", sa.Column("forbidden_terms", JSONB(), nullable=False, server_default=sa.text("'[]'::jsonb")))
+    op.add_column(
+        "brands", sa.Column("forbidden_terms", JSONB(), nullable=False, server_default=sa.text("'[]'::jsonb"))
+    )
 
 
 def downgrade() -> None:

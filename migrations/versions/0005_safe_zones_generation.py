@@ -1,4 +1,5 @@
 """Campaign safe zones (regions the product must not cover) and each candidate's generation record."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

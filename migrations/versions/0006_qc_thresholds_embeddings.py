@@ -1,4 +1,5 @@
 """Per-brand QC thresholds, and each candidate's image embedding for near-duplicate clustering."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa

@@ -1,5 +1,6 @@
 """Webhooks (issue F): secret rotation, v1a keys, endpoint health, delivery leases and the per-attempt
 log; per-campaign event sequence; DAM push targets (encrypted credentials) and the push outbox."""
+
 from __future__ import annotations
 
 import sqlalchemy as sa
@@ -33,10 +34,16 @@ def _delivery_columns() -> None:
     op.create_table(
         "webhook_attempts",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
-        sa.Column("tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True,
-                  nullable=False),
-        sa.Column("delivery_id", UUID(as_uuid=True), sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
-                  index=True, nullable=False),
+        sa.Column(
+            "tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+        ),
+        sa.Column(
+            "delivery_id",
+            UUID(as_uuid=True),
+            sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+            index=True,
+            nullable=False,
+        ),
         sa.Column("attempt", sa.Integer(), nullable=False),
         sa.Column("outcome", sa.String(20), nullable=False),
         sa.Column("status_code", sa.Integer()),
@@ -52,10 +59,12 @@ def _dam_tables() -> None:
     op.create_table(
         "delivery_targets",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
-        sa.Column("tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True,
-                  nullable=False),
-        sa.Column("brand_id", UUID(as_uuid=True), sa.ForeignKey("brands.id", ondelete="CASCADE"), index=True,
-                  nullable=False),
+        sa.Column(
+            "tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+        ),
+        sa.Column(
+            "brand_id", UUID(as_uuid=True), sa.ForeignKey("brands.id", ondelete="CASCADE"), index=True, nullable=False
+        ),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("name", sa.String(200), nullable=False),
         sa.Column("config", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")),
@@ -66,13 +75,20 @@ def _dam_tables() -> None:
     op.create_table(
         "dam_pushes",
         sa.Column("id", UUID(as_uuid=True), primary_key=True),
-        sa.Column("tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True,
-                  nullable=False),
-        sa.Column("campaign_id", UUID(as_uuid=True), sa.ForeignKey("campaigns.id", ondelete="CASCADE"), index=True,
-                  nullable=False),
+        sa.Column(
+            "tenant_id", UUID(as_uuid=True), sa.ForeignKey("tenants.id", ondelete="CASCADE"), index=True, nullable=False
+        ),
+        sa.Column(
+            "campaign_id",
+            UUID(as_uuid=True),
+            sa.ForeignKey("campaigns.id", ondelete="CASCADE"),
+            index=True,
+            nullable=False,
+        ),
         # SET NULL: deleting a target keeps its push history (kind s3 without a target reads "deleted")
-        sa.Column("target_id", UUID(as_uuid=True), sa.ForeignKey("delivery_targets.id", ondelete="SET NULL"),
-                  index=True),
+        sa.Column(
+            "target_id", UUID(as_uuid=True), sa.ForeignKey("delivery_targets.id", ondelete="SET NULL"), index=True
+        ),
         sa.Column("kind", sa.String(20), nullable=False),
         sa.Column("status", sa.String(20), nullable=False, server_default="pending"),
         sa.Column("attempts", sa.Integer(), nullable=False, server_default="0"),
@@ -102,6 +118,13 @@ def downgrade() -> None:
     op.drop_table("webhook_attempts")
     for column in ("replay_of", "leased_until"):
         op.drop_column("webhook_deliveries", column)
-    for column in ("disabled_reason", "disabled_at", "failing_since", "previous_signing_key", "signing_key",
-                   "previous_secret_expires_at", "previous_secret"):
+    for column in (
+        "disabled_reason",
+        "disabled_at",
+        "failing_since",
+        "previous_signing_key",
+        "signing_key",
+        "previous_secret_expires_at",
+        "previous_secret",
+    ):
         op.drop_column("webhook_endpoints", column)

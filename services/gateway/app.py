@@ -1,4 +1,5 @@
 """The REST gateway: `onbrand gateway` runs create_app() under uvicorn (factory=True)."""
+
 from __future__ import annotations
 
 from fastapi import FastAPI
@@ -34,15 +35,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # FastAPI's own OpenTelemetry spans (the request's SERVER span, joined to an incoming traceparent,
     # and its dependency/endpoint spans): recorded once shared.tracing installs a provider, no-op
     # otherwise. Request metrics are Prometheus (middleware), so FastAPI's OTel metrics are off.
-    app = FastAPI(title="Onbrand", version="1", description=DESCRIPTION,
-                  telemetry={"tracing": True, "operation_spans": True, "metrics": False, "logs": False})
+    app = FastAPI(
+        title="Onbrand",
+        version="1",
+        description=DESCRIPTION,
+        telemetry={"tracing": True, "operation_spans": True, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.state.storage = build_storage(settings)
     errors.install(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
-    for router in (system.router, files.router, brands_router, assets_router, campaigns_router,
-                   webhook_endpoints_router, delivery_targets_router):
+    for router in (
+        system.router,
+        files.router,
+        brands_router,
+        assets_router,
+        campaigns_router,
+        webhook_endpoints_router,
+        delivery_targets_router,
+    ):
         app.include_router(router)
     return app
 

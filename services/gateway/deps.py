@@ -1,4 +1,5 @@
 """Request dependencies shared by every router."""
+
 from __future__ import annotations
 
 import uuid

@@ -3,6 +3,7 @@
 Each problem carries a stable machine-readable `code` next to the RFC fields, so clients
 branch on `code` and never on `title` or `detail` (which are for humans and may change).
 """
+
 from __future__ import annotations
 
 import logging
@@ -70,8 +71,13 @@ def conflict(detail: str) -> ProblemError:
 
 def validation_problem(errors: Sequence[Mapping[str, Any]]) -> ProblemError:
     """A 422 validation_error with explicit field errors, for checks done outside pydantic."""
-    return ProblemError(422, "validation_error", "Validation error", _validation_detail(errors),
-                        extra={"errors": [_field_error(e) for e in errors]})
+    return ProblemError(
+        422,
+        "validation_error",
+        "Validation error",
+        _validation_detail(errors),
+        extra={"errors": [_field_error(e) for e in errors]},
+    )
 
 
 def problem_body(
@@ -89,8 +95,14 @@ def problem_body(
 
 
 def problem_response(
-    request: Request, status: int, code: str, title: str, detail: str | None = None,
-    *, headers: Mapping[str, str] | None = None, extra: Mapping[str, Any] | None = None,
+    request: Request,
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
     body = problem_body(status, code, title, detail, request.url.path, extra)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE)
@@ -108,8 +120,9 @@ def _validation_detail(errors: Sequence[Mapping[str, Any]]) -> str:
 
 async def _problem_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ProblemError)
-    return problem_response(request, exc.status_code, exc.code, exc.title, exc.detail,
-                            headers=exc.headers, extra=exc.extra)
+    return problem_response(
+        request, exc.status_code, exc.code, exc.title, exc.detail, headers=exc.headers, extra=exc.extra
+    )
 
 
 async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
@@ -122,8 +135,14 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
-    return problem_response(request, 422, "validation_error", "Validation error", _validation_detail(errors),
-                            extra={"errors": [_field_error(e) for e in errors]})
+    return problem_response(
+        request,
+        422,
+        "validation_error",
+        "Validation error",
+        _validation_detail(errors),
+        extra={"errors": [_field_error(e) for e in errors]},
+    )
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 With the S3 backend clients get presigned S3 URLs instead and this route answers 404.
 """
+
 from __future__ import annotations
 
 import mimetypes
@@ -22,8 +23,11 @@ def _forbidden() -> ProblemError:
     return ProblemError(403, "forbidden", "Forbidden", "The file URL's signature is invalid or has expired.")
 
 
-@router.get("/files/{key:path}", response_class=FileResponse,
-            responses={403: {"description": "Bad or expired signature."}, 404: {"description": "No such object."}})
+@router.get(
+    "/files/{key:path}",
+    response_class=FileResponse,
+    responses={403: {"description": "Bad or expired signature."}, 404: {"description": "No such object."}},
+)
 def get_file(
     key: str,
     storage: StorageDep,
@@ -45,5 +49,8 @@ def get_file(
         raise not_found("File")
     media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
     max_age = max(0, int(expires) - int(time.time()))
-    return FileResponse(path, media_type=media_type,
-                        headers={"Cache-Control": f"private, max-age={max_age}", "X-Content-Type-Options": "nosniff"})
+    return FileResponse(
+        path,
+        media_type=media_type,
+        headers={"Cache-Control": f"private, max-age={max_age}", "X-Content-Type-Options": "nosniff"},
+    )

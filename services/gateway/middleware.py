@@ -3,6 +3,7 @@
 Pure ASGI rather than BaseHTTPMiddleware: no extra task per request and streaming bodies
 pass through untouched.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,9 @@ from shared import logs
 # Module level: prometheus metrics are process-wide, and create_app may run more than once.
 REQUESTS = Counter("onbrand_http_requests_total", "HTTP requests handled.", ["method", "route", "status"])
 LATENCY = Histogram(
-    "onbrand_http_request_duration_seconds", "HTTP request latency.", ["method", "route"],
+    "onbrand_http_request_duration_seconds",
+    "HTTP request latency.",
+    ["method", "route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
 
@@ -87,8 +90,9 @@ class BodyLimitMiddleware:
         await self.app(scope, self._counting(receive), send)
 
     def _too_large(self) -> ProblemError:
-        return ProblemError(413, "payload_too_large", "Payload too large",
-                            f"The request body is larger than {self.max_bytes} bytes.")
+        return ProblemError(
+            413, "payload_too_large", "Payload too large", f"The request body is larger than {self.max_bytes} bytes."
+        )
 
     def _counting(self, receive: Receive) -> Receive:
         received = 0
@@ -108,7 +112,10 @@ class BodyLimitMiddleware:
         exc = self._too_large()
         body = json.dumps(problem_body(413, exc.code, exc.title, exc.detail, scope.get("path", ""))).encode()
         # Connection: close because the unread body is still on the wire.
-        headers = [(b"content-type", PROBLEM_MEDIA_TYPE.encode()), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

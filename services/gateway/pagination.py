@@ -5,6 +5,7 @@ page; the next page is every row whose sort-key tuple is greater than it. All ke
 ascending (descending orders are expressed by negating the expression), so a single row
 comparison `(k1, k2, ...) > (v1, v2, ...)` is enough.
 """
+
 from __future__ import annotations
 
 import base64

@@ -1,4 +1,5 @@
 """Operational routes: liveness, readiness and Prometheus metrics."""
+
 from __future__ import annotations
 
 import logging
@@ -39,8 +40,9 @@ def _check_database() -> str:
 def _broker_client(request: Request, settings: Settings) -> redis.Redis:
     client = getattr(request.app.state, "broker_client", None)
     if client is None:  # one client (and connection pool) per app, created on first probe
-        client = redis.Redis.from_url(settings.broker_url, socket_connect_timeout=PROBE_TIMEOUT_S,
-                                      socket_timeout=PROBE_TIMEOUT_S)
+        client = redis.Redis.from_url(
+            settings.broker_url, socket_connect_timeout=PROBE_TIMEOUT_S, socket_timeout=PROBE_TIMEOUT_S
+        )
         request.app.state.broker_client = client
     return client
 
@@ -61,8 +63,7 @@ def readyz(request: Request) -> Any:
     if all(v == "ok" for v in checks.values()):
         return {"status": "ok", "checks": checks}
     failed = ", ".join(name for name, v in checks.items() if v != "ok")
-    return problem_response(request, 503, "not_ready", "Not ready", f"Unavailable: {failed}.",
-                            extra={"checks": checks})
+    return problem_response(request, 503, "not_ready", "Not ready", f"Unavailable: {failed}.", extra={"checks": checks})
 
 
 @router.get("/metrics", include_in_schema=False)
@@ -71,9 +72,11 @@ def metrics(request: Request) -> Response:
     logged, when the broker does not answer: a scrape must not fail with it)."""
     body = generate_latest(REGISTRY)
     try:
-        body += generate_latest(shared_metrics.registry_of(
-            shared_metrics.QueueCollector(_broker_client(request, request.app.state.settings))))
+        body += generate_latest(
+            shared_metrics.registry_of(
+                shared_metrics.QueueCollector(_broker_client(request, request.app.state.settings))
+            )
+        )
     except Exception as exc:
         log.warning("metrics: queue depth unavailable: %s", exc)
     return Response(body, media_type=CONTENT_TYPE_LATEST)
-

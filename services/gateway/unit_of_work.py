@@ -4,6 +4,7 @@ Services never commit. They register what must happen once their writes are dura
 (sending tasks: a worker must never look for a row that is not committed yet) and what
 undoes side effects outside the database (stored objects) if the transaction fails.
 """
+
 from __future__ import annotations
 
 import logging

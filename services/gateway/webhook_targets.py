@@ -5,6 +5,7 @@ wrapping them): a name can resolve differently at delivery time, so the webhook 
 the resolved address again (shared.egress). This just turns an obvious mistake or probe into a
 422 at creation. ONBRAND_EGRESS_ALLOWLIST lets development point webhooks at a local receiver.
 """
+
 from __future__ import annotations
 
 import ipaddress
@@ -41,5 +42,12 @@ def check_target(url: HttpUrl, loc: str | tuple[str | int, ...], settings: Setti
     if not _refused(url.host or "", settings):
         return
     path = (loc,) if isinstance(loc, str) else loc
-    raise validation_problem([{"loc": ("body", *path), "msg": f"{what} must not target a loopback or "
-                               "private address", "type": "value_error"}])
+    raise validation_problem(
+        [
+            {
+                "loc": ("body", *path),
+                "msg": f"{what} must not target a loopback or private address",
+                "type": "value_error",
+            }
+        ]
+    )

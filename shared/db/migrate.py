@@ -1,4 +1,5 @@
 """Run Alembic programmatically (`onbrand migrate`), from the installed package's files."""
+
 from __future__ import annotations
 
 from pathlib import Path

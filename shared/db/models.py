@@ -113,9 +113,11 @@ class AssetEmbedding(Base):
     """
 
     __tablename__ = "asset_embeddings"
-    __table_args__ = (UniqueConstraint("asset_id", "model"), Index("ix_asset_embeddings_tenant_model", "tenant_id",
-                                                                   "model"),
-                      Index("ix_asset_embeddings_filters", "tenant_id", "brand_id", "kind"))
+    __table_args__ = (
+        UniqueConstraint("asset_id", "model"),
+        Index("ix_asset_embeddings_tenant_model", "tenant_id", "model"),
+        Index("ix_asset_embeddings_filters", "tenant_id", "brand_id", "kind"),
+    )
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     asset_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("assets.id", ondelete="CASCADE"), index=True)
@@ -289,8 +291,7 @@ class WebhookAttempt(Base):
     __tablename__ = "webhook_attempts"
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
-    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
-                                                   index=True)
+    delivery_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), index=True)
     attempt: Mapped[int] = mapped_column(Integer)
     outcome: Mapped[str] = mapped_column(String(20))  # delivered | retry | failed
     status_code: Mapped[int | None] = mapped_column(Integer)
@@ -325,7 +326,8 @@ class DamPush(Base):
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     target_id: Mapped[uuid.UUID | None] = mapped_column(
-        ForeignKey("delivery_targets.id", ondelete="SET NULL"), index=True)  # None: push_urls, or target deleted
+        ForeignKey("delivery_targets.id", ondelete="SET NULL"), index=True
+    )  # None: push_urls, or target deleted
     kind: Mapped[str] = mapped_column(String(20))  # s3 | presigned
     status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
     attempts: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,4 +1,5 @@
 """Engine and session factory. Commit only at the request or task boundary."""
+
 from __future__ import annotations
 
 from collections.abc import Iterator
@@ -15,15 +16,20 @@ def sqlalchemy_url(url: str) -> str:
     """Accept plain postgres:// URLs and use psycopg 3."""
     for prefix in ("postgresql+psycopg://", "postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg://" + url[len(prefix):]
+            return "postgresql+psycopg://" + url[len(prefix) :]
     return url
 
 
 @lru_cache
 def get_engine() -> Engine:
     settings = get_settings()
-    return create_engine(sqlalchemy_url(settings.db_url), pool_pre_ping=True, pool_size=10, max_overflow=20,
-                         connect_args={"connect_timeout": 5})
+    return create_engine(
+        sqlalchemy_url(settings.db_url),
+        pool_pre_ping=True,
+        pool_size=10,
+        max_overflow=20,
+        connect_args={"connect_timeout": 5},
+    )
 
 
 @lru_cache

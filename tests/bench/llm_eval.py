@@ -34,6 +34,7 @@ AWS credentials (``AWS_ACCESS_KEY_ID`` / ``AWS_PROFILE``) for bedrock); otherwis
 
     python -m tests.bench.llm_eval --backend local --backend rules [--limit N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -196,15 +197,22 @@ class Report:
             return [f"{b} skipped: {self.skipped}"]
         en, non_en = len(self._rows("en")), len(self._rows("non-en"))
         translated = self.share(lambda r: r.translated, self._rows("non-en"))
-        translation = (f"translated {translated:.0%} of non-English briefs" if translated
-                       else "no translation (expected values are English: non-en scores are low by design)")
-        out = [f"{b} briefs={len(self.rows)} (en {en}, non-en {non_en}); {translation}",
-               f"{b} {'field':12s} {'slice':7s} {'P':>6s} {'R':>6s} {'F1':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s}"]
+        translation = (
+            f"translated {translated:.0%} of non-English briefs"
+            if translated
+            else "no translation (expected values are English: non-en scores are low by design)"
+        )
+        out = [
+            f"{b} briefs={len(self.rows)} (en {en}, non-en {non_en}); {translation}",
+            f"{b} {'field':12s} {'slice':7s} {'P':>6s} {'R':>6s} {'F1':>6s} {'tp':>4s} {'fp':>4s} {'fn':>4s}",
+        ]
         for name in (*FIELDS, *LABELS):
             for part in SLICES:
                 c = self.counts(name, part)
-                out.append(f"{b} {name:12s} {part:7s} {c.precision:6.3f} {c.recall:6.3f} {c.f1:6.3f} "
-                           f"{c.tp:4d} {c.fp:4d} {c.fn:4d}")
+                out.append(
+                    f"{b} {name:12s} {part:7s} {c.precision:6.3f} {c.recall:6.3f} {c.f1:6.3f} "
+                    f"{c.tp:4d} {c.fp:4d} {c.fn:4d}"
+                )
         comp = self.compliance
         errors = sum(1 for r in self.rows if r.error)
         out += [
@@ -240,17 +248,44 @@ def _brief_row(brief: dict[str, Any], settings: Settings) -> Row:
     except Exception as exc:  # noqa: BLE001 - a crash is a result of the benchmark, not its end
         empty = {name: match([], expected[name]) for name in FIELDS}
         empty.update({name: match([], [expected[name]] if expected.get(name) else []) for name in LABELS})
-        return Row(brief["id"], brief["lang"], empty, "error", "error", time.perf_counter() - started, "",
-                   False, False, False, False, error=f"{type(exc).__name__}: {exc}")
+        return Row(
+            brief["id"],
+            brief["lang"],
+            empty,
+            "error",
+            "error",
+            time.perf_counter() - started,
+            "",
+            False,
+            False,
+            False,
+            False,
+            error=f"{type(exc).__name__}: {exc}",
+        )
     latency = time.perf_counter() - started
-    counts = {name: match(parts.get(name) or [], expected.get(name) or [],
-                          optional=[expected["season"]] if name == "themes" and expected.get("season") else ())
-              for name in FIELDS}
-    counts.update({name: match([parts[name]] if parts.get(name) else [], [expected[name]] if expected.get(name) else [])
-                   for name in LABELS})
+    counts = {
+        name: match(
+            parts.get(name) or [],
+            expected.get(name) or [],
+            optional=[expected["season"]] if name == "themes" and expected.get("season") else (),
+        )
+        for name in FIELDS
+    }
+    counts.update(
+        {
+            name: match([parts[name]] if parts.get(name) else [], [expected[name]] if expected.get(name) else [])
+            for name in LABELS
+        }
+    )
     text = made["caption"]
     return Row(
-        brief["id"], brief["lang"], counts, parts["backend"], made["backend"], latency, text,
+        brief["id"],
+        brief["lang"],
+        counts,
+        parts["backend"],
+        made["backend"],
+        latency,
+        text,
         length_ok=len(text) <= language.MAX_CAPTION_CHARS,
         no_negation=not language.has_negation(text),
         not_instruction=not language.is_instruction_like(text),
@@ -287,8 +322,9 @@ def run(backend: str, briefs: Sequence[dict[str, Any]], settings: Settings | Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", action="append", choices=language.BACKENDS,
-                        help="backend to evaluate (repeatable; default: rules)")
+    parser.add_argument(
+        "--backend", action="append", choices=language.BACKENDS, help="backend to evaluate (repeatable; default: rules)"
+    )
     parser.add_argument("--limit", type=int, default=None, help="first N briefs only")
     args = parser.parse_args(argv)
     briefs = load(args.limit)

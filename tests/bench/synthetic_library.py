@@ -13,6 +13,7 @@ neighbours, plus Gaussian noise shaped like the real embeddings' spread (`Noise`
 standing in for the embedding of a near-duplicate title (its own title: the sample title with one slot
 swapped). Everything is drawn from one seeded numpy Generator, so a run is reproducible.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -21,43 +22,185 @@ from dataclasses import dataclass
 import numpy as np
 
 PRODUCTS = (
-    "running shoe", "leather handbag", "backpack", "wristwatch", "sunglasses", "hoodie", "denim jacket",
-    "wool sweater", "sneaker", "ankle boot", "baseball cap", "water bottle", "coffee mug", "desk lamp",
-    "ceramic vase", "throw pillow", "yoga mat", "bluetooth speaker", "headphones", "phone case",
-    "laptop sleeve", "perfume bottle", "lipstick", "face cream jar", "wallet", "belt", "scarf", "beanie",
-    "t-shirt", "summer dress", "pleated skirt", "trench coat", "rain jacket", "hiking boot", "tote bag",
-    "duffel bag", "travel mug", "kitchen knife", "cutting board", "scented candle",
+    "running shoe",
+    "leather handbag",
+    "backpack",
+    "wristwatch",
+    "sunglasses",
+    "hoodie",
+    "denim jacket",
+    "wool sweater",
+    "sneaker",
+    "ankle boot",
+    "baseball cap",
+    "water bottle",
+    "coffee mug",
+    "desk lamp",
+    "ceramic vase",
+    "throw pillow",
+    "yoga mat",
+    "bluetooth speaker",
+    "headphones",
+    "phone case",
+    "laptop sleeve",
+    "perfume bottle",
+    "lipstick",
+    "face cream jar",
+    "wallet",
+    "belt",
+    "scarf",
+    "beanie",
+    "t-shirt",
+    "summer dress",
+    "pleated skirt",
+    "trench coat",
+    "rain jacket",
+    "hiking boot",
+    "tote bag",
+    "duffel bag",
+    "travel mug",
+    "kitchen knife",
+    "cutting board",
+    "scented candle",
 )
 COLOURS = (
-    "red", "crimson", "navy blue", "sky blue", "forest green", "olive", "black", "white", "ivory", "beige",
-    "tan", "brown", "charcoal grey", "silver", "gold", "pink", "coral", "mustard yellow", "lavender", "orange",
+    "red",
+    "crimson",
+    "navy blue",
+    "sky blue",
+    "forest green",
+    "olive",
+    "black",
+    "white",
+    "ivory",
+    "beige",
+    "tan",
+    "brown",
+    "charcoal grey",
+    "silver",
+    "gold",
+    "pink",
+    "coral",
+    "mustard yellow",
+    "lavender",
+    "orange",
 )
 MATERIALS = (
-    "leather", "suede", "canvas", "cotton", "linen", "wool", "denim", "nylon", "recycled plastic",
-    "stainless steel", "ceramic", "glass", "bamboo", "velvet", "knit",
+    "leather",
+    "suede",
+    "canvas",
+    "cotton",
+    "linen",
+    "wool",
+    "denim",
+    "nylon",
+    "recycled plastic",
+    "stainless steel",
+    "ceramic",
+    "glass",
+    "bamboo",
+    "velvet",
+    "knit",
 )
 SCENES = (
-    "beach", "city street", "mountain trail", "forest clearing", "desert road", "rooftop terrace",
-    "cozy living room", "modern kitchen", "marble countertop", "wooden table", "concrete wall", "neon-lit alley",
-    "snowy park", "lakeside dock", "flower field", "cafe interior", "gym floor", "office desk", "studio backdrop",
-    "tropical jungle", "vineyard", "harbour", "subway platform", "library", "bathroom vanity", "garden patio",
-    "poolside", "ski slope", "farmers market", "bookshop", "old stone bridge", "skatepark", "art gallery",
-    "train station", "campsite", "sand dunes", "waterfall", "rice terraces", "loft apartment", "greenhouse",
+    "beach",
+    "city street",
+    "mountain trail",
+    "forest clearing",
+    "desert road",
+    "rooftop terrace",
+    "cozy living room",
+    "modern kitchen",
+    "marble countertop",
+    "wooden table",
+    "concrete wall",
+    "neon-lit alley",
+    "snowy park",
+    "lakeside dock",
+    "flower field",
+    "cafe interior",
+    "gym floor",
+    "office desk",
+    "studio backdrop",
+    "tropical jungle",
+    "vineyard",
+    "harbour",
+    "subway platform",
+    "library",
+    "bathroom vanity",
+    "garden patio",
+    "poolside",
+    "ski slope",
+    "farmers market",
+    "bookshop",
+    "old stone bridge",
+    "skatepark",
+    "art gallery",
+    "train station",
+    "campsite",
+    "sand dunes",
+    "waterfall",
+    "rice terraces",
+    "loft apartment",
+    "greenhouse",
 )
-TIMES = ("at sunrise", "in the morning", "at noon", "in the afternoon", "at golden hour", "at sunset", "at dusk",
-         "at night")
-MOODS = ("calm", "vibrant", "moody", "minimalist", "warm", "cool-toned", "dramatic", "airy", "cinematic",
-         "playful", "rustic", "luxurious")
-STYLES = ("bold typographic", "minimalist", "retro", "flat-lay", "lifestyle", "editorial", "pastel",
-          "high-contrast", "hand-drawn", "collage", "monochrome", "split-screen")
-FORMATS = ("instagram story", "banner ad", "carousel post", "email header", "billboard", "product page hero",
-           "social square post", "print poster")
+TIMES = (
+    "at sunrise",
+    "in the morning",
+    "at noon",
+    "in the afternoon",
+    "at golden hour",
+    "at sunset",
+    "at dusk",
+    "at night",
+)
+MOODS = (
+    "calm",
+    "vibrant",
+    "moody",
+    "minimalist",
+    "warm",
+    "cool-toned",
+    "dramatic",
+    "airy",
+    "cinematic",
+    "playful",
+    "rustic",
+    "luxurious",
+)
+STYLES = (
+    "bold typographic",
+    "minimalist",
+    "retro",
+    "flat-lay",
+    "lifestyle",
+    "editorial",
+    "pastel",
+    "high-contrast",
+    "hand-drawn",
+    "collage",
+    "monochrome",
+    "split-screen",
+)
+FORMATS = (
+    "instagram story",
+    "banner ad",
+    "carousel post",
+    "email header",
+    "billboard",
+    "product page hero",
+    "social square post",
+    "print poster",
+)
 
 KINDS = ("product", "background", "reference")
 KIND_SHARES = (0.3, 0.5, 0.2)
 # The slots of each kind's title, in template order.
-SLOTS = {"product": (COLOURS, MATERIALS, PRODUCTS), "background": (MOODS, SCENES, TIMES),
-         "reference": (STYLES, FORMATS, PRODUCTS)}
+SLOTS = {
+    "product": (COLOURS, MATERIALS, PRODUCTS),
+    "background": (MOODS, SCENES, TIMES),
+    "reference": (STYLES, FORMATS, PRODUCTS),
+}
 
 
 def title(kind: str, parts: Sequence[int]) -> str:
@@ -138,13 +281,14 @@ class Noise:
         return (rng.standard_normal((n, self.basis.shape[0])) @ self.basis * self.scale).astype(np.float32)
 
 
-def synthesize(rng: np.random.Generator, base: np.ndarray, sources: np.ndarray, noise: Noise,
-               chunk: int = 20_000) -> np.ndarray:
+def synthesize(
+    rng: np.random.Generator, base: np.ndarray, sources: np.ndarray, noise: Noise, chunk: int = 20_000
+) -> np.ndarray:
     """normalize(base[source] + noise) for each source index."""
     out = np.empty((len(sources), base.shape[1]), dtype=np.float32)
     for start in range(0, len(sources), chunk):
-        idx = sources[start:start + chunk]
-        out[start:start + len(idx)] = normalize(base[idx] + noise.draw(rng, len(idx)))
+        idx = sources[start : start + chunk]
+        out[start : start + len(idx)] = normalize(base[idx] + noise.draw(rng, len(idx)))
     return out
 
 

@@ -5,6 +5,7 @@ One candidate is the generate stage's pixel work for it: ``place`` + ``compose``
 canvas are composited (a) by one process and (b) split over two processes running at
 once. OpenCV is held to one thread per process, so the figures are per core.
 """
+
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -89,7 +90,9 @@ def _run(processes: int) -> tuple[float, dict[str, float]]:
 def test_compositor_candidates_per_second() -> None:
     one, steps = _run(1)
     two, _ = _run(2)
-    print(f"\nBENCH compositor {CANVAS[0]}x{CANVAS[1]}: {one:.1f} candidates/s on 1 core, {two:.1f} on 2 processes "
-          f"({two / 2:.1f}/s per core, target >= {TARGET:g})")
+    print(
+        f"\nBENCH compositor {CANVAS[0]}x{CANVAS[1]}: {one:.1f} candidates/s on 1 core, {two:.1f} on 2 processes "
+        f"({two / 2:.1f}/s per core, target >= {TARGET:g})"
+    )
     print("BENCH   per candidate on 1 core: " + ", ".join(f"{k} {v:.1f} ms" for k, v in steps.items()))
     assert one > 0.5 and two > 0.5  # sanity only: the target is reported, not asserted

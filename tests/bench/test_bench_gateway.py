@@ -3,6 +3,7 @@
 A gateway process with no workers attached: the benchmark measures the request path
 (auth, validation, the campaign + outbox insert, commit, task send to Redis), not the pipeline.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -44,16 +45,21 @@ async def _fire(url: str, key: str, brand_id: str) -> list[float]:
 def test_campaign_create_throughput(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
     home = tmp_path_factory.mktemp("bench-gw")
     port = free_port()
-    env = base_env(home, ONBRAND_DATABASE_URL=create_database(stack_urls, "bench_gw"),
-                   ONBRAND_REDIS_URL=stack_urls["redis_url"].rsplit("/", 1)[0] + "/9",
-                   ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}", ONBRAND_LOG_LEVEL="WARNING")
+    env = base_env(
+        home,
+        ONBRAND_DATABASE_URL=create_database(stack_urls, "bench_gw"),
+        ONBRAND_REDIS_URL=stack_urls["redis_url"].rsplit("/", 1)[0] + "/9",
+        ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}",
+        ONBRAND_LOG_LEVEL="WARNING",
+    )
     run_cli(env, "migrate")
     tenant = json.loads(run_cli(env, "tenants", "create", "bench"))
     procs = Processes(env=env, logs=home / "logs")
     try:
         url = procs.gateway(port)
-        brand = httpx.post(f"{url}/v1/brands", json={"name": "b"},
-                           headers={"Authorization": f"Bearer {tenant['api_key']}"}).json()
+        brand = httpx.post(
+            f"{url}/v1/brands", json={"name": "b"}, headers={"Authorization": f"Bearer {tenant['api_key']}"}
+        ).json()
         started = time.perf_counter()
         latencies = asyncio.run(_fire(url, tenant["api_key"], brand["id"]))
         wall = time.perf_counter() - started
@@ -61,7 +67,9 @@ def test_campaign_create_throughput(stack_urls: dict[str, str], tmp_path_factory
         procs.stop_all()
     latencies.sort()
     p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
-    print(f"\nBENCH gateway POST /v1/campaigns: {REQUESTS} requests, concurrency {CONCURRENCY}, "
-          f"{REQUESTS / wall:.0f} req/s, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (1 uvicorn process, "
-          f"client on the same 2 cores)")
+    print(
+        f"\nBENCH gateway POST /v1/campaigns: {REQUESTS} requests, concurrency {CONCURRENCY}, "
+        f"{REQUESTS / wall:.0f} req/s, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (1 uvicorn process, "
+        f"client on the same 2 cores)"
+    )
     assert len(latencies) == REQUESTS

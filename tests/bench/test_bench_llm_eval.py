@@ -4,6 +4,7 @@ The local backend takes a few seconds per brief on CPU. It runs on all 42 briefs
 PROBE briefs projects the whole set under LOCAL_BUDGET_S; otherwise on the first LOCAL_SUBSET briefs, and
 the printed line says so. Only sanity is asserted: the figures are printed, not judged.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -40,9 +41,11 @@ def test_local_backend() -> None:
     projected = per_brief * len(briefs)
     n = len(briefs) if projected <= LOCAL_BUDGET_S else LOCAL_SUBSET
     print()
-    print(f"{llm_eval.PREFIX} local   probe {PROBE} briefs: {per_brief:.2f}s/brief, projected "
-          f"{projected:.0f}s for {len(briefs)} -> {'all' if n == len(briefs) else f'subset: first {n}'} briefs",
-          flush=True)
+    print(
+        f"{llm_eval.PREFIX} local   probe {PROBE} briefs: {per_brief:.2f}s/brief, projected "
+        f"{projected:.0f}s for {len(briefs)} -> {'all' if n == len(briefs) else f'subset: first {n}'} briefs",
+        flush=True,
+    )
     rest = llm_eval.evaluate("local", Settings(), briefs[PROBE:n], warmup=False)  # model already loaded
     report = llm_eval.Report("local", rows=probe.rows + rest.rows, warmup_s=probe.warmup_s)
     _print(report)

@@ -5,6 +5,7 @@ a histogram observation in a worker's multiprocess mode (a subprocess: the mode 
 No target is set by the issue; the figures say the instrumentation is negligible next to a stage
 (tens of milliseconds at the least) and a webhook attempt (~8 ms, test_bench_webhooks.py).
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,13 +49,16 @@ def test_bench_observability_overhead() -> None:
     record = logging.LogRecord("onbrand.stages", logging.INFO, __file__, 1, "stage %s done", ("qc",), None)
     log_us = per_call_us(lambda: formatter.format(record))
     logs.clear()
-    code = ("import os, tempfile, time; os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(); "
-            "from shared.metrics import STAGE_DURATION as h; c = h.labels('qc', 'succeeded'); n = 20000; "
-            "t = time.perf_counter(); [c.observe(0.2) for _ in range(n)]; "
-            "print((time.perf_counter() - t) / n * 1e6)")
-    observe_us = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                                      check=True).stdout)
-    print(f"\nobservability per event: task-send span + traceparent {off:.1f} µs (tracing off), "
-          f"{on:.1f} µs (on, batch exporter); JSON log line {log_us:.1f} µs; "
-          f"histogram observe (worker multiprocess mode) {observe_us:.1f} µs")
+    code = (
+        "import os, tempfile, time; os.environ['PROMETHEUS_MULTIPROC_DIR'] = tempfile.mkdtemp(); "
+        "from shared.metrics import STAGE_DURATION as h; c = h.labels('qc', 'succeeded'); n = 20000; "
+        "t = time.perf_counter(); [c.observe(0.2) for _ in range(n)]; "
+        "print((time.perf_counter() - t) / n * 1e6)"
+    )
+    observe_us = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    print(
+        f"\nobservability per event: task-send span + traceparent {off:.1f} µs (tracing off), "
+        f"{on:.1f} µs (on, batch exporter); JSON log line {log_us:.1f} µs; "
+        f"histogram observe (worker multiprocess mode) {observe_us:.1f} µs"
+    )
     assert 0 < off < on and log_us > 0 and observe_us > 0

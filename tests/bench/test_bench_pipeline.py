@@ -1,4 +1,5 @@
 """Wall time of the demo campaign split by stage, and Celery enqueue→start overhead."""
+
 from __future__ import annotations
 
 import statistics
@@ -43,8 +44,10 @@ def _report(label: str, body: dict[str, Any], wall: float) -> None:
     print(f"\nBENCH demo campaign ({label}): {wall:.1f} s wall, status {body['status']}")
     for stage in body["stages"]:
         took = _seconds(stage.get("started_at"), stage.get("finished_at"))
-        print(f"BENCH   stage {stage['stage']:<10} items {stage['total']:>2}  "
-              f"{'-' if took is None else f'{took:6.2f} s'} (first start → last finish)")
+        print(
+            f"BENCH   stage {stage['stage']:<10} items {stage['total']:>2}  "
+            f"{'-' if took is None else f'{took:6.2f} s'} (first start → last finish)"
+        )
 
 
 @pytest.mark.bench
@@ -57,8 +60,10 @@ def test_demo_campaign_by_stage(system: System, tmp_path: Any) -> None:
         assert body["status"] == "completed", body.get("error")
         _report(label, body, wall)
         overhead += _enqueue_to_start(system, body["id"])
-    print(f"BENCH celery enqueue→start (single-item stages, n={len(overhead)}): median "
-          f"{statistics.median(overhead) * 1000:.1f} ms, max {max(overhead) * 1000:.1f} ms")
+    print(
+        f"BENCH celery enqueue→start (single-item stages, n={len(overhead)}): median "
+        f"{statistics.median(overhead) * 1000:.1f} ms, max {max(overhead) * 1000:.1f} ms"
+    )
 
 
 def _enqueue_to_start(system: System, campaign_id: str) -> list[float]:
@@ -67,5 +72,7 @@ def _enqueue_to_start(system: System, campaign_id: str) -> list[float]:
     with psycopg.connect(url) as conn:
         rows = conn.execute(
             "SELECT extract(epoch FROM started_at - queued_at) FROM stage_runs WHERE campaign_id = %s "
-            "AND stage NOT IN ('decompose', 'generate', 'qc') AND started_at IS NOT NULL", (campaign_id,)).fetchall()
+            "AND stage NOT IN ('decompose', 'generate', 'qc') AND started_at IS NOT NULL",
+            (campaign_id,),
+        ).fetchall()
     return [float(r[0]) for r in rows]

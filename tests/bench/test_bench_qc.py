@@ -8,6 +8,7 @@ each cluster, the diverse top-K). PNG decoding and storage are not counted. Prin
 Then the same with the production adapters on tiny random models (DINOv2 in QC, laion in ranking):
 the adapters' overhead over the embedded defaults, which is what a CPU box can measure of them.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -43,16 +44,30 @@ def _pool() -> list[tuple[Candidate, Image.Image, Image.Image]]:
     pool = []
     for layout in made.layouts:
         layer = composition.place(cut, layout)
-        cand = Candidate(id=uuid.uuid4(), layout_key=layout.layout_key, round=0, embedding=None,
-                         placement={"row": layout.row, "col": layout.col, "rotation": layout.rotation,
-                                    "canvas": {"width": CANVAS[0], "height": CANVAS[1]}})
+        cand = Candidate(
+            id=uuid.uuid4(),
+            layout_key=layout.layout_key,
+            round=0,
+            embedding=None,
+            placement={
+                "row": layout.row,
+                "col": layout.col,
+                "rotation": layout.rotation,
+                "canvas": {"width": CANVAS[0], "height": CANVAS[1]},
+            },
+        )
         pool.append((cand, compositor.compose(layer, bg).convert("RGB"), layer))
     return pool
 
 
 def _context() -> StageContext:
-    campaign = Campaign(id=uuid.uuid4(), tenant_id=uuid.uuid4(), qc_policy="strict", top_k=3, safe_zones=[
-        {"label": "logo", "x": 0.0, "y": 0.0, "width": 0.2, "height": 0.1}])
+    campaign = Campaign(
+        id=uuid.uuid4(),
+        tenant_id=uuid.uuid4(),
+        qc_policy="strict",
+        top_k=3,
+        safe_zones=[{"label": "logo", "x": 0.0, "y": 0.0, "width": 0.2, "height": 0.1}],
+    )
     return StageContext(campaign, "qc", 0, 0, Settings(llm_backend="rules"))
 
 
@@ -94,9 +109,11 @@ def _measure(name: str, review: quality.Review, scorer: Any, runs: int = 3) -> t
     n = len(pool)
     assert all(c.passed for c, _, _ in pool), [c.qc["policy"] for c, _, _ in pool if not c.passed]
     per_qc, per_rank = 1000 * statistics.median(qc_s) / n, 1000 * statistics.median(rank_s) / n
-    print(f"\n[bench qc] {name}: {n} candidates at {CANVAS[0]}x{CANVAS[1]}, median of {runs} runs: "
-          f"qc {per_qc:.1f} ms + rank {per_rank:.1f} ms = {per_qc + per_rank:.1f} ms per candidate "
-          f"(target <= {TARGET_MS:.0f} ms)")
+    print(
+        f"\n[bench qc] {name}: {n} candidates at {CANVAS[0]}x{CANVAS[1]}, median of {runs} runs: "
+        f"qc {per_qc:.1f} ms + rank {per_rank:.1f} ms = {per_qc + per_rank:.1f} ms per candidate "
+        f"(target <= {TARGET_MS:.0f} ms)"
+    )
     return per_qc, per_rank
 
 
@@ -132,11 +149,21 @@ def test_adapter_overhead_with_tiny_dinov2_and_laion(tmp_path: Path, monkeypatch
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     clip, mlp = build_tiny_clip(tmp_path / "clip"), build_tiny_aesthetic_mlp(tmp_path / "mlp", in_dim=16)
-    embedder = dinov2.load(ModelSpec("qc", "dinov2", str(tmp_path / "d"), str(build_tiny_dinov2(tmp_path / "d")),
-                                     "cpu", options=(("image_size", 224),)))
+    embedder = dinov2.load(
+        ModelSpec(
+            "qc",
+            "dinov2",
+            str(tmp_path / "d"),
+            str(build_tiny_dinov2(tmp_path / "d")),
+            "cpu",
+            options=(("image_size", 224),),
+        )
+    )
     scorer = laion.load(ModelSpec("rank", "laion", str(clip), str(clip), "cpu", options=(("mlp", str(mlp)),)))
     base_qc, base_rank = _measure("embedded defaults (again, same process)", _review(), aesthetic)
     tiny_qc, tiny_rank = _measure("tiny DINOv2 in qc + tiny laion in rank", _review(embedder), scorer)
-    print(f"[bench qc] adapter overhead per candidate: DINOv2 {tiny_qc - base_qc:+.1f} ms in qc, "
-          f"laion {tiny_rank - base_rank:+.1f} ms in rank (tiny random models: the plumbing, not real model cost)")
+    print(
+        f"[bench qc] adapter overhead per candidate: DINOv2 {tiny_qc - base_qc:+.1f} ms in qc, "
+        f"laion {tiny_rank - base_rank:+.1f} ms in rank (tiny random models: the plumbing, not real model cost)"
+    )
     assert tiny_qc > 0 and tiny_rank > 0

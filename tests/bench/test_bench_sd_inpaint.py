@@ -7,6 +7,7 @@ adapter's own work (masks, resizes, paste-back at canvas size) with a call of re
 
 Run: .venv/bin/python -m pytest -q -s -m bench tests/bench/test_bench_sd_inpaint.py
 """
+
 from __future__ import annotations
 
 import os
@@ -60,8 +61,15 @@ def where(dev: Any) -> str:
 
 
 def make_spec(path: Path, batch_size: int) -> ModelSpec:
-    return generate_spec(Settings(generator="sd-inpaint", sd_model=str(path), sd_steps=STEPS,
-                                  sd_resolution=RESOLUTION, sd_batch_size=batch_size))
+    return generate_spec(
+        Settings(
+            generator="sd-inpaint",
+            sd_model=str(path),
+            sd_steps=STEPS,
+            sd_resolution=RESOLUTION,
+            sd_batch_size=batch_size,
+        )
+    )
 
 
 def make_jobs(n: int, canvas: tuple[int, int] = CANVAS) -> list[Job]:
@@ -131,14 +139,18 @@ def test_overhead_vs_direct_diffusers_call(model_dir: Path, canvas: tuple[int, i
     a, d = statistics.median(adapter_s), statistics.median(direct_s)
     # Median of the paired differences: a load spike on a shared box hits one pair, not the figure.
     extra = statistics.median(x - y for x, y in zip(adapter_s, direct_s, strict=True))
-    print(f"\nBENCH sd-inpaint overhead vs diffusers: {100 * extra / d:.1f} % (adapter {a:.3f} s, direct "
-          f"{d:.3f} s, {1000 * extra / BATCH:.1f} ms per candidate, median of {REPEATS} pairs; canvas "
-          f"{canvas[0]}x{canvas[1]}, working {inpainter.pipe.kwargs['width']}x{inpainter.pipe.kwargs['height']}, "
-          f"{STEPS} steps, batch {BATCH}, {where(loaded.device)})")
+    print(
+        f"\nBENCH sd-inpaint overhead vs diffusers: {100 * extra / d:.1f} % (adapter {a:.3f} s, direct "
+        f"{d:.3f} s, {1000 * extra / BATCH:.1f} ms per candidate, median of {REPEATS} pairs; canvas "
+        f"{canvas[0]}x{canvas[1]}, working {inpainter.pipe.kwargs['width']}x{inpainter.pipe.kwargs['height']}, "
+        f"{STEPS} steps, batch {BATCH}, {where(loaded.device)})"
+    )
     own = statistics.median(own_s)
-    print(f"BENCH sd-inpaint adapter's own work (generate minus time inside the pipeline): {1000 * own:.1f} ms "
-          f"per call = {100 * own / d:.1f} % of the direct call ({1000 * own / BATCH:.1f} ms per candidate, "
-          f"canvas {canvas[0]}x{canvas[1]})")
+    print(
+        f"BENCH sd-inpaint adapter's own work (generate minus time inside the pipeline): {1000 * own:.1f} ms "
+        f"per call = {100 * own / d:.1f} % of the direct call ({1000 * own / BATCH:.1f} ms per candidate, "
+        f"canvas {canvas[0]}x{canvas[1]})"
+    )
     assert a > 0 and d > 0 and own > 0
 
 
@@ -151,7 +163,9 @@ def test_batching_gain(model_dir: Path) -> None:
         inpainter.generate(jobs[:batch], PROMPT)  # warm-up at this batch shape
         took = statistics.median(seconds(lambda i=inpainter: i.generate(jobs, PROMPT)) for _ in range(3))
         rates[batch] = len(jobs) / took
-    print(f"\nBENCH sd-inpaint batching: {rates[1]:.2f} candidates/s at batch 1, {rates[4]:.2f} at batch 4 "
-          f"(x{rates[4] / rates[1]:.2f}; {len(jobs)} candidates, median of 3, working size for "
-          f"{CANVAS[0]}x{CANVAS[1]} at {RESOLUTION}, {STEPS} steps, {where(inpainter.device)})")
+    print(
+        f"\nBENCH sd-inpaint batching: {rates[1]:.2f} candidates/s at batch 1, {rates[4]:.2f} at batch 4 "
+        f"(x{rates[4] / rates[1]:.2f}; {len(jobs)} candidates, median of 3, working size for "
+        f"{CANVAS[0]}x{CANVAS[1]} at {RESOLUTION}, {STEPS} steps, {where(inpainter.device)})"
+    )
     assert rates[1] > 0 and rates[4] > 0

@@ -47,6 +47,7 @@ p99 < 15 ms, recall@5 >= 0.95 in every case) close the run. Figures only: the as
 checks (recall ≥ 0.9, 5 hits, no other tenant's asset, the HNSW index in the tenant-only and kind
 plans), never timings.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -102,8 +103,12 @@ class Case:
     brand: bool  # filter by the query's brand
 
 
-CASES = (Case("tenant only", 0, False, False), Case("kind", 0, True, False), Case("kind+brand", 0, True, True),
-         Case("small tenant (2k of 102k)", 1, False, False))
+CASES = (
+    Case("tenant only", 0, False, False),
+    Case("kind", 0, True, False),
+    Case("kind+brand", 0, True, True),
+    Case("small tenant (2k of 102k)", 1, False, False),
+)
 
 
 @dataclass
@@ -126,8 +131,11 @@ class Library:
 
     def filters(self, case: Case, q: int) -> search.Filters:
         tenant = self.tenants[case.tenant]
-        return search.Filters(tenant_id=tenant, kind=sl.KINDS[self.query_kinds[q]] if case.kind else None,
-                              brand_id=self.brands[case.tenant][self.query_brands[q]] if case.brand else None)
+        return search.Filters(
+            tenant_id=tenant,
+            kind=sl.KINDS[self.query_kinds[q]] if case.kind else None,
+            brand_id=self.brands[case.tenant][self.query_brands[q]] if case.brand else None,
+        )
 
     def mask(self, case: Case, q: int) -> np.ndarray:
         """The rows the case's filters keep for query q."""
@@ -143,7 +151,7 @@ class Library:
         found, fifth = [], []
         for q in range(len(self.queries)):
             rows = np.flatnonzero(self.mask(case, q))
-            best = sl.top_k(self.vectors[rows], self.query_vectors[q:q + 1], K)[0]
+            best = sl.top_k(self.vectors[rows], self.query_vectors[q : q + 1], K)[0]
             found.append({self.ids[i] for i in rows[best]})
             fifth.append(float(self.vectors[rows[best[-1]]] @ self.query_vectors[q]))
         return Exact(found, fifth)
@@ -165,7 +173,7 @@ def _embed(texts: list[str]) -> np.ndarray:
 
     out = []
     for start in range(0, len(texts), text_embedder.MAX_TEXTS):
-        out += text_embedder.embed(texts[start:start + text_embedder.MAX_TEXTS])
+        out += text_embedder.embed(texts[start : start + text_embedder.MAX_TEXTS])
     return np.asarray(out, dtype=np.float32)
 
 
@@ -206,8 +214,10 @@ def _make_vectors(rng: np.random.Generator) -> dict[str, Any]:
     took = time.perf_counter() - started
     near = _embed(calib_texts)
     query_vectors = _embed(queries)
-    print(f"\nBENCH vectors: real MiniLM for {SAMPLE} sample titles in {took:.1f} s ({SAMPLE / took:.0f} texts/s, "
-          f"2 cores); +{CALIBRATION} near-duplicate titles and {N_QUERIES} queries")
+    print(
+        f"\nBENCH vectors: real MiniLM for {SAMPLE} sample titles in {took:.1f} s ({SAMPLE / took:.0f} texts/s, "
+        f"2 cores); +{CALIBRATION} near-duplicate titles and {N_QUERIES} queries"
+    )
 
     # Each sample title's nearest real neighbours of the same kind (the interpolation partners).
     sims = real @ real.T
@@ -231,27 +241,45 @@ def _make_vectors(rng: np.random.Generator) -> dict[str, Any]:
     row_titles = titles + [sl.variant(rng, kinds[s], parts[s]) for s in sources]
 
     real_near = (real[calib] * near).sum(axis=1)
-    print(f"BENCH vectors: real near-duplicates (a sample title with one slot swapped) cos to the original: "
-          f"{_spread(real_near)}")
-    print(f"BENCH vectors: synthetic = normalize((1-t)·s + t·b + n), t~U(0,1), b one of s's {NEIGHBOURS} nearest "
-          f"same-kind real titles, n ~ N(0, Σ_real) at cos {NOISE_COSINE}; cos(v, s): "
-          f"{_spread((synthetic * real[sources]).sum(axis=1))}")
+    print(
+        f"BENCH vectors: real near-duplicates (a sample title with one slot swapped) cos to the original: "
+        f"{_spread(real_near)}"
+    )
+    print(
+        f"BENCH vectors: synthetic = normalize((1-t)·s + t·b + n), t~U(0,1), b one of s's {NEIGHBOURS} nearest "
+        f"same-kind real titles, n ~ N(0, Σ_real) at cos {NOISE_COSINE}; cos(v, s): "
+        f"{_spread((synthetic * real[sources]).sum(axis=1))}"
+    )
     subset = synthetic[rng.choice(n_synthetic, SAMPLE, replace=False)]
     probe = min(300, SAMPLE)
-    print(f"BENCH NN check ({SAMPLE} vectors each) query top-1 cos: real {_spread(sl.nn_cosine(real, query_vectors))}"
-          f" | synthetic {_spread(sl.nn_cosine(subset, query_vectors))}")
-    print(f"BENCH NN check ({SAMPLE} vectors each) item NN cos:     real "
-          f"{_spread(sl.nn_cosine(real, real[:probe], exclude_self=True))} | synthetic "
-          f"{_spread(sl.nn_cosine(subset, subset[:probe], exclude_self=True))}")
+    print(
+        f"BENCH NN check ({SAMPLE} vectors each) query top-1 cos: real {_spread(sl.nn_cosine(real, query_vectors))}"
+        f" | synthetic {_spread(sl.nn_cosine(subset, query_vectors))}"
+    )
+    print(
+        f"BENCH NN check ({SAMPLE} vectors each) item NN cos:     real "
+        f"{_spread(sl.nn_cosine(real, real[:probe], exclude_self=True))} | synthetic "
+        f"{_spread(sl.nn_cosine(subset, subset[:probe], exclude_self=True))}"
+    )
     iso_cos = float(np.clip(np.median(real_near), 0.85, 0.9))
-    iso = sl.normalize(real[sources[:SAMPLE]] + rng.standard_normal((SAMPLE, DIM)).astype(np.float32)
-                       * np.float32(np.sqrt((1 / iso_cos**2 - 1) / DIM)))
-    print(f"BENCH NN check isotropic-noise model (cos {iso_cos:.2f} to source, not used): query top-1 "
-          f"{_spread(sl.nn_cosine(iso, query_vectors))}; item NN "
-          f"{_spread(sl.nn_cosine(iso, iso[:probe], exclude_self=True))}")
+    iso = sl.normalize(
+        real[sources[:SAMPLE]]
+        + rng.standard_normal((SAMPLE, DIM)).astype(np.float32) * np.float32(np.sqrt((1 / iso_cos**2 - 1) / DIM))
+    )
+    print(
+        f"BENCH NN check isotropic-noise model (cos {iso_cos:.2f} to source, not used): query top-1 "
+        f"{_spread(sl.nn_cosine(iso, query_vectors))}; item NN "
+        f"{_spread(sl.nn_cosine(iso, iso[:probe], exclude_self=True))}"
+    )
     print(f"BENCH NN check all {len(vectors)} vectors: query top-1 cos {_spread(sl.nn_cosine(vectors, query_vectors))}")
-    return {"vectors": vectors, "kinds": rows_kind, "titles": row_titles, "queries": queries,
-            "query_vectors": query_vectors, "query_kinds": np.array([sl.KINDS.index(k) for k in query_kinds])}
+    return {
+        "vectors": vectors,
+        "kinds": rows_kind,
+        "titles": row_titles,
+        "queries": queries,
+        "query_vectors": query_vectors,
+        "query_kinds": np.array([sl.KINDS.index(k) for k in query_kinds]),
+    }
 
 
 # --------------------------------------------------------------------------- loading
@@ -272,8 +300,10 @@ def _tenants_and_brands() -> tuple[list[uuid.UUID], list[list[uuid.UUID]]]:
     return tenants, brands
 
 
-ASSET_COLUMNS = ("id, tenant_id, brand_id, kind, title, description, tags, attributes, kpis, sha256, content_type, "
-                 "width, height, has_alpha, byte_size, storage_key, thumb_key")
+ASSET_COLUMNS = (
+    "id, tenant_id, brand_id, kind, title, description, tags, attributes, kpis, sha256, content_type, "
+    "width, height, has_alpha, byte_size, storage_key, thumb_key"
+)
 EMBEDDING_COLUMNS = "id, tenant_id, asset_id, model, modality, dim, embedding, kind, brand_id, tags"
 EMBEDDING_TYPES = ["uuid", "uuid", "uuid", "varchar", "varchar", "int4", "vector", "varchar", "uuid", "varchar[]"]
 
@@ -291,30 +321,60 @@ def _copy(url: str, lib: Library, titles: list[str], rng: np.random.Generator) -
                 kind = sl.KINDS[lib.kind_of[i]]
                 digest = hashlib.sha256(asset_id.bytes).hexdigest()
                 words = titles[i].split()
-                copy.write_row((asset_id, tenant, lib.brands[lib.tenant_of[i]][lib.brand_of[i]], kind, titles[i],
-                                f"{titles[i]}, shot for the catalogue.", [kind, words[0], words[-1]],
-                                Jsonb({"source": "bench"}), Jsonb({"ctr": round(float(ctr[i]), 4)}), digest,
-                                "image/png", 1024, 1024, kind == "product", 200_000, f"bench/{digest}.png",
-                                f"bench/{digest}-t.png"))
-        with conn.cursor() as cur, cur.copy(f"COPY asset_embeddings ({EMBEDDING_COLUMNS}) FROM STDIN "
-                                            "WITH (FORMAT BINARY)") as copy:
+                copy.write_row(
+                    (
+                        asset_id,
+                        tenant,
+                        lib.brands[lib.tenant_of[i]][lib.brand_of[i]],
+                        kind,
+                        titles[i],
+                        f"{titles[i]}, shot for the catalogue.",
+                        [kind, words[0], words[-1]],
+                        Jsonb({"source": "bench"}),
+                        Jsonb({"ctr": round(float(ctr[i]), 4)}),
+                        digest,
+                        "image/png",
+                        1024,
+                        1024,
+                        kind == "product",
+                        200_000,
+                        f"bench/{digest}.png",
+                        f"bench/{digest}-t.png",
+                    )
+                )
+        with (
+            conn.cursor() as cur,
+            cur.copy(f"COPY asset_embeddings ({EMBEDDING_COLUMNS}) FROM STDIN WITH (FORMAT BINARY)") as copy,
+        ):
             copy.set_types(EMBEDDING_TYPES)
             for i, asset_id in enumerate(lib.ids):
                 kind = sl.KINDS[lib.kind_of[i]]
                 words = titles[i].split()
-                copy.write_row((uuid.uuid4(), lib.tenants[lib.tenant_of[i]], asset_id, lib.model, "text", DIM,
-                                lib.vectors[i], kind, lib.brands[lib.tenant_of[i]][lib.brand_of[i]],
-                                [kind, words[0], words[-1]]))
+                copy.write_row(
+                    (
+                        uuid.uuid4(),
+                        lib.tenants[lib.tenant_of[i]],
+                        asset_id,
+                        lib.model,
+                        "text",
+                        DIM,
+                        lib.vectors[i],
+                        kind,
+                        lib.brands[lib.tenant_of[i]][lib.brand_of[i]],
+                        [kind, words[0], words[-1]],
+                    )
+                )
     return time.perf_counter() - started
 
 
 def _watch_parallel_workers(url: str, stop: threading.Event, seen: list[int]) -> None:
     with psycopg.connect(url, autocommit=True) as conn:
         while not stop.wait(0.25):
-            row = conn.execute("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker' "
-                               "AND datname = current_database()").fetchone()
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'parallel worker' "
+                "AND datname = current_database()"
+            ).fetchone()
             seen.append(int(row[0]) if row else 0)
-
 
 
 def _build_index(url: str, model: str) -> tuple[float, dict[str, str]]:
@@ -352,33 +412,48 @@ def library(stack_urls: dict[str, str]) -> Iterator[Library]:
     with pytest.MonkeyPatch.context() as mp, migrated_db(stack_urls, mp) as db_url:
         url = _raw_url(os.environ.get("ONBRAND_DATABASE_URL", db_url))
         tenants, brands = _tenants_and_brands()
-        lib = Library(url=url, model=text_embedder.model_id(), tenants=tenants, brands=brands,
-                      ids=[uuid.UUID(bytes=rng.bytes(16), version=4) for _ in range(rows)], vectors=made["vectors"],
-                      tenant_of=tenant_of, kind_of=made["kinds"], brand_of=rng.integers(0, N_BRANDS, rows),
-                      queries=made["queries"], query_vectors=made["query_vectors"],
-                      query_kinds=made["query_kinds"], query_brands=rng.integers(0, N_BRANDS, N_QUERIES))
+        lib = Library(
+            url=url,
+            model=text_embedder.model_id(),
+            tenants=tenants,
+            brands=brands,
+            ids=[uuid.UUID(bytes=rng.bytes(16), version=4) for _ in range(rows)],
+            vectors=made["vectors"],
+            tenant_of=tenant_of,
+            kind_of=made["kinds"],
+            brand_of=rng.integers(0, N_BRANDS, rows),
+            queries=made["queries"],
+            query_vectors=made["query_vectors"],
+            query_kinds=made["query_kinds"],
+            query_brands=rng.integers(0, N_BRANDS, N_QUERIES),
+        )
         index = search.space_index_name(lib.model)
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute(f"DROP INDEX IF EXISTS {index}")  # load first, build once
         load = _copy(url, lib, made["titles"], rng)
         shares = ", ".join(f"{k} {s:.0%}" for k, s in zip(sl.KINDS, sl.KIND_SHARES, strict=True))
-        print(f"BENCH load: {rows} assets + {rows} embeddings by COPY in {load:.1f} s "
-              f"(tenants {N_MAIN} + {N_SMALL}, {N_BRANDS} brands each, kinds {shares})")
+        print(
+            f"BENCH load: {rows} assets + {rows} embeddings by COPY in {load:.1f} s "
+            f"(tenants {N_MAIN} + {N_SMALL}, {N_BRANDS} brands each, kinds {shares})"
+        )
         lib.build_seconds, shown = _build_index(url, lib.model)
-        print(f"BENCH HNSW build (halfvec(384), m=16, ef_construction=64, CREATE INDEX CONCURRENTLY via "
-              f"search.ensure_space_index, build_memory={BUILD_MEMORY}; connection option "
-              f"{', '.join(f'{k}={v}' for k, v in shown.items())}): "
-              f"{lib.build_seconds:.1f} s for {rows} vectors")
+        print(
+            f"BENCH HNSW build (halfvec(384), m=16, ef_construction=64, CREATE INDEX CONCURRENTLY via "
+            f"search.ensure_space_index, build_memory={BUILD_MEMORY}; connection option "
+            f"{', '.join(f'{k}={v}' for k, v in shown.items())}): "
+            f"{lib.build_seconds:.1f} s for {rows} vectors"
+        )
         started_vacuum = time.perf_counter()
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE assets")
             conn.execute("VACUUM ANALYZE asset_embeddings")
             settings = {k: conn.execute(f"SHOW {k}").fetchone()[0] for k in ("shared_buffers", "work_mem")}
         server = ", ".join(f"{k}={v}" for k, v in settings.items())
-        print(f"BENCH VACUUM ANALYZE {time.perf_counter() - started_vacuum:.1f} s; server {server}; "
-              f"setup total {time.perf_counter() - started:.0f} s")
+        print(
+            f"BENCH VACUUM ANALYZE {time.perf_counter() - started_vacuum:.1f} s; server {server}; "
+            f"setup total {time.perf_counter() - started:.0f} s"
+        )
         yield lib
-
 
 
 # --------------------------------------------------------------------------- queries
@@ -392,10 +467,15 @@ def _search(lib: Library, case: Case, q: int, mode: search.Mode = "vector") -> l
 
 def _raw_sql(lib: Library, case: Case, distance: str = "halfvec") -> str:
     cast = f"{distance}({DIM})"
-    where = ["e.tenant_id = %(tenant)s"] + (["e.kind = %(kind)s"] if case.kind else []) + (
-        ["e.brand_id = %(brand)s"] if case.brand else [])
-    return (f"SELECT e.asset_id FROM asset_embeddings e WHERE e.model = '{lib.model}' AND {' AND '.join(where)} "
-            f"ORDER BY e.embedding::{cast} <=> %(q)s::{cast} LIMIT {K}")
+    where = (
+        ["e.tenant_id = %(tenant)s"]
+        + (["e.kind = %(kind)s"] if case.kind else [])
+        + (["e.brand_id = %(brand)s"] if case.brand else [])
+    )
+    return (
+        f"SELECT e.asset_id FROM asset_embeddings e WHERE e.model = '{lib.model}' AND {' AND '.join(where)} "
+        f"ORDER BY e.embedding::{cast} <=> %(q)s::{cast} LIMIT {K}"
+    )
 
 
 def _raw_params(lib: Library, case: Case, q: int) -> dict[str, Any]:
@@ -403,8 +483,9 @@ def _raw_params(lib: Library, case: Case, q: int) -> dict[str, Any]:
     return {"tenant": f.tenant_id, "kind": f.kind, "brand": f.brand_id, "q": search.vector_text(lib.query_vectors[q])}
 
 
-def _run_raw(conn: psycopg.Connection, lib: Library, case: Case, ef: int, distance: str = "halfvec"
-             ) -> tuple[list[set[uuid.UUID]], list[float]]:
+def _run_raw(
+    conn: psycopg.Connection, lib: Library, case: Case, ef: int, distance: str = "halfvec"
+) -> tuple[list[set[uuid.UUID]], list[float]]:
     """The bare index query with search.search's settings (one set_config round trip), ef_search=ef."""
     statement = _raw_sql(lib, case, distance)
     found, took = [], []
@@ -412,9 +493,12 @@ def _run_raw(conn: psycopg.Connection, lib: Library, case: Case, ef: int, distan
         params = _raw_params(lib, case, q)
         started = time.perf_counter()
         with conn.transaction():
-            conn.execute("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
-                         "set_config('hnsw.ef_search', %s, true), "
-                         "set_config('plan_cache_mode', 'force_custom_plan', true)", (str(int(ef)),))
+            conn.execute(
+                "SELECT set_config('hnsw.iterative_scan', 'relaxed_order', true), "
+                "set_config('hnsw.ef_search', %s, true), "
+                "set_config('plan_cache_mode', 'force_custom_plan', true)",
+                (str(int(ef)),),
+            )
             rows = conn.execute(statement, params).fetchall()
         took.append(time.perf_counter() - started)
         found.append({r[0] for r in rows})
@@ -427,8 +511,9 @@ def _recall(found: list[set[uuid.UUID]], exact: Exact) -> float:
 
 def _tolerant(lib: Library, found: list[set[uuid.UUID]], exact: Exact) -> float:
     """recall@5 where a hit within TIE cosine of the exact 5th best counts: are the misses near-ties?"""
-    return float(np.mean([sum(lib.similarity(q, a) >= exact.fifth[q] - TIE for a in hits) / K
-                          for q, hits in enumerate(found)]))
+    return float(
+        np.mean([sum(lib.similarity(q, a) >= exact.fifth[q] - TIE for a in hits) / K for q, hits in enumerate(found)])
+    )
 
 
 @dataclass
@@ -472,39 +557,50 @@ def summary() -> Iterator[dict[str, Figures]]:
     if not figures:
         return
     for name, f in figures.items():
-        print(f"BENCH summary [{name:<25}] vector p50/p99 {f.vector[0]:.2f}/{f.vector[1]:.2f} ms, "
-              f"hybrid p50/p99 {f.hybrid[0]:.2f}/{f.hybrid[1]:.2f} ms, recall@5 {f.recall:.3f}")
+        print(
+            f"BENCH summary [{name:<25}] vector p50/p99 {f.vector[0]:.2f}/{f.vector[1]:.2f} ms, "
+            f"hybrid p50/p99 {f.hybrid[0]:.2f}/{f.hybrid[1]:.2f} ms, recall@5 {f.recall:.3f}"
+        )
     slow = [name for name, f in figures.items() if f.vector[1] >= TARGET_P99_MS]
     short = [name for name, f in figures.items() if f.recall < TARGET_RECALL]
     worst_p99 = max(figures.items(), key=lambda item: item[1].vector[1])
     worst_recall = min(figures.items(), key=lambda item: item[1].recall)
-    print(f"BENCH targets: p99 < {TARGET_P99_MS:.0f} ms (vector mode, every case) "
-          f"{'not met (' + ', '.join(slow) + ')' if slow else 'met'}, worst {worst_p99[1].vector[1]:.2f} ms "
-          f"[{worst_p99[0]}]; recall@5 >= {TARGET_RECALL} (vector mode, every case) "
-          f"{'not met (' + ', '.join(short) + ')' if short else 'met'}, lowest {worst_recall[1].recall:.3f} "
-          f"[{worst_recall[0]}]")
+    print(
+        f"BENCH targets: p99 < {TARGET_P99_MS:.0f} ms (vector mode, every case) "
+        f"{'not met (' + ', '.join(slow) + ')' if slow else 'met'}, worst {worst_p99[1].vector[1]:.2f} ms "
+        f"[{worst_p99[0]}]; recall@5 >= {TARGET_RECALL} (vector mode, every case) "
+        f"{'not met (' + ', '.join(short) + ')' if short else 'met'}, lowest {worst_recall[1].recall:.3f} "
+        f"[{worst_recall[0]}]"
+    )
 
 
-def test_search_latency_and_recall(library: Library, summary: dict[str, Figures],
-                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_search_latency_and_recall(
+    library: Library, summary: dict[str, Figures], monkeypatch: pytest.MonkeyPatch
+) -> None:
     lib = library
     meets: dict[str, int | None] = {}
     exact = {case: lib.exact(case) for case in CASES}
     print(f"BENCH load average before the queries (2 cores, shared machine): {os.getloadavg()[0]:.1f}")
-    print(f"BENCH search.search as shipped: CANDIDATES_PER_PART={search.CANDIDATES_PER_PART}, "
-          f"EF_SEARCH={search.EF_SEARCH} (ef = max(EF_SEARCH, candidates)), plan_cache_mode=force_custom_plan")
+    print(
+        f"BENCH search.search as shipped: CANDIDATES_PER_PART={search.CANDIDATES_PER_PART}, "
+        f"EF_SEARCH={search.EF_SEARCH} (ef = max(EF_SEARCH, candidates)), plan_cache_mode=force_custom_plan"
+    )
     for case in CASES:
         vector = _measure(lib, case, "vector")
         recall = _recall(vector.found, exact[case])
         rows = int(np.mean([lib.mask(case, q).sum() for q in range(len(lib.queries))]))
-        print(f"BENCH search.search vector k=5 [{case.name:<25}] ~{rows:>6} rows match: {_ms(vector.took)}  "
-              f"recall@5 {recall:.3f} (tie-tolerant {_tolerant(lib, vector.found, exact[case]):.3f})")
+        print(
+            f"BENCH search.search vector k=5 [{case.name:<25}] ~{rows:>6} rows match: {_ms(vector.took)}  "
+            f"recall@5 {recall:.3f} (tie-tolerant {_tolerant(lib, vector.found, exact[case]):.3f})"
+        )
         assert recall >= 0.9, (case.name, recall)
         hybrid = _measure(lib, case, "hybrid")
         keyword = float(np.mean([(h.parts.get("keyword") or 0.0) > 0 for hits in hybrid.hits for h in hits]))
-        print(f"BENCH search.search hybrid k=5 [{case.name:<25}] ~{rows:>6} rows match: {_ms(hybrid.took)}  "
-              f"in exact vector top-5 {_recall(hybrid.found, exact[case]):.3f}, hits with a keyword part "
-              f"{keyword:.0%}")
+        print(
+            f"BENCH search.search hybrid k=5 [{case.name:<25}] ~{rows:>6} rows match: {_ms(hybrid.took)}  "
+            f"in exact vector top-5 {_recall(hybrid.found, exact[case]):.3f}, hits with a keyword part "
+            f"{keyword:.0%}"
+        )
         assert keyword > 0, f"hybrid found no keyword match ({case.name}): is assets.search_tsv filled?"
         summary[case.name] = Figures(_p50_p99(vector.took), _p50_p99(hybrid.took), recall)
         with psycopg.connect(lib.url) as conn:
@@ -514,20 +610,26 @@ def test_search_latency_and_recall(library: Library, summary: dict[str, Figures]
                 raw_recall = _recall(raw_found, exact[case])
                 if raw_recall >= TARGET_RECALL and case.name not in meets:
                     meets[case.name] = ef
-                print(f"BENCH   raw index query LIMIT 5 ef_search={ef:<3} [{case.name:<25}] {_ms(raw_took)}  "
-                      f"recall@5 {raw_recall:.3f}")
+                print(
+                    f"BENCH   raw index query LIMIT 5 ef_search={ef:<3} [{case.name:<25}] {_ms(raw_took)}  "
+                    f"recall@5 {raw_recall:.3f}"
+                )
         meets.setdefault(case.name, None)
-    print("BENCH lowest ef_search with raw recall@5 >= 0.95: "
-          + ", ".join(f"{name}: {ef if ef is not None else f'> {EF_SEARCH[-1]}'}" for name, ef in meets.items()))
+    print(
+        "BENCH lowest ef_search with raw recall@5 >= 0.95: "
+        + ", ".join(f"{name}: {ef if ef is not None else f'> {EF_SEARCH[-1]}'}" for name, ef in meets.items())
+    )
 
     # What-if: a wider HNSW beam through the same code path.
     with monkeypatch.context() as mp:
         mp.setattr(search, "EF_SEARCH", WHAT_IF_EF)
         for case in CASES:
             run = _measure(lib, case, "vector")
-            print(f"BENCH what-if search.EF_SEARCH={WHAT_IF_EF} vector [{case.name:<25}] {_ms(run.took)}  "
-                  f"recall@5 {_recall(run.found, exact[case]):.3f} "
-                  f"(tie-tolerant {_tolerant(lib, run.found, exact[case]):.3f})")
+            print(
+                f"BENCH what-if search.EF_SEARCH={WHAT_IF_EF} vector [{case.name:<25}] {_ms(run.took)}  "
+                f"recall@5 {_recall(run.found, exact[case]):.3f} "
+                f"(tie-tolerant {_tolerant(lib, run.found, exact[case]):.3f})"
+            )
     print(f"BENCH load average after the queries: {os.getloadavg()[0]:.1f}")
 
 
@@ -565,7 +667,7 @@ def _plan(lib: Library, case: Case) -> list[str]:
         lines = [r[0] for r in conn.exec_driver_sql("EXPLAIN " + statement, params)]
     start = next(i for i, line in enumerate(lines) if "CTE vector" in line)
     depth = len(lines[start]) - len(lines[start].lstrip())
-    body = lines[start + 1:]
+    body = lines[start + 1 :]
     end = next((i for i, line in enumerate(body) if len(line) - len(line.lstrip()) <= depth), len(body))
     return [_short(line) for line in body[:end]]
 
@@ -598,21 +700,26 @@ def test_index_size_and_full_precision_comparison(library: Library) -> None:
     rows = len(lib.ids)
     with psycopg.connect(lib.url, autocommit=True) as conn:
         size = conn.execute("SELECT pg_relation_size(%s::regclass)", (index,)).fetchone()[0]
-        table, total = conn.execute("SELECT pg_relation_size('asset_embeddings'), "
-                                    "pg_total_relation_size('asset_embeddings')").fetchone()
+        table, total = conn.execute(
+            "SELECT pg_relation_size('asset_embeddings'), pg_total_relation_size('asset_embeddings')"
+        ).fetchone()
         assets = conn.execute("SELECT pg_total_relation_size('assets')").fetchone()[0]
-        print(f"BENCH sizes: HNSW halfvec index {size / 2**20:.1f} MiB = {size / rows:.0f} B/vector "
-              f"(2×384 = 768 B of halfvec + graph and page overhead); asset_embeddings heap {table / 2**20:.1f} MiB "
-              f"({table / rows:.0f} B/row, float32 vector inline), with all its indexes {total / 2**20:.1f} MiB; "
-              f"assets with indexes {assets / 2**20:.1f} MiB")
+        print(
+            f"BENCH sizes: HNSW halfvec index {size / 2**20:.1f} MiB = {size / rows:.0f} B/vector "
+            f"(2×384 = 768 B of halfvec + graph and page overhead); asset_embeddings heap {table / 2**20:.1f} MiB "
+            f"({table / rows:.0f} B/row, float32 vector inline), with all its indexes {total / 2**20:.1f} MiB; "
+            f"assets with indexes {assets / 2**20:.1f} MiB"
+        )
 
         full = "bench_full_precision_hnsw"
         conn.execute("SELECT set_config('maintenance_work_mem', %s, false)", (BUILD_MEMORY,))
         for setting, value in BUILD_OPTIONS.items():
             conn.execute("SELECT set_config(%s, %s, false)", (setting, value))
         started = time.perf_counter()
-        conn.execute(f"CREATE INDEX CONCURRENTLY {full} ON asset_embeddings USING hnsw "
-                     f"((embedding::vector({DIM})) vector_cosine_ops) WHERE model = '{lib.model}'")
+        conn.execute(
+            f"CREATE INDEX CONCURRENTLY {full} ON asset_embeddings USING hnsw "
+            f"((embedding::vector({DIM})) vector_cosine_ops) WHERE model = '{lib.model}'"
+        )
         build = time.perf_counter() - started
         full_size = conn.execute("SELECT pg_relation_size(%s::regclass)", (full,)).fetchone()[0]
     try:
@@ -620,16 +727,17 @@ def test_index_size_and_full_precision_comparison(library: Library) -> None:
         exact = lib.exact(case)
         ef = search.EF_SEARCH
         with psycopg.connect(lib.url) as conn:
-            plan = [r[0] for r in conn.execute("EXPLAIN " + _raw_sql(lib, case, "vector"),
-                                               _raw_params(lib, case, 0))]
+            plan = [r[0] for r in conn.execute("EXPLAIN " + _raw_sql(lib, case, "vector"), _raw_params(lib, case, 0))]
             assert any(full in line for line in plan), plan
             _run_raw(conn, lib, case, ef, "vector")  # warm up
             full_found, full_took = _run_raw(conn, lib, case, ef, "vector")
             half_found, half_took = _run_raw(conn, lib, case, ef, "halfvec")
-        print(f"BENCH halfvec vs vector(384) HNSW, raw LIMIT 5, ef_search={ef}, tenant only: build "
-              f"{lib.build_seconds:.1f} s vs {build:.1f} s, size {size / 2**20:.1f} vs {full_size / 2**20:.1f} MiB, "
-              f"recall@5 {_recall(half_found, exact):.3f} vs {_recall(full_found, exact):.3f}, {_ms(half_took)} vs "
-              f"{_ms(full_took)}")
+        print(
+            f"BENCH halfvec vs vector(384) HNSW, raw LIMIT 5, ef_search={ef}, tenant only: build "
+            f"{lib.build_seconds:.1f} s vs {build:.1f} s, size {size / 2**20:.1f} vs {full_size / 2**20:.1f} MiB, "
+            f"recall@5 {_recall(half_found, exact):.3f} vs {_recall(full_found, exact):.3f}, {_ms(half_took)} vs "
+            f"{_ms(full_took)}"
+        )
         assert size < full_size
     finally:
         with psycopg.connect(lib.url, autocommit=True) as conn:

@@ -5,6 +5,7 @@ endpoints, and the dispatcher claiming a backlog of due retries (one UPDATE ... 
 No target is set by the issue; the figures size the webhooks queue: a worker process sends about
 1000 / (attempt ms) deliveries a second to a fast receiver.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -40,8 +41,12 @@ def loopback(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _emit(campaign_id: str) -> list[uuid.UUID]:
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(campaign_id))
-        return webhooks.emit(session, campaign, "campaign.stage.completed",
-                             {"stage": "qc", "round": 0, "status": "running", "progress": 0.7})
+        return webhooks.emit(
+            session,
+            campaign,
+            "campaign.stage.completed",
+            {"stage": "qc", "round": 0, "status": "running", "progress": 0.7},
+        )
 
 
 def _ms(samples: list[float]) -> str:
@@ -63,9 +68,16 @@ def test_bench_webhook_delivery(loopback: None, capsys: Any) -> None:
             assert sender.deliver(str(delivery_id)) == "delivered"
             attempt_ms.append((time.perf_counter() - started) * 1000)
     with session_scope() as session:  # a backlog of 5000 due retries for the dispatcher
-        session.add_all(webhooks.outbox_rows(webhooks.new_event_id(), "campaign.completed", {"x": 1},
-                                             session.get(Campaign, uuid.UUID(cid)).tenant_id, uuid.UUID(cid),
-                                             [(receiver.url, None)] * 5000))
+        session.add_all(
+            webhooks.outbox_rows(
+                webhooks.new_event_id(),
+                "campaign.completed",
+                {"x": 1},
+                session.get(Campaign, uuid.UUID(cid)).tenant_id,
+                uuid.UUID(cid),
+                [(receiver.url, None)] * 5000,
+            )
+        )
         session.execute(update(WebhookDelivery).where(WebhookDelivery.status == "pending").values(leased_until=None))
     started = time.perf_counter()
     claimed = sum(sender.dispatch_due(at=outbox.utcnow() + timedelta(seconds=1)) for _ in range(10))
@@ -73,7 +85,11 @@ def test_bench_webhook_delivery(loopback: None, capsys: Any) -> None:
     assert claimed == 5000 and len(receiver.requests) == 300
     with capsys.disabled():
         print(f"\nemit to 3 endpoints: {_ms(emit_ms)}")
-        print(f"one delivery attempt (lock, sign, POST, log, commit): {_ms(attempt_ms)} "
-              f"-> ~{1000 / statistics.median(attempt_ms):.0f} deliveries/s per worker process")
-        print(f"dispatcher: {claimed} due rows claimed and sent in {dispatch_s * 1000:.0f} ms "
-              f"({dispatch_s * 1e6 / claimed:.0f} us per row)")
+        print(
+            f"one delivery attempt (lock, sign, POST, log, commit): {_ms(attempt_ms)} "
+            f"-> ~{1000 / statistics.median(attempt_ms):.0f} deliveries/s per worker process"
+        )
+        print(
+            f"dispatcher: {claimed} due rows claimed and sent in {dispatch_s * 1000:.0f} ms "
+            f"({dispatch_s * 1e6 / claimed:.0f} us per row)"
+        )

@@ -23,14 +23,21 @@ Parts (each 0-1, higher is better):
                   every ad photo and of our studio backdrop; a product standing in the sky
                   (top grid row) looks pasted, however sharp it is.
 """
+
 from __future__ import annotations
 
 import cv2
 import numpy as np
 from PIL import Image
 
-WEIGHTS = {"sharpness": 0.20, "exposure": 0.20, "colourfulness": 0.10,
-           "contrast": 0.15, "thirds": 0.15, "grounding": 0.20}
+WEIGHTS = {
+    "sharpness": 0.20,
+    "exposure": 0.20,
+    "colourfulness": 0.10,
+    "contrast": 0.15,
+    "thirds": 0.15,
+    "grounding": 0.20,
+}
 GROUND_FROM, GROUND_SPAN = 0.5, 0.35
 SHARPNESS_KNEE = 100.0
 COLOURFUL_FULL = 60.0
@@ -71,8 +78,10 @@ def _luminance(rgb: np.ndarray) -> np.ndarray:
 def _bbox(fg: np.ndarray, pad: int = 0) -> tuple[slice, slice]:
     ys, xs = np.nonzero(fg)
     h, w = fg.shape
-    return (slice(max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)),
-            slice(max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)))
+    return (
+        slice(max(0, ys.min() - pad), min(h, ys.max() + 1 + pad)),
+        slice(max(0, xs.min() - pad), min(w, xs.max() + 1 + pad)),
+    )
 
 
 def sharpness(rgb: np.ndarray, alpha: np.ndarray) -> float:

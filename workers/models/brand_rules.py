@@ -18,6 +18,7 @@ brand). Comparing with the palette colour at the pixel's own lightness was tried
 rejected: a tint also loses chroma, and our own on-brand backdrop then scored 11-17 dE00
 from its palette (0 % of the wall within 10), so no radius separated on- from off-brand.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,16 @@ __all__ = ["LIMIT_KEYS", "check"]
 # Palette measurements behind them: a 1024 px studio backdrop is 100 % within 5 dE00 of its own palette
 # and 1-6 % of foreign ones; photos from a media library are 5-97 % within 5 of the demo palette, so a
 # required share is the brand's call (min_palette_share), not a default.
-LIMIT_KEYS = ("palette_radius", "min_palette_share", "area_min", "area_max", "exposure_min", "exposure_max",
-              "max_clipped", "min_contrast")
+LIMIT_KEYS = (
+    "palette_radius",
+    "min_palette_share",
+    "area_min",
+    "area_max",
+    "exposure_min",
+    "exposure_max",
+    "max_clipped",
+    "min_contrast",
+)
 OPTIONAL = {"min_palette_share"}  # None = measured and reported, not enforced
 
 PALETTE_SIDE = 256  # palette statistics on the background downsampled to this longest side: it is a share
@@ -52,8 +61,13 @@ REC709 = np.array([0.2126, 0.7152, 0.0722], np.float32)
 CLIP_LO, CLIP_HI = 2, 253  # of 255: luminance this dark / bright carries no detail
 
 
-def check(candidate: Image.Image, layer: Image.Image, palette: list[str], safe_zones: list[dict[str, Any]],
-          limits: Mapping[str, float | None]) -> list[dict[str, Any]]:
+def check(
+    candidate: Image.Image,
+    layer: Image.Image,
+    palette: list[str],
+    safe_zones: list[dict[str, Any]],
+    limits: Mapping[str, float | None],
+) -> list[dict[str, Any]]:
     """Verdicts palette_adherence, product_area, safe_zones_clear, exposure, contrast (in this order)."""
     rgb, alpha = _images(candidate, layer)
     pal = palette_rgb(palette)
@@ -94,8 +108,9 @@ def _zones(safe_zones: list[dict[str, Any]]) -> list[SafeZone]:
             if not all(math.isfinite(float(v)) for v in (made.x, made.y, made.width, made.height)):
                 raise ValueError("not finite")
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"safe_zones[{i}]: expected {{label, x, y, width, height}} in canvas fractions, "
-                             f"got {zone!r}") from exc
+            raise ValueError(
+                f"safe_zones[{i}]: expected {{label, x, y, width, height}} in canvas fractions, got {zone!r}"
+            ) from exc
         out.append(made)
     return out
 
@@ -120,18 +135,26 @@ def _limits(limits: Mapping[str, float | None]) -> dict[str, Any]:
     return out
 
 
-def _verdict(name: str, value: float | None, threshold: float | list[float] | None, passed: bool | None,
-             reason: str) -> dict[str, Any]:
+def _verdict(
+    name: str, value: float | None, threshold: float | list[float] | None, passed: bool | None, reason: str
+) -> dict[str, Any]:
     status = "unchecked" if passed is None else ("pass" if passed else "fail")
-    return {"check": name, "value": None if value is None else round(float(value), 6), "threshold": threshold,
-            "passed": passed, "status": status, "reason": reason}
+    return {
+        "check": name,
+        "value": None if value is None else round(float(value), 6),
+        "threshold": threshold,
+        "passed": passed,
+        "status": status,
+        "reason": reason,
+    }
 
 
 # --- palette ---------------------------------------------------------------------------------------
 
 
-def palette_adherence(rgb: np.ndarray, alpha: np.ndarray, pal: np.ndarray, radius: float,
-                      min_share: float | None) -> dict[str, Any]:
+def palette_adherence(
+    rgb: np.ndarray, alpha: np.ndarray, pal: np.ndarray, radius: float, min_share: float | None
+) -> dict[str, Any]:
     """Share of the background within ``radius`` dE00 of a palette colour's tints and shades.
 
     min_share None: the share is measured and reported, status "unchecked" (the brand requires none)."""
@@ -144,10 +167,14 @@ def palette_adherence(rgb: np.ndarray, alpha: np.ndarray, pal: np.ndarray, radiu
     dist = _palette_distance(pixels, pal)
     on = dist <= radius
     share = float(on.mean())
-    required = "not enforced: the brand sets no min_palette_share" if min_share is None else (
-        f"at least {min_share:.0%} required")
-    reason = (f"{share:.1%} of the background is within {radius:g} dE00 of a palette colour's tints and "
-              f"shades ({required})")
+    required = (
+        "not enforced: the brand sets no min_palette_share"
+        if min_share is None
+        else (f"at least {min_share:.0%} required")
+    )
+    reason = (
+        f"{share:.1%} of the background is within {radius:g} dE00 of a palette colour's tints and shades ({required})"
+    )
     if not on.all():
         hex_code, d = _farthest_dominant(pixels[~on], dist[~on], len(pixels))
         reason += f"; farthest-off dominant colour {hex_code} ({d:.1f} dE00 away)"
@@ -254,8 +281,9 @@ def product_area(product: np.ndarray, lo: float, hi: float) -> dict[str, Any]:
     """Share of the canvas the product covers (alpha >= 128), within [lo, hi]."""
     share = float(product.mean())
     ok = lo <= share <= hi
-    return _verdict("product_area", share, [lo, hi], ok,
-                    f"product covers {share:.1%} of the canvas ({lo:.0%}-{hi:.0%} allowed)")
+    return _verdict(
+        "product_area", share, [lo, hi], ok, f"product covers {share:.1%} of the canvas ({lo:.0%}-{hi:.0%} allowed)"
+    )
 
 
 def safe_zones_clear(product: np.ndarray, zones: list[SafeZone]) -> dict[str, Any]:
@@ -306,8 +334,10 @@ def exposure(lum: np.ndarray, lo: float, hi: float, max_clipped: float) -> dict[
     mean = float(lum.mean())
     clipped = float(((lum <= CLIP_LO / 255) | (lum >= CLIP_HI / 255)).mean())
     ok = lo <= mean <= hi and clipped <= max_clipped
-    reason = (f"mean luminance {mean:.3f} ({lo:g}-{hi:g} allowed), {clipped:.1%} of pixels clipped "
-              f"(at most {max_clipped:.0%})")
+    reason = (
+        f"mean luminance {mean:.3f} ({lo:g}-{hi:g} allowed), {clipped:.1%} of pixels clipped "
+        f"(at most {max_clipped:.0%})"
+    )
     return _verdict("exposure", mean, [lo, hi], ok, reason)
 
 

@@ -7,6 +7,7 @@ processor are loaded once per process, on CUDA when present, else CPU. torch and
 transformers are imported lazily so that importing this module costs nothing in
 processes that never embed.
 """
+
 from __future__ import annotations
 
 import json
@@ -183,7 +184,10 @@ def embed_texts(texts: list[str], settings: Settings | None = None) -> list[list
     for start in range(0, len(texts), BATCH_SIZE):
         tokens = tokenizer(
             list(texts[start : start + BATCH_SIZE]),
-            padding=True, truncation=True, max_length=limit, return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=limit,
+            return_tensors="pt",
         )
         vectors += _text_batch(model, tokens["input_ids"], tokens["attention_mask"])
     return vectors

@@ -10,6 +10,7 @@ those in the blues, so one threshold cannot mean the same thing across a palette
   formula: implementation notes, supplementary test data, and mathematical observations",
   Color Res. Appl. 30(1), with kL = kC = kH = 1, and reproduces their 34 test pairs.
 """
+
 from __future__ import annotations
 
 import re
@@ -58,8 +59,13 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
         raise ValueError(f"lab1/lab2: expected arrays of shape (..., 3), got {a.shape} and {b.shape}")
     (l1, c1, h1), (l2, c2, h2) = _prime(a, b)
     dl, dc, dh_big, l_bar, c_bar, h_bar = _differences(l1, c1, h1, l2, c2, h2)
-    t = (1 - 0.17 * _cosd(h_bar - 30) + 0.24 * _cosd(2 * h_bar)
-         + 0.32 * _cosd(3 * h_bar + 6) - 0.20 * _cosd(4 * h_bar - 63))
+    t = (
+        1
+        - 0.17 * _cosd(h_bar - 30)
+        + 0.24 * _cosd(2 * h_bar)
+        + 0.32 * _cosd(3 * h_bar + 6)
+        - 0.20 * _cosd(4 * h_bar - 63)
+    )
     d_theta = 30 * np.exp(-(((h_bar - 275) / 25) ** 2))
     c7 = c_bar**7
     r_c = 2 * np.sqrt(c7 / (c7 + _POW25_7))
@@ -85,8 +91,9 @@ def _prime(a: np.ndarray, b: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[
     return out[0], out[1]
 
 
-def _differences(l1: np.ndarray, c1: np.ndarray, h1: np.ndarray, l2: np.ndarray, c2: np.ndarray,
-                 h2: np.ndarray) -> tuple[np.ndarray, ...]:
+def _differences(
+    l1: np.ndarray, c1: np.ndarray, h1: np.ndarray, l2: np.ndarray, c2: np.ndarray, h2: np.ndarray
+) -> tuple[np.ndarray, ...]:
     """dL', dC', dH' and the means L', C', h' (hue differences and means taken the short way round)."""
     neutral = (c1 * c2) == 0
     dh = h2 - h1
@@ -131,7 +138,7 @@ def palette_rgb(palette: list[str]) -> np.ndarray:
     for i, value in enumerate(palette):
         if not isinstance(value, str) or not _HEX.fullmatch(value.strip()):
             raise ValueError(f"palette[{i}]: expected '#RRGGBB', got {value!r}")
-        out[i] = [int(value.strip()[k:k + 2], 16) for k in (1, 3, 5)]
+        out[i] = [int(value.strip()[k : k + 2], 16) for k in (1, 3, 5)]
     return out
 
 

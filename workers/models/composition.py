@@ -4,6 +4,7 @@ Planning is deterministic (same inputs, same layouts) and never paints: :func:`p
 resamples the cut-out (scale, rotation), so with scale 1 and rotation 0 the layer holds the
 uploaded product pixels bit for bit. Pure functions of pixels: no DB, no storage, no torch.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -46,8 +47,12 @@ class SafeZone:
     height: float
 
     def rect(self, canvas_w: int, canvas_h: int) -> tuple[float, float, float, float]:
-        return (self.x * canvas_w, self.y * canvas_h, (self.x + self.width) * canvas_w,
-                (self.y + self.height) * canvas_h)
+        return (
+            self.x * canvas_w,
+            self.y * canvas_h,
+            (self.x + self.width) * canvas_w,
+            (self.y + self.height) * canvas_h,
+        )
 
 
 @dataclass
@@ -86,8 +91,7 @@ def plan(
     upscaling beyond ``max_upscale``); every layout whose box covers a safe zone; and a
     canvas left with none.
     """
-    _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share,
-                     max_upscale, margin)
+    _check_plan_args(canvases, product_size, rows, cols, rotations, scale_share, max_upscale, margin)
     _check_cutout(cutout, product_size)
     if not 0 <= min_share < 1:
         raise ValueError(f"min_share: expected 0 <= share < 1, got {min_share}")
@@ -98,14 +102,22 @@ def plan(
     return out
 
 
-def _plan_canvas(out: Plan, canvas: tuple[int, int], product: tuple[int, int], cutout: Image.Image | None,
-                 grid: _Grid, shares: tuple[float, float, float], zones: tuple[SafeZone, ...]) -> None:
+def _plan_canvas(
+    out: Plan,
+    canvas: tuple[int, int],
+    product: tuple[int, int],
+    cutout: Image.Image | None,
+    grid: _Grid,
+    shares: tuple[float, float, float],
+    zones: tuple[SafeZone, ...],
+) -> None:
     scale_share, max_upscale, min_share = shares
     scale = _canvas_scale(canvas, product, grid, scale_share, max_upscale)
     achieved = scale * max(product[0] / canvas[0], product[1] / canvas[1])
     if achieved < min_share:
-        out.skipped_canvases.append({"canvas": list(canvas), "reason": _too_small(achieved, min_share, scale,
-                                                                                   max_upscale)})
+        out.skipped_canvases.append(
+            {"canvas": list(canvas), "reason": _too_small(achieved, min_share, scale, max_upscale)}
+        )
         return
     found = _canvas_layouts(canvas, product, cutout, scale, grid)
     kept = [lay for lay in found if not any(_covers(lay, zone) for zone in zones)]
@@ -117,8 +129,11 @@ def _plan_canvas(out: Plan, canvas: tuple[int, int], product: tuple[int, int], c
 
 
 def _too_small(achieved: float, min_share: float, scale: float, max_upscale: float) -> str:
-    why = (f"upscaling is capped at {max_upscale:g}x" if scale >= max_upscale - 1e-9
-           else "it does not fit the canvas any larger at every rotation")
+    why = (
+        f"upscaling is capped at {max_upscale:g}x"
+        if scale >= max_upscale - 1e-9
+        else "it does not fit the canvas any larger at every rotation"
+    )
     return f"the product would cover only {achieved:.0%} of the canvas (minimum {min_share:.0%}): {why}"
 
 
@@ -135,9 +150,16 @@ class _Grid:
     margin: float
 
 
-def _check_plan_args(canvases: list[tuple[int, int]], product_size: tuple[int, int],
-                     rows: int, cols: int, rotations: tuple[float, ...], scale_share: float,
-                     max_upscale: float, margin: float) -> None:
+def _check_plan_args(
+    canvases: list[tuple[int, int]],
+    product_size: tuple[int, int],
+    rows: int,
+    cols: int,
+    rotations: tuple[float, ...],
+    scale_share: float,
+    max_upscale: float,
+    margin: float,
+) -> None:
     if not canvases or any(len(c) != 2 or min(c) < 16 for c in canvases):
         raise ValueError(f"canvases: expected a non-empty list of (w, h) >= 16, got {canvases}")
     if len(product_size) != 2 or min(product_size) < 1:
@@ -163,8 +185,9 @@ def _check_cutout(cutout: Image.Image | None, product_size: tuple[int, int]) -> 
         raise ValueError(f"cutout: size {cutout.size} differs from product_size {product_size}")
 
 
-def _canvas_scale(canvas: tuple[int, int], product: tuple[int, int], grid: _Grid,
-                  scale_share: float, max_upscale: float) -> float:
+def _canvas_scale(
+    canvas: tuple[int, int], product: tuple[int, int], grid: _Grid, scale_share: float, max_upscale: float
+) -> float:
     (cw, ch), (pw, ph) = canvas, product
     # 3 px of slack: rounding the scaled size and PIL's expand both round outwards.
     inner_w, inner_h = cw * (1 - 2 * grid.margin) - 3, ch * (1 - 2 * grid.margin) - 3
@@ -181,23 +204,38 @@ def _fit_rotated(inner_w: float, inner_h: float, pw: int, ph: int, rot: float) -
     return min(inner_w / (pw * c + ph * s), inner_h / (pw * s + ph * c))
 
 
-def _canvas_layouts(canvas: tuple[int, int], product: tuple[int, int],
-                    cutout: Image.Image | None, scale: float, grid: _Grid) -> list[Layout]:
+def _canvas_layouts(
+    canvas: tuple[int, int], product: tuple[int, int], cutout: Image.Image | None, scale: float, grid: _Grid
+) -> list[Layout]:
     boxes = {rot: _placed_box(product, cutout, scale, rot) for rot in grid.rotations}
     # Ground lines belong to the row, not the rotation: the band is set by the tallest
     # standing product, so every rotation in a row stands on the same floor.
     tallest = max(h - gap for _, h, gap in boxes.values())
     return [
-        _layout(canvas, scale, (row, col), rot, boxes[rot],
-                ground_line(canvas[1], tallest, row, grid.rows, grid.margin), grid)
+        _layout(
+            canvas,
+            scale,
+            (row, col),
+            rot,
+            boxes[rot],
+            ground_line(canvas[1], tallest, row, grid.rows, grid.margin),
+            grid,
+        )
         for row in range(1, grid.rows + 1)
         for col in range(1, grid.cols + 1)
         for rot in grid.rotations
     ]
 
 
-def _layout(canvas: tuple[int, int], scale: float, cell: tuple[int, int], rot: float,
-            box: tuple[int, int, int], ground: int, grid: _Grid) -> Layout:
+def _layout(
+    canvas: tuple[int, int],
+    scale: float,
+    cell: tuple[int, int],
+    rot: float,
+    box: tuple[int, int, int],
+    ground: int,
+    grid: _Grid,
+) -> Layout:
     (cw, ch), (row, col), (w, h, gap) = canvas, cell, box
     centre_x = cw * grid.margin + (col - 0.5) * cw * (1 - 2 * grid.margin) / grid.cols
     lo, hi = round(cw * grid.margin), cw - round(cw * grid.margin) - w
@@ -221,8 +259,7 @@ def ground_line(canvas_h: int, band_h: int, row: int, rows: int, margin: float) 
     return int(round(min(top, bottom) + max(0.0, bottom - top) * share))
 
 
-def _placed_box(product: tuple[int, int], cutout: Image.Image | None, scale: float,
-                rot: float) -> tuple[int, int, int]:
+def _placed_box(product: tuple[int, int], cutout: Image.Image | None, scale: float, rot: float) -> tuple[int, int, int]:
     """(w, h, bottom_gap) of the placed product; gap 0 when only the size is known."""
     if cutout is None:
         return (*placed_size(product, scale, rot), 0)
@@ -252,10 +289,11 @@ def place(cutout: Image.Image, layout: Layout) -> Image.Image:
         raise ValueError("cutout: expected an RGBA PIL image (alpha = product mask)")
     placed = transform(cutout, layout.scale, layout.rotation)
     if layout.width and placed.size != (layout.width, layout.height):
-        raise ValueError(f"layout: planned a {layout.width}x{layout.height} box but the "
-                         f"cut-out places as {placed.size[0]}x{placed.size[1]}")
-    if not (0 <= layout.x <= layout.canvas_w - placed.width
-            and 0 <= layout.y <= layout.canvas_h - placed.height):
+        raise ValueError(
+            f"layout: planned a {layout.width}x{layout.height} box but the "
+            f"cut-out places as {placed.size[0]}x{placed.size[1]}"
+        )
+    if not (0 <= layout.x <= layout.canvas_w - placed.width and 0 <= layout.y <= layout.canvas_h - placed.height):
         raise ValueError(f"layout: {layout.layout_key} puts the product off the canvas")
     layer = Image.new("RGBA", (layout.canvas_w, layout.canvas_h), (0, 0, 0, 0))
     layer.paste(placed, (layout.x, layout.y))  # no mask: copy RGBA as is
@@ -284,7 +322,7 @@ def paste_back(image: Image.Image, layer: Image.Image) -> Image.Image:
         raise ValueError(f"image: expected a PIL image of size {layer.size}")
     out = np.array(image.convert("RGB"))
     ys, xs = np.nonzero(alpha)  # blend only the product's box: the rest of the canvas is untouched
-    box = np.s_[ys.min():ys.max() + 1, xs.min():xs.max() + 1]
+    box = np.s_[ys.min() : ys.max() + 1, xs.min() : xs.max() + 1]
     a = alpha[box].astype(np.float32)[:, :, None] / 255.0
     out[box] = np.clip(fg[box] * a + out[box] * (1 - a) + 0.5, 0, 255).astype(np.uint8)
     opaque = alpha == 255
@@ -305,9 +343,14 @@ def integrity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | i
     """How many of the layer's fully opaque pixels survive bit-exact in ``candidate``, with digests."""
     region, product = _opaque_regions(candidate, layer)
     n, m = len(product), int(np.all(region == product, axis=1).sum())
-    return {"opaque_pixels": n, "exact_pixels": m, "exact_fraction": m / n,
-            # Equal digests prove the region bit for bit, even to someone holding only the two PNGs.
-            "product_sha256": _digest(region), "layer_sha256": _digest(product)}
+    return {
+        "opaque_pixels": n,
+        "exact_pixels": m,
+        "exact_fraction": m / n,
+        # Equal digests prove the region bit for bit, even to someone holding only the two PNGs.
+        "product_sha256": _digest(region),
+        "layer_sha256": _digest(product),
+    }
 
 
 def exact_counts(candidate: Image.Image, layer: Image.Image) -> tuple[int, int]:

@@ -12,6 +12,7 @@ front left, and a light harmonisation of the cut edge (semi-transparent fringe a
 ring of a few px) so it does not look pasted. All of it is drawn in a window around the
 product and its shadows; the rest of the canvas is the background verbatim.
 """
+
 from __future__ import annotations
 
 import math
@@ -121,8 +122,9 @@ def cover_crop(background: Image.Image, canvas: tuple[int, int]) -> Image.Image:
     return big.crop((left, top, left + w, top + h))
 
 
-def compose(layer: Image.Image, background: Image.Image, *, drop_shadow: bool = True,
-            harmonise: bool = True) -> Image.Image:
+def compose(
+    layer: Image.Image, background: Image.Image, *, drop_shadow: bool = True, harmonise: bool = True
+) -> Image.Image:
     """Background + contact and drop shadows + product layer; opaque product pixels copied verbatim.
 
     ``drop_shadow`` and ``harmonise`` (the cut edge) can be switched off, e.g. to compare.
@@ -138,7 +140,7 @@ def compose(layer: Image.Image, background: Image.Image, *, drop_shadow: bool = 
     out.paste(Image.fromarray(floor, "RGB"), win[:2])
     # The product and its edge ring only: the rest of the window is floor and shadow.
     edge = _clip(_grow(box, RING + 1), layer.size)
-    ground, part = floor[edge[1] - win[1]:edge[3] - win[1], edge[0] - win[0]:edge[2] - win[0]], layer.crop(edge)
+    ground, part = floor[edge[1] - win[1] : edge[3] - win[1], edge[0] - win[0] : edge[2] - win[0]], layer.crop(edge)
     image, lay = _harmonised(ground, part) if harmonise else (Image.fromarray(ground, "RGB"), part)
     out.paste(paste_back(image, lay), edge[:2])
     return out
@@ -226,8 +228,12 @@ def _contact_geometry(foot: Foot) -> tuple[int, float, int]:
 
 def _contact_box(foot: Foot, size: tuple[int, int]) -> Box:
     half_h, _, pad = _contact_geometry(foot)
-    box = (foot.cx - foot.half_w - pad, foot.base - half_h - pad,
-           foot.cx + foot.half_w + pad + 1, foot.base + half_h + pad + 1)
+    box = (
+        foot.cx - foot.half_w - pad,
+        foot.base - half_h - pad,
+        foot.cx + foot.half_w + pad + 1,
+        foot.base + half_h + pad + 1,
+    )
     return _clip(box, size)
 
 
@@ -238,11 +244,11 @@ def _contact_map(foot: Foot, size: tuple[int, int], win: Box) -> np.ndarray:
     patch = np.zeros((y1 - y0, x1 - x0), np.float32)
     centre = (foot.cx - x0, foot.base - y0)
     cv2.ellipse(patch, centre, (foot.half_w, half_h), 0, 0, 360, 1.0, -1)
-    cv2.ellipse(patch, centre, (max(1, foot.half_w * 2 // 3), max(1, half_h // 2)),
-                0, 0, 360, 1.6, -1)  # darker core right at the contact line
+    cv2.ellipse(
+        patch, centre, (max(1, foot.half_w * 2 // 3), max(1, half_h // 2)), 0, 0, 360, 1.6, -1
+    )  # darker core right at the contact line
     out = np.zeros((win[3] - win[1], win[2] - win[0]), np.float32)
-    out[y0 - win[1]:y1 - win[1], x0 - win[0]:x1 - win[0]] = np.clip(
-        cv2.GaussianBlur(patch, (0, 0), blur), 0.0, 1.0)
+    out[y0 - win[1] : y1 - win[1], x0 - win[0] : x1 - win[0]] = np.clip(cv2.GaussianBlur(patch, (0, 0), blur), 0.0, 1.0)
     return out
 
 
@@ -279,10 +285,12 @@ def _drop_box(box: Box, foot: Foot) -> Box:
     """
     h, slack = foot.height, 2 * _drop_step(foot) + 2  # the reduced grid smears about a step
     ends = [(LIGHT_SHEAR * d * h, FLOOR_DEPTH * d * h, 3 * s * h) for d, s in zip((0, 0.5, 1), DROP_BLUR, strict=True)]
-    return (box[0] + math.floor(min(dx - r for dx, _, r in ends)) - slack,
-            foot.base - math.ceil(max(dy + r for _, dy, r in ends)) - slack,
-            box[2] + math.ceil(max(dx + r for dx, _, r in ends)) + slack,
-            max(box[3], foot.base + 1) + math.ceil(ends[0][2]) + slack)
+    return (
+        box[0] + math.floor(min(dx - r for dx, _, r in ends)) - slack,
+        foot.base - math.ceil(max(dy + r for _, dy, r in ends)) - slack,
+        box[2] + math.ceil(max(dx + r for dx, _, r in ends)) + slack,
+        max(box[3], foot.base + 1) + math.ceil(ends[0][2]) + slack,
+    )
 
 
 def _drop_step(foot: Foot) -> int:

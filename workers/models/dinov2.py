@@ -9,6 +9,7 @@ processor file and no torchvision are needed; :func:`pixel_values` is shared wit
 
 torch and transformers are imported inside functions only; one model per ModelSpec per process.
 """
+
 from __future__ import annotations
 
 import threading
@@ -58,7 +59,7 @@ class Dinov2Embedder:
         if len(a) != len(b):
             raise ValueError(f"b: expected as many images as a ({len(a)}), got {len(b)}")
         both = self.embed([*a, *b])  # one batched pass for both sides
-        cosines = np.einsum("ij,ij->i", both[:len(a)], both[len(a):])
+        cosines = np.einsum("ij,ij->i", both[: len(a)], both[len(a) :])
         return [float(c) for c in np.clip(cosines, -1.0, 1.0)]  # float32 rounding may pass 1.0
 
     def _run(self, chunk: Sequence[Image.Image]) -> list[np.ndarray]:
@@ -123,8 +124,7 @@ def check_images(images: Any, name: str) -> None:
             raise ValueError(f"{name}[{i}]: the image is empty ({image.width}x{image.height})")
 
 
-def pixel_values(images: Sequence[Image.Image], size: int, mean: Sequence[float],
-                 std: Sequence[float]) -> np.ndarray:
+def pixel_values(images: Sequence[Image.Image], size: int, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
     """(n, 3, size, size) float32: shorter side resized to ``size`` (bicubic), centre-cropped, normalised."""
     out = np.empty((len(images), 3, size, size), np.float32)
     for i, image in enumerate(images):

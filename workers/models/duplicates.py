@@ -33,6 +33,7 @@ project's tests. Whole-image embeddings of candidates that share one background 
 is deliberately strict; calibrate it (the brand's dup_min_cosine) once DINOv2 is configured.
 shared/qc.py (QcThresholds.dup_max_hamming, dup_min_cosine) carries the same defaults.
 """
+
 from __future__ import annotations
 
 import math
@@ -131,11 +132,10 @@ def _pairs(items: list[Item]) -> list[tuple[int, int]]:
     groups: dict[str, list[int]] = {}
     for k, it in enumerate(items):
         groups.setdefault(it.group, []).append(k)
-    return [(a, b) for idx in groups.values() for n, a in enumerate(idx) for b in idx[n + 1:]]
+    return [(a, b) for idx in groups.values() for n, a in enumerate(idx) for b in idx[n + 1 :]]
 
 
-def _link(a: Item, b: Item, ua: np.ndarray | None, ub: np.ndarray | None, max_hamming: int,
-          min_cosine: float) -> str:
+def _link(a: Item, b: Item, ua: np.ndarray | None, ub: np.ndarray | None, max_hamming: int, min_cosine: float) -> str:
     """Why a and b are near-duplicates ("" when they are not)."""
     reasons = []
     d = hamming(a.hash, b.hash)
@@ -143,8 +143,9 @@ def _link(a: Item, b: Item, ua: np.ndarray | None, ub: np.ndarray | None, max_ha
         reasons.append(f"phash distance {d}")
     if ua is not None and ub is not None:
         if ua.shape != ub.shape:
-            raise ValueError(f"items[{b.id!r}].embedding: expected {ua.shape[0]} values like {a.id!r}, "
-                             f"got {ub.shape[0]}")
+            raise ValueError(
+                f"items[{b.id!r}].embedding: expected {ua.shape[0]} values like {a.id!r}, got {ub.shape[0]}"
+            )
         cos = float(ua @ ub)
         if cos >= min_cosine:
             reasons.append(f"embedding cosine {cos:.3f}")

@@ -19,6 +19,7 @@ candidate with the placed product put back) for an embedding model to compare (D
 torch / pytorch_msssim are imported inside the function so that importing this module
 stays cheap for processes that never run QC.
 """
+
 from __future__ import annotations
 
 import cv2
@@ -41,7 +42,9 @@ def fidelity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | in
     opaque = arr[:, :, 3] == 255
     diff = np.abs(cand[opaque].astype(np.int16) - arr[:, :, :3][opaque].astype(np.int16))
     return {
-        "opaque_pixels": opaque_n, "exact_pixels": exact_n, "exact_fraction": exact_n / opaque_n,
+        "opaque_pixels": opaque_n,
+        "exact_pixels": exact_n,
+        "exact_fraction": exact_n / opaque_n,
         "msssim_edges": round(msssim_edges(cand, arr[:, :, :3], opaque), 6),
         "mean_abs_diff": round(float(diff.mean()), 4),
         "delta_e": round(colour.mean_delta_e(cand, arr[:, :, :3], opaque), 4),
@@ -80,8 +83,12 @@ def msssim_edges(cand: np.ndarray, product: np.ndarray, opaque: np.ndarray) -> f
 def _padded_bbox(fg: np.ndarray, pad: int) -> tuple[int, int, int, int]:
     ys, xs = np.nonzero(fg)
     h, w = fg.shape
-    return (max(0, int(xs.min()) - pad), max(0, int(ys.min()) - pad),
-            min(w, int(xs.max()) + 1 + pad), min(h, int(ys.max()) + 1 + pad))
+    return (
+        max(0, int(xs.min()) - pad),
+        max(0, int(ys.min()) - pad),
+        min(w, int(xs.max()) + 1 + pad),
+        min(h, int(ys.max()) + 1 + pad),
+    )
 
 
 def _fit_for_msssim(crop: np.ndarray) -> np.ndarray:

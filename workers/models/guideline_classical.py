@@ -23,6 +23,7 @@ Not checkable without a model: ``extra_objects`` and ``text_artefacts``. The bac
 is not an input, and nothing in the pixels tells a stray object or garbled lettering
 from a deliberate backdrop, so those two are always "unchecked".
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -120,8 +121,7 @@ def check_distorted(candidate: Image.Image, layer: Image.Image) -> dict[str, Any
     opaque, exact = exact_counts(candidate, layer)
     frac = exact / opaque
     status = "pass" if frac >= MIN_EXACT_FRACTION else "fail"
-    reason = (f"{exact} of {opaque} opaque product pixels are bit-exact "
-              f"({frac:.3%}; need >= {MIN_EXACT_FRACTION:.1%})")
+    reason = f"{exact} of {opaque} opaque product pixels are bit-exact ({frac:.3%}; need >= {MIN_EXACT_FRACTION:.1%})"
     return _verdict("distorted_product", status, reason, frac)
 
 
@@ -134,10 +134,13 @@ def check_floating(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
     h, w = alpha.shape
     rows = min(max(MIN_BAND_ROWS, round(BAND_SHARE * half_w)), h - 1 - base)
     if rows < MIN_BAND_ROWS:
-        return _verdict("floating_product", "unchecked",
-                        f"product base is on the canvas bottom edge (y={base}): no floor below it to look at")
-    luma = cv2.cvtColor(cand[base + 1:base + 1 + rows], cv2.COLOR_RGB2GRAY).astype(np.float32)
-    clear = alpha[base + 1:base + 1 + rows] == 0  # product edge pixels are neither floor nor shadow
+        return _verdict(
+            "floating_product",
+            "unchecked",
+            f"product base is on the canvas bottom edge (y={base}): no floor below it to look at",
+        )
+    luma = cv2.cvtColor(cand[base + 1 : base + 1 + rows], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    clear = alpha[base + 1 : base + 1 + rows] == 0  # product edge pixels are neither floor nor shadow
     cols = np.arange(w)[None, :]
     under = clear & (np.abs(cols - cx) <= max(2, half_w // 2))
     lo, hi = REF_SPAN[0] * half_w, REF_SPAN[1] * half_w
@@ -153,10 +156,19 @@ def _floating_verdict(luma: np.ndarray, under: np.ndarray, beside: np.ndarray, c
         return _verdict("floating_product", "unchecked", f"floor beside the base is near black (luma {ref:.1f})")
     drop = round(float(1.0 - luma[under].mean() / ref), 4)
     if drop >= MIN_SHADOW_DROP:
-        return _verdict("floating_product", "pass", f"floor under the base is {drop:.1%} darker than beside it "
-                        f"(contact shadow; need >= {MIN_SHADOW_DROP:.0%})", drop)
-    return _verdict("floating_product", "fail", f"floor under the base is only {drop:.1%} darker than beside it "
-                    f"(need >= {MIN_SHADOW_DROP:.0%}): no contact shadow, the product looks like it floats", drop)
+        return _verdict(
+            "floating_product",
+            "pass",
+            f"floor under the base is {drop:.1%} darker than beside it (contact shadow; need >= {MIN_SHADOW_DROP:.0%})",
+            drop,
+        )
+    return _verdict(
+        "floating_product",
+        "fail",
+        f"floor under the base is only {drop:.1%} darker than beside it "
+        f"(need >= {MIN_SHADOW_DROP:.0%}): no contact shadow, the product looks like it floats",
+        drop,
+    )
 
 
 def _side_mean(luma: np.ndarray, beside: np.ndarray, cx: int) -> float:
@@ -177,16 +189,24 @@ def check_duplicated(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
         return _verdict("duplicated_product", "unchecked", "product too small to search for a copy of it")
     std = float(template[mask > 0].std())
     if std < MIN_TEXTURE_STD:
-        return _verdict("duplicated_product", "unchecked",
-                        f"product is nearly uniform (grey std {std:.1f}): correlation cannot find a copy of it")
+        return _verdict(
+            "duplicated_product",
+            "unchecked",
+            f"product is nearly uniform (grey std {std:.1f}): correlation cannot find a copy of it",
+        )
     best = _best_match(_blank(grey, own), template, mask)
     if best is None:
         return _verdict("duplicated_product", "unchecked", "no room on the canvas for a second copy")
     if best == -np.inf:  # NCC is gain-blind, so "no window with the product's contrast" is reported as such
         return _verdict("duplicated_product", "pass", "nothing elsewhere on the canvas has the product's contrast")
     status = "fail" if best >= DUPLICATE_MIN_SCORE else "pass"
-    return _verdict("duplicated_product", status, f"best match of the product elsewhere: NCC {best:.3f} "
-                    f"({'>=' if best >= DUPLICATE_MIN_SCORE else '<'} {DUPLICATE_MIN_SCORE})", best)
+    return _verdict(
+        "duplicated_product",
+        status,
+        f"best match of the product elsewhere: NCC {best:.3f} "
+        f"({'>=' if best >= DUPLICATE_MIN_SCORE else '<'} {DUPLICATE_MIN_SCORE})",
+        best,
+    )
 
 
 def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
@@ -202,8 +222,12 @@ def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.n
     sx0, sy0, sx1, sy1 = _bbox(solid) if solid.any() else (0, 0, 0, 0)
     template, mask = grey[sy0:sy1, sx0:sx1], solid[sy0:sy1, sx0:sx1].astype(np.uint8)
     ax0, ay0, ax1, ay1 = _bbox(alpha > 0)
-    own = (int(ax0 * f) - OWN_PAD, int(ay0 * f) - OWN_PAD, int(np.ceil(ax1 * f)) + OWN_PAD,
-           int(np.ceil(ay1 * f)) + OWN_PAD)
+    own = (
+        int(ax0 * f) - OWN_PAD,
+        int(ay0 * f) - OWN_PAD,
+        int(np.ceil(ax1 * f)) + OWN_PAD,
+        int(np.ceil(ay1 * f)) + OWN_PAD,
+    )
     return grey, template, mask, own
 
 
@@ -217,7 +241,7 @@ def _blank(grey: np.ndarray, own: Box) -> np.ndarray:
     h, w = grey.shape
     x0, y0, x1, y1 = max(0, own[0]), max(0, own[1]), min(w, own[2]), min(h, own[3])
     ring = np.zeros(grey.shape, bool)
-    ring[max(0, y0 - 4):y1 + 4, max(0, x0 - 4):x1 + 4] = True
+    ring[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = True
     ring[y0:y1, x0:x1] = False
     out = grey.copy()
     out[y0:y1, x0:x1] = grey[ring].mean() if ring.any() else grey.mean()

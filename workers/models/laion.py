@@ -10,6 +10,7 @@ Preprocessing is CLIP's, with PIL and numpy (no processor file, no torchvision).
 
 torch and transformers are imported inside functions only; one model per ModelSpec per process.
 """
+
 from __future__ import annotations
 
 import functools
@@ -62,8 +63,12 @@ class LaionAesthetic:
         """
         aesthetic._check(candidate, layer)
         raw = self.score_many([candidate])[0]
-        return {"score": round(min(max(raw, 0.0), SCORE_MAX), 4), "parts": {"laion": round(raw, 4)},
-                "method": "laion", "model": self.spec.model}
+        return {
+            "score": round(min(max(raw, 0.0), SCORE_MAX), 4),
+            "parts": {"laion": round(raw, 4)},
+            "method": "laion",
+            "model": self.spec.model,
+        }
 
     def _run(self, chunk: Sequence[Image.Image]) -> list[float]:
         import torch
@@ -103,8 +108,11 @@ def _load(spec: ModelSpec) -> LaionAesthetic:
     vision = _load_vision(spec, dt)
     inputs, projection = mlp["layers"][0].in_features, int(vision.config.projection_dim)
     if inputs != projection:
-        raise runtime.ModelUnavailable(spec, f"the aesthetic MLP ({MLP_SETTING}) takes {inputs}-dim embeddings but "
-                                       f"the CLIP model projects to {projection}: use the MLP trained for this CLIP")
+        raise runtime.ModelUnavailable(
+            spec,
+            f"the aesthetic MLP ({MLP_SETTING}) takes {inputs}-dim embeddings but "
+            f"the CLIP model projects to {projection}: use the MLP trained for this CLIP",
+        )
     return LaionAesthetic(spec, vision.to(dev).eval(), mlp.to(dev).eval(), dev, dt, int(vision.config.image_size))
 
 
@@ -115,13 +123,15 @@ def _load_vision(spec: ModelSpec, dt: torch.dtype) -> Any:
     try:
         config = AutoConfig.from_pretrained(spec.source)
         vision_config = _vision_config(config)
-        model, info = _vision_class().from_pretrained(spec.source, config=vision_config, dtype=dt,
-                                                      output_loading_info=True)
+        model, info = _vision_class().from_pretrained(
+            spec.source, config=vision_config, dtype=dt, output_loading_info=True
+        )
     except Exception as exc:  # missing files, not cached offline, foreign or broken checkpoint
         raise runtime.ModelUnavailable(spec, f"{type(exc).__name__}: {exc}") from exc
     if info["missing_keys"]:  # transformers would initialise them randomly: scores would mean nothing
-        raise runtime.ModelUnavailable(spec, f"not a CLIP checkpoint with an image projection, missing "
-                                       f"{sorted(info['missing_keys'])[:5]}")
+        raise runtime.ModelUnavailable(
+            spec, f"not a CLIP checkpoint with an image projection, missing {sorted(info['missing_keys'])[:5]}"
+        )
     return model
 
 

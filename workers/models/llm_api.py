@@ -6,6 +6,7 @@ the validation error, then a clear failure. Retries with backoff are shared here
 treat throttling and transient errors the same way. No heavy imports: backends bring their own
 clients (boto3, httpx).
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,15 @@ from pydantic import BaseModel, ValidationError
 
 Role = Literal["system", "user", "assistant"]
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
-ERROR_CODES = ("llm_timeout", "llm_throttled", "llm_unavailable", "llm_auth", "llm_bad_request",
-               "llm_malformed_json", "llm_misconfigured")
+ERROR_CODES = (
+    "llm_timeout",
+    "llm_throttled",
+    "llm_unavailable",
+    "llm_auth",
+    "llm_bad_request",
+    "llm_malformed_json",
+    "llm_misconfigured",
+)
 RETRYABLE = frozenset({"llm_timeout", "llm_throttled", "llm_unavailable"})
 T = TypeVar("T", bound=BaseModel)
 
@@ -94,8 +102,14 @@ class ChatBackend(Protocol):
     model: str
     vision: bool  # accepts ImagePart in messages
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.2) -> Completion: ...
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        json_schema: dict | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.2,
+    ) -> Completion: ...
 
 
 def estimate_cost(model: str, usage: Usage) -> float | None:
@@ -107,8 +121,14 @@ def estimate_cost(model: str, usage: Usage) -> float | None:
     return round(usage.tokens_in / 1000 * price[0] + usage.tokens_out / 1000 * price[1], 6)
 
 
-def with_retries(call: Callable[[], Completion], *, max_attempts: int = 4, base_delay_s: float = 1.0,
-                 max_delay_s: float = 30.0, sleep: Callable[[float], None] = time.sleep) -> Completion:
+def with_retries(
+    call: Callable[[], Completion],
+    *,
+    max_attempts: int = 4,
+    base_delay_s: float = 1.0,
+    max_delay_s: float = 30.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> Completion:
     """Run call; retry retryable LLMErrors with exponential backoff and full jitter (Retry-After wins)."""
     if max_attempts < 1:
         raise ValueError(f"max_attempts must be >= 1, got {max_attempts}")
@@ -118,7 +138,7 @@ def with_retries(call: Callable[[], Completion], *, max_attempts: int = 4, base_
         except LLMError as exc:
             if not exc.retryable or attempt == max_attempts:
                 raise
-            delay = exc.retry_after if exc.retry_after is not None else random.uniform(0, base_delay_s * 2 ** attempt)
+            delay = exc.retry_after if exc.retry_after is not None else random.uniform(0, base_delay_s * 2**attempt)
             sleep(min(max(delay, 0.0), max_delay_s) if math.isfinite(delay) else max_delay_s)
             continue
         return Completion(result.text, result.model, result.usage, result.latency_ms, attempt)
@@ -138,7 +158,7 @@ def extract_json(text: str) -> object:
     start, end = stripped.find("{"), stripped.rfind("}")
     if start == -1 or end <= start:
         raise ValueError("no JSON object in the answer")
-    return json.loads(stripped[start:end + 1])
+    return json.loads(stripped[start : end + 1])
 
 
 def _parse(text: str, schema: type[T]) -> T:
@@ -148,8 +168,14 @@ def _parse(text: str, schema: type[T]) -> T:
         raise ValueError(f"does not match the schema: {exc.errors(include_url=False)[:3]}") from None
 
 
-def complete_json(backend: ChatBackend, messages: Sequence[Message], schema: type[T], *, max_tokens: int = 1024,
-                  temperature: float = 0.2) -> tuple[T, list[Completion]]:
+def complete_json(
+    backend: ChatBackend,
+    messages: Sequence[Message],
+    schema: type[T],
+    *,
+    max_tokens: int = 1024,
+    temperature: float = 0.2,
+) -> tuple[T, list[Completion]]:
     """A validated schema instance and every completion it took (one, or two after a repair)."""
     json_schema = schema.model_json_schema()
     first = backend.complete(messages, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature)
@@ -157,12 +183,19 @@ def complete_json(backend: ChatBackend, messages: Sequence[Message], schema: typ
         return _parse(first.text, schema), [first]
     except ValueError as exc:
         problem = str(exc)
-    repair = [*messages, Message("assistant", first.text),
-              Message("user", f"That answer was not valid: {problem}. Reply with only the corrected JSON object "
-                              f"matching this schema: {json.dumps(json_schema)}")]
+    repair = [
+        *messages,
+        Message("assistant", first.text),
+        Message(
+            "user",
+            f"That answer was not valid: {problem}. Reply with only the corrected JSON object "
+            f"matching this schema: {json.dumps(json_schema)}",
+        ),
+    ]
     second = backend.complete(repair, json_schema=json_schema, max_tokens=max_tokens, temperature=0.0)
     try:
         return _parse(second.text, schema), [first, second]
     except ValueError as exc:
-        raise LLMError("llm_malformed_json", f"{backend.name} ({backend.model}) answered invalid JSON twice: "
-                                             f"{exc}") from None
+        raise LLMError(
+            "llm_malformed_json", f"{backend.name} ({backend.model}) answered invalid JSON twice: {exc}"
+        ) from None

@@ -6,6 +6,7 @@ transient errors back off the same way for every backend and `Completion.attempt
 boto3/botocore are imported inside functions to keep importing this module cheap for processes that
 never call Bedrock.
 """
+
 from __future__ import annotations
 
 import json
@@ -55,8 +56,9 @@ class BedrockBackend:
     name = "bedrock"
     vision = True
 
-    def __init__(self, config: BedrockConfig, client: Any | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, config: BedrockConfig, client: Any | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.config = config
         self._client = client
         self._client_lock = threading.Lock()
@@ -70,12 +72,18 @@ class BedrockBackend:
     def temperature(self) -> float:
         return self.config.temperature
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.2) -> Completion:
-        request = build_request(self.config, messages, json_schema=json_schema, max_tokens=max_tokens,
-                                temperature=temperature)
-        return with_retries(lambda: self._call_once(request), max_attempts=self.config.max_attempts,
-                            sleep=self._sleep)
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        json_schema: dict | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.2,
+    ) -> Completion:
+        request = build_request(
+            self.config, messages, json_schema=json_schema, max_tokens=max_tokens, temperature=temperature
+        )
+        return with_retries(lambda: self._call_once(request), max_attempts=self.config.max_attempts, sleep=self._sleep)
 
     def _call_once(self, request: dict[str, Any]) -> Completion:
         started = time.perf_counter()
@@ -99,27 +107,37 @@ def make_client(config: BedrockConfig) -> Any:
     import boto3
     from botocore.config import Config
 
-    botocore_config = Config(read_timeout=config.timeout_s, connect_timeout=min(10.0, config.timeout_s),
-                             retries={"max_attempts": 1, "mode": "standard"})
+    botocore_config = Config(
+        read_timeout=config.timeout_s,
+        connect_timeout=min(10.0, config.timeout_s),
+        retries={"max_attempts": 1, "mode": "standard"},
+    )
     # A private session: boto3's default session is not thread-safe to create clients from.
     session = boto3.session.Session()
-    return session.client("bedrock-runtime", region_name=config.region, endpoint_url=config.endpoint_url,
-                          config=botocore_config)
+    return session.client(
+        "bedrock-runtime", region_name=config.region, endpoint_url=config.endpoint_url, config=botocore_config
+    )
 
 
-def build_request(config: BedrockConfig, messages: Sequence[Message], *, json_schema: dict | None,
-                  max_tokens: int, temperature: float) -> dict[str, Any]:
+def build_request(
+    config: BedrockConfig, messages: Sequence[Message], *, json_schema: dict | None, max_tokens: int, temperature: float
+) -> dict[str, Any]:
     """Keyword arguments for client.converse()."""
     system_texts = [m.text for m in messages if m.role == "system" and m.text.strip()]
     if json_schema is not None:
         # Nova has no response_format; an instruction plus complete_json's repair round does the job.
-        system_texts.append("Answer with only a JSON object matching this JSON schema: "
-                            + json.dumps(json_schema, separators=(",", ":")))
+        system_texts.append(
+            "Answer with only a JSON object matching this JSON schema: "
+            + json.dumps(json_schema, separators=(",", ":"))
+        )
     inference: dict[str, Any] = {"maxTokens": max_tokens, "temperature": temperature}
     if config.top_p is not None:
         inference["topP"] = config.top_p
-    request: dict[str, Any] = {"modelId": config.model_id, "messages": to_converse_messages(messages),
-                               "inferenceConfig": inference}
+    request: dict[str, Any] = {
+        "modelId": config.model_id,
+        "messages": to_converse_messages(messages),
+        "inferenceConfig": inference,
+    }
     if system_texts:
         request["system"] = [{"text": "\n\n".join(system_texts)}]
     return request
@@ -164,10 +182,12 @@ def parse_response(response: dict[str, Any], *, model: str, measured_ms: float) 
     usage = response.get("usage", {})
     # Bedrock's own latency excludes our network time; prefer it when reported, for comparable numbers.
     latency_ms = response.get("metrics", {}).get("latencyMs")
-    return Completion(text=text, model=model,
-                      usage=Usage(tokens_in=int(usage.get("inputTokens", 0)),
-                                  tokens_out=int(usage.get("outputTokens", 0))),
-                      latency_ms=float(latency_ms) if latency_ms is not None else measured_ms)
+    return Completion(
+        text=text,
+        model=model,
+        usage=Usage(tokens_in=int(usage.get("inputTokens", 0)), tokens_out=int(usage.get("outputTokens", 0))),
+        latency_ms=float(latency_ms) if latency_ms is not None else measured_ms,
+    )
 
 
 def _to_llm_error(exc: Exception) -> LLMError:

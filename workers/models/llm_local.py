@@ -14,6 +14,7 @@ so the caller can log them.
 torch/transformers are imported lazily so that importing this module stays cheap
 for processes (gateway, CLI) that never generate text.
 """
+
 from __future__ import annotations
 
 import copy
@@ -241,9 +242,7 @@ def sanitize(value: str) -> str:
 # --------------------------------------------------------------------------- generation
 
 
-def render_prompt(
-    tokenizer: Any, system: str, user: str, examples: Sequence[tuple[str, str]] = ()
-) -> str:
+def render_prompt(tokenizer: Any, system: str, user: str, examples: Sequence[tuple[str, str]] = ()) -> str:
     """Chat-formatted prompt text; few-shot examples become earlier turns."""
     messages = [{"role": "system", "content": system}]
     for ex_user, ex_assistant in examples:
@@ -304,8 +303,12 @@ def peek(
 
 
 def _run(
-    prompt: Prompt, prefix: str, max_new_tokens: int, settings: Settings | None,
-    banned: Sequence[str], constrained: bool,
+    prompt: Prompt,
+    prefix: str,
+    max_new_tokens: int,
+    settings: Settings | None,
+    banned: Sequence[str],
+    constrained: bool,
 ) -> FillResult:
     lm = load(settings)
     started = time.perf_counter()
@@ -356,8 +359,13 @@ def _prompt_state(lm: LoadedModel, prompt: str) -> tuple[Any, Any]:
 
 
 def _generate(
-    lm: LoadedModel, prompt_ids: Any, prompt_cache: Any, prefix: str, max_new_tokens: int,
-    constrained: bool, bad_words_ids: list[list[int]],
+    lm: LoadedModel,
+    prompt_ids: Any,
+    prompt_cache: Any,
+    prefix: str,
+    max_new_tokens: int,
+    constrained: bool,
+    bad_words_ids: list[list[int]],
 ) -> tuple[str, int, int]:
     """Greedy decode after prompt + prefix; returns (new text, tokens in, tokens out).
     The prefix is tokenised on its own so the cached prompt ids stay a true prefix."""
@@ -469,7 +477,7 @@ def _ask_items(filler: _Filler, spec: FieldSpec, head: str) -> list[str]:
     items: list[str] = []
     while len(items) < spec.max_items:
         so_far = "".join(json.dumps(x) + ", " for x in items)
-        got = filler.ask(head + ' [' + so_far + '"', f"{spec.name}[{len(items)}]", spec.banned)
+        got = filler.ask(head + " [" + so_far + '"', f"{spec.name}[{len(items)}]", spec.banned)
         if not got.text or got.text.lower() in (x.lower() for x in items):
             break
         items.append(got.text)

@@ -7,6 +7,7 @@ instance so later calls do not pay for the failed request again. Every failure b
 `LLMError` with one of the shared codes, and retries go through `llm_api.with_retries` so this
 backend backs off exactly like the others.
 """
+
 from __future__ import annotations
 
 import base64
@@ -52,8 +53,9 @@ class OpenAIBackend:
     def temperature(self) -> float:
         return self.config.temperature
 
-    def __init__(self, config: OpenAIConfig, client: httpx.Client | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self, config: OpenAIConfig, client: httpx.Client | None = None, sleep: Callable[[float], None] = time.sleep
+    ) -> None:
         self.config = config
         self.model = config.model
         self.vision = config.vision
@@ -69,16 +71,29 @@ class OpenAIBackend:
         if self._owns_client:
             self._client.close()
 
-    def complete(self, messages: Sequence[Message], *, json_schema: dict | None = None, max_tokens: int = 1024,
-                 temperature: float = 0.2) -> Completion:
+    def complete(
+        self,
+        messages: Sequence[Message],
+        *,
+        json_schema: dict | None = None,
+        max_tokens: int = 1024,
+        temperature: float = 0.2,
+    ) -> Completion:
         if not self.vision and any(m.images for m in messages):
             # Refuse before any request: a text-only model would either 400 or silently ignore the image.
-            raise LLMError("llm_bad_request", f"{self.name} model {self.model} does not accept images "
-                                              f"(vision is off for this backend)")
-        body: dict[str, Any] = {"model": self.model, "messages": [_message_json(m) for m in messages],
-                                "max_tokens": max_tokens, "temperature": temperature}
-        return with_retries(lambda: self._attempt(body, json_schema), max_attempts=self.config.max_attempts,
-                            sleep=self._sleep)
+            raise LLMError(
+                "llm_bad_request",
+                f"{self.name} model {self.model} does not accept images (vision is off for this backend)",
+            )
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_message_json(m) for m in messages],
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+        }
+        return with_retries(
+            lambda: self._attempt(body, json_schema), max_attempts=self.config.max_attempts, sleep=self._sleep
+        )
 
     def _attempt(self, body: dict[str, Any], json_schema: dict | None) -> Completion:
         """One logical attempt; a response_format rejection re-sends at once (not a transient fault)."""
@@ -106,19 +121,27 @@ class OpenAIBackend:
 
     def _downgrade(self, mode: JsonMode, detail: str) -> None:
         self.json_mode = _DOWNGRADE[mode]
-        log.warning("%s at %s rejected response_format %s (%s); using %s from now on",
-                    self.model, self._where, mode, detail[:120], self.json_mode)
+        log.warning(
+            "%s at %s rejected response_format %s (%s); using %s from now on",
+            self.model,
+            self._where,
+            mode,
+            detail[:120],
+            self.json_mode,
+        )
 
     def _error(self, response: httpx.Response) -> LLMError:
         status, detail = response.status_code, _error_message(response)
         if status in (401, 403):
             return LLMError("llm_auth", f"{self._where} refused the credentials (HTTP {status}): {detail}")
         if status == 429:
-            return LLMError("llm_throttled", f"{self._where} is throttling (HTTP 429): {detail}",
-                            retry_after=_retry_after(response))
+            return LLMError(
+                "llm_throttled", f"{self._where} is throttling (HTTP 429): {detail}", retry_after=_retry_after(response)
+            )
         if status in _UNAVAILABLE_STATUSES:
-            return LLMError("llm_unavailable", f"{self._where} failed (HTTP {status}): {detail}",
-                            retry_after=_retry_after(response))
+            return LLMError(
+                "llm_unavailable", f"{self._where} failed (HTTP {status}): {detail}", retry_after=_retry_after(response)
+            )
         if 400 <= status < 500:
             return LLMError("llm_bad_request", detail)
         return LLMError("llm_unavailable", f"{self._where} failed (HTTP {status}): {detail}")
@@ -129,18 +152,25 @@ class OpenAIBackend:
             choice = data["choices"][0]
         except (ValueError, KeyError, IndexError, TypeError):
             # A 200 that is not a chat completion is a proxy or server fault, worth another try.
-            raise LLMError("llm_unavailable", f"{self._where} answered something that is not a chat "
-                                              f"completion: {response.text[:_MAX_DETAIL]!r}") from None
+            raise LLMError(
+                "llm_unavailable",
+                f"{self._where} answered something that is not a chat completion: {response.text[:_MAX_DETAIL]!r}",
+            ) from None
         model = data.get("model") or self.model
         if choice.get("finish_reason") == "content_filter":
             raise LLMError("llm_bad_request", f"{model} withheld its answer (finish_reason content_filter)")
         text = _content_text((choice.get("message") or {}).get("content"))
         if not text.strip():
-            raise LLMError("llm_bad_request", f"{model} returned an empty answer "
-                                              f"(finish_reason {choice.get('finish_reason')!r})")
+            raise LLMError(
+                "llm_bad_request", f"{model} returned an empty answer (finish_reason {choice.get('finish_reason')!r})"
+            )
         usage = data.get("usage") or {}
-        return Completion(text=text, model=model, latency_ms=latency_ms,
-                          usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)))
+        return Completion(
+            text=text,
+            model=model,
+            latency_ms=latency_ms,
+            usage=Usage(int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)),
+        )
 
 
 def _message_json(message: Message) -> dict[str, Any]:
@@ -159,8 +189,12 @@ def _response_format(mode: JsonMode, json_schema: dict | None) -> dict[str, Any]
     if mode == "json_object":
         return {"response_format": {"type": "json_object"}}
     # strict=False: pydantic schemas use features (defaults, optional fields) strict mode rejects.
-    return {"response_format": {"type": "json_schema",
-                                "json_schema": {"name": "answer", "schema": json_schema, "strict": False}}}
+    return {
+        "response_format": {
+            "type": "json_schema",
+            "json_schema": {"name": "answer", "schema": json_schema, "strict": False},
+        }
+    }
 
 
 def _rejects_response_format(status: int, detail: str) -> bool:

@@ -13,6 +13,7 @@ When neither yields a plausible product (nothing, or practically the whole frame
 raise :class:`SegmentationError` instead of returning a mask that only looks like one.
 Pure functions of pixels: no DB, no storage, no torch.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -79,9 +80,7 @@ def cutout(image: Image.Image, result: SegmentResult) -> Image.Image:
     """
     _check_image(image)
     if result.alpha.shape != (image.height, image.width):
-        raise ValueError(
-            f"result: alpha is {result.alpha.shape}, image is {(image.height, image.width)}"
-        )
+        raise ValueError(f"result: alpha is {result.alpha.shape}, image is {(image.height, image.width)}")
     x0, y0, x1, y1 = _bbox((result.alpha > 0) | (result.mask > 0))
     rgba = np.dstack([np.asarray(image.convert("RGB")), result.alpha])
     return Image.fromarray(np.ascontiguousarray(rgba[y0:y1, x0:x1]), "RGBA")
@@ -162,9 +161,7 @@ def border_background(rgb: np.ndarray) -> np.ndarray:
     dist = np.linalg.norm(rgb.astype(np.float32) - _backdrop_image(plane, rgb.shape[:2]), axis=2)
     near = (dist <= _tolerance(residual)).astype(np.uint8)
     _, labels = cv2.connectedComponents(near, connectivity=4)
-    edge_labels = np.unique(np.concatenate(
-        [labels[0], labels[-1], labels[:, 0], labels[:, -1]]
-    ))
+    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     return np.isin(labels, edge_labels[edge_labels > 0])
 
 
@@ -226,8 +223,7 @@ def _grabcut_mask(rgb: np.ndarray, background: np.ndarray, iterations: int) -> n
     if (init == cv2.GC_PR_FGD).sum() < 64 or (init == cv2.GC_BGD).sum() < 64:
         raise SegmentationError("product or backdrop too small to model (< 64 px at work size)")
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
-    cv2.grabCut(np.ascontiguousarray(small), init, None, *models, iterations,
-                cv2.GC_INIT_WITH_MASK)
+    cv2.grabCut(np.ascontiguousarray(small), init, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
     fg = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8) * 255
     return (cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 128).astype(np.uint8) * 255
 
@@ -260,8 +256,7 @@ def _fill_holes(fg: np.ndarray, max_hole_share: float) -> tuple[np.ndarray, int]
     n, labels, stats, _ = cv2.connectedComponentsWithStats((~fg).astype(np.uint8), connectivity=4)
     edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
     limit = max_hole_share * fg.sum()
-    holes = [i for i in range(1, n)
-             if i not in edge and stats[i, cv2.CC_STAT_AREA] <= limit]
+    holes = [i for i in range(1, n) if i not in edge and stats[i, cv2.CC_STAT_AREA] <= limit]
     return fg | np.isin(labels, holes), len(holes)
 
 
@@ -271,8 +266,7 @@ def _check_plausible(mask: np.ndarray, method: str) -> None:
         raise SegmentationError(f"{method}: the mask is empty after cleaning")
     if share > MAX_AREA_SHARE:
         raise SegmentationError(
-            f"{method}: the mask covers {share:.1%} of the image; product and backdrop "
-            "are not separable"
+            f"{method}: the mask covers {share:.1%} of the image; product and backdrop are not separable"
         )
 
 

@@ -4,6 +4,7 @@ Stages ask here for their segmenter or generator; `onbrand models check` (which 
 ``python -m workers.models.registry``) loads every configured model through the very same
 function, offline, and names the stage and setting of anything that cannot be loaded.
 """
+
 from __future__ import annotations
 
 import importlib
@@ -17,11 +18,18 @@ from shared.config import Settings, get_settings
 from shared.models import ModelSpec, model_specs
 
 # adapter name -> module with ``load(spec)``; embedded adapters are the module itself.
-LOADERS = {"sam": "workers.models.sam", "segment-anything": "workers.models.sam_original",
-           "sd-inpaint": "workers.models.sd_inpaint", "dinov2": "workers.models.dinov2",
-           "laion": "workers.models.laion"}
-EMBEDDED = {"matting": "workers.models.matting", "compositor": "workers.models.compositor",
-            "classical": "workers.models.aesthetic"}
+LOADERS = {
+    "sam": "workers.models.sam",
+    "segment-anything": "workers.models.sam_original",
+    "sd-inpaint": "workers.models.sd_inpaint",
+    "dinov2": "workers.models.dinov2",
+    "laion": "workers.models.laion",
+}
+EMBEDDED = {
+    "matting": "workers.models.matting",
+    "compositor": "workers.models.compositor",
+    "classical": "workers.models.aesthetic",
+}
 
 
 def load(spec: ModelSpec) -> Any:
@@ -82,8 +90,10 @@ def main() -> int:
         what = f"{r.spec.stage:<9} {r.spec.adapter:<17} {r.spec.model or '(embedded)'}"
         print(f"{'ok     ' if r.ok else 'MISSING'} {what}  [{r.seconds:.1f} s] {r.detail}")
     missing = [r for r in results if not r.ok]
-    print(f"{len(results) - len(missing)} of {len(results)} models load" + (
-        f"; missing: {', '.join(f'{r.spec.stage} ({r.spec.adapter})' for r in missing)}" if missing else ""))
+    print(
+        f"{len(results) - len(missing)} of {len(results)} models load"
+        + (f"; missing: {', '.join(f'{r.spec.stage} ({r.spec.adapter})' for r in missing)}" if missing else "")
+    )
     return 1 if missing else 0
 
 

@@ -5,6 +5,7 @@ real device. CUDA runs half precision (float16, or bfloat16 when configured) wit
 scaled-dot-product attention; every other device runs float32, which is what CPU kernels
 are fast and exact in.
 """
+
 from __future__ import annotations
 
 import logging
@@ -79,8 +80,9 @@ def is_oom(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def in_batches(items: Sequence[T], batch_size: int, run: Callable[[Sequence[T]], list[R]],
-               on_oom: Callable[[], Any] | None = None) -> list[R]:
+def in_batches(
+    items: Sequence[T], batch_size: int, run: Callable[[Sequence[T]], list[R]], on_oom: Callable[[], Any] | None = None
+) -> list[R]:
     """``run`` over chunks of ``items``; a chunk that runs out of GPU memory is halved and retried.
 
     A single item that still does not fit re-raises: the task fails with the real error
@@ -89,7 +91,7 @@ def in_batches(items: Sequence[T], batch_size: int, run: Callable[[Sequence[T]],
     out: list[R] = []
     size, i = max(1, batch_size), 0
     while i < len(items):
-        chunk = items[i:i + size]
+        chunk = items[i : i + size]
         try:
             out += run(chunk)
         except Exception as exc:  # noqa: BLE001 - only OOM is handled, the rest re-raises

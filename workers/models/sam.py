@@ -9,6 +9,7 @@ raises :class:`matting.SegmentationError` rather than posing as a product.
 
 torch and transformers are imported inside functions only; one model per ModelSpec per process.
 """
+
 from __future__ import annotations
 
 import threading
@@ -70,8 +71,11 @@ class SamSegmenter:
         scores = out.iou_scores[0, 0].float()
         best = int(scores.argmax())
         masks = self.processor.image_processor.post_process_masks(
-            out.pred_masks[:, :, best:best + 1].float().cpu(), inputs["original_sizes"],
-            inputs["reshaped_input_sizes"], binarize=False)
+            out.pred_masks[:, :, best : best + 1].float().cpu(),
+            inputs["original_sizes"],
+            inputs["reshaped_input_sizes"],
+            binarize=False,
+        )
         return masks[0][0, 0].numpy(), float(scores[best]), seconds[0]
 
 
@@ -113,8 +117,14 @@ def model_input(image: Image.Image, alpha: np.ndarray | None) -> Image.Image:
     return Image.alpha_composite(grey, image.convert("RGBA")).convert("RGB")
 
 
-def finish(raw: np.ndarray, alpha: np.ndarray | None, box: tuple[int, int, int, int], predicted_iou: float,
-           method: str, seconds: float) -> matting.SegmentResult:
+def finish(
+    raw: np.ndarray,
+    alpha: np.ndarray | None,
+    box: tuple[int, int, int, int],
+    predicted_iou: float,
+    method: str,
+    seconds: float,
+) -> matting.SegmentResult:
     """Bool mask from a SAM model -> the stage's SegmentResult, with matting's cleaning and checks."""
     if alpha is not None and alpha.shape != raw.shape:
         raise ValueError(f"alpha: shape {alpha.shape} differs from the mask's {raw.shape}")
@@ -122,8 +132,12 @@ def finish(raw: np.ndarray, alpha: np.ndarray | None, box: tuple[int, int, int, 
     mask, removed, filled = matting.clean_mask(inside.astype(np.uint8) * 255, MAX_HOLE_SHARE)
     matting._check_plausible(mask, method)
     soft = mask.copy() if alpha is None else np.minimum(mask, alpha)
-    quality = {**matting._quality(mask, removed, filled), "predicted_iou": round(predicted_iou, 4),
-               "box": list(box), "seconds": round(seconds, 4)}
+    quality = {
+        **matting._quality(mask, removed, filled),
+        "predicted_iou": round(predicted_iou, 4),
+        "box": list(box),
+        "seconds": round(seconds, 4),
+    }
     return matting.SegmentResult(mask, soft, method, quality)
 
 
@@ -132,7 +146,7 @@ def _box_mask(shape: tuple[int, ...], box: tuple[int, int, int, int]) -> np.ndar
     x0, y0, x1, y1 = box
     dx, dy = max(2, round(BOX_SLACK * (x1 - x0))), max(2, round(BOX_SLACK * (y1 - y0)))
     keep = np.zeros(shape[:2], bool)
-    keep[max(0, y0 - dy):y1 + dy, max(0, x0 - dx):x1 + dx] = True
+    keep[max(0, y0 - dy) : y1 + dy, max(0, x0 - dx) : x1 + dx] = True
     return keep
 
 

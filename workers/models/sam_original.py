@@ -7,6 +7,7 @@ package needs torchvision, which this project installs in the GPU image only (it
 breaks transformers in the CPU environment), so it is imported lazily and its absence is a
 ModelUnavailable that says so.
 """
+
 from __future__ import annotations
 
 import threading
@@ -23,8 +24,7 @@ from workers.models import matting, runtime, sam
 if TYPE_CHECKING:
     import torch
 
-NOT_INSTALLED = ("segment-anything is not installed (pip install 'onbrand[gpu]' in the GPU image; "
-                 "it needs torchvision)")
+NOT_INSTALLED = "segment-anything is not installed (pip install 'onbrand[gpu]' in the GPU image; it needs torchvision)"
 MODEL_TYPES = ("vit_h", "vit_l", "vit_b")
 
 _MODELS: dict[ModelSpec, OriginalSamSegmenter] = {}
@@ -54,8 +54,12 @@ class OriginalSamSegmenter:
 
         # autocast rather than .half(): SamPredictor feeds float32 tensors it builds itself
         on_cuda = self.device.type == "cuda"
-        with (self._busy, torch.inference_mode(), torch.autocast(self.device.type, self.dtype, enabled=on_cuda),
-              runtime.timed(self.device) as seconds):
+        with (
+            self._busy,
+            torch.inference_mode(),
+            torch.autocast(self.device.type, self.dtype, enabled=on_cuda),
+            runtime.timed(self.device) as seconds,
+        ):
             self.predictor.set_image(np.asarray(rgb))
             masks, scores, _ = self.predictor.predict(box=np.asarray(box, np.float32), multimask_output=True)
         best = int(np.argmax(scores))
@@ -77,8 +81,9 @@ def _load(spec: ModelSpec) -> OriginalSamSegmenter:
     if model_type not in MODEL_TYPES:
         raise runtime.ModelUnavailable(spec, f"model_type {model_type!r} is not one of {', '.join(MODEL_TYPES)}")
     if not spec.source or not Path(spec.source).is_file():
-        raise runtime.ModelUnavailable(spec, "checkpoint file not found (set ONBRAND_SAM_CHECKPOINT to a "
-                                             "segment-anything .pth)")
+        raise runtime.ModelUnavailable(
+            spec, "checkpoint file not found (set ONBRAND_SAM_CHECKPOINT to a segment-anything .pth)"
+        )
     registry, predictor_class = _package(spec)
     dev = runtime.device(spec)
     try:

@@ -17,6 +17,7 @@ Two modes (spec option ``mode``):
 torch and diffusers are imported lazily (inside functions), so importing this module is free
 for processes that never generate.
 """
+
 from __future__ import annotations
 
 import threading
@@ -162,8 +163,9 @@ class SdInpainter:
         self.batch_size = int(spec.option("batch_size", 4))
         self._lock = threading.Lock()  # a pipeline's scheduler keeps per-call state: one call at a time
 
-    def generate(self, jobs: Sequence[Job], prompt: str, negative_prompt: str = "",
-                 background_prompt: str | None = None) -> list[Output]:
+    def generate(
+        self, jobs: Sequence[Job], prompt: str, negative_prompt: str = "", background_prompt: str | None = None
+    ) -> list[Output]:
         """One Output per job, in order. Jobs are grouped by (canvas size, has init) so that
         each pipeline call has uniform arguments, then run ``batch_size`` images a call."""
         _check_jobs(jobs)
@@ -177,20 +179,28 @@ class SdInpainter:
     def _output(self, work: _Work) -> Output:
         if work.image is None:  # every job is in a group and every group runs every pass
             raise RuntimeError("sd-inpaint: a job finished without a pass")
-        return Output(work.image, work.job.seed, work.gpu_seconds, list(MODES[self.mode]),
-                      working_size(work.job.layer.size, self.resolution))
+        return Output(
+            work.image,
+            work.job.seed,
+            work.gpu_seconds,
+            list(MODES[self.mode]),
+            working_size(work.job.layer.size, self.resolution),
+        )
 
     def _passes(self, has_init: bool, prompt: str, negative: str, background: str | None) -> list[_Pass]:
         # Without a reference there is nothing to keep of the grey start: strength 1.0.
         first = self.strength if has_init else 1.0
         scene = background or prompt
         prompts = {"outpaint": prompt, "background": scene, "ground": prompt, "upper": scene}
-        return [_Pass(name, prompts[name], negative, first if i == 0 else LAYER_STRENGTH)
-                for i, name in enumerate(MODES[self.mode])]
+        return [
+            _Pass(name, prompts[name], negative, first if i == 0 else LAYER_STRENGTH)
+            for i, name in enumerate(MODES[self.mode])
+        ]
 
     def _run_pass(self, group: list[_Work], step: _Pass) -> None:
-        results = runtime.in_batches(group, self.batch_size, lambda chunk: self._call(chunk, step),
-                                     on_oom=self._on_oom())
+        results = runtime.in_batches(
+            group, self.batch_size, lambda chunk: self._call(chunk, step), on_oom=self._on_oom()
+        )
         for work, (image, seconds) in zip(group, results, strict=True):
             work.image = _merge(work, image, step.name)
             work.gpu_seconds += seconds
@@ -209,13 +219,18 @@ class SdInpainter:
         size = working_size(chunk[0].job.layer.size, self.resolution)
         n = len(chunk)
         return dict(
-            prompt=[step.prompt] * n, negative_prompt=[step.negative] * n if step.negative else None,
+            prompt=[step.prompt] * n,
+            negative_prompt=[step.negative] * n if step.negative else None,
             image=[_model_input(w, size) for w in chunk],
             mask_image=[pass_mask(w.job.layer, step.name, size) for w in chunk],
-            height=size[1], width=size[0], strength=step.strength,
-            num_inference_steps=_steps(self.steps, step.strength), guidance_scale=self.guidance,
+            height=size[1],
+            width=size[0],
+            strength=step.strength,
+            num_inference_steps=_steps(self.steps, step.strength),
+            guidance_scale=self.guidance,
             generator=[torch.Generator(self.device).manual_seed(w.job.seed) for w in chunk],
-            output_type="pil")
+            output_type="pil",
+        )
 
     def _on_oom(self) -> Any:
         import torch
@@ -300,7 +315,7 @@ def pass_mask(layer: Image.Image, name: str, size: tuple[int, int]) -> Image.Ima
     top, bottom = pass_rows(np.asarray(alpha), name)
     scale = size[1] / layer.height
     mask = np.zeros((size[1], size[0]), np.uint8)
-    mask[round(top * scale):round(bottom * scale)] = 255
+    mask[round(top * scale) : round(bottom * scale)] = 255
     small = np.asarray(alpha.resize(size, Image.Resampling.BILINEAR, reducing_gap=REDUCING_GAP))
     mask[small >= KEEP_ALPHA] = 0
     return Image.fromarray(mask, "L")

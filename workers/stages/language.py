@@ -15,6 +15,7 @@ negative prompt because diffusion text encoders read "no people" as "people".
 Nothing here invents content: every phrase comes from the brief, the product
 title, the background caption, the model, or a fixed, documented template word.
 """
+
 from __future__ import annotations
 
 import re
@@ -44,18 +45,20 @@ TEMPLATE_STYLE = "product photography"
 
 # ----------------------------------------------------------------------------- vocabularies
 
-_DETERMINERS = frozenset(
-    "a an the our my your their his her its this that these those some any".split()
-)
+_DETERMINERS = frozenset("a an the our my your their his her its this that these those some any".split())
 _MULTI_PREPS = ("in front of", "on top of", "next to", "close to", "in the middle of")
 _PREPS = frozenset(
     "on in at by near under over against beside atop inside during beneath below above across "
     "along among behind underneath around upon onto into through amid amidst within outside".split()
 )
 _MOOD_NOUNS = r"mood|moods|vibe|vibes|feel|feeling|atmosphere|tone|aesthetic|ambience|ambiance"
-_STOP = _DETERMINERS | _PREPS | frozenset(
-    "and or of with for to is are be very just plus & ad advert image photo picture shot".split()
-    + _MOOD_NOUNS.split("|")
+_STOP = (
+    _DETERMINERS
+    | _PREPS
+    | frozenset(
+        "and or of with for to is are be very just plus & ad advert image photo picture shot".split()
+        + _MOOD_NOUNS.split("|")
+    )
 )
 _PARTICIPLES = frozenset(
     "placed standing sitting lying resting displayed set shown positioned floating perched laid "
@@ -286,8 +289,14 @@ def rules_decompose(brief: str) -> dict[str, Any]:
     text, audience = _extract_audience(text)
     text, season = _extract_season(text)
     clauses = [c for c in _CLAUSE_SPLIT.split(text) if c.strip()]
-    parts: dict[str, Any] = {"products": [], "backgrounds": [], "themes": [], "mood": mood, "season": season,
-                             "audience": audience}
+    parts: dict[str, Any] = {
+        "products": [],
+        "backgrounds": [],
+        "themes": [],
+        "mood": mood,
+        "season": season,
+        "audience": audience,
+    }
     if clauses:
         head, segments = _split_prepositions(clauses[0])
         parts["products"] = _split_products(head)
@@ -299,7 +308,7 @@ def rules_decompose(brief: str) -> dict[str, Any]:
 
 
 def _extract_mood(text: str) -> tuple[str, str | None]:
-    """"..., calm mood" / "mood: playful" / "with a romantic vibe" -> mood word(s)."""
+    """ "..., calm mood" / "mood: playful" / "with a romantic vibe" -> mood word(s)."""
     labelled = re.search(rf"\b(?:{_MOOD_NOUNS})\s*[:=]\s*([^,;.]+)", text, re.I)
     if labelled:
         return text[: labelled.start()] + text[labelled.end() :], collapse(labelled.group(1)) or None
@@ -325,11 +334,13 @@ _SEASONS = r"spring|summer|autumn|fall|winter"
 _SEASON_RE = re.compile(
     rf"\b(?:in|during|for|this|our|the|of|at)\s+(?:(?:the|our|this)\s+)?"
     rf"((?:{_SEASONS})\s+(?:holidays?|season|launch|collection|sale)|holiday season|holidays|christmas|halloween|"
-    rf"easter|{_SEASONS})\b", re.I)
+    rf"easter|{_SEASONS})\b",
+    re.I,
+)
 
 
 def _extract_audience(text: str) -> tuple[str, str | None]:
-    """"..., for busy parents" -> busy parents: who the ad is for, taken out of the scene."""
+    """ "..., for busy parents" -> busy parents: who the ad is for, taken out of the scene."""
     m = _AUDIENCE_RE.search(text)
     if m is None:
         return text, None
@@ -337,7 +348,7 @@ def _extract_audience(text: str) -> tuple[str, str | None]:
 
 
 def _extract_season(text: str) -> tuple[str, str | None]:
-    """"in autumn", "for the holiday season", "our spring launch" -> the season as written.
+    """ "in autumn", "for the holiday season", "our spring launch" -> the season as written.
     A season that names a launch or collection stays in the text (it is part of a sentence)."""
     m = _SEASON_RE.search(text)
     if m is None:
@@ -370,7 +381,7 @@ _PREP_RE = _prep_pattern()
 
 
 def _split_prepositions(clause: str) -> tuple[str, list[tuple[str, str]]]:
-    """"the shoe on an urban street at sunset" -> ("the shoe", [("on", "an urban street"), ("at", "sunset")])."""
+    """ "the shoe on an urban street at sunset" -> ("the shoe", [("on", "an urban street"), ("at", "sunset")])."""
     matches = list(_PREP_RE.finditer(clause))
     if not matches:
         return clause, []
@@ -383,7 +394,7 @@ def _split_prepositions(clause: str) -> tuple[str, list[tuple[str, str]]]:
 
 
 def _split_products(head: str) -> list[str]:
-    """"a handbag and sunglasses" -> ["handbag", "sunglasses"]."""
+    """ "a handbag and sunglasses" -> ["handbag", "sunglasses"]."""
     pieces = [strip_determiners(p) for p in re.split(r"\s*(?:,|&|\band\b|\bplus\b)\s*", head)]
     return _dedupe([p for p in pieces if p])
 
@@ -495,8 +506,9 @@ def field_errors(parts: dict[str, Any], brief: str) -> dict[str, str]:
     return _errors_by_field(DecompositionCheck, data, {"brief": brief}, "decomposition")
 
 
-def _errors_by_field(model: type[BaseModel], data: dict[str, Any], context: dict[str, Any],
-                     whole: str) -> dict[str, str]:
+def _errors_by_field(
+    model: type[BaseModel], data: dict[str, Any], context: dict[str, Any], whole: str
+) -> dict[str, str]:
     """The first validation error per top-level field ({} when valid); `whole` names model-level errors."""
     try:
         model.model_validate(data, context=context)
@@ -588,8 +600,12 @@ def _decompose_fields(previous: dict[str, Any] | None, errors: dict[str, str]) -
 
 
 def _llm_parts(
-    brief: str, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]],
-    previous: dict[str, Any] | None, errors: dict[str, str],
+    brief: str,
+    settings: Settings,
+    template: PromptTemplate,
+    calls: list[dict[str, Any]],
+    previous: dict[str, Any] | None,
+    errors: dict[str, str],
 ) -> dict[str, Any]:
     from workers.models import llm_local
 
@@ -597,8 +613,12 @@ def _llm_parts(
     budget = min(int(settings.llm_max_new_tokens), 16)
     user = template.render_user("; ".join(errors.values()) or None, brief=brief)
     got = llm_local.generate_fields(
-        template.system, user, _decompose_fields(previous, errors), budget,
-        examples=template.examples, settings=settings,
+        template.system,
+        user,
+        _decompose_fields(previous, errors),
+        budget,
+        examples=template.examples,
+        settings=settings,
     )
     calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
     parts: dict[str, Any] = {k: list(got.values.get(k) or []) for k in LIST_FIELDS}
@@ -625,8 +645,14 @@ def _rules_result(
 
 
 def _result(
-    brief: str, parts: dict[str, Any], negatives: list[str], backend: str, model: str,
-    fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None,
+    brief: str,
+    parts: dict[str, Any],
+    negatives: list[str],
+    backend: str,
+    model: str,
+    fallback_reason: str | None,
+    calls: list[dict[str, Any]],
+    prompt_version: str | None,
 ) -> dict[str, Any]:
     return {
         "brief": brief,
@@ -684,8 +710,15 @@ R = TypeVar("R")
 B = TypeVar("B", bound=BaseModel)
 
 
-def hosted_answer(backend: Any, template: PromptTemplate, schema: type[B], calls: list[dict[str, Any]],
-                  errors: dict[str, str], images: tuple[Any, ...] = (), **values: str) -> B:
+def hosted_answer(
+    backend: Any,
+    template: PromptTemplate,
+    schema: type[B],
+    calls: list[dict[str, Any]],
+    errors: dict[str, str],
+    images: tuple[Any, ...] = (),
+    **values: str,
+) -> B:
     """The template as chat turns (the failed checks appended on a re-ask, images on the user turn),
     answered as schema."""
     from workers.models import llm_hosted
@@ -694,12 +727,19 @@ def hosted_answer(backend: Any, template: PromptTemplate, schema: type[B], calls
     user = template.render_user("; ".join(errors.values()) or None, **values)
     messages = llm_hosted.few_shot(template.system, template.examples, user)
     messages[-1] = Message("user", user, tuple(images))
-    return llm_hosted.ask(backend, messages, schema, calls, "repair" if errors else "first",
-                          temperature=getattr(backend, "temperature", 0.2))
+    return llm_hosted.ask(
+        backend,
+        messages,
+        schema,
+        calls,
+        "repair" if errors else "first",
+        temperature=getattr(backend, "temperature", 0.2),
+    )
 
 
-def with_one_reask(produce: Callable[[dict[str, str]], R],
-                    check: Callable[[R], dict[str, str]]) -> tuple[R, dict[str, str] | None]:
+def with_one_reask(
+    produce: Callable[[dict[str, str]], R], check: Callable[[R], dict[str, str]]
+) -> tuple[R, dict[str, str] | None]:
     """Produce and check; re-ask once with the failed checks. (value, None) when it passes, else
     (last value, the first try's errors) so the caller can fall back and say why."""
     value = produce({})
@@ -710,13 +750,15 @@ def with_one_reask(produce: Callable[[dict[str, str]], R],
     return value, (errors if check(value) else None)
 
 
-def _hosted_parts(backend: Any, brief: str, template: PromptTemplate, calls: list[dict[str, Any]],
-                  errors: dict[str, str]) -> tuple[dict[str, Any], str]:
+def _hosted_parts(
+    backend: Any, brief: str, template: PromptTemplate, calls: list[dict[str, Any]], errors: dict[str, str]
+) -> tuple[dict[str, Any], str]:
     """(parts, the English brief the parts are checked against)."""
     answer = hosted_answer(backend, template, DecomposeAnswer, calls, errors, brief=brief)
     english = (answer.english or "").strip() or brief
-    parts: dict[str, Any] = {k: [collapse(strip_determiners(x)) for x in getattr(answer, k) if x.strip()]
-                             for k in LIST_FIELDS}
+    parts: dict[str, Any] = {
+        k: [collapse(strip_determiners(x)) for x in getattr(answer, k) if x.strip()] for k in LIST_FIELDS
+    }
     parts["raw_mood"] = answer.mood or ""
     parts["mood"] = clean_mood(parts["raw_mood"], parts, english)
     parts["season"], parts["audience"] = (_grounded_label(v, english) for v in (answer.season, answer.audience))
@@ -732,36 +774,43 @@ def _grounded_label(value: str | None, english: str) -> str | None:
 
 def english_errors(parts: dict[str, Any]) -> dict[str, str]:
     """A hosted answer must be in English (it was asked to translate)."""
-    return {k: f'{k} item "{x}" is not English' for k in LIST_FIELDS for x in parts.get(k) or []
-            if not guards.is_english(x)}
+    return {
+        k: f'{k} item "{x}" is not English' for k in LIST_FIELDS for x in parts.get(k) or [] if not guards.is_english(x)
+    }
 
 
-def _hosted_decompose(brief: str, settings: Settings, template: PromptTemplate,
-                      calls: list[dict[str, Any]]) -> dict[str, Any]:
+def _hosted_decompose(
+    brief: str, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
     """One answer, one re-ask with the failed checks, then the rules decomposer (said in the result).
     LLMError (unreachable, no credentials, throttled past the retries) propagates: the stage fails."""
     from workers.models import llm_hosted
 
     backend = llm_hosted.backend_for(settings)
-    (parts, english), failed = with_one_reask(lambda e: _hosted_parts(backend, brief, template, calls, e),
-                                               lambda answer: english_errors(answer[0]) | field_errors(*answer))
+    (parts, english), failed = with_one_reask(
+        lambda e: _hosted_parts(backend, brief, template, calls, e),
+        lambda answer: english_errors(answer[0]) | field_errors(*answer),
+    )
     if failed:
         reason = f"{backend.name} output invalid twice ({'; '.join(failed.values())}); used the rules decomposer"
         return _rules_result(brief, reason, calls, template.id)
-    result = _result(english, parts, rules_decompose(english)["negatives"], backend.name, backend.model, None, calls,
-                     template.id)
+    result = _result(
+        english, parts, rules_decompose(english)["negatives"], backend.name, backend.model, None, calls, template.id
+    )
     return {**result, "brief": brief, "english": english if english != brief else None}
 
 
-def _hosted_caption(scene: Scene, settings: Settings, template: PromptTemplate,
-                    calls: list[dict[str, Any]]) -> dict[str, Any]:
+def _hosted_caption(
+    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
     from workers.models import llm_hosted
 
     backend = llm_hosted.backend_for(settings)
 
     def clauses(errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
-        answer = hosted_answer(backend, template, ClauseAnswer, calls, errors, subject=scene.subject,
-                                setting=scene.setting)
+        answer = hosted_answer(
+            backend, template, ClauseAnswer, calls, errors, subject=scene.subject, setting=scene.setting
+        )
         return _clauses_without_negations({k: getattr(answer, k) for k in HOSTED_CLAUSE_FIELDS})
 
     (fields, negatives), failed = with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
@@ -789,8 +838,12 @@ class Scene:
         return collapse(f"{self.subject} {self.setting}")
 
 
-def build_scene(decomposition: dict[str, Any], product_title: str | None, background_caption: str | None,
-                forbidden_terms: Sequence[str] = ()) -> Scene:
+def build_scene(
+    decomposition: dict[str, Any],
+    product_title: str | None,
+    background_caption: str | None,
+    forbidden_terms: Sequence[str] = (),
+) -> Scene:
     """Subject from the product title or products; setting from the background
     caption or backgrounds, with the brief's own prepositions; negations moved out."""
     _check_decomposition(decomposition)
@@ -800,8 +853,13 @@ def build_scene(decomposition: dict[str, Any], product_title: str | None, backgr
     setting = collapse(f"{_environment(decomposition, bg_caption)} {_theme_phrase(decomposition, bg_caption)}")
     mood, neg_mood = split_negations(str(decomposition.get("mood") or ""))
     negatives = list(decomposition.get("negatives") or []) + neg_title + neg_bg + neg_mood
-    return Scene(subject, setting, mood or None, tuple(_dedupe(negatives)),
-                 tuple(guards.check_terms("forbidden_terms", forbidden_terms)))
+    return Scene(
+        subject,
+        setting,
+        mood or None,
+        tuple(_dedupe(negatives)),
+        tuple(guards.check_terms("forbidden_terms", forbidden_terms)),
+    )
 
 
 def _caption_ready(name: str, value: str | None) -> tuple[str, list[str]]:
@@ -864,7 +922,7 @@ def _default_prep(background: str) -> str:
 
 
 def _theme_phrase(decomposition: dict[str, Any], bg_caption: str) -> str:
-    """"at sunset", "in soft morning light"; skipped when the background caption already says it."""
+    """ "at sunset", "in soft morning light"; skipped when the background caption already says it."""
     out = []
     for theme in decomposition.get("themes", []):
         if not theme or (bg_caption and content_stems(theme) <= content_stems(bg_caption)):
@@ -946,8 +1004,12 @@ def _clause_specs(previous: dict[str, str] | None, errors: dict[str, str]) -> li
 
 
 def _llm_clauses(
-    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]],
-    previous: dict[str, str] | None, errors: dict[str, str],
+    scene: Scene,
+    settings: Settings,
+    template: PromptTemplate,
+    calls: list[dict[str, Any]],
+    previous: dict[str, str] | None,
+    errors: dict[str, str],
 ) -> tuple[dict[str, str], list[str]]:
     """Fill "lighting" and "style" under a skeleton that already holds subject and setting."""
     import json
@@ -957,8 +1019,13 @@ def _llm_clauses(
     skeleton = "{" + f'"subject": {json.dumps(scene.subject)}, "setting": {json.dumps(scene.setting)}'
     user = template.render_user("; ".join(errors.values()) or None, subject=scene.subject, setting=scene.setting)
     got = llm_local.generate_fields(
-        template.system, user, _clause_specs(previous, errors), int(settings.llm_max_new_tokens),
-        examples=template.examples, prefix=skeleton, settings=settings,
+        template.system,
+        user,
+        _clause_specs(previous, errors),
+        int(settings.llm_max_new_tokens),
+        examples=template.examples,
+        prefix=skeleton,
+        settings=settings,
     )
     calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
     return _clauses_without_negations({k: str(got.values.get(k) or "") for k in CLAUSE_FIELDS})
@@ -1030,14 +1097,21 @@ def _template_caption(
 
 
 def _caption_result(
-    scene: Scene, fields: dict[str, str], negatives: list[str], backend: str, model: str,
-    fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None,
+    scene: Scene,
+    fields: dict[str, str],
+    negatives: list[str],
+    backend: str,
+    model: str,
+    fallback_reason: str | None,
+    calls: list[dict[str, Any]],
+    prompt_version: str | None,
 ) -> dict[str, Any]:
     guarded = compose_caption(scene, fields)
     return {
         "caption": guarded.text,
-        "negative_prompt": negative_prompt(guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives],
-                                                                 scene.forbidden)),
+        "negative_prompt": negative_prompt(
+            guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives], scene.forbidden)
+        ),
         "backend": backend,
         "model": model,
         "fallback_reason": fallback_reason,
@@ -1053,8 +1127,14 @@ def compose_caption(scene: Scene, fields: dict[str, str]) -> guards.Guarded:
     pose, lighting, camera, mood and style clauses; through the guards (caption-like,
     negation-free, no forbidden term, capped at a boundary)."""
     mood = f"{scene.mood} mood" if scene.mood else ""
-    clauses = [scene.base, fields.get("pose", ""), fields.get("lighting", ""), fields.get("camera", ""), mood,
-               fields.get("style", "")]
+    clauses = [
+        scene.base,
+        fields.get("pose", ""),
+        fields.get("lighting", ""),
+        fields.get("camera", ""),
+        mood,
+        fields.get("style", ""),
+    ]
     text = ", ".join(collapse(c) for c in clauses if collapse(c))
     return guards.guard_prompt(text, scene.forbidden, MAX_CAPTION_CHARS)
 

@@ -6,6 +6,7 @@ Spaces written for every asset:
              space fills in the background while search keeps using `text`
   image      settings.image_embedding_model (CLIP) over the asset's thumbnail, when configured
 """
+
 from __future__ import annotations
 
 import io
@@ -52,16 +53,36 @@ def spaces(settings: Settings | None = None) -> list[SpaceSpec]:
     from workers.models import clip_embedder, text_embedder
 
     settings = settings or get_settings()
-    found = [SpaceSpec("text", text_embedder.model_id(settings), "text", lambda: text_embedder.EMBEDDING_DIM,
-                       lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings))]
+    found = [
+        SpaceSpec(
+            "text",
+            text_embedder.model_id(settings),
+            "text",
+            lambda: text_embedder.EMBEDDING_DIM,
+            lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings),
+        )
+    ]
     nxt = settings.text_embedding_model_next.strip()
     if nxt:
-        found.append(SpaceSpec("text_next", text_embedder.model_id(settings, nxt), "text",
-                               lambda: text_embedder.EMBEDDING_DIM,
-                               lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings, nxt)))
+        found.append(
+            SpaceSpec(
+                "text_next",
+                text_embedder.model_id(settings, nxt),
+                "text",
+                lambda: text_embedder.EMBEDDING_DIM,
+                lambda assets: text_embedder.embed([asset_text(a) for a in assets], settings, nxt),
+            )
+        )
     if clip_embedder.enabled(settings):
-        found.append(SpaceSpec("image", clip_embedder.model_id(settings), "image", lambda: clip_embedder.dim(settings),
-                               lambda assets: clip_embedder.embed_images([_thumbnail(a) for a in assets], settings)))
+        found.append(
+            SpaceSpec(
+                "image",
+                clip_embedder.model_id(settings),
+                "image",
+                lambda: clip_embedder.dim(settings),
+                lambda assets: clip_embedder.embed_images([_thumbnail(a) for a in assets], settings),
+            )
+        )
     return found
 
 
@@ -78,15 +99,32 @@ def _ensure_indexes(specs: list[SpaceSpec]) -> None:
 
 
 def _missing(session: Session, assets: list[Asset], model: str) -> list[Asset]:
-    done = set(session.scalars(select(AssetEmbedding.asset_id).where(
-        AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model)))
+    done = set(
+        session.scalars(
+            select(AssetEmbedding.asset_id).where(
+                AssetEmbedding.asset_id.in_([a.id for a in assets]), AssetEmbedding.model == model
+            )
+        )
+    )
     return [a for a in assets if a.id not in done]
 
 
 def _rows(space: SpaceSpec, assets: list[Asset], vectors: list[list[float]]) -> list[dict[str, Any]]:
-    return [{"id": uuid.uuid4(), "tenant_id": a.tenant_id, "asset_id": a.id, "model": space.model,
-             "modality": space.modality, "dim": len(v), "embedding": v, "kind": a.kind, "brand_id": a.brand_id,
-             "tags": list(a.tags or [])} for a, v in zip(assets, vectors, strict=True)]
+    return [
+        {
+            "id": uuid.uuid4(),
+            "tenant_id": a.tenant_id,
+            "asset_id": a.id,
+            "model": space.model,
+            "modality": space.modality,
+            "dim": len(v),
+            "embedding": v,
+            "kind": a.kind,
+            "brand_id": a.brand_id,
+            "tags": list(a.tags or []),
+        }
+        for a, v in zip(assets, vectors, strict=True)
+    ]
 
 
 def _embed_space(session: Session, space: SpaceSpec, assets: list[Asset]) -> int:
@@ -95,8 +133,11 @@ def _embed_space(session: Session, space: SpaceSpec, assets: list[Asset]) -> int
         return 0
     vectors = space.embed(todo)
     # Two tasks may embed the same asset (a redelivery, the retrieve stage's catch-up): first wins.
-    stmt = insert(AssetEmbedding).values(_rows(space, todo, vectors)).on_conflict_do_nothing(
-        index_elements=["asset_id", "model"])
+    stmt = (
+        insert(AssetEmbedding)
+        .values(_rows(space, todo, vectors))
+        .on_conflict_do_nothing(index_elements=["asset_id", "model"])
+    )
     session.execute(stmt)
     return len(todo)
 
@@ -109,13 +150,14 @@ def embed_asset_ids(asset_ids: list[str]) -> int:
     written = 0
     for start in range(0, len(ids), EMBED_BATCH):
         with session_scope() as session:  # commit per batch: progress survives a crash
-            assets = list(session.scalars(select(Asset).where(Asset.id.in_(ids[start:start + EMBED_BATCH]))))
+            assets = list(session.scalars(select(Asset).where(Asset.id.in_(ids[start : start + EMBED_BATCH]))))
             written += sum(_embed_space(session, space, assets) for space in specs)
     return written
 
 
-def missing_asset_ids(session: Session, model: str, tenant_id: uuid.UUID | None = None,
-                      brand_scope: Any = None, limit: int = 10_000) -> list[uuid.UUID]:
+def missing_asset_ids(
+    session: Session, model: str, tenant_id: uuid.UUID | None = None, brand_scope: Any = None, limit: int = 10_000
+) -> list[uuid.UUID]:
     """Assets without a vector of model (oldest first): for re-embedding and catch-up."""
     has = select(AssetEmbedding.id).where(AssetEmbedding.asset_id == Asset.id, AssetEmbedding.model == model)
     stmt = select(Asset.id).where(~has.exists())
@@ -132,12 +174,13 @@ def embed_query(q: str, settings: Settings | None = None) -> dict[str, Any]:
 
     settings = settings or get_settings()
     vector = text_embedder.embed([q], settings)[0]
-    result: dict[str, Any] = {"text": {"model": text_embedder.model_id(settings), "dim": len(vector),
-                                       "vector": vector}, "image": None}
+    result: dict[str, Any] = {
+        "text": {"model": text_embedder.model_id(settings), "dim": len(vector), "vector": vector},
+        "image": None,
+    }
     if clip_embedder.enabled(settings):
         image_vector = clip_embedder.embed_texts([q], settings)[0]
-        result["image"] = {"model": clip_embedder.model_id(settings), "dim": len(image_vector),
-                           "vector": image_vector}
+        result["image"] = {"model": clip_embedder.model_id(settings), "dim": len(image_vector), "vector": image_vector}
     return result
 
 
@@ -150,7 +193,7 @@ def enqueue_missing(session: Session, tenant_id: uuid.UUID | None = None, limit:
         todo.update(missing_asset_ids(session, space.model, tenant_id, limit=limit))
     ordered = sorted(todo)
     for start in range(0, len(ordered), EMBED_BATCH):
-        send("onbrand.embed_assets", *ordered[start:start + EMBED_BATCH], priority=BULK_PRIORITY)
+        send("onbrand.embed_assets", *ordered[start : start + EMBED_BATCH], priority=BULK_PRIORITY)
     return len(ordered)
 
 

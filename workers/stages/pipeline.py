@@ -91,14 +91,23 @@ def llm_call_rows(ctx: StageContext, result: dict[str, Any], key: str = "") -> l
     rows = []
     for i, call in enumerate(result.get("calls") or []):
         latency_ms = call["latency_ms"] if "latency_ms" in call else 1000.0 * float(call.get("latency_s") or 0.0)
-        rows.append(LlmCall(
-            id=uuid.uuid5(ctx.campaign.id, f"llm:{ctx.stage}:{ctx.round}:{ctx.item}:{key}:{i}"),
-            tenant_id=ctx.tenant_id,
-            campaign_id=ctx.campaign.id, stage=ctx.stage, round=ctx.round, backend=call.get("backend", "local"),
-            model=str(call.get("model") or result.get("model") or ""), prompt_version=result.get("prompt_version"),
-            attempt=str(call.get("attempt") or "first"), latency_ms=round(latency_ms, 1),
-            tokens_in=int(call.get("tokens_in") or 0), tokens_out=int(call.get("tokens_out") or 0),
-            cost_usd=call.get("cost_usd")))
+        rows.append(
+            LlmCall(
+                id=uuid.uuid5(ctx.campaign.id, f"llm:{ctx.stage}:{ctx.round}:{ctx.item}:{key}:{i}"),
+                tenant_id=ctx.tenant_id,
+                campaign_id=ctx.campaign.id,
+                stage=ctx.stage,
+                round=ctx.round,
+                backend=call.get("backend", "local"),
+                model=str(call.get("model") or result.get("model") or ""),
+                prompt_version=result.get("prompt_version"),
+                attempt=str(call.get("attempt") or "first"),
+                latency_ms=round(latency_ms, 1),
+                tokens_in=int(call.get("tokens_in") or 0),
+                tokens_out=int(call.get("tokens_out") or 0),
+                cost_usd=call.get("cost_usd"),
+            )
+        )
     for row in rows:  # counted when made: a retried stage really spent its tokens twice
         metrics.observe_llm_call(row.backend, row.model, row.tokens_in, row.tokens_out, row.cost_usd)
     return rows
@@ -119,9 +128,13 @@ def caption(ctx: StageContext) -> dict[str, Any]:
 
     retrieved = state(ctx, "retrieve")
     with _llm_failures("caption"):
-        result = language.caption(state(ctx, "decompose"), retrieved.get("product_title"),
-                                  retrieved.get("background_caption"), ctx.settings.for_stage("caption"),
-                                  forbidden_terms=campaign_brand(ctx).forbidden_terms or [])
+        result = language.caption(
+            state(ctx, "decompose"),
+            retrieved.get("product_title"),
+            retrieved.get("background_caption"),
+            ctx.settings.for_stage("caption"),
+            forbidden_terms=campaign_brand(ctx).forbidden_terms or [],
+        )
     ctx.state_patch["caption"] = result
     ctx.rows += llm_call_rows(ctx, result)
     return {"caption": result["caption"], "backend": result.get("backend")}
@@ -130,7 +143,8 @@ def caption(ctx: StageContext) -> dict[str, Any]:
 def campaign_brand(ctx: StageContext) -> Brand:
     with session_scope() as session:
         brand = session.scalars(
-            select(Brand).where(Brand.tenant_id == ctx.tenant_id, Brand.id == ctx.campaign.brand_id)).first()
+            select(Brand).where(Brand.tenant_id == ctx.tenant_id, Brand.id == ctx.campaign.brand_id)
+        ).first()
     if brand is None:
         raise StageError("brand_missing", f"brand {ctx.campaign.brand_id} no longer exists")
     return brand
@@ -177,14 +191,18 @@ def _query_spaces(texts: list[str]) -> list[tuple[Space, Space | None]]:
     return [(Space(text_model, len(v), v), image) for v, image in zip(vectors, images, strict=True)]
 
 
-def _matches(session: Session, campaign: Campaign, entity: tuple[str, str, str | None],
-             spaces: tuple[Space, Space | None]) -> list[dict[str, Any]]:
+def _matches(
+    session: Session, campaign: Campaign, entity: tuple[str, str, str | None], spaces: tuple[Space, Space | None]
+) -> list[dict[str, Any]]:
     text_, kind, boost = entity
-    hits = search(session, text_, _scope(campaign, kind), text_space=spaces[0], image_space=spaces[1],
-                  k=RETRIEVE_TOP, boost=boost)
+    hits = search(
+        session, text_, _scope(campaign, kind), text_space=spaces[0], image_space=spaces[1], k=RETRIEVE_TOP, boost=boost
+    )
     titles = dict(session.execute(select(Asset.id, Asset.title).where(Asset.id.in_([h.asset_id for h in hits]))).all())
-    return [{"asset_id": str(h.asset_id), "title": titles.get(h.asset_id, ""), "score": h.score, "parts": h.parts}
-            for h in hits]
+    return [
+        {"asset_id": str(h.asset_id), "title": titles.get(h.asset_id, ""), "score": h.score, "parts": h.parts}
+        for h in hits
+    ]
 
 
 def retrieve(ctx: StageContext) -> dict[str, Any]:
@@ -195,11 +213,16 @@ def retrieve(ctx: StageContext) -> dict[str, Any]:
     entities = _entities(state(ctx, "decompose"))
     spaces = _query_spaces([t for t, _, _ in entities])
     with session_scope() as session:
-        found = [{"text": e[0], "kind": e[1], "boost": e[2], "matches": _matches(session, campaign, e, sp)}
-                 for e, sp in zip(entities, spaces, strict=True)]
+        found = [
+            {"text": e[0], "kind": e[1], "boost": e[2], "matches": _matches(session, campaign, e, sp)}
+            for e, sp in zip(entities, spaces, strict=True)
+        ]
         result = _pick(session, ctx, found)
-    result.update(entities=found, model=spaces[0][0].model if spaces else text_embedder.model_id(),
-                  min_score=ctx.settings.retrieval_min_score)
+    result.update(
+        entities=found,
+        model=spaces[0][0].model if spaces else text_embedder.model_id(),
+        min_score=ctx.settings.retrieval_min_score,
+    )
     ctx.state_patch["retrieve"] = result
     return {"product_asset_id": result["product_asset_id"], "background_asset_id": result["background_asset_id"]}
 
@@ -301,9 +324,13 @@ def scale(ctx: StageContext) -> dict[str, Any]:
     sizes = ctx.campaign.sizes or [{"width": 1024, "height": 1024}]
     canvas = (int(sizes[0]["width"]), int(sizes[0]["height"]))
     with _llm_failures("scale"):
-        result = scaling.scale(state(ctx, "caption")["caption"], state(ctx, "decompose"),
-                               load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA"),
-                               _canvas_image(ctx, canvas), ctx.settings.for_stage("scale"))
+        result = scaling.scale(
+            state(ctx, "caption")["caption"],
+            state(ctx, "decompose"),
+            load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA"),
+            _canvas_image(ctx, canvas),
+            ctx.settings.for_stage("scale"),
+        )
     ctx.state_patch["scale"] = result
     ctx.rows += llm_call_rows(ctx, result)
     return {"share": result["share"], "method": result["method"], "fallback_reason": result["fallback_reason"]}
@@ -317,12 +344,21 @@ def plan(ctx: StageContext) -> dict[str, Any]:
 
     seg, settings = state(ctx, "segment"), ctx.settings
     attempt = int((ctx.campaign.state or {}).get("_loop", {}).get("attempt", 0))
-    share = round(float(state(ctx, "scale")["share"]) * RETRY_SHRINK ** attempt, 4)
+    share = round(float(state(ctx, "scale")["share"]) * RETRY_SHRINK**attempt, 4)
     cutout = load_image(seg["cutout_key"]).convert("RGBA")  # lets the plan stand rotated products on the ground
     zones = tuple(composition.SafeZone(**z) for z in ctx.campaign.safe_zones or [])
     made = composition.plan(
-        _canvases(ctx), cutout.size, settings.grid_rows, settings.grid_cols, tuple(settings.rotations), share,
-        settings.max_upscale, cutout=cutout, min_share=settings.min_product_share, safe_zones=zones)
+        _canvases(ctx),
+        cutout.size,
+        settings.grid_rows,
+        settings.grid_cols,
+        tuple(settings.rotations),
+        share,
+        settings.max_upscale,
+        cutout=cutout,
+        min_share=settings.min_product_share,
+        safe_zones=zones,
+    )
     if not made.layouts:
         reasons = "; ".join(f"{c['canvas'][0]}x{c['canvas'][1]}: {c['reason']}" for c in made.skipped_canvases)
         raise StageError("no_layout_fits", f"no canvas can hold the product: {reasons}")
@@ -403,12 +439,19 @@ def generate(ctx: StageContext) -> dict[str, Any]:
     for item in made:
         ctx.rows.append(_candidate_row(ctx, item, saved_layers))
         _observe_generation(item.generation)
-    return {"candidates": len(made), "generator": spec.adapter,
-            "gpu_seconds": round(sum(m.generation.get("gpu_seconds", 0.0) for m in made), 3)}
+    return {
+        "candidates": len(made),
+        "generator": spec.adapter,
+        "gpu_seconds": round(sum(m.generation.get("gpu_seconds", 0.0) for m in made), 3),
+    }
 
 
-def _composite(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.Image]],
-               backgrounds: dict[tuple[int, int], Image.Image]) -> list[_Made]:
+def _composite(
+    ctx: StageContext,
+    spec: ModelSpec,
+    placed: list[tuple[Any, Image.Image]],
+    backgrounds: dict[tuple[int, int], Image.Image],
+) -> list[_Made]:
     from workers.models import compositor
 
     out = []
@@ -416,26 +459,47 @@ def _composite(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image
         started = time.perf_counter()
         image = compositor.compose(layer, backgrounds[(layout.canvas_w, layout.canvas_h)])
         seconds = round(time.perf_counter() - started, 4)
-        out.append(_Made(layout, layer, image, 0, {"adapter": "compositor", "device": "cpu", "seed": None,
-                                                   "cpu_seconds": seconds}))
+        out.append(
+            _Made(
+                layout,
+                layer,
+                image,
+                0,
+                {"adapter": "compositor", "device": "cpu", "seed": None, "cpu_seconds": seconds},
+            )
+        )
     return out
 
 
-def _inpaint(ctx: StageContext, spec: ModelSpec, placed: list[tuple[Any, Image.Image]],
-             backgrounds: dict[tuple[int, int], Image.Image]) -> list[_Made]:
+def _inpaint(
+    ctx: StageContext,
+    spec: ModelSpec,
+    placed: list[tuple[Any, Image.Image]],
+    backgrounds: dict[tuple[int, int], Image.Image],
+) -> list[_Made]:
     """sd-inpaint: every layout x variant, batched by the adapter; the reference background (when one
     was retrieved) is the init image, otherwise the model paints the whole scene."""
     from workers.models import registry, sd_inpaint
 
     reference = bool(state(ctx, "retrieve").get("background_asset_id"))
     todo = [(layout, layer, v) for layout, layer in placed for v in range(ctx.settings.sd_variants)]
-    jobs = [sd_inpaint.Job(layer, backgrounds[(lay.canvas_w, lay.canvas_h)] if reference else None,
-                           seed_for(ctx, lay.layout_key, v)) for lay, layer, v in todo]
+    jobs = [
+        sd_inpaint.Job(
+            layer, backgrounds[(lay.canvas_w, lay.canvas_h)] if reference else None, seed_for(ctx, lay.layout_key, v)
+        )
+        for lay, layer, v in todo
+    ]
     caption_state, inpainter = state(ctx, "caption"), registry.load(spec)
-    outputs = inpainter.generate(jobs, caption_state["caption"], caption_state.get("negative_prompt", ""),
-                                 background_prompt=_background_prompt(ctx))
-    return [_Made(lay, layer, out.image, v, _generation(spec, out, reference, str(inpainter.device)))
-            for (lay, layer, v), out in zip(todo, outputs, strict=True)]
+    outputs = inpainter.generate(
+        jobs,
+        caption_state["caption"],
+        caption_state.get("negative_prompt", ""),
+        background_prompt=_background_prompt(ctx),
+    )
+    return [
+        _Made(lay, layer, out.image, v, _generation(spec, out, reference, str(inpainter.device)))
+        for (lay, layer, v), out in zip(todo, outputs, strict=True)
+    ]
 
 
 def _observe_generation(generation: dict[str, Any]) -> None:
@@ -443,14 +507,23 @@ def _observe_generation(generation: dict[str, Any]) -> None:
     seconds = generation.get("gpu_seconds", generation.get("cpu_seconds"))
     if seconds is not None:
         metrics.GPU_SECONDS_PER_CANDIDATE.labels(generation["adapter"], generation.get("device") or "cpu").observe(
-            float(seconds))
+            float(seconds)
+        )
 
 
 def _generation(spec: ModelSpec, out: Any, reference: bool, device: str) -> dict[str, Any]:
-    return {"adapter": spec.adapter, "model": spec.model, "seed": out.seed, "device": device,
-            "mode": spec.option("mode"), "passes": list(out.passes), "working_size": list(out.size),
-            "steps": spec.option("steps"), "init": "reference background" if reference else "none",
-            "gpu_seconds": round(out.gpu_seconds, 4)}
+    return {
+        "adapter": spec.adapter,
+        "model": spec.model,
+        "seed": out.seed,
+        "device": device,
+        "mode": spec.option("mode"),
+        "passes": list(out.passes),
+        "working_size": list(out.size),
+        "steps": spec.option("steps"),
+        "init": "reference background" if reference else "none",
+        "gpu_seconds": round(out.gpu_seconds, 4),
+    }
 
 
 def _background_prompt(ctx: StageContext) -> str | None:
@@ -476,11 +549,18 @@ def _candidate_row(ctx: StageContext, item: _Made, saved_layers: set[str]) -> Ca
         saved_layers.add(layer_key)
     suffix = "" if item.variant == 0 else f"-v{item.variant}"
     return Candidate(
-        id=candidate_id(ctx.campaign.id, ctx.round, key), tenant_id=ctx.tenant_id, campaign_id=ctx.campaign.id,
-        round=ctx.round, batch=ctx.item, layout_key=key, placement=placement(layout),
-        generator=item.generation["adapter"], generation=item.generation,
+        id=candidate_id(ctx.campaign.id, ctx.round, key),
+        tenant_id=ctx.tenant_id,
+        campaign_id=ctx.campaign.id,
+        round=ctx.round,
+        batch=ctx.item,
+        layout_key=key,
+        placement=placement(layout),
+        generator=item.generation["adapter"],
+        generation=item.generation,
         integrity={**composition.integrity(item.image, item.layer), "placement": placement(layout)},
-        image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image), layer_key=layer_key,
+        image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image),
+        layer_key=layer_key,
     )
 
 
@@ -529,8 +609,9 @@ def revise(ctx: StageContext) -> dict[str, Any]:
 
     failures = revising.failure_summary(_failed_verdicts(ctx, ctx.round - 1))
     with _llm_failures("revise"):
-        result = revising.revise(state(ctx, "caption"), failures, ctx.settings.for_stage("revise"),
-                                 campaign_brand(ctx).forbidden_terms or [])
+        result = revising.revise(
+            state(ctx, "caption"), failures, ctx.settings.for_stage("revise"), campaign_brand(ctx).forbidden_terms or []
+        )
     history = list((ctx.campaign.state or {}).get("revisions") or [])
     entry = {k: result.get(k) for k in ("previous_caption", "caption", "change", "backend", "fallback_reason")}
     ctx.state_patch.update(caption=result, revisions=[*history, {"round": ctx.round, **entry}])
@@ -543,8 +624,15 @@ def _failed_verdicts(ctx: StageContext, rnd: int) -> list[dict[str, Any]]:
     from workers.stages import quality
 
     with session_scope() as session:
-        records = list(session.scalars(select(Candidate.qc).where(
-            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id, Candidate.round == rnd)))
+        records = list(
+            session.scalars(
+                select(Candidate.qc).where(
+                    Candidate.tenant_id == ctx.tenant_id,
+                    Candidate.campaign_id == ctx.campaign.id,
+                    Candidate.round == rnd,
+                )
+            )
+        )
     return quality.failed_checks(records)
 
 
@@ -597,10 +685,14 @@ def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str
     summary = qc_report.report(rows, campaign.qc_policy, campaign.top_k)
     blocking, duplicates = summary["blocking"], summary["outcomes"].get("duplicate", 0)
     kept_out = ", ".join(f"{b['check']} ({b['failed']})" for b in blocking[:6]) or "no check failed"
-    return {"code": "too_few_passed", "blocking": blocking, "duplicates": duplicates,
-            "message": f"{found} of {campaign.top_k} results passed QC after {campaign.round + 1} round(s) "
-                       f"({loop.get('revision', 0)} caption revision(s)); failed checks: {kept_out}; "
-                       f"{duplicates} passing candidate(s) were near-duplicates of better ones"}
+    return {
+        "code": "too_few_passed",
+        "blocking": blocking,
+        "duplicates": duplicates,
+        "message": f"{found} of {campaign.top_k} results passed QC after {campaign.round + 1} round(s) "
+        f"({loop.get('revision', 0)} caption revision(s)); failed checks: {kept_out}; "
+        f"{duplicates} passing candidate(s) were near-duplicates of better ones",
+    }
 
 
 def restart_stalled(older_than_s: int = 60) -> int:

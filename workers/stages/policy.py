@@ -15,6 +15,7 @@ the product), ``brand`` (palette, area, safe zones, exposure, contrast, framing)
 Product checks are never relaxed nor weighed away under any policy: a candidate whose product is not
 exactly the product is never shown, however good the rest. "unchecked" rules count neither way.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
@@ -26,16 +27,32 @@ HARD_GROUP = "product"
 
 def checks(qc: Mapping[str, Any]) -> list[dict[str, Any]]:
     """Every check of a candidate's QC record in one shape: id, group, status, flexible, weight, reason."""
-    out = [{"id": v["check"], "group": v.get("group", HARD_GROUP), "status": v["status"], "flexible": False,
-            "weight": 1.0, "reason": v["reason"]} for v in qc.get("verdicts") or []]
-    out += [{"id": v["guideline"], "group": "guideline", "status": v["status"], "flexible": bool(v["flexible"]),
-             "weight": float(v["weight"]), "reason": v["reason"]} for v in (qc.get("guidelines") or {}).get("verdicts")
-            or []]
+    out = [
+        {
+            "id": v["check"],
+            "group": v.get("group", HARD_GROUP),
+            "status": v["status"],
+            "flexible": False,
+            "weight": 1.0,
+            "reason": v["reason"],
+        }
+        for v in qc.get("verdicts") or []
+    ]
+    out += [
+        {
+            "id": v["guideline"],
+            "group": "guideline",
+            "status": v["status"],
+            "flexible": bool(v["flexible"]),
+            "weight": float(v["weight"]),
+            "reason": v["reason"],
+        }
+        for v in (qc.get("guidelines") or {}).get("verdicts") or []
+    ]
     return out
 
 
-def decide(found: list[dict[str, Any]], policy: str, threshold: float,
-           relaxed: Iterable[str] = ()) -> dict[str, Any]:
+def decide(found: list[dict[str, Any]], policy: str, threshold: float, relaxed: Iterable[str] = ()) -> dict[str, Any]:
     """The policy's verdict on one candidate's checks; ``relaxed``: flexible guideline ids relaxed (flexible)."""
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
@@ -46,9 +63,15 @@ def decide(found: list[dict[str, Any]], policy: str, threshold: float,
         passed = not any(c["group"] == HARD_GROUP for c in failed) and share >= threshold
     else:
         passed = len(failed) == len(waived)
-    return {"name": policy, "passed": passed, "failed": [c["id"] for c in failed], "relaxed": waived,
-            "weighted_share": round(share, 4), "threshold": threshold if policy == "weighted" else None,
-            "unchecked": [c["id"] for c in found if c["status"] == "unchecked"]}
+    return {
+        "name": policy,
+        "passed": passed,
+        "failed": [c["id"] for c in failed],
+        "relaxed": waived,
+        "weighted_share": round(share, 4),
+        "threshold": threshold if policy == "weighted" else None,
+        "unchecked": [c["id"] for c in found if c["status"] == "unchecked"],
+    }
 
 
 def weighted_share(found: list[dict[str, Any]]) -> float:
@@ -58,8 +81,9 @@ def weighted_share(found: list[dict[str, Any]]) -> float:
     return sum(c["weight"] for c in weighed if c["status"] == "pass") / total if total else 1.0
 
 
-def relax(pool: list[list[dict[str, Any]]], enough: Callable[[list[bool]], bool],
-          threshold: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def relax(
+    pool: list[list[dict[str, Any]]], enough: Callable[[list[bool]], bool], threshold: float
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """flexible: relax failed flexible guidelines, lightest first, until ``enough(passed flags)``.
 
     pool: the checks of every candidate. Returns (each candidate's decision, the relaxed rules in order

@@ -9,6 +9,7 @@ locally and send it ourselves, so boto3 never opens a connection the guard did n
 shared.outbox like webhooks; objects uploaded by an earlier attempt are not sent again. Nothing stored on
 the row (objects, last_error) contains a presigned query string or a credential.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,12 @@ class PushObject:
 
     def record(self, url: str) -> dict[str, Any]:
         """What the row keeps of an uploaded object: never the query string (presigned credentials)."""
-        return {"name": self.name, "url": strip_query(url), "bytes": len(self.body),
-                "sha256": hashlib.sha256(self.body).hexdigest()}
+        return {
+            "name": self.name,
+            "url": strip_query(url),
+            "bytes": len(self.body),
+            "sha256": hashlib.sha256(self.body).hexdigest(),
+        }
 
 
 def strip_query(url: str) -> str:
@@ -83,21 +88,41 @@ def queue_pushes(session: Session, campaign: Campaign) -> list[Task]:
 
 
 def _has_results(session: Session, campaign: Campaign) -> bool:
-    found = session.scalar(select(func.count()).select_from(Result).where(
-        Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
+    found = session.scalar(
+        select(func.count())
+        .select_from(Result)
+        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+    )
     return bool(found)
 
 
 def _target_ids(session: Session, campaign: Campaign) -> list[uuid.UUID]:
-    return list(session.scalars(select(DeliveryTarget.id).where(
-        DeliveryTarget.tenant_id == campaign.tenant_id, DeliveryTarget.brand_id == campaign.brand_id,
-        DeliveryTarget.enabled.is_(True)).order_by(DeliveryTarget.created_at, DeliveryTarget.id)))
+    return list(
+        session.scalars(
+            select(DeliveryTarget.id)
+            .where(
+                DeliveryTarget.tenant_id == campaign.tenant_id,
+                DeliveryTarget.brand_id == campaign.brand_id,
+                DeliveryTarget.enabled.is_(True),
+            )
+            .order_by(DeliveryTarget.created_at, DeliveryTarget.id)
+        )
+    )
 
 
-def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: datetime,
-              lease: datetime) -> DamPush:
-    return DamPush(id=uuid.uuid4(), tenant_id=campaign.tenant_id, campaign_id=campaign.id, target_id=target_id,
-                   kind=kind, status="pending", attempts=0, next_attempt_at=at, leased_until=lease, objects=[])
+def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: datetime, lease: datetime) -> DamPush:
+    return DamPush(
+        id=uuid.uuid4(),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        target_id=target_id,
+        kind=kind,
+        status="pending",
+        attempts=0,
+        next_attempt_at=at,
+        leased_until=lease,
+        objects=[],
+    )
 
 
 # --- one attempt --------------------------------------------------------------------------------------
@@ -113,8 +138,9 @@ def push(push_id: str, at: datetime | None = None) -> str:
 def _push(push_id: str, at: datetime | None) -> str:
     at = at or outbox.utcnow()
     with session_scope() as session:
-        row = session.scalars(select(DamPush).where(DamPush.id == uuid.UUID(push_id))
-                              .with_for_update(skip_locked=True)).first()
+        row = session.scalars(
+            select(DamPush).where(DamPush.id == uuid.UUID(push_id)).with_for_update(skip_locked=True)
+        ).first()
         if row is None or not outbox.is_due(row, at):
             return "skipped"
         return _attempt(session, row, at, get_settings())
@@ -133,8 +159,9 @@ def _attempt(session: Session, row: DamPush, at: datetime, settings: Settings) -
 
 
 def _campaign(session: Session, row: DamPush) -> Campaign:
-    campaign = session.scalars(select(Campaign).where(
-        Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)).first()
+    campaign = session.scalars(
+        select(Campaign).where(Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)
+    ).first()
     if campaign is None:
         raise PushFailed("campaign deleted")
     return campaign
@@ -181,8 +208,9 @@ class PresignedUrls:
 class S3Target:
     """A delivery target's bucket/prefix: PUT URLs presigned here with the customer's keys (no network)."""
 
-    def __init__(self, target: DeliveryTarget, credentials: dict[str, Any], campaign_id: uuid.UUID,
-                 expires_s: int) -> None:
+    def __init__(
+        self, target: DeliveryTarget, credentials: dict[str, Any], campaign_id: uuid.UUID, expires_s: int
+    ) -> None:
         self.config, self.campaign_id, self.expires_s = target.config, campaign_id, expires_s
         self.client = _s3_client(target.config, credentials)
 
@@ -205,11 +233,17 @@ def _s3_client(config: dict[str, Any], credentials: dict[str, Any]) -> Any:
     from botocore.config import Config
 
     session = boto3.session.Session(  # its own session: the default one is shared and not thread-safe
-        aws_access_key_id=credentials["access_key_id"], aws_secret_access_key=credentials["secret_access_key"],
-        aws_session_token=credentials.get("session_token"), region_name=config.get("region") or "us-east-1")
+        aws_access_key_id=credentials["access_key_id"],
+        aws_secret_access_key=credentials["secret_access_key"],
+        aws_session_token=credentials.get("session_token"),
+        region_name=config.get("region") or "us-east-1",
+    )
     # Path style: the bucket stays in the path, so the host is the endpoint the gateway checked.
-    return session.client("s3", endpoint_url=config.get("endpoint_url") or None,
-                          config=Config(signature_version="s3v4", s3={"addressing_style": "path"}))
+    return session.client(
+        "s3",
+        endpoint_url=config.get("endpoint_url") or None,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
 
 
 def _url_source(session: Session, row: DamPush, campaign: Campaign, settings: Settings) -> UrlSource:
@@ -217,8 +251,9 @@ def _url_source(session: Session, row: DamPush, campaign: Campaign, settings: Se
         if not campaign.push_urls:
             raise PushFailed("the campaign has no push URLs")
         return PresignedUrls(list(campaign.push_urls))
-    target = session.scalars(select(DeliveryTarget).where(
-        DeliveryTarget.tenant_id == row.tenant_id, DeliveryTarget.id == row.target_id)).first()
+    target = session.scalars(
+        select(DeliveryTarget).where(DeliveryTarget.tenant_id == row.tenant_id, DeliveryTarget.id == row.target_id)
+    ).first()
     if target is None or not target.enabled:
         raise PushFailed("target disabled or deleted")
     expires_s = int(settings.dam_push_timeout_seconds) + 300  # used at once: a short-lived URL is enough
@@ -229,15 +264,18 @@ def _credentials(target: DeliveryTarget) -> dict[str, Any]:
     try:
         return decrypt_json(target.credentials or "")
     except (UnreadableSecret, ValueError):
-        raise PushFailed("the target's stored credentials cannot be decrypted with the configured "
-                         "encryption keys; re-create the delivery target") from None
+        raise PushFailed(
+            "the target's stored credentials cannot be decrypted with the configured "
+            "encryption keys; re-create the delivery target"
+        ) from None
 
 
 # --- what is uploaded ---------------------------------------------------------------------------------
 
 
-def _upload_all(session: Session, row: DamPush, campaign: Campaign, urls: UrlSource, settings: Settings,
-                at: datetime) -> tuple[str | None, float | None]:
+def _upload_all(
+    session: Session, row: DamPush, campaign: Campaign, urls: UrlSource, settings: Settings, at: datetime
+) -> tuple[str | None, float | None]:
     """Upload what an earlier attempt did not; (error, retry-after) of the first failure, or (None, None)."""
     done = {o["name"] for o in row.objects or []}
     for rank, cand in _ranked(session, campaign):
@@ -256,8 +294,11 @@ def _upload_all(session: Session, row: DamPush, campaign: Campaign, urls: UrlSou
 
 def _ranked(session: Session, campaign: Campaign) -> list[tuple[int, Candidate]]:
     rows = session.execute(
-        select(Result.rank, Candidate).join(Candidate, Candidate.id == Result.candidate_id)
-        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id).order_by(Result.rank))
+        select(Result.rank, Candidate)
+        .join(Candidate, Candidate.id == Result.candidate_id)
+        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .order_by(Result.rank)
+    )
     return [(rank, cand) for rank, cand in rows]
 
 
@@ -279,11 +320,21 @@ def sidecar_of(campaign: Campaign, rank: int, cand: Candidate, image: bytes, at:
     """What a DAM needs next to the image: where it came from, how it scored, and the integrity record."""
     caption = ((campaign.state or {}).get("caption") or {}).get("caption")
     return {
-        "campaign_id": str(campaign.id), "brand_id": str(campaign.brand_id), "brief": campaign.brief,
-        "caption": caption, "rank": rank, "candidate_id": str(cand.id), "placement": cand.placement,
-        "scores": {"aesthetic": cand.aesthetic, "qc": _qc_summary(cand)}, "integrity": cand.integrity,
-        "image": {"name": f"rank-{rank}.png", "sha256": hashlib.sha256(image).hexdigest(), "bytes": len(image),
-                  "content_type": IMAGE_TYPE},
+        "campaign_id": str(campaign.id),
+        "brand_id": str(campaign.brand_id),
+        "brief": campaign.brief,
+        "caption": caption,
+        "rank": rank,
+        "candidate_id": str(cand.id),
+        "placement": cand.placement,
+        "scores": {"aesthetic": cand.aesthetic, "qc": _qc_summary(cand)},
+        "integrity": cand.integrity,
+        "image": {
+            "name": f"rank-{rank}.png",
+            "sha256": hashlib.sha256(image).hexdigest(),
+            "bytes": len(image),
+            "content_type": IMAGE_TYPE,
+        },
         "pushed_at": at.isoformat(),
     }
 
@@ -292,15 +343,26 @@ def _qc_summary(cand: Candidate) -> dict[str, Any]:
     """The verdict per check (product, brand, guideline) and the metrics; not the whole QC record."""
     qc = cand.qc or {}
     decision = qc.get("policy") or {}
-    return {"passed": cand.passed, "policy": decision.get("name"), "failed": decision.get("failed") or [],
-            "checks": {c["id"]: c["status"] for c in policy.checks(qc)}, "metrics": qc.get("metrics") or {}}
+    return {
+        "passed": cand.passed,
+        "policy": decision.get("name"),
+        "failed": decision.get("failed") or [],
+        "checks": {c["id"]: c["status"] for c in policy.checks(qc)},
+        "metrics": qc.get("metrics") or {},
+    }
 
 
 def _put(obj: PushObject, url: str, settings: Settings, at: datetime) -> tuple[str | None, float | None]:
     """One PUT through the egress guard; (client-safe error, Retry-After seconds) or (None, None)."""
     try:
-        response = egress.upload("PUT", url, content=obj.body, headers={"Content-Type": obj.content_type},
-                                 timeout_s=settings.dam_push_timeout_seconds, allowlist=settings.egress_allowlist)
+        response = egress.upload(
+            "PUT",
+            url,
+            content=obj.body,
+            headers={"Content-Type": obj.content_type},
+            timeout_s=settings.dam_push_timeout_seconds,
+            allowlist=settings.egress_allowlist,
+        )
     except egress.EgressRefused as exc:  # refused, unreachable or timed out: code + client-safe detail only
         return f"{exc.code}: {exc.detail} ({obj.name})", None
     if 200 <= response.status < 300:

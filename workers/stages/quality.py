@@ -11,6 +11,7 @@ policy's relaxation when too few distinct candidates pass, aesthetic scores of t
 the best of each cluster, the diversity rule, and the top-K as results. Every candidate ends with
 its rank or the reason it was left out.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,28 +39,65 @@ from workers.stages.runner import StageContext
 # --- qc ------------------------------------------------------------------------------------------
 
 
-def verdict(check: str, group: str, value: float | None, threshold: Any, passed: bool | None,
-            reason: str) -> dict[str, Any]:
+def verdict(
+    check: str, group: str, value: float | None, threshold: Any, passed: bool | None, reason: str
+) -> dict[str, Any]:
     """One check's outcome; ``passed`` None = unchecked (the reason says why), never a made-up pass."""
     status = "unchecked" if passed is None else ("pass" if passed else "fail")
-    return {"check": check, "group": group, "value": None if value is None else round(float(value), 4),
-            "threshold": threshold, "passed": passed, "status": status, "reason": reason}
+    return {
+        "check": check,
+        "group": group,
+        "value": None if value is None else round(float(value), 4),
+        "threshold": threshold,
+        "passed": passed,
+        "status": status,
+        "reason": reason,
+    }
 
 
 def product_checks(metrics: dict[str, Any], limits: QcThresholds) -> list[dict[str, Any]]:
     """Is the product exactly the product: pixels, edges, colour and (with DINOv2) appearance."""
-    exact, ssim, de, dino = (metrics["exact_fraction"], metrics["msssim_edges"], metrics["delta_e"],
-                             metrics.get("dino_cosine"))
+    exact, ssim, de, dino = (
+        metrics["exact_fraction"],
+        metrics["msssim_edges"],
+        metrics["delta_e"],
+        metrics.get("dino_cosine"),
+    )
     return [
-        verdict("product_exact", "product", exact, limits.min_exact, exact >= limits.min_exact,
-                f"{exact:.2%} of opaque product pixels are identical to the placed product"),
-        verdict("product_edges_msssim", "product", ssim, limits.min_msssim, ssim >= limits.min_msssim,
-                f"MS-SSIM of product edge maps {ssim:.3f}"),
-        verdict("product_colour_delta_e", "product", de, limits.max_delta_e, de <= limits.max_delta_e,
-                f"mean CIEDE2000 over the product {de:.2f} (2.3 is a just-noticeable difference)"),
-        verdict("product_dino", "product", dino, limits.min_dino, None if dino is None else dino >= limits.min_dino,
-                "DINOv2 is not configured (ONBRAND_DINOV2_MODEL)" if dino is None
-                else f"DINOv2 cosine of the product crops {dino:.3f}"),
+        verdict(
+            "product_exact",
+            "product",
+            exact,
+            limits.min_exact,
+            exact >= limits.min_exact,
+            f"{exact:.2%} of opaque product pixels are identical to the placed product",
+        ),
+        verdict(
+            "product_edges_msssim",
+            "product",
+            ssim,
+            limits.min_msssim,
+            ssim >= limits.min_msssim,
+            f"MS-SSIM of product edge maps {ssim:.3f}",
+        ),
+        verdict(
+            "product_colour_delta_e",
+            "product",
+            de,
+            limits.max_delta_e,
+            de <= limits.max_delta_e,
+            f"mean CIEDE2000 over the product {de:.2f} (2.3 is a just-noticeable difference)",
+        ),
+        verdict(
+            "product_dino",
+            "product",
+            dino,
+            limits.min_dino,
+            None if dino is None else dino >= limits.min_dino,
+            "DINOv2 is not configured (ONBRAND_DINOV2_MODEL)"
+            if dino is None
+            else f"DINOv2 cosine of the product crops {dino:.3f}",
+        ),
     ]
 
 
@@ -71,8 +109,14 @@ def frame_check(layer: Image.Image) -> dict[str, Any]:
     ys, xs = np.nonzero(alpha)
     h, w = alpha.shape
     inside = bool(ys.min() > 0 and xs.min() > 0 and ys.max() < h - 1 and xs.max() < w - 1)
-    return verdict("product_in_frame", "brand", 1.0 if inside else 0.0, 1.0, inside,
-                   "product fully inside the canvas" if inside else "product touches the canvas edge")
+    return verdict(
+        "product_in_frame",
+        "brand",
+        1.0 if inside else 0.0,
+        1.0,
+        inside,
+        "product fully inside the canvas" if inside else "product touches the canvas edge",
+    )
 
 
 @dataclass
@@ -94,16 +138,30 @@ class Review:
         spec = fidelity_spec(ctx.settings)
         embedder = _model_call(spec, lambda: registry.load(spec)) if spec else None
         product = load_image(state(ctx, "segment")["cutout_key"]).convert("RGBA")
-        return cls(state(ctx, "caption")["caption"], product, list(brand.guidelines or []),
-                   list(brand.palette or []), thresholds(ctx.settings, brand.qc_thresholds), embedder)
+        return cls(
+            state(ctx, "caption")["caption"],
+            product,
+            list(brand.guidelines or []),
+            list(brand.palette or []),
+            thresholds(ctx.settings, brand.qc_thresholds),
+            embedder,
+        )
 
-    def guidelines_of(self, ctx: StageContext, cand: Candidate, image: Image.Image,
-                      layer: Image.Image) -> dict[str, Any]:
+    def guidelines_of(
+        self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image
+    ) -> dict[str, Any]:
         from workers.stages import guideline
 
         with _llm_failures("qc"):
-            result = guideline.check(image, layer, self.product, self.caption, self.guidelines,
-                                     ctx.campaign.qc_policy, ctx.settings.for_stage("guideline"))
+            result = guideline.check(
+                image,
+                layer,
+                self.product,
+                self.caption,
+                self.guidelines,
+                ctx.campaign.qc_policy,
+                ctx.settings.for_stage("guideline"),
+            )
         ctx.rows += llm_call_rows(ctx, result, key=cand.layout_key)
         return {k: v for k, v in result.items() if k != "calls"}
 
@@ -117,26 +175,28 @@ def qc(ctx: StageContext) -> dict[str, Any]:
         _check_one(ctx, review, cand, image, layer, cosine)
         cand.embedding = embedding
         ctx.rows.append(cand)
-    return {"checked": len(cands), "passed": sum(bool(c.passed) for c in cands),
-            "dinov2": review.embedder is not None}
+    return {"checked": len(cands), "passed": sum(bool(c.passed) for c in cands), "dinov2": review.embedder is not None}
 
 
 def _batch(ctx: StageContext) -> list[Candidate]:
     with session_scope() as session:
         query = select(Candidate).where(
-            Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id,
-            Candidate.round == ctx.round, Candidate.batch == ctx.item)
+            Candidate.tenant_id == ctx.tenant_id,
+            Candidate.campaign_id == ctx.campaign.id,
+            Candidate.round == ctx.round,
+            Candidate.batch == ctx.item,
+        )
         return list(session.scalars(query.order_by(Candidate.layout_key)).all())
 
 
-def _check_one(ctx: StageContext, review: Review, cand: Candidate, image: Image.Image, layer: Image.Image,
-               cosine: float | None) -> None:
+def _check_one(
+    ctx: StageContext, review: Review, cand: Candidate, image: Image.Image, layer: Image.Image, cosine: float | None
+) -> None:
     from workers.models import brand_rules, duplicates, fidelity
 
     limits = review.limits
     metrics = {**fidelity.fidelity(image, layer), "dino_cosine": cosine, "phash": duplicates.phash(image)}
-    rules = brand_rules.check(image, layer, review.palette, list(ctx.campaign.safe_zones or []),
-                              limits.model_dump())
+    rules = brand_rules.check(image, layer, review.palette, list(ctx.campaign.safe_zones or []), limits.model_dump())
     verdicts = [*product_checks(metrics, limits), frame_check(layer), *[{**v, "group": "brand"} for v in rules]]
     cand.qc = {"metrics": metrics, "verdicts": verdicts, "thresholds": limits.model_dump()}
     if not any(v["status"] == "fail" for v in verdicts if v["group"] == "product"):
@@ -176,14 +236,22 @@ def rank(ctx: StageContext) -> dict[str, Any]:
     ctx.rows.extend(candidates)
     ctx.state_patch["qc"] = _summary(ctx, candidates, clusters, relaxed, len(chosen))
     ctx.finalize = lambda session, campaign: pipeline.write_results(session, campaign, chosen)
-    return {"candidates": len(candidates), "passed": sum(bool(c.passed) for c in candidates), "ranked": len(chosen),
-            "clusters": len({c.id for c in clusters.values()}), "relaxed": [r["id"] for r in relaxed]}
+    return {
+        "candidates": len(candidates),
+        "passed": sum(bool(c.passed) for c in candidates),
+        "ranked": len(chosen),
+        "clusters": len({c.id for c in clusters.values()}),
+        "relaxed": [r["id"] for r in relaxed],
+    }
 
 
 def _pool(ctx: StageContext) -> list[Candidate]:
     with session_scope() as session:
-        query = (select(Candidate).options(undefer(Candidate.embedding))
-                 .where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id))
+        query = (
+            select(Candidate)
+            .options(undefer(Candidate.embedding))
+            .where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id)
+        )
         return list(session.scalars(query.order_by(Candidate.round, Candidate.layout_key)).all())
 
 
@@ -198,17 +266,25 @@ def cluster_pool(candidates: list[Candidate], limits: QcThresholds) -> dict[str,
 
     from workers.models import duplicates
 
-    items = [duplicates.Item(str(c.id), _group(c), c.qc["metrics"]["phash"],
-                             None if c.embedding is None else np.asarray(c.embedding, dtype=np.float32))
-             for c in candidates]
+    items = [
+        duplicates.Item(
+            str(c.id),
+            _group(c),
+            c.qc["metrics"]["phash"],
+            None if c.embedding is None else np.asarray(c.embedding, dtype=np.float32),
+        )
+        for c in candidates
+    ]
     return duplicates.cluster(items, limits.dup_max_hamming, limits.dup_min_cosine)
 
 
-def apply_policy(candidates: list[Candidate], clusters: dict[str, Any], name: str, top_k: int,
-                 limits: QcThresholds) -> list[dict[str, Any]]:
+def apply_policy(
+    candidates: list[Candidate], clusters: dict[str, Any], name: str, top_k: int, limits: QcThresholds
+) -> list[dict[str, Any]]:
     """Each candidate's final verdict under the campaign's policy; the flexible rules relaxed, if any."""
     pool = [policy.checks(c.qc) for c in candidates]
     if name == "flexible":
+
         def enough(flags: list[bool]) -> bool:
             return len({clusters[str(c.id)].id for c, ok in zip(candidates, flags, strict=True) if ok}) >= top_k
 
@@ -225,8 +301,10 @@ def apply_policy(candidates: list[Candidate], clusters: dict[str, Any], name: st
 def failure_reason(decision: dict[str, Any]) -> str:
     failed = ", ".join(decision["failed"]) or "none"
     if decision["name"] == "weighted":
-        return (f"failed QC (weighted policy): {decision['weighted_share']:.0%} of the checked weight passed, "
-                f"{decision['threshold']:.0%} needed, or a product check failed; failed: {failed}")
+        return (
+            f"failed QC (weighted policy): {decision['weighted_share']:.0%} of the checked weight passed, "
+            f"{decision['threshold']:.0%} needed, or a product check failed; failed: {failed}"
+        )
     return f"failed QC ({decision['name']} policy): {failed}"
 
 
@@ -259,8 +337,10 @@ def best_of_clusters(candidates: list[Candidate], clusters: dict[str, Any]) -> l
         top = best.get(found.id)
         cand.qc = {**cand.qc, "cluster": _cluster_record(found, by_id, top)}
         if cand.passed and top is not cand and top is not None:
-            cand.excluded_reason = (f"near-duplicate of {top.layout_key} (cluster {found.id}, "
-                                    f"{_link(found, cand, top)}): only the best of a cluster can be ranked")
+            cand.excluded_reason = (
+                f"near-duplicate of {top.layout_key} (cluster {found.id}, "
+                f"{_link(found, cand, top)}): only the best of a cluster can be ranked"
+            )
     return list(best.values())
 
 
@@ -269,10 +349,13 @@ def _order(cand: Candidate) -> tuple[float, str]:
 
 
 def _cluster_record(found: Any, by_id: dict[str, Candidate], top: Candidate | None) -> dict[str, Any]:
-    return {"id": found.id, "size": len(found.members),
-            "members": sorted(by_id[m].layout_key for m in found.members),
-            "best": top.layout_key if top is not None else None,
-            "links": [{"a": by_id[a].layout_key, "b": by_id[b].layout_key, "how": how} for a, b, how in found.links]}
+    return {
+        "id": found.id,
+        "size": len(found.members),
+        "members": sorted(by_id[m].layout_key for m in found.members),
+        "best": top.layout_key if top is not None else None,
+        "links": [{"a": by_id[a].layout_key, "b": by_id[b].layout_key, "how": how} for a, b, how in found.links],
+    }
 
 
 def _link(found: Any, cand: Candidate, top: Candidate) -> str:
@@ -306,14 +389,22 @@ def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
     return chosen
 
 
-def _summary(ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any],
-             relaxed: list[dict[str, Any]], ranked: int) -> dict[str, Any]:
+def _summary(
+    ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any], relaxed: list[dict[str, Any]], ranked: int
+) -> dict[str, Any]:
     """What the campaign resource shows of QC: the policy, what it relaxed, and the counts."""
     sizes = [len(c.members) for c in {c.id: c for c in clusters.values()}.values()]
-    return {"policy": ctx.campaign.qc_policy, "relaxed": relaxed, "candidates": len(candidates),
-            "passed": sum(bool(c.passed) for c in candidates), "clusters": len(sizes),
-            "duplicates": sum(s - 1 for s in sizes), "ranked": ranked,
-            "aesthetic": aesthetic_spec(ctx.settings).adapter, "dinov2": ctx.settings.dinov2_model or None}
+    return {
+        "policy": ctx.campaign.qc_policy,
+        "relaxed": relaxed,
+        "candidates": len(candidates),
+        "passed": sum(bool(c.passed) for c in candidates),
+        "clusters": len(sizes),
+        "duplicates": sum(s - 1 for s in sizes),
+        "ranked": ranked,
+        "aesthetic": aesthetic_spec(ctx.settings).adapter,
+        "dinov2": ctx.settings.dinov2_model or None,
+    }
 
 
 # --- revise's input ----------------------------------------------------------------------------------
@@ -321,5 +412,9 @@ def _summary(ctx: StageContext, candidates: list[Candidate], clusters: dict[str,
 
 def failed_checks(qc_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Every failed check of a round's candidates (product, brand and guideline alike), for the revise stage."""
-    return [{"guideline": c["id"], "reason": c["reason"]}
-            for record in qc_records for c in policy.checks(record or {}) if c["status"] == "fail"]
+    return [
+        {"guideline": c["id"], "reason": c["reason"]}
+        for record in qc_records
+        for c in policy.checks(record or {})
+        if c["status"] == "fail"
+    ]

@@ -6,6 +6,7 @@ addresses the failures (revise_local.v1). Either answer must keep the product (e
 word of the subject) and passes the same deterministic guards as every caption; an answer that
 fails twice, and the rules backend, use the fixed per-failure clauses below, and the result says so.
 """
+
 from __future__ import annotations
 
 from collections import Counter
@@ -45,8 +46,12 @@ def failure_summary(failed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"guideline": g, "count": n, "reason": first[g]} for g, n in counts.most_common(MAX_FAILURES_SHOWN)]
 
 
-def revise(current: dict[str, Any], failures: list[dict[str, Any]], settings: Settings,
-           forbidden_terms: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def revise(
+    current: dict[str, Any],
+    failures: list[dict[str, Any]],
+    settings: Settings,
+    forbidden_terms: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
     """current: the caption stage's result (caption, negative_prompt, parts). -> a caption result with
     "previous_caption", "change" and "failures" added. Hosted LLMError propagates (the stage fails)."""
     _check_args(current, failures)
@@ -74,7 +79,7 @@ def revision_errors(text: str, current: dict[str, Any]) -> dict[str, str]:
     lost = language.content_stems(_subject(current)) - language.content_stems(text)
     errors = {}
     if lost:
-        errors["caption"] = f'the revised caption dropped the product words {", ".join(sorted(lost))}'
+        errors["caption"] = f"the revised caption dropped the product words {', '.join(sorted(lost))}"
     elif language.is_instruction_like(text):
         errors["caption"] = "the revised caption is an instruction, not a description"
     elif language.collapse(text).lower() == language.collapse(current["caption"]).lower():
@@ -86,30 +91,53 @@ def _listing(failures: list[dict[str, Any]]) -> str:
     return "\n".join(f"- {f['guideline']}: {f.get('reason') or 'failed'}" for f in failures) or "- none recorded"
 
 
-def _hosted(current: dict[str, Any], failures: list[dict[str, Any]], settings: Settings,
-            forbidden: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def _hosted(
+    current: dict[str, Any], failures: list[dict[str, Any]], settings: Settings, forbidden: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
     from workers.models import llm_hosted
 
     backend, template = llm_hosted.backend_for(settings), language.load_prompt("revise", "v1")
     calls: list[dict[str, Any]] = []
 
     def ask(errors: dict[str, str]) -> RevisionAnswer:
-        return language.hosted_answer(backend, template, RevisionAnswer, calls, errors, caption=current["caption"],
-                                      subject=_subject(current) or "the product", failures=_listing(failures))
+        return language.hosted_answer(
+            backend,
+            template,
+            RevisionAnswer,
+            calls,
+            errors,
+            caption=current["caption"],
+            subject=_subject(current) or "the product",
+            failures=_listing(failures),
+        )
 
     # checked after the guards: an answer that is usable once they ran ("Generate a ..." stripped) is kept
     answer, failed = language.with_one_reask(
-        ask, lambda a: revision_errors(guards.guard_prompt(a.caption).text, current))
+        ask, lambda a: revision_errors(guards.guard_prompt(a.caption).text, current)
+    )
     if failed:
         reason = f"{backend.name} revision invalid twice ({'; '.join(failed.values())}); used the rule clauses"
         return _rules(current, failures, forbidden, reason, calls, template.id)
-    return _result(current, failures, answer.caption, answer.negative_terms, answer.change, forbidden,
-                   {"backend": backend.name, "model": backend.model, "fallback_reason": None, "calls": calls,
-                    "prompt_version": template.id})
+    return _result(
+        current,
+        failures,
+        answer.caption,
+        answer.negative_terms,
+        answer.change,
+        forbidden,
+        {
+            "backend": backend.name,
+            "model": backend.model,
+            "fallback_reason": None,
+            "calls": calls,
+            "prompt_version": template.id,
+        },
+    )
 
 
-def _local(current: dict[str, Any], failures: list[dict[str, Any]], settings: Settings,
-           forbidden: list[str] | tuple[str, ...]) -> dict[str, Any]:
+def _local(
+    current: dict[str, Any], failures: list[dict[str, Any]], settings: Settings, forbidden: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
     from workers.models import llm_local
 
     template = language.load_prompt("revise_local", "v1")
@@ -118,30 +146,48 @@ def _local(current: dict[str, Any], failures: list[dict[str, Any]], settings: Se
     try:
         text, failed = language.with_one_reask(
             lambda errors: _local_fix(current, problems, settings, template, calls, errors),
-            lambda text: fix_errors(text, current))
+            lambda text: fix_errors(text, current),
+        )
     except (OSError, RuntimeError, ImportError, ValueError) as exc:
         reason = f"local LLM unavailable ({type(exc).__name__}: {exc}); used the rule clauses"
         return _rules(current, failures, forbidden, reason, calls, template.id)
     if failed:
         reason = f"local clause invalid twice ({'; '.join(failed.values())}); used the rule clauses"
         return _rules(current, failures, forbidden, reason, calls, template.id)
-    meta = {"backend": "local", "model": llm_local.model_id(settings), "fallback_reason": None, "calls": calls,
-            "prompt_version": template.id}
+    meta = {
+        "backend": "local",
+        "model": llm_local.model_id(settings),
+        "fallback_reason": None,
+        "calls": calls,
+        "prompt_version": template.id,
+    }
     negatives = [t for f in failures for t in RULE_FIXES.get(f["guideline"], ("", ()))[1]]
     return _result(current, failures, f"{current['caption']}, {text}", negatives, f"added '{text}'", forbidden, meta)
 
 
-def _local_fix(current: dict[str, Any], problems: str, settings: Settings, template: language.PromptTemplate,
-               calls: list[dict[str, Any]], errors: dict[str, str]) -> str:
+def _local_fix(
+    current: dict[str, Any],
+    problems: str,
+    settings: Settings,
+    template: language.PromptTemplate,
+    calls: list[dict[str, Any]],
+    errors: dict[str, str],
+) -> str:
     import json
 
     from workers.models import llm_local
 
     skeleton = "{" + f'"caption": {json.dumps(current["caption"])}, "problems": {json.dumps(problems)}'
     user = template.render_user("; ".join(errors.values()) or None, caption=current["caption"], failures=problems)
-    got = llm_local.generate_fields(template.system, user, [llm_local.FieldSpec("fix", kind="str")],
-                                    int(settings.llm_max_new_tokens), examples=template.examples, prefix=skeleton,
-                                    settings=settings)
+    got = llm_local.generate_fields(
+        template.system,
+        user,
+        [llm_local.FieldSpec("fix", kind="str")],
+        int(settings.llm_max_new_tokens),
+        examples=template.examples,
+        prefix=skeleton,
+        settings=settings,
+    )
     calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
     return language.collapse(str(got.values.get("fix") or ""))
 
@@ -157,22 +203,47 @@ def fix_errors(text: str, current: dict[str, Any]) -> dict[str, str]:
     return {}
 
 
-def _rules(current: dict[str, Any], failures: list[dict[str, Any]], forbidden: list[str] | tuple[str, ...],
-           reason: str | None, calls: list[dict[str, Any]], version: str | None) -> dict[str, Any]:
+def _rules(
+    current: dict[str, Any],
+    failures: list[dict[str, Any]],
+    forbidden: list[str] | tuple[str, ...],
+    reason: str | None,
+    calls: list[dict[str, Any]],
+    version: str | None,
+) -> dict[str, Any]:
     fixes = [RULE_FIXES[f["guideline"]] for f in failures if f["guideline"] in RULE_FIXES]
     clauses = [c for c, _ in fixes if c and c not in current["caption"]]
     text = ", ".join([current["caption"], *clauses])
     change = f"added {', '.join(repr(c) for c in clauses)}" if clauses else "no caption clause fixes these failures"
-    meta = {"backend": "rules", "model": language.RULES_MODEL_ID, "fallback_reason": reason, "calls": calls,
-            "prompt_version": version}
+    meta = {
+        "backend": "rules",
+        "model": language.RULES_MODEL_ID,
+        "fallback_reason": reason,
+        "calls": calls,
+        "prompt_version": version,
+    }
     return _result(current, failures, text, [t for _, terms in fixes for t in terms], change, forbidden, meta)
 
 
-def _result(current: dict[str, Any], failures: list[dict[str, Any]], text: str, negatives: list[str], change: str,
-            forbidden: list[str] | tuple[str, ...], meta: dict[str, Any]) -> dict[str, Any]:
+def _result(
+    current: dict[str, Any],
+    failures: list[dict[str, Any]],
+    text: str,
+    negatives: list[str],
+    change: str,
+    forbidden: list[str] | tuple[str, ...],
+    meta: dict[str, Any],
+) -> dict[str, Any]:
     guarded = guards.guard_prompt(text, forbidden, language.MAX_CAPTION_CHARS)
     old_negatives = [t for t in str(current.get("negative_prompt") or "").split(", ") if t]
     terms = guards.guard_negative([*old_negatives, *negatives, *guarded.negatives], forbidden)
-    return {**current, **meta, "caption": guarded.text, "negative_prompt": language.negative_prompt(terms),
-            "previous_caption": current["caption"], "change": language.collapse(change), "failures": failures,
-            "guards": guarded.report()}
+    return {
+        **current,
+        **meta,
+        "caption": guarded.text,
+        "negative_prompt": language.negative_prompt(terms),
+        "previous_caption": current["caption"],
+        "change": language.collapse(change),
+        "failures": failures,
+        "guards": guarded.report(),
+    }

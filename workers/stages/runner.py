@@ -8,6 +8,7 @@
   campaign-row lock makes the "last item of a fan-out" decision race-free. Tasks are sent
   only after the commit, with ids only.
 """
+
 from __future__ import annotations
 
 import logging
@@ -72,13 +73,15 @@ def lock_campaign(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
 
 def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: int) -> StageRun:
     run = session.scalars(
-        select(StageRun).where(StageRun.campaign_id == campaign.id, StageRun.stage == stage,
-                               StageRun.round == rnd, StageRun.item == item)
+        select(StageRun).where(
+            StageRun.campaign_id == campaign.id, StageRun.stage == stage, StageRun.round == rnd, StageRun.item == item
+        )
     ).first()
     if run is None:
         # queued_at from the clock, not now(): now() is the transaction's start, not the send time
-        run = StageRun(tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item,
-                       queued_at=now())
+        run = StageRun(
+            tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item, queued_at=now()
+        )
         session.add(run)
         session.flush()
     return run
@@ -178,8 +181,9 @@ def _fail(ctx: StageContext, code: str, message: str) -> list[Task]:
         return _mark_failed(session, campaign, ctx.stage, ctx.round, ctx.item, code, message)
 
 
-def _mark_failed(session: Session, campaign: Campaign, stage: str, rnd: int, item: int,
-                 code: str, message: str) -> list[Task]:
+def _mark_failed(
+    session: Session, campaign: Campaign, stage: str, rnd: int, item: int, code: str, message: str
+) -> list[Task]:
     run = get_run(session, campaign, stage, rnd, item)
     run.status, run.finished_at, run.error = "failed", now(), message[:2000]
     campaign.status, campaign.completed_at = "failed", now()
@@ -208,11 +212,13 @@ def _send_all(tasks: list[Task]) -> None:
 
 # --- what comes next -------------------------------------------------------------------
 
+
 def stage_items(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int) -> tuple[int, int]:
     """(succeeded, total) stage runs of a stage in a round."""
     rows = session.execute(
-        select(StageRun.status, func.count()).where(StageRun.campaign_id == campaign_id, StageRun.stage == stage,
-                                                     StageRun.round == rnd).group_by(StageRun.status)
+        select(StageRun.status, func.count())
+        .where(StageRun.campaign_id == campaign_id, StageRun.stage == stage, StageRun.round == rnd)
+        .group_by(StageRun.status)
     ).all()
     counts = dict(rows)
     return counts.get("succeeded", 0), sum(counts.values())
@@ -226,10 +232,14 @@ def fan_out(session: Session, campaign: Campaign, stage: str, rnd: int, items: i
 
 
 def progress(session: Session, campaign: Campaign) -> float:
-    done = session.scalar(
-        select(func.count(func.distinct(StageRun.stage))).where(
-            StageRun.campaign_id == campaign.id, StageRun.status == "succeeded")
-    ) or 0
+    done = (
+        session.scalar(
+            select(func.count(func.distinct(StageRun.stage))).where(
+                StageRun.campaign_id == campaign.id, StageRun.status == "succeeded"
+            )
+        )
+        or 0
+    )
     return round(min(done, len(PIPELINE)) / len(PIPELINE), 3)
 
 
@@ -265,16 +275,25 @@ def _stage_completed_event(session: Session, campaign: Campaign, stage: str, rnd
     data = {"stage": stage, "round": rnd, "status": "running", "progress": progress(session, campaign)}
     tasks = webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
     if stage == "rank":  # this round's candidates are checked and ranked: reviewable through the API
-        tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.candidates.ready",
-                                             _candidate_counts(session, campaign, rnd)))
+        tasks += webhook_tasks(
+            webhooks.emit(session, campaign, "campaign.candidates.ready", _candidate_counts(session, campaign, rnd))
+        )
     return tasks
 
 
 def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:
-    rows = session.execute(select(Candidate.passed, Candidate.rank).where(
-        Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd)).all()
-    return {"round": rnd, "status": "running", "candidates": len(rows), "passed": sum(1 for p, _ in rows if p),
-            "ranked": sum(1 for _, r in rows if r is not None)}
+    rows = session.execute(
+        select(Candidate.passed, Candidate.rank).where(
+            Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd
+        )
+    ).all()
+    return {
+        "round": rnd,
+        "status": "running",
+        "candidates": len(rows),
+        "passed": sum(1 for p, _ in rows if p),
+        "ranked": sum(1 for _, r in rows if r is not None),
+    }
 
 
 def _single(next_stage: str) -> Callable[[Session, Campaign, int], list[Task]]:
@@ -311,8 +330,14 @@ def _after_rank(session: Session, campaign: Campaign, rnd: int) -> list[Task]:
 
 
 def _decide(session: Session, campaign: Campaign, loop: dict[str, Any]) -> str:
-    ranked = session.scalar(select(func.count()).select_from(Result).where(
-        Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)) or 0
+    ranked = (
+        session.scalar(
+            select(func.count())
+            .select_from(Result)
+            .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        )
+        or 0
+    )
     if ranked >= campaign.top_k:
         return "deliver"
     if loop["attempt"] < campaign.max_retry_attempts:

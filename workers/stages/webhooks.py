@@ -6,6 +6,7 @@ followed. The event id stays the same across retries. The row is locked (FOR UPD
 the whole attempt, so two workers never send it at once; a worker killed mid-attempt rolls back and
 the redelivered task (or the dispatcher, once the lease lapses) sends it again: one recorded success.
 """
+
 from __future__ import annotations
 
 import logging
@@ -48,8 +49,9 @@ def target_refused(url: str, settings: Settings) -> str | None:
 
 
 def _endpoint(session: Session, row: WebhookDelivery) -> WebhookEndpoint | None:
-    return session.scalars(select(WebhookEndpoint).where(
-        WebhookEndpoint.tenant_id == row.tenant_id, WebhookEndpoint.id == row.endpoint_id)).first()
+    return session.scalars(
+        select(WebhookEndpoint).where(WebhookEndpoint.tenant_id == row.tenant_id, WebhookEndpoint.id == row.endpoint_id)
+    ).first()
 
 
 def _signers(session: Session, row: WebhookDelivery, at: datetime) -> tuple[list[str], list[str]] | None:
@@ -57,14 +59,16 @@ def _signers(session: Session, row: WebhookDelivery, at: datetime) -> tuple[list
     if row.endpoint_id is not None:
         endpoint = _endpoint(session, row)
         return webhooks.endpoint_signers(endpoint, at) if endpoint is not None and endpoint.enabled else None
-    campaign = session.scalars(select(Campaign).where(
-        Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)).first()
+    campaign = session.scalars(
+        select(Campaign).where(Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)
+    ).first()
     return ([campaign.webhook_secret], []) if campaign is not None and campaign.webhook_secret else None
 
 
 def _lock(session: Session, delivery_id: str) -> WebhookDelivery | None:
-    return session.scalars(select(WebhookDelivery).where(WebhookDelivery.id == uuid.UUID(delivery_id))
-                           .with_for_update(skip_locked=True)).first()
+    return session.scalars(
+        select(WebhookDelivery).where(WebhookDelivery.id == uuid.UUID(delivery_id)).with_for_update(skip_locked=True)
+    ).first()
 
 
 def deliver(delivery_id: str, at: datetime | None = None) -> str:
@@ -97,22 +101,33 @@ def _post(row: WebhookDelivery, signers: tuple[list[str], list[str]], settings: 
     headers = webhooks.signed_headers(signers[0], row.event_id, body, signing_keys=signers[1])
     started = time.monotonic()
     try:
-        response = egress.post(row.url, content=body.encode(), headers=headers,
-                               timeout_s=settings.webhook_timeout_seconds, allowlist=settings.egress_allowlist,
-                               max_response_bytes=RESPONSE_LOG_BYTES)
+        response = egress.post(
+            row.url,
+            content=body.encode(),
+            headers=headers,
+            timeout_s=settings.webhook_timeout_seconds,
+            allowlist=settings.egress_allowlist,
+            max_response_bytes=RESPONSE_LOG_BYTES,
+        )
     except egress.EgressRefused as exc:  # refused, unreachable or timed out: code + client-safe detail only
         return Outcome(None, f"{exc.code}: {exc.detail}", _ms(started))
     ok = 200 <= response.status < 300
-    return Outcome(response.status, None if ok else f"HTTP {response.status}", _ms(started),
-                   response.body.decode("utf-8", "replace"), response.headers.get("retry-after"))
+    return Outcome(
+        response.status,
+        None if ok else f"HTTP {response.status}",
+        _ms(started),
+        response.body.decode("utf-8", "replace"),
+        response.headers.get("retry-after"),
+    )
 
 
 def _ms(started: float) -> float:
     return round((time.monotonic() - started) * 1000, 1)
 
 
-def _record(session: Session, row: WebhookDelivery, result: Outcome, at: datetime,
-            settings: Settings) -> tuple[str, list[uuid.UUID]]:
+def _record(
+    session: Session, row: WebhookDelivery, result: Outcome, at: datetime, settings: Settings
+) -> tuple[str, list[uuid.UUID]]:
     """Log the attempt, settle the row and the endpoint's health; (outcome, follow-up delivery ids)."""
     row.attempts += 1
     row.last_status_code, row.last_error, row.leased_until = result.status_code, result.error, None
@@ -125,9 +140,19 @@ def _record(session: Session, row: WebhookDelivery, result: Outcome, at: datetim
         follow_ups = _gone(session, row, endpoint, at)
     else:
         outcome, retry_in, follow_ups = _failed(session, row, endpoint, result, at, settings)
-    session.add(WebhookAttempt(tenant_id=row.tenant_id, delivery_id=row.id, attempt=row.attempts, outcome=outcome,
-                               status_code=result.status_code, latency_ms=result.latency_ms, error=result.error,
-                               response_body=result.body, retry_in_seconds=retry_in))
+    session.add(
+        WebhookAttempt(
+            tenant_id=row.tenant_id,
+            delivery_id=row.id,
+            attempt=row.attempts,
+            outcome=outcome,
+            status_code=result.status_code,
+            latency_ms=result.latency_ms,
+            error=result.error,
+            response_body=result.body,
+            retry_in_seconds=retry_in,
+        )
+    )
     return outcome, follow_ups
 
 
@@ -138,8 +163,7 @@ def _delivered(row: WebhookDelivery, endpoint: WebhookEndpoint | None, at: datet
     return "delivered"
 
 
-def _gone(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | None,
-          at: datetime) -> list[uuid.UUID]:
+def _gone(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | None, at: datetime) -> list[uuid.UUID]:
     row.status = "failed"
     if endpoint is None:
         return []
@@ -148,8 +172,14 @@ def _gone(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | No
     return follow_ups
 
 
-def _failed(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | None, result: Outcome,
-            at: datetime, settings: Settings) -> tuple[str, int | None, list[uuid.UUID]]:
+def _failed(
+    session: Session,
+    row: WebhookDelivery,
+    endpoint: WebhookEndpoint | None,
+    result: Outcome,
+    at: datetime,
+    settings: Settings,
+) -> tuple[str, int | None, list[uuid.UUID]]:
     """Schedule the retry (Retry-After honoured on 429/503) or give up; disable a long-failing endpoint."""
     if endpoint is not None:
         endpoint.failing_since = endpoint.failing_since or at
@@ -162,8 +192,9 @@ def _failed(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | 
     hint = outbox.retry_hint(result.status_code, result.retry_after, at)
     retry_in = outbox.settle_failure(row, at, settings.webhook_max_attempts, hint)
     if retry_in is None:
-        log.warning("webhook %s (%s) failed for good after %d attempts: %s", row.event_id, row.id, row.attempts,
-                    result.error)
+        log.warning(
+            "webhook %s (%s) failed for good after %d attempts: %s", row.event_id, row.id, row.attempts, result.error
+        )
         return "failed", None, []
     return "retry", retry_in, []
 

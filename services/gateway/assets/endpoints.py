@@ -1,4 +1,5 @@
 """/v1/assets"""
+
 from __future__ import annotations
 
 import uuid
@@ -28,8 +29,10 @@ router = APIRouter(prefix="/v1/assets", tags=["assets"])
 
 TagsQuery = Annotated[list[str], Query(description="Only assets with all these tags (repeat, or comma-separate).")]
 BoostQuery = Annotated[str | None, Query(pattern=KPI_PATTERN, description="KPI that lifts top performers, e.g. ctr")]
-METADATA_DOC = ('JSON: {"kind": "product"|"background"|"reference", "title", "description", "tags": [str], '
-                '"brand_id", "attributes": {}, "kpis": {name: number}}')
+METADATA_DOC = (
+    'JSON: {"kind": "product"|"background"|"reference", "title", "description", "tags": [str], '
+    '"brand_id", "attributes": {}, "kpis": {name: number}}'
+)
 
 
 @router.post(
@@ -65,8 +68,14 @@ def _created_or_existing(asset: Asset, created: bool, response: Response, storag
     response_model=AssetRead,
     responses={200: {"model": AssetRead, "description": "The same bytes were stored before: the existing asset."}},
 )
-def import_asset(body: AssetImport, response: Response, session: SessionDep, tenant_id: TenantDep,
-                 storage: StorageDep, settings: SettingsDep) -> AssetRead:
+def import_asset(
+    body: AssetImport,
+    response: Response,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    storage: StorageDep,
+    settings: SettingsDep,
+) -> AssetRead:
     """Fetch an image by URL (public http/https addresses only, no redirects into private ranges)."""
     asset, created = service.import_url(session, storage, settings, tenant_id, body)
     return _created_or_existing(asset, created, response, storage)
@@ -83,11 +92,25 @@ def upload_batch(
 ) -> BatchRead:
     """Bulk ingest: each item is created, found existing (same bytes) or failed with its own problem."""
     if len(files) > MAX_BATCH_FILES:
-        raise validation_problem([{"loc": ("body", "files"), "type": "too_long",
-                                   "msg": f"at most {MAX_BATCH_FILES} files per batch, got {len(files)}"}])
+        raise validation_problem(
+            [
+                {
+                    "loc": ("body", "files"),
+                    "type": "too_long",
+                    "msg": f"at most {MAX_BATCH_FILES} files per batch, got {len(files)}",
+                }
+            ]
+        )
     result = service.create_batch(session, storage, settings, tenant_id, [f.file for f in files], metadata)
-    items = [BatchItemRead(index=i.index, status=i.status, problem=i.problem,
-                           asset=service.to_read(i.asset, storage) if i.asset else None) for i in result.items]
+    items = [
+        BatchItemRead(
+            index=i.index,
+            status=i.status,
+            problem=i.problem,
+            asset=service.to_read(i.asset, storage) if i.asset else None,
+        )
+        for i in result.items
+    ]
     return BatchRead(created=result.created, existing=result.existing, failed=result.failed, items=items)
 
 

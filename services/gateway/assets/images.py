@@ -4,6 +4,7 @@ Every check that can be done without decoding pixels runs before decoding, so a 
 upload (a 50 GB stream, a renamed executable, a 100k x 100k "decompression bomb") is
 rejected after reading at most max_upload_bytes and a file header.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,7 @@ def invalid_image(detail: str) -> ProblemError:
 def sniff(head: bytes) -> str | None:
     """The image format from its magic bytes, or None when it is not PNG, JPEG or WebP."""
     for offset, magic, fmt in _SIGNATURES:
-        if head[offset:offset + len(magic)] == magic:
+        if head[offset : offset + len(magic)] == magic:
             return fmt
     if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
         return "WEBP"
@@ -55,8 +56,9 @@ def read_image_upload(stream: BinaryIO, max_bytes: int) -> tuple[bytes, str]:
     first = stream.read(CHUNK)
     fmt = sniff(first)
     if fmt is None:
-        raise ProblemError(415, "unsupported_media_type", "Unsupported media type",
-                           "The file is not a PNG, JPEG or WebP image.")
+        raise ProblemError(
+            415, "unsupported_media_type", "Unsupported media type", "The file is not a PNG, JPEG or WebP image."
+        )
     chunks, size = [first], len(first)
     while size <= max_bytes and (chunk := stream.read(CHUNK)):
         chunks.append(chunk)
@@ -131,5 +133,11 @@ def clean(data: bytes, fmt: str, max_pixels: int) -> CleanImage:
     """Decode, strip metadata and re-encode as PNG; the sha256 of those bytes is the dedupe key."""
     image = _normalize(_decode(_open(data, fmt, max_pixels)))
     png = _png(image)
-    return CleanImage(png=png, thumb_png=_thumbnail(image), width=image.width, height=image.height,
-                      has_alpha=image.mode == "RGBA", sha256=hashlib.sha256(png).hexdigest())
+    return CleanImage(
+        png=png,
+        thumb_png=_thumbnail(image),
+        width=image.width,
+        height=image.height,
+        has_alpha=image.mode == "RGBA",
+        sha256=hashlib.sha256(png).hexdigest(),
+    )

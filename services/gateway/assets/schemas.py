@@ -1,4 +1,5 @@
 """Asset request and response bodies."""
+
 from __future__ import annotations
 
 import uuid

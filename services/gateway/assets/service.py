@@ -1,4 +1,5 @@
 """Assets: product photos, backgrounds and references, stored as normalized PNG + thumbnail."""
+
 from __future__ import annotations
 
 import io
@@ -57,10 +58,22 @@ class BatchResult:
 
 def to_read(asset: Asset, storage: Storage) -> AssetRead:
     return AssetRead(
-        id=asset.id, kind=cast(AssetKind, asset.kind), title=asset.title, description=asset.description,
-        tags=list(asset.tags), brand_id=asset.brand_id, attributes=asset.attributes, kpis=asset.kpis, width=asset.width,
-        height=asset.height, has_alpha=asset.has_alpha, content_type=asset.content_type, sha256=asset.sha256,
-        byte_size=asset.byte_size, url=storage.url(asset.storage_key), thumbnail_url=storage.url(asset.thumb_key),
+        id=asset.id,
+        kind=cast(AssetKind, asset.kind),
+        title=asset.title,
+        description=asset.description,
+        tags=list(asset.tags),
+        brand_id=asset.brand_id,
+        attributes=asset.attributes,
+        kpis=asset.kpis,
+        width=asset.width,
+        height=asset.height,
+        has_alpha=asset.has_alpha,
+        content_type=asset.content_type,
+        sha256=asset.sha256,
+        byte_size=asset.byte_size,
+        url=storage.url(asset.storage_key),
+        thumbnail_url=storage.url(asset.thumb_key),
         created_at=asset.created_at,
     )
 
@@ -72,8 +85,15 @@ def parse_batch_metadata(raw: str, count: int) -> list[AssetMetadata]:
     except ValidationError as exc:
         raise RequestValidationError([{**e, "loc": ("body", "metadata", *e["loc"])} for e in exc.errors()]) from None
     if len(metas) != count:
-        raise validation_problem([{"loc": ("body", "metadata"), "type": "value_error",
-                                   "msg": f"metadata has {len(metas)} entries for {count} files"}])
+        raise validation_problem(
+            [
+                {
+                    "loc": ("body", "metadata"),
+                    "type": "value_error",
+                    "msg": f"metadata has {len(metas)} entries for {count} files",
+                }
+            ]
+        )
     return metas
 
 
@@ -97,10 +117,22 @@ def find_by_sha(session: Session, tenant_id: uuid.UUID, sha256: str) -> Asset | 
 def _new_asset(tenant_id: uuid.UUID, meta: AssetMetadata, image: images.CleanImage) -> Asset:
     asset_id = uuid.uuid4()
     return Asset(
-        id=asset_id, tenant_id=tenant_id, brand_id=meta.brand_id, kind=meta.kind, title=meta.title,
-        description=meta.description, tags=meta.tags, attributes=meta.attributes, kpis=meta.kpis,
-        sha256=image.sha256, content_type=PNG, width=image.width, height=image.height, has_alpha=image.has_alpha,
-        byte_size=len(image.png), storage_key=asset_key(tenant_id, asset_id, "original.png"),
+        id=asset_id,
+        tenant_id=tenant_id,
+        brand_id=meta.brand_id,
+        kind=meta.kind,
+        title=meta.title,
+        description=meta.description,
+        tags=meta.tags,
+        attributes=meta.attributes,
+        kpis=meta.kpis,
+        sha256=image.sha256,
+        content_type=PNG,
+        width=image.width,
+        height=image.height,
+        has_alpha=image.has_alpha,
+        byte_size=len(image.png),
+        storage_key=asset_key(tenant_id, asset_id, "original.png"),
         thumb_key=asset_key(tenant_id, asset_id, "thumb.png"),
     )
 
@@ -134,8 +166,13 @@ def _insert(session: Session, storage: Storage, asset: Asset) -> tuple[Asset, bo
 
 
 def ingest(
-    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, meta: AssetMetadata,
-    upload: tuple[bytes, str], source_url: str | None = None,
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    meta: AssetMetadata,
+    upload: tuple[bytes, str],
+    source_url: str | None = None,
 ) -> tuple[Asset, bool]:
     """Store checked bytes as an asset; return (asset, created). Same bytes again -> the existing asset.
 
@@ -158,21 +195,30 @@ def create(
 ) -> tuple[Asset, bool]:
     """One multipart upload; its embedding is computed on the retrieval queue after the commit."""
     meta = parse_metadata(metadata)
-    asset, created = ingest(session, storage, settings, tenant_id, meta,
-                            images.read_image_upload(file, settings.max_upload_bytes))
+    asset, created = ingest(
+        session, storage, settings, tenant_id, meta, images.read_image_upload(file, settings.max_upload_bytes)
+    )
     if created:
         enqueue(session, "onbrand.embed_assets", asset.id)
     return asset, created
 
 
-def import_url(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
-               body: AssetImport) -> tuple[Asset, bool]:
+def import_url(
+    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, body: AssetImport
+) -> tuple[Asset, bool]:
     """Fetch body.url through the egress guard, then ingest it like an upload."""
     url = str(body.url)
     data = _fetch(url, settings)
     meta = AssetMetadata.model_validate(body.model_dump(exclude={"url"}))
-    asset, created = ingest(session, storage, settings, tenant_id, meta,
-                            images.read_image_upload(io.BytesIO(data), settings.max_upload_bytes), source_url=url)
+    asset, created = ingest(
+        session,
+        storage,
+        settings,
+        tenant_id,
+        meta,
+        images.read_image_upload(io.BytesIO(data), settings.max_upload_bytes),
+        source_url=url,
+    )
     if created:
         enqueue(session, "onbrand.embed_assets", asset.id)
     return asset, created
@@ -180,32 +226,53 @@ def import_url(session: Session, storage: Storage, settings: Settings, tenant_id
 
 def _fetch(url: str, settings: Settings) -> bytes:
     try:
-        return egress.fetch(url, max_bytes=settings.max_upload_bytes, timeout_s=settings.import_timeout_seconds,
-                            allowlist=settings.egress_allowlist, headers={"Accept": IMAGE_TYPES}).body
+        return egress.fetch(
+            url,
+            max_bytes=settings.max_upload_bytes,
+            timeout_s=settings.import_timeout_seconds,
+            allowlist=settings.egress_allowlist,
+            headers={"Accept": IMAGE_TYPES},
+        ).body
     except egress.EgressRefused as exc:
         if exc.code == "url_too_large":
             raise images.too_large(exc.detail) from None
-        raise ProblemError(422, exc.code, "URL refused or not fetchable", exc.detail,
-                           extra={"errors": [{"field": "url", "message": exc.detail}]}) from None
+        raise ProblemError(
+            422,
+            exc.code,
+            "URL refused or not fetchable",
+            exc.detail,
+            extra={"errors": [{"field": "url", "message": exc.detail}]},
+        ) from None
 
 
-def create_batch(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
-                 files: list[BinaryIO], metadata: str) -> BatchResult:
+def create_batch(
+    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, files: list[BinaryIO], metadata: str
+) -> BatchResult:
     """Many uploads in one request; each item succeeds or fails on its own (no partial item)."""
     metas = parse_batch_metadata(metadata, len(files))
-    items = [_batch_item(session, storage, settings, tenant_id, i, f, m)
-             for i, (f, m) in enumerate(zip(files, metas, strict=True))]
+    items = [
+        _batch_item(session, storage, settings, tenant_id, i, f, m)
+        for i, (f, m) in enumerate(zip(files, metas, strict=True))
+    ]
     new_ids = [item.asset.id for item in items if item.status == "created" and item.asset is not None]
     for start in range(0, len(new_ids), EMBED_TASK_SIZE):  # bulk priority: campaigns and queries go first
-        enqueue(session, "onbrand.embed_assets", *new_ids[start:start + EMBED_TASK_SIZE], priority=BULK_PRIORITY)
+        enqueue(session, "onbrand.embed_assets", *new_ids[start : start + EMBED_TASK_SIZE], priority=BULK_PRIORITY)
     return BatchResult(items=items, **{s: sum(i.status == s for i in items) for s in ("created", "existing", "failed")})
 
 
-def _batch_item(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, index: int,
-                file: BinaryIO, meta: AssetMetadata) -> BatchItem:
+def _batch_item(
+    session: Session,
+    storage: Storage,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    index: int,
+    file: BinaryIO,
+    meta: AssetMetadata,
+) -> BatchItem:
     try:
-        asset, created = ingest(session, storage, settings, tenant_id, meta,
-                                images.read_image_upload(file, settings.max_upload_bytes))
+        asset, created = ingest(
+            session, storage, settings, tenant_id, meta, images.read_image_upload(file, settings.max_upload_bytes)
+        )
     except ProblemError as exc:
         problem = {"status": exc.status_code, "code": exc.code, "title": exc.title, "detail": exc.detail}
         return BatchItem(index=index, status="failed", problem=problem)
@@ -220,8 +287,12 @@ def get(session: Session, tenant_id: uuid.UUID, asset_id: uuid.UUID) -> Asset:
 
 
 def list_page(
-    session: Session, tenant_id: uuid.UUID, limit: int, cursor: str | None,
-    kind: AssetKind | None = None, brand_id: uuid.UUID | None = None,
+    session: Session,
+    tenant_id: uuid.UUID,
+    limit: int,
+    cursor: str | None,
+    kind: AssetKind | None = None,
+    brand_id: uuid.UUID | None = None,
 ) -> tuple[list[Asset], str | None]:
     stmt = select(Asset).where(Asset.tenant_id == tenant_id)
     if kind is not None:
@@ -239,25 +310,47 @@ def products_owned(session: Session, tenant_id: uuid.UUID, asset_ids: list[uuid.
     return set(session.scalars(stmt))
 
 
-def search_assets(session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID,
-                  params: SearchParams) -> SearchResults:
+def search_assets(
+    session: Session, storage: Storage, settings: Settings, tenant_id: uuid.UUID, params: SearchParams
+) -> SearchResults:
     """Hybrid search; without a query vector (no worker answered) hybrid degrades to keywords."""
-    text_space, image_space = (None, None) if params.mode == "keyword" else query_vectors.query_spaces(params.q,
-                                                                                                        settings)
+    text_space, image_space = (
+        (None, None) if params.mode == "keyword" else query_vectors.query_spaces(params.q, settings)
+    )
     degraded = None
     if text_space is None and params.mode != "keyword":
         if params.mode == "vector":
-            raise ProblemError(503, "search_unavailable", "Search unavailable",
-                               "No retrieval worker embedded the query in time; retry, or use mode=keyword.",
-                               headers={"Retry-After": "5"})
+            raise ProblemError(
+                503,
+                "search_unavailable",
+                "Search unavailable",
+                "No retrieval worker embedded the query in time; retry, or use mode=keyword.",
+                headers={"Retry-After": "5"},
+            )
         degraded = "query embedding unavailable (no retrieval worker answered in time): keyword match only"
     filters = search.Filters(tenant_id=tenant_id, kind=params.kind, brand_id=params.brand_id, tags=params.tags)
-    hits = search.search(session, params.q, filters, text_space=text_space, image_space=image_space, k=params.k,
-                         mode=params.mode if text_space is not None else "keyword", boost=params.boost)
-    assets = {a.id: a for a in session.scalars(select(Asset).where(
-        Asset.tenant_id == tenant_id, Asset.id.in_([h.asset_id for h in hits])))}
+    hits = search.search(
+        session,
+        params.q,
+        filters,
+        text_space=text_space,
+        image_space=image_space,
+        k=params.k,
+        mode=params.mode if text_space is not None else "keyword",
+        boost=params.boost,
+    )
+    assets = {
+        a.id: a
+        for a in session.scalars(
+            select(Asset).where(Asset.tenant_id == tenant_id, Asset.id.in_([h.asset_id for h in hits]))
+        )
+    }
     return SearchResults(
-        query=params.q, mode=params.mode, k=params.k, boost=params.boost, degraded=degraded,
+        query=params.q,
+        mode=params.mode,
+        k=params.k,
+        boost=params.boost,
+        degraded=degraded,
         models={"text": text_space.model if text_space else None, "image": image_space.model if image_space else None},
         items=[SearchHit(asset=to_read(assets[h.asset_id], storage), score=h.score, parts=h.parts) for h in hits],
     )

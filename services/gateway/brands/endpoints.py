@@ -1,4 +1,5 @@
 """/v1/brands"""
+
 from __future__ import annotations
 
 import uuid
@@ -29,7 +30,8 @@ def update_brand(brand_id: uuid.UUID, body: BrandUpdate, session: SessionDep, te
 
 
 @router.get("", response_model=Page[BrandRead])
-def list_brands(session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20,
-                cursor: CursorQuery = None) -> Page[BrandRead]:
+def list_brands(
+    session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20, cursor: CursorQuery = None
+) -> Page[BrandRead]:
     brands, next_cursor = service.list_page(session, tenant_id, limit, cursor)
     return Page[BrandRead](items=[service.to_read(b) for b in brands], next_cursor=next_cursor)

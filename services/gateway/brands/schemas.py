@@ -1,4 +1,5 @@
 """Brand request and response bodies."""
+
 from __future__ import annotations
 
 import uuid
@@ -13,8 +14,9 @@ from shared.qc import QcThresholds
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$"), AfterValidator(str.upper)]
 
 
-Term = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100,
-                                        pattern=r"^[^\x00-\x1f]+$")]
+Term = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$")
+]
 
 
 class Guideline(BaseModel):
@@ -25,8 +27,9 @@ class Guideline(BaseModel):
     weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="Weight under the weighted policy.")
 
 
-THRESHOLDS_DOC = ("Overrides of the QC limits for this brand's campaigns (unset keys keep the defaults): "
-                  + ", ".join(f"{k} ({f.description})" for k, f in QcThresholds.model_fields.items()))
+THRESHOLDS_DOC = "Overrides of the QC limits for this brand's campaigns (unset keys keep the defaults): " + ", ".join(
+    f"{k} ({f.description})" for k, f in QcThresholds.model_fields.items()
+)
 
 
 def _overrides(value: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -47,8 +50,10 @@ class BrandCreate(BaseModel):
     palette: list[HexColor] = Field(default_factory=list, max_length=64, description='["#RRGGBB", ...]')
     guidelines: list[Guideline] = Field(default_factory=list, max_length=100)
     forbidden_terms: list[Term] = Field(
-        default_factory=list, max_length=200,
-        description="Words never written into a positive prompt (competitors, claims); they go to the negative one.")
+        default_factory=list,
+        max_length=200,
+        description="Words never written into a positive prompt (competitors, claims); they go to the negative one.",
+    )
     qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)

@@ -1,4 +1,5 @@
 """Brands: a tenant's palette and written guidelines."""
+
 from __future__ import annotations
 
 import uuid
@@ -14,15 +15,27 @@ from shared.db.models import Brand
 
 def to_read(brand: Brand) -> BrandRead:
     guidelines = [Guideline.model_validate(g) for g in brand.guidelines]
-    return BrandRead(id=brand.id, name=brand.name, palette=brand.palette, guidelines=guidelines,
-                     forbidden_terms=list(brand.forbidden_terms or []),
-                     qc_thresholds=dict(brand.qc_thresholds or {}), created_at=brand.created_at)
+    return BrandRead(
+        id=brand.id,
+        name=brand.name,
+        palette=brand.palette,
+        guidelines=guidelines,
+        forbidden_terms=list(brand.forbidden_terms or []),
+        qc_thresholds=dict(brand.qc_thresholds or {}),
+        created_at=brand.created_at,
+    )
 
 
 def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
-    brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name=body.name, palette=body.palette,
-                  guidelines=[g.model_dump() for g in body.guidelines],
-                  forbidden_terms=list(dict.fromkeys(body.forbidden_terms)), qc_thresholds=body.qc_thresholds)
+    brand = Brand(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name=body.name,
+        palette=body.palette,
+        guidelines=[g.model_dump() for g in body.guidelines],
+        forbidden_terms=list(dict.fromkeys(body.forbidden_terms)),
+        qc_thresholds=body.qc_thresholds,
+    )
     session.add(brand)
     session.flush()  # fills the server-side created_at for the response
     return brand

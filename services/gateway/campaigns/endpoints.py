@@ -1,4 +1,5 @@
 """/v1/campaigns"""
+
 from __future__ import annotations
 
 import uuid
@@ -24,8 +25,12 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 
 IdempotencyKeyHeader = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", min_length=1, max_length=255,
-           description="Retry-safe creation: the same key and body return the same campaign."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retry-safe creation: the same key and body return the same campaign.",
+    ),
 ]
 
 
@@ -71,12 +76,16 @@ def list_campaigns(
     cursor: CursorQuery = None,
 ) -> Page[CampaignRead]:
     campaigns, next_cursor = service.list_page(session, tenant_id, limit, cursor, status_filter)
-    return Page[CampaignRead](items=views.campaign_views(session, storage, settings, campaigns),
-                              next_cursor=next_cursor)
+    return Page[CampaignRead](
+        items=views.campaign_views(session, storage, settings, campaigns), next_cursor=next_cursor
+    )
 
 
-@router.post("/{campaign_id}/cancel", response_model=CampaignRead,
-             responses={409: {"description": "The campaign already reached a terminal status."}})
+@router.post(
+    "/{campaign_id}/cancel",
+    response_model=CampaignRead,
+    responses={409: {"description": "The campaign already reached a terminal status."}},
+)
 def cancel_campaign(
     campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, storage: StorageDep, settings: SettingsDep
 ) -> CampaignRead:

@@ -1,4 +1,5 @@
 """Campaign request and response bodies."""
+
 from __future__ import annotations
 
 import uuid
@@ -31,7 +32,11 @@ def _unique(ids: list[uuid.UUID]) -> list[uuid.UUID]:
 Aspect = Literal["1:1", "4:5", "9:16", "16:9", "1.91:1"]
 # The ad platforms' recommended pixel sizes for each named aspect ratio (feed, portrait, story, video, link).
 AD_SIZES: dict[str, tuple[int, int]] = {
-    "1:1": (1080, 1080), "4:5": (1080, 1350), "9:16": (1080, 1920), "16:9": (1920, 1080), "1.91:1": (1200, 628),
+    "1:1": (1080, 1080),
+    "4:5": (1080, 1350),
+    "9:16": (1080, 1920),
+    "16:9": (1920, 1080),
+    "1.91:1": (1200, 628),
 }
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -53,8 +58,9 @@ class Size(BaseModel):
             return self
         standard = AD_SIZES[self.aspect]
         if (self.width, self.height) not in ((None, None), standard):
-            raise ValueError(f"aspect {self.aspect} is {standard[0]}x{standard[1]}; give the aspect or a size, "
-                             "not both")
+            raise ValueError(
+                f"aspect {self.aspect} is {standard[0]}x{standard[1]}; give the aspect or a size, not both"
+            )
         self.width, self.height = standard
         return self
 
@@ -97,18 +103,26 @@ class CampaignCreate(BaseModel):
     brand_id: uuid.UUID
     brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
-        default_factory=list, max_length=20, description="The tenant's product assets; empty: retrieved by brief.")
+        default_factory=list, max_length=20, description="The tenant's product assets; empty: retrieved by brief."
+    )
     sizes: list[Size] = Field(default_factory=lambda: [Size(width=1024, height=1024)], min_length=1, max_length=6)
-    safe_zones: list[SafeZone] = Field(default_factory=list, max_length=8, description="Regions the product "
-                                       "must not cover on any canvas (headline, logo), in canvas fractions.")
+    safe_zones: list[SafeZone] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Regions the product must not cover on any canvas (headline, logo), in canvas fractions.",
+    )
     top_k: int = Field(3, ge=1, le=10)
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5)
     max_prompt_revisions: int = Field(1, ge=0, le=5)
     webhook_url: WebhookUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
     push_urls: list[PushUrls] | None = Field(
-        None, min_length=1, max_length=10, description="Presigned PUT URLs, one entry per rank (rank 1 first): the "
-        "results and their sidecars are uploaded there on completion. Never shown again.")
+        None,
+        min_length=1,
+        max_length=10,
+        description="Presigned PUT URLs, one entry per rank (rank 1 first): the "
+        "results and their sidecars are uploaded there on completion. Never shown again.",
+    )
 
 
 class PushSummary(BaseModel):
@@ -235,7 +249,8 @@ class CampaignRead(BaseModel):
 class CampaignCreated(CampaignRead):
     status_url: str
     webhook_secret: str | None = Field(
-        None, description="Signs the events sent to webhook_url; returned only by create (and its replays).")
+        None, description="Signs the events sent to webhook_url; returned only by create (and its replays)."
+    )
 
 
 class CandidateRead(BaseModel):
@@ -246,10 +261,13 @@ class CandidateRead(BaseModel):
     image_url: str | None
     layer_url: str | None
     generator: str
-    integrity: dict[str, Any] = Field(description="Exact-pixel fraction and sha256 of the product region (as placed "
-                                      "and in the candidate), and the placement.")
-    generation: dict[str, Any] = Field(default_factory=dict, description="Adapter, model, seed, device, passes and "
-                                       "GPU-seconds of this candidate.")
+    integrity: dict[str, Any] = Field(
+        description="Exact-pixel fraction and sha256 of the product region (as placed "
+        "and in the candidate), and the placement."
+    )
+    generation: dict[str, Any] = Field(
+        default_factory=dict, description="Adapter, model, seed, device, passes and GPU-seconds of this candidate."
+    )
     qc: dict[str, Any]
     passed: bool | None
     aesthetic: float | None

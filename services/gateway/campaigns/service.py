@@ -1,4 +1,5 @@
 """Campaigns: accept a brief, queue the pipeline, report progress, cancel."""
+
 from __future__ import annotations
 
 import hashlib
@@ -44,21 +45,30 @@ def _check_references(session: Session, tenant_id: uuid.UUID, body: CampaignCrea
     owned = assets.products_owned(session, tenant_id, body.product_asset_ids)
     missing = [i for i in body.product_asset_ids if i not in owned]
     if missing:
-        raise unknown_reference("product_asset_ids",
-                                f"No product asset with id {', '.join(map(str, missing))}.")
+        raise unknown_reference("product_asset_ids", f"No product asset with id {', '.join(map(str, missing))}.")
 
 
 def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
     url = str(body.webhook_url) if body.webhook_url else None
     return Campaign(
-        id=uuid.uuid4(), tenant_id=tenant_id, brand_id=body.brand_id, brief=body.brief,
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        brand_id=body.brand_id,
+        brief=body.brief,
         product_asset_ids=[str(i) for i in body.product_asset_ids],
         sizes=[s.model_dump(exclude_none=True) for s in body.sizes],
         safe_zones=[z.model_dump() for z in body.safe_zones],
-        top_k=body.top_k, qc_policy=body.qc_policy, max_retry_attempts=body.max_retry_attempts,
-        max_prompt_revisions=body.max_prompt_revisions, webhook_url=url,
-        webhook_secret=webhooks.new_secret() if url else None, status="queued", round=0, state={},
-        push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls] if body.push_urls
+        top_k=body.top_k,
+        qc_policy=body.qc_policy,
+        max_retry_attempts=body.max_retry_attempts,
+        max_prompt_revisions=body.max_prompt_revisions,
+        webhook_url=url,
+        webhook_secret=webhooks.new_secret() if url else None,
+        status="queued",
+        round=0,
+        state={},
+        push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls]
+        if body.push_urls
         else None,
     )
 
@@ -69,8 +79,12 @@ def _replay(session: Session, tenant_id: uuid.UUID, key: str, digest: str) -> Ca
     if row is None:
         return None
     if row.request_hash != digest:
-        raise ProblemError(422, "idempotency_key_reused", "Idempotency key reused",
-                           "This Idempotency-Key was used with a different request body.")
+        raise ProblemError(
+            422,
+            "idempotency_key_reused",
+            "Idempotency key reused",
+            "This Idempotency-Key was used with a different request body.",
+        )
     return get(session, tenant_id, row.campaign_id)
 
 
@@ -122,8 +136,9 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
     previous = campaign.status
     campaign.status, campaign.completed_at = "cancelled", func.now()
     session.flush()
-    deliveries = webhooks.emit(session, campaign, "campaign.cancelled",
-                               {"status": "cancelled", "previous_status": previous})
+    deliveries = webhooks.emit(
+        session, campaign, "campaign.cancelled", {"status": "cancelled", "previous_status": previous}
+    )
     for delivery_id in deliveries:
         enqueue(session, "onbrand.send_webhook", delivery_id)
     created_at = campaign.created_at
@@ -172,6 +187,11 @@ def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> di
     campaign = get(session, tenant_id, campaign_id)
     rows = qc_report.candidate_rows(session, tenant_id, campaign_id)
     summary = (campaign.state or {}).get("qc") or {}
-    return {**qc_report.report(rows, campaign.qc_policy, campaign.top_k), "campaign_id": campaign.id,
-            "status": campaign.status, "relaxed": summary.get("relaxed") or [], "clusters": summary.get("clusters"),
-            "revisions": (campaign.state or {}).get("revisions") or []}
+    return {
+        **qc_report.report(rows, campaign.qc_policy, campaign.top_k),
+        "campaign_id": campaign.id,
+        "status": campaign.status,
+        "relaxed": summary.get("relaxed") or [],
+        "clusters": summary.get("clusters"),
+        "revisions": (campaign.state or {}).get("revisions") or [],
+    }

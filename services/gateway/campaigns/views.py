@@ -3,6 +3,7 @@
 Views are built for a whole page of campaigns with one query per related table, not one
 per campaign.
 """
+
 from __future__ import annotations
 
 import uuid
@@ -71,8 +72,14 @@ def stage_status(tally: StageTally, terminal: bool) -> StageStatus:
 def stage_view(name: str, tally: StageTally, terminal: bool) -> StageRead:
     status = stage_status(tally, terminal)
     finished = sum(tally.counts[s] for s in _FINISHED)
-    return StageRead(stage=name, status=status, done=finished, total=sum(tally.counts.values()),
-                     started_at=tally.started_at, finished_at=tally.finished_at if status in _FINISHED else None)
+    return StageRead(
+        stage=name,
+        status=status,
+        done=finished,
+        total=sum(tally.counts.values()),
+        started_at=tally.started_at,
+        finished_at=tally.finished_at if status in _FINISHED else None,
+    )
 
 
 def progress(stages: Sequence[StageRead], terminal: bool) -> float:
@@ -83,8 +90,14 @@ def progress(stages: Sequence[StageRead], terminal: bool) -> float:
 
 def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, StageTally]]:
     stmt = (
-        select(StageRun.campaign_id, StageRun.stage, StageRun.status, func.count(),
-               func.min(StageRun.started_at), func.max(StageRun.finished_at))
+        select(
+            StageRun.campaign_id,
+            StageRun.stage,
+            StageRun.status,
+            func.count(),
+            func.min(StageRun.started_at),
+            func.max(StageRun.finished_at),
+        )
         .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(ids))
         .group_by(StageRun.campaign_id, StageRun.stage, StageRun.status)
     )
@@ -96,14 +109,21 @@ def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> di
 
 def _llm_usage(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, LlmUsage]:
     stmt = (
-        select(LlmCall.campaign_id, func.count(), func.sum(LlmCall.tokens_in), func.sum(LlmCall.tokens_out),
-               func.coalesce(func.sum(LlmCall.cost_usd), 0.0), func.sum(LlmCall.latency_ms))
+        select(
+            LlmCall.campaign_id,
+            func.count(),
+            func.sum(LlmCall.tokens_in),
+            func.sum(LlmCall.tokens_out),
+            func.coalesce(func.sum(LlmCall.cost_usd), 0.0),
+            func.sum(LlmCall.latency_ms),
+        )
         .where(LlmCall.tenant_id == tenant_id, LlmCall.campaign_id.in_(ids))
         .group_by(LlmCall.campaign_id)
     )
-    return {cid: LlmUsage(calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost, 6),
-                          latency_ms=round(latency, 1))
-            for cid, n, t_in, t_out, cost, latency in session.execute(stmt)}
+    return {
+        cid: LlmUsage(calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost, 6), latency_ms=round(latency, 1))
+        for cid, n, t_in, t_out, cost, latency in session.execute(stmt)
+    }
 
 
 def _url(storage: Storage, key: str | None) -> str | None:
@@ -121,10 +141,17 @@ def _results(
     )
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
     for campaign_id, rank, cand in session.execute(stmt):
-        results[campaign_id].append(ResultRead(
-            rank=rank, candidate_id=cand.id, image_url=_url(storage, cand.image_key),
-            layer_url=_url(storage, cand.layer_key), placement=cand.placement, aesthetic=cand.aesthetic, qc=cand.qc,
-        ))
+        results[campaign_id].append(
+            ResultRead(
+                rank=rank,
+                candidate_id=cand.id,
+                image_url=_url(storage, cand.image_key),
+                layer_url=_url(storage, cand.layer_key),
+                placement=cand.placement,
+                aesthetic=cand.aesthetic,
+                qc=cand.qc,
+            )
+        )
     return results
 
 
@@ -135,10 +162,13 @@ def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
 
 def _request(campaign: Campaign) -> CampaignRequest:
     return CampaignRequest(
-        product_asset_ids=campaign.product_asset_ids, sizes=[Size.model_validate(s) for s in campaign.sizes],
-        safe_zones=[SafeZone.model_validate(z) for z in campaign.safe_zones or []], top_k=campaign.top_k,
+        product_asset_ids=campaign.product_asset_ids,
+        sizes=[Size.model_validate(s) for s in campaign.sizes],
+        safe_zones=[SafeZone.model_validate(z) for z in campaign.safe_zones or []],
+        top_k=campaign.top_k,
         qc_policy=cast(QcPolicy, campaign.qc_policy),
-        max_retry_attempts=campaign.max_retry_attempts, max_prompt_revisions=campaign.max_prompt_revisions,
+        max_retry_attempts=campaign.max_retry_attempts,
+        max_prompt_revisions=campaign.max_prompt_revisions,
         webhook_url=campaign.webhook_url,
         push=PushSummary(presigned_urls=len(campaign.push_urls)) if campaign.push_urls else None,
     )
@@ -150,17 +180,32 @@ def public_state(campaign: Campaign) -> dict[str, object]:
 
 
 def _view(
-    campaign: Campaign, tallies: dict[str, StageTally], results: list[ResultRead], settings: Settings,
+    campaign: Campaign,
+    tallies: dict[str, StageTally],
+    results: list[ResultRead],
+    settings: Settings,
     llm: LlmUsage | None = None,
 ) -> CampaignRead:
     terminal = campaign.status in TERMINAL_STATUSES
     stages = [stage_view(name, tallies.get(name, StageTally()), terminal) for name in PIPELINE]
     return CampaignRead(
-        id=campaign.id, brand_id=campaign.brand_id, brief=campaign.brief, status=campaign.status,
-        current_stage=campaign.current_stage, round=campaign.round, created_at=campaign.created_at,
-        updated_at=campaign.updated_at, completed_at=campaign.completed_at, request=_request(campaign),
-        progress=progress(stages, terminal), stages=stages, state=public_state(campaign), results=results,
-        llm=llm or LlmUsage(), error=campaign.error, links=links(settings, campaign.id),
+        id=campaign.id,
+        brand_id=campaign.brand_id,
+        brief=campaign.brief,
+        status=campaign.status,
+        current_stage=campaign.current_stage,
+        round=campaign.round,
+        created_at=campaign.created_at,
+        updated_at=campaign.updated_at,
+        completed_at=campaign.completed_at,
+        request=_request(campaign),
+        progress=progress(stages, terminal),
+        stages=stages,
+        state=public_state(campaign),
+        results=results,
+        llm=llm or LlmUsage(),
+        error=campaign.error,
+        links=links(settings, campaign.id),
     )
 
 
@@ -181,15 +226,33 @@ def campaign_views(
 
 def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
     return CandidateRead(
-        id=cand.id, round=cand.round, layout_key=cand.layout_key, placement=cand.placement,
-        image_url=_url(storage, cand.image_key), layer_url=_url(storage, cand.layer_key), generator=cand.generator,
-        integrity=cand.integrity, generation=cand.generation or {}, qc=cand.qc, passed=cand.passed,
-        aesthetic=cand.aesthetic, rank=cand.rank,
+        id=cand.id,
+        round=cand.round,
+        layout_key=cand.layout_key,
+        placement=cand.placement,
+        image_url=_url(storage, cand.image_key),
+        layer_url=_url(storage, cand.layer_key),
+        generator=cand.generator,
+        integrity=cand.integrity,
+        generation=cand.generation or {},
+        qc=cand.qc,
+        passed=cand.passed,
+        aesthetic=cand.aesthetic,
+        rank=cand.rank,
         excluded_reason=cand.excluded_reason,
     )
 
 
 def push_view(row: DamPush) -> PushRead:
-    return PushRead(id=row.id, kind=row.kind, target_id=row.target_id, status=row.status, attempts=row.attempts,
-                    last_error=row.last_error, objects=list(row.objects or []), next_attempt_at=row.next_attempt_at,
-                    delivered_at=row.delivered_at, created_at=row.created_at)
+    return PushRead(
+        id=row.id,
+        kind=row.kind,
+        target_id=row.target_id,
+        status=row.status,
+        attempts=row.attempts,
+        last_error=row.last_error,
+        objects=list(row.objects or []),
+        next_attempt_at=row.next_attempt_at,
+        delivered_at=row.delivered_at,
+        created_at=row.created_at,
+    )

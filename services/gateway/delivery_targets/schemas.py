@@ -1,4 +1,5 @@
 """Delivery target request and response bodies: a brand's S3-compatible bucket/prefix."""
+
 from __future__ import annotations
 
 import uuid
@@ -22,8 +23,7 @@ def _clean_prefix(value: str) -> str:
 
 # S3's bucket naming rules (lower case, digits, dots, hyphens; 3-63 characters).
 Bucket = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")]
-Prefix = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\\]*$"),
-                   AfterValidator(_clean_prefix)]
+Prefix = Annotated[str, StringConstraints(max_length=500, pattern=r"^[^\x00-\x1f\\]*$"), AfterValidator(_clean_prefix)]
 Region = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,50}$")]
 KeyId = Annotated[str, StringConstraints(min_length=1, max_length=200, pattern=r"^\S+$")]
 

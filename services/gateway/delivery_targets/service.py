@@ -1,4 +1,5 @@
 """Delivery targets: where a brand's results are pushed (credentials stored encrypted, never returned)."""
+
 from __future__ import annotations
 
 import uuid
@@ -22,9 +23,16 @@ def mask(key_id: str) -> str:
 
 def to_read(target: DeliveryTarget) -> DeliveryTargetRead:
     config = S3Config.model_validate({k: target.config.get(k) for k in CONFIG_KEYS})
-    return DeliveryTargetRead(id=target.id, brand_id=target.brand_id, kind=target.kind, name=target.name,
-                              config=config, access_key_id=target.config.get("access_key_id_masked") or "****",
-                              enabled=target.enabled, created_at=target.created_at)
+    return DeliveryTargetRead(
+        id=target.id,
+        brand_id=target.brand_id,
+        kind=target.kind,
+        name=target.name,
+        config=config,
+        access_key_id=target.config.get("access_key_id_masked") or "****",
+        enabled=target.enabled,
+        created_at=target.created_at,
+    )
 
 
 def _credentials(body: DeliveryTargetCreate) -> dict[str, str]:
@@ -37,11 +45,23 @@ def _credentials(body: DeliveryTargetCreate) -> dict[str, str]:
 def create(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: DeliveryTargetCreate) -> DeliveryTarget:
     brands.get(session, tenant_id, brand_id)  # 404 for another tenant's brand
     # The masked key id lives in config so that reads never need to decrypt the credentials.
-    config = {"bucket": body.bucket, "prefix": body.prefix, "region": body.region,
-              "endpoint_url": str(body.endpoint_url) if body.endpoint_url else None,
-              "access_key_id_masked": mask(body.access_key_id)}
-    target = DeliveryTarget(id=uuid.uuid4(), tenant_id=tenant_id, brand_id=brand_id, kind=body.kind, name=body.name,
-                            config=config, credentials=encrypt_json(_credentials(body)), enabled=True)
+    config = {
+        "bucket": body.bucket,
+        "prefix": body.prefix,
+        "region": body.region,
+        "endpoint_url": str(body.endpoint_url) if body.endpoint_url else None,
+        "access_key_id_masked": mask(body.access_key_id),
+    }
+    target = DeliveryTarget(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        brand_id=brand_id,
+        kind=body.kind,
+        name=body.name,
+        config=config,
+        credentials=encrypt_json(_credentials(body)),
+        enabled=True,
+    )
     session.add(target)
     session.flush()
     return target
@@ -49,8 +69,11 @@ def create(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: De
 
 def get(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, target_id: uuid.UUID) -> DeliveryTarget:
     brands.get(session, tenant_id, brand_id)
-    target = session.scalar(select(DeliveryTarget).where(
-        DeliveryTarget.tenant_id == tenant_id, DeliveryTarget.brand_id == brand_id, DeliveryTarget.id == target_id))
+    target = session.scalar(
+        select(DeliveryTarget).where(
+            DeliveryTarget.tenant_id == tenant_id, DeliveryTarget.brand_id == brand_id, DeliveryTarget.id == target_id
+        )
+    )
     if target is None:
         raise not_found("Delivery target")
     return target
@@ -61,8 +84,9 @@ def delete(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, target_i
     session.delete(get(session, tenant_id, brand_id, target_id))
 
 
-def list_page(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, limit: int,
-              cursor: str | None) -> tuple[list[DeliveryTarget], str | None]:
+def list_page(
+    session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, limit: int, cursor: str | None
+) -> tuple[list[DeliveryTarget], str | None]:
     brands.get(session, tenant_id, brand_id)  # 404, not an empty list, for another tenant's brand
     stmt = select(DeliveryTarget).where(DeliveryTarget.tenant_id == tenant_id, DeliveryTarget.brand_id == brand_id)
     return paginate(session, stmt, created_keys(DeliveryTarget), limit, cursor)

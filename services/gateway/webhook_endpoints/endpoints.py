@@ -1,4 +1,5 @@
 """/v1/webhook-endpoints: receivers, secret rotation, the delivery log, replays and test events."""
+
 from __future__ import annotations
 
 import uuid
@@ -37,8 +38,9 @@ def create_webhook_endpoint(
 
 
 @router.get("", response_model=Page[WebhookEndpointRead])
-def list_webhook_endpoints(session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20,
-                           cursor: CursorQuery = None) -> Page[WebhookEndpointRead]:
+def list_webhook_endpoints(
+    session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20, cursor: CursorQuery = None
+) -> Page[WebhookEndpointRead]:
     endpoints, next_cursor = service.list_page(session, tenant_id, limit, cursor)
     return Page[WebhookEndpointRead](items=[service.to_read(e) for e in endpoints], next_cursor=next_cursor)
 
@@ -49,8 +51,13 @@ def get_webhook_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant_id:
 
 
 @router.patch("/{endpoint_id}", response_model=WebhookEndpointRead)
-def update_webhook_endpoint(endpoint_id: uuid.UUID, body: WebhookEndpointUpdate, session: SessionDep,
-                            tenant_id: TenantDep, settings: SettingsDep) -> WebhookEndpointRead:
+def update_webhook_endpoint(
+    endpoint_id: uuid.UUID,
+    body: WebhookEndpointUpdate,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+) -> WebhookEndpointRead:
     if body.url is not None:
         check_target(body.url, "url", settings)
     return service.to_read(service.update(session, tenant_id, endpoint_id, body))
@@ -63,8 +70,13 @@ def delete_webhook_endpoint(endpoint_id: uuid.UUID, session: SessionDep, tenant_
 
 
 @router.post("/{endpoint_id}/rotate-secret", response_model=WebhookEndpointCreated)
-def rotate_webhook_secret(endpoint_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep,
-                          settings: SettingsDep, body: RotateSecret | None = None) -> WebhookEndpointCreated:
+def rotate_webhook_secret(
+    endpoint_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    settings: SettingsDep,
+    body: RotateSecret | None = None,
+) -> WebhookEndpointCreated:
     """A new secret (and v1a key). The old one keeps signing alongside it for the grace period."""
     grace = body.grace_period_seconds if body is not None else None
     return _with_secret(service.rotate_secret(session, tenant_id, endpoint_id, grace, settings))
@@ -77,24 +89,31 @@ def send_test_event(endpoint_id: uuid.UUID, session: SessionDep, tenant_id: Tena
 
 
 @router.get("/{endpoint_id}/deliveries", response_model=Page[DeliveryRead])
-def list_deliveries(endpoint_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, limit: LimitQuery = 20,
-                    cursor: CursorQuery = None,
-                    status_filter: Annotated[DeliveryStatusQuery | None, Query(alias="status")] = None,
-                    ) -> Page[DeliveryRead]:
+def list_deliveries(
+    endpoint_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    limit: LimitQuery = 20,
+    cursor: CursorQuery = None,
+    status_filter: Annotated[DeliveryStatusQuery | None, Query(alias="status")] = None,
+) -> Page[DeliveryRead]:
     """Deliveries to this endpoint, oldest first, each with its attempt log."""
     items, next_cursor = service.deliveries_page(session, tenant_id, endpoint_id, limit, cursor, status_filter)
     return Page[DeliveryRead](items=items, next_cursor=next_cursor)
 
 
 @router.get("/{endpoint_id}/deliveries/{delivery_id}", response_model=DeliveryRead)
-def get_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, session: SessionDep,
-                 tenant_id: TenantDep) -> DeliveryRead:
+def get_delivery(
+    endpoint_id: uuid.UUID, delivery_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+) -> DeliveryRead:
     return service.get_delivery(session, tenant_id, endpoint_id, delivery_id)
 
 
-@router.post("/{endpoint_id}/deliveries/{delivery_id}/replay", status_code=status.HTTP_202_ACCEPTED,
-             response_model=DeliveryRead)
-def replay_delivery(endpoint_id: uuid.UUID, delivery_id: uuid.UUID, session: SessionDep,
-                    tenant_id: TenantDep) -> DeliveryRead:
+@router.post(
+    "/{endpoint_id}/deliveries/{delivery_id}/replay", status_code=status.HTTP_202_ACCEPTED, response_model=DeliveryRead
+)
+def replay_delivery(
+    endpoint_id: uuid.UUID, delivery_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep
+) -> DeliveryRead:
     """Send the event again (same event id, new delivery); works for delivered and failed ones alike."""
     return service.replay(session, tenant_id, endpoint_id, delivery_id)

@@ -1,4 +1,5 @@
 """Webhook endpoint request and response bodies."""
+
 from __future__ import annotations
 
 import uuid
@@ -28,11 +29,18 @@ class WebhookEndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: WebhookUrl
-    event_types: list[EventPattern] = Field(default_factory=lambda: ["*"], min_length=1, max_length=50,
-                                            description='Event types or wildcards such as "campaign.*".')
+    event_types: list[EventPattern] = Field(
+        default_factory=lambda: ["*"],
+        min_length=1,
+        max_length=50,
+        description='Event types or wildcards such as "campaign.*".',
+    )
     description: str = Field("", max_length=500)
-    v1a: bool = Field(False, description="Also sign with ed25519 (Standard Webhooks `v1a`): receivers verify "
-                      "with the endpoint's public_key and hold no secret that could forge events.")
+    v1a: bool = Field(
+        False,
+        description="Also sign with ed25519 (Standard Webhooks `v1a`): receivers verify "
+        "with the endpoint's public_key and hold no secret that could forge events.",
+    )
 
 
 class WebhookEndpointUpdate(BaseModel):
@@ -41,16 +49,21 @@ class WebhookEndpointUpdate(BaseModel):
     url: WebhookUrl | None = None
     event_types: list[EventPattern] | None = Field(None, min_length=1, max_length=50)
     description: str | None = Field(None, max_length=500)
-    enabled: bool | None = Field(None, description="true re-enables a disabled endpoint (and clears its "
-                                 "failure record); false pauses it.")
+    enabled: bool | None = Field(
+        None, description="true re-enables a disabled endpoint (and clears its failure record); false pauses it."
+    )
 
 
 class RotateSecret(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grace_period_seconds: int | None = Field(
-        None, ge=0, le=7 * 86400, description="How long the old secret keeps signing next to the new one "
-        "(default ONBRAND_WEBHOOK_ROTATION_GRACE_SECONDS, one day); 0 ends it at once.")
+        None,
+        ge=0,
+        le=7 * 86400,
+        description="How long the old secret keeps signing next to the new one "
+        "(default ONBRAND_WEBHOOK_ROTATION_GRACE_SECONDS, one day); 0 ends it at once.",
+    )
 
 
 class WebhookEndpointRead(BaseModel):
@@ -59,13 +72,16 @@ class WebhookEndpointRead(BaseModel):
     event_types: list[str]
     description: str
     enabled: bool
-    disabled_at: datetime | None = Field(description="When the endpoint was disabled (410 Gone, or failing "
-                                         "for ONBRAND_WEBHOOK_DISABLE_AFTER_SECONDS), if it was.")
+    disabled_at: datetime | None = Field(
+        description="When the endpoint was disabled (410 Gone, or failing "
+        "for ONBRAND_WEBHOOK_DISABLE_AFTER_SECONDS), if it was."
+    )
     disabled_reason: str | None
     failing_since: datetime | None = Field(description="First failed delivery since the last success.")
     public_key: str | None = Field(description="whpk_... ed25519 public key of v1a signatures, if enabled.")
     previous_secret_expires_at: datetime | None = Field(
-        description="Until then the previous secret also signs (after a rotation).")
+        description="Until then the previous secret also signs (after a rotation)."
+    )
     created_at: datetime
 
 

@@ -1,4 +1,5 @@
 """Webhook endpoints: tenant-wide receivers of campaign events, their delivery log, replays and tests."""
+
 from __future__ import annotations
 
 import uuid
@@ -25,21 +26,34 @@ from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 def to_read(endpoint: WebhookEndpoint) -> WebhookEndpointRead:
     return WebhookEndpointRead(
-        id=endpoint.id, url=endpoint.url, event_types=endpoint.event_types, description=endpoint.description,
-        enabled=endpoint.enabled, disabled_at=endpoint.disabled_at, disabled_reason=endpoint.disabled_reason,
+        id=endpoint.id,
+        url=endpoint.url,
+        event_types=endpoint.event_types,
+        description=endpoint.description,
+        enabled=endpoint.enabled,
+        disabled_at=endpoint.disabled_at,
+        disabled_reason=endpoint.disabled_reason,
         failing_since=endpoint.failing_since,
         public_key=webhooks.public_key(endpoint.signing_key) if endpoint.signing_key else None,
-        previous_secret_expires_at=endpoint.previous_secret_expires_at, created_at=endpoint.created_at)
+        previous_secret_expires_at=endpoint.previous_secret_expires_at,
+        created_at=endpoint.created_at,
+    )
 
 
 def create(session: Session, tenant_id: uuid.UUID, body: WebhookEndpointCreate) -> WebhookEndpoint:
-    endpoint = WebhookEndpoint(id=uuid.uuid4(), tenant_id=tenant_id, url=str(body.url), secret=webhooks.new_secret(),
-                               event_types=list(dict.fromkeys(body.event_types)), description=body.description,
-                               enabled=True, signing_key=webhooks.new_signing_key() if body.v1a else None)
+    endpoint = WebhookEndpoint(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        url=str(body.url),
+        secret=webhooks.new_secret(),
+        event_types=list(dict.fromkeys(body.event_types)),
+        description=body.description,
+        enabled=True,
+        signing_key=webhooks.new_signing_key() if body.v1a else None,
+    )
     session.add(endpoint)
     session.flush()
     return endpoint
-
 
 
 def get(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, for_update: bool = False) -> WebhookEndpoint:
@@ -50,8 +64,9 @@ def get(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, for_upda
     return endpoint
 
 
-def update(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID,
-           body: WebhookEndpointUpdate) -> WebhookEndpoint:
+def update(
+    session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, body: WebhookEndpointUpdate
+) -> WebhookEndpoint:
     endpoint = get(session, tenant_id, endpoint_id, for_update=True)
     if body.url is not None:
         endpoint.url = str(body.url)
@@ -72,8 +87,9 @@ def _set_enabled(endpoint: WebhookEndpoint, enabled: bool) -> None:
     endpoint.enabled = enabled
 
 
-def rotate_secret(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, grace_seconds: int | None,
-                  settings: Settings) -> WebhookEndpoint:
+def rotate_secret(
+    session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, grace_seconds: int | None, settings: Settings
+) -> WebhookEndpoint:
     endpoint = get(session, tenant_id, endpoint_id, for_update=True)
     grace = settings.webhook_rotation_grace_seconds if grace_seconds is None else grace_seconds
     webhooks.rotate(endpoint, datetime.now(UTC), grace)
@@ -95,11 +111,13 @@ def list_page(
 # ----------------------------------------------------------------------------- delivery log
 
 
-def deliveries_page(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, limit: int,
-                    cursor: str | None, status: str | None) -> tuple[list[DeliveryRead], str | None]:
+def deliveries_page(
+    session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, limit: int, cursor: str | None, status: str | None
+) -> tuple[list[DeliveryRead], str | None]:
     get(session, tenant_id, endpoint_id)
-    stmt = select(WebhookDelivery).where(WebhookDelivery.tenant_id == tenant_id,
-                                         WebhookDelivery.endpoint_id == endpoint_id)
+    stmt = select(WebhookDelivery).where(
+        WebhookDelivery.tenant_id == tenant_id, WebhookDelivery.endpoint_id == endpoint_id
+    )
     if status is not None:
         stmt = stmt.where(WebhookDelivery.status == status)
     rows, next_cursor = paginate(session, stmt, created_keys(WebhookDelivery), limit, cursor)
@@ -109,32 +127,50 @@ def deliveries_page(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UU
 def _with_attempts(session: Session, tenant_id: uuid.UUID, rows: list[WebhookDelivery]) -> list[DeliveryRead]:
     """The deliveries with their attempt logs, in one query for the whole page."""
     attempts: dict[uuid.UUID, list[AttemptRead]] = defaultdict(list)
-    for a in session.scalars(select(WebhookAttempt).where(
-            WebhookAttempt.tenant_id == tenant_id, WebhookAttempt.delivery_id.in_([r.id for r in rows]))
-            .order_by(WebhookAttempt.attempt)):
+    for a in session.scalars(
+        select(WebhookAttempt)
+        .where(WebhookAttempt.tenant_id == tenant_id, WebhookAttempt.delivery_id.in_([r.id for r in rows]))
+        .order_by(WebhookAttempt.attempt)
+    ):
         attempts[a.delivery_id].append(AttemptRead.model_validate(a, from_attributes=True))
     return [_delivery_read(r, attempts[r.id]) for r in rows]
 
 
 def _delivery_read(row: WebhookDelivery, attempts: list[AttemptRead]) -> DeliveryRead:
     return DeliveryRead(
-        id=row.id, event_id=row.event_id, event_type=row.event_type, campaign_id=row.campaign_id, status=row.status,
-        attempts=row.attempts, next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
-        last_status_code=row.last_status_code, last_error=row.last_error, replay_of=row.replay_of,
-        created_at=row.created_at, delivered_at=row.delivered_at, attempt_log=attempts)
+        id=row.id,
+        event_id=row.event_id,
+        event_type=row.event_type,
+        campaign_id=row.campaign_id,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        last_status_code=row.last_status_code,
+        last_error=row.last_error,
+        replay_of=row.replay_of,
+        created_at=row.created_at,
+        delivered_at=row.delivered_at,
+        attempt_log=attempts,
+    )
 
 
-def get_delivery(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID,
-                 delivery_id: uuid.UUID) -> DeliveryRead:
+def get_delivery(
+    session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
+) -> DeliveryRead:
     row = _delivery(session, tenant_id, endpoint_id, delivery_id)
     return _with_attempts(session, tenant_id, [row])[0]
 
 
-def _delivery(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID,
-              delivery_id: uuid.UUID) -> WebhookDelivery:
-    row = session.scalar(select(WebhookDelivery).where(
-        WebhookDelivery.tenant_id == tenant_id, WebhookDelivery.endpoint_id == endpoint_id,
-        WebhookDelivery.id == delivery_id))
+def _delivery(
+    session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, delivery_id: uuid.UUID
+) -> WebhookDelivery:
+    row = session.scalar(
+        select(WebhookDelivery).where(
+            WebhookDelivery.tenant_id == tenant_id,
+            WebhookDelivery.endpoint_id == endpoint_id,
+            WebhookDelivery.id == delivery_id,
+        )
+    )
     if row is None:
         raise not_found("Webhook delivery")
     return row
@@ -151,18 +187,27 @@ def replay(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID, deliv
     """Send an event again, as a new delivery with the same event id (receivers deduplicate on it)."""
     endpoint = _enabled(session, tenant_id, endpoint_id)
     original = _delivery(session, tenant_id, endpoint_id, delivery_id)
-    [row] = webhooks.outbox_rows(original.event_id, original.event_type, original.payload, tenant_id,
-                                 original.campaign_id, [(endpoint.url, endpoint.id)])
+    [row] = webhooks.outbox_rows(
+        original.event_id,
+        original.event_type,
+        original.payload,
+        tenant_id,
+        original.campaign_id,
+        [(endpoint.url, endpoint.id)],
+    )
     row.replay_of = original.id
     return _queued(session, row)
 
 
 def send_test(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> DeliveryRead:
     endpoint = _enabled(session, tenant_id, endpoint_id)
-    data = {"endpoint_id": str(endpoint.id), "message": "A test event from Onbrand: your endpoint is reachable "
-            "and can verify our signatures."}
-    [row] = webhooks.outbox_rows(webhooks.new_event_id(), webhooks.TEST_EVENT, data, tenant_id, None,
-                                 [(endpoint.url, endpoint.id)])
+    data = {
+        "endpoint_id": str(endpoint.id),
+        "message": "A test event from Onbrand: your endpoint is reachable and can verify our signatures.",
+    }
+    [row] = webhooks.outbox_rows(
+        webhooks.new_event_id(), webhooks.TEST_EVENT, data, tenant_id, None, [(endpoint.url, endpoint.id)]
+    )
     return _queued(session, row)
 
 
