@@ -126,8 +126,9 @@ def test_hosted_guideline_verdicts_and_policies(server: FakeOpenAI, composite: d
 
 
 def test_incomplete_hosted_answers_are_re_asked_then_filled_honestly(
-    server: FakeOpenAI, composite: dict[str, Image.Image]
-) -> None:  # noqa: F811
+    server: FakeOpenAI,  # noqa: F811 - the fixture
+    composite: dict[str, Image.Image],
+) -> None:
     server.script(answer({"verdicts": [{"id": "duplicated_product", "passed": True, "reason": "one shoe"}]}))
     result = guideline.check(
         composite["candidate"], composite["layer"], composite["product"], CAPTION, BRAND, "strict", hosted(server)
