@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 Mode = Literal["hybrid", "vector", "keyword"]
 MODES: tuple[Mode, ...] = ("hybrid", "vector", "keyword")
 
-# Tuned on tests/data/retrieval_eval.json (see tests/test_search_eval.py); the vector part carries
+# Tuned on tests/data/retrieval_eval.json (see tests/shared/test_search_eval.py); the vector part carries
 # meaning (paraphrases), the keyword part rescues exact product vocabulary, SKUs and tags.
 WEIGHTS = {"vector": 1.0, "image": 0.5, "keyword": 0.8, "kpi": 0.25}
 CANDIDATES_PER_PART = 20  # per part, at least 4k: enough for the fusion (eval set), cheap for filters

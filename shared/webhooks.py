@@ -1,7 +1,7 @@
 """Webhooks: Standard Webhooks signing, the event catalogue and the transactional outbox.
 
 `emit` writes one outbox row per receiver in the caller's transaction, so an event exists exactly
-when the state change it announces does. The webhooks queue sends the rows (workers/stages/webhooks.py)
+when the state change it announces does. The webhooks queue sends the rows (workers/jobs/webhooks.py)
 after commit, and the beat's dispatcher re-sends them when a scheduled retry is due (shared.outbox).
 
 Signing follows https://www.standardwebhooks.com: headers webhook-id / webhook-timestamp /

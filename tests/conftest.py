@@ -14,9 +14,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shared import stack
+from shared.cli import stack
+from shared.cli.procs import Processes, base_env, free_port, run_cli
 from shared.config import Settings, get_settings
-from shared.procs import Processes, base_env, free_port, run_cli
 from tests.otlp_collector import Collector
 
 os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"})

@@ -1,5 +1,5 @@
 """The labelled retrieval set (tests/data/retrieval_eval.json) and its metrics, shared by the in-process
-evaluation (tests/test_search_eval.py) and the end-to-end one over HTTP (tests/test_e2e_library.py)."""
+evaluation (tests/shared/test_search_eval.py) and the end-to-end one over HTTP (tests/e2e/test_e2e_library.py)."""
 
 from __future__ import annotations
 

@@ -50,7 +50,7 @@ def warm_models() -> None:
 def _warm_gpu_models(queues: set[str]) -> None:
     """Segmenter, generator, DINOv2 and the aesthetic scorer once per pool process; every task then reuses
     them (registry caches)."""
-    from shared.models import aesthetic_spec, fidelity_spec, generate_spec, segment_spec
+    from shared.model_specs import aesthetic_spec, fidelity_spec, generate_spec, segment_spec
     from workers.models import registry
 
     settings = get_settings()

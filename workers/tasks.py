@@ -16,8 +16,9 @@ from shared.config import get_settings
 from shared.db.session import session_scope
 from shared.queue import PIPELINE
 from workers.celery_app import app
-from workers.stages import library, pipeline, push, webhooks
-from workers.stages.runner import execute, fail_campaign, record_failure
+from workers.engine.runner import execute, fail_campaign, record_failure
+from workers.jobs import library, push, webhooks
+from workers.pipeline import stages as pipeline
 
 RETRY_COUNTDOWNS = (2, 10, 30)
 STAGE_OPTS: dict[str, Any] = {

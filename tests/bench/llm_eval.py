@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from workers.stages import guards, language
+from workers.language import guards, language
 
 EVAL_FILE = Path(__file__).resolve().parent.parent / "data" / "briefs_eval.json"
 FIELDS = ("products", "backgrounds", "themes")

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from workers.models import composition, compositor
+from workers.imaging import composition, compositor
 
 CANVAS = (1024, 1024)
 TARGET = 10.0  # candidates/s per core

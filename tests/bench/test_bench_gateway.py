@@ -14,7 +14,7 @@ import time
 import httpx
 import pytest
 
-from shared.procs import Processes, base_env, free_port, run_cli
+from shared.cli.procs import Processes, base_env, free_port, run_cli
 from tests.conftest import create_database
 
 REQUESTS = 2000

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from PIL import Image, ImageDraw
 
-from shared.procs import onbrand_cmd
+from shared.cli.procs import onbrand_cmd
 from tests.conftest import System
 
 COUNT = 2_000

@@ -11,8 +11,8 @@ import httpx
 import psycopg
 import pytest
 
-from shared.demo import upload_library
-from shared.demo_library import build_library
+from shared.cli.demo.library import build_library
+from shared.cli.demo.run import upload_library
 from tests.conftest import System
 
 BRIEF = "the running shoe on an urban street at sunset"

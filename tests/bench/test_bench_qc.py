@@ -22,13 +22,14 @@ from PIL import Image
 
 from shared.config import Settings
 from shared.db.models import Campaign, Candidate
-from shared.models import ModelSpec
+from shared.model_specs import ModelSpec
 from shared.qc import QcThresholds
 from tests.bench.test_bench_compositor import cutout
 from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
-from workers.models import aesthetic, composition, compositor
-from workers.stages import quality
-from workers.stages.runner import StageContext
+from workers.checks import aesthetic
+from workers.engine.runner import StageContext
+from workers.imaging import composition, compositor
+from workers.pipeline import quality
 
 pytestmark = pytest.mark.bench
 CANVAS = (1024, 1024)
@@ -125,7 +126,7 @@ def test_qc_and_rank_per_candidate_with_the_embedded_defaults() -> None:
 
 def _steps() -> None:
     """Where the time goes, per candidate: one 1024 px candidate through each check alone."""
-    from workers.models import brand_rules, duplicates, fidelity, guideline_classical
+    from workers.checks import brand_rules, duplicates, fidelity, guideline_classical
 
     cand, image, layer = _pool()[4]
     steps = {

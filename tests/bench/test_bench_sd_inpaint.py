@@ -22,7 +22,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from shared.config import Settings
-from shared.models import ModelSpec, generate_spec
+from shared.model_specs import ModelSpec, generate_spec
 from tests.tiny_sd import build_tiny_sd_inpaint
 from workers.models import sd_inpaint
 from workers.models.sd_inpaint import Job, SdInpainter

@@ -22,9 +22,9 @@ from shared import outbox, webhooks
 from shared.config import get_settings
 from shared.db.models import Campaign, WebhookDelivery
 from shared.db.session import session_scope
-from tests.test_runner import make_campaign
-from tests.test_webhook_delivery import Receiver, add_endpoint
-from workers.stages import webhooks as sender
+from tests.workers.test_runner import make_campaign
+from tests.workers.test_webhook_delivery import Receiver, add_endpoint
+from workers.jobs import webhooks as sender
 
 pytestmark = pytest.mark.bench
 

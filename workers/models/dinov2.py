@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from shared.models import ModelSpec
+from shared.model_specs import ModelSpec
 from workers.models import runtime
 
 if TYPE_CHECKING:

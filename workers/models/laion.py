@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from shared.models import ModelSpec
-from workers.models import aesthetic, runtime
+from shared.model_specs import ModelSpec
+from workers.checks import aesthetic
+from workers.models import runtime
 from workers.models.dinov2 import check_images, pixel_values
 
 if TYPE_CHECKING:

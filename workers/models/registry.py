@@ -1,4 +1,4 @@
-"""The switch from a ModelSpec (shared.models) to the adapter that serves it.
+"""The switch from a ModelSpec (shared.model_specs) to the adapter that serves it.
 
 Stages ask here for their segmenter or generator; `onbrand models check` (which runs
 ``python -m workers.models.registry``) loads every configured model through the very same
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from shared.config import Settings, get_settings
-from shared.models import ModelSpec, model_specs
+from shared.model_specs import ModelSpec, model_specs
 
 # adapter name -> module with ``load(spec)``; embedded adapters are the module itself.
 LOADERS = {
@@ -26,9 +26,9 @@ LOADERS = {
     "laion": "workers.models.laion",
 }
 EMBEDDED = {
-    "matting": "workers.models.matting",
-    "compositor": "workers.models.compositor",
-    "classical": "workers.models.aesthetic",
+    "matting": "workers.imaging.matting",
+    "compositor": "workers.imaging.compositor",
+    "classical": "workers.checks.aesthetic",
 }
 
 

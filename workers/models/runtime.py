@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from shared.models import ModelSpec
+from shared.model_specs import ModelSpec
 
 if TYPE_CHECKING:
     import torch

@@ -21,8 +21,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from shared.models import ModelSpec
-from workers.models import matting, runtime
+from shared.model_specs import ModelSpec
+from workers.imaging import matting
+from workers.models import runtime
 
 if TYPE_CHECKING:
     import torch

@@ -18,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image
 
-from shared.models import ModelSpec
-from workers.models import matting, runtime, sam
+from shared.model_specs import ModelSpec
+from workers.imaging import matting
+from workers.models import runtime, sam
 
 if TYPE_CHECKING:
     import torch

@@ -28,9 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-from shared.models import ModelSpec
+from shared.model_specs import ModelSpec
+from workers.imaging.composition import paste_back
 from workers.models import runtime
-from workers.models.composition import paste_back
 
 if TYPE_CHECKING:
     import torch

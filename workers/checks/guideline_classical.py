@@ -1,0 +1,293 @@
+"""Classical guideline check of one candidate: what pixels alone can honestly say.
+
+A vision-language model normally judges each candidate against the baseline failure
+modes (:data:`BASELINE`). When none is configured this module stands in for it, and
+only where arithmetic on pixels gives a real answer; everywhere else it says
+"unchecked" rather than invent a verdict.
+
+Checkable without a model, because we hold the exact ``layer`` that was composited:
+
+* ``duplicated_product`` - a second copy of the product elsewhere on the canvas. The
+  product as it stands in the candidate is the template (masked to its fully opaque
+  pixels); masked normalised cross-correlation at reduced resolution, over a few scales
+  (0.8-1.25, catches ~0.75-1.3) and tilts (+-20 degrees, catches ~+-25), with the
+  product's own placement blanked out. A copy that a generator redrew (new perspective,
+  new lighting, mirrored) or a faint ghost of it can escape this check.
+* ``floating_product``   - :func:`compositor.compose` darkens the floor under the
+  product's base with a contact shadow. A band just under the base is compared with
+  the same rows beside the shadow; no darkening means nothing grounds the product.
+* ``distorted_product``  - share of the product's fully opaque pixels that are still
+  bit-exact (:func:`composition.integrity`). The promise is 100 %.
+
+Not checkable without a model: ``extra_objects`` and ``text_artefacts``. The background
+is not an input, and nothing in the pixels tells a stray object or garbled lettering
+from a deliberate backdrop, so those two are always "unchecked".
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import cv2
+import numpy as np
+from PIL import Image
+
+# _footprint is where compose() centres its contact shadow: look for the shadow exactly there.
+from workers.imaging.composition import exact_counts
+from workers.imaging.compositor import _footprint
+
+BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
+
+# duplicated_product
+DUPLICATE_MIN_SCORE = 0.85  # masked NCC: an exact copy scores ~0.97-1.0 even off the sampling grid, a copy
+#   between the scale/tilt steps below >= ~0.87 (fine-textured product); a different textured object or the
+#   backdrop stays under ~0.6. 0.85 sits in that gap.
+TEMPLATE_SIDE = 64  # product's long side at match resolution: NCC needs the product's structure, not its
+#   fine detail, and a smaller template tolerates more scale/tilt error between the steps
+SEARCH_SIDE = 256  # canvas long side at match resolution at most: bounds the cost for a small product
+MATCH_BLUR = 1.0  # px at match resolution: widens each step's catch without blurring the product away
+MATCH_SCALES = (0.8, 0.9, 1.0, 1.1, 1.25)  # a copy drawn somewhat smaller or larger
+MATCH_ROTATIONS = (-20.0, -10.0, 0.0, 10.0, 20.0)  # a copy tilted differently (10 degree steps)
+MIN_TEXTURE_STD = 3.0  # grey levels: a flatter product has no structure to correlate, NCC is noise
+CONTRAST_RANGE = (0.5, 2.0)  # NCC ignores gain, so a faint gradient can correlate with a faint product;
+#   a real copy has about the product's own contrast
+MIN_TEMPLATE_PX = 8  # a template smaller than this at match resolution matches anything
+OWN_PAD = 2  # px (match resolution) blanked around the product's own box: its soft edge and resampling
+
+# floating_product
+MIN_SHADOW_DROP = 0.03  # compose()'s shadow darkens the contact band by ~20-50 %; a backdrop's own
+#                         gradient/vignette between neighbouring columns stays within ~2 %
+BAND_SHARE = 0.06  # contact band height / footprint half-width: a contact shadow is a flat ellipse
+#                    whose height scales with the width it touches the floor with
+MIN_BAND_ROWS = 2
+REF_SPAN = (1.5, 2.0)  # reference columns at this many footprint half-widths from the centre: past the
+#                        shadow's reach, close enough to share its light
+MIN_REF_LUMA = 8.0  # a near-black floor cannot show a shadow at all
+
+# distorted_product
+MIN_EXACT_FRACTION = 0.999
+
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
+
+NO_VLM = "needs a vision-language model (none configured); pixels alone cannot tell {} from the background"
+
+
+def check(candidate: Image.Image, layer: Image.Image) -> list[dict[str, Any]]:
+    """One verdict per BASELINE item, in that order: {"guideline": name, "status": "pass"|"fail"|"unchecked",
+    "reason": one line, "value": float | None, "method": "classical"}"""
+    cand, alpha = _validate(candidate, layer)
+    return [
+        check_duplicated(cand, alpha),
+        _verdict("extra_objects", "unchecked", NO_VLM.format("an extra object")),
+        check_floating(cand, alpha),
+        _verdict("text_artefacts", "unchecked", NO_VLM.format("a text artefact")),
+        check_distorted(candidate, layer),
+    ]
+
+
+def summary(verdicts: list[dict[str, Any]]) -> str:
+    """One line, e.g. "2 pass, 1 fail (floating_product), 2 unchecked"."""
+    counts = Counter(v["status"] for v in verdicts)
+    unknown = set(counts) - {"pass", "fail", "unchecked"}
+    if unknown:
+        raise ValueError(f"verdicts: unknown status {sorted(unknown)}")
+    failed = [v["guideline"] for v in verdicts if v["status"] == "fail"]
+    fail = f"{counts['fail']} fail" + (f" ({', '.join(failed)})" if failed else "")
+    return f"{counts['pass']} pass, {fail}, {counts['unchecked']} unchecked"
+
+
+def _verdict(name: str, status: str, reason: str, value: float | None = None) -> dict[str, Any]:
+    return {"guideline": name, "status": status, "reason": reason, "value": value, "method": "classical"}
+
+
+def _validate(candidate: Image.Image, layer: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate RGB array, layer alpha) after checking both arguments, layer first (it sets the size)."""
+    if not isinstance(layer, Image.Image) or layer.mode != "RGBA":
+        raise ValueError("layer: expected an RGBA PIL image (the placed product, alpha = mask)")
+    alpha = np.asarray(layer.getchannel("A"))
+    if not (alpha == 255).any():
+        raise ValueError("layer: has no fully opaque pixel, there is no product in it")
+    if not isinstance(candidate, Image.Image) or candidate.mode != "RGB" or candidate.size != layer.size:
+        raise ValueError(f"candidate: expected an RGB PIL image of size {layer.size}")
+    return np.asarray(candidate), alpha
+
+
+# --- distorted_product ---------------------------------------------------------------
+
+
+def check_distorted(candidate: Image.Image, layer: Image.Image) -> dict[str, Any]:
+    """Fail when fewer than MIN_EXACT_FRACTION of the opaque product pixels are bit-exact."""
+    opaque, exact = exact_counts(candidate, layer)
+    frac = exact / opaque
+    status = "pass" if frac >= MIN_EXACT_FRACTION else "fail"
+    reason = f"{exact} of {opaque} opaque product pixels are bit-exact ({frac:.3%}; need >= {MIN_EXACT_FRACTION:.1%})"
+    return _verdict("distorted_product", status, reason, frac)
+
+
+# --- floating_product ----------------------------------------------------------------
+
+
+def check_floating(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
+    """Fail when the floor just under the product's base is not darker than the floor beside it."""
+    cx, base, half_w = _footprint(alpha >= 128)
+    h, w = alpha.shape
+    rows = min(max(MIN_BAND_ROWS, round(BAND_SHARE * half_w)), h - 1 - base)
+    if rows < MIN_BAND_ROWS:
+        return _verdict(
+            "floating_product",
+            "unchecked",
+            f"product base is on the canvas bottom edge (y={base}): no floor below it to look at",
+        )
+    luma = cv2.cvtColor(cand[base + 1 : base + 1 + rows], cv2.COLOR_RGB2GRAY).astype(np.float32)
+    clear = alpha[base + 1 : base + 1 + rows] == 0  # product edge pixels are neither floor nor shadow
+    cols = np.arange(w)[None, :]
+    under = clear & (np.abs(cols - cx) <= max(2, half_w // 2))
+    lo, hi = REF_SPAN[0] * half_w, REF_SPAN[1] * half_w
+    beside = clear & (np.abs(cols - cx) >= lo) & (np.abs(cols - cx) <= hi)
+    return _floating_verdict(luma, under, beside, cx)
+
+
+def _floating_verdict(luma: np.ndarray, under: np.ndarray, beside: np.ndarray, cx: int) -> dict[str, Any]:
+    if not under.any() or not beside.any():
+        return _verdict("floating_product", "unchecked", "no visible floor under or beside the product's base")
+    ref = _side_mean(luma, beside, cx)
+    if ref < MIN_REF_LUMA:
+        return _verdict("floating_product", "unchecked", f"floor beside the base is near black (luma {ref:.1f})")
+    drop = round(float(1.0 - luma[under].mean() / ref), 4)
+    if drop >= MIN_SHADOW_DROP:
+        return _verdict(
+            "floating_product",
+            "pass",
+            f"floor under the base is {drop:.1%} darker than beside it (contact shadow; need >= {MIN_SHADOW_DROP:.0%})",
+            drop,
+        )
+    return _verdict(
+        "floating_product",
+        "fail",
+        f"floor under the base is only {drop:.1%} darker than beside it "
+        f"(need >= {MIN_SHADOW_DROP:.0%}): no contact shadow, the product looks like it floats",
+        drop,
+    )
+
+
+def _side_mean(luma: np.ndarray, beside: np.ndarray, cx: int) -> float:
+    # Average the two sides' means, not all pixels: a vignette darkens one side and lightens the other,
+    # and a side clipped by the canvas edge must not outweigh the other.
+    cols = np.arange(luma.shape[1])[None, :]
+    sides = [beside & (cols < cx), beside & (cols > cx)]
+    return float(np.mean([luma[s].mean() for s in sides if s.any()]))
+
+
+# --- duplicated_product --------------------------------------------------------------
+
+
+def check_duplicated(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
+    """Fail when a second copy of the product correlates >= DUPLICATE_MIN_SCORE outside its own place."""
+    grey, template, mask, own = _match_inputs(cand, alpha)
+    if min(template.shape) < MIN_TEMPLATE_PX:
+        return _verdict("duplicated_product", "unchecked", "product too small to search for a copy of it")
+    std = float(template[mask > 0].std())
+    if std < MIN_TEXTURE_STD:
+        return _verdict(
+            "duplicated_product",
+            "unchecked",
+            f"product is nearly uniform (grey std {std:.1f}): correlation cannot find a copy of it",
+        )
+    best = _best_match(_blank(grey, own), template, mask)
+    if best is None:
+        return _verdict("duplicated_product", "unchecked", "no room on the canvas for a second copy")
+    if best == -np.inf:  # NCC is gain-blind, so "no window with the product's contrast" is reported as such
+        return _verdict("duplicated_product", "pass", "nothing elsewhere on the canvas has the product's contrast")
+    status = "fail" if best >= DUPLICATE_MIN_SCORE else "pass"
+    return _verdict(
+        "duplicated_product",
+        status,
+        f"best match of the product elsewhere: NCC {best:.3f} "
+        f"({'>=' if best >= DUPLICATE_MIN_SCORE else '<'} {DUPLICATE_MIN_SCORE})",
+        best,
+    )
+
+
+def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
+    """Grey canvas, product template + mask and the product's own (padded) box, all at match resolution."""
+    x0, y0, x1, y1 = _bbox(alpha == 255)
+    f = min(1.0, TEMPLATE_SIDE / max(x1 - x0, y1 - y0), SEARCH_SIDE / max(alpha.shape))
+    size = (max(1, round(alpha.shape[1] * f)), max(1, round(alpha.shape[0] * f)))
+    grey = cv2.resize(cv2.cvtColor(cand, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), MATCH_BLUR)
+    solid = cv2.resize((alpha == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.99
+    # The template comes from the candidate itself, resampled exactly like the searched canvas; only
+    # cells wholly inside the product count, so the backdrop around the product never has to match.
+    sx0, sy0, sx1, sy1 = _bbox(solid) if solid.any() else (0, 0, 0, 0)
+    template, mask = grey[sy0:sy1, sx0:sx1], solid[sy0:sy1, sx0:sx1].astype(np.uint8)
+    ax0, ay0, ax1, ay1 = _bbox(alpha > 0)
+    own = (
+        int(ax0 * f) - OWN_PAD,
+        int(ay0 * f) - OWN_PAD,
+        int(np.ceil(ax1 * f)) + OWN_PAD,
+        int(np.ceil(ay1 * f)) + OWN_PAD,
+    )
+    return grey, template, mask, own
+
+
+def _bbox(fg: np.ndarray) -> Box:
+    ys, xs = np.nonzero(fg)
+    return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def _blank(grey: np.ndarray, own: Box) -> np.ndarray:
+    """The canvas with the product's own box filled with the mean of a ring around it, so it can't match."""
+    h, w = grey.shape
+    x0, y0, x1, y1 = max(0, own[0]), max(0, own[1]), min(w, own[2]), min(h, own[3])
+    ring = np.zeros(grey.shape, bool)
+    ring[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = True
+    ring[y0:y1, x0:x1] = False
+    out = grey.copy()
+    out[y0:y1, x0:x1] = grey[ring].mean() if ring.any() else grey.mean()
+    return out
+
+
+def _best_match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
+    """Highest masked NCC over all scale/tilt variants: None when no variant fits on the canvas,
+    -inf when no window has about the product's contrast."""
+    g = (grey - grey.mean()) / 255.0  # centred and scaled: the float32 window sums below stay precise
+    scores = [_match(g, g * g, t, m) for t, m in _variants(template, mask)]
+    scores = [s for s in scores if s is not None]
+    return round(max(scores), 4) if scores else None
+
+
+def _variants(template: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The template and its mask at every MATCH_SCALES x MATCH_ROTATIONS, each in a box that holds it all."""
+    h, w = template.shape
+    out = []
+    for scale in MATCH_SCALES:
+        for rot in MATCH_ROTATIONS:
+            m = cv2.getRotationMatrix2D((w / 2, h / 2), rot, scale)
+            c, s = abs(m[0, 0]), abs(m[0, 1])
+            box = (max(1, round(w * c + h * s)), max(1, round(w * s + h * c)))
+            m[:, 2] += (box[0] / 2 - w / 2, box[1] / 2 - h / 2)
+            # Replicate, not zero, at the border: the mask's edge cells must not blend in black.
+            t = cv2.warpAffine(template, m, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+            out.append((t, cv2.warpAffine(mask, m, box, flags=cv2.INTER_NEAREST)))
+    return out
+
+
+def _match(g: np.ndarray, g2: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
+    """Best masked NCC of one variant over windows whose masked contrast is within CONTRAST_RANGE (else -inf).
+
+    Masked NCC from three plain correlations (OpenCV's masked TM_CCOEFF_NORMED costs ~5x more):
+    numerator = sum of zero-mean template x window; window variance from sums of g and g^2 under the mask.
+    """
+    if template.shape[0] > g.shape[0] or template.shape[1] > g.shape[1] or mask.sum() < MIN_TEMPLATE_PX**2:
+        return None
+    m = mask.astype(np.float32)
+    n = float(m.sum())
+    t = (template / 255.0 - (template / 255.0)[mask > 0].mean()) * m
+    t_std = float(np.sqrt((t * t).sum() / n))
+    num = cv2.matchTemplate(g, t.astype(np.float32), cv2.TM_CCORR) / n
+    s1 = cv2.matchTemplate(g, m, cv2.TM_CCORR) / n
+    win_std = np.sqrt(np.maximum(cv2.matchTemplate(g2, m, cv2.TM_CCORR) / n - s1 * s1, 0.0))
+    ratio = win_std / max(t_std, 1e-9)
+    ok = (ratio >= CONTRAST_RANGE[0]) & (ratio <= CONTRAST_RANGE[1])
+    return float(np.clip(num[ok] / (t_std * win_std[ok]), -1.0, 1.0).max()) if ok.any() else -np.inf

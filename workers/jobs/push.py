@@ -1,0 +1,384 @@
+"""Push a campaign's results to the customer's DAM (webhooks queue).
+
+A completed campaign gets one `DamPush` outbox row per enabled delivery target of its brand (an
+S3-compatible bucket/prefix) and one for its own presigned PUT URLs, written in the completion's
+transaction. Each push uploads, per result rank, `rank-{n}.png` and a `rank-{n}.json` sidecar.
+
+Every PUT goes through the egress guard (shared.egress), S3 targets included: we presign the S3 PUT
+locally and send it ourselves, so boto3 never opens a connection the guard did not check. Retries follow
+shared.outbox like webhooks; objects uploaded by an earlier attempt are not sent again. Nothing stored on
+the row (objects, last_error) contains a presigned query string or a credential.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared import egress, metrics, outbox
+from shared.config import Settings, get_settings
+from shared.crypto import UnreadableSecret, decrypt_json
+from shared.db.models import Campaign, Candidate, DamPush, DeliveryTarget, Result
+from shared.db.session import session_scope
+from shared.queue import send
+from shared.storage import get_storage
+from workers.checks import policy
+from workers.engine.runner import Task
+
+log = logging.getLogger("onbrand.push")
+
+TASK = "onbrand.push_results"
+IMAGE_TYPE, SIDECAR_TYPE = "image/png", "application/json"
+
+
+class PushFailed(Exception):
+    """A push that no retry can fix (target gone, credentials unreadable); the message is client-safe."""
+
+
+class RetryLater(Exception):
+    """A failure on our side (the result images cannot be read now); the message is client-safe."""
+
+
+@dataclass(frozen=True)
+class PushObject:
+    name: str  # rank-1.png, rank-1.json
+    body: bytes
+    content_type: str
+
+    def record(self, url: str) -> dict[str, Any]:
+        """What the row keeps of an uploaded object: never the query string (presigned credentials)."""
+        return {
+            "name": self.name,
+            "url": strip_query(url),
+            "bytes": len(self.body),
+            "sha256": hashlib.sha256(self.body).hexdigest(),
+        }
+
+
+def strip_query(url: str) -> str:
+    """The URL without query, fragment or userinfo: what may be stored and shown."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
+
+
+# --- queueing (inside the completion transaction) ---------------------------------------------------
+
+
+def queue_pushes(session: Session, campaign: Campaign) -> list[Task]:
+    """Outbox rows for a finished campaign with results; sent right after commit, hence leased now."""
+    if not _has_results(session, campaign):
+        return []
+    at, settings = outbox.utcnow(), get_settings()
+    lease = at + timedelta(seconds=outbox.lease_seconds(settings.dam_push_timeout_seconds))
+    rows = [_new_push(campaign, "s3", target_id, at, lease) for target_id in _target_ids(session, campaign)]
+    if campaign.push_urls:
+        rows.append(_new_push(campaign, "presigned", None, at, lease))
+    session.add_all(rows)
+    session.flush()
+    return [(TASK, str(row.id), 0, 0) for row in rows]
+
+
+def _has_results(session: Session, campaign: Campaign) -> bool:
+    found = session.scalar(
+        select(func.count())
+        .select_from(Result)
+        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+    )
+    return bool(found)
+
+
+def _target_ids(session: Session, campaign: Campaign) -> list[uuid.UUID]:
+    return list(
+        session.scalars(
+            select(DeliveryTarget.id)
+            .where(
+                DeliveryTarget.tenant_id == campaign.tenant_id,
+                DeliveryTarget.brand_id == campaign.brand_id,
+                DeliveryTarget.enabled.is_(True),
+            )
+            .order_by(DeliveryTarget.created_at, DeliveryTarget.id)
+        )
+    )
+
+
+def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: datetime, lease: datetime) -> DamPush:
+    return DamPush(
+        id=uuid.uuid4(),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        target_id=target_id,
+        kind=kind,
+        status="pending",
+        attempts=0,
+        next_attempt_at=at,
+        leased_until=lease,
+        objects=[],
+    )
+
+
+# --- one attempt --------------------------------------------------------------------------------------
+
+
+def push(push_id: str, at: datetime | None = None) -> str:
+    """Attempt one push: "delivered" | "retry" | "failed" | "skipped" (not due, or taken by another worker)."""
+    outcome = _push(push_id, at)
+    metrics.DAM_PUSHES.labels(outcome).inc()
+    return outcome
+
+
+def _push(push_id: str, at: datetime | None) -> str:
+    at = at or outbox.utcnow()
+    with session_scope() as session:
+        row = session.scalars(
+            select(DamPush).where(DamPush.id == uuid.UUID(push_id)).with_for_update(skip_locked=True)
+        ).first()
+        if row is None or not outbox.is_due(row, at):
+            return "skipped"
+        return _attempt(session, row, at, get_settings())
+
+
+def _attempt(session: Session, row: DamPush, at: datetime, settings: Settings) -> str:
+    try:
+        campaign = _campaign(session, row)
+        urls = _url_source(session, row, campaign, settings)
+        error, retry_after = _upload_all(session, row, campaign, urls, settings, at)
+    except PushFailed as exc:
+        return _give_up(row, str(exc))
+    except RetryLater as exc:
+        error, retry_after = str(exc), None
+    return _record(row, error, retry_after, at, settings)
+
+
+def _campaign(session: Session, row: DamPush) -> Campaign:
+    campaign = session.scalars(
+        select(Campaign).where(Campaign.tenant_id == row.tenant_id, Campaign.id == row.campaign_id)
+    ).first()
+    if campaign is None:
+        raise PushFailed("campaign deleted")
+    return campaign
+
+
+def _record(row: DamPush, error: str | None, retry_after: float | None, at: datetime, settings: Settings) -> str:
+    row.attempts, row.leased_until, row.last_error = row.attempts + 1, None, error
+    if error is None:
+        row.status, row.delivered_at = "delivered", at
+        return "delivered"
+    if outbox.settle_failure(row, at, settings.webhook_max_attempts, retry_after) is None:
+        log.warning("push %s failed for good after %d attempts: %s", row.id, row.attempts, error)
+        return "failed"
+    return "retry"
+
+
+def _give_up(row: DamPush, message: str) -> str:
+    row.attempts, row.leased_until = row.attempts + 1, None
+    row.status, row.last_error = "failed", message
+    return "failed"
+
+
+# --- where each object goes ---------------------------------------------------------------------------
+
+
+class UrlSource(Protocol):
+    """The PUT URL of an object by rank and name, or None when the push has no URL for it."""
+
+    def url(self, rank: int, obj: PushObject) -> str | None: ...
+
+
+class PresignedUrls:
+    """The campaign's own push_urls: [{image, sidecar}] per rank, rank 1 first."""
+
+    def __init__(self, entries: list[dict[str, str]]) -> None:
+        self.entries = entries
+
+    def url(self, rank: int, obj: PushObject) -> str | None:
+        if rank > len(self.entries):
+            return None  # fewer URLs than results: the client asked for the top ones only
+        return self.entries[rank - 1]["image" if obj.content_type == IMAGE_TYPE else "sidecar"]
+
+
+class S3Target:
+    """A delivery target's bucket/prefix: PUT URLs presigned here with the customer's keys (no network)."""
+
+    def __init__(
+        self, target: DeliveryTarget, credentials: dict[str, Any], campaign_id: uuid.UUID, expires_s: int
+    ) -> None:
+        self.config, self.campaign_id, self.expires_s = target.config, campaign_id, expires_s
+        self.client = _s3_client(target.config, credentials)
+
+    def key(self, name: str) -> str:
+        prefix = str(self.config.get("prefix") or "").strip("/")
+        return "/".join(p for p in (prefix, str(self.campaign_id), name) if p)
+
+    def url(self, rank: int, obj: PushObject) -> str | None:
+        from botocore.exceptions import BotoCoreError
+
+        params = {"Bucket": self.config["bucket"], "Key": self.key(obj.name), "ContentType": obj.content_type}
+        try:
+            return str(self.client.generate_presigned_url("put_object", Params=params, ExpiresIn=self.expires_s))
+        except BotoCoreError:  # parameter validation: the same on every retry
+            raise PushFailed(f"the target's bucket or key is not valid for S3 ({obj.name})") from None
+
+
+def _s3_client(config: dict[str, Any], credentials: dict[str, Any]) -> Any:
+    import boto3  # lazy: only push workers need it
+    from botocore.config import Config
+
+    session = boto3.session.Session(  # its own session: the default one is shared and not thread-safe
+        aws_access_key_id=credentials["access_key_id"],
+        aws_secret_access_key=credentials["secret_access_key"],
+        aws_session_token=credentials.get("session_token"),
+        region_name=config.get("region") or "us-east-1",
+    )
+    # Path style: the bucket stays in the path, so the host is the endpoint the gateway checked.
+    return session.client(
+        "s3",
+        endpoint_url=config.get("endpoint_url") or None,
+        config=Config(signature_version="s3v4", s3={"addressing_style": "path"}),
+    )
+
+
+def _url_source(session: Session, row: DamPush, campaign: Campaign, settings: Settings) -> UrlSource:
+    if row.kind == "presigned":
+        if not campaign.push_urls:
+            raise PushFailed("the campaign has no push URLs")
+        return PresignedUrls(list(campaign.push_urls))
+    target = session.scalars(
+        select(DeliveryTarget).where(DeliveryTarget.tenant_id == row.tenant_id, DeliveryTarget.id == row.target_id)
+    ).first()
+    if target is None or not target.enabled:
+        raise PushFailed("target disabled or deleted")
+    expires_s = int(settings.dam_push_timeout_seconds) + 300  # used at once: a short-lived URL is enough
+    return S3Target(target, _credentials(target), campaign.id, expires_s)
+
+
+def _credentials(target: DeliveryTarget) -> dict[str, Any]:
+    try:
+        return decrypt_json(target.credentials or "")
+    except (UnreadableSecret, ValueError):
+        raise PushFailed(
+            "the target's stored credentials cannot be decrypted with the configured "
+            "encryption keys; re-create the delivery target"
+        ) from None
+
+
+# --- what is uploaded ---------------------------------------------------------------------------------
+
+
+def _upload_all(
+    session: Session, row: DamPush, campaign: Campaign, urls: UrlSource, settings: Settings, at: datetime
+) -> tuple[str | None, float | None]:
+    """Upload what an earlier attempt did not; (error, retry-after) of the first failure, or (None, None)."""
+    done = {o["name"] for o in row.objects or []}
+    for rank, cand in _ranked(session, campaign):
+        if {f"rank-{rank}.png", f"rank-{rank}.json"} <= done:
+            continue  # skip before reading the image: nothing of this rank is left to send
+        for obj in build_objects(campaign, rank, cand, at):
+            url = urls.url(rank, obj)
+            if obj.name in done or url is None:
+                continue
+            error, retry_after = _put(obj, url, settings, at)
+            if error is not None:
+                return error, retry_after
+            row.objects = [*(row.objects or []), obj.record(url)]  # a new list: JSONB change tracking
+    return None, None
+
+
+def _ranked(session: Session, campaign: Campaign) -> list[tuple[int, Candidate]]:
+    rows = session.execute(
+        select(Result.rank, Candidate)
+        .join(Candidate, Candidate.id == Result.candidate_id)
+        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .order_by(Result.rank)
+    )
+    return [(rank, cand) for rank, cand in rows]
+
+
+def build_objects(campaign: Campaign, rank: int, cand: Candidate, at: datetime) -> list[PushObject]:
+    image = _image(cand, rank)
+    sidecar = json.dumps(sidecar_of(campaign, rank, cand, image, at), indent=2, default=str).encode()
+    return [PushObject(f"rank-{rank}.png", image, IMAGE_TYPE), PushObject(f"rank-{rank}.json", sidecar, SIDECAR_TYPE)]
+
+
+def _image(cand: Candidate, rank: int) -> bytes:
+    try:
+        return get_storage().get(cand.image_key or "")
+    except Exception as exc:  # our storage, not the receiver: logged in full, retried like any failure
+        log.exception("push: candidate %s image %s unreadable", cand.id, cand.image_key)
+        raise RetryLater(f"storage_unavailable: the image of rank {rank} could not be read") from exc
+
+
+def sidecar_of(campaign: Campaign, rank: int, cand: Candidate, image: bytes, at: datetime) -> dict[str, Any]:
+    """What a DAM needs next to the image: where it came from, how it scored, and the integrity record."""
+    caption = ((campaign.state or {}).get("caption") or {}).get("caption")
+    return {
+        "campaign_id": str(campaign.id),
+        "brand_id": str(campaign.brand_id),
+        "brief": campaign.brief,
+        "caption": caption,
+        "rank": rank,
+        "candidate_id": str(cand.id),
+        "placement": cand.placement,
+        "scores": {"aesthetic": cand.aesthetic, "qc": _qc_summary(cand)},
+        "integrity": cand.integrity,
+        "image": {
+            "name": f"rank-{rank}.png",
+            "sha256": hashlib.sha256(image).hexdigest(),
+            "bytes": len(image),
+            "content_type": IMAGE_TYPE,
+        },
+        "pushed_at": at.isoformat(),
+    }
+
+
+def _qc_summary(cand: Candidate) -> dict[str, Any]:
+    """The verdict per check (product, brand, guideline) and the metrics; not the whole QC record."""
+    qc = cand.qc or {}
+    decision = qc.get("policy") or {}
+    return {
+        "passed": cand.passed,
+        "policy": decision.get("name"),
+        "failed": decision.get("failed") or [],
+        "checks": {c["id"]: c["status"] for c in policy.checks(qc)},
+        "metrics": qc.get("metrics") or {},
+    }
+
+
+def _put(obj: PushObject, url: str, settings: Settings, at: datetime) -> tuple[str | None, float | None]:
+    """One PUT through the egress guard; (client-safe error, Retry-After seconds) or (None, None)."""
+    try:
+        response = egress.upload(
+            "PUT",
+            url,
+            content=obj.body,
+            headers={"Content-Type": obj.content_type},
+            timeout_s=settings.dam_push_timeout_seconds,
+            allowlist=settings.egress_allowlist,
+        )
+    except egress.EgressRefused as exc:  # refused, unreachable or timed out: code + client-safe detail only
+        return f"{exc.code}: {exc.detail} ({obj.name})", None
+    if 200 <= response.status < 300:
+        return None, None
+    hint = outbox.retry_hint(response.status, response.headers.get("retry-after"), at)
+    return f"HTTP {response.status} on {obj.name}", hint
+
+
+# --- the dispatcher (beat) ----------------------------------------------------------------------------
+
+
+def dispatch_due(at: datetime | None = None) -> int:
+    """Send every pending push whose retry is due and that no earlier send still holds (its lease)."""
+    at, settings = at or outbox.utcnow(), get_settings()
+    with session_scope() as session:
+        ids = outbox.claim_due(session, DamPush, at, outbox.lease_seconds(settings.dam_push_timeout_seconds))
+    for push_id in ids:
+        send(TASK, push_id)
+    return len(ids)
