@@ -12,7 +12,7 @@ the decomposition (no product title, no background caption), and the table repor
   instruction-like (``is_instruction_like``), and the share of captions passing all three.
 
 Matching rule (loose, documented here because the numbers depend on it). A predicted phrase and an expected
-phrase match when, after ``strip_determiners``, their content-word stems (``language.content_stems``)
+phrase match when, after ``strip_determiners``, their content-word stems (``workers.language.text.content_stems``)
 
 1. share the head noun: the stem of the last content word is the same ("wooden deck" ~ "old deck"), or
 2. one phrase's stem set is a subset of the other's ("running shoe" ~ "red running shoe").
@@ -47,7 +47,19 @@ from pathlib import Path
 from typing import Any
 
 from shared.config import Settings
-from workers.language import guards, language
+from workers.language import guards
+from workers.language.caption import caption
+from workers.language.decompose import decompose
+from workers.language.hosted import BACKENDS, HOSTED_BACKENDS
+from workers.language.text import (
+    MAX_CAPTION_CHARS,
+    content_stems,
+    has_negation,
+    is_instruction_like,
+    stem,
+    strip_determiners,
+    words,
+)
 
 EVAL_FILE = Path(__file__).resolve().parent.parent / "data" / "briefs_eval.json"
 FIELDS = ("products", "backgrounds", "themes")
@@ -66,9 +78,9 @@ def load(limit: int | None = None) -> list[dict[str, Any]]:
 
 def _key(phrase: str) -> tuple[set[str], str]:
     """(content stems, head-noun stem) of a phrase without determiners."""
-    text = language.strip_determiners(phrase)
-    content = [w for w in language.words(text) if language.content_stems(w)]
-    return language.content_stems(text), (language.stem(content[-1]) if content else "")
+    text = strip_determiners(phrase)
+    content = [w for w in words(text) if content_stems(w)]
+    return content_stems(text), (stem(content[-1]) if content else "")
 
 
 def phrases_match(predicted: str, expected: str) -> bool:
@@ -220,7 +232,7 @@ class Report:
             f" errors={errors}",
             f"{b} latency mean={self.mean_latency_s:.3f}s/brief (decompose+caption; warm-up {self.warmup_s:.1f}s "
             "not counted)",
-            f"{b} caption compliance length<={language.MAX_CAPTION_CHARS}={comp['length']:.1%} "
+            f"{b} caption compliance length<={MAX_CAPTION_CHARS}={comp['length']:.1%} "
             f"no-negation={comp['no_negation']:.1%} not-instruction={comp['not_instruction']:.1%} "
             f"all-three={comp['all']:.1%} english={comp['english']:.1%}",
         ]
@@ -243,8 +255,8 @@ def _brief_row(brief: dict[str, Any], settings: Settings) -> Row:
     expected = brief["expected"]
     started = time.perf_counter()
     try:
-        parts = language.decompose(brief["brief"], settings)
-        made = language.caption(parts, None, None, settings)
+        parts = decompose(brief["brief"], settings)
+        made = caption(parts, None, None, settings)
     except Exception as exc:  # noqa: BLE001 - a crash is a result of the benchmark, not its end
         empty = {name: match([], expected[name]) for name in FIELDS}
         empty.update({name: match([], [expected[name]] if expected.get(name) else []) for name in LABELS})
@@ -286,9 +298,9 @@ def _brief_row(brief: dict[str, Any], settings: Settings) -> Row:
         made["backend"],
         latency,
         text,
-        length_ok=len(text) <= language.MAX_CAPTION_CHARS,
-        no_negation=not language.has_negation(text),
-        not_instruction=not language.is_instruction_like(text),
+        length_ok=len(text) <= MAX_CAPTION_CHARS,
+        no_negation=not has_negation(text),
+        not_instruction=not is_instruction_like(text),
         english_ok=guards.is_english(text),
         translated=bool(parts.get("english")),
         fallback_reason=parts.get("fallback_reason") or made.get("fallback_reason"),
@@ -301,13 +313,13 @@ def evaluate(backend: str, settings: Settings, briefs: Sequence[dict[str, Any]],
     With `warmup`, the local backend is warmed up first (model load) on the first brief; that time is
     reported apart and not in the mean latency.
     """
-    if backend not in language.BACKENDS:
-        raise ValueError(f"backend must be one of {language.BACKENDS}, got {backend!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     settings = settings.model_copy(update={"llm_backend": backend})
     report = Report(backend)
     if warmup and backend == "local" and briefs:
         started = time.perf_counter()
-        language.decompose(briefs[0]["brief"], settings)
+        decompose(briefs[0]["brief"], settings)
         report.warmup_s = time.perf_counter() - started
     report.rows = [_brief_row(brief, settings) for brief in briefs]
     return report
@@ -315,7 +327,7 @@ def evaluate(backend: str, settings: Settings, briefs: Sequence[dict[str, Any]],
 
 def run(backend: str, briefs: Sequence[dict[str, Any]], settings: Settings | None = None) -> Report:
     """evaluate(), or a skipped Report for a hosted backend that is not configured."""
-    if backend in language.HOSTED_BACKENDS and not hosted_configured(backend):
+    if backend in HOSTED_BACKENDS and not hosted_configured(backend):
         return Report(backend, skipped="not configured")
     return evaluate(backend, settings or Settings(), briefs)
 
@@ -323,7 +335,7 @@ def run(backend: str, briefs: Sequence[dict[str, Any]], settings: Settings | Non
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--backend", action="append", choices=language.BACKENDS, help="backend to evaluate (repeatable; default: rules)"
+        "--backend", action="append", choices=BACKENDS, help="backend to evaluate (repeatable; default: rules)"
     )
     parser.add_argument("--limit", type=int, default=None, help="first N briefs only")
     args = parser.parse_args(argv)

@@ -13,7 +13,10 @@ from typing import Any
 import pytest
 
 from shared.config import Settings
-from workers.language import language
+from workers.language.caption import caption
+from workers.language.decompose import decompose, field_errors
+from workers.language.prompts import load_prompt
+from workers.language.text import MAX_CAPTION_CHARS, cap_at_boundary, is_grounded
 from workers.models import llm_local
 
 NEGATION = re.compile(r"\b(no|not|without|never|none|nothing|nor|neither)\b(?!-)", re.I)
@@ -34,7 +37,7 @@ def local() -> Settings:
 def assert_caption_ok(out: dict[str, Any]) -> None:
     """The constraints every caption must meet, whatever produced it."""
     text = out["caption"]
-    assert 0 < len(text) <= language.MAX_CAPTION_CHARS
+    assert 0 < len(text) <= MAX_CAPTION_CHARS
     assert not NEGATION.search(text), text
     assert not INSTRUCTION_START.search(text), text
     assert all(term in out["negative_prompt"] for term in DEFAULTS)
@@ -46,7 +49,7 @@ def assert_caption_ok(out: dict[str, Any]) -> None:
 
 
 def test_rules_single_product(rules: Settings) -> None:
-    d = language.decompose("the shoe on an urban street at sunset", rules)
+    d = decompose("the shoe on an urban street at sunset", rules)
     assert (d["products"], d["backgrounds"], d["themes"]) == (["shoe"], ["urban street"], ["sunset"])
     assert d["mood"] is None
     assert (d["backend"], d["model"], d["fallback_reason"], d["calls"]) == ("rules", "rules-v1", None, [])
@@ -54,7 +57,7 @@ def test_rules_single_product(rules: Settings) -> None:
 
 
 def test_rules_two_products(rules: Settings) -> None:
-    d = language.decompose("a handbag and sunglasses on a dining table", rules)
+    d = decompose("a handbag and sunglasses on a dining table", rules)
     assert d["products"] == ["handbag", "sunglasses"]
     assert d["backgrounds"] == ["dining table"]
     assert d["themes"] == []
@@ -69,14 +72,14 @@ def test_rules_two_products(rules: Settings) -> None:
     ],
 )
 def test_rules_mood(rules: Settings, brief: str, mood: str, products: list[str]) -> None:
-    d = language.decompose(brief, rules)
+    d = decompose(brief, rules)
     assert d["mood"] == mood
     assert d["products"] == products
     assert d["backgrounds"] and all("mood" not in b and "vibe" not in b for b in d["backgrounds"])
 
 
 def test_rules_strip_instructions_and_negations(rules: Settings) -> None:
-    d = language.decompose("Generate an image of our watch on a marble counter in soft morning light, no people", rules)
+    d = decompose("Generate an image of our watch on a marble counter in soft morning light, no people", rules)
     assert d["products"] == ["watch"]
     assert d["backgrounds"] == ["marble counter"]
     assert d["themes"] == ["soft morning light"]
@@ -84,19 +87,19 @@ def test_rules_strip_instructions_and_negations(rules: Settings) -> None:
 
 
 def test_rules_comma_list_brief(rules: Settings) -> None:
-    d = language.decompose("a shoe, urban street, sunset", rules)
+    d = decompose("a shoe, urban street, sunset", rules)
     assert (d["products"], d["backgrounds"], d["themes"]) == (["shoe"], ["urban street"], ["sunset"])
 
 
 def test_decompose_input_checks(rules: Settings) -> None:
     with pytest.raises(ValueError, match="brief"):
-        language.decompose("   ", rules)
+        decompose("   ", rules)
     with pytest.raises(TypeError, match="brief"):
-        language.decompose(42, rules)  # type: ignore[arg-type]
+        decompose(42, rules)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="brief"):
-        language.decompose("shoe " * 1000, rules)
+        decompose("shoe " * 1000, rules)
     with pytest.raises(ValueError, match="llm_backend"):
-        language.decompose("a shoe", Settings.model_construct(llm_backend="cloud"))
+        decompose("a shoe", Settings.model_construct(llm_backend="cloud"))
 
 
 # ----------------------------------------------------------------------------- validation
@@ -105,38 +108,38 @@ def test_decompose_input_checks(rules: Settings) -> None:
 def test_validation_names_the_field() -> None:
     brief = "the shoe on an urban street at sunset"
     good = {"products": ["shoe"], "backgrounds": ["urban street"], "themes": ["sunset"]}
-    assert language.field_errors(good, brief) == {}
-    errors = language.field_errors(
+    assert field_errors(good, brief) == {}
+    errors = field_errors(
         {"products": ["shoe on an urban street"], "backgrounds": ["brick wall"], "themes": ["golden hour"]}, brief
     )
     assert set(errors) == {"products", "backgrounds", "themes"}
     assert "place or time" in errors["products"]
     assert "not in the brief" in errors["backgrounds"] and "not in the brief" in errors["themes"]
-    assert "products" in language.field_errors({"products": [], "backgrounds": ["street"]}, brief)
+    assert "products" in field_errors({"products": [], "backgrounds": ["street"]}, brief)
 
 
 def test_validation_rejects_whole_brief_and_long_items() -> None:
     brief = "red sneakers near a pool"
-    errors = language.field_errors({"products": ["red sneakers near a pool"], "backgrounds": ["pool"]}, brief)
+    errors = field_errors({"products": ["red sneakers near a pool"], "backgrounds": ["pool"]}, brief)
     assert "whole brief" in errors["products"]
     long = "red " * 9 + "sneakers"
-    assert "words" in language.field_errors({"products": [long], "backgrounds": ["pool"]}, brief)["products"]
+    assert "words" in field_errors({"products": [long], "backgrounds": ["pool"]}, brief)["products"]
 
 
 # ----------------------------------------------------------------------------- captions (template)
 
 
 def test_template_caption_topology(rules: Settings) -> None:
-    d = language.decompose("the shoe on an urban street at sunset", rules)
-    out = language.caption(d, "running shoe", None, rules)
+    d = decompose("the shoe on an urban street at sunset", rules)
+    out = caption(d, "running shoe", None, rules)
     assert out["caption"] == "a running shoe on an urban street at sunset, product photography"
     assert (out["backend"], out["fallback_reason"], out["prompt_version"]) == ("rules", None, None)
     assert_caption_ok(out)
 
 
 def test_caption_moves_negations_and_strips_instructions(rules: Settings) -> None:
-    d = language.decompose("a perfume bottle on a silk sheet, romantic mood, without people", rules)
-    out = language.caption(d, "Generate an image of a perfume bottle without box", "a silk sheet, no wrinkles", rules)
+    d = decompose("a perfume bottle on a silk sheet, romantic mood, without people", rules)
+    out = caption(d, "Generate an image of a perfume bottle without box", "a silk sheet, no wrinkles", rules)
     assert_caption_ok(out)
     assert out["caption"].startswith("a perfume bottle on a silk sheet")
     for moved in ("people", "box", "wrinkles"):
@@ -144,9 +147,9 @@ def test_caption_moves_negations_and_strips_instructions(rules: Settings) -> Non
 
 
 def test_caption_length_cap_at_boundary(rules: Settings) -> None:
-    d = language.decompose("a watch on a marble counter", rules)
+    d = decompose("a watch on a marble counter", rules)
     long_bg = ", ".join(f"polished marble counter detail number {i}" for i in range(60))
-    out = language.caption(d, None, long_bg, rules)
+    out = caption(d, None, long_bg, rules)
     assert_caption_ok(out)
     full = "a watch on " + long_bg
     assert full.startswith(out["caption"])
@@ -155,30 +158,30 @@ def test_caption_length_cap_at_boundary(rules: Settings) -> None:
 
 def test_cap_at_boundary_prefers_sentence_or_comma() -> None:
     text = "alpha beta, gamma delta. epsilon zeta eta"
-    assert language.cap_at_boundary(text, 30) == "alpha beta, gamma delta"
-    assert language.cap_at_boundary("a" * 50, 10) == "a" * 10
-    assert language.cap_at_boundary("short", 10) == "short"
+    assert cap_at_boundary(text, 30) == "alpha beta, gamma delta"
+    assert cap_at_boundary("a" * 50, 10) == "a" * 10
+    assert cap_at_boundary("short", 10) == "short"
     with pytest.raises(ValueError, match="limit"):
-        language.cap_at_boundary("x", 0)
+        cap_at_boundary("x", 0)
 
 
 def test_caption_input_checks(rules: Settings) -> None:
     with pytest.raises(TypeError, match="decomposition"):
-        language.caption("a shoe", None, None, rules)  # type: ignore[arg-type]
+        caption("a shoe", None, None, rules)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="products"):
-        language.caption({"products": "shoe"}, None, None, rules)
+        caption({"products": "shoe"}, None, None, rules)
     with pytest.raises(TypeError, match="product_title"):
-        language.caption({"products": ["shoe"]}, 7, None, rules)  # type: ignore[arg-type]
+        caption({"products": ["shoe"]}, 7, None, rules)  # type: ignore[arg-type]
 
 
 def test_prompt_templates_are_versioned() -> None:
-    t = language.load_prompt("decompose", "v1")
+    t = load_prompt("decompose", "v1")
     assert t.id == "decompose.v1" and t.examples and "$brief" in t.user
-    assert language.load_prompt("caption").id == "caption.v1"
+    assert load_prompt("caption").id == "caption.v1"
     with pytest.raises(ValueError, match="version"):
-        language.load_prompt("caption", "latest")
+        load_prompt("caption", "latest")
     with pytest.raises(FileNotFoundError):
-        language.load_prompt("caption", "v99")
+        load_prompt("caption", "v99")
 
 
 # ----------------------------------------------------------------------------- local backend, stubbed model
@@ -200,7 +203,7 @@ def fake_generate_fields(answers: list[dict[str, Any]]) -> Any:
 def test_local_decompose_valid_is_used(monkeypatch: pytest.MonkeyPatch, local: Settings) -> None:
     answer = {"products": ["shoe"], "backgrounds": ["urban street"], "themes": ["sunset"], "mood": ""}
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields([answer]))
-    d = language.decompose("the shoe on an urban street at sunset", local)
+    d = decompose("the shoe on an urban street at sunset", local)
     assert (d["backend"], d["fallback_reason"], d["prompt_version"]) == ("local", None, "decompose.v1")
     assert d["products"] == ["shoe"] and len(d["calls"]) == 1
 
@@ -209,7 +212,7 @@ def test_local_decompose_repair_then_fallback(monkeypatch: pytest.MonkeyPatch, l
     bad = {"products": ["shoe"], "backgrounds": ["brick wall"], "themes": ["sunset"], "mood": "nightmare"}
     worse = {"backgrounds": ["shoe"]}
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields([bad, worse]))
-    d = language.decompose("the shoe on an urban street at sunset", local)
+    d = decompose("the shoe on an urban street at sunset", local)
     assert d["backend"] == "rules" and d["products"] == ["shoe"]
     assert "brick wall" in d["fallback_reason"] and "repair" in d["fallback_reason"]
     assert [c["attempt"] for c in d["calls"]] == ["first", "repair"]
@@ -219,13 +222,13 @@ def test_local_decompose_repair_succeeds(monkeypatch: pytest.MonkeyPatch, local:
     bad = {"products": ["handbag", "sunglasses"], "backgrounds": ["dining table"], "themes": ["dining table"]}
     fixed = {"themes": []}
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields([bad, fixed]))
-    d = language.decompose("a handbag and sunglasses on a dining table", local)
+    d = decompose("a handbag and sunglasses on a dining table", local)
     assert d["backend"] == "local" and d["themes"] == [] and d["backgrounds"] == ["dining table"]
 
 
 def test_local_decompose_missing_model_falls_back(tmp_path: Any) -> None:
     settings = Settings(llm_backend="local", llm_gguf_path=tmp_path / "missing.gguf")
-    d = language.decompose("the shoe on an urban street at sunset", settings)
+    d = decompose("the shoe on an urban street at sunset", settings)
     assert d["backend"] == "rules" and "unavailable" in d["fallback_reason"]
 
 
@@ -237,8 +240,8 @@ def test_local_caption_sanitises_model_clauses(
         "style": "Create a photo of lifestyle product photography",
     }
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields([answer]))
-    d = language.decompose("the shoe on an urban street at sunset", rules)
-    out = language.caption(d, "running shoe", None, local)
+    d = decompose("the shoe on an urban street at sunset", rules)
+    out = caption(d, "running shoe", None, local)
     assert_caption_ok(out)
     assert out["backend"] == "local" and out["fallback_reason"] is None
     assert out["caption"] == (
@@ -250,8 +253,8 @@ def test_local_caption_sanitises_model_clauses(
 def test_local_caption_invalid_falls_back(monkeypatch: pytest.MonkeyPatch, local: Settings, rules: Settings) -> None:
     answers = [{"lighting": "make it pop", "style": "x"}, {"lighting": "use a shoe", "style": "x"}]
     monkeypatch.setattr(llm_local, "generate_fields", fake_generate_fields(answers))
-    d = language.decompose("the shoe on an urban street at sunset", rules)
-    out = language.caption(d, None, None, local)
+    d = decompose("the shoe on an urban street at sunset", rules)
+    out = caption(d, None, None, local)
     assert_caption_ok(out)
     assert out["backend"] == "rules" and "lighting" in out["fallback_reason"]
     assert out["caption"] == "a shoe on an urban street at sunset, product photography"
@@ -288,16 +291,16 @@ def test_local_llm_really_runs(local: Settings) -> None:
     lm = llm_local.load(local)
     assert lm.model_id == "SmolLM2-135M-Instruct.Q4_1"
     brief = "a leather handbag on a dining table at sunset"
-    d = language.decompose(brief, local)
+    d = decompose(brief, local)
     assert d["calls"] and all(c["tokens_in"] > 0 and c["latency_s"] > 0 for c in d["calls"])
     assert all(c["model"] == lm.model_id for c in d["calls"])
     if d["backend"] == "local":
         assert d["fallback_reason"] is None and d["validation_error"] is None
-        assert all(language.is_grounded(p, brief) for p in d["products"])
+        assert all(is_grounded(p, brief) for p in d["products"])
     else:  # the fallback must say what the model got wrong
         assert d["fallback_reason"] and "model output invalid" in d["fallback_reason"]
     assert d["products"] and d["backgrounds"]
-    out = language.caption(d, None, None, local)
+    out = caption(d, None, None, local)
     assert_caption_ok(out)
     assert out["calls"] and out["prompt_version"] == "caption.v1"
     assert (out["backend"] == "local") == (out["fallback_reason"] is None)

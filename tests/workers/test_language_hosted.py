@@ -11,7 +11,9 @@ import pytest
 
 from shared.config import Settings
 from tests.workers.test_llm_openai import FakeOpenAI, Reply, chat_completion, server  # noqa: F401 - the fixture
-from workers.language import language
+from workers.language import caption as captioning
+from workers.language.decompose import decompose
+from workers.language.text import has_negation, is_instruction_like
 
 
 def hosted(fake: FakeOpenAI, **overrides: Any) -> Settings:
@@ -39,7 +41,7 @@ def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None: 
             }
         )
     )
-    result = language.decompose(
+    result = decompose(
         "der rote Laufschuh auf einer Stadtstraße bei Sonnenuntergang im Herbst, für junge Läufer, energische Stimmung",
         hosted(server),
     )
@@ -61,7 +63,7 @@ def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server
         {"english": None, "products": ["shoe"], "backgrounds": ["mountain lake"], "themes": [], "mood": None}
     )
     server.script(made_up, made_up)
-    result = language.decompose("a shoe on a wooden table", hosted(server))
+    result = decompose("a shoe on a wooden table", hosted(server))
     assert len(server.requests) == 2
     assert "wrong" in server.requests[1].body["messages"][-1]["content"]  # the repair turn names the error
     assert result["backend"] == "rules" and "openai output invalid twice" in result["fallback_reason"]
@@ -87,13 +89,13 @@ def test_caption_clauses_from_the_hosted_model(server: FakeOpenAI) -> None:  # n
         "negatives": [],
         "season": "autumn",
     }
-    result = language.caption(parts, "Stride running shoe", None, hosted(server))
+    result = captioning.caption(parts, "Stride running shoe", None, hosted(server))
     assert result["caption"] == (
         "a Stride running shoe on an urban street at sunset in autumn, standing on its sole, "
         "warm golden hour light, low angle shot, lifestyle product photography"
     )
     assert result["backend"] == "openai" and result["prompt_version"] == "caption.v2"
-    assert not language.is_instruction_like(result["caption"]) and not language.has_negation(result["caption"])
+    assert not is_instruction_like(result["caption"]) and not has_negation(result["caption"])
 
 
 def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noqa: F811
@@ -109,9 +111,9 @@ def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noq
         )
     )
     parts = {"products": ["running shoe"], "backgrounds": ["track"], "themes": [], "mood": None, "negatives": []}
-    result = language.caption(parts, None, None, hosted(server), forbidden_terms=["Nike", "Adidas"])
+    result = captioning.caption(parts, None, None, hosted(server), forbidden_terms=["Nike", "Adidas"])
     caption = result["caption"]
-    assert "Nike" not in caption and not language.has_negation(caption) and not language.is_instruction_like(caption)
+    assert "Nike" not in caption and not has_negation(caption) and not is_instruction_like(caption)
     assert result["backend"] == "openai" and "sports photo" in caption and "standing upright" in caption
     assert "Nike" in result["negative_prompt"] and "harsh shadows" in result["negative_prompt"]
     assert "laces" in result["negative_prompt"]
@@ -134,7 +136,7 @@ def test_an_untranslated_hosted_answer_is_re_asked(server: FakeOpenAI) -> None: 
             }
         ),
     )
-    result = language.decompose("ein Laufschuh auf einer Stadtstraße", hosted(server))
+    result = decompose("ein Laufschuh auf einer Stadtstraße", hosted(server))
     assert "not English" in server.requests[1].body["messages"][-1]["content"]
     assert result["products"] == ["running shoe"] and result["backend"] == "openai"
 
@@ -146,7 +148,7 @@ def test_unreachable_backend_raises_a_named_error() -> None:
         llm_backend="openai", openai_base_url="http://127.0.0.1:9/v1", llm_max_attempts=1, llm_timeout_seconds=2
     )
     with pytest.raises(LLMError, match="llm_unavailable"):
-        language.decompose("a shoe on a table", settings)
+        decompose("a shoe on a table", settings)
 
 
 def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> None:  # noqa: F811

@@ -15,7 +15,8 @@ from shared.config import Settings
 from tests.workers.test_llm_openai import FakeOpenAI, Reply, chat_completion, server  # noqa: F401 - the fixture
 from workers.checks import guideline
 from workers.imaging import composition, compositor
-from workers.language import language, revise, scale
+from workers.language import revise, scale
+from workers.language.text import MAX_CAPTION_CHARS, has_negation, is_instruction_like
 
 CAPTION = "a red running shoe on an urban street at sunset, warm golden light, lifestyle product photography"
 PARTS = {"products": ["red running shoe"], "backgrounds": ["urban street"], "themes": ["sunset"]}
@@ -191,7 +192,7 @@ def test_hosted_revision_is_guarded(server: FakeOpenAI) -> None:  # noqa: F811
     )
     result = revise.revise(CURRENT, FAILURES, hosted(server), ["Nike"])
     text = result["caption"]
-    assert text.startswith("a red running shoe") and "Nike" not in text and not language.has_negation(text)
+    assert text.startswith("a red running shoe") and "Nike" not in text and not has_negation(text)
     assert {"people", "floating shoe", "Nike"} <= set(result["negative_prompt"].split(", "))
     assert result["guards"]["forbidden_removed"] == ["Nike"] and result["prompt_version"] == "revise.v1"
 
@@ -207,7 +208,7 @@ def test_hosted_revision_that_drops_the_product_falls_back(server: FakeOpenAI) -
 def test_local_revision_on_smollm2_keeps_the_caption_usable() -> None:
     result = revise.revise(CURRENT, FAILURES, Settings(llm_backend="local"))
     assert result["calls"] and all(c["tokens_out"] > 0 for c in result["calls"])  # the model really ran
-    assert result["caption"].startswith(CAPTION) and len(result["caption"]) <= language.MAX_CAPTION_CHARS
-    assert not language.has_negation(result["caption"]) and not language.is_instruction_like(result["caption"])
+    assert result["caption"].startswith(CAPTION) and len(result["caption"]) <= MAX_CAPTION_CHARS
+    assert not has_negation(result["caption"]) and not is_instruction_like(result["caption"])
     assert result["backend"] in ("local", "rules")  # rules only with the reason the clause was refused
     assert (result["backend"] == "local") == (result["fallback_reason"] is None)

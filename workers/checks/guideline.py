@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from workers.language import language
+from workers.language.hosted import hosted_answer, with_one_reask
+from workers.language.prompts import load_prompt
+from workers.language.text import cap_at_boundary, collapse
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -50,7 +52,7 @@ def rules(guidelines: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append(
             {
                 "guideline": f"brand_{i}",
-                "text": language.collapse(str(g["text"])),
+                "text": collapse(str(g["text"])),
                 "kind": "brand",
                 "flexible": bool(g.get("flexible", False)),
                 "weight": float(g.get("weight", 1.0)),
@@ -145,18 +147,18 @@ def _vision(
 ) -> dict[str, Any]:
     from workers.models import llm_hosted
 
-    backend, template = llm_hosted.backend_for(settings), language.load_prompt("guideline", "v1")
+    backend, template = llm_hosted.backend_for(settings), load_prompt("guideline", "v1")
     images = (llm_hosted.image_part(candidate.convert("RGB")), llm_hosted.image_part(product))
     listing = "\n".join(f"{r['guideline']}: {r['text']}" for r in todo)
     ids = [r["guideline"] for r in todo]
     calls: list[dict[str, Any]] = []
 
     def ask(errors: dict[str, str]) -> GuidelineAnswer:
-        return language.hosted_answer(
+        return hosted_answer(
             backend, template, GuidelineAnswer, calls, errors, images, caption=caption, guidelines=listing
         )
 
-    answer, failed = language.with_one_reask(ask, lambda a: answer_errors(a, ids))
+    answer, failed = with_one_reask(ask, lambda a: answer_errors(a, ids))
     got = {v.id: _one_line(v) for v in answer.verdicts if v.id in ids}
     if failed:  # incomplete twice: keep what it answered, check the rest classically or say unchecked
         reason = f"{backend.name} answered incompletely twice ({'; '.join(failed.values())})"
@@ -184,7 +186,7 @@ def answer_errors(answer: GuidelineAnswer, ids: list[str]) -> dict[str, str]:
 
 
 def _one_line(verdict: Verdict) -> dict[str, Any]:
-    reason = language.cap_at_boundary(language.collapse(verdict.reason) or "no reason given", MAX_REASON_CHARS)
+    reason = cap_at_boundary(collapse(verdict.reason) or "no reason given", MAX_REASON_CHARS)
     return {"status": "pass" if verdict.passed else "fail", "reason": reason, "method": "vision", "value": None}
 
 

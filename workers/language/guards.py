@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from workers.language.text import cap_at_boundary, collapse, split_negations, strip_instructions
+
 MAX_PROMPT_CHARS = 1024
 _LETTER_RE = re.compile(r"[^\W\d_]", re.UNICODE)
 # Function words that are common in the briefs' other languages and not English words.
@@ -63,6 +65,7 @@ def is_english(text: str) -> bool:
 
 
 def check_terms(name: str, terms: Sequence[str] | None) -> list[str]:
+    """The terms stripped, blanks dropped; TypeError unless a list of str (a bare str is a mistake)."""
     if terms is None:
         return []
     if isinstance(terms, str) or not all(isinstance(t, str) for t in terms):
@@ -72,8 +75,6 @@ def check_terms(name: str, terms: Sequence[str] | None) -> list[str]:
 
 def remove_terms(text: str, terms: Sequence[str]) -> tuple[str, list[str]]:
     """Take each term out (whole words, any case) and tidy the commas it leaves."""
-    from workers.language.language import collapse
-
     removed = []
     for term in check_terms("forbidden_terms", terms):
         # the whole compound goes: "Nike-style" and "Nike's" are still the name
@@ -87,8 +88,6 @@ def remove_terms(text: str, terms: Sequence[str]) -> tuple[str, list[str]]:
 
 def guard_prompt(text: str, forbidden_terms: Sequence[str] = (), limit: int = MAX_PROMPT_CHARS) -> Guarded:
     """Instruction words off, negations moved out, forbidden terms removed, cut at a boundary."""
-    from workers.language.language import cap_at_boundary, collapse, split_negations, strip_instructions
-
     if not isinstance(text, str):
         raise TypeError(f"text must be str, got {type(text).__name__}")
     kept, negatives = split_negations(strip_instructions(collapse(text)))

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
-from workers.language import guards, language
+from workers.language import guards
+from workers.language.caption import negative_prompt
+from workers.language.hosted import HOSTED_BACKENDS, hosted_answer, with_one_reask
+from workers.language.prompts import PromptTemplate, load_prompt
+from workers.language.rules import RULES_MODEL_ID
+from workers.language.text import MAX_CAPTION_CHARS, collapse, content_stems, has_negation, is_instruction_like, words
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -40,9 +45,9 @@ class RevisionAnswer(BaseModel):
 def failure_summary(failed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Failed verdicts of a round, most frequent first: [{"guideline", "count", "reason"}]."""
     counts = Counter(v["guideline"] for v in failed)
-    first = {}
+    first: dict[str, str] = {}
     for v in failed:
-        first.setdefault(v["guideline"], language.collapse(str(v.get("reason") or "")))
+        first.setdefault(v["guideline"], collapse(str(v.get("reason") or "")))
     return [{"guideline": g, "count": n, "reason": first[g]} for g, n in counts.most_common(MAX_FAILURES_SHOWN)]
 
 
@@ -56,7 +61,7 @@ def revise(
     "previous_caption", "change" and "failures" added. Hosted LLMError propagates (the stage fails)."""
     _check_args(current, failures)
     backend = settings.llm_backend
-    if backend in language.HOSTED_BACKENDS:
+    if backend in HOSTED_BACKENDS:
         return _hosted(current, failures, settings, forbidden_terms)
     if backend == "local":
         return _local(current, failures, settings, forbidden_terms)
@@ -76,13 +81,13 @@ def _subject(current: dict[str, Any]) -> str:
 
 def revision_errors(text: str, current: dict[str, Any]) -> dict[str, str]:
     """A revision keeps the product, reads as a caption and changes something."""
-    lost = language.content_stems(_subject(current)) - language.content_stems(text)
+    lost = content_stems(_subject(current)) - content_stems(text)
     errors = {}
     if lost:
         errors["caption"] = f"the revised caption dropped the product words {', '.join(sorted(lost))}"
-    elif language.is_instruction_like(text):
+    elif is_instruction_like(text):
         errors["caption"] = "the revised caption is an instruction, not a description"
-    elif language.collapse(text).lower() == language.collapse(current["caption"]).lower():
+    elif collapse(text).lower() == collapse(current["caption"]).lower():
         errors["caption"] = "the revised caption is unchanged"
     return errors
 
@@ -96,11 +101,11 @@ def _hosted(
 ) -> dict[str, Any]:
     from workers.models import llm_hosted
 
-    backend, template = llm_hosted.backend_for(settings), language.load_prompt("revise", "v1")
+    backend, template = llm_hosted.backend_for(settings), load_prompt("revise", "v1")
     calls: list[dict[str, Any]] = []
 
     def ask(errors: dict[str, str]) -> RevisionAnswer:
-        return language.hosted_answer(
+        return hosted_answer(
             backend,
             template,
             RevisionAnswer,
@@ -112,9 +117,7 @@ def _hosted(
         )
 
     # checked after the guards: an answer that is usable once they ran ("Generate a ..." stripped) is kept
-    answer, failed = language.with_one_reask(
-        ask, lambda a: revision_errors(guards.guard_prompt(a.caption).text, current)
-    )
+    answer, failed = with_one_reask(ask, lambda a: revision_errors(guards.guard_prompt(a.caption).text, current))
     if failed:
         reason = f"{backend.name} revision invalid twice ({'; '.join(failed.values())}); used the rule clauses"
         return _rules(current, failures, forbidden, reason, calls, template.id)
@@ -140,11 +143,11 @@ def _local(
 ) -> dict[str, Any]:
     from workers.models import llm_local
 
-    template = language.load_prompt("revise_local", "v1")
+    template = load_prompt("revise_local", "v1")
     calls: list[dict[str, Any]] = []
     problems = "; ".join(f.get("reason") or f["guideline"] for f in failures) or "none recorded"
     try:
-        text, failed = language.with_one_reask(
+        text, failed = with_one_reask(
             lambda errors: _local_fix(current, problems, settings, template, calls, errors),
             lambda text: fix_errors(text, current),
         )
@@ -169,7 +172,7 @@ def _local_fix(
     current: dict[str, Any],
     problems: str,
     settings: Settings,
-    template: language.PromptTemplate,
+    template: PromptTemplate,
     calls: list[dict[str, Any]],
     errors: dict[str, str],
 ) -> str:
@@ -189,16 +192,16 @@ def _local_fix(
         settings=settings,
     )
     calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
-    return language.collapse(str(got.values.get("fix") or ""))
+    return collapse(str(got.values.get("fix") or ""))
 
 
 def fix_errors(text: str, current: dict[str, Any]) -> dict[str, str]:
-    n = len(language.words(text))
+    n = len(words(text))
     if not 1 <= n <= 12:
         return {"fix": f'fix "{text}" has {n} words (1-12 allowed)'}
-    if language.is_instruction_like(text) or language.has_negation(text):
+    if is_instruction_like(text) or has_negation(text):
         return {"fix": f'fix "{text}" is an instruction or a negation, not a description'}
-    if language.content_stems(text) <= language.content_stems(current["caption"]):
+    if content_stems(text) <= content_stems(current["caption"]):
         return {"fix": f'fix "{text}" only repeats the caption'}
     return {}
 
@@ -217,7 +220,7 @@ def _rules(
     change = f"added {', '.join(repr(c) for c in clauses)}" if clauses else "no caption clause fixes these failures"
     meta = {
         "backend": "rules",
-        "model": language.RULES_MODEL_ID,
+        "model": RULES_MODEL_ID,
         "fallback_reason": reason,
         "calls": calls,
         "prompt_version": version,
@@ -234,16 +237,16 @@ def _result(
     forbidden: list[str] | tuple[str, ...],
     meta: dict[str, Any],
 ) -> dict[str, Any]:
-    guarded = guards.guard_prompt(text, forbidden, language.MAX_CAPTION_CHARS)
+    guarded = guards.guard_prompt(text, forbidden, MAX_CAPTION_CHARS)
     old_negatives = [t for t in str(current.get("negative_prompt") or "").split(", ") if t]
     terms = guards.guard_negative([*old_negatives, *negatives, *guarded.negatives], forbidden)
     return {
         **current,
         **meta,
         "caption": guarded.text,
-        "negative_prompt": language.negative_prompt(terms),
+        "negative_prompt": negative_prompt(terms),
         "previous_caption": current["caption"],
-        "change": language.collapse(change),
+        "change": collapse(change),
         "failures": failures,
         "guards": guarded.report(),
     }

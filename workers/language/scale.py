@@ -15,7 +15,9 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 from pydantic import BaseModel, Field
 
-from workers.language import language
+from workers.language.hosted import hosted_answer
+from workers.language.prompts import load_prompt
+from workers.language.text import collapse, stem, words
 
 if TYPE_CHECKING:
     from shared.config import Settings
@@ -124,9 +126,9 @@ def classical_share(products: list[str], backgrounds: list[str], default: float)
 
 def _lookup(table: dict[str, float], phrases: list[str]) -> float | None:
     for phrase in phrases:
-        ws = language.words(phrase)
-        if ws and language.stem(ws[-1]) in table:
-            return table[language.stem(ws[-1])]
+        ws = words(phrase)
+        if ws and stem(ws[-1]) in table:
+            return table[stem(ws[-1])]
     return None
 
 
@@ -185,10 +187,10 @@ def _vision(
 ) -> dict[str, Any]:
     from workers.models import llm_hosted
 
-    backend, template = llm_hosted.backend_for(settings), language.load_prompt("scale", "v1")
+    backend, template = llm_hosted.backend_for(settings), load_prompt("scale", "v1")
     images = (llm_hosted.image_part(canvas.convert("RGB")), llm_hosted.image_part(product))
     calls: list[dict[str, Any]] = []
-    answer = language.hosted_answer(
+    answer = hosted_answer(
         backend,
         template,
         ScaleAnswer,
@@ -203,7 +205,7 @@ def _vision(
     share = min(MAX_SHARE, max(MIN_SHARE, answer.share))  # guard: the plan and QC need a usable size
     return {
         "share": round(share, 3),
-        "reason": language.collapse(answer.reason),
+        "reason": collapse(answer.reason),
         "method": "vision",
         "backend": backend.name,
         "model": backend.model,

@@ -114,21 +114,21 @@ def llm_call_rows(ctx: StageContext, result: dict[str, Any], key: str = "") -> l
 
 
 def decompose(ctx: StageContext) -> dict[str, Any]:
-    from workers.language import language
+    from workers.language.decompose import decompose
 
     with _llm_failures("decompose"):
-        result = language.decompose(ctx.campaign.brief, ctx.settings.for_stage("decompose"))
+        result = decompose(ctx.campaign.brief, ctx.settings.for_stage("decompose"))
     ctx.state_patch["decompose"] = result
     ctx.rows += llm_call_rows(ctx, result)
     return {"backend": result.get("backend"), "fallback_reason": result.get("fallback_reason")}
 
 
 def caption(ctx: StageContext) -> dict[str, Any]:
-    from workers.language import language
+    from workers.language.caption import caption
 
     retrieved = state(ctx, "retrieve")
     with _llm_failures("caption"):
-        result = language.caption(
+        result = caption(
             state(ctx, "decompose"),
             retrieved.get("product_title"),
             retrieved.get("background_caption"),

@@ -1,0 +1,417 @@
+"""Caption stage: decomposition -> generation caption and negative prompt (plain functions, no DB).
+
+`caption` builds a caption-style prompt with the seed's topology:
+subject, point of reference (preposition), environment, optional lighting/style.
+The subject and environment come from the decomposition, never from the model;
+the model only fills the lighting/style clauses. Negations are moved to the
+negative prompt because diffusion text encoders read "no people" as "people".
+
+Nothing here invents content: every phrase comes from the brief, the product
+title, the background caption, the model, or a fixed, documented template word.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, Field, ValidationInfo, field_validator
+
+from workers.language import guards
+from workers.language.hosted import HOSTED_BACKENDS, check_settings, errors_by_field, hosted_answer, with_one_reask
+from workers.language.prompts import PromptTemplate, load_prompt
+from workers.language.rules import RULES_MODEL_ID
+from workers.language.text import (
+    MAX_CAPTION_CHARS,
+    PREP_RE,
+    SEASONS,
+    collapse,
+    content_stems,
+    dedupe,
+    has_negation,
+    is_instruction_like,
+    join_and,
+    prep_alternatives,
+    split_negations,
+    stem,
+    strip_instructions,
+    with_article,
+    words,
+)
+
+if TYPE_CHECKING:
+    from shared.config import Settings
+
+DEFAULT_NEGATIVES = ("blurry", "distorted product", "extra objects", "text", "watermark")
+TEMPLATE_STYLE = "product photography"
+CLAUSE_FIELDS = ("lighting", "style")  # what the local model fills (each field costs it seconds)
+HOSTED_CLAUSE_FIELDS = ("pose", "lighting", "camera", "style")  # the seed's full optional topology
+
+_POINT_IN_TIME = frozenset("sunset sunrise dawn dusk twilight night midnight noon midday".split())
+_SURFACES = frozenset(
+    "table desk counter countertop floor shelf sheet sand grass rock bench bed tray pedestal "
+    "plinth surface court street road sidewalk beach board cloth podium stone".split()
+)
+_LIGHT_WORDS = frozenset(
+    "light lights lighting lit glow glowing sun sunlight sunlit backlit backlight shadow shadows "
+    "illuminated illumination bright golden hour daylight neon candlelight moonlight rim "
+    "highlights luminous radiant ambient diffused".split()
+)
+_CAMERA_WORDS = frozenset(
+    "shot angle view close-up closeup lens eye-level overhead top-down macro wide low high perspective framing "
+    "camera aerial portrait landscape telephoto bokeh depth focus".split()
+)
+
+# ----------------------------------------------------------------------------- scene
+
+
+@dataclass(frozen=True)
+class Scene:
+    """The parts of a caption that come from the decomposition, never from the model."""
+
+    subject: str
+    setting: str  # point of reference + environment (+ themes), e.g. "on an urban street at sunset"
+    mood: str | None
+    negatives: tuple[str, ...]
+    forbidden: tuple[str, ...] = ()  # the brand's forbidden terms: never in the positive prompt
+
+    @property
+    def base(self) -> str:
+        return collapse(f"{self.subject} {self.setting}")
+
+
+def build_scene(
+    decomposition: dict[str, Any],
+    product_title: str | None,
+    background_caption: str | None,
+    forbidden_terms: Sequence[str] = (),
+) -> Scene:
+    """Subject from the product title or products; setting from the background
+    caption or backgrounds, with the brief's own prepositions; negations moved out."""
+    _check_decomposition(decomposition)
+    title, neg_title = _caption_ready("product_title", product_title)
+    bg_caption, neg_bg = _caption_ready("background_caption", background_caption)
+    subject = _subject(decomposition, title)
+    setting = collapse(f"{_environment(decomposition, bg_caption)} {_theme_phrase(decomposition, bg_caption)}")
+    mood, neg_mood = split_negations(str(decomposition.get("mood") or ""))
+    negatives = list(decomposition.get("negatives") or []) + neg_title + neg_bg + neg_mood
+    return Scene(
+        subject,
+        setting,
+        mood or None,
+        tuple(dedupe(negatives)),
+        tuple(guards.check_terms("forbidden_terms", forbidden_terms)),
+    )
+
+
+def _caption_ready(name: str, value: str | None) -> tuple[str, list[str]]:
+    """Optional free text (title, retrieved background caption) cleaned of control
+    characters and quotes, leading instructions and negations (returned apart)."""
+    if value is None:
+        return "", []
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be str or None, got {type(value).__name__}")
+    return split_negations(strip_instructions(collapse(re.sub(r"[\x00-\x1f\"`{}\[\]<>]", " ", value))))
+
+
+def _check_decomposition(decomposition: dict[str, Any]) -> None:
+    if not isinstance(decomposition, dict):
+        raise TypeError(f"decomposition must be a dict, got {type(decomposition).__name__}")
+    for key in ("products", "backgrounds", "themes"):
+        value = decomposition.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+            raise ValueError(f"decomposition[{key!r}] must be a list of str, got {value!r}")
+
+
+def _subject(decomposition: dict[str, Any], title: str) -> str:
+    """Product title (plus the generic product noun when the title lacks it), else the products."""
+    products = [p for p in decomposition.get("products", []) if p]
+    if title:
+        if products and not content_stems(title) & content_stems(" ".join(products)):
+            title = f"{title} {products[0]}"
+        return with_article(title)
+    if not products:
+        return "the product"  # fixed template word: nothing was decomposed to name it
+    return join_and([with_article(p) for p in products])
+
+
+def _preposition(decomposition: dict[str, Any], phrase: str, default: str) -> tuple[str, str | None]:
+    """The brief's own preposition (and article) before `phrase`, else a default."""
+    brief = str(decomposition.get("brief") or "")
+    m = re.search(rf"\b({prep_alternatives()})\s+(?:(a|an|the)\s+)?{re.escape(phrase)}\b", brief, re.I)
+    return (m.group(1).lower(), m.group(2)) if m else (default, None)
+
+
+def _environment(decomposition: dict[str, Any], bg_caption: str) -> str:
+    backgrounds = [b for b in decomposition.get("backgrounds", []) if b]
+    if bg_caption:
+        first = backgrounds[0] if backgrounds else ""
+        prep, _ = _preposition(decomposition, first, _default_prep(first)) if first else ("in", None)
+        return bg_caption if PREP_RE.match(bg_caption) else f"{prep} {bg_caption}"
+    return " ".join(_located(decomposition, b) for b in backgrounds)
+
+
+def _located(decomposition: dict[str, Any], background: str) -> str:
+    prep, article = _preposition(decomposition, background, _default_prep(background))
+    noun = f"{article.lower()} {background}" if article else with_article(background)
+    return f"{prep} {noun}"
+
+
+def _default_prep(background: str) -> str:
+    ws = words(background)
+    return "on" if ws and stem(ws[-1]) in _SURFACES else "in"
+
+
+def _theme_phrase(decomposition: dict[str, Any], bg_caption: str) -> str:
+    """ "at sunset", "in soft morning light"; skipped when the background caption already says it."""
+    out = []
+    for theme in decomposition.get("themes", []):
+        if not theme or (bg_caption and content_stems(theme) <= content_stems(bg_caption)):
+            continue
+        head = stem(words(theme)[-1])
+        prep, article = _preposition(decomposition, theme, "at" if head in _POINT_IN_TIME else "in")
+        out.append(f"{prep} {article.lower() + ' ' if article else ''}{theme}")
+    season = str(decomposition.get("season") or "")
+    if season and not (bg_caption and content_stems(season) <= content_stems(bg_caption)):
+        out.append(f"in {season}" if re.fullmatch(SEASONS, season, re.I) else f"during the {season}")
+    return " ".join(out)
+
+
+# ----------------------------------------------------------------------------- clauses
+
+
+class CaptionFields(BaseModel):
+    """The model's clauses: short, caption-like, and the lighting is about light."""
+
+    lighting: str = Field(min_length=3)
+    style: str = Field(min_length=3)
+    pose: str = ""  # optional clauses: empty is a valid "nothing to add"
+    camera: str = ""
+
+    @field_validator("lighting", "style", "pose", "camera")
+    @classmethod
+    def _caption_like(cls, value: str, info: ValidationInfo) -> str:
+        if not value and info.field_name in ("pose", "camera"):
+            return value
+        n = len(words(value))
+        if not 1 <= n <= 10:
+            raise ValueError(f'{info.field_name} "{value}" has {n} words (1-10 allowed)')
+        if is_instruction_like(value) or has_negation(value):
+            raise ValueError(f'{info.field_name} "{value}" is an instruction or a negation, not a description')
+        base = str((info.context or {}).get("base", ""))
+        if content_stems(value) <= content_stems(base):
+            raise ValueError(f'{info.field_name} "{value}" only repeats the subject or setting')
+        return value
+
+    @field_validator("lighting")
+    @classmethod
+    def _about_light(cls, value: str) -> str:
+        if not {w.lower() for w in words(value)} & _LIGHT_WORDS:
+            raise ValueError(f'lighting "{value}" does not describe light')
+        return value
+
+    @field_validator("camera")
+    @classmethod
+    def _about_camera(cls, value: str) -> str:
+        if value and not {w.lower() for w in words(value)} & _CAMERA_WORDS:
+            raise ValueError(f'camera "{value}" does not describe a camera position or shot')
+        return value
+
+
+class ClauseAnswer(BaseModel):
+    """What a hosted model answers for caption.v2; CaptionFields checks it afterwards."""
+
+    pose: str = Field("", max_length=200)
+    lighting: str = Field("", max_length=200)
+    camera: str = Field("", max_length=200)
+    style: str = Field("", max_length=200)
+
+
+def caption_field_errors(fields: dict[str, str], scene: Scene) -> dict[str, str]:
+    """{field: reason} for every unusable clause; empty when all are usable."""
+    return errors_by_field(CaptionFields, dict(fields), {"base": scene.base}, "caption")
+
+
+def _clauses_without_negations(fields: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    negatives: list[str] = []
+    clean: dict[str, str] = {}
+    for key, value in fields.items():
+        kept, negs = split_negations(strip_instructions(value))
+        clean[key], negatives = kept, negatives + negs
+    return clean, negatives
+
+
+# ----------------------------------------------------------------------------- caption
+
+
+def caption(
+    decomposition: dict[str, Any],
+    product_title: str | None = None,
+    background_caption: str | None = None,
+    settings: Settings | None = None,
+    forbidden_terms: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Decomposition -> {"caption", "negative_prompt", "backend", "model",
+    "fallback_reason", "prompt_version", "calls", "parts", "guards"}."""
+    settings = check_settings(settings)
+    scene = build_scene(decomposition, product_title, background_caption, forbidden_terms)
+    if settings.llm_backend == "rules":
+        return _template_caption(scene, None, [], None)
+    if settings.llm_backend in HOSTED_BACKENDS:
+        return _hosted_caption(scene, settings, load_prompt("caption", "v2"), [])
+    template = load_prompt("caption", "v1")
+    calls: list[dict[str, Any]] = []
+    try:
+        return _local_caption(scene, settings, template, calls)
+    except (OSError, RuntimeError, ImportError, ValueError) as exc:
+        reason = f"local LLM unavailable ({type(exc).__name__}: {exc}); used the template caption"
+        return _template_caption(scene, reason, calls, template.id)
+
+
+def _template_caption(
+    scene: Scene, fallback_reason: str | None, calls: list[dict[str, Any]], prompt_version: str | None
+) -> dict[str, Any]:
+    """No lighting is made up: the template adds only the fixed style words."""
+    fields = {"lighting": "", "style": TEMPLATE_STYLE}
+    return _caption_result(scene, fields, [], "rules", RULES_MODEL_ID, fallback_reason, calls, prompt_version)
+
+
+def _caption_result(
+    scene: Scene,
+    fields: dict[str, str],
+    negatives: list[str],
+    backend: str,
+    model: str,
+    fallback_reason: str | None,
+    calls: list[dict[str, Any]],
+    prompt_version: str | None,
+) -> dict[str, Any]:
+    guarded = compose_caption(scene, fields)
+    return {
+        "caption": guarded.text,
+        "negative_prompt": negative_prompt(
+            guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives], scene.forbidden)
+        ),
+        "backend": backend,
+        "model": model,
+        "fallback_reason": fallback_reason,
+        "prompt_version": prompt_version,
+        "calls": calls,
+        "parts": {"subject": scene.subject, "setting": scene.setting, "mood": scene.mood, **fields},
+        "guards": guarded.report(),
+    }
+
+
+def compose_caption(scene: Scene, fields: dict[str, str]) -> guards.Guarded:
+    """The seed's topology: subject + point of reference + environment, then the optional
+    pose, lighting, camera, mood and style clauses; through the guards (caption-like,
+    negation-free, no forbidden term, capped at a boundary)."""
+    mood = f"{scene.mood} mood" if scene.mood else ""
+    clauses = [
+        scene.base,
+        fields.get("pose", ""),
+        fields.get("lighting", ""),
+        fields.get("camera", ""),
+        mood,
+        fields.get("style", ""),
+    ]
+    text = ", ".join(collapse(c) for c in clauses if collapse(c))
+    return guards.guard_prompt(text, scene.forbidden, MAX_CAPTION_CHARS)
+
+
+def negative_prompt(extra: list[str]) -> str:
+    """The defaults first (always present), then what the brief or model negated."""
+    terms = dedupe([*DEFAULT_NEGATIVES, *(collapse(x) for x in extra if collapse(x))])
+    return ", ".join(terms)
+
+
+# ----------------------------------------------------------------------------- local backend
+
+
+def _local_caption(
+    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Constrained try, one repair of the failing clauses, then the template caption."""
+    from workers.models import llm_local
+
+    fields, negatives = _llm_clauses(scene, settings, template, calls, previous=None, errors={})
+    errors = caption_field_errors(fields, scene)
+    if errors:
+        fields, negatives = _llm_clauses(scene, settings, template, calls, previous=fields, errors=errors)
+        repair_errors = caption_field_errors(fields, scene)
+        if repair_errors:
+            reason = (
+                f"model clauses invalid (first try: {'; '.join(errors.values())}; "
+                f"repair: {'; '.join(repair_errors.values())}); used the template caption"
+            )
+            return _template_caption(scene, reason, calls, template.id)
+    model = llm_local.model_id(settings)
+    return _caption_result(scene, fields, negatives, "local", model, None, calls, template.id)
+
+
+def _clause_specs(previous: dict[str, str] | None, errors: dict[str, str]) -> list[Any]:
+    """First try asks both clauses; the repair keeps the valid one and bans the rejected value."""
+    from workers.models import llm_local
+
+    if previous is None:
+        return [llm_local.FieldSpec(k, kind="str") for k in CLAUSE_FIELDS]
+    return [
+        llm_local.FieldSpec(k, kind="str", banned=(previous[k],) if previous[k] else ())
+        if k in errors
+        else llm_local.FieldSpec(k, kind="str", fixed=previous[k])
+        for k in CLAUSE_FIELDS
+    ]
+
+
+def _llm_clauses(
+    scene: Scene,
+    settings: Settings,
+    template: PromptTemplate,
+    calls: list[dict[str, Any]],
+    previous: dict[str, str] | None,
+    errors: dict[str, str],
+) -> tuple[dict[str, str], list[str]]:
+    """Fill "lighting" and "style" under a skeleton that already holds subject and setting."""
+    import json
+
+    from workers.models import llm_local
+
+    skeleton = "{" + f'"subject": {json.dumps(scene.subject)}, "setting": {json.dumps(scene.setting)}'
+    user = template.render_user("; ".join(errors.values()) or None, subject=scene.subject, setting=scene.setting)
+    got = llm_local.generate_fields(
+        template.system,
+        user,
+        _clause_specs(previous, errors),
+        int(settings.llm_max_new_tokens),
+        examples=template.examples,
+        prefix=skeleton,
+        settings=settings,
+    )
+    calls += [dict(c, attempt="repair" if errors else "first") for c in got.calls]
+    return _clauses_without_negations({k: str(got.values.get(k) or "") for k in CLAUSE_FIELDS})
+
+
+# ----------------------------------------------------------------------------- hosted backends
+
+
+def _hosted_caption(
+    scene: Scene, settings: Settings, template: PromptTemplate, calls: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One answer, one re-ask with the failed checks, then the template caption (said in the result)."""
+    from workers.models import llm_hosted
+
+    backend = llm_hosted.backend_for(settings)
+
+    def clauses(errors: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+        answer = hosted_answer(
+            backend, template, ClauseAnswer, calls, errors, subject=scene.subject, setting=scene.setting
+        )
+        return _clauses_without_negations({k: getattr(answer, k) for k in HOSTED_CLAUSE_FIELDS})
+
+    (fields, negatives), failed = with_one_reask(clauses, lambda got: caption_field_errors(got[0], scene))
+    if failed:
+        reason = f"{backend.name} clauses invalid twice ({'; '.join(failed.values())}); used the template caption"
+        return _template_caption(scene, reason, calls, template.id)
+    return _caption_result(scene, fields, negatives, backend.name, backend.model, None, calls, template.id)
