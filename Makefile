@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast bench stack-up stack-down clean lint
+.PHONY: venv demo test test-fast bench stack-up stack-down clean lint check-install
 
 venv: $(STAMP)
 
@@ -30,6 +30,17 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -x -q tests -m "not slow" --ignore=tests/bench
+
+# ruff (lint + format) over the tree; mypy over the packages (its settings: pyproject.toml).
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared services workers
+
+# `pip install .` without extras into a fresh venv outside the tree, then import every installed
+# module and run `onbrand --help`: what the images do. Needs no venv of its own here.
+check-install:
+	PY=$(PY) .ci/check-install
 
 bench: venv
 	$(BIN)/python -m pytest -q -s tests/bench
