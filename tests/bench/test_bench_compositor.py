@@ -13,30 +13,15 @@ import time
 from typing import Any
 
 import cv2
-import numpy as np
 import pytest
 from PIL import Image
 
+from tests.factories import cutout
 from workers.imaging import composition, compositor
 
 CANVAS = (1024, 1024)
 TARGET = 10.0  # candidates/s per core
 ROUNDS = 3  # each worker times its share this many times and keeps its best (least disturbed) round
-
-
-def cutout(w: int = 400, h: int = 500, seed: int = 0) -> Image.Image:
-    """A realistic product cut-out: bottle silhouette, printed label, soft anti-aliased alpha."""
-    rng = np.random.default_rng(seed)
-    shape = np.zeros((h, w), np.uint8)
-    cv2.rectangle(shape, (40, h // 3), (w - 41, h - 20), 255, -1)
-    cv2.ellipse(shape, (w // 2, h // 3), (w // 2 - 40, h // 7), 0, 0, 360, 255, -1)
-    cv2.rectangle(shape, (w // 2 - 45, 15), (w // 2 + 45, h // 3), 255, -1)
-    alpha = cv2.GaussianBlur(shape, (0, 0), 1.5)
-    noise = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w, 3)).astype(np.float32), (0, 0), 5)
-    rgb = np.clip(110 + 500 * noise, 0, 255).astype(np.uint8)
-    cv2.rectangle(rgb, (60, h // 2), (w - 61, h // 2 + 110), (245, 235, 210), -1)
-    cv2.putText(rgb, "BRAND", (90, h // 2 + 75), cv2.FONT_HERSHEY_SIMPLEX, 2.2, (30, 30, 80), 6)
-    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
 def _candidates(cut: Image.Image, layouts: list[composition.Layout], bg: Image.Image) -> dict[str, float]:

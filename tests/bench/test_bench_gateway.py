@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from shared.cli.procs import Processes, base_env, free_port, run_cli
-from tests.conftest import create_database
+from tests.system import create_database
 
 REQUESTS = 2000
 CONCURRENCY = 32

@@ -17,7 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from shared.cli.procs import onbrand_cmd
-from tests.conftest import System
+from tests.system import System
 
 COUNT = 2_000
 SIZE = 96

@@ -13,7 +13,7 @@ import pytest
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import upload_library
-from tests.conftest import System
+from tests.system import System
 
 BRIEF = "the running shoe on an urban street at sunset"
 

@@ -1,6 +1,6 @@
 """QC + ranking time per candidate at 1024 x 1024 (target <= 150 ms on the 2-core machines).
 
-The qc stage's per-candidate work through its own function (``quality._check_one``: fidelity with
+The qc stage's per-candidate work through its own function (``qc.check_one``: fidelity with
 MS-SSIM and CIEDE2000, perceptual hash, brand rules, framing, the classical guideline checks and the
 policy), then the rank stage's work over the pool (clustering, the policy, aesthetic scores, best of
 each cluster, the diverse top-K). PNG decoding and storage are not counted. Printed per step.
@@ -24,12 +24,12 @@ from shared.config import Settings
 from shared.db.models import Campaign, Candidate
 from shared.model_specs import ModelSpec
 from shared.qc import QcThresholds
-from tests.bench.test_bench_compositor import cutout
+from tests.factories import cutout
 from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
 from workers.checks import aesthetic
 from workers.engine.runner import StageContext
 from workers.imaging import composition, compositor
-from workers.pipeline import quality
+from workers.pipeline import qc, rank
 
 pytestmark = pytest.mark.bench
 CANVAS = (1024, 1024)
@@ -72,16 +72,16 @@ def _context() -> StageContext:
     return StageContext(campaign, "qc", 0, 0, Settings(llm_backend="rules"))
 
 
-def _review(embedder: Any = None) -> quality.Review:
-    return quality.Review("a bottle in a bright studio", cutout(), [], PALETTE, QcThresholds(), embedder)
+def _review(embedder: Any = None) -> qc.Review:
+    return qc.Review("a bottle in a bright studio", cutout(), [], PALETTE, QcThresholds(), embedder)
 
 
-def _qc(pool: list[tuple[Candidate, Image.Image, Image.Image]], review: quality.Review) -> float:
+def _qc(pool: list[tuple[Candidate, Image.Image, Image.Image]], review: qc.Review) -> float:
     ctx = _context()
     started = time.perf_counter()
-    seen = quality._embeddings(review.embedder, [(image, layer) for _, image, layer in pool])
+    seen = qc.embeddings(review.embedder, [(image, layer) for _, image, layer in pool])
     for (cand, image, layer), (cosine, embedding) in zip(pool, seen, strict=True):
-        quality._check_one(ctx, review, cand, image, layer, cosine)
+        qc.check_one(ctx, review, cand, image, layer, cosine)
         cand.embedding = embedding
     return time.perf_counter() - started
 
@@ -90,18 +90,18 @@ def _rank(pool: list[tuple[Candidate, Image.Image, Image.Image]], scorer: Any) -
     candidates = [c for c, _, _ in pool]
     started = time.perf_counter()
     limits = QcThresholds()
-    clusters = quality.cluster_pool(candidates, limits)
-    quality.apply_policy(candidates, clusters, "strict", 3, limits)
+    clusters = rank.cluster_pool(candidates, limits)
+    rank.apply_policy(candidates, clusters, "strict", 3, limits)
     for cand, image, layer in pool:
         if cand.passed:
             cand.aesthetic = scorer.score(image, layer)["score"]
-    chosen = quality.choose(quality.best_of_clusters(candidates, clusters), 3)
+    chosen = rank.choose(rank.best_of_clusters(candidates, clusters), 3)
     # a tiny random DINOv2 embeds every candidate alike (one cluster); the embedded defaults find 3
     assert len(chosen) == (1 if any(c.embedding is not None for c in candidates) else 3)
     return time.perf_counter() - started
 
 
-def _measure(name: str, review: quality.Review, scorer: Any, runs: int = 3) -> tuple[float, float]:
+def _measure(name: str, review: qc.Review, scorer: Any, runs: int = 3) -> tuple[float, float]:
     pool = _pool()
     qc_s, rank_s = [], []
     for _ in range(runs):

@@ -71,7 +71,7 @@ from shared import search
 from shared.db.models import Brand, Tenant
 from shared.db.session import get_engine, session_scope, sqlalchemy_url
 from tests.bench import synthetic_library as sl
-from tests.conftest import migrated_db
+from tests.system import migrated_db
 
 pytestmark = [pytest.mark.bench, pytest.mark.timeout(900)]
 

@@ -22,8 +22,7 @@ from shared import outbox, webhooks
 from shared.config import get_settings
 from shared.db.models import Campaign, WebhookDelivery
 from shared.db.session import session_scope
-from tests.workers.test_runner import make_campaign
-from tests.workers.test_webhook_delivery import Receiver, add_endpoint
+from tests.factories import Receiver, add_endpoint, make_campaign
 from workers.jobs import webhooks as sender
 
 pytestmark = pytest.mark.bench

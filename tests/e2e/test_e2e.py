@@ -15,24 +15,10 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import WebhookReceiver, upload_library
-from tests.conftest import System
+from tests.factories import BRIEF, api_client, httpx_get, wait_terminal
+from tests.system import System
 
 pytestmark = pytest.mark.slow
-BRIEF = "the running shoe on an urban street at sunset"
-
-
-def client(system: System, api_key: str) -> httpx.Client:
-    return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
-
-
-def wait_terminal(api: httpx.Client, campaign_id: str, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        body = api.get(f"/v1/campaigns/{campaign_id}").json()
-        if body["status"] in ("completed", "partial", "failed", "cancelled"):
-            return body
-        time.sleep(0.5)
-    raise TimeoutError(f"campaign {campaign_id} still {body['status']} at {body.get('current_stage')}")
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +29,7 @@ def library(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def brand_setup(system: System, library: list[dict[str, Any]]) -> dict[str, Any]:
     tenant = system.tenant("e2e")
-    api = client(system, tenant["api_key"])
+    api = api_client(system, tenant["api_key"])
     brand = api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E", "#17BEBB"]}).json()
     assets = upload_library(api, brand["id"], library)
     return {"tenant": tenant, "api": api, "brand": brand, "assets": assets}
@@ -113,14 +99,6 @@ def test_product_pixels_are_exact_in_every_result(finished: dict[str, Any]) -> N
         assert opaque.sum() > 1000
         assert np.array_equal(image[opaque], layer[..., :3][opaque])
         assert {"x", "y", "scale", "rotation"} <= placement.keys()
-
-
-def httpx_get(url: str) -> Any:
-    import io
-
-    response = httpx.get(url, timeout=30)
-    assert response.status_code == 200, url
-    return io.BytesIO(response.content)
 
 
 def candidates(finished: dict[str, Any]) -> list[dict[str, Any]]:

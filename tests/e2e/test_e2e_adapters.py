@@ -20,8 +20,8 @@ from PIL import Image
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import upload_library
-from tests.conftest import System, running_system
-from tests.e2e.test_e2e import BRIEF, client, httpx_get, wait_terminal
+from tests.factories import BRIEF, api_client, httpx_get, wait_terminal
+from tests.system import System, running_system
 from tests.tiny_sam import build_tiny_sam
 from tests.tiny_sd import build_tiny_sd_inpaint
 from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
@@ -89,7 +89,7 @@ def pairing(
 @pytest.fixture(scope="module")
 def run(pairing: tuple[str, System], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     name, system = pairing
-    api = client(system, system.tenant(name.replace("+", "-"))["api_key"])
+    api = api_client(system, system.tenant(name.replace("+", "-"))["api_key"])
     brand = api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E", "#2E4057"]}).json()
     upload_library(api, brand["id"], build_library(tmp_path_factory.mktemp("library")))
     created = api.post(

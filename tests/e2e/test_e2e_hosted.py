@@ -16,9 +16,9 @@ from standardwebhooks import Webhook
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import WebhookReceiver, upload_library
-from tests.conftest import System, running_system
-from tests.e2e.test_e2e import BRIEF, client, wait_terminal
+from tests.factories import BRIEF, api_client, wait_terminal
 from tests.llm_recorded import SHADOW_RULE, RecordedLLM, recorded_llm
+from tests.system import System, running_system
 
 pytestmark = pytest.mark.slow
 LANGUAGE_STAGES = {"decompose", "caption", "scale", "guideline", "revise"}
@@ -57,7 +57,7 @@ def campaigns(
     hosted: tuple[str, RecordedLLM, System], receiver: WebhookReceiver, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     backend, llm, system = hosted
-    api = client(system, system.tenant(f"hosted-{backend}")["api_key"])
+    api = api_client(system, system.tenant(f"hosted-{backend}")["api_key"])
     brand = api.post(
         "/v1/brands",
         json={

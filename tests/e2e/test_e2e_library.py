@@ -18,7 +18,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from tests import retrieval_eval
-from tests.conftest import System
+from tests.system import System
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 

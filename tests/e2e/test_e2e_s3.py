@@ -18,8 +18,8 @@ from PIL import Image
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import upload_library
 from shared.cli.procs import free_port, wait_http
-from tests.conftest import System, running_system
-from tests.e2e.test_e2e import wait_terminal
+from tests.factories import wait_terminal
+from tests.system import System, running_system
 
 pytestmark = pytest.mark.slow
 BUCKET = "onbrand-e2e"

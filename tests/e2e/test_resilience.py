@@ -17,8 +17,8 @@ from standardwebhooks import Webhook
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import upload_library
-from tests.conftest import System
-from tests.e2e.test_e2e import wait_terminal
+from tests.factories import wait_terminal
+from tests.system import System
 
 pytestmark = pytest.mark.slow
 SIZES = [{"width": 1024, "height": 1024}, {"width": 1080, "height": 1350}, {"width": 1920, "height": 1080}]

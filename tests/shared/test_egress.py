@@ -7,7 +7,6 @@ see whether the HTTP stack resolves a name a second time: it must only ever be h
 from __future__ import annotations
 
 import datetime
-import ipaddress
 import socket
 import ssl
 import threading
@@ -23,19 +22,11 @@ from pydantic import ValidationError
 from shared import egress
 from shared.config import Settings
 from shared.egress import EgressRefused, fetch, is_public, normalize_allow_entry, permitted, pin, post
+from tests.factories import FAKE_DNS, FakeDns
 
 LOOPBACK = ["127.0.0.0/8"]
 IMG = bytes(range(200))
 BIG = b"x" * 5000
-FAKE_DNS = {
-    "metadata.evil.test": ["169.254.169.254"],
-    "intranet.evil.test": ["10.0.0.5"],
-    "mixed.evil.test": ["93.184.216.34", "10.0.0.5"],
-    "v6.evil.test": ["::ffff:127.0.0.1"],
-    "ula.evil.test": ["fd00::1"],
-    "images.test": ["127.0.0.1"],
-    "receiver.internal": ["127.0.0.1"],
-}
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -157,47 +148,6 @@ def http_server() -> Iterator[Server]:
 def server(http_server: Server) -> Server:
     http_server.seen.clear()
     return http_server
-
-
-class FakeDns:
-    """socket.getaddrinfo with FAKE_DNS names added; records every host it was asked for."""
-
-    def __init__(self, real: Callable[..., Any]) -> None:
-        self.real, self.calls = real, []
-
-    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        name = host.decode() if isinstance(host, bytes) else str(host)
-        self.calls.append(name)
-        if name == "nxdomain.evil.test":
-            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
-        if name not in FAKE_DNS:
-            return self.real(host, port, *args, **kwargs)
-        return [self._info(ip, int(port or 0)) for ip in FAKE_DNS[name]]
-
-    @staticmethod
-    def _info(ip: str, port: int) -> tuple[Any, ...]:
-        if ":" in ip:
-            return socket.AF_INET6, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, port, 0, 0)
-        return socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (ip, port)
-
-    def names(self) -> list[str]:
-        """The non-literal hosts looked up: IP literals need no DNS and prove pinning."""
-        return [c for c in self.calls if not _is_ip(c)]
-
-
-def _is_ip(text: str) -> bool:
-    try:
-        ipaddress.ip_address(text)
-    except ValueError:
-        return False
-    return True
-
-
-@pytest.fixture
-def dns(monkeypatch: pytest.MonkeyPatch) -> FakeDns:
-    fake = FakeDns(socket.getaddrinfo)
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-    return fake
 
 
 def refused(code: str, call: Callable[[], Any]) -> EgressRefused:

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw
 
 from shared.cli import library_import as li
 from shared.cli.procs import onbrand_cmd
-from tests.conftest import System
+from tests.system import System
 
 TEXT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 SHAPES = ("rectangle", "ellipse", "triangle")

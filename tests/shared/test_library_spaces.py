@@ -18,8 +18,8 @@ from shared.config import get_settings
 from shared.db.models import Asset, AssetEmbedding, Tenant
 from shared.db.session import get_engine, session_scope
 from shared.storage import get_storage
-from tests.conftest import _clear_caches, migrated_db
-from tests.workers.test_clip_embedder import PROJECTION_DIM, clip_dir  # noqa: F401 - the tiny CLIP fixture
+from tests.factories import CLIP_PROJECTION_DIM
+from tests.system import clear_caches, migrated_db
 
 MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -68,7 +68,7 @@ def _put_thumb(asset: Asset, colour: tuple[int, int, int]) -> None:
 
 def test_image_space_is_written_indexed_and_searched(
     db: str,
-    clip_dir: Path,  # noqa: F811
+    clip_dir: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from workers.jobs import library
@@ -76,7 +76,7 @@ def test_image_space_is_written_indexed_and_searched(
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("ONBRAND_IMAGE_EMBEDDING_MODEL", str(clip_dir))
-    _clear_caches()
+    clear_caches()
     tenant_id = _tenant()
     colours = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
     assets = [_asset(tenant_id, i, "product") for i in range(3)]
@@ -93,11 +93,11 @@ def test_image_space_is_written_indexed_and_searched(
             select(AssetEmbedding.model, AssetEmbedding.modality, AssetEmbedding.dim).distinct()
         ).all()
         indexes = set(session.scalars(text("SELECT indexname FROM pg_indexes WHERE tablename = 'asset_embeddings'")))
-    assert set(rows) == {(MINILM, "text", 384), (model, "image", PROJECTION_DIM)}
+    assert set(rows) == {(MINILM, "text", 384), (model, "image", CLIP_PROJECTION_DIM)}
     assert {search.space_index_name(MINILM), search.space_index_name(model)} <= indexes
 
     query = library.embed_query("a red product")
-    assert query["image"]["model"] == model and query["image"]["dim"] == PROJECTION_DIM
+    assert query["image"]["model"] == model and query["image"]["dim"] == CLIP_PROJECTION_DIM
     spaces = {name: search.Space(q["model"], q["dim"], q["vector"], name) for name, q in query.items()}
     with session_scope() as session:
         hits = search.search(

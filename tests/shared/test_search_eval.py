@@ -18,7 +18,7 @@ from shared import search
 from shared.db.models import Asset, AssetEmbedding, Brand, Tenant
 from shared.db.session import session_scope
 from tests import retrieval_eval
-from tests.conftest import migrated_db
+from tests.system import migrated_db
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -152,19 +152,17 @@ def test_filters_and_input_checks(library: dict[str, Any]) -> None:
 def test_retrieve_stage_finds_the_relevant_assets(library: dict[str, Any]) -> None:
     """The retrieve stage's own entity search (brand scope + brand-less assets, top 5) on the same set."""
     from shared.db.models import Campaign
-    from workers.pipeline import stages as pipeline
+    from workers.pipeline import retrieve
 
     specs = {a["key"]: a for a in library["data"]["assets"]}
     queries = [q for q in library["data"]["queries"] if q["kind"]]  # the stage always searches one kind
-    spaces = pipeline._query_spaces([q["q"] for q in queries])
+    spaces = retrieve.query_spaces([q["q"] for q in queries])
 
     def ranked(query: dict[str, Any]) -> list[str]:
         brand = query["brand"] or specs[query["relevant"][0]]["brand"]
         campaign = Campaign(tenant_id=library["tenant_id"], brand_id=library["brands"][brand])
         with session_scope() as session:
-            found = pipeline._matches(
-                session, campaign, (query["q"], query["kind"], None), spaces[queries.index(query)]
-            )
+            found = retrieve.matches(session, campaign, (query["q"], query["kind"], None), spaces[queries.index(query)])
         return [library["keys"][m["asset_id"]] for m in found]
 
     score = retrieval_eval.evaluate(queries, ranked)

@@ -15,51 +15,10 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings, get_settings
-from tests.tiny_tokenizer import write_clip_tokenizer
+from tests.factories import CLIP_PROJECTION_DIM
 from workers.models import clip_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECTION_DIM = 16
-# BPE merges of a toy vocabulary; each result joins the vocab after the 512 byte tokens.
-MERGES = [("t", "h"), ("th", "e</w>"), ("c", "a"), ("ca", "t</w>"), ("d", "o"), ("do", "g</w>"), ("a", "n")]
-
-
-@pytest.fixture(scope="module")
-def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizer
-
-    directory = tmp_path_factory.mktemp("models") / "tiny-clip"
-    directory.mkdir()
-    vocab_size = write_clip_tokenizer(directory, MERGES)
-    tokenizer = CLIPTokenizer.from_pretrained(directory, model_max_length=77)
-    assert len(tokenizer) == vocab_size
-    # bos/eos must be the tokenizer's: the text tower pools at the first eos
-    text = {
-        "vocab_size": vocab_size,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-        "max_position_embeddings": 77,
-        "bos_token_id": tokenizer.bos_token_id,
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-    }
-    vision = {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "intermediate_size": 37,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    }
-    torch.manual_seed(0)
-    config = CLIPConfig(text_config=text, vision_config=vision, projection_dim=PROJECTION_DIM)
-    CLIPModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(directory)
-    return directory
 
 
 @pytest.fixture
@@ -78,14 +37,14 @@ def _image(seed: int, size: tuple[int, int] = (48, 40), mode: str = "RGB") -> Im
 
 def _assert_unit(vectors: list[list[float]]) -> None:
     for v in vectors:
-        assert len(v) == PROJECTION_DIM
+        assert len(v) == CLIP_PROJECTION_DIM
         assert math.isclose(math.fsum(x * x for x in v), 1.0, rel_tol=1e-5)
 
 
 def test_model_id_enabled_and_dim(configured: Path) -> None:
     assert clip_embedder.enabled()
     assert clip_embedder.model_id() == "tiny-clip"
-    assert clip_embedder.dim() == PROJECTION_DIM
+    assert clip_embedder.dim() == CLIP_PROJECTION_DIM
     model, tokenizer, processor = clip_embedder.load()
     assert clip_embedder.load() == (model, tokenizer, processor)  # cached per path
     assert not model.training

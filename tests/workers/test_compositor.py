@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from tests.factories import bottle
 from workers.imaging import composition, compositor
 
 CANVASES = {"1:1": (256, 256), "4:5": (240, 300), "9:16": (180, 320), "16:9": (320, 180), "1.91:1": (382, 200)}
@@ -18,19 +19,6 @@ PALETTE = ["#e4572e", "#17bebb"]
 
 
 # --- synthetic inputs ---------------------------------------------------------------------------
-
-
-def bottle(w: int = 120, h: int = 180, seed: int = 0) -> Image.Image:
-    """A bottle: round-shouldered body and neck, mottled print, anti-aliased (soft) alpha edge."""
-    rng = np.random.default_rng(seed)
-    shape = np.zeros((h, w), np.uint8)
-    cv2.rectangle(shape, (10, h // 3), (w - 11, h - 8), 255, -1)
-    cv2.ellipse(shape, (w // 2, h // 3), (w // 2 - 10, h // 8), 0, 0, 360, 255, -1)
-    cv2.rectangle(shape, (w // 2 - 12, 8), (w // 2 + 12, h // 3), 255, -1)
-    alpha = cv2.GaussianBlur(shape, (0, 0), 1.3)
-    noise = cv2.GaussianBlur(rng.normal(0.0, 1.0, (h, w, 3)).astype(np.float32), (0, 0), 3)
-    rgb = np.clip(120 + 500 * noise, 0, 255).astype(np.uint8)
-    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
 def photo(w: int = 500, h: int = 400, seed: int = 4) -> Image.Image:

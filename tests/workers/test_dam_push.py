@@ -1,6 +1,6 @@
 """Push to DAM: results and sidecars uploaded to a moto S3 server (a real HTTP S3 endpoint) and to a
 local receiver, retries, the egress guard, the dispatcher; then the gateway's delivery targets and
-push_urls (in-process TestClient, fixtures of test_gateway_unit)."""
+push_urls (in-process TestClient, the gateway fixtures of tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -31,17 +31,10 @@ from shared.db.models import Brand, Campaign, Candidate, DamPush, DeliveryTarget
 from shared.db.session import session_scope
 from shared.outbox import utcnow
 from shared.storage import campaign_key, get_storage
-from tests.gateway import test_gateway_unit as gateway_unit
-from tests.gateway.test_gateway_unit import Tenant, assert_problem, make_brand
-from tests.workers.test_runner import make_campaign
+from tests.factories import Tenant, assert_problem, make_brand, make_campaign
 from workers.engine.runner import lock_campaign
 from workers.jobs import push
-from workers.pipeline import stages as pipeline
-
-# The in-process gateway fixtures, bound here by name so that pytest finds them in this module.
-servers, embedded_redis, env = gateway_unit.servers, gateway_unit.embedded_redis, gateway_unit.env
-tenants, acme, globex = gateway_unit.tenants, gateway_unit.acme, gateway_unit.globex
-sent, app, client = gateway_unit.sent, gateway_unit.app, gateway_unit.client
+from workers.pipeline import deliver
 
 BUCKET = "dam-bucket"
 SECRET_KEY = "moto-SECRET-key-do-not-leak-42"
@@ -190,7 +183,7 @@ def add_target(
 def complete(cid: str) -> list[str]:
     """Run the deliver stage's finalize (the completion transaction); the push ids it queued."""
     with session_scope() as session:
-        tasks = pipeline._complete(session, lock_campaign(session, uuid.UUID(cid)))
+        tasks = deliver.complete(session, lock_campaign(session, uuid.UUID(cid)))
     return [ident for name, ident, _, _ in tasks if name == "onbrand.push_results"]
 
 

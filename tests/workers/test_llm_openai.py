@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import base64
-import json
 import socket
-import threading
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
 import pytest
 from pydantic import BaseModel
 
+from tests.factories import FakeOpenAI, Reply, chat_completion
 from workers.models.llm_api import ImagePart, LLMError, Message, complete_json, estimate_cost
 from workers.models.llm_openai import OpenAIBackend, OpenAIConfig, _retry_after
 
@@ -26,108 +22,8 @@ PNG = base64.b64decode(
 )  # a 1x1 PNG
 
 
-def chat_completion(
-    content: Any,
-    *,
-    model: str = "gpt-4o-mini-2024-07-18",
-    finish_reason: str = "stop",
-    prompt_tokens: int = 42,
-    completion_tokens: int = 7,
-) -> dict[str, Any]:
-    """The shape OpenAI (and vLLM, Ollama's /v1) return for POST /chat/completions."""
-    return {
-        "id": "chatcmpl-AbC123xyz",
-        "object": "chat.completion",
-        "created": 1727000000,
-        "model": model,
-        "system_fingerprint": "fp_0ba0d124f1",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": content, "refusal": None},
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-        ],
-        "usage": {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        },
-    }
-
-
 def api_error(message: str, kind: str = "invalid_request_error", code: str | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": kind, "param": None, "code": code}}
-
-
-@dataclass
-class Reply:
-    status: int = 200
-    body: Any = None
-    headers: dict[str, str] = field(default_factory=dict)
-    delay_s: float = 0.0
-
-
-@dataclass
-class Recorded:
-    path: str
-    headers: dict[str, str]
-    body: dict[str, Any]
-
-
-class FakeOpenAI:
-    """Serves the scripted replies in order (the last one repeats) and records every request."""
-
-    def __init__(self) -> None:
-        self.replies: list[Reply] = []
-        self.requests: list[Recorded] = []
-        self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.handle_error = lambda request, client_address: None  # clients hanging up on timeouts
-        self.base_url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def script(self, *replies: Reply) -> None:
-        self.replies = list(replies)
-
-    def _next(self, recorded: Recorded) -> Reply:
-        with self._lock:
-            self.requests.append(recorded)
-            return self.replies.pop(0) if len(self.replies) > 1 else self.replies[0]
-
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
-                raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                reply = fake._next(
-                    Recorded(self.path, {k.lower(): v for k, v in self.headers.items()}, json.loads(raw))
-                )
-                time.sleep(reply.delay_s)
-                payload = (reply.body if isinstance(reply.body, str) else json.dumps(reply.body)).encode()
-                self.send_response(reply.status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(payload)
-
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (base signature)
-                pass
-
-        return Handler
-
-
-@pytest.fixture
-def server() -> Iterator[FakeOpenAI]:
-    fake = FakeOpenAI()
-    thread = threading.Thread(target=fake.httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    yield fake
-    fake.httpd.shutdown()
-    fake.httpd.server_close()
 
 
 class Sleeps(list):

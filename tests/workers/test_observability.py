@@ -5,7 +5,6 @@ the worker's heartbeat, queue depths on /metrics, and the `onbrand probe` comman
 The same over real processes (OTLP to a local collector, worker /metrics after a campaign) is in
 tests/e2e/test_e2e.py."""
 
-# ruff: noqa: F811 - the gateway fixtures are imported by name and then requested as arguments
 from __future__ import annotations
 
 import io
@@ -30,18 +29,8 @@ from opentelemetry.trace import SpanKind
 from shared import logs, metrics, queue
 from shared.cli.procs import base_env, onbrand_cmd
 from shared.config import Settings
-from tests.gateway.test_gateway_unit import (  # noqa: F401 - fixtures are used by name
-    Tenant,
-    _clear_caches,
-    acme,
-    app,
-    embedded_redis,
-    env,
-    globex,
-    servers,
-    tenants,
-)
-from tests.workers.test_webhook_delivery import Receiver
+from tests.factories import Receiver, Tenant
+from tests.system import clear_caches
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -69,7 +58,7 @@ def private_redis(env: dict[str, str], monkeypatch: pytest.MonkeyPatch, db: int)
     url = env["ONBRAND_REDIS_URL"].rsplit("/", 1)[0] + f"/{db}"
     redis.Redis.from_url(url).flushdb()
     monkeypatch.setenv("ONBRAND_REDIS_URL", url)
-    _clear_caches()
+    clear_caches()
     queue.producer.cache_clear()
     return url
 
@@ -102,7 +91,7 @@ def worker(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[Any
         root.handlers[:] = handlers
         root.setLevel(level)
         queue.producer.cache_clear()
-        _clear_caches()
+        clear_caches()
 
 
 @pytest.fixture

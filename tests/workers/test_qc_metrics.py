@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from shared.qc import QcThresholds
-from tests.workers.test_compositor import bottle
+from tests.factories import bottle
 from workers.checks import brand_rules, duplicates
 from workers.imaging import colour, composition, compositor
 

@@ -3,7 +3,6 @@
 controllable clock, Retry-After, 410, timeouts, disabling a long-failing endpoint, leases and sweeps,
 and the SSRF suite through the sender."""
 
-# ruff: noqa: F811 - test_egress's `dns` fixture is imported by name and requested as an argument
 from __future__ import annotations
 
 import base64
@@ -13,8 +12,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from threading import Thread
 from typing import Any
 
 import pytest
@@ -22,52 +19,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import select, update
 from standardwebhooks import Webhook, WebhookVerificationError
 
-import shared.queue
 from shared import outbox, webhooks
 from shared.config import get_settings
 from shared.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
-from tests.shared.test_egress import FakeDns, dns  # noqa: F401
-from tests.workers.test_runner import make_campaign
+from tests.factories import FakeDns, Receiver, add_endpoint, make_campaign
+from workers.engine import runner
 from workers.engine.runner import now
 from workers.jobs import webhooks as sender
-from workers.pipeline import stages as pipeline
-
-Reply = int | tuple[int, dict[str, str]] | float  # a status, a status with headers, or seconds to hang
-
-
-class Receiver:
-    """Answers with the scripted replies (then 200) and keeps what it got, with when it got it."""
-
-    def __init__(self, replies: list[Reply] | None = None) -> None:
-        self.replies, self.requests = list(replies or []), []
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - stdlib name
-                body = self.rfile.read(int(self.headers["content-length"])).decode()
-                receiver.requests.append(({k.lower(): v for k, v in self.headers.items()}, body))
-                receiver.answer(self)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        Thread(target=self.server.serve_forever, daemon=True).start()
-        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
-
-    def answer(self, handler: BaseHTTPRequestHandler) -> None:
-        reply = self.replies.pop(0) if self.replies else 200
-        if isinstance(reply, float):
-            time.sleep(reply)
-            reply = 200
-        status, headers = reply if isinstance(reply, tuple) else (reply, {})
-        body = b'{"received": true, "note": "' + b"x" * 3000 + b'"}'
-        handler.send_response(status)
-        for name, value in {**headers, "content-length": str(len(body))}.items():
-            handler.send_header(name, value)
-        handler.end_headers()
-        handler.wfile.write(body)
 
 
 @pytest.fixture
@@ -78,21 +37,6 @@ def loopback_ok(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[list
     monkeypatch.setattr(sender, "send", lambda *a: sent.append(a))
     yield sent
     get_settings.cache_clear()
-
-
-def add_endpoint(campaign_id: str, url: str, v1a: bool = False, patterns: tuple[str, ...] = ("campaign.*",)) -> str:
-    with session_scope() as session:
-        campaign = session.get(Campaign, uuid.UUID(campaign_id))
-        endpoint = WebhookEndpoint(
-            tenant_id=campaign.tenant_id,
-            url=url,
-            secret=webhooks.new_secret(),
-            event_types=list(patterns),
-            signing_key=webhooks.new_signing_key() if v1a else None,
-        )
-        session.add(endpoint)
-        session.flush()
-        return str(endpoint.id)
 
 
 def emit(campaign_id: str, event_type: str = "campaign.completed", **data: Any) -> list[str]:
@@ -424,8 +368,8 @@ def test_stalled_campaigns_are_restarted(loopback_ok: list[Any], monkeypatch: py
     with session_scope() as session:
         session.execute(update(Campaign).where(Campaign.id == uuid.UUID(queued)).values(created_at=old))
     sent: list[tuple[Any, ...]] = []
-    monkeypatch.setattr(shared.queue, "send", lambda *a: sent.append(a))  # imported at call time
-    assert pipeline.restart_stalled() == 1
+    monkeypatch.setattr(runner, "send", lambda *a: sent.append(a))
+    assert runner.restart_stalled() == 1
     assert sent == [("onbrand.decompose", uuid.UUID(queued), 0, 0)]
     with session_scope() as session:
         assert session.scalars(select(Campaign.status).where(Campaign.id == uuid.UUID(queued))).one() == "queued"
