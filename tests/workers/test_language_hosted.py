@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from shared.config import Settings
-from tests.workers.test_llm_openai import FakeOpenAI, Reply, chat_completion, server  # noqa: F401 - the fixture
+from tests.factories import FakeOpenAI, Reply, chat_completion
 from workers.language import caption as captioning
 from workers.language.decompose import decompose
 from workers.language.text import has_negation, is_instruction_like

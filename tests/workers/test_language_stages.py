@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from shared.config import Settings
-from tests.workers.test_llm_openai import FakeOpenAI, Reply, chat_completion, server  # noqa: F401 - the fixture
+from tests.factories import FakeOpenAI, Reply, chat_completion
 from workers.checks import guideline
 from workers.imaging import composition, compositor
 from workers.language import revise, scale
