@@ -70,7 +70,7 @@ def test_product_checks_on_known_images_identical_and_recoloured() -> None:
     import numpy as np
     from PIL import Image
 
-    from tests.bench.test_bench_compositor import cutout
+    from tests.factories import cutout
     from workers.checks import fidelity
     from workers.imaging import composition, compositor
 
