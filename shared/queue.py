@@ -14,32 +14,24 @@ from opentelemetry.trace import SpanKind
 
 from shared import tracing
 from shared.config import Settings, get_settings
+from shared.stages import STAGES
 
 CPU_QUEUES = ("llm", "retrieval", "scoring", "webhooks")
 GPU_QUEUES = ("segment", "generate", "qc")
 
-# task name -> queue. Routing is by task name so a producer needs nothing but the name.
-TASK_QUEUES: dict[str, str] = {
-    "onbrand.decompose": "llm",
-    "onbrand.retrieve": "retrieval",
+# Tasks that are not pipeline stages -> queue. Routing is by task name so a producer needs nothing but the name.
+SERVICE_TASK_QUEUES: dict[str, str] = {
     "onbrand.embed_assets": "retrieval",
     "onbrand.embed_query": "retrieval",
     "onbrand.sweep_embeddings": "retrieval",
     "onbrand.reembed": "retrieval",
-    "onbrand.caption": "llm",
-    "onbrand.segment": "segment",
-    "onbrand.scale": "llm",  # a hosted vision call or a table lookup: no GPU
-    "onbrand.plan": "segment",
-    "onbrand.generate": "generate",
-    "onbrand.qc": "qc",
-    "onbrand.rank": "scoring",
-    "onbrand.revise": "llm",
-    "onbrand.deliver": "scoring",
     "onbrand.send_webhook": "webhooks",
     "onbrand.sweep_outbox": "webhooks",
     "onbrand.push_results": "webhooks",
     "onbrand.sweep_stalled": "llm",
 }
+# Every task -> its queue: the stages' from the stage table, then the service tasks.
+TASK_QUEUES: dict[str, str] = {**{s.task: s.queue for s in STAGES}, **SERVICE_TASK_QUEUES}
 
 
 def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
@@ -105,21 +97,3 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
             expires=expires,
             headers=tracing.inject(),
         )
-
-
-# Pipeline stages in order; stage runs and the campaign resource use these names.
-# revise runs only when too few candidates passed and the campaign's revision budget allows.
-PIPELINE = (
-    "decompose",
-    "retrieve",
-    "caption",
-    "segment",
-    "scale",
-    "plan",
-    "generate",
-    "qc",
-    "rank",
-    "revise",
-    "deliver",
-)
-TERMINAL_STATUSES = ("completed", "partial", "failed", "cancelled")

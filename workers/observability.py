@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_contex
 
 from shared import logs, metrics, tracing
 from shared.config import Settings, get_settings
-from shared.queue import PIPELINE
+from shared.stages import PIPELINE
 
 log = logging.getLogger("onbrand.tasks")
 # task id -> (span, context token, start time): prerun and postrun run in the same pool process.

@@ -14,11 +14,10 @@ from celery import Task
 from shared import query_vectors
 from shared.config import get_settings
 from shared.db.session import session_scope
-from shared.queue import PIPELINE
+from shared.stages import STAGES, Stage
 from workers.celery_app import app
-from workers.engine.runner import execute, fail_campaign, record_failure
+from workers.engine.runner import execute, fail_campaign, record_failure, restart_stalled, stage_function
 from workers.jobs import library, push, webhooks
-from workers.pipeline import stages as pipeline
 
 RETRY_COUNTDOWNS = (2, 10, 30)
 STAGE_OPTS: dict[str, Any] = {
@@ -29,27 +28,28 @@ STAGE_OPTS: dict[str, Any] = {
 }
 
 
-def _run(task: Task, stage: str, campaign_id: str, rnd: int, item: int) -> str:
+def _run(task: Task, stage: Stage, campaign_id: str, rnd: int, item: int) -> str:
     try:
-        return execute(stage, campaign_id, rnd, item, pipeline.STAGES[stage])
+        return execute(stage.name, campaign_id, rnd, item, stage_function(stage.name))
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, then retried or terminal
-        record_failure(stage, campaign_id, rnd, item, f"{type(exc).__name__}: {exc}")
+        record_failure(stage.name, campaign_id, rnd, item, f"{type(exc).__name__}: {exc}")
         if task.request.retries >= len(RETRY_COUNTDOWNS):
-            fail_campaign(stage, campaign_id, rnd, item, "stage_error", f"{stage} failed: {type(exc).__name__}: {exc}")
+            message = f"{stage.name} failed: {type(exc).__name__}: {exc}"
+            fail_campaign(stage.name, campaign_id, rnd, item, "stage_error", message)
             raise
         raise task.retry(exc=exc, countdown=RETRY_COUNTDOWNS[task.request.retries]) from exc
 
 
-def _stage_task(stage: str) -> Task:
+def _stage_task(stage: Stage) -> Task:
     def run(self: Task, campaign_id: str, rnd: int = 0, item: int = 0) -> str:
         return _run(self, stage, campaign_id, rnd, item)
 
-    run.__name__ = run.__qualname__ = stage
-    return app.task(name=f"onbrand.{stage}", **STAGE_OPTS)(run)
+    run.__name__ = run.__qualname__ = stage.name
+    return app.task(name=stage.task, **STAGE_OPTS)(run)
 
 
-# One task per pipeline stage, all the same thin wrapper; routed to queues by name (shared.queue).
-STAGE_TASKS: dict[str, Task] = {stage: _stage_task(stage) for stage in PIPELINE}
+# One task per row of the stage table, all the same thin wrapper; routed to queues by name (shared.queue).
+STAGE_TASKS: dict[str, Task] = {stage.name: _stage_task(stage) for stage in STAGES}
 
 
 @app.task(name="onbrand.embed_assets", acks_late=True, reject_on_worker_lost=True)
@@ -96,4 +96,4 @@ def sweep_outbox() -> int:
 
 @app.task(name="onbrand.sweep_stalled")
 def sweep_stalled() -> int:
-    return pipeline.restart_stalled()
+    return restart_stalled()

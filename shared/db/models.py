@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from pgvector.sqlalchemy import Vector
@@ -12,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     Computed,
     DateTime,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -48,6 +50,51 @@ def _tenant() -> Mapped[uuid.UUID]:
 
 def _created() -> Mapped[datetime]:
     return mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+def _status(enum: type[StrEnum], default: StrEnum, index: bool = False) -> Any:
+    """A status column: VARCHAR(20) in the database (no native enum to migrate), the StrEnum in Python."""
+    column = Enum(enum, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e])
+    return mapped_column(column, default=default, index=index)
+
+
+class CampaignStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    PARTIAL = "partial"  # the loop's bounds ran out with fewer than top_k results
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STATUSES = frozenset(
+    {CampaignStatus.COMPLETED, CampaignStatus.PARTIAL, CampaignStatus.FAILED, CampaignStatus.CANCELLED}
+)
+
+
+class StageRunStatus(StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+
+class CandidateStatus(StrEnum):
+    """Where a candidate ended up, derived from its QC verdict and rank (see Candidate.status)."""
+
+    UNCHECKED = "unchecked"
+    FAILED = "failed"
+    DUPLICATE = "duplicate"  # passed, but a near-duplicate of a better candidate
+    PASSED_NOT_RANKED = "passed_not_ranked"
+    RANKED = "ranked"
+
+
+class OutboxStatus(StrEnum):
+    """A webhook delivery's or a DAM push's state."""
+
+    PENDING = "pending"
+    DELIVERED = "delivered"
+    FAILED = "failed"
 
 
 class Tenant(Base):
@@ -149,11 +196,13 @@ class Campaign(Base):
     event_sequence: Mapped[int] = mapped_column(Integer, default=0)  # last webhook event's sequence number
     # Presigned PUT URLs to push results to, per rank: [{image, sidecar}]; they are credentials, never echoed
     push_urls: Mapped[list[Any] | None] = mapped_column(JSONB)
-    # queued | running | completed | partial | failed | cancelled
-    status: Mapped[str] = mapped_column(String(20), default="queued", index=True)
+    status: Mapped[CampaignStatus] = _status(CampaignStatus, CampaignStatus.QUEUED, index=True)
     current_stage: Mapped[str | None] = mapped_column(String(30))
     round: Mapped[int] = mapped_column(Integer, default=0)
-    state: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage outputs: decomposition, retrieval, caption, ...
+    # Each stage's typed output (workers/pipeline/outputs.py) under its stage name, plus the revision history.
+    state: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # The retry/revise loop's bookkeeping and the events announced once (workers/engine/flow.py's LoopState).
+    loop: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
@@ -173,7 +222,7 @@ class StageRun(Base):
     stage: Mapped[str] = mapped_column(String(30))
     round: Mapped[int] = mapped_column(Integer, default=0)
     item: Mapped[int] = mapped_column(Integer, default=0)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | running | succeeded | failed
+    status: Mapped[StageRunStatus] = _status(StageRunStatus, StageRunStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     output: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text)
@@ -205,6 +254,21 @@ class Candidate(Base):
     # DINOv2 embedding of the whole candidate (near-duplicates); deferred: only the rank stage reads it
     embedding: Mapped[Any] = mapped_column(Vector(), nullable=True, deferred=True)
     created_at: Mapped[datetime] = _created()
+
+    @property
+    def status(self) -> CandidateStatus:
+        return candidate_status(self.passed, self.rank, self.excluded_reason)
+
+
+def candidate_status(passed: bool | None, rank: int | None, excluded_reason: str | None) -> CandidateStatus:
+    if rank is not None:
+        return CandidateStatus.RANKED
+    if passed is None:
+        return CandidateStatus.UNCHECKED
+    if not passed:
+        return CandidateStatus.FAILED
+    duplicate = (excluded_reason or "").startswith("near-duplicate")
+    return CandidateStatus.DUPLICATE if duplicate else CandidateStatus.PASSED_NOT_RANKED
 
 
 class LlmCall(Base):
@@ -273,7 +337,7 @@ class WebhookDelivery(Base):
     event_id: Mapped[str] = mapped_column(String(64))  # msg_<...>: the same across retries
     event_type: Mapped[str] = mapped_column(String(100))
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    status: Mapped[OutboxStatus] = _status(OutboxStatus, OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_status_code: Mapped[int | None] = mapped_column(Integer)
@@ -329,7 +393,7 @@ class DamPush(Base):
         ForeignKey("delivery_targets.id", ondelete="SET NULL"), index=True
     )  # None: push_urls, or target deleted
     kind: Mapped[str] = mapped_column(String(20))  # s3 | presigned
-    status: Mapped[str] = mapped_column(String(20), default="pending")  # pending | delivered | failed
+    status: Mapped[OutboxStatus] = _status(OutboxStatus, OutboxStatus.PENDING)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     leased_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

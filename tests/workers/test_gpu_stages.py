@@ -17,8 +17,10 @@ from shared.config import Settings
 from shared.db.models import Asset, Brand, Campaign, Candidate, Tenant
 from shared.db.session import session_scope
 from shared.storage import campaign_key
+from tests import stage_outputs as outputs
 from workers.engine.runner import StageContext, StageError
-from workers.pipeline import stages as pipeline
+from workers.pipeline import generate, plan, segment
+from workers.pipeline.common import save_png
 
 
 @pytest.fixture
@@ -65,23 +67,23 @@ def product(w: int = 120, h: int = 200) -> Image.Image:
 
 def stored_cutout(world: dict[str, Any], image: Image.Image) -> str:
     key = campaign_key(world["tenant_id"], uuid.uuid4(), "segment/cutout.png")
-    return pipeline.save_png(key, image)
+    return save_png(key, image)
 
 
 def planned_state(world: dict[str, Any], cutout: Image.Image) -> dict[str, Any]:
     return {
-        "segment": {"cutout_key": stored_cutout(world, cutout)},
-        "scale": {"share": 0.45},
-        "retrieve": {"background_asset_id": None},
-        "decompose": {"backgrounds": ["urban street"]},
-        "caption": {"caption": "a shoe on an urban street", "negative_prompt": "blurry"},
+        "segment": outputs.segment(stored_cutout(world, cutout)),
+        "scale": outputs.scale(0.45),
+        "retrieve": outputs.retrieve(),
+        "decompose": outputs.decompose([], ["urban street"]),
+        "caption": outputs.caption("a shoe on an urban street", "blurry"),
     }
 
 
 def test_a_full_bleed_product_photo_fails_segmentation_with_a_reason(world: dict[str, Any]) -> None:
     noise = np.random.default_rng(0).integers(0, 255, (256, 256, 3), dtype=np.uint8)
     key = campaign_key(world["tenant_id"], uuid.uuid4(), "upload.png")
-    pipeline.save_png(key, Image.fromarray(noise))
+    save_png(key, Image.fromarray(noise))
     asset = Asset(
         id=uuid.uuid4(),
         tenant_id=world["tenant_id"],
@@ -97,9 +99,9 @@ def test_a_full_bleed_product_photo_fails_segmentation_with_a_reason(world: dict
     )
     with session_scope() as session:
         session.add(asset)
-    ctx = context(world, "segment", {"retrieve": {"product_asset_id": str(asset.id)}})
+    ctx = context(world, "segment", {"retrieve": outputs.retrieve(str(asset.id))})
     with pytest.raises(StageError) as failed:
-        pipeline.segment(ctx)
+        segment.run(ctx)
     assert failed.value.code == "segmentation_failed" and str(asset.id) in failed.value.message
     assert "segment" not in ctx.state_patch  # nothing stored for a mask that does not exist
 
@@ -111,24 +113,24 @@ def test_plan_skips_and_reports_a_canvas_the_product_cannot_fill(world: dict[str
         planned_state(world, product(12, 20)),
         sizes=[{"width": 1920, "height": 1080}, {"width": 256, "height": 256}],
     )
-    out = pipeline.plan(ctx)
-    plan = ctx.state_patch["plan"]
-    assert out["skipped_canvases"] == 1 and plan["skipped_canvases"][0]["canvas"] == [1920, 1080]
-    assert "upscaling is capped at 2x" in plan["skipped_canvases"][0]["reason"]
-    assert {(lay["canvas_w"], lay["canvas_h"]) for lay in plan["layouts"]} == {(256, 256)}
+    out = plan.run(ctx)
+    planned = ctx.state_patch["plan"]
+    assert out["skipped_canvases"] == 1 and planned["skipped_canvases"][0]["canvas"] == [1920, 1080]
+    assert "upscaling is capped at 2x" in planned["skipped_canvases"][0]["reason"]
+    assert {(lay["canvas_w"], lay["canvas_h"]) for lay in planned["layouts"]} == {(256, 256)}
 
 
 def test_plan_with_no_canvas_left_fails_naming_each_canvas(world: dict[str, Any]) -> None:
     ctx = context(world, "plan", planned_state(world, product(12, 20)), sizes=[{"width": 1920, "height": 1080}])
     with pytest.raises(StageError) as failed:
-        pipeline.plan(ctx)
+        plan.run(ctx)
     assert failed.value.code == "no_layout_fits" and "1920x1080" in failed.value.message
 
 
 def test_generate_with_a_missing_model_names_the_stage(world: dict[str, Any], tmp_path: Path) -> None:
     state = planned_state(world, product())
     plan_ctx = context(world, "plan", state)
-    pipeline.plan(plan_ctx)
+    plan.run(plan_ctx)
     ctx = context(
         world,
         "generate",
@@ -137,7 +139,7 @@ def test_generate_with_a_missing_model_names_the_stage(world: dict[str, Any], tm
         sd_model=str(tmp_path / "no-such-pipeline"),
     )
     with pytest.raises(StageError) as failed:
-        pipeline.generate(ctx)
+        generate.run(ctx)
     assert failed.value.code == "model_unavailable" and failed.value.message.startswith("generate: sd-inpaint")
     assert ctx.rows == []
 
@@ -145,9 +147,9 @@ def test_generate_with_a_missing_model_names_the_stage(world: dict[str, Any], tm
 def test_generate_with_the_compositor_records_integrity_and_generation(world: dict[str, Any]) -> None:
     state = planned_state(world, product())
     plan_ctx = context(world, "plan", state)
-    pipeline.plan(plan_ctx)
+    plan.run(plan_ctx)
     ctx = context(world, "generate", {**state, **plan_ctx.state_patch})
-    out = pipeline.generate(ctx)
+    out = generate.run(ctx)
     rows = [r for r in ctx.rows if isinstance(r, Candidate)]
     assert out["candidates"] == len(rows) == 9 and out["generator"] == "compositor"
     for row in rows:

@@ -153,7 +153,7 @@ def test_unreachable_backend_raises_a_named_error() -> None:
 
 def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> None:  # noqa: F811
     from workers.engine.runner import StageError
-    from workers.pipeline import stages as pipeline
+    from workers.pipeline import decompose as decompose_stage
 
     server.script(Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "auth"}}))
 
@@ -163,6 +163,6 @@ def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> 
         state_patch: dict[str, Any] = {}
 
     with pytest.raises(StageError) as failed:
-        pipeline.decompose(Ctx())  # type: ignore[arg-type]
+        decompose_stage.run(Ctx())  # type: ignore[arg-type]
     assert failed.value.code == "llm_auth" and failed.value.message.startswith("decompose: ")
     assert len(server.requests) == 1  # not retried: it cannot succeed

@@ -9,7 +9,8 @@ import pytest
 
 from shared.db.models import Candidate
 from shared.qc import QcThresholds
-from workers.pipeline.quality import best_of_clusters, choose, product_checks
+from workers.checks.product import product_checks
+from workers.pipeline.rank import best_of_clusters, choose
 
 
 def cand(key: str, row: int, col: int, aesthetic: float | None, passed: bool = True) -> Candidate:

@@ -1,7 +1,7 @@
 """The QC, rank and revise loop on a real database and object store, driven in-process.
 
 Tasks the runner sends go to a local queue that this test drains with the real stage functions
-(`pipeline.STAGES`): the same claim → compute → finish path the Celery workers take, minus the
+(`stage_function`, from the stage table): the same claim → compute → finish path the Celery workers take, minus the
 broker. The campaign starts at plan, with a product cut-out and a caption already in its state.
 """
 
@@ -20,9 +20,10 @@ from sqlalchemy import select
 from shared.db.models import Brand, Campaign, Candidate, Result, StageRun, Tenant
 from shared.db.session import session_scope
 from shared.storage import campaign_key
+from tests import stage_outputs as outputs
 from workers.engine import runner
-from workers.engine.runner import execute
-from workers.pipeline import stages as pipeline
+from workers.engine.runner import execute, stage_function
+from workers.pipeline.common import save_png
 
 PALETTE = ["#1F6FEB", "#F2CC60"]
 
@@ -69,17 +70,13 @@ def make_campaign(
     tenant_id = world["tenant_id"]
     brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name="Stride", palette=PALETTE, qc_thresholds=thresholds)
     campaign_id = uuid.uuid4()
-    cutout = pipeline.save_png(campaign_key(tenant_id, campaign_id, "segment/cutout.png"), bottle())
+    cutout = save_png(campaign_key(tenant_id, campaign_id, "segment/cutout.png"), bottle())
     state = {
-        "segment": {"cutout_key": cutout},
-        "scale": {"share": 0.45},
-        "retrieve": {"background_asset_id": None},
-        "decompose": {"products": ["bottle"], "backgrounds": ["studio"], "themes": []},
-        "caption": {
-            "caption": "a green bottle in a bright studio",
-            "negative_prompt": "blurry",
-            "parts": {"subject": "a green bottle"},
-        },
+        "segment": outputs.segment(cutout),
+        "scale": outputs.scale(0.45),
+        "retrieve": outputs.retrieve(),
+        "decompose": outputs.decompose(["bottle"], ["studio"]),
+        "caption": outputs.caption("a green bottle in a bright studio", "blurry", subject="a green bottle"),
     }
     with session_scope() as session:
         session.add(brand)
@@ -112,7 +109,7 @@ def drive(world: dict[str, Any], campaign_id: uuid.UUID, limit: int = 60) -> Cam
         name, ident, *rest = queue.pop(0)
         if name != "onbrand.send_webhook":
             stage = name.removeprefix("onbrand.")
-            execute(stage, ident, *rest, pipeline.STAGES[stage])
+            execute(stage, ident, *rest, stage_function(stage))
     assert not queue, "the campaign did not settle"
     with session_scope() as session:
         campaign = session.get(Campaign, campaign_id)
@@ -189,7 +186,7 @@ def test_retry_with_a_smaller_product_succeeds_when_the_first_round_is_too_big(w
     assert all(verdict(c, "product_area")["status"] == "fail" for c in first)
     assert all(c.excluded_reason and "product_area" in c.excluded_reason for c in first)
     assert {c.round for c in found if c.rank} == {1}
-    assert campaign.state["_loop"]["decided"] == {"0": "attempt", "1": "deliver"}
+    assert campaign.loop["decided"] == {"0": "attempt", "1": "deliver"}
 
 
 def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(world: dict[str, Any]) -> None:
@@ -200,7 +197,7 @@ def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(world: dic
     assert campaign.error["blocking"][0]["check"] == "product_area"
     assert "product_area" in campaign.error["message"] and "4 round(s)" in campaign.error["message"]
     # a smaller retry, a revised caption, a smaller retry of that, then the bounds are spent
-    assert campaign.state["_loop"]["decided"] == {"0": "attempt", "1": "revision", "2": "attempt", "3": "deliver"}
+    assert campaign.loop["decided"] == {"0": "attempt", "1": "revision", "2": "attempt", "3": "deliver"}
     revise = stage_runs(campaign.id, "revise")
     assert [r.status for r in revise] == ["succeeded"] and revise[0].round == 2
     revision = campaign.state["revisions"][0]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from shared.queue import CPU_QUEUES, GPU_QUEUES, PIPELINE, TASK_QUEUES
+from shared.queue import CPU_QUEUES, GPU_QUEUES, TASK_QUEUES
+from shared.stages import PIPELINE
 
 
 @pytest.fixture

@@ -77,7 +77,7 @@ def test_fan_out_advances_only_after_the_last_item(sent: list[tuple[Any, ...]]) 
     cid = make_campaign()
 
     def plan(ctx: StageContext) -> dict[str, Any]:
-        ctx.state_patch["plan"] = {"batches": 3}
+        ctx.batches = 3
         return {}
 
     execute("plan", cid, 0, 0, plan)
@@ -153,4 +153,4 @@ def test_too_few_results_retry_then_revise_then_deliver_each_decided_once(sent: 
     assert ("onbrand.deliver", cid, 3, 0) in sent  # both budgets spent: deliver what passed
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(cid))
-        assert campaign.round == 3 and campaign.state["_loop"]["revision"] == 1
+        assert campaign.round == 3 and campaign.loop["revision"] == 1

@@ -32,7 +32,7 @@ from shared.db.session import session_scope
 from shared.queue import send
 from shared.storage import get_storage
 from workers.checks import policy
-from workers.engine.runner import Task
+from workers.engine.context import Task
 
 log = logging.getLogger("onbrand.push")
 

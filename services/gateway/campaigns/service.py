@@ -19,8 +19,7 @@ from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
 from shared import metrics, webhooks
 from shared import qc as qc_report
-from shared.db.models import Campaign, Candidate, DamPush, IdempotencyKey
-from shared.queue import TERMINAL_STATUSES
+from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, IdempotencyKey
 
 _INT_MAX = 2**31 - 1
 

@@ -32,8 +32,8 @@ from services.gateway.campaigns.schemas import (
     StageStatus,
 )
 from shared.config import Settings
-from shared.db.models import Campaign, Candidate, DamPush, LlmCall, Result, StageRun
-from shared.queue import PIPELINE, TERMINAL_STATUSES
+from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, LlmCall, Result, StageRun
+from shared.stages import PIPELINE
 from shared.storage import Storage
 
 _FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")

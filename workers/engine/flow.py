@@ -1,0 +1,174 @@
+"""What comes next after a stage, derived from the stage table (shared.stages): successors, fan-out
+barriers, the retry/revise loop after rank, and the stage events. Everything here runs inside the
+finish transaction with the campaign row locked, returns the tasks to send after commit, and is
+idempotent: a redelivered task gets the same answer."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared import webhooks
+from shared.db.models import Campaign, Candidate, Result, StageRun, StageRunStatus
+from shared.stages import PIPELINE, FanOut, Stage, stage
+from workers.engine.context import Task
+from workers.engine.records import get_run, stage_items, webhook_tasks
+
+
+class Decision(StrEnum):
+    """After rank, per round: enough results, another attempt with the same caption, or a revised caption."""
+
+    DELIVER = "deliver"
+    ATTEMPT = "attempt"
+    REVISION = "revision"
+
+
+class LoopState(BaseModel):
+    """campaigns.loop: the loop's bookkeeping, kept apart from the stage outputs."""
+
+    attempt: int = 0  # attempts with the current caption after the first
+    revision: int = 0  # caption revisions so far
+    decided: dict[str, Decision] = {}  # round -> what followed its rank
+    announced: list[str] = []  # events already emitted (once however often a task is redelivered)
+    batches: dict[str, int] = {}  # round -> items of the stages that fan out per batch
+
+    @classmethod
+    def of(cls, campaign: Campaign) -> LoopState:
+        return cls.model_validate(campaign.loop or {})
+
+    def save(self, campaign: Campaign) -> None:
+        campaign.loop = self.model_dump(mode="json")
+
+
+def fan_out(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+    """Create every item's stage run up front, so the barrier knows the total."""
+    items = range(_items(campaign, stage(name), rnd))
+    for item in items:
+        get_run(session, campaign, name, rnd, item)
+    return [(stage(name).task, str(campaign.id), rnd, item) for item in items]
+
+
+def _items(campaign: Campaign, row: Stage, rnd: int) -> int:
+    if row.fan_out is FanOut.ONE:
+        return 1
+    return LoopState.of(campaign).batches[str(rnd)]
+
+
+def progress(session: Session, campaign: Campaign) -> float:
+    done = (
+        session.scalar(
+            select(func.count(func.distinct(StageRun.stage))).where(
+                StageRun.campaign_id == campaign.id, StageRun.status == StageRunStatus.SUCCEEDED
+            )
+        )
+        or 0
+    )
+    return round(min(done, len(PIPELINE)) / len(PIPELINE), 3)
+
+
+def advance(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+    """Tasks to send after stage `name` (round rnd) finished an item. Idempotent."""
+    done, total = stage_items(session, campaign.id, name, rnd)
+    if total == 0 or done < total:
+        return []
+    tasks = stage_completed_event(session, campaign, name, rnd)
+    return tasks + _successors(session, campaign, stage(name), rnd)
+
+
+def _successors(session: Session, campaign: Campaign, row: Stage, rnd: int) -> list[Task]:
+    if row.retry is not None or row.revise is not None:
+        return _after_loop_stage(session, campaign, row, rnd)
+    if row.next is None:
+        return []  # the stage ended the campaign itself (deliver set the terminal status and its event)
+    return fan_out(session, campaign, row.next, rnd)
+
+
+def record_batches(campaign: Campaign, rnd: int, batches: int) -> None:
+    loop = LoopState.of(campaign)
+    loop.batches[str(rnd)] = batches
+    loop.save(campaign)
+
+
+def _first_time(campaign: Campaign, key: str) -> bool:
+    """True once per key: events are announced once however often a task is redelivered."""
+    loop = LoopState.of(campaign)
+    if key in loop.announced:
+        return False
+    loop.announced.append(key)
+    loop.save(campaign)
+    return True
+
+
+def stage_started_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+    if not _first_time(campaign, f"started:{name}:{rnd}"):
+        return []
+    _, items = stage_items(session, campaign.id, name, rnd)
+    data = {"stage": name, "round": rnd, "status": "running", "items": items, "progress": progress(session, campaign)}
+    return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.started", data))
+
+
+def stage_completed_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+    if not _first_time(campaign, f"{name}:{rnd}"):
+        return []
+    data = {"stage": name, "round": rnd, "status": "running", "progress": progress(session, campaign)}
+    tasks = webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
+    if stage(name).retry is not None:  # this round's candidates are checked and ranked: reviewable through the API
+        counts = _candidate_counts(session, campaign, rnd)
+        tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.candidates.ready", counts))
+    return tasks
+
+
+def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:
+    rows = session.execute(
+        select(Candidate.passed, Candidate.rank).where(
+            Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd
+        )
+    ).all()
+    return {
+        "round": rnd,
+        "status": "running",
+        "candidates": len(rows),
+        "passed": sum(1 for p, _ in rows if p),
+        "ranked": sum(1 for _, r in rows if r is not None),
+    }
+
+
+def _after_loop_stage(session: Session, campaign: Campaign, row: Stage, rnd: int) -> list[Task]:
+    """Enough results: next. Too few: another attempt with the same caption (row.retry, the product
+    smaller), then a revised caption (row.revise), bounded by max_retry_attempts and max_prompt_revisions;
+    then next with what passed. The decision per round is stored, so a re-sent task sends the same step."""
+    loop = LoopState.of(campaign)
+    decided = loop.decided.get(str(rnd))
+    if decided is None:
+        decided = _decide(session, campaign, loop)
+        loop.decided[str(rnd)] = decided
+        if decided is Decision.ATTEMPT:
+            loop.attempt += 1
+        elif decided is Decision.REVISION:
+            loop.revision, loop.attempt = loop.revision + 1, 0
+        if decided is not Decision.DELIVER:
+            campaign.round = rnd + 1
+        loop.save(campaign)
+    if decided is Decision.DELIVER:
+        return fan_out(session, campaign, str(row.next), rnd)
+    return fan_out(session, campaign, str(row.retry if decided is Decision.ATTEMPT else row.revise), rnd + 1)
+
+
+def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
+    ranked = (
+        session.scalar(
+            select(func.count())
+            .select_from(Result)
+            .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        )
+        or 0
+    )
+    if ranked >= campaign.top_k:
+        return Decision.DELIVER
+    if loop.attempt < campaign.max_retry_attempts:
+        return Decision.ATTEMPT
+    return Decision.REVISION if loop.revision < campaign.max_prompt_revisions else Decision.DELIVER

@@ -1,0 +1,52 @@
+"""The rows the engine works on: the locked campaign, its stage runs, and the tasks its outbox rows need."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared import metrics
+from shared.db.models import Campaign, StageRun, StageRunStatus
+from workers.engine.context import Task, now
+
+
+def lock_campaign(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
+    return session.scalars(select(Campaign).where(Campaign.id == campaign_id).with_for_update()).first()
+
+
+def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: int) -> StageRun:
+    run = session.scalars(
+        select(StageRun).where(
+            StageRun.campaign_id == campaign.id, StageRun.stage == stage, StageRun.round == rnd, StageRun.item == item
+        )
+    ).first()
+    if run is None:
+        # queued_at from the clock, not now(): now() is the transaction's start, not the send time
+        run = StageRun(
+            tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item, queued_at=now()
+        )
+        session.add(run)
+        session.flush()
+    return run
+
+
+def stage_items(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int) -> tuple[int, int]:
+    """(succeeded, total) stage runs of a stage in a round."""
+    rows = session.execute(
+        select(StageRun.status, func.count())
+        .where(StageRun.campaign_id == campaign_id, StageRun.stage == stage, StageRun.round == rnd)
+        .group_by(StageRun.status)
+    ).all()
+    counts: dict[StageRunStatus, int] = {status: n for status, n in rows}
+    return counts.get(StageRunStatus.SUCCEEDED, 0), sum(counts.values())
+
+
+def webhook_tasks(delivery_ids: list[uuid.UUID]) -> list[Task]:
+    return [("onbrand.send_webhook", str(d), 0, 0) for d in delivery_ids]
+
+
+def campaign_finished(campaign: Campaign) -> None:
+    """Count a campaign's terminal transition (called where its status is set, in that transaction)."""
+    metrics.campaign_finished(campaign.status, campaign.created_at)

@@ -1,0 +1,26 @@
+"""caption (llm queue): the caption-style prompt from the decomposition and what was retrieved."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.engine.context import StageContext
+from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures
+from workers.pipeline.outputs import CaptionOutput, DecomposeOutput, RetrieveOutput
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from workers.language.caption import caption
+
+    retrieved = ctx.output(RetrieveOutput)
+    with llm_failures("caption"):
+        result = caption(
+            ctx.output(DecomposeOutput).model_dump(),
+            retrieved.product_title,
+            retrieved.background_caption,
+            ctx.settings.for_stage("caption"),
+            forbidden_terms=campaign_brand(ctx).forbidden_terms or [],
+        )
+    ctx.publish(CaptionOutput.model_validate(result))
+    ctx.rows += llm_call_rows(ctx, result)
+    return {"caption": result["caption"], "backend": result.get("backend")}

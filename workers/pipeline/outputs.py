@@ -1,0 +1,141 @@
+"""The typed outputs the stages publish for the stages after them (stored per stage in campaign.state).
+
+Language stages keep their backend's record (which backend and model answered, the fallback and why,
+each call) beside what they decided, so a campaign shows how every text was made.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from workers.engine.context import StageOutput
+
+
+class LanguageRecord(StageOutput):
+    backend: str
+    model: str
+    fallback_reason: str | None = None
+    prompt_version: str | None = None
+    calls: list[dict[str, Any]] = []
+    guards: dict[str, Any] = {}
+
+
+class DecomposeOutput(LanguageRecord):
+    stage = "decompose"
+    brief: str
+    english: str | None = None  # the brief in English when a hosted backend translated it
+    products: list[str]
+    backgrounds: list[str]
+    themes: list[str]
+    mood: str | None = None
+    season: str | None = None
+    audience: str | None = None
+    negatives: list[str] = []
+    validation_error: str | None = None
+
+
+class Match(StageOutput):
+    asset_id: str
+    title: str
+    score: float
+    parts: dict[str, Any]
+
+
+class Entity(StageOutput):
+    text: str
+    kind: str  # product | background | reference
+    boost: str | None  # the KPI past campaigns are ranked by, for references
+    matches: list[Match]
+
+
+class RetrieveOutput(StageOutput):
+    stage = "retrieve"
+    product_asset_id: str
+    product_title: str
+    product_source: str  # named | retrieved
+    product_score: float | None
+    background_asset_id: str | None
+    background_caption: str | None
+    background_score: float | None
+    background_reason: str | None
+    references: list[Match]
+    reference_kpi: str
+    entities: list[Entity]
+    model: str
+    min_score: float
+
+
+class CaptionOutput(LanguageRecord):
+    stage = "caption"
+    caption: str
+    negative_prompt: str = ""
+    parts: dict[str, Any] = {}
+    # After a revision (the revise stage publishes a new caption): what it replaced and why.
+    previous_caption: str | None = None
+    change: str | None = None
+    failures: list[dict[str, Any]] = []
+
+
+class SegmentOutput(StageOutput):
+    stage = "segment"
+    adapter: str
+    model: str | None
+    method: str
+    quality: dict[str, Any]
+    mask_key: str
+    antimask_key: str
+    cutout_key: str
+    cutout_size: list[int]
+    product_asset_id: str
+
+
+class ScaleOutput(LanguageRecord):
+    stage = "scale"
+    share: float
+    reason: str
+    method: str  # vision | classical
+    clamped: bool = False
+
+
+class PlanOutput(StageOutput):
+    stage = "plan"
+    layouts: list[dict[str, Any]]
+    batch_size: int
+    batches: int
+    grid: list[int]
+    rotations: list[float]
+    canvases: list[list[int]]
+    skipped_canvases: list[dict[str, Any]]
+    safe_zones: list[dict[str, Any]]
+    safe_zone_exclusions: dict[str, int]  # "WxH" -> layouts dropped because they cover a safe zone
+    scale_share: float
+    max_upscale: float
+    min_share: float
+    anchor: str
+    attempt: int
+
+
+class QcSummary(StageOutput):
+    """What the campaign resource shows of QC (published by rank): the policy, what it relaxed, the counts."""
+
+    stage = "qc"
+    policy: str
+    relaxed: list[dict[str, Any]]
+    candidates: int
+    passed: int
+    clusters: int
+    duplicates: int
+    ranked: int
+    aesthetic: str
+    dinov2: str | None
+
+
+class Revision(StageOutput):
+    """One caption revision; campaign.state["revisions"] lists them in order (the API shows the history)."""
+
+    round: int
+    previous_caption: str | None
+    caption: str
+    change: str | None
+    backend: str
+    fallback_reason: str | None

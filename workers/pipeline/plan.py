@@ -1,0 +1,62 @@
+"""plan (segment queue): every layout of the product on every canvas, in generate batches."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from typing import Any
+
+from workers.engine.context import StageContext, StageError
+from workers.engine.flow import LoopState
+from workers.pipeline.common import canvases, load_image
+from workers.pipeline.outputs import PlanOutput, ScaleOutput, SegmentOutput
+
+RETRY_SHRINK = 0.85  # each extra attempt with the same caption places the product this much smaller
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    from workers.imaging import composition
+
+    settings = ctx.settings
+    attempt = LoopState.of(ctx.campaign).attempt
+    share = round(ctx.output(ScaleOutput).share * RETRY_SHRINK**attempt, 4)
+    cutout = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")  # stands rotated products on the ground
+    zones = tuple(composition.SafeZone(**z) for z in ctx.campaign.safe_zones or [])
+    made = composition.plan(
+        canvases(ctx),
+        cutout.size,
+        settings.grid_rows,
+        settings.grid_cols,
+        tuple(settings.rotations),
+        share,
+        settings.max_upscale,
+        cutout=cutout,
+        min_share=settings.min_product_share,
+        safe_zones=zones,
+    )
+    if not made.layouts:
+        reasons = "; ".join(f"{c['canvas'][0]}x{c['canvas'][1]}: {c['reason']}" for c in made.skipped_canvases)
+        raise StageError("no_layout_fits", f"no canvas can hold the product: {reasons}")
+    ctx.batches = max(1, math.ceil(len(made.layouts) / settings.generate_batch_size))
+    ctx.publish(_output(ctx, made, share, attempt, ctx.batches))
+    return {"layouts": len(made.layouts), "batches": ctx.batches, "skipped_canvases": len(made.skipped_canvases)}
+
+
+def _output(ctx: StageContext, made: Any, share: float, attempt: int, batches: int) -> PlanOutput:
+    settings = ctx.settings
+    return PlanOutput(
+        layouts=[asdict(layout) for layout in made.layouts],
+        batch_size=settings.generate_batch_size,
+        batches=batches,
+        grid=[settings.grid_rows, settings.grid_cols],
+        rotations=list(settings.rotations),
+        canvases=[list(c) for c in canvases(ctx)],
+        skipped_canvases=made.skipped_canvases,
+        safe_zones=list(ctx.campaign.safe_zones or []),
+        safe_zone_exclusions=made.safe_zone_exclusions,
+        scale_share=share,
+        max_upscale=settings.max_upscale,
+        min_share=settings.min_product_share,
+        anchor="bottom-centre on the row's ground line",
+        attempt=attempt,
+    )

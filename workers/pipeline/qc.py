@@ -1,0 +1,129 @@
+"""qc (qc queue, one batch of a round): every candidate checked, every decision explained.
+
+Per candidate: product fidelity (exact pixels, MS-SSIM of edge maps, CIEDE2000 colour difference,
+DINOv2 similarity of the product crops when configured), brand rules (palette, area, safe zones,
+exposure, contrast, framing), a perceptual hash and (with DINOv2) an embedding for duplicates, then
+the guideline review of candidates whose product is intact, and the campaign policy's verdict
+without relaxation (rank relaxes, over the whole pool).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from sqlalchemy import select
+
+from shared.db.models import Candidate
+from shared.db.session import session_scope
+from shared.model_specs import fidelity_spec
+from shared.qc import QcThresholds, thresholds
+from workers.checks import policy, product
+from workers.engine.context import StageContext
+from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
+from workers.pipeline.outputs import CaptionOutput, SegmentOutput
+
+
+@dataclass
+class Review:
+    """What QC needs once per task: caption, product cut-out, the brand's rules and limits, DINOv2."""
+
+    caption: str
+    product: Image.Image
+    guidelines: list[dict[str, Any]]
+    palette: list[str]
+    limits: QcThresholds
+    embedder: Any  # workers.models.dinov2.Dinov2Embedder, or None when not configured
+
+    @classmethod
+    def load(cls, ctx: StageContext) -> Review:
+        from workers.models import registry
+
+        brand = campaign_brand(ctx)
+        spec = fidelity_spec(ctx.settings)
+        embedder = model_call(spec, lambda: registry.load(spec)) if spec else None
+        product = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")
+        return cls(
+            ctx.output(CaptionOutput).caption,
+            product,
+            list(brand.guidelines or []),
+            list(brand.palette or []),
+            thresholds(ctx.settings, brand.qc_thresholds),
+            embedder,
+        )
+
+    def guidelines_of(
+        self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image
+    ) -> dict[str, Any]:
+        from workers.checks import guideline
+
+        with llm_failures("qc"):
+            result = guideline.check(
+                image,
+                layer,
+                self.product,
+                self.caption,
+                self.guidelines,
+                ctx.campaign.qc_policy,
+                ctx.settings.for_stage("guideline"),
+            )
+        ctx.rows += llm_call_rows(ctx, result, key=cand.layout_key)
+        return {k: v for k, v in result.items() if k != "calls"}
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    review = Review.load(ctx)
+    cands = _batch(ctx)
+    pixels = [(load_image(c.image_key).convert("RGB"), load_image(c.layer_key).convert("RGBA")) for c in cands]
+    seen = embeddings(review.embedder, pixels)
+    for cand, (image, layer), (cosine, embedding) in zip(cands, pixels, seen, strict=True):
+        check_one(ctx, review, cand, image, layer, cosine)
+        cand.embedding = embedding
+        ctx.rows.append(cand)
+    return {"checked": len(cands), "passed": sum(bool(c.passed) for c in cands), "dinov2": review.embedder is not None}
+
+
+def _batch(ctx: StageContext) -> list[Candidate]:
+    with session_scope() as session:
+        query = select(Candidate).where(
+            Candidate.tenant_id == ctx.tenant_id,
+            Candidate.campaign_id == ctx.campaign.id,
+            Candidate.round == ctx.round,
+            Candidate.batch == ctx.item,
+        )
+        return list(session.scalars(query.order_by(Candidate.layout_key)).all())
+
+
+def check_one(
+    ctx: StageContext, review: Review, cand: Candidate, image: Image.Image, layer: Image.Image, cosine: float | None
+) -> None:
+    from workers.checks import brand_rules, duplicates, fidelity
+
+    limits = review.limits
+    metrics = {**fidelity.fidelity(image, layer), "dino_cosine": cosine, "phash": duplicates.phash(image)}
+    rules = brand_rules.check(image, layer, review.palette, list(ctx.campaign.safe_zones or []), limits.model_dump())
+    verdicts = [
+        *product.product_checks(metrics, limits),
+        product.frame_check(layer),
+        *[{**v, "group": "brand"} for v in rules],
+    ]
+    cand.qc = {"metrics": metrics, "verdicts": verdicts, "thresholds": limits.model_dump()}
+    if not any(v["status"] == "fail" for v in verdicts if v["group"] == "product"):
+        cand.qc["guidelines"] = review.guidelines_of(ctx, cand, image, layer)  # costly: intact products only
+    else:
+        cand.qc["guidelines_skipped"] = "the product is not exactly the product; guidelines were not reviewed"
+    cand.qc["policy"] = policy.decide(policy.checks(cand.qc), ctx.campaign.qc_policy, limits.weighted_threshold)
+    cand.passed = cand.qc["policy"]["passed"]
+
+
+def embeddings(embedder: Any, pixels: list[tuple[Image.Image, Image.Image]]) -> list[tuple[Any, Any]]:
+    """(product-crop cosine, whole-candidate embedding) per candidate; (None, None) without DINOv2."""
+    if embedder is None:
+        return [(None, None)] * len(pixels)
+    from workers.checks import fidelity
+
+    crops = [fidelity.product_crops(image, layer) for image, layer in pixels]
+    cosines = embedder.similarity([c for c, _ in crops], [r for _, r in crops])
+    whole = embedder.embed([image for image, _ in pixels])
+    return [(round(float(c), 6), [float(x) for x in e]) for c, e in zip(cosines, whole, strict=True)]

@@ -1,0 +1,215 @@
+"""rank (scoring queue, the whole campaign so far): thousands of candidates down to the few a brand sees.
+
+Near-duplicates clustered, the flexible policy's relaxation when too few distinct candidates pass,
+aesthetic scores of the passing ones, the best of each cluster, the diversity rule, and the top-K as
+results. Every candidate ends with its rank or the reason it was left out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, undefer
+
+from shared.db.models import Campaign, Candidate, Result
+from shared.db.session import session_scope
+from shared.model_specs import aesthetic_spec
+from shared.qc import QcThresholds, thresholds
+from workers.checks import policy
+from workers.engine import flow
+from workers.engine.context import StageContext, Task
+from workers.pipeline.common import campaign_brand, load_image, model_call
+from workers.pipeline.outputs import QcSummary
+
+
+def run(ctx: StageContext) -> dict[str, Any]:
+    candidates = _pool(ctx)  # every round so far: a retry adds to the pool, never replaces it
+    limits = thresholds(ctx.settings, campaign_brand(ctx).qc_thresholds)
+    clusters = cluster_pool(candidates, limits)
+    relaxed = apply_policy(candidates, clusters, ctx.campaign.qc_policy, ctx.campaign.top_k, limits)
+    _score_passing(ctx, candidates)
+    chosen = choose(best_of_clusters(candidates, clusters), ctx.campaign.top_k)
+    for position, cand in enumerate(chosen, start=1):
+        cand.rank = position
+    ctx.rows.extend(candidates)
+    ctx.publish(_summary(ctx, candidates, clusters, relaxed, len(chosen)))
+    ctx.finalize = lambda session, campaign: write_results(session, campaign, chosen, ctx.stage)
+    return {
+        "candidates": len(candidates),
+        "passed": sum(bool(c.passed) for c in candidates),
+        "ranked": len(chosen),
+        "clusters": len({c.id for c in clusters.values()}),
+        "relaxed": [r["id"] for r in relaxed],
+    }
+
+
+def _pool(ctx: StageContext) -> list[Candidate]:
+    with session_scope() as session:
+        query = (
+            select(Candidate)
+            .options(undefer(Candidate.embedding))
+            .where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id)
+        )
+        return list(session.scalars(query.order_by(Candidate.round, Candidate.layout_key)).all())
+
+
+def _group(cand: Candidate) -> str:
+    canvas = cand.placement["canvas"]
+    return f"{canvas['width']}x{canvas['height']}"  # another ad size is another deliverable, not a duplicate
+
+
+def cluster_pool(candidates: list[Candidate], limits: QcThresholds) -> dict[str, Any]:
+    """candidate id -> its near-duplicate cluster (perceptual hash, and DINOv2 embeddings when stored)."""
+    import numpy as np
+
+    from workers.checks import duplicates
+
+    items = [
+        duplicates.Item(
+            str(c.id),
+            _group(c),
+            c.qc["metrics"]["phash"],
+            None if c.embedding is None else np.asarray(c.embedding, dtype=np.float32),
+        )
+        for c in candidates
+    ]
+    return duplicates.cluster(items, limits.dup_max_hamming, limits.dup_min_cosine)
+
+
+def apply_policy(
+    candidates: list[Candidate], clusters: dict[str, Any], name: str, top_k: int, limits: QcThresholds
+) -> list[dict[str, Any]]:
+    """Each candidate's final verdict under the campaign's policy; the flexible rules relaxed, if any."""
+    pool = [policy.checks(c.qc) for c in candidates]
+    if name == "flexible":
+
+        def enough(flags: list[bool]) -> bool:
+            return len({clusters[str(c.id)].id for c, ok in zip(candidates, flags, strict=True) if ok}) >= top_k
+
+        decisions, relaxed = policy.relax(pool, enough, limits.weighted_threshold)
+    else:
+        decisions, relaxed = [policy.decide(found, name, limits.weighted_threshold) for found in pool], []
+    for cand, decision in zip(candidates, decisions, strict=True):
+        cand.qc = {**cand.qc, "policy": {**decision, "relaxed_for_campaign": [r["id"] for r in relaxed]}}
+        cand.passed = decision["passed"]
+        cand.rank, cand.excluded_reason = None, None if decision["passed"] else failure_reason(decision)
+    return relaxed
+
+
+def failure_reason(decision: dict[str, Any]) -> str:
+    failed = ", ".join(decision["failed"]) or "none"
+    if decision["name"] == "weighted":
+        return (
+            f"failed QC (weighted policy): {decision['weighted_share']:.0%} of the checked weight passed, "
+            f"{decision['threshold']:.0%} needed, or a product check failed; failed: {failed}"
+        )
+    return f"failed QC ({decision['name']} policy): {failed}"
+
+
+def _score_passing(ctx: StageContext, candidates: list[Candidate]) -> None:
+    """Aesthetic scores of passing candidates; a score from an earlier rank with the same scorer is kept."""
+    from workers.models import registry
+
+    spec = aesthetic_spec(ctx.settings)
+    scorer = None
+    for cand in candidates:
+        if not cand.passed:
+            cand.aesthetic = None
+            continue
+        if cand.aesthetic is not None and (cand.qc.get("aesthetic") or {}).get("method") == spec.adapter:
+            continue
+        scorer = scorer or model_call(spec, lambda: registry.load(spec))
+        scored = scorer.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
+        scored = {"method": spec.adapter, **scored}
+        cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
+
+
+def best_of_clusters(candidates: list[Candidate], clusters: dict[str, Any]) -> list[Candidate]:
+    """The passing candidates that may be ranked: the best (by aesthetic) of each near-duplicate cluster."""
+    by_id = {str(c.id): c for c in candidates}
+    best: dict[str, Candidate] = {}
+    for cand in sorted((c for c in candidates if c.passed), key=_order):
+        best.setdefault(clusters[str(cand.id)].id, cand)
+    for cand in candidates:
+        found = clusters[str(cand.id)]
+        top = best.get(found.id)
+        cand.qc = {**cand.qc, "cluster": _cluster_record(found, by_id, top)}
+        if cand.passed and top is not cand and top is not None:
+            cand.excluded_reason = (
+                f"near-duplicate of {top.layout_key} (cluster {found.id}, "
+                f"{_link(found, cand, top)}): only the best of a cluster can be ranked"
+            )
+    return list(best.values())
+
+
+def _order(cand: Candidate) -> tuple[float, str]:
+    return -(cand.aesthetic or 0.0), cand.layout_key
+
+
+def _cluster_record(found: Any, by_id: dict[str, Candidate], top: Candidate | None) -> dict[str, Any]:
+    return {
+        "id": found.id,
+        "size": len(found.members),
+        "members": sorted(by_id[m].layout_key for m in found.members),
+        "best": top.layout_key if top is not None else None,
+        "links": [{"a": by_id[a].layout_key, "b": by_id[b].layout_key, "how": how} for a, b, how in found.links],
+    }
+
+
+def _link(found: Any, cand: Candidate, top: Candidate) -> str:
+    """How the two were found alike: the direct link when there is one, else 'linked through the cluster'."""
+    ids = {str(cand.id), str(top.id)}
+    direct = [how for a, b, how in found.links if {a, b} == ids]
+    return direct[0] if direct else "linked through other members of the cluster"
+
+
+def _cell(cand: Candidate) -> tuple[int, int, int, int]:
+    canvas = cand.placement["canvas"]
+    return canvas["width"], canvas["height"], cand.placement["row"], cand.placement["col"]
+
+
+def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
+    """Best aesthetic first; a second result from the same layout cell (canvas, row, column: the same
+    placement at another rotation or seed) only if there aren't enough distinct ones."""
+    ordered = sorted((c for c in candidates if c.passed), key=_order)
+    first: list[Candidate] = []
+    repeats: list[Candidate] = []
+    for cand in ordered:
+        (repeats if any(_cell(cand) == _cell(f) for f in first) else first).append(cand)
+    chosen = (first + repeats)[:top_k]
+    for cand in ordered:
+        if cand not in chosen:
+            cand.excluded_reason = (
+                "diversity: a better candidate already uses this layout cell"
+                if cand in repeats
+                else f"passed QC, ranked below the top {top_k} by aesthetic score"
+            )
+    return chosen
+
+
+def _summary(
+    ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any], relaxed: list[dict[str, Any]], ranked: int
+) -> QcSummary:
+    """What the campaign resource shows of QC: the policy, what it relaxed, and the counts."""
+    sizes = [len(c.members) for c in {c.id: c for c in clusters.values()}.values()]
+    return QcSummary(
+        policy=ctx.campaign.qc_policy,
+        relaxed=relaxed,
+        candidates=len(candidates),
+        passed=sum(bool(c.passed) for c in candidates),
+        clusters=len(sizes),
+        duplicates=sum(s - 1 for s in sizes),
+        ranked=ranked,
+        aesthetic=aesthetic_spec(ctx.settings).adapter,
+        dinov2=ctx.settings.dinov2_model or None,
+    )
+
+
+def write_results(session: Session, campaign: Campaign, chosen: list[Candidate], stage: str) -> list[Task]:
+    """The campaign's results are this rank's top-K (in the finish transaction), then what comes next."""
+    session.execute(delete(Result).where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
+    for position, cand in enumerate(chosen, start=1):
+        session.add(Result(tenant_id=campaign.tenant_id, campaign_id=campaign.id, candidate_id=cand.id, rank=position))
+    session.flush()
+    return flow.advance(session, campaign, stage, campaign.round)
