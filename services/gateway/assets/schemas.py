@@ -49,7 +49,9 @@ class BatchItemRead(BaseModel):
     index: int = Field(description="Position of the file in the request.")
     status: Literal["created", "existing", "failed"]
     asset: AssetRead | None = None
-    problem: dict[str, Any] | None = Field(None, description="Why this item failed (status, code, title, detail).")
+    problem: dict[str, Any] | None = Field(
+        default=None, description="Why this item failed (status, code, title, detail)."
+    )
 
 
 class BatchRead(BaseModel):
@@ -84,5 +86,5 @@ class SearchResults(BaseModel):
     k: int
     boost: str | None
     models: dict[str, str | None] = Field(description="Embedding models the query was compared in.")
-    degraded: str | None = Field(None, description="Set when a part could not be used, and why.")
+    degraded: str | None = Field(default=None, description="Set when a part could not be used, and why.")
     items: list[SearchHit]

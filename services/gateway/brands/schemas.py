@@ -23,8 +23,12 @@ class Guideline(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-    flexible: bool = Field(False, description="Flexible rules may fail QC under the flexible/weighted policies.")
-    weight: float = Field(1.0, ge=0, le=100, allow_inf_nan=False, description="Weight under the weighted policy.")
+    flexible: bool = Field(
+        default=False, description="Flexible rules may fail QC under the flexible/weighted policies."
+    )
+    weight: float = Field(
+        default=1.0, ge=0, le=100, allow_inf_nan=False, description="Weight under the weighted policy."
+    )
 
 
 THRESHOLDS_DOC = "Overrides of the QC limits for this brand's campaigns (unset keys keep the defaults): " + ", ".join(
@@ -65,10 +69,10 @@ class BrandUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
-    palette: list[HexColor] | None = Field(None, max_length=64)
-    guidelines: list[Guideline] | None = Field(None, max_length=100)
-    forbidden_terms: list[Term] | None = Field(None, max_length=200)
-    qc_thresholds: dict[str, float] | None = Field(None, description=THRESHOLDS_DOC)
+    palette: list[HexColor] | None = Field(default=None, max_length=64)
+    guidelines: list[Guideline] | None = Field(default=None, max_length=100)
+    forbidden_terms: list[Term] | None = Field(default=None, max_length=200)
+    qc_thresholds: dict[str, float] | None = Field(default=None, description=THRESHOLDS_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
 

@@ -34,12 +34,14 @@ class DeliveryTargetCreate(BaseModel):
     kind: Literal["s3"] = "s3"
     name: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
     bucket: Bucket
-    prefix: Prefix = Field("", description="Objects go to <prefix>/<campaign id>/rank-<n>.png and .json.")
+    prefix: Prefix = Field(default="", description="Objects go to <prefix>/<campaign id>/rank-<n>.png and .json.")
     region: Region = "us-east-1"
-    endpoint_url: WebhookUrl | None = Field(None, description="S3-compatible endpoint (MinIO, R2...); AWS if unset.")
+    endpoint_url: WebhookUrl | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, R2...); AWS if unset."
+    )
     access_key_id: KeyId
     secret_access_key: SecretStr = Field(min_length=1, max_length=200)
-    session_token: SecretStr | None = Field(None, min_length=1, max_length=4096)
+    session_token: SecretStr | None = Field(default=None, min_length=1, max_length=4096)
 
 
 class S3Config(BaseModel):

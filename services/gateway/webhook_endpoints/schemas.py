@@ -35,9 +35,9 @@ class WebhookEndpointCreate(BaseModel):
         max_length=50,
         description='Event types or wildcards such as "campaign.*".',
     )
-    description: str = Field("", max_length=500)
+    description: str = Field(default="", max_length=500)
     v1a: bool = Field(
-        False,
+        default=False,
         description="Also sign with ed25519 (Standard Webhooks `v1a`): receivers verify "
         "with the endpoint's public_key and hold no secret that could forge events.",
     )
@@ -47,10 +47,11 @@ class WebhookEndpointUpdate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     url: WebhookUrl | None = None
-    event_types: list[EventPattern] | None = Field(None, min_length=1, max_length=50)
-    description: str | None = Field(None, max_length=500)
+    event_types: list[EventPattern] | None = Field(default=None, min_length=1, max_length=50)
+    description: str | None = Field(default=None, max_length=500)
     enabled: bool | None = Field(
-        None, description="true re-enables a disabled endpoint (and clears its failure record); false pauses it."
+        default=None,
+        description="true re-enables a disabled endpoint (and clears its failure record); false pauses it.",
     )
 
 
@@ -58,7 +59,7 @@ class RotateSecret(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     grace_period_seconds: int | None = Field(
-        None,
+        default=None,
         ge=0,
         le=7 * 86400,
         description="How long the old secret keeps signing next to the new one "
