@@ -52,4 +52,5 @@ def encrypt_json(value: dict[str, Any], settings: Settings | None = None) -> str
 
 
 def decrypt_json(token: str, settings: Settings | None = None) -> dict[str, Any]:
-    return json.loads(decrypt(token, settings))
+    value: dict[str, Any] = json.loads(decrypt(token, settings))  # an object: written by encrypt_json
+    return value

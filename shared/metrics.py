@@ -159,7 +159,8 @@ def serve_worker_metrics(port: int, addr: str = "0.0.0.0") -> bool:  # noqa: S10
     if not port or not os.environ.get(MULTIPROC_ENV):
         return False
     registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
+    # prometheus_client ships py.typed but leaves MultiProcessCollector.__init__ unannotated
+    multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     try:
         start_http_server(port, addr=addr, registry=registry)
     except OSError as exc:

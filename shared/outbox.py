@@ -14,10 +14,13 @@ from __future__ import annotations
 import random
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from shared.db.models import DamPush, WebhookDelivery
 
 # Standard Webhooks' schedule: the wait before attempt n+1, after attempt n failed.
 SCHEDULE = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600, 24 * 3600)
@@ -101,6 +104,6 @@ def claim_due(session: Session, model: Any, at: datetime, lease_s: float, limit:
     return ids
 
 
-def is_due(row: Any, at: datetime) -> bool:
+def is_due(row: WebhookDelivery | DamPush, at: datetime) -> bool:
     """A pending row whose attempt time has come (a stale duplicate send finds it not due)."""
     return row.status == "pending" and row.next_attempt_at <= at + timedelta(seconds=1)

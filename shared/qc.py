@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -28,12 +28,18 @@ class QcThresholds(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    min_exact: float = Field(0.999, ge=0, le=1, description="Least share of opaque product pixels left identical.")
-    min_msssim: float = Field(0.9, ge=0, le=1, description="Least MS-SSIM of the product's edge maps.")
-    min_dino: float = Field(0.9, ge=-1, le=1, description="Least DINOv2 cosine of product crops (when configured).")
-    max_delta_e: float = Field(2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND).")
+    min_exact: float = Field(
+        default=0.999, ge=0, le=1, description="Least share of opaque product pixels left identical."
+    )
+    min_msssim: float = Field(default=0.9, ge=0, le=1, description="Least MS-SSIM of the product's edge maps.")
+    min_dino: float = Field(
+        default=0.9, ge=-1, le=1, description="Least DINOv2 cosine of product crops (when configured)."
+    )
+    max_delta_e: float = Field(
+        default=2.0, ge=0, le=100, description="Most mean CIEDE2000 over the product (2.3 = JND)."
+    )
     palette_radius: float = Field(
-        5.0,
+        default=5.0,
         gt=0,
         le=100,
         description="ΔE00 to the nearest tint or shade of a palette colour that counts as on-palette.",
@@ -41,20 +47,24 @@ class QcThresholds(BaseModel):
     # Unset = measured and shown, not enforced: photos from a brand's own library carry scene colours
     # (5-97 % on-palette in the demo library), while studio backdrops are 100 % and foreign hues 1-6 %.
     min_palette_share: float | None = Field(
-        None,
+        default=None,
         ge=0,
         le=1,
         description="Least share of background on the palette (e.g. 0.6); unset = reported, not enforced.",
     )
-    area_min: float = Field(0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
-    area_max: float = Field(0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
-    exposure_min: float = Field(0.12, ge=0, le=1, description="Least mean luminance (0-1).")
-    exposure_max: float = Field(0.88, ge=0, le=1, description="Most mean luminance (0-1).")
-    max_clipped: float = Field(0.25, ge=0, le=1, description="Most share of clipped (near black/white) pixels.")
-    min_contrast: float = Field(0.04, ge=0, le=1, description="Least RMS contrast (std of luminance 0-1).")
-    dup_max_hamming: int = Field(6, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate.")
-    dup_min_cosine: float = Field(0.98, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
-    weighted_threshold: float = Field(0.75, ge=0, le=1, description="weighted policy: least passing share of weight.")
+    area_min: float = Field(default=0.02, ge=0, le=1, description="Least share of the canvas the product covers.")
+    area_max: float = Field(default=0.6, ge=0, le=1, description="Most share of the canvas the product covers.")
+    exposure_min: float = Field(default=0.12, ge=0, le=1, description="Least mean luminance (0-1).")
+    exposure_max: float = Field(default=0.88, ge=0, le=1, description="Most mean luminance (0-1).")
+    max_clipped: float = Field(default=0.25, ge=0, le=1, description="Most share of clipped (near black/white) pixels.")
+    min_contrast: float = Field(default=0.04, ge=0, le=1, description="Least RMS contrast (std of luminance 0-1).")
+    dup_max_hamming: int = Field(
+        default=6, ge=0, le=64, description="Perceptual-hash distance that makes a near-duplicate."
+    )
+    dup_min_cosine: float = Field(default=0.98, ge=-1, le=1, description="DINOv2 cosine that makes a near-duplicate.")
+    weighted_threshold: float = Field(
+        default=0.75, ge=0, le=1, description="weighted policy: least passing share of weight."
+    )
 
     @model_validator(mode="after")
     def _ranges(self) -> QcThresholds:
@@ -84,20 +94,30 @@ def _checks(qc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
         yield v["guideline"], v["status"]
 
 
-def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> list[Mapping[str, Any]]:
+class CandidateRow(TypedDict, total=False):
+    """The columns of a candidate that :func:`report` reads; a missing key reads as None (0 for round)."""
+
+    qc: dict[str, Any] | None
+    passed: bool | None
+    rank: int | None
+    round: int
+    excluded_reason: str | None
+
+
+def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> list[CandidateRow]:
     """What :func:`report` reads of a campaign's candidates (the QC records, not the images)."""
-    return list(
-        session.execute(
-            select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason).where(
-                Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id
-            )
+    rows = session.execute(
+        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason).where(
+            Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id
         )
-        .mappings()
-        .all()
-    )
+    ).tuples()
+    return [
+        CandidateRow(qc=qc, passed=passed, rank=rank, round=round_, excluded_reason=reason)
+        for qc, passed, rank, round_, reason in rows
+    ]
 
 
-def report(candidates: Iterable[Mapping[str, Any]], policy: str, top_k: int) -> dict[str, Any]:
+def report(candidates: Iterable[CandidateRow], policy: str, top_k: int) -> dict[str, Any]:
     """Pass rates per check, outcomes and exclusion reasons over a campaign's candidates.
 
     Each candidate is a mapping with qc, passed, rank, round and excluded_reason (a row's columns).
@@ -123,7 +143,7 @@ def report(candidates: Iterable[Mapping[str, Any]], policy: str, top_k: int) -> 
     }
 
 
-def _outcome(cand: Mapping[str, Any]) -> str:
+def _outcome(cand: CandidateRow) -> str:
     if cand.get("rank") is not None:
         return "ranked"
     if cand.get("passed") is None:

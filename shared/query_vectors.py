@@ -18,7 +18,7 @@ import redis
 
 from shared import queue
 from shared.config import Settings
-from shared.search import Space
+from shared.search import Modality, Space
 
 CACHE_TTL_S = 24 * 3600
 REPLY_TTL_S = 60
@@ -38,7 +38,10 @@ def _cache_key(q: str, settings: Settings) -> str:
 def reply(settings: Settings, reply_key: str, payload: dict[str, Any]) -> None:
     """Worker side: hand the vectors back to the waiting gateway request."""
     pipe = _client(settings.broker_url).pipeline()
-    pipe.rpush(reply_key, json.dumps(payload)).expire(reply_key, REPLY_TTL_S).execute()
+    # one statement per command: redis-py types a pipeline's commands as returning their reply, not the pipeline
+    pipe.rpush(reply_key, json.dumps(payload))
+    pipe.expire(reply_key, REPLY_TTL_S)
+    pipe.execute()
 
 
 def _ask(q: str, settings: Settings, timeout_s: float) -> dict[str, Any] | None:
@@ -49,7 +52,7 @@ def _ask(q: str, settings: Settings, timeout_s: float) -> dict[str, Any] | None:
     return None if answer is None else json.loads(answer[1])
 
 
-def _space(payload: dict[str, Any] | None, modality: str) -> Space | None:
+def _space(payload: dict[str, Any] | None, modality: Modality) -> Space | None:
     if not payload:
         return None
     return Space(model=payload["model"], dim=int(payload["dim"]), vector=payload["vector"], modality=modality)

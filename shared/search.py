@@ -26,6 +26,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 Mode = Literal["hybrid", "vector", "keyword"]
+Modality = Literal["text", "image"]
 MODES: tuple[Mode, ...] = ("hybrid", "vector", "keyword")
 
 # Tuned on tests/data/retrieval_eval.json (see tests/shared/test_search_eval.py); the vector part carries
@@ -44,7 +45,7 @@ class Space:
     model: str
     dim: int
     vector: Sequence[float]
-    modality: Literal["text", "image"] = "text"
+    modality: Modality = "text"
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def _similarity(name: str, space: Space | None) -> str:
 QUERY_CTE = "qq AS (SELECT replace(plainto_tsquery('english', :q)::text, ' & ', ' | ')::tsquery AS query)"
 
 
-def _sql(q: str, filters: Filters, spaces: dict[str, Space | None], mode: Mode, n: int) -> tuple[str, dict]:
+def _sql(q: str, filters: Filters, spaces: dict[str, Space | None], mode: Mode, n: int) -> tuple[str, dict[str, Any]]:
     params: dict[str, Any] = {"q": q, "boost": ""}
     ctes = [QUERY_CTE]
     sources = []

@@ -63,7 +63,9 @@ def _pull_gguf(spec: ModelSpec, settings: Settings, dry_run: bool) -> Pulled:
     if target.is_file():
         return Pulled(spec.stage, spec.adapter, str(target), "present", str(target))
     packaged = importlib.util.find_spec(GGUF_PACKAGE)
-    source = Path(list(packaged.submodule_search_locations)[0]) / GGUF_NAME if packaged else None
+    # a package's spec lists its directories; a plain module (or no install) has none to look in
+    locations = packaged.submodule_search_locations if packaged else None
+    source = Path(list(locations)[0]) / GGUF_NAME if locations else None
     if source is None or not source.is_file():
         return Pulled(
             spec.stage,

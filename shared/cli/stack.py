@@ -483,12 +483,13 @@ def _redis_up(home: Path, previous: Record) -> Record:
 def _redis_down(info: Record) -> str:
     """SIGTERM the recorded pid (only if it is still that redis-server): Redis then flushes its
     AOF and exits. A socket SHUTDOWN could hit whatever server took the port since."""
-    pid, port = info.get("pid"), info.get("port")
-    if not _alive(pid, "redis-server") or _redis_title_port(int(pid)) != port:
+    pid: int | None = info.get("pid")
+    port = info.get("port")
+    if pid is None or not _alive(pid, "redis-server") or _redis_title_port(pid) != port:
         return f"redis: not running (port {port})"
-    os.kill(int(pid), signal.SIGTERM)
+    os.kill(pid, signal.SIGTERM)
     if not _wait(lambda: not _alive(pid, "redis-server"), STOP_TIMEOUT):
-        os.kill(int(pid), signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
     return f"redis: stopped (port {port}, pid {pid})"
 
 
