@@ -45,7 +45,8 @@ def _stage_task(stage: Stage) -> Task:
         return _run(self, stage, campaign_id, rnd, item)
 
     run.__name__ = run.__qualname__ = stage.name
-    return app.task(name=stage.task, **STAGE_OPTS)(run)
+    task: Task = app.task(name=stage.task, **STAGE_OPTS)(run)
+    return task
 
 
 # One task per row of the stage table, all the same thin wrapper; routed to queues by name (shared.queue).

@@ -6,6 +6,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from celery import Celery
 
 from tests.factories import FakeOpenAI
 
@@ -19,3 +20,17 @@ def server() -> Iterator[FakeOpenAI]:
     yield fake
     fake.httpd.shutdown()
     fake.httpd.server_close()
+
+
+@pytest.fixture
+def worker_app(monkeypatch: pytest.MonkeyPatch) -> Iterator[Celery]:
+    """The worker's Celery app with every task registered; its broker is never contacted."""
+    monkeypatch.setenv("ONBRAND_REDIS_URL", "redis://127.0.0.1:1/0")
+    from shared.config import get_settings
+
+    get_settings.cache_clear()
+    import workers.tasks  # noqa: F401 - registers the tasks
+    from workers.celery_app import app
+
+    yield app
+    get_settings.cache_clear()

@@ -49,13 +49,19 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
         {
             "rank": r,
             "candidate_id": str(c.id),
-            "image_url": storage.url(c.image_key),
-            "layer_url": storage.url(c.layer_key),
+            "image_url": storage.url(_stored(c.image_key)),
+            "layer_url": storage.url(_stored(c.layer_key)),
             "placement": c.placement,
             "aesthetic": c.aesthetic,
         }
         for r, c in rows
     ]
+
+
+def _stored(key: str | None) -> str:
+    if key is None:  # generate stores both images before it writes the candidate row
+        raise RuntimeError("a ranked candidate has no stored image")
+    return key
 
 
 def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str, Any]:

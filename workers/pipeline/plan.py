@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict
-from typing import Any
+from typing import Any, cast
 
 from workers.engine.context import StageContext, StageError
 from workers.engine.flow import LoopState
@@ -35,11 +35,15 @@ def run(ctx: StageContext) -> dict[str, Any]:
         safe_zones=zones,
     )
     if not made.layouts:
-        reasons = "; ".join(f"{c['canvas'][0]}x{c['canvas'][1]}: {c['reason']}" for c in made.skipped_canvases)
+        reasons = "; ".join(f"{_size(c['canvas'])}: {c['reason']}" for c in made.skipped_canvases)
         raise StageError("no_layout_fits", f"no canvas can hold the product: {reasons}")
     ctx.batches = max(1, math.ceil(len(made.layouts) / settings.generate_batch_size))
     ctx.publish(_output(ctx, made, share, attempt, ctx.batches))
     return {"layouts": len(made.layouts), "batches": ctx.batches, "skipped_canvases": len(made.skipped_canvases)}
+
+
+def _size(canvas: object) -> str:
+    return "x".join(str(v) for v in cast(list[int], canvas))
 
 
 def _output(ctx: StageContext, made: Any, share: float, attempt: int, batches: int) -> PlanOutput:

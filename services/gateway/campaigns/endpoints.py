@@ -13,13 +13,13 @@ from services.gateway.campaigns.schemas import (
     CampaignCreated,
     CampaignRead,
     CampaignReport,
-    CampaignStatus,
     CandidateRead,
     PushRead,
 )
 from services.gateway.deps import SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.webhook_targets import check_target
+from shared.db.models import CampaignStatus
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 

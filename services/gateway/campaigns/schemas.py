@@ -18,9 +18,9 @@ from pydantic import (
 )
 
 from services.gateway.webhook_targets import WebhookUrl
+from shared.db.models import CampaignStatus, OutboxStatus
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
-CampaignStatus = Literal["queued", "running", "completed", "partial", "failed", "cancelled"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
 Dimension = Annotated[int, Field(ge=256, le=4096)]
 
@@ -176,7 +176,7 @@ class PushRead(BaseModel):
     id: uuid.UUID
     kind: str = Field(description="s3 | presigned")
     target_id: uuid.UUID | None
-    status: str = Field(description="pending | delivered | failed")
+    status: OutboxStatus
     attempts: int
     last_error: str | None
     objects: list[dict[str, Any]] = Field(description="Uploaded so far: name, url (without query), bytes, sha256.")
@@ -230,7 +230,7 @@ class CampaignRead(BaseModel):
     id: uuid.UUID
     brand_id: uuid.UUID
     brief: str
-    status: str = Field(description="queued | running | completed | partial | failed | cancelled")
+    status: CampaignStatus
     current_stage: str | None
     round: int
     created_at: datetime

@@ -19,7 +19,7 @@ from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
 from shared import metrics, webhooks
 from shared import qc as qc_report
-from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, IdempotencyKey
+from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, DamPush, IdempotencyKey
 
 _INT_MAX = 2**31 - 1
 
@@ -63,7 +63,7 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         max_prompt_revisions=body.max_prompt_revisions,
         webhook_url=url,
         webhook_secret=webhooks.new_secret() if url else None,
-        status="queued",
+        status=CampaignStatus.QUEUED,
         round=0,
         state={},
         push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls]
@@ -133,10 +133,10 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
     if campaign.status in TERMINAL_STATUSES:
         raise conflict(f"The campaign is already {campaign.status}.")
     previous = campaign.status
-    campaign.status, campaign.completed_at = "cancelled", func.now()
+    campaign.status, campaign.completed_at = CampaignStatus.CANCELLED, func.now()
     session.flush()
     deliveries = webhooks.emit(
-        session, campaign, "campaign.cancelled", {"status": "cancelled", "previous_status": previous}
+        session, campaign, "campaign.cancelled", {"status": campaign.status, "previous_status": previous}
     )
     for delivery_id in deliveries:
         enqueue(session, "onbrand.send_webhook", delivery_id)

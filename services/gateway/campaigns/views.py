@@ -121,7 +121,9 @@ def _llm_usage(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> 
         .group_by(LlmCall.campaign_id)
     )
     return {
-        cid: LlmUsage(calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost, 6), latency_ms=round(latency, 1))
+        cid: LlmUsage(
+            calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost or 0.0, 6), latency_ms=round(latency, 1)
+        )
         for cid, n, t_in, t_out, cost, latency in session.execute(stmt)
     }
 
