@@ -12,15 +12,17 @@ first send is still queued or running; a send that was lost (or a worker that di
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-if TYPE_CHECKING:
-    from shared.db.models import DamPush, WebhookDelivery
+from shared.db.models import DamPush, OutboxStatus, WebhookDelivery
+
+# The two outboxes' rows: the same status, attempt and lease columns.
+OutboxRow = WebhookDelivery | DamPush
 
 # Standard Webhooks' schedule: the wait before attempt n+1, after attempt n failed.
 SCHEDULE = (0, 5, 5 * 60, 30 * 60, 2 * 3600, 5 * 3600, 10 * 3600, 14 * 3600, 20 * 3600, 24 * 3600)
@@ -47,11 +49,11 @@ def retry_delay(attempts: int, retry_after: float | None = None, rng: random.Ran
 RETRY_AFTER_STATUSES = frozenset({429, 503})  # the statuses whose Retry-After a sender honours
 
 
-def settle_failure(row: Any, at: datetime, max_attempts: int, retry_after: float | None = None) -> int | None:
+def settle_failure(row: OutboxRow, at: datetime, max_attempts: int, retry_after: float | None = None) -> int | None:
     """After a failed (and counted) attempt: mark the row failed for good, or schedule its retry.
     Returns the wait in seconds, or None when it gave up."""
     if row.attempts >= max_attempts:
-        row.status = "failed"
+        row.status = OutboxStatus.FAILED
         return None
     wait = int(round(retry_delay(row.attempts, retry_after)))
     row.next_attempt_at = at + timedelta(seconds=wait)
@@ -84,13 +86,15 @@ def lease_seconds(timeout_s: float) -> float:
     return timeout_s + 60.0
 
 
-def claim_due(session: Session, model: Any, at: datetime, lease_s: float, limit: int = 500) -> list[Any]:
+def claim_due(
+    session: Session, model: type[OutboxRow], at: datetime, lease_s: float, limit: int = 500
+) -> list[uuid.UUID]:
     """Ids of pending rows whose attempt is due and not leased; leases them. Concurrent dispatchers
     (two beats by mistake) skip each other's rows instead of sending them twice."""
     due = (
         select(model.id)
         .where(
-            model.status == "pending",
+            model.status == OutboxStatus.PENDING,
             model.next_attempt_at <= at,
             (model.leased_until.is_(None)) | (model.leased_until < at),
         )
@@ -104,6 +108,6 @@ def claim_due(session: Session, model: Any, at: datetime, lease_s: float, limit:
     return ids
 
 
-def is_due(row: WebhookDelivery | DamPush, at: datetime) -> bool:
+def is_due(row: OutboxRow, at: datetime) -> bool:
     """A pending row whose attempt time has come (a stale duplicate send finds it not due)."""
-    return row.status == "pending" and row.next_attempt_at <= at + timedelta(seconds=1)
+    return row.status == OutboxStatus.PENDING and row.next_attempt_at <= at + timedelta(seconds=1)

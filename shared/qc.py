@@ -110,7 +110,7 @@ def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUI
         select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason).where(
             Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id
         )
-    ).tuples()
+    )
     return [
         CandidateRow(qc=qc, passed=passed, rank=rank, round=round_, excluded_reason=reason)
         for qc, passed, rank, round_, reason in rows

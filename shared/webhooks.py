@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from shared import crypto, outbox
 from shared.config import get_settings
-from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
+from shared.db.models import Campaign, OutboxStatus, WebhookDelivery, WebhookEndpoint
 
 log = logging.getLogger("onbrand.webhooks")
 
@@ -177,7 +177,7 @@ def outbox_rows(
             event_id=event_id,
             event_type=event_type,
             payload=payload,
-            status="pending",
+            status=OutboxStatus.PENDING,
             attempts=0,
             next_attempt_at=outbox.utcnow(),
             leased_until=lease,
@@ -243,10 +243,10 @@ def endpoint_disabled(session: Session, endpoint: WebhookEndpoint, reason: str, 
         select(WebhookDelivery).where(
             WebhookDelivery.tenant_id == endpoint.tenant_id,
             WebhookDelivery.endpoint_id == endpoint.id,
-            WebhookDelivery.status == "pending",
+            WebhookDelivery.status == OutboxStatus.PENDING,
         )
     ):
-        row.status, row.last_error = "failed", "endpoint_disabled: the endpoint was disabled"
+        row.status, row.last_error = OutboxStatus.FAILED, "endpoint_disabled: the endpoint was disabled"
     others = [e for e in _enabled_endpoints(session, endpoint.tenant_id) if e.id != endpoint.id]
     since = endpoint.failing_since.isoformat() if endpoint.failing_since else None
     data = {

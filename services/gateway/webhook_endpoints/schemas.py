@@ -10,6 +10,7 @@ from typing import Annotated, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from services.gateway.webhook_targets import WebhookUrl
+from shared.db.models import OutboxStatus
 from shared.webhooks import EVENT_TYPES
 
 
@@ -106,7 +107,7 @@ class DeliveryRead(BaseModel):
     event_id: str = Field(description="webhook-id: the same across retries and replays (deduplicate on it).")
     event_type: str
     campaign_id: uuid.UUID | None
-    status: Literal["pending", "delivered", "failed"]
+    status: OutboxStatus
     attempts: int
     next_attempt_at: datetime | None
     last_status_code: int | None

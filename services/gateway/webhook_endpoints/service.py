@@ -21,7 +21,7 @@ from services.gateway.webhook_endpoints.schemas import (
 )
 from shared import webhooks
 from shared.config import Settings
-from shared.db.models import WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.db.models import OutboxStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
 
 def to_read(endpoint: WebhookEndpoint) -> WebhookEndpointRead:
@@ -144,7 +144,7 @@ def _delivery_read(row: WebhookDelivery, attempts: list[AttemptRead]) -> Deliver
         campaign_id=row.campaign_id,
         status=row.status,
         attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at if row.status == "pending" else None,
+        next_attempt_at=row.next_attempt_at if row.status == OutboxStatus.PENDING else None,
         last_status_code=row.last_status_code,
         last_error=row.last_error,
         replay_of=row.replay_of,
