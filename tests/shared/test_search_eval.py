@@ -163,7 +163,7 @@ def test_retrieve_stage_finds_the_relevant_assets(library: dict[str, Any]) -> No
         campaign = Campaign(tenant_id=library["tenant_id"], brand_id=library["brands"][brand])
         with session_scope() as session:
             found = retrieve.matches(session, campaign, (query["q"], query["kind"], None), spaces[queries.index(query)])
-        return [library["keys"][m["asset_id"]] for m in found]
+        return [library["keys"][m.asset_id] for m in found]
 
     score = retrieval_eval.evaluate(queries, ranked)
     print(score.row("retrieve"))
