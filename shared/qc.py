@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.config import Settings
-from shared.db.models import Candidate
+from shared.db.models import Candidate, CandidateStatus, candidate_status
 
 
 class QcThresholds(BaseModel):
@@ -143,15 +143,8 @@ def report(candidates: Iterable[CandidateRow], policy: str, top_k: int) -> dict[
     }
 
 
-def _outcome(cand: CandidateRow) -> str:
-    if cand.get("rank") is not None:
-        return "ranked"
-    if cand.get("passed") is None:
-        return "unchecked"
-    if not cand.get("passed"):
-        return "failed"
-    reason = str(cand.get("excluded_reason") or "")
-    return "duplicate" if reason.startswith("near-duplicate") else "passed_not_ranked"
+def _outcome(cand: CandidateRow) -> CandidateStatus:
+    return candidate_status(cand.get("passed"), cand.get("rank"), cand.get("excluded_reason"))
 
 
 def _rates(counts: Counter[str]) -> dict[str, Any]:
