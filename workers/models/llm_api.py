@@ -99,8 +99,10 @@ class LLMError(Exception):
 
 class ChatBackend(Protocol):
     name: str  # "bedrock" | "openai" | ...
-    model: str
     vision: bool  # accepts ImagePart in messages
+
+    @property
+    def model(self) -> str: ...  # read-only: Bedrock derives it from its config
 
     def complete(
         self,

@@ -1,58 +1,176 @@
 """The switch from a ModelSpec (shared.model_specs) to the adapter that serves it.
 
-Stages ask here for their segmenter or generator; `onbrand models check` (which runs
-``python -m workers.models.registry``) loads every configured model through the very same
-function, offline, and names the stage and setting of anything that cannot be loaded.
+Stages ask here for their role, typed by :mod:`workers.models.roles`: :func:`segmenter`,
+:func:`generator` (or :func:`compositor`, the CPU default), :func:`image_embedder`, :func:`scorer`;
+retrieval and the local LLM through :func:`text_embedder`, :func:`image_text_embedder` and
+:func:`local_language_model`. `onbrand models check` (which runs ``python -m workers.models.registry``)
+loads every configured model through the very same loaders, offline, and names the stage and setting
+of anything that cannot be loaded.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TypeVar
 
 from shared.config import Settings, get_settings
 from shared.model_specs import ModelSpec, model_specs
+from workers.models.roles import (
+    Compositor,
+    Generator,
+    ImageEmbedder,
+    ImageTextEmbedder,
+    LocalLanguageModel,
+    Model,
+    Scorer,
+    Segmenter,
+    TextEmbedder,
+)
 
-# adapter name -> module with ``load(spec)``; embedded adapters are the module itself.
-LOADERS = {
-    "sam": "workers.models.sam",
-    "segment-anything": "workers.models.sam_original",
-    "sd-inpaint": "workers.models.sd_inpaint",
-    "dinov2": "workers.models.dinov2",
-    "laion": "workers.models.laion",
+R = TypeVar("R")
+
+# Every loader imports its adapter lazily: importing the registry (the CLI's `models check`) loads nothing.
+# Each adapter caches what it loads per process; the embedded ones are modules that load no weights.
+
+
+def _matting(spec: ModelSpec) -> Segmenter:
+    from workers.imaging import matting
+
+    return matting
+
+
+def _sam(spec: ModelSpec) -> Segmenter:
+    from workers.models import sam
+
+    return sam.load(spec)
+
+
+def _sam_original(spec: ModelSpec) -> Segmenter:
+    from workers.models import sam_original
+
+    return sam_original.load(spec)
+
+
+def _sd_inpaint(spec: ModelSpec) -> Generator:
+    from workers.models import sd_inpaint
+
+    return sd_inpaint.load(spec)
+
+
+def _compositor(spec: ModelSpec) -> Compositor:
+    from workers.imaging import compositor
+
+    return compositor
+
+
+def _dinov2(spec: ModelSpec) -> ImageEmbedder:
+    from workers.models import dinov2
+
+    return dinov2.load(spec)
+
+
+def _classical(spec: ModelSpec) -> Scorer:
+    from workers.checks import aesthetic
+
+    return aesthetic
+
+
+def _laion(spec: ModelSpec) -> Scorer:
+    from workers.models import laion
+
+    return laion.load(spec)
+
+
+# adapter name -> loader, one table per role
+SEGMENTERS: dict[str, Callable[[ModelSpec], Segmenter]] = {
+    "matting": _matting,
+    "sam": _sam,
+    "segment-anything": _sam_original,
 }
-EMBEDDED = {
-    "matting": "workers.imaging.matting",
-    "compositor": "workers.imaging.compositor",
-    "classical": "workers.checks.aesthetic",
-}
+GENERATORS: dict[str, Callable[[ModelSpec], Generator]] = {"sd-inpaint": _sd_inpaint}
+COMPOSITORS: dict[str, Callable[[ModelSpec], Compositor]] = {"compositor": _compositor}
+IMAGE_EMBEDDERS: dict[str, Callable[[ModelSpec], ImageEmbedder]] = {"dinov2": _dinov2}
+SCORERS: dict[str, Callable[[ModelSpec], Scorer]] = {"classical": _classical, "laion": _laion}
+EMBEDDED = frozenset({"matting", "compositor", "classical"})  # pixel code in imaging/ and checks/: no weights
 
 
-def load(spec: ModelSpec) -> Any:
-    """The loaded adapter (cached per process by the adapter module itself)."""
-    if spec.adapter in EMBEDDED:
-        return importlib.import_module(EMBEDDED[spec.adapter])
-    if spec.adapter not in LOADERS:
-        raise ValueError(f"spec.adapter: no adapter named {spec.adapter!r} (stage {spec.stage})")
-    return importlib.import_module(LOADERS[spec.adapter]).load(spec)
+def _pick(table: dict[str, Callable[[ModelSpec], R]], spec: ModelSpec, role: str) -> R:
+    if spec.adapter not in table:
+        raise ValueError(f"spec.adapter: {spec.adapter!r} is no {role} (stage {spec.stage}; one of {sorted(table)})")
+    return table[spec.adapter](spec)
 
 
-def _load_language(spec: ModelSpec, settings: Settings) -> Any:
+def segmenter(spec: ModelSpec) -> Segmenter:
+    """The segment stage's model: matting, sam or segment-anything."""
+    return _pick(SEGMENTERS, spec, "segmenter")
+
+
+def generator(spec: ModelSpec) -> Generator:
+    """The generate stage's inpainting model (sd-inpaint); the compositor default is :func:`compositor`."""
+    return _pick(GENERATORS, spec, "generator")
+
+
+def compositor(spec: ModelSpec) -> Compositor:
+    """The generate stage's embedded default (workers.imaging.compositor)."""
+    return _pick(COMPOSITORS, spec, "compositor")
+
+
+def image_embedder(spec: ModelSpec) -> ImageEmbedder:
+    """QC's image embedder (dinov2)."""
+    return _pick(IMAGE_EMBEDDERS, spec, "image embedder")
+
+
+def scorer(spec: ModelSpec) -> Scorer:
+    """The rank stage's aesthetic scorer: classical or laion."""
+    return _pick(SCORERS, spec, "scorer")
+
+
+def load(spec: ModelSpec) -> Model:
+    """The adapter of any segment/generate/qc/rank spec, by its adapter name (warm-up, models check).
+
+    Stages call the role's own function instead (:func:`segmenter`, ...), which is typed for the role.
+    """
+    for table in (SEGMENTERS, GENERATORS, COMPOSITORS, IMAGE_EMBEDDERS, SCORERS):
+        if spec.adapter in table:
+            return table[spec.adapter](spec)
+    raise ValueError(f"spec.adapter: no adapter named {spec.adapter!r} (stage {spec.stage})")
+
+
+def text_embedder(settings: Settings | None = None) -> TextEmbedder:
+    """The retrieval text embedder, its weights loaded (they are cached per process)."""
+    from workers.models import text_embedder as adapter
+
+    adapter.load(settings)
+    return adapter
+
+
+def image_text_embedder(settings: Settings | None = None) -> ImageTextEmbedder:
+    """The CLIP embedder, its weights loaded; RuntimeError when none is configured."""
+    from workers.models import clip_embedder as adapter
+
+    adapter.load(settings)
+    return adapter
+
+
+def local_language_model(settings: Settings | None = None) -> LocalLanguageModel:
+    """The in-process LLM, its weights loaded."""
+    from workers.models import llm_local as adapter
+
+    adapter.load(settings)
+    return adapter
+
+
+def _load_language(spec: ModelSpec, settings: Settings) -> None:
     if spec.adapter == "text-embedder":
-        from workers.models import text_embedder
-
-        return text_embedder.load(settings)
-    if spec.adapter == "clip":
-        from workers.models import clip_embedder
-
-        return clip_embedder.load(settings)
-    from workers.models import llm_local
-
-    return llm_local.load(settings)
+        text_embedder(settings)
+    elif spec.adapter == "clip":
+        image_text_embedder(settings)
+    else:
+        local_language_model(settings)
 
 
 @dataclass
