@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import logging
 import time
+from contextvars import Token
 from pathlib import Path
 from typing import Any
 
 from celery import bootsteps
 from celery.beat import PersistentScheduler
 from opentelemetry import context as otel_context
-from opentelemetry.trace import SpanKind, Status, StatusCode, set_span_in_context
+from opentelemetry.context import Context
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_context
 
 from shared import logs, metrics, tracing
 from shared.config import Settings, get_settings
@@ -23,7 +25,7 @@ from shared.stages import PIPELINE
 
 log = logging.getLogger("onbrand.tasks")
 # task id -> (span, context token, start time): prerun and postrun run in the same pool process.
-_running: dict[str, tuple[Any, object, float]] = {}
+_running: dict[str, tuple[Span, Token[Context], float]] = {}
 
 
 def heartbeat_file(settings: Settings, process: str) -> Path:
@@ -101,7 +103,7 @@ class Heartbeat(bootsteps.StartStopStep):
     stale and the liveness probe (`onbrand probe heartbeat`) restarts the pod; a broker outage alone
     does not (the loop keeps turning while it reconnects)."""
 
-    requires = {"celery.worker.components:Timer"}
+    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, parent: Any, **kwargs: Any) -> None:
         super().__init__(parent, **kwargs)
@@ -125,7 +127,9 @@ class HeartbeatScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._heartbeat = heartbeat_file(get_settings(), "beat")
-        self.max_interval = min(self.max_interval, get_settings().heartbeat_seconds)
+        limit, current = get_settings().heartbeat_seconds, self.max_interval  # Scheduler.__init__ set it
+        # celery-types declares max_interval int | None, but beat takes fractional seconds
+        self.max_interval = limit if current is None else min(current, limit)  # type: ignore[assignment]
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         interval = super().tick(*args, **kwargs)

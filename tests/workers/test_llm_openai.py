@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from tests.factories import FakeOpenAI, Reply, chat_completion
 from workers.models.llm_api import ImagePart, LLMError, Message, complete_json, estimate_cost
-from workers.models.llm_openai import OpenAIBackend, OpenAIConfig, _retry_after
+from workers.models.llm_openai import OpenAIBackend, OpenAIConfig, retry_after
 
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -216,10 +216,10 @@ def test_empty_or_filtered_answer_is_bad_request(server: FakeOpenAI, content: An
 
 def test_retry_after_as_http_date() -> None:
     when = format_datetime(datetime.now(UTC) + timedelta(seconds=5), usegmt=True)
-    seconds = _retry_after(httpx.Response(429, headers={"Retry-After": when}))
+    seconds = retry_after(httpx.Response(429, headers={"Retry-After": when}))
     assert seconds is not None and 3.5 < seconds <= 5.0
-    assert _retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) is None
-    assert _retry_after(httpx.Response(429)) is None
+    assert retry_after(httpx.Response(429, headers={"Retry-After": "soon"})) is None
+    assert retry_after(httpx.Response(429)) is None
 
 
 class Products(BaseModel):

@@ -47,7 +47,7 @@ THIRDS_MAX_DIST = float(np.hypot(1 / 3, 1 / 3))
 
 def score(candidate: Image.Image, layer: Image.Image) -> dict[str, float | dict[str, float]]:
     """{"score": 0-10, "parts": {name: 0-1}} for ``candidate`` with product ``layer``."""
-    rgb, alpha = _check(candidate, layer)
+    rgb, alpha = check_inputs(candidate, layer)
     parts = {
         "sharpness": sharpness(rgb, alpha),
         "exposure": exposure(rgb),
@@ -60,7 +60,8 @@ def score(candidate: Image.Image, layer: Image.Image) -> dict[str, float | dict[
     return {"score": round(total, 4), "parts": {k: round(v, 4) for k, v in parts.items()}}
 
 
-def _check(candidate: Image.Image, layer: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+def check_inputs(candidate: Image.Image, layer: Image.Image) -> tuple[np.ndarray, np.ndarray]:
+    """(candidate RGB, layer alpha) as arrays; ValueError for what no scorer can rate (laion checks the same)."""
     if not isinstance(layer, Image.Image) or layer.mode != "RGBA":
         raise ValueError("layer: expected an RGBA PIL image (alpha = product mask)")
     if not isinstance(candidate, Image.Image) or candidate.size != layer.size:

@@ -212,7 +212,8 @@ def _palette_distance(pixels: np.ndarray, pal: np.ndarray) -> np.ndarray:
     best = np.full(len(unit), np.inf)
     for colour in pal.astype(np.float32) / 255.0:
         best = np.minimum(best, ciede2000(lab, rgb01_to_lab(nearest_tone(unit, colour))))
-    return best[inverse]
+    per_pixel: np.ndarray = best[inverse]
+    return per_pixel
 
 
 def _cells(pixels: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
@@ -231,7 +232,8 @@ def _cells(pixels: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _cell_means(pixels: np.ndarray, inverse: np.ndarray, counts: np.ndarray) -> np.ndarray:
     sums = [np.bincount(inverse, weights=pixels[:, c], minlength=len(counts)) for c in range(3)]
-    return np.stack(sums, axis=1) / counts[:, None]
+    means: np.ndarray = np.stack(sums, axis=1) / counts[:, None]
+    return means
 
 
 def nearest_tone(points: np.ndarray, colour: np.ndarray) -> np.ndarray:
@@ -261,7 +263,8 @@ def _nearest_on_edges(points: np.ndarray, colour: np.ndarray, white: np.ndarray)
         cands.append(a + t[:, None] * d)
     stack = np.stack(cands)  # 3, N, 3
     pick = np.argmin(((stack - points) ** 2).sum(axis=2), axis=0)
-    return stack[pick, np.arange(len(points))]
+    nearest: np.ndarray = stack[pick, np.arange(len(points))]
+    return nearest
 
 
 def _farthest_dominant(pixels: np.ndarray, dist: np.ndarray, total: int) -> tuple[str, float]:

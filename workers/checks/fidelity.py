@@ -16,8 +16,8 @@ Three views of the same question, strictest first:
 :func:`product_crops` gives the product's box in the candidate and in the reference (the
 candidate with the placed product put back) for an embedding model to compare (DINOv2).
 
-torch / pytorch_msssim are imported inside the function so that importing this module
-stays cheap for processes that never run QC.
+The MS-SSIM itself runs in torch (pytorch_msssim), through :mod:`workers.models.msssim`, which
+imports it lazily: importing this module stays cheap for processes that never run QC.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from PIL import Image
 
 from workers.imaging import colour
 from workers.imaging.composition import exact_counts
+from workers.models import msssim
 
 MSSSIM_MIN_SIDE = 161  # 5 scales with an 11 px window need > (11 - 1) * 2**4 px
 MSSSIM_MAX_SIDE = 1024  # larger crops are downscaled: cost, not accuracy, grows past this
@@ -77,7 +78,7 @@ def msssim_edges(cand: np.ndarray, product: np.ndarray, opaque: np.ndarray) -> f
     reference[opaque] = product[opaque]
     a = _edge_map(_fit_for_msssim(cand[y0:y1, x0:x1]))
     b = _edge_map(_fit_for_msssim(reference[y0:y1, x0:x1]))
-    return _msssim(a, b)
+    return msssim.ms_ssim(a, b, data_range=255.0)
 
 
 def _padded_bbox(fg: np.ndarray, pad: int) -> tuple[int, int, int, int]:
@@ -108,22 +109,5 @@ def _edge_map(rgb: np.ndarray) -> np.ndarray:
     grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
     gx = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
-    return np.clip(cv2.magnitude(gx, gy) / 4.0, 0.0, 255.0)  # Sobel weights sum to 4
-
-
-def _msssim(a: np.ndarray, b: np.ndarray) -> float:
-    import torch  # lazy: heavy import, only QC needs it
-    from pytorch_msssim import ms_ssim
-
-    ta = torch.from_numpy(np.ascontiguousarray(a))[None, None]
-    tb = torch.from_numpy(np.ascontiguousarray(b))[None, None]
-    # One single-channel image is too small to gain from intra-op threads: fanning out
-    # cost 2-6x more on the 2-core workers (worst when the box is busy). Restore the
-    # worker's setting afterwards, larger models in the same process want it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.no_grad():
-            return float(ms_ssim(ta, tb, data_range=255.0, size_average=True))
-    finally:
-        torch.set_num_threads(threads)
+    edges: np.ndarray = np.clip(cv2.magnitude(gx, gy) / 4.0, 0.0, 255.0)  # Sobel weights sum to 4
+    return edges

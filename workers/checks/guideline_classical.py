@@ -33,9 +33,10 @@ import cv2
 import numpy as np
 from PIL import Image
 
-# _footprint is where compose() centres its contact shadow: look for the shadow exactly there.
 from workers.imaging.composition import exact_counts
-from workers.imaging.compositor import _footprint
+
+# footprint is where compose() centres its contact shadow: look for the shadow exactly there.
+from workers.imaging.compositor import footprint
 
 BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
 
@@ -130,7 +131,7 @@ def check_distorted(candidate: Image.Image, layer: Image.Image) -> dict[str, Any
 
 def check_floating(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
     """Fail when the floor just under the product's base is not darker than the floor beside it."""
-    cx, base, half_w = _footprint(alpha >= 128)
+    cx, base, half_w = footprint(alpha >= 128)
     h, w = alpha.shape
     rows = min(max(MIN_BAND_ROWS, round(BAND_SHARE * half_w)), h - 1 - base)
     if rows < MIN_BAND_ROWS:
@@ -252,9 +253,8 @@ def _best_match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray) -> flo
     """Highest masked NCC over all scale/tilt variants: None when no variant fits on the canvas,
     -inf when no window has about the product's contrast."""
     g = (grey - grey.mean()) / 255.0  # centred and scaled: the float32 window sums below stay precise
-    scores = [_match(g, g * g, t, m) for t, m in _variants(template, mask)]
-    scores = [s for s in scores if s is not None]
-    return round(max(scores), 4) if scores else None
+    fitted = [s for s in (_match(g, g * g, t, m) for t, m in _variants(template, mask)) if s is not None]
+    return round(max(fitted), 4) if fitted else None
 
 
 def _variants(template: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:

@@ -74,7 +74,8 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     s_h = 1 + 0.015 * c_bar * t
     r_t = -np.sin(np.radians(2 * d_theta)) * r_c  # the blue-region rotation term
     tl, tc, th = dl / s_l, dc / s_c, dh_big / s_h
-    return np.sqrt(np.maximum(tl**2 + tc**2 + th**2 + r_t * tc * th, 0.0))
+    delta: np.ndarray = np.sqrt(np.maximum(tl**2 + tc**2 + th**2 + r_t * tc * th, 0.0))
+    return delta
 
 
 def _prime(a: np.ndarray, b: np.ndarray) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
@@ -107,7 +108,8 @@ def _differences(
 
 
 def _cosd(deg: np.ndarray) -> np.ndarray:
-    return np.cos(np.radians(deg))
+    cos: np.ndarray = np.cos(np.radians(deg))
+    return cos
 
 
 def mean_delta_e(rgb_a: np.ndarray, rgb_b: np.ndarray, mask: np.ndarray) -> float:

@@ -106,7 +106,8 @@ def _smoothstep(lo: float, hi: float, x: np.ndarray) -> np.ndarray:
 def _vignette(w: int, h: int) -> np.ndarray:
     xs = np.linspace(-1.0, 1.0, w, dtype=np.float32)[None, :]
     ys = np.linspace(-1.0, 1.0, h, dtype=np.float32)[:, None]
-    return 1.0 - 0.18 * np.clip((xs**2 + ys**2) / 2.0, 0.0, 1.0)
+    vignette: np.ndarray = 1.0 - 0.18 * np.clip((xs**2 + ys**2) / 2.0, 0.0, 1.0)
+    return vignette
 
 
 def cover_crop(background: Image.Image, canvas: tuple[int, int]) -> Image.Image:
@@ -166,7 +167,7 @@ def _foot(alpha_box: np.ndarray, box: Box) -> Foot:
     solid = alpha_box >= 128
     if not solid.any():
         raise ValueError("layer: has no fully opaque pixel, there is no product in it")
-    cx, base, half_w = _footprint(solid)
+    cx, base, half_w = footprint(solid)
     top = int(np.flatnonzero(solid.any(axis=1))[0])
     return Foot(cx + box[0], base + box[1], half_w, max(1, base - top))
 
@@ -252,7 +253,9 @@ def _contact_map(foot: Foot, size: tuple[int, int], win: Box) -> np.ndarray:
     return out
 
 
-def _footprint(fg: np.ndarray) -> tuple[int, int, int]:
+def footprint(fg: np.ndarray) -> tuple[int, int, int]:
+    """(centre x, base row, half-width) of where the product ``fg`` (bool HxW) stands: its contact
+    shadow's ellipse. Public because the classical guideline check looks for the shadow there."""
     ys, xs = np.nonzero(fg)
     top, bottom = int(ys.min()), int(ys.max())
     low = ys >= bottom - max(1, (bottom - top) // 10)  # the lowest tenth of the product
@@ -302,7 +305,7 @@ def _drop_map(alpha: np.ndarray, foot: Foot) -> np.ndarray:
     k, (h, w) = _drop_step(foot), alpha.shape
     small = cv2.resize(_pad_to(alpha, k), None, fx=1 / k, fy=1 / k, interpolation=cv2.INTER_AREA)
     base = (foot.base + 0.5) / k - 0.5  # the contact line at the small size (pixel centres)
-    lay = np.float32([[1, -LIGHT_SHEAR, LIGHT_SHEAR * base], [0, FLOOR_DEPTH, (1 - FLOOR_DEPTH) * base]])
+    lay = np.array([[1, -LIGHT_SHEAR, LIGHT_SHEAR * base], [0, FLOOR_DEPTH, (1 - FLOOR_DEPTH) * base]], np.float32)
     cast = cv2.warpAffine(small.astype(np.float32) / 255, lay, small.shape[::-1], flags=cv2.INTER_LINEAR)
     cast = _graded_blur(cast, base, foot.height / k)
     return cv2.resize(cast, (small.shape[1] * k, small.shape[0] * k), interpolation=cv2.INTER_LINEAR)[:h, :w]
@@ -320,7 +323,8 @@ def _graded_blur(cast: np.ndarray, base: float, height: float) -> np.ndarray:
     d = np.clip((base - rows) / max(1.0, FLOOR_DEPTH * height), 0.0, 1.0)  # 0 at contact, 1 at the far end
     w_near, w_far = np.clip(1 - 2 * d, 0, 1), np.clip(2 * d - 1, 0, 1)
     shadow = near * w_near + mid * (1 - w_near - w_far) + far * w_far
-    return shadow * (DROP_OPACITY * (1 - DROP_FADE * d))
+    graded: np.ndarray = shadow * (DROP_OPACITY * (1 - DROP_FADE * d))
+    return graded
 
 
 # --- edge harmonisation ----------------------------------------------------------------------
@@ -339,7 +343,7 @@ def _harmonised(ground: np.ndarray, part: Image.Image) -> tuple[Image.Image, Ima
     rgba = np.asarray(part)
     alpha = rgba[:, :, 3]
     solid = (alpha >= 128).astype(np.uint8)
-    at = np.nonzero(cv2.dilate(solid, _DISC) & cv2.dilate(1 - solid, _DISC) & (alpha < 255))
+    at = np.nonzero((cv2.dilate(solid, _DISC) > 0) & (cv2.dilate(1 - solid, _DISC) > 0) & (alpha < 255))
     a = alpha[at][:, None].astype(np.float32) / 255
     out, lay = ground.copy(), rgba.copy()
     out[at] = _spilled(ground, rgba, at, a)

@@ -61,12 +61,12 @@ def segment(
     are filled (speckle, glare misread as backdrop); larger ones are real openings such
     as a mug handle and stay transparent, so no backdrop pixels end up in the product.
     """
-    _check_image(image)
+    check_image(image)
     if not 1 <= iterations <= 10:
         raise ValueError(f"iterations: expected 1..10, got {iterations}")
     if not 0.0 <= max_hole_share <= 1.0:
         raise ValueError(f"max_hole_share: expected 0..1, got {max_hole_share}")
-    alpha = _meaningful_alpha(image)
+    alpha = meaningful_alpha(image)
     if alpha is not None:
         return _segment_alpha(alpha, max_hole_share)
     return _segment_grabcut(np.asarray(image.convert("RGB")), iterations, max_hole_share)
@@ -78,7 +78,7 @@ def cutout(image: Image.Image, result: SegmentResult) -> Image.Image:
     The crop is the mask's bounding box widened to any soft alpha fringe, so the
     anti-aliased edge of a designer's cut-out is not sliced off.
     """
-    _check_image(image)
+    check_image(image)
     if result.alpha.shape != (image.height, image.width):
         raise ValueError(f"result: alpha is {result.alpha.shape}, image is {(image.height, image.width)}")
     x0, y0, x1, y1 = _bbox((result.alpha > 0) | (result.mask > 0))
@@ -89,14 +89,16 @@ def cutout(image: Image.Image, result: SegmentResult) -> Image.Image:
 # --- input checks -------------------------------------------------------------------
 
 
-def _check_image(image: Image.Image) -> None:
+def check_image(image: Image.Image) -> None:
+    """ValueError unless ``image`` is a PIL image of at least MIN_SIDE px a side (every segmenter's input)."""
     if not isinstance(image, Image.Image):
         raise ValueError(f"image: expected a PIL image, got {type(image).__name__}")
     if min(image.size) < MIN_SIDE:
         raise ValueError(f"image: {image.size} is smaller than {MIN_SIDE}px on a side")
 
 
-def _meaningful_alpha(image: Image.Image) -> np.ndarray | None:
+def meaningful_alpha(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel (uint8 HxW) when some pixel is visibly see-through, else None (opaque shot)."""
     has_alpha = image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info
     if not has_alpha:
         return None
@@ -110,10 +112,10 @@ def _meaningful_alpha(image: Image.Image) -> np.ndarray | None:
 def _segment_alpha(alpha: np.ndarray, max_hole_share: float) -> SegmentResult:
     raw = np.where(alpha >= 128, 255, 0).astype(np.uint8)
     mask, removed, filled = clean_mask(raw, max_hole_share)
-    _check_plausible(mask, "alpha")
+    check_plausible(mask, "alpha")
     soft = np.where(_touching(alpha > 0, mask > 0), alpha, 0).astype(np.uint8)
     soft[(mask > 0) & (raw == 0)] = 255  # filled holes are product
-    return SegmentResult(mask, soft, "alpha", _quality(mask, removed, filled))
+    return SegmentResult(mask, soft, "alpha", mask_quality(mask, removed, filled))
 
 
 def _touching(visible: np.ndarray, keep: np.ndarray) -> np.ndarray:
@@ -141,8 +143,8 @@ def _segment_grabcut(rgb: np.ndarray, iterations: int, max_hole_share: float) ->
     # the product contrasts with the backdrop, so it has the last word there.
     rough[background] = 0
     mask, removed, filled = clean_mask(rough, max_hole_share)
-    _check_plausible(mask, "grabcut")
-    return SegmentResult(mask, mask.copy(), "grabcut", _quality(mask, removed, filled))
+    check_plausible(mask, "grabcut")
+    return SegmentResult(mask, mask.copy(), "grabcut", mask_quality(mask, removed, filled))
 
 
 def border_background(rgb: np.ndarray) -> np.ndarray:
@@ -196,7 +198,8 @@ def _fit_backdrop(design: np.ndarray, border: np.ndarray) -> np.ndarray:
         plane, *_ = np.linalg.lstsq(design[keep], border[keep], rcond=None)
         dist = np.linalg.norm(border - design @ plane, axis=1)
         keep = dist <= _tolerance(dist)
-    return plane.astype(np.float32)
+    fitted: np.ndarray = plane.astype(np.float32)  # lstsq's result is untyped in numpy's stubs
+    return fitted
 
 
 def _backdrop_image(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -204,7 +207,8 @@ def _backdrop_image(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     h, w = shape
     x = (np.arange(w, dtype=np.float32) / max(1, w - 1))[None, :, None]
     y = (np.arange(h, dtype=np.float32) / max(1, h - 1))[:, None, None]
-    return plane[0] + x * plane[1] + y * plane[2]
+    expected: np.ndarray = plane[0] + x * plane[1] + y * plane[2]
+    return expected
 
 
 def _tolerance(border_dist: np.ndarray) -> float:
@@ -223,7 +227,8 @@ def _grabcut_mask(rgb: np.ndarray, background: np.ndarray, iterations: int) -> n
     if (init == cv2.GC_PR_FGD).sum() < 64 or (init == cv2.GC_BGD).sum() < 64:
         raise SegmentationError("product or backdrop too small to model (< 64 px at work size)")
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
-    cv2.grabCut(np.ascontiguousarray(small), init, None, *models, iterations, cv2.GC_INIT_WITH_MASK)
+    # rect=None: OpenCV ignores the rectangle with GC_INIT_WITH_MASK, but its stubs require a Sequence[int]
+    cv2.grabCut(np.ascontiguousarray(small), init, None, *models, iterations, cv2.GC_INIT_WITH_MASK)  # type: ignore[call-overload]
     fg = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.uint8) * 255
     return (cv2.resize(fg, (w, h), interpolation=cv2.INTER_LINEAR) >= 128).astype(np.uint8) * 255
 
@@ -260,7 +265,8 @@ def _fill_holes(fg: np.ndarray, max_hole_share: float) -> tuple[np.ndarray, int]
     return fg | np.isin(labels, holes), len(holes)
 
 
-def _check_plausible(mask: np.ndarray, method: str) -> None:
+def check_plausible(mask: np.ndarray, method: str) -> None:
+    """SegmentationError for an empty or near full-frame mask: no product, whatever the method."""
     share = float((mask > 0).mean())
     if share == 0.0:
         raise SegmentationError(f"{method}: the mask is empty after cleaning")
@@ -270,7 +276,8 @@ def _check_plausible(mask: np.ndarray, method: str) -> None:
         )
 
 
-def _quality(mask: np.ndarray, removed: int, filled: int) -> dict[str, float | int]:
+def mask_quality(mask: np.ndarray, removed: int, filled: int) -> dict[str, float | int]:
+    """The numbers every segmenter reports in SegmentResult.quality (SAM adds its own)."""
     return {
         "area_share": round(float((mask > 0).mean()), 6),
         "edge_smoothness": round(edge_smoothness(mask), 4),

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from shared import egress, metrics, outbox
 from shared.config import Settings, get_settings
 from shared.crypto import UnreadableSecret, decrypt_json
-from shared.db.models import Campaign, Candidate, DamPush, DeliveryTarget, Result
+from shared.db.models import Campaign, Candidate, DamPush, DeliveryTarget, OutboxStatus, Result
 from shared.db.session import session_scope
 from shared.queue import send
 from shared.storage import get_storage
@@ -117,7 +117,7 @@ def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: da
         campaign_id=campaign.id,
         target_id=target_id,
         kind=kind,
-        status="pending",
+        status=OutboxStatus.PENDING,
         attempts=0,
         next_attempt_at=at,
         leased_until=lease,
@@ -170,7 +170,7 @@ def _campaign(session: Session, row: DamPush) -> Campaign:
 def _record(row: DamPush, error: str | None, retry_after: float | None, at: datetime, settings: Settings) -> str:
     row.attempts, row.leased_until, row.last_error = row.attempts + 1, None, error
     if error is None:
-        row.status, row.delivered_at = "delivered", at
+        row.status, row.delivered_at = OutboxStatus.DELIVERED, at
         return "delivered"
     if outbox.settle_failure(row, at, settings.webhook_max_attempts, retry_after) is None:
         log.warning("push %s failed for good after %d attempts: %s", row.id, row.attempts, error)
@@ -180,7 +180,7 @@ def _record(row: DamPush, error: str | None, retry_after: float | None, at: date
 
 def _give_up(row: DamPush, message: str) -> str:
     row.attempts, row.leased_until = row.attempts + 1, None
-    row.status, row.last_error = "failed", message
+    row.status, row.last_error = OutboxStatus.FAILED, message
     return "failed"
 
 

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared import egress, logs, metrics, outbox, webhooks
 from shared.config import Settings, get_settings
-from shared.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookEndpoint
+from shared.db.models import Campaign, OutboxStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
 from shared.queue import send
 
@@ -87,7 +87,7 @@ def _deliver(delivery_id: str, at: datetime | None) -> str:
         logs.bind(tenant_id=row.tenant_id, campaign_id=row.campaign_id)
         signers = _signers(session, row, at)
         if signers is None:
-            row.status, row.leased_until = "failed", None
+            row.status, row.leased_until = OutboxStatus.FAILED, None
             row.last_error = "endpoint_disabled: endpoint disabled or deleted"
             return "failed"
         result, follow_ups = _record(session, row, _post(row, signers, settings), at, settings)
@@ -157,14 +157,14 @@ def _record(
 
 
 def _delivered(row: WebhookDelivery, endpoint: WebhookEndpoint | None, at: datetime) -> str:
-    row.status, row.delivered_at = "delivered", at
+    row.status, row.delivered_at = OutboxStatus.DELIVERED, at
     if endpoint is not None:
         endpoint.failing_since = None
     return "delivered"
 
 
 def _gone(session: Session, row: WebhookDelivery, endpoint: WebhookEndpoint | None, at: datetime) -> list[uuid.UUID]:
-    row.status = "failed"
+    row.status = OutboxStatus.FAILED
     if endpoint is None:
         return []
     follow_ups = webhooks.endpoint_disabled(session, endpoint, "the receiver answered 410 Gone", at)

@@ -101,7 +101,8 @@ def _load_uncached(path: str) -> tuple[Any, Any, Any]:
     model = CLIPModel.from_pretrained(path)
     # float32 always: transformers 5 keeps a checkpoint's fp16 by default, which CPUs run slowly,
     # and stored vectors must not depend on which worker computed them
-    model = model.to(device=device, dtype=torch.float32).eval()
+    # (transformers wraps PreTrainedModel.to in functools.wraps, whose type does not bind self)
+    model = model.to(device=device, dtype=torch.float32).eval()  # type: ignore[call-arg]
     return model, AutoTokenizer.from_pretrained(path), _image_processor(path)
 
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -99,7 +99,11 @@ def _load(spec: ModelSpec) -> Dinov2Embedder:
     from transformers import Dinov2Model
 
     try:
-        model, info = Dinov2Model.from_pretrained(spec.source, dtype=dt, output_loading_info=True)
+        # output_loading_info=True gives (model, loading info); transformers types the model alone
+        model, info = cast(
+            "tuple[Any, dict[str, list[str]]]",
+            Dinov2Model.from_pretrained(spec.source, dtype=dt, output_loading_info=True),
+        )
     except Exception as exc:  # missing files, not cached offline, foreign or broken checkpoint
         raise runtime.ModelUnavailable(spec, f"{type(exc).__name__}: {exc}") from exc
     if info["missing_keys"]:  # transformers would run them randomly initialised: no embedding to trust

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from PIL import Image
 
@@ -29,6 +29,7 @@ from workers.models.dinov2 import check_images, pixel_values
 
 if TYPE_CHECKING:
     import torch
+    from transformers import CLIPVisionModelWithProjection
 
 BATCH_SIZE = 32  # 224 px ViT-L/14: 257 tokens per image
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # CLIP's preprocessing constants
@@ -62,7 +63,7 @@ class LaionAesthetic:
         ``layer`` (the product, RGBA) is validated like the classical scorer's but not used: the
         predictor rates the whole picture.
         """
-        aesthetic._check(candidate, layer)
+        aesthetic.check_inputs(candidate, layer)
         raw = self.score_many([candidate])[0]
         return {
             "score": round(min(max(raw, 0.0), SCORE_MAX), 4),
@@ -124,8 +125,10 @@ def _load_vision(spec: ModelSpec, dt: torch.dtype) -> Any:
     try:
         config = AutoConfig.from_pretrained(spec.source)
         vision_config = _vision_config(config)
-        model, info = _vision_class().from_pretrained(
-            spec.source, config=vision_config, dtype=dt, output_loading_info=True
+        # output_loading_info=True gives (model, loading info); transformers types the model alone
+        model, info = cast(
+            "tuple[Any, dict[str, list[str]]]",
+            _vision_class().from_pretrained(spec.source, config=vision_config, dtype=dt, output_loading_info=True),
         )
     except Exception as exc:  # missing files, not cached offline, foreign or broken checkpoint
         raise runtime.ModelUnavailable(spec, f"{type(exc).__name__}: {exc}") from exc
@@ -149,7 +152,7 @@ def _vision_config(config: Any) -> Any:
 
 
 @functools.cache
-def _vision_class() -> type:
+def _vision_class() -> type[CLIPVisionModelWithProjection]:
     from transformers import CLIPVisionModelWithProjection
 
     class CLIPVisionTower(CLIPVisionModelWithProjection):

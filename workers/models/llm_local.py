@@ -248,7 +248,8 @@ def render_prompt(tokenizer: Any, system: str, user: str, examples: Sequence[tup
     for ex_user, ex_assistant in examples:
         messages += [{"role": "user", "content": ex_user}, {"role": "assistant", "content": ex_assistant}]
     messages.append({"role": "user", "content": user})
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    text: str = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return text
 
 
 def _check_fill_args(system: str, user: str, prefix: str, max_new_tokens: int) -> None:

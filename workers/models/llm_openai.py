@@ -136,11 +136,11 @@ class OpenAIBackend:
             return LLMError("llm_auth", f"{self._where} refused the credentials (HTTP {status}): {detail}")
         if status == 429:
             return LLMError(
-                "llm_throttled", f"{self._where} is throttling (HTTP 429): {detail}", retry_after=_retry_after(response)
+                "llm_throttled", f"{self._where} is throttling (HTTP 429): {detail}", retry_after=retry_after(response)
             )
         if status in _UNAVAILABLE_STATUSES:
             return LLMError(
-                "llm_unavailable", f"{self._where} failed (HTTP {status}): {detail}", retry_after=_retry_after(response)
+                "llm_unavailable", f"{self._where} failed (HTTP {status}): {detail}", retry_after=retry_after(response)
             )
         if 400 <= status < 500:
             return LLMError("llm_bad_request", detail)
@@ -226,7 +226,7 @@ def _error_message(response: httpx.Response) -> str:
     return text.strip()[:_MAX_DETAIL]
 
 
-def _retry_after(response: httpx.Response) -> float | None:
+def retry_after(response: httpx.Response) -> float | None:
     """Retry-After as seconds: either a number of seconds or an HTTP date (RFC 9110)."""
     value = response.headers.get("retry-after", "").strip()
     if not value:

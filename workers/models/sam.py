@@ -54,8 +54,8 @@ class SamSegmenter:
 
     def segment(self, image: Image.Image) -> matting.SegmentResult:
         """The product mask of ``image`` (method "sam"); SegmentationError when SAM finds no plausible one."""
-        matting._check_image(image)
-        alpha = matting._meaningful_alpha(image)
+        matting.check_image(image)
+        alpha = matting.meaningful_alpha(image)
         box = product_box(image)
         logits, predicted_iou, seconds = self._predict(model_input(image, alpha), box)
         return finish(logits > 0.0, alpha, box, predicted_iou, "sam", seconds)
@@ -104,7 +104,8 @@ def _load(spec: ModelSpec) -> SamSegmenter:
         model = SamModel.from_pretrained(spec.source, dtype=dt)
     except (OSError, ValueError, KeyError) as exc:  # missing files, not cached offline, bad config
         raise runtime.ModelUnavailable(spec, f"{type(exc).__name__}: {exc}") from exc
-    return SamSegmenter(spec, model.to(dev).eval(), processor, dev, dt)
+    # transformers wraps PreTrainedModel.to in functools.wraps, whose type does not bind self
+    return SamSegmenter(spec, model.to(dev).eval(), processor, dev, dt)  # type: ignore[arg-type]
 
 
 # --- shared with sam_original: prompt, input and post-processing -----------------------------
@@ -131,10 +132,10 @@ def finish(
         raise ValueError(f"alpha: shape {alpha.shape} differs from the mask's {raw.shape}")
     inside = raw & _box_mask(raw.shape, box)
     mask, removed, filled = matting.clean_mask(inside.astype(np.uint8) * 255, MAX_HOLE_SHARE)
-    matting._check_plausible(mask, method)
+    matting.check_plausible(mask, method)
     soft = mask.copy() if alpha is None else np.minimum(mask, alpha)
     quality = {
-        **matting._quality(mask, removed, filled),
+        **matting.mask_quality(mask, removed, filled),
         "predicted_iou": round(predicted_iou, 4),
         "box": list(box),
         "seconds": round(seconds, 4),
@@ -163,8 +164,8 @@ def product_box(image: Image.Image) -> tuple[int, int, int, int]:
     and the whole frame when nothing stands out, leaving the choice to SAM. A uniform image has
     no product: SegmentationError.
     """
-    matting._check_image(image)
-    alpha = matting._meaningful_alpha(image)
+    matting.check_image(image)
+    alpha = matting.meaningful_alpha(image)
     if alpha is not None:
         return _extent(alpha >= 128, "alpha")
     rgb = np.asarray(image.convert("RGB"))
@@ -197,4 +198,5 @@ def saliency(rgb: np.ndarray) -> np.ndarray:
         raise ValueError(f"rgb: expected HxWx3, got shape {rgb.shape}")
     lab = cv2.cvtColor(cv2.GaussianBlur(rgb, (5, 5), 0), cv2.COLOR_RGB2LAB).astype(np.float32)
     distance = np.linalg.norm(lab - lab.reshape(-1, 3).mean(axis=0), axis=2)
-    return distance / max(float(distance.mean()), 1e-6)
+    relative: np.ndarray = distance / max(float(distance.mean()), 1e-6)
+    return relative

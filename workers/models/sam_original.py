@@ -43,8 +43,8 @@ class OriginalSamSegmenter:
 
     def segment(self, image: Image.Image) -> matting.SegmentResult:
         """The product mask of ``image`` (method "segment-anything"); SegmentationError when implausible."""
-        matting._check_image(image)
-        alpha = matting._meaningful_alpha(image)
+        matting.check_image(image)
+        alpha = matting.meaningful_alpha(image)
         box = sam.product_box(image)
         mask, score, seconds = self._predict(sam.model_input(image, alpha), box)
         return sam.finish(mask, alpha, box, score, "segment-anything", seconds)

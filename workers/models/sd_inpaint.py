@@ -281,7 +281,9 @@ def _merge(work: _Work, generated: Image.Image, name: str) -> Image.Image:
         # Whole rows: blur one column, then stretch it (a fraction of blurring the canvas).
         soft = Image.fromarray(band, "L").filter(ImageFilter.GaussianBlur(max(1.0, FEATHER * layer.height)))
         soft = soft.resize(layer.size, Image.Resampling.NEAREST)
-        image = Image.composite(image, work.image, soft)  # passes 2-3 always follow pass 1
+        if work.image is None:  # passes 2-3 always follow pass 1, whose result this keeps outside the band
+            raise RuntimeError(f"sd-inpaint: pass {name!r} ran before the background pass")
+        image = Image.composite(image, work.image, soft)
     return paste_back(image, layer)
 
 
