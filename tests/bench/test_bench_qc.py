@@ -27,7 +27,7 @@ from shared.qc import QcThresholds
 from tests.factories import cutout
 from tests.tiny_vision import build_tiny_aesthetic_mlp, build_tiny_clip, build_tiny_dinov2
 from workers.checks import aesthetic
-from workers.engine.runner import StageContext
+from workers.engine.context import StageContext
 from workers.imaging import composition, compositor
 from workers.pipeline import qc, rank
 

@@ -32,7 +32,7 @@ from shared.db.session import session_scope
 from shared.outbox import utcnow
 from shared.storage import campaign_key, get_storage
 from tests.factories import Tenant, assert_problem, make_brand, make_campaign
-from workers.engine.runner import lock_campaign
+from workers.engine.records import lock_campaign
 from workers.jobs import push
 from workers.pipeline import deliver
 

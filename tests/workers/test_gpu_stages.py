@@ -18,7 +18,7 @@ from shared.db.models import Asset, Brand, Campaign, Candidate, Tenant
 from shared.db.session import session_scope
 from shared.storage import campaign_key
 from tests import stage_outputs as outputs
-from workers.engine.runner import StageContext, StageError
+from workers.engine.context import StageContext, StageError
 from workers.pipeline import generate, plan, segment
 from workers.pipeline.common import save_png
 

@@ -26,7 +26,7 @@ def answer(payload: dict[str, Any]) -> Reply:
     return Reply(body=chat_completion(json.dumps(payload)))
 
 
-def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None:  # noqa: F811
+def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None:
     server.script(
         answer(
             {
@@ -58,7 +58,7 @@ def test_decompose_translates_and_checks_the_parts(server: FakeOpenAI) -> None: 
     assert sent["response_format"]["type"] == "json_schema"
 
 
-def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server: FakeOpenAI) -> None:  # noqa: F811
+def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server: FakeOpenAI) -> None:
     made_up = answer(
         {"english": None, "products": ["shoe"], "backgrounds": ["mountain lake"], "themes": [], "mood": None}
     )
@@ -70,7 +70,7 @@ def test_decompose_re_asks_with_the_failed_check_then_falls_back_to_rules(server
     assert result["products"] == ["shoe"] and [c["attempt"] for c in result["calls"]] == ["first", "repair"]
 
 
-def test_caption_clauses_from_the_hosted_model(server: FakeOpenAI) -> None:  # noqa: F811
+def test_caption_clauses_from_the_hosted_model(server: FakeOpenAI) -> None:
     server.script(
         answer(
             {
@@ -98,7 +98,7 @@ def test_caption_clauses_from_the_hosted_model(server: FakeOpenAI) -> None:  # n
     assert not is_instruction_like(result["caption"]) and not has_negation(result["caption"])
 
 
-def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noqa: F811
+def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:
     """An instruction, a negation and a competitor's name from the model never reach the positive prompt."""
     server.script(
         answer(
@@ -120,7 +120,7 @@ def test_the_guards_hold_on_a_hosted_caption(server: FakeOpenAI) -> None:  # noq
     assert result["guards"]["forbidden_removed"] == ["Nike"] and result["guards"]["english"] is True
 
 
-def test_an_untranslated_hosted_answer_is_re_asked(server: FakeOpenAI) -> None:  # noqa: F811
+def test_an_untranslated_hosted_answer_is_re_asked(server: FakeOpenAI) -> None:
     german = answer(
         {"english": None, "products": ["Laufschuh"], "backgrounds": ["einer Stadtstraße"], "themes": [], "mood": None}
     )
@@ -151,8 +151,8 @@ def test_unreachable_backend_raises_a_named_error() -> None:
         decompose("a shoe on a table", settings)
 
 
-def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> None:  # noqa: F811
-    from workers.engine.runner import StageError
+def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> None:
+    from workers.engine.context import StageError
     from workers.pipeline import decompose as decompose_stage
 
     server.script(Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "auth"}}))

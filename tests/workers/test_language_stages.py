@@ -65,7 +65,7 @@ def test_local_backend_scales_classically_and_says_why(composite: dict[str, Imag
     assert scale.MIN_SHARE <= result["share"] <= scale.MAX_SHARE and result["calls"] == []
 
 
-def test_hosted_scale_sends_both_images_and_clamps(server: FakeOpenAI, composite: dict[str, Image.Image]) -> None:  # noqa: F811
+def test_hosted_scale_sends_both_images_and_clamps(server: FakeOpenAI, composite: dict[str, Image.Image]) -> None:
     server.script(answer({"share": 0.85, "reason": "A jacket should fill the frame."}))
     result = scale.scale(CAPTION, PARTS, composite["product"], composite["candidate"], hosted(server))
     assert result["method"] == "vision" and result["share"] == scale.MAX_SHARE and result["clamped"] is True
@@ -112,7 +112,7 @@ def test_local_guideline_check_is_classical_and_honest(composite: dict[str, Imag
     assert "cannot see images" in result["fallback_reason"] and result["method"] == "classical"
 
 
-def test_hosted_guideline_verdicts_and_policies(server: FakeOpenAI, composite: dict[str, Image.Image]) -> None:  # noqa: F811
+def test_hosted_guideline_verdicts_and_policies(server: FakeOpenAI, composite: dict[str, Image.Image]) -> None:
     verdicts = [{"id": k, "passed": True, "reason": "fine"} for k in guideline.BASELINE]
     verdicts.append({"id": "brand_1", "passed": False, "reason": "The product shows no brand red.\nIt is grey."})
     server.script(answer({"verdicts": verdicts}))
@@ -128,7 +128,7 @@ def test_hosted_guideline_verdicts_and_policies(server: FakeOpenAI, composite: d
 
 
 def test_incomplete_hosted_answers_are_re_asked_then_filled_honestly(
-    server: FakeOpenAI,  # noqa: F811 - the fixture
+    server: FakeOpenAI,
     composite: dict[str, Image.Image],
 ) -> None:
     server.script(answer({"verdicts": [{"id": "duplicated_product", "passed": True, "reason": "one shoe"}]}))
@@ -179,7 +179,7 @@ def test_failure_summary_counts_and_orders() -> None:
     ]
 
 
-def test_hosted_revision_is_guarded(server: FakeOpenAI) -> None:  # noqa: F811
+def test_hosted_revision_is_guarded(server: FakeOpenAI) -> None:
     server.script(
         answer(
             {
@@ -197,7 +197,7 @@ def test_hosted_revision_is_guarded(server: FakeOpenAI) -> None:  # noqa: F811
     assert result["guards"]["forbidden_removed"] == ["Nike"] and result["prompt_version"] == "revise.v1"
 
 
-def test_hosted_revision_that_drops_the_product_falls_back(server: FakeOpenAI) -> None:  # noqa: F811
+def test_hosted_revision_that_drops_the_product_falls_back(server: FakeOpenAI) -> None:
     server.script(answer({"caption": "a sneaker on a street with a contact shadow", "negative_terms": []}))
     result = revise.revise(CURRENT, FAILURES, hosted(server))
     assert len(server.requests) == 2 and "dropped the product words" in result["fallback_reason"]

@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from shared.db.models import Brand, Campaign, StageRun, WebhookDelivery
+from shared.db.models import Campaign, StageRun, WebhookDelivery
 from shared.db.session import session_scope
-from shared.tenants import create_tenant
+from tests.factories import make_campaign
 from workers.engine import runner
-from workers.engine.runner import StageContext, StageError, execute
+from workers.engine.context import StageContext, StageError
+from workers.engine.runner import execute
 
 
 @pytest.fixture
@@ -20,26 +21,6 @@ def sent(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]
     calls: list[tuple[Any, ...]] = []
     monkeypatch.setattr(runner, "send", lambda *args: calls.append(args))
     return calls
-
-
-def make_campaign(state: dict[str, Any] | None = None, webhook_url: str | None = None) -> str:
-    with session_scope() as session:
-        tenant_id, _ = create_tenant(session, "t")
-        brand = Brand(tenant_id=tenant_id, name="b")
-        session.add(brand)
-        session.flush()
-        campaign = Campaign(
-            tenant_id=tenant_id,
-            brand_id=brand.id,
-            brief="a shoe",
-            sizes=[],
-            state=state or {},
-            webhook_url=webhook_url,
-            webhook_secret="whsec_" + "A" * 32 if webhook_url else None,
-        )
-        session.add(campaign)
-        session.flush()
-        return str(campaign.id)
 
 
 def ok(ctx: StageContext) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from shared.db.models import Campaign, WebhookAttempt, WebhookDelivery, WebhookE
 from shared.db.session import session_scope
 from tests.factories import FakeDns, Receiver, add_endpoint, make_campaign
 from workers.engine import runner
-from workers.engine.runner import now
+from workers.engine.context import now
 from workers.jobs import webhooks as sender
 
 
