@@ -96,7 +96,7 @@ def _inpaint(
         )
         for lay, layer, v in todo
     ]
-    caption, inpainter = ctx.output(CaptionOutput), registry.load(spec)
+    caption, inpainter = ctx.output(CaptionOutput), registry.generator(spec)
     outputs = inpainter.generate(jobs, caption.caption, caption.negative_prompt, background_prompt=_scene_prompt(ctx))
     return [
         Made(lay, layer, out.image, v, _generation(spec, out, reference, str(inpainter.device)))

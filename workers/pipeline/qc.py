@@ -21,6 +21,7 @@ from shared.model_specs import fidelity_spec
 from shared.qc import QcThresholds, thresholds
 from workers.checks import policy, product
 from workers.engine.context import StageContext
+from workers.models.roles import ImageEmbedder
 from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
 from workers.pipeline.outputs import CaptionOutput, SegmentOutput
 
@@ -34,7 +35,7 @@ class Review:
     guidelines: list[dict[str, Any]]
     palette: list[str]
     limits: QcThresholds
-    embedder: Any  # workers.models.dinov2.Dinov2Embedder, or None when not configured
+    embedder: ImageEmbedder | None  # DINOv2, or None when not configured
 
     @classmethod
     def load(cls, ctx: StageContext) -> Review:
@@ -42,7 +43,7 @@ class Review:
 
         brand = campaign_brand(ctx)
         spec = fidelity_spec(ctx.settings)
-        embedder = model_call(spec, lambda: registry.load(spec)) if spec else None
+        embedder = model_call(spec, lambda: registry.image_embedder(spec)) if spec else None
         product = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")
         return cls(
             ctx.output(CaptionOutput).caption,
@@ -117,7 +118,9 @@ def check_one(
     cand.passed = cand.qc["policy"]["passed"]
 
 
-def embeddings(embedder: Any, pixels: list[tuple[Image.Image, Image.Image]]) -> list[tuple[Any, Any]]:
+def embeddings(
+    embedder: ImageEmbedder | None, pixels: list[tuple[Image.Image, Image.Image]]
+) -> list[tuple[float | None, list[float] | None]]:
     """(product-crop cosine, whole-candidate embedding) per candidate; (None, None) without DINOv2."""
     if embedder is None:
         return [(None, None)] * len(pixels)

@@ -19,6 +19,7 @@ from shared.qc import QcThresholds, thresholds
 from workers.checks import policy
 from workers.engine import flow
 from workers.engine.context import StageContext, Task
+from workers.models.roles import Scorer
 from workers.pipeline.common import campaign_brand, load_image, model_call
 from workers.pipeline.outputs import QcSummary
 
@@ -112,14 +113,14 @@ def _score_passing(ctx: StageContext, candidates: list[Candidate]) -> None:
     from workers.models import registry
 
     spec = aesthetic_spec(ctx.settings)
-    scorer = None
+    scorer: Scorer | None = None
     for cand in candidates:
         if not cand.passed:
             cand.aesthetic = None
             continue
         if cand.aesthetic is not None and (cand.qc.get("aesthetic") or {}).get("method") == spec.adapter:
             continue
-        scorer = scorer or model_call(spec, lambda: registry.load(spec))
+        scorer = scorer or model_call(spec, lambda: registry.scorer(spec))
         scored = scorer.score(load_image(cand.image_key).convert("RGB"), load_image(cand.layer_key).convert("RGBA"))
         scored = {"method": spec.adapter, **scored}
         cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}

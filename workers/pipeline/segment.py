@@ -23,7 +23,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     image = load_image(asset.storage_key)
     spec = segment_spec(ctx.settings)
     try:
-        result = model_call(spec, lambda: registry.load(spec).segment(image))
+        result = model_call(spec, lambda: registry.segmenter(spec).segment(image))
     except matting.SegmentationError as exc:
         raise StageError("segmentation_failed", f"product asset {asset.id}: {exc}") from exc
     mask_key, antimask_key, cutout_key, cutout_size = _store_masks(ctx, image, result)
