@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import webhooks
-from shared.db.models import Campaign, Candidate, Result, StageRun, StageRunStatus
+from shared.db.models import Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
 from shared.stages import PIPELINE, FanOut, Stage, stage
 from workers.engine.context import Task
 from workers.engine.records import get_run, stage_items, webhook_tasks
@@ -107,14 +107,20 @@ def stage_started_event(session: Session, campaign: Campaign, name: str, rnd: in
     if not _first_time(campaign, f"started:{name}:{rnd}"):
         return []
     _, items = stage_items(session, campaign.id, name, rnd)
-    data = {"stage": name, "round": rnd, "status": "running", "items": items, "progress": progress(session, campaign)}
+    data = {
+        "stage": name,
+        "round": rnd,
+        "status": CampaignStatus.RUNNING,
+        "items": items,
+        "progress": progress(session, campaign),
+    }
     return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.started", data))
 
 
 def stage_completed_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
     if not _first_time(campaign, f"{name}:{rnd}"):
         return []
-    data = {"stage": name, "round": rnd, "status": "running", "progress": progress(session, campaign)}
+    data = {"stage": name, "round": rnd, "status": CampaignStatus.RUNNING, "progress": progress(session, campaign)}
     tasks = webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
     if stage(name).retry is not None:  # this round's candidates are checked and ranked: reviewable through the API
         counts = _candidate_counts(session, campaign, rnd)
@@ -130,7 +136,7 @@ def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[st
     ).all()
     return {
         "round": rnd,
-        "status": "running",
+        "status": CampaignStatus.RUNNING,
         "candidates": len(rows),
         "passed": sum(1 for p, _ in rows if p),
         "ranked": sum(1 for _, r in rows if r is not None),

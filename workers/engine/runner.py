@@ -141,7 +141,7 @@ def _mark_failed(
     campaign.status, campaign.completed_at = CampaignStatus.FAILED, now()
     campaign.error = {"stage": stage, "code": code, "message": message}
     campaign_finished(campaign)
-    ids = webhooks.emit(session, campaign, "campaign.failed", {"status": "failed", "error": campaign.error})
+    ids = webhooks.emit(session, campaign, "campaign.failed", {"status": campaign.status, "error": campaign.error})
     log.warning("campaign %s failed in %s: %s", campaign.id, stage, message)
     return webhook_tasks(ids)
 

@@ -141,7 +141,7 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
     for delivery_id in deliveries:
         enqueue(session, "onbrand.send_webhook", delivery_id)
     created_at = campaign.created_at
-    after_commit(session, lambda: metrics.campaign_finished("cancelled", created_at))
+    after_commit(session, lambda: metrics.campaign_finished(CampaignStatus.CANCELLED, created_at))
     return campaign
 
 
