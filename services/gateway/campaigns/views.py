@@ -176,11 +176,6 @@ def _request(campaign: Campaign) -> CampaignRequest:
     )
 
 
-def public_state(campaign: Campaign) -> dict[str, object]:
-    # Keys starting with "_" are the workers' bookkeeping (e.g. which events were announced).
-    return {k: v for k, v in (campaign.state or {}).items() if not k.startswith("_")}
-
-
 def _view(
     campaign: Campaign,
     tallies: dict[str, StageTally],
@@ -203,7 +198,7 @@ def _view(
         request=_request(campaign),
         progress=progress(stages, terminal),
         stages=stages,
-        state=public_state(campaign),
+        state=campaign.state or {},  # the stages' outputs; the loop's bookkeeping is in campaigns.loop
         results=results,
         llm=llm or LlmUsage(),
         error=campaign.error,
