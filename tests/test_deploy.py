@@ -406,7 +406,7 @@ def test_dockerfile_bases() -> None:
 def test_gpu_dockerfile_keeps_the_base_torch() -> None:
     text = dockerfile("gpu-worker")
     assert "--system-site-packages" in text
-    assert "--exclude torch --constraints-out /tmp/constraints.txt" in text
+    assert "--exclude torch --extra gpu --constraints-out /tmp/constraints.txt" in text  # [gpu] from pyproject
     assert "-c /tmp/constraints.txt" in text
     assert "--index-url" not in text, "the GPU image must not install another torch"
     assert "assert torch.version.cuda" in text
