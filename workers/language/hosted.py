@@ -7,7 +7,6 @@ and the {field: reason} form every answer check reports in (the re-ask quotes it
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -95,11 +94,3 @@ def _error_text(error: Any) -> str:
     msg = str(error.get("msg", "")).removeprefix("Value error, ")
     loc = ".".join(str(x) for x in error.get("loc", ()))
     return msg if '"' in msg or not loc else f"{loc}: {msg}"
-
-
-def timed(fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-    """Run a stage function and add its wall time (seconds) as "latency_s"."""
-    started = time.perf_counter()
-    out = fn(*args, **kwargs)
-    out["latency_s"] = round(time.perf_counter() - started, 4)
-    return out
