@@ -9,20 +9,25 @@ import io
 import ipaddress
 import json
 import socket
+import subprocess
+import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import boto3
 import cv2
 import httpx
 import numpy as np
 from PIL import Image
 
 from shared import webhooks
+from shared.cli.procs import free_port, wait_http
 from shared.db.models import Asset, Brand, Campaign, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
@@ -367,3 +372,28 @@ def httpx_get(url: str) -> Any:
     response = httpx.get(url, timeout=30)
     assert response.status_code == 200, url
     return io.BytesIO(response.content)
+
+
+# --- S3: moto's server (a real HTTP S3 endpoint; it does not check signatures or expiry) -------------
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto S3 server process on a free loopback port; its URL."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/moto-api/", proc=proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def s3_client(url: str) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
+    )

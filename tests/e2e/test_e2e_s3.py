@@ -5,8 +5,6 @@ is covered by test_e2e): a campaign naming an opaque studio shot (GrabCut segmen
 from __future__ import annotations
 
 import io
-import subprocess
-import sys
 from collections.abc import Iterator
 
 import boto3
@@ -17,8 +15,7 @@ from PIL import Image
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import upload_library
-from shared.cli.procs import free_port, wait_http
-from tests.factories import wait_terminal
+from tests.factories import moto_server, s3_client, wait_terminal
 from tests.system import System, running_system
 
 pytestmark = pytest.mark.slow
@@ -27,20 +24,9 @@ BUCKET = "onbrand-e2e"
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/moto-api/", proc=proc)
-        boto3.client(
-            "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-        ).create_bucket(Bucket=BUCKET)
+    with moto_server() as url:
+        s3_client(url).create_bucket(Bucket=BUCKET)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,6 @@ does not verify presigned-URL signatures or expiry), and the local backend's sig
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,24 +11,15 @@ import boto3
 import httpx
 import pytest
 
-from shared.cli.procs import free_port, wait_http
 from shared.config import Settings
 from shared.storage import LocalStorage, S3Storage, campaign_key, sign_local, verify_local
+from tests.factories import moto_server
 
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        wait_http(f"{url}/moto-api/", proc=proc)
+    with moto_server() as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 @pytest.fixture

@@ -7,8 +7,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,14 +14,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from threading import Thread
 from typing import Any
 
-import boto3
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select, text
 
 from shared import egress
-from shared.cli.procs import free_port, wait_http
 from shared.config import get_settings
 from shared.crypto import decrypt_json, encrypt_json
 from shared.db import session as db_session
@@ -31,7 +27,7 @@ from shared.db.models import Brand, Campaign, Candidate, DamPush, DeliveryTarget
 from shared.db.session import session_scope
 from shared.outbox import utcnow
 from shared.storage import campaign_key, get_storage
-from tests.factories import Tenant, assert_problem, make_brand, make_campaign
+from tests.factories import Tenant, assert_problem, make_brand, make_campaign, moto_server, s3_client
 from workers.engine.records import lock_campaign
 from workers.jobs import push
 from workers.pipeline import deliver
@@ -42,24 +38,9 @@ SECRET_KEY = "moto-SECRET-key-do-not-leak-42"
 
 @pytest.fixture(scope="module")
 def moto_url() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_http(f"{url}/moto-api/", proc=proc)
-        s3(url).create_bucket(Bucket=BUCKET)
+    with moto_server() as url:
+        s3_client(url).create_bucket(Bucket=BUCKET)
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def s3(url: str) -> Any:
-    return boto3.client(
-        "s3", endpoint_url=url, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test"
-    )
 
 
 @pytest.fixture
@@ -247,7 +228,7 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
     target_id = add_target(cid, moto_url)
     [push_id] = complete(cid)
     assert push.push(push_id) == "delivered"
-    bucket = s3(moto_url)
+    bucket = s3_client(moto_url)
     listed = bucket.list_objects_v2(Bucket=BUCKET, Prefix=f"dam/in/{cid}/")["Contents"]
     assert sorted(o["Key"] for o in listed) == [
         f"dam/in/{cid}/rank-{n}.{ext}" for n in (1, 2) for ext in ("json", "png")
@@ -282,7 +263,7 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
 
 
 def test_presigned_put_urls_push(loopback: str, moto_url: str) -> None:
-    bucket = s3(moto_url)
+    bucket = s3_client(moto_url)
     key = f"client/{uuid.uuid4()}"
     urls = [
         {
@@ -355,7 +336,7 @@ def test_disabled_target_and_unreadable_credentials_fail_at_once(loopback: str, 
     assert push.push(unreadable) == "failed"
     assert (row(unreadable).status, row(unreadable).attempts) == ("failed", 1)
     assert "cannot be decrypted" in row(unreadable).last_error
-    assert s3(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=f"dam/in/{cid}/")["KeyCount"] == 0
+    assert s3_client(moto_url).list_objects_v2(Bucket=BUCKET, Prefix=f"dam/in/{cid}/")["KeyCount"] == 0
     with session_scope() as session:
         errors = session.scalars(select(DamPush.last_error).where(DamPush.campaign_id == uuid.UUID(cid))).all()
     assert "target disabled or deleted" in errors
