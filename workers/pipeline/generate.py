@@ -66,9 +66,9 @@ def _composite(
     placed: list[tuple[Any, Image.Image]],
     scenes: dict[tuple[int, int], Image.Image],
 ) -> list[Made]:
-    from workers.imaging import compositor
+    from workers.models import registry
 
-    out = []
+    compositor, out = registry.compositor(spec), []
     for layout, layer in placed:
         started = time.perf_counter()
         image = compositor.compose(layer, scenes[(layout.canvas_w, layout.canvas_h)])
