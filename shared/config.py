@@ -143,6 +143,12 @@ class Settings(BaseSettings):
     sam_model_type: Literal["vit_h", "vit_l", "vit_b"] = Field(
         default="vit_h", description="Architecture of sam_checkpoint."
     )
+    isnet_model: str = Field(
+        default="isnet/model.onnx",
+        description="ISNet background-removal ONNX model of the matting segmenter (local path or name under "
+        "models_dir; `onbrand models pull` puts it there). Used for opaque shots when present, else the "
+        "classical GrabCut path; empty: never use ISNet.",
+    )
     sd_model: str = Field(
         default="stable-diffusion-v1-5/stable-diffusion-inpainting",
         description="Inpainting pipeline for sd-inpaint "

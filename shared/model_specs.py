@@ -69,7 +69,10 @@ def segment_spec(settings: Settings) -> ModelSpec:
         return _spec(
             "segment", "segment-anything", settings.sam_checkpoint, settings, model_type=settings.sam_model_type
         )
-    return _spec("segment", "matting", EMBEDDED, settings)
+    # The embedded segmenter uses ISNet's weights for opaque shots when `onbrand models pull` fetched them:
+    # the option carries the resolved path (empty = classical only), the model stays "embedded".
+    isnet = resolve(settings.isnet_model, settings) if settings.isnet_model else ""
+    return _spec("segment", "matting", EMBEDDED, settings, isnet=isnet)
 
 
 def generate_spec(settings: Settings) -> ModelSpec:
