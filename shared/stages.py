@@ -8,6 +8,7 @@ stage is one module under ``workers/pipeline/`` (exposing ``run(ctx)``) plus one
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -76,6 +77,27 @@ def check_table(stages: tuple[Stage, ...] = STAGES) -> None:
             target = getattr(row, field)
             if target is not None and target not in names:
                 raise ValueError(f"stage {row.name!r}: {field}={target!r} is not a stage")
+
+
+def main_path(stages: tuple[Stage, ...] = STAGES) -> tuple[str, ...]:
+    """The stages every campaign runs: the first row and its `next` chain (the loop's revise is not on it)."""
+    by_name, path = {s.name: s for s in stages}, [stages[0].name]
+    while (following := by_name[path[-1]].next) in by_name and following not in path:
+        path.append(following)
+    return tuple(path)
+
+
+MAIN_PATH: tuple[str, ...] = main_path()
+
+
+def progress(finished: Collection[str], *, terminal: bool) -> float:
+    """Share of this campaign's stages that have finished: 1.0 once it is terminal (what never ran never
+    will), else over the main path plus any loop stage that has finished (revise counts once it ran), so a
+    campaign that needs no revision reaches 1.0 and a revision never moves progress back."""
+    if terminal:
+        return 1.0
+    done = set(finished) & set(PIPELINE)
+    return round(len(done) / len(set(MAIN_PATH) | done), 4)
 
 
 check_table()

@@ -587,7 +587,7 @@ def test_campaign_view_reports_stages_results_and_candidates(
     assert by_stage["decompose"]["status"] == "succeeded" and by_stage["decompose"]["finished_at"]
     generate = by_stage["generate"]
     assert (generate["status"], generate["done"], generate["total"]) == ("running", 1, 3)
-    assert by_stage["qc"]["status"] == "pending" and view["progress"] == round(1 / len(stages.PIPELINE), 4)
+    assert by_stage["qc"]["status"] == "pending" and view["progress"] == round(1 / len(stages.MAIN_PATH), 4)
     assert view["state"] == {"decompose": {"mood": "sunny"}} and view["current_stage"] == "generate"
     assert [r["rank"] for r in view["results"]] == [1]
     assert client.get(local_path(view["results"][0]["image_url"])).status_code == 200

@@ -13,8 +13,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import webhooks
-from shared.db.models import Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
-from shared.stages import PIPELINE, FanOut, Stage, stage
+from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
+from shared.stages import FanOut, Stage, stage
+from shared.stages import progress as stage_progress
 from workers.engine.context import Task
 from workers.engine.records import get_run, stage_items, webhook_tasks
 
@@ -59,15 +60,13 @@ def _items(campaign: Campaign, row: Stage, rnd: int) -> int:
 
 
 def progress(session: Session, campaign: Campaign) -> float:
-    done = (
-        session.scalar(
-            select(func.count(func.distinct(StageRun.stage))).where(
-                StageRun.campaign_id == campaign.id, StageRun.status == StageRunStatus.SUCCEEDED
-            )
-        )
-        or 0
-    )
-    return round(min(done, len(PIPELINE)) / len(PIPELINE), 3)
+    """The stages with a succeeded run over those this campaign runs (shared.stages.progress)."""
+    done = session.scalars(
+        select(StageRun.stage)
+        .distinct()
+        .where(StageRun.campaign_id == campaign.id, StageRun.status == StageRunStatus.SUCCEEDED)
+    ).all()
+    return stage_progress(done, terminal=campaign.status in TERMINAL_STATUSES)
 
 
 def advance(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:

@@ -34,6 +34,7 @@ from services.gateway.campaigns.schemas import (
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, LlmCall, Result, StageRun
 from shared.stages import PIPELINE
+from shared.stages import progress as stage_progress
 from shared.storage import Storage
 
 _FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")
@@ -83,9 +84,8 @@ def stage_view(name: str, tally: StageTally, terminal: bool) -> StageRead:
 
 
 def progress(stages: Sequence[StageRead], terminal: bool) -> float:
-    if terminal:
-        return 1.0
-    return round(sum(s.status in _FINISHED for s in stages) / len(PIPELINE), 4)
+    """1.0 once terminal; else the finished share of the stages this campaign runs (shared.stages.progress)."""
+    return stage_progress([s.stage for s in stages if s.status in _FINISHED], terminal=terminal)
 
 
 def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, StageTally]]:
