@@ -27,6 +27,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     except matting.SegmentationError as exc:
         raise StageError("segmentation_failed", f"product asset {asset.id}: {exc}") from exc
     mask_key, antimask_key, cutout_key, cutout_size = _store_masks(ctx, image, result)
+    alpha = Image.fromarray(result.alpha)  # integrity records re-derive every layer from the source and this
+    alpha_key = save_png(campaign_key(ctx.tenant_id, ctx.campaign.id, "segment/alpha.png"), alpha)
     ctx.publish(
         SegmentOutput(
             adapter=spec.adapter,
@@ -38,6 +40,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
             cutout_key=cutout_key,
             cutout_size=cutout_size,
             product_asset_id=str(asset.id),
+            alpha_key=alpha_key,
         )
     )
     return {"adapter": spec.adapter, "method": result.method, "quality": result.quality}
