@@ -7,12 +7,14 @@ uploaded product pixels bit for bit. Pure functions of pixels: no DB, no storage
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from PIL import Image
+
+from shared import integrity as integrity_record
 
 
 @dataclass
@@ -273,39 +275,63 @@ def _placed_box(product: tuple[int, int], cutout: Image.Image | None, scale: flo
 
 def placed_size(product_size: tuple[int, int], scale: float, rotation: float) -> tuple[int, int]:
     """Exact (w, h) :func:`place` will produce: same rounding, same PIL expand."""
-    w, h = (max(1, round(v * scale)) for v in product_size)
-    if rotation % 360 == 0:
-        return w, h
-    return Image.new("1", (w, h)).rotate(rotation, expand=True).size
+    return integrity_record.placed_size(layout_transform(product_size, scale, rotation))
+
+
+def layout_transform(
+    product_size: tuple[int, int],
+    scale: float,
+    rotation: float,
+    offset: tuple[int, int] = (0, 0),
+    canvas: tuple[int, int] | None = None,
+    crop: tuple[int, int, int, int] | None = None,
+) -> integrity_record.Transform:
+    """The integrity transform of a layout: ``crop`` (the cut-out's box in its source photo; the whole
+    cut-out by default) resized by ``scale``, rotated, its top-left at ``offset`` on the canvas."""
+    w, h = product_size
+    box = crop or (0, 0, w, h)
+    if (box[2] - box[0], box[3] - box[1]) != (w, h):
+        raise ValueError(f"crop: {box} is not the size of the {w}x{h} cut-out")
+    return integrity_record.transform_for(box, scale, rotation, offset, canvas or (w, h))
+
+
+def transform_of(
+    layout: Layout, product_size: tuple[int, int], crop: tuple[int, int, int, int] | None = None
+) -> integrity_record.Transform:
+    """Where ``layout`` puts a cut-out of ``product_size`` (cut from ``crop`` of its source), as recorded."""
+    return layout_transform(
+        product_size, layout.scale, layout.rotation, (layout.x, layout.y), (layout.canvas_w, layout.canvas_h), crop
+    )
 
 
 def place(cutout: Image.Image, layout: Layout) -> Image.Image:
     """Canvas-sized transparent RGBA layer with the scaled, rotated cut-out at (x, y).
 
     Scale 1 and rotation 0 are plain copies, so in that case the layer holds the
-    uploaded product pixels bit for bit.
+    uploaded product pixels bit for bit. The resampling and the paste are
+    :mod:`shared.integrity`'s, the very code that verifies a candidate later.
     """
     if not isinstance(cutout, Image.Image) or cutout.mode != "RGBA":
         raise ValueError("cutout: expected an RGBA PIL image (alpha = product mask)")
-    placed = transform(cutout, layout.scale, layout.rotation)
-    if layout.width and placed.size != (layout.width, layout.height):
+    t = transform_of(layout, cutout.size)
+    placed = integrity_record.resample(cutout, t)
+    check_placed_size(placed.size, layout)
+    return integrity_record.place_on_canvas(placed, t)
+
+
+def check_placed_size(size: tuple[int, int], layout: Layout) -> None:
+    """ValueError unless a placed product of ``size`` has the planned size and lies on the canvas."""
+    if layout.width and size != (layout.width, layout.height):
         raise ValueError(
-            f"layout: planned a {layout.width}x{layout.height} box but the "
-            f"cut-out places as {placed.size[0]}x{placed.size[1]}"
+            f"layout: planned a {layout.width}x{layout.height} box but the cut-out places as {size[0]}x{size[1]}"
         )
-    if not (0 <= layout.x <= layout.canvas_w - placed.width and 0 <= layout.y <= layout.canvas_h - placed.height):
+    if not (0 <= layout.x <= layout.canvas_w - size[0] and 0 <= layout.y <= layout.canvas_h - size[1]):
         raise ValueError(f"layout: {layout.layout_key} puts the product off the canvas")
-    layer = Image.new("RGBA", (layout.canvas_w, layout.canvas_h), (0, 0, 0, 0))
-    layer.paste(placed, (layout.x, layout.y))  # no mask: copy RGBA as is
-    return layer
 
 
 def transform(cutout: Image.Image, scale: float, rotation: float) -> Image.Image:
     """The cut-out scaled (LANCZOS) then rotated about its centre (BICUBIC, expand)."""
-    w, h = (max(1, round(v * scale)) for v in cutout.size)
-    # PIL premultiplies RGBA for LANCZOS/BICUBIC, so edges do not pick up dark fringes.
-    placed = cutout.resize((w, h), Image.Resampling.LANCZOS)
-    return placed.rotate(rotation, Image.Resampling.BICUBIC, expand=True)
+    return integrity_record.resample(cutout, layout_transform(cutout.size, scale, rotation))
 
 
 # --- the promise: paste back, prove it ---------------------------------------------------
@@ -339,34 +365,13 @@ def split_layer(layer: Image.Image, name: str) -> tuple[np.ndarray, np.ndarray]:
     return arr[:, :, :3], arr[:, :, 3]
 
 
-def integrity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | int | str]:
+def integrity(candidate: Image.Image, layer: Image.Image) -> dict[str, Any]:
     """How many of the layer's fully opaque pixels survive bit-exact in ``candidate``, with digests."""
-    region, product = _opaque_regions(candidate, layer)
-    n, m = len(product), int(np.all(region == product, axis=1).sum())
-    return {
-        "opaque_pixels": n,
-        "exact_pixels": m,
-        "exact_fraction": m / n,
-        # Equal digests prove the region bit for bit, even to someone holding only the two PNGs.
-        "product_sha256": _digest(region),
-        "layer_sha256": _digest(product),
-    }
+    return integrity_record.pixel_integrity(candidate, layer)
 
 
 def exact_counts(candidate: Image.Image, layer: Image.Image) -> tuple[int, int]:
     """(opaque product pixels, those bit-exact in ``candidate``): integrity without the digests, for checks
     that only need the share (QC runs it per candidate; hashing a megapixel region twice costs ~6 ms)."""
-    region, product = _opaque_regions(candidate, layer)
+    region, product = integrity_record.opaque_regions(candidate, layer)
     return len(product), int(np.all(region == product, axis=1).sum())
-
-
-def _opaque_regions(candidate: Image.Image, layer: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    fg, alpha = split_layer(layer, "layer")
-    if not isinstance(candidate, Image.Image) or candidate.size != layer.size:
-        raise ValueError(f"candidate: expected a PIL image of size {layer.size}")
-    opaque = alpha == 255
-    return np.asarray(candidate.convert("RGB"))[opaque], fg[opaque]
-
-
-def _digest(pixels: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(pixels, dtype=np.uint8).tobytes()).hexdigest()

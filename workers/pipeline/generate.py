@@ -1,25 +1,30 @@
 """generate (generate queue): one batch of the plan's layouts as candidates, composited or inpainted.
 
-The product layer is placed from the cut-out and never painted over; every candidate's integrity
-record proves it (sha256 of the placed layer and the exact share of identical product pixels).
+The product layer is derived from the stored source photo and mask (shared.integrity.derive_layer,
+the function `onbrand verify` re-runs) and never painted over; every candidate's integrity record
+names the source, the mask and the transform, and proves the result (sha256 of the placed layer and
+the exact share of identical product pixels).
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
-from shared import metrics
+from shared import integrity, metrics
 from shared.db.models import Candidate
+from shared.db.session import session_scope
 from shared.model_specs import ModelSpec, generate_spec
-from shared.storage import campaign_key
-from workers.engine.context import StageContext
-from workers.pipeline.common import backgrounds, load_image, model_call, save_png
+from shared.storage import campaign_key, get_storage
+from workers.engine.context import StageContext, StageError
+from workers.pipeline.common import backgrounds, model_call, save_png, tenant_asset
 from workers.pipeline.outputs import CaptionOutput, DecomposeOutput, PlanOutput, RetrieveOutput, SegmentOutput
 
 
@@ -34,19 +39,80 @@ class Made:
     generation: dict[str, Any]
 
 
+@dataclass
+class ProductSource:
+    """The stored photo every product layer is derived from, its mask, and how the record names both."""
+
+    image: Image.Image
+    mask: np.ndarray  # uint8 HxW soft alpha at the photo's size
+    crop: integrity.Box  # the cut-out's box in the photo
+    source_ref: dict[str, Any]
+    mask_ref: dict[str, Any]
+
+    def cutout(self) -> Image.Image:
+        return integrity.cut_out(self.image, self.mask, self.crop)
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.crop[2] - self.crop[0], self.crop[3] - self.crop[1]
+
+    def layer(self, layout: Any) -> tuple[integrity.Transform, Image.Image]:
+        """The layout's transform and placed layer, made by integrity.derive_layer itself."""
+        from workers.imaging import composition
+
+        t = composition.transform_of(layout, self.size, self.crop)
+        composition.check_placed_size(integrity.placed_size(t), layout)
+        return t, integrity.derive_layer(self.image, self.mask, t)
+
+
+def product_source(ctx: StageContext) -> ProductSource:
+    """The product asset's stored bytes and the segmenter's stored alpha; a campaign seeded with only a
+    cut-out (older state, tests) derives from that cut-out, and its record says so (kind "cutout")."""
+    seg = ctx.output(SegmentOutput)
+    storage = get_storage()
+    if seg.alpha_key:
+        with session_scope() as session:
+            asset = tenant_asset(session, ctx.tenant_id, seg.product_asset_id)
+            key, asset_id, asset_sha = asset.storage_key, str(asset.id), asset.sha256
+        data, mask_data = storage.get(key), storage.get(seg.alpha_key)
+        source_ref = integrity.stored_ref(key, data, kind="asset", asset_id=asset_id, asset_sha256=asset_sha)
+        mask_key = seg.alpha_key
+    else:
+        key = mask_key = seg.cutout_key
+        data = mask_data = storage.get(key)
+        source_ref = integrity.stored_ref(key, data, kind="cutout", asset_id=seg.product_asset_id)
+    mask_ref = integrity.stored_ref(mask_key, mask_data, adapter=seg.adapter, model=seg.model, method=seg.method)
+    image, mask = _decode(data), integrity.mask_array(_decode(mask_data))
+    try:
+        return ProductSource(image, mask, integrity.mask_box(mask), source_ref, mask_ref)
+    except ValueError as exc:
+        raise StageError("mask_invalid", f"the product mask {mask_key}: {exc}") from None
+
+
+def _decode(data: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
 def run(ctx: StageContext) -> dict[str, Any]:
     from workers.imaging import composition
 
     layouts = [composition.Layout(**d) for d in _batch_layouts(ctx)]
-    cutout = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")
+    source = product_source(ctx)
     scenes = backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
-    layers = [composition.place(cutout, layout) for layout in layouts]
+    placed = [source.layer(layout) for layout in layouts]
+    layers = [layer for _, layer in placed]
     spec = generate_spec(ctx.settings)
     make = _inpaint if spec.adapter == "sd-inpaint" else _composite
     made = model_call(spec, lambda: make(ctx, spec, list(zip(layouts, layers, strict=True)), scenes))
     saved_layers: set[str] = set()
+    transforms = {lay.layout_key: t for lay, (t, _) in zip(layouts, placed, strict=True)}
     for item in made:
-        ctx.rows.append(_candidate_row(ctx, item, saved_layers))
+        record = integrity.record(
+            source.source_ref, source.mask_ref, transforms[item.layout.layout_key], item.image, item.layer
+        )
+        ctx.rows.append(_candidate_row(ctx, item, saved_layers, record))
         _observe_generation(item.generation)
     return {
         "candidates": len(made),
@@ -143,9 +209,7 @@ def candidate_id(campaign_id: uuid.UUID, rnd: int, layout_key: str) -> uuid.UUID
     return uuid.uuid5(campaign_id, f"{rnd}:{layout_key}")
 
 
-def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str]) -> Candidate:
-    from workers.imaging import composition
-
+def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str], record: dict[str, Any]) -> Candidate:
     layout = item.layout
     key = layout.layout_key if item.variant == 0 else f"{layout.layout_key}-v{item.variant}"
     prefix = campaign_key(ctx.tenant_id, ctx.campaign.id, f"r{ctx.round}/{layout.layout_key}")
@@ -164,7 +228,7 @@ def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str]) -> Can
         placement=placement(layout),
         generator=item.generation["adapter"],
         generation=item.generation,
-        integrity={**composition.integrity(item.image, item.layer), "placement": placement(layout)},
+        integrity={**record, "placement": placement(layout)},
         image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image),
         layer_key=layer_key,
     )

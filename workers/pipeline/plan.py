@@ -8,8 +8,9 @@ from typing import Any, cast
 
 from workers.engine.context import StageContext, StageError
 from workers.engine.flow import LoopState
-from workers.pipeline.common import canvases, load_image
-from workers.pipeline.outputs import PlanOutput, ScaleOutput, SegmentOutput
+from workers.pipeline.common import canvases
+from workers.pipeline.generate import product_source
+from workers.pipeline.outputs import PlanOutput, ScaleOutput
 
 RETRY_SHRINK = 0.85  # each extra attempt with the same caption places the product this much smaller
 
@@ -20,7 +21,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     settings = ctx.settings
     attempt = LoopState.of(ctx.campaign).attempt
     share = round(ctx.output(ScaleOutput).share * RETRY_SHRINK**attempt, 4)
-    cutout = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")  # stands rotated products on the ground
+    # The cut-out generate will derive every layer from (the stored source and mask): the same size, and its
+    # real lowest pixels stand rotated products on the ground.
+    cutout = product_source(ctx).cutout()
     zones = tuple(composition.SafeZone(**z) for z in ctx.campaign.safe_zones or [])
     made = composition.plan(
         canvases(ctx),
