@@ -8,13 +8,15 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
 
+from shared import integrity
 from shared.qc import QcThresholds
-from tests.factories import bottle
-from workers.checks import brand_rules, duplicates
+from tests.factories import bottle, cutout
+from workers.checks import brand_rules, duplicates, fidelity, product
 from workers.imaging import colour, composition, compositor
 
 BRAND = ["#1F6FEB", "#F2CC60"]  # blue wall, yellow floor
@@ -401,3 +403,79 @@ def test_cluster_rejects_duplicate_ids() -> None:
     items = [duplicates.Item("a", "g", "0" * 16), duplicates.Item("a", "g", "f" * 16)]
     with pytest.raises(ValueError, match=r"items\[1\]: duplicate id 'a'"):
         duplicates.cluster(items, duplicates.MAX_HAMMING, duplicates.MIN_COSINE)
+
+
+# --- fidelity against the source product -----------------------------------------------------------
+
+
+def _recoloured(layer: Image.Image) -> Image.Image:
+    arr = np.array(layer)
+    arr[:, :, :3] = arr[:, :, [2, 0, 1]]
+    return Image.fromarray(arr, "RGBA")
+
+
+def _warped(layer: Image.Image) -> Image.Image:
+    arr = np.array(layer)
+    ys, xs = np.mgrid[0 : arr.shape[0], 0 : arr.shape[1]].astype(np.float32)
+    return Image.fromarray(cv2.remap(arr, xs + 4 * np.sin(ys / 12), ys, cv2.INTER_LINEAR), "RGBA")
+
+
+def _blurred(layer: Image.Image) -> Image.Image:
+    arr = np.array(layer)
+    arr[:, :, :3] = cv2.GaussianBlur(arr[:, :, :3], (0, 0), 2)
+    return Image.fromarray(arr, "RGBA")
+
+
+@pytest.fixture(scope="module")
+def source_product() -> tuple[Image.Image, np.ndarray, integrity.Transform]:
+    """A product photo (the factories' cut-out), its alpha, and a planned transform onto a 640 px canvas."""
+    photo = cutout()
+    alpha = np.asarray(photo.getchannel("A"))
+    crop = integrity.mask_box(alpha)
+    cut = integrity.cut_out(photo, alpha, crop)
+    lay = composition.plan([(640, 640)], cut.size, cutout=cut).layouts[22]
+    return photo, alpha, composition.transform_of(lay, cut.size, crop)
+
+
+@pytest.mark.parametrize(
+    ("defect", "edges_below", "delta_e_above"),
+    [("recoloured", 0.95, 10.0), ("warped", 0.9, 5.0), ("blurred", 0.9, 2.3), ("wrong source", 0.9, 10.0)],
+)
+def test_fidelity_against_the_source_catches_a_bad_layer_that_fidelity_against_itself_cannot(
+    source_product: tuple[Image.Image, np.ndarray, integrity.Transform],
+    defect: str,
+    edges_below: float,
+    delta_e_above: float,
+) -> None:
+    photo, alpha, t = source_product
+    source = integrity.derive_layer(photo, alpha, t)
+    other = cutout(seed=1)  # the same kind of product, another photo
+    bad = {
+        "recoloured": lambda: _recoloured(source),
+        "warped": lambda: _warped(source),
+        "blurred": lambda: _blurred(source),
+        "wrong source": lambda: integrity.derive_layer(other, np.asarray(other.getchannel("A")), t),
+    }[defect]()
+    image = compositor.compose(bad, compositor.backdrop((640, 640), BRAND))  # the bad layer pasted, pixel-exact
+    itself = fidelity.fidelity(image, bad)
+    assert itself["exact_fraction"] == 1.0 and itself["delta_e"] == 0.0  # against itself: perfect by construction
+    measured = fidelity.fidelity(image, bad, source)
+    assert measured["fidelity_reference"] == "source" and measured["layer_matches_source"] is False
+    assert measured["exact_fraction"] < 0.3
+    assert float(measured["msssim_edges"]) < edges_below and float(measured["delta_e"]) > delta_e_above
+    verdicts = by_name(product.product_checks({**measured, "dino_cosine": None}, QcThresholds()))
+    assert verdicts["product_exact"]["status"] == "fail" and verdicts["product_colour_delta_e"]["status"] == "fail"
+
+
+def test_a_clean_candidate_stays_high_against_its_source(
+    source_product: tuple[Image.Image, np.ndarray, integrity.Transform],
+) -> None:
+    photo, alpha, t = source_product
+    source = integrity.derive_layer(photo, alpha, t)
+    image = compositor.compose(source, compositor.backdrop((640, 640), BRAND))
+    measured = fidelity.fidelity(image, source, source)
+    assert measured["layer_matches_source"] is True and measured["exact_fraction"] == 1.0
+    # Below 1: the candidate's soft edge is harmonised with its floor, the reference's is blended afresh.
+    assert 0.98 < float(measured["msssim_edges"]) < 1.0 and measured["delta_e"] == 0.0
+    crops = fidelity.product_crops(image, source)
+    assert crops[0].size == crops[1].size and crops[0].size[0] < 640

@@ -1,14 +1,21 @@
 """Product fidelity QC: is the product in a candidate still exactly the product?
 
+Measured against the SOURCE product: the ``reference`` layer is re-derived from the stored
+source photo and mask with the candidate's recorded transform (shared.integrity.derive_layer),
+independently of the layer that was pasted. A layer that was recoloured, warped, blurred, cut
+by a leaking mask or taken from another photo therefore lowers these numbers; comparing the
+candidate with its own pasted layer would give 1.0 by construction. Without a reference (a
+candidate with no integrity record) the placed layer stands in and ``fidelity_reference`` says so.
+
 Three views of the same question, strictest first:
 
-* ``exact_fraction`` - share of the layer's fully opaque pixels that are bit-identical
-  in the candidate (composition.exact_counts; the generate stage already stored the
-  sha256 proof in the candidate's integrity record, QC does not hash again). 1.0 is the promise.
-* ``msssim_edges``   - MS-SSIM between edge maps of the product's bounding box in the
-  candidate and in a reference built from the layer. Catches structural damage (blur,
-  redrawn text, warped logos) that a generator might introduce even when colours are
-  close, and degrades gracefully where exact comparison is all-or-nothing.
+* ``exact_fraction`` - share of the reference's fully opaque pixels that are bit-identical
+  in the candidate (composition.exact_counts). 1.0 is the promise.
+* ``msssim_edges``   - MS-SSIM between edge maps of the product's padded box in the candidate
+  (its soft edge and surroundings included) and the same box with the source product
+  alpha-blended over the candidate. Catches structural damage (blur, redrawn text, warped
+  logos) even when colours are close, and degrades gracefully where exact comparison is
+  all-or-nothing.
 * ``mean_abs_diff``  - mean absolute RGB difference (0-255) over the opaque region.
 * ``delta_e``        - mean CIEDE2000 colour difference over the opaque region: how far a
                        recoloured or re-lit product drifted, in perceptual units (2.3 ~ JND).
@@ -35,49 +42,60 @@ MSSSIM_MAX_SIDE = 1024  # larger crops are downscaled: cost, not accuracy, grows
 BBOX_PAD = 4  # px of context around the product so its outline is inside the crop
 
 
-def fidelity(candidate: Image.Image, layer: Image.Image) -> dict[str, float | int]:
-    """Fidelity of ``candidate`` to the product in ``layer`` (RGBA, alpha = mask)."""
-    opaque_n, exact_n = exact_counts(candidate, layer)  # also validates both arguments
+def fidelity(
+    candidate: Image.Image, layer: Image.Image, reference: Image.Image | None = None
+) -> dict[str, float | int | str | bool]:
+    """Fidelity of ``candidate`` to the source product ``reference`` (RGBA, re-derived from the source
+    photo; the placed ``layer`` when there is none)."""
+    ref = layer if reference is None else reference
+    opaque_n, exact_n = exact_counts(candidate, ref)  # also validates both arguments
     cand = np.asarray(candidate.convert("RGB"))
-    arr = np.asarray(layer)
+    arr = np.asarray(ref.convert("RGBA"))
     opaque = arr[:, :, 3] == 255
     diff = np.abs(cand[opaque].astype(np.int16) - arr[:, :, :3][opaque].astype(np.int16))
     return {
+        "fidelity_reference": "placed layer" if reference is None else "source",
+        "layer_matches_source": reference is not None and np.array_equal(np.asarray(layer.convert("RGBA")), arr),
         "opaque_pixels": opaque_n,
         "exact_pixels": exact_n,
         "exact_fraction": exact_n / opaque_n,
-        "msssim_edges": round(msssim_edges(cand, arr[:, :, :3], opaque), 6),
+        "msssim_edges": round(msssim_edges(cand, arr), 6),
         "mean_abs_diff": round(float(diff.mean()), 4),
         "delta_e": round(colour.mean_delta_e(cand, arr[:, :, :3], opaque), 4),
     }
 
 
-def product_crops(candidate: Image.Image, layer: Image.Image) -> tuple[Image.Image, Image.Image]:
-    """(candidate, reference) crops of the product's padded box; the reference has the placed product's
-    opaque pixels, so the crops differ only where the product was changed."""
+def product_crops(candidate: Image.Image, reference: Image.Image) -> tuple[Image.Image, Image.Image]:
+    """(candidate, reference) crops of the product's padded box, for an embedding model (DINOv2): the
+    reference is the source product (``reference``, RGBA) alpha-blended over the candidate, so the crops
+    share their surroundings and differ where the product in the candidate is not the source product."""
     cand = np.asarray(candidate.convert("RGB"))
-    arr = np.asarray(layer.convert("RGBA"))
-    opaque = arr[:, :, 3] == 255
-    if not opaque.any():
+    arr = np.asarray(reference.convert("RGBA"))
+    if not (arr[:, :, 3] == 255).any():
         raise ValueError("layer: no opaque product pixel to compare")
-    x0, y0, x1, y1 = _padded_bbox(opaque, BBOX_PAD)
-    reference = cand.copy()
-    reference[opaque] = arr[:, :, :3][opaque]
-    return Image.fromarray(cand[y0:y1, x0:x1]), Image.fromarray(reference[y0:y1, x0:x1])
+    x0, y0, x1, y1 = _padded_bbox(arr[:, :, 3] > 0, BBOX_PAD)
+    return Image.fromarray(cand[y0:y1, x0:x1]), Image.fromarray(blended(cand, arr)[y0:y1, x0:x1])
 
 
-def msssim_edges(cand: np.ndarray, product: np.ndarray, opaque: np.ndarray) -> float:
-    """MS-SSIM (data_range=255) of Sobel edge maps over the product's bounding box.
+def blended(cand: np.ndarray, rgba: np.ndarray) -> np.ndarray:
+    """``cand`` (RGB) with ``rgba`` alpha-blended over it, its opaque pixels copied (composition.paste_back)."""
+    out = cand.copy()
+    alpha = rgba[:, :, 3]
+    x0, y0, x1, y1 = _padded_bbox(alpha > 0, 0)
+    a = alpha[y0:y1, x0:x1, None].astype(np.float32) / 255.0
+    fg, bg = rgba[y0:y1, x0:x1, :3].astype(np.float32), cand[y0:y1, x0:x1].astype(np.float32)
+    out[y0:y1, x0:x1] = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
+    opaque = alpha == 255
+    out[opaque] = rgba[:, :, :3][opaque]
+    return out
 
-    The reference is the candidate with the product's opaque pixels put back, so the
-    two images can only differ where the product is: background, shadow and the
-    soft edge never count for or against the product.
-    """
-    x0, y0, x1, y1 = _padded_bbox(opaque, BBOX_PAD)
-    reference = cand.copy()
-    reference[opaque] = product[opaque]
+
+def msssim_edges(cand: np.ndarray, reference: np.ndarray) -> float:
+    """MS-SSIM (data_range=255) of Sobel edge maps over the product's padded box: the candidate as it is
+    (soft edge, shadow, surroundings) against the source product ``reference`` (RGBA) blended over it."""
+    x0, y0, x1, y1 = _padded_bbox(reference[:, :, 3] > 0, BBOX_PAD)
     a = _edge_map(_fit_for_msssim(cand[y0:y1, x0:x1]))
-    b = _edge_map(_fit_for_msssim(reference[y0:y1, x0:x1]))
+    b = _edge_map(_fit_for_msssim(blended(cand, reference)[y0:y1, x0:x1]))
     return msssim.ms_ssim(a, b, data_range=255.0)
 
 

@@ -89,6 +89,37 @@ def product_source(ctx: StageContext) -> ProductSource:
         raise StageError("mask_invalid", f"the product mask {mask_key}: {exc}") from None
 
 
+class SourceLayers:
+    """Candidates' layers re-derived from the stored source photo and mask their integrity records name:
+    what QC compares each candidate with (the source product), independently of the layer that was pasted.
+    Photos and masks are fetched once per task, layers derived once per candidate."""
+
+    def __init__(self) -> None:
+        self._files: dict[str, Image.Image] = {}
+        self._layers: dict[str, Image.Image | None] = {}
+
+    def layer(self, cand: Candidate) -> Image.Image | None:
+        """The re-derived layer, or None for a candidate whose record names no source (made before records)."""
+        key = str(cand.id)
+        if key not in self._layers:
+            self._layers[key] = self._derive(cand.integrity or {})
+        return self._layers[key]
+
+    def _derive(self, record: dict[str, Any]) -> Image.Image | None:
+        if not all(record.get(part) for part in ("source", "mask", "transform")):
+            return None
+        try:
+            source, mask = self._file(record["source"]["key"]), self._file(record["mask"]["key"])
+            return integrity.derive_layer(source, mask, integrity.Transform.from_json(record["transform"]))
+        except (KeyError, FileNotFoundError, ValueError) as exc:
+            raise StageError("source_missing", f"cannot re-derive the product layer from its source: {exc}") from None
+
+    def _file(self, key: str) -> Image.Image:
+        if key not in self._files:
+            self._files[key] = _decode(get_storage().get(key))
+        return self._files[key]
+
+
 def _decode(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
