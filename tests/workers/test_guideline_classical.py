@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from workers.checks import guideline_classical as gc
+from workers.checks.text_ocr import Background
 from workers.imaging import composition, compositor
 
 PALETTE = ["#e0d0c0", "#806040"]
@@ -79,17 +80,18 @@ def test_normal_composite_passes_what_pixels_can_check(index: int) -> None:
     layer, _, cand = scene(index=index)
     verdicts = gc.check(cand, layer)
     assert [v["guideline"] for v in verdicts] == list(gc.BASELINE)
+    pixel = [v for v in verdicts if v["guideline"] != "text_artefacts"]  # text_artefacts: OCR (test_text_ocr.py)
     assert all(
-        v["method"] == "classical" and set(v) == {"guideline", "status", "reason", "value", "method"} for v in verdicts
+        v["method"] == "classical" and set(v) == {"guideline", "status", "reason", "value", "method"} for v in pixel
     )
     v = by_name(verdicts)
     assert v["duplicated_product"]["status"] == "pass" and v["duplicated_product"]["value"] < 0.7
     assert v["floating_product"]["status"] == "pass" and v["floating_product"]["value"] > 0.15
     assert v["distorted_product"]["status"] == "pass" and v["distorted_product"]["value"] == 1.0
-    for name in ("extra_objects", "text_artefacts"):
-        assert v[name]["status"] == "unchecked" and v[name]["value"] is None
-        assert "vision-language model" in v[name]["reason"]
-    assert gc.summary(verdicts) == "3 pass, 0 fail, 2 unchecked"
+    assert v["extra_objects"]["status"] == "unchecked" and v["extra_objects"]["value"] is None
+    assert "vision-language model" in v["extra_objects"]["reason"]
+    assert v["text_artefacts"]["status"] == "pass" and v["text_artefacts"]["method"] == "ocr"
+    assert gc.summary(verdicts) == "4 pass, 0 fail, 1 unchecked"
 
 
 # --- duplicated_product --------------------------------------------------------------------
@@ -101,11 +103,14 @@ def test_second_copy_elsewhere_fails(scale: float, rotation: float) -> None:
     layer, _, cand = scene(index=4, cutout=cut)  # r1c2: the product stands top centre
     placed = composition.plan([(512, 512)], cut.size, cutout=cut, scale_share=0.3).layouts[4]
     dup = paste_copy(cand, cut, placed.scale * scale, rotation, (150, 380))
-    v = by_name(gc.check(dup, layer))
+    verdicts = gc.check(dup, layer)
+    v = by_name(verdicts)
     assert v["duplicated_product"]["status"] == "fail"
     assert v["duplicated_product"]["value"] >= gc.DUPLICATE_MIN_SCORE
     assert v["distorted_product"]["status"] == "pass"  # the original is untouched
-    assert gc.summary(gc.check(dup, layer)).startswith("2 pass, 1 fail (duplicated_product)")
+    # text_artefacts may fail too: the copy's label is lettering outside the placed product
+    pixel = [x for x in verdicts if x["guideline"] != "text_artefacts"]
+    assert gc.summary(pixel).startswith("2 pass, 1 fail (duplicated_product)")
 
 
 def test_second_copy_on_a_photo_background_fails() -> None:
@@ -229,13 +234,14 @@ def test_summary_lists_failures() -> None:
 
 @pytest.mark.parametrize("share", [0.45, 0.15])  # the default product size, and a small one (widest search)
 def test_check_time_on_1024(share: float) -> None:
-    layer, _, cand = scene(size=1024, index=13, share=share)
-    gc.check(cand, layer)  # warm-up: first cv2 calls allocate
+    layer, bg, cand = scene(size=1024, index=13, share=share)
+    known = Background(bg, verbatim=True, source="the studio backdrop")  # as QC passes it: no OCR needed
+    gc.check(cand, layer, known)  # warm-up: first cv2 calls allocate
     runs = 5
     start = time.perf_counter()
     for _ in range(runs):
-        verdicts = gc.check(cand, layer)
+        verdicts = gc.check(cand, layer, known)
     ms = (time.perf_counter() - start) / runs * 1000
     print(f"\ncheck() on 1024x1024, product share {share}: {ms:.1f} ms; {gc.summary(verdicts)}")
-    assert gc.summary(verdicts) == "3 pass, 0 fail, 2 unchecked"
+    assert gc.summary(verdicts) == "4 pass, 0 fail, 1 unchecked"
     assert ms < 2000  # sanity bound only; the target (< 150 ms) is reported, not asserted

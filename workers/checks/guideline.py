@@ -4,14 +4,19 @@ the brand's own guidelines (each flexible or not, with a weight).
 
 A hosted vision model judges every rule in one call. The local model is text-only, so with it
 (or the rules backend, or a text-only hosted model) the baseline rules that pixels can answer
-are checked classically (workers/checks/guideline_classical.py) and the others, the brand's
-written guidelines included, are marked "unchecked" with the reason: never a made-up pass.
+are checked classically (workers/checks/guideline_classical.py, text_artefacts by OCR), the brand's
+written guidelines that map to a measurable rule (workers/checks/guideline_rules.py: product size,
+margin, no text, brand colours, light/dark background, centred) are measured, and the others are
+marked "unchecked" with the reason: never a made-up pass. The result's ``router`` says which
+written guidelines were mapped, and to what rule.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from PIL import Image
 from pydantic import BaseModel, Field
 
@@ -21,6 +26,7 @@ from workers.language.text import cap_at_boundary, collapse
 
 if TYPE_CHECKING:
     from shared.config import Settings
+    from workers.checks.text_ocr import Background
 
 BASELINE: dict[str, str] = {
     "duplicated_product": "The product appears exactly once; there is no second or partial copy of it.",
@@ -31,6 +37,15 @@ BASELINE: dict[str, str] = {
 }
 WEIGHTED_PASS = 0.75  # weighted policy: share of the checked weight that must pass
 MAX_REASON_CHARS = 200
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What the classical path measures the brand's written guidelines against, besides the pixels."""
+
+    background: Background | None = None  # the candidate's background source (text_artefacts)
+    palette: list[str] = field(default_factory=list)
+    palette_radius: float = 10.0  # dE00 (shared.qc.QcThresholds.palette_radius)
 
 
 class Verdict(BaseModel):
@@ -69,18 +84,19 @@ def check(
     guidelines: list[dict[str, Any]],
     policy: str,
     settings: Settings,
+    scene: Scene | None = None,
 ) -> dict[str, Any]:
     """-> {"verdicts", "passed", "summary", "method", "backend", "model", "fallback_reason", "calls",
-    "prompt_version"}. A hosted backend that cannot answer raises LLMError (the stage fails)."""
+    "prompt_version", "router"}. A hosted backend that cannot answer raises LLMError (the stage fails)."""
     from workers.models import llm_hosted
 
     _check_args(candidate, layer, product, caption, policy)
     todo = rules(guidelines)
     reason = llm_hosted.no_vision_reason(settings, "classical checks only")
     if reason:
-        result = _classical(candidate, layer, todo, reason)
+        result = _classical(candidate, layer, todo, reason, scene=scene or Scene())
     else:
-        result = _vision(candidate, layer, product, caption, todo, settings)
+        result = _vision(candidate, layer, product, caption, todo, settings, scene or Scene())
     return {**result, **decide(result["verdicts"], policy)}
 
 
@@ -101,16 +117,30 @@ def _classical(
     fallback_reason: str | None,
     calls: list[dict[str, Any]] | None = None,
     answered: dict[str, dict[str, Any]] | None = None,
+    scene: Scene | None = None,
 ) -> dict[str, Any]:
-    """Vision verdicts where there are some (answered), classical ones for the baseline, else unchecked."""
+    """Vision verdicts where there are some (answered), classical ones for the baseline, measured ones
+    for the brand's guidelines the router maps, else unchecked."""
     from workers.checks import guideline_classical
 
-    pixels = {v["guideline"]: v for v in guideline_classical.check(candidate.convert("RGB"), layer)}
+    scene = scene or Scene()
+    rgb = candidate.convert("RGB")
+    pixels = {v["guideline"]: v for v in guideline_classical.check(rgb, layer, scene.background)}
+    brand = _brand_verdicts(rgb, layer, [r for r in todo if r["kind"] == "brand"], scene, pixels.get("text_artefacts"))
     answered = answered or {}
     verdicts = [
-        {**rule, **(answered.get(rule["guideline"]) or _pixel_verdict(pixels.get(rule["guideline"])))} for rule in todo
+        {
+            **rule,
+            **(
+                answered.get(rule["guideline"])
+                or brand.get(rule["guideline"])
+                or _pixel_verdict(pixels.get(rule["guideline"]))
+            ),
+        }
+        for rule in todo
     ]
     return {
+        "router": router_record(todo),
         "verdicts": verdicts,
         "method": "vision+classical" if answered else "classical",
         "backend": "rules",
@@ -119,6 +149,52 @@ def _classical(
         "calls": calls or [],
         "prompt_version": None,
     }
+
+
+def router_record(todo: list[dict[str, Any]]) -> dict[str, Any]:
+    """Which of the brand's written guidelines map to a measurable rule (and to which), which do not and why."""
+    from workers.checks import guideline_rules
+
+    mapped, unmapped = [], []
+    for rule in todo:
+        if rule["kind"] != "brand":
+            continue
+        routed = guideline_rules.route(rule["text"])
+        entry = {"guideline": rule["guideline"], "text": rule["text"], "reason": routed.reason}
+        if routed.rule is None:
+            unmapped.append(entry)
+        else:
+            mapped.append({**entry, **routed.rule.record()})
+    return {"mapped": mapped, "unmapped": unmapped}
+
+
+def _brand_verdicts(
+    rgb: Image.Image,
+    layer: Image.Image,
+    brand: list[dict[str, Any]],
+    scene: Scene,
+    text_verdict: dict[str, Any] | None,
+) -> dict[str, dict[str, Any]]:
+    """Verdicts of the brand guidelines the router maps, measured on the pixels; unmapped ones unchecked."""
+    from workers.checks import guideline_rules
+
+    px = guideline_rules.Pixels(
+        np.asarray(rgb), np.asarray(layer.getchannel("A")), scene.palette, scene.palette_radius, text_verdict
+    )
+    out: dict[str, dict[str, Any]] = {}
+    for rule in brand:
+        routed = guideline_rules.route(rule["text"])
+        if routed.rule is None:
+            out[rule["guideline"]] = {"status": "unchecked", "reason": routed.reason, "method": "none", "value": None}
+            continue
+        got = guideline_rules.measure(routed.rule, px)
+        out[rule["guideline"]] = {
+            **got,
+            "reason": f"{routed.rule.describe()}: {got['reason']}",
+            "method": f"rule:{routed.rule.kind}",
+            "mapped": routed.rule.record(),
+        }
+    return out
 
 
 def _pixel_verdict(verdict: dict[str, Any] | None) -> dict[str, Any]:
@@ -132,8 +208,9 @@ def _pixel_verdict(verdict: dict[str, Any] | None) -> dict[str, Any]:
     return {
         "status": verdict["status"],
         "reason": verdict["reason"],
-        "method": "classical",
+        "method": verdict.get("method", "classical"),  # "ocr" for text_artefacts
         "value": verdict.get("value"),
+        **({"read": verdict["read"]} if "read" in verdict else {}),
     }
 
 
@@ -144,6 +221,7 @@ def _vision(
     caption: str,
     todo: list[dict[str, Any]],
     settings: Settings,
+    scene: Scene,
 ) -> dict[str, Any]:
     from workers.models import llm_hosted
 
@@ -162,7 +240,7 @@ def _vision(
     got = {v.id: _one_line(v) for v in answer.verdicts if v.id in ids}
     if failed:  # incomplete twice: keep what it answered, check the rest classically or say unchecked
         reason = f"{backend.name} answered incompletely twice ({'; '.join(failed.values())})"
-        return {**_classical(candidate, layer, todo, reason, calls, got), "prompt_version": template.id}
+        return {**_classical(candidate, layer, todo, reason, calls, got, scene), "prompt_version": template.id}
     return {
         "verdicts": [{**r, **got[r["guideline"]]} for r in todo],
         "method": "vision",

@@ -19,24 +19,28 @@ Checkable without a model, because we hold the exact ``layer`` that was composit
 * ``distorted_product``  - share of the product's fully opaque pixels that are still
   bit-exact (:func:`composition.integrity`). The promise is 100 %.
 
-Not checkable without a model: ``extra_objects`` and ``text_artefacts``. The background
-is not an input, and nothing in the pixels tells a stray object or garbled lettering
-from a deliberate backdrop, so those two are always "unchecked".
+``text_artefacts`` is read by OCR (workers/checks/text_ocr.py): text outside the product
+that the background source does not have. Not checkable without a model: ``extra_objects``:
+nothing in the pixels tells a stray object from a deliberate backdrop, so it is "unchecked".
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 from PIL import Image
 
+from workers.checks import text_ocr
 from workers.imaging.composition import exact_counts
 
 # footprint is where compose() centres its contact shadow: look for the shadow exactly there.
 from workers.imaging.compositor import footprint
+
+if TYPE_CHECKING:
+    from workers.checks.text_ocr import Background
 
 BASELINE = ("duplicated_product", "extra_objects", "floating_product", "text_artefacts", "distorted_product")
 
@@ -74,7 +78,7 @@ Box = tuple[int, int, int, int]  # x0, y0, x1, y1 (exclusive)
 NO_VLM = "needs a vision-language model (none configured); pixels alone cannot tell {} from the background"
 
 
-def check(candidate: Image.Image, layer: Image.Image) -> list[dict[str, Any]]:
+def check(candidate: Image.Image, layer: Image.Image, background: Background | None = None) -> list[dict[str, Any]]:
     """One verdict per BASELINE item, in that order: {"guideline": name, "status": "pass"|"fail"|"unchecked",
     "reason": one line, "value": float | None, "method": "classical"}"""
     cand, alpha = _validate(candidate, layer)
@@ -82,7 +86,7 @@ def check(candidate: Image.Image, layer: Image.Image) -> list[dict[str, Any]]:
         check_duplicated(cand, alpha),
         _verdict("extra_objects", "unchecked", NO_VLM.format("an extra object")),
         check_floating(cand, alpha),
-        _verdict("text_artefacts", "unchecked", NO_VLM.format("a text artefact")),
+        text_ocr.check(candidate, layer, background),  # the candidate's background source, when known
         check_distorted(candidate, layer),
     ]
 
