@@ -9,7 +9,7 @@ without relaxation (rank relaxes, over the whole pool).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from PIL import Image
@@ -36,6 +36,26 @@ class Review:
     palette: list[str]
     limits: QcThresholds
     embedder: ImageEmbedder | None  # DINOv2, or None when not configured
+
+    scenes: dict[tuple[int, int], Any] = field(default_factory=dict)  # canvas size -> text_ocr.Background
+
+    def scene_of(self, ctx: StageContext, cand: Candidate, image: Image.Image) -> Any:
+        """What the guideline check measures against: the candidate's background source (made once per canvas
+        size per task, as generate made it; the compositor copied it verbatim, a generator repainted it),
+        the brand's palette and radius."""
+        from workers.checks import guideline, text_ocr
+        from workers.pipeline.common import backgrounds
+        from workers.pipeline.outputs import RetrieveOutput
+
+        asset = ctx.output(RetrieveOutput).background_asset_id
+        composited = cand.generator == "compositor"
+        if image.size not in self.scenes and (composited or asset):
+            source = f"brand photo {asset}" if asset else "the studio backdrop"
+            self.scenes[image.size] = text_ocr.Background(
+                backgrounds(ctx, {image.size})[image.size], verbatim=composited, source=source
+            )
+        background = self.scenes.get(image.size) if (composited or asset) else None
+        return guideline.Scene(background, list(self.palette), self.limits.palette_radius)
 
     @classmethod
     def load(cls, ctx: StageContext) -> Review:
@@ -68,6 +88,7 @@ class Review:
                 self.guidelines,
                 ctx.campaign.qc_policy,
                 ctx.settings.for_stage("guideline"),
+                scene=self.scene_of(ctx, cand, image),
             )
         ctx.rows += llm_call_rows(ctx, result, key=cand.layout_key)
         return {k: v for k, v in result.items() if k != "calls"}
