@@ -1,27 +1,38 @@
-"""Embedded default segmenter: product mask from an alpha channel or a studio shot.
+"""Embedded default segmenter: the product mask from an alpha channel, ISNet, or a studio shot.
 
-Two honest paths and nothing else:
+The default segmenter is a chooser (:class:`Chooser`): it tries the methods in order and keeps the
+first mask that is plausible (not empty, not the whole frame) and passes the mask-quality checks
+against the photo (workers.checks.mask_quality: leak, clipping, filled holes):
 
-* ``alpha``   - the upload already carries transparency (a designer's PNG cut-out). That
-  alpha is the ground truth; we only binarise it for the mask and drop stray specks.
-* ``grabcut`` - an opaque studio shot. The backdrop colour is estimated from the border (a
-  plane per channel, to follow the light falloff of a studio sweep), everything
-  border-connected and close to the colour expected there is definite background, and
-  cv2.grabCut refines the rest.
+* ``alpha``   - the upload already carries transparency (a designer's PNG cut-out). That alpha is
+  the ground truth; we only binarise it for the mask and drop stray specks. No fallback after it.
+* ``isnet``   - an opaque shot and ISNet's weights are present (`onbrand models pull`): the model's
+  foreground probability >= 0.5 (the prediction itself comes from workers.models.isnet, injected
+  as a plain function, so this module stays free of ML imports).
+* ``isnet+grabcut`` - ISNet's mask failed a check: GrabCut re-estimates the product's colours from
+  ISNet's confident core and takes back what ISNet was unsure of (a dark upper on a dark wall).
+* ``grabcut`` - the backdrop colour is estimated from the border (a plane per channel, to follow the
+  light falloff of a studio sweep), everything border-connected and close to the colour expected
+  there is definite background, and cv2.grabCut refines the rest.
+* ``grabcut-centre`` - a busy photo (brick, lawn, a table) has no backdrop colour to flood: GrabCut
+  starts from the frame's border as background and the centre as probable product.
 
-When neither yields a plausible product (nothing, or practically the whole frame) we
-raise :class:`SegmentationError` instead of returning a mask that only looks like one.
-Pure functions of pixels: no DB, no storage, no torch.
+When no method yields a plausible mask we raise :class:`SegmentationError` with each method's reason
+and what to upload instead, never a mask that only looks like one. The chooser records which method
+made the mask and every attempt in ``SegmentResult.quality``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from workers.checks import mask_quality as source_checks
 
 # An alpha channel "means something" once any pixel is visibly see-through; 250 leaves
 # room for encoders that write 254/253 into nominally opaque exports.
@@ -35,6 +46,12 @@ BORDER_SAMPLES = 20_000  # border pixels the backdrop plane is fitted to, at mos
 MAX_AREA_SHARE = 0.98
 # Components smaller than this share of the largest are dust, shadows or reflections.
 KEEP_COMPONENT_SHARE = 0.05
+# What the user is told when no method finds the product.
+UPLOAD_ADVICE = "upload a cut-out PNG with transparency or a shot on a plain backdrop"
+CENTRE_INSET = 0.04  # grabcut-centre: the outer 4 % of the frame is taken as background
+ISNET_CORE, ISNET_SURE_BACKGROUND = 0.95, 0.05  # isnet+grabcut: probabilities GrabCut may not overturn
+
+Predictor = Callable[[np.ndarray], np.ndarray]  # RGB uint8 HxWx3 -> foreground probability float HxW 0..1
 
 
 class SegmentationError(RuntimeError):
@@ -45,7 +62,7 @@ class SegmentationError(RuntimeError):
 class SegmentResult:
     mask: np.ndarray  # uint8 HxW, 0 or 255
     alpha: np.ndarray  # uint8 HxW soft alpha (original alpha, or the cleaned mask)
-    method: str  # "alpha" | "grabcut"
+    method: str  # "alpha" | "isnet" | "isnet+grabcut" | "grabcut" | "grabcut-centre" (SAM: its own)
     quality: dict[str, Any] = field(default_factory=dict)  # numbers, plus the adapter's prompt box
 
 
@@ -54,22 +71,89 @@ def segment(
     *,
     iterations: int = 4,
     max_hole_share: float = 0.02,
+    predictor: Predictor | None = None,
 ) -> SegmentResult:
-    """Segment the product in ``image``.
+    """Segment the product in ``image`` with the default chooser (see the module docstring).
 
     ``max_hole_share``: enclosed background regions up to this share of the product area
     are filled (speckle, glare misread as backdrop); larger ones are real openings such
     as a mug handle and stay transparent, so no backdrop pixels end up in the product.
+    ``predictor``: ISNet's foreground probability (workers.models.isnet), None when absent.
     """
-    check_image(image)
-    if not 1 <= iterations <= 10:
-        raise ValueError(f"iterations: expected 1..10, got {iterations}")
-    if not 0.0 <= max_hole_share <= 1.0:
-        raise ValueError(f"max_hole_share: expected 0..1, got {max_hole_share}")
-    alpha = meaningful_alpha(image)
-    if alpha is not None:
-        return _segment_alpha(alpha, max_hole_share)
-    return _segment_grabcut(np.asarray(image.convert("RGB")), iterations, max_hole_share)
+    return Chooser(predictor, iterations, max_hole_share).segment(image)
+
+
+@dataclass(frozen=True)
+class Chooser:
+    """The default segmenter (the registry's ``matting`` adapter): alpha, ISNet, GrabCut, in that order."""
+
+    predictor: Predictor | None = None
+    iterations: int = 4
+    max_hole_share: float = 0.02
+    absent: str = ""  # why ISNet is not in the chain (recorded with every mask)
+
+    def segment(self, image: Image.Image) -> SegmentResult:
+        check_image(image)
+        if not 1 <= self.iterations <= 10:
+            raise ValueError(f"iterations: expected 1..10, got {self.iterations}")
+        if not 0.0 <= self.max_hole_share <= 1.0:
+            raise ValueError(f"max_hole_share: expected 0..1, got {self.max_hole_share}")
+        alpha = meaningful_alpha(image)
+        if alpha is not None:
+            return _segment_alpha(alpha, self.max_hole_share)
+        return self._opaque(np.asarray(image.convert("RGB")))
+
+    def _opaque(self, rgb: np.ndarray) -> SegmentResult:
+        background = border_background(rgb)
+        attempts: list[dict[str, Any]] = []
+        if self.absent:
+            attempts.append({"method": "isnet", "ok": False, "reason": self.absent})
+        for method, make in self._methods(rgb, background):
+            try:
+                mask, removed, filled = make()
+                check_plausible(mask, method)
+            except SegmentationError as exc:
+                attempts.append({"method": method, "ok": False, "reason": str(exc)})
+                continue
+            verdict = source_checks.check(rgb, mask, background if method.startswith("grabcut") else None)
+            attempts.append(
+                {"method": method, "ok": verdict.ok, "reason": "; ".join(verdict.failures), **verdict.numbers()}
+            )
+            if verdict.ok:
+                quality = {**mask_quality(mask, removed, filled), **verdict.numbers(), "attempts": attempts}
+                return SegmentResult(mask, mask.copy(), method, quality)
+        reasons = "; ".join(f"{a['method']}: {a['reason']}" for a in attempts if a["reason"])
+        raise SegmentationError(f"no method found the product ({reasons}); {UPLOAD_ADVICE}")
+
+    def _methods(
+        self, rgb: np.ndarray, background: np.ndarray
+    ) -> list[tuple[str, Callable[[], tuple[np.ndarray, int, int]]]]:
+        hole, its = self.max_hole_share, self.iterations
+        methods: list[tuple[str, Callable[[], tuple[np.ndarray, int, int]]]] = []
+        if self.predictor is not None:
+            predict = _once(lambda: self.predictor(rgb))  # type: ignore[misc]  # checked not None above
+            methods.append(("isnet", lambda: clean_mask(_binary(predict() >= 0.5), hole)))
+            methods.append(("isnet+grabcut", lambda: clean_mask(_refine(rgb, predict(), its), hole)))
+        methods.append(("grabcut", lambda: _grabcut_border(rgb, background, its, hole)))
+        methods.append(("grabcut-centre", lambda: clean_mask(_grabcut_centre(rgb, background, its), hole)))
+        return methods
+
+
+def _once(compute: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
+    """``compute`` run at most once (ISNet's ~5 s prediction feeds two methods)."""
+    cache: list[np.ndarray] = []
+
+    def get() -> np.ndarray:
+        if not cache:
+            cache.append(compute())
+        return cache[0]
+
+    return get
+
+
+def _binary(fg: np.ndarray) -> np.ndarray:
+    out: np.ndarray = fg.astype(np.uint8) * 255
+    return out
 
 
 def cutout(image: Image.Image, result: SegmentResult) -> Image.Image:
@@ -132,19 +216,40 @@ def _touching(visible: np.ndarray, keep: np.ndarray) -> np.ndarray:
 # --- grabcut path --------------------------------------------------------------------
 
 
-def _segment_grabcut(rgb: np.ndarray, iterations: int, max_hole_share: float) -> SegmentResult:
-    background = border_background(rgb)
+def _grabcut_border(
+    rgb: np.ndarray, background: np.ndarray, iterations: int, max_hole_share: float
+) -> tuple[np.ndarray, int, int]:
     if background.all():
         raise SegmentationError("no product found: every pixel matches the border colour")
     if not background.any():
         raise SegmentationError("no backdrop found along the border (full-bleed photo?)")
-    rough = _grabcut_mask(rgb, background, iterations)
+    init = np.where(background, cv2.GC_BGD, cv2.GC_PR_FGD).astype(np.uint8)
+    rough = _grabcut_mask(rgb, init, iterations)
     # Upscaled GrabCut edges are blocky; the full-resolution flood fill is exact where
     # the product contrasts with the backdrop, so it has the last word there.
     rough[background] = 0
-    mask, removed, filled = clean_mask(rough, max_hole_share)
-    check_plausible(mask, "grabcut")
-    return SegmentResult(mask, mask.copy(), "grabcut", mask_quality(mask, removed, filled))
+    return clean_mask(rough, max_hole_share)
+
+
+def _grabcut_centre(rgb: np.ndarray, background: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut with a centre prior: the frame's outer strip is background, the flood-filled backdrop
+    probably background, the rest probably product. For busy photos, where the border colour floods
+    into the product or nowhere at all."""
+    h, w = background.shape
+    init = np.where(background, cv2.GC_PR_BGD, cv2.GC_PR_FGD).astype(np.uint8)
+    b = max(2, round(CENTRE_INSET * min(h, w)))
+    init[:b], init[-b:], init[:, :b], init[:, -b:] = cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD, cv2.GC_BGD
+    return _grabcut_mask(rgb, init, iterations)
+
+
+def _refine(rgb: np.ndarray, prob: np.ndarray, iterations: int) -> np.ndarray:
+    """GrabCut seeded by ISNet: its confident core is product, confident far background is background,
+    the rest is decided by the colour models."""
+    init = np.where(prob >= 0.5, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+    init[prob >= ISNET_CORE] = cv2.GC_FGD
+    far = cv2.distanceTransform((prob < 0.5).astype(np.uint8), cv2.DIST_L2, 3) > 0.04 * min(prob.shape)
+    init[far & (prob < ISNET_SURE_BACKGROUND)] = cv2.GC_BGD
+    return _grabcut_mask(rgb, init, iterations)
 
 
 def border_background(rgb: np.ndarray) -> np.ndarray:
@@ -217,14 +322,15 @@ def _tolerance(border_dist: np.ndarray) -> float:
     return float(np.clip(np.percentile(border_dist, 75) * 2.5 + 10.0, 12.0, 60.0))
 
 
-def _grabcut_mask(rgb: np.ndarray, background: np.ndarray, iterations: int) -> np.ndarray:
-    h, w = background.shape
+def _grabcut_mask(rgb: np.ndarray, init_full: np.ndarray, iterations: int) -> np.ndarray:
+    """cv2.grabCut from a full-size GC_* label map, run at WORK_MAX_SIDE; 0/255 mask at full size."""
+    h, w = init_full.shape
     f = min(1.0, WORK_MAX_SIDE / max(h, w))
     size = (max(1, round(w * f)), max(1, round(h * f)))
     small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA) if f < 1 else rgb
-    bg_small = cv2.resize(background.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST)
-    init = np.where(bg_small > 0, cv2.GC_BGD, cv2.GC_PR_FGD).astype(np.uint8)
-    if (init == cv2.GC_PR_FGD).sum() < 64 or (init == cv2.GC_BGD).sum() < 64:
+    init = cv2.resize(init_full, size, interpolation=cv2.INTER_NEAREST) if f < 1 else init_full.copy()
+    product = np.isin(init, (cv2.GC_FGD, cv2.GC_PR_FGD)).sum()
+    if product < 64 or init.size - product < 64:
         raise SegmentationError("product or backdrop too small to model (< 64 px at work size)")
     models = (np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64))
     # rect=None: OpenCV ignores the rectangle with GC_INIT_WITH_MASK, but its stubs require a Sequence[int]
