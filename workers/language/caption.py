@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, ValidationInfo, field_validator
 
 from workers.language import guards
+from workers.language.budget import TokenBudget, budget_for, estimate_budget
 from workers.language.hosted import HOSTED_BACKENDS, check_settings, errors_by_field, hosted_answer, with_one_reask
 from workers.language.prompts import PromptTemplate, load_prompt
 from workers.language.rules import RULES_MODEL_ID
@@ -76,6 +77,7 @@ class Scene:
     mood: str | None
     negatives: tuple[str, ...]
     forbidden: tuple[str, ...] = ()  # the brand's forbidden terms: never in the positive prompt
+    budget: TokenBudget = field(default_factory=estimate_budget)  # the generator's text-encoder tokens
 
     @property
     def base(self) -> str:
@@ -87,6 +89,7 @@ def build_scene(
     product_title: str | None,
     background_caption: str | None,
     forbidden_terms: Sequence[str] = (),
+    budget: TokenBudget | None = None,
 ) -> Scene:
     """Subject from the product title or products; setting from the background
     caption or backgrounds, with the brief's own prepositions; negations moved out."""
@@ -103,6 +106,7 @@ def build_scene(
         mood or None,
         tuple(dedupe(negatives)),
         tuple(guards.check_terms("forbidden_terms", forbidden_terms)),
+        budget or estimate_budget(),
     )
 
 
@@ -256,7 +260,7 @@ def caption(
     """Decomposition -> {"caption", "negative_prompt", "backend", "model",
     "fallback_reason", "prompt_version", "calls", "parts", "guards"}."""
     settings = check_settings(settings)
-    scene = build_scene(decomposition, product_title, background_caption, forbidden_terms)
+    scene = build_scene(decomposition, product_title, background_caption, forbidden_terms, budget_for(settings))
     if settings.llm_backend == "rules":
         return _template_caption(scene, None, [], None)
     if settings.llm_backend in HOSTED_BACKENDS:
@@ -289,42 +293,47 @@ def _caption_result(
     prompt_version: str | None,
 ) -> dict[str, Any]:
     guarded = compose_caption(scene, fields)
+    negative = negative_prompt(
+        guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives], scene.forbidden), scene.budget
+    )
     return {
         "caption": guarded.text,
-        "negative_prompt": negative_prompt(
-            guards.guard_negative([*scene.negatives, *negatives, *guarded.negatives], scene.forbidden)
-        ),
+        "negative_prompt": negative.text,
         "backend": backend,
         "model": model,
         "fallback_reason": fallback_reason,
         "prompt_version": prompt_version,
         "calls": calls,
         "parts": {"subject": scene.subject, "setting": scene.setting, "mood": scene.mood, **fields},
-        "guards": guarded.report(),
+        "guards": {**guarded.report(), "negative_tokens": negative.tokens, "negative_dropped": negative.dropped},
     }
+
+
+# The clauses a caption is made of, in text order (the seed's topology), and which to keep first when the
+# text encoder cannot read them all: the brief's own words (subject + setting, mood), then the model's.
+CAPTION_CLAUSES = ("base", "pose", "lighting", "camera", "mood", "style")
+CLAUSE_IMPORTANCE = ("base", "mood", "lighting", "pose", "camera", "style")
 
 
 def compose_caption(scene: Scene, fields: dict[str, str]) -> guards.Guarded:
     """The seed's topology: subject + point of reference + environment, then the optional
     pose, lighting, camera, mood and style clauses; through the guards (caption-like,
-    negation-free, no forbidden term, capped at a boundary)."""
-    mood = f"{scene.mood} mood" if scene.mood else ""
-    clauses = [
-        scene.base,
-        fields.get("pose", ""),
-        fields.get("lighting", ""),
-        fields.get("camera", ""),
-        mood,
-        fields.get("style", ""),
-    ]
-    text = ", ".join(collapse(c) for c in clauses if collapse(c))
-    return guards.guard_prompt(text, scene.forbidden, MAX_CAPTION_CHARS)
+    negation-free, no forbidden term, within the encoder's tokens and the character cap)."""
+    given = {**fields, "base": scene.base, "mood": f"{scene.mood} mood" if scene.mood else ""}
+    clauses = [collapse(given.get(name, "")) for name in CAPTION_CLAUSES]
+    importance = [CAPTION_CLAUSES.index(name) for name in CLAUSE_IMPORTANCE]
+    return guards.guard_clauses(clauses, scene.forbidden, scene.budget, importance, MAX_CAPTION_CHARS)
 
 
-def negative_prompt(extra: list[str]) -> str:
-    """The defaults first (always present), then what the brief or model negated."""
-    terms = dedupe([*DEFAULT_NEGATIVES, *(collapse(x) for x in extra if collapse(x))])
-    return ", ".join(terms)
+def negative_terms(extra: list[str]) -> list[str]:
+    """The defaults first (always present), then what the brief or model negated, each once."""
+    return dedupe([*DEFAULT_NEGATIVES, *(collapse(x) for x in extra if collapse(x))])
+
+
+def negative_prompt(extra: list[str], budget: TokenBudget) -> guards.Fitted:
+    """The negative terms within the encoder's tokens (it reads the negative prompt through the same
+    77 positions): the terms it could not read are dropped from the end."""
+    return guards.fit_tokens(negative_terms(extra), budget)
 
 
 # ----------------------------------------------------------------------------- local backend

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, Field
 
 from workers.language import guards
-from workers.language.caption import negative_prompt
+from workers.language.budget import TokenBudget, budget_for
+from workers.language.caption import negative_terms
 from workers.language.hosted import HOSTED_BACKENDS, hosted_answer, with_one_reask
 from workers.language.prompts import PromptTemplate, load_prompt
 from workers.language.rules import RULES_MODEL_ID
@@ -62,10 +63,29 @@ def revise(
     _check_args(current, failures)
     backend = settings.llm_backend
     if backend in HOSTED_BACKENDS:
-        return _hosted(current, failures, settings, forbidden_terms)
-    if backend == "local":
-        return _local(current, failures, settings, forbidden_terms)
-    return _rules(current, failures, forbidden_terms, None, [], None)
+        result = _hosted(current, failures, settings, forbidden_terms)
+    elif backend == "local":
+        result = _local(current, failures, settings, forbidden_terms)
+    else:
+        result = _rules(current, failures, forbidden_terms, None, [], None)
+    return within_budget(result, budget_for(settings))
+
+
+def within_budget(result: dict[str, Any], budget: TokenBudget) -> dict[str, Any]:
+    """The revised caption and negative prompt fitted to the encoder's tokens. The caption keeps its
+    first clause (subject and setting), then its last (where a revision adds its fix), then the rest."""
+    clauses = guards.split_clauses(result["caption"])
+    importance = [0, *([len(clauses) - 1] if len(clauses) > 1 else []), *range(1, len(clauses) - 1)]
+    guarded = guards.guard_clauses(clauses, (), budget, importance, MAX_CAPTION_CHARS)
+    negative = guards.fit_tokens(guards.split_clauses(result["negative_prompt"]), budget)
+    report = {
+        **result["guards"],
+        **guarded.token_report(),
+        "cut": bool(result["guards"].get("cut")) or guarded.cut,
+        "negative_tokens": negative.tokens,
+        "negative_dropped": negative.dropped,
+    }
+    return {**result, "caption": guarded.text, "negative_prompt": negative.text, "guards": report}
 
 
 def _check_args(current: dict[str, Any], failures: list[dict[str, Any]]) -> None:
@@ -244,7 +264,7 @@ def _result(
         **current,
         **meta,
         "caption": guarded.text,
-        "negative_prompt": negative_prompt(terms),
+        "negative_prompt": ", ".join(negative_terms(terms)),
         "previous_caption": current["caption"],
         "change": collapse(change),
         "failures": failures,
