@@ -108,7 +108,9 @@ def test_local_guideline_check_is_classical_and_honest(composite: dict[str, Imag
     assert list(by_id) == [*guideline.BASELINE, "brand_1"]
     assert by_id["floating_product"]["status"] == "pass" and by_id["distorted_product"]["status"] == "pass"
     assert by_id["extra_objects"]["status"] == "unchecked" and by_id["brand_1"]["status"] == "unchecked"
-    assert result["passed"] and result["unchecked"] == ["extra_objects", "text_artefacts", "brand_1"]
+    assert by_id["text_artefacts"]["status"] == "pass" and by_id["text_artefacts"]["method"] == "ocr"
+    assert result["passed"] and result["unchecked"] == ["extra_objects", "brand_1"]
+    assert result["router"]["unmapped"][0]["guideline"] == "brand_1" and not result["router"]["mapped"]
     assert "cannot see images" in result["fallback_reason"] and result["method"] == "classical"
 
 

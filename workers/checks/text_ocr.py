@@ -129,7 +129,7 @@ def _background_array(background: Background | None, shape: tuple[int, ...]) -> 
 
 def changed_pixels(rgb: np.ndarray, bg: np.ndarray, zone: np.ndarray) -> np.ndarray:
     """Outside the product zone: pixels that the background times a smooth darkening does not explain."""
-    differs: np.ndarray = (cv2.absdiff(rgb, bg).max(axis=2) > SAME_TOL) & ~zone
+    differs: np.ndarray = (_channel_max(cv2.absdiff(rgb, bg)) > SAME_TOL) & ~zone
     changed: np.ndarray = np.zeros_like(differs)
     if not differs.any():
         return changed
@@ -138,10 +138,17 @@ def changed_pixels(rgb: np.ndarray, bg: np.ndarray, zone: np.ndarray) -> np.ndar
     cand, base = rgb[y0:y1, x0:x1].astype(np.float32), bg[y0:y1, x0:x1].astype(np.float32)
     # One factor per pixel (the compositor's shadow map is one factor for all three channels).
     factor = (cand.sum(axis=2) + 1.5) / (base.sum(axis=2) + 1.5)
-    off_colour = np.abs(cand - base * factor[:, :, None]).max(axis=2) > SHADE_TOL
+    off_colour = _channel_max(cv2.absdiff(cand, base * factor[:, :, None])) > SHADE_TOL
     rough = np.abs(factor - cv2.GaussianBlur(factor, (0, 0), SMOOTH_SIGMA)) > SMOOTH_TOL
     changed[y0:y1, x0:x1] = differs[y0:y1, x0:x1] & (off_colour | (factor > BRIGHTEN_TOL) | rough)
     return changed
+
+
+def _channel_max(image: np.ndarray) -> np.ndarray:
+    """Per-pixel maximum over the channels (numpy's max(axis=2) is ~10x slower on interleaved pixels)."""
+    c0, c1, c2 = cv2.split(image)
+    out: np.ndarray = cv2.max(cv2.max(c0, c1), c2)
+    return out
 
 
 def _check_composited(rgb: np.ndarray, zone: np.ndarray, bg: np.ndarray, source: str, reader: Reader) -> dict[str, Any]:
