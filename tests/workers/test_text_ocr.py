@@ -62,7 +62,8 @@ def brand_photo() -> Image.Image:
     """A 'library photo' that carries the brand's own sign: a cafe wall with lettering on it."""
     rng = np.random.default_rng(4)
     ys, xs = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
-    img = np.dstack([120 + 80 * xs / SIZE, 90 + 40 * ys / SIZE, 70 + 30 * xs / SIZE]) + rng.normal(0, 4, (SIZE, SIZE, 3))
+    img = np.dstack([120 + 80 * xs / SIZE, 90 + 40 * ys / SIZE, 70 + 30 * xs / SIZE])
+    img += rng.normal(0, 4, img.shape)
     photo = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8), "RGB")
     ImageDraw.Draw(photo).text((40, 40), "CAFE ROMA", fill=(250, 245, 230), font=ImageFont.load_default(size=44))
     return photo
