@@ -13,7 +13,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy import select
@@ -21,6 +21,19 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.models import Candidate, CandidateStatus, candidate_status
+
+# What a rule that could not be checked ("unchecked") means for a brand's results. Never a pass:
+# review (default): the result may be delivered, flagged needs_review with the unchecked rules;
+# fail: the rule counts as failed (a hard failure: the brand asked for nothing unchecked);
+# pass: the brand opted in to ship unchecked rules unflagged (still never counted as fully checked).
+UncheckedPolicy = Literal["review", "fail", "pass"]
+UNCHECKED_POLICIES: tuple[str, ...] = get_args(UncheckedPolicy)
+DEFAULT_UNCHECKED: UncheckedPolicy = "review"
+UNCHECKED_DOC = (
+    "What a rule QC could not check means for this brand's results: review (default: delivered flagged "
+    "needs_review with the unchecked rules), fail (counts as a failure) or pass (explicit opt-in; such "
+    "results are still not counted as fully checked)."
+)
 
 
 class QcThresholds(BaseModel):
@@ -102,18 +115,24 @@ class CandidateRow(TypedDict, total=False):
     rank: int | None
     round: int
     excluded_reason: str | None
+    layout_key: str | None
 
 
 def candidate_rows(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> list[CandidateRow]:
     """What :func:`report` reads of a campaign's candidates (the QC records, not the images)."""
     rows = session.execute(
-        select(Candidate.qc, Candidate.passed, Candidate.rank, Candidate.round, Candidate.excluded_reason).where(
-            Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id
-        )
+        select(
+            Candidate.qc,
+            Candidate.passed,
+            Candidate.rank,
+            Candidate.round,
+            Candidate.excluded_reason,
+            Candidate.layout_key,
+        ).where(Candidate.tenant_id == tenant_id, Candidate.campaign_id == campaign_id)
     )
     return [
-        CandidateRow(qc=qc, passed=passed, rank=rank, round=round_, excluded_reason=reason)
-        for qc, passed, rank, round_, reason in rows
+        CandidateRow(qc=qc, passed=passed, rank=rank, round=round_, excluded_reason=reason, layout_key=key)
+        for qc, passed, rank, round_, reason, key in rows
     ]
 
 
@@ -161,3 +180,66 @@ def blocking(tally: Mapping[str, Counter[str]]) -> list[dict[str, Any]]:
     """Checks that failed at least once, most failures first: what kept candidates out."""
     failing = [(check, c["fail"]) for check, c in tally.items() if c["fail"]]
     return [{"check": check, "failed": n} for check, n in sorted(failing, key=lambda t: (-t[1], t[0]))]
+
+
+# --- how many results were fully checked ----------------------------------------------------------
+
+
+class ResultFlags(TypedDict):
+    """What :func:`review_summary` reads of one result (the results row's columns)."""
+
+    fully_checked: bool
+    needs_review: bool
+    review: dict[str, Any]
+
+
+def review_summary(results: Iterable[ResultFlags]) -> dict[str, Any]:
+    """How many results were fully checked (every rule checked and passed) and how many need review, why
+    (``reasons``: "kind: check" -> results, kind unchecked | advisory | flexible), and a sentence saying so."""
+    rows = list(results)
+    reasons: Counter[str] = Counter()
+    for row in rows:
+        reasons.update({f"{r['kind']}: {r['check']}" for r in row["review"].get("reasons") or []})  # once a result
+    summary = {
+        "results": len(rows),
+        "fully_checked": sum(bool(r["fully_checked"]) for r in rows),
+        "needs_review": sum(bool(r["needs_review"]) for r in rows),
+        "fallback": sum(bool(r["review"].get("fallback")) for r in rows),
+        "reasons": dict(sorted(reasons.items(), key=lambda t: (-t[1], t[0]))),
+    }
+    return {**summary, "message": _review_message(summary)}
+
+
+def _review_message(s: Mapping[str, Any]) -> str:
+    text = f"{s['fully_checked']} of {s['results']} result(s) fully checked (every rule checked and passed)"
+    if s["needs_review"]:
+        why = ", ".join(f"{reason} ({n})" for reason, n in s["reasons"].items())
+        text += f"; {s['needs_review']} need review: {why}"
+    if s["fallback"]:
+        text += f"; {s['fallback']} failed advisory or flexible checks and stand in because too few passed"
+    return text
+
+
+def gating_failures(rows: Iterable[CandidateRow], examples: int = 3) -> list[dict[str, Any]]:
+    """The hard failures that kept every candidate out: per check, how many candidates it dropped and a few
+    examples (layout key and the check's reason), most first. Unchecked rules a brand counts as failed
+    (unchecked: fail) are named as such."""
+    found: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        qc = row.get("qc") or {}
+        decision, reasons = qc.get("policy") or {}, dict(_reasons(qc))
+        hard = [(c, c) for c in decision.get("hard_failed") or []]
+        hard += [(c, f"{c} (unchecked, counted as failed)") for c in decision.get("unchecked_failed") or []]
+        for check, label in hard:
+            entry = found.setdefault(label, {"check": label, "failed": 0, "examples": []})
+            entry["failed"] += 1
+            if len(entry["examples"]) < examples:
+                entry["examples"].append({"layout_key": row.get("layout_key"), "reason": reasons.get(check, "")})
+    return sorted(found.values(), key=lambda e: (-e["failed"], e["check"]))
+
+
+def _reasons(qc: Mapping[str, Any]) -> Iterable[tuple[str, str]]:
+    for v in qc.get("verdicts") or []:
+        yield v["check"], str(v.get("reason") or "")
+    for v in (qc.get("guidelines") or {}).get("verdicts") or []:
+        yield v["guideline"], str(v.get("reason") or "")

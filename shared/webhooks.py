@@ -148,7 +148,7 @@ def thin(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     if len(encode_body(event_type, data, "0000-00-00T00:00:00+00:00")) <= MAX_PAYLOAD_BYTES:
         return data
     log.warning("%s payload over %d bytes: sent without details", event_type, MAX_PAYLOAD_BYTES)
-    keep = ("campaign_id", "sequence", "status", "stage", "round", "progress", "endpoint_id", "links")
+    keep = ("campaign_id", "sequence", "status", "stage", "round", "progress", "endpoint_id", "checked", "links")
     return {**{k: data[k] for k in keep if k in data}, "truncated": True}
 
 

@@ -123,6 +123,8 @@ class Brand(Base):
     guidelines: Mapped[list[Any]] = mapped_column(default=list)  # [{text, flexible, weight}]
     forbidden_terms: Mapped[list[Any]] = mapped_column(default=list)  # never in a positive prompt
     qc_thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # overrides of shared.qc.QcThresholds
+    # What an unchecked rule means for this brand's results: review | fail | pass (shared.qc.UNCHECKED_POLICIES)
+    unchecked: Mapped[str] = mapped_column(String(10), default="review")
     created_at: Mapped[datetime] = _created()
 
 
@@ -299,6 +301,11 @@ class Result(Base):
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     candidate_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"))
     rank: Mapped[int] = mapped_column(Integer)
+    # Every rule checked and passed; else why not: needs_review with review = {fallback, reasons: [{check,
+    # kind (unchecked | advisory | flexible), reason}]} (workers.checks.policy)
+    fully_checked: Mapped[bool] = mapped_column(Boolean, default=False)
+    needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
+    review: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = _created()
 
 

@@ -1,4 +1,5 @@
-"""The three QC policies on a fixed table of verdicts, and the flexible policy's relaxation order."""
+"""The three QC policies on a fixed table of verdicts, the flexible policy's relaxation order, the brand's
+unchecked policy, gating vs advisory checks, fallbacks, and the fully-checked summary."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from shared.qc import QcThresholds, report
-from workers.checks import policy
+from shared.qc import CandidateRow, QcThresholds, ResultFlags, gating_failures, report, review_summary
+from workers.checks import policy, rates
 
 
 def chk(
@@ -150,3 +151,122 @@ def test_report_sums_pass_rates_per_check_and_what_blocked() -> None:
 def test_brand_thresholds_are_checked_for_ranges() -> None:
     with pytest.raises(ValueError, match="area_min must be below area_max"):
         QcThresholds(area_min=0.7)
+
+
+# --- unchecked is not passed; advisory vs gating; fallbacks ---------------------------------------------
+
+
+def measured(monkeypatch: pytest.MonkeyPatch, **fprs: float) -> None:
+    """Inject a measured-rates table: each check with this false-positive rate (gating when <= 2 %)."""
+    table = {c: rates.CheckRate(c, tpr=0.95, fpr=f, defects=40, clean=100) for c, f in fprs.items()}
+    monkeypatch.setattr(rates, "MEASURED", table)
+
+
+WITH_GAPS = [  # product_dino is an optional metric (not a rule); the two guidelines could not be judged
+    *PRODUCT_OK,
+    chk("palette_adherence", "pass", "brand"),
+    chk("extra_objects", "unchecked"),
+    chk("brand_1", "unchecked", flexible=True),
+]
+
+
+def test_unchecked_rules_follow_the_brand_policy_and_are_never_a_pass() -> None:
+    review = policy.decide(WITH_GAPS, "strict", 0.75)  # review is the default
+    assert review["passed"] and review["needs_review"] and not review["fully_checked"]
+    assert review["unchecked_policy"] == "review" and review["unchecked_rules"] == ["extra_objects", "brand_1"]
+    assert [(r["check"], r["kind"]) for r in review["review"]] == [
+        ("extra_objects", "unchecked"),
+        ("brand_1", "unchecked"),
+    ]
+    fail = policy.decide(WITH_GAPS, "strict", 0.75, unchecked="fail")
+    assert not fail["passed"] and fail["unchecked_failed"] == ["extra_objects", "brand_1"]
+    assert not fail["eligible"], "a brand that counts unchecked as failed gets no unchecked fallback"
+    opted = policy.decide(WITH_GAPS, "strict", 0.75, unchecked="pass")
+    assert opted["passed"] and not opted["needs_review"] and not opted["fully_checked"]
+    for name in ("weighted", "flexible"):  # the same under every QC policy
+        assert not policy.decide(WITH_GAPS, name, 0.75, unchecked="fail")["passed"]
+        assert not policy.decide(WITH_GAPS, name, 0.75, unchecked="pass")["fully_checked"]
+    with pytest.raises(ValueError, match="unchecked must be one of"):
+        policy.decide(WITH_GAPS, "strict", 0.75, unchecked="ignore")
+
+
+def test_fully_checked_means_every_rule_checked_and_passed() -> None:
+    clean = policy.decide(TABLE["clean"], "strict", 0.75)
+    assert clean["fully_checked"] and not clean["needs_review"] and clean["review"] == []
+    # product_dino unchecked (DINOv2 not configured) is listed, but is no rule of the brand's
+    assert clean["unchecked"] == ["product_dino"] and clean["unchecked_rules"] == []
+    relaxed = policy.relax([TABLE["flex_fail"]], lambda flags: all(flags), 0.75)[0][0]
+    assert relaxed["passed"] and not relaxed["fully_checked"]  # passed by relaxing a rule: not fully checked
+    weighed = policy.decide(TABLE["light_fail"], "weighted", 0.75)
+    assert weighed["passed"] and not weighed["fully_checked"]
+
+
+def test_only_measured_gating_checks_fail_hard(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rates, "MEASURED", {})
+    unmeasured = policy.decide(TABLE["product_fail"], "strict", 0.75)
+    assert not unmeasured["passed"] and unmeasured["hard_failed"] == [] and unmeasured["eligible"]
+    measured(monkeypatch, product_exact=0.0, floating_product=0.08, brand_1=0.0)
+    product = policy.decide(TABLE["product_fail"], "strict", 0.75)
+    assert product["hard_failed"] == ["product_exact"] and not product["eligible"]
+    floating = policy.decide(TABLE["hard_fail"], "strict", 0.75)  # measured, but 8 % false positives: advisory
+    assert floating["advisory_failed"] == ["floating_product"] and floating["hard_failed"] == []
+    assert not floating["passed"] and floating["eligible"]
+    flexible = policy.decide(TABLE["flex_fail"], "strict", 0.75)  # a flexible rule never fails hard
+    assert flexible["advisory_failed"] == ["brand_1"] and flexible["eligible"]
+    assert not policy.decide(TABLE["product_fail"], "weighted", 0.0)["eligible"]
+
+
+def test_a_fallback_is_flagged_with_every_reason(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured(monkeypatch, product_exact=0.0)
+    found = [*TABLE["hard_fail"], chk("text_artefacts", "unchecked")]
+    stand_in = policy.as_fallback(found, policy.decide(found, "strict", 0.75))
+    assert stand_in["fallback"] and stand_in["needs_review"] and not stand_in["passed"]
+    assert [(r["check"], r["kind"]) for r in stand_in["review"]] == [
+        ("floating_product", "advisory"),
+        ("text_artefacts", "unchecked"),
+    ]
+    with pytest.raises(ValueError, match="no hard failure"):
+        policy.as_fallback(TABLE["product_fail"], policy.decide(TABLE["product_fail"], "strict", 0.75))
+
+
+def test_review_summary_counts_fully_checked_and_says_why() -> None:
+    def flags(full: bool, review: bool, reasons: list[tuple[str, str]], fallback: bool = False) -> ResultFlags:
+        listed = [{"check": c, "kind": k, "reason": "r"} for c, k in reasons]
+        return ResultFlags(fully_checked=full, needs_review=review, review={"fallback": fallback, "reasons": listed})
+
+    got = review_summary(
+        [
+            flags(True, False, []),
+            flags(False, True, [("extra_objects", "unchecked"), ("brand_1", "unchecked")]),
+            flags(False, True, [("extra_objects", "unchecked"), ("floating_product", "advisory")], fallback=True),
+        ]
+    )
+    assert (got["results"], got["fully_checked"], got["needs_review"], got["fallback"]) == (3, 1, 2, 1)
+    assert got["reasons"] == {"unchecked: extra_objects": 2, "advisory: floating_product": 1, "unchecked: brand_1": 1}
+    assert got["message"].startswith("1 of 3 result(s) fully checked") and "2 need review" in got["message"]
+    assert "1 failed advisory or flexible checks" in got["message"]
+    assert review_summary([])["message"].startswith("0 of 0")
+
+
+def test_gating_failures_name_the_checks_with_examples() -> None:
+    def row(key: str, hard: list[str], unchecked_failed: list[str] = ()) -> CandidateRow:  # type: ignore[assignment]
+        verdicts = [{"check": c, "status": "fail", "reason": f"{c} on {key}"} for c in hard]
+        policy_record = {"hard_failed": hard, "unchecked_failed": list(unchecked_failed)}
+        guidelines = {
+            "verdicts": [{"guideline": g, "status": "unchecked", "reason": "no model"} for g in unchecked_failed]
+        }
+        return CandidateRow(
+            qc={"verdicts": verdicts, "guidelines": guidelines, "policy": policy_record}, layout_key=key
+        )
+
+    got = gating_failures(
+        [row("a", ["product_exact"]), row("b", ["product_exact", "product_area"]), row("c", [], ["extra_objects"])],
+        examples=1,
+    )
+    assert [g["check"] for g in got] == [
+        "product_exact",
+        "extra_objects (unchecked, counted as failed)",
+        "product_area",
+    ]
+    assert got[0]["failed"] == 2 and got[0]["examples"] == [{"layout_key": "a", "reason": "product_exact on a"}]
+    assert got[1]["examples"] == [{"layout_key": "c", "reason": "no model"}]

@@ -17,10 +17,11 @@ import pytest
 from PIL import Image
 from sqlalchemy import select
 
-from shared.db.models import Brand, Campaign, Candidate, Result, StageRun, Tenant
+from shared.db.models import Brand, Campaign, Candidate, Result, StageRun, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.storage import campaign_key
 from tests import stage_outputs as outputs
+from workers.checks import rates
 from workers.engine import runner
 from workers.engine.runner import execute, stage_function
 from workers.pipeline.common import save_png
@@ -66,9 +67,18 @@ def make_campaign(
     attempts: int = 0,
     revisions: int = 0,
     top_k: int = 3,
+    unchecked: str = "review",
 ) -> uuid.UUID:
     tenant_id = world["tenant_id"]
-    brand = Brand(id=uuid.uuid4(), tenant_id=tenant_id, name="Stride", palette=PALETTE, qc_thresholds=thresholds)
+    brand = Brand(
+        id=uuid.uuid4(),
+        tenant_id=tenant_id,
+        name="Stride",
+        palette=PALETTE,
+        qc_thresholds=thresholds,
+        unchecked=unchecked,
+        guidelines=[{"text": "the mood feels joyful and warm", "flexible": False, "weight": 1.0}],
+    )
     campaign_id = uuid.uuid4()
     cutout = save_png(campaign_key(tenant_id, campaign_id, "segment/cutout.png"), bottle())
     state = {
@@ -189,12 +199,19 @@ def test_retry_with_a_smaller_product_succeeds_when_the_first_round_is_too_big(w
     assert campaign.loop["decided"] == {"0": "attempt", "1": "deliver"}
 
 
-def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(world: dict[str, Any]) -> None:
-    # Nothing can pass: every candidate covers more than 1 % of the canvas.
+def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing can pass: every candidate covers more than 1 % of the canvas, and product_area is measured gating.
+    monkeypatch.setattr(rates, "MEASURED", {"product_area": rates.CheckRate("product_area", 1.0, 0.0, 40, 100)})
     campaign = drive(world, make_campaign(world, {"area_max": 0.01, "area_min": 0.001}, attempts=1, revisions=1))
     assert campaign.status == "partial"
-    assert campaign.error["code"] == "too_few_passed"
+    assert campaign.error["code"] == "every_candidate_failed_a_gating_check"
     assert campaign.error["blocking"][0]["check"] == "product_area"
+    gating = campaign.error["gating"]
+    assert [g["check"] for g in gating] == ["product_area"] and gating[0]["failed"] == 72
+    example = gating[0]["examples"][0]
+    assert example["layout_key"] in campaign.error["message"] and "of the canvas" in example["reason"]
     assert "product_area" in campaign.error["message"] and "4 round(s)" in campaign.error["message"]
     # a smaller retry, a revised caption, a smaller retry of that, then the bounds are spent
     assert campaign.loop["decided"] == {"0": "attempt", "1": "revision", "2": "attempt", "3": "deliver"}
@@ -238,3 +255,82 @@ def test_weighted_policy_lets_a_light_brand_rule_fail(world: dict[str, Any]) -> 
     for cand in candidates(weighted.id):
         assert verdict(cand, "palette_adherence")["status"] == "fail"
         assert cand.qc["policy"]["weighted_share"] >= 0.75 or not cand.passed
+
+
+def results_of(campaign_id: uuid.UUID) -> list[Result]:
+    with session_scope() as session:
+        query = select(Result).where(Result.campaign_id == campaign_id).order_by(Result.rank)
+        return list(session.scalars(query))
+
+
+def payloads(campaign_id: uuid.UUID, event_type: str) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        query = select(WebhookDelivery.payload).where(
+            WebhookDelivery.campaign_id == campaign_id, WebhookDelivery.event_type == event_type
+        )
+        return list(session.scalars(query))
+
+
+def with_webhook(campaign_id: uuid.UUID) -> uuid.UUID:
+    with session_scope() as session:
+        session.get(Campaign, campaign_id).webhook_url = "https://example.com/hooks/onbrand"
+    return campaign_id
+
+
+def test_when_too_few_pass_the_best_advisory_failures_stand_in_flagged(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # product_area fails everywhere but is not measured (advisory): the loop's one round ends with no passing
+    # candidate, so the best three that failed only advisory checks are delivered, flagged, and the campaign says so.
+    monkeypatch.setattr(rates, "MEASURED", {})
+    campaign = drive(world, with_webhook(make_campaign(world, {"area_max": 0.01, "area_min": 0.001})))
+    assert campaign.status == "partial" and campaign.error["code"] == "too_few_passed"
+    assert (campaign.error["passed"], campaign.error["fallback"]) == (0, 3)
+    assert "3 more delivered flagged needs_review" in campaign.error["message"]
+    results = results_of(campaign.id)
+    assert len(results) == 3 and all(r.needs_review and not r.fully_checked for r in results)
+    for result in results:
+        assert result.review["fallback"]
+        kinds = {(r["check"], r["kind"]) for r in result.review["reasons"]}
+        assert ("product_area", "advisory") in kinds and ("brand_1", "unchecked") in kinds
+    found = candidates(campaign.id)
+    ranked = [c for c in found if c.rank]
+    assert {c.id for c in ranked} == {r.candidate_id for r in results}
+    assert all(not c.passed and c.qc["policy"]["fallback"] and c.excluded_reason is None for c in ranked)
+    assert len({c.qc["cluster"]["id"] for c in ranked}) == 3  # one per near-duplicate cluster
+    rest = [c for c in found if not c.rank]
+    assert all("advisory only" in c.excluded_reason for c in rest)
+    assert campaign.state["qc"]["fallback"] == 3 and campaign.state["qc"]["needs_review"] == 3
+    (event,) = payloads(campaign.id, "campaign.partial")
+    assert event["checked"]["fallback"] == 3 and event["checked"]["fully_checked"] == 0
+    assert all(r["needs_review"] and r["review"]["fallback"] for r in event["results"])
+    assert "advisory: product_area" in event["checked"]["reasons"]
+
+
+def test_the_brand_says_what_unchecked_means(world: dict[str, Any]) -> None:
+    # On the rules backend extra_objects and the brand's written guideline cannot be judged: "unchecked".
+    review = drive(world, with_webhook(make_campaign(world, {})))
+    assert review.status == "completed"
+    results = results_of(review.id)
+    assert len(results) == 3 and all(
+        r.needs_review and not r.fully_checked and not r.review["fallback"] for r in results
+    )
+    for result in results:
+        unchecked = {r["check"] for r in result.review["reasons"] if r["kind"] == "unchecked"}
+        assert {"extra_objects", "brand_1"} <= unchecked
+    (ready,) = payloads(review.id, "campaign.candidates.ready")
+    assert ready["fully_checked"] == 0 and ready["needs_review"] == ready["passed"] > 0
+    (done,) = payloads(review.id, "campaign.completed")
+    assert done["checked"]["needs_review"] == 3 and done["checked"]["fully_checked"] == 0
+    assert "0 of 3 result(s) fully checked" in done["checked"]["message"]
+
+    opted = drive(world, make_campaign(world, {}, unchecked="pass"))  # explicit opt-in: unflagged, not "checked"
+    assert opted.status == "completed"
+    assert all(not r.needs_review and not r.fully_checked for r in results_of(opted.id))
+
+    failing = drive(world, make_campaign(world, {}, unchecked="fail"))  # unchecked counts as a (hard) failure
+    assert failing.status == "partial" and results_of(failing.id) == []
+    assert failing.error["code"] == "every_candidate_failed_a_gating_check"
+    named = {g["check"] for g in failing.error["gating"]}
+    assert {"extra_objects (unchecked, counted as failed)", "brand_1 (unchecked, counted as failed)"} <= named
+    assert all("unchecked, which this brand counts as failed" in c.excluded_reason for c in candidates(failing.id))

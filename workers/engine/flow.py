@@ -128,17 +128,24 @@ def stage_completed_event(session: Session, campaign: Campaign, name: str, rnd: 
 
 
 def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:
+    policy = Candidate.qc["policy"]
     rows = session.execute(
-        select(Candidate.passed, Candidate.rank).where(
-            Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd
-        )
+        select(
+            Candidate.passed,
+            Candidate.rank,
+            policy["fully_checked"].as_boolean(),
+            policy["needs_review"].as_boolean(),
+        ).where(Candidate.tenant_id == campaign.tenant_id, Candidate.campaign_id == campaign.id, Candidate.round == rnd)
     ).all()
     return {
         "round": rnd,
         "status": CampaignStatus.RUNNING,
         "candidates": len(rows),
-        "passed": sum(1 for p, _ in rows if p),
-        "ranked": sum(1 for _, r in rows if r is not None),
+        "passed": sum(1 for p, *_ in rows if p),
+        # "passed" includes candidates with unchecked rules; fully checked: every rule checked and passed
+        "fully_checked": sum(1 for _, _, full, _ in rows if full),
+        "needs_review": sum(1 for *_, review in rows if review),
+        "ranked": sum(1 for _, r, *_ in rows if r is not None),
     }
 
 

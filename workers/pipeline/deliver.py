@@ -1,4 +1,7 @@
-"""deliver (scoring queue): the campaign ends completed (top_k results) or partial (fewer, and why)."""
+"""deliver (scoring queue): the campaign ends completed (top_k results that passed QC) or partial (fewer,
+and why). Fallback results (failed only advisory or flexible checks, ranked because too few passed) are
+delivered flagged, and the campaign says so; zero results name the hard checks that kept every candidate
+out, with examples. Every result says whether it was fully checked or needs review."""
 
 from __future__ import annotations
 
@@ -25,13 +28,20 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
     from workers.jobs import push  # the DAM pushes are written in this same transaction
 
     results = _results(session, campaign)
-    enough = len(results) >= campaign.top_k
+    passed = sum(not r["review"]["fallback"] for r in results)
+    enough = passed >= campaign.top_k
     campaign.status = CampaignStatus.COMPLETED if enough else CampaignStatus.PARTIAL
     campaign.completed_at, campaign.current_stage = now(), None
     campaign_finished(campaign)
-    data: dict[str, Any] = {"status": campaign.status, "results": results}
+    checked = qc_report.review_summary(
+        [
+            {"fully_checked": r["fully_checked"], "needs_review": r["needs_review"], "review": r["review"]}
+            for r in results
+        ]
+    )
+    data: dict[str, Any] = {"status": campaign.status, "results": results, "checked": checked}
     if not enough:
-        campaign.error = _partial_error(session, campaign, len(results))
+        campaign.error = _partial_error(session, campaign, passed, len(results))
         data["error"] = campaign.error
     tasks = webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
     return tasks + push.queue_pushes(session, campaign)  # none without results
@@ -40,19 +50,25 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
 def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
     storage = get_storage()
     rows = session.execute(
-        select(Result.rank, Candidate)
+        select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
         .order_by(Result.rank)
     ).all()
     return [
         {
-            "rank": r,
+            "rank": r.rank,
             "candidate_id": str(c.id),
             "image_url": storage.url(_stored(c.image_key)),
             "layer_url": storage.url(_stored(c.layer_key)),
             "placement": c.placement,
             "aesthetic": c.aesthetic,
+            "fully_checked": r.fully_checked,
+            "needs_review": r.needs_review,
+            "review": {
+                "fallback": bool((r.review or {}).get("fallback")),
+                "reasons": (r.review or {}).get("reasons", []),
+            },
         }
         for r, c in rows
     ]
@@ -64,17 +80,41 @@ def _stored(key: str | None) -> str:
     return key
 
 
-def _partial_error(session: Session, campaign: Campaign, found: int) -> dict[str, Any]:
-    """Too few results once the loop's bounds ran out: say how far it got and which checks kept the rest out."""
+def _partial_error(session: Session, campaign: Campaign, passed: int, delivered: int) -> dict[str, Any]:
+    """Too few passed once the loop's bounds ran out: how far it got, which checks kept the rest out, how many
+    fallbacks stand in; with no result at all, the hard checks that failed every candidate, with examples."""
     rows = qc_report.candidate_rows(session, campaign.tenant_id, campaign.id)
     summary = qc_report.report(rows, campaign.qc_policy, campaign.top_k)
     blocking, duplicates = summary["blocking"], summary["outcomes"].get(CandidateStatus.DUPLICATE, 0)
     kept_out = ", ".join(f"{b['check']} ({b['failed']})" for b in blocking[:6]) or "no check failed"
+    loop = f"after {campaign.round + 1} round(s) ({LoopState.of(campaign).revision} caption revision(s))"
+    if delivered == 0 and rows:
+        gating = qc_report.gating_failures(rows)
+        named = "; ".join(
+            f"{g['check']} failed {g['failed']} (e.g. "
+            + ", ".join(f"{e['layout_key']}: {e['reason']}" for e in g["examples"][:2])
+            + ")"
+            for g in gating[:4]
+        )
+        return {
+            "code": "every_candidate_failed_a_gating_check",
+            "gating": gating,
+            "blocking": blocking,
+            "message": f"0 of {campaign.top_k} results: every one of {len(rows)} candidate(s) failed a hard "
+            f"(measured, gating) check {loop}: {named}",
+        }
+    fallback = delivered - passed
+    stand_in = (
+        f"; {fallback} more delivered flagged needs_review: they failed only advisory or flexible checks"
+        if fallback
+        else ""
+    )
     return {
         "code": "too_few_passed",
         "blocking": blocking,
         "duplicates": duplicates,
-        "message": f"{found} of {campaign.top_k} results passed QC after {campaign.round + 1} round(s) "
-        f"({LoopState.of(campaign).revision} caption revision(s)); failed checks: {kept_out}; "
+        "passed": passed,
+        "fallback": fallback,
+        "message": f"{passed} of {campaign.top_k} results passed QC {loop}{stand_in}; failed checks: {kept_out}; "
         f"{duplicates} passing candidate(s) were near-duplicates of better ones",
     }

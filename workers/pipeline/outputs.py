@@ -130,6 +130,11 @@ class QcSummary(StageOutput):
     ranked: int
     aesthetic: str
     dinov2: str | None
+    # Of the ranked: every rule checked and passed; flagged needs_review (unchecked rules, or a fallback);
+    # fallbacks (failed only advisory or flexible checks, ranked because too few passed in the last round)
+    fully_checked: int = 0
+    needs_review: int = 0
+    fallback: int = 0
 
 
 class Revision(StageOutput):

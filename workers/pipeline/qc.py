@@ -18,7 +18,7 @@ from sqlalchemy import select
 from shared.db.models import Candidate
 from shared.db.session import session_scope
 from shared.model_specs import fidelity_spec
-from shared.qc import QcThresholds, thresholds
+from shared.qc import DEFAULT_UNCHECKED, QcThresholds, thresholds
 from workers.checks import policy, product
 from workers.engine.context import StageContext
 from workers.models.roles import ImageEmbedder
@@ -36,6 +36,7 @@ class Review:
     palette: list[str]
     limits: QcThresholds
     embedder: ImageEmbedder | None  # DINOv2, or None when not configured
+    unchecked: str = DEFAULT_UNCHECKED  # the brand's unchecked policy (review | fail | pass)
 
     scenes: dict[tuple[int, int], Any] = field(default_factory=dict)  # canvas size -> text_ocr.Background
 
@@ -72,6 +73,7 @@ class Review:
             list(brand.palette or []),
             thresholds(ctx.settings, brand.qc_thresholds),
             embedder,
+            brand.unchecked or DEFAULT_UNCHECKED,
         )
 
     def guidelines_of(
@@ -135,7 +137,9 @@ def check_one(
         cand.qc["guidelines"] = review.guidelines_of(ctx, cand, image, layer)  # costly: intact products only
     else:
         cand.qc["guidelines_skipped"] = "the product is not exactly the product; guidelines were not reviewed"
-    cand.qc["policy"] = policy.decide(policy.checks(cand.qc), ctx.campaign.qc_policy, limits.weighted_threshold)
+    cand.qc["policy"] = policy.decide(
+        policy.checks(cand.qc), ctx.campaign.qc_policy, limits.weighted_threshold, unchecked=review.unchecked
+    )
     cand.passed = cand.qc["policy"]["passed"]
 
 

@@ -3,10 +3,16 @@
 Near-duplicates clustered, the flexible policy's relaxation when too few distinct candidates pass,
 aesthetic scores of the passing ones, the best of each cluster, the diversity rule, and the top-K as
 results. Every candidate ends with its rank or the reason it was left out.
+
+In the loop's last round (no retry or revision left), when fewer than top_k distinct candidates passed,
+the best candidates that failed only advisory or flexible checks stand in (policy.as_fallback): ranked
+after every passing one, flagged needs_review with the reasons. No silent empty campaign: zero results
+only when every candidate failed a hard (measured, gating) check.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -15,10 +21,11 @@ from sqlalchemy.orm import Session, undefer
 from shared.db.models import Campaign, Candidate, Result
 from shared.db.session import session_scope
 from shared.model_specs import aesthetic_spec
-from shared.qc import QcThresholds, thresholds
+from shared.qc import DEFAULT_UNCHECKED, QcThresholds, thresholds
 from workers.checks import policy
 from workers.engine import flow
 from workers.engine.context import StageContext, Task
+from workers.engine.flow import Decision, LoopState
 from workers.models.roles import Scorer
 from workers.pipeline.common import campaign_brand, load_image, model_call
 from workers.pipeline.outputs import QcSummary
@@ -26,20 +33,27 @@ from workers.pipeline.outputs import QcSummary
 
 def run(ctx: StageContext) -> dict[str, Any]:
     candidates = _pool(ctx)  # every round so far: a retry adds to the pool, never replaces it
-    limits = thresholds(ctx.settings, campaign_brand(ctx).qc_thresholds)
+    brand = campaign_brand(ctx)
+    limits = thresholds(ctx.settings, brand.qc_thresholds)
     clusters = cluster_pool(candidates, limits)
-    relaxed = apply_policy(candidates, clusters, ctx.campaign.qc_policy, ctx.campaign.top_k, limits)
-    _score_passing(ctx, candidates)
-    chosen = choose(best_of_clusters(candidates, clusters), ctx.campaign.top_k)
+    top_k = ctx.campaign.top_k
+    relaxed = apply_policy(candidates, clusters, ctx.campaign.qc_policy, top_k, limits, brand.unchecked)
+    _score(ctx, candidates, lambda c: bool(c.passed))
+    chosen = choose(best_of_clusters(candidates, clusters), top_k)
+    if len(chosen) < top_k and last_round(ctx.campaign, ctx.round):
+        eligible = [c for c in candidates if c.qc["policy"]["eligible"]]
+        _score(ctx, eligible, lambda c: True)
+        chosen += fallback(candidates, clusters, chosen, top_k - len(chosen))
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
     ctx.rows.extend(candidates)
-    ctx.publish(_summary(ctx, candidates, clusters, relaxed, len(chosen)))
+    ctx.publish(_summary(ctx, candidates, clusters, relaxed, chosen))
     ctx.finalize = lambda session, campaign: write_results(session, campaign, chosen, ctx.stage)
     return {
         "candidates": len(candidates),
         "passed": sum(bool(c.passed) for c in candidates),
         "ranked": len(chosen),
+        "fallback": sum(c.qc["policy"]["fallback"] for c in chosen),
         "clusters": len({c.id for c in clusters.values()}),
         "relaxed": [r["id"] for r in relaxed],
     }
@@ -79,18 +93,25 @@ def cluster_pool(candidates: list[Candidate], limits: QcThresholds) -> dict[str,
 
 
 def apply_policy(
-    candidates: list[Candidate], clusters: dict[str, Any], name: str, top_k: int, limits: QcThresholds
+    candidates: list[Candidate],
+    clusters: dict[str, Any],
+    name: str,
+    top_k: int,
+    limits: QcThresholds,
+    unchecked: str = DEFAULT_UNCHECKED,
 ) -> list[dict[str, Any]]:
-    """Each candidate's final verdict under the campaign's policy; the flexible rules relaxed, if any."""
+    """Each candidate's final verdict under the campaign's policy and the brand's unchecked policy; the
+    flexible rules relaxed, if any."""
     pool = [policy.checks(c.qc) for c in candidates]
     if name == "flexible":
 
         def enough(flags: list[bool]) -> bool:
             return len({clusters[str(c.id)].id for c, ok in zip(candidates, flags, strict=True) if ok}) >= top_k
 
-        decisions, relaxed = policy.relax(pool, enough, limits.weighted_threshold)
+        decisions, relaxed = policy.relax(pool, enough, limits.weighted_threshold, unchecked)
     else:
-        decisions, relaxed = [policy.decide(found, name, limits.weighted_threshold) for found in pool], []
+        threshold = limits.weighted_threshold
+        decisions, relaxed = [policy.decide(found, name, threshold, (), unchecked) for found in pool], []
     for cand, decision in zip(candidates, decisions, strict=True):
         cand.qc = {**cand.qc, "policy": {**decision, "relaxed_for_campaign": [r["id"] for r in relaxed]}}
         cand.passed = decision["passed"]
@@ -101,21 +122,62 @@ def apply_policy(
 def failure_reason(decision: dict[str, Any]) -> str:
     failed = ", ".join(decision["failed"]) or "none"
     if decision["name"] == "weighted":
-        return (
+        text = (
             f"failed QC (weighted policy): {decision['weighted_share']:.0%} of the checked weight passed, "
             f"{decision['threshold']:.0%} needed, or a product check failed; failed: {failed}"
         )
-    return f"failed QC ({decision['name']} policy): {failed}"
+    else:
+        text = f"failed QC ({decision['name']} policy): {failed}"
+    if decision.get("unchecked_failed"):
+        text += f"; unchecked, which this brand counts as failed: {', '.join(decision['unchecked_failed'])}"
+    if decision.get("hard_failed"):
+        return f"{text} (gating: {', '.join(decision['hard_failed'])})"
+    return f"{text} (advisory only: may stand in if too few pass)" if decision.get("eligible") else text
 
 
-def _score_passing(ctx: StageContext, candidates: list[Candidate]) -> None:
-    """Aesthetic scores of passing candidates; a score from an earlier rank with the same scorer is kept."""
+def last_round(campaign: Campaign, rnd: int) -> bool:
+    """Will the loop deliver after this round whatever rank finds? (No retry nor revision left.)
+    A round already decided keeps its decision, so a redelivered rank sees what the first one saw."""
+    loop = LoopState.of(campaign)
+    decided = loop.decided.get(str(rnd))
+    if decided is not None:
+        return decided is Decision.DELIVER
+    return loop.attempt >= campaign.max_retry_attempts and loop.revision >= campaign.max_prompt_revisions
+
+
+def fallback(
+    candidates: list[Candidate], clusters: dict[str, Any], chosen: list[Candidate], missing: int
+) -> list[Candidate]:
+    """The best eligible candidates (fewest failed checks, then aesthetic), one per near-duplicate cluster
+    and none from a cluster already ranked, flagged as fallbacks with every reason."""
+    taken = {clusters[str(c.id)].id for c in chosen}
+    pool = sorted(
+        (c for c in candidates if c.qc["policy"]["eligible"]),
+        key=lambda c: (len(c.qc["policy"]["advisory_failed"]), *_order(c)),
+    )
+    picked: list[Candidate] = []
+    for cand in pool:
+        cluster = clusters[str(cand.id)].id
+        if len(picked) == missing:
+            break
+        if cluster in taken:
+            continue
+        taken.add(cluster)
+        cand.qc = {**cand.qc, "policy": policy.as_fallback(policy.checks(cand.qc), cand.qc["policy"])}
+        cand.excluded_reason = None
+        picked.append(cand)
+    return picked
+
+
+def _score(ctx: StageContext, candidates: list[Candidate], wanted: Callable[[Candidate], bool]) -> None:
+    """Aesthetic scores of the wanted candidates (the others get none); a score from an earlier rank with the
+    same scorer is kept."""
     from workers.models import registry
 
     spec = aesthetic_spec(ctx.settings)
     scorer: Scorer | None = None
     for cand in candidates:
-        if not cand.passed:
+        if not wanted(cand):
             cand.aesthetic = None
             continue
         if cand.aesthetic is not None and (cand.qc.get("aesthetic") or {}).get("method") == spec.adapter:
@@ -144,8 +206,9 @@ def best_of_clusters(candidates: list[Candidate], clusters: dict[str, Any]) -> l
     return list(best.values())
 
 
-def _order(cand: Candidate) -> tuple[float, str]:
-    return -(cand.aesthetic or 0.0), cand.layout_key
+def _order(cand: Candidate) -> tuple[bool, float, str]:
+    """Fully checked first (a result nobody needs to look at again), then by aesthetic score."""
+    return not cand.qc["policy"].get("fully_checked", False), -(cand.aesthetic or 0.0), cand.layout_key
 
 
 def _cluster_record(found: Any, by_id: dict[str, Candidate], top: Candidate | None) -> dict[str, Any]:
@@ -190,7 +253,11 @@ def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
 
 
 def _summary(
-    ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any], relaxed: list[dict[str, Any]], ranked: int
+    ctx: StageContext,
+    candidates: list[Candidate],
+    clusters: dict[str, Any],
+    relaxed: list[dict[str, Any]],
+    chosen: list[Candidate],
 ) -> QcSummary:
     """What the campaign resource shows of QC: the policy, what it relaxed, and the counts."""
     sizes = [len(c.members) for c in {c.id: c for c in clusters.values()}.values()]
@@ -201,7 +268,10 @@ def _summary(
         passed=sum(bool(c.passed) for c in candidates),
         clusters=len(sizes),
         duplicates=sum(s - 1 for s in sizes),
-        ranked=ranked,
+        ranked=len(chosen),
+        fully_checked=sum(bool(c.qc["policy"]["fully_checked"]) for c in chosen),
+        needs_review=sum(bool(c.qc["policy"]["needs_review"]) for c in chosen),
+        fallback=sum(bool(c.qc["policy"]["fallback"]) for c in chosen),
         aesthetic=aesthetic_spec(ctx.settings).adapter,
         dinov2=ctx.settings.dinov2_model or None,
     )
@@ -211,6 +281,17 @@ def write_results(session: Session, campaign: Campaign, chosen: list[Candidate],
     """The campaign's results are this rank's top-K (in the finish transaction), then what comes next."""
     session.execute(delete(Result).where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
     for position, cand in enumerate(chosen, start=1):
-        session.add(Result(tenant_id=campaign.tenant_id, campaign_id=campaign.id, candidate_id=cand.id, rank=position))
+        decision = cand.qc["policy"]
+        session.add(
+            Result(
+                tenant_id=campaign.tenant_id,
+                campaign_id=campaign.id,
+                candidate_id=cand.id,
+                rank=position,
+                fully_checked=bool(decision["fully_checked"]),
+                needs_review=bool(decision["needs_review"]),
+                review={"fallback": bool(decision["fallback"]), "reasons": decision["review"]},
+            )
+        )
     session.flush()
     return flow.advance(session, campaign, stage, campaign.round)

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
-from shared.qc import QcThresholds
+from shared.qc import DEFAULT_UNCHECKED, UNCHECKED_DOC, QcThresholds, UncheckedPolicy
 
 # Upper-cased on the way in so "#ff0000" and "#FF0000" are one colour everywhere downstream.
 HexColor = Annotated[str, StringConstraints(pattern=r"^#[0-9A-Fa-f]{6}$"), AfterValidator(str.upper)]
@@ -59,6 +59,7 @@ class BrandCreate(BaseModel):
         description="Words never written into a positive prompt (competitors, claims); they go to the negative one.",
     )
     qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
+    unchecked: UncheckedPolicy = Field(default=DEFAULT_UNCHECKED, description=UNCHECKED_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
 
@@ -73,6 +74,7 @@ class BrandUpdate(BaseModel):
     guidelines: list[Guideline] | None = Field(default=None, max_length=100)
     forbidden_terms: list[Term] | None = Field(default=None, max_length=200)
     qc_thresholds: dict[str, float] | None = Field(default=None, description=THRESHOLDS_DOC)
+    unchecked: UncheckedPolicy | None = Field(default=None, description=UNCHECKED_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
 
@@ -84,4 +86,5 @@ class BrandRead(BaseModel):
     guidelines: list[Guideline]
     forbidden_terms: list[str]
     qc_thresholds: dict[str, float]
+    unchecked: UncheckedPolicy = Field(description=UNCHECKED_DOC)
     created_at: datetime

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -11,6 +12,7 @@ from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate,
 from services.gateway.errors import not_found
 from services.gateway.pagination import created_keys, paginate
 from shared.db.models import Brand
+from shared.qc import DEFAULT_UNCHECKED, UncheckedPolicy
 
 
 def to_read(brand: Brand) -> BrandRead:
@@ -22,6 +24,7 @@ def to_read(brand: Brand) -> BrandRead:
         guidelines=guidelines,
         forbidden_terms=list(brand.forbidden_terms or []),
         qc_thresholds=dict(brand.qc_thresholds or {}),
+        unchecked=cast(UncheckedPolicy, brand.unchecked or DEFAULT_UNCHECKED),
         created_at=brand.created_at,
     )
 
@@ -35,6 +38,7 @@ def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
         guidelines=[g.model_dump() for g in body.guidelines],
         forbidden_terms=list(dict.fromkeys(body.forbidden_terms)),
         qc_thresholds=body.qc_thresholds,
+        unchecked=body.unchecked,
     )
     session.add(brand)
     session.flush()  # fills the server-side created_at for the response

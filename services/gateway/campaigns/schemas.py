@@ -153,6 +153,24 @@ class StageRead(BaseModel):
     finished_at: datetime | None
 
 
+class ReviewReason(BaseModel):
+    check: str
+    kind: Literal["unchecked", "advisory", "flexible"] = Field(
+        description="unchecked: QC could not judge the rule; advisory: a check not (yet) measured to gate, "
+        "failed; flexible: a flexible brand guideline, failed."
+    )
+    reason: str
+
+
+class ResultReview(BaseModel):
+    fallback: bool = Field(
+        default=False,
+        description="Did not pass QC: failed only advisory or flexible checks, and stands in because fewer than "
+        "top_k candidates passed once the loop was over.",
+    )
+    reasons: list[ReviewReason] = Field(default_factory=list)
+
+
 class ResultRead(BaseModel):
     rank: int
     candidate_id: uuid.UUID
@@ -160,6 +178,9 @@ class ResultRead(BaseModel):
     layer_url: str | None
     placement: dict[str, Any]
     aesthetic: float | None
+    fully_checked: bool = Field(description="Every rule was checked and passed. Unchecked is never a pass.")
+    needs_review: bool = Field(description="Needs a human look before use; review.reasons says why.")
+    review: ResultReview
     qc: dict[str, Any]
 
 
@@ -226,6 +247,19 @@ class LlmUsage(BaseModel):
     latency_ms: float = Field(0.0, description="Sum over the calls.")
 
 
+class ResultsChecked(BaseModel):
+    """How many of the campaign's results were fully checked and how many need review, and why."""
+
+    results: int = 0
+    fully_checked: int = Field(0, description="Every rule checked and passed.")
+    needs_review: int = Field(0, description="Flagged: unchecked rules, or a fallback (see fallback).")
+    fallback: int = Field(0, description="Failed only advisory or flexible checks; stand in for missing results.")
+    reasons: dict[str, int] = Field(
+        default_factory=dict, description='"kind: check" (kind unchecked | advisory | flexible) -> results.'
+    )
+    message: str = "0 of 0 result(s) fully checked (every rule checked and passed)"
+
+
 class CampaignRead(BaseModel):
     id: uuid.UUID
     brand_id: uuid.UUID
@@ -241,6 +275,7 @@ class CampaignRead(BaseModel):
     stages: list[StageRead]
     state: dict[str, Any]
     results: list[ResultRead]
+    checked: ResultsChecked = Field(default_factory=ResultsChecked)
     llm: LlmUsage = Field(default_factory=LlmUsage)
     error: dict[str, Any] | None
     links: CampaignLinks

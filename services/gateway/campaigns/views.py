@@ -26,6 +26,8 @@ from services.gateway.campaigns.schemas import (
     PushSummary,
     QcPolicy,
     ResultRead,
+    ResultReview,
+    ResultsChecked,
     SafeZone,
     Size,
     StageRead,
@@ -33,6 +35,7 @@ from services.gateway.campaigns.schemas import (
 )
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, LlmCall, Result, StageRun
+from shared.qc import ResultFlags, review_summary
 from shared.stages import PIPELINE
 from shared.stages import progress as stage_progress
 from shared.storage import Storage
@@ -136,25 +139,36 @@ def _results(
     session: Session, storage: Storage, tenant_id: uuid.UUID, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, list[ResultRead]]:
     stmt = (
-        select(Result.campaign_id, Result.rank, Candidate)
+        select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids))
         .order_by(Result.campaign_id, Result.rank)
     )
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
-    for campaign_id, rank, cand in session.execute(stmt):
-        results[campaign_id].append(
+    for result, cand in session.execute(stmt):
+        results[result.campaign_id].append(
             ResultRead(
-                rank=rank,
+                rank=result.rank,
                 candidate_id=cand.id,
                 image_url=_url(storage, cand.image_key),
                 layer_url=_url(storage, cand.layer_key),
                 placement=cand.placement,
                 aesthetic=cand.aesthetic,
+                fully_checked=result.fully_checked,
+                needs_review=result.needs_review,
+                review=ResultReview.model_validate(result.review or {}),
                 qc=cand.qc,
             )
         )
     return results
+
+
+def checked(results: Sequence[ResultRead]) -> ResultsChecked:
+    flags = [
+        ResultFlags(fully_checked=r.fully_checked, needs_review=r.needs_review, review=r.review.model_dump())
+        for r in results
+    ]
+    return ResultsChecked.model_validate(review_summary(flags))
 
 
 def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
@@ -200,6 +214,7 @@ def _view(
         stages=stages,
         state=campaign.state or {},  # the stages' outputs; the loop's bookkeeping is in campaigns.loop
         results=results,
+        checked=checked(results),
         llm=llm or LlmUsage(),
         error=campaign.error,
         links=links(settings, campaign.id),

@@ -401,6 +401,8 @@ box-shadow:0 2px 6px rgba(0,0,0,.3)}.badge.r2{background:#dfe3e8}.badge.r3{backg
 .parts .track{height:6px;background:#f0eeea;border-radius:3px;overflow:hidden}
 .parts .fill{height:6px;background:linear-gradient(90deg,var(--accent),var(--gold));border-radius:3px}
 .excluded{font-size:12px;color:var(--bad);font-style:italic}
+.review{font-size:12px;border-radius:8px;padding:3px 8px;background:#fff4d6;color:#7a5a00}
+.review.full{background:#ddf5ea;color:#0d6b45}
 footer{color:var(--mute);font-size:12px;text-align:center;padding:20px}
 .problem{margin-top:10px;background:rgba(0,0,0,.25);border-radius:8px;padding:6px 10px;font-size:13px;
 display:inline-block}.empty{color:var(--mute);font-style:italic}
@@ -492,6 +494,18 @@ def _layout(cand: Json) -> str:
     return f'<div class="layout">{" · ".join(esc(b) for b in bits)}</div>'
 
 
+def _review(cand: Json) -> str:
+    """Was this candidate fully checked (every rule checked and passed) or does it need review, and why."""
+    pol = (cand.get("qc") or {}).get("policy") or {}
+    if pol.get("fully_checked"):
+        return '<div class="review full">fully checked</div>'
+    if not pol.get("needs_review"):
+        return ""
+    why = "; ".join(f"{r.get('kind')} {r.get('check')}: {r.get('reason')}" for r in pol.get("review") or [])
+    label = "fallback, needs review" if pol.get("fallback") else "needs review"
+    return f'<div class="review" title="{esc(why)}">{label}: {esc(why)}</div>'
+
+
 def _card(cand: Json) -> str:
     rank, src = cand.get("rank"), f"candidates/{thumb_name(cand)}.png"
     cls = "ranked" if rank else ("passed" if cand.get("passed") else "failed")
@@ -505,7 +519,7 @@ def _card(cand: Json) -> str:
     return (
         f'<article class="card {cls}">{badge}{thumb}<div class="body">'
         f'<div class="key">{esc(cand.get("layout_key"))}</div>{_layout(cand)}{_chips(verdicts)}'
-        f"{_qc_lines(cand)}{_aesthetic(cand)}{excluded}</div></article>"
+        f"{_qc_lines(cand)}{_review(cand)}{_aesthetic(cand)}{excluded}</div></article>"
     )
 
 
@@ -576,12 +590,15 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
     passed = sum(bool(c.get("passed")) for c in candidates)
     ranked = sum(bool(c.get("rank")) for c in candidates)
     wall = max([(s["start"] or 0) + (s["seconds"] or 0) for s in stage_timings(campaign)] or [0])
+    checked = campaign.get("checked") or {}
     stats = "".join(
         f"<div><b>{v}</b>{esc(k)}</div>"
         for k, v in (
             ("candidates", len(candidates)),
             ("passed QC", passed),
             ("ranked", ranked),
+            ("results fully checked", checked.get("fully_checked", 0)),
+            ("results need review", checked.get("needs_review", 0)),
             ("seconds, all stages", f"{wall:.1f}"),
         )
     )
@@ -592,8 +609,13 @@ def _header(campaign: Json, candidates: list[Json], palette: list[str]) -> str:
         f'<div class="id">campaign {esc(campaign.get("id"))}</div>'
         f'<div class="brief">{esc(campaign.get("brief"))}</div>'
         f'<div class="caption">{esc(caption)}</div>{problem}<div class="swatches">{swatches}</div>'
-        f'<div class="stats">{stats}</div></header>'
+        f'<div class="stats">{stats}</div>{_checked_line(checked)}</header>'
     )
+
+
+def _checked_line(checked: Json) -> str:
+    """The campaign's own sentence: how many results were fully checked, how many need review and why."""
+    return f'<div class="problem">{esc(checked["message"])}</div>' if checked.get("message") else ""
 
 
 def _report(report: Json | None) -> str:
@@ -651,6 +673,8 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
     console.print(f"\n[bold]campaign[/] {campaign.get('id')}  status [bold]{campaign.get('status')}[/]")
     if campaign.get("error"):
         console.print(f"[red]error:[/] {campaign['error']}")
+    if (campaign.get("checked") or {}).get("message"):
+        console.print(f"checked: {campaign['checked']['message']}")
     top = Table(title="top results", show_edge=False)
     for col in ("rank", "candidate", "aesthetic"):
         top.add_column(col)
