@@ -1,13 +1,17 @@
 """Migration 0008 moves the loop's bookkeeping out of campaigns.state into campaigns.loop, for campaigns
-already in flight, and back on downgrade."""
+already in flight, and back on downgrade. Migration 0009 adds the brand's unchecked policy and the results'
+fully-checked / needs-review flags, backfilled from the stored verdicts, and removes them on downgrade."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
+import pytest
 from alembic import command
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from shared.db.migrate import alembic_config
 from shared.db.session import session_scope
@@ -49,3 +53,77 @@ def test_an_in_flight_campaign_keeps_its_loop_across_the_upgrade(fresh_db: str) 
         (state,) = session.execute(text("SELECT state FROM campaigns WHERE id = :id"), {"id": uuid.UUID(cid)}).one()
     assert state["_announced"] == OLD_STATE["_announced"] and state["_loop"]["decided"] == {"0": "attempt"}
     command.upgrade(config, "head")
+
+
+def _qc(guidelines: list[tuple[str, str]], failed: list[str] = ()) -> str:  # type: ignore[assignment]
+    return json.dumps(
+        {
+            "verdicts": [
+                {"check": "product_exact", "group": "product", "status": "pass", "reason": "exact"},
+                {"check": "product_dino", "group": "product", "status": "unchecked", "reason": "not configured"},
+            ],
+            "guidelines": {"verdicts": [{"guideline": g, "status": s, "reason": f"{g} {s}"} for g, s in guidelines]},
+            "policy": {"failed": list(failed), "unchecked": [g for g, s in guidelines if s == "unchecked"]},
+        }
+    )
+
+
+def _columns(table: str) -> set[str]:
+    with session_scope() as session:
+        query = text("SELECT column_name FROM information_schema.columns WHERE table_name = :t")
+        return set(session.scalars(query, {"t": table}))
+
+
+def test_0009_brands_choose_what_unchecked_means_and_old_results_are_backfilled(fresh_db: str) -> None:
+    cid = uuid.UUID(make_campaign())
+    config = alembic_config()
+    command.downgrade(config, "0008")
+    assert "unchecked" not in _columns("brands") and "needs_review" not in _columns("results")
+    rows = {  # results delivered before 0009: one with an unchecked guideline, one with every rule checked
+        "open": _qc([("extra_objects", "unchecked"), ("floating_product", "pass")]),
+        "full": _qc([("extra_objects", "pass"), ("floating_product", "pass")]),
+    }
+    with session_scope() as session:
+        tenant = session.scalar(text("SELECT tenant_id FROM campaigns WHERE id = :id"), {"id": cid})
+        for rank, (key, qc) in enumerate(rows.items(), start=1):
+            cand = uuid.uuid4()
+            session.execute(
+                text(
+                    "INSERT INTO candidates (id, tenant_id, campaign_id, round, batch, layout_key, placement,"
+                    " generator, integrity, generation, qc, passed, rank)"
+                    " VALUES (:id, :t, :c, 0, 0, :k, '{}', 'compositor', '{}', '{}', CAST(:qc AS jsonb), true, :r)"
+                ),
+                {"id": cand, "t": tenant, "c": cid, "k": key, "qc": qc, "r": rank},
+            )
+            session.execute(
+                text(
+                    "INSERT INTO results (id, tenant_id, campaign_id, candidate_id, rank) VALUES (:i, :t, :c, :d, :r)"
+                ),
+                {"i": uuid.uuid4(), "t": tenant, "c": cid, "d": cand, "r": rank},
+            )
+    command.upgrade(config, "head")
+
+    with session_scope() as session:
+        assert session.scalar(text("SELECT unchecked FROM brands")) == "review"  # the default for every brand
+        found = session.execute(
+            text(
+                "SELECT c.layout_key, r.fully_checked, r.needs_review, r.review FROM results r"
+                " JOIN candidates c ON c.id = r.candidate_id ORDER BY r.rank"
+            )
+        ).all()
+    (_, full_open, review_open, reasons_open), (_, full_full, review_full, reasons_full) = found
+    assert (full_open, review_open) == (False, True)
+    assert reasons_open == {
+        "fallback": False,
+        "reasons": [{"check": "extra_objects", "kind": "unchecked", "reason": "extra_objects unchecked"}],
+    }  # product_dino (an optional metric, not a rule) is not a reason
+    assert (full_full, review_full, reasons_full) == (True, False, {"fallback": False, "reasons": []})
+    with pytest.raises(IntegrityError), session_scope() as session:
+        session.execute(text("UPDATE brands SET unchecked = 'ignore'"))
+
+    command.downgrade(config, "0008")
+    assert "unchecked" not in _columns("brands") and not {"fully_checked", "needs_review", "review"} & _columns(
+        "results"
+    )
+    command.upgrade(config, "head")
+    assert {"fully_checked", "needs_review", "review"} <= _columns("results")
