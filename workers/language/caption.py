@@ -78,6 +78,7 @@ class Scene:
     negatives: tuple[str, ...]
     forbidden: tuple[str, ...] = ()  # the brand's forbidden terms: never in the positive prompt
     budget: TokenBudget = field(default_factory=estimate_budget)  # the generator's text-encoder tokens
+    untranslated: str | None = None  # why the caption is not English: the brief was not, and nothing translated it
 
     @property
     def base(self) -> str:
@@ -107,6 +108,19 @@ def build_scene(
         tuple(dedupe(negatives)),
         tuple(guards.check_terms("forbidden_terms", forbidden_terms)),
         budget or estimate_budget(),
+        untranslated_reason(decomposition),
+    )
+
+
+def untranslated_reason(decomposition: dict[str, Any]) -> str | None:
+    """Set when the brief is not English and no hosted model translated it (decompose's "english"):
+    the caption then carries the brief's own words, which an English-only text encoder reads poorly."""
+    brief = str(decomposition.get("brief") or "")
+    if not brief or decomposition.get("english") or guards.is_english(brief):
+        return None
+    return (
+        "the brief is not in English and no language model translated it (the rules and local backends do not "
+        "translate): the caption keeps the brief's words; configure a hosted backend or write the brief in English"
     )
 
 
@@ -305,7 +319,13 @@ def _caption_result(
         "prompt_version": prompt_version,
         "calls": calls,
         "parts": {"subject": scene.subject, "setting": scene.setting, "mood": scene.mood, **fields},
-        "guards": {**guarded.report(), "negative_tokens": negative.tokens, "negative_dropped": negative.dropped},
+        "guards": {
+            **guarded.report(),
+            "negative_tokens": negative.tokens,
+            "negative_dropped": negative.dropped,
+            "untranslated": scene.untranslated is not None,
+            "translation": scene.untranslated,
+        },
     }
 
 

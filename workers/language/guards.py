@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from workers.language.budget import TokenBudget
-from workers.language.text import cap_at_boundary, collapse, dedupe, split_negations, strip_instructions
+from workers.language.text import (
+    FOREIGN_NEGATIONS,
+    cap_at_boundary,
+    collapse,
+    dedupe,
+    split_negations,
+    strip_instructions,
+)
 
 MAX_PROMPT_CHARS = 1024
 _LETTER_RE = re.compile(r"[^\W\d_]", re.UNICODE)
@@ -24,7 +31,7 @@ _FOREIGN_WORDS = frozenset(
     "de la le les des du une un el los las con para por sobre und der die das ein eine einem einer mit auf im "
     "für bei zur zum sur dans avec pour au aux em uma um numa num para com ao na no dos das het een op "
     "voor bij van il lo gli della nel sul dei per und oder ist sind".split()
-)
+) | frozenset(w for w in FOREIGN_NEGATIONS.split("|") if " " not in w)
 _ENGLISH_WORDS = frozenset(
     "the a an on in at with of and by near under over for from to is are its their this under beside".split()
 )

@@ -268,5 +268,5 @@ def _result(
         "previous_caption": current["caption"],
         "change": collapse(change),
         "failures": failures,
-        "guards": guarded.report(),
+        "guards": {**(current.get("guards") or {}), **guarded.report()},  # keeps the caption's translation flag
     }

@@ -37,7 +37,18 @@ _PARTICIPLES = frozenset(
 )
 SEASONS = r"spring|summer|autumn|fall|winter"
 _NEGATION = r"no|not|without|never|none|nothing|nor|neither|avoid|avoiding|don't|doesn't|isn't|aren't"
-_NEGATION_RE = re.compile(rf"\b(?:{_NEGATION})\b(?!-)", re.I)  # "no-show socks" is not a negation
+# The same in the other languages a brief comes in (German, French, Spanish, Italian, Portuguese, Dutch):
+# without a translating LLM, "ohne Menschen" must go to the negative prompt too, never to the positive one.
+# Only words that are not also English ones ("ni", "pas" and "né" alone are too short or ambiguous).
+FOREIGN_NEGATIONS = (
+    "ohne|kein|keine|keinen|keinem|keiner|keines|nicht|niemals"  # de
+    "|sans|aucun|aucune|pas de|pas d'|jamais"  # fr
+    "|sin|ningún|ninguna|ninguno|nada de|nunca"  # es
+    "|senza|nessun|nessuna|nessuno|niente"  # it ("non" also reads "non slip")
+    "|sem|nenhum|nenhuma|não"  # pt
+    "|zonder|geen|niet|nooit"  # nl
+)
+_NEGATION_RE = re.compile(rf"\b(?:{_NEGATION}|{FOREIGN_NEGATIONS})\b(?!-)", re.I)  # "no-show socks" is not one
 _INSTRUCTION_VERBS = (
     "generate|create|draw|make|render|produce|design|show|paint|depict|illustrate|imagine|"
     "photograph|give|write|use|add|include|ensure|keep|place|put"

@@ -23,4 +23,5 @@ def run(ctx: StageContext) -> dict[str, Any]:
         )
     ctx.publish(CaptionOutput.model_validate(result))
     ctx.rows += llm_call_rows(ctx, result)
-    return {"caption": result["caption"], "backend": result.get("backend")}
+    untranslated = bool(result["guards"].get("untranslated"))  # said in the stage run, not only in the state
+    return {"caption": result["caption"], "backend": result.get("backend"), "untranslated": untranslated}
