@@ -99,8 +99,16 @@ def _references(found: list[Entity], min_score: float) -> list[Match]:
     return sorted(seen.values(), key=lambda m: -m.score)[:3]
 
 
-def _product(found: list[Entity], named: list[Any], min_score: float) -> tuple[str, float | None]:
+def choose_product(found: list[Entity], named: list[Any], min_score: float) -> tuple[str, float | None]:
     """The product the campaign names, else the best match of the brief's products."""
+    if len(set(map(str, named))) > 1:
+        # The API accepts one product per campaign; a row from before that contract must not have its other
+        # products silently ignored.
+        raise StageError(
+            "too_many_products",
+            f"the campaign names {len(set(map(str, named)))} products but a campaign places exactly one; "
+            "create one campaign per product",
+        )
     if named:
         return str(named[0]), None
     best = _best(found, "product", min_score)
@@ -111,7 +119,7 @@ def _product(found: list[Entity], named: list[Any], min_score: float) -> tuple[s
 
 def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -> RetrieveOutput:
     named, min_score = ctx.campaign.product_asset_ids or [], ctx.settings.retrieval_min_score
-    product_id, product_score = _product(found, named, min_score)
+    product_id, product_score = choose_product(found, named, min_score)
     product_asset = tenant_asset(session, ctx.tenant_id, product_id)
     background = _best(found, "background", min_score)
     bg_asset = tenant_asset(session, ctx.tenant_id, background.asset_id) if background else None
