@@ -38,9 +38,19 @@ R = TypeVar("R")
 
 
 def _matting(spec: ModelSpec) -> Segmenter:
+    """The default chooser, with ISNet in its chain when the pulled weights are there (else it says why)."""
+    from pathlib import Path
+
     from workers.imaging import matting
 
-    return matting
+    path = str(spec.option("isnet", "") or "")
+    if not path:
+        return matting.Chooser(absent="ISNet disabled (ONBRAND_ISNET_MODEL is empty)")
+    if not Path(path).is_file():
+        return matting.Chooser(absent=f"ISNet weights absent at {path} (run `onbrand models pull`)")
+    from workers.models import isnet
+
+    return matting.Chooser(isnet.load(path).predict)
 
 
 def _sam(spec: ModelSpec) -> Segmenter:
@@ -105,7 +115,7 @@ def _pick(table: dict[str, Callable[[ModelSpec], R]], spec: ModelSpec, role: str
 
 
 def segmenter(spec: ModelSpec) -> Segmenter:
-    """The segment stage's model: matting, sam or segment-anything."""
+    """The segment stage's model: matting (the default chooser: alpha, ISNet, GrabCut), sam or segment-anything."""
     return _pick(SEGMENTERS, spec, "segmenter")
 
 

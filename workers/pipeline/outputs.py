@@ -87,6 +87,8 @@ class SegmentOutput(StageOutput):
     cutout_key: str
     cutout_size: list[int]
     product_asset_id: str
+    # the default chooser's record: which method made the mask and why earlier ones were passed over
+    attempts: list[dict[str, Any]] = []
     # The soft alpha at the source photo's size (PNG, L): the mask integrity records name and re-derive from.
     alpha_key: str | None = None
 
