@@ -97,8 +97,8 @@ def _make(split: str, background: str, product: str, rng: np.random.Generator) -
 
 def _product_colour(rng: np.random.Generator) -> np.ndarray:
     hue = rng.uniform(0, 180)
-    hsv = np.uint8([[[hue, rng.uniform(90, 230), rng.uniform(90, 220)]]])
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+    hsv = np.array([[[hue, rng.uniform(90, 230), rng.uniform(90, 220)]]], np.uint8)
+    return np.asarray(cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0], np.float32)
 
 
 def _over(parts: list[Part], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
@@ -129,7 +129,9 @@ def _shaded(shape: tuple[int, int], colour: np.ndarray, x0: float, x1: float) ->
         + 0.5 * np.clip(np.sin(np.clip(xs, 0, 1) * np.pi), 0, 1) ** 0.7
         + 0.25 * np.exp(-(((xs - 0.35) / 0.08) ** 2))
     )
-    return np.clip(colour[None, None, :] * light[None, :, None] * np.ones((shape[0], 1, 1)), 0, 255)
+    return np.asarray(
+        np.clip(colour[None, None, :] * light[None, :, None] * np.ones((shape[0], 1, 1)), 0, 255), np.float32
+    )
 
 
 def _flat(shape: tuple[int, int], colour: np.ndarray | tuple[float, float, float]) -> np.ndarray:
@@ -300,12 +302,12 @@ def _light(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """A broad illumination falloff, as an ordinary photo has."""
     gx, gy = rng.uniform(-0.25, 0.25, 2)
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    return (1.0 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5))[..., None]
+    return np.asarray((1.0 + gx * (xx / w - 0.5) + gy * (yy / h - 0.5))[..., None], np.float32)
 
 
 def _smooth_noise(h: int, w: int, scale: float, rng: np.random.Generator) -> np.ndarray:
     n = rng.normal(0, 1, (h, w)).astype(np.float32)
-    n = cv2.GaussianBlur(n, (0, 0), scale)
+    n = np.asarray(cv2.GaussianBlur(n, (0, 0), scale), np.float32)
     return n / max(1e-6, float(n.std()))
 
 
@@ -320,7 +322,7 @@ def _brick(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
             x0, y0 = round(k * bw + shift + 2), round(row * bh + 2)
             img[y0 : round(y0 + bh - 4), max(0, x0) : max(0, round(x0 + bw - 4))] = c
     img += 10 * _smooth_noise(h, w, 2, rng)[..., None] + rng.normal(0, 6, (h, w, 3))
-    return np.clip(img * _light(h, w, rng), 0, 255)
+    return np.asarray(np.clip(img * _light(h, w, rng), 0, 255), np.float32)
 
 
 def _lawn(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -333,7 +335,7 @@ def _lawn(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         end = (round(x + length * np.cos(angle)), round(y + length * np.sin(angle)))
         cv2.line(blades, (round(x), round(y)), end, tuple(float(v) for v in g), 1, cv2.LINE_AA)
     img = np.where(blades.sum(axis=2, keepdims=True) > 0, blades, img) + rng.normal(0, 6, (h, w, 3))
-    return np.clip(img * _light(h, w, rng), 0, 255)
+    return np.asarray(np.clip(img * _light(h, w, rng), 0, 255), np.float32)
 
 
 def _gravel(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -344,7 +346,7 @@ def _gravel(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
         tone = rng.uniform(110, 210)
         c = (tone * rng.uniform(0.95, 1.05), tone * rng.uniform(0.9, 1.0), tone * rng.uniform(0.8, 0.95))
         cv2.ellipse(img, (round(x), round(y)), (round(a), round(b)), rng.uniform(0, 180), 0, 360, c, -1, cv2.LINE_AA)
-    return np.clip(img * _light(h, w, rng), 0, 255)
+    return np.asarray(np.clip(img * _light(h, w, rng), 0, 255), np.float32)
 
 
 def _cafe_table(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
@@ -360,7 +362,7 @@ def _cafe_table(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     wood = np.stack([150 + grain, 105 + grain * 0.8, 65 + grain * 0.5], axis=2) + rng.normal(0, 5, (h, w, 3))
     img = np.where((yy >= surface)[..., None], wood, room)
     img[edge:] = np.array([45, 32, 25], np.float32) + rng.normal(0, 4, (h - edge, w, 3))  # the table's front edge
-    return np.clip(img * _light(h, w, rng), 0, 255)
+    return np.asarray(np.clip(img * _light(h, w, rng), 0, 255), np.float32)
 
 
 def _shadow(back: np.ndarray, cover: np.ndarray, base_y: float) -> np.ndarray:
@@ -370,7 +372,7 @@ def _shadow(back: np.ndarray, cover: np.ndarray, base_y: float) -> np.ndarray:
     blob = np.zeros((h, w), np.float32)
     cx, half = (xs.min() + xs.max()) / 2, (xs.max() - xs.min()) / 2
     cv2.ellipse(blob, (round(cx), round(base_y)), (round(half * 1.1), max(3, round(half * 0.15))), 0, 0, 360, 1.0, -1)
-    blob = cv2.GaussianBlur(blob, (0, 0), 6)
+    blob = np.asarray(cv2.GaussianBlur(blob, (0, 0), 6), np.float32)
     shaded: np.ndarray = back * (1 - 0.45 * blob[..., None])
     return shaded
 

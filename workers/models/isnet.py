@@ -69,7 +69,7 @@ def _load(path: Path) -> IsnetModel:
         expected = json.loads(record.read_text()).get("sha256")
         if expected != sha256:
             raise IsnetUnavailable(f"{path}: sha256 {sha256} differs from the pulled model's {expected}")
-    import onnxruntime as ort
+    import onnxruntime as ort  # type: ignore[import-untyped]
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inputs = {i.name: i.shape for i in session.get_inputs()}
