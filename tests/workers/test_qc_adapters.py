@@ -1,14 +1,16 @@
 """QC model adapters: DINOv2 embeddings and the LAION aesthetic predictor, against tiny random checkpoints
-saved to disk and loaded back offline through ``load(spec)``, the way a configured worker loads its models."""
+saved to disk and loaded back offline through ``load(spec)``, the way a configured worker loads its models;
+the OCR reader (text_artefacts) with the real PP-OCR weights that ship in the rapidocr wheel."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFont
 
 from shared.model_specs import ModelSpec
 from tests.tiny_vision import (
@@ -19,7 +21,7 @@ from tests.tiny_vision import (
     build_tiny_clip,
     build_tiny_dinov2,
 )
-from workers.models import dinov2, laion, runtime
+from workers.models import dinov2, laion, ocr, runtime
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
@@ -347,3 +349,22 @@ def test_laion_on_device(clip_dir: Path, mlp_pth: Path, device: str, predictor: 
     there = laion.load(laion_spec(clip_dir, mlp_pth, on(device)))
     assert there.device.type == device
     assert there.score_many(images) == pytest.approx(predictor.score_many(images), abs=1e-2)  # half on CUDA
+
+
+# --- OCR (text_artefacts): the rapidocr adapter ------------------------------------------------------
+
+
+def test_ocr_weights_ship_in_the_wheel_and_read_offline() -> None:
+    # No network is needed: the three ONNX files are inside the installed rapidocr package.
+    spec = importlib.util.find_spec("rapidocr")
+    assert spec is not None and spec.origin is not None
+    models = sorted(p.name for p in (Path(spec.origin).parent / "models").glob("*.onnx"))
+    assert models == ["PP-OCRv6_det_small.onnx", "PP-OCRv6_rec_small.onnx", "ch_ppocr_mobile_v2.0_cls_mobile.onnx"]
+    reader = ocr.load()
+    assert reader is ocr.load() and re.fullmatch(r".*\(rapidocr [\d.]+ / onnxruntime [\d.]+\)", reader.name)
+    sign = Image.new("RGB", (420, 120), (235, 230, 220))
+    ImageDraw.Draw(sign).text((20, 30), "Summer 2026", fill=(20, 20, 20), font=ImageFont.load_default(size=48))
+    words = reader.read(np.asarray(sign))
+    assert [w.text for w in words] == ["Summer 2026"] and words[0].score > 0.9
+    x0, y0, x1, y1 = words[0].box
+    assert 0 <= x0 < 40 and 10 <= y0 < 50 and 250 < x1 <= 420 and 60 < y1 <= 120

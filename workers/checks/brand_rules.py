@@ -168,12 +168,13 @@ def palette_adherence(
     on = dist <= radius
     share = float(on.mean())
     required = (
-        "not enforced: the brand sets no min_palette_share"
+        "not enforced: the brand sets no min_palette_share and no written 'only brand colours' guideline"
         if min_share is None
         else (f"at least {min_share:.0%} required")
     )
     reason = (
         f"{share:.1%} of the background is within {radius:g} dE00 of a palette colour's tints and shades ({required})"
+        f"; dominant background colours {dominant_colours(pixels, dist)}"
     )
     if not on.all():
         hex_code, d = _farthest_dominant(pixels[~on], dist[~on], len(pixels))
@@ -265,6 +266,19 @@ def _nearest_on_edges(points: np.ndarray, colour: np.ndarray, white: np.ndarray)
     pick = np.argmin(((stack - points) ** 2).sum(axis=2), axis=0)
     nearest: np.ndarray = stack[pick, np.arange(len(points))]
     return nearest
+
+
+def dominant_colours(pixels: np.ndarray, dist: np.ndarray, top: int = 3) -> str:
+    """The background's most common colours (binned 16 levels a channel), each with its share and its dE00
+    to the nearest palette tint/shade: what the background mostly is, and how near the brand it is."""
+    inverse, counts = _cells(pixels, 4)
+    mean_d = np.bincount(inverse, weights=dist, minlength=len(counts)) / counts
+    means = np.round(_cell_means(pixels, inverse, counts)).astype(int)
+    order = np.argsort(counts)[::-1][:top]
+    return ", ".join(
+        "#{:02X}{:02X}{:02X}".format(*means[k]) + f" {counts[k] / len(pixels):.0%} ({mean_d[k]:.1f} dE00)"
+        for k in order
+    )
 
 
 def _farthest_dominant(pixels: np.ndarray, dist: np.ndarray, total: int) -> tuple[str, float]:

@@ -45,7 +45,7 @@ class Scene:
 
     background: Background | None = None  # the candidate's background source (text_artefacts)
     palette: list[str] = field(default_factory=list)
-    palette_radius: float = 10.0  # dE00 (shared.qc.QcThresholds.palette_radius)
+    palette_radius: float = 5.0  # dE00 (the default of shared.qc.QcThresholds.palette_radius)
 
 
 class Verdict(BaseModel):
