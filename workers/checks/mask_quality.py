@@ -76,12 +76,13 @@ def check(rgb: np.ndarray, mask: np.ndarray, background: np.ndarray | None = Non
     ``background``: optional bool HxW backdrop model (border-connected pixels of the backdrop colour).
     """
     fg = _validate(rgb, mask)
-    lab = _lab(rgb)
+    lab = to_lab(rgb)
     palette, tolerance = backdrop_palette(lab, fg)
     inside, outside, points = _outline_means(lab, fg)
     if points.size == 0:
         return MaskQuality(0.0, 0.0, 0.0, 0.0, 0.0, ["the mask has no outline (empty)"])
-    same = np.linalg.norm(inside - outside, axis=1) < UNSUPPORTED_DE
+    # On a plain sweep a white product's edge is a small but clean step; on texture only a big one counts.
+    same = np.linalg.norm(inside - outside, axis=1) < min(UNSUPPORTED_DE, 0.6 * tolerance)
     backdrop_like = _palette_distance((inside + outside) / 2, palette) < tolerance
     leak = float((same & backdrop_like).mean())
     clip = float((same & ~backdrop_like).mean())
@@ -128,7 +129,7 @@ def _validate(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return fg
 
 
-def _lab(rgb: np.ndarray) -> np.ndarray:
+def to_lab(rgb: np.ndarray) -> np.ndarray:
     """Float CIELAB (L 0..100), lightly smoothed so sensor noise does not read as texture."""
     smooth = cv2.GaussianBlur(rgb, (0, 0), 1.0)
     lab: np.ndarray = cv2.cvtColor(smooth.astype(np.float32) / 255.0, cv2.COLOR_RGB2LAB)
@@ -251,7 +252,7 @@ def halo_share(candidate: np.ndarray, alpha: np.ndarray, palette: np.ndarray, to
     ring = fg & (cv2.distanceTransform(u8, cv2.DIST_L2, 3) <= 2.0)
     if not ring.any():
         return 0.0
-    lab = _lab(candidate)
+    lab = to_lab(candidate)
     around = _band_mean(lab, ((cv2.distanceTransform(1 - u8, cv2.DIST_L2, 3) > 1.5) & ~fg).astype(np.float32))
     ys, xs = np.nonzero(ring)
     colours = lab[ys, xs]
