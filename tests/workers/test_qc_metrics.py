@@ -6,6 +6,7 @@ Every image is synthesised here (numpy, or the embedded compositor), so each tes
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable
 
 import cv2
@@ -16,7 +17,7 @@ from PIL import Image
 from shared import integrity
 from shared.qc import QcThresholds
 from tests.factories import bottle, cutout
-from workers.checks import brand_rules, duplicates, fidelity, product
+from workers.checks import brand_rules, duplicates, expansion, fidelity, product
 from workers.imaging import colour, composition, compositor
 
 BRAND = ["#1F6FEB", "#F2CC60"]  # blue wall, yellow floor
@@ -461,7 +462,7 @@ def test_fidelity_against_the_source_catches_a_bad_layer_that_fidelity_against_i
     assert itself["exact_fraction"] == 1.0 and itself["delta_e"] == 0.0  # against itself: perfect by construction
     measured = fidelity.fidelity(image, bad, source)
     assert measured["fidelity_reference"] == "source" and measured["layer_matches_source"] is False
-    assert measured["exact_fraction"] < 0.3
+    assert float(measured["exact_fraction"]) < 0.3
     assert float(measured["msssim_edges"]) < edges_below and float(measured["delta_e"]) > delta_e_above
     verdicts = by_name(product.product_checks({**measured, "dino_cosine": None}, QcThresholds()))
     assert verdicts["product_exact"]["status"] == "fail" and verdicts["product_colour_delta_e"]["status"] == "fail"
@@ -479,3 +480,77 @@ def test_a_clean_candidate_stays_high_against_its_source(
     assert 0.98 < float(measured["msssim_edges"]) < 1.0 and measured["delta_e"] == 0.0
     crops = fidelity.product_crops(image, source)
     assert crops[0].size == crops[1].size and crops[0].size[0] < 640
+
+
+# --- object expansion ------------------------------------------------------------------------------
+
+
+def _grown(layer: Image.Image, source: Image.Image, factor: float, shift: tuple[int, int] = (0, 0)) -> Image.Image:
+    """The product ``factor`` times larger, standing where ``layer``'s does (or ``shift`` px away), as a layer."""
+    box = layer.getbbox()
+    assert box is not None
+    part = layer.crop(box)
+    big = part.resize((round(part.width * factor), round(part.height * factor)), Image.Resampling.LANCZOS)
+    out = Image.new("RGBA", layer.size, (0, 0, 0, 0))
+    cx, base = (box[0] + box[2]) // 2 + shift[0], box[3] + shift[1]
+    out.paste(big, (cx - big.width // 2, base - big.height))
+    return out
+
+
+@pytest.fixture(scope="module")
+def big_scene() -> tuple[Image.Image, Image.Image, Image.Image]:
+    """(layer, its clean candidate, the backdrop) on a 1024 px canvas: a blue bottle with a printed label."""
+    rng = np.random.default_rng(5)
+    arr = np.zeros((500, 220, 4), np.uint8)
+    arr[:, :] = (30, 110, 200, 255)
+    arr[180:320, 20:200, :3] = (240, 232, 215)
+    arr[220:280, 40:180, :3] = rng.integers(0, 80, (60, 140, 3), dtype=np.uint8)
+    arr[:80, :60, 3] = arr[:80, 160:, 3] = 0  # shoulders
+    cut = Image.fromarray(arr, "RGBA")
+    layer = composition.place(cut, composition.plan([(1024, 1024)], cut.size, cutout=cut).layouts[22])
+    back = compositor.backdrop((1024, 1024), BRAND)
+    return layer, compositor.compose(layer, back), back
+
+
+def test_a_clean_candidate_has_no_expansion_and_is_cheap(big_scene: tuple[Image.Image, ...]) -> None:
+    layer, image, _ = big_scene
+    expansion.measure(image, layer)  # warm-up
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        measured = expansion.measure(image, layer)
+        times.append(time.perf_counter() - started)
+    assert measured["expansion"] is not None and measured["expansion"] < 0.01
+    assert measured["duplicate"] is not None and measured["duplicate"] < 0.02
+    assert all(v["status"] == "pass" for v in expansion.check(measured))
+    assert min(times) < 0.05, f"{min(times) * 1000:.0f} ms on a 1024 px candidate (budget 50 ms)"
+
+
+def test_a_grown_product_fails_expansion(big_scene: tuple[Image.Image, ...]) -> None:
+    layer, _, back = big_scene
+    # Outpainting that extends the product: its exact pixels are still pasted back, the scene around grew.
+    image = composition.paste_back(compositor.compose(_grown(layer, layer, 1.2), back), layer)
+    measured = expansion.measure(image, layer)
+    assert measured["expansion"] is not None and measured["expansion"] > 0.15
+    verdicts = by_name(expansion.check(measured))
+    assert verdicts["product_expansion"]["status"] == "fail" and "of its area" in str(
+        verdicts["product_expansion"]["reason"]
+    )
+
+
+def test_a_second_product_beside_it_fails_the_duplicate_measure(big_scene: tuple[Image.Image, ...]) -> None:
+    layer, image, _ = big_scene
+    box = layer.getbbox()
+    assert box is not None
+    copy = _grown(layer, layer, 0.9, (-(box[2] - box[0]) - 60, 0))  # a smaller copy standing to its left
+    measured = expansion.measure(composition.paste_back(compositor.compose(copy, image), layer), layer)
+    assert measured["duplicate"] is not None and measured["duplicate"] > 0.3
+    assert by_name(expansion.check(measured))["product_duplicate_nearby"]["status"] == "fail"
+
+
+def test_a_product_in_the_scenes_own_colours_is_unchecked_not_passed() -> None:
+    layer = rect_layer((400, 400), (150, 150, 250, 300))
+    image = composition.paste_back(Image.new("RGB", (400, 400), (200, 60, 40)), layer)  # red on red
+    measured = expansion.measure(image, layer)
+    assert measured["expansion"] is None and measured["separable"] is not None
+    assert {v["status"] for v in expansion.check(measured)} == {"unchecked"}
