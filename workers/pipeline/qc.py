@@ -23,6 +23,7 @@ from workers.checks import policy, product
 from workers.engine.context import StageContext
 from workers.models.roles import ImageEmbedder
 from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
+from workers.pipeline.generate import SourceLayers
 from workers.pipeline.outputs import CaptionOutput, SegmentOutput
 
 
@@ -37,6 +38,7 @@ class Review:
     limits: QcThresholds
     embedder: ImageEmbedder | None  # DINOv2, or None when not configured
     unchecked: str = DEFAULT_UNCHECKED  # the brand's unchecked policy (review | fail | pass)
+    sources: SourceLayers = field(default_factory=SourceLayers)  # layers re-derived from the source: fidelity
 
     scenes: dict[tuple[int, int], Any] = field(default_factory=dict)  # canvas size -> text_ocr.Background
 
@@ -100,7 +102,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     review = Review.load(ctx)
     cands = _batch(ctx)
     pixels = [(load_image(c.image_key).convert("RGB"), load_image(c.layer_key).convert("RGBA")) for c in cands]
-    seen = embeddings(review.embedder, pixels)
+    # DINOv2 compares each candidate's product with the source product, not with the layer pasted into it.
+    sources = [(i, review.sources.layer(c) or lay) for c, (i, lay) in zip(cands, pixels, strict=True)]
+    seen = embeddings(review.embedder, sources)
     for cand, (image, layer), (cosine, embedding) in zip(cands, pixels, seen, strict=True):
         check_one(ctx, review, cand, image, layer, cosine)
         cand.embedding = embedding
@@ -122,13 +126,16 @@ def _batch(ctx: StageContext) -> list[Candidate]:
 def check_one(
     ctx: StageContext, review: Review, cand: Candidate, image: Image.Image, layer: Image.Image, cosine: float | None
 ) -> None:
-    from workers.checks import brand_rules, duplicates, fidelity
+    from workers.checks import brand_rules, duplicates, expansion, fidelity
 
     limits = review.limits
-    metrics = {**fidelity.fidelity(image, layer), "dino_cosine": cosine, "phash": duplicates.phash(image)}
+    source = review.sources.layer(cand)  # the product re-derived from the source photo, not the pasted layer
+    metrics = {**fidelity.fidelity(image, layer, source), "dino_cosine": cosine, "phash": duplicates.phash(image)}
+    metrics |= expansion.measure(image, source or layer)  # did the generated pixels grow the product?
     rules = brand_rules.check(image, layer, review.palette, list(ctx.campaign.safe_zones or []), limits.model_dump())
     verdicts = [
         *product.product_checks(metrics, limits),
+        *expansion.check(metrics),
         product.frame_check(layer),
         *[{**v, "group": "brand"} for v in rules],
     ]
