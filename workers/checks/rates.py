@@ -24,6 +24,8 @@ class CheckRate:
     fpr: float
     defects: int  # held-out candidates with the check's defect
     clean: int  # held-out clean candidates
+    unchecked_defects: int = 0  # of those, judged "unchecked": counted as not caught, never as a pass
+    unchecked_clean: int = 0
 
     @property
     def gating(self) -> bool:

@@ -295,12 +295,12 @@ def _warped(cand: Image.Image, layer: Image.Image, rng: np.random.Generator) -> 
     return Image.fromarray(np.clip(moved * a + arr * (1 - a) + 0.5, 0, 255).astype(np.uint8), "RGB")
 
 
-WORDS = ("SALE", "NEW", "Lorem ipsum", "OPEN 24H", "BEST", "Caf\u00e9", "FREE", "XQZT")
+WORDS = ("SALE", "NEW", "Lorem ipsum", "OPEN 24H", "BEST", "Cafe", "FREE", "XQZT")
 
 
 def _stray_text(cand: Image.Image, layer: Image.Image, rng: np.random.Generator) -> Image.Image:
     """A word drawn on the background, in a colour that contrasts with what is under it."""
-    word = WORDS[int(rng.integers(len(WORDS)))].encode("ascii", "replace").decode()
+    word = WORDS[int(rng.integers(len(WORDS)))]
     scale = float(rng.uniform(0.8, 1.6)) * min(cand.size) / 512
     thick = max(1, round(2 * scale))
     (tw, th), base = cv2.getTextSize(word, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)
@@ -352,7 +352,7 @@ def leaked(true_mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     h = true_mask.shape[0]
     grown[max(0, y1 - r) : min(h, y1 + 2 * r), max(0, x0 - r) : x1 + r] = 1  # the floor under its base
     out = np.maximum(true_mask, grown * 255).astype(np.uint8)
-    return cv2.GaussianBlur(out, (0, 0), 1.0)
+    return _soft(out)
 
 
 def clipped(true_mask: np.ndarray, product: str, rng: np.random.Generator) -> np.ndarray:
@@ -378,6 +378,8 @@ def source_photo(product: str, split: str, rng: np.random.Generator) -> tuple[Im
     colour = _product_colour(split, rng)
     rgb, alpha = DRAW[product](rng, colour)
     h, w = alpha.shape
+    # Studio key light from above: the top of a product is a little brighter than its base, as in real shots.
+    rgb = rgb * np.linspace(1.08, 0.9, h, dtype=np.float32)[:, None, None]
     pad = 24
     photo_h, photo_w = h + 2 * pad, w + 2 * pad
     y = np.linspace(0, 1, photo_h, dtype=np.float32)[:, None]
@@ -400,11 +402,13 @@ def source_photo(product: str, split: str, rng: np.random.Generator) -> tuple[Im
 def _product_colour(split: str, rng: np.random.Generator) -> np.ndarray:
     hue = rng.uniform(0, 180) if split == "tune" else (rng.uniform(0, 180) + 7) % 180
     hsv = np.array([[[hue, rng.uniform(90, 220), rng.uniform(110, 220)]]], np.uint8)
-    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+    rgb: np.ndarray = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0].astype(np.float32)
+    return rgb
 
 
 def _soft(shape: np.ndarray) -> np.ndarray:
-    return cv2.GaussianBlur(shape, (0, 0), 1.0)
+    soft: np.ndarray = cv2.GaussianBlur(shape, (0, 0), 1.0)  # an anti-aliased edge, as a real cut-out has
+    return soft
 
 
 def _cylinder(h: int, w: int, x0: int, x1: int) -> np.ndarray:
@@ -414,8 +418,8 @@ def _cylinder(h: int, w: int, x0: int, x1: int) -> np.ndarray:
 
 
 def _fill(shape: tuple[int, int], colour: np.ndarray, light: np.ndarray | None = None) -> np.ndarray:
-    rgb = np.ones((*shape, 3), np.float32) * colour[None, None, :]
-    return rgb * (light[:, :, None] if light is not None else 1.0)
+    rgb: np.ndarray = np.ones((*shape, 3), np.float32) * colour[None, None, :]
+    return rgb * light[:, :, None] if light is not None else rgb
 
 
 def _size(rng: np.random.Generator, w: int, h: int) -> tuple[int, int]:
@@ -499,8 +503,8 @@ def _textured_bag(rng: np.random.Generator, colour: np.ndarray) -> Drawn:
     shape = np.zeros((h, w), np.uint8)
     cv2.rectangle(shape, (10, 70), (w - 11, h - 8), 255, -1)
     cv2.ellipse(shape, (w // 2, 70), (w // 4, 55), 0, 180, 360, 255, 10)  # the strap, with a hole under it
-    weave = rng.normal(0, 1, (h, w)).astype(np.float32)
-    weave = 0.9 + 0.25 * np.clip(weave, -2, 2) / 2  # fine texture: per-pixel fabric grain
+    grain = rng.normal(0, 1, (h, w)).astype(np.float32)
+    weave = 0.9 + 0.25 * np.clip(grain, -2, 2) / 2  # fine texture: per-pixel fabric grain
     rgb = _fill((h, w), colour, weave)
     return rgb, _soft(shape)
 
@@ -595,12 +599,13 @@ def _brick(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
         for c in range(shift % bw, w, bw):
             mortar[r : r + bh, c : c + 3] = True
     out[mortar] = (190, 185, 175)
-    return out + 10 * _noise(h, w, 1.0, rng)[:, :, None]
+    grained: np.ndarray = out + 10 * _noise(h, w, 1.0, rng)[:, :, None]
+    return grained
 
 
 def _grass(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    blades = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), sigmaX=0.8, sigmaY=4)
-    blades /= max(1e-6, float(blades.std()))
+    raw = cv2.GaussianBlur(rng.normal(0, 1, (h, w)).astype(np.float32), (0, 0), sigmaX=0.8, sigmaY=4)
+    blades = raw / max(1e-6, float(raw.std()))  # streaks along y: grass blades
     green = np.array([rng.uniform(50, 80), rng.uniform(110, 150), rng.uniform(35, 60)], np.float32)
     light = 1.0 + 0.12 * _noise(h, w, 25, rng)
     return green[None, None, :] * light[:, :, None] + 18 * blades[:, :, None]
