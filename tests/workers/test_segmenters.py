@@ -18,6 +18,7 @@ from PIL import Image
 from shared.config import Settings
 from shared.model_specs import ModelSpec, segment_spec
 from tests.tiny_sam import build_tiny_sam
+from workers.evaluation import seg_set
 from workers.imaging import matting
 from workers.models import runtime, sam, sam_original
 
@@ -308,3 +309,67 @@ def test_segment_anything_segments_with_a_small_random_model(tmp_path: Path, mon
     assert result.method == "segment-anything"
     assert not result.mask[~sam._box_mask(result.mask.shape, sam.product_box(image))].any()
     assert 0.0 < result.quality["area_share"] <= matting.MAX_AREA_SHARE
+
+
+# --- the default chooser on the labelled segmentation set (workers.evaluation.seg_set) -----------------
+
+ISNET_WEIGHTS = Path(".onbrand/models/isnet/model.onnx")
+# A few busy held-out photos through ISNet (~5 s each on 2 cores); the bench runs the whole split.
+ISNET_CASES = ("heldout/brick/mug", "heldout/lawn/bottle", "heldout/cafe_table/sneaker", "heldout/gravel/box")
+
+
+def _heldout() -> dict[str, seg_set.Sample]:
+    return {s.name: s for s in seg_set.samples("heldout")}
+
+
+def test_chooser_never_returns_an_empty_mask_and_says_what_to_upload() -> None:
+    """Classical chain (no ISNet) on every held-out photo: a plausible mask or the upload advice."""
+    for sample in seg_set.samples("heldout"):
+        try:
+            result = matting.segment(sample.image)
+        except matting.SegmentationError as exc:
+            assert matting.UPLOAD_ADVICE in str(exc) and "empty after cleaning" not in str(exc), sample.name
+            continue
+        assert (result.mask > 0).mean() > 0.01, sample.name
+        assert result.method in ("alpha", "grabcut", "grabcut-centre")
+
+
+def test_chooser_on_cutouts_meets_the_targets() -> None:
+    ious = [
+        seg_set.iou(matting.segment(s.image).mask, s.mask)
+        for s in seg_set.samples("heldout")
+        if s.background == "alpha"
+    ]
+    assert float(np.median(ious)) >= 0.98 and min(ious) >= 0.95, ious
+
+
+@pytest.mark.skipif(
+    not ISNET_WEIGHTS.is_file(), reason=f"ISNet weights absent at {ISNET_WEIGHTS}: run `onbrand models pull`"
+)
+def test_chooser_with_isnet_meets_the_targets_on_busy_photos() -> None:
+    from workers.models import isnet
+
+    predict = isnet.load(ISNET_WEIGHTS).predict
+    samples = _heldout()
+    results = {name: matting.segment(samples[name].image, predictor=predict) for name in ISNET_CASES}
+    ious = [seg_set.iou(r.mask, samples[n].mask) for n, r in results.items()]
+    assert float(np.median(ious)) >= 0.98 and min(ious) >= 0.95, dict(zip(ISNET_CASES, ious, strict=True))
+    assert {r.method for r in results.values()} <= {"isnet", "isnet+grabcut"}
+    assert all(r.quality["attempts"][-1]["ok"] for r in results.values())
+
+
+def test_chooser_falls_back_when_the_model_mask_fails_the_checks() -> None:
+    sample = _heldout()["heldout/studio_white/sneaker"]
+
+    def leaky(rgb: np.ndarray) -> np.ndarray:  # a "model" that returns the product and the floor under it
+        leaked = seg_set.wrong_mask(sample, "leaked")
+        assert leaked is not None
+        return (leaked > 0).astype(np.float32)
+
+    try:
+        result = matting.segment(sample.image, predictor=leaky)
+    except matting.SegmentationError as exc:
+        assert "isnet: leaked_mask" in str(exc) and matting.UPLOAD_ADVICE in str(exc)
+    else:
+        assert result.method not in ("isnet",) and result.quality["attempts"][0]["method"] == "isnet"
+        assert not result.quality["attempts"][0]["ok"]
