@@ -41,9 +41,10 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _score(ctx, candidates, lambda c: bool(c.passed))
     chosen = choose(best_of_clusters(candidates, clusters), top_k)
     if len(chosen) < top_k and last_round(ctx.campaign, ctx.round):
-        eligible = [c for c in candidates if c.qc["policy"]["eligible"]]
+        taken = {clusters[str(c.id)].id for c in chosen}  # scores only where a stand-in may come from
+        eligible = [c for c in candidates if c.qc["policy"]["eligible"] and clusters[str(c.id)].id not in taken]
         _score(ctx, eligible, lambda c: True)
-        chosen += fallback(candidates, clusters, chosen, top_k - len(chosen))
+        chosen += fallback(eligible, clusters, top_k - len(chosen))
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
     ctx.rows.extend(candidates)
@@ -145,16 +146,11 @@ def last_round(campaign: Campaign, rnd: int) -> bool:
     return loop.attempt >= campaign.max_retry_attempts and loop.revision >= campaign.max_prompt_revisions
 
 
-def fallback(
-    candidates: list[Candidate], clusters: dict[str, Any], chosen: list[Candidate], missing: int
-) -> list[Candidate]:
+def fallback(eligible: list[Candidate], clusters: dict[str, Any], missing: int) -> list[Candidate]:
     """The best eligible candidates (fewest failed checks, then aesthetic), one per near-duplicate cluster
-    and none from a cluster already ranked, flagged as fallbacks with every reason."""
-    taken = {clusters[str(c.id)].id for c in chosen}
-    pool = sorted(
-        (c for c in candidates if c.qc["policy"]["eligible"]),
-        key=lambda c: (len(c.qc["policy"]["advisory_failed"]), *_order(c)),
-    )
+    (the caller left out the clusters already ranked), flagged as fallbacks with every reason."""
+    taken: set[str] = set()
+    pool = sorted(eligible, key=lambda c: (len(c.qc["policy"]["advisory_failed"]), *_order(c)))
     picked: list[Candidate] = []
     for cand in pool:
         cluster = clusters[str(cand.id)].id
