@@ -372,6 +372,23 @@ def models_pull(
 
 
 @app.command()
+def verify(
+    campaign_id: Annotated[str, typer.Argument(help="The campaign whose results to verify.")],
+    every_candidate: Annotated[bool, typer.Option("--all", help="Every candidate, not only the results.")] = False,
+) -> None:
+    """Re-derive each result's product layer from the stored source photo + mask and check it bit for bit;
+    exits 1 when any fails (or there is nothing to verify)."""
+    from shared.cli.verify import table, verify_campaign
+
+    ident = _uuid_option(campaign_id, "CAMPAIGN_ID")
+    checked = verify_campaign(uuid.UUID(str(ident)), every_candidate)
+    for line in table(checked):
+        typer.echo(line)
+    if not checked or not all(c.report.ok for c in checked):
+        raise typer.Exit(1)
+
+
+@app.command()
 def demo(out: Annotated[str, typer.Option(help="output dir")] = "out/demo") -> None:
     """Run a real campaign end to end on the embedded defaults (what `make demo` calls)."""
     from shared.cli.demo.run import run_demo
