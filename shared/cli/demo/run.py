@@ -19,6 +19,7 @@ import html
 import io
 import json
 import re
+import subprocess
 import threading
 import time
 import traceback
@@ -38,7 +39,7 @@ from standardwebhooks import Webhook
 
 from shared.cli import stack
 from shared.cli.demo.library import build_library
-from shared.cli.procs import Processes, base_env, free_port, run_cli
+from shared.cli.procs import Processes, base_env, free_port, onbrand_cmd, run_cli
 from shared.config import Settings
 
 BRIEF = "the running shoe on an urban street at sunset"
@@ -694,6 +695,19 @@ def print_summary(console: Console, campaign: Json, out: Path, webhooks: tuple[i
     )
 
 
+def verify_results(env: dict[str, str], campaign_id: str, out: Path, console: Console) -> bool:
+    """`onbrand verify`, as a user runs it: every result's product layer re-derived from the stored source
+    photo and mask, checked bit for bit; its table goes to out/verify.txt, its count and failures here."""
+    done = subprocess.run(onbrand_cmd("verify", campaign_id), env=env, capture_output=True, text=True)
+    (out / "verify.txt").write_text(done.stdout + done.stderr)
+    lines = done.stdout.strip().splitlines()
+    for line in lines[1:-1]:
+        if "FAILED" in line:
+            console.print(line.strip(), style="red", markup=False, highlight=False)
+    console.print(lines[-1] if lines else "verify failed: " + done.stderr.strip()[-500:], markup=False)
+    return done.returncode == 0
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -752,7 +766,7 @@ def run_demo(out: str) -> int:
     home = Path(".onbrand/demo").absolute()
     try:
         with (
-            running_system(home, console) as (url, tenant, _procs),
+            running_system(home, console) as (url, tenant, procs),
             WebhookReceiver(out_dir / "webhooks.jsonl") as receiver,
             httpx.Client(
                 base_url=url, headers={"Authorization": f"Bearer {tenant['api_key']}"}, timeout=60.0
@@ -763,9 +777,10 @@ def run_demo(out: str) -> int:
             receiver.wait_for(TERMINAL_EVENTS, timeout=20.0)  # delivery is async: give it a moment
             secret = (out_dir / "webhook-secret.txt").read_text().strip()
             print_summary(console, campaign, out_dir, verify_webhooks(secret, receiver.records()))
+            verified = verify_results(procs.env, str(campaign["id"]), out_dir, console)
     except Exception as exc:  # any failure: one readable line and the traceback, then the exit code
         console.print(f"[red]demo failed:[/] {exc}")
         console.print(traceback.format_exc(), style="dim", markup=False, highlight=False)
         console.print(f"[dim]process logs: {home / 'logs'}[/]")
         return 1
-    return 0 if campaign.get("status") == "completed" else 1
+    return 0 if campaign.get("status") == "completed" and verified else 1
