@@ -26,7 +26,8 @@ def upgrade() -> None:
     op.add_column("results", sa.Column("needs_review", sa.Boolean(), nullable=False, server_default=sa.false()))
     op.add_column("results", sa.Column("review", JSONB(), nullable=False, server_default=sa.text("'{}'::jsonb")))
     # Before 0009 the policy listed every unchecked check (product_dino among them) under qc.policy.unchecked:
-    # count the rules only (brand rules among the verdicts, and the guideline verdicts, which have no group).
+    # count the rules only (brand rules among the verdicts, and the guideline verdicts, which have no group); a
+    # brand rule with no threshold was measured but not enforced (palette_adherence without min_palette_share).
     op.execute(
         """
         WITH open AS (
@@ -35,7 +36,8 @@ def upgrade() -> None:
                                 'check', coalesce(v->>'guideline', v->>'check'), 'kind', 'unchecked',
                                 'reason', left(v->>'reason', 200)))
                             FILTER (WHERE v->>'status' = 'unchecked'
-                                    AND coalesce(v->>'group', 'guideline') IN ('brand', 'guideline')),
+                                    AND coalesce(v->>'group', 'guideline') IN ('brand', 'guideline')
+                                    AND NOT (coalesce(v->>'group', '') = 'brand' AND v->>'threshold' IS NULL)),
                             '[]'::jsonb) AS reasons,
                    coalesce(jsonb_array_length(c.qc->'policy'->'failed'), 0) AS failed
             FROM candidates c

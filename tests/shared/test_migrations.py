@@ -61,6 +61,14 @@ def _qc(guidelines: list[tuple[str, str]], failed: list[str] = ()) -> str:  # ty
             "verdicts": [
                 {"check": "product_exact", "group": "product", "status": "pass", "reason": "exact"},
                 {"check": "product_dino", "group": "product", "status": "unchecked", "reason": "not configured"},
+                {  # measured, but this brand sets no limit for it: no rule of the brand's, so no reason to review
+                    "check": "palette_adherence",
+                    "group": "brand",
+                    "status": "unchecked",
+                    "value": 0.4,
+                    "threshold": None,
+                    "reason": "not enforced",
+                },
             ],
             "guidelines": {"verdicts": [{"guideline": g, "status": s, "reason": f"{g} {s}"} for g, s in guidelines]},
             "policy": {"failed": list(failed), "unchecked": [g for g, s in guidelines if s == "unchecked"]},

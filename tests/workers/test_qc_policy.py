@@ -270,3 +270,15 @@ def test_gating_failures_name_the_checks_with_examples() -> None:
     ]
     assert got[0]["failed"] == 2 and got[0]["examples"] == [{"layout_key": "a", "reason": "product_exact on a"}]
     assert got[1]["examples"] == [{"layout_key": "c", "reason": "no model"}]
+
+
+def test_a_brand_rule_the_brand_sets_no_limit_for_is_no_gap() -> None:
+    def palette(threshold: float | None, value: float | None) -> dict[str, Any]:
+        verdict = {"check": "palette_adherence", "group": "brand", "status": "unchecked", "reason": "r"}
+        return {"verdicts": [{**verdict, "threshold": threshold, "value": value}]}
+
+    measured_only = policy.decide(policy.checks(palette(None, 0.4)), "strict", 0.75)
+    assert measured_only["unchecked"] == ["palette_adherence"] and measured_only["unchecked_rules"] == []
+    assert measured_only["fully_checked"] and not measured_only["needs_review"]
+    required = policy.decide(policy.checks(palette(0.6, None)), "strict", 0.75)  # required, but no palette to check
+    assert required["unchecked_rules"] == ["palette_adherence"] and required["needs_review"]

@@ -53,6 +53,7 @@ def checks(qc: Mapping[str, Any]) -> list[dict[str, Any]]:
             "flexible": False,
             "weight": 1.0,
             "reason": v["reason"],
+            "enforced": enforced(v),
         }
         for v in qc.get("verdicts") or []
     ]
@@ -64,10 +65,19 @@ def checks(qc: Mapping[str, Any]) -> list[dict[str, Any]]:
             "flexible": bool(v["flexible"]),
             "weight": float(v["weight"]),
             "reason": v["reason"],
+            "enforced": True,
         }
         for v in (qc.get("guidelines") or {}).get("verdicts") or []
     ]
     return out
+
+
+def enforced(verdict: Mapping[str, Any]) -> bool:
+    """False for a brand rule that was measured and shown but that the brand sets no limit for (e.g.
+    palette_adherence without min_palette_share): not a rule of this brand, so neither a gap nor a pass."""
+    return not (
+        verdict.get("group") == "brand" and verdict["status"] == "unchecked" and verdict.get("threshold") is None
+    )
 
 
 def decide(
@@ -86,7 +96,9 @@ def decide(
         raise ValueError(f"unchecked must be one of {', '.join(UNCHECKED_POLICIES)}, got {unchecked!r}")
     failed = [c for c in found if c["status"] == "fail"]
     waived = [c["id"] for c in failed if policy == "flexible" and c["flexible"] and c["id"] in set(relaxed)]
-    open_rules = [c for c in found if c["status"] == "unchecked" and c["group"] in RULE_GROUPS]
+    open_rules = [
+        c for c in found if c["status"] == "unchecked" and c["group"] in RULE_GROUPS and c.get("enforced", True)
+    ]
     share = weighted_share(found)
     if policy == "weighted":
         passed = not any(c["group"] == HARD_GROUP for c in failed) and share >= threshold
