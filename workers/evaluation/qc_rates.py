@@ -189,3 +189,14 @@ for _rule in ("product_area", "exposure", "contrast"):
 register("duplicated_product", "duplicate", _classical(classical.check_duplicated))
 register("floating_product", "floating", _classical(classical.check_floating))
 register("distorted_product", ("recoloured", "warped"), _distorted)
+
+
+def _text(s: Sample) -> Status:
+    from workers.checks import text_ocr  # the OCR model loads on the first call, once per process
+
+    # As QC passes it for a compositor candidate: the background it was made from, copied outside the product.
+    known = None if s.backdrop is None else text_ocr.Background(s.backdrop, verbatim=True, source=s.background)
+    return str(text_ocr.check(s.candidate, s.layer, known)["status"])
+
+
+register("text_artefacts", "stray_text", _text)
