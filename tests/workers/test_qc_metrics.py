@@ -476,8 +476,7 @@ def test_a_clean_candidate_stays_high_against_its_source(
     image = compositor.compose(source, compositor.backdrop((640, 640), BRAND))
     measured = fidelity.fidelity(image, source, source)
     assert measured["layer_matches_source"] is True and measured["exact_fraction"] == 1.0
-    # Below 1: the candidate's soft edge is harmonised with its floor, the reference's is blended afresh.
-    assert 0.98 < float(measured["msssim_edges"]) < 1.0 and measured["delta_e"] == 0.0
+    assert float(measured["msssim_edges"]) > 0.98 and measured["delta_e"] == 0.0
     crops = fidelity.product_crops(image, source)
     assert crops[0].size == crops[1].size and crops[0].size[0] < 640
 

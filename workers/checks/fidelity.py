@@ -12,8 +12,8 @@ Three views of the same question, strictest first:
 * ``exact_fraction`` - share of the reference's fully opaque pixels that are bit-identical
   in the candidate (composition.exact_counts). 1.0 is the promise.
 * ``msssim_edges``   - MS-SSIM between edge maps of the product's padded box in the candidate
-  (its soft edge and surroundings included) and the same box with the source product
-  alpha-blended over the candidate. Catches structural damage (blur, redrawn text, warped
+  (its soft edge and surroundings included) and the same box with the source product's
+  opaque pixels put back. Catches structural damage (blur, redrawn text, warped
   logos) even when colours are close, and degrades gracefully where exact comparison is
   all-or-nothing.
 * ``mean_abs_diff``  - mean absolute RGB difference (0-255) over the opaque region.
@@ -67,8 +67,8 @@ def fidelity(
 
 def product_crops(candidate: Image.Image, reference: Image.Image) -> tuple[Image.Image, Image.Image]:
     """(candidate, reference) crops of the product's padded box, for an embedding model (DINOv2): the
-    reference is the source product (``reference``, RGBA) alpha-blended over the candidate, so the crops
-    share their surroundings and differ where the product in the candidate is not the source product."""
+    reference is the candidate with the source product's (``reference``, RGBA) opaque pixels put back, so
+    the crops share their surroundings and differ where the product in the candidate is not the source's."""
     cand = np.asarray(candidate.convert("RGB"))
     arr = np.asarray(reference.convert("RGBA"))
     if not (arr[:, :, 3] == 255).any():
@@ -78,21 +78,22 @@ def product_crops(candidate: Image.Image, reference: Image.Image) -> tuple[Image
 
 
 def blended(cand: np.ndarray, rgba: np.ndarray) -> np.ndarray:
-    """``cand`` (RGB) with ``rgba`` alpha-blended over it, its opaque pixels copied (composition.paste_back)."""
+    """``cand`` (RGB) with the source product's opaque pixels put back: the candidate as it should be.
+
+    Only where ``rgba`` is opaque does the source say what the pixel is; under its soft edge and
+    translucent parts the colour depends on the scene behind, which only the candidate holds, so
+    those stay the candidate's (blending the source over them again would count a clean glass
+    product as damaged).
+    """
     out = cand.copy()
-    alpha = rgba[:, :, 3]
-    x0, y0, x1, y1 = _padded_bbox(alpha > 0, 0)
-    a = alpha[y0:y1, x0:x1, None].astype(np.float32) / 255.0
-    fg, bg = rgba[y0:y1, x0:x1, :3].astype(np.float32), cand[y0:y1, x0:x1].astype(np.float32)
-    out[y0:y1, x0:x1] = np.clip(fg * a + bg * (1 - a) + 0.5, 0, 255).astype(np.uint8)
-    opaque = alpha == 255
+    opaque = rgba[:, :, 3] == 255
     out[opaque] = rgba[:, :, :3][opaque]
     return out
 
 
 def msssim_edges(cand: np.ndarray, reference: np.ndarray) -> float:
     """MS-SSIM (data_range=255) of Sobel edge maps over the product's padded box: the candidate as it is
-    (soft edge, shadow, surroundings) against the source product ``reference`` (RGBA) blended over it."""
+    (soft edge, shadow, surroundings) against the same with the source product ``reference`` (RGBA) put back."""
     x0, y0, x1, y1 = _padded_bbox(reference[:, :, 3] > 0, BBOX_PAD)
     a = _edge_map(_fit_for_msssim(cand[y0:y1, x0:x1]))
     b = _edge_map(_fit_for_msssim(blended(cand, reference)[y0:y1, x0:x1]))

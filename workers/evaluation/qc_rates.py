@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
+from shared import integrity
 from shared.qc import QcThresholds
 from workers.checks import brand_rules, product
 from workers.checks import guideline_classical as classical
@@ -141,8 +143,27 @@ def fidelity_metrics(s: Sample) -> dict[str, Any]:
     from workers.checks import fidelity  # imports torch's MS-SSIM lazily: only when product checks run
 
     if s.id not in _FIDELITY:
-        _FIDELITY[s.id] = {**fidelity.fidelity(s.candidate, s.layer), "dino_cosine": None}
+        # Against the source product, re-derived as QC does (shared.integrity), not the stored layer itself.
+        _FIDELITY[s.id] = {**fidelity.fidelity(s.candidate, s.layer, source_layer(s)), "dino_cosine": None}
     return _FIDELITY[s.id]
+
+
+def source_layer(s: Sample) -> Image.Image:
+    """The sample's layer re-derived from its source photo, the mask it was cut with and its placement."""
+    p = s.placement
+    canvas = (p["canvas"]["width"], p["canvas"]["height"])
+    t = integrity.transform_for(tuple(p["crop"]), p["scale"], p["rotation"], (p["x"], p["y"]), canvas)
+    return integrity.derive_layer(s.source, s.mask, t)
+
+
+def _expansion(check_id: str) -> Judge:
+    from workers.checks import expansion
+
+    def judge(s: Sample) -> Status:
+        measured = expansion.measure(s.candidate, source_layer(s))
+        return str(next(v["status"] for v in expansion.check(measured) if v["check"] == check_id))
+
+    return judge
 
 
 def _product_check(check_id: str) -> Judge:
@@ -187,6 +208,10 @@ register("product_in_frame", None, _frame)
 for _rule in ("product_area", "exposure", "contrast"):
     register(_rule, None, _brand_rule(_rule))
 register("duplicated_product", "duplicate", _classical(classical.check_duplicated))
+# The set has no grown-product defect: expansion's false-positive rate only (its catch rate is measured in
+# tests/workers/test_qc_metrics.py); the duplicate beside the product against the set's second copies.
+register("product_expansion", None, _expansion("product_expansion"))
+register("product_duplicate_nearby", "duplicate", _expansion("product_duplicate_nearby"))
 register("floating_product", "floating", _classical(classical.check_floating))
 register("distorted_product", ("recoloured", "warped"), _distorted)
 
