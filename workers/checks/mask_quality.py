@@ -55,6 +55,8 @@ class MaskQuality:
     filled_hole_share: float
     outline_support: float  # share of the outline where inside and outside differ
     failures: list[str] = field(default_factory=list)
+    palette: list[list[float]] = field(default_factory=list)  # the photo's backdrop palette (Lab), for the halo
+    tolerance: float = 0.0
 
     @property
     def ok(self) -> bool:
@@ -88,7 +90,9 @@ def check(rgb: np.ndarray, mask: np.ndarray, background: np.ndarray | None = Non
     clip = float((same & ~backdrop_like).mean())
     backdrop = float((background & fg).sum() / fg.sum()) if background is not None else 0.0
     holes = filled_holes(lab, fg, palette, tolerance)
-    result = MaskQuality(leak, clip, backdrop, holes, float(1.0 - same.mean()))
+    result = MaskQuality(
+        leak, clip, backdrop, holes, float(1.0 - same.mean()), [], palette.round(2).tolist(), round(tolerance, 3)
+    )
     result.failures.extend(_reasons(result))
     return result
 
@@ -247,9 +251,10 @@ def halo_share(candidate: np.ndarray, alpha: np.ndarray, palette: np.ndarray, to
     ``candidate``: uint8 HxWx3 final image; ``alpha``: uint8 HxW placed product alpha in its frame;
     ``palette``/``tolerance``: the source photo's backdrop palette (:func:`backdrop_palette`), as Lab.
     """
-    fg = _validate(candidate, alpha)
+    _validate(candidate, alpha)
+    fg = alpha >= 128  # the product proper; its feathered rim is mostly the new background already
     u8 = fg.astype(np.uint8)
-    ring = fg & (cv2.distanceTransform(u8, cv2.DIST_L2, 3) <= 2.0)
+    ring = fg & (cv2.distanceTransform(u8, cv2.DIST_L2, 3) <= 3.0)
     if not ring.any():
         return 0.0
     lab = to_lab(candidate)
@@ -260,3 +265,22 @@ def halo_share(candidate: np.ndarray, alpha: np.ndarray, palette: np.ndarray, to
     sticks_out = np.linalg.norm(colours - around[ys, xs], axis=1) > UNSUPPORTED_DE
     sticks_out &= np.isfinite(around[ys, xs]).all(axis=1)
     return float((old & sticks_out).mean())
+
+
+def halo_verdicts(segment_quality: dict[str, Any], image: Any, layer: Any) -> list[dict[str, Any]]:
+    """QC's ``mask_halo`` verdict for one candidate (PIL candidate and placed RGBA layer), from the backdrop
+    palette the segment stage recorded; none for a cut-out upload, whose source has no backdrop to fringe."""
+    from workers.checks.product import verdict
+
+    palette = segment_quality.get("backdrop_palette")
+    if not palette:
+        return []
+    share = halo_share(
+        np.asarray(image.convert("RGB")),
+        np.asarray(layer.getchannel("A")),
+        np.asarray(palette, np.float32),
+        float(segment_quality.get("backdrop_tolerance", 6.0)),
+    )
+    ok = share <= MAX_HALO_SHARE
+    reason = f"{share:.0%} of the product's edge carries the source backdrop's colour (limit {MAX_HALO_SHARE:.0%})"
+    return [verdict("mask_halo", "product", share, MAX_HALO_SHARE, ok, reason)]

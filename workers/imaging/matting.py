@@ -120,7 +120,13 @@ class Chooser:
                 {"method": method, "ok": verdict.ok, "reason": "; ".join(verdict.failures), **verdict.numbers()}
             )
             if verdict.ok:
-                quality = {**mask_quality(mask, removed, filled), **verdict.numbers(), "attempts": attempts}
+                quality = {
+                    **mask_quality(mask, removed, filled),
+                    **verdict.numbers(),
+                    "backdrop_palette": verdict.palette,  # QC's halo check compares the placed edge with it
+                    "backdrop_tolerance": verdict.tolerance,
+                    "attempts": attempts,
+                }
                 return SegmentResult(mask, mask.copy(), method, quality)
         reasons = "; ".join(f"{a['method']}: {a['reason']}" for a in attempts if a["reason"])
         raise SegmentationError(f"no method found the product ({reasons}); {UPLOAD_ADVICE}")
