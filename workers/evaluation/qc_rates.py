@@ -225,3 +225,31 @@ def _text(s: Sample) -> Status:
 
 
 register("text_artefacts", "stray_text", _text)
+
+
+def _mask_quality(s: Sample) -> Any:
+    from workers.checks import mask_quality  # the segment stage's checks of the mask against the source photo
+
+    return mask_quality.check(np.asarray(s.source), np.where(s.mask >= 128, 255, 0).astype(np.uint8))
+
+
+def _source_check(prefix: str) -> Judge:
+    def judge(s: Sample) -> Status:
+        return "fail" if any(f.startswith(prefix) for f in _mask_quality(s).failures) else "pass"
+
+    return judge
+
+
+def _halo(s: Sample) -> Status:
+    from workers.checks import mask_quality
+
+    q = _mask_quality(s)
+    found = mask_quality.halo_verdicts(
+        {"backdrop_palette": q.palette, "backdrop_tolerance": q.tolerance}, s.candidate, s.layer
+    )
+    return str(found[0]["status"]) if found else "unchecked"
+
+
+register("leaked_mask", "leaked_mask", _source_check("leaked_mask"))
+register("clipped_mask", "clipped_mask", _source_check("clipped_mask"))
+register("mask_halo", "leaked_mask", _halo)

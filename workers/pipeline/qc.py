@@ -126,7 +126,7 @@ def _batch(ctx: StageContext) -> list[Candidate]:
 def check_one(
     ctx: StageContext, review: Review, cand: Candidate, image: Image.Image, layer: Image.Image, cosine: float | None
 ) -> None:
-    from workers.checks import brand_rules, duplicates, expansion, fidelity
+    from workers.checks import brand_rules, duplicates, expansion, fidelity, mask_quality
 
     limits = review.limits
     source = review.sources.layer(cand)  # the product re-derived from the source photo, not the pasted layer
@@ -137,6 +137,8 @@ def check_one(
         *product.product_checks(metrics, limits),
         *expansion.check(metrics),
         product.frame_check(layer),
+        # a fringe of the source photo's backdrop on the placed product's edge (advisory until measured)
+        *mask_quality.halo_verdicts(ctx.output(SegmentOutput).quality, image, layer),
         *[{**v, "group": "brand"} for v in rules],
     ]
     cand.qc = {"metrics": metrics, "verdicts": verdicts, "thresholds": limits.model_dump()}
