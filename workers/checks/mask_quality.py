@@ -35,12 +35,18 @@ ENCLOSED = BAND + 3  # px of product a filled hole keeps between itself and the 
 PALETTE_SIZE = 12  # k-means colours of the photo's border: the backdrop palette
 BORDER_SHARE = 0.04  # width of the border strip the palette is learned from (share of the short side)
 # verdict thresholds (tuned on seg_set "tune"; see the module docstring)
-MAX_LEAK_SHARE = 0.15  # of the outline: unsupported and backdrop-coloured
+MAX_LEAK_SHARE = 0.2  # of the outline: unsupported and backdrop-coloured
 MAX_CLIP_SHARE = 0.02  # of the outline: unsupported and product-coloured
 # of the mask: border-connected backdrop per the backdrop model. Recorded, not gated: on busy photos and
 # for white parts on a white sweep the flood fill itself is wrong (tune split: up to 54 % on true masks).
 BACKDROP_SHARE_GATED = False
 MAX_BACKDROP_SHARE = 0.03
+# of the mask's interior: backdrop-coloured pixels. Tune split: true masks <= 13 % (white on white aside),
+# leaked bands >= 16 %, GrabCut masks that follow a brick wall's mortar or gravel 21-90 %.
+MAX_BACKDROP_COLOUR_SHARE = 0.2
+# ... gated on textured backdrops only (border colours spread at least this far, Lab): on a plain sweep a
+# white product part has the sweep's colour, and the outline measures already see leaks there.
+TEXTURED_SPREAD = 10.0
 MAX_FILLED_HOLE_SHARE = 0.02  # of the mask: enclosed, backdrop-coloured region
 MAX_HALO_SHARE = 0.25  # of the placed product's edge ring: backdrop-coloured fringe
 
@@ -55,6 +61,8 @@ class MaskQuality:
     filled_hole_share: float
     outline_support: float  # share of the outline where inside and outside differ
     failures: list[str] = field(default_factory=list)
+    backdrop_colour_share: float = 0.0  # of the mask's interior: pixels of the backdrop palette's colours
+    backdrop_spread: float = 0.0  # how far the border's colours spread (Lab, 90th percentile): texture
     palette: list[list[float]] = field(default_factory=list)  # the photo's backdrop palette (Lab), for the halo
     tolerance: float = 0.0
 
@@ -69,6 +77,8 @@ class MaskQuality:
             "backdrop_share": round(self.backdrop_share, 4),
             "filled_hole_share": round(self.filled_hole_share, 4),
             "outline_support": round(self.outline_support, 4),
+            "backdrop_colour_share": round(self.backdrop_colour_share, 4),
+            "backdrop_spread": round(self.backdrop_spread, 2),
         }
 
 
@@ -91,7 +101,16 @@ def check(rgb: np.ndarray, mask: np.ndarray, background: np.ndarray | None = Non
     backdrop = float((background & fg).sum() / fg.sum()) if background is not None else 0.0
     holes = filled_holes(lab, fg, palette, tolerance)
     result = MaskQuality(
-        leak, clip, backdrop, holes, float(1.0 - same.mean()), [], palette.round(2).tolist(), round(tolerance, 3)
+        leak,
+        clip,
+        backdrop,
+        holes,
+        float(1.0 - same.mean()),
+        [],
+        backdrop_colour_share(lab, fg, palette, tolerance),
+        border_spread(lab, fg),
+        palette.round(2).tolist(),
+        round(tolerance, 3),
     )
     result.failures.extend(_reasons(result))
     return result
@@ -103,6 +122,11 @@ def _reasons(q: MaskQuality) -> list[str]:
         reasons.append(
             f"leaked_mask: {q.leak_share:.0%} of the mask's outline runs through backdrop-coloured pixels "
             f"(limit {MAX_LEAK_SHARE:.0%})"
+        )
+    if q.backdrop_spread >= TEXTURED_SPREAD and q.backdrop_colour_share > MAX_BACKDROP_COLOUR_SHARE:
+        reasons.append(
+            f"leaked_mask: {q.backdrop_colour_share:.0%} of the mask has the backdrop's colours "
+            f"(limit {MAX_BACKDROP_COLOUR_SHARE:.0%})"
         )
     if BACKDROP_SHARE_GATED and q.backdrop_share > MAX_BACKDROP_SHARE:
         reasons.append(
@@ -140,6 +164,23 @@ def to_lab(rgb: np.ndarray) -> np.ndarray:
     return lab
 
 
+def _border_strip(fg: np.ndarray) -> np.ndarray:
+    h, w = fg.shape
+    b = max(2, round(BORDER_SHARE * min(h, w)))
+    strip = np.zeros((h, w), bool)
+    strip[:b], strip[-b:], strip[:, :b], strip[:, -b:] = True, True, True, True
+    return strip
+
+
+def border_spread(lab: np.ndarray, fg: np.ndarray) -> float:
+    """90th percentile Lab distance of the border's colours from their median: ~5 for a studio sweep,
+    15+ for brick, gravel or a lawn."""
+    samples = lab[_border_strip(fg) & ~fg]
+    if samples.shape[0] == 0:
+        return 0.0
+    return float(np.percentile(np.linalg.norm(samples - np.median(samples, axis=0), axis=1), 90))
+
+
 def backdrop_palette(lab: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, float]:
     """(PALETTE_SIZE x 3 Lab colours of the photo's border outside the mask, distance tolerance).
 
@@ -147,10 +188,7 @@ def backdrop_palette(lab: np.ndarray, fg: np.ndarray) -> tuple[np.ndarray, float
     k-means palette is the "backdrop model" for textured scenes. The tolerance follows the palette's own
     spread, so a busy texture is allowed more variation than a plain sweep.
     """
-    h, w = fg.shape
-    b = max(2, round(BORDER_SHARE * min(h, w)))
-    strip = np.zeros((h, w), bool)
-    strip[:b], strip[-b:], strip[:, :b], strip[:, -b:] = True, True, True, True
+    strip = _border_strip(fg)
     samples = lab[strip & ~fg]
     if samples.shape[0] < PALETTE_SIZE:
         samples = lab[strip]
@@ -196,6 +234,19 @@ def _band_mean(lab: np.ndarray, band: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         mean: np.ndarray = total / np.where(count > 0, count, np.nan)[..., None]
     return mean
+
+
+def backdrop_colour_share(lab: np.ndarray, fg: np.ndarray, palette: np.ndarray, tolerance: float) -> float:
+    """Share of the mask's interior (BAND px in from its outline) whose colour is one of the backdrop's.
+
+    Catches what the outline cannot: a mask that follows the backdrop's own texture edges (the mortar of a
+    brick wall, pebbles) has a well supported outline but is largely backdrop inside.
+    """
+    core = cv2.distanceTransform(fg.astype(np.uint8), cv2.DIST_L2, 3) > BAND
+    ys, xs = np.nonzero(core)
+    if ys.size == 0:
+        return 0.0
+    return float((_palette_distance(lab[ys, xs], palette) < tolerance * 0.8).mean())
 
 
 def filled_holes(lab: np.ndarray, fg: np.ndarray, palette: np.ndarray, tolerance: float) -> float:
