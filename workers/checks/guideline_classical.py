@@ -11,8 +11,13 @@ Checkable without a model, because we hold the exact ``layer`` that was composit
   product as it stands in the candidate is the template (masked to its fully opaque
   pixels); masked normalised cross-correlation at reduced resolution, over a few scales
   (0.8-1.25, catches ~0.75-1.3) and tilts (+-20 degrees, catches ~+-25), with the
-  product's own placement blanked out. A copy that a generator redrew (new perspective,
-  new lighting, mirrored) or a faint ghost of it can escape this check.
+  product's own placement blanked out. The correlation is ramp-free (the best-fitting
+  plane is removed from the template and from every window) and a window must have about
+  the product's mean colour: a product whose look is a smooth shading ramp otherwise
+  correlated with the studio backdrop's own gradients (wall, horizon, vignette; see
+  README "Measured QC rates"). A product whose inside is only such a ramp is searched for
+  by its silhouette; with no structure at all it is unchecked. A copy that a generator
+  redrew (new perspective, new lighting, mirrored) or a faint ghost of it can escape.
 * ``floating_product``   - :func:`compositor.compose` darkens the floor under the
   product's base with a contact shadow. A band just under the base is compared with
   the same rows beside the shadow; no darkening means nothing grounds the product.
@@ -27,7 +32,7 @@ nothing in the pixels tells a stray object from a deliberate backdrop, so it is 
 from __future__ import annotations
 
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import cv2
 import numpy as np
@@ -58,6 +63,13 @@ MIN_TEXTURE_STD = 3.0  # grey levels: a flatter product has no structure to corr
 CONTRAST_RANGE = (0.5, 2.0)  # NCC ignores gain, so a faint gradient can correlate with a faint product;
 #   a real copy has about the product's own contrast
 MIN_TEMPLATE_PX = 8  # a template smaller than this at match resolution matches anything
+MAX_COLOUR_SHIFT = 30.0  # RGB distance of a window's mean colour from the product's: NCC is blind to gain and
+#   offset, a copy is not. Copies composited in the QC set (workers.evaluation.qc_set) stay under 10 (all caught
+#   at 10, one lost at 6); 30 leaves room for a copy re-lit by a generator. Without it, a small translucent
+#   product's silhouette matched grass and sky (3 of 66 clean tune candidates).
+SILHOUETTE_MIN_SCORE = 0.78  # a silhouette template carries the original's surroundings (backdrop, shadow), so
+#   a copy elsewhere scores lower: 0.81-0.97 on the QC set's tune split, clean candidates at most 0.69 there
+OUTLINE_RING = 3  # cells (match resolution) of surroundings in a silhouette template: the outline's step
 OWN_PAD = 2  # px (match resolution) blanked around the product's own box: its soft edge and resampling
 
 # floating_product
@@ -188,44 +200,72 @@ def _side_mean(luma: np.ndarray, beside: np.ndarray, cx: int) -> float:
 
 
 def check_duplicated(cand: np.ndarray, alpha: np.ndarray) -> dict[str, Any]:
-    """Fail when a second copy of the product correlates >= DUPLICATE_MIN_SCORE outside its own place."""
-    grey, template, mask, own = _match_inputs(cand, alpha)
-    if min(template.shape) < MIN_TEMPLATE_PX:
+    """Fail when a second copy of the product correlates with it outside its own place.
+
+    The product's inside is the template; a product whose inside is only smooth shading is searched for
+    by its silhouette (the inside plus a ring of what surrounds it) instead, and is unchecked when even
+    that has no structure beyond a ramp."""
+    search = _match_inputs(cand, alpha)
+    if min(search.template.shape) < MIN_TEMPLATE_PX or not search.mask.any():
         return _verdict("duplicated_product", "unchecked", "product too small to search for a copy of it")
-    std = float(template[mask > 0].std())
-    if std < MIN_TEXTURE_STD:
+    inside, outline = structure_std(search.template, search.mask), structure_std(search.template, search.outline)
+    if max(inside, outline) < MIN_TEXTURE_STD:
         return _verdict(
             "duplicated_product",
             "unchecked",
-            f"product is nearly uniform (grey std {std:.1f}): correlation cannot find a copy of it",
+            f"product has no structure beyond smooth shading (grey std {inside:.1f} inside, {outline:.1f} with its "
+            "outline, after removing the ramp): correlation cannot tell a copy of it from a backdrop's gradient",
         )
-    best = _best_match(_blank(grey, own), template, mask)
+    if inside >= MIN_TEXTURE_STD:
+        best = _best_match(search, search.template, search.mask, inside)
+        return _duplicate_verdict(best, "the product's inside", DUPLICATE_MIN_SCORE)
+    best = _best_match(search, search.template, search.outline, outline)
+    return _duplicate_verdict(best, "the product's silhouette", SILHOUETTE_MIN_SCORE)
+
+
+def _duplicate_verdict(best: float | None, by: str, limit: float) -> dict[str, Any]:
     if best is None:
         return _verdict("duplicated_product", "unchecked", "no room on the canvas for a second copy")
     if best == -np.inf:  # NCC is gain-blind, so "no window with the product's contrast" is reported as such
-        return _verdict("duplicated_product", "pass", "nothing elsewhere on the canvas has the product's contrast")
-    status = "fail" if best >= DUPLICATE_MIN_SCORE else "pass"
+        return _verdict(
+            "duplicated_product", "pass", f"nothing elsewhere on the canvas has the contrast and colours of {by}"
+        )
+    status = "fail" if best >= limit else "pass"
     return _verdict(
         "duplicated_product",
         status,
-        f"best match of the product elsewhere: NCC {best:.3f} "
-        f"({'>=' if best >= DUPLICATE_MIN_SCORE else '<'} {DUPLICATE_MIN_SCORE})",
+        f"best match of {by} elsewhere: NCC {best:.3f} ({'>=' if best >= limit else '<'} {limit})",
         best,
     )
 
 
-def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, Box]:
-    """Grey canvas, product template + mask and the product's own (padded) box, all at match resolution."""
+class _Search(NamedTuple):
+    """What the copy search works on, all at match resolution."""
+
+    grey: np.ndarray  # float32 canvas, the product's own box blanked
+    rgb: np.ndarray  # float32 HxWx3 canvas, blurred like grey
+    template: np.ndarray  # grey product and OUTLINE_RING cells around it
+    mask: np.ndarray  # uint8: the template's cells wholly inside the product
+    outline: np.ndarray  # uint8: those and OUTLINE_RING cells around them
+    colour: np.ndarray  # mean RGB of the product under ``mask``
+
+
+def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> _Search:
+    """Grey and colour canvas, product template + masks + mean colour, the product's own box blanked."""
     x0, y0, x1, y1 = _bbox(alpha == 255)
     f = min(1.0, TEMPLATE_SIDE / max(x1 - x0, y1 - y0), SEARCH_SIDE / max(alpha.shape))
     size = (max(1, round(alpha.shape[1] * f)), max(1, round(alpha.shape[0] * f)))
-    grey = cv2.resize(cv2.cvtColor(cand, cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
-    grey = cv2.GaussianBlur(grey.astype(np.float32), (0, 0), MATCH_BLUR)
-    solid = cv2.resize((alpha == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.99
-    # The template comes from the candidate itself, resampled exactly like the searched canvas; only
-    # cells wholly inside the product count, so the backdrop around the product never has to match.
-    sx0, sy0, sx1, sy1 = _bbox(solid) if solid.any() else (0, 0, 0, 0)
-    template, mask = grey[sy0:sy1, sx0:sx1], solid[sy0:sy1, sx0:sx1].astype(np.uint8)
+    rgb = cv2.GaussianBlur(cv2.resize(cand, size, interpolation=cv2.INTER_AREA).astype(np.float32), (0, 0), MATCH_BLUR)
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    solid = (cv2.resize((alpha == 255).astype(np.float32), size, interpolation=cv2.INTER_AREA) >= 0.99).astype(np.uint8)
+    # The template comes from the candidate itself, resampled exactly like the searched canvas; its
+    # inside is the cells wholly inside the product, so the backdrop around it never has to match.
+    r = OUTLINE_RING
+    sx0, sy0, sx1, sy1 = _bbox(solid > 0) if solid.any() else (0, 0, 0, 0)
+    box = np.s_[max(0, sy0 - r) : sy1 + r, max(0, sx0 - r) : sx1 + r]
+    ring = cv2.dilate(solid, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * r + 1, 2 * r + 1)))
+    mask = solid[box]
+    colour = rgb[box][mask > 0].mean(axis=0) if mask.any() else np.zeros(3, np.float32)
     ax0, ay0, ax1, ay1 = _bbox(alpha > 0)
     own = (
         int(ax0 * f) - OWN_PAD,
@@ -233,7 +273,7 @@ def _match_inputs(cand: np.ndarray, alpha: np.ndarray) -> tuple[np.ndarray, np.n
         int(np.ceil(ax1 * f)) + OWN_PAD,
         int(np.ceil(ay1 * f)) + OWN_PAD,
     )
-    return grey, template, mask, own
+    return _Search(_blank(grey, own), _blank(rgb, own), grey[box], mask, ring[box], colour)
 
 
 def _bbox(fg: np.ndarray) -> Box:
@@ -241,28 +281,36 @@ def _bbox(fg: np.ndarray) -> Box:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def _blank(grey: np.ndarray, own: Box) -> np.ndarray:
+def _blank(image: np.ndarray, own: Box) -> np.ndarray:
     """The canvas with the product's own box filled with the mean of a ring around it, so it can't match."""
-    h, w = grey.shape
+    h, w = image.shape[:2]
     x0, y0, x1, y1 = max(0, own[0]), max(0, own[1]), min(w, own[2]), min(h, own[3])
-    ring = np.zeros(grey.shape, bool)
+    ring = np.zeros((h, w), bool)
     ring[max(0, y0 - 4) : y1 + 4, max(0, x0 - 4) : x1 + 4] = True
     ring[y0:y1, x0:x1] = False
-    out = grey.copy()
-    out[y0:y1, x0:x1] = grey[ring].mean() if ring.any() else grey.mean()
+    out = image.copy()
+    out[y0:y1, x0:x1] = image[ring].mean(axis=0) if ring.any() else image.reshape(h * w, -1).mean(axis=0)
     return out
 
 
-def _best_match(grey: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
-    """Highest masked NCC over all scale/tilt variants: None when no variant fits on the canvas,
-    -inf when no window has about the product's contrast."""
-    g = (grey - grey.mean()) / 255.0  # centred and scaled: the float32 window sums below stay precise
-    fitted = [s for s in (_match(g, g * g, t, m) for t, m in _variants(template, mask)) if s is not None]
+def _best_match(search: _Search, template: np.ndarray, mask: np.ndarray, std: float) -> float | None:
+    """Highest ramp-free masked NCC over all scale/tilt variants of ``template`` under ``mask``, among windows
+    whose structure has about ``std`` grey levels (the product's own) and whose colour is the product's:
+    None when no variant fits on the canvas, -inf when no window qualifies."""
+    g = (search.grey - search.grey.mean()) / 255.0  # centred and scaled: the float32 window sums stay precise
+    rgb = (search.rgb - search.colour) / 255.0  # centred on the product's colour: window means are its shift
+    fitted = [
+        s
+        for s in (_match(g, g * g, rgb, *v, std / 255.0) for v in _variants(template, mask, search.mask))
+        if s is not None
+    ]
     return round(max(fitted), 4) if fitted else None
 
 
-def _variants(template: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """The template and its mask at every MATCH_SCALES x MATCH_ROTATIONS, each in a box that holds it all."""
+def _variants(
+    template: np.ndarray, mask: np.ndarray, inside: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The template and its masks at every MATCH_SCALES x MATCH_ROTATIONS, each in a box that holds it all."""
     h, w = template.shape
     out = []
     for scale in MATCH_SCALES:
@@ -273,25 +321,75 @@ def _variants(template: np.ndarray, mask: np.ndarray) -> list[tuple[np.ndarray, 
             m[:, 2] += (box[0] / 2 - w / 2, box[1] / 2 - h / 2)
             # Replicate, not zero, at the border: the mask's edge cells must not blend in black.
             t = cv2.warpAffine(template, m, box, flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-            out.append((t, cv2.warpAffine(mask, m, box, flags=cv2.INTER_NEAREST)))
+            masks = [cv2.warpAffine(k, m, box, flags=cv2.INTER_NEAREST) for k in (mask, inside)]
+            out.append((t, masks[0], masks[1]))
     return out
 
 
-def _match(g: np.ndarray, g2: np.ndarray, template: np.ndarray, mask: np.ndarray) -> float | None:
-    """Best masked NCC of one variant over windows whose masked contrast is within CONTRAST_RANGE (else -inf).
+def _match(
+    g: np.ndarray,
+    g2: np.ndarray,
+    rgb: np.ndarray,
+    template: np.ndarray,
+    mask: np.ndarray,
+    inside: np.ndarray,
+    std: float,
+) -> float | None:
+    """Best ramp-free masked NCC of one variant over windows whose structure is within CONTRAST_RANGE of
+    ``std`` (the product's, 0-1) and whose mean colour (under ``inside``) is within MAX_COLOUR_SHIFT of the product's.
 
-    Masked NCC from three plain correlations (OpenCV's masked TM_CCOEFF_NORMED costs ~5x more):
-    numerator = sum of zero-mean template x window; window variance from sums of g and g^2 under the mask.
+    Ramp-free: the template's best-fitting plane (a + b x + c y over its mask) is removed, and so is
+    each window's, so a smooth shading ramp on the product never correlates with a backdrop's gradient,
+    horizon or vignette; only the structure on top of the ramps is compared. From plain correlations:
+    numerator = residual template x window (the template's residual is orthogonal to any plane, so the
+    window's plane drops out by itself); window residual variance from its sums against 1, x, y and g^2.
     """
     if template.shape[0] > g.shape[0] or template.shape[1] > g.shape[1] or mask.sum() < MIN_TEMPLATE_PX**2:
         return None
     m = mask.astype(np.float32)
     n = float(m.sum())
-    t = (template / 255.0 - (template / 255.0)[mask > 0].mean()) * m
+    basis = _plane_basis(m)
+    t = _residual(template / 255.0, m, basis)
     t_std = float(np.sqrt((t * t).sum() / n))
     num = cv2.matchTemplate(g, t.astype(np.float32), cv2.TM_CCORR) / n
-    s1 = cv2.matchTemplate(g, m, cv2.TM_CCORR) / n
-    win_std = np.sqrt(np.maximum(cv2.matchTemplate(g2, m, cv2.TM_CCORR) / n - s1 * s1, 0.0))
-    ratio = win_std / max(t_std, 1e-9)
+    sums = np.stack([cv2.matchTemplate(g, b, cv2.TM_CCORR) for b in basis], axis=-1)  # window . 1, x, y
+    gram_inv = np.linalg.inv(np.einsum("ihw,jhw->ij", basis, basis))
+    explained = np.einsum("...i,ij,...j->...", sums, gram_inv, sums)  # the window's plane's share of g^2
+    win_std = np.sqrt(np.maximum((cv2.matchTemplate(g2, m, cv2.TM_CCORR) - explained) / n, 0.0))
+    ratio = win_std / max(std, 1e-9)
     ok = (ratio >= CONTRAST_RANGE[0]) & (ratio <= CONTRAST_RANGE[1])
+    ok &= _colour_shift(rgb, inside.astype(np.float32)) <= MAX_COLOUR_SHIFT
     return float(np.clip(num[ok] / (t_std * win_std[ok]), -1.0, 1.0).max()) if ok.any() else -np.inf
+
+
+def _plane_basis(m: np.ndarray) -> np.ndarray:
+    """float32 3xHxW: the mask times 1, x and y (centred, in template widths), the planes fitted under it."""
+    h, w = m.shape
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    scale = float(max(h, w))
+    return np.stack([m, m * (xs - w / 2) / scale, m * (ys - h / 2) / scale]).astype(np.float32)
+
+
+def _residual(values: np.ndarray, m: np.ndarray, basis: np.ndarray) -> np.ndarray:
+    """``values`` under the mask less their least-squares plane (zero outside the mask)."""
+    flat = basis.reshape(3, -1).T
+    coef, *_ = np.linalg.lstsq(flat, (values * m).reshape(-1), rcond=None)
+    residual: np.ndarray = (values - (flat @ coef).reshape(values.shape)) * m
+    return residual
+
+
+def structure_std(template: np.ndarray, mask: np.ndarray) -> float:
+    """Grey levels of the template's structure under ``mask`` beyond a smooth ramp (std of the plane residual)."""
+    m = mask.astype(np.float32)
+    if m.sum() < 3:
+        return 0.0
+    res = _residual(template.astype(np.float32), m, _plane_basis(m))
+    return float(np.sqrt((res * res).sum() / float(m.sum())))
+
+
+def _colour_shift(rgb: np.ndarray, inside: np.ndarray) -> np.ndarray:
+    """Per window: distance (0-255 RGB) of its mean colour under ``inside`` from the product's mean colour."""
+    n = max(1.0, float(inside.sum()))
+    means = [cv2.matchTemplate(np.ascontiguousarray(rgb[:, :, c]), inside, cv2.TM_CCORR) / n for c in range(3)]
+    shift: np.ndarray = 255.0 * np.sqrt(sum(mc * mc for mc in means))
+    return shift
