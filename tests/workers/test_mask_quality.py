@@ -8,8 +8,11 @@ failed everything would fail here.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
+from PIL import Image
 
 from workers.checks import mask_quality
 from workers.evaluation import seg_set
@@ -43,6 +46,7 @@ def test_reasons_name_the_defect() -> None:
     assert any(r.startswith("clipped_mask") for r in clipped.failures), clipped.failures
 
 
+@functools.cache
 def _qc_set_verdicts() -> list[tuple[str | None, bool]]:
     from workers.evaluation import qc_set
 
@@ -73,11 +77,18 @@ def test_halo_share_sees_a_fringe_of_the_old_backdrop() -> None:
     clean = np.full((h, w, 3), (20, 90, 30), np.uint8)  # new background: green
     clean[30:90, 50:110] = (200, 40, 40)  # product: red
     fringed = clean.copy()
-    fringed[30:90, 50:110][:2] = 250  # the old white sweep left on the product's top edge ...
-    fringed[30:90, 50:110][:, :2] = 250  # ... and its left edge
+    fringed[30:90, 50:110][:3] = 250  # the old white sweep left on the product's top edge ...
+    fringed[30:90, 50:110][:, :3] = 250  # ... and its left edge
     lab = mask_quality.backdrop_palette(mask_quality.to_lab(np.full((h, w, 3), 250, np.uint8)), np.zeros((h, w), bool))
     assert mask_quality.halo_share(clean, alpha, *lab) == 0.0
-    assert mask_quality.halo_share(fringed, alpha, *lab) > 0.3
+    share = mask_quality.halo_share(fringed, alpha, *lab)
+    assert share > mask_quality.MAX_HALO_SHARE  # two of four sides fringed
+    assert not mask_quality.halo_verdicts(
+        {"backdrop_palette": lab[0].tolist(), "backdrop_tolerance": lab[1]},
+        Image.fromarray(fringed),
+        Image.fromarray(np.dstack([fringed, alpha]), "RGBA"),
+    )[0]["passed"]
+    assert mask_quality.halo_verdicts({}, Image.fromarray(clean), Image.fromarray(alpha)) == []  # cut-out: no backdrop
 
 
 def test_check_rejects_mismatched_shapes() -> None:
