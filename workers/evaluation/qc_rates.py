@@ -253,3 +253,39 @@ def _halo(s: Sample) -> Status:
 register("leaked_mask", "leaked_mask", _source_check("leaked_mask"))
 register("clipped_mask", "clipped_mask", _source_check("clipped_mask"))
 register("mask_halo", "leaked_mask", _halo)
+
+
+# --- reporting ---------------------------------------------------------------------------------------
+
+
+def table(tallies: dict[str, Tally]) -> str:
+    """A markdown table of one split's tallies: check, defect, TPR, FPR, n, unchecked, gating."""
+    from workers.checks.rates import MAX_FALSE_POSITIVE_RATE
+
+    lines = [
+        "| check | defect | TPR | FPR | n (defect / clean) | unchecked (defect / clean) | gating |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, t in tallies.items():
+        r = t.rate()
+        tpr = f"{r.tpr:.1%} ({t.caught}/{t.n_defect})" if t.n_defect else "n/a (no defect in the set)"
+        gate = (
+            "yes"
+            if r.gating
+            else (f"no: FPR > {MAX_FALSE_POSITIVE_RATE:.0%}" if t.n_defect else "no: TPR not measured")
+        )
+        lines.append(
+            f"| `{name}` | {', '.join(t.defects) or '-'} | {tpr} | {r.fpr:.1%} ({t.false_alarms}/{t.n_clean}) "
+            f"| {t.n_defect} / {t.n_clean} | {t.defect_unchecked} / {t.clean_unchecked} | {gate} |"
+        )
+    return "\n".join(lines)
+
+
+def literal(tallies: dict[str, Tally]) -> str:
+    """``rates.MEASURED`` as Python source, from one split's tallies (the held-out split's)."""
+    rows = [
+        f'    "{n}": CheckRate("{n}", tpr={r.tpr}, fpr={r.fpr}, defects={r.defects}, clean={r.clean}, '
+        f"unchecked_defects={r.unchecked_defects}, unchecked_clean={r.unchecked_clean}),"
+        for n, r in ((n, t.rate()) for n, t in tallies.items())
+    ]
+    return "MEASURED: dict[str, CheckRate] = {\n" + "\n".join(rows) + "\n}"

@@ -95,12 +95,19 @@ def samples(split: str) -> list[Sample]:
     """Every sample of ``split`` ("tune" or "heldout"), in a fixed order; built once per process."""
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
-    return list(_build(split))
+    return list(_cached(split))
+
+
+def build(split: str, first: int | None = None) -> list[Sample]:
+    """The first ``first`` samples of ``split`` (all when None), made afresh: what samples() caches."""
+    if split not in SPLITS:
+        raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
+    return [_make(split, n, spec) for n, spec in enumerate(_specs(split)[:first])]
 
 
 @functools.lru_cache(maxsize=2)
-def _build(split: str) -> tuple[Sample, ...]:
-    return tuple(_make(split, n, spec) for n, spec in enumerate(_specs(split)))
+def _cached(split: str) -> tuple[Sample, ...]:
+    return tuple(build(split))
 
 
 @dataclass(frozen=True)
