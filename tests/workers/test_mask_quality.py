@@ -21,7 +21,8 @@ HELDOUT = [s for s in seg_set.samples("heldout") if s.background != "alpha"]
 
 
 def _fails(sample: seg_set.Sample, mask: np.ndarray) -> bool:
-    return not mask_quality.check(np.asarray(sample.image), mask).ok
+    """Flagged: a gating failure or an advisory doubt (the detectors' raw verdict)."""
+    return not mask_quality.check(np.asarray(sample.image), mask).clean
 
 
 def test_true_masks_pass_on_heldout() -> None:
@@ -42,31 +43,41 @@ def test_reasons_name_the_defect() -> None:
     sample = next(s for s in HELDOUT if s.name == "heldout/studio_white/box")
     leaked = mask_quality.check(np.asarray(sample.image), seg_set.wrong_mask(sample, "leaked"))  # type: ignore[arg-type]
     clipped = mask_quality.check(np.asarray(sample.image), seg_set.wrong_mask(sample, "clipped"))  # type: ignore[arg-type]
-    assert any(r.startswith("leaked_mask") for r in leaked.failures), leaked.failures
-    assert any(r.startswith("clipped_mask") for r in clipped.failures), clipped.failures
+    assert any(r.startswith("leaked_mask") for r in leaked.reasons), leaked.reasons
+    assert any(r.startswith("clipped_mask") for r in clipped.failures), clipped.failures  # gating
 
 
 @functools.cache
-def _qc_set_verdicts() -> list[tuple[str | None, bool]]:
+def _qc_set_verdicts() -> list[tuple[str | None, bool, bool]]:
+    """(defect, clean, ok) per QC-set source mask: no doubt at all, no gating failure."""
     from workers.evaluation import qc_set
 
     picked = [s for s in qc_set.samples("heldout") if s.defect in (None, "leaked_mask", "clipped_mask")]
-    return [(s.defect, mask_quality.check(np.asarray(s.source), s.mask).ok) for s in picked]
+    found = []
+    for s in picked:
+        q = mask_quality.check(np.asarray(s.source), np.where(s.mask >= 128, 255, 0).astype(np.uint8))
+        found.append((s.defect, q.clean, q.ok))
+    return found
 
 
 def test_qc_set_leaked_and_clipped_source_masks_fail() -> None:
-    bad = [ok for defect, ok in _qc_set_verdicts() if defect is not None]
+    bad = [clean for defect, clean, _ in _qc_set_verdicts() if defect is not None]
     assert len(bad) >= 10
-    assert sum(not ok for ok in bad) / len(bad) >= 0.9, f"caught {sum(not ok for ok in bad)} of {len(bad)}"
+    assert sum(not clean for clean in bad) / len(bad) >= 0.9, f"caught {sum(not c for c in bad)} of {len(bad)}"
+
+
+def test_qc_set_clean_source_masks_never_fail_a_gating_check() -> None:
+    """The plain-sweep outline measure only advises (below), so no clean product is refused."""
+    assert all(ok for defect, _, ok in _qc_set_verdicts() if defect is None)
 
 
 @pytest.mark.xfail(
     strict=True,
-    reason="open: white products on the QC set's white sweep (label_box, sneaker) read as leaks: "
-    "54 of 66 clean source masks pass, the target is 98 %",
+    reason="open: white products on the QC set's white sweep (label_box, sneaker) read as leaks to the outline "
+    "measure: 54 of 66 clean source masks are free of doubts, the target is 98 % (so on plain sweeps it advises)",
 )
 def test_qc_set_clean_source_masks_pass() -> None:
-    clean = [ok for defect, ok in _qc_set_verdicts() if defect is None]
+    clean = [c for defect, c, _ in _qc_set_verdicts() if defect is None]
     assert sum(clean) / len(clean) >= 0.98
 
 

@@ -61,7 +61,8 @@ class MaskQuality:
     backdrop_share: float
     filled_hole_share: float
     outline_support: float  # share of the outline where inside and outside differ
-    failures: list[str] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)  # gating: the mask is not used
+    advisory: list[str] = field(default_factory=list)  # measured too often on clean masks to gate (see below)
     backdrop_colour_share: float = 0.0  # of the mask's interior: pixels of the backdrop palette's colours
     backdrop_spread: float = 0.0  # how far the border's colours spread (Lab, 90th percentile): texture
     palette: list[list[float]] = field(default_factory=list)  # the photo's backdrop palette (Lab), for the halo
@@ -70,6 +71,14 @@ class MaskQuality:
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    @property
+    def clean(self) -> bool:
+        return not self.failures and not self.advisory
+
+    @property
+    def reasons(self) -> list[str]:
+        return [*self.failures, *(f"{r} (advisory)" for r in self.advisory)]
 
     def numbers(self) -> dict[str, Any]:
         return {
@@ -102,18 +111,22 @@ def check(rgb: np.ndarray, mask: np.ndarray, background: np.ndarray | None = Non
     backdrop = float((background & fg).sum() / fg.sum()) if background is not None else 0.0
     holes = filled_holes(lab, fg, palette, tolerance)
     result = MaskQuality(
-        leak,
-        clip,
-        backdrop,
-        holes,
-        float(1.0 - same.mean()),
-        [],
-        backdrop_colour_share(lab, fg, palette, tolerance),
-        border_spread(lab, fg),
-        palette.round(2).tolist(),
-        round(tolerance, 3),
+        leak_share=leak,
+        clip_share=clip,
+        backdrop_share=backdrop,
+        filled_hole_share=holes,
+        outline_support=float(1.0 - same.mean()),
+        backdrop_colour_share=backdrop_colour_share(lab, fg, palette, tolerance),
+        backdrop_spread=border_spread(lab, fg),
+        palette=palette.round(2).tolist(),
+        tolerance=round(tolerance, 3),
     )
-    result.failures.extend(_reasons(result))
+    for reason in _reasons(result):
+        # On a plain sweep the outline measure cannot tell a white product part from the sweep itself (the QC
+        # set's white label box and sole: 12 of 66 clean masks flagged), so there it only advises.
+        plain_outline = reason.startswith("leaked_mask") and "outline" in reason
+        advisory = plain_outline and result.backdrop_spread < TEXTURED_SPREAD
+        (result.advisory if advisory else result.failures).append(reason)
     return result
 
 

@@ -235,7 +235,7 @@ def _mask_quality(s: Sample) -> Any:
 
 def _source_check(prefix: str) -> Judge:
     def judge(s: Sample) -> Status:
-        return "fail" if any(f.startswith(prefix) for f in _mask_quality(s).failures) else "pass"
+        return "fail" if any(f.startswith(prefix) for f in _mask_quality(s).reasons) else "pass"
 
     return judge
 

@@ -108,6 +108,7 @@ class Chooser:
         attempts: list[dict[str, Any]] = []
         if self.absent:
             attempts.append({"method": "isnet", "ok": False, "reason": self.absent})
+        fallback: tuple[str, np.ndarray, dict[str, Any], source_checks.MaskQuality] | None = None
         for method, make in self._methods(rgb, background):
             try:
                 mask, removed, filled = make()
@@ -116,18 +117,15 @@ class Chooser:
                 attempts.append({"method": method, "ok": False, "reason": str(exc)})
                 continue
             verdict = source_checks.check(rgb, mask, background if method.startswith("grabcut") else None)
-            attempts.append(
-                {"method": method, "ok": verdict.ok, "reason": "; ".join(verdict.failures), **verdict.numbers()}
-            )
-            if verdict.ok:
-                quality = {
-                    **mask_quality(mask, removed, filled),
-                    **verdict.numbers(),
-                    "backdrop_palette": verdict.palette,  # QC's halo check compares the placed edge with it
-                    "backdrop_tolerance": verdict.tolerance,
-                    "attempts": attempts,
-                }
-                return SegmentResult(mask, mask.copy(), method, quality)
+            reason = "; ".join(verdict.reasons)
+            attempts.append({"method": method, "ok": verdict.clean, "reason": reason, **verdict.numbers()})
+            if verdict.clean:
+                return _checked(method, mask, removed, filled, verdict, attempts)
+            if verdict.ok and fallback is None:  # only advisory doubts: kept in case no method is clean
+                fallback = (method, mask, {"removed": removed, "filled": filled}, verdict)
+        if fallback is not None:
+            method, mask, counts, verdict = fallback
+            return _checked(method, mask, counts["removed"], counts["filled"], verdict, attempts)
         reasons = "; ".join(f"{a['method']}: {a['reason']}" for a in attempts if a["reason"])
         raise SegmentationError(f"no method found the product ({reasons}); {UPLOAD_ADVICE}")
 
@@ -143,6 +141,20 @@ class Chooser:
         methods.append(("grabcut", lambda: _grabcut_border(rgb, background, its, hole)))
         methods.append(("grabcut-centre", lambda: clean_mask(_grabcut_centre(rgb, background, its), hole)))
         return methods
+
+
+def _checked(
+    method: str, mask: np.ndarray, removed: int, filled: int, verdict: source_checks.MaskQuality, attempts: list[Any]
+) -> SegmentResult:
+    quality = {
+        **mask_quality(mask, removed, filled),
+        **verdict.numbers(),
+        "mask_advisory": verdict.advisory,  # doubts the checks raised but may not gate on (measured)
+        "backdrop_palette": verdict.palette,  # QC's halo check compares the placed edge with it
+        "backdrop_tolerance": verdict.tolerance,
+        "attempts": attempts,
+    }
+    return SegmentResult(mask, mask.copy(), method, quality)
 
 
 def _once(compute: Callable[[], np.ndarray]) -> Callable[[], np.ndarray]:
