@@ -69,6 +69,7 @@ MAX_COLOUR_SHIFT = 30.0  # RGB distance of a window's mean colour from the produ
 #   product's silhouette matched grass and sky (3 of 66 clean tune candidates).
 SILHOUETTE_MIN_SCORE = 0.78  # a silhouette template carries the original's surroundings (backdrop, shadow), so
 #   a copy elsewhere scores lower: 0.81-0.97 on the QC set's tune split, clean candidates at most 0.69 there
+COLOUR_PROBES = 16  # best windows whose colour is tested one by one before the whole map is colour-gated
 OUTLINE_RING = 3  # cells (match resolution) of surroundings in a silhouette template: the outline's step
 OWN_PAD = 2  # px (match resolution) blanked around the product's own box: its soft edge and resampling
 
@@ -358,8 +359,33 @@ def _match(
     win_std = np.sqrt(np.maximum((cv2.matchTemplate(g2, m, cv2.TM_CCORR) - explained) / n, 0.0))
     ratio = win_std / max(std, 1e-9)
     ok = (ratio >= CONTRAST_RANGE[0]) & (ratio <= CONTRAST_RANGE[1])
-    ok &= _colour_shift(rgb, inside.astype(np.float32)) <= MAX_COLOUR_SHIFT
-    return float(np.clip(num[ok] / (t_std * win_std[ok]), -1.0, 1.0).max()) if ok.any() else -np.inf
+    scores = np.where(ok, np.clip(num / (t_std * np.maximum(win_std, 1e-12)), -1.0, 1.0), -np.inf)
+    return _best_in_colour(scores, rgb, inside)
+
+
+def _best_in_colour(scores: np.ndarray, rgb: np.ndarray, inside: np.ndarray) -> float:
+    """The highest score whose window has the product's colour (-inf when none).
+
+    Exactly the max over the colour-gated map, cheaper: the best COLOUR_PROBES windows are tested one by
+    one (a copy is among them), and only when all of them are off-colour is the whole map gated (three
+    more correlations)."""
+    flat = scores.reshape(-1)
+    finite = int(np.isfinite(flat).sum())
+    if finite == 0:
+        return -np.inf
+    top = np.argpartition(-flat, min(COLOUR_PROBES, flat.size) - 1)[:COLOUR_PROBES]
+    sel = inside > 0
+    h, w = inside.shape
+    for idx in top[np.argsort(-flat[top])]:
+        if not np.isfinite(flat[idx]):
+            return -np.inf  # every qualifying window was tried
+        y, x = divmod(int(idx), scores.shape[1])
+        if 255.0 * float(np.linalg.norm(rgb[y : y + h, x : x + w][sel].mean(axis=0))) <= MAX_COLOUR_SHIFT:
+            return float(flat[idx])
+    if finite <= COLOUR_PROBES:
+        return -np.inf
+    gated = np.where(_colour_shift(rgb, inside.astype(np.float32)) <= MAX_COLOUR_SHIFT, scores, -np.inf)
+    return float(gated.max())
 
 
 def _plane_basis(m: np.ndarray) -> np.ndarray:
