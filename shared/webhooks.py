@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session
 from shared import crypto, outbox
 from shared.config import get_settings
 from shared.db.models import Campaign, OutboxStatus, WebhookDelivery, WebhookEndpoint
+from shared.stages import progress
 
 log = logging.getLogger("onbrand.webhooks")
 
@@ -47,6 +48,9 @@ CAMPAIGN_EVENTS = (
     "campaign.failed",
     "campaign.cancelled",
 )
+# The events that end a campaign: whoever emits them (deliver, the runner's failure path, the gateway's
+# cancel), they say progress 1.0, as the campaign resource does once it is terminal.
+TERMINAL_EVENTS = frozenset({"campaign.completed", "campaign.partial", "campaign.failed", "campaign.cancelled"})
 ENDPOINT_DISABLED = "webhook_endpoint.disabled"
 EVENT_TYPES = (*CAMPAIGN_EVENTS, ENDPOINT_DISABLED)
 TEST_EVENT = "webhook.test"  # sent on request to one endpoint, whatever it subscribes to
@@ -201,6 +205,8 @@ def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, 
     row), so a receiver can order events that arrive out of order after retries.
     """
     campaign.event_sequence = (campaign.event_sequence or 0) + 1
+    if event_type in TERMINAL_EVENTS:
+        data = {**data, "progress": progress((), terminal=True)}
     payload = thin(
         event_type,
         {

@@ -360,6 +360,14 @@ def test_campaign_events_carry_a_sequence_and_stay_thin(loopback_ok: list[Any]) 
     big = rows[2].payload
     assert big["truncated"] is True and "error" not in big and big["status"] == "completed"
     assert len(webhooks.encode_body("campaign.completed", big, "t")) < webhooks.MAX_PAYLOAD_BYTES
+    assert big["progress"] == 1.0 and "progress" not in rows[0].payload  # kept even when thinned
+
+
+@pytest.mark.parametrize("event_type", sorted(webhooks.TERMINAL_EVENTS))
+def test_terminal_events_carry_progress_one(loopback_ok: list[Any], event_type: str) -> None:
+    cid = make_campaign(webhook_url="https://example.com/hook")
+    [terminal] = emit(cid, event_type, progress=0.6)  # a caller's stale figure does not survive
+    assert delivery(terminal).payload["progress"] == 1.0
 
 
 def test_stalled_campaigns_are_restarted(loopback_ok: list[Any], monkeypatch: pytest.MonkeyPatch) -> None:
