@@ -109,6 +109,14 @@ QC = {
 }
 
 
+# rank 1 fully checked, rank 2 delivered flagged (an unchecked rule), as deliver stores them on the result
+UNCHECKED = {"check": "palette_adherence", "kind": "unchecked", "reason": "the brand has no palette"}
+REVIEWS: list[dict[str, Any]] = [
+    {"fully_checked": True, "needs_review": False, "review": {"fallback": False, "reasons": []}},
+    {"fully_checked": False, "needs_review": True, "review": {"fallback": False, "reasons": [UNCHECKED]}},
+]
+
+
 def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | None = None) -> str:
     """A running campaign (top_k 3) with `results` ranked candidates whose images are stored."""
     cid = make_campaign(state={"caption": {"caption": "a sneaker on a sunny beach"}})
@@ -133,7 +141,15 @@ def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | No
             )
             session.add(cand)
             session.flush()
-            session.add(Result(tenant_id=campaign.tenant_id, campaign_id=campaign.id, candidate_id=cand.id, rank=rank))
+            session.add(
+                Result(
+                    tenant_id=campaign.tenant_id,
+                    campaign_id=campaign.id,
+                    candidate_id=cand.id,
+                    rank=rank,
+                    **REVIEWS[(rank - 1) % len(REVIEWS)],
+                )
+            )
     return cid
 
 
@@ -249,6 +265,7 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
         assert sidecar["scores"]["qc"]["checks"] == {"product_exact": "pass", "palette": "fail"}
         assert sidecar["scores"]["qc"]["policy"] == "weighted" and sidecar["integrity"]["exact_fraction"] == 1.0
         assert {"brand_id", "candidate_id", "pushed_at"} <= sidecar.keys()
+        assert {k: sidecar[k] for k in ("fully_checked", "needs_review", "review")} == REVIEWS[rank - 1]
     done = row(push_id)
     assert (done.status, done.attempts, done.last_error, done.leased_until) == ("delivered", 1, None, None)
     assert [o["name"] for o in done.objects] == ["rank-1.png", "rank-1.json", "rank-2.png", "rank-2.json"]

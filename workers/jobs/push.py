@@ -278,10 +278,11 @@ def _upload_all(
 ) -> tuple[str | None, float | None]:
     """Upload what an earlier attempt did not; (error, retry-after) of the first failure, or (None, None)."""
     done = {o["name"] for o in row.objects or []}
-    for rank, cand in _ranked(session, campaign):
+    for result, cand in _ranked(session, campaign):
+        rank = result.rank
         if {f"rank-{rank}.png", f"rank-{rank}.json"} <= done:
             continue  # skip before reading the image: nothing of this rank is left to send
-        for obj in build_objects(campaign, rank, cand, at):
+        for obj in build_objects(campaign, result, cand, at):
             url = urls.url(rank, obj)
             if obj.name in done or url is None:
                 continue
@@ -292,19 +293,20 @@ def _upload_all(
     return None, None
 
 
-def _ranked(session: Session, campaign: Campaign) -> list[tuple[int, Candidate]]:
+def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidate]]:
     rows = session.execute(
-        select(Result.rank, Candidate)
+        select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
         .order_by(Result.rank)
     )
-    return [(rank, cand) for rank, cand in rows]
+    return [(result, cand) for result, cand in rows]
 
 
-def build_objects(campaign: Campaign, rank: int, cand: Candidate, at: datetime) -> list[PushObject]:
+def build_objects(campaign: Campaign, result: Result, cand: Candidate, at: datetime) -> list[PushObject]:
+    rank = result.rank
     image = _image(cand, rank)
-    sidecar = json.dumps(sidecar_of(campaign, rank, cand, image, at), indent=2, default=str).encode()
+    sidecar = json.dumps(sidecar_of(campaign, result, cand, image, at), indent=2, default=str).encode()
     return [PushObject(f"rank-{rank}.png", image, IMAGE_TYPE), PushObject(f"rank-{rank}.json", sidecar, SIDECAR_TYPE)]
 
 
@@ -316,9 +318,12 @@ def _image(cand: Candidate, rank: int) -> bytes:
         raise RetryLater(f"storage_unavailable: the image of rank {rank} could not be read") from exc
 
 
-def sidecar_of(campaign: Campaign, rank: int, cand: Candidate, image: bytes, at: datetime) -> dict[str, Any]:
-    """What a DAM needs next to the image: where it came from, how it scored, and the integrity record."""
+def sidecar_of(campaign: Campaign, result: Result, cand: Candidate, image: bytes, at: datetime) -> dict[str, Any]:
+    """What a DAM needs next to the image: where it came from, how it scored, whether every rule was checked
+    (a DAM that auto-publishes must see a needs_review result as such), and the integrity record."""
     caption = ((campaign.state or {}).get("caption") or {}).get("caption")
+    rank = result.rank
+    review = result.review or {}
     return {
         "campaign_id": str(campaign.id),
         "brand_id": str(campaign.brand_id),
@@ -328,6 +333,10 @@ def sidecar_of(campaign: Campaign, rank: int, cand: Candidate, image: bytes, at:
         "candidate_id": str(cand.id),
         "placement": cand.placement,
         "scores": {"aesthetic": cand.aesthetic, "qc": _qc_summary(cand)},
+        # as the campaign resource and the campaign.completed webhook show them (workers/pipeline/deliver.py)
+        "fully_checked": result.fully_checked,
+        "needs_review": result.needs_review,
+        "review": {"fallback": bool(review.get("fallback")), "reasons": review.get("reasons", [])},
         "integrity": cand.integrity,
         "image": {
             "name": f"rank-{rank}.png",
