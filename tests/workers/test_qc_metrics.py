@@ -233,6 +233,25 @@ def test_product_area_bounds(box: tuple[int, int, int, int], passed: bool) -> No
     assert v["passed"] is passed and v["threshold"] == [0.02, 0.6]
 
 
+def test_product_area_is_fair_to_a_thin_product() -> None:
+    # A desk lamp drawn as its parts: a base, a stem and an arm a few pixels wide, spanning 60 % of the canvas
+    # height. Its opaque pixels are 1.3 % of the canvas (the old measure failed it); its convex hull is what
+    # it occupies of the frame.
+    arr = np.zeros((CANVAS[1], CANVAS[0], 4), np.uint8)
+    arr[440:452, 180:300] = (40, 40, 40, 255)  # base
+    arr[150:440, 236:244] = (40, 40, 40, 255)  # stem
+    for t in range(140):  # arm, up and to the right
+        arr[150 - t // 2 : 156 - t // 2, 240 + t : 244 + t] = (40, 40, 40, 255)
+    layer = Image.fromarray(arr, "RGBA")
+    opaque = float((arr[:, :, 3] >= 128).mean())
+    v = by_name(brand_rules.check(flat(CANVAS, 128), layer, [], [], LIMITS))["product_area"]
+    assert opaque < 0.02 < v["value"] and v["passed"] is True, (opaque, v)
+    assert "convex hull" in v["reason"] and f"opaque pixels {opaque:.1%}" in v["reason"]
+    rotated = layer.rotate(30, resample=Image.Resampling.NEAREST)  # the hull does not grow with rotation
+    turned = by_name(brand_rules.check(flat(CANVAS, 128), rotated, [], [], LIMITS))["product_area"]
+    assert turned["value"] == pytest.approx(v["value"], rel=0.03)
+
+
 def test_a_safe_zone_under_the_product_fails_naming_it() -> None:
     layer = rect_layer(CANVAS, (100, 100, 200, 200))
     zones = [

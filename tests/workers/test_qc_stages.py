@@ -199,6 +199,20 @@ def test_retry_with_a_smaller_product_succeeds_when_the_first_round_is_too_big(w
     assert campaign.loop["decided"] == {"0": "attempt", "1": "deliver"}
 
 
+def test_retry_with_a_larger_product_when_the_first_round_is_too_small(world: dict[str, Any]) -> None:
+    # The mirror of the test above: round 0's product is under the floor, so the retry grows it (1/0.85 a side)
+    # instead of shrinking it further; the plan's share says so.
+    campaign = drive(world, make_campaign(world, {"area_min": 0.1}, attempts=1))
+    found = candidates(campaign.id)
+    first, second = ([c for c in found if c.round == r] for r in (0, 1))
+    assert first and not any(c.passed for c in first) and second
+    assert all("convex hull" in verdict(c, "product_area")["reason"] for c in first)
+    areas = [max(verdict(c, "product_area")["value"] for c in cands) for cands in (first, second)]
+    assert areas[1] > areas[0] * 1.3, areas  # the hull grew by about (1/0.85)^2 = 1.38
+    assert campaign.state["plan"]["scale_share"] == round(campaign.state["scale"]["share"] / 0.85, 4)
+    assert campaign.loop["decided"]["0"] == "attempt"
+
+
 def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -49,7 +49,7 @@ MEASURED: dict[str, CheckRate] = {
         "product_in_frame", tpr=0.0, fpr=0.0, defects=0, clean=66, unchecked_defects=0, unchecked_clean=0
     ),
     "product_area": CheckRate(
-        "product_area", tpr=0.0, fpr=0.0606, defects=0, clean=66, unchecked_defects=0, unchecked_clean=0
+        "product_area", tpr=0.0, fpr=0.0, defects=0, clean=66, unchecked_defects=0, unchecked_clean=0
     ),
     "exposure": CheckRate("exposure", tpr=0.0, fpr=0.0, defects=0, clean=66, unchecked_defects=0, unchecked_clean=0),
     "contrast": CheckRate("contrast", tpr=0.0, fpr=0.0, defects=0, clean=66, unchecked_defects=0, unchecked_clean=0),

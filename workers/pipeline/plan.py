@@ -11,8 +11,7 @@ from workers.engine.flow import LoopState
 from workers.pipeline.common import canvases
 from workers.pipeline.generate import product_source
 from workers.pipeline.outputs import PlanOutput, ScaleOutput
-
-RETRY_SHRINK = 0.85  # each extra attempt with the same caption places the product this much smaller
+from workers.pipeline.revise import retry_share
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -20,7 +19,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
     settings = ctx.settings
     attempt = LoopState.of(ctx.campaign).attempt
-    share = round(ctx.output(ScaleOutput).share * RETRY_SHRINK**attempt, 4)
+    share = retry_share(ctx, ctx.output(ScaleOutput).share, attempt)  # a retry grows a product that was too small
     # The cut-out generate will derive every layer from (the stored source and mask): the same size, and its
     # real lowest pixels stand rotated products on the ground.
     cutout = product_source(ctx).cutout()

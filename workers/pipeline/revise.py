@@ -11,7 +11,11 @@ from shared.db.session import session_scope
 from workers.checks import policy
 from workers.engine.context import StageContext
 from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures
-from workers.pipeline.outputs import CaptionOutput, Revision
+from workers.pipeline.outputs import CaptionOutput, PlanOutput, Revision
+
+RETRY_STEP = 0.85  # each extra attempt with the same caption places the product this much smaller (or larger)
+MAX_RETRY_SHARE = 0.9  # the scale stage's ceiling: a product never spans more of the canvas than this
+TOO_LARGE = ("product_in_frame", "safe_zones_clear")  # failures a smaller product fixes (with product_area over)
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -57,3 +61,31 @@ def failed_checks(qc_records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for c in policy.checks(record or {})
         if c["status"] == "fail"
     ]
+
+
+def retry_share(ctx: StageContext, base: float, attempt: int) -> float:
+    """The product's share for this round's plan: the scale stage's share on a caption's first attempt; on a
+    retry the last plan's share, grown when the last round's candidates failed for a product too small
+    (product_area under its floor) more often than for one too large, else shrunk as before. Shrinking a
+    product that failed for being too small only made every later round fail the same way."""
+    if attempt == 0:
+        return base
+    previous = ctx.output(PlanOutput).scale_share
+    small, large = size_failures(_qc_records(ctx, ctx.round - 1))
+    factor = 1 / RETRY_STEP if small > large else RETRY_STEP
+    return round(min(MAX_RETRY_SHARE, previous * factor), 4)
+
+
+def size_failures(qc_records: list[dict[str, Any]]) -> tuple[int, int]:
+    """(too small, too large): a round's failed size verdicts, by which way the product should change."""
+    small = large = 0
+    for record in qc_records:
+        for verdict in (record or {}).get("verdicts") or []:
+            if verdict.get("status") != "fail":
+                continue
+            if verdict["check"] == "product_area":
+                under = verdict.get("value") is not None and verdict["value"] < verdict["threshold"][0]
+                small, large = small + under, large + (not under)
+            elif verdict["check"] in TOO_LARGE:
+                large += 1
+    return small, large
