@@ -170,6 +170,13 @@ def _after_loop_stage(session: Session, campaign: Campaign, row: Stage, rnd: int
     return fan_out(session, campaign, str(row.retry if decided is Decision.ATTEMPT else row.revise), rnd + 1)
 
 
+def products(campaign: Campaign) -> int:
+    """How many products the campaign builds scenes for: those segmented (segment's output lists them when there
+    are several; a product that could not be segmented has no scenes to wait for)."""
+    segment = (campaign.state or {}).get("segment") or {}
+    return max(1, len(segment.get("products") or []))
+
+
 def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
     ranked = (
         session.scalar(
@@ -179,7 +186,7 @@ def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
         )
         or 0
     )
-    if ranked >= campaign.top_k:
+    if ranked >= campaign.top_k * products(campaign):  # rank chooses at most top_k per product
         return Decision.DELIVER
     if loop.attempt < campaign.max_retry_attempts:
         return Decision.ATTEMPT

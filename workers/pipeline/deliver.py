@@ -29,7 +29,10 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
 
     results = _results(session, campaign)
     passed = sum(not r["review"]["fallback"] for r in results)
-    enough = passed >= campaign.top_k
+    per_product = _passed_per_product(campaign, results)
+    failed_products = list(((campaign.state or {}).get("segment") or {}).get("failed_products") or [])
+    each_enough = all(n >= campaign.top_k for n in per_product.values())
+    enough = each_enough and not failed_products
     campaign.status = CampaignStatus.COMPLETED if enough else CampaignStatus.PARTIAL
     campaign.completed_at, campaign.current_stage = now(), None
     campaign_finished(campaign)
@@ -40,9 +43,13 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
         ]
     )
     data: dict[str, Any] = {"status": campaign.status, "results": results, "checked": checked}
+    if len(per_product) > 1 or failed_products:
+        data["products"] = per_product
     if not enough:
-        campaign.error = _partial_error(session, campaign, passed, len(results))
-        data["error"] = campaign.error
+        error = {} if each_enough else _partial_error(session, campaign, passed, len(results))
+        if failed_products:  # a product that could not be segmented lost only its own scenes: say which, and why
+            error = _with_failed_products(error, failed_products)
+        campaign.error = data["error"] = error
     tasks = webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
     return tasks + push.queue_pushes(session, campaign)  # none without results
 
@@ -61,6 +68,7 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
             "candidate_id": str(c.id),
             "image_url": storage.url(_stored(c.image_key)),
             "layer_url": storage.url(_stored(c.layer_key)),
+            "product_asset_id": (c.placement or {}).get("product_asset_id"),
             "placement": c.placement,
             "aesthetic": c.aesthetic,
             "fully_checked": r.fully_checked,
@@ -72,6 +80,27 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
         }
         for r, c in rows
     ]
+
+
+def _passed_per_product(campaign: Campaign, results: list[dict[str, Any]]) -> dict[str, int]:
+    """Passing (not fallback) results per segmented product, zero for one that got none."""
+    segment = (campaign.state or {}).get("segment") or {}
+    named = [p["product_asset_id"] for p in segment.get("products") or []] or [segment.get("product_asset_id")]
+    counts = {str(p): 0 for p in named if p}
+    for r in results:
+        product = str(r["product_asset_id"] or next(iter(counts), ""))
+        counts[product] = counts.get(product, 0) + (not r["review"]["fallback"])
+    return counts
+
+
+def _with_failed_products(error: dict[str, Any], failed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The error of a campaign some of whose products could not be segmented (the others' shortfall, if any,
+    follows in the message)."""
+    lost = "; ".join(f"product {f['product_asset_id']}: {f['reason']}" for f in failed)
+    message = f"{len(failed)} product(s) got no scenes, they could not be segmented ({lost})"
+    if error:
+        return {**error, "failed_products": failed, "message": f"{message}; {error['message']}"}
+    return {"code": "products_failed", "failed_products": failed, "message": message}
 
 
 def _stored(key: str | None) -> str:

@@ -65,10 +65,11 @@ class ProductSource:
         return t, integrity.derive_layer(self.image, self.mask, t)
 
 
-def product_source(ctx: StageContext) -> ProductSource:
-    """The product asset's stored bytes and the segmenter's stored alpha; a campaign seeded with only a
-    cut-out (older state, tests) derives from that cut-out, and its record says so (kind "cutout")."""
-    seg = ctx.output(SegmentOutput)
+def product_source(ctx: StageContext, product_asset_id: str | None = None) -> ProductSource:
+    """The product asset's stored bytes and the segmenter's stored alpha (the named product, else the first);
+    a campaign seeded with only a cut-out (older state, tests) derives from that cut-out, and its record says so
+    (kind "cutout")."""
+    seg = ctx.output(SegmentOutput).cut(product_asset_id)
     storage = get_storage()
     if seg.alpha_key:
         with session_scope() as session:
@@ -127,29 +128,47 @@ def _decode(data: bytes) -> Image.Image:
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
-    from workers.imaging import composition
-
-    layouts = [composition.Layout(**d) for d in _batch_layouts(ctx)]
-    source = product_source(ctx)
-    scenes = backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
-    placed = [source.layer(layout) for layout in layouts]
-    layers = [layer for _, layer in placed]
-    spec = generate_spec(ctx.settings)
-    make = _inpaint if spec.adapter == "sd-inpaint" else _composite
-    made = model_call(spec, lambda: make(ctx, spec, list(zip(layouts, layers, strict=True)), scenes))
+    made: list[Made] = []
     saved_layers: set[str] = set()
-    transforms = {lay.layout_key: t for lay, (t, _) in zip(layouts, placed, strict=True)}
-    for item in made:
-        record = integrity.record(
-            source.source_ref, source.mask_ref, transforms[item.layout.layout_key], item.image, item.layer
-        )
-        ctx.rows.append(_candidate_row(ctx, item, saved_layers, record))
-        _observe_generation(item.generation)
+    spec = generate_spec(ctx.settings)
+    for product_id, layouts in _by_product(_batch_layouts(ctx)).items():
+        made += _generate_product(ctx, spec, product_id, layouts, saved_layers)
     return {
         "candidates": len(made),
         "generator": spec.adapter,
         "gpu_seconds": round(sum(m.generation.get("gpu_seconds", 0.0) for m in made), 3),
     }
+
+
+def _by_product(layouts: list[dict[str, Any]]) -> dict[str | None, list[Any]]:
+    """The batch's layouts per product (None: a plan from before products were named on layouts: the first)."""
+    from workers.imaging import composition
+
+    grouped: dict[str | None, list[Any]] = {}
+    for found in layouts:
+        fields = {k: v for k, v in found.items() if k != "product_asset_id"}
+        grouped.setdefault(found.get("product_asset_id"), []).append(composition.Layout(**fields))
+    return grouped
+
+
+def _generate_product(
+    ctx: StageContext, spec: ModelSpec, product_id: str | None, layouts: list[Any], saved_layers: set[str]
+) -> list[Made]:
+    source = product_source(ctx, product_id)
+    scenes = backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
+    placed = [source.layer(layout) for layout in layouts]
+    layers = [layer for _, layer in placed]
+    make = _inpaint if spec.adapter == "sd-inpaint" else _composite
+    made = model_call(spec, lambda: make(ctx, spec, list(zip(layouts, layers, strict=True)), scenes))
+    transforms = {lay.layout_key: t for lay, (t, _) in zip(layouts, placed, strict=True)}
+    product = str(source.source_ref.get("asset_id") or product_id or "")
+    for item in made:
+        record = integrity.record(
+            source.source_ref, source.mask_ref, transforms[item.layout.layout_key], item.image, item.layer
+        )
+        ctx.rows.append(_candidate_row(ctx, item, saved_layers, record, product))
+        _observe_generation(item.generation)
+    return made
 
 
 def _batch_layouts(ctx: StageContext) -> list[dict[str, Any]]:
@@ -240,7 +259,9 @@ def candidate_id(campaign_id: uuid.UUID, rnd: int, layout_key: str) -> uuid.UUID
     return uuid.uuid5(campaign_id, f"{rnd}:{layout_key}")
 
 
-def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str], record: dict[str, Any]) -> Candidate:
+def _candidate_row(
+    ctx: StageContext, item: Made, saved_layers: set[str], record: dict[str, Any], product_asset_id: str
+) -> Candidate:
     layout = item.layout
     key = layout.layout_key if item.variant == 0 else f"{layout.layout_key}-v{item.variant}"
     prefix = campaign_key(ctx.tenant_id, ctx.campaign.id, f"r{ctx.round}/{layout.layout_key}")
@@ -249,6 +270,8 @@ def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str], record
         save_png(layer_key, item.layer)
         saved_layers.add(layer_key)
     suffix = "" if item.variant == 0 else f"-v{item.variant}"
+    # which product the candidate shows: rank chooses top_k per product, results name it
+    placed = {**placement(layout), "product_asset_id": product_asset_id}
     return Candidate(
         id=candidate_id(ctx.campaign.id, ctx.round, key),
         tenant_id=ctx.tenant_id,
@@ -256,10 +279,10 @@ def _candidate_row(ctx: StageContext, item: Made, saved_layers: set[str], record
         round=ctx.round,
         batch=ctx.item,
         layout_key=key,
-        placement=placement(layout),
+        placement=placed,
         generator=item.generation["adapter"],
         generation=item.generation,
-        integrity={**record, "placement": placement(layout)},
+        integrity={**record, "placement": placed},
         image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image),
         layer_key=layer_key,
     )

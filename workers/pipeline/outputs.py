@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from workers.engine.context import StageOutput
+from workers.engine.context import StageError, StageOutput
 
 
 class LanguageRecord(StageOutput):
@@ -50,7 +50,7 @@ class Entity(StageOutput):
 
 class RetrieveOutput(StageOutput):
     stage = "retrieve"
-    product_asset_id: str
+    product_asset_id: str  # the first product (every product when the campaign names several: product_asset_ids)
     product_title: str
     product_source: str  # named | retrieved
     product_score: float | None
@@ -63,6 +63,11 @@ class RetrieveOutput(StageOutput):
     entities: list[Entity]
     model: str
     min_score: float
+    # Every product the campaign places, one scene set each, in the request's order (older state: the one above).
+    product_asset_ids: list[str] = []
+
+    def products(self) -> list[str]:
+        return self.product_asset_ids or [self.product_asset_id]
 
 
 class CaptionOutput(LanguageRecord):
@@ -76,7 +81,29 @@ class CaptionOutput(LanguageRecord):
     failures: list[dict[str, Any]] = []
 
 
+class ProductCut(StageOutput):
+    """One product's mask and cut-out (segment publishes one per product of the campaign)."""
+
+    product_asset_id: str
+    adapter: str
+    model: str | None
+    method: str
+    quality: dict[str, Any]
+    mask_key: str
+    antimask_key: str
+    cutout_key: str
+    cutout_size: list[int]
+    attempts: list[dict[str, Any]] = []
+    alpha_key: str | None = None
+    # "" with one product; "p<n>-" (n: the product's place in product_asset_ids) with several, so layout keys
+    # and stored images of different products never collide
+    key_prefix: str = ""
+
+
 class SegmentOutput(StageOutput):
+    """The first segmented product at the top level (what single-product readers use) and, with several
+    products, every one in `products`; a product that could not be segmented is in `failed_products`."""
+
     stage = "segment"
     adapter: str
     model: str | None
@@ -91,6 +118,25 @@ class SegmentOutput(StageOutput):
     attempts: list[dict[str, Any]] = []
     # The soft alpha at the source photo's size (PNG, L): the mask integrity records name and re-derive from.
     alpha_key: str | None = None
+    products: list[ProductCut] = []
+    failed_products: list[dict[str, Any]] = []  # {product_asset_id, code, reason}
+
+    def cuts(self) -> list[ProductCut]:
+        """Every segmented product (older single-product state: the top-level one)."""
+        if self.products:
+            return self.products
+        fields = self.model_dump(exclude={"products", "failed_products"})
+        return [ProductCut.model_validate(fields)]
+
+    def cut(self, product_asset_id: str | None) -> ProductCut:
+        """The named product's cut (None: the first product, as single-product state has it)."""
+        cuts = self.cuts()
+        if product_asset_id is None:
+            return cuts[0]
+        for cut in cuts:
+            if cut.product_asset_id == product_asset_id:
+                return cut
+        raise StageError("product_missing", f"product asset {product_asset_id} was not segmented for this campaign")
 
 
 class ScaleOutput(LanguageRecord):

@@ -41,6 +41,11 @@ class Review:
     sources: SourceLayers = field(default_factory=SourceLayers)  # layers re-derived from the source: fidelity
 
     scenes: dict[tuple[int, int], Any] = field(default_factory=dict)  # canvas size -> text_ocr.Background
+    # product asset id -> its cut-out, with several products (a candidate is reviewed against its own product)
+    products: dict[str, Image.Image] = field(default_factory=dict)
+
+    def product_of(self, cand: Candidate) -> Image.Image:
+        return self.products.get(product_id(cand) or "", self.product)
 
     def scene_of(self, ctx: StageContext, cand: Candidate, image: Image.Image) -> Any:
         """What the guideline check measures against: the candidate's background source (made once per canvas
@@ -67,8 +72,9 @@ class Review:
         brand = campaign_brand(ctx)
         spec = fidelity_spec(ctx.settings)
         embedder = model_call(spec, lambda: registry.image_embedder(spec)) if spec else None
-        product = load_image(ctx.output(SegmentOutput).cutout_key).convert("RGBA")
-        return cls(
+        cuts = ctx.output(SegmentOutput).cuts()
+        product = load_image(cuts[0].cutout_key).convert("RGBA")
+        review = cls(
             ctx.output(CaptionOutput).caption,
             product,
             list(brand.guidelines or []),
@@ -77,6 +83,9 @@ class Review:
             embedder,
             brand.unchecked or DEFAULT_UNCHECKED,
         )
+        if len(cuts) > 1:
+            review.products = {c.product_asset_id: load_image(c.cutout_key).convert("RGBA") for c in cuts}
+        return review
 
     def guidelines_of(
         self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image
@@ -87,7 +96,7 @@ class Review:
             result = guideline.check(
                 image,
                 layer,
-                self.product,
+                self.product_of(cand),
                 self.caption,
                 self.guidelines,
                 ctx.campaign.qc_policy,
@@ -138,7 +147,7 @@ def check_one(
         *expansion.check(metrics),
         product.frame_check(layer),
         # a fringe of the source photo's backdrop on the placed product's edge (advisory until measured)
-        *mask_quality.halo_verdicts(ctx.output(SegmentOutput).quality, image, layer),
+        *mask_quality.halo_verdicts(ctx.output(SegmentOutput).cut(product_id(cand)).quality, image, layer),
         *[{**v, "group": "brand"} for v in rules],
     ]
     cand.qc = {"metrics": metrics, "verdicts": verdicts, "thresholds": limits.model_dump()}
@@ -150,6 +159,12 @@ def check_one(
         policy.checks(cand.qc), ctx.campaign.qc_policy, limits.weighted_threshold, unchecked=review.unchecked
     )
     cand.passed = cand.qc["policy"]["passed"]
+
+
+def product_id(cand: Candidate) -> str | None:
+    """The product asset the candidate shows (None: a candidate from before candidates named it: the first)."""
+    found = (cand.placement or {}).get("product_asset_id")
+    return str(found) if found else None
 
 
 def embeddings(

@@ -28,7 +28,8 @@ from workers.engine.context import StageContext, Task
 from workers.engine.flow import Decision, LoopState
 from workers.models.roles import Scorer
 from workers.pipeline.common import campaign_brand, load_image, model_call
-from workers.pipeline.outputs import QcSummary
+from workers.pipeline.outputs import QcSummary, SegmentOutput
+from workers.pipeline.qc import product_id
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -39,12 +40,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     top_k = ctx.campaign.top_k
     relaxed = apply_policy(candidates, clusters, ctx.campaign.qc_policy, top_k, limits, brand.unchecked)
     _score(ctx, candidates, lambda c: bool(c.passed))
-    chosen = choose(best_of_clusters(candidates, clusters), top_k)
-    if len(chosen) < top_k and last_round(ctx.campaign, ctx.round):
-        taken = {clusters[str(c.id)].id for c in chosen}  # scores only where a stand-in may come from
-        eligible = [c for c in candidates if c.qc["policy"]["eligible"] and clusters[str(c.id)].id not in taken]
-        _score(ctx, eligible, lambda c: True)
-        chosen += fallback(eligible, clusters, top_k - len(chosen))
+    chosen: list[Candidate] = []
+    for group in by_product(ctx, candidates):  # top_k per product: every product gets its own results
+        chosen += _choose_product(ctx, group, clusters, top_k)
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
     ctx.rows.extend(candidates)
@@ -60,6 +58,30 @@ def run(ctx: StageContext) -> dict[str, Any]:
     }
 
 
+def _choose_product(
+    ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any], top_k: int
+) -> list[Candidate]:
+    """One product's top_k; in the last round, stand-ins for what is missing (see the module docstring)."""
+    chosen = choose(best_of_clusters(candidates, clusters), top_k)
+    if len(chosen) < top_k and last_round(ctx.campaign, ctx.round):
+        taken = {clusters[str(c.id)].id for c in chosen}  # scores only where a stand-in may come from
+        eligible = [c for c in candidates if c.qc["policy"]["eligible"] and clusters[str(c.id)].id not in taken]
+        _score(ctx, eligible, lambda c: True)
+        chosen += fallback(eligible, clusters, top_k - len(chosen))
+    return chosen
+
+
+def by_product(ctx: StageContext, candidates: list[Candidate]) -> list[list[Candidate]]:
+    """The pool per product, in the campaign's product order (a candidate naming no product: the first)."""
+    segment = (ctx.campaign.state or {}).get("segment")
+    order = [c.product_asset_id for c in SegmentOutput.model_validate(segment).cuts()] if segment else []
+    groups: dict[str, list[Candidate]] = {}
+    for cand in candidates:
+        groups.setdefault(product_id(cand) or (order[0] if order else ""), []).append(cand)
+    ranked = sorted(groups, key=lambda p: order.index(p) if p in order else len(order))
+    return [groups[p] for p in ranked]
+
+
 def _pool(ctx: StageContext) -> list[Candidate]:
     with session_scope() as session:
         query = (
@@ -72,7 +94,8 @@ def _pool(ctx: StageContext) -> list[Candidate]:
 
 def _group(cand: Candidate) -> str:
     canvas = cand.placement["canvas"]
-    return f"{canvas['width']}x{canvas['height']}"  # another ad size is another deliverable, not a duplicate
+    # another ad size, or another product, is another deliverable, not a duplicate
+    return f"{canvas['width']}x{canvas['height']}:{product_id(cand) or ''}"
 
 
 def cluster_pool(candidates: list[Candidate], limits: QcThresholds) -> dict[str, Any]:
@@ -105,9 +128,14 @@ def apply_policy(
     flexible rules relaxed, if any."""
     pool = [policy.checks(c.qc) for c in candidates]
     if name == "flexible":
+        products = {product_id(c) for c in candidates}
 
-        def enough(flags: list[bool]) -> bool:
-            return len({clusters[str(c.id)].id for c, ok in zip(candidates, flags, strict=True) if ok}) >= top_k
+        def enough(flags: list[bool]) -> bool:  # top_k distinct passing candidates of every product
+            distinct: dict[str | None, set[str]] = {p: set() for p in products}
+            for cand, ok in zip(candidates, flags, strict=True):
+                if ok:
+                    distinct[product_id(cand)].add(clusters[str(cand.id)].id)
+            return all(len(found) >= top_k for found in distinct.values())
 
         decisions, relaxed = policy.relax(pool, enough, limits.weighted_threshold, unchecked)
     else:

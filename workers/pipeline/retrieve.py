@@ -36,7 +36,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ]
         output = pick(session, ctx, found, spaces[0][0].model if spaces else text_embedder.model_id())
     ctx.publish(output)
-    return {"product_asset_id": output.product_asset_id, "background_asset_id": output.background_asset_id}
+    return {
+        "product_asset_ids": output.products(),
+        "product_asset_id": output.product_asset_id,
+        "background_asset_id": output.background_asset_id,
+    }
 
 
 def scope(campaign: Campaign, kind: str | None = None) -> Filters:
@@ -99,28 +103,21 @@ def _references(found: list[Entity], min_score: float) -> list[Match]:
     return sorted(seen.values(), key=lambda m: -m.score)[:3]
 
 
-def choose_product(found: list[Entity], named: list[Any], min_score: float) -> tuple[str, float | None]:
-    """The product the campaign names, else the best match of the brief's products."""
-    if len(set(map(str, named))) > 1:
-        # The API accepts one product per campaign; a row from before that contract must not have its other
-        # products silently ignored.
-        raise StageError(
-            "too_many_products",
-            f"the campaign names {len(set(map(str, named)))} products but a campaign places exactly one; "
-            "create one campaign per product",
-        )
+def choose_products(found: list[Entity], named: list[Any], min_score: float) -> tuple[list[str], float | None]:
+    """Every product the campaign names (each gets its own scenes), else the best match of the brief's products."""
     if named:
-        return str(named[0]), None
+        return list(dict.fromkeys(map(str, named))), None  # the same id twice is one product
     best = _best(found, "product", min_score)
     if best is None:
         raise StageError("no_product", "no product asset matches the brief; upload one or name it in product_asset_ids")
-    return best.asset_id, best.score
+    return [best.asset_id], best.score
 
 
 def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -> RetrieveOutput:
     named, min_score = ctx.campaign.product_asset_ids or [], ctx.settings.retrieval_min_score
-    product_id, product_score = choose_product(found, named, min_score)
-    product_asset = tenant_asset(session, ctx.tenant_id, product_id)
+    product_ids, product_score = choose_products(found, named, min_score)
+    products = [tenant_asset(session, ctx.tenant_id, product_id) for product_id in product_ids]
+    product_asset = products[0]
     background = _best(found, "background", min_score)
     bg_asset = tenant_asset(session, ctx.tenant_id, background.asset_id) if background else None
     return RetrieveOutput(
@@ -137,4 +134,5 @@ def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -
         entities=found,
         model=model,
         min_score=min_score,
+        product_asset_ids=[str(p.id) for p in products],
     )

@@ -13,6 +13,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from workers.language import scale as scaling
 
     canvas = canvases(ctx)[0]
+    # With several products the share is judged on the first one's cut-out; plan fits every product's own
+    # cut-out to that share of the canvas (one judgement per campaign, not one hosted call per product).
     with llm_failures("scale"):
         result = scaling.scale(
             ctx.output(CaptionOutput).caption,

@@ -29,19 +29,9 @@ def _unique(ids: list[uuid.UUID]) -> list[uuid.UUID]:
     return list(dict.fromkeys(ids))  # repeated ids mean the same product once; keep the order
 
 
-# The pipeline builds every scene around one product (one cutout segmented, planned, generated and checked):
-# more ids would be silently ignored, so they are refused. One campaign per product.
-MAX_PRODUCTS = 1
-
-
-def _one_product(ids: list[uuid.UUID]) -> list[uuid.UUID]:
-    ids = _unique(ids)
-    if len(ids) > MAX_PRODUCTS:
-        raise ValueError(
-            f"a campaign places exactly one product in its scenes, got {len(ids)} different product ids; "
-            "send one (or none: the product is retrieved by the brief) and create one campaign per product"
-        )
-    return ids
+# One scene set per product: every named product is segmented, planned, generated, checked and ranked on its
+# own, and gets up to top_k results.
+MAX_PRODUCTS = 20
 
 
 Aspect = Literal["1:1", "4:5", "9:16", "16:9", "1.91:1"]
@@ -117,12 +107,14 @@ class CampaignCreate(BaseModel):
 
     brand_id: uuid.UUID
     brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
-    product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_one_product)] = Field(
+    product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
         default_factory=list,
-        max_length=20,  # bounds the body; after repeated ids are merged at most MAX_PRODUCTS may remain
-        description="The product placed in every scene: at most one distinct product asset id (a campaign is "
-        "one product; create one campaign per product); empty: the product is retrieved by the brief.",
-        json_schema_extra={"x-max-distinct-items": MAX_PRODUCTS},
+        max_length=MAX_PRODUCTS,
+        description="One scene set per product: every named product asset (up to 20, repeated ids count once) "
+        "is segmented, planned, generated and checked on its own and gets up to top_k results, each result "
+        "naming its product_asset_id. A product that cannot be segmented fails only its own scenes (the "
+        "campaign ends partial, naming it and why; failed only if no product got results). Empty: one product "
+        "is retrieved by the brief.",
     )
     sizes: list[Size] = Field(default_factory=lambda: [Size(width=1024, height=1024)], min_length=1, max_length=6)
     safe_zones: list[SafeZone] = Field(
@@ -193,6 +185,9 @@ class ResultReview(BaseModel):
 class ResultRead(BaseModel):
     rank: int
     candidate_id: uuid.UUID
+    product_asset_id: uuid.UUID | None = Field(
+        None, description="The product asset this result shows (each named product gets its own results)."
+    )
     image_url: str | None
     layer_url: str | None
     placement: dict[str, Any]

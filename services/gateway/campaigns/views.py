@@ -150,6 +150,7 @@ def _results(
             ResultRead(
                 rank=result.rank,
                 candidate_id=cand.id,
+                product_asset_id=(cand.placement or {}).get("product_asset_id"),
                 image_url=_url(storage, cand.image_key),
                 layer_url=_url(storage, cand.layer_key),
                 placement=cand.placement,
