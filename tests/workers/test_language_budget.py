@@ -81,7 +81,9 @@ def test_sd_model_tokenizer_counts(sd_model: Path) -> None:
 
 
 def test_without_sd_or_its_tokenizer_the_estimate_counts(tmp_path: Path) -> None:
-    assert budget.budget_for(Settings()).tokenizer == budget.ESTIMATE  # the compositor reads no text
+    compositor = budget.budget_for(Settings())  # reads no prompt: only the shared character cap
+    assert compositor.tokenizer == budget.CHARACTERS and compositor.limit == 1024
+    assert compositor.count("a shoe, low angle close-up shot") == 31
     missing = budget.budget_for(Settings(generator="sd-inpaint", sd_model=str(tmp_path / "absent")))
     assert missing.tokenizer == budget.ESTIMATE and missing.limit == 75
     assert missing.fallback_reason is not None and "not loadable" in missing.fallback_reason
@@ -101,11 +103,11 @@ def test_caption_fits_the_sd_tokenizer_dropping_the_least_important_clause_first
     assert "people" in result["negative_prompt"] or "people" in report["negative_dropped"]
 
 
-def test_caption_within_the_estimate_is_untouched() -> None:
+def test_compositor_caption_is_untouched_and_counted_in_characters() -> None:
     result = caption(BRIEF, "Aero running shoe", None, Settings(llm_backend="rules"))
     report = result["guards"]
-    assert report["tokenizer"] == budget.ESTIMATE and report["dropped_for_tokens"] == [] and not report["cut"]
-    assert report["tokens"] == budget.estimate_clip_tokens(result["caption"]) <= 75
+    assert report["tokenizer"] == budget.CHARACTERS and report["dropped_for_tokens"] == [] and not report["cut"]
+    assert report["tokens"] == len(result["caption"]) <= 1024
     assert result["caption"].endswith("product photography")
 
 

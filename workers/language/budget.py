@@ -2,9 +2,11 @@
 
 SD's CLIP text encoder reads 77 positions (BOS + 75 tokens + EOS) and silently drops the rest; the
 1024-character cap (``text.MAX_CAPTION_CHARS``) comes from Nova Canvas and bounds every backend. When
-an SD model is configured, its own CLIP tokenizer counts (loaded alone, lazily, from the model path).
-Otherwise (the embedded compositor, or a tokenizer that is not on disk) :func:`estimate_clip_tokens`
-stands in: an upper bound of CLIP's BPE count for English text, so a prompt it passes fits CLIP.
+an SD model is configured, its own CLIP tokenizer counts (loaded alone, lazily, from the model path);
+when its tokenizer is not on disk, :func:`estimate_clip_tokens` stands in: an upper bound of CLIP's BPE
+count for English text, so a prompt it passes fits CLIP. The embedded compositor reads no prompt at
+all, so only the character cap applies there (:func:`character_budget`): trimming a caption for an
+encoder that does not exist would only drop what the marketer and the revise loop read.
 """
 
 from __future__ import annotations
@@ -14,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from workers.language.text import MAX_CAPTION_CHARS
+
 if TYPE_CHECKING:
     from shared.config import Settings
 
 CLIP_CONTENT_TOKENS = 75  # 77 positions less BOS and EOS
 ESTIMATE = "estimate:clip-bpe-upper-bound"
+CHARACTERS = "characters:no-text-encoder"  # the compositor: the character cap is the only limit
 # CLIP's own pre-tokenizer (lower-cased text): contractions, letter runs, single digits, punctuation runs.
 _PRETOKEN_RE = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|(?:[^\s\w]|_)+")
 
@@ -82,10 +87,16 @@ def estimate_budget(reason: str | None = None) -> TokenBudget:
     return TokenBudget(ESTIMATE, CLIP_CONTENT_TOKENS, estimate_clip_tokens, reason)
 
 
+def character_budget() -> TokenBudget:
+    """No text encoder reads the prompt: characters count, against the cap every backend shares."""
+    return TokenBudget(CHARACTERS, MAX_CAPTION_CHARS, len)
+
+
 def budget_for(settings: Settings) -> TokenBudget:
-    """The configured generator's budget: its CLIP tokenizer for sd-inpaint, else the estimate."""
+    """The configured generator's budget: its CLIP tokenizer for sd-inpaint (the estimate when that is not
+    on disk); characters for the compositor, which reads no prompt."""
     if settings.generator != "sd-inpaint":
-        return estimate_budget()
+        return character_budget()
     from shared.model_specs import generate_spec
     from workers.models import prompt_tokenizer
 
