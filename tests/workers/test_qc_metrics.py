@@ -380,6 +380,59 @@ def test_exact_and_shifted_duplicates_cluster_and_grid_cells_do_not(grid: dict[s
     assert min(far) > duplicates.MAX_HAMMING  # measured 18 on the studio backdrop (8 on photos; 6 is the limit)
 
 
+def _placed(lay: composition.Layout, dx: int = 0) -> dict[str, float]:
+    return {"x": lay.x + dx, "y": lay.y, "width": lay.width, "height": lay.height, "rotation": lay.rotation}
+
+
+def test_a_thin_product_on_a_photo_clusters_by_where_it_stands() -> None:
+    # The held-out lamp on a busy photo at 512 px: the background dominates pHash, so candidates with the lamp
+    # in different cells can hash within MAX_HAMMING. Their placements keep them apart; a copy re-placed 2 %
+    # of the canvas off (box IoU ~0.85) still joins its original.
+    from workers.evaluation import qc_set
+
+    photo, mask = qc_set.source_photo("lamp", "heldout", np.random.default_rng(7))
+    cut, _ = qc_set.cutout(photo, mask)
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)  # a busy "photo": coarse texture, upscaled
+    back = Image.fromarray(noise, "RGB").resize((512, 512), Image.Resampling.BICUBIC)
+    layouts = composition.plan([(512, 512)], cut.size, rotations=(0,), scale_share=0.3, cutout=cut).layouts
+    moved = [composition.Layout(**{**vars(lay), "x": lay.x + 10}) for lay in layouts[:3]]
+    items = [
+        duplicates.Item(
+            lay.layout_key + tag,
+            "512x512",
+            duplicates.phash(compositor.compose(composition.place(cut, lay), back)),
+            None,
+            _placed(lay),
+        )
+        for lay, tag in [*((lay, "") for lay in layouts), *((lay, "-moved") for lay in moved)]
+    ]
+    clusters = duplicates.cluster(items)
+    for cl in {c.id: c for c in clusters.values()}.values():
+        assert len({_cell(m) for m in cl.members}) == 1, cl  # no cluster joins two grid cells
+    assert all(clusters[lay.layout_key + "-moved"] is clusters[lay.layout_key] for lay in moved)
+    blind = duplicates.cluster([duplicates.Item(i.id, i.group, i.hash) for i in items])  # the hash alone ...
+    assert max(len({_cell(m) for m in c.members}) for c in blind.values()) >= 2  # ... folds different cells
+
+
+def test_placement_vetoes_a_hash_or_embedding_link() -> None:
+    same, e = "8f373714acfcf4d0", np.array([1.0, 0.0])
+    base = {"x": 100, "y": 100, "width": 100, "height": 200, "rotation": 0.0}
+    items = [
+        duplicates.Item("a", "g", same, e, base),
+        duplicates.Item("near", "g", same, e, {**base, "x": 110}),  # IoU 0.82: the same picture
+        duplicates.Item("beside", "g", same, e, {**base, "x": 160}),  # IoU 0.25: somewhere else
+        duplicates.Item("turned", "g", same, e, {**base, "rotation": 15.0}),
+    ]
+    clusters = duplicates.cluster(items)
+    assert clusters["near"] is clusters["a"] and clusters["a"].links[0][2] == "phash distance 0, embedding cosine 1.000"
+    assert clusters["beside"].members == ["beside"] and clusters["turned"].members == ["turned"]
+    assert duplicates.apart(base, {**base, "x": 160}) == "product boxes overlap by IoU 0.25"
+    assert duplicates.apart(base, {**base, "rotation": 15.0}) == "rotated differently (0 vs 15 degrees)"
+    assert duplicates.apart(base, None) == ""  # a placement unknown, or recorded without its size: hash decides
+    assert duplicates.apart(base, {"x": 300, "y": 0, "rotation": 0.0}) == ""
+
+
 def test_different_groups_never_cluster_even_when_identical() -> None:
     items = [
         duplicates.Item("square", "1024x1024", "8f373714acfcf4d0"),

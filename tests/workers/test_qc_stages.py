@@ -245,8 +245,18 @@ def test_bounds_run_out_partial_says_which_checks_kept_candidates_out(
     assert report["blocking"] == campaign.error["blocking"] and report["revisions"][0]["round"] == 2
 
 
-def test_near_duplicates_are_clustered_and_only_the_best_of_each_is_ranked(world: dict[str, Any]) -> None:
-    # A hash distance of 64 makes every candidate of a canvas one cluster: two canvases, two results.
+def test_near_duplicates_are_clustered_and_only_the_best_of_each_is_ranked(
+    world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A hash distance of 64 links every pair, but the product stands in 9 different cells of each canvas:
+    # placement keeps them apart, so the campaign still gets 3 distinct results.
+    apart = drive(world, make_campaign(world, {"dup_max_hamming": 64}))
+    assert apart.status == "completed" and apart.state["qc"]["duplicates"] == 0
+    # With placement ignored (no overlap is too small), the hash makes every candidate of a canvas one
+    # cluster: two canvases, two results.
+    from workers.checks import duplicates
+
+    monkeypatch.setattr(duplicates, "MIN_BOX_IOU", 0.0)
     campaign = drive(world, make_campaign(world, {"dup_max_hamming": 64}))
     assert campaign.status == "partial"  # 2 distinct results for top_k 3
     found = candidates(campaign.id)

@@ -297,4 +297,7 @@ def placement(layout: Any) -> dict[str, Any]:
         "row": layout.row,
         "col": layout.col,
         "canvas": {"width": layout.canvas_w, "height": layout.canvas_h},
+        # the placed layer's box with x, y: near-duplicate clustering tells apart products in different places
+        "width": layout.width,
+        "height": layout.height,
     }

@@ -110,6 +110,7 @@ def cluster_pool(candidates: list[Candidate], limits: QcThresholds) -> dict[str,
             _group(c),
             c.qc["metrics"]["phash"],
             None if c.embedding is None else np.asarray(c.embedding, dtype=np.float32),
+            c.placement,  # a product placed elsewhere is never a near-duplicate, whatever the background's hash
         )
         for c in candidates
     ]
