@@ -15,7 +15,10 @@ from workers.pipeline.rank import best_of_clusters, choose
 
 def cand(key: str, row: int, col: int, aesthetic: float | None, passed: bool = True) -> Candidate:
     placement = {"row": row, "col": col, "canvas": {"width": 1024, "height": 1024}}
-    return Candidate(id=uuid.uuid4(), layout_key=key, placement=placement, aesthetic=aesthetic, passed=passed, qc={})
+    verdict = {"fully_checked": passed}  # every candidate that reaches rank carries QC's policy verdict
+    return Candidate(
+        id=uuid.uuid4(), layout_key=key, placement=placement, aesthetic=aesthetic, passed=passed, qc={"policy": verdict}
+    )
 
 
 def test_choose_prefers_distinct_cells_then_fills_up() -> None:
