@@ -1,10 +1,13 @@
-"""Ordinary products a new user would bring (a mug with a hole in its handle, a bottle, a lamp shot on
-white, a sneaker) each get top_k results on the default backends: on the studio backdrop (a brand with no
-background photos) and on the brand's photo backgrounds. Over real processes, as tests/e2e/test_e2e.py.
+"""Ordinary products a new user would bring each get top_k results on the default backends: a mug with a
+hole in its handle on the studio backdrop (a brand with no background photos), and a thin desk lamp on the
+brand's photo backgrounds. Over real processes, as tests/e2e/test_e2e.py.
 
 The products are the labelled QC set's source photos (workers/evaluation/qc_set.py: opaque shots on a
-studio surface, so the default segmenter cuts them out). Four campaigns, run side by side: each product
-once, each background kind twice.
+studio surface, so the default segmenter cuts them out). Two campaigns, run side by side, at 512 px.
+The lamp is the hard case: its opaque pixels are 1-2 % of the canvas (product_area measures its hull) and
+it barely moves a photo's perceptual hash (near-duplicates are told apart by where it stands). The bottle
+and the sneaker (the latter once failed at segment) passed here too when all four ran (211 s under load);
+they stay out for CI time.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ TOP_K = 3
 # product -> (title, studio or photos, brief); a brief the photo library can answer where photos are used
 CASES = {
     "mug": ("Ceramic mug with a handle", "studio", "the ceramic mug on a clean studio backdrop"),
-    "sneaker": ("Running sneaker", "studio", "the running sneaker, studio product shot"),
-    "bottle": ("Water bottle", "photos", "the water bottle on a marble kitchen counter"),
     "lamp": ("Desk lamp", "photos", "the desk lamp on an urban street at sunset"),
 }
 
@@ -50,6 +51,18 @@ def _upload(api: httpx.Client, brand_id: str, name: str, data: bytes, metadata: 
     response = api.post("/v1/assets", files=files, data=body)
     assert response.status_code in (200, 201), response.text
     return str(response.json()["id"])
+
+
+def _all_candidates(api: httpx.Client, campaign_id: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = []
+    cursor: str | None = None
+    while True:
+        params: dict[str, Any] = {"limit": 100} if cursor is None else {"limit": 100, "cursor": cursor}
+        page = api.get(f"/v1/campaigns/{campaign_id}/candidates", params=params).json()
+        items += page["items"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return items
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +92,7 @@ def campaigns(system: System, tmp_path_factory: pytest.TempPathFactory) -> dict[
         assert response.status_code == 202, response.text
         created[product] = response.json()["id"]
     finished = {product: wait_terminal(api, cid, timeout=600) for product, cid in created.items()}
-    candidates = {
-        p: api.get(f"/v1/campaigns/{c['id']}/candidates?limit=100").json()["items"] for p, c in finished.items()
-    }
+    candidates = {p: _all_candidates(api, c["id"]) for p, c in finished.items()}
     return {p: {"campaign": finished[p], "candidates": candidates[p]} for p in CASES}
 
 
@@ -89,12 +100,18 @@ def campaigns(system: System, tmp_path_factory: pytest.TempPathFactory) -> dict[
 def test_an_ordinary_product_gets_top_k_results(campaigns: dict[str, dict[str, Any]], product: str) -> None:
     campaign = campaigns[product]["campaign"]
     state = campaign["state"]
+    passed = sum(bool(c["passed"]) for c in campaigns[product]["candidates"])
+    why = (campaign["error"], (campaign.get("checked") or {}).get("message"), f"{passed} candidates passed")
+    assert campaign["status"] == "completed", why  # first: a failed campaign has no retrieve state to read
     used_photo = state["retrieve"]["background_asset_id"] is not None
     assert used_photo == (CASES[product][1] == "photos"), state["retrieve"]
-    passed = sum(bool(c["passed"]) for c in campaigns[product]["candidates"])
-    why = (campaign["error"], campaign["checked"]["message"], f"{passed} candidates passed")
-    assert campaign["status"] == "completed", why
     assert [r["rank"] for r in campaign["results"]] == list(range(1, TOP_K + 1))
+    by_id = {c["id"]: c for c in campaigns[product]["candidates"]}
+    chosen = [by_id[r["candidate_id"]] for r in campaign["results"]]
+    assert len({c["qc"]["cluster"]["id"] for c in chosen}) == TOP_K  # three different pictures
+    for cand in chosen:
+        area = next(v for v in cand["qc"]["verdicts"] if v["check"] == "product_area")
+        assert area["status"] == "pass" and "convex hull" in area["reason"], area
     checked = campaign["checked"]
     assert checked["results"] == TOP_K and checked["fallback"] == 0
     for result in campaign["results"]:  # under the default unchecked=review: fully checked, or flagged with why
