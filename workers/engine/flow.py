@@ -151,8 +151,9 @@ def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[st
 
 def _after_loop_stage(session: Session, campaign: Campaign, row: Stage, rnd: int) -> list[Task]:
     """Enough results: next. Too few: another attempt with the same caption (row.retry, the product
-    resized: workers.pipeline.revise.retry_share), then a revised caption (row.revise), bounded by max_retry_attempts and max_prompt_revisions;
-    then next with what passed. The decision per round is stored, so a re-sent task sends the same step."""
+    resized: workers.pipeline.revise.retry_share), then a revised caption (row.revise), bounded by
+    max_retry_attempts and max_prompt_revisions; then next with what passed. The decision per round is
+    stored, so a re-sent task sends the same step."""
     loop = LoopState.of(campaign)
     decided = loop.decided.get(str(rnd))
     if decided is None:
