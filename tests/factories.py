@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image
 
 from shared import webhooks
-from shared.cli.procs import free_port, wait_http
+from shared.cli.procs import free_port, onbrand_cmd, wait_http
 from shared.db.models import Asset, Brand, Campaign, WebhookDelivery, WebhookEndpoint
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
@@ -356,6 +356,15 @@ BRIEF = "the running shoe on an urban street at sunset"
 
 def api_client(system: System, api_key: str) -> httpx.Client:
     return httpx.Client(base_url=system.url, headers={"Authorization": f"Bearer {api_key}"}, timeout=30)
+
+
+def verify(system: System, campaign_id: str, *args: str) -> str:
+    """`onbrand verify` on a campaign of the running system (its exit code asserted 0): the output."""
+    done = subprocess.run(
+        onbrand_cmd("verify", campaign_id, *args), env=system.env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip()
 
 
 def wait_terminal(api: httpx.Client, campaign_id: str, timeout: float = 300) -> dict[str, Any]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from typing import Any
 
@@ -16,8 +15,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import WebhookReceiver, upload_library
-from shared.cli.procs import onbrand_cmd
-from tests.factories import BRIEF, api_client, httpx_get, wait_terminal
+from tests.factories import BRIEF, api_client, httpx_get, verify, wait_terminal
 from tests.system import System
 
 pytestmark = pytest.mark.slow
@@ -108,11 +106,7 @@ def test_every_result_verifies_from_its_source(finished: dict[str, Any], system:
     record names, and finds it bit for bit in every result (and every candidate)."""
     campaign_id = finished["campaign"]["id"]
     for args, count in (((), 3), (("--all",), len(candidates(finished)))):
-        done = subprocess.run(
-            onbrand_cmd("verify", campaign_id, *args), env=system.env, capture_output=True, text=True, timeout=300
-        )
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert done.stdout.strip().endswith(f"verified {count}/{count}")
+        assert verify(system, campaign_id, *args).endswith(f"verified {count}/{count}")
     record = candidates(finished)[0]["integrity"]
     assert record["source"]["kind"] == "asset" and record["source"]["sha256"] == record["source"]["asset_sha256"]
     assert record["mask"]["method"] and record["transform"]["resize_filter"] == "lanczos"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.factories import api_client, wait_terminal
+from tests.factories import api_client, verify, wait_terminal
 from tests.system import System
 from workers.evaluation import qc_set
 
@@ -64,7 +64,8 @@ def finished(system: System) -> dict[str, Any]:
     assert created.status_code == 202, created.text
     campaign = wait_terminal(api, created.json()["id"], timeout=600)
     candidates = api.get(f"/v1/campaigns/{campaign['id']}/candidates?limit=100").json()["items"]
-    return {"campaign": campaign, "products": products, "candidates": candidates}
+    verified = verify(system, campaign["id"])
+    return {"campaign": campaign, "products": products, "candidates": candidates, "verified": verified}
 
 
 def test_every_named_product_gets_its_own_results(finished: dict[str, Any]) -> None:
@@ -79,6 +80,8 @@ def test_every_named_product_gets_its_own_results(finished: dict[str, Any]) -> N
     assert shown == {products["mug"]: products["mug"], products["bottle"]: products["bottle"]}
     keys = {c["layout_key"][:3] for c in finished["candidates"]}  # several products: keys never collide
     assert keys == {"p1-", "p2-"}, keys
+    # each result's layer re-derived from its own product's photo and mask, found bit for bit
+    assert finished["verified"].endswith(f"verified {2 * TOP_K}/{2 * TOP_K}")
 
 
 def test_a_product_that_cannot_be_segmented_fails_only_its_own_scenes(finished: dict[str, Any]) -> None:

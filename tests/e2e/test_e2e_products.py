@@ -24,7 +24,7 @@ import pytest
 
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import render_contact_sheet
-from tests.factories import api_client, wait_terminal
+from tests.factories import api_client, verify, wait_terminal
 from tests.system import System
 from workers.evaluation import qc_set
 
@@ -93,7 +93,8 @@ def campaigns(system: System, tmp_path_factory: pytest.TempPathFactory) -> dict[
         created[product] = response.json()["id"]
     finished = {product: wait_terminal(api, cid, timeout=600) for product, cid in created.items()}
     candidates = {p: _all_candidates(api, c["id"]) for p, c in finished.items()}
-    return {p: {"campaign": finished[p], "candidates": candidates[p]} for p in CASES}
+    verified = {p: verify(system, c["id"]) for p, c in finished.items()}
+    return {p: {"campaign": finished[p], "candidates": candidates[p], "verified": verified[p]} for p in CASES}
 
 
 @pytest.mark.parametrize("product", sorted(CASES))
@@ -118,5 +119,7 @@ def test_an_ordinary_product_gets_top_k_results(campaigns: dict[str, dict[str, A
         assert result["fully_checked"] != result["needs_review"], result
         assert result["fully_checked"] or all(r["kind"] == "unchecked" for r in result["review"]["reasons"])
     assert checked["fully_checked"] + checked["needs_review"] == TOP_K
+    # every result's product layer re-derived from the uploaded photo and its mask, found bit for bit
+    assert campaigns[product]["verified"].endswith(f"verified {TOP_K}/{TOP_K}")
     sheet = render_contact_sheet(campaign, campaigns[product]["candidates"])
     assert "results fully checked" in sheet and html.escape(checked["message"]) in sheet
