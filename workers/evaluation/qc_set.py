@@ -87,7 +87,7 @@ class Sample:
     source: Image.Image  # RGB: the uploaded product photo
     source_mask: np.ndarray = field(repr=False)  # uint8 HxW of source: the true alpha of the product
     mask: np.ndarray = field(repr=False)  # uint8 HxW of source: the mask the cut-out was actually made with
-    placement: dict[str, Any] = field(default_factory=dict)  # generate.placement() + "crop" of the source
+    placement: dict[str, Any] = field(default_factory=dict)  # Layout.record() + "crop" of the source
     backdrop: Image.Image | None = None  # RGB: the background before the product (and any defect) was placed
 
 
@@ -143,7 +143,7 @@ def _make(split: str, n: int, spec: _Spec) -> Sample:
     layout = _layout(cut, canvas, rng)
     layer = composition.place(cut, layout)
     cand, layer = _render(spec.defect, cut, layout, layer, back, rng)
-    placement = {**_placement(layout), "crop": list(crop)}
+    placement = {**layout.record(), "crop": list(crop)}
     return Sample(
         f"{split}-{n:03d}-{spec.product}-{spec.background}-{spec.defect or 'clean'}",
         split,
@@ -158,19 +158,6 @@ def _make(split: str, n: int, spec: _Spec) -> Sample:
         placement,
         back,
     )
-
-
-def _placement(layout: composition.Layout) -> dict[str, Any]:
-    # The same record as workers.pipeline.generate.placement (kept local: evaluation must not need the DB stack).
-    return {
-        "x": layout.x,
-        "y": layout.y,
-        "scale": layout.scale,
-        "rotation": layout.rotation,
-        "row": layout.row,
-        "col": layout.col,
-        "canvas": {"width": layout.canvas_w, "height": layout.canvas_h},
-    }
 
 
 def _layout(cut: Image.Image, canvas: tuple[int, int], rng: np.random.Generator) -> composition.Layout:

@@ -34,6 +34,21 @@ class Layout:
     bottom_gap: int = 0  # transparent rows under the product's lowest opaque-ish pixel
     # invariant: y + height - bottom_gap == ground_y (the product stands on the line)
 
+    def record(self) -> dict[str, Any]:
+        """Where the product went, as a candidate stores it (Candidate.placement)."""
+        return {
+            "x": self.x,
+            "y": self.y,
+            "scale": self.scale,
+            "rotation": self.rotation,
+            "row": self.row,
+            "col": self.col,
+            "canvas": {"width": self.canvas_w, "height": self.canvas_h},
+            # the placed layer's box with x, y: near-duplicate clustering tells apart products in different places
+            "width": self.width,
+            "height": self.height,
+        }
+
 
 # --- layout planning -----------------------------------------------------------------
 

@@ -271,7 +271,7 @@ def _candidate_row(
         saved_layers.add(layer_key)
     suffix = "" if item.variant == 0 else f"-v{item.variant}"
     # which product the candidate shows: rank chooses top_k per product, results name it
-    placed = {**placement(layout), "product_asset_id": product_asset_id}
+    placed = {**layout.record(), "product_asset_id": product_asset_id}
     return Candidate(
         id=candidate_id(ctx.campaign.id, ctx.round, key),
         tenant_id=ctx.tenant_id,
@@ -286,18 +286,3 @@ def _candidate_row(
         image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image),
         layer_key=layer_key,
     )
-
-
-def placement(layout: Any) -> dict[str, Any]:
-    return {
-        "x": layout.x,
-        "y": layout.y,
-        "scale": layout.scale,
-        "rotation": layout.rotation,
-        "row": layout.row,
-        "col": layout.col,
-        "canvas": {"width": layout.canvas_w, "height": layout.canvas_h},
-        # the placed layer's box with x, y: near-duplicate clustering tells apart products in different places
-        "width": layout.width,
-        "height": layout.height,
-    }
