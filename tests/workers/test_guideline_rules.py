@@ -3,6 +3,9 @@ guideline check on the rules backend giving mapped brand guidelines real verdict
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
@@ -39,6 +42,12 @@ SIZE = 512
         ("Avoid dark backgrounds", "light_background", {"min": guideline_rules.DARK_MAX}),  # not dark != light
         ("The product is centred in the frame", "product_centred", {"tolerance": guideline_rules.CENTRE_TOL}),
         ("Das Produkt steht mittig", "product_centred", {"tolerance": guideline_rules.CENTRE_TOL}),
+        ("product fully visible", "product_in_frame", {}),
+        ("Never crop the product", "product_in_frame", {}),
+        ("Das Produkt ist vollständig sichtbar", "product_in_frame", {}),
+        ("product pixels are never altered", "product_unaltered", {}),
+        ("Do not retouch the packshot", "product_unaltered", {}),
+        ("Die Flasche bleibt unverändert", "product_unaltered", {}),
     ],
 )
 def test_measurable_guidelines_are_mapped(text: str, kind: str, params: dict[str, float]) -> None:
@@ -72,9 +81,10 @@ def composite(share: float = 0.3, index: int = 13, background: Image.Image | Non
     return {"layer": layer, "background": bg, "candidate": compositor.compose(layer, bg), "product": cut}
 
 
-def pixels(c: dict[str, Image.Image], text: dict[str, object] | None = None) -> guideline_rules.Pixels:
+def pixels(c: dict[str, Image.Image], text: dict[str, Any] | None = None) -> guideline_rules.Pixels:
     alpha = np.asarray(c["layer"].getchannel("A"))
-    return guideline_rules.Pixels(np.asarray(c["candidate"]), alpha, PALETTE, 10.0, text)
+    baseline = {"text_artefacts": text} if text is not None else {}
+    return guideline_rules.Pixels(np.asarray(c["candidate"]), alpha, PALETTE, 10.0, baseline)
 
 
 def test_measurements_pass_and_fail_on_real_composites() -> None:
@@ -97,6 +107,23 @@ def test_measurements_pass_and_fail_on_real_composites() -> None:
     assert guideline_rules.measure(Rule("product_centred", {"tolerance": 0.1}), pixels(corner))["status"] == "fail"
     tight = guideline_rules.measure(Rule("clear_margin", {"margin": 0.2}), pixels(corner))
     assert tight["status"] == "fail" and "closest edge" in tight["reason"]
+    # fully visible: a product pushed past the left edge touches it; the centred one does not
+    assert guideline_rules.measure(Rule("product_in_frame"), pixels(small))["status"] == "pass"
+    left = int(np.nonzero(np.asarray(small["layer"].getchannel("A")).any(axis=0))[0][0])
+    moved = small["layer"].transform((SIZE, SIZE), Image.Transform.AFFINE, (1, 0, left + 10, 0, 1, 0))
+    shifted = {**small, "layer": moved}
+    cut_off = guideline_rules.measure(Rule("product_in_frame"), pixels(shifted))
+    assert cut_off["status"] == "fail" and "left" in cut_off["reason"]
+
+
+def test_product_unaltered_follows_the_exact_pixel_verdict_and_is_unchecked_without_one() -> None:
+    c = composite()
+    px = pixels(c)
+    for status in ("pass", "fail"):
+        verdict = {"status": status, "reason": "99.0 % of the product's pixels are bit-exact", "value": 0.99}
+        got = guideline_rules.measure(Rule("product_unaltered"), replace(px, baseline={"distorted_product": verdict}))
+        assert got["status"] == status and "exact pixels" in got["reason"]
+    assert guideline_rules.measure(Rule("product_unaltered"), px)["status"] == "unchecked"
 
 
 def test_no_text_follows_the_ocr_verdict_and_is_unchecked_without_one() -> None:

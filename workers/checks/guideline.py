@@ -126,7 +126,7 @@ def _classical(
     scene = scene or Scene()
     rgb = candidate.convert("RGB")
     pixels = {v["guideline"]: v for v in guideline_classical.check(rgb, layer, scene.background)}
-    brand = _brand_verdicts(rgb, layer, [r for r in todo if r["kind"] == "brand"], scene, pixels.get("text_artefacts"))
+    brand = _brand_verdicts(rgb, layer, [r for r in todo if r["kind"] == "brand"], scene, pixels)
     answered = answered or {}
     verdicts = [
         {
@@ -173,13 +173,13 @@ def _brand_verdicts(
     layer: Image.Image,
     brand: list[dict[str, Any]],
     scene: Scene,
-    text_verdict: dict[str, Any] | None,
+    baseline: dict[str, dict[str, Any]],
 ) -> dict[str, dict[str, Any]]:
     """Verdicts of the brand guidelines the router maps, measured on the pixels; unmapped ones unchecked."""
     from workers.checks import guideline_rules
 
     px = guideline_rules.Pixels(
-        np.asarray(rgb), np.asarray(layer.getchannel("A")), scene.palette, scene.palette_radius, text_verdict
+        np.asarray(rgb), np.asarray(layer.getchannel("A")), scene.palette, scene.palette_radius, baseline
     )
     out: dict[str, dict[str, Any]] = {}
     for rule in brand:

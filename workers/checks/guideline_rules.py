@@ -13,6 +13,8 @@ with the measured value. The rules:
 * ``brand_colours_only`` - share of the background within the palette radius of a brand colour
 * ``light_background`` / ``dark_background`` - mean luminance of the background
 * ``product_centred`` - the product's box centre within this share of the canvas from its centre
+* ``product_in_frame`` - no product pixel on the canvas edge (the product is fully visible)
+* ``product_unaltered`` - the ``distorted_product`` verdict (the product's pixels bit-exact in the candidate)
 
 A sentence about the logo's size, people, faces, animals, mood or style needs a detector or a
 vision-language model; it is not mapped to a proxy that would measure something else.
@@ -70,6 +72,8 @@ class Rule:
             "light_background": f"background mean luminance at least {p.get('min', 0):.2f}",
             "dark_background": f"background mean luminance at most {p.get('max', 1):.2f}",
             "product_centred": f"product centre within {p.get('tolerance', 0):.0%} of the canvas centre",
+            "product_in_frame": "no product pixel on the canvas edge",
+            "product_unaltered": "the product's pixels bit-exact in the candidate",
         }[self.kind]
 
     def record(self) -> dict[str, Any]:
@@ -187,7 +191,36 @@ def _centred(t: str) -> Routed | None:
     return None
 
 
-_MATCHERS: tuple[Callable[[str], Routed | None], ...] = (_no_text, _size, _margin, _colours, _background, _centred)
+def _in_frame(t: str) -> Routed | None:
+    visible = (
+        r"(fully visible|entirely visible|completely visible|always visible|in (the )?frame|vollstaendig sichtbar)"
+    )
+    cropped = r"(crop\w*|cut off|cut-off|clipped|angeschnitten|abgeschnitten)"
+    negated_crop = re.search(NEGATION + r"[^.;]{0,30}" + cropped, t)
+    if re.search(PRODUCT + r"[^.;]{0,40}" + visible, t) or (re.search(PRODUCT, t) and negated_crop):
+        return Routed(Rule("product_in_frame"), "the product fully inside the canvas")
+    return None
+
+
+def _unaltered(t: str) -> Routed | None:
+    changed = r"(alter\w*|modif\w*|retouch\w*|redraw\w*|re-?draw\w*|chang\w*|distort\w*|veraender\w*|retusch\w*)"
+    kept = r"(unaltered|unmodified|untouched|unchanged|unveraendert|pixel-?exact|bit-?exact)"
+    negated = re.search(NEGATION + r"[^.;]{0,30}" + changed, t)
+    if re.search(PRODUCT, t) and (negated or re.search(kept, t)):
+        return Routed(Rule("product_unaltered"), "the product's pixels unaltered: the exact-pixel check")
+    return None
+
+
+_MATCHERS: tuple[Callable[[str], Routed | None], ...] = (
+    _no_text,
+    _size,
+    _margin,
+    _colours,
+    _background,
+    _centred,
+    _in_frame,
+    _unaltered,
+)
 
 
 # --- measurement -----------------------------------------------------------------------------------
@@ -195,13 +228,14 @@ _MATCHERS: tuple[Callable[[str], Routed | None], ...] = (_no_text, _size, _margi
 
 @dataclass(frozen=True)
 class Pixels:
-    """What a rule can measure: the candidate, the product mask, the palette and the OCR verdict."""
+    """What a rule can measure: the candidate, the product mask, the palette and the classical baseline
+    verdicts of the same candidate (text_artefacts by OCR, distorted_product by exact pixels)."""
 
     rgb: np.ndarray  # (H, W, 3) uint8
     alpha: np.ndarray  # (H, W) uint8, the placed layer's alpha
     palette: list[str]
     palette_radius: float
-    text_verdict: dict[str, Any] | None  # the text_artefacts verdict of the same candidate
+    baseline: dict[str, dict[str, Any]]  # guideline_classical verdicts of the same candidate, by name
 
 
 def measure(rule: Rule, px: Pixels) -> dict[str, Any]:
@@ -217,7 +251,11 @@ def measure(rule: Rule, px: Pixels) -> dict[str, Any]:
     if kind == "clear_margin":
         return _margin_result(product, p["margin"])
     if kind == "no_text":
-        return _text_result(px.text_verdict)
+        return _text_result(px.baseline.get("text_artefacts"))
+    if kind == "product_unaltered":
+        return _baseline_result(px.baseline.get("distorted_product"), "exact pixels")
+    if kind == "product_in_frame":
+        return _frame_result(product)
     if kind == "brand_colours_only":
         return _palette_result(px, p["min_share"])
     if kind in ("light_background", "dark_background"):
@@ -242,10 +280,30 @@ def _margin_result(product: np.ndarray, margin: float) -> dict[str, Any]:
 
 
 def _text_result(verdict: dict[str, Any] | None) -> dict[str, Any]:
+    return _baseline_result(verdict, "OCR")
+
+
+def _baseline_result(verdict: dict[str, Any] | None, what: str) -> dict[str, Any]:
+    """A rule that is one of the classical baseline checks: its verdict, or unchecked when it had none."""
     if verdict is None or verdict.get("status") not in ("pass", "fail"):
-        why = verdict.get("reason") if verdict else "no OCR verdict"
-        return _result(None, None, f"text could not be read: {why}")
-    return _result(verdict.get("value"), verdict["status"] == "pass", f"OCR: {verdict['reason']}")
+        why = verdict.get("reason") if verdict else f"no {what} verdict"
+        return _result(None, None, f"could not be checked: {why}")
+    return _result(verdict.get("value"), verdict["status"] == "pass", f"{what}: {verdict['reason']}")
+
+
+def _frame_result(product: np.ndarray) -> dict[str, Any]:
+    touching = [
+        name
+        for name, edge in (
+            ("top", product[0]),
+            ("bottom", product[-1]),
+            ("left", product[:, 0]),
+            ("right", product[:, -1]),
+        )
+        if edge.any()
+    ]
+    reason = f"the product touches the {', '.join(touching)} edge" if touching else "the product is inside the canvas"
+    return _result(float(len(touching)), not touching, reason)
 
 
 def _palette_result(px: Pixels, min_share: float) -> dict[str, Any]:
