@@ -29,6 +29,8 @@ SERVICE_TASK_QUEUES: dict[str, str] = {
     "onbrand.sweep_outbox": "webhooks",
     "onbrand.push_results": "webhooks",
     "onbrand.sweep_stalled": "llm",
+    "onbrand.route_feedback": "llm",  # a hosted LLM may read the reviewer's words
+    "onbrand.learn_ranking": "scoring",
 }
 # Every task -> its queue: the stages' from the stage table, then the service tasks.
 TASK_QUEUES: dict[str, str] = {**{s.task: s.queue for s in STAGES}, **SERVICE_TASK_QUEUES}

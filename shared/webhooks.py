@@ -47,6 +47,12 @@ CAMPAIGN_EVENTS = (
     "campaign.partial",
     "campaign.failed",
     "campaign.cancelled",
+    # Human review (services/gateway/reviews): results ready for a reviewer, each decision, the outcome.
+    "campaign.review.requested",
+    "result.approved",
+    "result.rejected",
+    "campaign.approved",
+    "campaign.changes_requested",
 )
 # The events that end a campaign: whoever emits them (deliver, the runner's failure path, the gateway's
 # cancel), they say progress 1.0, as the campaign resource does once it is terminal.

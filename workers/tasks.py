@@ -98,3 +98,19 @@ def sweep_outbox() -> int:
 @app.task(name="onbrand.sweep_stalled")
 def sweep_stalled() -> int:
     return restart_stalled()
+
+
+@app.task(name="onbrand.route_feedback", acks_late=True, reject_on_worker_lost=True)
+def route_feedback(feedback_id: str) -> str:
+    # Idempotent: a feedback already routed is a no-op that re-sends its round's first tasks.
+    from workers.jobs import feedback
+
+    return feedback.route(feedback_id)
+
+
+@app.task(name="onbrand.learn_ranking", acks_late=True, reject_on_worker_lost=True)
+def learn_ranking(brand_id: str) -> int:
+    # Refits the brand's ranking weights from every decision so far: idempotent, a lost message only delays.
+    from workers.ranking import learn
+
+    return learn.refit(brand_id)

@@ -97,6 +97,34 @@ class OutboxStatus(StrEnum):
     FAILED = "failed"
 
 
+class ReviewState(StrEnum):
+    """A campaign's human review (campaigns.review_state; None until it has delivered results)."""
+
+    PENDING = "pending"  # results delivered, waiting for a reviewer
+    APPROVED = "approved"  # every result of the review round decided, at least one approved
+    CHANGES_REQUESTED = "changes_requested"  # feedback sent: a new review round regenerates
+    REJECTED = "rejected"  # every result of the review round rejected, no feedback
+
+
+class ResultDecision(StrEnum):
+    APPROVED = "approved"
+    REJECTED = "rejected"
+
+
+class FeedbackStatus(StrEnum):
+    ROUTING = "routing"  # accepted; the feedback router (llm queue) has not answered yet
+    APPLIED = "applied"  # routed to a change; its review round is running or done
+    NOT_UNDERSTOOD = "not_understood"  # nothing in it could be routed: no round started, the reviewer is told why
+    FAILED = "failed"  # the router failed for good (error says why)
+
+
+class DamPushPolicy(StrEnum):
+    """When a brand's results go to its DAM targets (brands.dam_push)."""
+
+    ON_COMPLETION = "on_completion"  # every delivered result, when the campaign completes
+    ON_APPROVAL = "on_approval"  # only approved results, when the campaign is approved
+
+
 class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[uuid.UUID] = _id()
@@ -125,6 +153,7 @@ class Brand(Base):
     qc_thresholds: Mapped[dict[str, Any]] = mapped_column(default=dict)  # overrides of shared.qc.QcThresholds
     # What an unchecked rule means for this brand's results: review | fail | pass (shared.qc.UNCHECKED_POLICIES)
     unchecked: Mapped[str] = mapped_column(String(10), default="review")
+    dam_push: Mapped[DamPushPolicy] = _status(DamPushPolicy, DamPushPolicy.ON_COMPLETION)
     created_at: Mapped[datetime] = _created()
 
 
@@ -201,6 +230,13 @@ class Campaign(Base):
     status: Mapped[CampaignStatus] = _status(CampaignStatus, CampaignStatus.QUEUED, index=True)
     current_stage: Mapped[str | None] = mapped_column(String(30))
     round: Mapped[int] = mapped_column(Integer, default=0)
+    # Human review: the review round (0: the first delivery; each routed feedback starts the next one, whose
+    # stage runs use new rounds) and its state (None until results are delivered).
+    review_round: Mapped[int] = mapped_column(Integer, default=0)
+    review_state: Mapped[ReviewState | None] = mapped_column(
+        Enum(ReviewState, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]),
+        nullable=True,
+    )
     # Each stage's typed output (workers/pipeline/outputs.py) under its stage name, plus the revision history.
     state: Mapped[dict[str, Any]] = mapped_column(default=dict)
     # The retry/revise loop's bookkeeping and the events announced once (workers/engine/flow.py's LoopState).
@@ -295,18 +331,94 @@ class LlmCall(Base):
 
 class Result(Base):
     __tablename__ = "results"
-    __table_args__ = (UniqueConstraint("campaign_id", "rank"),)
+    __table_args__ = (UniqueConstraint("campaign_id", "review_round", "rank"),)
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
     candidate_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("candidates.id", ondelete="CASCADE"))
+    review_round: Mapped[int] = mapped_column(Integer, default=0)  # the campaign's review round that ranked it
     rank: Mapped[int] = mapped_column(Integer)
+    # The latest human decision (the whole history: result_decisions)
+    decision: Mapped[ResultDecision | None] = mapped_column(
+        Enum(ResultDecision, native_enum=False, length=20, values_callable=lambda e: [m.value for m in e]),
+        nullable=True,
+    )
+    decided_by: Mapped[str | None] = mapped_column(String(300))
+    decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Every rule checked and passed; else why not: needs_review with review = {fallback, reasons: [{check,
     # kind (unchecked | advisory | flexible), reason}]} (workers.checks.policy)
     fully_checked: Mapped[bool] = mapped_column(Boolean, default=False)
     needs_review: Mapped[bool] = mapped_column(Boolean, default=False)
     review: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = _created()
+
+
+class ResultDecisionRecord(Base):
+    """The review history: one row per approve or reject, never updated (results keep the latest)."""
+
+    __tablename__ = "result_decisions"
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    result_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("results.id", ondelete="CASCADE"), index=True)
+    review_round: Mapped[int] = mapped_column(Integer)
+    decision: Mapped[ResultDecision] = _status(ResultDecision, ResultDecision.APPROVED)
+    reasons: Mapped[list[Any]] = mapped_column(default=list)  # shared.review.REASONS
+    comment: Mapped[str] = mapped_column(Text, default="")
+    reviewer: Mapped[str] = mapped_column(String(300))  # "key:onb_abc…" or "link:<id> <name>", plus a name if given
+    created_at: Mapped[datetime] = _created()
+
+
+class Feedback(Base):
+    """A reviewer's "none of these, I want X": routed to a typed change (shared.review.Change) that starts
+    the campaign's next review round at the stage that must change."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("campaign_id", "review_round"),)
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    review_round: Mapped[int] = mapped_column(Integer)  # the review round it asks to start (previous + 1)
+    text: Mapped[str] = mapped_column(Text, default="")
+    reasons: Mapped[list[Any]] = mapped_column(default=list)
+    reviewer: Mapped[str] = mapped_column(String(300))
+    status: Mapped[FeedbackStatus] = _status(FeedbackStatus, FeedbackStatus.ROUTING)
+    change: Mapped[dict[str, Any]] = mapped_column(default=dict)  # shared.review.Change as JSON
+    not_understood: Mapped[list[Any]] = mapped_column(default=list)  # sentences/reasons the router could not route
+    router: Mapped[str | None] = mapped_column(String(50))  # rules | openai | bedrock
+    entry_stage: Mapped[str | None] = mapped_column(String(30))  # where the new round starts
+    first_round: Mapped[int | None] = mapped_column(Integer)  # its first stage-run round
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    routed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class ReviewLink(Base):
+    """A signed, expiring, revocable link to one campaign's review page (the token is never stored)."""
+
+    __tablename__ = "review_links"
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(200))  # who the link was made for (name or e-mail)
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = _created()
+
+
+class BrandRanker(Base):
+    """Per-brand ranking weights learned from reviewer decisions (workers/ranking): one row per brand,
+    version bumped on every refit; the rank stage records which version ranked a campaign."""
+
+    __tablename__ = "brand_rankers"
+    brand_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("brands.id", ondelete="CASCADE"), primary_key=True)
+    tenant_id: Mapped[uuid.UUID] = _tenant()
+    version: Mapped[int] = mapped_column(Integer, default=0)
+    weights: Mapped[dict[str, Any]] = mapped_column(default=dict)  # feature -> weight, plus scaling
+    pairs: Mapped[int] = mapped_column(Integer, default=0)  # preference pairs it was fitted on
+    decisions: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
 
 class WebhookEndpoint(Base):
@@ -416,4 +528,6 @@ class IdempotencyKey(Base):
     key: Mapped[str] = mapped_column(String(255), primary_key=True)
     request_hash: Mapped[str] = mapped_column(String(64))
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
+    # Writes other than campaign creation (review decisions, feedback, review links): the resource created
+    resource_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
     created_at: Mapped[datetime] = _created()

@@ -152,14 +152,17 @@ def test_webhooks_are_signed_and_complete(finished: dict[str, Any], receiver: An
         events = _signed_events(receiver, secret, per_campaign)
         assert [e["data"]["sequence"] for e in events] == list(range(1, len(events) + 1))  # none missing
         types = [e["type"] for e in events]
-        assert types[0] == "campaign.queued" and types[-1] == "campaign.completed", types
+        # The terminal event, then the request for a reviewer (the results are ready to approve or reject)
+        assert types[0] == "campaign.queued" and types[-2:] == ["campaign.completed", "campaign.review.requested"], (
+            types
+        )
         assert [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.completed"] == stages
         assert [e["data"]["stage"] for e in events if e["type"] == "campaign.stage.started"] == [*stages, "deliver"]
         [ready] = [e for e in events if e["type"] == "campaign.candidates.ready"]
         assert ready["data"]["candidates"] >= ready["data"]["passed"] >= ready["data"]["ranked"] == 3
         progress = [e["data"]["progress"] for e in events if e["type"] == "campaign.stage.completed"]
         assert progress == sorted(progress) and progress[-1] > 0.5
-        assert len(events[-1]["data"]["results"]) == 3
+        assert len(events[-2]["data"]["results"]) == 3 and events[-1]["data"]["results"] == 3
     mine = [json.loads(line) for line in receiver.log.read_text().splitlines()][0]
     with pytest.raises(WebhookVerificationError):  # the other receiver's secret must not verify
         Webhook(secrets[not mine["path"].endswith("/campaign")]).verify(mine["body"], mine["headers"])

@@ -36,6 +36,9 @@ class LoopState(BaseModel):
     decided: dict[str, Decision] = {}  # round -> what followed its rank
     announced: list[str] = []  # events already emitted (once however often a task is redelivered)
     batches: dict[str, int] = {}  # round -> items of the stages that fan out per batch
+    # The first round whose candidates rank may choose from: 0, or where the current review round's pool
+    # starts (a feedback round regenerates; one that only changes QC re-ranks the previous round's pool).
+    pool_from_round: int = 0
 
     @classmethod
     def of(cls, campaign: Campaign) -> LoopState:
@@ -183,7 +186,11 @@ def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
         session.scalar(
             select(func.count())
             .select_from(Result)
-            .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+            .where(
+                Result.tenant_id == campaign.tenant_id,
+                Result.campaign_id == campaign.id,
+                Result.review_round == campaign.review_round,
+            )
         )
         or 0
     )

@@ -91,7 +91,11 @@ def _has_results(session: Session, campaign: Campaign) -> bool:
     found = session.scalar(
         select(func.count())
         .select_from(Result)
-        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .where(
+            Result.tenant_id == campaign.tenant_id,
+            Result.campaign_id == campaign.id,
+            Result.review_round == campaign.review_round,
+        )
     )
     return bool(found)
 
@@ -297,7 +301,11 @@ def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidat
     rows = session.execute(
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
-        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .where(
+            Result.tenant_id == campaign.tenant_id,
+            Result.campaign_id == campaign.id,
+            Result.review_round == campaign.review_round,
+        )
         .order_by(Result.rank)
     )
     return [(result, cand) for result, cand in rows]

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from shared import qc as qc_report
 from shared import webhooks
-from shared.db.models import Campaign, CampaignStatus, Candidate, CandidateStatus, Result
+from shared.db.models import Campaign, CampaignStatus, Candidate, CandidateStatus, Result, ReviewState
 from shared.storage import get_storage
 from workers.engine.context import StageContext, Task, now
 from workers.engine.flow import LoopState
@@ -51,7 +51,11 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
             error = _with_failed_products(error, failed_products)
         campaign.error = data["error"] = error
     tasks = webhook_tasks(webhooks.emit(session, campaign, f"campaign.{campaign.status}", data))
-    return tasks + push.queue_pushes(session, campaign)  # none without results
+    if results:  # a person decides now: the review page and the API show them (services/gateway/reviews)
+        campaign.review_state = ReviewState.PENDING
+        requested = {"review_round": campaign.review_round, "results": len(results), "checked": checked}
+        tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.review.requested", requested))
+    return tasks + push.queue_pushes(session, campaign)  # none without results, or before approval (brand policy)
 
 
 def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
@@ -59,12 +63,18 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
     rows = session.execute(
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
-        .where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id)
+        .where(
+            Result.tenant_id == campaign.tenant_id,
+            Result.campaign_id == campaign.id,
+            Result.review_round == campaign.review_round,
+        )
         .order_by(Result.rank)
     ).all()
     return [
         {
             "rank": r.rank,
+            "result_id": str(r.id),
+            "review_round": r.review_round,
             "candidate_id": str(c.id),
             "image_url": storage.url(_stored(c.image_key)),
             "layer_url": storage.url(_stored(c.layer_key)),

@@ -83,11 +83,17 @@ def by_product(ctx: StageContext, candidates: list[Candidate]) -> list[list[Cand
 
 
 def _pool(ctx: StageContext) -> list[Candidate]:
+    """The candidates of the current review round (from LoopState.pool_from_round on)."""
+    first = LoopState.of(ctx.campaign).pool_from_round
     with session_scope() as session:
         query = (
             select(Candidate)
             .options(undefer(Candidate.embedding))
-            .where(Candidate.tenant_id == ctx.tenant_id, Candidate.campaign_id == ctx.campaign.id)
+            .where(
+                Candidate.tenant_id == ctx.tenant_id,
+                Candidate.campaign_id == ctx.campaign.id,
+                Candidate.round >= first,
+            )
         )
         return list(session.scalars(query.order_by(Candidate.round, Candidate.layout_key)).all())
 
@@ -303,8 +309,15 @@ def _summary(
 
 
 def write_results(session: Session, campaign: Campaign, chosen: list[Candidate], stage: str) -> list[Task]:
-    """The campaign's results are this rank's top-K (in the finish transaction), then what comes next."""
-    session.execute(delete(Result).where(Result.tenant_id == campaign.tenant_id, Result.campaign_id == campaign.id))
+    """The review round's results are this rank's top-K (in the finish transaction), then what comes next.
+    Earlier review rounds keep theirs: reviewers decided on them."""
+    session.execute(
+        delete(Result).where(
+            Result.tenant_id == campaign.tenant_id,
+            Result.campaign_id == campaign.id,
+            Result.review_round == campaign.review_round,
+        )
+    )
     for position, cand in enumerate(chosen, start=1):
         decision = cand.qc["policy"]
         session.add(
@@ -312,6 +325,7 @@ def write_results(session: Session, campaign: Campaign, chosen: list[Candidate],
                 tenant_id=campaign.tenant_id,
                 campaign_id=campaign.id,
                 candidate_id=cand.id,
+                review_round=campaign.review_round,
                 rank=position,
                 fully_checked=bool(decision["fully_checked"]),
                 needs_review=bool(decision["needs_review"]),
