@@ -1,6 +1,7 @@
 """Migration 0008 moves the loop's bookkeeping out of campaigns.state into campaigns.loop, for campaigns
 already in flight, and back on downgrade. Migration 0009 adds the brand's unchecked policy and the results'
-fully-checked / needs-review flags, backfilled from the stored verdicts, and removes them on downgrade."""
+fully-checked / needs-review flags, backfilled from the stored verdicts, and removes them on downgrade.
+Migration 0010 adds human review: review rounds, decisions, feedback, review links, brand rankers."""
 
 from __future__ import annotations
 
@@ -135,3 +136,49 @@ def test_0009_brands_choose_what_unchecked_means_and_old_results_are_backfilled(
     )
     command.upgrade(config, "head")
     assert {"fully_checked", "needs_review", "review"} <= _columns("results")
+
+
+def test_0010_delivered_campaigns_await_review_and_results_keep_their_rank_per_review_round(fresh_db: str) -> None:
+    cid = uuid.UUID(make_campaign())
+    config = alembic_config()
+    command.downgrade(config, "0009")
+    assert "review_round" not in _columns("results") and "review_state" not in _columns("campaigns")
+    with session_scope() as session:
+        tenant = session.scalar(text("SELECT tenant_id FROM campaigns WHERE id = :id"), {"id": cid})
+        session.execute(text("UPDATE campaigns SET status = 'completed' WHERE id = :id"), {"id": cid})
+        cand = uuid.uuid4()
+        session.execute(
+            text(
+                "INSERT INTO candidates (id, tenant_id, campaign_id, round, batch, layout_key, placement,"
+                " generator, integrity, generation, qc, passed, rank)"
+                " VALUES (:id, :t, :c, 0, 0, 'k', '{}', 'compositor', '{}', '{}', '{}', true, 1)"
+            ),
+            {"id": cand, "t": tenant, "c": cid},
+        )
+        session.execute(
+            text("INSERT INTO results (id, tenant_id, campaign_id, candidate_id, rank) VALUES (:i, :t, :c, :d, 1)"),
+            {"i": uuid.uuid4(), "t": tenant, "c": cid, "d": cand},
+        )
+    command.upgrade(config, "head")
+
+    insert_result = text(
+        "INSERT INTO results (id, tenant_id, campaign_id, candidate_id, review_round, rank)"
+        " VALUES (:i, :t, :c, :d, :n, 1)"
+    )
+    with session_scope() as session:
+        assert session.scalar(text("SELECT review_state FROM campaigns WHERE id = :id"), {"id": cid}) == "pending"
+        assert session.execute(text("SELECT review_round, decision FROM results")).one() == (0, None)
+        assert session.scalar(text("SELECT dam_push FROM brands")) == "on_completion"
+        # rank 1 again, in the next review round: allowed; twice in one review round: not
+        session.execute(insert_result, {"i": uuid.uuid4(), "t": tenant, "c": cid, "d": cand, "n": 1})
+    with pytest.raises(IntegrityError), session_scope() as session:
+        session.execute(insert_result, {"i": uuid.uuid4(), "t": tenant, "c": cid, "d": cand, "n": 1})
+    with pytest.raises(IntegrityError), session_scope() as session:
+        session.execute(text("UPDATE brands SET dam_push = 'never'"))
+
+    command.downgrade(config, "0009")  # keeps the campaign's current review round (0 here): one result per rank
+    with session_scope() as session:
+        assert session.scalar(text("SELECT count(*) FROM results")) == 1
+    assert "review_round" not in _columns("results")
+    command.upgrade(config, "head")
+    assert {"review_round", "decision", "decided_by", "decided_at"} <= _columns("results")
