@@ -19,7 +19,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from shared.egress import normalize_allow_entry
 
 LlmBackend = Literal["local", "rules", "openai", "bedrock"]
-LlmStage = Literal["decompose", "caption", "scale", "guideline", "revise"]
+LlmStage = Literal["decompose", "caption", "scale", "guideline", "revise", "feedback"]
 Segmenter = Literal["matting", "sam", "segment-anything"]
 Generator = Literal["compositor", "sd-inpaint"]
 Aesthetic = Literal["classical", "laion"]
@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     llm_stage_backends: dict[LlmStage, LlmBackend] = Field(
         default_factory=dict,
         description='Per-stage override of llm_backend, JSON: {"guideline": "bedrock"}. '
-        "Stages: decompose, caption, scale, guideline, revise.",
+        "Stages: decompose, caption, scale, guideline, revise, feedback (the review router).",
     )
     llm_temperature: float = Field(default=0.2, ge=0.0, le=2.0, description="Sampling temperature of hosted LLM calls.")
     llm_timeout_seconds: float = Field(default=60.0, description="Timeout of one hosted LLM request.")
