@@ -8,8 +8,9 @@ the painted demo library (shared/cli/demo/library.py) and runs the campaign
 the output dir: the final campaign JSON, the ranked images, thumbnails of every candidate,
 a contact sheet to look at, and every webhook request as it arrived.
 
-The pieces (WebhookReceiver, upload_library, wait_for_campaign, fetch_candidates,
-write_contact_sheet, ...) are public so tests and benchmarks drive the system the same way.
+The pieces (WebhookReceiver, upload_library, fetch_candidates, write_contact_sheet, ...; the HTTP helpers
+api, wait_for_campaign, download live in shared/cli/api.py, shared with `onbrand campaigns`) are public so
+tests and benchmarks drive the system the same way.
 """
 
 from __future__ import annotations
@@ -33,11 +34,11 @@ from typing import Any
 import httpx
 from PIL import Image
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from standardwebhooks import Webhook
 
 from shared.cli import stack
+from shared.cli.api import Json, api, download, wait_for_campaign
 from shared.cli.demo.library import build_library
 from shared.cli.procs import Processes, base_env, free_port, onbrand_cmd, run_cli
 from shared.config import Settings
@@ -53,14 +54,8 @@ BRAND: dict[str, Any] = {
         {"text": "leave clear space around the product", "flexible": True, "weight": 0.5},
     ],
 }
-TERMINAL = {"completed", "partial", "failed", "cancelled"}
 TERMINAL_EVENTS = {"campaign.completed", "campaign.partial", "campaign.failed", "campaign.cancelled"}
 THUMB_SIZE = 256
-Json = dict[str, Any]
-
-
-class DemoError(RuntimeError):
-    """A step of the demo failed in a way worth one clear line (HTTP status and body)."""
 
 
 # --------------------------------------------------------------------------- webhook receiver
@@ -169,13 +164,6 @@ def verify_webhooks(secret: str, records: list[Json]) -> tuple[int, int]:
 # --------------------------------------------------------------------------- API calls
 
 
-def api(client: httpx.Client, method: str, path: str, expect: Iterable[int] = (200, 201, 202), **kwargs: Any) -> Json:
-    response = client.request(method, path, **kwargs)
-    if response.status_code not in set(expect):
-        raise DemoError(f"{method} {path} -> {response.status_code}: {response.text[:800]}")
-    return response.json() if response.content else {}
-
-
 def register_webhook(client: httpx.Client, url: str) -> Json:
     """Subscribe `url` to every campaign event; the response carries the signing secret."""
     return api(client, "POST", "/v1/webhook-endpoints", json={"url": url, "event_types": ["campaign.*"]})
@@ -209,10 +197,6 @@ def start_campaign(
     return api(client, "POST", "/v1/campaigns", expect=(202,), json=body, headers=headers)
 
 
-def get_campaign(client: httpx.Client, campaign_id: str) -> Json:
-    return api(client, "GET", f"/v1/campaigns/{campaign_id}")
-
-
 def fetch_candidates(client: httpx.Client, campaign_id: str, limit: int = 100) -> list[Json]:
     """Every candidate of the campaign, following next_cursor until it runs out."""
     items: list[Json] = []
@@ -225,59 +209,6 @@ def fetch_candidates(client: httpx.Client, campaign_id: str, limit: int = 100) -
         params["cursor"] = page["next_cursor"]
 
 
-# --------------------------------------------------------------------------- progress
-
-
-def stage_line(campaign: Json) -> str:
-    """One line of stage states for the progress bar: ✓ done, ▸ running (with done/total)."""
-    parts = []
-    for st in campaign.get("stages") or []:
-        done, total, status = st.get("done") or 0, st.get("total") or 0, str(st.get("status", ""))
-        if status in ("succeeded", "completed", "done") or (total and done >= total):
-            parts.append(f"[green]✓ {st['stage']}[/]")
-        elif status == "skipped":
-            parts.append(f"[dim]– {st['stage']}[/]")
-        elif status == "failed":
-            parts.append(f"[red]✗ {st['stage']}[/]")
-        elif status == "running" or done:
-            parts.append(f"[yellow]▸ {st['stage']} {done}/{total}[/]" if total > 1 else f"[yellow]▸ {st['stage']}[/]")
-        else:
-            parts.append(f"[dim]{st['stage']}[/]")
-    return "  ".join(parts)
-
-
-def wait_for_campaign(
-    client: httpx.Client,
-    campaign_id: str,
-    timeout: float = 600.0,
-    interval: float = 0.5,
-    console: Console | None = None,
-) -> Json:
-    """Poll until the campaign is terminal (or `timeout`), drawing a progress bar; the last body."""
-    columns = (
-        SpinnerColumn(),
-        TextColumn("[bold]{task.description:<22}"),
-        BarColumn(bar_width=32),
-        TaskProgressColumn(),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[stages]}"),
-    )
-    deadline, body = time.monotonic() + timeout, {}
-    with Progress(*columns, console=console or Console(), transient=False) as progress:
-        task = progress.add_task("queued", total=1.0, stages="")
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):  # a slow poll is no reason to give up
-                body = get_campaign(client, campaign_id)
-            label = f"{body.get('status', '?')} · {body.get('current_stage') or '-'}"
-            progress.update(
-                task, completed=float(body.get("progress") or 0), description=label, stages=stage_line(body)
-            )
-            if body.get("status") in TERMINAL:
-                break
-            time.sleep(interval)
-    return body
-
-
 # --------------------------------------------------------------------------- files
 
 
@@ -287,12 +218,6 @@ def thumb_name(candidate: Json) -> str:
     if candidate.get("round"):
         stem += f"-round{candidate['round']}"
     return re.sub(r"[^A-Za-z0-9._-]", "_", stem)
-
-
-def download(client: httpx.Client, url: str) -> bytes:
-    response = client.get(url)
-    response.raise_for_status()
-    return response.content
 
 
 def save_results(client: httpx.Client, out: Path, campaign: Json) -> list[Path]:
