@@ -12,6 +12,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from shared.cli.campaigns import campaigns_app
 from shared.config import get_settings
 from shared.schemas import ASSET_KINDS
 
@@ -30,6 +31,7 @@ app.add_typer(assets_app, name="assets")
 app.add_typer(models_app, name="models")
 probe_app = typer.Typer(help="Health probes for containers (exit 0 healthy, 1 not).", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
+app.add_typer(campaigns_app, name="campaigns")
 
 POOLS = {"cpu": "llm,retrieval,scoring,webhooks", "gpu": "segment,generate,qc"}
 
