@@ -97,7 +97,9 @@ def sweep_outbox() -> int:
 
 @app.task(name="onbrand.sweep_stalled")
 def sweep_stalled() -> int:
-    return restart_stalled()
+    from workers.engine.runner import resend_routing  # feedback left routing: re-sent, or given up on
+
+    return restart_stalled() + resend_routing()
 
 
 @app.task(name="onbrand.route_feedback", acks_late=True, reject_on_worker_lost=True)

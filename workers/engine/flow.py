@@ -16,7 +16,7 @@ from shared import webhooks
 from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
 from shared.stages import FanOut, Stage, stage
 from shared.stages import progress as stage_progress
-from workers.engine.context import Task
+from workers.engine.context import Task, now
 from workers.engine.records import get_run, stage_items, webhook_tasks
 
 
@@ -49,11 +49,36 @@ class LoopState(BaseModel):
 
 
 def fan_out(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
-    """Create every item's stage run up front, so the barrier knows the total."""
+    """Create every item's stage run up front, so the barrier knows the total. A stage the current review
+    round carries over (workers.engine.review) is recorded as succeeded instead, and what follows it starts."""
+    if (reused := _reused(campaign, name, rnd)) is not None:
+        return _carry_over(session, campaign, name, rnd, reused)
     items = range(_items(campaign, stage(name), rnd))
     for item in items:
         get_run(session, campaign, name, rnd, item)
     return [(stage(name).task, str(campaign.id), rnd, item) for item in items]
+
+
+def _reused(campaign: Campaign, name: str, rnd: int) -> int | None:
+    """The review round whose output stage `name` reuses in round `rnd`, or None when it runs. The record is
+    workers.engine.review.ReviewRecord, read here as JSON (that module imports this one)."""
+    record = (campaign.state or {}).get("review") or {}
+    if name not in record.get("reused", []) or rnd < int(record.get("first_round", 0)):
+        return None
+    return int(record["from_review_round"])
+
+
+def _carry_over(session: Session, campaign: Campaign, name: str, rnd: int, from_review_round: int) -> list[Task]:
+    """The stage's output in campaign.state stays the one its last run published: nothing to compute."""
+    run = get_run(session, campaign, name, rnd, 0)
+    if run.status != StageRunStatus.SUCCEEDED:
+        run.status, run.output, run.error = (
+            StageRunStatus.SUCCEEDED,
+            {"reused": True, "from_review_round": from_review_round},
+            None,
+        )
+        run.started_at = run.finished_at = now()
+    return advance(session, campaign, name, rnd)
 
 
 def _items(campaign: Campaign, row: Stage, rnd: int) -> int:

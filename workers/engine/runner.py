@@ -24,7 +24,16 @@ from sqlalchemy.orm import Session
 
 from shared import logs, metrics, webhooks
 from shared.config import get_settings
-from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, StageRun, StageRunStatus
+from shared.db.models import (
+    TERMINAL_STATUSES,
+    Campaign,
+    CampaignStatus,
+    Feedback,
+    FeedbackStatus,
+    ReviewState,
+    StageRun,
+    StageRunStatus,
+)
 from shared.db.session import session_scope
 from shared.queue import send
 from shared.stages import FIRST, stage
@@ -173,3 +182,44 @@ def restart_stalled(older_than_s: int = 60) -> int:
     for campaign_id in ids:
         send(FIRST.task, campaign_id, 0, 0)
     return len(ids)
+
+
+# Feedback left routing this long has had its router fail every time (or its worker gone): given up on, so
+# the reviewer can send another instead of waiting on a round that never starts.
+FEEDBACK_GIVE_UP_S = 1800
+
+
+def resend_routing(older_than_s: int = 60) -> int:
+    """Feedback still routing after `older_than_s`: the send after the gateway's commit was lost, or the
+    router raised (its error is on the row). Re-sent; past FEEDBACK_GIVE_UP_S marked failed instead."""
+    with session_scope() as session:
+        rows = session.execute(
+            select(Feedback.id, Feedback.created_at)
+            .where(
+                Feedback.status == FeedbackStatus.ROUTING,
+                Feedback.created_at < now() - timedelta(seconds=older_than_s),
+            )
+            .limit(500)
+        ).all()
+    give_up = now() - timedelta(seconds=FEEDBACK_GIVE_UP_S)
+    for feedback_id, created_at in rows:
+        if created_at < give_up:
+            _give_up(feedback_id)
+        else:
+            send("onbrand.route_feedback", str(feedback_id))
+    return len(rows)
+
+
+def _give_up(feedback_id: uuid.UUID) -> None:
+    with session_scope() as session:
+        feedback = session.get(Feedback, feedback_id)
+        campaign = lock_campaign(session, feedback.campaign_id) if feedback else None
+        if feedback is None or campaign is None:
+            return
+        session.refresh(feedback)
+        if feedback.status != FeedbackStatus.ROUTING:
+            return
+        reason = f"the feedback router did not answer within {FEEDBACK_GIVE_UP_S // 60} minutes"
+        feedback.status, feedback.error = FeedbackStatus.FAILED, f"{reason}; last error: {feedback.error or 'none'}"
+        if campaign.review_state == ReviewState.CHANGES_REQUESTED:
+            campaign.review_state = ReviewState.PENDING  # the reviewer decides again on what is there

@@ -444,3 +444,57 @@ def _hosted_caption(
         reason = f"{backend.name} clauses invalid twice ({'; '.join(failed.values())}); used the template caption"
         return _template_caption(scene, reason, calls, template.id)
     return _caption_result(scene, fields, negatives, backend.name, backend.model, None, calls, template.id)
+
+
+# ----------------------------------------------------------------------------- a reviewer's caption change
+
+
+def reviewed(
+    result: dict[str, Any],
+    add: Sequence[str],
+    remove: Sequence[str],
+    budget: TokenBudget,
+    forbidden_terms: Sequence[str] = (),
+) -> dict[str, Any]:
+    """A caption result with a reviewer's clauses added and clauses or words removed (shared.review.Change),
+    through the same guards and budget as any caption: the subject clause is kept first, then the reviewer's
+    clauses, then the rest. What was removed also goes to the negative prompt, so a generator steers away from
+    it. result["review"] says what was added, removed, not found, and dropped for the budget."""
+    clauses, removed, not_found = _without(guards.split_clauses(result["caption"]), remove)
+    added = [collapse(a) for a in add if collapse(a) and collapse(a).lower() not in {c.lower() for c in clauses}]
+    texts = [*clauses, *added]
+    extra = range(len(clauses), len(texts))
+    importance = [0, *extra, *range(1, len(clauses))] if clauses else list(range(len(texts)))
+    guarded = guards.guard_clauses(texts, forbidden_terms, budget, importance, MAX_CAPTION_CHARS)
+    terms = [*guards.split_clauses(result.get("negative_prompt") or ""), *removed, *guarded.negatives]
+    negative = negative_prompt(guards.guard_negative(terms, forbidden_terms), budget)
+    dropped = guarded.fitted.dropped if guarded.fitted else []
+    review = {
+        "added": [a for a in added if a not in dropped],
+        "removed": removed,
+        "not_found": not_found,
+        "moved_to_negative": guarded.negatives,  # an added "no people" is a negative, not a scene clause
+        "dropped_for_tokens": dropped,
+        "previous_caption": result["caption"],
+    }
+    report = {**result["guards"], **guarded.token_report(), "negative_tokens": negative.tokens}
+    return {**result, "caption": guarded.text, "negative_prompt": negative.text, "guards": report, "review": review}
+
+
+def _without(clauses: list[str], remove: Sequence[str]) -> tuple[list[str], list[str], list[str]]:
+    """(clauses left, terms removed, terms not in the caption): a term equal to a clause drops the clause; any
+    other is taken out wherever it stands as whole words, and a clause left empty goes."""
+    removed, not_found = [], []
+    for term in (collapse(t) for t in remove if collapse(t)):
+        pattern = re.compile(rf"(?<!\w){re.escape(term)}(?!\w)", re.IGNORECASE)
+        if not any(pattern.search(c) for c in clauses):
+            not_found.append(term)
+            continue
+        removed.append(term)
+        clauses = [_DANGLING_RE.sub("", collapse(pattern.sub(" ", c))) for c in clauses if c.lower() != term.lower()]
+        clauses = [c for c in clauses if c]
+    return clauses, removed, not_found
+
+
+# A word left hanging at a clause's end once what followed it was removed ("a street with [people]").
+_DANGLING_RE = re.compile(r"(?:[\s,;]+(?:with|and|or|of|in|on|at|by|near|plus))*[\s,;]*$", re.IGNORECASE)

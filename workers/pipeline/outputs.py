@@ -65,6 +65,8 @@ class RetrieveOutput(StageOutput):
     min_score: float
     # Every product the campaign places, one scene set each, in the request's order (older state: the one above).
     product_asset_ids: list[str] = []
+    # What the review round's change (shared.review.Change, workers.engine.review) made this stage do; None outside one
+    review: dict[str, Any] | None = None
 
     def products(self) -> list[str]:
         return self.product_asset_ids or [self.product_asset_id]
@@ -79,6 +81,8 @@ class CaptionOutput(LanguageRecord):
     previous_caption: str | None = None
     change: str | None = None
     failures: list[dict[str, Any]] = []
+    # What the review round's change (shared.review.Change, workers.engine.review) made this stage do; None outside one
+    review: dict[str, Any] | None = None
 
 
 class ProductCut(StageOutput):
@@ -163,6 +167,8 @@ class PlanOutput(StageOutput):
     min_share: float
     anchor: str
     attempt: int
+    # What the review round's change (shared.review.Change, workers.engine.review) made this stage do; None outside one
+    review: dict[str, Any] | None = None
 
 
 class QcSummary(StageOutput):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import or_, select
@@ -9,8 +10,10 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import Asset, Campaign
 from shared.db.session import session_scope
+from shared.review import Change
 from shared.search import Filters, Space, search
 from workers.engine.context import StageContext, StageError
+from workers.engine.review import current_change
 from workers.jobs import library
 from workers.pipeline.common import tenant_asset
 from workers.pipeline.outputs import DecomposeOutput, Entity, Match, RetrieveOutput
@@ -26,15 +29,19 @@ def run(ctx: StageContext) -> dict[str, Any]:
     from workers.models import text_embedder
 
     campaign = ctx.campaign
+    change = current_change(campaign)
     catch_up(campaign, text_embedder.model_id())
-    entities = entity_queries(ctx.output(DecomposeOutput))
+    entities = reviewed_queries(entity_queries(ctx.output(DecomposeOutput)), change)
     spaces = query_spaces([t for t, _, _ in entities])
+    excluded = {str(i) for i in change.exclude_background_ids} if change else set()
     with session_scope() as session:
         found = [
-            Entity(text=e[0], kind=e[1], boost=e[2], matches=matches(session, campaign, e, sp))
+            Entity(text=e[0], kind=e[1], boost=e[2], matches=matches(session, campaign, e, sp, excluded))
             for e, sp in zip(entities, spaces, strict=True)
         ]
         output = pick(session, ctx, found, spaces[0][0].model if spaces else text_embedder.model_id())
+        if change is not None:
+            output = reviewed_background(session, ctx, output, change)
     ctx.publish(output)
     return {
         "product_asset_ids": output.products(),
@@ -76,13 +83,27 @@ def query_spaces(texts: list[str]) -> list[tuple[Space, Space | None]]:
     return [(Space(text_model, len(v), v), image) for v, image in zip(vectors, images, strict=True)]
 
 
+def reviewed_queries(entities: list[EntityQuery], change: Change | None) -> list[EntityQuery]:
+    """A reviewer's background query replaces the brief's background queries (themes still find references)."""
+    if change is None or not change.background_query:
+        return entities
+    others = [e for e in entities if e[1] != "background"]
+    return [*others, (change.background_query, "background", None)]
+
+
 def matches(
-    session: Session, campaign: Campaign, entity: EntityQuery, spaces: tuple[Space, Space | None]
+    session: Session,
+    campaign: Campaign,
+    entity: EntityQuery,
+    spaces: tuple[Space, Space | None],
+    excluded: Collection[str] = (),
 ) -> list[Match]:
+    """The entity's top matches; backgrounds a reviewer turned down are never among them."""
     text_, kind, boost = entity
-    hits = search(
-        session, text_, scope(campaign, kind), text_space=spaces[0], image_space=spaces[1], k=RETRIEVE_TOP, boost=boost
-    )
+    skip = set(excluded) if kind == "background" else set()
+    k = RETRIEVE_TOP + len(skip)  # enough left after the exclusions
+    hits = search(session, text_, scope(campaign, kind), text_space=spaces[0], image_space=spaces[1], k=k, boost=boost)
+    hits = [h for h in hits if str(h.asset_id) not in skip][:RETRIEVE_TOP]
     titles = dict(session.execute(select(Asset.id, Asset.title).where(Asset.id.in_([h.asset_id for h in hits]))).all())
     return [
         Match(asset_id=str(h.asset_id), title=titles.get(h.asset_id, ""), score=h.score, parts=h.parts) for h in hits
@@ -135,4 +156,35 @@ def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -
         model=model,
         min_score=min_score,
         product_asset_ids=[str(p.id) for p in products],
+    )
+
+
+def reviewed_background(session: Session, ctx: StageContext, output: RetrieveOutput, change: Change) -> RetrieveOutput:
+    """The reviewer's explicit background asset (the tenant's own background photo) replaces the search's pick;
+    the output records what the change made retrieval do."""
+    record: dict[str, Any] = {
+        "background_query": change.background_query,
+        "excluded_background_ids": [str(i) for i in change.exclude_background_ids],
+        "background_asset_id": None,
+    }
+    if change.background_asset_id is None:
+        return output.model_copy(update={"review": record})
+    asset = session.scalars(
+        select(Asset).where(Asset.tenant_id == ctx.tenant_id, Asset.id == change.background_asset_id)
+    ).first()
+    if asset is None:
+        raise StageError("background_not_found", f"background asset {change.background_asset_id} does not exist")
+    if asset.kind != "background":
+        raise StageError("not_a_background", f"asset {asset.id} is a {asset.kind} asset, not a background")
+    if asset.brand_id not in (None, ctx.campaign.brand_id):
+        raise StageError("background_other_brand", f"background asset {asset.id} belongs to another brand")
+    record["background_asset_id"] = str(asset.id)
+    return output.model_copy(
+        update={
+            "background_asset_id": str(asset.id),
+            "background_caption": ", ".join(p for p in (asset.title, asset.description) if p),
+            "background_score": None,
+            "background_reason": "chosen by the reviewer",
+            "review": record,
+        }
     )
