@@ -36,7 +36,13 @@ def issue_key(session: Session, tenant_id: uuid.UUID) -> str:
 
 
 def tenant_for_key(session: Session, api_key: str) -> uuid.UUID | None:
+    found = key_owner(session, api_key)
+    return found[0] if found else None
+
+
+def key_owner(session: Session, api_key: str) -> tuple[uuid.UUID, str] | None:
+    """(tenant id, key prefix) of a valid key: the prefix names who decided in a review (never the key)."""
     row = session.execute(
-        select(ApiKey.tenant_id).where(ApiKey.key_hash == hash_key(api_key), ApiKey.revoked_at.is_(None))
+        select(ApiKey.tenant_id, ApiKey.prefix).where(ApiKey.key_hash == hash_key(api_key), ApiKey.revoked_at.is_(None))
     ).first()
-    return row[0] if row else None
+    return (row[0], row[1]) if row else None

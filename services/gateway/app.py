@@ -11,6 +11,8 @@ from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from services.gateway.review_page.endpoints import install as install_review_page
+from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
 from shared import logs, tracing
 from shared.config import Settings, get_settings
@@ -54,8 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         campaigns_router,
         webhook_endpoints_router,
         delivery_targets_router,
+        reviews_router,
     ):
         app.include_router(router)
+    install_review_page(app)  # /review/{token}: HTML for review-link holders, its own error pages
     return app
 
 

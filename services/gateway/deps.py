@@ -15,7 +15,7 @@ from services.gateway.unit_of_work import transaction
 from shared import logs
 from shared.config import Settings
 from shared.storage import Storage
-from shared.tenants import tenant_for_key
+from shared.tenants import key_owner
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -45,17 +45,28 @@ def _unauthorized(detail: str, error: str | None = None) -> ProblemError:
 
 
 def get_tenant(
+    request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> uuid.UUID:
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
-    tenant_id = tenant_for_key(session, credentials.credentials.strip())
-    if tenant_id is None:
+    owner = key_owner(session, credentials.credentials.strip())
+    if owner is None:
         raise _unauthorized("The API key is invalid or revoked.", "invalid_token")
+    tenant_id, request.state.key_prefix = owner
     logs.bind(tenant_id=tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(tenant_id))
     return tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
+
+
+async def get_key_prefix(request: Request, tenant_id: TenantDep) -> str:
+    """The calling key's prefix (onb_ + 8 characters): who decided, in review records and events."""
+    prefix: str = request.state.key_prefix
+    return prefix
+
+
+KeyPrefixDep = Annotated[str, Depends(get_key_prefix)]

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from shared.db.models import DamPushPolicy
 from shared.qc import DEFAULT_UNCHECKED, UNCHECKED_DOC, QcThresholds, UncheckedPolicy
 
 # Upper-cased on the way in so "#ff0000" and "#FF0000" are one colour everywhere downstream.
@@ -36,6 +37,12 @@ THRESHOLDS_DOC = "Overrides of the QC limits for this brand's campaigns (unset k
 )
 
 
+DAM_PUSH_DOC = (
+    "When results go to the brand's delivery targets: on_completion (every result, when the campaign completes) "
+    "or on_approval (only approved results, once a reviewer has decided every result of the review round)."
+)
+
+
 def _overrides(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """Only known keys, each within its bounds, and the ranges still ranges once merged with the defaults."""
     if value is not None:
@@ -60,6 +67,7 @@ class BrandCreate(BaseModel):
     )
     qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
     unchecked: UncheckedPolicy = Field(default=DEFAULT_UNCHECKED, description=UNCHECKED_DOC)
+    dam_push: DamPushPolicy = Field(default=DamPushPolicy.ON_COMPLETION, description=DAM_PUSH_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
 
@@ -75,6 +83,7 @@ class BrandUpdate(BaseModel):
     forbidden_terms: list[Term] | None = Field(default=None, max_length=200)
     qc_thresholds: dict[str, float] | None = Field(default=None, description=THRESHOLDS_DOC)
     unchecked: UncheckedPolicy | None = Field(default=None, description=UNCHECKED_DOC)
+    dam_push: DamPushPolicy | None = Field(default=None, description=DAM_PUSH_DOC)
 
     _check_thresholds = field_validator("qc_thresholds")(_overrides)
 
@@ -87,4 +96,5 @@ class BrandRead(BaseModel):
     forbidden_terms: list[str]
     qc_thresholds: dict[str, float]
     unchecked: UncheckedPolicy = Field(description=UNCHECKED_DOC)
+    dam_push: DamPushPolicy = Field(description=DAM_PUSH_DOC)
     created_at: datetime

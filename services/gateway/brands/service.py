@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate, Guideline
 from services.gateway.errors import not_found
 from services.gateway.pagination import created_keys, paginate
-from shared.db.models import Brand
+from shared.db.models import Brand, DamPushPolicy
 from shared.qc import DEFAULT_UNCHECKED, UncheckedPolicy
 
 
@@ -25,6 +25,7 @@ def to_read(brand: Brand) -> BrandRead:
         forbidden_terms=list(brand.forbidden_terms or []),
         qc_thresholds=dict(brand.qc_thresholds or {}),
         unchecked=cast(UncheckedPolicy, brand.unchecked or DEFAULT_UNCHECKED),
+        dam_push=DamPushPolicy(brand.dam_push or DamPushPolicy.ON_COMPLETION),
         created_at=brand.created_at,
     )
 
@@ -39,6 +40,7 @@ def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
         forbidden_terms=list(dict.fromkeys(body.forbidden_terms)),
         qc_thresholds=body.qc_thresholds,
         unchecked=body.unchecked,
+        dam_push=body.dam_push,
     )
     session.add(brand)
     session.flush()  # fills the server-side created_at for the response

@@ -18,7 +18,7 @@ from pydantic import (
 )
 
 from services.gateway.webhook_targets import WebhookUrl
-from shared.db.models import CampaignStatus, OutboxStatus
+from shared.db.models import CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
@@ -183,6 +183,8 @@ class ResultReview(BaseModel):
 
 
 class ResultRead(BaseModel):
+    id: uuid.UUID = Field(description="The result id: approve or reject it at /results/{id}/approve|reject.")
+    review_round: int = Field(0, description="The review round that ranked it (0: the first delivery).")
     rank: int
     candidate_id: uuid.UUID
     product_asset_id: uuid.UUID | None = Field(
@@ -196,6 +198,9 @@ class ResultRead(BaseModel):
     needs_review: bool = Field(description="Needs a human look before use; review.reasons says why.")
     review: ResultReview
     qc: dict[str, Any]
+    decision: ResultDecision | None = Field(None, description="A reviewer's latest decision (history: /decisions).")
+    decided_by: str | None = None
+    decided_at: datetime | None = None
 
 
 class CampaignLinks(BaseModel):
@@ -203,6 +208,33 @@ class CampaignLinks(BaseModel):
     candidates: str
     report: str
     pushes: str
+    decisions: str
+    feedback: str
+    review_links: str
+
+
+class RoundFeedback(BaseModel):
+    """The feedback that started a review round and what the router made of it."""
+
+    id: uuid.UUID
+    text: str
+    reasons: list[str]
+    status: FeedbackStatus
+    change: dict[str, Any] = Field(description="The routed change (shared.review.Change); empty until routed.")
+    not_understood: list[Any]
+    router: str | None
+    entry_stage: str | None
+    first_round: int | None
+    reviewer: str
+    created_at: datetime
+
+
+class ReviewRound(BaseModel):
+    review_round: int
+    feedback: RoundFeedback | None = Field(description="What started it; null for the first delivery (0).")
+    results: int
+    approved: int
+    rejected: int
 
 
 class PushRead(BaseModel):
@@ -281,6 +313,11 @@ class CampaignRead(BaseModel):
     status: CampaignStatus
     current_stage: str | None
     round: int
+    review_state: ReviewState | None = Field(
+        None, description="pending | approved | changes_requested | rejected; null until results are delivered."
+    )
+    review_round: int = Field(0, description="The current review round; `results` are this round's.")
+    review_rounds: list[ReviewRound] = Field(default_factory=list)
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None

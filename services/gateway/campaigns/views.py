@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from services.gateway.campaigns.schemas import (
@@ -28,13 +28,25 @@ from services.gateway.campaigns.schemas import (
     ResultRead,
     ResultReview,
     ResultsChecked,
+    ReviewRound,
+    RoundFeedback,
     SafeZone,
     Size,
     StageRead,
     StageStatus,
 )
 from shared.config import Settings
-from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, DamPush, LlmCall, Result, StageRun
+from shared.db.models import (
+    TERMINAL_STATUSES,
+    Campaign,
+    Candidate,
+    DamPush,
+    Feedback,
+    LlmCall,
+    Result,
+    ResultDecision,
+    StageRun,
+)
 from shared.qc import ResultFlags, review_summary
 from shared.stages import PIPELINE
 from shared.stages import progress as stage_progress
@@ -141,13 +153,17 @@ def _results(
     stmt = (
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
-        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids))
+        .join(Campaign, Campaign.id == Result.campaign_id)
+        # the current review round's results; earlier rounds' stay for the history (review_rounds)
+        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids), Result.review_round == Campaign.review_round)
         .order_by(Result.campaign_id, Result.rank)
     )
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
     for result, cand in session.execute(stmt):
         results[result.campaign_id].append(
             ResultRead(
+                id=result.id,
+                review_round=result.review_round,
                 rank=result.rank,
                 candidate_id=cand.id,
                 product_asset_id=(cand.placement or {}).get("product_asset_id"),
@@ -159,9 +175,73 @@ def _results(
                 needs_review=result.needs_review,
                 review=ResultReview.model_validate(result.review or {}),
                 qc=cand.qc,
+                decision=result.decision,
+                decided_by=result.decided_by,
+                decided_at=result.decided_at,
             )
         )
     return results
+
+
+@dataclass
+class RoundTally:
+    results: int = 0
+    approved: int = 0
+    rejected: int = 0
+    feedback: RoundFeedback | None = None
+
+
+def _round_tallies(
+    session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]
+) -> dict[uuid.UUID, dict[int, RoundTally]]:
+    """Results and decisions per (campaign, review round), and each round's feedback: two queries a page."""
+    tallies: dict[uuid.UUID, dict[int, RoundTally]] = defaultdict(lambda: defaultdict(RoundTally))
+    approved = func.count(case((Result.decision == ResultDecision.APPROVED, 1)))
+    rejected = func.count(case((Result.decision == ResultDecision.REJECTED, 1)))
+    counts = (
+        select(Result.campaign_id, Result.review_round, func.count(), approved, rejected)
+        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids))
+        .group_by(Result.campaign_id, Result.review_round)
+    )
+    for campaign_id, review_round, total, n_approved, n_rejected in session.execute(counts):
+        tallies[campaign_id][review_round] = RoundTally(total, n_approved, n_rejected)
+    feedback = select(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.campaign_id.in_(ids))
+    for row in session.scalars(feedback):
+        tallies[row.campaign_id][row.review_round].feedback = _round_feedback(row)
+    return tallies
+
+
+def _round_feedback(row: Feedback) -> RoundFeedback:
+    return RoundFeedback(
+        id=row.id,
+        text=row.text,
+        reasons=list(row.reasons or []),
+        status=row.status,
+        change=row.change or {},
+        not_understood=list(row.not_understood or []),
+        router=row.router,
+        entry_stage=row.entry_stage,
+        first_round=row.first_round,
+        reviewer=row.reviewer,
+        created_at=row.created_at,
+    )
+
+
+def review_rounds(campaign: Campaign, tallies: dict[int, RoundTally]) -> list[ReviewRound]:
+    """Every review round so far (and one that feedback asked for), oldest first; none before a delivery."""
+    if campaign.review_state is None and not tallies:
+        return []
+    numbers = sorted(set(range(campaign.review_round + 1)) | set(tallies))
+    return [
+        ReviewRound(
+            review_round=n,
+            feedback=(t := tallies.get(n, RoundTally())).feedback,
+            results=t.results,
+            approved=t.approved,
+            rejected=t.rejected,
+        )
+        for n in numbers
+    ]
 
 
 def checked(results: Sequence[ResultRead]) -> ResultsChecked:
@@ -174,7 +254,15 @@ def checked(results: Sequence[ResultRead]) -> ResultsChecked:
 
 def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
     base = f"{settings.public_url.rstrip('/')}/v1/campaigns/{campaign_id}"
-    return CampaignLinks(self=base, candidates=f"{base}/candidates", report=f"{base}/report", pushes=f"{base}/pushes")
+    return CampaignLinks(
+        self=base,
+        candidates=f"{base}/candidates",
+        report=f"{base}/report",
+        pushes=f"{base}/pushes",
+        decisions=f"{base}/decisions",
+        feedback=f"{base}/feedback",
+        review_links=f"{base}/review-links",
+    )
 
 
 def _request(campaign: Campaign) -> CampaignRequest:
@@ -197,6 +285,7 @@ def _view(
     results: list[ResultRead],
     settings: Settings,
     llm: LlmUsage | None = None,
+    rounds: dict[int, RoundTally] | None = None,
 ) -> CampaignRead:
     terminal = campaign.status in TERMINAL_STATUSES
     stages = [stage_view(name, tallies.get(name, StageTally()), terminal) for name in PIPELINE]
@@ -207,6 +296,9 @@ def _view(
         status=campaign.status,
         current_stage=campaign.current_stage,
         round=campaign.round,
+        review_state=campaign.review_state,
+        review_round=campaign.review_round,
+        review_rounds=review_rounds(campaign, rounds or {}),
         created_at=campaign.created_at,
         updated_at=campaign.updated_at,
         completed_at=campaign.completed_at,
@@ -233,8 +325,11 @@ def campaign_views(
         return [_view(c, {}, [], settings) for c in campaigns]
     tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
     tallies, results = _tallies(session, tenant_id, ids), _results(session, storage, tenant_id, ids)
-    usage = _llm_usage(session, tenant_id, ids)
-    return [_view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id)) for c in campaigns]
+    usage, rounds = _llm_usage(session, tenant_id, ids), _round_tallies(session, tenant_id, ids)
+    return [
+        _view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id), rounds.get(c.id))
+        for c in campaigns
+    ]
 
 
 def candidate_view(cand: Candidate, storage: Storage) -> CandidateRead:
