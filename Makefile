@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: venv models demo test test-fast bench stack-up stack-down clean lint check-install
+.PHONY: venv models browser demo test test-fast bench stack-up stack-down clean lint check-install
 
 venv: $(STAMP)
 
@@ -32,7 +32,12 @@ models:
 demo: venv
 	$(BIN)/onbrand demo --out out/demo
 
-test: venv
+# The review page's browser test (tests/e2e/test_review_page.py) drives Debian's chromium through
+# Playwright's executable_path: no browser download. CI runs as root with Debian reachable.
+browser:
+	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+
+test: venv browser
 	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench
 
 test-fast: venv
