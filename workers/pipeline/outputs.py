@@ -189,6 +189,9 @@ class QcSummary(StageOutput):
     fully_checked: int = 0
     needs_review: int = 0
     fallback: int = 0
+    # The brand's learned weights that ordered the candidates ({version, pairs, decisions} of its BrandRanker,
+    # workers.ranking); None: aesthetic order only (no ranker yet, or too few reviewed pairs)
+    ranker: dict[str, int] | None = None
 
 
 class Revision(StageOutput):

@@ -4,6 +4,11 @@ Near-duplicates clustered, the flexible policy's relaxation when too few distinc
 aesthetic scores of the passing ones, the best of each cluster, the diversity rule, and the top-K as
 results. Every candidate ends with its rank or the reason it was left out.
 
+Order: fully checked first, then the aesthetic score; once the brand's reviewers have decided enough
+(workers.ranking.learn.MIN_PAIRS preference pairs), the brand's learned utility instead
+(workers.ranking.pairwise, the aesthetic score as its prior). Each scored candidate then carries
+qc["ranking"] = {utility, version}, and the campaign's QcSummary.ranker records which weights ranked it.
+
 In the loop's last round (no retry or revision left), when fewer than top_k distinct candidates passed,
 the best candidates that failed only advisory or flexible checks stand in (policy.as_fallback): ranked
 after every passing one, flagged needs_review with the reasons. No silent empty campaign: zero results
@@ -18,7 +23,7 @@ from typing import Any
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, undefer
 
-from shared.db.models import Campaign, Candidate, Result
+from shared.db.models import BrandRanker, Campaign, Candidate, Result
 from shared.db.session import session_scope
 from shared.model_specs import aesthetic_spec
 from shared.qc import DEFAULT_UNCHECKED, QcThresholds, thresholds
@@ -30,6 +35,8 @@ from workers.models.roles import Scorer
 from workers.pipeline.common import campaign_brand, load_image, model_call
 from workers.pipeline.outputs import QcSummary, SegmentOutput
 from workers.pipeline.qc import product_id
+from workers.ranking import learn, pairwise
+from workers.ranking.features import features
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
@@ -39,14 +46,16 @@ def run(ctx: StageContext) -> dict[str, Any]:
     clusters = cluster_pool(candidates, limits)
     top_k = ctx.campaign.top_k
     relaxed = apply_policy(candidates, clusters, ctx.campaign.qc_policy, top_k, limits, brand.unchecked)
+    ranking = brand_ranking(ctx)
     _score(ctx, candidates, lambda c: bool(c.passed))
+    rate(candidates, ranking)
     chosen: list[Candidate] = []
     for group in by_product(ctx, candidates):  # top_k per product: every product gets its own results
-        chosen += _choose_product(ctx, group, clusters, top_k)
+        chosen += _choose_product(ctx, group, clusters, top_k, ranking)
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
     ctx.rows.extend(candidates)
-    ctx.publish(_summary(ctx, candidates, clusters, relaxed, chosen))
+    ctx.publish(_summary(ctx, candidates, clusters, relaxed, chosen, ranking))
     ctx.finalize = lambda session, campaign: write_results(session, campaign, chosen, ctx.stage)
     return {
         "candidates": len(candidates),
@@ -59,7 +68,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _choose_product(
-    ctx: StageContext, candidates: list[Candidate], clusters: dict[str, Any], top_k: int
+    ctx: StageContext,
+    candidates: list[Candidate],
+    clusters: dict[str, Any],
+    top_k: int,
+    ranking: learn.Ranking | None,
 ) -> list[Candidate]:
     """One product's top_k; in the last round, stand-ins for what is missing (see the module docstring)."""
     chosen = choose(best_of_clusters(candidates, clusters), top_k)
@@ -67,6 +80,7 @@ def _choose_product(
         taken = {clusters[str(c.id)].id for c in chosen}  # scores only where a stand-in may come from
         eligible = [c for c in candidates if c.qc["policy"]["eligible"] and clusters[str(c.id)].id not in taken]
         _score(ctx, eligible, lambda c: True)
+        rate(eligible, ranking)
         chosen += fallback(eligible, clusters, top_k - len(chosen))
     return chosen
 
@@ -182,7 +196,7 @@ def last_round(campaign: Campaign, rnd: int) -> bool:
 
 
 def fallback(eligible: list[Candidate], clusters: dict[str, Any], missing: int) -> list[Candidate]:
-    """The best eligible candidates (fewest failed checks, then aesthetic), one per near-duplicate cluster
+    """The best eligible candidates (fewest failed checks, then _order), one per near-duplicate cluster
     (the caller left out the clusters already ranked), flagged as fallbacks with every reason."""
     taken: set[str] = set()
     pool = sorted(eligible, key=lambda c: (len(c.qc["policy"]["advisory_failed"]), *_order(c)))
@@ -219,6 +233,26 @@ def _score(ctx: StageContext, candidates: list[Candidate], wanted: Callable[[Can
         cand.aesthetic, cand.qc = scored["score"], {**cand.qc, "aesthetic": scored}
 
 
+def brand_ranking(ctx: StageContext) -> learn.Ranking | None:
+    """The brand's learned ranker, when its reviewers have decided enough (else None: aesthetic order)."""
+    with session_scope() as session:
+        row = session.get(BrandRanker, ctx.campaign.brand_id)
+        if row is None or row.tenant_id != ctx.tenant_id:
+            return None
+        return learn.usable(row)
+
+
+def rate(candidates: list[Candidate], ranking: learn.Ranking | None) -> None:
+    """Each scored candidate's learned utility (qc["ranking"]); without a ranker none, so _order falls back to
+    the aesthetic score. A utility from an earlier rank is replaced: the brand may have refitted since."""
+    for cand in candidates:
+        qc = {k: v for k, v in cand.qc.items() if k != "ranking"}
+        if ranking is not None and cand.aesthetic is not None:
+            value = pairwise.utility(ranking.weights, features(cand))
+            qc["ranking"] = {"utility": round(value, 6), "version": ranking.version}
+        cand.qc = qc
+
+
 def best_of_clusters(candidates: list[Candidate], clusters: dict[str, Any]) -> list[Candidate]:
     """The passing candidates that may be ranked: the best (by aesthetic) of each near-duplicate cluster."""
     by_id = {str(c.id): c for c in candidates}
@@ -237,9 +271,12 @@ def best_of_clusters(candidates: list[Candidate], clusters: dict[str, Any]) -> l
     return list(best.values())
 
 
-def _order(cand: Candidate) -> tuple[bool, float, str]:
-    """Fully checked first (a result nobody needs to look at again), then by aesthetic score."""
-    return not cand.qc["policy"].get("fully_checked", False), -(cand.aesthetic or 0.0), cand.layout_key
+def _order(cand: Candidate) -> tuple[bool, bool, float, str]:
+    """Fully checked first (a result nobody needs to look at again), then by the brand's learned utility
+    when rate() set one, else by aesthetic score; unscored last."""
+    learned = (cand.qc.get("ranking") or {}).get("utility")
+    value = float(learned) if learned is not None else (cand.aesthetic or 0.0)
+    return not cand.qc["policy"].get("fully_checked", False), cand.aesthetic is None, -value, cand.layout_key
 
 
 def _cluster_record(found: Any, by_id: dict[str, Candidate], top: Candidate | None) -> dict[str, Any]:
@@ -265,7 +302,7 @@ def _cell(cand: Candidate) -> tuple[int, int, int, int]:
 
 
 def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
-    """Best aesthetic first; a second result from the same layout cell (canvas, row, column: the same
+    """Best first (see _order); a second result from the same layout cell (canvas, row, column: the same
     placement at another rotation or seed) only if there aren't enough distinct ones."""
     ordered = sorted((c for c in candidates if c.passed), key=_order)
     first: list[Candidate] = []
@@ -278,9 +315,14 @@ def choose(candidates: list[Candidate], top_k: int) -> list[Candidate]:
             cand.excluded_reason = (
                 "diversity: a better candidate already uses this layout cell"
                 if cand in repeats
-                else f"passed QC, ranked below the top {top_k} by aesthetic score"
+                else f"passed QC, ranked below the top {top_k} by {_by(cand)}"
             )
     return chosen
+
+
+def _by(cand: Candidate) -> str:
+    found = cand.qc.get("ranking")
+    return f"the brand's learned ranking (version {found['version']})" if found else "aesthetic score"
 
 
 def _summary(
@@ -289,6 +331,7 @@ def _summary(
     clusters: dict[str, Any],
     relaxed: list[dict[str, Any]],
     chosen: list[Candidate],
+    ranking: learn.Ranking | None = None,
 ) -> QcSummary:
     """What the campaign resource shows of QC: the policy, what it relaxed, and the counts."""
     sizes = [len(c.members) for c in {c.id: c for c in clusters.values()}.values()]
@@ -305,6 +348,7 @@ def _summary(
         fallback=sum(bool(c.qc["policy"]["fallback"]) for c in chosen),
         aesthetic=aesthetic_spec(ctx.settings).adapter,
         dinov2=ctx.settings.dinov2_model or None,
+        ranker=None if ranking is None else ranking.record(),
     )
 
 
