@@ -19,11 +19,20 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import select, text
 
-from shared import egress
+from shared import egress, pushes
 from shared.config import get_settings
 from shared.crypto import decrypt_json, encrypt_json
 from shared.db import session as db_session
-from shared.db.models import Brand, Campaign, Candidate, DamPush, DeliveryTarget, Result
+from shared.db.models import (
+    Brand,
+    Campaign,
+    Candidate,
+    DamPush,
+    DamPushPolicy,
+    DeliveryTarget,
+    Result,
+    ResultDecision,
+)
 from shared.db.session import session_scope
 from shared.outbox import utcnow
 from shared.storage import campaign_key, get_storage
@@ -234,6 +243,50 @@ def test_completion_without_results_queues_no_push(db: str) -> None:
     assert complete(cid) == []
     with session_scope() as session:
         assert session.scalars(select(DamPush).where(DamPush.campaign_id == uuid.UUID(cid))).all() == []
+
+
+def _decide(cid: str, decisions: dict[int, ResultDecision]) -> None:
+    """Reviewer decisions by rank, as the review API stores them on the results."""
+    with session_scope() as session:
+        for result in session.scalars(select(Result).where(Result.campaign_id == uuid.UUID(cid))):
+            result.decision = decisions.get(result.rank)
+
+
+def test_on_approval_brands_push_nothing_on_completion_then_only_the_approved_results(
+    loopback: str, moto_url: str
+) -> None:
+    cid = campaign_with_results(2)
+    add_target(cid, moto_url)
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        session.get(Brand, campaign.brand_id).dam_push = DamPushPolicy.ON_APPROVAL
+    assert complete(cid) == []  # a person decides first
+    with session_scope() as session:
+        assert session.get(Campaign, uuid.UUID(cid)).review_state == "pending"
+        assert session.scalars(select(DamPush).where(DamPush.campaign_id == uuid.UUID(cid))).all() == []
+        nothing_approved = pushes.queue_pushes(session, session.get(Campaign, uuid.UUID(cid)), approved_only=True)
+    assert nothing_approved == []
+    _decide(cid, {1: ResultDecision.REJECTED, 2: ResultDecision.APPROVED})
+    with session_scope() as session:
+        [push_id] = pushes.queue_pushes(session, session.get(Campaign, uuid.UUID(cid)), approved_only=True)
+    assert push.push(str(push_id)) == "delivered"
+    bucket = s3_client(moto_url)
+    listed = bucket.list_objects_v2(Bucket=BUCKET, Prefix=f"dam/in/{cid}/")["Contents"]
+    assert sorted(o["Key"] for o in listed) == [f"dam/in/{cid}/rank-2.json", f"dam/in/{cid}/rank-2.png"]
+    sidecar = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"dam/in/{cid}/rank-2.json")["Body"].read())
+    assert sidecar["decision"] == "approved" and sidecar["rank"] == 2
+    assert sha(bucket.get_object(Bucket=BUCKET, Key=f"dam/in/{cid}/rank-2.png")["Body"].read()) == sha(
+        stored_image(cid, 2)
+    )
+
+
+def test_on_completion_brands_push_every_result_whatever_was_decided(loopback: str, moto_url: str) -> None:
+    cid = campaign_with_results(2)
+    add_target(cid, moto_url)
+    _decide(cid, {1: ResultDecision.REJECTED})
+    [push_id] = complete(cid)
+    assert push.push(push_id) == "delivered"
+    assert [o["name"] for o in row(push_id).objects] == ["rank-1.png", "rank-1.json", "rank-2.png", "rank-2.json"]
 
 
 # ----------------------------------------------------------------------------- S3 and presigned

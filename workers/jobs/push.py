@@ -17,17 +17,26 @@ import json
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import egress, metrics, outbox
+from shared import egress, metrics, outbox, pushes
 from shared.config import Settings, get_settings
 from shared.crypto import UnreadableSecret, decrypt_json
-from shared.db.models import Campaign, Candidate, DamPush, DeliveryTarget, OutboxStatus, Result
+from shared.db.models import (
+    Campaign,
+    Candidate,
+    DamPush,
+    DamPushPolicy,
+    DeliveryTarget,
+    OutboxStatus,
+    Result,
+    ResultDecision,
+)
 from shared.db.session import session_scope
 from shared.queue import send
 from shared.storage import get_storage
@@ -36,7 +45,7 @@ from workers.engine.context import Task
 
 log = logging.getLogger("onbrand.push")
 
-TASK = "onbrand.push_results"
+TASK = pushes.TASK
 IMAGE_TYPE, SIDECAR_TYPE = "image/png", "application/json"
 
 
@@ -70,63 +79,15 @@ def strip_query(url: str) -> str:
     return urlunsplit((parts.scheme, parts.netloc.rsplit("@", 1)[-1], parts.path, "", ""))
 
 
-# --- queueing (inside the completion transaction) ---------------------------------------------------
+# --- queueing (inside the completion transaction; the rows themselves: shared.pushes) ----------------
 
 
-def queue_pushes(session: Session, campaign: Campaign) -> list[Task]:
-    """Outbox rows for a finished campaign with results; sent right after commit, hence leased now."""
-    if not _has_results(session, campaign):
+def queue_on_completion(session: Session, campaign: Campaign) -> list[Task]:
+    """The completion's pushes: every result of the review round, for brands that push on completion;
+    none for brands that push on approval (the review API queues theirs, approved results only)."""
+    if pushes.policy(session, campaign) != DamPushPolicy.ON_COMPLETION:
         return []
-    at, settings = outbox.utcnow(), get_settings()
-    lease = at + timedelta(seconds=outbox.lease_seconds(settings.dam_push_timeout_seconds))
-    rows = [_new_push(campaign, "s3", target_id, at, lease) for target_id in _target_ids(session, campaign)]
-    if campaign.push_urls:
-        rows.append(_new_push(campaign, "presigned", None, at, lease))
-    session.add_all(rows)
-    session.flush()
-    return [(TASK, str(row.id), 0, 0) for row in rows]
-
-
-def _has_results(session: Session, campaign: Campaign) -> bool:
-    found = session.scalar(
-        select(func.count())
-        .select_from(Result)
-        .where(
-            Result.tenant_id == campaign.tenant_id,
-            Result.campaign_id == campaign.id,
-            Result.review_round == campaign.review_round,
-        )
-    )
-    return bool(found)
-
-
-def _target_ids(session: Session, campaign: Campaign) -> list[uuid.UUID]:
-    return list(
-        session.scalars(
-            select(DeliveryTarget.id)
-            .where(
-                DeliveryTarget.tenant_id == campaign.tenant_id,
-                DeliveryTarget.brand_id == campaign.brand_id,
-                DeliveryTarget.enabled.is_(True),
-            )
-            .order_by(DeliveryTarget.created_at, DeliveryTarget.id)
-        )
-    )
-
-
-def _new_push(campaign: Campaign, kind: str, target_id: uuid.UUID | None, at: datetime, lease: datetime) -> DamPush:
-    return DamPush(
-        id=uuid.uuid4(),
-        tenant_id=campaign.tenant_id,
-        campaign_id=campaign.id,
-        target_id=target_id,
-        kind=kind,
-        status=OutboxStatus.PENDING,
-        attempts=0,
-        next_attempt_at=at,
-        leased_until=lease,
-        objects=[],
-    )
+    return [(TASK, str(push_id), 0, 0) for push_id in pushes.queue_pushes(session, campaign, approved_only=False)]
 
 
 # --- one attempt --------------------------------------------------------------------------------------
@@ -298,7 +259,9 @@ def _upload_all(
 
 
 def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidate]]:
-    rows = session.execute(
+    """The review round's results to upload: all of them, or only the approved ones when the brand
+    pushes on approval (read now: a rejected result never reaches the DAM)."""
+    stmt = (
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .where(
@@ -308,7 +271,9 @@ def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidat
         )
         .order_by(Result.rank)
     )
-    return [(result, cand) for result, cand in rows]
+    if pushes.policy(session, campaign) == DamPushPolicy.ON_APPROVAL:
+        stmt = stmt.where(Result.decision == ResultDecision.APPROVED)
+    return [(result, cand) for result, cand in session.execute(stmt)]
 
 
 def build_objects(campaign: Campaign, result: Result, cand: Candidate, at: datetime) -> list[PushObject]:
@@ -345,6 +310,7 @@ def sidecar_of(campaign: Campaign, result: Result, cand: Candidate, image: bytes
         "fully_checked": result.fully_checked,
         "needs_review": result.needs_review,
         "review": {"fallback": bool(review.get("fallback")), "reasons": review.get("reasons", [])},
+        "decision": result.decision,  # a reviewer's (on-approval brands: always approved), else null
         "integrity": cand.integrity,
         "image": {
             "name": f"rank-{rank}.png",

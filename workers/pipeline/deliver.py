@@ -55,7 +55,7 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
         campaign.review_state = ReviewState.PENDING
         requested = {"review_round": campaign.review_round, "results": len(results), "checked": checked}
         tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.review.requested", requested))
-    return tasks + push.queue_pushes(session, campaign)  # none without results, or before approval (brand policy)
+    return tasks + push.queue_on_completion(session, campaign)  # none without results, or before approval
 
 
 def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
