@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fastapi.testclient import TestClient
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from shared.db import session as db_session
 from shared.db.models import (
@@ -271,3 +271,29 @@ def test_on_approval_brands_push_approved_results_once_approved(
     assert len(sent.named("onbrand.push_results")) == 1
     patched = client.patch(f"/v1/brands/{brand_id}", json={"dam_push": "on_completion"}, headers=acme.auth)
     assert patched.status_code == 200 and patched.json()["dam_push"] == "on_completion"
+
+
+def test_the_campaign_page_costs_the_same_queries_for_one_or_many_reviewed_campaigns(
+    client: TestClient, acme: Tenant
+) -> None:
+    for _ in range(3):
+        cid, (r1, *_) = _delivered(client, acme, results=2)
+        _decide(client, acme, cid, r1, "approve")
+        client.post(f"/v1/campaigns/{cid}/feedback", json={"reasons": ["scale"]}, headers=acme.auth)
+    statements: list[str] = []
+
+    def count(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    engine = db_session.get_engine()
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        sizes = []
+        for limit in (1, 3):
+            statements.clear()
+            page = client.get(f"/v1/campaigns?status=completed&limit={limit}", headers=acme.auth).json()["items"]
+            assert len(page) == limit and all(c["review_rounds"] for c in page)
+            sizes.append(len(statements))
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    assert sizes[0] == sizes[1]
