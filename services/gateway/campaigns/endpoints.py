@@ -15,8 +15,10 @@ from services.gateway.campaigns.schemas import (
     CampaignReport,
     CandidateRead,
     PushRead,
+    ResultRead,
 )
 from services.gateway.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from services.gateway.errors import not_found
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.webhook_targets import check_target
 from shared.db.models import CampaignStatus
@@ -104,6 +106,24 @@ def list_candidates(
 ) -> Page[CandidateRead]:
     rows, next_cursor = service.candidates_page(session, tenant_id, campaign_id, limit, cursor)
     return Page[CandidateRead](items=[views.candidate_view(c, storage) for c in rows], next_cursor=next_cursor)
+
+
+@router.get("/{campaign_id}/results", response_model=Page[ResultRead])
+def list_results(
+    campaign_id: uuid.UUID,
+    session: SessionDep,
+    tenant_id: TenantDep,
+    storage: StorageDep,
+    review_round: Annotated[
+        int | None, Query(ge=0, description="Which review round (default: the current one, as on the campaign).")
+    ] = None,
+) -> Page[ResultRead]:
+    """One review round's results with their decisions: earlier rounds stay readable after feedback."""
+    campaign = service.get(session, tenant_id, campaign_id)
+    wanted = campaign.review_round if review_round is None else review_round
+    if wanted > campaign.review_round:
+        raise not_found(f"Review round {wanted}")
+    return Page[ResultRead](items=views.round_results(session, storage, campaign, wanted), next_cursor=None)
 
 
 @router.get("/{campaign_id}/report", response_model=CampaignReport)

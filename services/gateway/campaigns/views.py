@@ -148,14 +148,15 @@ def _url(storage: Storage, key: str | None) -> str | None:
 
 
 def _results(
-    session: Session, storage: Storage, tenant_id: uuid.UUID, ids: list[uuid.UUID]
+    session: Session, storage: Storage, tenant_id: uuid.UUID, ids: list[uuid.UUID], review_round: int | None = None
 ) -> dict[uuid.UUID, list[ResultRead]]:
+    # the current review round's results unless one is named; earlier rounds' stay for the history
+    in_round = Result.review_round == (Campaign.review_round if review_round is None else review_round)
     stmt = (
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .join(Campaign, Campaign.id == Result.campaign_id)
-        # the current review round's results; earlier rounds' stay for the history (review_rounds)
-        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids), Result.review_round == Campaign.review_round)
+        .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids), in_round)
         .order_by(Result.campaign_id, Result.rank)
     )
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
@@ -181,6 +182,11 @@ def _results(
             )
         )
     return results
+
+
+def round_results(session: Session, storage: Storage, campaign: Campaign, review_round: int) -> list[ResultRead]:
+    """One review round's results (GET /v1/campaigns/{id}/results?review_round=n), decisions included."""
+    return _results(session, storage, campaign.tenant_id, [campaign.id], review_round).get(campaign.id, [])
 
 
 @dataclass
