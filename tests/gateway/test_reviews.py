@@ -171,6 +171,8 @@ def test_feedback_asks_for_a_new_review_round_routed_after_commit(
     assert len(event) == 1 and event[0]["feedback_id"] == feedback["id"] and event[0]["text"] == feedback["text"]
 
     assert_problem(client.post(url, json={"text": "smaller"}, headers=acme.auth), 409, "feedback_exists")
+    r1 = client.get(f"/v1/campaigns/{cid}", headers=acme.auth).json()["results"][0]["id"]
+    assert_problem(_decide(client, acme, cid, r1, "approve"), 409, "review_not_open")  # a new round is coming
     assert client.get(feedback["links"]["self"].removeprefix("http://testserver"), headers=acme.auth).json() == feedback
     listed = client.get(url, headers=acme.auth).json()["items"]
     assert [f["id"] for f in listed] == [feedback["id"]]
