@@ -327,10 +327,13 @@ def _asset(rest: str) -> tuple[list[Fragment], str]:
 
 _CLAUSE_SPLIT = re.compile(r"(?<=[.!?])\s+|[\n;]+|,\s+|\s+(?:but|aber|also|and also|und auch)\s+", re.I)
 _COURTESY = re.compile(
-    r"(?:please|bitte|thanks?(?: a lot)?|thank you|danke(?: schön)?|ok(?:ay)?|hi|hello|hallo|cheers)\W*", re.I
+    r"(?:please|bitte|thanks?(?: a lot)?|thank you|danke(?: schön)?|ok(?:ay)?|hi|hello|hallo|cheers|"
+    r"actually|also|well|hmm|eigentlich)\W*",
+    re.I,
 )
 # A scale word next to one of these may be about that thing, not the product ("bigger text").
 _OTHER_OBJECTS = re.compile(r"\b(?:background|backdrop|shadow|text|font|logo|lettering|hintergrund|schatten|schrift)\b")
+_BARE_SIDE = re.compile(r"\bright\b")
 _REMOVE_RE = re.compile(
     r"(?:please\s+)?(?:remove|get rid of|lose|drop|no|without)\s+(?:the\s+|all\s+|any\s+)?(?P<x>[a-z][a-z' -]{1,40}?)"
     r"(?:\s+please)?",
@@ -365,6 +368,8 @@ def route_clause(clause: str, context: RouteContext) -> Intent | None:
         return None  # "not bigger", "bigger or smaller": never guessed
     if any(f.axis == "scale" for f in fragments) and _OTHER_OBJECTS.search(clause.lower()):
         return None
+    if any(f.axis == "placement" for f in fragments) and _BARE_SIDE.search(rest):
+        return None  # "left or right": the bare "right" is not matched as a side, but it is one here
     return Intent(clause, fragments)
 
 
@@ -446,7 +451,9 @@ def _combine(
         if i.routes()
     ]
     notes += [f"{_label(i.source)}: {f.note}" for i in dropped if not i.routes() for f in i.fragments]
-    not_understood = [i for i in items if isinstance(i, str)] + model_not_understood + [i.source for i in dropped]
+    unrouted = [i if isinstance(i, str) else i.source for i in items if isinstance(i, str) or i in dropped]
+    cut = sum(1 for i in text_items if isinstance(i, str) or i in dropped)
+    not_understood = unrouted[:cut] + model_not_understood + unrouted[cut:]  # the text's, the model's, the reasons'
     return Routed(
         change=merge_fields([f.fields for i in kept for f in i.fragments]),
         not_understood=list(dict.fromkeys(not_understood)),
