@@ -126,6 +126,9 @@ def test_forms_work_without_javascript(client: TestClient, acme: Tenant, sent: S
         rows = {str(r.id): r for r in session.scalars(select(Result).where(Result.campaign_id == uuid.UUID(cid)))}
         assert rows[r1].decision == ResultDecision.APPROVED and rows[r2].decision == ResultDecision.REJECTED
         assert rows[r1].decided_by == f"link:{link['id']} (Ann)"
+    history = client.get(f"/review/{token}").text  # the round's decisions, server-rendered
+    assert "Decisions this round" in history and "Scale, Lighting / shadow" in history
+    assert "by Ann (review link)" in history  # the link's reviewer, not its id
     sent_feedback = client.post(
         f"/review/{token}/feedback", data={"csrf": csrf, "text": "make the product bigger"}, follow_redirects=False
     )

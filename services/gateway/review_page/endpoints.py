@@ -21,7 +21,7 @@ from services.gateway.campaigns.views import campaign_views
 from services.gateway.deps import SessionDep, SettingsDep, StorageDep
 from services.gateway.errors import ProblemError
 from services.gateway.review_page import csrf, render
-from services.gateway.review_page.page import load
+from services.gateway.review_page.page import load, who
 from services.gateway.reviews import service
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, Feedback, Result, ResultDecision
@@ -221,6 +221,7 @@ def decide(
         "result_id": str(result.id),
         "decision": verdict.value,
         "decided_by": result.decided_by,
+        "decided_by_name": who(result.decided_by),
         "review_state": campaign.review_state.value if campaign.review_state else None,
         "message": f"{verb} result {result.rank}.",
     }

@@ -6,6 +6,7 @@ whatever the number of results or review rounds.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -205,12 +206,27 @@ def _change_lines(change: dict[str, Any]) -> list[str]:
     ]
 
 
+_LINK_REVIEWER = re.compile(r"^link:[0-9a-f-]{36} \((?P<name>.*)\)$")
+
+
+def who(reviewer: str | None) -> str:
+    """A decider as a reviewer reads it: the name a review link was made for, else the API identity."""
+    found = _LINK_REVIEWER.match(reviewer or "")
+    return f"{found['name']} (review link)" if found else (reviewer or "")
+
+
+def _label(reason: Any) -> str:
+    """A stored reason's chip label (the raw value for one this version does not know)."""
+    known = {r.value: label for r, label in REASON_LABELS.items()}
+    return known.get(str(reason), str(reason))
+
+
 def _feedback_view(row: Feedback) -> FeedbackView:
     return FeedbackView(
         id=row.id,
         review_round=row.review_round,
         text=row.text,
-        reasons=[REASON_LABELS.get(Reason(r), r) if r in Reason else str(r) for r in row.reasons or []],
+        reasons=[_label(r) for r in row.reasons or []],
         status=row.status.value,
         change=_change_lines(row.change or {}),
         not_understood=[str(s) for s in row.not_understood or []],
@@ -221,7 +237,7 @@ def _feedback_view(row: Feedback) -> FeedbackView:
 
 
 def _decision_line(row: ResultDecisionRecord, ranks: dict[uuid.UUID, int]) -> DecisionLine:
-    labels = [REASON_LABELS.get(Reason(r), r) if r in Reason else str(r) for r in row.reasons or []]
+    labels = [_label(r) for r in row.reasons or []]
     return DecisionLine(ranks.get(row.result_id), row.decision.value, labels, row.comment, row.reviewer, row.created_at)
 
 

@@ -11,18 +11,22 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from starlette.responses import HTMLResponse
 
+from services.gateway.review_page.page import who
+
 _PACKAGE = "services.gateway.review_page"
 
 
 @cache
 def _env() -> Environment:
-    return Environment(
+    env = Environment(
         loader=PackageLoader(_PACKAGE, "templates"),
         autoescape=select_autoescape(["html"]),
         undefined=StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
+    env.filters["who"] = who
+    return env
 
 
 @cache

@@ -41,7 +41,8 @@
     pill.textContent = body.decision;
     var who = document.createElement("span");
     who.className = "muted";
-    who.textContent = " by " + body.decided_by;
+    who.textContent = " by " + body.decided_by_name;
+    who.title = body.decided_by;
     p.appendChild(pill);
     p.appendChild(who);
     var box = card.querySelector(".reject-box");
