@@ -34,7 +34,8 @@ MAX_FEEDBACK_CHARS = 4000
 LIGHT_CLAUSE = "soft natural light with a realistic contact shadow"
 NO_TEXT_CLAUSE = "no text or lettering or watermarks"  # the guards move it to the negative prompt
 BRAND_COLOUR_CLAUSE = "colours in the brand palette"
-# A reason's conflict axis and the qc_policy a qc change leaves the campaign on (workers/engine/review.py).
+# The qc_policy a qc step leaves the campaign on (as workers/engine/review.py applies it): a step that
+# would leave it where it is changes nothing and is said, not routed.
 QC_TARGET = {1: "strict", -1: "flexible"}
 
 
@@ -65,7 +66,7 @@ class Fragment:
 
     fields: dict[str, Any]
     note: str
-    axis: str = ""  # "scale", "placement", "rotation", "qc", "query", "light", "background"; "" never conflicts
+    axis: str = ""  # scale, placement, rotation, qc, query, asset, time, light, warmth; "" never conflicts
     value: Any = None
 
 
