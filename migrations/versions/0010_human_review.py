@@ -82,6 +82,7 @@ def upgrade() -> None:
         sa.Column("status", sa.String(20), nullable=False, server_default="routing"),
         _json("change", "'{}'::jsonb"),
         _json("not_understood"),
+        _json("notes"),
         sa.Column("router", sa.String(50)),
         sa.Column("entry_stage", sa.String(30)),
         sa.Column("first_round", sa.Integer()),

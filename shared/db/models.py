@@ -385,6 +385,7 @@ class Feedback(Base):
     status: Mapped[FeedbackStatus] = _status(FeedbackStatus, FeedbackStatus.ROUTING)
     change: Mapped[dict[str, Any]] = mapped_column(default=dict)  # shared.review.Change as JSON
     not_understood: Mapped[list[Any]] = mapped_column(default=list)  # sentences/reasons the router could not route
+    notes: Mapped[list[Any]] = mapped_column(default=list)  # per routed sentence/reason: what it became
     router: Mapped[str | None] = mapped_column(String(50))  # rules | openai | bedrock
     entry_stage: Mapped[str | None] = mapped_column(String(30))  # where the new round starts
     first_round: Mapped[int | None] = mapped_column(Integer)  # its first stage-run round
