@@ -15,6 +15,7 @@ from typing import Any
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
+from services.gateway.reviews import service
 from shared.db import session as db_session
 from shared.db.models import (
     Campaign,
@@ -25,10 +26,12 @@ from shared.db.models import (
     Feedback,
     FeedbackStatus,
     Result,
+    ResultDecision,
     ReviewLink,
     ReviewState,
     WebhookDelivery,
 )
+from shared.review import Reason
 from tests.factories import SentTasks, Tenant, assert_problem, post_campaign
 
 RECEIVER = "https://hooks.example.com/onbrand"
@@ -299,3 +302,22 @@ def test_the_campaign_page_costs_the_same_queries_for_one_or_many_reviewed_campa
     finally:
         event.remove(engine, "before_cursor_execute", count)
     assert sizes[0] == sizes[1]
+
+
+def test_a_decision_reads_what_a_concurrent_one_committed_after_its_request_loaded_the_campaign(
+    client: TestClient, acme: Tenant
+) -> None:
+    """The review page loads the campaign (resolving its link) before deciding: the locked re-read must
+    see a decision committed in between, or the review state and event sequence would be stale."""
+    cid, (r1, r2) = _delivered(client, acme, results=2, webhook_url=RECEIVER)
+    campaign_id = uuid.UUID(cid)
+    with db_session.session_scope() as page:
+        loaded = page.get(Campaign, campaign_id)
+        assert loaded.review_state == ReviewState.PENDING
+        with db_session.session_scope() as other:  # another reviewer's request commits first
+            service.decide(other, acme.id, campaign_id, uuid.UUID(r1), ResultDecision.APPROVED, [], "", "key:x")
+        service.decide(page, acme.id, campaign_id, uuid.UUID(r2), ResultDecision.REJECTED, [Reason.SCALE], "", "y")
+        assert loaded.review_state == ReviewState.APPROVED
+    events = sorted((p["sequence"], t) for t, p in _events(cid))
+    assert [t for _, t in events][-3:] == ["result.approved", "result.rejected", "campaign.approved"]
+    assert len({s for s, _ in events}) == len(events)  # every event its own sequence number

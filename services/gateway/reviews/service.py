@@ -70,8 +70,17 @@ def _check_text(value: str, limit: int, field: str) -> None:
 
 
 def _open_campaign(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Campaign:
-    """The campaign, row-locked (decisions and feedback on one campaign serialise), open for review."""
-    campaign = campaigns.get(session, tenant_id, campaign_id, for_update=True)
+    """The campaign, row-locked (decisions and feedback on one campaign serialise), open for review.
+    populate_existing: the request may have loaded the row before the lock (the review page resolves its
+    link first); what a concurrent decision committed meanwhile must be read, not the stale copy."""
+    campaign = session.scalar(
+        select(Campaign)
+        .where(Campaign.id == campaign_id, Campaign.tenant_id == tenant_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    )
+    if campaign is None:
+        raise not_found("Campaign")
     if campaign.status not in REVIEWABLE_STATUSES or campaign.review_state is None:
         raise review_not_open(f"The campaign is {campaign.status} and has no results waiting for review.")
     return campaign
@@ -88,6 +97,7 @@ def round_results(session: Session, campaign: Campaign) -> list[Result]:
                 Result.review_round == campaign.review_round,
             )
             .order_by(Result.rank)
+            .execution_options(populate_existing=True)
         )
     )
 
@@ -118,7 +128,9 @@ def decide(
         raise _invalid("reasons_required", "Reasons required", "Give a reason or a comment for a rejection.", "reasons")
     campaign = _open_campaign(session, tenant_id, campaign_id)
     result = session.scalar(
-        select(Result).where(Result.id == result_id, Result.tenant_id == tenant_id, Result.campaign_id == campaign.id)
+        select(Result)
+        .where(Result.id == result_id, Result.tenant_id == tenant_id, Result.campaign_id == campaign.id)
+        .execution_options(populate_existing=True)
     )
     if result is None:
         raise not_found("Result")
