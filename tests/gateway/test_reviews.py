@@ -12,10 +12,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import event, select
 
-from services.gateway.reviews import service
+from services.gateway.reviews import idempotency, service
 from shared.db import session as db_session
 from shared.db.models import (
     Campaign,
@@ -321,3 +322,25 @@ def test_a_decision_reads_what_a_concurrent_one_committed_after_its_request_load
     events = sorted((p["sequence"], t) for t, p in _events(cid))
     assert [t for _, t in events][-3:] == ["result.approved", "result.rejected", "campaign.approved"]
     assert len({s for s, _ in events}) == len(events)  # every event its own sequence number
+
+
+def test_a_key_claimed_by_a_concurrent_request_replays_its_write(
+    client: TestClient, acme: Tenant, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the savepoint insert covers: the key was not there when looked up, but a concurrent request
+    committed it before our insert; we replay its decision and write nothing."""
+    cid, (r1, *_) = _delivered(client, acme, results=2)
+    headers = {**acme.auth, "Idempotency-Key": f"race-{uuid.uuid4()}"}
+    first = client.post(f"/v1/campaigns/{cid}/results/{r1}/approve", json={}, headers=headers)
+    looked_up, calls = idempotency.earlier, []
+
+    def lost_race(*args: Any) -> Any:  # the first look-up ran before the other request committed
+        calls.append(args)
+        return None if len(calls) == 1 else looked_up(*args)
+
+    monkeypatch.setattr(idempotency, "earlier", lost_race)
+    raced = client.post(f"/v1/campaigns/{cid}/results/{r1}/approve", json={}, headers=headers)
+    assert raced.status_code == 200 and raced.headers["Idempotent-Replayed"] == "true"
+    assert raced.json()["id"] == first.json()["id"]
+    assert len(calls) == 2  # missed, then found after the insert failed
+    assert len(client.get(f"/v1/campaigns/{cid}/decisions", headers=acme.auth).json()["items"]) == 1

@@ -36,7 +36,7 @@ def request_hash(method: str, path: str, body: BaseModel | None) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _earlier(session: Session, tenant_id: uuid.UUID, key: str, digest: str) -> IdempotencyKey | None:
+def earlier(session: Session, tenant_id: uuid.UUID, key: str, digest: str) -> IdempotencyKey | None:
     row = session.get(IdempotencyKey, (tenant_id, key), populate_existing=True)
     if row is not None and row.request_hash != digest:
         raise ProblemError(
@@ -68,7 +68,7 @@ def run(
     if not key:
         return Outcome(write(), replayed=False)
     digest = request_hash(request.method, request.url.path, body)
-    if (row := _earlier(session, tenant_id, key, digest)) is not None:
+    if (row := earlier(session, tenant_id, key, digest)) is not None:
         return _replay(row)
     row = IdempotencyKey(tenant_id=tenant_id, key=key, request_hash=digest, campaign_id=campaign_id)
     try:
@@ -77,7 +77,7 @@ def run(
     except IntegrityError:
         if row in session:  # the savepoint's rollback expunges it already (SQLAlchemy 2)
             session.expunge(row)
-        if (winner := _earlier(session, tenant_id, key, digest)) is None:
+        if (winner := earlier(session, tenant_id, key, digest)) is None:
             raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.") from None
         return _replay(winner)
     row.resource_id = write()
