@@ -96,9 +96,18 @@ def test_reviewer_decides_sends_feedback_and_sees_the_next_round(
     assert link["url"].startswith(system.url + "/review/")
     context = browser.new_context(viewport=DESKTOP)
     page = context.new_page()
-    errors: list[str] = []
-    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    errors: list[str] = []  # script errors, CSP violations, and any failed load but the browser's favicon probe
+    page.on(
+        "console",
+        lambda msg: errors.append(msg.text) if msg.type == "error" and "load resource" not in msg.text else None,
+    )
     page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.on(
+        "response",
+        lambda r: (
+            errors.append(f"{r.status} {r.url}") if r.status >= 400 and not r.url.endswith("/favicon.ico") else None
+        ),
+    )
     response = page.goto(link["url"])
     assert response is not None and response.status == 200
     expect(page.locator("#brief")).to_have_text(BRIEF)
@@ -145,7 +154,7 @@ def test_reviewer_decides_sends_feedback_and_sees_the_next_round(
     # The router makes it a scale change; the round regenerates from plan; the page polls and reloads.
     expect(page.locator("#ready")).to_contain_text("Round 2 ready", timeout=120_000)
     assert "ready=2" in page.url
-    expect(page.locator("#current-change")).to_contain_text("scale steps: 1")
+    expect(page.locator("#current-change")).to_contain_text("product larger: ×1.25 (+1 step)")
     expect(page.locator("#current-change")).to_contain_text("make the product bigger")
     expect(page.locator("#round-1")).to_contain_text("#1 approved")  # round 1 and its decisions stay visible
     expect(page.locator("#round-1")).to_contain_text("rejected result 2 · Scale")

@@ -22,6 +22,7 @@ from shared.db.models import (
     CampaignStatus,
     Candidate,
     Feedback,
+    FeedbackStatus,
     Result,
     ResultDecision,
     ReviewLink,
@@ -186,3 +187,35 @@ def test_bad_expired_and_revoked_links_get_clear_error_pages(client: TestClient,
     assert page.status_code == 410 and "was revoked" in page.text
     state = client.get(f"/review/{live['token']}/state", headers={"Accept": "application/json"})
     assert state.status_code == 410 and state.json()["code"] == "review_link_revoked"
+
+
+def test_the_routed_change_and_what_the_router_did_not_understand_are_shown(client: TestClient, acme: Tenant) -> None:
+    cid, _ = _delivered(client, acme)
+    token = _link(client, acme, cid)["token"]
+    with db_session.session_scope() as session:  # round 2 ran from an applied feedback; round 3's was not understood
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        campaign.review_round = 1
+        for n, status, change, missed in (
+            (1, FeedbackStatus.APPLIED, {"scale_steps": -1, "rotation": False}, []),
+            (2, FeedbackStatus.NOT_UNDERSTOOD, {}, ["it lacks pizzazz"]),
+        ):
+            session.add(
+                Feedback(
+                    id=uuid.uuid4(),
+                    tenant_id=acme.id,
+                    campaign_id=campaign.id,
+                    review_round=n,
+                    text=f"text {n}",
+                    reviewer="link:x (Ann)",
+                    status=status,
+                    change=change,
+                    not_understood=missed,
+                    entry_stage="plan",
+                )
+            )
+    html = client.get(f"/review/{token}").text
+    assert "Round 2: what changed" in html and "product smaller: ×0.80 (-1 step)" in html
+    assert "product upright only" in html and "Started again at plan" in html
+    assert "could not be turned into a change" in html and "“it lacks pizzazz”" in html
+    assert "This round has no results." in html  # round 2's results are not written in this fixture

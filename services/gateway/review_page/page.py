@@ -26,7 +26,7 @@ from shared.db.models import (
     Result,
     ResultDecisionRecord,
 )
-from shared.review import REASON_LABELS, Change, Reason
+from shared.review import REASON_LABELS, SCALE_STEP, Change, Reason
 from shared.storage import Storage
 
 LEFT_OUT_LIMIT = 60  # the toggle lists at most this many candidates (the API has them all)
@@ -194,13 +194,26 @@ def _card(result: Result, cand: Candidate, storage: Storage) -> ResultCard:
     )
 
 
+def _change_line(name: str, value: Any) -> str:
+    """One field of a routed change in a marketer's words (the API has the raw change)."""
+    if name == "scale_steps":
+        return f"product {'larger' if value > 0 else 'smaller'}: ×{SCALE_STEP**value:.2f} ({value:+d} step)"
+    if name == "qc":
+        return "stricter quality checks" if value > 0 else "looser quality checks"
+    if name == "rotation":
+        return "product upright only" if value is False else "rotation allowed"
+    if name == "sizes":
+        return "ad sizes: " + ", ".join(f"{s['width']}×{s['height']}" for s in value)
+    shown = ", ".join(map(str, value)) if isinstance(value, list) else value
+    return f"{name.replace('_', ' ')}: {shown}"
+
+
 def _change_lines(change: dict[str, Any]) -> list[str]:
     if not change:
         return []
-    parsed = Change.model_validate(change)
-    defaults = Change()
+    parsed, defaults = Change.model_validate(change), Change()
     return [
-        f"{name.replace('_', ' ')}: {value}"
+        _change_line(name, value)
         for name, value in parsed.model_dump(mode="json").items()
         if value != getattr(defaults, name) and value not in (None, [])
     ]
