@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from shared.db.models import (
     CampaignStatus,
     Feedback,
     FeedbackStatus,
+    LlmCall,
     ReviewState,
     StageRun,
     StageRunStatus,
@@ -40,19 +40,14 @@ from workers.engine.runner import execute
 from workers.jobs import feedback as feedback_job
 from workers.language.budget import estimate_budget
 from workers.language.caption import reviewed
+from workers.language.feedback import Routed
 from workers.pipeline import caption, plan, retrieve
 from workers.pipeline.common import save_png
 from workers.pipeline.outputs import RetrieveOutput
 
 
-@dataclass
-class Routed:
-    """The router's answer as workers.language.feedback.Routed shapes it."""
-
-    change: Change
-    not_understood: list[str] = field(default_factory=list)
-    router: str = "rules"
-    notes: list[str] = field(default_factory=list)
+def routed(change: Change, not_understood: list[str] | None = None, **more: Any) -> Routed:
+    return Routed(change=change, not_understood=not_understood or [], router="rules", notes=[], **more)
 
 
 @pytest.fixture
@@ -107,7 +102,7 @@ def start(cid: str, fid: str, change: Change) -> list[tuple[str, str, int, int]]
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(cid))
         row = session.get(Feedback, uuid.UUID(fid))
-        return review.start_round(session, campaign, row, Routed(change))
+        return review.start_round(session, campaign, row, routed(change))
 
 
 def load(cid: str) -> Campaign:
@@ -203,9 +198,13 @@ def test_route_applies_a_change_and_redelivery_resends_only_an_unstarted_round(
 ) -> None:
     cid = delivered()
     fid = add_feedback(cid)
-    monkeypatch.setattr(feedback_job, "_route", lambda pending: Routed(Change(scale_steps=1)))
+    call = {"backend": "openai", "model": "gpt-x", "tokens_in": 90, "tokens_out": 12, "latency_ms": 8.0}
+    monkeypatch.setattr(feedback_job, "_route", lambda pending: routed(Change(scale_steps=1), calls=[call]))
     assert feedback_job.route(fid) == "applied"
     assert sent == [("onbrand.plan", cid, 3, 0)]
+    with session_scope() as session:  # the hosted router's cost is the campaign's
+        logged = session.scalars(select(LlmCall).where(LlmCall.campaign_id == uuid.UUID(cid))).all()
+        assert [(c.stage, c.backend, c.tokens_in) for c in logged] == [("feedback", "openai", 90)]
     sent.clear()
     assert feedback_job.route(fid) == "resent" and sent == [("onbrand.plan", cid, 3, 0)]  # never started
     sent.clear()
@@ -224,7 +223,7 @@ def test_route_passes_the_shown_background_and_marks_nothing_routable_not_unders
 
     def router(pending: Any) -> Routed:
         seen.append(pending)
-        return Routed(Change(), not_understood=["I feel blue today"])
+        return routed(Change(), ["I feel blue today"])
 
     monkeypatch.setattr(feedback_job, "_route", router)
     assert feedback_job.route(fid) == "not_understood" and sent == []

@@ -11,18 +11,30 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.orm import Session
 
+from shared import metrics
 from shared.config import get_settings
-from shared.db.models import TERMINAL_STATUSES, Campaign, Feedback, FeedbackStatus, ReviewState, StageRunStatus
+from shared.db.models import (
+    TERMINAL_STATUSES,
+    Campaign,
+    Feedback,
+    FeedbackStatus,
+    LlmCall,
+    ReviewState,
+    StageRunStatus,
+)
 from shared.db.session import session_scope
 from shared.stages import stage
 from workers.engine import review
 from workers.engine.context import Task, now
 from workers.engine.records import get_run, lock_campaign
 from workers.engine.runner import send_all
+
+if TYPE_CHECKING:
+    from workers.language.feedback import Routed
 
 
 @dataclass(frozen=True)
@@ -92,7 +104,7 @@ def _unsent_entry(session: Session, feedback: Feedback) -> list[Task]:
     return [(stage(feedback.entry_stage).task, str(campaign.id), feedback.first_round, 0)]
 
 
-def _route(pending: Pending) -> Any:
+def _route(pending: Pending) -> Routed:
     from workers.language import feedback as router
 
     context = router.RouteContext(
@@ -101,7 +113,7 @@ def _route(pending: Pending) -> Any:
     return router.route(pending.text, pending.reasons, context, get_settings())
 
 
-def _apply(ident: uuid.UUID, routed: Any) -> tuple[str, list[Task]]:
+def _apply(ident: uuid.UUID, routed: Routed) -> tuple[str, list[Task]]:
     with session_scope() as session:
         feedback = session.get(Feedback, ident)
         campaign = lock_campaign(session, feedback.campaign_id) if feedback else None
@@ -114,6 +126,8 @@ def _apply(ident: uuid.UUID, routed: Any) -> tuple[str, list[Task]]:
             # the gateway accepts feedback only on a finished campaign, for its next review round
             feedback.status, feedback.error = FeedbackStatus.FAILED, "the campaign moved on before it was routed"
             return FeedbackStatus.FAILED.value, []
+        for row in _call_rows(campaign, feedback, routed):
+            session.merge(row)
         if routed.change.is_empty():
             _not_understood(campaign, feedback, routed)
             return FeedbackStatus.NOT_UNDERSTOOD.value, []
@@ -121,7 +135,32 @@ def _apply(ident: uuid.UUID, routed: Any) -> tuple[str, list[Task]]:
         return FeedbackStatus.APPLIED.value, tasks
 
 
-def _not_understood(campaign: Campaign, feedback: Feedback, routed: Any) -> None:
+def _call_rows(campaign: Campaign, feedback: Feedback, routed: Routed) -> list[LlmCall]:
+    """The hosted router's completions in the campaign's llm_calls (its cost shows with the stages'); ids
+    from (feedback, index), so a redelivered route rewrites them instead of counting twice."""
+    rows = []
+    for index, call in enumerate(routed.calls):
+        row = LlmCall(
+            id=uuid.uuid5(feedback.id, f"llm:feedback:{index}"),
+            tenant_id=campaign.tenant_id,
+            campaign_id=campaign.id,
+            stage="feedback",
+            round=campaign.round,  # the last round before the review round it starts
+            backend=str(call.get("backend") or routed.router),
+            model=str(call.get("model") or routed.model),
+            prompt_version=routed.prompt_version,
+            attempt=str(call.get("attempt") or "first"),
+            latency_ms=float(call.get("latency_ms") or 0.0),
+            tokens_in=int(call.get("tokens_in") or 0),
+            tokens_out=int(call.get("tokens_out") or 0),
+            cost_usd=call.get("cost_usd"),
+        )
+        metrics.observe_llm_call(row.backend, row.model, row.tokens_in, row.tokens_out, row.cost_usd)
+        rows.append(row)
+    return rows
+
+
+def _not_understood(campaign: Campaign, feedback: Feedback, routed: Routed) -> None:
     """Nothing routable: no round starts; the reviewer sees which sentences were not understood."""
     feedback.status, feedback.router, feedback.routed_at = FeedbackStatus.NOT_UNDERSTOOD, routed.router, now()
     feedback.change = routed.change.model_dump(mode="json")
