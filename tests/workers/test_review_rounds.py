@@ -34,7 +34,7 @@ from shared.search import Hit
 from shared.storage import campaign_key
 from tests import stage_outputs as outputs
 from tests.factories import make_campaign
-from workers.engine import review, runner
+from workers.engine import flow, review, runner
 from workers.engine.context import StageContext, StageError, now
 from workers.engine.runner import execute
 from workers.jobs import feedback as feedback_job
@@ -147,6 +147,8 @@ def test_a_scale_change_starts_the_next_review_round_at_plan(sent: list[tuple[An
     assert record["entry_stage"] == "plan" and record["first_round"] == 3 and record["reused"] == []
     assert record["change"]["scale_steps"] == 1 and record["feedback_id"] == fid
     assert runs(cid, 3)["plan"].status == StageRunStatus.PENDING
+    with session_scope() as session:  # what is left to do: plan onward, not the earlier rounds' work
+        assert flow.progress(session, session.get(Campaign, uuid.UUID(cid))) == 0.5
     with session_scope() as session:
         row = session.get(Feedback, uuid.UUID(fid))
         assert (row.status, row.entry_stage, row.first_round, row.router) == ("applied", "plan", 3, "rules")
