@@ -384,6 +384,9 @@ def test_retrieve_takes_the_reviewers_background_asset_and_refuses_others(fresh_
     ctx = stage_context(cid, "retrieve", {})
     found = RetrieveOutput.model_validate(outputs.retrieve())
     beach, shoe = background_asset(cid), background_asset(cid, "product")
+    ctx.campaign.state = {"retrieve": {**outputs.retrieve(shoe), "product_asset_ids": [shoe]}}
+    kept = retrieve.same_products(found, ctx)  # the products the reviewer saw, whatever the search says now
+    assert (kept.product_asset_id, kept.products()) == (shoe, [shoe]) and found.product_asset_id != shoe
     with session_scope() as session:
         out = retrieve.reviewed_background(session, ctx, found, Change(background_asset_id=uuid.UUID(beach)))
         assert out.background_asset_id == beach and out.background_caption == "Sandy beach, at noon"

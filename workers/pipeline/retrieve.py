@@ -41,7 +41,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
         ]
         output = pick(session, ctx, found, spaces[0][0].model if spaces else text_embedder.model_id())
         if change is not None:
-            output = reviewed_background(session, ctx, output, change)
+            output = reviewed_background(session, ctx, same_products(output, ctx), change)
     ctx.publish(output)
     return {
         "product_asset_ids": output.products(),
@@ -157,6 +157,17 @@ def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -
         min_score=min_score,
         product_asset_ids=[str(p.id) for p in products],
     )
+
+
+def same_products(output: RetrieveOutput, ctx: StageContext) -> RetrieveOutput:
+    """In a review round the products stay those the reviewer saw: their cut-outs are carried over
+    (segment is reused), whatever the library now ranks first for the brief."""
+    previous = (ctx.campaign.state or {}).get(RetrieveOutput.stage)
+    if previous is None:
+        return output
+    shown = RetrieveOutput.model_validate(previous)
+    kept = ("product_asset_id", "product_title", "product_source", "product_score", "product_asset_ids")
+    return output.model_copy(update={name: getattr(shown, name) for name in kept})
 
 
 def reviewed_background(session: Session, ctx: StageContext, output: RetrieveOutput, change: Change) -> RetrieveOutput:
