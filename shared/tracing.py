@@ -9,6 +9,7 @@ span is a child of the span that sent it, back to the HTTP request that created 
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Mapping, MutableMapping
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.propagators.textmap import Getter
+from opentelemetry.sdk.trace import SpanProcessor
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from shared.config import Settings
@@ -38,6 +40,24 @@ def setup(settings: Settings, service: str) -> bool:
     return True
 
 
+# A review link's token is a credential in the URL path (/review/<token>/...): never in a span, a log line or
+# a problem's instance.
+_REVIEW_TOKEN = re.compile(r"^/review/[^/]+")
+
+
+def redacted_path(path: str) -> str:
+    return _REVIEW_TOKEN.sub("/review/<token>", path)
+
+
+class RedactPaths(SpanProcessor):
+    """Span processor: url.path without review tokens (set when the request span starts)."""
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        path = (span.attributes or {}).get("url.path")
+        if isinstance(path, str) and path.startswith("/review/"):
+            span.set_attribute("url.path", redacted_path(path))
+
+
 def _provider(settings: Settings, service: str) -> Any:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
@@ -48,6 +68,7 @@ def _provider(settings: Settings, service: str) -> Any:
         resource=Resource.create({"service.name": service, "service.namespace": "onbrand"}),
         sampler=ParentBased(TraceIdRatioBased(settings.otel_sample_ratio)),
     )
+    provider.add_span_processor(RedactPaths())  # first: runs before the exporter's processor
     provider.add_span_processor(BatchSpanProcessor(_exporter(settings)))
     return provider
 

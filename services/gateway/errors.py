@@ -15,6 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.tracing import redacted_path
+
 log = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
@@ -104,7 +106,7 @@ def problem_response(
     headers: Mapping[str, str] | None = None,
     extra: Mapping[str, Any] | None = None,
 ) -> JSONResponse:
-    body = problem_body(status, code, title, detail, request.url.path, extra)
+    body = problem_body(status, code, title, detail, redacted_path(request.url.path), extra)
     return JSONResponse(body, status_code=status, headers=dict(headers or {}), media_type=PROBLEM_MEDIA_TYPE)
 
 
@@ -146,7 +148,7 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    log.exception("unhandled error on %s %s", request.method, redacted_path(request.url.path), exc_info=exc)
     return problem_response(request, 500, "internal_error", "Internal error", "An unexpected error occurred.")
 
 

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import PROBLEM_MEDIA_TYPE, ProblemError, problem_body
 from shared import logs
+from shared.tracing import redacted_path
 
 # Module level: prometheus metrics are process-wide, and create_app may run more than once.
 REQUESTS = Counter("onbrand_http_requests_total", "HTTP requests handled.", ["method", "route", "status"])
@@ -110,7 +111,9 @@ class BodyLimitMiddleware:
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         exc = self._too_large()
-        body = json.dumps(problem_body(413, exc.code, exc.title, exc.detail, scope.get("path", ""))).encode()
+        body = json.dumps(
+            problem_body(413, exc.code, exc.title, exc.detail, redacted_path(scope.get("path", "")))
+        ).encode()
         # Connection: close because the unread body is still on the wire.
         headers = [
             (b"content-type", PROBLEM_MEDIA_TYPE.encode()),
