@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uuid
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,3 +122,14 @@ def reviewer_for_key(prefix: str, name: str | None = None) -> str:
 def reviewer_for_link(link_id: uuid.UUID, name: str) -> str:
     """Who decided on the review page: the link, and the reviewer it was made for."""
     return f"link:{link_id} ({name.strip()[:200]})"
+
+
+def round_window(state: dict[str, Any] | None) -> tuple[int, tuple[str, ...]]:
+    """Where the campaign's current review round starts, from campaign.state["review"] (written by
+    workers/engine/review.py): its first stage-run round and the main-path stages before its entry (done
+    earlier, nothing to redo). Progress and the stage list count runs from that round on plus those stages,
+    so a regenerating campaign reads where its change entered, not 1.0 from the round before."""
+    record = (state or {}).get("review") or {}
+    entry = record.get("entry_stage")
+    upstream = MAIN_PATH[: MAIN_PATH.index(entry)] if entry in MAIN_PATH else ()
+    return int(record.get("first_round") or 0), upstream

@@ -102,12 +102,19 @@ def sweep_stalled() -> int:
     return restart_stalled() + resend_routing()
 
 
-@app.task(name="onbrand.route_feedback", acks_late=True, reject_on_worker_lost=True)
-def route_feedback(feedback_id: str) -> str:
-    # Idempotent: a feedback already routed is a no-op that re-sends its round's first tasks.
+@app.task(name="onbrand.route_feedback", **STAGE_OPTS)
+def route_feedback(self: Task, feedback_id: str) -> str:
+    # Idempotent: a feedback already routed is a no-op that re-sends its round's first task if it never ran.
+    # A router error (hosted LLM down) is retried with the stages' backoff; after that the stalled sweep
+    # re-sends feedback still routing (workers.engine.runner.resend_routing) until it gives up.
     from workers.jobs import feedback
 
-    return feedback.route(feedback_id)
+    try:
+        return feedback.route(feedback_id)
+    except Exception as exc:
+        if self.request.retries >= len(RETRY_COUNTDOWNS):
+            raise
+        raise self.retry(exc=exc, countdown=RETRY_COUNTDOWNS[self.request.retries]) from exc
 
 
 @app.task(name="onbrand.learn_ranking", acks_late=True, reject_on_worker_lost=True)

@@ -93,3 +93,24 @@ def test_resource_and_webhook_progress_reach_one(client: TestClient, acme: Tenan
         campaign.status = CampaignStatus.COMPLETED
     view = client.get(f"/v1/campaigns/{cid}", headers=acme.auth).json()
     assert view["progress"] == 1.0 and {s["status"] for s in view["stages"] if s["stage"] == "revise"} == {"skipped"}
+
+
+def test_a_review_round_reads_from_where_its_change_entered(client: TestClient, acme: Tenant) -> None:
+    """Feedback restarted the campaign at plan in round 3: the resource's progress and stage list count that
+    round's runs plus the stages before plan (done earlier), as the stage webhooks do, not round 0's 1.0."""
+    cid = uuid.UUID(post_campaign(client, acme)["id"])
+    with db_session.session_scope() as session:
+        campaign = session.get(Campaign, cid)
+        assert campaign is not None
+        _succeed(session, campaign, stages.MAIN_PATH)  # review round 0, delivered
+        session.add(StageRun(tenant_id=campaign.tenant_id, campaign_id=cid, stage="plan", round=3, status="pending"))
+        campaign.status, campaign.review_round = CampaignStatus.RUNNING, 1
+        campaign.state = {"review": {"entry_stage": "plan", "first_round": 3}}
+        session.flush()
+        upstream = stages.MAIN_PATH.index("plan")
+        assert flow.progress(session, campaign) == round(upstream / len(stages.MAIN_PATH), 4)
+    view = client.get(f"/v1/campaigns/{cid}", headers=acme.auth).json()
+    assert view["progress"] == round(upstream / len(stages.MAIN_PATH), 4)
+    status = {s["stage"]: s["status"] for s in view["stages"]}
+    assert status["scale"] == "succeeded" and status["plan"] == "pending" and status["generate"] == "pending"
+    assert status["deliver"] == "pending"  # round 0's deliver is not this review round's

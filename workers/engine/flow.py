@@ -14,7 +14,8 @@ from sqlalchemy.orm import Session
 
 from shared import webhooks
 from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
-from shared.stages import MAIN_PATH, FanOut, Stage, stage
+from shared.review import round_window
+from shared.stages import FanOut, Stage, stage
 from shared.stages import progress as stage_progress
 from workers.engine.context import Task, now
 from workers.engine.records import get_run, stage_items, webhook_tasks
@@ -88,11 +89,9 @@ def _items(campaign: Campaign, row: Stage, rnd: int) -> int:
 
 
 def progress(session: Session, campaign: Campaign) -> float:
-    """The stages with a succeeded run over those this campaign runs (shared.stages.progress). In a review
-    round: those that succeeded since it started, plus the stages before its entry (nothing to redo there),
-    so a regenerating campaign's progress starts where its change enters instead of at 1.0."""
-    record = (campaign.state or {}).get("review") or {}  # workers.engine.review.ReviewRecord
-    first_round = int(record.get("first_round", 0))
+    """The stages with a succeeded run over those this campaign runs (shared.stages.progress); in a review
+    round, counted from where it started (shared.review.round_window)."""
+    first_round, upstream = round_window(campaign.state)
     done = session.scalars(
         select(StageRun.stage)
         .distinct()
@@ -102,8 +101,6 @@ def progress(session: Session, campaign: Campaign) -> float:
             StageRun.round >= first_round,
         )
     ).all()
-    entry = record.get("entry_stage")
-    upstream = MAIN_PATH[: MAIN_PATH.index(entry)] if entry in MAIN_PATH else ()
     return stage_progress({*done, *upstream}, terminal=campaign.status in TERMINAL_STATUSES)
 
 

@@ -29,6 +29,7 @@ class RoutedChange(Protocol):
     change: Change
     not_understood: list[str]
     router: str
+    notes: list[str]
 
 
 class ReviewRecord(BaseModel):
@@ -96,7 +97,7 @@ def _restart(campaign: Campaign, record: ReviewRecord, cumulative: Change) -> No
 def _applied(feedback: Feedback, routed: RoutedChange, entry: str, first_round: int) -> None:
     feedback.status = FeedbackStatus.APPLIED
     feedback.change = routed.change.model_dump(mode="json")
-    feedback.not_understood = list(routed.not_understood)
+    feedback.not_understood, feedback.notes = list(routed.not_understood), list(routed.notes)
     feedback.router = routed.router
     feedback.entry_stage, feedback.first_round = entry, first_round
     feedback.routed_at, feedback.error = now(), None

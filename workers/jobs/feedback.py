@@ -164,7 +164,7 @@ def _not_understood(campaign: Campaign, feedback: Feedback, routed: Routed) -> N
     """Nothing routable: no round starts; the reviewer sees which sentences were not understood."""
     feedback.status, feedback.router, feedback.routed_at = FeedbackStatus.NOT_UNDERSTOOD, routed.router, now()
     feedback.change = routed.change.model_dump(mode="json")
-    feedback.not_understood = list(routed.not_understood)
+    feedback.not_understood, feedback.notes = list(routed.not_understood), list(routed.notes)
     campaign.review_state = ReviewState.PENDING
 
 

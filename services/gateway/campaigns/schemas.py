@@ -222,6 +222,7 @@ class RoundFeedback(BaseModel):
     status: FeedbackStatus
     change: dict[str, Any] = Field(description="The routed change (shared.review.Change); empty until routed.")
     not_understood: list[Any]
+    notes: list[Any] = Field(description="What each routed sentence or reason became.")
     router: str | None
     entry_stage: str | None
     first_round: int | None

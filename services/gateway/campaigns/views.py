@@ -48,6 +48,7 @@ from shared.db.models import (
     StageRun,
 )
 from shared.qc import ResultFlags, review_summary
+from shared.review import round_window
 from shared.stages import PIPELINE
 from shared.stages import progress as stage_progress
 from shared.storage import Storage
@@ -103,22 +104,32 @@ def progress(stages: Sequence[StageRead], terminal: bool) -> float:
     return stage_progress([s.stage for s in stages if s.status in _FINISHED], terminal=terminal)
 
 
-def _tallies(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> dict[uuid.UUID, dict[str, StageTally]]:
+def _tallies(session: Session, campaigns: Sequence[Campaign]) -> dict[uuid.UUID, dict[str, StageTally]]:
+    """Per campaign and stage, its runs of the current review round (shared.review.round_window); a stage
+    before the round's entry keeps its earlier runs (it was done then and is not redone)."""
+    tenant_id, windows = campaigns[0].tenant_id, {c.id: round_window(c.state) for c in campaigns}
     stmt = (
         select(
             StageRun.campaign_id,
             StageRun.stage,
             StageRun.status,
+            StageRun.round,
             func.count(),
             func.min(StageRun.started_at),
             func.max(StageRun.finished_at),
         )
-        .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(ids))
-        .group_by(StageRun.campaign_id, StageRun.stage, StageRun.status)
+        .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(list(windows)))
+        .group_by(StageRun.campaign_id, StageRun.stage, StageRun.status, StageRun.round)
     )
     tallies: dict[uuid.UUID, dict[str, StageTally]] = defaultdict(lambda: defaultdict(StageTally))
-    for campaign_id, stage, status, count, started, finished in session.execute(stmt):
-        tallies[campaign_id][stage].add(status, count, started, finished)
+    earlier: dict[uuid.UUID, dict[str, StageTally]] = defaultdict(lambda: defaultdict(StageTally))
+    for campaign_id, stage, status, rnd, count, started, finished in session.execute(stmt):
+        first_round, _ = windows[campaign_id]
+        (tallies if rnd >= first_round else earlier)[campaign_id][stage].add(status, count, started, finished)
+    for campaign_id, (_, upstream) in windows.items():
+        for stage in upstream:
+            if stage not in tallies[campaign_id] and stage in earlier[campaign_id]:
+                tallies[campaign_id][stage] = earlier[campaign_id][stage]
     return tallies
 
 
@@ -225,6 +236,7 @@ def _round_feedback(row: Feedback) -> RoundFeedback:
         status=row.status,
         change=row.change or {},
         not_understood=list(row.not_understood or []),
+        notes=list(row.notes or []),
         router=row.router,
         entry_stage=row.entry_stage,
         first_round=row.first_round,
@@ -330,7 +342,7 @@ def campaign_views(
     if created:
         return [_view(c, {}, [], settings) for c in campaigns]
     tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
-    tallies, results = _tallies(session, tenant_id, ids), _results(session, storage, tenant_id, ids)
+    tallies, results = _tallies(session, campaigns), _results(session, storage, tenant_id, ids)
     usage, rounds = _llm_usage(session, tenant_id, ids), _round_tallies(session, tenant_id, ids)
     return [
         _view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id), rounds.get(c.id))

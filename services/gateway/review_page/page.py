@@ -88,6 +88,7 @@ class FeedbackView:
     status: str
     change: list[str]  # the routed change, one line per field it sets
     not_understood: list[str]
+    notes: list[str]  # what each routed sentence or reason became
     entry_stage: str | None
     error: str | None
     reviewer: str
@@ -243,6 +244,7 @@ def _feedback_view(row: Feedback) -> FeedbackView:
         status=row.status.value,
         change=_change_lines(row.change or {}),
         not_understood=[str(s) for s in row.not_understood or []],
+        notes=[str(s) for s in row.notes or []],
         entry_stage=row.entry_stage,
         error=row.error,
         reviewer=row.reviewer,

@@ -92,6 +92,7 @@ def feedback_view(feedback: Feedback, settings: Settings) -> FeedbackRead:
         status=feedback.status,
         change=feedback.change or {},
         not_understood=list(feedback.not_understood or []),
+        notes=list(feedback.notes or []),
         router=feedback.router,
         entry_stage=feedback.entry_stage,
         first_round=feedback.first_round,

@@ -75,6 +75,7 @@ class FeedbackRead(BaseModel):
     status: FeedbackStatus
     change: dict[str, Any] = Field(description="The routed change (shared.review.Change); empty until routed.")
     not_understood: list[Any] = Field(description="What the router could not route, said instead of guessed.")
+    notes: list[Any] = Field(description="What each routed sentence or reason became, one line each.")
     router: str | None
     entry_stage: str | None = Field(description="The stage the new review round starts at.")
     first_round: int | None

@@ -320,7 +320,7 @@ def _feedback_row(session: Session, campaign: Campaign) -> Feedback:
         raise ProblemError(
             409, "feedback_exists", "Feedback exists", f"Review round {review_round} already has feedback."
         )
-    existing.status, existing.change, existing.not_understood = FeedbackStatus.ROUTING, {}, []
+    existing.status, existing.change, existing.not_understood, existing.notes = FeedbackStatus.ROUTING, {}, [], []
     existing.router = existing.entry_stage = existing.error = None
     existing.first_round = None
     existing.routed_at = None
