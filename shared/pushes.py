@@ -49,15 +49,7 @@ def queue_pushes(session: Session, campaign: Campaign, approved_only: bool) -> l
 
 
 def _has_results(session: Session, campaign: Campaign, approved_only: bool) -> bool:
-    stmt = (
-        select(func.count())
-        .select_from(Result)
-        .where(
-            Result.tenant_id == campaign.tenant_id,
-            Result.campaign_id == campaign.id,
-            Result.review_round == campaign.review_round,
-        )
-    )
+    stmt = select(func.count()).select_from(Result).where(Result.of_current_round(campaign))
     if approved_only:
         stmt = stmt.where(Result.decision == ResultDecision.APPROVED)
     return bool(session.scalar(stmt))

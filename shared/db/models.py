@@ -21,10 +21,12 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    and_,
     func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.sql.elements import ColumnElement
 
 # Keyword side of hybrid search: title and tags weigh most (A), attribute values B, description C.
 # onbrand_join_tags is an IMMUTABLE wrapper of array_to_string created by migration 0002.
@@ -345,6 +347,17 @@ class Result(Base):
     )
     decided_by: Mapped[str | None] = mapped_column(String(300))
     decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    @classmethod
+    def of_current_round(cls, campaign: Campaign) -> ColumnElement[bool]:
+        """The campaign's results of its current review round (tenant-scoped): "the results" everywhere but
+        the history of earlier rounds."""
+        return and_(
+            cls.tenant_id == campaign.tenant_id,
+            cls.campaign_id == campaign.id,
+            cls.review_round == campaign.review_round,
+        )
+
     # Every rule checked and passed; else why not: needs_review with review = {fallback, reasons: [{check,
     # kind (unchecked | advisory | flexible), reason}]} (workers.checks.policy)
     fully_checked: Mapped[bool] = mapped_column(Boolean, default=False)

@@ -214,18 +214,7 @@ def products(campaign: Campaign) -> int:
 
 
 def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
-    ranked = (
-        session.scalar(
-            select(func.count())
-            .select_from(Result)
-            .where(
-                Result.tenant_id == campaign.tenant_id,
-                Result.campaign_id == campaign.id,
-                Result.review_round == campaign.review_round,
-            )
-        )
-        or 0
-    )
+    ranked = session.scalar(select(func.count()).select_from(Result).where(Result.of_current_round(campaign))) or 0
     if ranked >= campaign.top_k * products(campaign):  # rank chooses at most top_k per product
         return Decision.DELIVER
     if loop.attempt < campaign.max_retry_attempts:

@@ -264,11 +264,7 @@ def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidat
     stmt = (
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
-        .where(
-            Result.tenant_id == campaign.tenant_id,
-            Result.campaign_id == campaign.id,
-            Result.review_round == campaign.review_round,
-        )
+        .where(Result.of_current_round(campaign))
         .order_by(Result.rank)
     )
     if pushes.policy(session, campaign) == DamPushPolicy.ON_APPROVAL:

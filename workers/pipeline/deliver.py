@@ -63,11 +63,7 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
     rows = session.execute(
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
-        .where(
-            Result.tenant_id == campaign.tenant_id,
-            Result.campaign_id == campaign.id,
-            Result.review_round == campaign.review_round,
-        )
+        .where(Result.of_current_round(campaign))
         .order_by(Result.rank)
     ).all()
     return [

@@ -355,13 +355,7 @@ def _summary(
 def write_results(session: Session, campaign: Campaign, chosen: list[Candidate], stage: str) -> list[Task]:
     """The review round's results are this rank's top-K (in the finish transaction), then what comes next.
     Earlier review rounds keep theirs: reviewers decided on them."""
-    session.execute(
-        delete(Result).where(
-            Result.tenant_id == campaign.tenant_id,
-            Result.campaign_id == campaign.id,
-            Result.review_round == campaign.review_round,
-        )
-    )
+    session.execute(delete(Result).where(Result.of_current_round(campaign)))
     for position, cand in enumerate(chosen, start=1):
         decision = cand.qc["policy"]
         session.add(

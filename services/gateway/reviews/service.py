@@ -91,11 +91,7 @@ def round_results(session: Session, campaign: Campaign) -> list[Result]:
     return list(
         session.scalars(
             select(Result)
-            .where(
-                Result.tenant_id == campaign.tenant_id,
-                Result.campaign_id == campaign.id,
-                Result.review_round == campaign.review_round,
-            )
+            .where(Result.of_current_round(campaign))
             .order_by(Result.rank)
             .execution_options(populate_existing=True)
         )
