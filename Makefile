@@ -35,7 +35,7 @@ demo: venv
 # The review page's browser test (tests/e2e/test_review_page.py) drives Debian's chromium through
 # Playwright's executable_path: no browser download. CI runs as root with Debian reachable.
 browser:
-	test -x /usr/bin/chromium || (apt-get update -q && apt-get install -y -q chromium)
+	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 
 test: venv browser
 	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench
