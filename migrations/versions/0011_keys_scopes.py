@@ -1,0 +1,19 @@
+"""API keys: names, scopes, last use, expiry (rotation overlap) (part K-keys).
+
+Reserved in the chain by the lead; the part's owner fills upgrade/downgrade (a revision that needs no
+schema change stays empty)."""
+
+from __future__ import annotations
+
+revision = "0011"
+down_revision = "0010"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

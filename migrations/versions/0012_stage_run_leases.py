@@ -1,0 +1,19 @@
+"""Stage-run leases and heartbeats for the re-send sweep (part K-recovery).
+
+Reserved in the chain by the lead; the part's owner fills upgrade/downgrade (a revision that needs no
+schema change stays empty)."""
+
+from __future__ import annotations
+
+revision = "0012"
+down_revision = "0011"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass

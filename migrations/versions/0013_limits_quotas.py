@@ -1,0 +1,19 @@
+"""Per-tenant limits and usage counters (part K-limits).
+
+Reserved in the chain by the lead; the part's owner fills upgrade/downgrade (a revision that needs no
+schema change stays empty)."""
+
+from __future__ import annotations
+
+revision = "0013"
+down_revision = "0012"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
