@@ -64,6 +64,16 @@ class Settings(BaseSettings):
         default=3600, description="Seconds before an unacked task of a dead worker is redelivered."
     )
     broker_restore_throttle: int = Field(default=10, description="kombu unacked_restore sweep throttle (1 in tests).")
+    stage_lease_seconds: int = Field(
+        default=60,
+        ge=3,
+        description="Lease of a sent or running stage run; a running task renews it every third of it. A run "
+        "past its lease is re-sent by the stalled sweep (what recovers a dead worker's work, not the visibility "
+        "timeout).",
+    )
+    stalled_sweep_seconds: float = Field(
+        default=15.0, gt=0, description="How often the beat re-sends stage runs past their lease."
+    )
 
     llm_backend: LlmBackend = Field(
         default="local",

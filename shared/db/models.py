@@ -269,6 +269,11 @@ class StageRun(Base):
     queued_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # Work in flight (migration 0012): a pending or running run past its lease is re-sent by the stalled sweep;
+    # a running task renews it by heartbeats. claimed_by ("host:pid") lets a claim on the same host take over at
+    # once from a process that is gone instead of waiting for the lease.
+    lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    claimed_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class Candidate(Base):
