@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from PIL import Image
 
-from services.gateway import errors, files, system
+from services.gateway import errors, files, storable, system
 from services.gateway.assets.endpoints import router as assets_router
 from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
+from services.gateway.keys.endpoints import router as keys_router
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.gateway.review_page.endpoints import install as install_review_page
 from services.gateway.reviews.endpoints import router as reviews_router
@@ -42,6 +43,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="1",
         description=DESCRIPTION,
         telemetry={"tracing": True, "operation_spans": True, "metrics": False, "logs": False},
+        # Every route: text Postgres cannot store (NUL, lone surrogates) is a 422 here, not a 500 there.
+        dependencies=[Depends(storable.reject_unstorable_text)],
     )
     app.state.settings = settings
     app.state.storage = build_storage(settings)
@@ -57,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhook_endpoints_router,
         delivery_targets_router,
         reviews_router,
+        keys_router,
     ):
         app.include_router(router)
     install_review_page(app)  # /review/{token}: HTML for review-link holders, its own error pages
