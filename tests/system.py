@@ -6,17 +6,26 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
+import shlex
+import signal
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import psutil
 import psycopg
 import pytest
 
+from shared.cli import stack
 from shared.cli.procs import Processes, base_env, free_port, run_cli
-from shared.config import get_settings
+from shared.config import Settings, get_settings
 
 
 def create_database(stack_urls: dict[str, str], name: str) -> str:
@@ -89,3 +98,82 @@ def running_system(stack_urls: dict[str, str], home: Path, database: str, **env:
         yield System(url=url, env=base, procs=procs, home=home)
     finally:
         procs.stop_all()
+
+
+# ---------------------------------------------------------------- crashing the embedded servers (the chaos benchmark)
+# A SIGKILLed server comes back on its own port and data dir, as a restarted pod or systemd unit does: clients
+# keep their URLs. stack.up() would pick another port when TIME_WAIT sockets still hold the old one.
+
+
+def kill_postgres(settings: Settings, timeout: float = 30.0) -> int:
+    """SIGKILL the postmaster (no checkpoint, no shutdown), then wait for its orphaned backends to notice and
+    exit: a new postmaster refuses a data dir whose shared memory is still attached."""
+    data = Path(stack.status(settings)["postgres"]["data_dir"])
+    pid = int((data / "postmaster.pid").read_text().split()[0])
+    children = psutil.Process(pid).children(recursive=True)
+    os.kill(pid, signal.SIGKILL)
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:  # stuck backends of the postmaster we killed, nothing else
+        child.kill()
+    return pid
+
+
+def restart_postgres(settings: Settings) -> None:
+    """pg_ctl start on the recorded port and data dir (crash recovery replays the WAL), as the Postgres user."""
+    info = stack.status(settings)["postgres"]
+    data = Path(info["data_dir"])
+    socket_dir = (data / "postmaster.pid").read_text().splitlines()[4]  # the stale lock file names it
+    opts = f"-c listen_addresses={stack.HOST} -p {info['port']} -k {shlex.quote(socket_dir)}"
+    log = Path(settings.home) / "logs" / "postgres.log"
+    pg_ctl = str(Path(info["bin_dir"]) / "pg_ctl")
+    cmd = [pg_ctl, "-w", "-t", "60", "-D", str(data), "-l", str(log), "-o", opts, "start"]
+    env = {"PATH": f"{info['bin_dir']}:/usr/bin:/bin", "LC_ALL": "C", "LANG": "C"}
+    done = subprocess.run(
+        cmd, cwd=data, env=env, capture_output=True, text=True, timeout=90, start_new_session=True, **_as_pg_user()
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"pg_ctl start failed: {done.stdout}{done.stderr}\n{log.read_text()[-2000:]}")
+    stack.up(settings)  # adopts the running postmaster: stack.json gets its new pid
+
+
+def kill_redis(settings: Settings) -> int:
+    """SIGKILL redis-server: the AOF keeps what was fsynced (everysec)."""
+    server = psutil.Process(int(stack.status(settings)["redis"]["pid"]))
+    server.kill()
+    server.wait(10)
+    return server.pid
+
+
+def restart_redis(settings: Settings) -> None:
+    """redis-server on the recorded port and dir with the stack's flags (AOF on): it replays the AOF."""
+    info = stack.status(settings)["redis"]
+    rdir, port = Path(info["dir"]), int(info["port"])
+    (rdir / "redis.pid").unlink(missing_ok=True)
+    log = Path(settings.home) / "logs" / "redis.log"
+    args = ["--port", str(port), "--bind", stack.HOST, "--dir", str(rdir), "--daemonize", "yes"]
+    args += ["--pidfile", str(rdir / "redis.pid"), "--logfile", str(log), "--appendonly", "yes"]
+    args += ["--maxmemory-policy", "noeviction", "--save", ""]
+    subprocess.run([str(stack.redis_server_bin()), *args], check=True, timeout=30, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not _redis_answers(port):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"redis did not come back on {port}:\n{log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    stack.up(settings)  # adopts it: stack.json gets its new pid, so stack.down stops it
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection((stack.HOST, port), timeout=1) as conn:
+            conn.sendall(b"PING\r\n")
+            return conn.recv(16).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def _as_pg_user() -> dict[str, Any]:
+    """initdb/postgres refuse root: as root, run pg_ctl as the stack's Postgres account."""
+    if os.geteuid() != 0:
+        return {}
+    account = pwd.getpwnam(stack.PG_USER)
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
