@@ -31,6 +31,8 @@ SERVICE_TASK_QUEUES: dict[str, str] = {
     "onbrand.sweep_stalled": "llm",
     "onbrand.route_feedback": "llm",  # a hosted LLM may read the reviewer's words
     "onbrand.learn_ranking": "scoring",
+    "onbrand.delete_objects": "webhooks",  # storage I/O after a DELETE (shared.deletions)
+    "onbrand.sweep_deletions": "webhooks",
 }
 # Every task -> its queue: the stages' from the stage table, then the service tasks.
 TASK_QUEUES: dict[str, str] = {**{s.task: s.queue for s in STAGES}, **SERVICE_TASK_QUEUES}
@@ -42,8 +44,10 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
     whose send after commit was lost; the others are safety nets for lost sends."""
     return {
         "sweep-outbox": {"task": "onbrand.sweep_outbox", "schedule": settings.outbox_dispatch_seconds},
-        "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": 60.0},
+        # Re-sends stage runs past their lease: what recovers a dead worker's or a lost message's work.
+        "sweep-stalled": {"task": "onbrand.sweep_stalled", "schedule": settings.stalled_sweep_seconds},
         "sweep-embeddings": {"task": "onbrand.sweep_embeddings", "schedule": 60.0},
+        "sweep-deletions": {"task": "onbrand.sweep_deletions", "schedule": 60.0},
     }
 
 
@@ -95,7 +99,28 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
         producer().send_task(
             name,
             args=[str(a) if not isinstance(a, int) else a for a in args],
+            task_id=stage_task_id(name, *args),
             priority=priority,
             expires=expires,
             headers=tracing.inject(),
         )
+
+
+STAGE_TASK_NAMES = frozenset(s.task for s in STAGES)
+
+
+def stage_task_id(name: str, *args: Any) -> str | None:
+    """A stage task's Celery id, derived from its stage run (campaign:task:round:item), so cancel can revoke
+    a campaign's work by id without storing ids; None (a random id) for any other task."""
+    if name not in STAGE_TASK_NAMES or not args:
+        return None
+    campaign, rnd, item = (list(args) + [0, 0])[:3]
+    return f"{campaign}:{name}:{rnd}:{item}"
+
+
+def revoke(task_ids: list[str], *, terminate: bool = False) -> None:
+    """Revoke tasks on every worker: a queued one is dropped when it arrives, a running one (terminate) has its
+    pool process killed (SIGKILL: a GPU task may not return to the interpreter for seconds). Workers keep the
+    ids in memory; one started later does not know them, which is why the claim also skips terminal campaigns."""
+    if task_ids:
+        producer().control.revoke(task_ids, terminate=terminate, signal="SIGKILL")

@@ -6,6 +6,7 @@ campaign fails with the error recorded (a StageError fails it at once: retrying 
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import Any
 
@@ -18,6 +19,8 @@ from shared.stages import STAGES, Stage
 from workers.celery_app import app
 from workers.engine.runner import execute, fail_campaign, record_failure, restart_stalled, stage_function
 from workers.jobs import library, push, webhooks
+
+log = logging.getLogger("onbrand.stages")
 
 RETRY_COUNTDOWNS = (2, 10, 30)
 STAGE_OPTS: dict[str, Any] = {
@@ -32,12 +35,21 @@ def _run(task: Task, stage: Stage, campaign_id: str, rnd: int, item: int) -> str
     try:
         return execute(stage.name, campaign_id, rnd, item, stage_function(stage.name))
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, then retried or terminal
-        record_failure(stage.name, campaign_id, rnd, item, f"{type(exc).__name__}: {exc}")
+        _record(stage, campaign_id, rnd, item, exc)
         if task.request.retries >= len(RETRY_COUNTDOWNS):
             message = f"{stage.name} failed: {type(exc).__name__}: {exc}"
             fail_campaign(stage.name, campaign_id, rnd, item, "stage_error", message)
             raise
         raise task.retry(exc=exc, countdown=RETRY_COUNTDOWNS[task.request.retries]) from exc
+
+
+def _record(stage: Stage, campaign_id: str, rnd: int, item: int, exc: Exception) -> None:
+    # Best effort: when Postgres itself is down the error cannot be recorded, and the retry must still be sent
+    # (the run's lease lapses meanwhile and the stalled sweep re-sends it if the retries run out).
+    try:
+        record_failure(stage.name, campaign_id, rnd, item, f"{type(exc).__name__}: {exc}")
+    except Exception:
+        log.warning("could not record the failure of %s %s:%s:%s", stage.name, campaign_id, rnd, item, exc_info=True)
 
 
 def _stage_task(stage: Stage) -> Task:
@@ -97,6 +109,7 @@ def sweep_outbox() -> int:
 
 @app.task(name="onbrand.sweep_stalled")
 def sweep_stalled() -> int:
+    # Every ONBRAND_STALLED_SWEEP_SECONDS: stage runs past their lease, campaigns never started, feedback left routing.
     from workers.engine.runner import resend_routing  # feedback left routing: re-sent, or given up on
 
     return restart_stalled() + resend_routing()
@@ -123,3 +136,18 @@ def learn_ranking(brand_id: str) -> int:
     from workers.ranking import learn
 
     return learn.refit(brand_id)
+
+
+@app.task(name="onbrand.delete_objects", acks_late=True, reject_on_worker_lost=True)
+def delete_objects(deletion_id: str) -> str:
+    # Objects of a deleted asset or campaign; a storage error is retried from Postgres by sweep_deletions.
+    from workers.jobs import cleanup
+
+    return cleanup.delete_objects(deletion_id)
+
+
+@app.task(name="onbrand.sweep_deletions")
+def sweep_deletions() -> int:
+    from workers.jobs import cleanup
+
+    return cleanup.sweep()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import metrics
+from shared.config import get_settings
 from shared.db.models import Campaign, StageRun, StageRunStatus
 from workers.engine.context import Task, now
 
@@ -24,12 +26,24 @@ def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: in
     ).first()
     if run is None:
         # queued_at from the clock, not now(): now() is the transaction's start, not the send time
+        # A new run is about to be sent (or claimed): its lease starts now, so a lost send is re-sent by the sweep.
         run = StageRun(
-            tenant_id=campaign.tenant_id, campaign_id=campaign.id, stage=stage, round=rnd, item=item, queued_at=now()
+            tenant_id=campaign.tenant_id,
+            campaign_id=campaign.id,
+            stage=stage,
+            round=rnd,
+            item=item,
+            queued_at=now(),
+            lease_until=lease_from_now(),
         )
         session.add(run)
         session.flush()
     return run
+
+
+def lease_from_now() -> datetime:
+    """The end of a lease taken now (a send, a claim, a heartbeat); from the clock, not the transaction's start."""
+    return now() + timedelta(seconds=get_settings().stage_lease_seconds)
 
 
 def stage_items(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int) -> tuple[int, int]:

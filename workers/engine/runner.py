@@ -2,8 +2,10 @@
 
 - claim: lock the campaign row, get-or-create the stage run (campaign, stage, round, item),
   skip if the campaign is terminal; a stage run that already succeeded is a no-op that only
-  re-sends what comes next (the previous delivery may have died between commit and send).
-- compute: the stage function runs with no transaction open (models can take seconds).
+  re-sends what comes next (the previous delivery may have died between commit and send); a run
+  another process is running under a live lease is skipped (workers.engine.leases).
+- compute: the stage function runs with no transaction open (models can take seconds), while a
+  heartbeat renews the run's lease.
 - finish: lock the campaign row again, store the output, and decide the next tasks (workers.engine.flow);
   the campaign-row lock makes the "last item of a fan-out" decision race-free. Tasks are sent
   only after the commit, with ids only.
@@ -36,10 +38,10 @@ from shared.db.models import (
 )
 from shared.db.session import session_scope
 from shared.queue import send
-from shared.stages import FIRST, stage
-from workers.engine import flow
+from shared.stages import FIRST, STAGES, stage
+from workers.engine import flow, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
-from workers.engine.records import campaign_finished, get_run, lock_campaign, webhook_tasks
+from workers.engine.records import campaign_finished, get_run, lease_from_now, lock_campaign, webhook_tasks
 
 log = logging.getLogger("onbrand.stages")
 
@@ -58,7 +60,7 @@ def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> s
     if ctx is None:
         return "skipped"
     logs.bind(tenant_id=ctx.tenant_id)
-    with _timed(stage) as outcome:
+    with _timed(stage) as outcome, leases.heartbeat(ctx.campaign.id, stage, rnd, item):
         try:
             summary = fn(ctx)
         except StageError as exc:
@@ -87,13 +89,37 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
             return None, []
         run = get_run(session, campaign, stage, rnd, item)
         if run.status == StageRunStatus.SUCCEEDED:
-            return None, flow.advance(session, campaign, stage, rnd)
+            return None, _not_taken(session, campaign, flow.advance(session, campaign, stage, rnd))
+        if leases.held_elsewhere(run):
+            log.info("stage run %s/%s:%s:%s running in %s: skipped", campaign_id, stage, rnd, item, run.claimed_by)
+            return None, []
         run.status, run.started_at, run.attempts = StageRunStatus.RUNNING, now(), run.attempts + 1
+        run.lease_until, run.claimed_by = lease_from_now(), leases.worker_id()
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
         started = flow.stage_started_event(session, campaign, stage, rnd)
         session.flush()
         session.expunge(campaign)
         return StageContext(campaign, stage, rnd, item, get_settings()), started
+
+
+_STAGE_OF_TASK = {row.task: row.name for row in STAGES}
+
+
+def _not_taken(session: Session, campaign: Campaign, tasks: list[Task]) -> list[Task]:
+    """What a redelivered, already succeeded run re-sends: its successors' tasks, less those whose runs
+    succeeded or are running under a live lease (re-sending those would only cascade duplicates down the
+    pipeline). Pending ones are re-sent: their send may be the one that was lost."""
+    runs = {
+        (r.stage, r.round, r.item): r
+        for r in session.scalars(select(StageRun).where(StageRun.campaign_id == campaign.id))
+    }
+    kept = []
+    for task in tasks:
+        name, _, rnd, item = task
+        run = runs.get((_STAGE_OF_TASK.get(name, ""), rnd, item))
+        if run is None or not (run.status == StageRunStatus.SUCCEEDED or leases.held_elsewhere(run)):
+            kept.append(task)
+    return kept
 
 
 def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
@@ -103,6 +129,7 @@ def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
             return []
         run = get_run(session, campaign, ctx.stage, ctx.round, ctx.item)
         run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), summary, None
+        run.lease_until = None
         for row in ctx.rows:
             session.merge(row)
         if ctx.state_patch:
@@ -118,11 +145,15 @@ def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
 
 
 def record_failure(stage: str, campaign_id: str, rnd: int, item: int, error: str) -> None:
-    """A retryable error: keep the stage run's last error visible while Celery retries."""
+    """A retryable error: keep the stage run's last error visible while Celery retries. The run goes back to
+    pending (the retry must be able to claim it) under a fresh lease (the sweep re-sends it if the retry is lost)."""
     with session_scope() as session:
         campaign = lock_campaign(session, uuid.UUID(campaign_id))
         if campaign is not None:
-            get_run(session, campaign, stage, rnd, item).error = error[:2000]
+            run = get_run(session, campaign, stage, rnd, item)
+            run.error = error[:2000]
+            if run.status == StageRunStatus.RUNNING:
+                run.status, run.lease_until, run.claimed_by = StageRunStatus.PENDING, lease_from_now(), None
 
 
 def fail_campaign(stage: str, campaign_id: str, rnd: int, item: int, code: str, message: str) -> None:
@@ -146,7 +177,7 @@ def _mark_failed(
     session: Session, campaign: Campaign, stage: str, rnd: int, item: int, code: str, message: str
 ) -> list[Task]:
     run = get_run(session, campaign, stage, rnd, item)
-    run.status, run.finished_at, run.error = StageRunStatus.FAILED, now(), message[:2000]
+    run.status, run.finished_at, run.error, run.lease_until = StageRunStatus.FAILED, now(), message[:2000], None
     campaign.status, campaign.completed_at = CampaignStatus.FAILED, now()
     campaign.error = {"stage": stage, "code": code, "message": message}
     campaign_finished(campaign)
@@ -167,8 +198,16 @@ def send_all(tasks: list[Task]) -> None:
             send(name, ident, rnd, item)
 
 
-def restart_stalled(older_than_s: int = 60) -> int:
-    """Campaigns still queued with no stage run: the gateway's send after commit was lost."""
+def restart_stalled(older_than_s: int | None = None) -> int:
+    """Work whose send was lost or whose worker died: stage runs of live campaigns past their lease (re-sent,
+    idempotently: workers.engine.leases), and campaigns still queued with no stage run after a lease (the
+    gateway's send after commit was lost)."""
+    lapsed = leases.lapsed_runs()
+    send_all(lapsed)
+    return len(lapsed) + _restart_unstarted(older_than_s or get_settings().stage_lease_seconds)
+
+
+def _restart_unstarted(older_than_s: int) -> int:
     with session_scope() as session:
         ids = session.scalars(
             select(Campaign.id)
