@@ -48,7 +48,12 @@ def _ask(q: str, settings: Settings, timeout_s: float) -> dict[str, Any] | None:
     reply_key = f"onbrand:reply:{uuid.uuid4().hex}"
     # expires: a query nobody waits for any more is dropped instead of computed later.
     queue.send("onbrand.embed_query", q, reply_key, expires=timeout_s + 5)
-    answer = _client(settings.broker_url).blpop([reply_key], timeout=timeout_s)
+    # The socket must outwait the BLPOP: the shared client's 10 s read timeout under a longer wait was a 500.
+    waiting = redis.Redis.from_url(settings.broker_url, socket_timeout=timeout_s + 5, socket_connect_timeout=2)
+    try:
+        answer = waiting.blpop([reply_key], timeout=timeout_s)
+    finally:
+        waiting.close()
     return None if answer is None else json.loads(answer[1])
 
 
