@@ -25,4 +25,6 @@ class AssetMetadata(BaseModel):
     tags: list[Tag] = Field(default_factory=list, max_length=50)
     brand_id: uuid.UUID | None = None
     attributes: dict[str, Any] = Field(default_factory=dict, max_length=100)
-    kpis: dict[KpiName, Annotated[float, Field(allow_inf_nan=False)]] = Field(default_factory=dict, max_length=100)
+    kpis: dict[KpiName, Annotated[float, Field(allow_inf_nan=False, strict=True)]] = Field(
+        default_factory=dict, max_length=100
+    )

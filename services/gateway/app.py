@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import Depends, FastAPI
 from PIL import Image
 
-from services.gateway import errors, files, storable, system
+from services.gateway import errors, files, openapi_problems, storable, system
 from services.gateway.assets.endpoints import router as assets_router
 from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
@@ -49,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.storage = build_storage(settings)
     errors.install(app)
+    openapi_problems.install(app)  # the 422s documented as the problem+json they are
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
     for router in (

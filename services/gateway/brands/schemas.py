@@ -6,7 +6,16 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from shared.db.models import DamPushPolicy
 from shared.qc import DEFAULT_UNCHECKED, UNCHECKED_DOC, QcThresholds, UncheckedPolicy
@@ -25,10 +34,10 @@ class Guideline(BaseModel):
 
     text: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
     flexible: bool = Field(
-        default=False, description="Flexible rules may fail QC under the flexible/weighted policies."
+        default=False, strict=True, description="Flexible rules may fail QC under the flexible/weighted policies."
     )
     weight: float = Field(
-        default=1.0, ge=0, le=100, allow_inf_nan=False, description="Weight under the weighted policy."
+        default=1.0, ge=0, le=100, allow_inf_nan=False, strict=True, description="Weight under the weighted policy."
     )
 
 
@@ -65,7 +74,7 @@ class BrandCreate(BaseModel):
         max_length=200,
         description="Words never written into a positive prompt (competitors, claims); they go to the negative one.",
     )
-    qc_thresholds: dict[str, float] = Field(default_factory=dict, description=THRESHOLDS_DOC)
+    qc_thresholds: dict[str, StrictFloat] = Field(default_factory=dict, description=THRESHOLDS_DOC)
     unchecked: UncheckedPolicy = Field(default=DEFAULT_UNCHECKED, description=UNCHECKED_DOC)
     dam_push: DamPushPolicy = Field(default=DamPushPolicy.ON_COMPLETION, description=DAM_PUSH_DOC)
 
@@ -81,7 +90,7 @@ class BrandUpdate(BaseModel):
     palette: list[HexColor] | None = Field(default=None, max_length=64)
     guidelines: list[Guideline] | None = Field(default=None, max_length=100)
     forbidden_terms: list[Term] | None = Field(default=None, max_length=200)
-    qc_thresholds: dict[str, float] | None = Field(default=None, description=THRESHOLDS_DOC)
+    qc_thresholds: dict[str, StrictFloat] | None = Field(default=None, description=THRESHOLDS_DOC)
     unchecked: UncheckedPolicy | None = Field(default=None, description=UNCHECKED_DOC)
     dam_push: DamPushPolicy | None = Field(default=None, description=DAM_PUSH_DOC)
 

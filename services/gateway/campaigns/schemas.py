@@ -22,7 +22,7 @@ from shared.db.models import CampaignStatus, FeedbackStatus, OutboxStatus, Resul
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
-Dimension = Annotated[int, Field(ge=256, le=4096)]
+Dimension = Annotated[int, Field(ge=256, le=4096, strict=True)]
 
 
 def _unique(ids: list[uuid.UUID]) -> list[uuid.UUID]:
@@ -43,7 +43,7 @@ AD_SIZES: dict[str, tuple[int, int]] = {
     "16:9": (1920, 1080),
     "1.91:1": (1200, 628),
 }
-Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 
 
 class Size(BaseModel):
@@ -83,8 +83,8 @@ class SafeZone(BaseModel):
     label: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=50)] = "text"
     x: Fraction
     y: Fraction
-    width: Annotated[float, Field(gt=0.0, le=1.0)]
-    height: Annotated[float, Field(gt=0.0, le=1.0)]
+    width: Annotated[float, Field(gt=0.0, le=1.0, strict=True)]
+    height: Annotated[float, Field(gt=0.0, le=1.0, strict=True)]
 
     @model_validator(mode="after")
     def _inside(self) -> SafeZone:
@@ -122,10 +122,10 @@ class CampaignCreate(BaseModel):
         max_length=8,
         description="Regions the product must not cover on any canvas (headline, logo), in canvas fractions.",
     )
-    top_k: int = Field(3, ge=1, le=10)
+    top_k: int = Field(3, ge=1, le=10, strict=True)
     qc_policy: QcPolicy = "strict"
-    max_retry_attempts: int = Field(1, ge=0, le=5)
-    max_prompt_revisions: int = Field(1, ge=0, le=5)
+    max_retry_attempts: int = Field(1, ge=0, le=5, strict=True)
+    max_prompt_revisions: int = Field(1, ge=0, le=5, strict=True)
     webhook_url: WebhookUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
     push_urls: list[PushUrls] | None = Field(
         None,

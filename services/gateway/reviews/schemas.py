@@ -88,7 +88,7 @@ class FeedbackRead(BaseModel):
 class ReviewLinkCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     reviewer: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-    expires_in_hours: int = Field(72, ge=1, le=720)
+    expires_in_hours: int = Field(72, ge=1, le=720, strict=True)
 
 
 class ReviewLinkRead(BaseModel):

@@ -39,6 +39,7 @@ class WebhookEndpointCreate(BaseModel):
     description: str = Field(default="", max_length=500)
     v1a: bool = Field(
         default=False,
+        strict=True,
         description="Also sign with ed25519 (Standard Webhooks `v1a`): receivers verify "
         "with the endpoint's public_key and hold no secret that could forge events.",
     )
@@ -52,6 +53,7 @@ class WebhookEndpointUpdate(BaseModel):
     description: str | None = Field(default=None, max_length=500)
     enabled: bool | None = Field(
         default=None,
+        strict=True,
         description="true re-enables a disabled endpoint (and clears its failure record); false pauses it.",
     )
 
@@ -61,6 +63,7 @@ class RotateSecret(BaseModel):
 
     grace_period_seconds: int | None = Field(
         default=None,
+        strict=True,
         ge=0,
         le=7 * 86400,
         description="How long the old secret keeps signing next to the new one "
