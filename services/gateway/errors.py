@@ -13,6 +13,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from psycopg import OperationalError as PsycopgOperationalError
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import OperationalError as SqlOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from shared.tracing import redacted_path
@@ -147,7 +151,48 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+# Seconds a client should wait before retrying while the database is unreachable (a restart takes seconds).
+DATABASE_RETRY_AFTER_S = 5
+# SQLSTATEs of a server that is there but cannot serve: shutting down, crashed, starting up (class 08 is the
+# connection's own failures; a missing SQLSTATE means the connection never got an answer).
+_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """A connection-level database failure (refused, dropped, pool exhausted): the request may succeed when
+    retried, so it is a 503, not an internal error. Query errors (a constraint, a bad statement) are not."""
+    if isinstance(exc, PoolTimeoutError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if not isinstance(orig, PsycopgOperationalError):
+        return False
+    sqlstate = getattr(orig, "sqlstate", None)
+    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
+
+
+def database_unavailable_response(request: Request) -> JSONResponse:
+    return problem_response(
+        request,
+        503,
+        "database_unavailable",
+        "Database unavailable",
+        "The database cannot be reached right now; retry after the time in Retry-After.",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_S)},
+    )
+
+
+async def _database_handler(request: Request, exc: Exception) -> JSONResponse:
+    if not database_unavailable(exc):
+        return await _unhandled_handler(request, exc)
+    log.warning("database unavailable on %s %s: %s", request.method, redacted_path(request.url.path), exc)
+    return database_unavailable_response(request)
+
+
 async def _unhandled_handler(request: Request, exc: Exception) -> JSONResponse:
+    if database_unavailable(exc):  # raised outside the routes (a middleware): still a 503
+        return await _database_handler(request, exc)
     log.exception("unhandled error on %s %s", request.method, redacted_path(request.url.path), exc_info=exc)
     return problem_response(request, 500, "internal_error", "Internal error", "An unexpected error occurred.")
 
@@ -157,4 +202,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ProblemError, _problem_handler)
     app.add_exception_handler(StarletteHTTPException, _http_handler)
     app.add_exception_handler(RequestValidationError, _validation_handler)
+    for outage in (SqlOperationalError, PoolTimeoutError, PsycopgOperationalError):
+        app.add_exception_handler(outage, _database_handler)
     app.add_exception_handler(Exception, _unhandled_handler)
