@@ -309,7 +309,8 @@ def _aws_client(service: str, region: str, endpoint_url: str, timeout: float) ->
     from botocore.config import Config
 
     config = Config(connect_timeout=timeout, read_timeout=timeout, retries={"max_attempts": 2, "mode": "standard"})
-    return boto3.client(service, region_name=region, endpoint_url=endpoint_url or None, config=config)
+    make: Any = boto3.client  # the service name is a variable: no typed overload applies
+    return make(service, region_name=region, endpoint_url=endpoint_url or None, config=config)
 
 
 def _aws_call(name: str, call: Any, **kwargs: Any) -> dict[str, Any]:
