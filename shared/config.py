@@ -268,6 +268,52 @@ class Settings(BaseSettings):
         default=5.0, gt=0, description="How often the beat dispatches due webhook deliveries and DAM pushes."
     )
     dam_push_timeout_seconds: float = Field(default=60.0, gt=0, description="Time limit of one object upload to a DAM.")
+    # Input guardrails (shared/guardrails.py): what screens briefs, brand text, asset metadata and uploads.
+    guardrails_default_terms: bool = Field(
+        default=True, description="Screen text against the built-in global blocked-term list (several languages)."
+    )
+    guardrails_blocked_terms: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="More global blocked terms (comma-separated or a JSON list)."
+    )
+    guardrails_text_backend: Literal["none", "openai", "bedrock", "comprehend"] = Field(
+        default="none",
+        description="Hosted text moderation after the blocked terms: none, openai (an OpenAI-compatible "
+        "/moderations endpoint), bedrock (Bedrock Guardrails ApplyGuardrail) or comprehend (DetectToxicContent).",
+    )
+    guardrails_image_backend: Literal["none", "rekognition"] = Field(
+        default="none",
+        description="Hosted moderation of uploaded images: none or rekognition (DetectModerationLabels).",
+    )
+    guardrails_text_on_error: Literal["closed", "open"] = Field(
+        default="closed",
+        description="A text moderation backend that fails or times out: closed (503 moderation_unavailable, "
+        "nothing written) or open (accepted, the record says it was not screened).",
+    )
+    guardrails_image_on_error: Literal["closed", "open"] = Field(
+        default="closed", description="The same for the image moderation backend."
+    )
+    guardrails_timeout_seconds: float = Field(
+        default=5.0, gt=0, le=60, description="Time limit of one moderation call."
+    )
+    moderation_openai_url: str = Field(
+        default="", description="OpenAI-compatible API base of the moderation endpoint (empty: openai_base_url)."
+    )
+    moderation_openai_api_key: str = Field(default="", description="Its API key (empty: openai_api_key).")
+    moderation_openai_model: str = Field(default="omni-moderation-latest", description="Moderation model name.")
+    bedrock_guardrail_id: str = Field(
+        default="", description="Bedrock guardrail identifier (guardrails backend bedrock)."
+    )
+    bedrock_guardrail_version: str = Field(default="DRAFT", description="Bedrock guardrail version.")
+    moderation_aws_region: str = Field(default="us-east-1", description="AWS region of Comprehend and Rekognition.")
+    moderation_aws_endpoint_url: str = Field(
+        default="", description="Endpoint URL of Comprehend and Rekognition (empty: the region's)."
+    )
+    moderation_min_confidence: float = Field(
+        default=60.0, ge=0, le=100, description="Rekognition labels below this confidence (percent) are ignored."
+    )
+    moderation_toxicity_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="Comprehend toxicity score from which a text is refused."
+    )
     encryption_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Fernet keys (comma-separated, newest first) encrypting stored "
@@ -320,6 +366,14 @@ class Settings(BaseSettings):
             if not valid:
                 raise ValueError("each encryption key must be a Fernet key (32 url-safe base64 bytes)")
         return keys
+
+    @field_validator("guardrails_blocked_terms", mode="before")
+    @classmethod
+    def _term_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            text = value.strip()
+            return json.loads(text) if text.startswith("[") else [t.strip() for t in text.split(",") if t.strip()]
+        return value
 
     @field_validator("egress_allowlist", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from services.gateway.assets.endpoints import router as assets_router
 from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
+from services.gateway.guardrails.endpoints import router as guardrails_router
 from services.gateway.keys.endpoints import router as keys_router
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.gateway.review_page.endpoints import install as install_review_page
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         webhook_endpoints_router,
         delivery_targets_router,
         reviews_router,
+        guardrails_router,
         keys_router,
     ):
         app.include_router(router)

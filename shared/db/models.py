@@ -131,6 +131,8 @@ class Tenant(Base):
     __tablename__ = "tenants"
     id: Mapped[uuid.UUID] = _id()
     name: Mapped[str] = mapped_column(String(200))
+    # Input guardrails: terms refused in this tenant's briefs, brand text and asset metadata.
+    blocked_terms: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = _created()
 
 
@@ -180,6 +182,7 @@ class Asset(Base):
     storage_key: Mapped[str] = mapped_column(String(500))
     thumb_key: Mapped[str] = mapped_column(String(500))
     source_url: Mapped[str | None] = mapped_column(String(2000))
+    screening: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # which input screens ran (guardrails)
     search_tsv: Mapped[Any] = mapped_column(TSVECTOR, Computed(ASSET_SEARCH_TSV, persisted=True), deferred=True)
     created_at: Mapped[datetime] = _created()
 
@@ -244,6 +247,7 @@ class Campaign(Base):
     # The retry/revise loop's bookkeeping and the events announced once (workers/engine/flow.py's LoopState).
     loop: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    screening: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # which input screens ran (guardrails)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, HttpUrl, UrlConstraints
 
+from services.gateway.guardrails.schemas import Screening
 from shared.schemas import AssetKind, AssetMetadata
 
 __all__ = ["AssetKind", "AssetMetadata"]  # re-exported: the gateway's asset module names them here
@@ -32,6 +33,9 @@ class AssetRead(BaseModel):
     byte_size: int
     url: str = Field(description="Short-lived URL of the normalized PNG.")
     thumbnail_url: str = Field(description="Short-lived URL of the PNG thumbnail (max 256 px).")
+    screening: Screening | None = Field(
+        None, description="Which input guardrails screened the metadata and image (null: none)."
+    )
     created_at: datetime
 
 

@@ -26,6 +26,7 @@ from services.gateway.assets.schemas import (
 )
 from services.gateway.brands import service as brands
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference, validation_problem
+from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import created_keys, paginate
 from services.gateway.unit_of_work import enqueue, on_rollback
 from shared import egress, query_vectors, search
@@ -74,6 +75,7 @@ def to_read(asset: Asset, storage: Storage) -> AssetRead:
         byte_size=asset.byte_size,
         url=storage.url(asset.storage_key),
         thumbnail_url=storage.url(asset.thumb_key),
+        screening=asset.screening,
         created_at=asset.created_at,
     )
 
@@ -180,12 +182,14 @@ def ingest(
     nothing behind; a failure after that rolls the transaction back and its hooks delete the objects.
     """
     _check_brand(session, tenant_id, meta.brand_id)
+    text_screen = guard.asset_text(session, settings, tenant_id, meta)  # 422 input_refused: nothing stored
     image = images.clean(*upload, settings.max_image_pixels)
     existing = find_by_sha(session, tenant_id, image.sha256)
     if existing is not None:
         return existing, False
     asset = _new_asset(tenant_id, meta, image)
     asset.source_url = source_url
+    asset.screening = guard.record(text_screen, guard.image(settings, tenant_id, image.png))
     _write_objects(session, storage, asset, image)
     return _insert(session, storage, asset)
 

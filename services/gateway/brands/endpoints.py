@@ -8,15 +8,15 @@ from fastapi import APIRouter, status
 
 from services.gateway.brands import service
 from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate
-from services.gateway.deps import SessionDep, TenantDep
+from services.gateway.deps import SessionDep, SettingsDep, TenantDep
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 
 router = APIRouter(prefix="/v1/brands", tags=["brands"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=BrandRead)
-def create_brand(body: BrandCreate, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
-    return service.to_read(service.create(session, tenant_id, body))
+def create_brand(body: BrandCreate, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep) -> BrandRead:
+    return service.to_read(service.create(session, tenant_id, body, settings))
 
 
 @router.get("/{brand_id}", response_model=BrandRead)
@@ -25,8 +25,10 @@ def get_brand(brand_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) ->
 
 
 @router.patch("/{brand_id}", response_model=BrandRead)
-def update_brand(brand_id: uuid.UUID, body: BrandUpdate, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
-    return service.to_read(service.update(session, tenant_id, brand_id, body))
+def update_brand(
+    brand_id: uuid.UUID, body: BrandUpdate, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+) -> BrandRead:
+    return service.to_read(service.update(session, tenant_id, brand_id, body, settings))
 
 
 @router.get("", response_model=Page[BrandRead])

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 
 from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate, Guideline
 from services.gateway.errors import not_found
+from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import created_keys, paginate
+from shared.config import Settings
 from shared.db.models import Brand, DamPushPolicy
 from shared.qc import DEFAULT_UNCHECKED, UncheckedPolicy
 
@@ -30,7 +32,9 @@ def to_read(brand: Brand) -> BrandRead:
     )
 
 
-def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
+def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate, settings: Settings | None = None) -> Brand:
+    texts = [g.text for g in body.guidelines]
+    guard.brand(session, guard.with_settings(settings), tenant_id, body.name, texts)  # 422 input_refused
     brand = Brand(
         id=uuid.uuid4(),
         tenant_id=tenant_id,
@@ -47,9 +51,13 @@ def create(session: Session, tenant_id: uuid.UUID, body: BrandCreate) -> Brand:
     return brand
 
 
-def update(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: BrandUpdate) -> Brand:
+def update(
+    session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: BrandUpdate, settings: Settings | None = None
+) -> Brand:
     """Campaigns already running keep what their stages read; the next stage reads the new values."""
     brand = get(session, tenant_id, brand_id)
+    texts = [g.text for g in body.guidelines or []]
+    guard.brand(session, guard.with_settings(settings), tenant_id, body.name, texts)  # what changes, screened
     changes = body.model_dump(exclude_unset=True, exclude_none=True)  # guidelines come out as plain dicts
     if "forbidden_terms" in changes:
         changes["forbidden_terms"] = list(dict.fromkeys(changes["forbidden_terms"]))

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from services.gateway.guardrails.schemas import Screening
 from services.gateway.webhook_targets import WebhookUrl
 from shared.db.models import CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
 
@@ -331,6 +332,9 @@ class CampaignRead(BaseModel):
     llm: LlmUsage = Field(default_factory=LlmUsage)
     error: dict[str, Any] | None
     links: CampaignLinks
+    screening: Screening | None = Field(
+        None, description="Which input guardrails screened the request (null: made before they existed)."
+    )
 
 
 class CampaignCreated(CampaignRead):

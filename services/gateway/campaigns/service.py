@@ -15,10 +15,12 @@ from services.gateway.assets import service as assets
 from services.gateway.brands import service as brands
 from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
+from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
 from shared import metrics, webhooks
 from shared import qc as qc_report
+from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, DamPush, IdempotencyKey
 
 _INT_MAX = 2**31 - 1
@@ -107,14 +109,22 @@ def _queue(session: Session, campaign: Campaign) -> None:
 
 
 def create(
-    session: Session, tenant_id: uuid.UUID, body: CampaignCreate, idempotency_key: str | None
+    session: Session,
+    tenant_id: uuid.UUID,
+    body: CampaignCreate,
+    idempotency_key: str | None,
+    settings: Settings | None = None,
 ) -> tuple[Campaign, bool]:
     """Create and queue a campaign; return (campaign, replayed)."""
     digest = request_hash(body)
     if idempotency_key and (earlier := _replay(session, tenant_id, idempotency_key, digest)):
         return earlier, True
     _check_references(session, tenant_id, body)
+    # Input guardrails: a refused brief is a 422 before anything is written.
+    labels = [z.label for z in body.safe_zones]
+    screening = guard.campaign(session, guard.with_settings(settings), tenant_id, body.brief, labels)
     campaign = _new_campaign(tenant_id, body)
+    campaign.screening = screening
     session.add(campaign)
     session.flush()
     if idempotency_key and not _claim_key(session, tenant_id, idempotency_key, digest, campaign.id):

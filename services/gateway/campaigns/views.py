@@ -329,6 +329,7 @@ def _view(
         llm=llm or LlmUsage(),
         error=campaign.error,
         links=links(settings, campaign.id),
+        screening=campaign.screening,
     )
 
 
