@@ -59,6 +59,15 @@ class Settings(BaseSettings):
 
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, description="Largest accepted upload.")
     max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
+    # Rate limits per API key and quotas per tenant (shared/limits.py); a tenant's `limits` overrides each.
+    limits_enabled: bool = Field(default=True, description="Enforce the rate limits and quotas below.")
+    rate_limit_per_second: float = Field(default=20.0, gt=0, description="Requests per second per API key.")
+    rate_limit_burst: int = Field(default=40, ge=1, description="Requests per API key at once (token bucket size).")
+    write_rate_limit_per_second: float = Field(default=5.0, gt=0, description="Writes (POST/PATCH/...) per second.")
+    write_rate_limit_burst: int = Field(default=20, ge=1, description="Writes per API key at once.")
+    max_concurrent_campaigns: int = Field(default=10, ge=0, description="Non-terminal campaigns per tenant.")
+    images_per_day: int = Field(default=5_000, ge=0, description="Candidates generated per tenant per UTC day.")
+    images_per_month: int = Field(default=100_000, ge=0, description="Candidates generated per tenant per UTC month.")
 
     broker_visibility_timeout: int = Field(
         default=3600, description="Seconds before an unacked task of a dead worker is redelivered."

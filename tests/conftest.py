@@ -115,6 +115,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, servers: tuple[str, str]) -> I
         "ONBRAND_HOME": str(tmp_path_factory.mktemp("home")),
         "ONBRAND_PUBLIC_URL": "http://testserver",
         "ONBRAND_STORAGE_BACKEND": "local",
+        # Unit tests call in bursts with one key and leave campaigns queued: limits are tested on their own
+        # (tests/gateway/test_limits.py turns them on).
+        "ONBRAND_LIMITS_ENABLED": "false",
     }
     pillow_limit = Image.MAX_IMAGE_PIXELS  # create_app sets it process-wide
     with pytest.MonkeyPatch.context() as mp:

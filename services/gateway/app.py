@@ -12,6 +12,8 @@ from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
 from services.gateway.guardrails.endpoints import router as guardrails_router
 from services.gateway.keys.endpoints import router as keys_router
+from services.gateway.limits.endpoints import router as limits_router
+from services.gateway.limits.rate import RateLimitHeadersMiddleware
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
 from services.gateway.review_page.endpoints import install as install_review_page
 from services.gateway.reviews.endpoints import router as reviews_router
@@ -52,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     openapi_problems.install(app)  # the 422s documented as the problem+json they are
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(RateLimitHeadersMiddleware)  # RateLimit fields on every authenticated response
     app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
     for router in (
         system.router,
@@ -64,6 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         reviews_router,
         guardrails_router,
         keys_router,
+        limits_router,
     ):
         app.include_router(router)
     install_review_page(app)  # /review/{token}: HTML for review-link holders, its own error pages

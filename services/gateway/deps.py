@@ -11,6 +11,7 @@ from opentelemetry import trace
 from sqlalchemy.orm import Session
 
 from services.gateway.errors import ProblemError
+from services.gateway.limits.rate import check_rate
 from services.gateway.unit_of_work import transaction
 from shared import logs
 from shared.config import Settings
@@ -57,6 +58,7 @@ def get_tenant(
     tenant_id, request.state.key_prefix = owner
     logs.bind(tenant_id=tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(tenant_id))
+    check_rate(request, session, tenant_id, request.state.key_prefix)  # 429 rate_limited; RateLimit headers
     return tenant_id
 
 

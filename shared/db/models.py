@@ -134,6 +134,8 @@ class Tenant(Base):
     # Input guardrails: terms refused in this tenant's briefs, brand text and asset metadata.
     blocked_terms: Mapped[list[Any]] = mapped_column(default=list, server_default="[]")
     created_at: Mapped[datetime] = _created()
+    # Per-tenant overrides of the rate limits and quotas (shared.limits.LimitOverrides); null: the defaults.
+    limits: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
 
 
 class ApiKey(Base):
@@ -553,4 +555,19 @@ class IdempotencyKey(Base):
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"))
     # Writes other than campaign creation (review decisions, feedback, review links): the resource created
     resource_id: Mapped[uuid.UUID | None] = mapped_column(UUID(as_uuid=True))
+    created_at: Mapped[datetime] = _created()
+
+
+class ImageUsage(Base):
+    """The images quota's ledger (shared.limits): one row per accepted campaign, `reserved` from its expected
+    candidates at creation, `used` the candidates it really made (settled whenever the tenant's usage is read).
+    The row outlives a deleted campaign, so deleting work never gives quota back."""
+
+    __tablename__ = "image_usage"
+    __table_args__ = (Index("ix_image_usage_tenant_created", "tenant_id", "created_at"),)
+    id: Mapped[uuid.UUID] = _id()
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
+    campaign_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"), index=True)
+    reserved: Mapped[int] = mapped_column(Integer)
+    used: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = _created()

@@ -15,6 +15,7 @@ from services.gateway.assets import service as assets
 from services.gateway.brands import service as brands
 from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
+from services.gateway.limits.quota import admit_campaign
 from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
@@ -132,6 +133,8 @@ def create(
         if earlier is None:  # the winner's campaign was deleted in between
             raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
         return earlier, True
+    # Quotas last, under the tenant's lock (a replay above spends none): 429 or 402, rolling all of this back.
+    admit_campaign(session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes))
     _queue(session, campaign)
     return campaign, False
 

@@ -1,0 +1,330 @@
+"""Rate limits per API key (token buckets in Redis) and quotas per tenant (Postgres).
+
+Rate limits: every authenticated request takes one token from its key's `default` bucket, and a write
+(any method but GET/HEAD/OPTIONS) also one from the lower `writes` bucket, in one Lua script, so two
+gateways never both spend the last token. Redis keeps the clock (TIME), not the gateways. When Redis cannot
+be reached the limiter fails open (logged and counted): the quotas below live in Postgres and still hold.
+
+Quotas: concurrent (non-terminal) campaigns and images per UTC day and month, checked at campaign creation
+under a lock on the tenant's row, so two concurrent creations at the limit cannot both pass. An image is a
+generated candidate: a campaign reserves its first attempt's candidates (products x sizes x grid cells x
+rotations) when it is accepted and is settled to the candidates it really made (retries and review rounds
+included) whenever the tenant's usage is read.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Any, Literal
+
+import redis
+from prometheus_client import Counter
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import case, func, select, update
+from sqlalchemy.orm import Session
+
+from shared.config import Settings
+from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, ImageUsage, Tenant
+
+log = logging.getLogger(__name__)
+
+RATE_LIMIT_FAIL_OPEN = Counter(
+    "onbrand_rate_limit_fail_open_total", "Requests let through unlimited because Redis could not be reached."
+)
+RATE_LIMITED = Counter("onbrand_rate_limited_total", "Requests refused with 429 rate_limited, by policy.", ["policy"])
+
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+Period = Literal["day", "month"]
+
+# KEYS: one bucket per policy. ARGV: rate and burst per key, in KEYS order. A request is allowed only when
+# every bucket holds a token, and then takes one from each; the reply is [allowed, tokens left per bucket]
+# (as strings: Lua numbers would be truncated to integers on the way back).
+TOKEN_BUCKETS = """
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
+local tokens = {}
+local allowed = 1
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  local state = redis.call('HMGET', key, 'tokens', 'ts')
+  local held = tonumber(state[1]) or burst
+  local since = tonumber(state[2]) or now
+  held = math.min(burst, held + math.max(0, now - since) * rate)
+  tokens[i] = held
+  if held < 1 then allowed = 0 end
+end
+local reply = {allowed}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[2 * i - 1])
+  local burst = tonumber(ARGV[2 * i])
+  if allowed == 1 then tokens[i] = tokens[i] - 1 end
+  redis.call('HSET', key, 'tokens', tostring(tokens[i]), 'ts', tostring(now))
+  redis.call('EXPIRE', key, math.ceil(burst / rate) + 1)
+  reply[i + 1] = tostring(tokens[i])
+end
+return reply
+"""
+
+
+class LimitOverrides(BaseModel):
+    """A tenant's overrides (tenants.limits); a missing field takes the settings' default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    rate_limit_burst: int | None = Field(default=None, ge=1)
+    write_rate_limit_per_second: float | None = Field(default=None, gt=0)
+    write_rate_limit_burst: int | None = Field(default=None, ge=1)
+    max_concurrent_campaigns: int | None = Field(default=None, ge=0)
+    images_per_day: int | None = Field(default=None, ge=0)
+    images_per_month: int | None = Field(default=None, ge=0)
+
+
+@dataclass(frozen=True)
+class Bucket:
+    """A token-bucket policy: `burst` requests at once, refilled at `per_second`."""
+
+    name: str
+    per_second: float
+    burst: int
+
+    @property
+    def window(self) -> int:
+        """Seconds an empty bucket takes to fill: the policy's window (`w`) in the RateLimit-Policy field."""
+        return max(1, math.ceil(self.burst / self.per_second))
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A tenant's effective limits: its overrides over the settings' defaults."""
+
+    default: Bucket
+    writes: Bucket
+    max_concurrent_campaigns: int
+    images_per_day: int
+    images_per_month: int
+
+    def buckets(self, method: str) -> tuple[Bucket, ...]:
+        return (self.default,) if method.upper() in SAFE_METHODS else (self.default, self.writes)
+
+    def images(self, period: Period) -> int:
+        return self.images_per_day if period == "day" else self.images_per_month
+
+
+def effective(settings: Settings, overrides: dict[str, Any] | None) -> Limits:
+    own = LimitOverrides.model_validate(overrides or {})
+
+    def pick(name: str) -> Any:
+        value = getattr(own, name)
+        return getattr(settings, name) if value is None else value
+
+    return Limits(
+        default=Bucket("default", pick("rate_limit_per_second"), pick("rate_limit_burst")),
+        writes=Bucket("writes", pick("write_rate_limit_per_second"), pick("write_rate_limit_burst")),
+        max_concurrent_campaigns=pick("max_concurrent_campaigns"),
+        images_per_day=pick("images_per_day"),
+        images_per_month=pick("images_per_month"),
+    )
+
+
+def tenant_limits(session: Session, tenant_id: uuid.UUID, settings: Settings) -> Limits:
+    return effective(settings, session.scalar(select(Tenant.limits).where(Tenant.id == tenant_id)))
+
+
+# ---------------------------------------------------------------- rate limits (Redis)
+
+
+@dataclass(frozen=True)
+class BucketState:
+    bucket: Bucket
+    tokens: float  # left after this request
+
+    @property
+    def remaining(self) -> int:
+        return max(0, math.floor(self.tokens))
+
+    @property
+    def reset(self) -> int:
+        """Seconds until the bucket is full again (`t` in the RateLimit field)."""
+        return max(0, math.ceil((self.bucket.burst - self.tokens) / self.bucket.per_second))
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds until this bucket holds a whole token again."""
+        return max(1, math.ceil((1 - self.tokens) / self.bucket.per_second))
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    states: tuple[BucketState, ...]
+
+    @property
+    def retry_after(self) -> int:
+        return max(s.retry_after for s in self.states if s.tokens < 1)
+
+    @property
+    def exhausted(self) -> list[str]:
+        return [s.bucket.name for s in self.states if s.tokens < 1]
+
+
+@lru_cache(maxsize=8)
+def _client(url: str) -> redis.Redis:
+    # Short timeouts: with Redis gone a request waits at most this long before failing open.
+    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+@lru_cache(maxsize=8)
+def _script(url: str) -> Any:
+    return _client(url).register_script(TOKEN_BUCKETS)
+
+
+def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> RateDecision | None:
+    """Take a token from each bucket of this key atomically; None when Redis failed (fail open)."""
+    keys = [f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets]
+    args = [v for b in buckets for v in (repr(float(b.per_second)), str(b.burst))]
+    try:
+        url = settings.broker_url
+        reply = _script(url)(keys=keys, args=args, client=_client(url))
+    except (redis.RedisError, RuntimeError, OSError) as exc:
+        RATE_LIMIT_FAIL_OPEN.inc()
+        log.warning("rate limiter unavailable, request let through: %s", exc)
+        return None
+    states = tuple(BucketState(b, float(t)) for b, t in zip(buckets, reply[1:], strict=True))
+    decision = RateDecision(bool(int(reply[0])), states)
+    for name in [] if decision.allowed else decision.exhausted:
+        RATE_LIMITED.labels(name).inc()
+    return decision
+
+
+def policy_header(buckets: tuple[Bucket, ...]) -> str:
+    """RateLimit-Policy (draft-ietf-httpapi-ratelimit-headers-10): quota q requests per window w seconds."""
+    return ", ".join(f'"{b.name}";q={b.burst};w={b.window}' for b in buckets)
+
+
+def state_header(decision: RateDecision) -> str:
+    """RateLimit (same draft): r requests remaining, t seconds until the policy's quota is whole again."""
+    return ", ".join(f'"{s.bucket.name}";r={s.remaining};t={s.reset}' for s in decision.states)
+
+
+# ---------------------------------------------------------------- quotas (Postgres)
+
+
+class LimitExceeded(Exception):
+    """A quota refused a campaign; the gateway turns it into a problem response."""
+
+    def __init__(self, code: str, detail: str, extra: dict[str, Any]) -> None:
+        super().__init__(detail)
+        self.code, self.detail, self.extra = code, detail, extra
+
+
+@dataclass(frozen=True)
+class PeriodUsage:
+    period: Period
+    limit: int
+    used: int
+    reset: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+def expected_images(products: int, sizes: int, settings: Settings) -> int:
+    """Candidates one attempt generates: every grid cell at every rotation, per product and canvas."""
+    per_canvas = settings.grid_rows * settings.grid_cols * len(settings.rotations)
+    return max(1, products) * max(1, sizes) * per_canvas
+
+
+def period_start(now: datetime, period: Period) -> datetime:
+    day = now.astimezone(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return day if period == "day" else day.replace(day=1)
+
+
+def period_reset(now: datetime, period: Period) -> datetime:
+    start = period_start(now, period)
+    if period == "day":
+        return start + timedelta(days=1)
+    return (start + timedelta(days=32)).replace(day=1)
+
+
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+    # FOR NO KEY UPDATE: serialises this tenant's quota checks but not the FK checks (KEY SHARE) of
+    # its other rows being inserted meanwhile.
+    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+
+
+def running_campaigns(session: Session, tenant_id: uuid.UUID, besides: uuid.UUID | None = None) -> int:
+    """The tenant's non-terminal campaigns, not counting `besides` (the one being admitted)."""
+    live = Campaign.status.not_in([s.value for s in TERMINAL_STATUSES])
+    stmt = select(func.count()).where(Campaign.tenant_id == tenant_id, live)
+    if besides is not None:
+        stmt = stmt.where(Campaign.id != besides)
+    return session.scalar(stmt) or 0
+
+
+def settle(session: Session, tenant_id: uuid.UUID, since: datetime) -> None:
+    """Count the candidates of each campaign in the ledger since `since`: a finished one uses what it made,
+    one in flight at least its reservation (it may still make them)."""
+    made = select(func.count()).where(Candidate.campaign_id == ImageUsage.campaign_id).scalar_subquery()
+    finished = select(Campaign.status.in_([s.value for s in TERMINAL_STATUSES])).where(
+        Campaign.id == ImageUsage.campaign_id
+    )
+    session.execute(
+        update(ImageUsage)
+        .where(ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= since, ImageUsage.campaign_id.is_not(None))
+        .values(used=case((finished.scalar_subquery(), made), else_=func.greatest(ImageUsage.reserved, made)))
+        .execution_options(synchronize_session=False)
+    )
+
+
+def image_usage(session: Session, tenant_id: uuid.UUID, limits: Limits, now: datetime) -> list[PeriodUsage]:
+    """Images used this UTC day and month (settled first; the caller holds the tenant lock)."""
+    settle(session, tenant_id, period_start(now, "month"))
+    usage: list[PeriodUsage] = []
+    for period in ("day", "month"):
+        used = session.scalar(
+            select(func.coalesce(func.sum(func.coalesce(ImageUsage.used, ImageUsage.reserved)), 0)).where(
+                ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= period_start(now, period)
+            )
+        )
+        usage.append(PeriodUsage(period, limits.images(period), int(used or 0), period_reset(now, period)))
+    return usage
+
+
+def admit(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, settings: Settings) -> None:
+    """Refuse the campaign being created over a quota (LimitExceeded); else hold the tenant's lock until the
+    caller's transaction ends, so its campaign and reservation (reserve) are counted by the next creation."""
+    lock_tenant(session, tenant_id)
+    limits = tenant_limits(session, tenant_id, settings)
+    running = running_campaigns(session, tenant_id, besides=campaign_id)
+    if running >= limits.max_concurrent_campaigns:
+        raise LimitExceeded(
+            "concurrent_campaigns_limit",
+            f"{running} campaigns are running; at most {limits.max_concurrent_campaigns} may run at once.",
+            {"limit": limits.max_concurrent_campaigns, "used": running},
+        )
+    for usage in image_usage(session, tenant_id, limits, datetime.now(UTC)):
+        if usage.used + images > usage.limit:
+            raise LimitExceeded(
+                "quota_exceeded",
+                f"This campaign needs {images} images; {usage.remaining} of this {usage.period}'s "
+                f"{usage.limit} are left (resets {usage.reset.isoformat()}).",
+                {
+                    "period": usage.period,
+                    "limit": usage.limit,
+                    "used": usage.used,
+                    "requested": images,
+                    "reset": usage.reset.isoformat(),
+                },
+            )
+
+
+def reserve(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int) -> None:
+    session.add(ImageUsage(tenant_id=tenant_id, campaign_id=campaign_id, reserved=images))

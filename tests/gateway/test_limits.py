@@ -1,0 +1,223 @@
+"""Rate limits per key (Redis token buckets, RateLimit headers) and quotas per tenant (Postgres) at the API."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from services.gateway.app import create_app
+from shared import limits
+from shared.config import get_settings
+from shared.db.models import Campaign, CampaignStatus, Candidate, Tenant
+from shared.db.session import session_scope
+from shared.tenants import issue_key
+from tests.factories import Tenant as ApiTenant
+from tests.factories import assert_problem, make_brand, new_tenant
+from tests.system import clear_caches
+
+PER_CAMPAIGN = 27  # one product, one size: 3 x 3 grid cells x 3 rotations
+
+
+@pytest.fixture(scope="module")
+def limited(env: dict[str, str]) -> Iterator[None]:
+    """This module's gateway with the limits on (the suite's other modules run without them)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ONBRAND_LIMITS_ENABLED", "true")
+        clear_caches()
+        yield
+    clear_caches()
+
+
+@pytest.fixture
+def client(limited: None, sent: Any) -> Iterator[TestClient]:
+    with TestClient(create_app()) as test_client:
+        yield test_client
+
+
+def tenant_with(**overrides: Any) -> ApiTenant:
+    """A new tenant (its own keys, so its own buckets) with these tenants.limits overrides."""
+    tenant = new_tenant(f"limits-{uuid.uuid4().hex[:6]}")
+    with session_scope() as session:
+        session.execute(update(Tenant).where(Tenant.id == tenant.id).values(limits=overrides))
+    return tenant
+
+
+def second_key(tenant: ApiTenant) -> ApiTenant:
+    with session_scope() as session:
+        return ApiTenant(tenant.id, issue_key(session, tenant.id))
+
+
+def create(client: TestClient, tenant: ApiTenant, brand_id: str) -> Any:
+    return client.post("/v1/campaigns", json={"brand_id": brand_id, "brief": "Sneakers at sunset"}, headers=tenant.auth)
+
+
+def test_burst_then_429_with_retry_after_and_ratelimit_fields(client: TestClient) -> None:
+    acme = tenant_with(rate_limit_per_second=0.5, rate_limit_burst=3)
+    remaining = []
+    for _ in range(3):
+        response = client.get("/v1/brands", headers=acme.auth)
+        assert response.status_code == 200, response.text
+        assert response.headers["RateLimit-Policy"] == '"default";q=3;w=6'
+        remaining.append(response.headers["RateLimit"])
+    assert [r.split(";t=")[0] for r in remaining] == ['"default";r=2', '"default";r=1', '"default";r=0']
+    refused = client.get("/v1/brands", headers=acme.auth)
+    body = assert_problem(refused, 429, "rate_limited")
+    assert refused.headers["Retry-After"] == "2"  # one token at 0.5/s, nothing has refilled it yet
+    assert body["policies"] == ["default"] and body["retry_after"] == 2
+    assert refused.headers["RateLimit"].startswith('"default";r=0;t=')
+    # The same tenant's other key and another tenant's key each have their own full bucket.
+    for other in (second_key(acme), tenant_with(rate_limit_per_second=0.5, rate_limit_burst=3)):
+        fresh = client.get("/v1/brands", headers=other.auth)
+        assert fresh.status_code == 200 and fresh.headers["RateLimit"].startswith('"default";r=2;')
+
+
+def test_tokens_refill_at_the_rate(client: TestClient) -> None:
+    acme = tenant_with(rate_limit_per_second=10, rate_limit_burst=2)
+    assert [client.get("/v1/brands", headers=acme.auth).status_code for _ in range(3)] == [200, 200, 429]
+    time.sleep(0.25)  # 2.5 tokens' worth, capped at the burst of 2
+    assert client.get("/v1/brands", headers=acme.auth).headers["RateLimit"] == '"default";r=1;t=1'
+
+
+def test_writes_spend_their_own_lower_bucket_too(client: TestClient) -> None:
+    # A default bucket that barely refills (0.01/s): the counts below are exact.
+    acme = tenant_with(rate_limit_per_second=0.01, write_rate_limit_per_second=0.2, write_rate_limit_burst=2)
+    brand = make_brand(client, acme)
+    created = client.post("/v1/brands", json={"name": "B2", "palette": ["#112233"]}, headers=acme.auth)
+    assert created.headers["RateLimit-Policy"] == '"default";q=40;w=4000, "writes";q=2;w=10'
+    assert created.headers["RateLimit"] == '"default";r=38;t=200, "writes";r=0;t=10'
+    body = assert_problem(create(client, acme, brand), 429, "rate_limited")
+    assert body["policies"] == ["writes"] and body["retry_after"] == 5
+    # Reads only spend the default bucket: still served (the refused write took no token from it).
+    read = client.get("/v1/brands", headers=acme.auth)
+    assert read.status_code == 200 and read.headers["RateLimit"] == '"default";r=37;t=300'
+
+
+def test_every_authenticated_response_carries_the_fields_and_only_those(client: TestClient) -> None:
+    acme = tenant_with()
+    missing = client.get(f"/v1/campaigns/{uuid.uuid4()}", headers=acme.auth)
+    assert_problem(missing, 404, "not_found")
+    assert missing.headers["RateLimit-Policy"] == '"default";q=40;w=2'
+    assert missing.headers["RateLimit"] == '"default";r=39;t=1'
+    anonymous = client.get("/v1/brands")
+    assert_problem(anonymous, 401, "unauthorized")
+    assert "RateLimit" not in anonymous.headers and "RateLimit-Policy" not in anonymous.headers
+
+
+def test_redis_down_fails_open(limited: None, sent: Any) -> None:
+    acme = tenant_with(rate_limit_per_second=0.1, rate_limit_burst=1)
+    settings = get_settings().model_copy(update={"redis_url": "redis://127.0.0.1:9/0"})  # nothing listens
+    before = limits.RATE_LIMIT_FAIL_OPEN._value.get()
+    with TestClient(create_app(settings)) as down:
+        answers = [down.get("/v1/brands", headers=acme.auth) for _ in range(3)]
+    assert [a.status_code for a in answers] == [200, 200, 200]
+    assert all("RateLimit" not in a.headers for a in answers)
+    assert limits.RATE_LIMIT_FAIL_OPEN._value.get() == before + 3
+
+
+def test_concurrent_campaigns_limit_is_race_safe(client: TestClient) -> None:
+    acme = tenant_with(max_concurrent_campaigns=2)
+    brand = make_brand(client, acme)
+    assert create(client, acme, brand).status_code == 202
+    answers: list[Any] = []
+    barrier = threading.Barrier(4)
+
+    def post() -> None:
+        barrier.wait()
+        answers.append(create(client, acme, brand))
+
+    threads = [threading.Thread(target=post) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(a.status_code for a in answers) == [202, 429, 429, 429]
+    refused = next(a for a in answers if a.status_code == 429)
+    body = assert_problem(refused, 429, "concurrent_campaigns_limit")
+    assert body["limit"] == 2 and body["used"] == 2
+    # A finished campaign frees its slot.
+    with session_scope() as session:
+        session.execute(
+            update(Campaign)
+            .where(Campaign.tenant_id == acme.id)
+            .values(status=CampaignStatus.COMPLETED)
+            .execution_options(synchronize_session=False)
+        )
+    assert create(client, acme, brand).status_code == 202
+
+
+def test_the_check_waits_for_the_tenant_lock_and_rereads(client: TestClient) -> None:
+    """A creation at the limit that started while another held the tenant's lock sees that one's campaign."""
+    acme = tenant_with(max_concurrent_campaigns=1)
+    brand = make_brand(client, acme)
+    answers: list[Any] = []
+    with session_scope() as holder:
+        limits.lock_tenant(holder, acme.id)
+        waiting = threading.Thread(target=lambda: answers.append(create(client, acme, brand)))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and not answers  # blocked on the lock
+        other = Campaign(tenant_id=acme.id, brand_id=uuid.UUID(brand), brief="held", status=CampaignStatus.QUEUED)
+        holder.add(other)
+    waiting.join(timeout=10)
+    assert_problem(answers[0], 429, "concurrent_campaigns_limit")
+
+
+def test_daily_images_quota_reserved_then_settled(client: TestClient) -> None:
+    acme = tenant_with(images_per_day=2 * PER_CAMPAIGN + 10, images_per_month=1000)
+    brand = make_brand(client, acme)
+    first, second = create(client, acme, brand).json(), create(client, acme, brand).json()
+    assert second["status"] == "queued"
+    refused = create(client, acme, brand)
+    body = assert_problem(refused, 402, "quota_exceeded")
+    tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
+    assert body["period"] == "day" and body["used"] == 2 * PER_CAMPAIGN and body["requested"] == PER_CAMPAIGN
+    assert body["reset"] == f"{tomorrow}T00:00:00+00:00"
+    # The first campaign finishes having made 5 candidates: it is settled to 5, and 27 more fit.
+    with session_scope() as session:
+        session.execute(update(Campaign).where(Campaign.id == first["id"]).values(status=CampaignStatus.COMPLETED))
+        for i in range(5):
+            session.add(Candidate(tenant_id=acme.id, campaign_id=uuid.UUID(first["id"]), layout_key=f"k{i}"))
+    assert create(client, acme, brand).status_code == 202
+    assert_problem(create(client, acme, brand), 402, "quota_exceeded")
+
+
+def test_get_limits_reports_limits_used_remaining_and_reset(client: TestClient) -> None:
+    acme = tenant_with(
+        rate_limit_per_second=0.01, max_concurrent_campaigns=3, images_per_day=100, images_per_month=1000
+    )
+    brand = make_brand(client, acme)
+    create(client, acme, brand)
+    response = client.get("/v1/limits", headers=acme.auth)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["enforced"] is True
+    assert body["concurrent_campaigns"] == {"limit": 3, "used": 1, "remaining": 2}
+    day, month = body["images"]
+    now = datetime.now(UTC)
+    assert day["period"] == "day" and (day["limit"], day["used"], day["remaining"]) == (100, 27, 73)
+    assert month["period"] == "month" and (month["limit"], month["used"], month["remaining"]) == (1000, 27, 973)
+    assert datetime.fromisoformat(day["reset"]) == limits.period_reset(now, "day")
+    assert datetime.fromisoformat(month["reset"]).day == 1 and datetime.fromisoformat(month["reset"]) > now
+    default, writes = body["rate_limits"]
+    # Three requests so far with this key (brand, campaign, this GET): what the RateLimit field says too.
+    assert default == {
+        "policy": "default",
+        "per_second": 0.01,
+        "burst": 40,
+        "window_seconds": 4000,
+        "remaining": 37,
+        "reset_seconds": 300,
+    }
+    assert response.headers["RateLimit"] == '"default";r=37;t=300'
+    assert writes["policy"] == "writes" and writes["burst"] == 20 and writes["remaining"] is None
+    # Another tenant sees only its own usage.
+    other = client.get("/v1/limits", headers=tenant_with().auth).json()
+    assert other["concurrent_campaigns"]["used"] == 0 and other["images"][0]["used"] == 0
