@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -84,7 +85,11 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(system: System, 
     result = fuzz(system, key, tmp_path / "report.json")
     elapsed = time.monotonic() - started
     print(f"schemathesis: {elapsed:.1f} s, exit {result['returncode']}")
-    assert result["returncode"] == 0, result["stdout"][-8000:] + result["stderr"][-2000:]
+    out = result["stdout"]
+    # Exit 1 also covers schemathesis's own generator errors (a CPython AST SystemError while building a
+    # regex strategy): those are not the API's; a failed check prints a "Failures:" section.
+    assert "Failures:" not in out, out[-8000:] + result["stderr"][-2000:]
+    assert re.search(r"(\d+) generated, \1 passed", out), out[-8000:]
 
 
 # ---------------------------------------------------------------- what it found, pinned
