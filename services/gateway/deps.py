@@ -16,7 +16,7 @@ from services.gateway.unit_of_work import transaction
 from shared import logs
 from shared.config import Settings
 from shared.storage import Storage
-from shared.tenants import key_owner
+from shared.tenants import Caller, Scope, authenticate, touch_last_used
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -45,21 +45,57 @@ def _unauthorized(detail: str, error: str | None = None) -> ProblemError:
     return ProblemError(401, "unauthorized", "Unauthorized", detail, headers={"WWW-Authenticate": challenge})
 
 
-def get_tenant(
+# Paths only an admin key may use (every method). Everything else: safe methods need read, others write.
+ADMIN_PATHS = ("/v1/keys",)
+_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def required_scope(method: str, path: str) -> Scope:
+    """The one scope rule for every route: /v1/keys* (ADMIN_PATHS) → admin, GET/HEAD → read, else write."""
+    if any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PATHS):
+        return "admin"
+    return "read" if method.upper() in _SAFE_METHODS else "write"
+
+
+def _insufficient_scope(scope: Scope) -> ProblemError:
+    return ProblemError(
+        403,
+        "insufficient_scope",
+        "Insufficient scope",
+        f"This request needs an API key with the `{scope}` scope.",
+        headers={"WWW-Authenticate": f'Bearer error="insufficient_scope", scope="{scope}"'},
+        extra={"scope": scope},
+    )
+
+
+def get_caller(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> uuid.UUID:
+) -> Caller:
+    """Authenticate the key (read on every request: revocation and expiry count from the next one) and
+    check its scope for this method and path."""
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
-    owner = key_owner(session, credentials.credentials.strip())
-    if owner is None:
-        raise _unauthorized("The API key is invalid or revoked.", "invalid_token")
-    tenant_id, request.state.key_prefix = owner
-    logs.bind(tenant_id=tenant_id)  # on every later log line of this request, and on its span
-    trace.get_current_span().set_attribute("onbrand.tenant_id", str(tenant_id))
-    check_rate(request, session, tenant_id, request.state.key_prefix)  # 429 rate_limited; RateLimit headers
-    return tenant_id
+    caller = authenticate(session, credentials.credentials.strip())
+    if caller is None:
+        raise _unauthorized("The API key is invalid, revoked or expired.", "invalid_token")
+    request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
+    logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
+    trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
+    check_rate(request, session, caller.tenant_id, caller.prefix)  # 429 rate_limited; RateLimit headers
+    scope = required_scope(request.method, request.url.path)
+    if scope not in caller.scopes:
+        raise _insufficient_scope(scope)
+    touch_last_used(caller)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+async def get_tenant(caller: CallerDep) -> uuid.UUID:
+    return caller.tenant_id
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]

@@ -13,6 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from shared.cli.campaigns import campaigns_app
+from shared.cli.keys import keys_app
 from shared.config import get_settings
 from shared.schemas import ASSET_KINDS
 
@@ -32,6 +33,7 @@ app.add_typer(models_app, name="models")
 probe_app = typer.Typer(help="Health probes for containers (exit 0 healthy, 1 not).", no_args_is_help=True)
 app.add_typer(probe_app, name="probe")
 app.add_typer(campaigns_app, name="campaigns")
+app.add_typer(keys_app, name="keys")
 
 POOLS = {"cpu": "llm,retrieval,scoring,webhooks", "gpu": "segment,generate,qc"}
 
