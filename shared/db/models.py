@@ -146,6 +146,13 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex of the whole key
     created_at: Mapped[datetime] = _created()
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    name: Mapped[str] = mapped_column(String(100), default="default", server_default="default")
+    # read | write | admin (shared.tenants.SCOPES); keys from before 0011 got all three
+    scopes: Mapped[list[str]] = mapped_column(
+        ARRAY(String(10)), default=lambda: ["read", "write", "admin"], server_default="{read,write,admin}"
+    )
+    last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # refreshed at most once a minute
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # set by a rotation's overlap
 
 
 class Brand(Base):
