@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import shutil
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -17,6 +18,8 @@ from urllib.parse import quote, urlencode
 
 from shared.config import Settings, get_settings
 
+S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
+
 
 class Storage(Protocol):
     def put(self, key: str, data: bytes, content_type: str) -> None: ...
@@ -24,6 +27,8 @@ class Storage(Protocol):
     def delete(self, key: str) -> None: ...
     def exists(self, key: str) -> bool: ...
     def url(self, key: str) -> str: ...
+    def list_keys(self, prefix: str) -> list[str]: ...
+    def delete_prefix(self, prefix: str) -> int: ...
 
 
 def asset_key(tenant_id: object, asset_id: object, name: str) -> str:
@@ -32,6 +37,23 @@ def asset_key(tenant_id: object, asset_id: object, name: str) -> str:
 
 def campaign_key(tenant_id: object, campaign_id: object, name: str) -> str:
     return f"tenants/{tenant_id}/campaigns/{campaign_id}/{name}"
+
+
+def asset_prefix(tenant_id: object, asset_id: object) -> str:
+    """Every object of one asset (original, thumbnail) lies under this prefix."""
+    return f"tenants/{tenant_id}/assets/{asset_id}/"
+
+
+def campaign_prefix(tenant_id: object, campaign_id: object) -> str:
+    """Every object of one campaign (masks, cut-outs, candidates, layers, every round) lies under this prefix."""
+    return f"tenants/{tenant_id}/campaigns/{campaign_id}/"
+
+
+def _check_prefix(prefix: str) -> str:
+    # A prefix names a whole folder ("a/b/"): never "" or a bare name, which would match a sibling's keys too.
+    if not prefix.endswith("/"):
+        raise ValueError(f"invalid object prefix: {prefix!r}")
+    return _check_key(prefix[:-1]) + "/"
 
 
 def _check_key(key: str) -> str:
@@ -79,6 +101,20 @@ class LocalStorage:
         query = urlencode({"expires": expires, "signature": sign_local(self.secret, key, expires)})
         return f"{self.base_url}/files/{quote(key)}?{query}"
 
+    def list_keys(self, prefix: str) -> list[str]:
+        folder = self.root / _check_prefix(prefix)
+        if not folder.is_dir():
+            return []
+        return sorted(p.relative_to(self.root).as_posix() for p in folder.rglob("*") if p.is_file())
+
+    def delete_prefix(self, prefix: str) -> int:
+        folder = self.root / _check_prefix(prefix)
+        if not folder.is_dir():
+            return 0
+        count = sum(1 for p in folder.rglob("*") if p.is_file())
+        shutil.rmtree(folder)
+        return count
+
 
 class S3Storage:
     def __init__(self, settings: Settings) -> None:
@@ -113,6 +149,28 @@ class S3Storage:
     def url(self, key: str) -> str:
         params = {"Bucket": self.bucket, "Key": self._key(key)}
         return self.client.generate_presigned_url("get_object", Params=params, ExpiresIn=self.ttl)
+
+    def list_keys(self, prefix: str) -> list[str]:
+        full, strip = (
+            self._key(_check_prefix(prefix)[:-1]) + "/",
+            len(self.prefix.rstrip("/") + "/") if self.prefix else 0,
+        )
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full)
+        return sorted(obj["Key"][strip:] for page in pages for obj in page.get("Contents", []))
+
+    def delete_prefix(self, prefix: str) -> int:
+        keys = self.list_keys(prefix)
+        for start in range(0, len(keys), S3_DELETE_BATCH):
+            batch = keys[start : start + S3_DELETE_BATCH]
+            answer = self.client.delete_objects(
+                Bucket=self.bucket, Delete={"Objects": [{"Key": self._key(k)} for k in batch], "Quiet": True}
+            )
+            if answer.get("Errors"):  # raised so the cleanup job retries: no object may outlive its rows
+                first = answer["Errors"][0]
+                raise RuntimeError(
+                    f"{len(answer['Errors'])} object(s) not deleted, e.g. {first.get('Key')}: {first.get('Code')}"
+                )
+        return len(keys)
 
 
 def build_storage(settings: Settings) -> Storage:

@@ -164,7 +164,14 @@ def thin(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
 
 def campaign_links(campaign: Campaign) -> dict[str, str]:
     base = f"{get_settings().public_url.rstrip('/')}/v1/campaigns/{campaign.id}"
-    return {"campaign": base, "candidates": f"{base}/candidates", "report": f"{base}/report"}
+    # API links only, never storage URLs: a presigned URL expires before a late retry or a replay delivers it,
+    # while these answer with freshly signed image URLs whenever the receiver reads them.
+    return {
+        "campaign": base,
+        "results": f"{base}/results",
+        "candidates": f"{base}/candidates",
+        "report": f"{base}/report",
+    }
 
 
 def outbox_rows(

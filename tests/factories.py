@@ -28,7 +28,16 @@ from PIL import Image
 
 from shared import webhooks
 from shared.cli.procs import free_port, onbrand_cmd, wait_http
-from shared.db.models import Asset, Brand, Campaign, DamPush, Feedback, WebhookDelivery, WebhookEndpoint
+from shared.db.models import (
+    Asset,
+    Brand,
+    Campaign,
+    DamPush,
+    Feedback,
+    StorageDeletion,
+    WebhookDelivery,
+    WebhookEndpoint,
+)
 from shared.db.session import session_scope
 from shared.tenants import create_tenant
 from tests.system import System
@@ -100,6 +109,7 @@ TASK_TABLES: dict[str, Any] = {
     "onbrand.route_feedback": Feedback,
     "onbrand.learn_ranking": Brand,
     "onbrand.push_results": DamPush,
+    "onbrand.delete_objects": StorageDeletion,
 }
 
 

@@ -13,7 +13,6 @@ from sqlalchemy.orm import Session
 from shared import qc as qc_report
 from shared import webhooks
 from shared.db.models import Campaign, CampaignStatus, Candidate, CandidateStatus, Result, ReviewState
-from shared.storage import get_storage
 from workers.engine.context import StageContext, Task, now
 from workers.engine.flow import LoopState
 from workers.engine.records import campaign_finished, webhook_tasks
@@ -59,7 +58,9 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
 
 
 def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
-    storage = get_storage()
+    """The results as the completion event carries them: ids and records, no storage URL. A presigned URL would
+    expire before a late retry or a replay delivered it; receivers fetch the images through the API
+    (`links.results`: GET /v1/campaigns/{id}/results signs fresh URLs on every read)."""
     rows = session.execute(
         select(Result, Candidate)
         .join(Candidate, Candidate.id == Result.candidate_id)
@@ -72,8 +73,6 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
             "result_id": str(r.id),
             "review_round": r.review_round,
             "candidate_id": str(c.id),
-            "image_url": storage.url(_stored(c.image_key)),
-            "layer_url": storage.url(_stored(c.layer_key)),
             "product_asset_id": (c.placement or {}).get("product_asset_id"),
             "placement": c.placement,
             "aesthetic": c.aesthetic,
@@ -85,6 +84,7 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
             },
         }
         for r, c in rows
+        if _stored(c)
     ]
 
 
@@ -109,10 +109,10 @@ def _with_failed_products(error: dict[str, Any], failed: list[dict[str, Any]]) -
     return {"code": "products_failed", "failed_products": failed, "message": message}
 
 
-def _stored(key: str | None) -> str:
-    if key is None:  # generate stores both images before it writes the candidate row
+def _stored(candidate: Candidate) -> bool:
+    if candidate.image_key is None or candidate.layer_key is None:  # generate stores both before the row
         raise RuntimeError("a ranked candidate has no stored image")
-    return key
+    return True
 
 
 def _partial_error(session: Session, campaign: Campaign, passed: int, delivered: int) -> dict[str, Any]:

@@ -153,3 +153,14 @@ def list_assets(
 ) -> Page[AssetRead]:
     assets, next_cursor = service.list_page(session, tenant_id, limit, cursor, kind, brand_id)
     return Page[AssetRead](items=[service.to_read(a, storage) for a in assets], next_cursor=next_cursor)
+
+
+@router.delete(
+    "/{asset_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={409: {"description": "asset_in_use: a running campaign uses the asset."}},
+)
+def delete_asset(asset_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> Response:
+    service.delete(session, tenant_id, asset_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -10,7 +10,8 @@ from typing import Any, BinaryIO, Literal, cast
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import TypeAdapter, ValidationError
-from sqlalchemy import select
+from sqlalchemy import Text, or_, select
+from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -31,7 +32,8 @@ from services.gateway.pagination import created_keys, paginate
 from services.gateway.unit_of_work import enqueue, on_rollback
 from shared import egress, query_vectors, search
 from shared.config import Settings
-from shared.db.models import Asset
+from shared.db.models import TERMINAL_STATUSES, Asset, Campaign
+from shared.deletions import CLEANUP_TASK, schedule
 from shared.queue import BULK_PRIORITY
 from shared.storage import Storage, asset_key
 
@@ -358,3 +360,37 @@ def search_assets(
         models={"text": text_space.model if text_space else None, "image": image_space.model if image_space else None},
         items=[SearchHit(asset=to_read(assets[h.asset_id], storage), score=h.score, parts=h.parts) for h in hits],
     )
+
+
+def campaigns_using(session: Session, tenant_id: uuid.UUID, asset_id: uuid.UUID) -> list[uuid.UUID]:
+    """The tenant's campaigns still running that named the asset or whose stages picked it (retrieve's products
+    and backgrounds are ids in the campaign's state): a later stage of theirs reads its objects."""
+    ident = str(asset_id)
+    stmt = select(Campaign.id).where(
+        Campaign.tenant_id == tenant_id,
+        Campaign.status.not_in(TERMINAL_STATUSES),
+        or_(Campaign.product_asset_ids.contains([ident]), sql_cast(Campaign.state, Text).contains(ident)),
+    )
+    return list(session.scalars(stmt.order_by(Campaign.created_at)))
+
+
+def delete(session: Session, tenant_id: uuid.UUID, asset_id: uuid.UUID) -> None:
+    """The asset's rows go now (its embeddings cascade), its objects once this commits (shared.deletions).
+
+    Finished campaigns keep their results: their candidates, cut-outs and layers are their own copies."""
+    asset = session.scalar(select(Asset).where(Asset.id == asset_id, Asset.tenant_id == tenant_id).with_for_update())
+    if asset is None:
+        raise not_found("Asset")
+    using = campaigns_using(session, tenant_id, asset.id)
+    if using:
+        raise ProblemError(
+            409,
+            "asset_in_use",
+            "Asset in use",
+            f"{len(using)} campaign(s) still running use this asset: delete it once they finished or were cancelled.",
+            extra={"campaign_ids": [str(c) for c in using]},
+        )
+    deletion = schedule(session, tenant_id, "asset", asset.id)
+    session.delete(asset)
+    session.flush()
+    enqueue(session, CLEANUP_TASK, deletion.id)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from fastapi import APIRouter, status
+from fastapi import APIRouter, Response, status
 
 from services.gateway.brands import service
 from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate
@@ -37,3 +37,14 @@ def list_brands(
 ) -> Page[BrandRead]:
     brands, next_cursor = service.list_page(session, tenant_id, limit, cursor)
     return Page[BrandRead](items=[service.to_read(b) for b in brands], next_cursor=next_cursor)
+
+
+@router.delete(
+    "/{brand_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={409: {"description": "brand_in_use: a campaign of the brand is still running."}},
+)
+def delete_brand(brand_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> Response:
+    service.delete(session, tenant_id, brand_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

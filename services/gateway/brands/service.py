@@ -6,14 +6,17 @@ import uuid
 from typing import cast
 
 from sqlalchemy import select
+from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
 
 from services.gateway.brands.schemas import BrandCreate, BrandRead, BrandUpdate, Guideline
-from services.gateway.errors import not_found
+from services.gateway.errors import ProblemError, not_found
 from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import created_keys, paginate
+from services.gateway.unit_of_work import enqueue
 from shared.config import Settings
-from shared.db.models import Brand, DamPushPolicy
+from shared.db.models import TERMINAL_STATUSES, AssetEmbedding, Brand, Campaign, DamPushPolicy
+from shared.deletions import CLEANUP_TASK, schedule
 from shared.qc import DEFAULT_UNCHECKED, UncheckedPolicy
 
 
@@ -82,3 +85,35 @@ def exists(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> bool:
 def list_page(session: Session, tenant_id: uuid.UUID, limit: int, cursor: str | None) -> tuple[list[Brand], str | None]:
     stmt = select(Brand).where(Brand.tenant_id == tenant_id)
     return paginate(session, stmt, created_keys(Brand), limit, cursor)
+
+
+def delete(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> None:
+    """The brand, its campaigns (and all theirs: candidates, results, reviews, outbox rows, objects), delivery
+    targets and ranker go; its assets stay in the tenant's library, no longer tied to a brand.
+
+    The campaigns are locked first: none starts a review round (running again) while it is being deleted."""
+    brand = session.scalar(select(Brand).where(Brand.id == brand_id, Brand.tenant_id == tenant_id).with_for_update())
+    if brand is None:
+        raise not_found("Brand")
+    stmt = select(Campaign).where(Campaign.tenant_id == tenant_id, Campaign.brand_id == brand.id)
+    campaigns = list(session.scalars(stmt.with_for_update()))
+    running = [str(c.id) for c in campaigns if c.status not in TERMINAL_STATUSES]
+    if running:
+        raise ProblemError(
+            409,
+            "brand_in_use",
+            "Brand in use",
+            f"{len(running)} campaign(s) of this brand are still running: cancel them or let them finish first.",
+            extra={"campaign_ids": running},
+        )
+    deletions = [schedule(session, tenant_id, "campaign", c.id) for c in campaigns]
+    # Embeddings copy the asset's brand_id (no foreign key: filters run inside the index scan); unlink them too.
+    session.execute(
+        sql_update(AssetEmbedding)
+        .where(AssetEmbedding.tenant_id == tenant_id, AssetEmbedding.brand_id == brand.id)
+        .values(brand_id=None)
+    )
+    session.delete(brand)  # campaigns, delivery targets, ranker: ON DELETE CASCADE; assets: SET NULL
+    session.flush()
+    for deletion in deletions:
+        enqueue(session, CLEANUP_TASK, deletion.id)

@@ -143,3 +143,14 @@ def list_pushes(
     """The pushes of the campaign's results to DAMs: status, attempts, last error and the objects uploaded."""
     rows, next_cursor = service.pushes_page(session, tenant_id, campaign_id, limit, cursor)
     return Page[PushRead](items=[views.push_view(r) for r in rows], next_cursor=next_cursor)
+
+
+@router.delete(
+    "/{campaign_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses={409: {"description": "campaign_running: cancel the campaign first."}},
+)
+def delete_campaign(campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> Response:
+    service.delete(session, tenant_id, campaign_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -23,6 +23,8 @@ from shared import metrics, webhooks
 from shared import qc as qc_report
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, DamPush, IdempotencyKey
+from shared.deletions import CLEANUP_TASK
+from shared.deletions import schedule as schedule_deletion
 
 _INT_MAX = 2**31 - 1
 
@@ -207,3 +209,22 @@ def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> di
         "clusters": summary.get("clusters"),
         "revisions": (campaign.state or {}).get("revisions") or [],
     }
+
+
+def delete(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> None:
+    """A finished campaign and everything derived from it: stage runs, candidates, results, decisions, feedback,
+    review links, llm_calls, webhook deliveries, DAM pushes (ON DELETE CASCADE) now, its objects once this
+    commits (shared.deletions). A running one is refused (409 campaign_running): cancel it first, so no stage
+    starts on a campaign whose rows are gone; the row lock orders this against a worker's finish."""
+    campaign = get(session, tenant_id, campaign_id, for_update=True)
+    if campaign.status not in TERMINAL_STATUSES:
+        raise ProblemError(
+            409,
+            "campaign_running",
+            "Campaign running",
+            f"The campaign is {campaign.status}: cancel it (POST /v1/campaigns/{campaign.id}/cancel), then delete it.",
+        )
+    deletion = schedule_deletion(session, tenant_id, "campaign", campaign.id)
+    session.delete(campaign)
+    session.flush()
+    enqueue(session, CLEANUP_TASK, deletion.id)
