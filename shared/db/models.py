@@ -598,18 +598,3 @@ class StorageDeletion(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
-
-
-class ImageUsage(Base):
-    """The images quota's ledger (shared.limits): one row per accepted campaign, `reserved` from its expected
-    candidates at creation, `used` the candidates it really made (settled whenever the tenant's usage is read).
-    The row outlives a deleted campaign, so deleting work never gives quota back."""
-
-    __tablename__ = "image_usage"
-    __table_args__ = (Index("ix_image_usage_tenant_created", "tenant_id", "created_at"),)
-    id: Mapped[uuid.UUID] = _id()
-    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    campaign_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"), index=True)
-    reserved: Mapped[int] = mapped_column(Integer)
-    used: Mapped[int | None] = mapped_column(Integer)
-    created_at: Mapped[datetime] = _created()
