@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Float, cast, func, literal, select
@@ -15,16 +16,26 @@ from services.gateway.assets import service as assets
 from services.gateway.brands import service as brands
 from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
-from services.gateway.limits.quota import admit_campaign
 from services.gateway.guardrails import screen as guard
+from services.gateway.limits.quota import admit_campaign
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
-from shared import metrics, webhooks
+from shared import metrics, queue, webhooks
 from shared import qc as qc_report
 from shared.config import Settings
-from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, DamPush, IdempotencyKey
+from shared.db.models import (
+    TERMINAL_STATUSES,
+    Campaign,
+    CampaignStatus,
+    Candidate,
+    DamPush,
+    IdempotencyKey,
+    StageRun,
+    StageRunStatus,
+)
 from shared.deletions import CLEANUP_TASK
 from shared.deletions import schedule as schedule_deletion
+from shared.stages import stage
 
 _INT_MAX = 2**31 - 1
 
@@ -157,7 +168,38 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
         enqueue(session, "onbrand.send_webhook", delivery_id)
     created_at = campaign.created_at
     after_commit(session, lambda: metrics.campaign_finished(CampaignStatus.CANCELLED, created_at))
+    _revoke_work(session, campaign)
     return campaign
+
+
+def _revoke_work(session: Session, campaign: Campaign) -> None:
+    """After the commit, revoke the campaign's queued and running stage tasks (their ids derive from the run,
+    shared.queue.stage_task_id): queued ones are dropped when a worker receives them, running GPU work is
+    killed at once instead of computing for nothing. A worker started later never learns of it: its claim
+    skips the campaign (terminal)."""
+    runs = session.execute(
+        select(StageRun.stage, StageRun.round, StageRun.item, StageRun.status).where(
+            StageRun.tenant_id == campaign.tenant_id,
+            StageRun.campaign_id == campaign.id,
+            StageRun.status.in_([StageRunStatus.PENDING, StageRunStatus.RUNNING]),
+        )
+    ).all()
+    queued: list[str] = []
+    killed: list[str] = []
+    for name, rnd, item, status in runs:
+        row = stage(name)
+        task_id = queue.stage_task_id(row.task, campaign.id, rnd, item) or ""
+        running_gpu = status == StageRunStatus.RUNNING and row.queue in queue.GPU_QUEUES
+        (killed if running_gpu else queued).append(task_id)
+    if queued:
+        after_commit(session, partial(_revoke, queued, terminate=False))
+    if killed:
+        after_commit(session, partial(_revoke, killed, terminate=True))
+
+
+def _revoke(task_ids: list[str], *, terminate: bool) -> None:
+    # Looked up on the module at call time so tests can watch it.
+    queue.revoke(task_ids, terminate=terminate)
 
 
 def list_page(
