@@ -455,6 +455,8 @@ def _redis_start(home: Path, port: int) -> None:
         str(log),
         "--appendonly",
         "yes",
+        "--appendfsync",  # a SIGKILL loses at most the last second of sends; the stalled sweep re-sends them
+        "everysec",
         "--maxmemory-policy",
         "noeviction",
         "--save",
