@@ -203,6 +203,8 @@ def restart_stalled(older_than_s: int | None = None) -> int:
     idempotently: workers.engine.leases), and campaigns still queued with no stage run after a lease (the
     gateway's send after commit was lost)."""
     lapsed = leases.lapsed_runs()
+    if lapsed:
+        log.warning("stalled sweep: %d stage runs past their lease re-sent", len(lapsed))
     send_all(lapsed)
     return len(lapsed) + _restart_unstarted(older_than_s or get_settings().stage_lease_seconds)
 
