@@ -126,11 +126,6 @@ def authenticate(session: Session, api_key: str) -> Caller | None:
     return Caller(row.id, row.tenant_id, row.prefix, frozenset(row.scopes), row.last_used_at)
 
 
-def tenant_for_key(session: Session, api_key: str) -> uuid.UUID | None:
-    caller = authenticate(session, api_key)
-    return caller.tenant_id if caller else None
-
-
 def touch_last_used(caller: Caller, now: datetime | None = None) -> bool:
     """Record the key's use if the stored time is older than LAST_USED_RESOLUTION; True if written.
 

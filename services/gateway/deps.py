@@ -79,7 +79,7 @@ def get_caller(
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     caller = authenticate(session, credentials.credentials.strip())
     if caller is None:
-        raise _unauthorized("The API key is invalid, revoked or expired.", "invalid_token")
+        raise _unauthorized("The API key is invalid or revoked, or it has expired.", "invalid_token")
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
