@@ -151,7 +151,16 @@ def restart_redis(settings: Settings) -> None:
     (rdir / "redis.pid").unlink(missing_ok=True)
     log = Path(settings.home) / "logs" / "redis.log"
     args = ["--port", str(port), "--bind", stack.HOST, "--dir", str(rdir), "--daemonize", "yes"]
-    args += ["--pidfile", str(rdir / "redis.pid"), "--logfile", str(log), "--appendonly", "yes"]
+    args += [
+        "--pidfile",
+        str(rdir / "redis.pid"),
+        "--logfile",
+        str(log),
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "everysec",
+    ]
     args += ["--maxmemory-policy", "noeviction", "--save", ""]
     subprocess.run([str(stack.redis_server_bin()), *args], check=True, timeout=30, start_new_session=True)
     deadline = time.monotonic() + 60
