@@ -11,6 +11,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +19,28 @@ import httpx
 import pytest
 from PIL import Image
 
+from shared.cli.procs import Processes, free_port
 from tests.factories import api_client, assert_problem
 from tests.system import System
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
-# The bound: a fixed seed and example count, and a time budget for the whole run (CI time matters).
-FUZZ_SECONDS = 35
+# The bound: a fixed seed, 5 examples per operation and pass, and a time budget (CI time matters). Only the
+# fuzzing phase (random valid and invalid data, negative mode included: it found the NUL bytes and the
+# `weight: false`): the coverage phase's boundary cases alone took the whole budget on 2 busy cores and the
+# fuzzing was skipped. With --max-time the fuzzing repeats (new seeds) until the budget is spent.
+FUZZ_SECONDS = 10
 FUZZ_SEED = 20
-MAX_EXAMPLES = 8
+MAX_EXAMPLES = 5
+# The fuzzer sends far more than a client's production rate (20/s, writes 5/s per key): at those limits
+# whole operations came back as 429s and went untested. Its own gateway (same database, Redis and
+# workers) runs with limits no fuzz run reaches; the limiter itself stays on and is tested in tests/gateway.
+FUZZ_LIMITS = {
+    "ONBRAND_RATE_LIMIT_PER_SECOND": "10000",
+    "ONBRAND_RATE_LIMIT_BURST": "10000",
+    "ONBRAND_WRITE_RATE_LIMIT_PER_SECOND": "10000",
+    "ONBRAND_WRITE_RATE_LIMIT_BURST": "10000",
+}
 # What the issue asks of every operation: no 5xx, bodies, content types and headers as documented,
 # schema-violating input refused, and nothing answered 2xx without the key.
 CHECKS = (
@@ -45,15 +59,29 @@ def png() -> bytes:
     return buffer.getvalue()
 
 
-def fuzz(system: System, api_key: str, report: Path) -> dict[str, Any]:
+@pytest.fixture(scope="module")
+def fuzz_gateway(system: System) -> Iterator[str]:
+    """A second gateway on the shared system's database, Redis and workers, with the fuzz limits."""
+    port = free_port()
+    env = {**system.env, **FUZZ_LIMITS, "ONBRAND_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    procs = Processes(env=env, logs=system.home / "logs-fuzz")
+    try:
+        yield procs.gateway(port)
+    finally:
+        procs.stop_all()
+
+
+def fuzz(url: str, api_key: str, report: Path) -> dict[str, Any]:
     command = [
         str(Path(sys.executable).with_name("schemathesis")),
         "run",
-        f"{system.url}/openapi.json",
+        f"{url}/openapi.json",
         "--header",
         f"Authorization: Bearer {api_key}",
         "--checks",
         ",".join(CHECKS),
+        "--phases",
+        "fuzzing",
         "--max-examples",
         str(MAX_EXAMPLES),
         "--seed",
@@ -71,18 +99,20 @@ def fuzz(system: System, api_key: str, report: Path) -> dict[str, Any]:
         "--report-json-path",
         str(report),
     ]
-    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 120, env=os.environ)
+    run = subprocess.run(command, capture_output=True, text=True, timeout=FUZZ_SECONDS + 90, env=os.environ)
     print(run.stdout[-6000:])
     return {"returncode": run.returncode, "stdout": run.stdout, "stderr": run.stderr}
 
 
-def test_schemathesis_finds_no_server_error_or_schema_violation(system: System, tmp_path: Path) -> None:
+def test_schemathesis_finds_no_server_error_or_schema_violation(
+    system: System, fuzz_gateway: str, tmp_path: Path
+) -> None:
     key = system.tenant("fuzz")["api_key"]
     api = api_client(system, key)
-    # Something to find: a brand and an asset, so ids in GET paths sometimes exist.
+    # Something to find: a brand, so ids in GET paths sometimes exist.
     api.post("/v1/brands", json={"name": "Fuzz", "palette": ["#112233"]}).raise_for_status()
     started = time.monotonic()
-    result = fuzz(system, key, tmp_path / "report.json")
+    result = fuzz(fuzz_gateway, key, tmp_path / "report.json")
     elapsed = time.monotonic() - started
     print(f"schemathesis: {elapsed:.1f} s, exit {result['returncode']}")
     out = result["stdout"]
