@@ -4,9 +4,10 @@ and searches never show A's objects; nothing B sent changed or removed anything 
 
 Tenant A owns one of everything: a brand with a delivery target, an asset, a campaign (cancelled at once: a
 running one would hold the shared workers for a minute), a webhook endpoint with a delivery, a review link,
-an API key, and a result with its decision and a feedback. The last three need a delivered campaign (about a minute of GPU stages on 2 busy cores); they are written to
-A's campaign in the database instead (marked delivered and waiting for review), as deliver and the review
-API would write them; B's campaign the same, so B's own parent with A's child reaches the child's lookup.
+an API key, and a result with its decision and a feedback. The last three need a delivered campaign (about
+a minute of GPU stages on 2 busy cores): they are written to A's campaign in the database instead (marked
+delivered and waiting for review), as deliver and the review API would write them; B's campaign the same,
+so B's own parent with A's child reaches the child's lookup.
 
 New routes are covered as they appear: a path parameter not in OWNER, or a request body not in BODIES,
 fails the test, so an operation cannot be added without saying which of A's objects it reaches.
