@@ -598,24 +598,3 @@ class StorageDeletion(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = _created()
-
-
-class StorageDeletion(Base):
-    """The storage-deletion outbox: one row per deleted asset or campaign, written in the transaction that deletes
-    its rows. The cleanup job removes every object under `prefix` after the commit, so no row ever points at a
-    missing object; a campaign's row keeps a second pass (`passes_left`) for objects a task that was computing
-    when it was deleted may still write."""
-
-    __tablename__ = "storage_deletions"
-    __table_args__ = (Index("ix_storage_deletions_due", "next_attempt_at"),)
-    id: Mapped[uuid.UUID] = _id()
-    tenant_id: Mapped[uuid.UUID] = _tenant()
-    resource: Mapped[str] = mapped_column(String(20))  # asset | campaign
-    resource_id: Mapped[uuid.UUID] = mapped_column()
-    prefix: Mapped[str] = mapped_column(String(500))  # ends with "/"
-    passes_left: Mapped[int] = mapped_column(Integer, default=1)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
-    last_error: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = _created()
-

@@ -36,8 +36,6 @@ from shared.db.models import (
 from shared.deletions import CLEANUP_TASK
 from shared.deletions import schedule as schedule_deletion
 from shared.stages import stage
-from shared.deletions import CLEANUP_TASK
-from shared.deletions import schedule as schedule_deletion
 
 _INT_MAX = 2**31 - 1
 
