@@ -14,6 +14,7 @@ from celery import Task
 
 from shared import query_vectors
 from shared.config import get_settings
+from shared.db.outage import database_unavailable
 from shared.db.session import session_scope
 from shared.stages import STAGES, Stage
 from workers.celery_app import app
@@ -37,6 +38,13 @@ def _run(task: Task, stage: Stage, campaign_id: str, rnd: int, item: int) -> str
     except Exception as exc:  # noqa: BLE001 - any failure is recorded, then retried or terminal
         _record(stage, campaign_id, rnd, item, exc)
         if task.request.retries >= len(RETRY_COUNTDOWNS):
+            if database_unavailable(exc):
+                # Postgres down for the whole backoff says nothing about the campaign: don't fail it. The run's
+                # lease lapses and the stalled sweep re-sends it once Postgres is back.
+                log.warning(
+                    "%s %s:%s:%s: database unavailable, left to the stalled sweep", stage.name, campaign_id, rnd, item
+                )
+                raise
             message = f"{stage.name} failed: {type(exc).__name__}: {exc}"
             fail_campaign(stage.name, campaign_id, rnd, item, "stage_error", message)
             raise

@@ -14,11 +14,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from psycopg import OperationalError as PsycopgOperationalError
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import OperationalError as SqlOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from shared.db.outage import database_unavailable
 from shared.tracing import redacted_path
 
 log = logging.getLogger(__name__)
@@ -153,23 +153,6 @@ async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
 
 # Seconds a client should wait before retrying while the database is unreachable (a restart takes seconds).
 DATABASE_RETRY_AFTER_S = 5
-# SQLSTATEs of a server that is there but cannot serve: shutting down, crashed, starting up (class 08 is the
-# connection's own failures; a missing SQLSTATE means the connection never got an answer).
-_UNAVAILABLE_SQLSTATES = frozenset({"57P01", "57P02", "57P03"})
-
-
-def database_unavailable(exc: BaseException) -> bool:
-    """A connection-level database failure (refused, dropped, pool exhausted): the request may succeed when
-    retried, so it is a 503, not an internal error. Query errors (a constraint, a bad statement) are not."""
-    if isinstance(exc, PoolTimeoutError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    orig = exc.orig if isinstance(exc, DBAPIError) else exc
-    if not isinstance(orig, PsycopgOperationalError):
-        return False
-    sqlstate = getattr(orig, "sqlstate", None)
-    return sqlstate is None or sqlstate.startswith("08") or sqlstate in _UNAVAILABLE_SQLSTATES
 
 
 def database_unavailable_response(request: Request) -> JSONResponse:

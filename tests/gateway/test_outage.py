@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from services.gateway.errors import database_unavailable
+from shared.db.outage import database_unavailable
 from tests.factories import Tenant
 from tests.system import clear_caches
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
@@ -179,6 +180,40 @@ def test_a_failed_attempt_frees_the_run_for_its_retry(resent: list[tuple[Any, ..
     run = the_run(cid, "decompose")
     assert run.status == StageRunStatus.PENDING and run.lease_until > now()
     assert execute("decompose", cid, 0, 0, ok) == "succeeded"  # the Celery retry
+
+
+def refused_connection() -> Exception:
+    """A real connection-level error: what psycopg raises for a port nothing listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    try:
+        psycopg.connect(f"postgresql://nobody@127.0.0.1:{closed}/none", connect_timeout=2)
+    except psycopg.OperationalError as exc:
+        return exc
+    raise AssertionError("a closed port accepted a connection")
+
+
+@pytest.mark.parametrize(("error", "fails"), [(refused_connection(), False), (RuntimeError("model crashed"), True)])
+def test_only_a_real_stage_error_fails_the_campaign_after_the_last_retry(
+    resent: list[tuple[Any, ...]], worker_app: Any, monkeypatch: pytest.MonkeyPatch, error: Exception, fails: bool
+) -> None:
+    """Postgres down through the whole backoff (it came back just now) is no reason to fail a campaign: the
+    run's lease lapses and the sweep re-sends it. Any other error on the last retry fails it."""
+    import workers.tasks
+
+    cid = make_campaign()
+
+    def broken(*args: Any) -> str:
+        raise error
+
+    monkeypatch.setattr(workers.tasks, "execute", broken)
+    result = workers.tasks.STAGE_TASKS["decompose"].apply(args=[cid, 0, 0], retries=3)  # the last retry
+    assert result.failed()
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        assert (campaign.status == CampaignStatus.FAILED) is fails
 
 
 def revoke_broadcasts(pubsub: Any, deadline_s: float = 5.0) -> list[dict[str, Any]]:
