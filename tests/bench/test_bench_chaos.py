@@ -65,6 +65,8 @@ BRIEFS = [
     "the running shoe on a city rooftop",
     "the running shoe in a gym",
 ]
+UP_FRONT = 2  # campaigns submitted before the faults; the others during them, at these shares of the time:
+LATER = (0.15, 0.35, 0.55, 0.8)
 TERMINAL = ("completed", "partial", "failed", "cancelled")
 
 
@@ -210,46 +212,63 @@ def _sample(api: httpx.Client, campaign_id: str) -> tuple[int, bool, str]:
     return response.status_code, "retry-after" in response.headers, code
 
 
-def run_chaos(c: Cluster, campaigns: list[str], seed: int, seconds: float) -> ChaosLog:
+def run_chaos(c: Cluster, campaigns: Campaigns, seed: int, seconds: float) -> ChaosLog:
     """A fault every 4-9 s for `seconds`: pool processes and whole workers at random, Redis once at 30 %, Postgres
-    once at 60 % of the time."""
+    once at 60 % of the time. The campaigns not yet submitted go in at 15, 35, 55 and 80 %: work is in flight up to
+    the last faults, which otherwise hit an idle system once the first campaigns are done."""
     rng, log = random.Random(seed), ChaosLog()
-    once: dict[str, Callable[[], None]] = {
-        "redis": lambda: kill_redis_once(c, rng, log),
-        "postgres": lambda: kill_postgres_once(c, rng, log, campaigns),
-    }
-    due = {"redis": 0.3 * seconds, "postgres": 0.6 * seconds}
+    due: list[tuple[float, Callable[[], None]]] = [
+        (0.3 * seconds, lambda: kill_redis_once(c, rng, log)),
+        (0.6 * seconds, lambda: kill_postgres_once(c, rng, log, list(campaigns.secrets))),
+    ]
+    due += [
+        (share * seconds, lambda b=brief: campaigns.submit(b))
+        for share, brief in zip(LATER, BRIEFS[UP_FRONT:], strict=True)
+    ]
+    due.sort(key=lambda entry: entry[0])
     while (elapsed := time.time() - log.started) < seconds:
-        ready = [name for name, at in due.items() if elapsed >= at]
-        if ready:
-            once[ready[0]]()
-            del due[ready[0]]
+        if due and elapsed >= due[0][0]:
+            due.pop(0)[1]()
         elif rng.random() < 0.65:
             kill_pool_child(c, rng, log)
         else:
             kill_worker(c, rng, log)
         time.sleep(rng.uniform(4.0, 9.0))
+    for _, action in due:  # a short ONBRAND_CHAOS_SECONDS: whatever is left still runs
+        action()
     return log
 
 
 # ---------------------------------------------------------------- campaigns and what to check
 
 
-def submit(c: Cluster, brand_id: str, webhook_url: str) -> dict[str, str]:
-    """campaign id -> its webhook secret."""
-    secrets = {}
-    for brief in BRIEFS:
+@dataclass
+class Campaigns:
+    api: httpx.Client
+    brand_id: str
+    webhook_url: str
+    secrets: dict[str, str] = field(default_factory=dict)  # campaign id -> its webhook secret
+
+    def submit(self, brief: str) -> None:
+        """POST as a client would: retried under one Idempotency-Key while the gateway cannot answer."""
         body = {
-            "brand_id": brand_id,
+            "brand_id": self.brand_id,
             "brief": brief,
             "sizes": [{"width": 512, "height": 512}],
             "top_k": TOP_K,
-            "webhook_url": webhook_url,
+            "webhook_url": self.webhook_url,
         }
-        response = c.api.post("/v1/campaigns", json=body)
-        assert response.status_code == 202, response.text
-        secrets[response.json()["id"]] = response.json()["webhook_secret"]
-    return secrets
+        headers = {"Idempotency-Key": f"chaos-{brief}"}
+        for _ in range(10):
+            with suppress(httpx.HTTPError):
+                response = self.api.post("/v1/campaigns", json=body, headers=headers)
+                if response.status_code == 202:
+                    self.secrets[response.json()["id"]] = response.json()["webhook_secret"]
+                    print(f"CHAOS submitted {response.json()['id']}: {brief}", flush=True)
+                    return
+                assert response.status_code >= 500, response.text
+            time.sleep(2)
+        raise AssertionError(f"could not submit {brief!r}")
 
 
 def wait_started(c: Cluster, timeout: float = 300.0) -> None:
@@ -376,6 +395,23 @@ def timeline(body: dict[str, Any], since: float) -> None:
         print(f"CHAOS   {stage['stage']:<10} {start - since:+7.1f} {end - since:+7.1f}")
 
 
+def _overlap(log: ChaosLog, bodies: dict[str, Any], ids: list[str]) -> list[str]:
+    """Campaigns in flight at the Redis kill, the Postgres kill and the last fault: a fault that hit an idle system
+    proves nothing, so none in flight is a failure of the run, not a pass."""
+    moments = {f.kind: log.started + f.at for f in log.faults if f.kind in ("redis", "postgres")}
+    moments["last fault"] = log.last_fault_at
+    counts = {name: _in_flight(bodies, ids, at) for name, at in moments.items()}
+    print(f"CHAOS campaigns in flight at: {counts}", flush=True)
+    return [f"no campaign was in flight at the {name}" for name, n in counts.items() if n == 0]
+
+
+def _in_flight(bodies: dict[str, Any], ids: list[str], at: float) -> int:
+    spans = [
+        (_epoch(bodies.get(cid, {}).get("created_at")), _epoch(bodies.get(cid, {}).get("completed_at"))) for cid in ids
+    ]
+    return sum(1 for start, end in spans if start is not None and start <= at and (end is None or end > at))
+
+
 def report(log: ChaosLog, bodies: dict[str, Any], figures: dict[str, dict[str, Any]], ids: list[str]) -> list[str]:
     """Print the figures; the failures among them (recovery time, outage answers, statuses)."""
     failures = []
@@ -411,6 +447,7 @@ def report(log: ChaosLog, bodies: dict[str, Any], figures: dict[str, dict[str, A
             f"CHAOS {len(ids) - len(finished)} of {len(ids)} campaigns unfinished "
             f"{SETTLE_SECONDS:.0f} s after the last fault"
         )
+    failures += _overlap(log, bodies, ids)
     answers: dict[str, int] = {}
     for status, retry_after, code in log.outage:
         key = f"{status}{' +Retry-After' if retry_after else ''}{f' {code}' if code else ''}"
@@ -430,10 +467,13 @@ def test_chaos_campaigns_survive_random_kills(tmp_path: Path) -> None:
     with cluster(tmp_path) as c, WebhookReceiver(tmp_path / "webhooks.jsonl") as receiver:
         brand = c.api.post("/v1/brands", json={"name": "Stride", "palette": ["#E4572E", "#17BEBB"]}).json()
         upload_library(c.api, brand["id"], build_library(tmp_path / "library"))
-        secrets = submit(c, brand["id"], receiver.url)
-        ids = list(secrets)
+        campaigns = Campaigns(c.api, brand["id"], receiver.url)
+        for brief in BRIEFS[:UP_FRONT]:
+            campaigns.submit(brief)
         wait_started(c)
-        log = run_chaos(c, ids, SEED, CHAOS_SECONDS)
+        log = run_chaos(c, campaigns, SEED, CHAOS_SECONDS)
+        secrets = campaigns.secrets
+        ids = list(secrets)
         bodies = wait_terminal(c, ids, log.last_fault_at + SETTLE_SECONDS)
         failures, figures = [], {}
         for cid in ids:
