@@ -4,16 +4,17 @@ Real processes on their own embedded Postgres and Redis (fixed ports for the who
 (one with 2 pool processes), 2 GPU-queue workers and the beat, each its own OS process, with the broker's visibility
 timeout at its production 3600 s (a message of a SIGKILLed worker comes back only after an hour: recovering sooner is
 the stage-run leases' and the beat's sweep's job, not Redis's). Six small campaigns (512 px, top_k 2, one size;
-the language stages on the rules backend, see cluster()),
-then seeded random faults: SIGKILL of a pool process (the parent forks another and rejects the task back to the
-queue), SIGKILL of a whole worker's process group and a restart under the same node name (what a lost node
-looks like), once SIGKILL of Redis and once of Postgres, each restarted on its port and data dir.
+the language stages on the rules backend, see cluster()), two before the faults and four while they go on
+(see run_chaos), and seeded random faults: SIGKILL of a pool process (the parent forks another and rejects the
+task back to the queue), SIGKILL of a whole worker's process group and a restart under the same node name (what
+a lost node looks like), once SIGKILL of Redis and once of Postgres, each restarted on its port and data dir.
 
 Asserted, after the faults stop: every campaign ends completed or partial; per round as many candidates as the
 plan laid out (one per layout, no layout twice), at most top_k results per review round and no candidate among
 them twice; each campaign's terminal webhook arrived (signed, one event id); during the Postgres outage the
 gateway answered 503 + Retry-After, never another 5xx; the last campaign finished within TARGET_RECOVERY_SECONDS
-of the last fault. Everything is printed first (the fault log, per-campaign figures), then what failed.
+of the last fault; campaigns were in flight at the Redis kill, the Postgres kill and the last fault. Everything
+is printed first (the fault log, per-campaign figures), then what failed.
 
 ONBRAND_CHAOS_SEED and ONBRAND_CHAOS_SECONDS change the run (defaults 20 and 150).
 """
@@ -66,7 +67,7 @@ BRIEFS = [
     "the running shoe in a gym",
 ]
 UP_FRONT = 2  # campaigns submitted before the faults; the others during them, at these shares of the time:
-LATER = (0.15, 0.35, 0.55, 0.8)
+LATER = (0.15, 0.35, 0.55)  # and the last one as the faults end, see final_fault
 TERMINAL = ("completed", "partial", "failed", "cancelled")
 
 
@@ -214,8 +215,8 @@ def _sample(api: httpx.Client, campaign_id: str) -> tuple[int, bool, str]:
 
 def run_chaos(c: Cluster, campaigns: Campaigns, seed: int, seconds: float) -> ChaosLog:
     """A fault every 4-9 s for `seconds`: pool processes and whole workers at random, Redis once at 30 %, Postgres
-    once at 60 % of the time. The campaigns not yet submitted go in at 15, 35, 55 and 80 %: work is in flight up to
-    the last faults, which otherwise hit an idle system once the first campaigns are done."""
+    once at 60 % of the time. Three more campaigns go in at 15, 35 and 55 %, the last one as the faults end: work is
+    in flight up to the last faults, which otherwise hit an idle system once the first campaigns are done."""
     rng, log = random.Random(seed), ChaosLog()
     due: list[tuple[float, Callable[[], None]]] = [
         (0.3 * seconds, lambda: kill_redis_once(c, rng, log)),
@@ -223,7 +224,7 @@ def run_chaos(c: Cluster, campaigns: Campaigns, seed: int, seconds: float) -> Ch
     ]
     due += [
         (share * seconds, lambda b=brief: campaigns.submit(b))
-        for share, brief in zip(LATER, BRIEFS[UP_FRONT:], strict=True)
+        for share, brief in zip(LATER, BRIEFS[UP_FRONT:-1], strict=True)
     ]
     due.sort(key=lambda entry: entry[0])
     while (elapsed := time.time() - log.started) < seconds:
@@ -236,7 +237,41 @@ def run_chaos(c: Cluster, campaigns: Campaigns, seed: int, seconds: float) -> Ch
         time.sleep(rng.uniform(4.0, 9.0))
     for _, action in due:  # a short ONBRAND_CHAOS_SECONDS: whatever is left still runs
         action()
+    campaigns.submit(BRIEFS[-1])
+    final_fault(c, campaigns, log)
     return log
+
+
+def final_fault(c: Cluster, campaigns: Campaigns, log: ChaosLog, timeout: float = 120.0) -> None:
+    """The last fault hits work for sure: the whole worker running a GPU stage of the last campaign is SIGKILLed
+    (its run's lease must lapse and the sweep re-send it: the slowest recovery there is). Campaigns can be done in
+    seconds on an idle machine, so random faults alone may end on an idle system."""
+    last = list(campaigns.secrets)[-1]
+    deadline = time.monotonic() + timeout
+    with psycopg.connect(c.database_url, autocommit=True) as conn:
+        while time.monotonic() < deadline:
+            row = conn.execute(
+                "SELECT stage, claimed_by FROM stage_runs WHERE campaign_id = %s AND status = 'running' "
+                "AND stage IN ('segment', 'generate', 'qc') AND claimed_by IS NOT NULL LIMIT 1",
+                (last,),
+            ).fetchone()
+            if row and (node := _node_of(c.procs, int(row[1].rpartition(":")[2]))):
+                c.procs.stop(f"worker-{node}", sig=signal.SIGKILL)
+                log.record("worker", node, f"running {row[0]} of the last campaign {last}; restarted at once")
+                _restart_worker(c.procs, node)
+                return
+            time.sleep(0.05)
+    print(f"CHAOS no GPU stage of {last} seen running within {timeout:.0f} s: no final fault", flush=True)
+
+
+def _node_of(procs: Processes, pid: int) -> str | None:
+    """The worker node whose pool process `pid` is."""
+    for node in [*CPU_WORKERS, *GPU_WORKERS]:
+        proc = procs.procs.get(f"worker-{node}")
+        with suppress(psutil.NoSuchProcess):
+            if proc and pid in {p.pid for p in psutil.Process(proc.pid).children(recursive=True)}:
+                return node
+    return None
 
 
 # ---------------------------------------------------------------- campaigns and what to check
