@@ -85,6 +85,12 @@ def running_system(stack_urls: dict[str, str], home: Path, database: str, **env:
         "ONBRAND_EGRESS_ALLOWLIST": "127.0.0.0/8",
         "ONBRAND_BROKER_VISIBILITY_TIMEOUT": "20",
         "ONBRAND_BROKER_RESTORE_THROTTLE": "1",
+        # The limiter runs (headers, buckets) but does not throttle tests that burst one key (the search
+        # evaluation, batch uploads); tests/gateway/test_limits.py pins the production behaviour.
+        "ONBRAND_RATE_LIMIT_PER_SECOND": "1000",
+        "ONBRAND_RATE_LIMIT_BURST": "2000",
+        "ONBRAND_WRITE_RATE_LIMIT_PER_SECOND": "1000",
+        "ONBRAND_WRITE_RATE_LIMIT_BURST": "2000",
         # 2 shared cores under a parallel test load: a query embedding can take seconds
         "ONBRAND_SEARCH_EMBED_TIMEOUT_SECONDS": "15",
     }
