@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from sqlalchemy.orm import Session
@@ -36,6 +36,18 @@ StorageDep = Annotated[Storage, Depends(get_app_storage)]
 # scope="function": commit (and the after-commit task sends) happen before the response is
 # sent, so a client that follows a 202 immediately finds the row it was told about.
 SessionDep = Annotated[Session, Depends(transaction, scope="function")]
+# Every write that creates something takes one: the same key and request return the first response (marked
+# Idempotent-Replayed), the same key with another request is 422 idempotency_key_reused.
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        description="Retry-safe write: the same key and request return the first response; another request "
+        "with the same key is 422.",
+    ),
+]
 
 _bearer = HTTPBearer(auto_error=False, description="API key: `Authorization: Bearer onb_...`")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Query, Response, status
 
 from services.gateway.campaigns import service, views
 from services.gateway.campaigns.schemas import (
@@ -17,23 +17,13 @@ from services.gateway.campaigns.schemas import (
     PushRead,
     ResultRead,
 )
-from services.gateway.deps import SessionDep, SettingsDep, StorageDep, TenantDep
+from services.gateway.deps import IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.errors import not_found
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.webhook_targets import check_target
 from shared.db.models import CampaignStatus
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
-
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Retry-safe creation: the same key and body return the same campaign.",
-    ),
-]
 
 
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=CampaignCreated)

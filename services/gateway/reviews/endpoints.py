@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Header, Request, Response, status
+from fastapi import APIRouter, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway import review_links
 from services.gateway.campaigns import service as campaigns
-from services.gateway.deps import KeyPrefixDep, SessionDep, SettingsDep, TenantDep
+from services.gateway.deps import IdempotencyKeyHeader, KeyPrefixDep, SessionDep, SettingsDep, TenantDep
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.reviews import idempotency, service
 from services.gateway.reviews.schemas import (
@@ -33,15 +33,6 @@ from shared.review import Reason, reviewer_for_key
 
 router = APIRouter(prefix="/v1/campaigns", tags=["reviews"])
 
-IdempotencyKeyHeader = Annotated[
-    str | None,
-    Header(
-        alias="Idempotency-Key",
-        min_length=1,
-        max_length=255,
-        description="Retry-safe write: the same key, method, path and body return the first response.",
-    ),
-]
 REPLAYED = "Idempotent-Replayed"
 
 
