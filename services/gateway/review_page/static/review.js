@@ -153,7 +153,9 @@
 
   // ------------------------------------------------------------------ the next round
   var polling = false;
-  var shownRound = Number(status.dataset.round);
+  // The review round whose results this page shows: a page loaded while a round runs (after a no-JS feedback
+  // post, a reload) still shows the round before it, so that round's completion is "the next round ready".
+  var shownRound = Number(status.dataset.round) - (status.dataset.terminal === "true" ? 0 : 1);
 
   function active(state) {
     var routing = state.feedback && state.feedback.status === "routing";
