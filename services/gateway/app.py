@@ -15,6 +15,7 @@ from services.gateway.keys.endpoints import router as keys_router
 from services.gateway.limits.endpoints import router as limits_router
 from services.gateway.limits.rate import RateLimitHeadersMiddleware
 from services.gateway.middleware import BodyLimitMiddleware, MetricsMiddleware
+from services.gateway.presets.endpoints import router as presets_router
 from services.gateway.review_page.endpoints import install as install_review_page
 from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
@@ -68,6 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         guardrails_router,
         keys_router,
         limits_router,
+        presets_router,
     ):
         app.include_router(router)
     install_review_page(app)  # /review/{token}: HTML for review-link holders, its own error pages

@@ -40,6 +40,10 @@ _STATUS_CODES: dict[int, tuple[str, str]] = {
     503: ("unavailable", "Service unavailable"),
 }
 
+# Field error types that are themselves stable codes: a 422 made only of such errors carries that code.
+UNKNOWN_PRESET = "unknown_preset"
+_FIELD_CODES = frozenset({UNKNOWN_PRESET})
+
 
 class ProblemError(StarletteHTTPException):
     """An error a service raises to end the request with a problem response.
@@ -141,10 +145,12 @@ async def _http_handler(request: Request, exc: Exception) -> JSONResponse:
 async def _validation_handler(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
     errors = list(exc.errors())
+    types = {str(e.get("type", "")) for e in errors}
+    code = types.pop() if len(types) == 1 and types <= _FIELD_CODES else "validation_error"
     return problem_response(
         request,
         422,
-        "validation_error",
+        code,
         "Validation error",
         _validation_detail(errors),
         extra={"errors": [_field_error(e) for e in errors]},

@@ -215,7 +215,8 @@ def products(campaign: Campaign) -> int:
 
 def _decide(session: Session, campaign: Campaign, loop: LoopState) -> Decision:
     ranked = session.scalar(select(func.count()).select_from(Result).where(Result.of_current_round(campaign))) or 0
-    if ranked >= campaign.top_k * products(campaign):  # rank chooses at most top_k per product
+    # rank chooses at most top_k per product and size: the total reaches this only when each of them has top_k
+    if ranked >= campaign.top_k * products(campaign) * max(1, len(campaign.sizes or [])):
         return Decision.DELIVER
     if loop.attempt < campaign.max_retry_attempts:
         return Decision.ATTEMPT

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import egress, metrics, outbox, pushes
+from shared import egress, metrics, outbox, presets, pushes
 from shared.config import Settings, get_settings
 from shared.crypto import UnreadableSecret, decrypt_json
 from shared.db.models import (
@@ -300,6 +300,9 @@ def sidecar_of(campaign: Campaign, result: Result, cand: Candidate, image: bytes
         "caption": caption,
         "rank": rank,
         "candidate_id": str(cand.id),
+        # the deliverable it belongs to: results are ranked top_k per product and size
+        "size": presets.result_size(campaign.sizes or [], cand.placement),
+        "product_asset_id": (cand.placement or {}).get("product_asset_id"),
         "placement": cand.placement,
         "scores": {"aesthetic": cand.aesthetic, "qc": _qc_summary(cand)},
         # as the campaign resource and the campaign.completed webhook show them (workers/pipeline/deliver.py)

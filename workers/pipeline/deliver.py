@@ -10,17 +10,18 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared import presets, webhooks
 from shared import qc as qc_report
-from shared import webhooks
 from shared.db.models import Campaign, CampaignStatus, Candidate, CandidateStatus, Result, ReviewState
 from workers.engine.context import StageContext, Task, now
 from workers.engine.flow import LoopState
 from workers.engine.records import campaign_finished, webhook_tasks
+from workers.pipeline import credentials
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     ctx.finalize = complete  # the terminal change and its event happen in the finish transaction
-    return {"delivered": True}
+    return {"delivered": True, "credentials": credentials.sign_results(ctx)}  # C2PA-signed copies of the results
 
 
 def complete(session: Session, campaign: Campaign) -> list[Task]:
@@ -29,8 +30,10 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
     results = _results(session, campaign)
     passed = sum(not r["review"]["fallback"] for r in results)
     per_product = _passed_per_product(campaign, results)
+    per_size = _passed_per_size(campaign, results, list(per_product))
     failed_products = list(((campaign.state or {}).get("segment") or {}).get("failed_products") or [])
-    each_enough = all(n >= campaign.top_k for n in per_product.values())
+    # top_k of every product in every size (a campaign stored without sizes has its one default canvas)
+    each_enough = all(n >= campaign.top_k for n in (per_size if campaign.sizes else per_product).values())
     enough = each_enough and not failed_products
     campaign.status = CampaignStatus.COMPLETED if enough else CampaignStatus.PARTIAL
     campaign.completed_at, campaign.current_stage = now(), None
@@ -44,6 +47,8 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
     data: dict[str, Any] = {"status": campaign.status, "results": results, "checked": checked}
     if len(per_product) > 1 or failed_products:
         data["products"] = per_product
+    if len(campaign.sizes or []) > 1:
+        data["sizes"] = [{"product_asset_id": p, "size": s, "passed": n} for (p, s), n in per_size.items()]
     if not enough:
         error = {} if each_enough else _partial_error(session, campaign, passed, len(results))
         if failed_products:  # a product that could not be segmented lost only its own scenes: say which, and why
@@ -67,9 +72,15 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
         .where(Result.of_current_round(campaign))
         .order_by(Result.rank)
     ).all()
+    sizes = [presets.result_size(campaign.sizes or [], c.placement) for _, c in rows]
+    groups = [
+        ((c.placement or {}).get("product_asset_id"), size["label"]) for (_, c), size in zip(rows, sizes, strict=True)
+    ]
     return [
         {
             "rank": r.rank,
+            "size": size,
+            "size_rank": size_rank,
             "result_id": str(r.id),
             "review_round": r.review_round,
             "candidate_id": str(c.id),
@@ -83,7 +94,7 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
                 "reasons": (r.review or {}).get("reasons", []),
             },
         }
-        for r, c in rows
+        for (r, c), size, size_rank in zip(rows, sizes, presets.size_ranks(groups), strict=True)
         if _stored(c)
     ]
 
@@ -96,6 +107,18 @@ def _passed_per_product(campaign: Campaign, results: list[dict[str, Any]]) -> di
     for r in results:
         product = str(r["product_asset_id"] or next(iter(counts), ""))
         counts[product] = counts.get(product, 0) + (not r["review"]["fallback"])
+    return counts
+
+
+def _passed_per_size(
+    campaign: Campaign, results: list[dict[str, Any]], products: list[str]
+) -> dict[tuple[str, str], int]:
+    """Passing results per (segmented product, requested size), zero for a size that got none."""
+    labels = [presets.size_label(int(s["width"]), int(s["height"])) for s in campaign.sizes or []]
+    counts = {(p, label): 0 for p in products or [""] for label in labels}
+    for r in results:
+        key = (str(r["product_asset_id"] or next(iter(products), "")), r["size"]["label"])
+        counts[key] = counts.get(key, 0) + (not r["review"]["fallback"])
     return counts
 
 

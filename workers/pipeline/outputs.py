@@ -162,6 +162,8 @@ class PlanOutput(StageOutput):
     skipped_canvases: list[dict[str, Any]]
     safe_zones: list[dict[str, Any]]
     safe_zone_exclusions: dict[str, int]  # "WxH" -> layouts dropped because they cover a safe zone
+    # "WxH" -> every zone kept free on that canvas: the campaign's safe_zones plus its size's preset zones
+    canvas_safe_zones: dict[str, list[dict[str, Any]]] = {}
     scale_share: float
     max_upscale: float
     min_share: float

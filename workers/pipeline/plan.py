@@ -6,12 +6,13 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any, cast
 
+from shared import presets
 from shared.config import Settings
 from shared.review import SCALE_STEP, Change
 from workers.engine.context import StageContext, StageError
 from workers.engine.flow import LoopState
 from workers.engine.review import current_change
-from workers.pipeline.common import canvases
+from workers.pipeline.common import DEFAULT_SIZE, canvases
 from workers.pipeline.generate import product_source
 from workers.pipeline.outputs import PlanOutput, ProductCut, ScaleOutput, SegmentOutput
 from workers.pipeline.revise import MAX_RETRY_SHARE, retry_share
@@ -75,11 +76,22 @@ class Reviewed:
             raise StageError("no_layout_fits", f"no layout of the grid's {self.placement} column fits any canvas")
 
 
+def canvas_zones(ctx: StageContext) -> dict[tuple[int, int], list[dict[str, Any]]]:
+    """Each canvas's zones to keep the product out of: the campaign's safe_zones (every canvas) and the platform
+    zones of the preset its size was named by (that canvas only)."""
+    common = [dict(z) for z in ctx.campaign.safe_zones or []]
+    zones: dict[tuple[int, int], list[dict[str, Any]]] = {}
+    for size in ctx.campaign.sizes or [DEFAULT_SIZE]:
+        canvas = (int(size["width"]), int(size["height"]))
+        zones.setdefault(canvas, common + presets.zones_of(size))
+    return zones
+
+
 def _plan_all(ctx: StageContext, share: float, rotations: tuple[float, ...]) -> Planned:
     """Every segmented product's layouts, in product order (a batch may hold layouts of two products)."""
     from workers.imaging import composition
 
-    zones = tuple(composition.SafeZone(**z) for z in ctx.campaign.safe_zones or [])
+    zones = {c: tuple(composition.SafeZone(**z) for z in found) for c, found in canvas_zones(ctx).items()}
     planned = Planned([], [], {})
     for cut in ctx.output(SegmentOutput).cuts():
         made = _plan_product(ctx, cut, share, zones, rotations)
@@ -101,26 +113,37 @@ class Planned:
 
 
 def _plan_product(
-    ctx: StageContext, cut: ProductCut, share: float, zones: tuple[Any, ...], rotations: tuple[float, ...]
+    ctx: StageContext,
+    cut: ProductCut,
+    share: float,
+    zones: dict[tuple[int, int], tuple[Any, ...]],
+    rotations: tuple[float, ...],
 ) -> Any:
+    """The product on every canvas, each planned on its own: its scale, its grid, its safe zones."""
     from workers.imaging import composition
 
     settings = ctx.settings
     # The cut-out generate will derive every layer from (the stored source and mask): the same size, and its
     # real lowest pixels stand rotated products on the ground.
     cutout = product_source(ctx, cut.product_asset_id).cutout()
-    return composition.plan(
-        canvases(ctx),
-        cutout.size,
-        settings.grid_rows,
-        settings.grid_cols,
-        rotations,
-        share,
-        settings.max_upscale,
-        cutout=cutout,
-        min_share=settings.min_product_share,
-        safe_zones=zones,
-    )
+    made = composition.Plan([], [], {})
+    for canvas in canvases(ctx):
+        one = composition.plan(
+            [canvas],
+            cutout.size,
+            settings.grid_rows,
+            settings.grid_cols,
+            rotations,
+            share,
+            settings.max_upscale,
+            cutout=cutout,
+            min_share=settings.min_product_share,
+            safe_zones=zones.get(canvas, ()),
+        )
+        made.layouts += one.layouts
+        made.skipped_canvases += one.skipped_canvases
+        made.safe_zone_exclusions |= one.safe_zone_exclusions
+    return made
 
 
 def _tagged(layout: dict[str, Any], cut: ProductCut) -> dict[str, Any]:
@@ -144,6 +167,7 @@ def _output(ctx: StageContext, made: Any, share: float, attempt: int, batches: i
         skipped_canvases=made.skipped_canvases,
         safe_zones=list(ctx.campaign.safe_zones or []),
         safe_zone_exclusions=made.safe_zone_exclusions,
+        canvas_safe_zones={_size(c): z for c, z in canvas_zones(ctx).items() if z},
         scale_share=share,
         max_upscale=settings.max_upscale,
         min_share=settings.min_product_share,

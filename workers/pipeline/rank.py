@@ -1,8 +1,9 @@
 """rank (scoring queue, the whole campaign so far): thousands of candidates down to the few a brand sees.
 
 Near-duplicates clustered, the flexible policy's relaxation when too few distinct candidates pass,
-aesthetic scores of the passing ones, the best of each cluster, the diversity rule, and the top-K as
-results. Every candidate ends with its rank or the reason it was left out.
+aesthetic scores of the passing ones, the best of each cluster, the diversity rule, and the top-K of
+every (product, size) as results: each requested size is its own deliverable. Every candidate ends with
+its rank or the reason it was left out.
 
 Order: fully checked first, then the aesthetic score; once the brand's reviewers have decided enough
 (workers.ranking.learn.MIN_PAIRS preference pairs), the brand's learned utility instead
@@ -32,7 +33,7 @@ from workers.engine import flow
 from workers.engine.context import StageContext, Task
 from workers.engine.flow import Decision, LoopState
 from workers.models.roles import Scorer
-from workers.pipeline.common import campaign_brand, load_image, model_call
+from workers.pipeline.common import campaign_brand, canvases, load_image, model_call
 from workers.pipeline.outputs import QcSummary, SegmentOutput
 from workers.pipeline.qc import product_id
 from workers.ranking import learn, pairwise
@@ -50,7 +51,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     _score(ctx, candidates, lambda c: bool(c.passed))
     rate(candidates, ranking)
     chosen: list[Candidate] = []
-    for group in by_product(ctx, candidates):  # top_k per product: every product gets its own results
+    for group in by_deliverable(ctx, candidates):  # top_k per product and size: each is its own deliverable
         chosen += _choose_product(ctx, group, clusters, top_k, ranking)
     for position, cand in enumerate(chosen, start=1):
         cand.rank = position
@@ -74,7 +75,8 @@ def _choose_product(
     top_k: int,
     ranking: learn.Ranking | None,
 ) -> list[Candidate]:
-    """One product's top_k; in the last round, stand-ins for what is missing (see the module docstring)."""
+    """One product's top_k in one size; in the last round, stand-ins for what is missing (see the module
+    docstring)."""
     chosen = choose(best_of_clusters(candidates, clusters), top_k)
     if len(chosen) < top_k and last_round(ctx.campaign, ctx.round):
         taken = {clusters[str(c.id)].id for c in chosen}  # scores only where a stand-in may come from
@@ -94,6 +96,24 @@ def by_product(ctx: StageContext, candidates: list[Candidate]) -> list[list[Cand
         groups.setdefault(product_id(cand) or (order[0] if order else ""), []).append(cand)
     ranked = sorted(groups, key=lambda p: order.index(p) if p in order else len(order))
     return [groups[p] for p in ranked]
+
+
+def by_deliverable(ctx: StageContext, candidates: list[Candidate]) -> list[list[Candidate]]:
+    """The pool per (product, size): products in the campaign's order, each product's sizes in the request's."""
+    order = canvases(ctx)
+    groups: list[list[Candidate]] = []
+    for product in by_product(ctx, candidates):
+        sizes: dict[tuple[int, int], list[Candidate]] = {}
+        for cand in product:
+            sizes.setdefault(canvas_of(cand), []).append(cand)
+        ranked = sorted(sizes, key=lambda c: order.index(c) if c in order else len(order))
+        groups += [sizes[c] for c in ranked]
+    return groups
+
+
+def canvas_of(cand: Candidate) -> tuple[int, int]:
+    canvas = cand.placement["canvas"]
+    return int(canvas["width"]), int(canvas["height"])
 
 
 def _pool(ctx: StageContext) -> list[Candidate]:
@@ -149,13 +169,13 @@ def apply_policy(
     flexible rules relaxed, if any."""
     pool = [policy.checks(c.qc) for c in candidates]
     if name == "flexible":
-        products = {product_id(c) for c in candidates}
+        deliverables = {_deliverable(c) for c in candidates}
 
-        def enough(flags: list[bool]) -> bool:  # top_k distinct passing candidates of every product
-            distinct: dict[str | None, set[str]] = {p: set() for p in products}
+        def enough(flags: list[bool]) -> bool:  # top_k distinct passing candidates of every product and size
+            distinct: dict[tuple[str | None, tuple[int, int]], set[str]] = {d: set() for d in deliverables}
             for cand, ok in zip(candidates, flags, strict=True):
                 if ok:
-                    distinct[product_id(cand)].add(clusters[str(cand.id)].id)
+                    distinct[_deliverable(cand)].add(clusters[str(cand.id)].id)
             return all(len(found) >= top_k for found in distinct.values())
 
         decisions, relaxed = policy.relax(pool, enough, limits.weighted_threshold, unchecked)
@@ -167,6 +187,10 @@ def apply_policy(
         cand.passed = decision["passed"]
         cand.rank, cand.excluded_reason = None, None if decision["passed"] else failure_reason(decision)
     return relaxed
+
+
+def _deliverable(cand: Candidate) -> tuple[str | None, tuple[int, int]]:
+    return product_id(cand), canvas_of(cand)
 
 
 def failure_reason(decision: dict[str, Any]) -> str:

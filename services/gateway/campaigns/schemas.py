@@ -13,13 +13,17 @@ from pydantic import (
     Field,
     SerializerFunctionWrapHandler,
     StringConstraints,
+    WithJsonSchema,
     model_serializer,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
+from services.gateway.errors import UNKNOWN_PRESET
 from services.gateway.guardrails.schemas import Screening
 from services.gateway.webhook_targets import WebhookUrl
 from shared.db.models import CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
+from shared.presets import PRESET_NAMES, PRESETS
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
 StageStatus = Literal["pending", "running", "succeeded", "failed", "skipped"]
@@ -47,20 +51,42 @@ AD_SIZES: dict[str, tuple[int, int]] = {
 Fraction = Annotated[float, Field(ge=0.0, le=1.0, strict=True)]
 
 
+def _known_preset(name: str) -> str:
+    if name not in PRESETS:
+        # The name is not echoed (it may be anything): the error type is the stable code clients branch on.
+        raise PydanticCustomError(UNKNOWN_PRESET, "unknown preset: GET /v1/presets lists the preset names")
+    return name
+
+
+PresetName = Annotated[
+    str,
+    AfterValidator(_known_preset),
+    WithJsonSchema({"type": "string", "enum": list(PRESET_NAMES)}),
+]
+
+
 class Size(BaseModel):
-    """An ad size: a named aspect ratio (resolved to its standard pixel size) or explicit width and height."""
+    """An ad size: a named preset (its pixel size and platform safe zones, GET /v1/presets), a named aspect
+    ratio (resolved to its standard pixel size) or explicit width and height."""
 
     model_config = ConfigDict(extra="forbid")
 
+    preset: PresetName | None = Field(
+        None,
+        description="A named placement (GET /v1/presets): its pixel size, and its platform safe zones the "
+        "product is kept out of. Unknown names are a 422 `unknown_preset`.",
+    )
     aspect: Aspect | None = None
     width: Dimension | None = None
     height: Dimension | None = None
 
     @model_validator(mode="after")
     def _resolve(self) -> Size:
+        if self.preset is not None:
+            return self._resolve_preset(self.preset)
         if self.aspect is None:
             if self.width is None or self.height is None:
-                raise ValueError("give an aspect (1:1, 4:5, 9:16, 16:9, 1.91:1) or both width and height")
+                raise ValueError("give a preset, an aspect (1:1, 4:5, 9:16, 16:9, 1.91:1) or both width and height")
             return self
         standard = AD_SIZES[self.aspect]
         if (self.width, self.height) not in ((None, None), standard):
@@ -70,10 +96,45 @@ class Size(BaseModel):
         self.width, self.height = standard
         return self
 
+    def _resolve_preset(self, name: str) -> Size:
+        preset = PRESETS[name]
+        if self.aspect is not None or (self.width, self.height) not in ((None, None), (preset.width, preset.height)):
+            raise ValueError(f"preset {name} is {preset.width}x{preset.height}; give the preset alone")
+        # Assigned after validation: IAB presets are smaller than the 256 px an explicit size must have.
+        self.width, self.height = preset.width, preset.height
+        return self
+
     @model_serializer(mode="wrap")
-    def _without_unset_aspect(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+    def _without_unset_names(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
-        return {k: v for k, v in data.items() if not (k == "aspect" and v is None)}
+        return {k: v for k, v in data.items() if not (k in ("aspect", "preset") and v is None)}
+
+
+def _unique_sizes(sizes: list[Size]) -> list[Size]:
+    """One deliverable per canvas: a size repeated (story and reels are both 1080x1920) counts once, the first."""
+    kept: dict[tuple[int | None, int | None], Size] = {}
+    for size in sizes:
+        kept.setdefault((size.width, size.height), size)
+    return list(kept.values())
+
+
+class SizeRead(BaseModel):
+    """A requested size as stored: its pixel size, and the preset or aspect it was named by."""
+
+    preset: str | None = Field(None, exclude_if=lambda value: value is None)
+    aspect: Aspect | None = Field(None, exclude_if=lambda value: value is None)
+    width: int
+    height: int
+
+
+class ResultSize(BaseModel):
+    """The size a result was made for (results are ranked top_k per product and size)."""
+
+    width: int
+    height: int
+    label: str = Field(description="WIDTHxHEIGHT")
+    preset: str | None = Field(None, exclude_if=lambda value: value is None)
+    aspect: Aspect | None = Field(None, exclude_if=lambda value: value is None)
 
 
 class SafeZone(BaseModel):
@@ -117,13 +178,21 @@ class CampaignCreate(BaseModel):
         "campaign ends partial, naming it and why; failed only if no product got results). Empty: one product "
         "is retrieved by the brief.",
     )
-    sizes: list[Size] = Field(default_factory=lambda: [Size(width=1024, height=1024)], min_length=1, max_length=6)
+    sizes: Annotated[list[Size], AfterValidator(_unique_sizes)] = Field(
+        default_factory=lambda: [Size(width=1024, height=1024)],
+        min_length=1,
+        max_length=6,
+        description="Every size is its own deliverable: planned on its own canvas (with its preset's safe zones) "
+        "and ranked on its own, top_k results per product and size. A size given twice (story and reels are both "
+        "1080x1920) counts once, the first.",
+    )
     safe_zones: list[SafeZone] = Field(
         default_factory=list,
         max_length=8,
-        description="Regions the product must not cover on any canvas (headline, logo), in canvas fractions.",
+        description="Regions the product must not cover on any canvas (headline, logo), in canvas fractions; "
+        "a preset's own platform zones apply to its size besides these.",
     )
-    top_k: int = Field(3, ge=1, le=10, strict=True)
+    top_k: int = Field(3, ge=1, le=10, strict=True, description="Results per product and per size.")
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5, strict=True)
     max_prompt_revisions: int = Field(1, ge=0, le=5, strict=True)
@@ -145,7 +214,7 @@ class CampaignRequest(BaseModel):
     """The accepted request, echoed back as stored."""
 
     product_asset_ids: list[uuid.UUID]
-    sizes: list[Size]
+    sizes: list[SizeRead]
     safe_zones: list[SafeZone] = Field(default_factory=list)
     top_k: int
     qc_policy: QcPolicy
@@ -202,6 +271,20 @@ class ResultRead(BaseModel):
     decision: ResultDecision | None = Field(None, description="A reviewer's latest decision (history: /decisions).")
     decided_by: str | None = None
     decided_at: datetime | None = None
+    size: ResultSize | None = Field(None, description="The size (canvas) this result was made for.")
+    size_rank: int | None = Field(
+        None, description="Its rank among the results of its product and size (each gets up to top_k)."
+    )
+
+
+class SizeResults(BaseModel):
+    """One deliverable: a requested size (of one product, with several), and its results in rank order."""
+
+    size: ResultSize
+    product_asset_id: uuid.UUID | None = None
+    top_k: int
+    delivered: int
+    result_ids: list[uuid.UUID]
 
 
 class CampaignLinks(BaseModel):
@@ -328,6 +411,11 @@ class CampaignRead(BaseModel):
     stages: list[StageRead]
     state: dict[str, Any]
     results: list[ResultRead]
+    results_by_size: list[SizeResults] = Field(
+        default_factory=list,
+        description="The results grouped per requested size (and product, with several): every size is its own "
+        "deliverable of up to top_k results.",
+    )
     checked: ResultsChecked = Field(default_factory=ResultsChecked)
     llm: LlmUsage = Field(default_factory=LlmUsage)
     error: dict[str, Any] | None

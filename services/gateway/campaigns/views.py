@@ -28,10 +28,12 @@ from services.gateway.campaigns.schemas import (
     ResultRead,
     ResultReview,
     ResultsChecked,
+    ResultSize,
     ReviewRound,
     RoundFeedback,
     SafeZone,
-    Size,
+    SizeRead,
+    SizeResults,
     StageRead,
     StageStatus,
 )
@@ -47,6 +49,7 @@ from shared.db.models import (
     ResultDecision,
     StageRun,
 )
+from shared.presets import result_size, size_ranks
 from shared.qc import ResultFlags, review_summary
 from shared.review import round_window
 from shared.stages import PIPELINE
@@ -164,14 +167,14 @@ def _results(
     # the current review round's results unless one is named; earlier rounds' stay for the history
     in_round = Result.review_round == (Campaign.review_round if review_round is None else review_round)
     stmt = (
-        select(Result, Candidate)
+        select(Result, Candidate, Campaign.sizes)
         .join(Candidate, Candidate.id == Result.candidate_id)
         .join(Campaign, Campaign.id == Result.campaign_id)
         .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids), in_round)
         .order_by(Result.campaign_id, Result.rank)
     )
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
-    for result, cand in session.execute(stmt):
+    for result, cand, sizes in session.execute(stmt):
         results[result.campaign_id].append(
             ResultRead(
                 id=result.id,
@@ -190,9 +193,35 @@ def _results(
                 decision=result.decision,
                 decided_by=result.decided_by,
                 decided_at=result.decided_at,
+                size=ResultSize.model_validate(result_size(sizes or [], cand.placement)),
             )
         )
+    for found in results.values():
+        groups = [(r.product_asset_id, r.size.label if r.size else None) for r in found]
+        for read, size_rank in zip(found, size_ranks(groups), strict=True):
+            read.size_rank = size_rank
     return results
+
+
+def by_size(campaign: Campaign, results: Sequence[ResultRead]) -> list[SizeResults]:
+    """The results per requested size (and per product, with results of several), in the request's size order;
+    a size with no result is listed with none."""
+    groups: dict[tuple[str, uuid.UUID | None], SizeResults] = {}
+    for entry in campaign.sizes or []:
+        size = ResultSize.model_validate(result_size([entry], {"canvas": entry}))
+        groups.setdefault((size.label, None), SizeResults(size=size, top_k=campaign.top_k, delivered=0, result_ids=[]))
+    for read in results:
+        if read.size is None:
+            continue
+        key = (read.size.label, read.product_asset_id)
+        group = groups.pop((read.size.label, None), None) if key not in groups else groups[key]
+        group = group or SizeResults(size=read.size, top_k=campaign.top_k, delivered=0, result_ids=[])
+        group.product_asset_id = read.product_asset_id
+        group.delivered += 1
+        group.result_ids.append(read.id)
+        groups[key] = group
+    order = [ResultSize.model_validate(result_size([e], {"canvas": e})).label for e in campaign.sizes or []]
+    return sorted(groups.values(), key=lambda g: order.index(g.size.label) if g.size.label in order else len(order))
 
 
 def round_results(session: Session, storage: Storage, campaign: Campaign, review_round: int) -> list[ResultRead]:
@@ -286,7 +315,7 @@ def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
 def _request(campaign: Campaign) -> CampaignRequest:
     return CampaignRequest(
         product_asset_ids=campaign.product_asset_ids,
-        sizes=[Size.model_validate(s) for s in campaign.sizes],
+        sizes=[SizeRead.model_validate(s) for s in campaign.sizes],
         safe_zones=[SafeZone.model_validate(z) for z in campaign.safe_zones or []],
         top_k=campaign.top_k,
         qc_policy=cast(QcPolicy, campaign.qc_policy),
@@ -325,6 +354,7 @@ def _view(
         stages=stages,
         state=campaign.state or {},  # the stages' outputs; the loop's bookkeeping is in campaigns.loop
         results=results,
+        results_by_size=by_size(campaign, results),
         checked=checked(results),
         llm=llm or LlmUsage(),
         error=campaign.error,
