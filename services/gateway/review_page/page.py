@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared import presets
 from shared.db.models import (
     TERMINAL_STATUSES,
     Campaign,
@@ -58,6 +59,7 @@ class ResultCard:
     decision: str | None
     decided_by: str | None
     decided_at: datetime | None
+    size: str = ""  # the ad size it was made for ("1080×1920 · story"): results are grouped per size
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,14 @@ class ReviewPage:
         return self.campaign.status in TERMINAL_STATUSES
 
     @property
+    def size_groups(self) -> list[tuple[str, list[ResultCard]]]:
+        """The results per ad size (each size is its own deliverable), sizes in first-ranked order."""
+        groups: dict[str, list[ResultCard]] = {}
+        for card in self.results:
+            groups.setdefault(card.size, []).append(card)
+        return list(groups.items())
+
+    @property
     def can_review(self) -> bool:
         """Decisions and feedback are open on a finished campaign with results and no feedback in flight."""
         return self.terminal and bool(self.results) and self.pending_feedback_routing is False
@@ -170,7 +180,13 @@ def _why(result: Result, cand: Candidate) -> list[str]:
     return lines
 
 
-def _card(result: Result, cand: Candidate, storage: Storage) -> ResultCard:
+def _size_title(sizes: list[Any], placement: dict[str, Any] | None) -> str:
+    size = presets.result_size(sizes, placement)
+    named = size.get("preset") or size.get("aspect")
+    return f"{size['width']}×{size['height']}" + (f" · {named}" if named else "")
+
+
+def _card(result: Result, cand: Candidate, storage: Storage, sizes: list[Any]) -> ResultCard:
     verdicts = _verdicts(cand.qc or {})
     counts = {s: sum(v.status == s for v in verdicts) for s in ("pass", "fail", "unchecked")}
     review = result.review or {}
@@ -192,6 +208,7 @@ def _card(result: Result, cand: Candidate, storage: Storage) -> ResultCard:
         decision=result.decision.value if result.decision else None,
         decided_by=result.decided_by,
         decided_at=result.decided_at,
+        size=_size_title(sizes, cand.placement),
     )
 
 
@@ -315,7 +332,7 @@ def load(session: Session, campaign: Campaign, reviewer: str, storage: Storage) 
     return ReviewPage(
         campaign=campaign,
         reviewer=reviewer,
-        results=[_card(r, c, storage) for r, c in pairs if r.review_round == current],
+        results=[_card(r, c, storage, list(campaign.sizes or [])) for r, c in pairs if r.review_round == current],
         left_out=left_out,
         left_out_total=total,
         current_feedback=feedback.get(current) if current else None,

@@ -572,15 +572,38 @@ def render_contact_sheet(
     ordered = order_candidates(candidates)
     cards = "".join(_card(c) for c in ordered) or '<p class="empty">No candidates were generated.</p>'
     panels = _decomposition(decomp) + _retrieval(retrieval) + _timing(campaign) + _report(report)
+    panels_after = _results_by_size(campaign, ordered)
     return (
         f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width,initial-scale=1">'
         f"<title>Onbrand · {esc(campaign.get('brief'))}</title><style>{CSS}</style></head><body>"
         f'{_header(campaign, candidates, palette or BRAND["palette"])}<main><div class="panels">{panels}</div>'
+        f"{panels_after}"
         f'<h3 class="section">Candidates · ranked first</h3><div class="grid">{cards}</div></main>'
         f"<footer>Every product pixel in these images is the uploaded product, composited, not generated."
         f"</footer></body></html>"
     )
+
+
+def _results_by_size(campaign: Json, candidates: list[Json]) -> str:
+    """With several sizes, each size's results on their own row (every size is its own top_k deliverable)."""
+    groups = campaign.get("results_by_size") or []
+    if len(groups) < 2:
+        return ""  # one size: the ranked cards lead the candidate grid already
+    by_id = {str(c.get("id")): c for c in candidates}
+    shown = {str(r.get("id")): str(r.get("candidate_id")) for r in campaign.get("results") or []}
+    rows = []
+    for group in groups:
+        size = group.get("size") or {}
+        named = size.get("preset") or size.get("aspect")
+        title = f"{size.get('width')}×{size.get('height')}" + (f" · {named}" if named else "")
+        cards = "".join(_card(by_id[shown[r]]) for r in group.get("result_ids") or [] if shown.get(r) in by_id)
+        cards = cards or '<p class="empty">No result in this size.</p>'
+        rows.append(
+            f'<h3 class="section size-group">{esc(title)} · {esc(group.get("delivered"))} of '
+            f'{esc(group.get("top_k"))} results</h3><div class="grid">{cards}</div>'
+        )
+    return "".join(rows)
 
 
 def write_contact_sheet(
