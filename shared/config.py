@@ -328,6 +328,17 @@ class Settings(BaseSettings):
         description="Fernet keys (comma-separated, newest first) encrypting stored "
         "credentials (DAM targets, v1a signing keys). Unset: one derived from secret_key (development).",
     )
+    # C2PA content credentials of delivered results (shared/provenance.py): PEM files.
+    c2pa_cert_path: Path | None = Field(
+        default=None,
+        description="PEM certificate chain signing the C2PA manifests (signing cert first). Unset: a development "
+        "chain generated once under <home>/c2pa (not trusted by anyone else).",
+    )
+    c2pa_key_path: Path | None = Field(default=None, description="PEM private key of the C2PA signing cert.")
+    c2pa_trust_anchors_path: Path | None = Field(
+        default=None,
+        description="PEM root certificates `onbrand verify IMAGE` trusts (unset: the chain's own CA certs).",
+    )
 
     log_level: str = Field(default="INFO", description="Log level.")
     log_format: Literal["json", "text"] = Field(

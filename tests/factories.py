@@ -174,6 +174,34 @@ def cutout(w: int = 400, h: int = 500, seed: int = 0) -> Image.Image:
     return Image.fromarray(np.dstack([rgb, alpha]), "RGBA")
 
 
+def stored_composite(storage: Any, prefix: str = "t", canvas: int = 320) -> tuple[bytes, dict[str, Any]]:
+    """One candidate made as generate makes it: the source photo and mask stored under ``prefix``, the product
+    layer derived and composited on a backdrop. Returns (the candidate's PNG bytes, its integrity record)."""
+    from shared import integrity
+    from workers.imaging import composition, compositor
+
+    photo = cutout(200, 260)
+    alpha = np.asarray(photo.getchannel("A"))
+    src, mask = (_png(photo.convert("RGB")), _png(Image.fromarray(alpha)))
+    storage.put(f"{prefix}/source.png", src, "image/png")
+    storage.put(f"{prefix}/alpha.png", mask, "image/png")
+    crop = integrity.mask_box(alpha)
+    size = (crop[2] - crop[0], crop[3] - crop[1])
+    layout = composition.plan([(canvas, canvas)], size, cutout=integrity.cut_out(photo, alpha, crop)).layouts[0]
+    t = composition.transform_of(layout, size, crop)
+    layer = integrity.derive_layer(photo.convert("RGB"), alpha, t)
+    image = compositor.compose(layer, compositor.backdrop((canvas, canvas), ["#336699"]))
+    source_ref = integrity.stored_ref(f"{prefix}/source.png", src, kind="asset", asset_id=str(uuid.uuid4()))
+    record = integrity.record(source_ref, integrity.stored_ref(f"{prefix}/alpha.png", mask), t, image, layer)
+    return _png(image), record
+
+
+def _png(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 # ---------------------------------------------------------------- the tiny CLIP (built by the clip_dir fixture)
 
 CLIP_PROJECTION_DIM = 16

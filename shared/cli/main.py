@@ -377,12 +377,19 @@ def models_pull(
 
 @app.command()
 def verify(
-    campaign_id: Annotated[str, typer.Argument(help="The campaign whose results to verify.")],
+    campaign_id: Annotated[str, typer.Argument(help="The campaign whose results to verify, or an image file.")],
     every_candidate: Annotated[bool, typer.Option("--all", help="Every candidate, not only the results.")] = False,
 ) -> None:
     """Re-derive each result's product layer from the stored source photo + mask and check it bit for bit;
-    exits 1 when any fails (or there is nothing to verify)."""
-    from shared.cli.verify import table, verify_campaign
+    exits 1 when any fails (or there is nothing to verify). Given an image file: validate its C2PA manifest
+    and re-check its product against the source the manifest names."""
+    from shared.cli.verify import image_lines, table, verify_campaign, verify_image
+
+    if Path(campaign_id).is_file():
+        check = verify_image(Path(campaign_id))
+        for line in image_lines(Path(campaign_id), check):
+            typer.echo(line)
+        raise typer.Exit(0 if check.ok else 1)
 
     ident = _uuid_option(campaign_id, "CAMPAIGN_ID")
     checked = verify_campaign(uuid.UUID(str(ident)), every_candidate)

@@ -1,5 +1,7 @@
 """`onbrand verify CAMPAIGN_ID`: re-derive every result's product layer from the stored source photo and
 mask its integrity record names, and check the result holds it bit for bit (shared.integrity.verify).
+`onbrand verify IMAGE`: the same check for one delivered image file, from the integrity record its signed
+C2PA manifest carries (shared.provenance), after the manifest itself validates.
 
 Reads the database and object storage the configured settings point at, nothing else: what it checks
 is the stored bytes, so a result that was edited, a source that was replaced or a mask that changed
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import io
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from PIL import Image
 from sqlalchemy import select
 
-from shared import integrity
+from shared import integrity, provenance
+from shared.config import get_settings
 from shared.db.models import Candidate, Result
 from shared.db.session import session_scope
 from shared.storage import Storage, get_storage
@@ -84,4 +88,59 @@ def table(checked: list[Checked]) -> list[str]:
         lines.append(f"{rank:>4}  {c.candidate_id!s:36}  {key:28}  {r.exact_fraction:8.2%}  {sha:6}  {verdict}")
     ok = sum(c.report.ok for c in checked)
     lines.append(f"verified {ok}/{len(checked)}")
+    return lines
+
+
+@dataclass
+class ImageCheck:
+    """`onbrand verify IMAGE`: the manifest's reading, the product re-check (None when it could not run)."""
+
+    reading: provenance.Reading
+    report: integrity.Report | None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons and self.report is not None and self.report.ok
+
+
+def verify_image(path: Path) -> ImageCheck:
+    """Validate the image's C2PA manifest against this deployment's trust anchors, then re-derive the product
+    from the source and mask its integrity record names (read from the configured storage) and check it."""
+    data = path.read_bytes()
+    reading = provenance.read(data, provenance.trust_anchors(get_settings()))
+    reasons = list(reading.failures)
+    if reading.state == "Valid" and not reasons:
+        reasons.append("the signer is not trusted by this deployment's C2PA trust anchors")
+    record = reading.integrity
+    if reading.state is not None and record is None:
+        reasons.append(f"the manifest carries no readable {provenance.ASSERTION} record")
+    if record is None:
+        return ImageCheck(reading, None, reasons)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    storage, files = get_storage(), dict[str, bytes]()
+    try:
+        for part in ("source", "mask"):
+            files[part] = storage.get(str((record.get(part) or {})["key"]))
+    except (OSError, KeyError) as exc:
+        return ImageCheck(reading, None, [*reasons, f"cannot read the source or mask the manifest names: {exc}"])
+    report = integrity.verify(image, files["source"], files["mask"], record)
+    return ImageCheck(reading, report, reasons + report.reasons)
+
+
+def image_lines(path: Path, check: ImageCheck) -> list[str]:
+    """What `onbrand verify IMAGE` prints: the manifest, the product re-check, the verdict."""
+    r = check.reading
+    lines = [f"image      {path}", f"c2pa       {r.state or 'no manifest'}"]
+    if r.manifest:
+        note = f" - {provenance.DEV_NOTE}" if r.development else ""
+        lines += [f"signer     {r.signer}{note}", f"source     {r.source_type}"]
+    if check.report is not None:
+        rep = check.report
+        source = (r.integrity or {}).get("source") or {}
+        lines.append(
+            f"product    {rep.exact_fraction:.2%} of {rep.opaque_pixels} px exact vs source {source.get('sha256')}"
+        )
+    lines.append("verified" if check.ok else "FAILED: " + "; ".join(check.reasons or ["the product check did not run"]))
     return lines

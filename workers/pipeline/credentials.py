@@ -1,0 +1,74 @@
+"""deliver's content credentials: every result of the round gets a C2PA-signed copy (shared.provenance).
+
+The signed copy is stored next to the unsigned candidate (``candidate.c2pa.png``) and named in the
+candidate's integrity record (``integrity.credentials``: key, sha256, credential kind), so no column
+changes. C2PA writes the manifest into a PNG chunk: the pixels, and the integrity proof with them, are the
+candidate's. Signing is idempotent (same key, same content claims): a retried deliver signs again.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import select
+
+from shared import provenance
+from shared.db.models import Candidate, Result
+from shared.db.session import session_scope
+from shared.storage import Storage, get_storage
+from workers.engine.context import StageContext, StageError
+from workers.pipeline.common import tenant_asset
+from workers.pipeline.outputs import RetrieveOutput
+
+
+def sign_results(ctx: StageContext) -> dict[str, Any]:
+    """Sign every result of the campaign's current review round; what deliver's run reports."""
+    started = time.perf_counter()
+    cred, storage = provenance.credential(ctx.settings), get_storage()
+    with session_scope() as session:
+        background = _background(ctx, session)
+        rows = session.execute(
+            select(Result, Candidate)
+            .join(Candidate, Candidate.id == Result.candidate_id)
+            .where(Result.of_current_round(ctx.campaign), Candidate.tenant_id == ctx.tenant_id)
+            .order_by(Result.rank)
+        ).all()
+        for result, cand in rows:
+            signed = _sign(storage, cand, f"rank-{result.rank}.png", background, cred)
+            cand.integrity = {**(cand.integrity or {}), "credentials": signed}
+    return {
+        "signed": len(rows),
+        "credential": "development" if cred.development else "configured",
+        "seconds": round(time.perf_counter() - started, 3),
+    }
+
+
+def _sign(
+    storage: Storage, cand: Candidate, title: str, background: dict[str, Any] | None, cred: provenance.Credential
+) -> dict[str, Any]:
+    image_key = cand.image_key or ""
+    record = cand.integrity or {}
+    scene = background if (cand.generation or {}).get("init") != "none" else None  # sd painted it all: none
+    definition = provenance.manifest(title, record, cand.generation or {}, scene, cred.development)
+    signed = provenance.sign(storage.get(image_key), definition, cred)
+    key = provenance.signed_key(image_key)
+    storage.put(key, signed, provenance.mime_of(signed))
+    return {
+        "key": key,
+        "sha256": provenance.sha256(signed),
+        "credential": "development" if cred.development else "configured",
+        "source_type": provenance.source_type(cand.generation or {}),
+    }
+
+
+def _background(ctx: StageContext, session: Any) -> dict[str, Any] | None:
+    """The retrieved background asset by its stored sha256 (None: the brand's studio backdrop, generated)."""
+    asset_id = getattr(ctx.output(RetrieveOutput), "background_asset_id", None)
+    if not asset_id:
+        return None
+    try:
+        asset = tenant_asset(session, ctx.tenant_id, asset_id)
+    except StageError:  # deleted since retrieval: the manifest names what it can prove, the product
+        return None
+    return {"asset_id": str(asset.id), "key": asset.storage_key, "sha256": asset.sha256}
