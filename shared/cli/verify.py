@@ -117,8 +117,11 @@ def verify_image(path: Path) -> ImageCheck:
         reasons.append(f"the manifest carries no readable {provenance.ASSERTION} record")
     if record is None:
         return ImageCheck(reading, None, reasons)
-    image = Image.open(io.BytesIO(data))
-    image.load()
+    try:  # an edited PNG may not even decode (a chunk's CRC no longer matches)
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except (OSError, SyntaxError, ValueError) as exc:
+        return ImageCheck(reading, None, [*reasons, f"the image cannot be decoded: {exc}"])
     storage, files = get_storage(), dict[str, bytes]()
     try:
         for part in ("source", "mask"):
