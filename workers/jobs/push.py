@@ -24,7 +24,7 @@ from urllib.parse import urlsplit, urlunsplit
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import egress, metrics, outbox, presets, pushes
+from shared import egress, metrics, outbox, presets, provenance, pushes
 from shared.config import Settings, get_settings
 from shared.crypto import UnreadableSecret, decrypt_json
 from shared.db.models import (
@@ -281,7 +281,7 @@ def build_objects(campaign: Campaign, result: Result, cand: Candidate, at: datet
 
 def _image(cand: Candidate, rank: int) -> bytes:
     try:
-        return get_storage().get(cand.image_key or "")
+        return get_storage().get(provenance.delivered_key(cand.integrity, cand.image_key) or "")  # C2PA-signed
     except Exception as exc:  # our storage, not the receiver: logged in full, retried like any failure
         log.exception("push: candidate %s image %s unreadable", cand.id, cand.image_key)
         raise RetryLater(f"storage_unavailable: the image of rank {rank} could not be read") from exc

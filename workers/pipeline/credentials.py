@@ -35,7 +35,7 @@ def sign_results(ctx: StageContext) -> dict[str, Any]:
             .order_by(Result.rank)
         ).all()
         for result, cand in rows:
-            signed = _sign(storage, cand, f"rank-{result.rank}.png", background, cred)
+            signed = _sign(storage, cand, f"{cand.layout_key}.png", background, cred)
             cand.integrity = {**(cand.integrity or {}), "credentials": signed}
     return {
         "signed": len(rows),

@@ -50,6 +50,7 @@ from shared.db.models import (
     StageRun,
 )
 from shared.presets import result_size, size_ranks
+from shared.provenance import delivered_key
 from shared.qc import ResultFlags, review_summary
 from shared.review import round_window
 from shared.stages import PIPELINE
@@ -182,7 +183,7 @@ def _results(
                 rank=result.rank,
                 candidate_id=cand.id,
                 product_asset_id=(cand.placement or {}).get("product_asset_id"),
-                image_url=_url(storage, cand.image_key),
+                image_url=_url(storage, delivered_key(cand.integrity, cand.image_key)),  # C2PA-signed copy
                 layer_url=_url(storage, cand.layer_key),
                 placement=cand.placement,
                 aesthetic=cand.aesthetic,
