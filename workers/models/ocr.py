@@ -54,6 +54,12 @@ class OcrReader:
             return []
         return [_word(t, s, b, rgb.shape) for t, s, b in zip(out.txts, out.scores, out.boxes, strict=True)]
 
+    def characters(self) -> frozenset[str]:
+        """Every character the recogniser can output (its dictionary: CJK, Latin, Greek; no Arabic, Hangul or
+        Cyrillic in PP-OCRv6 small), so callers can tell text it cannot read from text it misread."""
+        rec = self.engine.text_rec or self.engine._load_rec_model()  # rapidocr loads the recogniser lazily
+        return frozenset(rec.postprocess_op.character)
+
 
 def _word(text: str, score: float, quad: np.ndarray, shape: tuple[int, ...]) -> Word:
     xs, ys = quad[:, 0], quad[:, 1]
