@@ -1,0 +1,96 @@
+"""Every size is a deliverable, over real processes (as tests/e2e/test_e2e.py): a campaign asking for a
+square and a 9:16 size on the embedded defaults gets top_k results in EACH size (not top_k over both), each
+result naming its size and its rank within it, grouped per size in the campaign resource, the completion
+event and the contact sheet; every result's product pixels still verify from the source."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+from PIL import Image
+
+from shared.cli.demo.run import render_contact_sheet
+from tests.factories import api_client, verify, wait_terminal
+from tests.system import System
+from workers.evaluation import qc_set
+
+pytestmark = pytest.mark.slow
+
+TOP_K = 2
+SQUARE, PORTRAIT = (512, 512), (288, 512)  # 1:1 and 9:16, small: CI time
+
+
+def _png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def finished(system: System) -> dict[str, Any]:
+    import numpy as np
+
+    api = api_client(system, system.tenant("sizes")["api_key"])
+    brand = api.post("/v1/brands", json={"name": "Sizes", "palette": ["#2F4858", "#F6AE2D"]}).json()["id"]
+    photo = qc_set.source_photo("mug", "heldout", np.random.default_rng(3))[0]
+    meta = {"kind": "product", "title": "mug", "brand_id": brand}
+    files = {"file": ("mug.png", _png(photo), "image/png")}
+    uploaded = api.post("/v1/assets", files=files, data={"metadata": json.dumps(meta)})
+    assert uploaded.status_code in (200, 201), uploaded.text
+    body = {
+        "brand_id": brand,
+        "brief": "the product on a clean studio backdrop",
+        "product_asset_ids": [uploaded.json()["id"]],
+        "sizes": [{"width": w, "height": h} for w, h in (SQUARE, PORTRAIT)],
+        "top_k": TOP_K,
+        "max_prompt_revisions": 0,
+    }
+    created = api.post("/v1/campaigns", json=body)
+    assert created.status_code == 202, created.text
+    campaign = wait_terminal(api, created.json()["id"], timeout=600)
+    candidates = api.get(f"/v1/campaigns/{campaign['id']}/candidates?limit=100").json()["items"]
+    return {"campaign": campaign, "candidates": candidates, "verified": verify(system, campaign["id"])}
+
+
+def test_each_size_gets_its_own_top_k(finished: dict[str, Any]) -> None:
+    campaign = finished["campaign"]
+    assert campaign["status"] == "completed", campaign["error"]
+    results = campaign["results"]
+    per_size = Counter((r["size"]["width"], r["size"]["height"]) for r in results)
+    assert per_size == {SQUARE: TOP_K, PORTRAIT: TOP_K}
+    for r in results:  # the size a result names is its canvas, and its image is that size
+        canvas = r["placement"]["canvas"]
+        assert (canvas["width"], canvas["height"]) == (r["size"]["width"], r["size"]["height"])
+    assert [r["rank"] for r in results] == list(range(1, 2 * TOP_K + 1))
+    assert [(r["size"]["label"], r["size_rank"]) for r in results] == [
+        ("512x512", 1),
+        ("512x512", 2),
+        ("288x512", 1),
+        ("288x512", 2),
+    ]
+    groups = campaign["results_by_size"]
+    assert [(g["size"]["label"], g["delivered"], g["top_k"]) for g in groups] == [
+        ("512x512", TOP_K, TOP_K),
+        ("288x512", TOP_K, TOP_K),
+    ]
+    assert [i for g in groups for i in g["result_ids"]] == [r["id"] for r in results]
+    assert finished["verified"].endswith(f"verified {2 * TOP_K}/{2 * TOP_K}")
+
+
+def test_both_canvases_were_planned_and_generated(finished: dict[str, Any]) -> None:
+    plan = finished["campaign"]["state"]["plan"]
+    assert plan["canvases"] == [list(SQUARE), list(PORTRAIT)]
+    made = Counter(
+        (c["placement"]["canvas"]["width"], c["placement"]["canvas"]["height"]) for c in finished["candidates"]
+    )
+    assert set(made) == {SQUARE, PORTRAIT}
+
+
+def test_the_contact_sheet_groups_results_by_size(finished: dict[str, Any]) -> None:
+    sheet = render_contact_sheet(finished["campaign"], finished["candidates"])
+    assert sheet.count('class="section size-group"') == 2
+    assert "512×512 · 2 of 2 results" in sheet and "288×512 · 2 of 2 results" in sheet
