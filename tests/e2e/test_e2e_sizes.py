@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -49,9 +50,11 @@ def finished(system: System) -> dict[str, Any]:
         "top_k": TOP_K,
         "max_prompt_revisions": 0,
     }
+    started = time.monotonic()
     created = api.post("/v1/campaigns", json=body)
     assert created.status_code == 202, created.text
     campaign = wait_terminal(api, created.json()["id"], timeout=600)
+    print(f"two-size campaign: {time.monotonic() - started:.1f} s, {campaign['state']['qc']['candidates']} candidates")
     candidates = api.get(f"/v1/campaigns/{campaign['id']}/candidates?limit=100").json()["items"]
     return {"campaign": campaign, "candidates": candidates, "verified": verify(system, campaign["id"])}
 
