@@ -51,6 +51,8 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
         data["sizes"] = [{"product_asset_id": p, "size": s, "passed": n} for (p, s), n in per_size.items()]
     if not enough:
         error = {} if each_enough else _partial_error(session, campaign, passed, len(results))
+        if not each_enough and len(campaign.sizes or []) > 1:  # which sizes fell short, each needs top_k
+            error = _with_short_sizes(error, per_size, campaign.top_k)
         if failed_products:  # a product that could not be segmented lost only its own scenes: say which, and why
             error = _with_failed_products(error, failed_products)
         campaign.error = data["error"] = error
@@ -120,6 +122,16 @@ def _passed_per_size(
         key = (str(r["product_asset_id"] or next(iter(products), "")), r["size"]["label"])
         counts[key] = counts.get(key, 0) + (not r["review"]["fallback"])
     return counts
+
+
+def _with_short_sizes(error: dict[str, Any], per_size: dict[tuple[str, str], int], top_k: int) -> dict[str, Any]:
+    short = [(p, size, n) for (p, size), n in per_size.items() if n < top_k]
+    named = ", ".join(f"{size}: {n} of {top_k}" for _, size, n in short)
+    return {
+        **error,
+        "short_sizes": [{"product_asset_id": p or None, "size": size, "passed": n} for p, size, n in short],
+        "message": f"each size needs {top_k} result(s), short in {named}; {error['message']}",
+    }
 
 
 def _with_failed_products(error: dict[str, Any], failed: list[dict[str, Any]]) -> dict[str, Any]:
