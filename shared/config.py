@@ -68,6 +68,17 @@ class Settings(BaseSettings):
     max_concurrent_campaigns: int = Field(default=10, ge=0, description="Non-terminal campaigns per tenant.")
     images_per_day: int = Field(default=5_000, ge=0, description="Candidates generated per tenant per UTC day.")
     images_per_month: int = Field(default=100_000, ge=0, description="Candidates generated per tenant per UTC month.")
+    # Fair GPU dispatch (workers/engine/dispatch.py): GPU stage runs wait in Postgres and are sent as slots free up.
+    gpu_share: float = Field(
+        default=1.0, gt=0, le=100, description="A tenant's weight in the GPU fair share (its `limits` may override it)."
+    )
+    gpu_dispatch_slots: int | None = Field(
+        default=None,
+        ge=1,
+        description="GPU stage runs in flight (sent, not finished) at once. Unset: the concurrency of the GPU workers "
+        "alive now (each registers in Redis), at least 1. More than the workers can take queues work in Redis "
+        "first-come-first-served, which the fair share cannot reorder.",
+    )
 
     broker_visibility_timeout: int = Field(
         default=3600, description="Seconds before an unacked task of a dead worker is redelivered."

@@ -84,6 +84,7 @@ class LimitOverrides(BaseModel):
     max_concurrent_campaigns: int | None = Field(default=None, ge=0)
     images_per_day: int | None = Field(default=None, ge=0)
     images_per_month: int | None = Field(default=None, ge=0)
+    gpu_share: float | None = Field(default=None, gt=0, le=100)
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Limits:
     max_concurrent_campaigns: int
     images_per_day: int
     images_per_month: int
+    gpu_share: float  # weight in the fair share of the GPU pool (workers.engine.dispatch)
 
     def buckets(self, method: str) -> tuple[Bucket, ...]:
         return (self.default,) if method.upper() in SAFE_METHODS else (self.default, self.writes)
@@ -130,6 +132,7 @@ def effective(settings: Settings, overrides: dict[str, Any] | None) -> Limits:
         max_concurrent_campaigns=pick("max_concurrent_campaigns"),
         images_per_day=pick("images_per_day"),
         images_per_month=pick("images_per_month"),
+        gpu_share=pick("gpu_share"),
     )
 
 

@@ -34,6 +34,12 @@ STAGE_DURATION = Histogram(
     ["stage", "outcome"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
 )
+GPU_DISPATCH_WAIT = Histogram(
+    "onbrand_gpu_dispatch_wait_seconds",
+    "A GPU stage run's wait for a slot of the fair dispatcher (creation to send), by stage.",
+    ["stage"],
+    buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
 CAMPAIGN_DURATION = Histogram(
     "onbrand_campaign_duration_seconds",
     "Campaign time from creation to its terminal status.",

@@ -107,6 +107,9 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
 
 
 STAGE_TASK_NAMES = frozenset(s.task for s in STAGES)
+# Stages on the GPU queues: their runs wait in Postgres for the fair dispatcher (workers/engine/dispatch.py).
+GPU_STAGES = frozenset(s.name for s in STAGES if s.queue in GPU_QUEUES)
+GPU_STAGE_TASKS = frozenset(s.task for s in STAGES if s.queue in GPU_QUEUES)
 
 
 def stage_task_id(name: str, *args: Any) -> str | None:

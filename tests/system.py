@@ -55,6 +55,9 @@ def migrated_db(stack_urls: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> 
     url = create_database(stack_urls, f"t_{uuid.uuid4().hex[:12]}")
     monkeypatch.setenv("ONBRAND_DATABASE_URL", url)
     monkeypatch.setenv("ONBRAND_REDIS_URL", stack_urls["redis_url"])
+    # In-process tests drive stages by hand and expect every item of a fan-out sent at once: a GPU pool as wide
+    # as they need (the dispatcher's fairness has its own tests, and running systems use the registered workers).
+    monkeypatch.setenv("ONBRAND_GPU_DISPATCH_SLOTS", "64")
     clear_caches()
     run_cli({**os.environ}, "migrate")
     try:

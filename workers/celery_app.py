@@ -7,7 +7,7 @@ import os
 import threading
 
 from celery import Celery
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 
 from shared.config import get_settings
 from shared.queue import configure
@@ -16,6 +16,33 @@ from workers import observability
 app = Celery("onbrand", include=["workers.tasks"])
 configure(app, get_settings())
 observability.install(app)
+
+
+_pool_registration: threading.Event | None = None
+
+
+@worker_ready.connect
+def _join_gpu_pool(sender: object, **_: object) -> None:
+    """A worker that consumes GPU queues announces its slots to the fair dispatcher (workers.engine.gpu_pool)."""
+    from workers.engine import gpu_pool
+
+    global _pool_registration
+    controller = sender.controller  # type: ignore[attr-defined]
+    queues = list(sender.app.amqp.queues.consume_from)  # type: ignore[attr-defined]
+    _pool_registration = gpu_pool.keep_registered(get_settings(), controller.hostname, queues, controller.concurrency)
+
+
+@worker_shutdown.connect
+def _leave_gpu_pool(sender: object, **_: object) -> None:
+    """Leave at once rather than when the registration expires: the dispatcher stops counting these slots."""
+    from workers.engine import gpu_pool
+
+    if _pool_registration is not None:
+        _pool_registration.set()
+        try:
+            gpu_pool.unregister(get_settings(), sender.hostname)  # type: ignore[attr-defined]
+        except Exception:  # noqa: BLE001 - Redis away: the registration expires on its own
+            logging.getLogger("onbrand").warning("could not leave the GPU pool", exc_info=True)
 
 
 @worker_process_init.connect

@@ -23,6 +23,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, TSVECTOR, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -72,6 +73,15 @@ class CampaignStatus(StrEnum):
 TERMINAL_STATUSES = frozenset(
     {CampaignStatus.COMPLETED, CampaignStatus.PARTIAL, CampaignStatus.FAILED, CampaignStatus.CANCELLED}
 )
+
+
+class CampaignPriority(StrEnum):
+    """Orders GPU dispatch among one tenant's campaigns (workers.engine.dispatch); never across tenants, where the
+    fair share decides (a tenant cannot jump the others' queue by calling everything interactive)."""
+
+    INTERACTIVE = "interactive"  # someone is waiting for it
+    STANDARD = "standard"
+    BATCH = "batch"  # bulk runs: only when the tenant has nothing else waiting
 
 
 class StageRunStatus(StrEnum):
@@ -242,6 +252,7 @@ class Campaign(Base):
     # Presigned PUT URLs to push results to, per rank: [{image, sidecar}]; they are credentials, never echoed
     push_urls: Mapped[list[Any] | None] = mapped_column(JSONB)
     status: Mapped[CampaignStatus] = _status(CampaignStatus, CampaignStatus.QUEUED, index=True)
+    priority: Mapped[CampaignPriority] = _status(CampaignPriority, CampaignPriority.STANDARD)
     current_stage: Mapped[str | None] = mapped_column(String(30))
     round: Mapped[int] = mapped_column(Integer, default=0)
     # Human review: the review round (0: the first delivery; each routed feedback starts the next one, whose
@@ -268,7 +279,18 @@ class StageRun(Base):
     """One row per (campaign, stage, round, item): the task's durable state and idempotency key."""
 
     __tablename__ = "stage_runs"
-    __table_args__ = (UniqueConstraint("campaign_id", "stage", "round", "item"),)
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "stage", "round", "item"),
+        # The dispatcher's reads (workers.engine.dispatch): runs waiting for a GPU slot, and runs holding one.
+        Index(
+            "ix_stage_runs_waiting", "tenant_id", postgresql_where=text("dispatched_at IS NULL AND status = 'pending'")
+        ),
+        Index(
+            "ix_stage_runs_in_flight",
+            "stage",
+            postgresql_where=text("dispatched_at IS NOT NULL AND status IN ('pending', 'running')"),
+        ),
+    )
     id: Mapped[uuid.UUID] = _id()
     tenant_id: Mapped[uuid.UUID] = _tenant()
     campaign_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("campaigns.id", ondelete="CASCADE"), index=True)
@@ -287,6 +309,9 @@ class StageRun(Base):
     # once from a process that is gone instead of waiting for the lease.
     lease_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     claimed_by: Mapped[str | None] = mapped_column(String(200))
+    # When its task was sent (migration 0016). A GPU stage's run waits unsent (null) until the fair dispatcher
+    # (workers.engine.dispatch) gives it a slot; runs of the other stages are sent as they are created.
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
 
 class Candidate(Base):

@@ -144,7 +144,8 @@ def test_lost_send_after_commit_is_recovered_by_the_sweep(resent: list[tuple[Any
 def test_run_of_a_dead_worker_is_resent_when_its_lease_lapses_and_then_runs(resent: list[tuple[Any, ...]]) -> None:
     cid = make_campaign()
     lapsed = now() - timedelta(seconds=1)
-    set_run(cid, "segment", status=StageRunStatus.RUNNING, attempts=1, claimed_by="gone-host:7", lease_until=lapsed)
+    running = {"status": StageRunStatus.RUNNING, "attempts": 1, "dispatched_at": lapsed}  # claimed: it holds a GPU slot
+    set_run(cid, "segment", **running, claimed_by="gone-host:7", lease_until=lapsed)
     with session_scope() as session:
         session.execute(update(Campaign).where(Campaign.id == uuid.UUID(cid)).values(status=CampaignStatus.RUNNING))
 

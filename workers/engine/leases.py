@@ -107,9 +107,9 @@ def renew(campaign_id: uuid.UUID, stage_name: str, rnd: int, item: int, claimer:
 
 
 def lapsed_runs() -> list[Task]:
-    """Runs of live campaigns, pending or running, whose lease lapsed (or that never had one): their tasks, with
-    the lease moved on (a running one goes back to pending, so the re-sent task may claim it). Rows another
-    sweep holds are skipped, not waited for."""
+    """Sent runs of live campaigns, pending or running, whose lease lapsed (or that never had one): their tasks, with
+    the lease moved on (a running one goes back to pending, so the re-sent task may claim it). A GPU run keeps its
+    dispatcher slot: it is re-sent, not queued again. Rows another sweep holds are skipped, not waited for."""
     at = now()
     with session_scope() as session:
         runs = session.scalars(
@@ -117,6 +117,7 @@ def lapsed_runs() -> list[Task]:
             .join(Campaign, Campaign.id == StageRun.campaign_id)
             .where(
                 StageRun.status.in_([StageRunStatus.PENDING, StageRunStatus.RUNNING]),
+                StageRun.dispatched_at.is_not(None),  # a GPU run waiting for a slot is the dispatcher's
                 or_(StageRun.lease_until.is_(None), StageRun.lease_until < at),
                 Campaign.status.not_in(TERMINAL_STATUSES),
             )

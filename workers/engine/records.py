@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from shared import metrics
 from shared.config import get_settings
 from shared.db.models import Campaign, StageRun, StageRunStatus
+from shared.queue import GPU_STAGES
 from workers.engine.context import Task, now
 
 
@@ -25,8 +26,10 @@ def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: in
         )
     ).first()
     if run is None:
-        # queued_at from the clock, not now(): now() is the transaction's start, not the send time
-        # A new run is about to be sent (or claimed): its lease starts now, so a lost send is re-sent by the sweep.
+        # Times from the clock, not now(): now() is the transaction's start, not the send time. A new run is about
+        # to be sent (or claimed): its lease starts now, so a lost send is re-sent by the sweep. A GPU stage's run
+        # waits unsent, with no lease, until the fair dispatcher gives it a slot (workers.engine.dispatch).
+        sent = None if stage in GPU_STAGES else now()
         run = StageRun(
             tenant_id=campaign.tenant_id,
             campaign_id=campaign.id,
@@ -34,7 +37,8 @@ def get_run(session: Session, campaign: Campaign, stage: str, rnd: int, item: in
             round=rnd,
             item=item,
             queued_at=now(),
-            lease_until=lease_from_now(),
+            dispatched_at=sent,
+            lease_until=lease_from_now() if sent else None,
         )
         session.add(run)
         session.flush()

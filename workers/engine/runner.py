@@ -8,7 +8,8 @@
   heartbeat renews the run's lease.
 - finish: lock the campaign row again, store the output, and decide the next tasks (workers.engine.flow);
   the campaign-row lock makes the "last item of a fan-out" decision race-free. Tasks are sent
-  only after the commit, with ids only.
+  only after the commit, with ids only; a GPU stage's tasks go through the fair dispatcher
+  (workers.engine.dispatch), which also runs whenever a GPU run ends and frees its slot.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from shared.db.models import (
     StageRunStatus,
 )
 from shared.db.session import session_scope
-from shared.queue import send
+from shared.queue import GPU_STAGE_TASKS, GPU_STAGES, send
 from shared.stages import FIRST, STAGES, stage
-from workers.engine import flow, leases
+from workers.engine import dispatch, flow, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
 from workers.engine.records import campaign_finished, get_run, lease_from_now, lock_campaign, webhook_tasks
 
@@ -60,15 +61,16 @@ def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> s
     if ctx is None:
         return "skipped"
     logs.bind(tenant_id=ctx.tenant_id)
+    freed = stage in GPU_STAGES  # once this run ends, its GPU slot goes to the next waiting run
     with _timed(stage) as outcome, leases.heartbeat(ctx.campaign.id, stage, rnd, item):
         try:
             summary = fn(ctx)
         except StageError as exc:
             outcome[0] = "failed"
-            send_all(_fail(ctx, exc.code, exc.message))
+            send_all(_fail(ctx, exc.code, exc.message), freed=freed)
             return "failed"
         outcome[0] = "succeeded"
-    send_all(_finish(ctx, summary))
+    send_all(_finish(ctx, summary), freed=freed)
     return "succeeded"
 
 
@@ -95,6 +97,7 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
             return None, []
         run.status, run.started_at, run.attempts = StageRunStatus.RUNNING, now(), run.attempts + 1
         run.lease_until, run.claimed_by = lease_from_now(), leases.worker_id()
+        run.dispatched_at = run.dispatched_at or now()  # a message that came without the dispatcher holds a slot too
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
         started = flow.stage_started_event(session, campaign, stage, rnd)
         session.flush()
@@ -162,7 +165,7 @@ def fail_campaign(stage: str, campaign_id: str, rnd: int, item: int, code: str, 
         if campaign is None or campaign.status in TERMINAL_STATUSES:
             return
         tasks = _mark_failed(session, campaign, stage, rnd, item, code, message)
-    send_all(tasks)
+    send_all(tasks, freed=stage in GPU_STAGES)
 
 
 def _fail(ctx: StageContext, code: str, message: str) -> list[Task]:
@@ -190,23 +193,49 @@ def _mark_failed(
 ID_ONLY_TASKS = frozenset({"onbrand.send_webhook", "onbrand.push_results"})
 
 
-def send_all(tasks: list[Task]) -> None:
-    for name, ident, rnd, item in tasks:
-        if name in ID_ONLY_TASKS:
-            send(name, ident)
-        else:
-            send(name, ident, rnd, item)
+def send_all(tasks: list[Task], *, freed: bool = False) -> None:
+    """Send what a transaction decided, after its commit. A GPU stage's task is not sent here: its run waits in
+    Postgres and the dispatcher sends it when a slot is free (now, if one is). `freed`: a GPU run just ended."""
+    gpu = [task for task in tasks if task[0] in GPU_STAGE_TASKS]
+    for task in tasks:
+        if task[0] not in GPU_STAGE_TASKS:
+            _send(task)
+    if gpu or freed:
+        dispatch_gpu(gpu)
+
+
+def _send(task: Task) -> None:
+    name, ident, rnd, item = task
+    if name in ID_ONLY_TASKS:
+        send(name, ident)
+    else:
+        send(name, ident, rnd, item)
+
+
+def dispatch_gpu(offered: list[Task] | None = None) -> int:
+    """Give free GPU slots to waiting runs (workers.engine.dispatch) and send them. Never raises: the runs are
+    durable, and the stalled sweep dispatches again within a sweep period if this call could not."""
+    try:
+        tasks = dispatch.dispatch(offered)
+    except Exception:  # noqa: BLE001 - Postgres or Redis away: the sweep retries
+        log.warning("GPU dispatch failed; the stalled sweep retries it", exc_info=True)
+        return 0
+    for task in tasks:
+        _send(task)
+    return len(tasks)
 
 
 def restart_stalled(older_than_s: int | None = None) -> int:
     """Work whose send was lost or whose worker died: stage runs of live campaigns past their lease (re-sent,
-    idempotently: workers.engine.leases), and campaigns still queued with no stage run after a lease (the
-    gateway's send after commit was lost)."""
+    idempotently: workers.engine.leases), campaigns still queued with no stage run after a lease (the
+    gateway's send after commit was lost), and GPU runs waiting for a slot a lost dispatch left free."""
     lapsed = leases.lapsed_runs()
     if lapsed:
         log.warning("stalled sweep: %d stage runs past their lease re-sent", len(lapsed))
-    send_all(lapsed)
-    return len(lapsed) + _restart_unstarted(older_than_s or get_settings().stage_lease_seconds)
+    for task in lapsed:  # sent before: a GPU run among them keeps its slot, no dispatch
+        _send(task)
+    restarted = _restart_unstarted(older_than_s or get_settings().stage_lease_seconds)
+    return len(lapsed) + restarted + dispatch_gpu()
 
 
 def _restart_unstarted(older_than_s: int) -> int:

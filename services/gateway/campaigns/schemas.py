@@ -22,7 +22,7 @@ from pydantic_core import PydanticCustomError
 from services.gateway.errors import UNKNOWN_PRESET
 from services.gateway.guardrails.schemas import Screening
 from services.gateway.webhook_targets import WebhookUrl
-from shared.db.models import CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
+from shared.db.models import CampaignPriority, CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
 from shared.presets import PRESET_NAMES, PRESETS
 
 QcPolicy = Literal["strict", "flexible", "weighted"]
@@ -196,6 +196,11 @@ class CampaignCreate(BaseModel):
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5, strict=True)
     max_prompt_revisions: int = Field(1, ge=0, le=5, strict=True)
+    priority: CampaignPriority = Field(
+        CampaignPriority.STANDARD,
+        description="Orders GPU work among this tenant's own campaigns (interactive first, batch last); between "
+        "tenants the fair share decides.",
+    )
     webhook_url: WebhookUrl | None = Field(None, description="Receives this campaign's events (Standard Webhooks).")
     push_urls: list[PushUrls] | None = Field(
         None,
@@ -220,6 +225,7 @@ class CampaignRequest(BaseModel):
     qc_policy: QcPolicy
     max_retry_attempts: int
     max_prompt_revisions: int
+    priority: CampaignPriority
     webhook_url: str | None
     # Left out when the campaign has no push URLs (the request is echoed as it was sent).
     push: PushSummary | None = Field(None, exclude_if=lambda value: value is None)

@@ -77,6 +77,7 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         qc_policy=body.qc_policy,
         max_retry_attempts=body.max_retry_attempts,
         max_prompt_revisions=body.max_prompt_revisions,
+        priority=body.priority,
         webhook_url=url,
         webhook_secret=webhooks.new_secret() if url else None,
         status=CampaignStatus.QUEUED,

@@ -322,6 +322,7 @@ def _request(campaign: Campaign) -> CampaignRequest:
         qc_policy=cast(QcPolicy, campaign.qc_policy),
         max_retry_attempts=campaign.max_retry_attempts,
         max_prompt_revisions=campaign.max_prompt_revisions,
+        priority=campaign.priority,
         webhook_url=campaign.webhook_url,
         push=PushSummary(presigned_urls=len(campaign.push_urls)) if campaign.push_urls else None,
     )

@@ -31,6 +31,7 @@ def get_limits(request: Request, session: SessionDep, tenant_id: TenantDep, sett
         images=[
             ImagesRead(period=u.period, limit=u.limit, used=u.used, remaining=u.remaining, reset=u.reset) for u in usage
         ],
+        gpu_share=own.gpu_share,
     )
 
 

@@ -36,3 +36,7 @@ class LimitsRead(BaseModel):
     rate_limits: list[RateLimitRead]
     concurrent_campaigns: ConcurrentRead
     images: list[ImagesRead]
+    gpu_share: float = Field(
+        description="This tenant's weight in the fair share of the GPU workers: with others waiting, its share of "
+        "GPU slots is gpu_share over the sum of the waiting tenants' shares."
+    )

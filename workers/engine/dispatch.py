@@ -1,0 +1,236 @@
+"""Fair dispatch of GPU work between tenants.
+
+A GPU stage's run (segment, plan, generate, qc: shared.queue.GPU_STAGES) is created waiting, unsent
+(`dispatched_at` null). `dispatch()` fills the GPU pool's free slots (workers.engine.gpu_pool) with waiting runs,
+one slot at a time, each to the tenant with the fewest runs in flight per unit of its share (weighted max-min
+fairness of the slots; ties go to the tenant with the fewest GPU-seconds per share over the last FAIR_WINDOW).
+Within a tenant the order is: campaign priority, then the oldest campaign (finish what was started first), then
+round, stage and item.
+
+Why slots and not queue order: a Redis list is first-come-first-served and cannot be reordered once a message is in
+it, so 50 campaigns sent before another tenant's one would all run first. A message sent only when a worker can take
+it leaves the choice to the moment a GPU frees up. The cost is one Postgres transaction per GPU run ended.
+
+It runs under a transaction-level advisory lock (two dispatchers never fill one slot twice) and is called when a
+stage creates GPU runs, when a GPU run ends, and by the stalled sweep: a lost call costs one sweep period.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import ColumnElement, and_, case, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from shared import limits, metrics
+from shared.config import Settings, get_settings
+from shared.db.models import (
+    TERMINAL_STATUSES,
+    Campaign,
+    CampaignPriority,
+    StageRun,
+    StageRunStatus,
+    Tenant,
+)
+from shared.db.session import session_scope
+from shared.queue import GPU_STAGES
+from shared.stages import PIPELINE, stage
+from workers.engine import gpu_pool
+from workers.engine.context import Task, now
+from workers.engine.records import lease_from_now
+
+log = logging.getLogger("onbrand.dispatch")
+
+DISPATCH_LOCK = 0x0B_D15A  # pg_advisory_xact_lock key: one dispatcher at a time
+FAIR_WINDOW = timedelta(minutes=10)  # GPU-seconds served this far back break ties between tenants
+PRIORITY_ORDER = {p: i for i, p in enumerate(CampaignPriority)}  # interactive first, batch last
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A GPU stage run waiting for a slot."""
+
+    run_id: uuid.UUID
+    tenant_id: uuid.UUID
+    queue: str
+    task: Task
+
+
+@dataclass
+class Pool:
+    """What is in flight now (per tenant and per GPU queue), and what may be."""
+
+    capacity: gpu_pool.Capacity
+    by_tenant: Counter[uuid.UUID]
+    by_queue: Counter[str]
+
+    def room(self, queue: str) -> bool:
+        total = sum(self.by_queue.values())
+        return total < self.capacity.total and self.by_queue[queue] < self.capacity.per_queue.get(queue, 0)
+
+    def take(self, run: Waiting) -> None:
+        self.by_tenant[run.tenant_id] += 1
+        self.by_queue[run.queue] += 1
+
+
+def pick(
+    waiting: dict[uuid.UUID, list[Waiting]],
+    pool: Pool,
+    shares: dict[uuid.UUID, float],
+    served: dict[uuid.UUID, float],
+) -> list[Waiting]:
+    """Fill the free slots: each to the tenant with the fewest in flight per share, then the fewest GPU-seconds
+    served per share, then by id (deterministic); that tenant's first waiting run whose queue has room."""
+    queues = {tenant: list(runs) for tenant, runs in waiting.items()}
+    chosen: list[Waiting] = []
+    while True:
+        best: tuple[tuple[float, float, str], Waiting] | None = None
+        for tenant, runs in queues.items():
+            run = next((r for r in runs if pool.room(r.queue)), None)
+            if run is None:
+                continue
+            share = shares.get(tenant, 1.0)
+            key = (pool.by_tenant[tenant] / share, served.get(tenant, 0.0) / share, str(tenant))
+            if best is None or key < best[0]:
+                best = (key, run)
+        if best is None:
+            return chosen
+        run = best[1]
+        queues[run.tenant_id].remove(run)
+        pool.take(run)
+        chosen.append(run)
+
+
+def dispatch(offered: list[Task] | None = None, settings: Settings | None = None) -> list[Task]:
+    """Mark the chosen waiting runs sent (with a lease) and return their tasks, to send after the commit.
+
+    `offered`: GPU tasks a transaction asked to send. Those whose runs wait are the dispatcher's to choose from;
+    those already sent and still pending are returned again (a redelivered predecessor re-sends its successors:
+    the first send may be the one that was lost; the claim makes a duplicate harmless)."""
+    settings = settings or get_settings()
+    capacity = gpu_pool.capacity(settings)
+    with session_scope() as session:
+        session.execute(select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
+        again = _sent_pending(session, offered or [])
+        pool = _in_flight(session, capacity)
+        if sum(pool.by_queue.values()) >= capacity.total:
+            return again
+        waiting = _waiting(session, capacity.total)
+        tenants = list(waiting)
+        chosen = pick(waiting, pool, _shares(session, tenants, settings), _served(session, tenants)) if waiting else []
+        if chosen:
+            session.execute(
+                update(StageRun)
+                .where(StageRun.id.in_([r.run_id for r in chosen]))
+                .values(dispatched_at=now(), lease_until=lease_from_now())
+            )
+            _observe_waits(session, chosen)
+        return again + [run.task for run in chosen]
+
+
+def _sent_pending(session: Session, offered: list[Task]) -> list[Task]:
+    """The offered tasks whose runs were sent and are still pending (not claimed)."""
+    if not offered:
+        return []
+    campaigns = {uuid.UUID(task[1]) for task in offered}
+    rows = session.execute(
+        select(StageRun.campaign_id, StageRun.stage, StageRun.round, StageRun.item).where(
+            StageRun.campaign_id.in_(campaigns),
+            StageRun.stage.in_(GPU_STAGES),
+            StageRun.dispatched_at.is_not(None),
+            StageRun.status == StageRunStatus.PENDING,
+        )
+    ).all()
+    sent = {(stage(name).task, str(campaign), rnd, item) for campaign, name, rnd, item in rows}
+    return [task for task in offered if task in sent]
+
+
+def _live_gpu_runs() -> ColumnElement[bool]:
+    return and_(StageRun.stage.in_(GPU_STAGES), Campaign.status.not_in(TERMINAL_STATUSES))
+
+
+def _in_flight(session: Session, capacity: gpu_pool.Capacity) -> Pool:
+    """Sent and not finished: a run re-sent by the sweep or waiting for a Celery retry keeps its slot."""
+    rows = session.execute(
+        select(StageRun.tenant_id, StageRun.stage, func.count())
+        .join(Campaign, Campaign.id == StageRun.campaign_id)
+        .where(
+            _live_gpu_runs(),
+            StageRun.dispatched_at.is_not(None),
+            StageRun.status.in_([StageRunStatus.PENDING, StageRunStatus.RUNNING]),
+        )
+        .group_by(StageRun.tenant_id, StageRun.stage)
+    ).all()
+    pool = Pool(capacity, Counter(), Counter())
+    for tenant, name, count in rows:
+        pool.by_tenant[tenant] += count
+        pool.by_queue[stage(name).queue] += count
+    return pool
+
+
+def _waiting(session: Session, per_tenant: int) -> dict[uuid.UUID, list[Waiting]]:
+    """Each tenant's first `per_tenant` waiting runs in its own order (no tenant can take more slots than exist)."""
+    priority = case(PRIORITY_ORDER, value=Campaign.priority, else_=len(PRIORITY_ORDER))
+    stage_order = case({name: i for i, name in enumerate(PIPELINE)}, value=StageRun.stage)
+    order = func.row_number().over(
+        partition_by=StageRun.tenant_id,
+        order_by=(priority, Campaign.created_at, Campaign.id, StageRun.round, stage_order, StageRun.item),
+    )
+    ranked = (
+        select(
+            StageRun.id,
+            StageRun.tenant_id,
+            StageRun.stage,
+            StageRun.campaign_id,
+            StageRun.round,
+            StageRun.item,
+            order.label("position"),
+        )
+        .join(Campaign, Campaign.id == StageRun.campaign_id)
+        .where(_live_gpu_runs(), StageRun.dispatched_at.is_(None), StageRun.status == StageRunStatus.PENDING)
+        .subquery()
+    )
+    rows = session.execute(select(ranked).where(ranked.c.position <= per_tenant).order_by(ranked.c.position)).all()
+    waiting: dict[uuid.UUID, list[Waiting]] = {}
+    for run_id, tenant, name, campaign_id, rnd, item, _ in rows:
+        task = (stage(name).task, str(campaign_id), rnd, item)
+        waiting.setdefault(tenant, []).append(Waiting(run_id, tenant, stage(name).queue, task))
+    return waiting
+
+
+def _shares(session: Session, tenants: list[uuid.UUID], settings: Settings) -> dict[uuid.UUID, float]:
+    rows = session.execute(select(Tenant.id, Tenant.limits).where(Tenant.id.in_(tenants))).all()
+    return {tenant: limits.effective(settings, overrides).gpu_share for tenant, overrides in rows}
+
+
+def _served(session: Session, tenants: list[uuid.UUID]) -> dict[uuid.UUID, float]:
+    """GPU-seconds each tenant's runs computed within FAIR_WINDOW (running ones up to now)."""
+    at = now()
+    start = at - FAIR_WINDOW
+    until = func.coalesce(StageRun.finished_at, at)
+    seconds = func.sum(func.extract("epoch", until - func.greatest(StageRun.started_at, start)))
+    rows = session.execute(
+        select(StageRun.tenant_id, seconds)
+        .where(
+            StageRun.tenant_id.in_(tenants),
+            StageRun.stage.in_(GPU_STAGES),
+            StageRun.started_at.is_not(None),
+            or_(StageRun.finished_at > start, StageRun.status == StageRunStatus.RUNNING),
+        )
+        .group_by(StageRun.tenant_id)
+    ).all()
+    return {tenant: float(total or 0.0) for tenant, total in rows}
+
+
+def _observe_waits(session: Session, chosen: list[Waiting]) -> None:
+    """onbrand_gpu_dispatch_wait_seconds: from a run's creation to its dispatch, by stage."""
+    at = now()
+    rows = session.execute(
+        select(StageRun.stage, StageRun.queued_at).where(StageRun.id.in_([r.run_id for r in chosen]))
+    ).all()
+    for name, queued_at in rows:
+        metrics.GPU_DISPATCH_WAIT.labels(name).observe(max(0.0, (at - queued_at).total_seconds()))
