@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +65,13 @@ def render(request: OverlayRequest) -> Creative:
     space = layout.FreeSpace(layout.dilate(product, gap))
     reasons: list[str] = []
     logo = _place_logo(request, tmpl, space, reasons)
-    placed = [p for p in (_place_text(request, tmpl, e, space, gap, reasons) for e in _elements(request)) if p]
+    placed: list[Placed] = []
+    cap = max(w, h)  # each element is no larger than the one before: headline >= CTA >= legal
+    for element in _elements(request):
+        found = _place_text(request, tmpl, element, space, gap, reasons, cap)
+        if found:
+            placed.append(found)
+            cap = found.block.font_px
     if reasons:
         return _result(request.scene.convert("RGB"), False, reasons, tmpl.name, [], logo, started)
     canvas = scene.copy()
@@ -116,6 +122,7 @@ def _place_text(
     space: layout.FreeSpace,
     gap: int,
     reasons: list[str],
+    cap: int,
 ) -> Placed | None:
     copy = str(getattr(request.copy, element.value) or "").strip()
     if not copy:
@@ -128,7 +135,7 @@ def _place_text(
         reasons.append(f"{element}: no font covers its characters ({script} script); upload a font that does")
         return None
     w, h = request.scene.size
-    slot = tmpl.slots[element]
+    slot = replace(tmpl.slots[element], max_px=min(tmpl.slots[element].max_px, cap))
     smallest = request.kit.rules.min_font_px
     smallest = max(6, round(0.75 * smallest)) if element is Element.LEGAL else smallest
     margin = round(request.kit.rules.margin_frac * min(w, h))
