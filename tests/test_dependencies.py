@@ -31,6 +31,7 @@ FIRST_PARTY = frozenset({"shared", "services", "workers", "migrations", "tests"}
 # more than case and "_" vs "-". Namespace packages map by their sub-package.
 DISTRIBUTIONS = {
     "PIL": "pillow",
+    "c2pa": "c2pa-python",
     "cv2": "opencv-python-headless",
     "yaml": "pyyaml",
     "jwt": "pyjwt",
