@@ -78,7 +78,14 @@ def test_german_headline_english_cta_reads_back_with_contrast_outside_the_produc
 
 
 def test_templates_lay_out_each_size_sensibly() -> None:
-    for w, h, name in [(728, 90, "wide"), (160, 600, "tall"), (1080, 1080, "square"), (1080, 1350, "square")]:
+    sizes = [
+        (728, 90, "wide"),
+        (160, 600, "tall"),
+        (1080, 1920, "tall"),
+        (1080, 1080, "square"),
+        (1080, 1350, "square"),
+    ]
+    for w, h, name in sizes:
         product = (round(0.4 * w), round(0.45 * h), round(0.6 * w), round(0.6 * h))
         image, mask = scene(w, h, product)
         copy = Copy(HEADLINE_DE, CTA_EN, legal="Angebot gültig bis 31.12.")
@@ -170,6 +177,16 @@ def test_arabic_cta_is_shaped_right_to_left_and_its_ocr_is_unchecked() -> None:
     head, arabic = checked.checks
     assert head.status == "passed" and arabic.status == "unchecked" and checked.status == "unchecked"
     assert arabic.reason == "unchecked: no OCR model for Arabic" and arabic.read == ""
+
+
+def test_no_layout_without_text_shaping(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Pillow's wheel loads FriBiDi from the system; without it raqm is off and RTL text would come out LTR.
+    monkeypatch.setattr(fonts, "shaping_available", lambda: False)
+    image, mask = scene(600, 600, (200, 200, 400, 400))
+    made = render.render(OverlayRequest(image, mask, Copy(HEADLINE_DE, CTA_AR)))
+    assert (
+        not made.layout.ok and made.layout.reasons == [fonts.SHAPING_MISSING] and "libfribidi0" in fonts.SHAPING_MISSING
+    )
 
 
 def test_cjk_breaks_by_character_and_needs_a_font_that_covers_it(monkeypatch: pytest.MonkeyPatch) -> None:

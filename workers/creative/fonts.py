@@ -18,7 +18,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from fontTools.ttLib import TTFont, TTLibError
-from PIL import ImageFont
+from PIL import ImageFont, features
 
 FONT_DIR = Path(__file__).parent / "fonts"
 DEFAULTS = {
@@ -30,6 +30,17 @@ SYSTEM_CJK = ("NotoSansCJK-Bold.ttc", "NotoSansCJK-Regular.ttc")
 MAX_FONT_BYTES = 32 * 1024 * 1024
 RTL_SCRIPTS = {"Arabic", "Hebrew", "Syriac", "Thaana", "Nko"}
 CJK_SCRIPTS = {"Han", "Hiragana", "Katakana", "Hangul"}
+
+
+SHAPING_MISSING = (
+    "text shaping unavailable: Pillow's wheel bundles libraqm and HarfBuzz but loads FriBiDi from the system "
+    "(Debian/Ubuntu: apt-get install libfribidi0)"
+)
+
+
+def shaping_available() -> bool:
+    """Whether Pillow can shape text (libraqm with FriBiDi): without it Arabic would be drawn unjoined, LTR."""
+    return bool(features.check("raqm"))
 
 
 class FontError(ValueError):

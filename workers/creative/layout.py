@@ -58,12 +58,14 @@ def template(w: int, h: int, rules: LayoutRules) -> Template:
             max(rules.min_logo_px, round(0.45 * h)),
         )
     if w / h <= 0.6:
+        # A skyscraper (160x600) is so narrow that text must be large for its width; a 9:16 story is not.
+        k = 1.0 if w / h <= 0.35 else 0.55
         return Template(
             "tall",
             {
-                Element.HEADLINE: Slot((0.5, 0.2), round(0.16 * w), 4, "centre", (TOP, BOTTOM)),
-                Element.CTA: Slot((0.5, 0.86), round(0.11 * w), 2, "centre", (BOTTOM, TOP)),
-                Element.LEGAL: Slot((0.5, 0.97), round(0.07 * w), 3, "centre", (FOOT,)),
+                Element.HEADLINE: Slot((0.5, 0.2), round(0.16 * k * w), 4, "centre", (TOP, BOTTOM)),
+                Element.CTA: Slot((0.5, 0.86), round(0.11 * k * w), 2, "centre", (BOTTOM, TOP)),
+                Element.LEGAL: Slot((0.5, 0.97), round(0.07 * k * w), 3, "centre", (FOOT,)),
             },
             max(rules.min_logo_px, round(rules.logo_height_frac * short * 1.5)),
         )

@@ -64,6 +64,8 @@ def render(request: OverlayRequest) -> Creative:
     gap = max(2, round(0.01 * short))
     space = layout.FreeSpace(layout.dilate(product, gap))
     reasons: list[str] = []
+    if not fonts.shaping_available():
+        return _result(request.scene.convert("RGB"), False, [fonts.SHAPING_MISSING], tmpl.name, [], None, started)
     logo = _place_logo(request, tmpl, space, reasons)
     placed: list[Placed] = []
     cap = max(w, h)  # each element is no larger than the one before: headline >= CTA >= legal
