@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -13,8 +15,10 @@ import pytest
 from PIL import Image
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from shared import provenance
 from shared.cli.demo.library import build_library
 from shared.cli.demo.run import WebhookReceiver, upload_library
+from shared.cli.procs import onbrand_cmd
 from tests.factories import BRIEF, api_client, httpx_get, verify, wait_terminal
 from tests.system import System
 
@@ -110,6 +114,29 @@ def test_every_result_verifies_from_its_source(finished: dict[str, Any], system:
     record = candidates(finished)[0]["integrity"]
     assert record["source"]["kind"] == "asset" and record["source"]["sha256"] == record["source"]["asset_sha256"]
     assert record["mask"]["method"] and record["transform"]["resize_filter"] == "lanczos"
+
+
+def test_every_result_carries_valid_content_credentials(
+    finished: dict[str, Any], system: System, tmp_path: Path
+) -> None:
+    """The API serves each result's C2PA-signed copy, trusted by the system's own (development) chain;
+    `onbrand verify IMAGE` validates one and re-checks its product against the source it names (exit 0),
+    and the same file with one flipped byte fails (exit 1)."""
+    anchors = (system.home / "c2pa" / "root.pem").read_bytes()  # made by the worker that signed
+    signed = [httpx_get(r["image_url"]).getvalue() for r in finished["campaign"]["results"]]
+    for data in signed:
+        reading = provenance.read(data, anchors)
+        assert reading.state == "Trusted" and reading.development, reading.failures
+        assert reading.source_type == provenance.COMPOSITE and (reading.integrity or {})["exact_fraction"] == 1.0
+    path = tmp_path / "rank-1.png"
+    path.write_bytes(signed[0])
+    done = subprocess.run(onbrand_cmd("verify", str(path)), env=system.env, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.strip().endswith("verified"), done.stdout + done.stderr
+    tampered = bytearray(signed[0])
+    tampered[len(tampered) // 2] ^= 0x01
+    path.write_bytes(bytes(tampered))
+    done = subprocess.run(onbrand_cmd("verify", str(path)), env=system.env, capture_output=True, text=True)
+    assert done.returncode == 1 and "FAILED" in done.stdout, done.stdout + done.stderr
 
 
 def candidates(finished: dict[str, Any]) -> list[dict[str, Any]]:
