@@ -28,13 +28,13 @@ def sign_results(ctx: StageContext) -> dict[str, Any]:
     cred, storage = provenance.credential(ctx.settings), get_storage()
     with session_scope() as session:
         background = _background(ctx, session)
-        rows = session.execute(
-            select(Result, Candidate)
-            .join(Candidate, Candidate.id == Result.candidate_id)
+        rows = session.scalars(
+            select(Candidate)
+            .join(Result, Candidate.id == Result.candidate_id)
             .where(Result.of_current_round(ctx.campaign), Candidate.tenant_id == ctx.tenant_id)
             .order_by(Result.rank)
         ).all()
-        for result, cand in rows:
+        for cand in rows:
             signed = _sign(storage, cand, f"{cand.layout_key}.png", background, cred)
             cand.integrity = {**(cand.integrity or {}), "credentials": signed}
     return {
@@ -64,11 +64,11 @@ def _sign(
 
 def _background(ctx: StageContext, session: Any) -> dict[str, Any] | None:
     """The retrieved background asset by its stored sha256 (None: the brand's studio backdrop, generated)."""
-    asset_id = getattr(ctx.output(RetrieveOutput), "background_asset_id", None)
-    if not asset_id:
-        return None
     try:
-        asset = tenant_asset(session, ctx.tenant_id, asset_id)
-    except StageError:  # deleted since retrieval: the manifest names what it can prove, the product
+        asset_id = getattr(ctx.output(RetrieveOutput), "background_asset_id", None)
+        asset = tenant_asset(session, ctx.tenant_id, asset_id) if asset_id else None
+    except StageError:  # no retrieval, or the asset was deleted since: the manifest names the product alone
+        return None
+    if asset is None:
         return None
     return {"asset_id": str(asset.id), "key": asset.storage_key, "sha256": asset.sha256}
