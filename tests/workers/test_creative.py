@@ -92,6 +92,13 @@ def test_templates_lay_out_each_size_sensibly() -> None:
         made = render.render(OverlayRequest(image, mask, copy, BrandKit(logo=logo())))
         assert made.layout.ok and made.layout.template == name, (w, h, made.layout.reasons)
         head, cta, legal = made.layout.texts
+        assert made.layout.logo is not None
+        lx0, ly0, lx1, ly1 = made.layout.logo.box
+        clear = round(0.25 * (ly1 - ly0))  # LayoutRules.clear_space: no text inside the logo's clear space
+        for t in made.layout.texts:
+            assert (
+                t.box[2] <= lx0 - clear or t.box[0] >= lx1 + clear or t.box[3] <= ly0 - clear or t.box[1] >= ly1 + clear
+            )
         assert head.font_px >= cta.font_px >= 12 and legal.font_px < cta.font_px
         if name == "wide":  # one row: logo, headline, CTA button on the right
             assert made.layout.logo and made.layout.logo.box[2] <= head.box[0] and head.box[2] <= cta.box[0]
