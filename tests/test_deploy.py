@@ -28,7 +28,8 @@ import yaml
 
 from shared import egress
 from shared.config import Settings
-from shared.queue import BULK_PRIORITY, CPU_QUEUES, GPU_QUEUES, TASK_QUEUES
+from shared.db.models import TERMINAL_STATUSES
+from shared.queue import BULK_PRIORITY, CPU_QUEUES, GPU_QUEUES, GPU_STAGES, TASK_QUEUES
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPOSE = ROOT / "docker-compose.yml"
@@ -539,6 +540,7 @@ def test_k8s_base_renders() -> None:
             "HorizontalPodAutoscaler",
             "PodDisruptionBudget",
             "TriggerAuthentication",
+            "TriggerAuthentication",
             "ScaledObject",
             "ScaledObject",
             *["NetworkPolicy"] * 8,
@@ -759,8 +761,8 @@ def test_k8s_keda(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         assert pool, f"{where} scales {ref['name']}, which is no worker"
         assert pool not in targeted, f"{overlay}: two ScaledObjects scale the {pool}-worker"
         targeted[pool] = spec
-        triggers = spec["triggers"]
-        assert {t["type"] for t in triggers} == {"redis"}, where
+        triggers = [t for t in spec["triggers"] if t["type"] == "redis"]
+        assert {t["type"] for t in spec["triggers"]} == ({"redis", "postgresql"} if pool == "gpu" else {"redis"}), where
         lists = [t["metadata"]["listName"] for t in triggers]
         expected = set(POOL_QUEUES[pool]) | bulk_priority_lists(POOL_QUEUES[pool])
         assert len(lists) == len(set(lists)) and set(lists) == expected, (where, lists, expected)
@@ -775,11 +777,24 @@ def test_k8s_keda(rendered: tuple[str, list[dict[str, Any]]]) -> None:
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"], where
         assert spec.get("pollingInterval", 30) <= 30, where
     assert set(targeted) == {"cpu", "gpu"}, f"{overlay}: every worker Deployment needs a ScaledObject"
+    gpu_demand(targeted["gpu"], auths)
     assert targeted["gpu"]["minReplicaCount"] == 0, "idle GPUs scale to zero"
     assert targeted["gpu"]["cooldownPeriod"] >= 600, "a busy GPU worker's task is not in the list: cool down slowly"
     assert targeted["cpu"]["minReplicaCount"] >= 1, "the webhooks queue (outbox sweeps) needs a consumer"
     for pool, deployment in worker_deployments(docs).items():
         assert "replicas" not in deployment["spec"], f"{overlay}: {pool}-worker: KEDA's HPA owns replicas"
+
+
+def gpu_demand(spec: dict[str, Any], auths: dict[str, dict[str, Any]]) -> None:
+    """The GPU pool scales on the GPU runs in Postgres (waiting for the fair dispatcher or running): every GPU
+    stage named, live campaigns only, a connection from the Secret."""
+    (trigger,) = [t for t in spec["triggers"] if t["type"] == "postgresql"]
+    query = trigger["metadata"]["query"]
+    assert all(f"'{name}'" in query for name in GPU_STAGES), query
+    assert all(f"'{status}'" in query for status in TERMINAL_STATUSES) and "NOT IN" in query, query
+    refs = auths[trigger["authenticationRef"]["name"]]["spec"]["secretTargetRef"]
+    assert [(r["parameter"], r["name"]) for r in refs] == [("connection", "onbrand-secrets")], refs
+    assert int(trigger["metadata"]["targetQueryValue"]) >= 1
 
 
 def test_k8s_overlays_do_not_set_worker_replicas() -> None:
