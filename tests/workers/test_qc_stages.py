@@ -60,6 +60,9 @@ def bottle(w: int = 90, h: int = 200) -> Image.Image:
     return Image.fromarray(arr, "RGBA")
 
 
+SQUARE, WIDE = {"width": 512, "height": 512}, {"width": 640, "height": 360}
+
+
 def make_campaign(
     world: dict[str, Any],
     thresholds: dict[str, float],
@@ -68,6 +71,7 @@ def make_campaign(
     revisions: int = 0,
     top_k: int = 3,
     unchecked: str = "review",
+    sizes: list[dict[str, int]] | None = None,
 ) -> uuid.UUID:
     tenant_id = world["tenant_id"]
     brand = Brand(
@@ -97,7 +101,7 @@ def make_campaign(
                 tenant_id=tenant_id,
                 brand_id=brand.id,
                 brief="a bottle in a studio",
-                sizes=[{"width": 512, "height": 512}, {"width": 640, "height": 360}],
+                sizes=sizes or [SQUARE, WIDE],
                 safe_zones=[],
                 state=state,
                 top_k=top_k,
@@ -173,11 +177,16 @@ def test_every_candidate_carries_its_metrics_verdicts_cluster_and_rank_or_reason
         assert cand.qc["policy"]["name"] == "strict" and cand.qc["cluster"]["id"]
         assert (cand.rank is not None) != bool(cand.excluded_reason)  # a rank, or the reason it has none
     ranked = sorted((c for c in found if c.rank), key=lambda c: c.rank)
-    assert [c.rank for c in ranked] == [1, 2, 3]
-    rankable = [c for c in found if c.passed and not (c.excluded_reason or "").startswith("near-duplicate")]
-    best = sorted(rankable, key=lambda c: -c.aesthetic)
-    # exactly the top-K of passing, non-duplicate candidates (the diversity rule cannot bite: one rotation)
-    assert [c.id for c in ranked] == [c.id for c in best[:3]]
+    assert [c.rank for c in ranked] == [1, 2, 3, 4, 5, 6]  # top_k in each size: the square's, then the wide's
+    for size, chosen in (("512x512", ranked[:3]), ("640x360", ranked[3:])):
+        rankable = [
+            c
+            for c in found
+            if c.layout_key.startswith(size) and c.passed and not (c.excluded_reason or "").startswith("near-duplicate")
+        ]
+        best = sorted(rankable, key=lambda c: -c.aesthetic)
+        # exactly the size's top-K of passing, non-duplicate candidates (the diversity rule cannot bite: one rotation)
+        assert [c.id for c in chosen] == [c.id for c in best[:3]]
     with session_scope() as session:
         results = session.scalars(
             select(Result.candidate_id).where(Result.campaign_id == campaign.id).order_by(Result.rank)
@@ -186,9 +195,10 @@ def test_every_candidate_carries_its_metrics_verdicts_cluster_and_rank_or_reason
 
 
 def test_retry_with_a_smaller_product_succeeds_when_the_first_round_is_too_big(world: dict[str, Any]) -> None:
-    # Round 0 places the product at 5.1-9.1 % of the canvas; the retry shrinks it by 0.85 a side, to 3.7 % on
-    # the square canvas (6.6 % on the wide one, which still fails).
-    campaign = drive(world, make_campaign(world, {"area_max": 0.05}, attempts=1))
+    # Round 0 places the product at 5.1 % of the wide canvas; the retry shrinks it by 0.85 a side, to 3.7 %.
+    # (On the square canvas it would go from 9.1 % to 6.6 %, still failing: that size would end partial, as
+    # every size is its own deliverable.)
+    campaign = drive(world, make_campaign(world, {"area_max": 0.05}, attempts=1, sizes=[WIDE]))
     assert campaign.status == "completed", campaign.error
     found = candidates(campaign.id)
     first = [c for c in found if c.round == 0]
@@ -305,14 +315,16 @@ def test_when_too_few_pass_the_best_advisory_failures_stand_in_flagged(
     world: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # product_area fails everywhere but is not measured (advisory): the loop's one round ends with no passing
-    # candidate, so the best three that failed only advisory checks are delivered, flagged, and the campaign says so.
+    # candidate, so the best three of each size that failed only advisory checks are delivered, flagged, and the
+    # campaign says so.
     monkeypatch.setattr(rates, "MEASURED", {})
     campaign = drive(world, with_webhook(make_campaign(world, {"area_max": 0.01, "area_min": 0.001})))
     assert campaign.status == "partial" and campaign.error["code"] == "too_few_passed"
-    assert (campaign.error["passed"], campaign.error["fallback"]) == (0, 3)
-    assert "3 more delivered flagged needs_review" in campaign.error["message"]
+    assert (campaign.error["passed"], campaign.error["fallback"]) == (0, 6)
+    assert "6 more delivered flagged needs_review" in campaign.error["message"]
+    assert "short in 512x512: 0 of 3, 640x360: 0 of 3" in campaign.error["message"]
     results = results_of(campaign.id)
-    assert len(results) == 3 and all(r.needs_review and not r.fully_checked for r in results)
+    assert len(results) == 6 and all(r.needs_review and not r.fully_checked for r in results)
     for result in results:
         assert result.review["fallback"]
         kinds = {(r["check"], r["kind"]) for r in result.review["reasons"]}
@@ -321,12 +333,15 @@ def test_when_too_few_pass_the_best_advisory_failures_stand_in_flagged(
     ranked = [c for c in found if c.rank]
     assert {c.id for c in ranked} == {r.candidate_id for r in results}
     assert all(not c.passed and c.qc["policy"]["fallback"] and c.excluded_reason is None for c in ranked)
-    assert len({c.qc["cluster"]["id"] for c in ranked}) == 3  # one per near-duplicate cluster
+    assert len({c.qc["cluster"]["id"] for c in ranked}) == 6  # one per near-duplicate cluster
     rest = [c for c in found if not c.rank]
     assert all("advisory only" in c.excluded_reason for c in rest)
-    assert campaign.state["qc"]["fallback"] == 3 and campaign.state["qc"]["needs_review"] == 3
+    assert campaign.state["qc"]["fallback"] == 6 and campaign.state["qc"]["needs_review"] == 6
     (event,) = payloads(campaign.id, "campaign.partial")
-    assert event["checked"]["fallback"] == 3 and event["checked"]["fully_checked"] == 0
+    assert event["checked"]["fallback"] == 6 and event["checked"]["fully_checked"] == 0
+    assert [(r["size"]["label"], r["size_rank"]) for r in event["results"]] == [
+        (size, n) for size in ("512x512", "640x360") for n in (1, 2, 3)
+    ]
     assert all(r["needs_review"] and r["review"]["fallback"] for r in event["results"])
     assert "advisory: product_area" in event["checked"]["reasons"]
 
@@ -336,7 +351,7 @@ def test_the_brand_says_what_unchecked_means(world: dict[str, Any]) -> None:
     review = drive(world, with_webhook(make_campaign(world, {})))
     assert review.status == "completed"
     results = results_of(review.id)
-    assert len(results) == 3 and all(
+    assert len(results) == 6 and all(  # top_k in each of the two sizes
         r.needs_review and not r.fully_checked and not r.review["fallback"] for r in results
     )
     for result in results:
@@ -345,8 +360,8 @@ def test_the_brand_says_what_unchecked_means(world: dict[str, Any]) -> None:
     (ready,) = payloads(review.id, "campaign.candidates.ready")
     assert ready["fully_checked"] == 0 and ready["needs_review"] == ready["passed"] > 0
     (done,) = payloads(review.id, "campaign.completed")
-    assert done["checked"]["needs_review"] == 3 and done["checked"]["fully_checked"] == 0
-    assert "0 of 3 result(s) fully checked" in done["checked"]["message"]
+    assert done["checked"]["needs_review"] == 6 and done["checked"]["fully_checked"] == 0
+    assert "0 of 6 result(s) fully checked" in done["checked"]["message"]
 
     opted = drive(world, make_campaign(world, {}, unchecked="pass"))  # explicit opt-in: unflagged, not "checked"
     assert opted.status == "completed"

@@ -118,8 +118,9 @@ def _passed_per_size(
     """Passing results per (segmented product, requested size), zero for a size that got none."""
     labels = [presets.size_label(int(s["width"]), int(s["height"])) for s in campaign.sizes or []]
     counts = {(p, label): 0 for p in products or [""] for label in labels}
-    for r in results:
-        key = (str(r["product_asset_id"] or next(iter(products), "")), r["size"]["label"])
+    for r in results:  # with no product named by segment (one product), every result is that product's
+        product = str(r["product_asset_id"] or products[0]) if products else ""
+        key = (product, r["size"]["label"])
         counts[key] = counts.get(key, 0) + (not r["review"]["fallback"])
     return counts
 
