@@ -118,6 +118,19 @@ class Limits:
     def images(self, period: Period) -> int:
         return self.images_per_day if period == "day" else self.images_per_month
 
+    def summary(self) -> dict[str, Any]:
+        """The effective values under the names a tenant's overrides use (LimitOverrides)."""
+        return {
+            "rate_limit_per_second": self.default.per_second,
+            "rate_limit_burst": self.default.burst,
+            "write_rate_limit_per_second": self.writes.per_second,
+            "write_rate_limit_burst": self.writes.burst,
+            "max_concurrent_campaigns": self.max_concurrent_campaigns,
+            "images_per_day": self.images_per_day,
+            "images_per_month": self.images_per_month,
+            "gpu_share": self.gpu_share,
+        }
+
 
 def effective(settings: Settings, overrides: dict[str, Any] | None) -> Limits:
     own = LimitOverrides.model_validate(overrides or {})
@@ -138,6 +151,19 @@ def effective(settings: Settings, overrides: dict[str, Any] | None) -> Limits:
 
 def tenant_limits(session: Session, tenant_id: uuid.UUID, settings: Settings) -> Limits:
     return effective(settings, session.scalar(select(Tenant.limits).where(Tenant.id == tenant_id)))
+
+
+def override(session: Session, tenant_id: uuid.UUID, changes: dict[str, Any], unset: list[str]) -> LimitOverrides:
+    """Set (`changes`) and clear (`unset`: back to the settings' default) a tenant's overrides, validated as
+    LimitOverrides (an unknown name or a bad value raises ValidationError); the tenant's new overrides."""
+    tenant = session.scalars(select(Tenant).where(Tenant.id == tenant_id).with_for_update()).first()
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_id}")
+    current = LimitOverrides.model_validate(tenant.limits or {}).model_dump(exclude_none=True)
+    merged = LimitOverrides.model_validate({**{k: v for k, v in current.items() if k not in unset}, **changes})
+    LimitOverrides.model_validate(dict.fromkeys(unset))  # an unknown name to unset is an error too
+    tenant.limits = merged.model_dump(exclude_none=True) or None
+    return merged
 
 
 # ---------------------------------------------------------------- rate limits (Redis)

@@ -83,6 +83,44 @@ def tenants_create(name: str) -> None:
     typer.echo(json.dumps({"tenant_id": str(tenant_id), "name": name, "api_key": api_key}))
 
 
+@tenants_app.command("limits")
+def tenants_limits(
+    tenant_id: Annotated[uuid.UUID, typer.Argument(help="The tenant.")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="NAME=VALUE, e.g. max_concurrent_campaigns=50 or gpu_share=2 (repeatable)."),
+    ] = None,
+    unset: Annotated[
+        list[str] | None, typer.Option(help="NAME: back to the deployment's default (repeatable).")
+    ] = None,
+) -> None:
+    """Show a tenant's limit overrides and effective limits as JSON; --set / --unset change the overrides."""
+    from pydantic import ValidationError
+
+    from shared import limits
+    from shared.config import get_settings
+    from shared.db.session import session_scope
+
+    changes = {}
+    for item in set_ or []:
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"expected NAME=VALUE, got {item!r}", param_hint="--set")
+        changes[name.strip()] = value.strip()
+    with session_scope() as session:
+        try:
+            own = limits.override(session, tenant_id, changes, unset or [])
+        except LookupError as exc:
+            raise typer.BadParameter(str(exc), param_hint="TENANT_ID") from None
+        except ValidationError as exc:
+            raise typer.BadParameter(
+                exc.errors()[0]["msg"] + f" ({exc.errors()[0]['loc']})", param_hint="--set"
+            ) from None
+        applied = limits.tenant_limits(session, tenant_id, get_settings())
+    overrides = own.model_dump(exclude_none=True)
+    typer.echo(json.dumps({"tenant_id": str(tenant_id), "overrides": overrides, "effective": applied.summary()}))
+
+
 def _uuid_option(value: str | None, hint: str) -> str | None:
     if not value:
         return None

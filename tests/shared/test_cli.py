@@ -106,3 +106,27 @@ def test_models_check_loads_the_tiny_production_models(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines()[-1] == "5 of 5 models load"
     assert f"loaded from {tmp_path / 'models' / 'tiny-sd'}" in done.stdout
+
+
+def test_tenants_limits_shows_sets_and_unsets_a_tenants_overrides(fresh_db: str) -> None:
+    def limits(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            onbrand_cmd("tenants", "limits", *args), env={**os.environ}, capture_output=True, text=True
+        )
+
+    tenant = json.loads(
+        subprocess.run(
+            onbrand_cmd("tenants", "create", "acme"), env={**os.environ}, capture_output=True, text=True, check=True
+        ).stdout
+    )["tenant_id"]
+    shown = json.loads(limits(tenant).stdout)
+    assert shown["overrides"] == {} and shown["effective"]["max_concurrent_campaigns"] == 10
+    changed = json.loads(limits(tenant, "--set", "max_concurrent_campaigns=50", "--set", "gpu_share=2.5").stdout)
+    assert changed["overrides"] == {"max_concurrent_campaigns": 50, "gpu_share": 2.5}
+    assert changed["effective"]["max_concurrent_campaigns"] == 50 and changed["effective"]["gpu_share"] == 2.5
+    reset = json.loads(limits(tenant, "--unset", "gpu_share").stdout)
+    assert reset["overrides"] == {"max_concurrent_campaigns": 50} and reset["effective"]["gpu_share"] == 1.0
+    for bad in (["--set", "gpu_share=0"], ["--set", "no_such_limit=1"], ["--unset", "no_such_limit"]):
+        refused = limits(tenant, *bad)
+        assert refused.returncode == 2 and "Invalid value" in refused.stderr, (bad, refused.stderr)
+    assert json.loads(limits(tenant).stdout)["overrides"] == {"max_concurrent_campaigns": 50}  # nothing half-applied
