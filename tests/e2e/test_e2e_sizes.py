@@ -22,7 +22,7 @@ from workers.evaluation import qc_set
 pytestmark = pytest.mark.slow
 
 TOP_K = 2
-SQUARE, PORTRAIT = (512, 512), (288, 512)  # 1:1 and 9:16, small: CI time
+SQUARE, PORTRAIT = (256, 256), (256, 455)  # 1:1 and 9:16, the smallest sizes: CI time
 
 
 def _png(image: Image.Image) -> bytes:
@@ -70,15 +70,15 @@ def test_each_size_gets_its_own_top_k(finished: dict[str, Any]) -> None:
         assert (canvas["width"], canvas["height"]) == (r["size"]["width"], r["size"]["height"])
     assert [r["rank"] for r in results] == list(range(1, 2 * TOP_K + 1))
     assert [(r["size"]["label"], r["size_rank"]) for r in results] == [
-        ("512x512", 1),
-        ("512x512", 2),
-        ("288x512", 1),
-        ("288x512", 2),
+        ("256x256", 1),
+        ("256x256", 2),
+        ("256x455", 1),
+        ("256x455", 2),
     ]
     groups = campaign["results_by_size"]
     assert [(g["size"]["label"], g["delivered"], g["top_k"]) for g in groups] == [
-        ("512x512", TOP_K, TOP_K),
-        ("288x512", TOP_K, TOP_K),
+        ("256x256", TOP_K, TOP_K),
+        ("256x455", TOP_K, TOP_K),
     ]
     assert [i for g in groups for i in g["result_ids"]] == [r["id"] for r in results]
     assert finished["verified"].endswith(f"verified {2 * TOP_K}/{2 * TOP_K}")
@@ -96,4 +96,4 @@ def test_both_canvases_were_planned_and_generated(finished: dict[str, Any]) -> N
 def test_the_contact_sheet_groups_results_by_size(finished: dict[str, Any]) -> None:
     sheet = render_contact_sheet(finished["campaign"], finished["candidates"])
     assert sheet.count('class="section size-group"') == 2
-    assert "512×512 · 2 of 2 results" in sheet and "288×512 · 2 of 2 results" in sheet
+    assert "256×256 · 2 of 2 results" in sheet and "256×455 · 2 of 2 results" in sheet
