@@ -85,10 +85,13 @@ def size_label(width: int, height: int) -> str:
     return f"{width}x{height}"
 
 
-def result_size(sizes: Iterable[Mapping[str, Any]], placement: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The size a result was made for: its canvas, and the requested entry's preset or aspect when it named one."""
+def result_size(sizes: Iterable[Mapping[str, Any]], placement: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The size a result was made for: its canvas, and the requested entry's preset or aspect when it named one
+    (None for a placement that names no canvas)."""
     canvas = (placement or {}).get("canvas") or {}
-    width, height = int(canvas.get("width") or 0), int(canvas.get("height") or 0)
+    if not canvas.get("width") or not canvas.get("height"):
+        return None
+    width, height = int(canvas["width"]), int(canvas["height"])
     found: dict[str, Any] = {"width": width, "height": height, "label": size_label(width, height)}
     for entry in sizes:
         if (entry.get("width"), entry.get("height")) == (width, height):

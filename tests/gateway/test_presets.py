@@ -1,11 +1,17 @@
 """Named ad sizes (presets): listed with their safe zones, accepted as a campaign size, resolved to their
-pixel size and stored by name; an unknown name is a 422 with its own stable code (in process: TestClient,
-real Postgres)."""
+pixel size and stored by name; an unknown name is a 422 with its own stable code; results are grouped by
+size in the campaign resource and on the review page (in process: TestClient, real Postgres)."""
 
 from __future__ import annotations
 
+import re
+import uuid
+from datetime import UTC, datetime
+
 from fastapi.testclient import TestClient
 
+from shared.db import session as db_session
+from shared.db.models import Campaign, CampaignStatus, Candidate, Result, ReviewState
 from shared.presets import PRESETS
 from tests.factories import Tenant, assert_problem, make_brand, post_campaign
 
@@ -80,3 +86,60 @@ def test_the_openapi_schema_lists_the_preset_names(client: TestClient) -> None:
     names = next(s["enum"] for s in preset["anyOf"] if s.get("type") == "string")
     assert names == list(PRESETS)
     assert schemas["Size"]["additionalProperties"] is False
+
+
+def _deliver(tenant: Tenant, campaign_id: str, canvases: list[tuple[int, int]]) -> list[str]:
+    """Results of a finished campaign, ranked as rank writes them (per size, in the request's size order)."""
+    ids = []
+    with db_session.session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(campaign_id))
+        assert campaign is not None
+        campaign.status, campaign.completed_at = CampaignStatus.COMPLETED, datetime.now(UTC)
+        campaign.review_state = ReviewState.PENDING
+        for rank, (w, h) in enumerate(canvases, start=1):
+            placement = {"x": 0, "y": 0, "row": 1, "col": rank, "canvas": {"width": w, "height": h}}
+            cand = Candidate(
+                id=uuid.uuid4(),
+                tenant_id=tenant.id,
+                campaign_id=campaign.id,
+                layout_key=f"{w}x{h}-r1c{rank}",
+                rank=rank,
+                placement=placement,
+                qc={"verdicts": [], "policy": {"name": "strict", "passed": True}},
+                passed=True,
+            )
+            session.add(cand)
+            session.flush()
+            result = Result(
+                id=uuid.uuid4(), tenant_id=tenant.id, campaign_id=campaign.id, candidate_id=cand.id, rank=rank
+            )
+            session.add(result)
+            ids.append(str(result.id))
+    return ids
+
+
+def test_results_are_grouped_by_size_in_the_resource_and_on_the_review_page(client: TestClient, acme: Tenant) -> None:
+    created = post_campaign(client, acme, sizes=[{"preset": "story"}, {"aspect": "1:1"}], top_k=2)
+    ids = _deliver(acme, created["id"], [(1080, 1920), (1080, 1920), (1080, 1080), (1080, 1080)])
+    campaign = client.get(f"/v1/campaigns/{created['id']}", headers=acme.auth).json()
+    sizes = [
+        (r["size"]["label"], r["size"].get("preset") or r["size"].get("aspect"), r["size_rank"])
+        for r in campaign["results"]
+    ]
+    assert sizes == [
+        ("1080x1920", "story", 1),
+        ("1080x1920", "story", 2),
+        ("1080x1080", "1:1", 1),
+        ("1080x1080", "1:1", 2),
+    ]
+    groups = [(g["size"]["label"], g["delivered"], g["result_ids"]) for g in campaign["results_by_size"]]
+    assert groups == [("1080x1920", 2, ids[:2]), ("1080x1080", 2, ids[2:])]
+
+    link = client.post(f"/v1/campaigns/{created['id']}/review-links", json={"reviewer": "Ann"}, headers=acme.auth)
+    assert link.status_code == 201, link.text
+    html = client.get(f"/review/{link.json()['token']}").text
+    headings = re.findall(r'<h3 class="size-group" data-size="([^"]+)">', html)
+    assert headings == ["1080×1920 · story", "1080×1080 · 1:1"]
+    story, square = html.split('class="size-group"')[1:]
+    assert all(f"results/{i}/decision" in story for i in ids[:2]) and not any(i in story for i in ids[2:])
+    assert all(f"results/{i}/decision" in square for i in ids[2:])

@@ -76,7 +76,8 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
     ).all()
     sizes = [presets.result_size(campaign.sizes or [], c.placement) for _, c in rows]
     groups = [
-        ((c.placement or {}).get("product_asset_id"), size["label"]) for (_, c), size in zip(rows, sizes, strict=True)
+        ((c.placement or {}).get("product_asset_id"), (size or {}).get("label"))
+        for (_, c), size in zip(rows, sizes, strict=True)
     ]
     return [
         {
@@ -120,7 +121,7 @@ def _passed_per_size(
     counts = {(p, label): 0 for p in products or [""] for label in labels}
     for r in results:  # with no product named by segment (one product), every result is that product's
         product = str(r["product_asset_id"] or products[0]) if products else ""
-        key = (product, r["size"]["label"])
+        key = (product, (r["size"] or {}).get("label", ""))
         counts[key] = counts.get(key, 0) + (not r["review"]["fallback"])
     return counts
 

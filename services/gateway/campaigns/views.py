@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -194,7 +194,7 @@ def _results(
                 decision=result.decision,
                 decided_by=result.decided_by,
                 decided_at=result.decided_at,
-                size=ResultSize.model_validate(result_size(sizes or [], cand.placement)),
+                size=_size(result_size(sizes or [], cand.placement)),
             )
         )
     for found in results.values():
@@ -204,12 +204,20 @@ def _results(
     return results
 
 
+def _size(found: dict[str, Any] | None) -> ResultSize | None:
+    return None if found is None else ResultSize.model_validate(found)
+
+
+def _requested(entry: dict[str, Any]) -> ResultSize:
+    return ResultSize.model_validate(result_size([entry], {"canvas": entry}))
+
+
 def by_size(campaign: Campaign, results: Sequence[ResultRead]) -> list[SizeResults]:
     """The results per requested size (and per product, with results of several), in the request's size order;
     a size with no result is listed with none."""
     groups: dict[tuple[str, uuid.UUID | None], SizeResults] = {}
     for entry in campaign.sizes or []:
-        size = ResultSize.model_validate(result_size([entry], {"canvas": entry}))
+        size = _requested(entry)
         groups.setdefault((size.label, None), SizeResults(size=size, top_k=campaign.top_k, delivered=0, result_ids=[]))
     for read in results:
         if read.size is None:
@@ -221,7 +229,7 @@ def by_size(campaign: Campaign, results: Sequence[ResultRead]) -> list[SizeResul
         group.delivered += 1
         group.result_ids.append(read.id)
         groups[key] = group
-    order = [ResultSize.model_validate(result_size([e], {"canvas": e})).label for e in campaign.sizes or []]
+    order = [_requested(e).label for e in campaign.sizes or []]
     return sorted(groups.values(), key=lambda g: order.index(g.size.label) if g.size.label in order else len(order))
 
 

@@ -182,6 +182,8 @@ def _why(result: Result, cand: Candidate) -> list[str]:
 
 def _size_title(sizes: list[Any], placement: dict[str, Any] | None) -> str:
     size = presets.result_size(sizes, placement)
+    if size is None:
+        return ""
     named = size.get("preset") or size.get("aspect")
     return f"{size['width']}×{size['height']}" + (f" · {named}" if named else "")
 
