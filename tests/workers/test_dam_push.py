@@ -132,6 +132,7 @@ def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | No
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(cid))
         campaign.status, campaign.push_urls = "running", push_urls
+        campaign.sizes = [{"preset": "link", "width": 1200, "height": 628}]
         for rank in range(1, results + 1):
             key = campaign_key(campaign.tenant_id, campaign.id, f"c{rank}.png")
             get_storage().put(key, png(rank), "image/png")
@@ -141,7 +142,7 @@ def campaign_with_results(results: int = 2, push_urls: list[dict[str, str]] | No
                 layout_key=f"l{rank}",
                 image_key=key,
                 layer_key=key,
-                placement={"x": 0.1 * rank, "y": 0.2, "scale": 0.5},
+                placement={"x": 0.1 * rank, "y": 0.2, "scale": 0.5, "canvas": {"width": 1200, "height": 628}},
                 passed=True,
                 integrity={"exact_fraction": 1.0, "product_sha256": "ab" * 32},
                 qc=QC,
@@ -308,6 +309,8 @@ def test_s3_target_push_lands_images_and_sidecars_in_the_bucket(loopback: str, m
         sidecar = json.loads(bucket.get_object(Bucket=BUCKET, Key=f"dam/in/{cid}/rank-{rank}.json")["Body"].read())
         assert sidecar["campaign_id"] == cid and sidecar["rank"] == rank and sidecar["brief"] == "a shoe"
         assert sidecar["caption"] == "a sneaker on a sunny beach" and sidecar["placement"]["x"] == 0.1 * rank
+        # the deliverable it belongs to: the size (and the preset it was asked by) it was ranked in
+        assert sidecar["size"] == {"width": 1200, "height": 628, "label": "1200x628", "preset": "link"}
         assert sidecar["image"] == {
             "name": f"rank-{rank}.png",
             "sha256": sha(stored_image(cid, rank)),
