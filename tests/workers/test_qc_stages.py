@@ -323,6 +323,7 @@ def test_when_too_few_pass_the_best_advisory_failures_stand_in_flagged(
     assert (campaign.error["passed"], campaign.error["fallback"]) == (0, 6)
     assert "6 more delivered flagged needs_review" in campaign.error["message"]
     assert "short in 512x512: 0 of 3, 640x360: 0 of 3" in campaign.error["message"]
+    assert "0 of 6 results passed QC" in campaign.error["message"]  # top_k (3) in each of the two sizes
     results = results_of(campaign.id)
     assert len(results) == 6 and all(r.needs_review and not r.fully_checked for r in results)
     for result in results:

@@ -50,7 +50,8 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
     if len(campaign.sizes or []) > 1:
         data["sizes"] = [{"product_asset_id": p, "size": s, "passed": n} for (p, s), n in per_size.items()]
     if not enough:
-        error = {} if each_enough else _partial_error(session, campaign, passed, len(results))
+        wanted = campaign.top_k * max(1, len(per_size if campaign.sizes else per_product))  # top_k per deliverable
+        error = {} if each_enough else _partial_error(session, campaign, passed, len(results), wanted)
         if not each_enough and len(campaign.sizes or []) > 1:  # which sizes fell short, each needs top_k
             error = _with_short_sizes(error, per_size, campaign.top_k)
         if failed_products:  # a product that could not be segmented lost only its own scenes: say which, and why
@@ -152,7 +153,7 @@ def _stored(candidate: Candidate) -> bool:
     return True
 
 
-def _partial_error(session: Session, campaign: Campaign, passed: int, delivered: int) -> dict[str, Any]:
+def _partial_error(session: Session, campaign: Campaign, passed: int, delivered: int, wanted: int) -> dict[str, Any]:
     """Too few passed once the loop's bounds ran out: how far it got, which checks kept the rest out, how many
     fallbacks stand in; with no result at all, the hard checks that failed every candidate, with examples."""
     rows = qc_report.candidate_rows(session, campaign.tenant_id, campaign.id)
@@ -172,7 +173,7 @@ def _partial_error(session: Session, campaign: Campaign, passed: int, delivered:
             "code": "every_candidate_failed_a_gating_check",
             "gating": gating,
             "blocking": blocking,
-            "message": f"0 of {campaign.top_k} results: every one of {len(rows)} candidate(s) failed a hard "
+            "message": f"0 of {wanted} results: every one of {len(rows)} candidate(s) failed a hard "
             f"(measured, gating) check {loop}: {named}",
         }
     fallback = delivered - passed
@@ -187,6 +188,6 @@ def _partial_error(session: Session, campaign: Campaign, passed: int, delivered:
         "duplicates": duplicates,
         "passed": passed,
         "fallback": fallback,
-        "message": f"{passed} of {campaign.top_k} results passed QC {loop}{stand_in}; failed checks: {kept_out}; "
+        "message": f"{passed} of {wanted} results passed QC {loop}{stand_in}; failed checks: {kept_out}; "
         f"{duplicates} passing candidate(s) were near-duplicates of better ones",
     }
