@@ -44,8 +44,8 @@ class Preset:
 
 def _adchoices(width: int, height: int) -> tuple[Zone, ...]:
     """The IAB AdChoices icon's corner (top right, 77x15 px expanded; ad servers overlay it on display ads)."""
-    w, h = min(1.0, 77 / width), min(1.0, 15 / height)
-    return (Zone("adchoices", round(1.0 - w, 4), 0.0, round(w, 4), round(h, 4)),)
+    x = round(1.0 - min(1.0, 77 / width), 4)
+    return (Zone("adchoices", x, 0.0, round(1.0 - x, 4), round(min(1.0, 15 / height), 4)),)  # ends on the edge
 
 
 # Meta: keep the top ~14 % (profile, progress bar) and the bottom ~20 % (reply bar, CTA sticker) of a

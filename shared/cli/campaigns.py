@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cli.api import TERMINAL, ApiError, Json, api, get_campaign, wait_for_campaign
+from shared.presets import PRESETS
 
 campaigns_app = typer.Typer(
     help="Run and review campaigns over the gateway's API: create, watch, review-link, download.",
@@ -77,13 +78,17 @@ def gateway(api_url: str, api_key: str) -> Iterator[httpx.Client]:
 
 
 def parse_size(value: str) -> Json:
-    """WxH (e.g. 1080x1350) as width/height; an aspect ratio (e.g. 4:5) as the API's named size."""
+    """WxH (e.g. 1080x1350) as width/height; an aspect ratio (e.g. 4:5) as the API's named size; a preset
+    name (e.g. story, iab-300x250: shared.presets) as the preset."""
     if match := re.fullmatch(r"\s*(\d+)\s*[xX×]\s*(\d+)\s*", value):
         return {"width": int(match[1]), "height": int(match[2])}
     if re.fullmatch(r"\s*\d+(\.\d+)?:\d+\s*", value):
         return {"aspect": value.strip()}
+    if value.strip() in PRESETS:
+        return {"preset": value.strip()}
     raise typer.BadParameter(
-        f"{value!r}: give WIDTHxHEIGHT (e.g. 1024x1024) or an aspect (e.g. 4:5)", param_hint="--size"
+        f"{value!r}: give WIDTHxHEIGHT (e.g. 1024x1024), an aspect (e.g. 4:5) or a preset ({', '.join(PRESETS)})",
+        param_hint="--size",
     )
 
 
@@ -104,8 +109,10 @@ def create(
     brand_id: Annotated[str, typer.Option("--brand-id", help="The brand the campaign is for.")],
     brief: Annotated[str, typer.Option(help="What the images should show.")],
     product: Annotated[list[str] | None, typer.Option("--product", help="A product asset id (repeat).")] = None,
-    size: Annotated[list[str] | None, typer.Option("--size", help="WIDTHxHEIGHT or an aspect (repeat).")] = None,
-    top_k: Annotated[int | None, typer.Option(min=1, max=10, help="Results per product.")] = None,
+    size: Annotated[
+        list[str] | None, typer.Option("--size", help="WIDTHxHEIGHT, an aspect or a preset (repeat).")
+    ] = None,
+    top_k: Annotated[int | None, typer.Option(min=1, max=10, help="Results per product and size.")] = None,
     idempotency_key: Annotated[
         str, typer.Option(help="Reuse a key to retry without a second campaign (default: a fresh UUID).")
     ] = "",
