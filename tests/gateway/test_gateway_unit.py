@@ -421,6 +421,7 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
         "top_k": 2,
         "qc_policy": "weighted",
         "safe_zones": [{"label": "logo", "x": 0.8, "y": 0.0, "width": 0.2, "height": 0.15}],
+        "priority": "interactive",
         "webhook_url": "https://example.com/hooks/onbrand",
     }
     response = client.post("/v1/campaigns", json=body, headers=acme.auth)
@@ -438,6 +439,7 @@ def test_create_campaign_202(client: TestClient, acme: Tenant, sent: SentTasks) 
         "qc_policy": "weighted",
         "max_retry_attempts": 1,
         "max_prompt_revisions": 1,
+        "priority": "interactive",
         "webhook_url": "https://example.com/hooks/onbrand",
     }
     assert [s["stage"] for s in campaign["stages"]] == list(stages.PIPELINE)
