@@ -177,6 +177,8 @@ class Brand(Base):
     # What an unchecked rule means for this brand's results: review | fail | pass (shared.qc.UNCHECKED_POLICIES)
     unchecked: Mapped[str] = mapped_column(String(10), default="review")
     dam_push: Mapped[DamPushPolicy] = _status(DamPushPolicy, DamPushPolicy.ON_COMPLETION)
+    # Logos, fonts, text colours and layout rules for creatives (shared.brand_kit.BrandKit, migration 0017)
+    kit: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default="{}")
     created_at: Mapped[datetime] = _created()
 
 
@@ -268,6 +270,8 @@ class Campaign(Base):
     loop: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     screening: Mapped[dict[str, Any] | None] = mapped_column(JSONB)  # which input screens ran (guardrails)
+    # Headline, CTA, legal for the creative version of each result (shared.brand_kit.CampaignCopy); null: none
+    copy: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now()
