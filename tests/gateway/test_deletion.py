@@ -103,7 +103,10 @@ def _finish(client: TestClient, tenant: Tenant, cid: str) -> None:
                 rank=rank,
                 image_key=image,
                 layer_key=layer,
-                placement={"product_asset_id": campaign.product_asset_ids[0]},
+                placement={
+                    "product_asset_id": campaign.product_asset_ids[0],
+                    "canvas": {"width": 1024, "height": 1024},
+                },
             )
             session.add(cand)
             session.flush()
