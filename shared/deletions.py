@@ -15,9 +15,10 @@ from typing import Literal
 from sqlalchemy.orm import Session
 
 from shared.db.models import StorageDeletion
-from shared.storage import asset_prefix, campaign_prefix
+from shared.storage import asset_prefix, brand_prefix, campaign_prefix
 
-Resource = Literal["asset", "campaign"]
+# kit_file: one brand-kit logo or font (replaced or removed), its prefix given by the caller (shared.storage).
+Resource = Literal["asset", "campaign", "brand", "kit_file"]
 
 CLEANUP_TASK = "onbrand.delete_objects"
 # A campaign's second pass: a stage task that claimed its run before the DELETE writes its objects within its own
@@ -25,12 +26,19 @@ CLEANUP_TASK = "onbrand.delete_objects"
 SECOND_PASS_SECONDS = 3600
 
 
-def schedule(session: Session, tenant_id: uuid.UUID, resource: Resource, resource_id: uuid.UUID) -> StorageDeletion:
+def schedule(
+    session: Session, tenant_id: uuid.UUID, resource: Resource, resource_id: uuid.UUID, prefix: str | None = None
+) -> StorageDeletion:
     """The row that removes every object of `resource_id` once the caller's transaction commits."""
+    passes = 1  # assets and brand kits: only the gateway writes them, before its commit
     if resource == "asset":
-        prefix, passes = asset_prefix(tenant_id, resource_id), 1  # only the gateway writes them, before commit
-    else:
+        prefix = asset_prefix(tenant_id, resource_id)
+    elif resource == "brand":
+        prefix = brand_prefix(tenant_id, resource_id)  # the kit's logos and fonts
+    elif resource == "campaign":
         prefix, passes = campaign_prefix(tenant_id, resource_id), 2  # workers write them: a late write is swept
+    if prefix is None:
+        raise ValueError(f"a {resource} deletion needs its prefix")
     row = StorageDeletion(
         id=uuid.uuid4(),
         tenant_id=tenant_id,

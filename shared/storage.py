@@ -49,6 +49,16 @@ def campaign_prefix(tenant_id: object, campaign_id: object) -> str:
     return f"tenants/{tenant_id}/campaigns/{campaign_id}/"
 
 
+def brand_prefix(tenant_id: object, brand_id: object) -> str:
+    """Every object of one brand (its kit's logos and fonts) lies under this prefix."""
+    return f"tenants/{tenant_id}/brands/{brand_id}/"
+
+
+def kit_file_prefix(tenant_id: object, brand_id: object, file_id: object) -> str:
+    """One brand-kit file (a logo with its SVG source, or a font): deleted on its own when replaced or removed."""
+    return f"{brand_prefix(tenant_id, brand_id)}kit/{file_id}/"
+
+
 def _check_prefix(prefix: str) -> str:
     # A prefix names a whole folder ("a/b/"): never "" or a bare name, which would match a sibling's keys too.
     if not prefix.endswith("/"):

@@ -71,6 +71,7 @@ DEV_UNIMPORTED = {
     "boto3-stubs": "type stubs for mypy",
     "celery-types": "type stubs for mypy",
     "types-tqdm": "type stubs for mypy",
+    "types-defusedxml": "type stubs for mypy",
     "schemathesis": "the API fuzzer tests/e2e/test_fuzz_api.py runs (its CLI, a subprocess)",
 }
 

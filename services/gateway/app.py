@@ -7,6 +7,7 @@ from PIL import Image
 
 from services.gateway import errors, files, openapi_problems, storable, system
 from services.gateway.assets.endpoints import router as assets_router
+from services.gateway.brand_kit.endpoints import router as brand_kit_router
 from services.gateway.brands.endpoints import router as brands_router
 from services.gateway.campaigns.endpoints import router as campaigns_router
 from services.gateway.delivery_targets.endpoints import router as delivery_targets_router
@@ -61,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         system.router,
         files.router,
         brands_router,
+        brand_kit_router,
         assets_router,
         campaigns_router,
         webhook_endpoints_router,

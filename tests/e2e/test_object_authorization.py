@@ -19,8 +19,9 @@ import io
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -57,6 +58,8 @@ OWNER = {
     "delivery_id": "delivery",
     "target_id": "target",
     "key_id": "key",
+    "logo_id": "logo",
+    "font_id": "font",
 }
 # Routes outside the API key: capability URLs whose signature is the authorization (a request without one
 # is 403 whoever sends it). Any other route with a path parameter must answer B with 404.
@@ -78,6 +81,13 @@ BODIES: dict[tuple[str, str], dict[str, Any]] = {
     ("POST", "/v1/campaigns/{campaign_id}/feedback"): {"text": "make it bigger", "reasons": []},
     ("POST", "/v1/campaigns/{campaign_id}/review-links"): {"reviewer": "Mallory"},
     ("POST", "/v1/keys/{key_id}/rotate"): {},
+    ("PATCH", "/v1/brands/{brand_id}/kit"): {"text_colors": ["#000000"]},
+}
+# The same for the multipart uploads: (files, form fields).
+FONT = Path(__file__).resolve().parents[2] / "workers" / "creative" / "fonts" / "NotoSans-Regular.ttf"
+UPLOADS: dict[tuple[str, str], Callable[[], tuple[dict[str, Any], dict[str, str]]]] = {
+    ("POST", "/v1/brands/{brand_id}/kit/logos"): lambda: ({"file": ("logo.png", png(), "image/png")}, {}),
+    ("POST", "/v1/brands/{brand_id}/kit/fonts"): lambda: ({"file": ("f.ttf", FONT.read_bytes())}, {"role": "body"}),
 }
 # Required query parameters of the lists and searches.
 QUERY = {"q": "shoe"}
@@ -93,6 +103,7 @@ class Operation:
     secured: bool
     query: list[str]  # required query parameters
     body: bool  # takes a JSON body
+    multipart: bool  # takes a multipart/form-data body
 
 
 def png() -> bytes:
@@ -115,6 +126,7 @@ def operations(system: System) -> list[Operation]:
                     secured=bool(op.get("security")),
                     query=[p["name"] for p in parameters if p["in"] == "query" and p.get("required")],
                     body="application/json" in op.get("requestBody", {}).get("content", {}),
+                    multipart="multipart/form-data" in op.get("requestBody", {}).get("content", {}),
                 )
             )
     return found
@@ -142,6 +154,9 @@ def own_everything(api: httpx.Client, name: str) -> dict[str, str]:
     link = api.post(f"/v1/campaigns/{ids['campaign']}/review-links", json={"reviewer": name})
     ids["review_link"] = created(link)
     ids["key"] = created(api.post("/v1/keys", json={"name": f"{name} ci", "scopes": ["read"]}))
+    for kind in ("logo", "font"):
+        files, data = UPLOADS[("POST", f"/v1/brands/{{brand_id}}/kit/{kind}s")]()
+        ids[kind] = created(api.post(f"/v1/brands/{ids['brand']}/kit/{kind}s", files=files, data=data))
     return ids
 
 
@@ -200,9 +215,13 @@ def fill(op: Operation, ids: dict[str, str], mine: dict[str, str] | None = None)
 def call(api: httpx.Client, op: Operation, url: str) -> httpx.Response:
     body = BODIES.get((op.method, op.path))
     assert body is not None or not op.body or op.method == "GET", f"{op.method} {op.path}: add a valid body to BODIES"
+    upload = UPLOADS.get((op.method, op.path))
+    assert upload is not None or not op.multipart, f"{op.method} {op.path}: add a valid upload to UPLOADS"
+    files, data = upload() if upload else (None, None)
     # B behaves as a client should at the production rate limits (5 writes/s per key): it waits out a 429
     for _ in range(10):
-        response = api.request(op.method, url, params={q: QUERY[q] for q in op.query}, json=body)
+        params = {q: QUERY[q] for q in op.query}
+        response = api.request(op.method, url, params=params, json=body, files=files, data=data)
         if response.status_code != 429:
             return response
         time.sleep(float(response.headers["Retry-After"]))
@@ -244,6 +263,9 @@ def test_tenant_b_gets_404_for_every_route_with_an_id_of_tenant_a(
         assert response.status_code == 200, f"{what}: {response.status_code} {response.text}"
     assert api_a.get(f"/v1/brands/{ids_a['brand']}").json()["name"] == "A brand"
     assert api_a.get(f"/v1/keys/{ids_a['key']}").json().get("revoked_at") is None
+    kit = api_a.get(f"/v1/brands/{ids_a['brand']}/kit").json()
+    assert [x["id"] for x in kit["logos"] + kit["fonts"]] == [ids_a["logo"], ids_a["font"]]
+    assert kit["text_colors"] == []
     links = api_a.get(f"/v1/campaigns/{ids_a['campaign']}/review-links").json()["items"]
     assert [link.get("revoked_at") for link in links] == [None]
     print(f"object authorization: {len(with_ids)} routes with ids, {time.monotonic() - started:.1f} s")

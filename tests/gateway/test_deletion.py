@@ -31,7 +31,7 @@ from shared.db.models import (
     StorageDeletion,
 )
 from shared.deletions import SECOND_PASS_SECONDS
-from shared.storage import S3Storage, asset_prefix, campaign_key, campaign_prefix, get_storage
+from shared.storage import S3Storage, asset_prefix, brand_prefix, campaign_key, campaign_prefix, get_storage
 from tests.factories import SentTasks, Tenant, assert_problem, make_brand, moto_server, s3_client
 from workers.jobs import cleanup
 from workers.pipeline import deliver
@@ -242,6 +242,8 @@ def test_deleting_a_brand_takes_its_campaigns_and_unlinks_its_assets(
     target = {"name": "dam", "bucket": "dam-bucket", "access_key_id": "AKIAEXAMPLE0000", "secret_access_key": "s"}
     added = client.post(f"/v1/brands/{brand}/delivery-targets", json=target, headers=acme.auth)
     assert added.status_code == 201, added.text
+    logo = client.post(f"/v1/brands/{brand}/kit/logos", files={"file": ("l.png", _png(9), PNG)}, headers=acme.auth)
+    assert logo.status_code == 201, logo.text
     objects = _objects()
 
     assert_problem(client.delete(f"/v1/brands/{brand}", headers=globex.auth), 404, "not_found")
@@ -256,9 +258,10 @@ def test_deleting_a_brand_takes_its_campaigns_and_unlinks_its_assets(
         assert _rows_naming("campaign_id", cid) == {} and _rows_naming("id", cid) == {}
     asset = client.get(f"/v1/assets/{product}", headers=acme.auth).json()
     assert asset["brand_id"] is None  # the tenant's library keeps the photo
-    assert sorted(_run_cleanup(sent)) == ["again", "again"]
+    assert sorted(_run_cleanup(sent)) == ["again", "again", "deleted"]  # the campaigns, then the brand's kit
+    kit = {k for k in objects if k.startswith(brand_prefix(acme.id, brand))}
     doomed = {k for k in objects if k.startswith(campaign_prefix(acme.id, finished))}
-    assert doomed and _objects() == objects - doomed
+    assert doomed and len(kit) == 1 and _objects() == objects - doomed - kit
     assert client.get(f"/v1/campaigns/{kept}", headers=acme.auth).json()["status"] == "completed"
     assert client.get(f"/v1/brands/{other_brand}", headers=acme.auth).status_code == 200
 

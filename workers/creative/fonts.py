@@ -1,4 +1,4 @@
-"""Fonts: the vendored open defaults, uploaded-font validation, and which font can draw a text.
+"""Fonts: the vendored open defaults, uploaded-font validation (shared.fonts), and which font can draw a text.
 
 The defaults are Noto Sans and Noto Sans Arabic (SIL OFL 1.1, static Regular and Bold instances in
 ``fonts/``, see ``fonts/OFL.txt``). No CJK font is vendored: a subset big enough for Chinese and
@@ -10,15 +10,17 @@ of drawing missing-glyph boxes.
 
 from __future__ import annotations
 
-import io
-import struct
 import unicodedata
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-from fontTools.ttLib import TTFont, TTLibError
+from fontTools.ttLib import TTFont
 from PIL import ImageFont, features
+
+# Validation lives in shared/ (the gateway checks uploads with it); re-exported for the renderer and its tests.
+from shared.fonts import FontError as FontError
+from shared.fonts import FontInfo as FontInfo
+from shared.fonts import validate_font as validate_font
 
 FONT_DIR = Path(__file__).parent / "fonts"
 DEFAULTS = {
@@ -27,7 +29,6 @@ DEFAULTS = {
 }
 SYSTEM_FONT_DIRS = (Path("/usr/share/fonts/opentype/noto"), Path("/usr/share/fonts/truetype/noto"))
 SYSTEM_CJK = ("NotoSansCJK-Bold.ttc", "NotoSansCJK-Regular.ttc")
-MAX_FONT_BYTES = 32 * 1024 * 1024
 RTL_SCRIPTS = {"Arabic", "Hebrew", "Syriac", "Thaana", "Nko"}
 CJK_SCRIPTS = {"Han", "Hiragana", "Katakana", "Hangul"}
 
@@ -41,45 +42,6 @@ SHAPING_MISSING = (
 def shaping_available() -> bool:
     """Whether Pillow can shape text (libraqm with FriBiDi): without it Arabic would be drawn unjoined, LTR."""
     return bool(features.check("raqm"))
-
-
-class FontError(ValueError):
-    """An uploaded font that cannot be used, with the reason."""
-
-
-@dataclass(frozen=True)
-class FontInfo:
-    family: str
-    style: str
-    glyphs: int
-    format: str  # "TrueType" or "OpenType (CFF)"
-
-
-def validate_font(data: bytes) -> FontInfo:
-    """Check uploaded TTF/OTF bytes: parsed by fontTools (name, cmap, glyph tables) and loaded by FreeType.
-
-    Raises :class:`FontError` saying why for anything else (WOFF, collections, truncated or random bytes)."""
-    if not isinstance(data, bytes | bytearray) or not data:
-        raise FontError("font: expected the bytes of a TTF or OTF file, got nothing")
-    if len(data) > MAX_FONT_BYTES:
-        raise FontError(f"font: {len(data)} bytes, over the {MAX_FONT_BYTES} byte limit")
-    magic = bytes(data[:4])
-    if magic not in (b"\x00\x01\x00\x00", b"OTTO", b"true"):
-        kind = {b"wOFF": "WOFF", b"wOF2": "WOFF2", b"ttcf": "a font collection (TTC)"}.get(magic, "not a font")
-        raise FontError(f"font: expected a TTF or OTF file, got {kind} (first bytes {magic!r})")
-    try:
-        font = TTFont(io.BytesIO(data), lazy=False)
-        names = font["name"]
-        cmap = font.getBestCmap()
-        glyphs = font["maxp"].numGlyphs
-        ImageFont.truetype(io.BytesIO(bytes(data)), 16).getbbox("Ag")
-    except (TTLibError, KeyError, OSError, AssertionError, ValueError, struct.error) as exc:
-        raise FontError(f"font: the file does not parse as a font ({type(exc).__name__}: {exc})") from exc
-    if not cmap:
-        raise FontError("font: it maps no Unicode characters (no usable cmap table)")
-    family = str(names.getDebugName(1) or "unknown")
-    style = str(names.getDebugName(2) or "Regular")
-    return FontInfo(family, style, int(glyphs), "OpenType (CFF)" if magic == b"OTTO" else "TrueType")
 
 
 @lru_cache(maxsize=32)

@@ -107,6 +107,7 @@ def delete(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> None:
             extra={"campaign_ids": running},
         )
     deletions = [schedule(session, tenant_id, "campaign", c.id) for c in campaigns]
+    deletions.append(schedule(session, tenant_id, "brand", brand.id))  # the kit's logos and fonts
     # Embeddings copy the asset's brand_id (no foreign key: filters run inside the index scan); unlink them too.
     session.execute(
         sql_update(AssetEmbedding)
