@@ -71,6 +71,9 @@ class Change(BaseModel):
     qc: int = Field(default=0, ge=-1, le=1)
     # another ad size set (replaces the campaign's sizes)
     sizes: list[ChangeSize] | None = Field(default=None, max_length=10)
+    # another brief (replaces the request's or the inferred one): only from the feedback's structured `brief`
+    # field, never routed from free text; the new round starts at decompose
+    brief: str | None = Field(default=None, min_length=1, max_length=2000)
 
     def is_empty(self) -> bool:
         return self == Change()
@@ -88,10 +91,13 @@ class Change(BaseModel):
             rotation=later.rotation if later.rotation is not None else self.rotation,
             qc=later.qc or self.qc,
             sizes=later.sizes or self.sizes,
+            brief=later.brief or self.brief,
         )
 
     def entry_stage(self) -> str:
         """The earliest stage this change touches: the new review round starts there."""
+        if self.brief:
+            return "decompose"  # everything downstream reads the brief's parts (even the product, when retrieved)
         if self.background_query or self.background_asset_id or self.exclude_background_ids:
             return "retrieve"
         if self.caption_add or self.caption_remove:

@@ -46,6 +46,7 @@ class Pending:
     background_asset_ids: list[str]
     sizes: list[dict[str, Any]]
     qc_policy: str
+    brief: str | None = None  # the structured replacement brief, stored by the gateway in feedback.change
 
 
 def route(feedback_id: str) -> str:
@@ -81,6 +82,7 @@ def _load(ident: uuid.UUID) -> tuple[Pending | None, list[Task]]:
             background_asset_ids=_backgrounds(campaign),
             sizes=list(campaign.sizes or []),
             qc_policy=campaign.qc_policy,
+            brief=(feedback.change or {}).get("brief") or None,
         ), []
 
 
@@ -110,7 +112,16 @@ def _route(pending: Pending) -> Routed:
     context = router.RouteContext(
         background_asset_ids=pending.background_asset_ids, sizes=pending.sizes, qc_policy=pending.qc_policy
     )
-    return router.route(pending.text, pending.reasons, context, get_settings())
+    routed = router.route(pending.text, pending.reasons, context, get_settings())
+    return with_brief(routed, pending.brief)
+
+
+def with_brief(routed: Routed, brief: str | None) -> Routed:
+    """The routed change with the reviewer's structured brief, the only source of a brief change: a brief
+    a router read into free text is dropped (a sentence about the background must not rewrite the brief)."""
+    change = routed.change.model_copy(update={"brief": brief})
+    notes = [*routed.notes, "brief: replaced by the reviewer's brief"] if brief else routed.notes
+    return routed.model_copy(update={"change": change, "notes": notes})
 
 
 def _apply(ident: uuid.UUID, routed: Routed) -> tuple[str, list[Task]]:

@@ -23,6 +23,8 @@ class LanguageRecord(StageOutput):
 class DecomposeOutput(LanguageRecord):
     stage = "decompose"
     brief: str
+    # request | inferred (from the products, workers.pipeline.brief) | review (a reviewer's replacement)
+    brief_source: str = "request"
     english: str | None = None  # the brief in English when a hosted backend translated it
     products: list[str]
     backgrounds: list[str]

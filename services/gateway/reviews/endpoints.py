@@ -213,7 +213,7 @@ def list_decisions(
     response_model=FeedbackRead,
     responses={
         409: {"description": "review_not_open (running, no results) or feedback_exists (this round has one)."},
-        422: {"description": "feedback_empty: neither text nor reasons."},
+        422: {"description": "feedback_empty: neither text, reasons nor brief; input_refused: the brief."},
     },
 )
 def create_feedback(
@@ -233,7 +233,9 @@ def create_feedback(
     reviewer = reviewer_for_key(prefix, body.reviewer)
 
     def write() -> uuid.UUID:
-        return service.submit_feedback(session, tenant_id, campaign_id, body.text, list(body.reasons), reviewer).id
+        return service.submit_feedback(
+            session, tenant_id, campaign_id, body.text, list(body.reasons), reviewer, body.brief, settings
+        ).id
 
     outcome = idempotency.run(session, request, tenant_id, campaign_id, idempotency_key, body, write)
     view = feedback_view(service.get_feedback(session, tenant_id, campaign_id, outcome.resource_id), settings)

@@ -56,6 +56,13 @@ class FeedbackCreate(BaseModel):
     text: Annotated[str, StringConstraints(strip_whitespace=True, max_length=2000)] = ""
     reasons: Reasons
     reviewer: ReviewerName = None
+    brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)] | None = Field(
+        None,
+        description="A new brief that replaces the campaign's (its request's or the inferred one): the next review "
+        "round starts at decompose. Screened by the input guardrails like a campaign's brief. Free text never "
+        "changes the brief; only this field does.",
+        exclude_if=lambda value: value is None,  # a body without it hashes as before (stored Idempotency-Keys)
+    )
 
 
 class FeedbackLinks(BaseModel):
@@ -73,7 +80,9 @@ class FeedbackRead(BaseModel):
     reasons: list[Reason]
     reviewer: str
     status: FeedbackStatus
-    change: dict[str, Any] = Field(description="The routed change (shared.review.Change); empty until routed.")
+    change: dict[str, Any] = Field(
+        description="The routed change (shared.review.Change); until routed, only the structured brief if one was sent."
+    )
     not_understood: list[Any] = Field(description="What the router could not route, said instead of guessed.")
     notes: list[Any] = Field(description="What each routed sentence or reason became, one line each.")
     router: str | None

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from services.gateway import review_links
 from services.gateway.campaigns import service as campaigns
 from services.gateway.errors import ProblemError, not_found
+from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import enqueue
 from shared import pushes, webhooks
@@ -268,19 +269,30 @@ def latest_record(session: Session, result: Result) -> ResultDecisionRecord:
 
 
 def submit_feedback(
-    session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, text: str, reasons: list[Reason], reviewer: str
+    session: Session,
+    tenant_id: uuid.UUID,
+    campaign_id: uuid.UUID,
+    text: str,
+    reasons: list[Reason],
+    reviewer: str,
+    brief: str | None = None,
+    settings: Settings | None = None,
 ) -> Feedback:
     """Ask for a new review round: a Feedback row (routed by the worker after commit), the campaign's
-    review state changes_requested."""
+    review state changes_requested. A structured `brief` is screened as a campaign's and stored as the
+    change's known part (the router adds what the text asks)."""
     text = text.strip()
     _check_text(text, MAX_FEEDBACK_TEXT, "text")
-    if not text and not reasons:
-        raise _invalid("feedback_empty", "Feedback empty", "Send a text, reasons, or both.", "text")
+    if not text and not reasons and not brief:
+        raise _invalid("feedback_empty", "Feedback empty", "Send a text, reasons, a brief, or any of them.", "text")
+    if brief:
+        guard.text(session, guard.with_settings(settings), tenant_id, "feedback", {"brief": brief})
     campaign = _open_campaign(session, tenant_id, campaign_id)
     if not round_results(session, campaign):
         raise review_not_open("The campaign's current review round has no results.")
     feedback = _feedback_row(session, campaign)
     feedback.text, feedback.reasons = text, [str(r) for r in dict.fromkeys(reasons)]
+    feedback.change = {"brief": brief} if brief else {}
     feedback.reviewer = reviewer[:MAX_REVIEWER]
     session.flush()
     campaign.review_state = ReviewState.CHANGES_REQUESTED
