@@ -19,6 +19,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from services.gateway.campaigns.brief import BriefInferred
 from services.gateway.errors import UNKNOWN_PRESET
 from services.gateway.guardrails.schemas import Screening
 from services.gateway.webhook_targets import WebhookUrl
@@ -168,7 +169,13 @@ class CampaignCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     brand_id: uuid.UUID
-    brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
+    brief: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)] | None = Field(
+        None,
+        exclude_if=lambda value: value is None,  # a request with a brief hashes as before (Idempotency-Key)
+        description="Optional: without one, the brief is inferred from the named products (at least one, else 422 "
+        "brief_or_product_required) and the brand's best past campaigns by reviewer approval rate; "
+        "the campaign shows it as brief_inferred.",
+    )
     product_asset_ids: Annotated[list[uuid.UUID], AfterValidator(_unique)] = Field(
         default_factory=list,
         max_length=MAX_PRODUCTS,
@@ -400,7 +407,8 @@ class ResultsChecked(BaseModel):
 class CampaignRead(BaseModel):
     id: uuid.UUID
     brand_id: uuid.UUID
-    brief: str
+    brief: str = Field(description='The request\'s brief; "" when it was inferred (brief_inferred).')
+    brief_inferred: BriefInferred | None = Field(None, description="Null when the request had a brief.")
     status: CampaignStatus
     current_stage: str | None
     round: int

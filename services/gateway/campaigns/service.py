@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.assets import service as assets
 from services.gateway.brands import service as brands
+from services.gateway.campaigns import brief as inferred
 from services.gateway.campaigns.schemas import CampaignCreate
 from services.gateway.errors import ProblemError, conflict, not_found, unknown_reference
 from services.gateway.guardrails import screen as guard
@@ -57,6 +58,7 @@ def get(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, *, for_u
 def _check_references(session: Session, tenant_id: uuid.UUID, body: CampaignCreate) -> None:
     if not brands.exists(session, tenant_id, body.brand_id):
         raise unknown_reference("brand_id", f"Brand {body.brand_id} does not exist.")
+    inferred.check_inferable(body.brief, body.product_asset_ids)
     owned = assets.products_owned(session, tenant_id, body.product_asset_ids)
     missing = [i for i in body.product_asset_ids if i not in owned]
     if missing:
@@ -69,7 +71,7 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         id=uuid.uuid4(),
         tenant_id=tenant_id,
         brand_id=body.brand_id,
-        brief=body.brief,
+        brief=body.brief or "",  # none: inferred by the decompose stage, shown as brief_inferred
         product_asset_ids=[str(i) for i in body.product_asset_ids],
         sizes=[s.model_dump(exclude_none=True) for s in body.sizes],
         safe_zones=[z.model_dump() for z in body.safe_zones],
@@ -82,7 +84,7 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         webhook_secret=webhooks.new_secret() if url else None,
         status=CampaignStatus.QUEUED,
         round=0,
-        state={},
+        state=inferred.pending_state(body.brief),
         push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls]
         if body.push_urls
         else None,
@@ -137,7 +139,7 @@ def create(
     _check_references(session, tenant_id, body)
     # Input guardrails: a refused brief is a 422 before anything is written.
     labels = [z.label for z in body.safe_zones]
-    screening = guard.campaign(session, guard.with_settings(settings), tenant_id, body.brief, labels)
+    screening = guard.campaign(session, guard.with_settings(settings), tenant_id, body.brief or "", labels)
     campaign = _new_campaign(tenant_id, body)
     campaign.screening = screening
     session.add(campaign)

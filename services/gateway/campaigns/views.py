@@ -350,6 +350,7 @@ def _view(
         id=campaign.id,
         brand_id=campaign.brand_id,
         brief=campaign.brief,
+        brief_inferred=(campaign.state or {}).get("brief_inferred"),  # services/gateway/campaigns/brief.py
         status=campaign.status,
         current_stage=campaign.current_stage,
         round=campaign.round,
