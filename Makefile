@@ -33,9 +33,11 @@ demo: venv
 	$(BIN)/onbrand demo --out out/demo
 
 # The review page's browser test (tests/e2e/test_review_page.py) drives Debian's chromium through
-# Playwright's executable_path: no browser download. CI runs as root with Debian reachable.
+# Playwright's executable_path: no browser download. CI runs as root with Debian reachable. FriBiDi too:
+# Pillow shapes right-to-left copy (the creative overlay's Arabic) with the system's libfribidi.
 browser:
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
+	ldconfig -p | grep -q libfribidi || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfribidi0)
 
 test: venv browser
 	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench

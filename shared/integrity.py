@@ -279,6 +279,38 @@ def verify(candidate: Image.Image, source: bytes, mask: bytes, record: dict[str,
     return Report(ok, exact / len(product), len(product), sha_match, source_ok, mask_ok, layer_ok, reasons)
 
 
+def verify_versions(
+    versions: dict[str, tuple[Image.Image, bytes]], source: bytes, mask: bytes, record: dict[str, Any]
+) -> Report:
+    """Every version of a result, by name ("clean", "creative": the brand-kit overlay): each must hold the
+    re-derived product bit for bit; a version other than the clean one must also be the file its record entry
+    names (``record[name]["sha256"]`` of the stored bytes). One report: ``ok`` only when every version holds,
+    the lowest exact fraction, the reasons prefixed with the version they are about."""
+    reports: list[Report] = []
+    for name, (image, data) in versions.items():
+        found = verify(image, source, mask, record)
+        entry = record.get(name) if name != "clean" else None
+        if entry is not None and sha256(data) != entry.get("sha256"):
+            found.ok = False
+            found.reasons.append("the stored bytes do not hash to the recorded sha256")
+        if name != "clean":
+            found.reasons = [f"{name}: {r}" for r in found.reasons]
+        reports.append(found)
+    if not reports:
+        raise ValueError("versions: nothing to verify")
+    worst = min(reports, key=lambda r: (r.ok, r.exact_fraction))
+    return Report(
+        all(r.ok for r in reports),
+        worst.exact_fraction,
+        worst.opaque_pixels,
+        all(r.sha256_match for r in reports),
+        all(r.source_ok for r in reports),
+        all(r.mask_ok for r in reports),
+        all(r.layer_ok for r in reports),
+        list(dict.fromkeys(r for rep in reports for r in rep.reasons)),  # source/mask reasons once
+    )
+
+
 def _same_hash(part: str, data: bytes, record: dict[str, Any], reasons: list[str]) -> bool:
     want = (record.get(part) or {}).get("sha256")
     if want is None:

@@ -230,6 +230,30 @@ def manifest(
     }
 
 
+def creative_manifest(definition: dict[str, Any], clean: dict[str, Any], kit: list[dict[str, Any]]) -> dict[str, Any]:
+    """The manifest of a result's creative version: the clean image's manifest, plus the clean image and the
+    brand-kit files (logo, font, by sha256) as ingredients and the overlay as a composite action naming them.
+    The integrity record is the clean image's: the product region of the creative is the same, bit for bit."""
+    parts = [ingredient("clean image", clean)] + [ingredient(f["role"], f) for f in kit]
+    ids = [p["instance_id"] for p in parts]
+    overlay = {
+        "action": "c2pa.edited",
+        "digitalSourceType": COMPOSITE,
+        "parameters": {"ingredientIds": ids},
+        "description": "brand-kit overlay (logo, headline, call to action) drawn outside the product's pixels",
+    }
+    actions = [*definition["assertions"][0]["data"]["actions"], overlay]
+    assertions = [{"label": "c2pa.actions", "data": {"actions": actions}}, *definition["assertions"][1:]]
+    return {**definition, "ingredients": [*definition["ingredients"], *parts], "assertions": assertions}
+
+
+def delivered_creative_key(integrity_record: dict[str, Any] | None) -> str | None:
+    """The key to serve for a result's creative version: its signed copy, else the unsigned one, else None."""
+    creative = (integrity_record or {}).get("creative") or {}
+    signed = (creative.get("credentials") or {}).get("key")
+    return str(signed or creative.get("key") or "") or None
+
+
 def _integrity_summary(record: dict[str, Any]) -> dict[str, Any]:
     """The record as the image carries it: the figures a person reads, and the whole record (what `onbrand
     verify IMAGE` re-derives the product from) as JSON text, because C2PA's CBOR turns a list of small ints

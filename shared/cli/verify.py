@@ -1,5 +1,6 @@
 """`onbrand verify CAMPAIGN_ID`: re-derive every result's product layer from the stored source photo and
-mask its integrity record names, and check the result holds it bit for bit (shared.integrity.verify).
+mask its integrity record names, and check the result holds it bit for bit (shared.integrity.verify), in the
+clean image and, when the result has one, in its creative version (the brand-kit overlay).
 `onbrand verify IMAGE`: the same check for one delivered image file, from the integrity record its signed
 C2PA manifest carries (shared.provenance), after the manifest itself validates.
 
@@ -69,11 +70,19 @@ def _verify_one(cand: Candidate, storage: Storage, files: dict[str, bytes]) -> i
         for key in (source["key"], mask["key"]):
             if key not in files:  # every candidate of a campaign shares one source and mask
                 files[key] = storage.get(key)
-        image = Image.open(io.BytesIO(storage.get(cand.image_key)))
-        image.load()
+        versions = {"clean": _image(storage, cand.image_key)}
+        if (record.get("creative") or {}).get("key"):  # the brand-kit overlay version: its product is exact too
+            versions["creative"] = _image(storage, record["creative"]["key"])
     except (OSError, KeyError) as exc:
         return integrity.Report(False, 0.0, 0, False, False, False, False, [f"cannot read a stored file: {exc}"])
-    return integrity.verify(image, files[source["key"]], files[mask["key"]], record)
+    return integrity.verify_versions(versions, files[source["key"]], files[mask["key"]], record)
+
+
+def _image(storage: Storage, key: str) -> tuple[Image.Image, bytes]:
+    data = storage.get(key)
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image, data
 
 
 def table(checked: list[Checked]) -> list[str]:

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.slow
 
 TOP_K = 2
 SQUARE, PORTRAIT = (256, 256), (256, 455)  # 1:1 and 9:16, the smallest sizes: CI time
+COPY = {"headline": "Frisch für jeden Tag", "cta": "تسوقوا الآن"}  # German headline, Arabic call to action
 
 
 def _png(image: Image.Image) -> bytes:
@@ -49,6 +50,7 @@ def finished(system: System) -> dict[str, Any]:
         "sizes": [{"width": w, "height": h} for w, h in (SQUARE, PORTRAIT)],
         "top_k": TOP_K,
         "max_prompt_revisions": 0,
+        "copy": COPY,  # every result also gets a creative version (tests below)
     }
     started = time.monotonic()
     created = api.post("/v1/campaigns", json=body)
@@ -97,3 +99,52 @@ def test_the_contact_sheet_groups_results_by_size(finished: dict[str, Any]) -> N
     sheet = render_contact_sheet(finished["campaign"], finished["candidates"])
     assert sheet.count('class="section size-group"') == 2
     assert "256×256 · 2 of 2 results" in sheet and "256×455 · 2 of 2 results" in sheet
+
+
+def test_every_result_has_a_creative_read_back_exact_and_signed(finished: dict[str, Any], system: System) -> None:
+    """The creative version of each result (brand-kit overlay): German read back exactly by OCR, Arabic
+    'unchecked' (no OCR model for it, never a pass), contrast >= 4.5, the product's pixels exact in the clean and
+    the creative image, a valid C2PA manifest on both; `onbrand verify IMAGE` on a creative passes."""
+    import numpy as np
+
+    from shared import provenance
+    from tests.factories import httpx_get
+
+    anchors = (system.home / "c2pa" / "root.pem").read_bytes()
+    started = time.monotonic()
+    for r in finished["campaign"]["results"]:
+        creative = r["creative"]
+        assert creative["ok"] and [t["element"] for t in creative["texts"]] == ["headline", "cta"]
+        assert all(t["contrast"] >= 4.5 for t in creative["texts"]), creative["texts"]
+        assert creative["ocr"]["status"] == "unchecked"
+        (headline, cta) = creative["ocr"]["checks"]
+        assert (headline["status"], headline["reason"]) == ("passed", "read back exactly"), headline
+        assert headline["compared"][0] == headline["compared"][1] == "frischfürjedentag"
+        assert (cta["status"], cta["reason"]) == ("unchecked", "unchecked: no OCR model for Arabic")
+        assert not r["fully_checked"] and r["needs_review"]  # unchecked is never counted as passed
+        clean, made = httpx_get(r["image_url"]).getvalue(), httpx_get(r["creative_url"]).getvalue()
+        for data in (clean, made):
+            reading = provenance.read(data, anchors)
+            assert reading.state == "Trusted", reading.failures
+            assert (reading.integrity or {})["exact_fraction"] == 1.0
+        layer = np.asarray(Image.open(httpx_get(r["layer_url"])).convert("RGBA"))
+        opaque = layer[:, :, 3] == 255
+        pixels = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))[opaque] for d in (clean, made)]
+        assert np.array_equal(pixels[0], layer[:, :, :3][opaque]) and np.array_equal(pixels[1], pixels[0])
+        assert not np.array_equal(*(np.asarray(Image.open(io.BytesIO(d)).convert("RGB")) for d in (clean, made)))
+    results = finished["campaign"]["results"]
+    render_ms = [r["qc"]["creative"]["layout"]["render_ms"] for r in results]
+    ocr_s = [r["creative"]["ocr"]["seconds"] for r in results]
+    print(f"creatives checked in {time.monotonic() - started:.1f} s; render ms {render_ms}; OCR s {ocr_s}")
+
+
+def test_onbrand_verify_image_passes_on_a_creative(finished: dict[str, Any], system: System, tmp_path: Any) -> None:
+    import subprocess
+
+    from shared.cli.procs import onbrand_cmd
+    from tests.factories import httpx_get
+
+    path = tmp_path / "rank-1.creative.png"
+    path.write_bytes(httpx_get(finished["campaign"]["results"][0]["creative_url"]).getvalue())
+    done = subprocess.run(onbrand_cmd("verify", str(path)), env=system.env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip().endswith("verified"), done.stdout + done.stderr

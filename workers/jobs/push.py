@@ -47,6 +47,7 @@ log = logging.getLogger("onbrand.push")
 
 TASK = pushes.TASK
 IMAGE_TYPE, SIDECAR_TYPE = "image/png", "application/json"
+CREATIVE = ".creative.png"  # rank-{n}.creative.png: the result's creative version (brand-kit overlay)
 
 
 class PushFailed(Exception):
@@ -167,7 +168,8 @@ class PresignedUrls:
     def url(self, rank: int, obj: PushObject) -> str | None:
         if rank > len(self.entries):
             return None  # fewer URLs than results: the client asked for the top ones only
-        return self.entries[rank - 1]["image" if obj.content_type == IMAGE_TYPE else "sidecar"]
+        kind = "sidecar" if obj.content_type == SIDECAR_TYPE else "creative" if obj.name.endswith(CREATIVE) else "image"
+        return self.entries[rank - 1].get(kind)  # no "creative" URL: the creative version is not pushed there
 
 
 class S3Target:
@@ -245,7 +247,8 @@ def _upload_all(
     done = {o["name"] for o in row.objects or []}
     for result, cand in _ranked(session, campaign):
         rank = result.rank
-        if {f"rank-{rank}.png", f"rank-{rank}.json"} <= done:
+        creative = {f"rank-{rank}{CREATIVE}"} if provenance.delivered_creative_key(cand.integrity) else set()
+        if {f"rank-{rank}.png", f"rank-{rank}.json", *creative} <= done:
             continue  # skip before reading the image: nothing of this rank is left to send
         for obj in build_objects(campaign, result, cand, at):
             url = urls.url(rank, obj)
@@ -274,14 +277,36 @@ def _ranked(session: Session, campaign: Campaign) -> list[tuple[Result, Candidat
 
 def build_objects(campaign: Campaign, result: Result, cand: Candidate, at: datetime) -> list[PushObject]:
     rank = result.rank
-    image = _image(cand, rank)
-    sidecar = json.dumps(sidecar_of(campaign, result, cand, image, at), indent=2, default=str).encode()
-    return [PushObject(f"rank-{rank}.png", image, IMAGE_TYPE), PushObject(f"rank-{rank}.json", sidecar, SIDECAR_TYPE)]
+    image = _image(cand, rank, provenance.delivered_key(cand.integrity, cand.image_key))
+    creative_key = provenance.delivered_creative_key(cand.integrity)  # the creative version, with campaign copy
+    creative = _image(cand, rank, creative_key) if creative_key else None
+    sidecar = sidecar_of(campaign, result, cand, image, at)
+    if creative is not None:
+        sidecar["creative"] = {**_named(f"rank-{rank}{CREATIVE}", creative), **_creative_record(cand)}
+    objects = [PushObject(f"rank-{rank}.png", image, IMAGE_TYPE)]
+    objects += [PushObject(f"rank-{rank}{CREATIVE}", creative, IMAGE_TYPE)] if creative is not None else []
+    data = json.dumps(sidecar, indent=2, default=str).encode()
+    return [*objects, PushObject(f"rank-{rank}.json", data, SIDECAR_TYPE)]
 
 
-def _image(cand: Candidate, rank: int) -> bytes:
+def _named(name: str, data: bytes) -> dict[str, Any]:
+    return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "content_type": IMAGE_TYPE}
+
+
+def _creative_record(cand: Candidate) -> dict[str, Any]:
+    """The creative's layout (per text: contrast, font size, backing) and OCR read-back, as the API shows them."""
+    found = (cand.qc or {}).get("creative") or {}
+    texts = [
+        {k: t.get(k) for k in ("element", "text", "contrast", "font_px", "backing")}
+        for t in (found.get("layout") or {}).get("texts") or []
+    ]
+    ocr = found.get("ocr") or {}
+    return {"texts": texts, "ocr": {"status": ocr.get("status"), "checks": ocr.get("checks") or []}}
+
+
+def _image(cand: Candidate, rank: int, key: str | None) -> bytes:
     try:
-        return get_storage().get(provenance.delivered_key(cand.integrity, cand.image_key) or "")  # C2PA-signed
+        return get_storage().get(key or "")  # the C2PA-signed copy
     except Exception as exc:  # our storage, not the receiver: logged in full, retried like any failure
         log.exception("push: candidate %s image %s unreadable", cand.id, cand.image_key)
         raise RetryLater(f"storage_unavailable: the image of rank {rank} could not be read") from exc
@@ -311,12 +336,7 @@ def sidecar_of(campaign: Campaign, result: Result, cand: Candidate, image: bytes
         "review": {"fallback": bool(review.get("fallback")), "reasons": review.get("reasons", [])},
         "decision": result.decision,  # a reviewer's (on-approval brands: always approved), else null
         "integrity": cand.integrity,
-        "image": {
-            "name": f"rank-{rank}.png",
-            "sha256": hashlib.sha256(image).hexdigest(),
-            "bytes": len(image),
-            "content_type": IMAGE_TYPE,
-        },
+        "image": _named(f"rank-{rank}.png", image),
         "pushed_at": at.isoformat(),
     }
 

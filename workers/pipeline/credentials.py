@@ -37,8 +37,12 @@ def sign_results(ctx: StageContext) -> dict[str, Any]:
         for cand in rows:
             signed = _sign(storage, cand, f"{cand.layout_key}.png", background, cred)
             cand.integrity = {**(cand.integrity or {}), "credentials": signed}
+            if (cand.integrity.get("creative") or {}).get("key"):  # the creative version is signed too
+                creative = _sign_creative(storage, cand, background, cred)
+                cand.integrity = {**cand.integrity, "creative": {**cand.integrity["creative"], "credentials": creative}}
     return {
         "signed": len(rows),
+        "creatives": sum(bool((c.integrity.get("creative") or {}).get("credentials")) for c in rows),
         "credential": "development" if cred.development else "configured",
         "seconds": round(time.perf_counter() - started, 3),
     }
@@ -60,6 +64,23 @@ def _sign(
         "credential": "development" if cred.development else "configured",
         "source_type": provenance.source_type(cand.generation or {}),
     }
+
+
+def _sign_creative(
+    storage: Storage, cand: Candidate, background: dict[str, Any] | None, cred: provenance.Credential
+) -> dict[str, Any]:
+    """The creative's signed copy: the clean image's manifest plus the overlay (clean image, logo, font)."""
+    record, creative = cand.integrity or {}, (cand.integrity or {})["creative"]
+    scene = background if (cand.generation or {}).get("init") != "none" else None
+    title = f"{cand.layout_key}.creative.png"
+    base = provenance.manifest(title, record, cand.generation or {}, scene, cred.development)
+    clean = {"key": cand.image_key, "sha256": provenance.sha256(storage.get(cand.image_key or ""))}
+    kit = ((cand.qc or {}).get("creative") or {}).get("ingredients") or []
+    signed = provenance.sign(storage.get(creative["key"]), provenance.creative_manifest(base, clean, kit), cred)
+    key = provenance.signed_key(creative["key"])
+    storage.put(key, signed, provenance.mime_of(signed))
+    kind = "development" if cred.development else "configured"
+    return {"key": key, "sha256": provenance.sha256(signed), "credential": kind}
 
 
 def _background(ctx: StageContext, session: Any) -> dict[str, Any] | None:

@@ -16,12 +16,13 @@ from shared.db.models import Campaign, CampaignStatus, Candidate, CandidateStatu
 from workers.engine.context import StageContext, Task, now
 from workers.engine.flow import LoopState
 from workers.engine.records import campaign_finished, webhook_tasks
-from workers.pipeline import credentials
+from workers.pipeline import credentials, overlay
 
 
 def run(ctx: StageContext) -> dict[str, Any]:
     ctx.finalize = complete  # the terminal change and its event happen in the finish transaction
-    return {"delivered": True, "credentials": credentials.sign_results(ctx)}  # C2PA-signed copies of the results
+    creatives = overlay.verify_results(ctx)  # OCR read-back of each result's creative, before it is signed
+    return {"delivered": True, "creatives": creatives, "credentials": credentials.sign_results(ctx)}  # C2PA
 
 
 def complete(session: Session, campaign: Campaign) -> list[Task]:

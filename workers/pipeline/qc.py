@@ -15,16 +15,20 @@ from typing import Any
 from PIL import Image
 from sqlalchemy import select
 
+from shared.brand_kit import BrandKit as StoredKit
+from shared.brand_kit import CampaignCopy
 from shared.db.models import Candidate
 from shared.db.session import session_scope
 from shared.model_specs import fidelity_spec
 from shared.qc import DEFAULT_UNCHECKED, QcThresholds, thresholds
 from workers.checks import policy, product
+from workers.creative.schema import BrandKit as RenderKit
 from workers.engine.context import StageContext
 from workers.models.roles import ImageEmbedder
+from workers.pipeline import overlay
 from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
 from workers.pipeline.generate import SourceLayers
-from workers.pipeline.outputs import CaptionOutput, SegmentOutput
+from workers.pipeline.outputs import CaptionOutput, PlanOutput, SegmentOutput
 
 
 @dataclass
@@ -43,6 +47,11 @@ class Review:
     scenes: dict[tuple[int, int], Any] = field(default_factory=dict)  # canvas size -> text_ocr.Background
     # product asset id -> its cut-out, with several products (a candidate is reviewed against its own product)
     products: dict[str, Image.Image] = field(default_factory=dict)
+    # The campaign's copy (None: no creative version), the brand kit as rendered, each canvas's zones ("WxH")
+    copy: CampaignCopy | None = None
+    kit: RenderKit = field(default_factory=RenderKit)
+    zones: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    kit_files: list[dict[str, Any]] = field(default_factory=list)  # the logo and font by sha256 (C2PA ingredients)
 
     def product_of(self, cand: Candidate) -> Image.Image:
         return self.products.get(product_id(cand) or "", self.product)
@@ -85,7 +94,33 @@ class Review:
         )
         if len(cuts) > 1:
             review.products = {c.product_asset_id: load_image(c.cutout_key).convert("RGBA") for c in cuts}
+        review.copy = overlay.copy_of(ctx.campaign.copy)
+        if review.copy is not None:  # the logo and font are read from storage once per process
+            stored = StoredKit.of(brand.kit)
+            review.kit, review.kit_files = overlay.render_kit(stored), overlay.ingredients(stored)
+            review.zones = ctx.output(PlanOutput).canvas_safe_zones
         return review
+
+    def creative_of(self, cand: Candidate, image: Image.Image, layer: Image.Image) -> dict[str, Any] | None:
+        """Render and store the candidate's creative (campaigns with copy); its overlay_layout verdict. The layout
+        goes into qc["creative"] (set by the caller), the product proof of the stored creative into the
+        integrity record."""
+        if self.copy is None:
+            return None
+        w, h = image.size
+        creative = overlay.render(image, layer, self.copy, self.kit, self.zones.get(f"{w}x{h}", []))
+        record: dict[str, Any] = {
+            "layout": creative.layout.model_dump(mode="json"),
+            "key": None,
+            "ingredients": self.kit_files,
+        }
+        if creative.layout.ok:
+            stored = overlay.store(cand.image_key or "", creative, layer)
+            record["key"] = stored["key"]
+            cand.integrity = {**(cand.integrity or {}), "creative": stored}
+        else:  # a creative from an earlier run of this task is no longer this candidate's
+            cand.integrity = {k: v for k, v in (cand.integrity or {}).items() if k != "creative"}
+        return {"verdict": overlay.verdict(creative.layout), "record": record}
 
     def guidelines_of(
         self, ctx: StageContext, cand: Candidate, image: Image.Image, layer: Image.Image
@@ -142,6 +177,7 @@ def check_one(
     metrics = {**fidelity.fidelity(image, layer, source), "dino_cosine": cosine, "phash": duplicates.phash(image)}
     metrics |= expansion.measure(image, source or layer)  # did the generated pixels grow the product?
     rules = brand_rules.check(image, layer, review.palette, list(ctx.campaign.safe_zones or []), limits.model_dump())
+    creative = review.creative_of(cand, image, layer)  # None without campaign copy
     verdicts = [
         *product.product_checks(metrics, limits),
         *expansion.check(metrics),
@@ -149,8 +185,11 @@ def check_one(
         # a fringe of the source photo's backdrop on the placed product's edge (advisory until measured)
         *mask_quality.halo_verdicts(ctx.output(SegmentOutput).cut(product_id(cand)).quality, image, layer),
         *[{**v, "group": "brand"} for v in rules],
+        *([creative["verdict"]] if creative else []),
     ]
     cand.qc = {"metrics": metrics, "verdicts": verdicts, "thresholds": limits.model_dump()}
+    if creative:
+        cand.qc["creative"] = creative["record"]
     if not any(v["status"] == "fail" for v in verdicts if v["group"] == "product"):
         cand.qc["guidelines"] = review.guidelines_of(ctx, cand, image, layer)  # costly: intact products only
     else:

@@ -41,6 +41,8 @@ def create_campaign(
     for i, urls in enumerate(body.push_urls or []):  # literal private addresses: 422 now, names at push time
         check_target(urls.image, ("push_urls", i, "image"), settings, "Push URL")
         check_target(urls.sidecar, ("push_urls", i, "sidecar"), settings, "Push URL")
+        if urls.creative is not None:
+            check_target(urls.creative, ("push_urls", i, "creative"), settings, "Push URL")
     campaign, replayed = service.create(session, tenant_id, body, idempotency_key, settings)
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]
     response.headers["Location"] = view.links.self

@@ -23,6 +23,7 @@ from services.gateway.campaigns.brief import BriefInferred
 from services.gateway.errors import UNKNOWN_PRESET
 from services.gateway.guardrails.schemas import Screening
 from services.gateway.webhook_targets import WebhookUrl
+from shared.brand_kit import CampaignCopy
 from shared.db.models import CampaignPriority, CampaignStatus, FeedbackStatus, OutboxStatus, ResultDecision, ReviewState
 from shared.presets import PRESET_NAMES, PRESETS
 
@@ -163,6 +164,10 @@ class PushUrls(BaseModel):
 
     image: WebhookUrl
     sidecar: WebhookUrl
+    # left out of dumps when None: a request without it hashes as before (stored Idempotency-Keys still replay)
+    creative: WebhookUrl | None = Field(
+        None, description="The creative version's PUT URL (campaigns with copy).", exclude_if=lambda v: v is None
+    )
 
 
 class CampaignCreate(BaseModel):
@@ -200,6 +205,14 @@ class CampaignCreate(BaseModel):
         "a preset's own platform zones apply to its size besides these.",
     )
     top_k: int = Field(3, ge=1, le=10, strict=True, description="Results per product and per size.")
+    copy_: CampaignCopy | None = Field(
+        None,
+        alias="copy",
+        exclude_if=lambda value: value is None,  # a request without copy hashes as before (Idempotency-Key)
+        description="Headline, call to action and optional legal line, in any language and script: every result "
+        "then also gets a creative version (the brand kit's logo and this copy drawn outside the product, "
+        "contrast >= 4.5, read back by OCR). Screened by the input guardrails like the brief.",
+    )
     qc_policy: QcPolicy = "strict"
     max_retry_attempts: int = Field(1, ge=0, le=5, strict=True)
     max_prompt_revisions: int = Field(1, ge=0, le=5, strict=True)
@@ -225,6 +238,8 @@ class PushSummary(BaseModel):
 class CampaignRequest(BaseModel):
     """The accepted request, echoed back as stored."""
 
+    model_config = ConfigDict(serialize_by_alias=True)
+
     product_asset_ids: list[uuid.UUID]
     sizes: list[SizeRead]
     safe_zones: list[SafeZone] = Field(default_factory=list)
@@ -236,6 +251,7 @@ class CampaignRequest(BaseModel):
     webhook_url: str | None
     # Left out when the campaign has no push URLs (the request is echoed as it was sent).
     push: PushSummary | None = Field(None, exclude_if=lambda value: value is None)
+    copy_: CampaignCopy | None = Field(None, alias="copy", exclude_if=lambda value: value is None)
 
 
 class StageRead(BaseModel):
@@ -265,6 +281,35 @@ class ResultReview(BaseModel):
     reasons: list[ReviewReason] = Field(default_factory=list)
 
 
+class CreativeText(BaseModel):
+    element: Literal["headline", "cta", "legal"]
+    text: str
+    contrast: float = Field(description="WCAG 2.x contrast against the pixels behind it (after a scrim), worst case.")
+    font_px: int
+    backing: Literal["none", "scrim", "button"]
+    script: str
+    direction: Literal["ltr", "rtl"]
+
+
+class CreativeOcr(BaseModel):
+    status: Literal["passed", "failed", "unchecked"] = Field(
+        description="failed: an element read back differently (the result needs review); unchecked: a script the "
+        'OCR model cannot read ("unchecked: no OCR model for Arabic"), never counted as passed.'
+    )
+    checks: list[dict[str, Any]] = Field(default_factory=list, description="Per element: expected, read, reason.")
+    model: str = ""
+    seconds: float = 0.0
+
+
+class CreativeRead(BaseModel):
+    """The creative version's layout (the overlay's record) and, once delivered, its OCR read-back."""
+
+    ok: bool = Field(description="The layout met every rule; false: see reasons (the overlay_layout check failed).")
+    reasons: list[str] = Field(default_factory=list)
+    texts: list[CreativeText] = Field(default_factory=list)
+    ocr: CreativeOcr | None = Field(None, description="The OCR read-back at delivery (null before).")
+
+
 class ResultRead(BaseModel):
     id: uuid.UUID = Field(description="The result id: approve or reject it at /results/{id}/approve|reject.")
     review_round: int = Field(0, description="The review round that ranked it (0: the first delivery).")
@@ -288,6 +333,10 @@ class ResultRead(BaseModel):
     size_rank: int | None = Field(
         None, description="Its rank among the results of its product and size (each gets up to top_k)."
     )
+    creative_url: str | None = Field(
+        None, description="The creative version (brand-kit overlay), C2PA-signed; null without campaign copy."
+    )
+    creative: CreativeRead | None = Field(None, description="The creative's layout and OCR verdict.")
 
 
 class SizeResults(BaseModel):

@@ -75,6 +75,7 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         product_asset_ids=[str(i) for i in body.product_asset_ids],
         sizes=[s.model_dump(exclude_none=True) for s in body.sizes],
         safe_zones=[z.model_dump() for z in body.safe_zones],
+        copy=body.copy_.model_dump(exclude_none=True) if body.copy_ else None,
         top_k=body.top_k,
         qc_policy=body.qc_policy,
         max_retry_attempts=body.max_retry_attempts,
@@ -85,7 +86,10 @@ def _new_campaign(tenant_id: uuid.UUID, body: CampaignCreate) -> Campaign:
         status=CampaignStatus.QUEUED,
         round=0,
         state=inferred.pending_state(body.brief),
-        push_urls=[{"image": str(p.image), "sidecar": str(p.sidecar)} for p in body.push_urls]
+        push_urls=[
+            {"image": str(p.image), "sidecar": str(p.sidecar)} | ({"creative": str(p.creative)} if p.creative else {})
+            for p in body.push_urls
+        ]
         if body.push_urls
         else None,
     )
@@ -139,7 +143,8 @@ def create(
     _check_references(session, tenant_id, body)
     # Input guardrails: a refused brief is a 422 before anything is written.
     labels = [z.label for z in body.safe_zones]
-    screening = guard.campaign(session, guard.with_settings(settings), tenant_id, body.brief or "", labels)
+    copy = body.copy_.model_dump(exclude_none=True) if body.copy_ else {}  # the creative's text, screened as the brief
+    screening = guard.campaign(session, guard.with_settings(settings), tenant_id, body.brief or "", labels, copy)
     campaign = _new_campaign(tenant_id, body)
     campaign.screening = screening
     session.add(campaign)

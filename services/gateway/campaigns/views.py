@@ -21,6 +21,7 @@ from services.gateway.campaigns.schemas import (
     CampaignRead,
     CampaignRequest,
     CandidateRead,
+    CreativeRead,
     LlmUsage,
     PushRead,
     PushSummary,
@@ -37,6 +38,7 @@ from services.gateway.campaigns.schemas import (
     StageRead,
     StageStatus,
 )
+from shared.brand_kit import CampaignCopy
 from shared.config import Settings
 from shared.db.models import (
     TERMINAL_STATUSES,
@@ -50,7 +52,7 @@ from shared.db.models import (
     StageRun,
 )
 from shared.presets import result_size, size_ranks
-from shared.provenance import delivered_key
+from shared.provenance import delivered_creative_key, delivered_key
 from shared.qc import ResultFlags, review_summary
 from shared.review import round_window
 from shared.stages import PIPELINE
@@ -195,6 +197,8 @@ def _results(
                 decided_by=result.decided_by,
                 decided_at=result.decided_at,
                 size=_size(result_size(sizes or [], cand.placement)),
+                creative_url=_url(storage, delivered_creative_key(cand.integrity)),  # C2PA-signed creative
+                creative=creative_view(cand.qc),
             )
         )
     for found in results.values():
@@ -202,6 +206,19 @@ def _results(
         for read, size_rank in zip(found, size_ranks(groups), strict=True):
             read.size_rank = size_rank
     return results
+
+
+def creative_view(qc: dict[str, Any] | None) -> CreativeRead | None:
+    """The creative's layout summary (per text: contrast, font size, backing) and OCR verdict from the candidate's
+    qc record (None: the campaign has no copy)."""
+    found = (qc or {}).get("creative")
+    if not found:
+        return None
+    layout = found.get("layout") or {}
+    return CreativeRead.model_validate(
+        {"ok": layout.get("ok", False), "reasons": layout.get("reasons") or [], "texts": layout.get("texts") or []}
+        | {"ocr": found.get("ocr")}
+    )
 
 
 def _size(found: dict[str, Any] | None) -> ResultSize | None:
@@ -333,6 +350,7 @@ def _request(campaign: Campaign) -> CampaignRequest:
         priority=campaign.priority,
         webhook_url=campaign.webhook_url,
         push=PushSummary(presigned_urls=len(campaign.push_urls)) if campaign.push_urls else None,
+        copy=CampaignCopy.model_validate(campaign.copy) if campaign.copy else None,
     )
 
 

@@ -95,10 +95,16 @@ def with_settings(settings: Settings | None) -> Settings:
 
 
 def campaign(
-    session: Session, settings: Settings, tenant_id: uuid.UUID, brief: str, labels: list[str]
+    session: Session,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    brief: str,
+    labels: list[str],
+    copy: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """A new campaign's brief and safe-zone labels (the copy it reserves room for)."""
+    """A new campaign's brief, safe-zone labels (the copy it reserves room for) and copy (headline, cta, legal)."""
     fields = {"brief": brief, **{f"safe_zones[{i}].label": label for i, label in enumerate(labels)}}
+    fields |= {f"copy.{name}": value for name, value in (copy or {}).items()}
     return record(text(session, settings, tenant_id, "campaign", fields), CAMPAIGN_IMAGES)
 
 

@@ -27,6 +27,7 @@ from shared.db.models import (
     Result,
     ResultDecisionRecord,
 )
+from shared.provenance import delivered_creative_key
 from shared.review import REASON_LABELS, SCALE_STEP, Change, Reason
 from shared.storage import Storage
 
@@ -60,6 +61,8 @@ class ResultCard:
     decided_by: str | None
     decided_at: datetime | None
     size: str = ""  # the ad size it was made for ("1080×1920 · story"): results are grouped per size
+    creative_url: str | None = None  # the creative version (brand-kit overlay), with campaign copy
+    creative_note: str = ""  # its OCR read-back and contrast, in words
 
 
 @dataclass(frozen=True)
@@ -140,6 +143,7 @@ class ReviewPage:
 
     def image_origins(self) -> set[str]:
         urls = [r.image_url for r in self.results] + [c.image_url for c in self.left_out]
+        urls += [r.creative_url for r in self.results]
         urls += [u for e in self.earlier for _, u, _ in e.results]
         return {f"{p.scheme}://{p.netloc}" for p in (urlsplit(u) for u in urls if u) if p.scheme in ("http", "https")}
 
@@ -211,7 +215,19 @@ def _card(result: Result, cand: Candidate, storage: Storage, sizes: list[Any]) -
         decided_by=result.decided_by,
         decided_at=result.decided_at,
         size=_size_title(sizes, cand.placement),
+        creative_url=storage.url(creative) if (creative := delivered_creative_key(cand.integrity)) else None,
+        creative_note=_creative_note(cand.qc or {}),
     )
+
+
+def _creative_note(qc: dict[str, Any]) -> str:
+    """The creative in words, e.g. "OCR passed · contrast ≥ 5.2" ("" without one)."""
+    found = qc.get("creative") or {}
+    texts = (found.get("layout") or {}).get("texts") or []
+    if not texts:
+        return ""
+    ocr = (found.get("ocr") or {}).get("status") or "not read yet"
+    return f"OCR {ocr} · contrast ≥ {min(float(t['contrast']) for t in texts):.1f}"
 
 
 def _change_line(name: str, value: Any) -> str:

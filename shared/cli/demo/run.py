@@ -44,6 +44,7 @@ from shared.cli.procs import Processes, base_env, free_port, onbrand_cmd, run_cl
 from shared.config import Settings
 
 BRIEF = "the running shoe on an urban street at sunset"
+COPY = {"headline": "Own the city after sunset", "cta": "Shop now"}  # every result gets a creative version too
 BRAND: dict[str, Any] = {
     "name": "Stride",
     "palette": ["#E4572E", "#17BEBB", "#FFC914"],
@@ -191,8 +192,11 @@ def start_campaign(
     top_k: int = 3,
     sizes: list[Json] | None = None,
     idempotency_key: str | None = None,
+    copy: Json | None = None,
 ) -> Json:
     body = {"brand_id": brand_id, "brief": brief, "sizes": sizes or [{"width": 1024, "height": 1024}], "top_k": top_k}
+    if copy:
+        body["copy"] = copy
     headers = {"Idempotency-Key": idempotency_key or f"demo-{uuid.uuid4()}"}
     return api(client, "POST", "/v1/campaigns", expect=(202,), json=body, headers=headers)
 
@@ -221,12 +225,17 @@ def thumb_name(candidate: Json) -> str:
 
 
 def save_results(client: httpx.Client, out: Path, campaign: Json) -> list[Path]:
-    """rank-1.png ... rank-N.png, full size, from the campaign's results."""
+    """rank-1.png ... rank-N.png, full size, from the campaign's results (and rank-N.creative.png, the creative
+    version with the brand kit's overlay, for a campaign with copy)."""
     paths = []
     for result in sorted(campaign.get("results") or [], key=lambda r: r.get("rank") or 0):
         path = out / f"rank-{result['rank']}.png"
         path.write_bytes(download(client, result["image_url"]))
         paths.append(path)
+        if result.get("creative_url"):
+            path = out / f"rank-{result['rank']}.creative.png"
+            path.write_bytes(download(client, result["creative_url"]))
+            paths.append(path)
     return paths
 
 
@@ -437,7 +446,7 @@ def _card(cand: Json) -> str:
     cls = "ranked" if rank else ("passed" if cand.get("passed") else "failed")
     img = f'<img src="{esc(src)}" alt="{esc(cand.get("layout_key"))}" loading="lazy">'
     href = f"rank-{rank}.png" if rank else src  # ranked cards open the full-size result
-    thumb = f'<a class="thumb" href="{esc(href)}">{img}</a>'
+    thumb = f'<a class="thumb" href="{esc(href)}">{img}</a>' + _creative(cand)
     badge = f'<div class="badge r{rank}">{rank}</div>' if rank else ""
     excluded = f'<div class="excluded">{esc(cand["excluded_reason"])}</div>' if cand.get("excluded_reason") else ""
     qc = cand.get("qc") or {}
@@ -447,6 +456,19 @@ def _card(cand: Json) -> str:
         f'<div class="key">{esc(cand.get("layout_key"))}</div>{_layout(cand)}{_chips(verdicts)}'
         f"{_qc_lines(cand)}{_review(cand)}{_aesthetic(cand)}{excluded}</div></article>"
     )
+
+
+def _creative(cand: Json) -> str:
+    """A ranked result's creative version (saved as rank-N.creative.png) with its OCR verdict and contrast."""
+    found = (cand.get("qc") or {}).get("creative") or {}
+    texts = (found.get("layout") or {}).get("texts") or []
+    if not cand.get("rank") or not found.get("key") or not texts:
+        return ""
+    src = f"rank-{cand['rank']}.creative.png"
+    ocr = (found.get("ocr") or {}).get("status") or "not read"
+    note = f"creative · OCR {ocr} · contrast ≥ {min(float(t['contrast']) for t in texts):.1f}"
+    img = f'<img src="{esc(src)}" alt="{esc(note)}" loading="lazy">'
+    return f'<a class="thumb creative" href="{esc(src)}">{img}</a><div class="key">{esc(note)}</div>'
 
 
 def _tags(values: Any) -> str:
@@ -690,7 +712,7 @@ def run_campaign(
     items = build_library(out / "library")
     upload_library(client, brand_id, items)
     console.print(f"brand [bold]Stride[/] {brand_id} · {len(items)} assets uploaded · brief “{BRIEF}”")
-    started = start_campaign(client, brand_id)
+    started = start_campaign(client, brand_id, copy=COPY)
     return wait_for_campaign(client, str(started["id"]), timeout=timeout, console=console)
 
 
