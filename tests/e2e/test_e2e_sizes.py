@@ -12,7 +12,7 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from shared.cli.demo.run import render_contact_sheet
 from tests.factories import api_client, verify, wait_terminal
@@ -38,6 +38,10 @@ def finished(system: System) -> dict[str, Any]:
 
     api = api_client(system, system.tenant("sizes")["api_key"])
     brand = api.post("/v1/brands", json={"name": "Sizes", "palette": ["#2F4858", "#F6AE2D"]}).json()["id"]
+    logo = Image.new("RGBA", (160, 64), (0, 0, 0, 0))  # the brand kit's logo: every creative carries it
+    ImageDraw.Draw(logo).rounded_rectangle((0, 0, 159, 63), radius=16, fill=(47, 72, 88, 255))
+    added = api.post(f"/v1/brands/{brand}/kit/logos", files={"file": ("logo.png", _png(logo), "image/png")})
+    assert added.status_code == 201, added.text
     photo = qc_set.source_photo("mug", "heldout", np.random.default_rng(3))[0]
     meta = {"kind": "product", "title": "mug", "brand_id": brand}
     files = {"file": ("mug.png", _png(photo), "image/png")}
@@ -102,7 +106,8 @@ def test_the_contact_sheet_groups_results_by_size(finished: dict[str, Any]) -> N
 
 
 def test_every_result_has_a_creative_read_back_exact_and_signed(finished: dict[str, Any], system: System) -> None:
-    """The creative version of each result (brand-kit overlay): German read back exactly by OCR, Arabic
+    """The creative version of each result (brand-kit overlay, with the logo uploaded to the brand's kit): German
+    read back exactly by OCR, Arabic
     'unchecked' (no OCR model for it, never a pass), contrast >= 4.5, the product's pixels exact in the clean and
     the creative image, a valid C2PA manifest on both; `onbrand verify IMAGE` on a creative passes."""
     import numpy as np
@@ -115,6 +120,7 @@ def test_every_result_has_a_creative_read_back_exact_and_signed(finished: dict[s
     for r in finished["campaign"]["results"]:
         creative = r["creative"]
         assert creative["ok"] and [t["element"] for t in creative["texts"]] == ["headline", "cta"]
+        assert r["qc"]["creative"]["layout"]["logo"]["box"], "the brand's logo is on the creative"
         assert all(t["contrast"] >= 4.5 for t in creative["texts"]), creative["texts"]
         assert creative["ocr"]["status"] == "unchecked"
         (headline, cta) = creative["ocr"]["checks"]
@@ -127,6 +133,8 @@ def test_every_result_has_a_creative_read_back_exact_and_signed(finished: dict[s
             reading = provenance.read(data, anchors)
             assert reading.state == "Trusted", reading.failures
             assert (reading.integrity or {})["exact_fraction"] == 1.0
+        titles = [i["title"] for i in reading.manifest["ingredients"]]  # the creative's: the clean image and logo
+        assert any(t.startswith("clean image") for t in titles) and any(t.startswith("logo") for t in titles)
         layer = np.asarray(Image.open(httpx_get(r["layer_url"])).convert("RGBA"))
         opaque = layer[:, :, 3] == 255
         pixels = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"))[opaque] for d in (clean, made)]

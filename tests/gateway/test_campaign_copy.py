@@ -59,3 +59,17 @@ def test_a_request_without_copy_hashes_as_before() -> None:
     assert "copy_" not in dumped and "copy" not in dumped
     with_copy = CampaignCreate.model_validate({**body, "copy": {"headline": "Hallo", "cta": "Los"}})
     assert request_hash(with_copy) != request_hash(CampaignCreate.model_validate(body))
+
+
+def test_the_demo_brand_gets_a_logo_and_the_demo_campaign_copy(client: TestClient, acme: Tenant) -> None:
+    from shared.cli.demo.run import COPY as DEMO_COPY
+    from shared.cli.demo.run import add_logo, start_campaign
+
+    client.headers.update(acme.auth)
+    brand_id = make_brand(client, acme)
+    logo = add_logo(client, brand_id)
+    assert (logo["width"], logo["height"]) == (240, 96)
+    kit = client.get(f"/v1/brands/{brand_id}/kit").json()
+    assert [entry["id"] for entry in kit["logos"]] == [logo["id"]]
+    started = start_campaign(client, brand_id, copy=DEMO_COPY)
+    assert started["request"]["copy"] == {**DEMO_COPY, "legal": None}

@@ -174,6 +174,21 @@ def create_brand(client: httpx.Client, brand: Json | None = None) -> str:
     return str(api(client, "POST", "/v1/brands", json=brand or BRAND)["id"])
 
 
+def add_logo(client: httpx.Client, brand_id: str) -> Json:
+    """The brand kit's logo (POST /v1/brands/{id}/kit/logos): a badge in the brand's first colour with a white
+    stride mark, drawn here so that the demo needs no file; every creative carries it."""
+    from PIL import ImageDraw
+
+    logo = Image.new("RGBA", (240, 96), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(logo)
+    draw.rounded_rectangle((0, 0, 239, 95), radius=30, fill=BRAND["palette"][0])
+    draw.line([(40, 70), (110, 26), (200, 26)], fill=(255, 255, 255, 255), width=14, joint="curve")
+    buffer = io.BytesIO()
+    logo.save(buffer, "PNG")
+    files = {"file": ("stride-logo.png", buffer.getvalue(), "image/png")}
+    return api(client, "POST", f"/v1/brands/{brand_id}/kit/logos", files=files, data={"name": "Stride"})
+
+
 def upload_library(client: httpx.Client, brand_id: str | None, items: list[Json]) -> list[Json]:
     """POST every library item to /v1/assets (multipart: the PNG + its metadata as JSON)."""
     uploaded = []
@@ -709,6 +724,7 @@ def run_campaign(
     secret = register_webhook(client, receiver.url)["secret"]
     (out / "webhook-secret.txt").write_text(secret + "\n")
     brand_id = create_brand(client)
+    add_logo(client, brand_id)
     items = build_library(out / "library")
     upload_library(client, brand_id, items)
     console.print(f"brand [bold]Stride[/] {brand_id} · {len(items)} assets uploaded · brief “{BRIEF}”")
