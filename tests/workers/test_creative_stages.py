@@ -5,9 +5,12 @@ integrity record and `onbrand verify CAMPAIGN_ID` cover the clean and the creati
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from shared.storage import campaign_key, get_storage
 from tests import stage_outputs as outputs
 from workers.engine import runner
 from workers.engine.runner import execute, stage_function
+from workers.jobs import push
 from workers.pipeline import overlay
 from workers.pipeline.common import save_png
 
@@ -169,6 +173,16 @@ def test_each_candidate_gets_a_creative_read_back_signed_and_verified_in_both_ve
         titles = [i["title"] for i in reading.manifest["ingredients"]]
         assert any(t.startswith("clean image") for t in titles)
         assert reading.integrity is not None and reading.integrity["product_sha256"] == cand.integrity["product_sha256"]
+    result, cand = results[0]  # the DAM push sends both images; the sidecar names the creative and its verdicts
+    objects = push.build_objects(campaign, result, cand, datetime.now(UTC))
+    assert [o.name for o in objects] == ["rank-1.png", "rank-1.creative.png", "rank-1.json"]
+    sidecar = json.loads(objects[2].body)
+    assert sidecar["creative"]["name"] == "rank-1.creative.png" and sidecar["creative"]["ocr"]["status"] == "unchecked"
+    assert sidecar["creative"]["sha256"] == hashlib.sha256(objects[1].body).hexdigest()
+    assert [t["element"] for t in sidecar["creative"]["texts"]] == ["headline", "cta"]
+    urls = push.PresignedUrls([{"image": "https://i", "sidecar": "https://s"}])  # no creative URL: not sent there
+    assert [urls.url(1, o) for o in objects] == ["https://i", None, "https://s"]
+
     checked = verify_campaign(campaign.id)  # `onbrand verify CAMPAIGN_ID`: both versions of every result
     assert len(checked) == 2 and all(c.report.ok for c in checked), [c.report.reasons for c in checked]
 
