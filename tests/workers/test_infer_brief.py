@@ -127,6 +127,7 @@ def test_model_answers_are_checked_field_by_field() -> None:
     assert set(errors) == {"scene", "theme", "headline", "cta"}
     assert "not in the listing" in errors["scene"] and "negated" in errors["theme"]
     assert "names the product" in infer.field_errors({**good, "scene": "ceramic mug"}, "ceramic mug", grounds)["scene"]
+    assert "repeats the scene" in infer.field_errors({**good, "theme": "walnut desk"}, "ceramic mug", grounds)["theme"]
 
 
 def hosted(fake: FakeOpenAI) -> Settings:
@@ -158,6 +159,14 @@ def test_a_hosted_answer_is_used_repaired_once_then_replaced_by_the_rules(server
     fallen = infer.infer_brief([MUG], [approved], hosted(server))
     assert fallen["backend"] == "rules" and "output invalid twice" in str(fallen["fallback_reason"])
     assert fallen["scene"] == "brick wall" and len(fallen["calls"]) == 2  # the rules composer, the calls kept
+    server.script(answer({**good, "theme": "laundry room", "headline": "Brick wall"}))  # the scene, not the product
+    patched = infer.infer_brief([MUG], [approved], hosted(server))
+    assert patched["backend"] == "openai" and patched["scene"] == "brick wall" and patched["theme"] is None
+    assert patched["copy_suggestions"]["headline"] == "A stoneware mug for slow mornings"  # the listing's
+    assert patched["sources"]["headline"] == "product:mug-1:description" and patched["sources"]["theme"] is None
+    assert "partly invalid" in str(patched["fallback_reason"]) and "does not name the product" in str(
+        patched["fallback_reason"]
+    )
 
 
 def test_a_missing_local_model_falls_back_to_the_rules_and_says_so(tmp_path: Any) -> None:
@@ -249,6 +258,7 @@ def test_the_stage_infers_from_the_brands_best_campaign_and_publishes_it_as_the_
     assert shown["copy_suggestions"] == {"headline": "Black Desk lamp", "cta": "Shop now", "shown_only": False}
     published = ctx.state_patch["decompose"]
     assert published["brief_source"] == "inferred" and published["brief"] == shown["brief"]
+    assert published["products"] == shown["products"] == ["black Desk lamp"]
     assert published["backgrounds"] == ["brick wall"] and summary["brief"] == "inferred"
     assert briefs.creative_copy(campaign) is None  # nothing stored yet: the patch is merged at finish
     campaign.state = {**campaign.state, **ctx.state_patch}

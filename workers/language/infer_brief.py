@@ -209,6 +209,8 @@ class InferenceCheck(BaseModel):
             raise ValueError(f'{info.field_name} "{value}" is not in the listing or the past scenes')
         if content_stems(value) & content_stems(name):
             raise ValueError(f'{info.field_name} "{value}" names the product; give only the place')
+        if info.field_name == "theme" and content_stems(value) & content_stems(str(info.data.get("scene") or "")):
+            raise ValueError(f'theme "{value}" repeats the scene; give a time of day or light, or nothing')
         return value
 
     @field_validator("headline")
@@ -219,8 +221,8 @@ class InferenceCheck(BaseModel):
             raise ValueError(f'headline "{value}" has {n} words (1-{MAX_HEADLINE_WORDS}, 90 characters allowed)')
         if has_negation(value) or is_instruction_like(value):
             raise ValueError(f'headline "{value}" is negated or an instruction')
-        if not is_grounded(value, str((info.context or {}).get("grounds", ""))):
-            raise ValueError(f'headline "{value}" shares no word with the listing')
+        if not is_grounded(value, str((info.context or {}).get("about", ""))):
+            raise ValueError(f'headline "{value}" does not name the product')
         return value
 
     @field_validator("cta")
@@ -238,10 +240,13 @@ def place(value: str | None) -> str:
     return collapse(strip_determiners(text))
 
 
-def field_errors(answer: dict[str, Any], product: str, grounds: str) -> dict[str, str]:
+def field_errors(answer: dict[str, Any], product: str, grounds: str, about: str = "") -> dict[str, str]:
+    """{field: reason} of a model answer; grounds: the listing and past scenes; about: the product's name and
+    tags (a headline must name the product, not the scene)."""
     data = {k: place(answer.get(k)) for k in ("scene", "theme")}
     data |= {k: collapse(str(answer.get(k) or "")) for k in ("headline", "cta")}
-    return errors_by_field(InferenceCheck, data, {"product": product, "grounds": grounds}, "inference")
+    context = {"product": product, "grounds": grounds, "about": about or product}
+    return errors_by_field(InferenceCheck, data, context, "inference")
 
 
 # ----------------------------------------------------------------------------- infer
@@ -260,11 +265,21 @@ class Facts:
     @property
     def grounds(self) -> str:
         past = " ; ".join(f"{c.scene or ''} , {c.theme or ''} , {c.brief}" for c, _ in self.past)
-        return " ; ".join([*(listing_text(p) for p in self.products), past])
+        return " ; ".join([*(listing_text(p) for p in self.products), past, STUDIO_SCENE])
 
-    def past_line(self) -> str:
-        scenes = ['"' + ", ".join(x for x in (c.scene, c.theme) if x) + '"' for c, _ in self.past]
-        return "; ".join(scenes) or "none"
+    @property
+    def about(self) -> str:
+        return " ; ".join([*self.names, *(t for p in self.products for t in p.tags)])
+
+    def errors(self, answer: dict[str, Any]) -> dict[str, str]:
+        return field_errors(answer, self.names[0], self.grounds, self.about)
+
+    def scenes_line(self) -> str:
+        """The scenes the model may choose from: the past campaigns' (best first, with their theme), a surface
+        the listing names, the studio backdrop (a small model copies from a list far better than it reads)."""
+        scenes = [", ".join(x for x in (c.scene, c.theme) if x) for c, _ in self.past]
+        scenes += [s for p in self.products if (s := described_scene(p.description))] + [STUDIO_SCENE]
+        return "; ".join(f'"{s}"' for s in dict.fromkeys(scenes))
 
 
 def infer_brief(
@@ -400,19 +415,37 @@ def _local(facts: Facts, settings: Settings, template: PromptTemplate, calls: li
     from workers.models import llm_local
 
     answer = _local_answer(facts, settings, template, calls, None, {})
-    errors = field_errors(answer, facts.names[0], facts.grounds)
+    errors = repair = facts.errors(answer)
     if errors:
         answer = _local_answer(facts, settings, template, calls, answer, errors)
-        repair = field_errors(answer, facts.names[0], facts.grounds)
-        if repair:
-            reason = (
+        repair = facts.errors(answer)
+        if "scene" in repair:
+            why = (
                 f"model output invalid (first try: {'; '.join(errors.values())}; "
                 f"repair: {'; '.join(repair.values())}); used the rules composer"
             )
-            return rules_inference(facts, reason, calls, template.id)
-    answer = _cleaned(answer)
+            return rules_inference(facts, why, calls, template.id)
+    answer, sources, reason = _patched(facts, _cleaned(answer), repair)
     model = llm_local.model_id(settings)
-    return _result(facts, answer, _model_sources(facts, answer), "local", model, None, calls, template.id)
+    return _result(facts, answer, sources, "local", model, reason, calls, template.id)
+
+
+def _patched(
+    facts: Facts, answer: dict[str, Any], errors: dict[str, str]
+) -> tuple[dict[str, Any], dict[str, Any], str | None]:
+    """A valid scene with other parts still invalid after the repair: the theme is dropped and the headline or
+    CTA are the rules composer's (dropping is not inventing); (answer, sources, why) with what was replaced."""
+    sources = _model_sources(facts, answer)
+    if not errors:
+        return answer, sources, None
+    rules = rules_inference(facts, None, [], None)
+    answer = {**answer, "theme": None if "theme" in errors else answer.get("theme")}
+    sources["theme"] = None if "theme" in errors else sources["theme"]
+    for key in ("headline", "cta"):
+        if key in errors:
+            answer[key], sources[key] = rules["copy_suggestions"][key], rules["sources"][key]
+    reason = f"model output partly invalid after the repair ({'; '.join(errors.values())}): the rules composer's used"
+    return answer, sources, reason
 
 
 def _local_answer(
@@ -442,7 +475,7 @@ def _local_answer(
 
 def _values(facts: Facts) -> dict[str, str]:
     listing = " ".join(listing_text(p) for p in facts.products)
-    return {"product": join_and(facts.names), "listing": listing.replace('"', "'"), "past": facts.past_line()}
+    return {"product": join_and(facts.names), "listing": listing.replace('"', "'"), "past": facts.scenes_line()}
 
 
 def _cleaned(answer: dict[str, Any]) -> dict[str, Any]:
@@ -476,9 +509,10 @@ def _hosted(facts: Facts, settings: Settings, template: PromptTemplate, calls: l
         got = hosted_answer(backend, template, InferAnswer, calls, errors, product=product, listing=listing, past=past)
         return got.model_dump()
 
-    answer, failed = with_one_reask(produce, lambda a: field_errors(a, facts.names[0], facts.grounds))
-    if failed:
-        reason = f"{backend.name} output invalid twice ({'; '.join(failed.values())}); used the rules composer"
-        return rules_inference(facts, reason, calls, template.id)
-    answer = _cleaned(answer)
-    return _result(facts, answer, _model_sources(facts, answer), backend.name, backend.model, None, calls, template.id)
+    answer, failed = with_one_reask(produce, facts.errors)
+    last = facts.errors(answer) if failed else {}
+    if "scene" in last:
+        why = f"{backend.name} output invalid twice ({'; '.join((failed or last).values())}); used the rules composer"
+        return rules_inference(facts, why, calls, template.id)
+    answer, sources, reason = _patched(facts, _cleaned(answer), last)
+    return _result(facts, answer, sources, backend.name, backend.model, reason, calls, template.id)

@@ -23,6 +23,9 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if text is None:
         inferred = _infer(ctx)
         text = str(inferred["brief"])
+        # The inferred brief is composed from known parts in the shape the rules decomposer reads exactly: a
+        # second model pass would only re-guess them (the local model needs ~9 s for it, and guesses worse).
+        settings = settings.model_copy(update={"llm_backend": "rules"})
     with llm_failures("decompose"):
         result = decompose(text, settings)
     ctx.publish(DecomposeOutput.model_validate({**result, "brief_source": source}))
