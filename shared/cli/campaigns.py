@@ -92,9 +92,10 @@ def parse_size(value: str) -> Json:
     )
 
 
-def campaign_body(brand_id: str, brief: str, products: list[str], sizes: list[str], top_k: int | None) -> Json:
-    """The POST /v1/campaigns body; what is not given is left to the gateway's defaults."""
-    body: Json = {"brand_id": _uuid(brand_id, "--brand-id"), "brief": brief}
+def campaign_body(brand_id: str, brief: str | None, products: list[str], sizes: list[str], top_k: int | None) -> Json:
+    """The POST /v1/campaigns body; what is not given is left to the gateway's defaults (no brief: inferred
+    from the products)."""
+    body: Json = {"brand_id": _uuid(brand_id, "--brand-id")} | ({"brief": brief} if brief else {})
     if products:
         body["product_asset_ids"] = [_uuid(p, "--product") for p in products]
     if sizes:
@@ -107,7 +108,9 @@ def campaign_body(brand_id: str, brief: str, products: list[str], sizes: list[st
 @campaigns_app.command("create")
 def create(
     brand_id: Annotated[str, typer.Option("--brand-id", help="The brand the campaign is for.")],
-    brief: Annotated[str, typer.Option(help="What the images should show.")],
+    brief: Annotated[
+        str | None, typer.Option(help="What the images should show (left out: inferred from the --product assets).")
+    ] = None,
     product: Annotated[list[str] | None, typer.Option("--product", help="A product asset id (repeat).")] = None,
     size: Annotated[
         list[str] | None, typer.Option("--size", help="WIDTHxHEIGHT, an aspect or a preset (repeat).")

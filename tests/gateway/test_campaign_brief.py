@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from sqlalchemy import func, select
 
+from shared.cli.campaigns import campaign_body
 from shared.db import session as db_session
 from shared.db.models import Campaign, CampaignStatus, Candidate, Feedback, Result, ReviewState
 from tests.factories import SentTasks, Tenant, assert_problem, make_brand
@@ -102,3 +103,9 @@ def test_feedback_can_replace_the_brief_screened_like_a_campaigns(
     with db_session.new_session() as session:
         row = session.get(Feedback, uuid.UUID(feedback["id"]))
         assert row is not None and row.text == "" and row.change == feedback["change"]
+
+
+def test_the_cli_leaves_the_brief_out_when_none_is_given() -> None:
+    brand, product = str(uuid.uuid4()), str(uuid.uuid4())
+    assert campaign_body(brand, None, [product], [], None) == {"brand_id": brand, "product_asset_ids": [product]}
+    assert campaign_body(brand, "a lamp", [], [], None) == {"brand_id": brand, "brief": "a lamp"}
