@@ -79,18 +79,19 @@ def _load(ident: uuid.UUID) -> tuple[Pending | None, list[Task]]:
         return Pending(
             text=feedback.text or "",
             reasons=[str(r) for r in feedback.reasons or []],
-            background_asset_ids=_backgrounds(campaign),
+            background_asset_ids=shown_backgrounds(campaign),
             sizes=list(campaign.sizes or []),
             qc_policy=campaign.qc_policy,
             brief=(feedback.change or {}).get("brief") or None,
         ), []
 
 
-def _backgrounds(campaign: Campaign) -> list[str]:
-    """The background the reviewed results were composed on (one per campaign): "another background"
-    excludes it."""
-    background = ((campaign.state or {}).get("retrieve") or {}).get("background_asset_id")
-    return [str(background)] if background else []
+def shown_backgrounds(campaign: Campaign) -> list[str]:
+    """The backgrounds the reviewed results were composed on (the primary one, and any a canvas's aspect
+    chose instead): "another background" excludes them."""
+    retrieved = (campaign.state or {}).get("retrieve") or {}
+    found = [retrieved.get("background_asset_id"), *(retrieved.get("backgrounds_by_size") or {}).values()]
+    return list(dict.fromkeys(str(b) for b in found if b))
 
 
 def _unsent_entry(session: Session, feedback: Feedback) -> list[Task]:

@@ -114,16 +114,16 @@ def _llm_call_row(ctx: StageContext, result: dict[str, Any], call: dict[str, Any
 
 
 def backgrounds(ctx: StageContext, sizes: set[tuple[int, int]]) -> dict[tuple[int, int], Image.Image]:
-    """Each canvas's background: the retrieved photo cover-cropped, or the brand's studio backdrop."""
+    """Each canvas's background: its retrieved photo (RetrieveOutput.background_for) cover-cropped, or the brand's
+    studio backdrop."""
     from workers.imaging import compositor
     from workers.pipeline.outputs import RetrieveOutput
 
     retrieved, palette = ctx.output(RetrieveOutput), list(campaign_brand(ctx).palette or [])
+    chosen = {c: retrieved.background_for(c) for c in sizes}
     with session_scope() as session:
-        bg = (
-            tenant_asset(session, ctx.tenant_id, retrieved.background_asset_id)
-            if retrieved.background_asset_id
-            else None
-        )
-    source = load_image(bg.storage_key).convert("RGB") if bg else None
-    return {c: compositor.cover_crop(source, c) if source else compositor.backdrop(c, palette) for c in sizes}
+        keys = {a: tenant_asset(session, ctx.tenant_id, a).storage_key for a in set(chosen.values()) if a}
+    sources = {a: load_image(key).convert("RGB") for a, key in keys.items()}
+    return {
+        c: compositor.cover_crop(sources[a], c) if a else compositor.backdrop(c, palette) for c, a in chosen.items()
+    }

@@ -27,7 +27,7 @@ def sign_results(ctx: StageContext) -> dict[str, Any]:
     started = time.perf_counter()
     cred, storage = provenance.credential(ctx.settings), get_storage()
     with session_scope() as session:
-        background = _background(ctx, session)
+        backgrounds: dict[tuple[int, int] | None, dict[str, Any] | None] = {}  # per canvas, as generate chose
         rows = session.scalars(
             select(Candidate)
             .join(Result, Candidate.id == Result.candidate_id)
@@ -35,6 +35,10 @@ def sign_results(ctx: StageContext) -> dict[str, Any]:
             .order_by(Result.rank)
         ).all()
         for cand in rows:
+            canvas = _canvas(cand)
+            if canvas not in backgrounds:
+                backgrounds[canvas] = _background(ctx, session, canvas)
+            background = backgrounds[canvas]
             signed = _sign(storage, cand, f"{cand.layout_key}.png", background, cred)
             cand.integrity = {**(cand.integrity or {}), "credentials": signed}
             if (cand.integrity.get("creative") or {}).get("key"):  # the creative version is signed too
@@ -83,10 +87,16 @@ def _sign_creative(
     return {"key": key, "sha256": provenance.sha256(signed), "credential": kind}
 
 
-def _background(ctx: StageContext, session: Any) -> dict[str, Any] | None:
-    """The retrieved background asset by its stored sha256 (None: the brand's studio backdrop, generated)."""
+def _canvas(cand: Candidate) -> tuple[int, int] | None:
+    canvas = (cand.placement or {}).get("canvas") or {}
+    return (int(canvas["width"]), int(canvas["height"])) if "width" in canvas and "height" in canvas else None
+
+
+def _background(ctx: StageContext, session: Any, canvas: tuple[int, int] | None) -> dict[str, Any] | None:
+    """The canvas's retrieved background asset by its stored sha256 (None: the brand's studio backdrop, generated)."""
     try:
-        asset_id = getattr(ctx.output(RetrieveOutput), "background_asset_id", None)
+        retrieved = ctx.output(RetrieveOutput)
+        asset_id = retrieved.background_for(canvas) if canvas else retrieved.background_asset_id
         asset = tenant_asset(session, ctx.tenant_id, asset_id) if asset_id else None
     except StageError:  # no retrieval, or the asset was deleted since: the manifest names the product alone
         return None

@@ -69,9 +69,20 @@ class RetrieveOutput(StageOutput):
     product_asset_ids: list[str] = []
     # What the review round's change (shared.review.Change, workers.engine.review) made this stage do; None outside one
     review: dict[str, Any] | None = None
+    # Per canvas ("WxH"), the background whose aspect suits it best among those about as relevant as the best one
+    # (workers.pipeline.retrieve.fit_backgrounds); a canvas not named here uses background_asset_id.
+    backgrounds_by_size: dict[str, str] = {}
 
     def products(self) -> list[str]:
         return self.product_asset_ids or [self.product_asset_id]
+
+    def background_for(self, canvas: tuple[int, int]) -> str | None:
+        return self.backgrounds_by_size.get(f"{canvas[0]}x{canvas[1]}", self.background_asset_id)
+
+    def background_ids(self) -> list[str]:
+        """Every background the campaign's canvases were composed on, the primary one first."""
+        found = [self.background_asset_id, *self.backgrounds_by_size.values()]
+        return list(dict.fromkeys(b for b in found if b))
 
 
 class CaptionOutput(LanguageRecord):

@@ -64,7 +64,7 @@ class Review:
         from workers.pipeline.common import backgrounds
         from workers.pipeline.outputs import RetrieveOutput
 
-        asset = ctx.output(RetrieveOutput).background_asset_id
+        asset = ctx.output(RetrieveOutput).background_for(image.size)
         composited = cand.generator == "compositor"
         if image.size not in self.scenes and (composited or asset):
             source = f"brand photo {asset}" if asset else "the studio backdrop"

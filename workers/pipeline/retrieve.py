@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection
 from typing import Any
 
@@ -15,9 +16,13 @@ from shared.search import Filters, Space, search
 from workers.engine.context import StageContext, StageError
 from workers.engine.review import current_change
 from workers.jobs import library
-from workers.pipeline.common import tenant_asset
+from workers.pipeline.common import canvases, tenant_asset
 from workers.pipeline.outputs import DecomposeOutput, Entity, Match, RetrieveOutput
 
+# A background is "about as relevant" as the best one within this much of its score: among those, each canvas
+# gets the one whose aspect ratio is closest to its own (a 9:16 story from a portrait photo, not a crop of a
+# landscape's middle fifth).
+BACKGROUND_SCORE_MARGIN = 0.05
 REFERENCE_KPI = "ctr"  # past campaigns that match a theme rank higher the better they performed
 RETRIEVE_TOP = 5  # matches kept per entity (visible in the campaign resource)
 CATCH_UP_LIMIT = 256  # assets the retrieve stage embeds itself when their embed task has not run yet
@@ -141,6 +146,7 @@ def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -
     product_asset = products[0]
     background = _best(found, "background", min_score)
     bg_asset = tenant_asset(session, ctx.tenant_id, background.asset_id) if background else None
+    fitted = fit_backgrounds(session, ctx, found, background) if background else {}
     return RetrieveOutput(
         product_asset_id=str(product_asset.id),
         product_title=product_asset.title,
@@ -156,7 +162,34 @@ def pick(session: Session, ctx: StageContext, found: list[Entity], model: str) -
         model=model,
         min_score=min_score,
         product_asset_ids=[str(p.id) for p in products],
+        backgrounds_by_size=fitted,
     )
+
+
+def fit_backgrounds(session: Session, ctx: StageContext, found: list[Entity], best: Match) -> dict[str, str]:
+    """Per canvas that another background suits better than the best one: {"WxH": asset id}."""
+    close = {m.asset_id: m.score for e in found if e.kind == "background" for m in e.matches}
+    close = {a: s for a, s in close.items() if s >= best.score - BACKGROUND_SCORE_MARGIN}
+    if len(close) < 2:
+        return {}
+    rows = session.execute(
+        select(Asset.id, Asset.width, Asset.height).where(Asset.tenant_id == ctx.tenant_id, Asset.id.in_(list(close)))
+    ).all()
+    aspects = {str(i): w / h for i, w, h in rows if w and h}
+    fitted = {}
+    for width, height in canvases(ctx):
+        choice = choose_background(aspects, close, width / height)
+        if choice is not None and choice != best.asset_id:
+            fitted[f"{width}x{height}"] = choice
+    return fitted
+
+
+def choose_background(aspects: dict[str, float], scores: dict[str, float], canvas_aspect: float) -> str | None:
+    """The asset whose aspect is closest to the canvas's (in log ratio: 2:1 is as far from 1:1 as 1:2), the higher
+    score on a tie; cover-crop keeps the most of it."""
+    if not aspects:
+        return None
+    return min(aspects, key=lambda a: (round(abs(math.log(aspects[a] / canvas_aspect)), 3), -scores[a]))
 
 
 def same_products(output: RetrieveOutput, ctx: StageContext) -> RetrieveOutput:
