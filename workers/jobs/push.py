@@ -321,7 +321,9 @@ def sidecar_of(campaign: Campaign, result: Result, cand: Candidate, image: bytes
     return {
         "campaign_id": str(campaign.id),
         "brand_id": str(campaign.brand_id),
-        "brief": campaign.brief,
+        # the brief the scenes were made from: the request's, an inferred one, or a reviewer's replacement
+        "brief": ((campaign.state or {}).get("decompose") or {}).get("brief") or campaign.brief,
+        "brief_source": ((campaign.state or {}).get("decompose") or {}).get("brief_source", "request"),
         "caption": caption,
         "rank": rank,
         "candidate_id": str(cand.id),
