@@ -22,7 +22,7 @@ from sqlalchemy import select
 from shared import integrity, provenance
 from shared.brand_kit import BrandKit, KitRules
 from shared.cli.verify import verify_campaign
-from shared.db.models import Brand, Campaign, Candidate, Result, Tenant
+from shared.db.models import Brand, Campaign, Candidate, Result, Tenant, WebhookDelivery
 from shared.db.session import session_scope
 from shared.storage import campaign_key, get_storage
 from tests import stage_outputs as outputs
@@ -94,6 +94,7 @@ def make_campaign(world: dict[str, Any], copy: dict[str, str], kit: BrandKit | N
                 sizes=[SQUARE],
                 safe_zones=[],
                 copy=copy,
+                webhook_url="https://example.com/hooks/onbrand",  # the completion event is written (not sent)
                 state=state,
                 top_k=2,
                 qc_policy="strict",
@@ -135,6 +136,14 @@ def rows(campaign_id: uuid.UUID) -> tuple[list[Candidate], list[tuple[Result, Ca
     return cands, results
 
 
+def completion(campaign_id: uuid.UUID) -> list[dict[str, Any]]:
+    with session_scope() as session:
+        query = select(WebhookDelivery.payload).where(
+            WebhookDelivery.campaign_id == campaign_id, WebhookDelivery.event_type == "campaign.completed"
+        )
+        return list(session.scalars(query))
+
+
 def verdict(cand: Candidate) -> dict[str, Any]:
     return next(v for v in cand.qc["verdicts"] if v["check"] == overlay.CHECK)
 
@@ -173,6 +182,11 @@ def test_each_candidate_gets_a_creative_read_back_signed_and_verified_in_both_ve
         titles = [i["title"] for i in reading.manifest["ingredients"]]
         assert any(t.startswith("clean image") for t in titles)
         assert reading.integrity is not None and reading.integrity["product_sha256"] == cand.integrity["product_sha256"]
+    (event,) = completion(campaign.id)  # the completion event carries each result's layout and OCR verdict
+    assert [r["creative"]["ocr"]["status"] for r in event["results"]] == ["unchecked", "unchecked"]
+    assert all(r["creative"]["image"] and r["creative"]["ok"] for r in event["results"])
+    assert event["checked"]["needs_review"] == 2 and "unchecked: overlay_ocr" in event["checked"]["message"]
+
     result, cand = results[0]  # the DAM push sends both images; the sidecar names the creative and its verdicts
     objects = push.build_objects(campaign, result, cand, datetime.now(UTC))
     assert [o.name for o in objects] == ["rank-1.png", "rank-1.creative.png", "rank-1.json"]

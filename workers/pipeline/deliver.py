@@ -98,6 +98,8 @@ def _results(session: Session, campaign: Campaign) -> list[dict[str, Any]]:
                 "fallback": bool((r.review or {}).get("fallback")),
                 "reasons": (r.review or {}).get("reasons", []),
             },
+            # with campaign copy: the creative version's layout and OCR verdict (its image through the API)
+            **({"creative": overlay.summary(c.qc["creative"])} if (c.qc or {}).get("creative") else {}),
         }
         for (r, c), size, size_rank in zip(rows, sizes, presets.size_ranks(groups), strict=True)
         if _stored(c)

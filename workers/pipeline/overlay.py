@@ -172,13 +172,18 @@ def verdict(layout: schema.Layout) -> dict[str, Any]:
     }
 
 
-def summary(layout: dict[str, Any]) -> dict[str, Any]:
-    """The layout as the API shows it: per text its contrast, font size and backing."""
-    texts = [
-        {k: t[k] for k in ("element", "text", "contrast", "font_px", "backing", "script", "direction")}
-        for t in layout.get("texts") or []
-    ]
-    return {"ok": bool(layout.get("ok")), "reasons": list(layout.get("reasons") or []), "texts": texts}
+def summary(creative: dict[str, Any]) -> dict[str, Any]:
+    """A candidate's qc["creative"] as the completion event carries it: the layout (per text its contrast, font
+    size and backing), whether a creative image exists, and the OCR verdict (None before deliver read it)."""
+    layout = creative.get("layout") or {}
+    texts = [{k: t.get(k) for k in ("element", "contrast", "font_px", "backing")} for t in layout.get("texts") or []]
+    ocr = creative.get("ocr")
+    return {
+        "ok": bool(layout.get("ok")),
+        "image": bool(creative.get("key")),
+        "texts": texts,
+        "ocr": None if ocr is None else {"status": ocr["status"], "checks": ocr.get("checks") or []},
+    }
 
 
 # --- deliver: OCR read-back ----------------------------------------------------------------------------------
