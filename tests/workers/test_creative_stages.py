@@ -64,7 +64,7 @@ def bottle(w: int = 60, h: int = 130) -> Image.Image:
     return Image.fromarray(arr, "RGBA")
 
 
-def make_campaign(world: dict[str, Any], copy: dict[str, str], kit: BrandKit | None = None) -> uuid.UUID:
+def make_campaign(world: dict[str, Any], copy: dict[str, str] | None, kit: BrandKit | None = None) -> uuid.UUID:
     tenant_id, campaign_id = world["tenant_id"], uuid.uuid4()
     brand = Brand(
         id=uuid.uuid4(),
@@ -229,6 +229,25 @@ def test_a_layout_that_cannot_fit_fails_overlay_layout_and_nothing_passes(world:
     for result, cand in results:
         assert result.review["fallback"] and result.needs_review and not result.fully_checked
         assert provenance.delivered_creative_key(cand.integrity) is None
+
+
+def test_a_campaign_from_the_product_alone_carries_the_suggested_copy_and_one_with_a_brief_none(
+    world: dict[str, Any],
+) -> None:
+    inferred = make_campaign(world, None)
+    suggested = {"headline": "Fresh green bottle", "cta": "Shop now"}
+    with session_scope() as session:
+        campaign = session.get(Campaign, inferred)
+        assert campaign is not None
+        brief = {"status": "inferred", "brief": "the bottle in a studio", "copy_suggestions": suggested}
+        campaign.brief, campaign.state = "", {**campaign.state, "brief_inferred": brief}
+    cands, _ = rows(drive(world, inferred).id)
+    texts = {t["element"]: t["text"] for t in cands[0].qc["creative"]["layout"]["texts"]}
+    assert texts == {"headline": suggested["headline"], "cta": suggested["cta"]}
+    assert all(c.qc["creative"]["key"] for c in cands)
+
+    plain = drive(world, make_campaign(world, None))  # a brief and no copy: the clean version only
+    assert all("creative" not in (c.qc or {}) for c in rows(plain.id)[0])
 
 
 def test_read_back_flags_a_failed_result_and_unchecked_is_never_a_pass() -> None:

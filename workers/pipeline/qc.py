@@ -26,6 +26,7 @@ from workers.creative.schema import BrandKit as RenderKit
 from workers.engine.context import StageContext
 from workers.models.roles import ImageEmbedder
 from workers.pipeline import overlay
+from workers.pipeline.brief import creative_copy
 from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
 from workers.pipeline.generate import SourceLayers
 from workers.pipeline.outputs import CaptionOutput, PlanOutput, SegmentOutput
@@ -94,7 +95,9 @@ class Review:
         )
         if len(cuts) > 1:
             review.products = {c.product_asset_id: load_image(c.cutout_key).convert("RGBA") for c in cuts}
-        review.copy = overlay.copy_of(ctx.campaign.copy)
+        # the campaign's copy, else the copy suggested with a brief inferred from the product (a creative from
+        # the product alone); neither: no creative version
+        review.copy = overlay.copy_of(creative_copy(ctx.campaign))
         if review.copy is not None:  # the logo and font are read from storage once per process
             stored = StoredKit.of(brand.kit)
             review.kit, review.kit_files = overlay.render_kit(stored), overlay.ingredients(stored)
