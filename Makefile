@@ -38,6 +38,7 @@ demo: venv
 browser:
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	ldconfig -p | grep -q libfribidi || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfribidi0)
+	test -f /usr/share/tesseract-ocr/5/tessdata/ara.traineddata || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr tesseract-ocr-ara)
 
 test: venv browser
 	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench

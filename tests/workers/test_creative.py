@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from workers.creative import contrast, fonts, render, text, verify
 from workers.creative.schema import BrandKit, Copy, Creative, Element, OverlayRequest, Zone
+from workers.models import tesseract
 
 HEADLINE_DE = "Frische Laufschuhe für jeden Tag"
 CTA_EN = "Shop now"
@@ -156,7 +157,7 @@ def test_safe_zones_hold_the_text() -> None:
     assert not failed.layout.ok and "headline: no room in its safe zones" in failed.layout.reasons[0]
 
 
-def test_arabic_cta_is_shaped_right_to_left_and_its_ocr_is_unchecked() -> None:
+def test_arabic_cta_is_shaped_right_to_left_and_read_back_by_tesseract(monkeypatch: pytest.MonkeyPatch) -> None:
     assert features.check("raqm"), "Pillow without libraqm: Arabic would be drawn unshaped, left to right"
     image, mask = scene(1080, 1080, (380, 380, 700, 760))
     made = render.render(OverlayRequest(image, mask, Copy(HEADLINE_DE, CTA_AR), BrandKit()))
@@ -180,10 +181,23 @@ def test_arabic_cta_is_shaped_right_to_left_and_its_ocr_is_unchecked() -> None:
     # Shaped: joined contextual forms, not the isolated letters of Pillow's basic layout.
     basic = ImageFont.truetype(str(fonts.FONT_DIR / cta.font), cta.font_px, layout_engine=ImageFont.Layout.BASIC)
     assert basic.getbbox(CTA_AR)[2] - basic.getbbox(CTA_AR)[0] != x1 - x0
+    assert "ara" in tesseract.installed(), "Tesseract's Arabic data missing: apt-get install tesseract-ocr-ara"
     checked = verify.verify(made)
     head, arabic = checked.checks
-    assert head.status == "passed" and arabic.status == "unchecked" and checked.status == "unchecked"
-    assert arabic.reason == "unchecked: no OCR model for Arabic" and arabic.read == ""
+    assert (head.reader, arabic.reader) == ("pp-ocr", "tesseract") and "tesseract" in checked.model
+    assert head.status == arabic.status == checked.status == "passed", checked
+    assert arabic.compared == (verify.normalise(CTA_AR), verify.normalise(CTA_AR))
+    # Without the Arabic model the CTA is unchecked, never passed.
+    monkeypatch.setattr(tesseract, "installed", lambda: frozenset({"eng"}))
+    unread = verify.verify(made)
+    assert unread.checks[1].status == unread.status == "unchecked" and unread.checks[1].read == ""
+    assert unread.checks[1].reason.startswith("unchecked: no OCR model for Arabic (Tesseract with tesseract-ocr-ara")
+
+
+def test_arabic_vowel_marks_are_not_compared_but_letters_are() -> None:
+    assert verify.normalise("اشترِ الآن") == verify.normalise("اشتر الآن")  # kasra: optional, OCR drops it
+    assert verify.normalise("اشتر الآن") != verify.normalise("اشتري الآن")  # a letter more is another word
+    assert verify.normalise("Jetzt kaufen!") == verify.normalise("JETZT KAUFEN") != verify.normalise("Jetzt kaufe")
 
 
 def test_no_layout_without_text_shaping(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -169,13 +169,14 @@ def test_each_candidate_gets_a_creative_read_back_signed_and_verified_in_both_ve
         assert cand.integrity["creative"]["product_sha256"] == cand.integrity["product_sha256"]
         # the clean image is untouched by the overlay (its OCR check for stray text sees no copy)
         assert not np.array_equal(np.asarray(png(cand.image_key or "")), np.asarray(png(cand.qc["creative"]["key"])))
-    for result, cand in results:  # deliver: German read back, Arabic unchecked (never passed), signed
+    for result, cand in results:  # deliver: German read back by PP-OCR, Arabic by Tesseract, both exact; signed
         ocr = cand.qc["creative"]["ocr"]
-        assert ocr["status"] == "unchecked"
-        assert [(c["element"], c["status"]) for c in ocr["checks"]] == [("headline", "passed"), ("cta", "unchecked")]
-        assert ocr["checks"][1]["reason"] == "unchecked: no OCR model for Arabic"
-        assert not result.fully_checked and result.needs_review
-        assert any(r["check"] == overlay.OCR_CHECK and r["kind"] == "unchecked" for r in result.review["reasons"])
+        assert ocr["status"] == "passed", ocr
+        assert [(c["element"], c["status"], c["reader"]) for c in ocr["checks"]] == [
+            ("headline", "passed", "pp-ocr"),
+            ("cta", "passed", "tesseract"),
+        ]
+        assert not any(r["check"] == overlay.OCR_CHECK for r in (result.review or {}).get("reasons", []))
         signed = get_storage().get(provenance.delivered_creative_key(cand.integrity) or "")
         reading = provenance.read(signed, provenance.trust_anchors(_settings()))
         assert reading.state == "Trusted", reading.failures
@@ -183,15 +184,15 @@ def test_each_candidate_gets_a_creative_read_back_signed_and_verified_in_both_ve
         assert any(t.startswith("clean image") for t in titles)
         assert reading.integrity is not None and reading.integrity["product_sha256"] == cand.integrity["product_sha256"]
     (event,) = completion(campaign.id)  # the completion event carries each result's layout and OCR verdict
-    assert [r["creative"]["ocr"]["status"] for r in event["results"]] == ["unchecked", "unchecked"]
+    assert [r["creative"]["ocr"]["status"] for r in event["results"]] == ["passed", "passed"]
     assert all(r["creative"]["image"] and r["creative"]["ok"] for r in event["results"])
-    assert event["checked"]["needs_review"] == 2 and "unchecked: overlay_ocr" in event["checked"]["message"]
+    assert "overlay_ocr" not in event["checked"]["message"]
 
     result, cand = results[0]  # the DAM push sends both images; the sidecar names the creative and its verdicts
     objects = push.build_objects(campaign, result, cand, datetime.now(UTC))
     assert [o.name for o in objects] == ["rank-1.png", "rank-1.creative.png", "rank-1.json"]
     sidecar = json.loads(objects[2].body)
-    assert sidecar["creative"]["name"] == "rank-1.creative.png" and sidecar["creative"]["ocr"]["status"] == "unchecked"
+    assert sidecar["creative"]["name"] == "rank-1.creative.png" and sidecar["creative"]["ocr"]["status"] == "passed"
     assert sidecar["creative"]["sha256"] == hashlib.sha256(objects[1].body).hexdigest()
     assert [t["element"] for t in sidecar["creative"]["texts"]] == ["headline", "cta"]
     urls = push.PresignedUrls([{"image": "https://i", "sidecar": "https://s"}])  # no creative URL: not sent there

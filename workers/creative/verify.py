@@ -3,9 +3,11 @@
 Each text element's box is cut from the creative (scaled so its font is ``READ_PX`` high: the recogniser
 reads 48 px high lines) and read with the worker's OCR reader (workers/models/ocr.py). The
 compared strings are both sides after :func:`normalise`: Unicode NFKC, case folded, with every
-whitespace and punctuation character (Unicode categories Z* and P*) removed — so "Jetzt kaufen!" matches
-a read of "JETZT KAUFEN" but not "Jetzt kaufe". Letters outside the recogniser's dictionary (PP-OCRv6
-small reads CJK, Latin and Greek; not Arabic, Hebrew, Hangul, Cyrillic, Devanagari...) make the element
+whitespace and punctuation character (Unicode categories Z* and P*) removed, and Arabic's optional vowel
+marks (harakat) and tatweel, which readers drop — so "Jetzt kaufen!" matches a read of "JETZT KAUFEN" but not
+"Jetzt kaufe". Letters outside the recogniser's dictionary (PP-OCRv6 small reads CJK, Latin and Greek; not
+Arabic, Hebrew, Hangul, Cyrillic, Devanagari...) are read by Tesseract when its language data is installed
+(workers/models/tesseract.py: Debian's tesseract-ocr-ara for Arabic), else the element is
 "unchecked: no OCR model for <script>" — never "passed".
 """
 
@@ -21,7 +23,7 @@ from pydantic import BaseModel, ConfigDict
 
 from workers.creative import fonts
 from workers.creative.schema import Creative, Element
-from workers.models import ocr
+from workers.models import ocr, tesseract
 
 READ_PX = 40  # crops are scaled so the font is this size: the recogniser reads 48 px lines, and big crops cost
 Status = Literal["passed", "failed", "unchecked"]
@@ -36,6 +38,7 @@ class TextCheck(BaseModel):
     compared: tuple[str, str]  # (expected, read) after normalise()
     status: Status
     reason: str
+    reader: Literal["pp-ocr", "tesseract", "none"] = "pp-ocr"
 
 
 class Verification(BaseModel):
@@ -47,9 +50,15 @@ class Verification(BaseModel):
     model: str
 
 
+# Arabic harakat (fathatan..sukun, superscript alef...) and tatweel: optional in writing, not read by OCR.
+ARABIC_MARKS = frozenset({*map(chr, range(0x064B, 0x0660)), "\u0670", "\u0640"})
+
+
 def normalise(text: str) -> str:
     folded = unicodedata.normalize("NFKC", text).casefold()
-    return "".join(c for c in folded if not c.isspace() and unicodedata.category(c)[0] not in "PZ")
+    return "".join(
+        c for c in folded if not c.isspace() and unicodedata.category(c)[0] not in "PZ" and c not in ARABIC_MARKS
+    )
 
 
 def verify(creative: Creative) -> Verification:
@@ -64,7 +73,10 @@ def verify(creative: Creative) -> Verification:
     elapsed = round((time.perf_counter() - started) * 1000, 1)
     statuses = {c.status for c in checks}
     status: Status = "failed" if "failed" in statuses else "unchecked" if "unchecked" in statuses else "passed"
-    return Verification(status=status, checks=checks, ocr_ms=elapsed, model=reader.name)
+    model = reader.name
+    if any(c.reader == "tesseract" for c in checks):
+        model += f" + {tesseract.version()}"
+    return Verification(status=status, checks=checks, ocr_ms=elapsed, model=model)
 
 
 def unreadable_scripts(text: str, known: frozenset[str]) -> list[str]:
@@ -88,8 +100,10 @@ def _check(
     font_px: int,
 ) -> TextCheck:
     missing = unreadable_scripts(expected, known)
-    if missing:
-        reason = f"unchecked: no OCR model for {', '.join(missing)}"
+    language = tesseract.language_for(missing) if missing else None
+    if missing and language is None:
+        packages = ", ".join(tesseract.package(s) for s in missing)
+        reason = f"unchecked: no OCR model for {', '.join(missing)} (Tesseract with {packages} reads it)"
         return TextCheck(
             element=element,
             expected=expected,
@@ -97,8 +111,10 @@ def _check(
             compared=(normalise(expected), ""),
             status="unchecked",
             reason=reason,
+            reader="none",
         )
-    read = _read(reader, rgb, box, font_px)
+    crop = _crop(rgb, box, font_px)
+    read = tesseract.read_block(crop, language) if language else _read(reader, crop)
     want, got = normalise(expected), normalise(read)
     ok = want == got
     reason = "read back exactly" if ok else f"read {read!r}, expected {expected!r}"
@@ -109,15 +125,21 @@ def _check(
         compared=(want, got),
         status="passed" if ok else "failed",
         reason=reason,
+        reader="tesseract" if language else "pp-ocr",
     )
 
 
-def _read(reader: ocr.OcrReader, rgb: np.ndarray, box: tuple[int, int, int, int], font_px: int) -> str:
+def _crop(rgb: np.ndarray, box: tuple[int, int, int, int], font_px: int) -> Image.Image:
+    """The text box, scaled so its font is READ_PX high."""
     x0, y0, x1, y1 = box
     crop = Image.fromarray(rgb[y0:y1, x0:x1])
     scale = READ_PX / font_px
     if abs(scale - 1) > 0.1:
         crop = crop.resize((round(crop.width * scale), round(crop.height * scale)), Image.Resampling.LANCZOS)
+    return crop
+
+
+def _read(reader: ocr.OcrReader, crop: Image.Image) -> str:
     words = reader.read(np.asarray(crop))
     # Lines top to bottom; pieces of one line (centres within half a line of each other) left to right.
     words.sort(key=lambda wd: (wd.box[1] + wd.box[3]) / 2)
