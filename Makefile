@@ -39,6 +39,7 @@ browser:
 	test -x /usr/bin/chromium || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium)
 	ldconfig -p | grep -q libfribidi || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q libfribidi0)
 	test -f /usr/share/tesseract-ocr/5/tessdata/ara.traineddata || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q tesseract-ocr tesseract-ocr-ara)
+	test -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q fonts-noto-cjk)
 
 test: venv browser
 	$(BIN)/python -m pytest -x -q tests --ignore=tests/bench

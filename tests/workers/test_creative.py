@@ -221,6 +221,17 @@ def test_cjk_breaks_by_character_and_needs_a_font_that_covers_it(monkeypatch: py
     assert made.layout.reasons == ["headline: no font covers its characters (Han script); upload a font that does"]
 
 
+def test_a_japanese_headline_is_drawn_with_the_system_cjk_face_and_read_back() -> None:
+    # The worker images and `make test` install Debian's fonts-noto-cjk; PP-OCR reads CJK itself.
+    assert any((d / f).exists() for d in fonts.SYSTEM_FONT_DIRS for f in fonts.SYSTEM_CJK), "apt: fonts-noto-cjk"
+    image, mask = scene(1080, 1080, (380, 380, 700, 760))
+    made = render.render(OverlayRequest(image, mask, Copy("毎日はしれる新しい靴", "今すぐ購入"), BrandKit()))
+    assert made.layout.ok, made.layout.reasons
+    assert all(t.font.startswith("NotoSansCJK") and t.contrast >= 4.5 for t in made.layout.texts)
+    checked = verify.verify(made)
+    assert checked.status == "passed" and {c.reader for c in checked.checks} == {"pp-ocr"}, checked.checks
+
+
 def test_validate_font_accepts_fonts_and_rejects_everything_else() -> None:
     data = (fonts.FONT_DIR / "NotoSans-Bold.ttf").read_bytes()
     info = fonts.validate_font(data)
