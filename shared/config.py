@@ -346,6 +346,15 @@ class Settings(BaseSettings):
         "chain generated once under <home>/c2pa (not trusted by anyone else).",
     )
     c2pa_key_path: Path | None = Field(default=None, description="PEM private key of the C2PA signing cert.")
+    c2pa_kms_key_id: str | None = Field(
+        default=None,
+        description="AWS KMS key (id, ARN or alias; ECC_NIST_P256, SIGN_VERIFY) signing the C2PA manifests instead "
+        "of a PEM key; ONBRAND_C2PA_CERT_PATH then holds the chain whose signing cert certifies its public key.",
+    )
+    c2pa_kms_region: str = Field(default="us-east-1", description="AWS region of the C2PA KMS key.")
+    c2pa_kms_endpoint_url: str | None = Field(
+        default=None, description="KMS endpoint (a VPC endpoint, or a local KMS in tests); unset: AWS's."
+    )
     c2pa_trust_anchors_path: Path | None = Field(
         default=None,
         description="PEM root certificates `onbrand verify IMAGE` trusts (unset: the chain's own CA certs).",

@@ -29,6 +29,7 @@ import c2pa
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from shared.config import Settings
@@ -50,28 +51,58 @@ _BUILD = {"builder": {"thumbnail": {"enabled": False}}}
 
 
 @dataclass(frozen=True)
+class KmsKey:
+    """An ECC_NIST_P256 SIGN_VERIFY key in AWS KMS: the private key never leaves it, each manifest's claim is
+    signed by a KMS Sign call."""
+
+    key_id: str
+    region: str
+    endpoint_url: str | None = None
+
+    def sign(self, data: bytes) -> bytes:
+        import boto3  # only deployments that sign with KMS call it
+
+        kms = boto3.client("kms", region_name=self.region, endpoint_url=self.endpoint_url)
+        der = kms.sign(KeyId=self.key_id, Message=data, MessageType="RAW", SigningAlgorithm="ECDSA_SHA_256")
+        # KMS answers DER; COSE's ES256 (what a C2PA claim signature is) is r || s, 32 bytes each
+        r, s = decode_dss_signature(der["Signature"])
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+
+@dataclass(frozen=True)
 class Credential:
-    """A signing key, its chain (signing cert first) and the roots a reader should trust it by."""
+    """A signing key (a PEM private key, or a key in a KMS), its chain (signing cert first) and the roots a
+    reader should trust it by."""
 
     chain_pem: bytes
     key_pem: bytes
     anchors_pem: bytes
     development: bool
+    kms: KmsKey | None = None
 
     def signer(self) -> c2pa.Signer:
+        if self.kms is not None:
+            return c2pa.Signer.from_callback(self.kms.sign, c2pa.C2paSigningAlg.ES256, self.chain_pem.decode())
         info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, self.chain_pem, self.key_pem, None)
         return c2pa.Signer.from_info(info)
 
 
 def credential(settings: Settings) -> Credential:
-    """The configured chain and key, else the development chain under <home>/c2pa (made on first use)."""
-    cert, key = settings.c2pa_cert_path, settings.c2pa_key_path
-    if cert is None and key is None:
+    """The configured chain with its PEM key or KMS key, else the development chain under <home>/c2pa (made on
+    first use)."""
+    cert, key, kms_key = settings.c2pa_cert_path, settings.c2pa_key_path, settings.c2pa_kms_key_id
+    if cert is None and key is None and kms_key is None:
         return dev_credential(settings.home / "c2pa")
-    if cert is None or key is None:
-        raise RuntimeError("C2PA: set both ONBRAND_C2PA_CERT_PATH and ONBRAND_C2PA_KEY_PATH, or neither")
+    if cert is None or (key is None) == (kms_key is None):
+        raise RuntimeError(
+            "C2PA: set ONBRAND_C2PA_CERT_PATH with one of ONBRAND_C2PA_KEY_PATH or ONBRAND_C2PA_KMS_KEY_ID, or none"
+        )
     chain = cert.read_bytes()
     anchors = settings.c2pa_trust_anchors_path.read_bytes() if settings.c2pa_trust_anchors_path else _ca_certs(chain)
+    if kms_key is not None:
+        kms = KmsKey(kms_key, settings.c2pa_kms_region, settings.c2pa_kms_endpoint_url)
+        return Credential(chain, b"", anchors, development=False, kms=kms)
+    assert key is not None
     return Credential(chain, key.read_bytes(), anchors, development=False)
 
 
@@ -110,7 +141,20 @@ def make_chain(common_name: str, organization: str, days: int = 3650) -> tuple[b
     """A root CA and an ES256 signing cert it issued, as C2PA requires of a claim signer (not a CA, digital
     signature key usage, an allowed EKU: emailProtection). Returns (chain PEM: signer then root, the signer's
     key PEM, the root PEM)."""
-    root_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    key = ec.generate_private_key(ec.SECP256R1())
+    chain, root_pem = issue_chain(common_name, organization, key.public_key(), days)
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    return chain, key_pem, root_pem
+
+
+def issue_chain(
+    common_name: str, organization: str, public: ec.EllipticCurvePublicKey, days: int = 3650
+) -> tuple[bytes, bytes]:
+    """A new root CA and the signing cert it issues for `public` (a key held elsewhere: generated here, or in a
+    KMS). Returns (chain PEM: signer then root, the root PEM)."""
+    root_key = ec.generate_private_key(ec.SECP256R1())
     root_name, name = _name(f"{organization} root CA", organization), _name(common_name, organization)
     root = (
         _cert(root_name, root_name, root_key.public_key(), days)
@@ -119,7 +163,7 @@ def make_chain(common_name: str, organization: str, days: int = 3650) -> tuple[b
         .sign(root_key, hashes.SHA256())
     )
     leaf = (
-        _cert(name, root_name, key.public_key(), days)
+        _cert(name, root_name, public, days)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
@@ -127,10 +171,7 @@ def make_chain(common_name: str, organization: str, days: int = 3650) -> tuple[b
         .sign(root_key, hashes.SHA256())
     )
     root_pem, pem = (c.public_bytes(serialization.Encoding.PEM) for c in (root, leaf))
-    key_pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    return pem + root_pem, key_pem, root_pem
+    return pem + root_pem, root_pem
 
 
 def _name(common_name: str, organization: str) -> x509.Name:

@@ -99,7 +99,7 @@ def test_the_dev_chain_is_made_once_and_configured_pems_win(tmp_path: Path) -> N
     reading = provenance.read(signed, cred.anchors_pem)
     assert reading.state == "Trusted" and not reading.development and reading.signer == "Acme signer (Acme)"
     assert provenance.read(signed, dev.anchors_pem).state == "Valid"  # another deployment's roots: not trusted
-    with pytest.raises(RuntimeError, match="both"):
+    with pytest.raises(RuntimeError, match="ONBRAND_C2PA_CERT_PATH with one of"):
         provenance.credential(Settings(home=tmp_path, c2pa_cert_path=tmp_path / "chain.pem"))
 
 
