@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from functools import partial
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -170,23 +170,26 @@ def _printable(text: str, fallback: str) -> str:
 
 
 def delete_logo(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, logo_id: uuid.UUID) -> None:
-    brand = _brand(session, tenant_id, brand_id, lock=True)
-    kit = BrandKit.of(brand.kit)
-    if not any(logo.id == logo_id for logo in kit.logos):
-        raise not_found("Logo")
-    kit.logos = [logo for logo in kit.logos if logo.id != logo_id]
-    _save(session, brand, kit)
-    _remove_later(session, brand, logo_id)
+    _delete_file(session, tenant_id, brand_id, logo_id, "logos")
 
 
 def delete_font(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, font_id: uuid.UUID) -> None:
+    _delete_file(session, tenant_id, brand_id, font_id, "fonts")
+
+
+def _delete_file(
+    session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, file_id: uuid.UUID, field: Literal["logos", "fonts"]
+) -> None:
+    """Take the logo or font out of the kit; its objects are removed after the commit (deletions outbox)."""
     brand = _brand(session, tenant_id, brand_id, lock=True)
     kit = BrandKit.of(brand.kit)
-    if not any(font.id == font_id for font in kit.fonts):
-        raise not_found("Font")
-    kit.fonts = [font for font in kit.fonts if font.id != font_id]
+    files: list[KitLogo] | list[KitFont] = getattr(kit, field)
+    kept = [f for f in files if f.id != file_id]
+    if len(kept) == len(files):
+        raise not_found("Logo" if field == "logos" else "Font")
+    setattr(kit, field, kept)
     _save(session, brand, kit)
-    _remove_later(session, brand, font_id)
+    _remove_later(session, brand, file_id)
 
 
 def update(session: Session, tenant_id: uuid.UUID, brand_id: uuid.UUID, body: KitUpdate) -> Brand:
