@@ -157,8 +157,8 @@ def test_a_misconfigured_backend_fails_the_stage_at_once(server: FakeOpenAI) -> 
 
     server.script(Reply(status=401, body={"error": {"message": "Incorrect API key provided", "type": "auth"}}))
 
-    class Ctx:  # the two attributes decompose reads
-        campaign = type("C", (), {"brief": "a shoe on a table"})()
+    class Ctx:  # what decompose reads
+        campaign = type("C", (), {"brief": "a shoe on a table", "state": {}})()
         settings = hosted(server)
         state_patch: dict[str, Any] = {}
 
