@@ -58,8 +58,10 @@ lint: venv
 check-install:
 	PY=$(PY) .ci/check-install
 
+# The gateway benchmark drives the servers with Debian's wrk.
 bench: venv
-	$(BIN)/python -m pytest -q -s tests/bench
+	test -x /usr/bin/wrk || (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q wrk)
+	$(BIN)/python -m pytest -q -s tests/bench $(ARGS)
 
 stack-up: venv
 	$(BIN)/onbrand stack up

@@ -57,6 +57,24 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="us-east-1", description="S3 region.")
     url_ttl_seconds: int = Field(default=3600, description="Lifetime of presigned / signed object URLs.")
 
+    # Postgres connection pool of each process (shared/db/session.py).
+    db_pool_size: int = Field(default=10, ge=1, description="Connections each process keeps open to Postgres.")
+    db_max_overflow: int = Field(default=20, ge=0, description="Extra connections a process may open under load.")
+    db_ping_idle_s: float = Field(
+        default=10.0,
+        ge=0,
+        description="A pooled connection idle longer than this is pinged before use (0: before every use). A "
+        "disconnect seen on a busy connection invalidates the whole pool, so a Postgres restart costs one failed "
+        "statement, not one per pooled connection.",
+    )
+    auth_cache_ttl_s: float = Field(
+        default=5.0,
+        ge=0,
+        description="Gateway: how long a process reuses an API key it read (0: read on every request). Revocation, "
+        "rotation and limit changes reach every process on its next request through Redis; this bounds it when "
+        "Redis is unreachable.",
+    )
+
     max_upload_bytes: int = Field(default=25 * 1024 * 1024, description="Largest accepted upload.")
     max_image_pixels: int = Field(default=40_000_000, description="Largest accepted image (width x height).")
     # Rate limits per API key and quotas per tenant (shared/limits.py); a tenant's `limits` overrides each.

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, ImageUsage, Tenant
+from shared.key_cache import KEY_EPOCH, announce_change
 
 log = logging.getLogger(__name__)
 
@@ -41,31 +42,32 @@ RATE_LIMITED = Counter("onbrand_rate_limited_total", "Requests refused with 429 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Period = Literal["day", "month"]
 
-# KEYS: one bucket per policy. ARGV: rate and burst per key, in KEYS order. A request is allowed only when
-# every bucket holds a token, and then takes one from each; the reply is [allowed, tokens left per bucket]
-# (as strings: Lua numbers would be truncated to integers on the way back).
+# KEYS: the key epoch (shared.key_cache), then one bucket per policy. ARGV: rate and burst per bucket, in KEYS
+# order. A request is allowed only when every bucket holds a token, and then takes one from each; the reply is
+# [allowed, key epoch, tokens left per bucket] (tokens as strings: Lua numbers would be truncated to integers on the
+# way back). The epoch rides along so that gateways learn of revoked keys without a round trip of their own.
 TOKEN_BUCKETS = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
 local tokens = {}
 local allowed = 1
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
-  local state = redis.call('HMGET', key, 'tokens', 'ts')
+for i = 2, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 3])
+  local burst = tonumber(ARGV[2 * i - 2])
+  local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
   local held = tonumber(state[1]) or burst
   local since = tonumber(state[2]) or now
   held = math.min(burst, held + math.max(0, now - since) * rate)
   tokens[i] = held
   if held < 1 then allowed = 0 end
 end
-local reply = {allowed}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[2 * i - 1])
-  local burst = tonumber(ARGV[2 * i])
+local reply = {allowed, tonumber(redis.call('GET', KEYS[1]) or '0')}
+for i = 2, #KEYS do
+  local rate = tonumber(ARGV[2 * i - 3])
+  local burst = tonumber(ARGV[2 * i - 2])
   if allowed == 1 then tokens[i] = tokens[i] - 1 end
-  redis.call('HSET', key, 'tokens', tostring(tokens[i]), 'ts', tostring(now))
-  redis.call('EXPIRE', key, math.ceil(burst / rate) + 1)
+  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i]), 'ts', tostring(now))
+  redis.call('EXPIRE', KEYS[i], math.ceil(burst / rate) + 1)
   reply[i + 1] = tostring(tokens[i])
 end
 return reply
@@ -163,6 +165,7 @@ def override(session: Session, tenant_id: uuid.UUID, changes: dict[str, Any], un
     merged = LimitOverrides.model_validate({**{k: v for k, v in current.items() if k not in unset}, **changes})
     LimitOverrides.model_validate(dict.fromkeys(unset))  # an unknown name to unset is an error too
     tenant.limits = merged.model_dump(exclude_none=True) or None
+    announce_change(session)  # gateways cached the old limits with the tenant's keys (shared.key_cache)
     return merged
 
 
@@ -193,6 +196,7 @@ class BucketState:
 class RateDecision:
     allowed: bool
     states: tuple[BucketState, ...]
+    key_epoch: int  # shared.key_cache: a change means some key or limit changed since
 
     @property
     def retry_after(self) -> int:
@@ -216,7 +220,7 @@ def _script(url: str) -> Any:
 
 def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> RateDecision | None:
     """Take a token from each bucket of this key atomically; None when Redis failed (fail open)."""
-    keys = [f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets]
+    keys = [KEY_EPOCH, *(f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets)]
     args = [v for b in buckets for v in (repr(float(b.per_second)), str(b.burst))]
     try:
         url = settings.broker_url
@@ -225,11 +229,20 @@ def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> Ra
         RATE_LIMIT_FAIL_OPEN.inc()
         log.warning("rate limiter unavailable, request let through: %s", exc)
         return None
-    states = tuple(BucketState(b, float(t)) for b, t in zip(buckets, reply[1:], strict=True))
-    decision = RateDecision(bool(int(reply[0])), states)
+    states = tuple(BucketState(b, float(t)) for b, t in zip(buckets, reply[2:], strict=True))
+    decision = RateDecision(bool(int(reply[0])), states, int(reply[1]))
     for name in [] if decision.allowed else decision.exhausted:
         RATE_LIMITED.labels(name).inc()
     return decision
+
+
+def read_key_epoch(settings: Settings) -> int | None:
+    """The key epoch alone, for a gateway with rate limits off; None when Redis failed."""
+    try:
+        return int(_client(settings.broker_url).get(KEY_EPOCH) or 0)
+    except (redis.RedisError, RuntimeError, OSError) as exc:
+        log.warning("key epoch unavailable, cached keys expire on their own: %s", exc)
+        return None
 
 
 def policy_header(buckets: tuple[Bucket, ...]) -> str:

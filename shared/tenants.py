@@ -11,7 +11,6 @@ import hashlib
 import secrets
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, get_args
 
@@ -21,6 +20,7 @@ from sqlalchemy.sql.elements import ColumnElement
 
 from shared.db.models import ApiKey, Tenant
 from shared.db.session import session_scope
+from shared.key_cache import Caller, announce_change
 
 KEY_PREFIX = "onb_"
 Scope = Literal["read", "write", "admin"]
@@ -41,17 +41,6 @@ class KeyInactiveError(ValueError):
 
 class LastAdminKeyError(ValueError):
     """Revoking this key would leave the tenant without an admin key."""
-
-
-@dataclass(frozen=True)
-class Caller:
-    """Who sent a request: the valid key's id, tenant, prefix and scopes."""
-
-    key_id: uuid.UUID
-    tenant_id: uuid.UUID
-    prefix: str
-    scopes: frozenset[str]
-    last_used_at: datetime | None
 
 
 def hash_key(api_key: str) -> str:
@@ -113,38 +102,40 @@ def is_active(key: ApiKey, now: datetime | None = None) -> bool:
     return key.revoked_at is None and (key.expires_at is None or key.expires_at > now)
 
 
-def authenticate(session: Session, api_key: str) -> Caller | None:
-    """The caller of a valid key (not revoked, not expired), read from the database on every request so
-    that revocation and expiry take effect on the next request; None for any other string."""
+def read_caller(session: Session, api_key: str) -> Caller | None:
+    """The caller of a key, with its tenant's limit overrides, in one statement; None unless the key exists and is
+    neither revoked nor expired. The gateway caches it (shared.key_cache) and checks expiry on every request."""
     row = session.execute(
-        select(ApiKey.id, ApiKey.tenant_id, ApiKey.prefix, ApiKey.scopes, ApiKey.last_used_at).where(
-            ApiKey.key_hash == hash_key(api_key), _valid_at(datetime.now(UTC))
-        )
+        select(ApiKey.id, ApiKey.tenant_id, ApiKey.prefix, ApiKey.scopes, ApiKey.last_used_at, ApiKey.expires_at)
+        .add_columns(Tenant.limits)
+        .join(Tenant, Tenant.id == ApiKey.tenant_id)
+        .where(ApiKey.key_hash == hash_key(api_key), _valid_at(datetime.now(UTC)))
     ).first()
     if row is None:
         return None
-    return Caller(row.id, row.tenant_id, row.prefix, frozenset(row.scopes), row.last_used_at)
+    scopes = frozenset(row.scopes)
+    return Caller(row.id, row.tenant_id, row.prefix, scopes, row.last_used_at, row.expires_at, row.limits)
 
 
 def touch_last_used(caller: Caller, now: datetime | None = None) -> bool:
-    """Record the key's use if the stored time is older than LAST_USED_RESOLUTION; True if written.
+    """Record the key's use if the stored time is older than LAST_USED_RESOLUTION; True when it was due (written
+    here, or by a concurrent request: the WHERE clause makes them write it once), False when nothing was needed.
 
     Its own short transaction, not the request's: the request's would hold the key's row lock until the
     request ends (serialising that key's concurrent requests) and roll the time back on any error.
-    The WHERE clause makes concurrent requests write it once.
     """
     now = now or datetime.now(UTC)
     cutoff = now - LAST_USED_RESOLUTION
     if caller.last_used_at is not None and caller.last_used_at > cutoff:
         return False
     with session_scope() as session:
-        result = session.execute(
+        session.execute(
             update(ApiKey)
             .where(ApiKey.id == caller.key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at <= cutoff))
             .values(last_used_at=now)
             .execution_options(synchronize_session=False)
         )
-        return bool(getattr(result, "rowcount", 0))
+    return True
 
 
 def list_keys(session: Session, tenant_id: uuid.UUID) -> list[ApiKey]:
@@ -176,6 +167,7 @@ def revoke_key(
         raise LastAdminKeyError(str(key_id))
     key.revoked_at = datetime.now(UTC)
     session.flush()
+    announce_change(session)  # gateways drop their cached copy of it on their next request
     return key
 
 
@@ -207,4 +199,5 @@ def rotate_key(
         raise KeyInactiveError(str(key_id))
     expires = now + timedelta(seconds=overlap_seconds)
     old.expires_at = min(expires, old.expires_at) if old.expires_at else expires
+    announce_change(session)  # gateways cached the old expiry
     return new_key(session, tenant_id, old.name, old.scopes)

@@ -22,6 +22,7 @@ from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
 from shared import logs, tracing
 from shared.config import Settings, get_settings
+from shared.key_cache import KeyCache
 from shared.storage import build_storage
 
 # Room for the multipart framing and the metadata part around an upload of max_upload_bytes;
@@ -53,6 +54,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.storage = build_storage(settings)
+    app.state.key_cache = KeyCache(settings.auth_cache_ttl_s)  # services/gateway/deps.py get_caller
     errors.install(app)
     openapi_problems.install(app)  # the 422s documented as the problem+json they are
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)

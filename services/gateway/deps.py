@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
@@ -11,12 +12,14 @@ from opentelemetry import trace
 from sqlalchemy.orm import Session
 
 from services.gateway.errors import ProblemError
-from services.gateway.limits.rate import check_rate
+from services.gateway.limits.rate import key_epoch, refuse_if_limited, take_token
 from services.gateway.unit_of_work import transaction
 from shared import logs
 from shared.config import Settings
+from shared.key_cache import Caller, KeyCache
+from shared.limits import SAFE_METHODS
 from shared.storage import Storage
-from shared.tenants import Caller, Scope, authenticate, touch_last_used
+from shared.tenants import Scope, hash_key, read_caller, touch_last_used
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -59,14 +62,13 @@ def _unauthorized(detail: str, error: str | None = None) -> ProblemError:
 
 # Paths only an admin key may use (every method). Everything else: safe methods need read, others write.
 ADMIN_PATHS = ("/v1/keys",)
-_SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def required_scope(method: str, path: str) -> Scope:
     """The one scope rule for every route: /v1/keys* (ADMIN_PATHS) → admin, GET/HEAD → read, else write."""
     if any(path == prefix or path.startswith(prefix + "/") for prefix in ADMIN_PATHS):
         return "admin"
-    return "read" if method.upper() in _SAFE_METHODS else "write"
+    return "read" if method.upper() in SAFE_METHODS else "write"
 
 
 def _insufficient_scope(scope: Scope) -> ProblemError:
@@ -85,22 +87,47 @@ def get_caller(
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
-    """Authenticate the key (read on every request: revocation and expiry count from the next one) and
-    check its scope for this method and path."""
+    """Authenticate the key and check its scope for this method and path. The key is read from this process's
+    cache (shared.key_cache) when it holds it; revocation, rotation and limit changes reach the cache through the
+    key epoch the rate limiter returns, so they count from the next request."""
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
-    caller = authenticate(session, credentials.credentials.strip())
+    api_key, now = credentials.credentials.strip(), datetime.now(UTC)
+    cache: KeyCache = request.app.state.key_cache
+    caller = cache.get(hash_key(api_key))
+    cached = caller is not None
     if caller is None:
-        raise _unauthorized("The API key is invalid or revoked, or it has expired.", "invalid_token")
+        caller = _read_caller(session, cache, api_key)
+    elif not caller.valid_at(now):
+        raise _invalid_key()  # expired since it was read
+    decision = take_token(request, caller)  # RateLimit headers; the key epoch
+    epoch = key_epoch(request, decision)
+    if epoch is not None and cache.saw_epoch(epoch) and cached:
+        caller = _read_caller(session, cache, api_key)  # a key or limit changed somewhere: read this one again
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
-    check_rate(request, session, caller.tenant_id, caller.prefix)  # 429 rate_limited; RateLimit headers
+    refuse_if_limited(decision)  # 429 rate_limited
     scope = required_scope(request.method, request.url.path)
     if scope not in caller.scopes:
         raise _insufficient_scope(scope)
-    touch_last_used(caller)
+    if touch_last_used(caller, now):
+        cache.used(hash_key(api_key), now)
     return caller
+
+
+def _read_caller(session: Session, cache: KeyCache, api_key: str) -> Caller:
+    """The key's caller from Postgres, now in the cache; 401 for a key that is unknown, revoked or expired."""
+    epoch = cache.epoch  # before the read: a change announced meanwhile makes this entry stale at once
+    caller = read_caller(session, api_key)
+    if caller is None or not caller.valid_at(datetime.now(UTC)):
+        raise _invalid_key()
+    cache.put(hash_key(api_key), caller, epoch)
+    return caller
+
+
+def _invalid_key() -> ProblemError:
+    return _unauthorized("The API key is invalid or revoked, or it has expired.", "invalid_token")
 
 
 CallerDep = Annotated[Caller, Depends(get_caller)]

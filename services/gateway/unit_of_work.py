@@ -11,10 +11,12 @@ import logging
 from collections.abc import Callable, Iterator
 from functools import partial
 
+from fastapi import Request
 from sqlalchemy.orm import Session
 
 from shared import queue
 from shared.db.session import session_scope
+from shared.limits import SAFE_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +56,15 @@ def _run(hooks: list[Hook], what: str) -> None:
             log.exception("%s hook failed", what)
 
 
-def transaction() -> Iterator[Session]:
+def transaction(request: Request) -> Iterator[Session]:
     """Yield the request's session (shared.db.session_scope: commit on success, roll back
-    otherwise), then run the hooks for the outcome. session.info outlives close()."""
+    otherwise), then run the hooks for the outcome. session.info outlives close().
+
+    GET, HEAD and OPTIONS only read (or write in one statement): their session runs each statement in autocommit,
+    which spares the BEGIN and COMMIT round trips."""
     info: dict[object, list[Hook]] = {}
     try:
-        with session_scope() as session:
+        with session_scope(read_only=request.method in SAFE_METHODS) as session:
             info = session.info
             yield session
     except BaseException:

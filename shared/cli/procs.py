@@ -50,8 +50,8 @@ class Processes:
         self.procs[name] = proc
         return proc
 
-    def gateway(self, port: int) -> str:
-        self.start("gateway", "gateway", "--port", str(port))
+    def gateway(self, port: int, workers: int = 1) -> str:
+        self.start("gateway", "gateway", "--port", str(port), "--workers", str(workers))
         url = f"http://127.0.0.1:{port}"
         wait_http(f"{url}/readyz", proc=self.procs["gateway"], log=self.logs / "gateway.log")
         return url

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
+
+_IDLE_SINCE = "onbrand_idle_since"
 
 
 def sqlalchemy_url(url: str) -> str:
@@ -23,28 +28,59 @@ def sqlalchemy_url(url: str) -> str:
 @lru_cache
 def get_engine() -> Engine:
     settings = get_settings()
-    return create_engine(
+    engine = create_engine(
         sqlalchemy_url(settings.db_url),
-        pool_pre_ping=True,
-        pool_size=10,
-        max_overflow=20,
+        pool_size=settings.db_pool_size,
+        max_overflow=settings.db_max_overflow,
         connect_args={"connect_timeout": 5},
     )
+    ping_when_idle(engine, settings.db_ping_idle_s)
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle_s: float) -> None:
+    """Ping a pooled connection before use only when it sat idle longer than idle_s.
+
+    pool_pre_ping would ping on every checkout: a round trip per request on the gateway's hottest paths. A connection
+    in steady use needs none, and a disconnect seen on one invalidates the whole pool (SQLAlchemy's disconnect
+    handling), so after a Postgres restart one statement fails and every later checkout gets a fresh connection.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _idle_from(dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get(_IDLE_SINCE)
+        if since is None or time.monotonic() - since <= idle_s:
+            return  # new, or in steady use
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            alive = not engine.dialect.is_disconnect(exc, dbapi_connection, None)
+        if not alive:
+            raise DisconnectionError("idle connection did not answer a ping")  # the pool replaces it
 
 
 @lru_cache
-def _factory() -> sessionmaker[Session]:
-    return sessionmaker(get_engine(), expire_on_commit=False)
+def _factory(read_only: bool = False) -> sessionmaker[Session]:
+    # Reads run in autocommit on the same pool: no BEGIN and COMMIT round trips around a request that only reads.
+    # Under READ COMMITTED each statement sees its own snapshot either way, so a read loses nothing by it.
+    engine = get_engine()
+    return sessionmaker(
+        engine.execution_options(isolation_level="AUTOCOMMIT") if read_only else engine, expire_on_commit=False
+    )
 
 
-def new_session() -> Session:
-    return _factory()()
+def new_session(read_only: bool = False) -> Session:
+    return _factory(read_only)()
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on error."""
-    session = new_session()
+def session_scope(read_only: bool = False) -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error. read_only: autocommit statements (reads only)."""
+    session = new_session(read_only)
     try:
         yield session
         session.commit()

@@ -1,57 +1,151 @@
-"""Gateway POST /v1/campaigns throughput and latency (p50/p99) on this machine.
+"""The gateway against the least a FastAPI service can do (tests/bench/reference_app.py), in one run on one Postgres.
 
-A gateway process with no workers attached: the benchmark measures the request path
-(auth, validation, the campaign + outbox insert, commit, task send to Redis), not the pipeline.
+wrk (one thread, 32 connections) drives each endpoint for a fixed time: the reference app's campaign INSERT, then the
+gateway's POST /v1/campaigns (auth, rate limit, validation, quotas, campaign + outbox rows, commit, task sent to Redis),
+its authenticated GETs of a campaign and a brand, and /healthz. No worker consumes: this measures the request path. Both
+run under uvicorn as `onbrand gateway` runs (same loop and parser), with 1 and then 2 worker processes. The client, both
+servers and Postgres share this machine's cores, so the figures are ratios to the reference measured in the same run.
+
+Targets (issue 22): campaign POST >= 0.7x the reference's rate, authenticated GETs >= 1.0x it, p99 < 50 ms for both at
+32 connections, /healthz >= 5x the GET rate.
+
+    make bench ARGS="-k gateway -s"   (needs wrk: apt-get install wrk)
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import statistics
-import time
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
-from shared.cli.procs import Processes, base_env, free_port, run_cli
+from shared.cli.procs import Processes, base_env, free_port, run_cli, wait_http
 from tests.system import create_database
 
-REQUESTS = 2000
-CONCURRENCY = 32
+CONNECTIONS = 32
+SECONDS = 10
+WARMUP_SECONDS = 2
+BODY = {"brand_id": "", "brief": "the running shoe on an urban street at sunset"}
+UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 
-async def _fire(url: str, key: str, brand_id: str) -> list[float]:
-    latencies: list[float] = []
-    limits = httpx.Limits(max_connections=CONCURRENCY)
-    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {key}"}, limits=limits) as client:
-        queue: asyncio.Queue[int] = asyncio.Queue()
-        for i in range(REQUESTS):
-            queue.put_nowait(i)
+@dataclass(frozen=True)
+class Load:
+    """One wrk run: its rate, latency percentiles and failed requests."""
 
-        async def worker() -> None:
-            while not queue.empty():
-                i = queue.get_nowait()
-                start = time.perf_counter()
-                response = await client.post("/v1/campaigns", json={"brand_id": brand_id, "brief": f"shoe {i}"})
-                assert response.status_code == 202, response.text
-                latencies.append(time.perf_counter() - start)
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    failed: int
 
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
-    return latencies
+    def row(self, name: str, reference: float) -> str:
+        return f"| {name} | {self.rps:.0f} | {self.rps / reference:.2f} | {self.p50_ms:.1f} | {self.p99_ms:.1f} |"
+
+
+def _latency_ms(text: str, percentile: str) -> float:
+    found = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", text, re.MULTILINE)
+    assert found, f"no {percentile}% latency in wrk's output:\n{text}"
+    return float(found.group(1)) * UNITS[found.group(2)]
+
+
+def parse_wrk(text: str) -> Load:
+    """wrk --latency output → Load (non-2xx answers and socket errors both count as failed)."""
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", text, re.MULTILINE)
+    assert rate, f"no rate in wrk's output:\n{text}"
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", text)
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
+    failed = (int(non_2xx.group(1)) if non_2xx else 0) + (sum(map(int, errors.groups())) if errors else 0)
+    return Load(float(rate.group(1)), _latency_ms(text, "50"), _latency_ms(text, "99"), failed)
+
+
+def _script(tmp: Path, method: str, headers: dict[str, str], body: str | None) -> Path:
+    lines = [f'wrk.method = "{method}"']
+    lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
+    if body is not None:
+        lines.append(f"wrk.body = [[{body}]]")
+    path = tmp / f"wrk-{len(list(tmp.glob('wrk-*.lua')))}.lua"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def wrk(
+    url: str, tmp: Path, method: str = "GET", headers: dict[str, str] | None = None, body: str | None = None
+) -> Load:
+    script = _script(tmp, method, headers or {}, body)
+    base = ["wrk", "-t1", f"-c{CONNECTIONS}", "-s", str(script)]
+    subprocess.run([*base, f"-d{WARMUP_SECONDS}s", url], check=True, capture_output=True)  # pools and caches filled
+    done = subprocess.run([*base, f"-d{SECONDS}s", "--latency", url], check=True, capture_output=True, text=True)
+    return parse_wrk(done.stdout)
+
+
+def _reference(procs: Processes, database_url: str, workers: int) -> str:
+    port = free_port()
+    log = (procs.logs / "reference.log").open("ab")
+    cmd = [sys.executable, "-m", "uvicorn", "tests.bench.reference_app:create_app", "--factory"]
+    cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]
+    env = {**procs.env, "REFERENCE_DATABASE_URL": database_url}
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    procs.procs["reference"] = proc
+    url = f"http://127.0.0.1:{port}"
+    wait_http(f"{url}/openapi.json", proc=proc, log=procs.logs / "reference.log")
+    return url
+
+
+def _measure(procs: Processes, database_url: str, tenant_key: str, workers: int, tmp: Path) -> dict[str, Load]:
+    reference, gateway = _reference(procs, database_url, workers), procs.gateway(free_port(), workers=workers)
+    auth = {"Authorization": f"Bearer {tenant_key}"}
+    brand = httpx.post(f"{gateway}/v1/brands", json={"name": "b"}, headers=auth).json()
+    body = json.dumps({**BODY, "brand_id": brand["id"]})
+    campaign = httpx.post(f"{gateway}/v1/campaigns", content=body, headers=auth | {"Content-Type": "application/json"})
+    json_auth = auth | {"Content-Type": "application/json"}
+    loads = {
+        "reference POST": wrk(f"{reference}/v1/campaigns", tmp, "POST", {"Content-Type": "application/json"}, body),
+        "POST /v1/campaigns": wrk(f"{gateway}/v1/campaigns", tmp, "POST", json_auth, body),
+        "GET /v1/campaigns/{id}": wrk(f"{gateway}/v1/campaigns/{campaign.json()['id']}", tmp, headers=auth),
+        "GET /v1/brands/{id}": wrk(f"{gateway}/v1/brands/{brand['id']}", tmp, headers=auth),
+        "GET /healthz": wrk(f"{gateway}/healthz", tmp),
+    }
+    procs.stop("gateway")
+    procs.stop("reference")
+    return loads
+
+
+def _table(loads: dict[str, Load], workers: int) -> str:
+    reference = loads["reference POST"].rps
+    rows = [f"| {workers} worker(s) | req/s | x reference | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    return "\n".join(rows + [load.row(name, reference) for name, load in loads.items()])
+
+
+def _misses(loads: dict[str, Load]) -> list[str]:
+    reference, gets = loads["reference POST"].rps, ("GET /v1/campaigns/{id}", "GET /v1/brands/{id}")
+    misses = [f"{name}: {load.failed} failed requests" for name, load in loads.items() if load.failed]
+    if loads["POST /v1/campaigns"].rps < 0.7 * reference:
+        misses.append("POST /v1/campaigns below 0.7x the reference")
+    misses += [f"{name} below 1.0x the reference" for name in gets if loads[name].rps < reference]
+    misses += [f"{name} p99 >= 50 ms" for name in ("POST /v1/campaigns", *gets) if loads[name].p99_ms >= 50]
+    if loads["GET /healthz"].rps < 5 * min(loads[name].rps for name in gets):
+        misses.append("/healthz below 5x the GET rate")
+    return misses
 
 
 @pytest.mark.bench
-def test_campaign_create_throughput(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_gateway_against_reference(stack_urls: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    if shutil.which("wrk") is None:
+        pytest.fail("wrk is not installed (apt-get install wrk): this benchmark drives both servers with it")
     home = tmp_path_factory.mktemp("bench-gw")
-    port = free_port()
+    database_url = create_database(stack_urls, "bench_gw")
     env = base_env(
         home,
-        ONBRAND_DATABASE_URL=create_database(stack_urls, "bench_gw"),
+        ONBRAND_DATABASE_URL=database_url,
         ONBRAND_REDIS_URL=stack_urls["redis_url"].rsplit("/", 1)[0] + "/9",
-        ONBRAND_PUBLIC_URL=f"http://127.0.0.1:{port}",
         ONBRAND_LOG_LEVEL="WARNING",
-        # One key sends 2000 creations as fast as it can: limits out of the way, their checks still measured.
+        # One key sends thousands of requests as fast as it can: limits out of the way, their checks still measured.
         ONBRAND_RATE_LIMIT_PER_SECOND="1000000",
         ONBRAND_RATE_LIMIT_BURST="1000000",
         ONBRAND_WRITE_RATE_LIMIT_PER_SECOND="1000000",
@@ -63,21 +157,14 @@ def test_campaign_create_throughput(stack_urls: dict[str, str], tmp_path_factory
     run_cli(env, "migrate")
     tenant = json.loads(run_cli(env, "tenants", "create", "bench"))
     procs = Processes(env=env, logs=home / "logs")
+    tmp = tmp_path_factory.mktemp("wrk")
     try:
-        url = procs.gateway(port)
-        brand = httpx.post(
-            f"{url}/v1/brands", json={"name": "b"}, headers={"Authorization": f"Bearer {tenant['api_key']}"}
-        ).json()
-        started = time.perf_counter()
-        latencies = asyncio.run(_fire(url, tenant["api_key"], brand["id"]))
-        wall = time.perf_counter() - started
+        runs = {workers: _measure(procs, database_url, tenant["api_key"], workers, tmp) for workers in (1, 2)}
     finally:
         procs.stop_all()
-    latencies.sort()
-    p50, p99 = statistics.median(latencies), latencies[int(len(latencies) * 0.99) - 1]
-    print(
-        f"\nBENCH gateway POST /v1/campaigns: {REQUESTS} requests, concurrency {CONCURRENCY}, "
-        f"{REQUESTS / wall:.0f} req/s, p50 {p50 * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms (1 uvicorn process, "
-        f"client on the same 2 cores)"
-    )
-    assert len(latencies) == REQUESTS
+    for workers, loads in runs.items():
+        print(f"\nBENCH gateway vs reference, wrk -t1 -c{CONNECTIONS} -d{SECONDS}s:\n{_table(loads, workers)}")
+    scaling = {name: runs[2][name].rps / runs[1][name].rps for name in runs[1]}
+    print("BENCH gateway 2 workers / 1 worker: " + ", ".join(f"{n} {r:.2f}x" for n, r in scaling.items()))
+    misses = _misses(runs[1])
+    assert not misses, f"targets missed with 1 worker: {misses}"

@@ -7,17 +7,22 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from typer.testing import CliRunner
 
+from services.gateway.app import create_app
 from shared.cli.main import app as cli
+from shared.config import get_settings
 from shared.db.models import ApiKey
 from shared.db.session import session_scope
+from shared.key_cache import bump_epoch
 from tests.factories import Tenant, assert_problem, new_tenant
 
 
@@ -124,6 +129,34 @@ def test_the_last_admin_key_cannot_revoke_itself(client: TestClient) -> None:
     assert client.get("/v1/keys", headers=second.auth).status_code == 200
 
 
+@pytest.mark.parametrize("limits_enabled", [True, False], ids=["epoch-from-the-limiter", "epoch-read-alone"])
+def test_a_revocation_reaches_every_gateway_process(client: TestClient, limits_enabled: bool) -> None:
+    """Each process caches keys; a revocation made through one is refused by another on its next request."""
+    admin = new_tenant("fleet")
+    key = make_key(client, admin, ["read"])
+    settings = get_settings().model_copy(update={"limits_enabled": limits_enabled})
+    with TestClient(create_app(settings)) as elsewhere:  # another gateway process: a cache of its own
+        assert elsewhere.get("/v1/brands", headers=key.auth).status_code == 200
+        assert elsewhere.get("/v1/brands", headers=key.auth).status_code == 200  # from its cache
+        revoked = client.post(f"/v1/keys/{key_id(client, key, admin)}/revoke", headers=admin.auth)
+        assert revoked.status_code == 200
+        assert_problem(elsewhere.get("/v1/brands", headers=key.auth), 401, "unauthorized")
+
+
+def test_a_cached_key_expires_on_time(client: TestClient) -> None:
+    """The gateway caches keys (shared.key_cache) but checks the cached expiry on every request."""
+    admin = new_tenant("expiry")
+    old = make_key(client, admin, ["read"])
+    rotated = client.post(
+        f"/v1/keys/{key_id(client, old, admin)}/rotate", json={"overlap_seconds": 1}, headers=admin.auth
+    )
+    assert rotated.status_code == 201, rotated.text
+    assert client.get("/v1/brands", headers=old.auth).status_code == 200  # read once more: in the cache now
+    time.sleep(1.2)
+    expired = assert_problem(client.get("/v1/brands", headers=old.auth), 401, "unauthorized")
+    assert "expired" in expired["detail"]
+
+
 def test_rotate_overlaps_then_the_old_key_expires(client: TestClient) -> None:
     admin = new_tenant("rotate")
     old = make_key(client, admin, ["read", "admin"], name="deploy")
@@ -143,6 +176,7 @@ def test_rotate_overlaps_then_the_old_key_expires(client: TestClient) -> None:
         session.execute(
             text("UPDATE api_keys SET expires_at = now() - interval '1 second' WHERE id = :id"), {"id": old_id}
         )
+    bump_epoch(get_settings())  # an edit behind the API's back, announced as the API announces its own
     expired = assert_problem(client.get("/v1/brands", headers=old.auth), 401, "unauthorized")
     assert "expired" in expired["detail"]
     assert client.get("/v1/brands", headers=new.auth).status_code == 200
@@ -175,6 +209,7 @@ def test_last_used_at_is_written_at_most_once_a_minute(client: TestClient) -> No
         session.execute(
             text("UPDATE api_keys SET last_used_at = now() - interval '61 seconds' WHERE id = :id"), {"id": own_id}
         )
+    bump_epoch(get_settings())  # the gateway's cached copy of the key is read again
     client.get("/v1/brands", headers=admin.auth)
     later = client.get(f"/v1/keys/{own_id}", headers=admin.auth).json()["last_used_at"]
     assert datetime.now(UTC) - datetime.fromisoformat(later) < timedelta(seconds=30)

@@ -13,7 +13,7 @@ from services.gateway.keys.schemas import KeyCreate, KeyCreated, KeyRead
 from services.gateway.pagination import created_keys, paginate
 from shared import tenants
 from shared.db.models import ApiKey
-from shared.tenants import Caller
+from shared.key_cache import Caller
 
 
 def to_read(key: ApiKey) -> KeyRead:

@@ -7,46 +7,61 @@ responses included (a 404 or a 429 carries them as a 200 does).
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy.orm import Session
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from services.gateway.errors import ProblemError
 from shared import limits
 from shared.config import Settings
+from shared.key_cache import Caller
 
 HEADERS_STATE = "ratelimit_headers"
 DECISION_STATE = "ratelimit_decision"
 
 
-def check_rate(request: Request, session: Session, tenant_id: uuid.UUID, key_prefix: str) -> None:
-    """Spend one of this key's tokens (429 rate_limited when none is left); Redis down: let it through."""
+def take_token(request: Request, caller: Caller) -> limits.RateDecision | None:
+    """Spend one of this key's tokens and leave the RateLimit fields for the response; None when limits are off or
+    Redis is down (then the request goes through). refuse_if_limited turns a refusal into the 429."""
     settings: Settings = request.app.state.settings
     if not settings.limits_enabled:
-        return
-    buckets = limits.tenant_limits(session, tenant_id, settings).buckets(request.method)
-    decision = limits.take(settings, key_prefix, buckets)
+        return None
+    buckets = limits.effective(settings, caller.limit_overrides).buckets(request.method)
+    decision = limits.take(settings, caller.prefix, buckets)
     if decision is None:
-        return
+        return None
     setattr(request.state, DECISION_STATE, decision)
     setattr(
         request.state,
         HEADERS_STATE,
         {"RateLimit-Policy": limits.policy_header(buckets), "RateLimit": limits.state_header(decision)},
     )
-    if not decision.allowed:
-        names = " and ".join(f"`{n}`" for n in decision.exhausted)
-        raise ProblemError(
-            429,
-            "rate_limited",
-            "Too many requests",
-            f"This API key used up its {names} rate limit; retry in {decision.retry_after} s.",
-            headers={"Retry-After": str(decision.retry_after)},
-            extra={"policies": decision.exhausted, "retry_after": decision.retry_after},
-        )
+    return decision
+
+
+def key_epoch(request: Request, decision: limits.RateDecision | None) -> int | None:
+    """The key epoch (shared.key_cache): from the limiter's reply, read on its own when limits are off; None when
+    Redis is down (cached keys then expire on their own)."""
+    if decision is not None:
+        return decision.key_epoch
+    settings: Settings = request.app.state.settings
+    return None if settings.limits_enabled else limits.read_key_epoch(settings)
+
+
+def refuse_if_limited(decision: limits.RateDecision | None) -> None:
+    """429 rate_limited when the key had no token left."""
+    if decision is None or decision.allowed:
+        return
+    names = " and ".join(f"`{n}`" for n in decision.exhausted)
+    raise ProblemError(
+        429,
+        "rate_limited",
+        "Too many requests",
+        f"This API key used up its {names} rate limit; retry in {decision.retry_after} s.",
+        headers={"Retry-After": str(decision.retry_after)},
+        extra={"policies": decision.exhausted, "retry_after": decision.retry_after},
+    )
 
 
 def current_decision(request: Request) -> limits.RateDecision | None:
@@ -55,7 +70,7 @@ def current_decision(request: Request) -> limits.RateDecision | None:
 
 
 class RateLimitHeadersMiddleware:
-    """Adds the RateLimit-Policy and RateLimit fields check_rate left in the request's state."""
+    """Adds the RateLimit-Policy and RateLimit fields take_token left in the request's state."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
