@@ -9,7 +9,7 @@ Quotas: concurrent (non-terminal) campaigns and images per UTC day and month, ch
 under a lock on the tenant's row, so two concurrent creations at the limit cannot both pass. An image is a
 generated candidate: a campaign reserves its first attempt's candidates (products x sizes x grid cells x
 rotations) when it is accepted and is settled to the candidates it really made (retries and review rounds
-included) whenever the tenant's usage is read.
+included) when it ends, and while it runs by every stalled sweep: a creation only sums the ledger.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql.elements import ColumnElement
 
 from shared.config import Settings
 from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, ImageUsage, Tenant
@@ -41,6 +42,7 @@ RATE_LIMITED = Counter("onbrand_rate_limited_total", "Requests refused with 429 
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Period = Literal["day", "month"]
+PERIODS: tuple[Period, ...] = ("day", "month")
 
 # KEYS: the key epoch (shared.key_cache), then one bucket per policy. ARGV: rate and burst per bucket, in KEYS
 # order. A request is allowed only when every bucket holds a token, and then takes one from each; the reply is
@@ -296,63 +298,84 @@ def period_reset(now: datetime, period: Period) -> datetime:
     return (start + timedelta(days=32)).replace(day=1)
 
 
-def lock_tenant(session: Session, tenant_id: uuid.UUID) -> None:
+def lock_tenant(session: Session, tenant_id: uuid.UUID) -> dict[str, Any] | None:
+    """Lock the tenant's row until the transaction ends; its limit overrides, read under the lock."""
     # FOR NO KEY UPDATE: serialises this tenant's quota checks but not the FK checks (KEY SHARE) of
     # its other rows being inserted meanwhile.
-    session.execute(select(Tenant.id).where(Tenant.id == tenant_id).with_for_update(key_share=True))
+    overrides: dict[str, Any] | None = session.scalar(
+        select(Tenant.limits).where(Tenant.id == tenant_id).with_for_update(key_share=True)
+    )
+    return overrides
 
 
-def running_campaigns(session: Session, tenant_id: uuid.UUID, besides: uuid.UUID | None = None) -> int:
-    """The tenant's non-terminal campaigns, not counting `besides` (the one being admitted)."""
-    live = Campaign.status.not_in([s.value for s in TERMINAL_STATUSES])
-    stmt = select(func.count()).where(Campaign.tenant_id == tenant_id, live)
-    if besides is not None:
-        stmt = stmt.where(Campaign.id != besides)
-    return session.scalar(stmt) or 0
-
-
-def settle(session: Session, tenant_id: uuid.UUID, since: datetime) -> None:
-    """Count the candidates of each campaign in the ledger since `since`: a finished one uses what it made,
-    one in flight at least its reservation (it may still make them)."""
+def settle(session: Session, which: ColumnElement[bool]) -> None:
+    """Count the candidates of each campaign in the ledger rows `which`: a finished one uses what it made, one in
+    flight at least its reservation (it may still make them). Rows already right are not written."""
     made = select(func.count()).where(Candidate.campaign_id == ImageUsage.campaign_id).scalar_subquery()
     finished = select(Campaign.status.in_([s.value for s in TERMINAL_STATUSES])).where(
         Campaign.id == ImageUsage.campaign_id
     )
+    used = case((finished.scalar_subquery(), made), else_=func.greatest(ImageUsage.reserved, made))
     session.execute(
         update(ImageUsage)
-        .where(ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= since, ImageUsage.campaign_id.is_not(None))
-        .values(used=case((finished.scalar_subquery(), made), else_=func.greatest(ImageUsage.reserved, made)))
+        .where(which, ImageUsage.campaign_id.is_not(None), ImageUsage.used.is_distinct_from(used))
+        .values(used=used)
         .execution_options(synchronize_session=False)
     )
 
 
-def image_usage(session: Session, tenant_id: uuid.UUID, limits: Limits, now: datetime) -> list[PeriodUsage]:
-    """Images used this UTC day and month (settled first; the caller holds the tenant lock)."""
-    settle(session, tenant_id, period_start(now, "month"))
-    usage: list[PeriodUsage] = []
-    for period in ("day", "month"):
-        used = session.scalar(
-            select(func.coalesce(func.sum(func.coalesce(ImageUsage.used, ImageUsage.reserved)), 0)).where(
-                ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= period_start(now, period)
-            )
-        )
-        usage.append(PeriodUsage(period, limits.images(period), int(used or 0), period_reset(now, period)))
-    return usage
+def settle_campaign(session: Session, campaign_id: uuid.UUID) -> None:
+    """Settle a campaign's row where its status becomes terminal, in that transaction."""
+    settle(session, ImageUsage.campaign_id == campaign_id)
+
+
+def settle_in_flight(session: Session, now: datetime) -> None:
+    """Settle this month's rows of campaigns still running (the stalled sweep): retries and review rounds that
+    make more than the reservation count before the campaign ends."""
+    running = select(Campaign.id).where(
+        Campaign.id == ImageUsage.campaign_id, Campaign.status.not_in([s.value for s in TERMINAL_STATUSES])
+    )
+    settle(session, (ImageUsage.created_at >= period_start(now, "month")) & running.exists())
+
+
+def _used_since(tenant_id: uuid.UUID, since: datetime) -> Any:
+    amount = func.coalesce(ImageUsage.used, ImageUsage.reserved)
+    return (
+        select(func.coalesce(func.sum(amount), 0))
+        .where(ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= since)
+        .scalar_subquery()
+    )
+
+
+def current_usage(
+    session: Session, tenant_id: uuid.UUID, limits: Limits, now: datetime, besides: uuid.UUID | None = None
+) -> tuple[int, list[PeriodUsage]]:
+    """The tenant's non-terminal campaigns (not counting `besides`, the one being admitted) and the images used
+    this UTC day and month from the ledger as last settled, in one statement."""
+    live = [Campaign.tenant_id == tenant_id, Campaign.status.not_in([s.value for s in TERMINAL_STATUSES])]
+    if besides is not None:
+        live.append(Campaign.id != besides)
+    running = select(func.count()).where(*live).scalar_subquery()
+    row = session.execute(select(running, *(_used_since(tenant_id, period_start(now, p)) for p in PERIODS))).one()
+    usage = [
+        PeriodUsage(period, limits.images(period), int(n), period_reset(now, period))
+        for period, n in zip(PERIODS, row[1:], strict=True)
+    ]
+    return int(row[0]), usage
 
 
 def admit(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, settings: Settings) -> None:
     """Refuse the campaign being created over a quota (LimitExceeded); else hold the tenant's lock until the
     caller's transaction ends, so its campaign and reservation (reserve) are counted by the next creation."""
-    lock_tenant(session, tenant_id)
-    limits = tenant_limits(session, tenant_id, settings)
-    running = running_campaigns(session, tenant_id, besides=campaign_id)
+    limits = effective(settings, lock_tenant(session, tenant_id))
+    running, usages = current_usage(session, tenant_id, limits, datetime.now(UTC), besides=campaign_id)
     if running >= limits.max_concurrent_campaigns:
         raise LimitExceeded(
             "concurrent_campaigns_limit",
             f"{running} campaigns are running; at most {limits.max_concurrent_campaigns} may run at once.",
             {"limit": limits.max_concurrent_campaigns, "used": running},
         )
-    for usage in image_usage(session, tenant_id, limits, datetime.now(UTC)):
+    for usage in usages:
         if usage.used + images > usage.limit:
             raise LimitExceeded(
                 "quota_exceeded",

@@ -86,6 +86,7 @@ def wrk(
 
 def _reference(procs: Processes, database_url: str, workers: int) -> str:
     port = free_port()
+    procs.logs.mkdir(parents=True, exist_ok=True)
     log = (procs.logs / "reference.log").open("ab")
     cmd = [sys.executable, "-m", "uvicorn", "tests.bench.reference_app:create_app", "--factory"]
     cmd += ["--port", str(port), "--workers", str(workers), "--log-level", "warning", "--no-access-log"]

@@ -180,13 +180,30 @@ def test_daily_images_quota_reserved_then_settled(client: TestClient) -> None:
     tomorrow = (datetime.now(UTC) + timedelta(days=1)).date().isoformat()
     assert body["period"] == "day" and body["used"] == 2 * PER_CAMPAIGN and body["requested"] == PER_CAMPAIGN
     assert body["reset"] == f"{tomorrow}T00:00:00+00:00"
-    # The first campaign finishes having made 5 candidates: it is settled to 5, and 27 more fit.
+    # The first campaign finishes having made 5 candidates: it is settled to 5 (where the worker sets a terminal
+    # status: workers.engine.records.campaign_finished), and 27 more fit.
     with session_scope() as session:
         session.execute(update(Campaign).where(Campaign.id == first["id"]).values(status=CampaignStatus.COMPLETED))
         for i in range(5):
             session.add(Candidate(tenant_id=acme.id, campaign_id=uuid.UUID(first["id"]), layout_key=f"k{i}"))
+        limits.settle_campaign(session, uuid.UUID(first["id"]))
     assert create(client, acme, brand).status_code == 202
     assert_problem(create(client, acme, brand), 402, "quota_exceeded")
+
+
+def test_a_running_campaign_beyond_its_reservation_is_counted_by_the_sweep(client: TestClient) -> None:
+    acme = tenant_with(images_per_day=1000, images_per_month=1000)
+    brand = make_brand(client, acme)
+    running = create(client, acme, brand).json()
+    with session_scope() as session:  # retries made more candidates than its first attempt reserved
+        for i in range(PER_CAMPAIGN + 3):
+            session.add(Candidate(tenant_id=acme.id, campaign_id=uuid.UUID(running["id"]), layout_key=f"k{i}"))
+    day = client.get("/v1/limits", headers=acme.auth).json()["images"][0]
+    assert day["used"] == PER_CAMPAIGN  # the reservation, until the sweep settles it
+    with session_scope() as session:
+        limits.settle_in_flight(session, datetime.now(UTC))
+    day = client.get("/v1/limits", headers=acme.auth).json()["images"][0]
+    assert day["used"] == PER_CAMPAIGN + 3
 
 
 def test_get_limits_reports_limits_used_remaining_and_reset(client: TestClient) -> None:

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from shared import metrics
+from shared import limits, metrics
 from shared.config import get_settings
 from shared.db.models import Campaign, StageRun, StageRunStatus
 from shared.queue import GPU_STAGES
@@ -65,6 +65,8 @@ def webhook_tasks(delivery_ids: list[uuid.UUID]) -> list[Task]:
     return [("onbrand.send_webhook", str(d), 0, 0) for d in delivery_ids]
 
 
-def campaign_finished(campaign: Campaign) -> None:
-    """Count a campaign's terminal transition (called where its status is set, in that transaction)."""
+def campaign_finished(session: Session, campaign: Campaign) -> None:
+    """A campaign's terminal transition (called where its status is set, in that transaction): counted, and its
+    images settled in the quota's ledger."""
     metrics.campaign_finished(campaign.status, campaign.created_at)
+    limits.settle_campaign(session, campaign.id)

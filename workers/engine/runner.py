@@ -25,7 +25,7 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared import logs, metrics, webhooks
+from shared import limits, logs, metrics, webhooks
 from shared.config import get_settings
 from shared.db.models import (
     TERMINAL_STATUSES,
@@ -183,7 +183,7 @@ def _mark_failed(
     run.status, run.finished_at, run.error, run.lease_until = StageRunStatus.FAILED, now(), message[:2000], None
     campaign.status, campaign.completed_at = CampaignStatus.FAILED, now()
     campaign.error = {"stage": stage, "code": code, "message": message}
-    campaign_finished(campaign)
+    campaign_finished(session, campaign)
     ids = webhooks.emit(session, campaign, "campaign.failed", {"status": campaign.status, "error": campaign.error})
     log.warning("campaign %s failed in %s: %s", campaign.id, stage, message)
     return webhook_tasks(ids)
@@ -235,6 +235,8 @@ def restart_stalled(older_than_s: int | None = None) -> int:
     for task in lapsed:  # sent before: a GPU run among them keeps its slot, no dispatch
         _send(task)
     restarted = _restart_unstarted(older_than_s or get_settings().stage_lease_seconds)
+    with session_scope() as session:  # running campaigns' retries and review rounds counted in the quota's ledger
+        limits.settle_in_flight(session, now())
     return len(lapsed) + restarted + dispatch_gpu()
 
 

@@ -38,7 +38,7 @@ def complete(session: Session, campaign: Campaign) -> list[Task]:
     enough = each_enough and not failed_products
     campaign.status = CampaignStatus.COMPLETED if enough else CampaignStatus.PARTIAL
     campaign.completed_at, campaign.current_stage = now(), None
-    campaign_finished(campaign)
+    campaign_finished(session, campaign)
     checked = qc_report.review_summary(
         [
             {"fully_checked": r["fully_checked"], "needs_review": r["needs_review"], "review": r["review"]}

@@ -20,6 +20,7 @@ from services.gateway.campaigns.schemas import (
 from services.gateway.deps import IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.errors import not_found
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
+from services.gateway.unit_of_work import commit
 from services.gateway.webhook_targets import check_target
 from shared.db.models import CampaignStatus
 
@@ -44,6 +45,7 @@ def create_campaign(
         if urls.creative is not None:
             check_target(urls.creative, ("push_urls", i, "creative"), settings, "Push URL")
     campaign, replayed = service.create(session, tenant_id, body, idempotency_key, settings)
+    commit(session)  # releases the tenant's quota lock before the response is built
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]
     response.headers["Location"] = view.links.self
     if replayed:

@@ -21,7 +21,7 @@ from services.gateway.guardrails import screen as guard
 from services.gateway.limits.quota import admit_campaign
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
-from shared import metrics, queue, webhooks
+from shared import limits, metrics, queue, webhooks
 from shared import qc as qc_report
 from shared.config import Settings
 from shared.db.models import (
@@ -154,9 +154,10 @@ def create(
         if earlier is None:  # the winner's campaign was deleted in between
             raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
         return earlier, True
-    # Quotas last, under the tenant's lock (a replay above spends none): 429 or 402, rolling all of this back.
-    admit_campaign(session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes))
     _queue(session, campaign)
+    # Quotas last, under the tenant's lock (a replay above spends none): 429 or 402, rolling all of this back.
+    # Last because the lock serialises the tenant's creations until the commit: nothing else may run while held.
+    admit_campaign(session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes))
     return campaign, False
 
 
@@ -176,6 +177,7 @@ def cancel(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> Ca
         enqueue(session, "onbrand.send_webhook", delivery_id)
     created_at = campaign.created_at
     after_commit(session, lambda: metrics.campaign_finished(CampaignStatus.CANCELLED, created_at))
+    limits.settle_campaign(session, campaign.id)  # what it made so far, its reservation given back
     _revoke_work(session, campaign)
     return campaign
 

@@ -6,24 +6,18 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request
 
-from services.gateway.deps import SettingsDep, TenantDep
+from services.gateway.deps import SessionDep, SettingsDep, TenantDep
 from services.gateway.limits.rate import current_decision
 from services.gateway.limits.schemas import ConcurrentRead, ImagesRead, LimitsRead, RateLimitRead
 from shared import limits
-from shared.db.session import session_scope
 
 router = APIRouter(prefix="/v1/limits", tags=["limits"])
 
 
 @router.get("", response_model=LimitsRead)
-def get_limits(request: Request, tenant_id: TenantDep, settings: SettingsDep) -> LimitsRead:
-    # A transaction, unlike other GETs (their sessions autocommit): settle() updates ledger rows a creation may be
-    # updating too, under the tenant's lock, which must hold until the reads are done.
-    with session_scope() as session:
-        limits.lock_tenant(session, tenant_id)
-        own = limits.tenant_limits(session, tenant_id, settings)
-        running = limits.running_campaigns(session, tenant_id)
-        usage = limits.image_usage(session, tenant_id, own, datetime.now(UTC))
+def get_limits(request: Request, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep) -> LimitsRead:
+    own = limits.tenant_limits(session, tenant_id, settings)
+    running, usage = limits.current_usage(session, tenant_id, own, datetime.now(UTC))
     return LimitsRead(
         enforced=settings.limits_enabled,
         rate_limits=_rate_limits(request, own),
