@@ -58,8 +58,12 @@ class Settings(BaseSettings):
     url_ttl_seconds: int = Field(default=3600, description="Lifetime of presigned / signed object URLs.")
 
     # Postgres connection pool of each process (shared/db/session.py).
-    db_pool_size: int = Field(default=10, ge=1, description="Connections each process keeps open to Postgres.")
-    db_max_overflow: int = Field(default=20, ge=0, description="Extra connections a process may open under load.")
+    # A process opens them as it needs them. 40: one per request thread of the gateway (anyio's default), so a
+    # burst reuses connections instead of opening and closing overflow ones (a Postgres backend each) per request.
+    db_pool_size: int = Field(default=40, ge=1, description="Connections each process keeps open to Postgres.")
+    db_max_overflow: int = Field(
+        default=10, ge=0, description="Connections a process may open beyond db_pool_size, closed after use."
+    )
     db_ping_idle_s: float = Field(
         default=10.0,
         ge=0,
@@ -410,6 +414,14 @@ class Settings(BaseSettings):
         description="On SIGTERM with a task running, a worker waits this long (the whole time: "
         "Celery's soft shutdown sleeps), then returns unfinished tasks to their queues at once; an idle worker "
         "stops at once. 0: warm shutdown, waiting however long. Keep it below terminationGracePeriodSeconds.",
+    )
+
+    # Cost model (shared/costs.py): what a campaign's GPU time costs, shown in its report.
+    gpu_price_usd_per_hour: float = Field(
+        default=2.5,
+        ge=0,
+        description="Price of one GPU hour in US dollars: the default is an on-demand H100-class GPU hour at a GPU "
+        "cloud (hyperscalers charge more, reserved capacity less). Prices GPU-seconds per delivered image.",
     )
 
     @field_validator("encryption_keys", mode="before")

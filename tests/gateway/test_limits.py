@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -11,12 +12,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import update
+from sqlalchemy import text, update
 
 from services.gateway.app import create_app
 from shared import limits
 from shared.config import get_settings
-from shared.db.models import Campaign, CampaignStatus, Candidate, Tenant
+from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Tenant
 from shared.db.session import session_scope
 from shared.tenants import issue_key
 from tests.factories import Tenant as ApiTenant
@@ -154,12 +155,14 @@ def test_concurrent_campaigns_limit_is_race_safe(client: TestClient) -> None:
 
 
 def test_the_check_waits_for_the_tenant_lock_and_rereads(client: TestClient) -> None:
-    """A creation at the limit that started while another held the tenant's lock sees that one's campaign."""
-    acme = tenant_with(max_concurrent_campaigns=1)
+    """A creation at the limit that commits while another transaction holds the tenant's admission lock (its
+    tenant_live row) waits, then counts that one's campaign."""
+    acme = tenant_with(max_concurrent_campaigns=2)
     brand = make_brand(client, acme)
+    assert create(client, acme, brand).status_code == 202
     answers: list[Any] = []
     with session_scope() as holder:
-        limits.lock_tenant(holder, acme.id)
+        holder.execute(text("SELECT 1 FROM tenant_live WHERE tenant_id = :id FOR UPDATE"), {"id": acme.id})
         waiting = threading.Thread(target=lambda: answers.append(create(client, acme, brand)))
         waiting.start()
         waiting.join(timeout=1.0)
@@ -167,7 +170,8 @@ def test_the_check_waits_for_the_tenant_lock_and_rereads(client: TestClient) -> 
         other = Campaign(tenant_id=acme.id, brand_id=uuid.UUID(brand), brief="held", status=CampaignStatus.QUEUED)
         holder.add(other)
     waiting.join(timeout=10)
-    assert_problem(answers[0], 429, "concurrent_campaigns_limit")
+    body = assert_problem(answers[0], 429, "concurrent_campaigns_limit")
+    assert (body["limit"], body["used"]) == (2, 2)
 
 
 def test_daily_images_quota_reserved_then_settled(client: TestClient) -> None:
@@ -238,3 +242,12 @@ def test_get_limits_reports_limits_used_remaining_and_reset(client: TestClient) 
     # Another tenant sees only its own usage.
     other = client.get("/v1/limits", headers=tenant_with().auth).json()
     assert other["concurrent_campaigns"]["used"] == 0 and other["images"][0]["used"] == 0
+
+
+def test_the_admission_trigger_knows_the_terminal_statuses(client: TestClient) -> None:
+    """Migration 0018's trigger lists the terminal statuses itself: they must stay shared.db.models'."""
+    with session_scope() as session:
+        source = session.scalar(text("SELECT prosrc FROM pg_proc WHERE proname = 'onbrand_admit_usage'"))
+    listed = re.search(r"status NOT IN \(([^)]*)\)", source or "")
+    assert listed, source
+    assert {s.strip(" '") for s in listed.group(1).split(",")} == {s.value for s in TERMINAL_STATUSES}

@@ -19,6 +19,7 @@ from services.gateway.campaigns.schemas import (
 )
 from services.gateway.deps import IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.errors import not_found
+from services.gateway.limits.quota import refusals
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.unit_of_work import commit
 from services.gateway.webhook_targets import check_target
@@ -45,7 +46,8 @@ def create_campaign(
         if urls.creative is not None:
             check_target(urls.creative, ("push_urls", i, "creative"), settings, "Push URL")
     campaign, replayed = service.create(session, tenant_id, body, idempotency_key, settings)
-    commit(session)  # releases the tenant's quota lock before the response is built
+    with refusals():  # the quotas are checked as it commits: 429 or 402, and nothing written
+        commit(session)
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]
     response.headers["Location"] = view.links.self
     if replayed:

@@ -154,10 +154,9 @@ def create(
         if earlier is None:  # the winner's campaign was deleted in between
             raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
         return earlier, True
-    _queue(session, campaign)
-    # Quotas last, under the tenant's lock (a replay above spends none): 429 or 402, rolling all of this back.
-    # Last because the lock serialises the tenant's creations until the commit: nothing else may run while held.
+    # Quotas (a replay above spends none): checked as the transaction commits, 429 or 402 rolling all of this back.
     admit_campaign(session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes))
+    _queue(session, campaign)
     return campaign, False
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from services.gateway.errors import ProblemError
+from services.gateway.unit_of_work import release_locks_before_flush
 from shared import limits
 from shared.config import Settings, get_settings
 
@@ -19,22 +23,29 @@ def admit_campaign(
     sizes: int,
     settings: Settings | None = None,
 ) -> None:
-    """Check the concurrent-campaigns and images quotas of the campaign just inserted, under the tenant's
-    lock, and reserve its images in the usage ledger.
-
-    Over the concurrent limit: 429 concurrent_campaigns_limit (it frees up as campaigns finish); over an
-    images quota: 402 quota_exceeded with the period and its reset (it frees up only when the period ends)."""
+    """Reserve the campaign's images in the usage ledger; with limits on, the database checks the concurrent-
+    campaigns and images quotas when this transaction commits (shared.limits.reserve): commit it in refusals()."""
     settings = settings or get_settings()
     images = limits.expected_images(products, sizes, settings)
-    if settings.limits_enabled:
-        _admit(session, tenant_id, campaign_id, images, settings)
-    limits.reserve(session, tenant_id, campaign_id, images)  # the ledger is kept when limits are off too
+    own = limits.tenant_limits(session, tenant_id, settings) if settings.limits_enabled else None
+    limits.reserve(session, tenant_id, campaign_id, images, own)  # the ledger is kept when limits are off too
+    if own is not None:
+        release_locks_before_flush(session)
 
 
-def _admit(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, settings: Settings) -> None:
+@contextmanager
+def refusals() -> Iterator[None]:
+    """A commit the quotas refused, as its problem: over the concurrent limit 429 concurrent_campaigns_limit (it
+    frees up as campaigns finish); over an images quota 402 quota_exceeded with the period and its reset (it frees
+    up only when the period ends). Nothing of the request was written."""
     try:
-        limits.admit(session, tenant_id, campaign_id, images, settings)
-    except limits.LimitExceeded as exc:
-        if exc.code == "concurrent_campaigns_limit":
-            raise ProblemError(429, exc.code, "Too many running campaigns", exc.detail, extra=exc.extra) from exc
-        raise ProblemError(402, exc.code, "Quota exceeded", exc.detail, extra=exc.extra) from exc
+        yield
+    except DBAPIError as exc:
+        refused = limits.refusal(exc)
+        if refused is None:
+            raise
+        if refused.code == "concurrent_campaigns_limit":
+            raise ProblemError(
+                429, refused.code, "Too many running campaigns", refused.detail, extra=refused.extra
+            ) from exc
+        raise ProblemError(402, refused.code, "Quota exceeded", refused.detail, extra=refused.extra) from exc
