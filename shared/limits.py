@@ -15,17 +15,19 @@ included) when it ends, and while it runs by every stalled sweep: a creation onl
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import uuid
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 from typing import Any, Literal
 
 import psycopg
 import redis
+import redis.asyncio
 from prometheus_client import Counter
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select, update
@@ -212,25 +214,32 @@ class RateDecision:
         return [s.bucket.name for s in self.states if s.tokens < 1]
 
 
-@lru_cache(maxsize=8)
-def _client(url: str) -> redis.Redis:
-    # Short timeouts: with Redis gone a request waits at most this long before failing open.
-    return redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+# One client per event loop and URL: an asyncio connection belongs to the loop that opened it (the gateway runs one
+# loop per process; tests run one per TestClient).
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[redis.asyncio.Redis, Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+_REDIS_ERRORS = (redis.RedisError, RuntimeError, OSError, asyncio.TimeoutError)
 
 
-@lru_cache(maxsize=8)
-def _script(url: str) -> Any:
-    return _client(url).register_script(TOKEN_BUCKETS)
+def _client(url: str) -> tuple[redis.asyncio.Redis, Any]:
+    """This loop's client for `url` and the token-bucket script registered on it."""
+    clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
+    if url not in clients:
+        # Short timeouts: with Redis gone a request waits at most this long before failing open.
+        client = redis.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        clients[url] = (client, client.register_script(TOKEN_BUCKETS))
+    return clients[url]
 
 
-def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> RateDecision | None:
+async def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> RateDecision | None:
     """Take a token from each bucket of this key atomically; None when Redis failed (fail open)."""
     keys = [KEY_EPOCH, *(f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets)]
     args = [v for b in buckets for v in (repr(float(b.per_second)), str(b.burst))]
     try:
-        url = settings.broker_url
-        reply = _script(url)(keys=keys, args=args, client=_client(url))
-    except (redis.RedisError, RuntimeError, OSError) as exc:
+        _, script = _client(settings.broker_url)
+        reply = await script(keys=keys, args=args)
+    except _REDIS_ERRORS as exc:
         RATE_LIMIT_FAIL_OPEN.inc()
         log.warning("rate limiter unavailable, request let through: %s", exc)
         return None
@@ -241,11 +250,12 @@ def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> Ra
     return decision
 
 
-def read_key_epoch(settings: Settings) -> int | None:
+async def read_key_epoch(settings: Settings) -> int | None:
     """The key epoch alone, for a gateway with rate limits off; None when Redis failed."""
     try:
-        return int(_client(settings.broker_url).get(KEY_EPOCH) or 0)
-    except (redis.RedisError, RuntimeError, OSError) as exc:
+        client, _ = _client(settings.broker_url)
+        return int(await client.get(KEY_EPOCH) or 0)
+    except _REDIS_ERRORS as exc:
         log.warning("key epoch unavailable, cached keys expire on their own: %s", exc)
         return None
 

@@ -117,6 +117,11 @@ def read_caller(session: Session, api_key: str) -> Caller | None:
     return Caller(row.id, row.tenant_id, row.prefix, scopes, row.last_used_at, row.expires_at, row.limits)
 
 
+def last_use_due(caller: Caller, now: datetime) -> bool:
+    """The key's stored last use is older than LAST_USED_RESOLUTION (or absent): touch_last_used would write."""
+    return caller.last_used_at is None or caller.last_used_at <= now - LAST_USED_RESOLUTION
+
+
 def touch_last_used(caller: Caller, now: datetime | None = None) -> bool:
     """Record the key's use if the stored time is older than LAST_USED_RESOLUTION; True when it was due (written
     here, or by a concurrent request: the WHERE clause makes them write it once), False when nothing was needed.
@@ -125,9 +130,9 @@ def touch_last_used(caller: Caller, now: datetime | None = None) -> bool:
     request ends (serialising that key's concurrent requests) and roll the time back on any error.
     """
     now = now or datetime.now(UTC)
-    cutoff = now - LAST_USED_RESOLUTION
-    if caller.last_used_at is not None and caller.last_used_at > cutoff:
+    if not last_use_due(caller, now):
         return False
+    cutoff = now - LAST_USED_RESOLUTION
     with session_scope() as session:
         session.execute(
             update(ApiKey)

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from opentelemetry import trace
 from sqlalchemy.orm import Session
@@ -19,7 +20,7 @@ from shared.config import Settings
 from shared.key_cache import Caller, KeyCache
 from shared.limits import SAFE_METHODS
 from shared.storage import Storage
-from shared.tenants import Scope, hash_key, read_caller, touch_last_used
+from shared.tenants import Scope, hash_key, last_use_due, read_caller, touch_last_used
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -82,14 +83,15 @@ def _insufficient_scope(scope: Scope) -> ProblemError:
     )
 
 
-def get_caller(
+async def get_caller(
     request: Request,
     session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """Authenticate the key and check its scope for this method and path. The key is read from this process's
     cache (shared.key_cache) when it holds it; revocation, rotation and limit changes reach the cache through the
-    key epoch the rate limiter returns, so they count from the next request."""
+    key epoch the rate limiter returns, so they count from the next request. async: a cached key costs the event
+    loop one Redis round trip and no thread; Postgres is read in the thread pool."""
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     api_key, now = credentials.credentials.strip(), datetime.now(UTC)
@@ -97,13 +99,14 @@ def get_caller(
     caller = cache.get(hash_key(api_key))
     cached = caller is not None
     if caller is None:
-        caller = _read_caller(session, cache, api_key)
+        caller = await run_in_threadpool(_read_caller, session, cache, api_key)
     elif not caller.valid_at(now):
         raise _invalid_key()  # expired since it was read
-    decision = take_token(request, caller)  # RateLimit headers; the key epoch
-    epoch = key_epoch(request, decision)
+    decision = await take_token(request, caller)  # RateLimit headers; the key epoch
+    epoch = await key_epoch(request, decision)
     if epoch is not None and cache.saw_epoch(epoch) and cached:
-        caller = _read_caller(session, cache, api_key)  # a key or limit changed somewhere: read this one again
+        # a key or limit changed somewhere: read this one again
+        caller = await run_in_threadpool(_read_caller, session, cache, api_key)
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
@@ -111,7 +114,7 @@ def get_caller(
     scope = required_scope(request.method, request.url.path)
     if scope not in caller.scopes:
         raise _insufficient_scope(scope)
-    if touch_last_used(caller, now):
+    if last_use_due(caller, now) and await run_in_threadpool(touch_last_used, caller, now):
         cache.used(hash_key(api_key), now)
     return caller
 

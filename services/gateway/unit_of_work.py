@@ -8,22 +8,23 @@ undoes side effects outside the database (stored objects) if the transaction fai
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from functools import partial
 
 from fastapi import Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared import queue
-from shared.db.session import session_scope
+from shared.db.session import AUTOCOMMIT, get_engine, new_session
 from shared.limits import SAFE_METHODS
 
 log = logging.getLogger(__name__)
 
 Hook = Callable[[], None]
-_AFTER_COMMIT = "onbrand.after_commit"
-_ON_ROLLBACK = "onbrand.on_rollback"
+_AFTER_COMMIT = "after-commit"
+_ON_ROLLBACK = "rollback"
 _FLUSH_AFTER = "onbrand.flush_after_commit"
 
 
@@ -75,24 +76,54 @@ def commit(session: Session) -> None:
     if session.info.pop(_FLUSH_AFTER, False):
         # A transaction with an id commits synchronously: its flush covers the WAL of the commit above (the WAL is
         # one sequence), so the creation is durable before it is sent or answered. Concurrent flushes are grouped.
-        session.execute(text("SELECT pg_current_xact_id()"))
-        session.commit()
+        # One round trip: the three statements as one simple query on an autocommit connection.
+        with get_engine().connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
+            conn.exec_driver_sql("BEGIN; SELECT pg_current_xact_id(); COMMIT")
     _run(session.info.pop(_AFTER_COMMIT, []), "after-commit")
     session.info.pop(_ON_ROLLBACK, None)  # committed: nothing to undo
 
 
-def transaction(request: Request) -> Iterator[Session]:
-    """Yield the request's session (shared.db.session_scope: commit on success, roll back
-    otherwise), then run the hooks for the outcome. session.info outlives close().
+async def transaction(request: Request) -> AsyncIterator[Session]:
+    """Yield the request's session (commit on success, roll back otherwise), then run the hooks for the outcome.
 
     GET, HEAD and OPTIONS only read (or write in one statement): their session runs each statement in autocommit,
-    which spares the BEGIN and COMMIT round trips."""
-    info: dict[object, list[Hook]] = {}
+    which spares the BEGIN and COMMIT round trips. async, so that a request costs no thread-pool hop to open its
+    session, nor to close one with nothing to wait for (a read, or a write that commit() already committed): a real
+    commit or rollback, or hooks to run (they send tasks), go to the thread pool."""
+    session = new_session(read_only=request.method in SAFE_METHODS)
     try:
-        with session_scope(read_only=request.method in SAFE_METHODS) as session:
-            info = session.info
-            yield session
+        yield session
     except BaseException:
-        _run(info.pop(_ON_ROLLBACK, []), "rollback")
+        await _end(session, _rollback, _ON_ROLLBACK)
         raise
-    _run(info.pop(_AFTER_COMMIT, []), "after-commit")
+    await _end(session, _commit, _AFTER_COMMIT)
+
+
+async def _end(session: Session, end: Callable[[Session], None], hooks: str) -> None:
+    def finish() -> None:
+        end(session)
+        _run(session.info.pop(hooks, []), hooks)
+
+    autocommit = session.get_bind().get_execution_options().get("isolation_level") == AUTOCOMMIT
+    if (session.in_transaction() and not autocommit) or session.info.get(hooks):
+        await run_in_threadpool(finish)
+    else:
+        finish()  # nothing here waits: an autocommit "commit" and closing a session that has none are no-ops
+
+
+def _commit(session: Session) -> None:
+    try:
+        session.commit()
+    except BaseException:
+        session.rollback()
+        _run(session.info.pop(_ON_ROLLBACK, []), _ON_ROLLBACK)
+        raise
+    finally:
+        session.close()
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    finally:
+        session.close()

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.config import get_settings
 
 _IDLE_SINCE = "onbrand_idle_since"
+AUTOCOMMIT = "AUTOCOMMIT"
 
 
 def sqlalchemy_url(url: str) -> str:

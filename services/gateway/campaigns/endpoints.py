@@ -17,12 +17,13 @@ from services.gateway.campaigns.schemas import (
     PushRead,
     ResultRead,
 )
-from services.gateway.deps import IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep, TenantDep
+from services.gateway.deps import CallerDep, IdempotencyKeyHeader, SessionDep, SettingsDep, StorageDep, TenantDep
 from services.gateway.errors import not_found
 from services.gateway.limits.quota import refusals
 from services.gateway.pagination import CursorQuery, LimitQuery, Page
 from services.gateway.unit_of_work import commit
 from services.gateway.webhook_targets import check_target
+from shared import limits
 from shared.db.models import CampaignStatus
 
 router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
@@ -33,7 +34,7 @@ def create_campaign(
     body: CampaignCreate,
     response: Response,
     session: SessionDep,
-    tenant_id: TenantDep,
+    caller: CallerDep,
     storage: StorageDep,
     settings: SettingsDep,
     idempotency_key: IdempotencyKeyHeader = None,
@@ -45,7 +46,8 @@ def create_campaign(
         check_target(urls.sidecar, ("push_urls", i, "sidecar"), settings, "Push URL")
         if urls.creative is not None:
             check_target(urls.creative, ("push_urls", i, "creative"), settings, "Push URL")
-    campaign, replayed = service.create(session, tenant_id, body, idempotency_key, settings)
+    own = limits.effective(settings, caller.limit_overrides)  # read with the key: no query
+    campaign, replayed = service.create(session, caller.tenant_id, body, idempotency_key, settings, own)
     with refusals():  # the quotas are checked as it commits: 429 or 402, and nothing written
         commit(session)
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]

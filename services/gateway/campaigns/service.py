@@ -135,8 +135,10 @@ def create(
     body: CampaignCreate,
     idempotency_key: str | None,
     settings: Settings | None = None,
+    tenant_limits: limits.Limits | None = None,
 ) -> tuple[Campaign, bool]:
-    """Create and queue a campaign; return (campaign, replayed)."""
+    """Create and queue a campaign; return (campaign, replayed). tenant_limits: the caller's (read with its key),
+    else read here; enforced as the transaction commits (commit it in quota.refusals())."""
     digest = request_hash(body)
     if idempotency_key and (earlier := _replay(session, tenant_id, idempotency_key, digest)):
         return earlier, True
@@ -148,15 +150,19 @@ def create(
     campaign = _new_campaign(tenant_id, body)
     campaign.screening = screening
     session.add(campaign)
-    session.flush()
-    if idempotency_key and not _claim_key(session, tenant_id, idempotency_key, digest, campaign.id):
-        earlier = _replay(session, tenant_id, idempotency_key, digest)
-        if earlier is None:  # the winner's campaign was deleted in between
-            raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
-        return earlier, True
-    # Quotas (a replay above spends none): checked as the transaction commits, 429 or 402 rolling all of this back.
-    admit_campaign(session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes))
+    if idempotency_key:
+        session.flush()  # the key references the campaign
+        if not _claim_key(session, tenant_id, idempotency_key, digest, campaign.id):
+            earlier = _replay(session, tenant_id, idempotency_key, digest)
+            if earlier is None:  # the winner's campaign was deleted in between
+                raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.")
+            return earlier, True
+    # Its first event before its first flush: the campaign is inserted with its event sequence, not updated after.
     _queue(session, campaign)
+    # Quotas (a replay above spends none): checked as the transaction commits, 429 or 402 rolling all of this back.
+    admit_campaign(
+        session, tenant_id, campaign.id, len(body.product_asset_ids), len(body.sizes), settings, tenant_limits
+    )
     return campaign, False
 
 

@@ -22,12 +22,15 @@ def admit_campaign(
     products: int,
     sizes: int,
     settings: Settings | None = None,
+    tenant_limits: limits.Limits | None = None,
 ) -> None:
     """Reserve the campaign's images in the usage ledger; with limits on, the database checks the concurrent-
     campaigns and images quotas when this transaction commits (shared.limits.reserve): commit it in refusals()."""
     settings = settings or get_settings()
     images = limits.expected_images(products, sizes, settings)
-    own = limits.tenant_limits(session, tenant_id, settings) if settings.limits_enabled else None
+    own = None
+    if settings.limits_enabled:
+        own = tenant_limits or limits.tenant_limits(session, tenant_id, settings)
     limits.reserve(session, tenant_id, campaign_id, images, own)  # the ledger is kept when limits are off too
     if own is not None:
         release_locks_before_flush(session)

@@ -21,14 +21,14 @@ HEADERS_STATE = "ratelimit_headers"
 DECISION_STATE = "ratelimit_decision"
 
 
-def take_token(request: Request, caller: Caller) -> limits.RateDecision | None:
+async def take_token(request: Request, caller: Caller) -> limits.RateDecision | None:
     """Spend one of this key's tokens and leave the RateLimit fields for the response; None when limits are off or
     Redis is down (then the request goes through). refuse_if_limited turns a refusal into the 429."""
     settings: Settings = request.app.state.settings
     if not settings.limits_enabled:
         return None
     buckets = limits.effective(settings, caller.limit_overrides).buckets(request.method)
-    decision = limits.take(settings, caller.prefix, buckets)
+    decision = await limits.take(settings, caller.prefix, buckets)
     if decision is None:
         return None
     setattr(request.state, DECISION_STATE, decision)
@@ -40,13 +40,13 @@ def take_token(request: Request, caller: Caller) -> limits.RateDecision | None:
     return decision
 
 
-def key_epoch(request: Request, decision: limits.RateDecision | None) -> int | None:
+async def key_epoch(request: Request, decision: limits.RateDecision | None) -> int | None:
     """The key epoch (shared.key_cache): from the limiter's reply, read on its own when limits are off; None when
     Redis is down (cached keys then expire on their own)."""
     if decision is not None:
         return decision.key_epoch
     settings: Settings = request.app.state.settings
-    return None if settings.limits_enabled else limits.read_key_epoch(settings)
+    return None if settings.limits_enabled else await limits.read_key_epoch(settings)
 
 
 def refuse_if_limited(decision: limits.RateDecision | None) -> None:
