@@ -52,6 +52,47 @@ TASK_DURATION = Histogram(
     ["task", "outcome"],
     buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 1800),
 )
+# The engine's own cost per stage item, outside the stage function (workers/engine/runner.py): what orchestration
+# costs next to the model. claim and finish are the Postgres transactions (with their outbox rows and the next
+# runs), send the Celery sends and the GPU dispatcher after commit.
+ENGINE_PHASES = ("claim", "finish", "send")
+ENGINE_DURATION = Histogram(
+    "onbrand_stage_engine_seconds",
+    "Wall time of one stage item's engine phase (claim, finish, send), outside the stage function.",
+    ["stage", "phase"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10),
+)
+ENGINE_CPU = Counter(
+    "onbrand_stage_engine_cpu_seconds",
+    "CPU time the worker's task thread spent in the engine phases (Postgres's own CPU is not in it).",
+    ["stage", "phase"],
+)
+STAGE_CPU = Counter(
+    "onbrand_stage_cpu_seconds",
+    "CPU time of the task thread in the stage function (threads the stage starts, e.g. torch's, not counted).",
+    ["stage"],
+)
+TASK_CPU = Counter(
+    "onbrand_task_cpu_seconds", "CPU time of a task's thread from its start to its end, by task.", ["task"]
+)
+MODEL_WARMUP = Histogram(
+    "onbrand_model_warmup_seconds",
+    "A pool process's warm-up at start: its queues' stage modules imported and their models loaded.",
+    ["outcome"],
+    buckets=(0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300),
+)
+STORAGE_DURATION = Histogram(
+    "onbrand_storage_seconds",
+    "Wall time of one object storage call (put, get), bytes already encoded.",
+    ["op"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+TASK_QUEUE_WAIT = Histogram(
+    "onbrand_task_queue_wait_seconds",
+    "From a task's send to its start in a pool process (broker, prefetch, pool hand-off; across hosts, clock skew).",
+    ["task"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5, 30, 300),
+)
 TASK_RETRIES = Counter("onbrand_task_retries_total", "Celery task retries scheduled.", ["task"])
 TASK_FAILURES = Counter("onbrand_task_failures_total", "Celery tasks that raised (after their last retry).", ["task"])
 GPU_SECONDS_PER_CANDIDATE = Histogram(

@@ -6,6 +6,7 @@ are sent only after the transaction that created their state has committed.
 
 from __future__ import annotations
 
+import time
 from functools import lru_cache
 from typing import Any
 
@@ -86,6 +87,8 @@ def producer() -> Celery:
 # Redis queues are polled by priority step (0 first, kombu's default steps 0/3/6/9): bulk work such
 # as embedding a 50k-asset import goes last so a search query or a campaign stage never waits on it.
 BULK_PRIORITY = 9
+# Message header with the send time (epoch seconds): the worker observes the wait (onbrand_task_queue_wait_seconds).
+SENT_AT_HEADER = "onbrand_sent_at"
 
 
 def send(name: str, *args: Any, priority: int | None = None, expires: float | None = None) -> None:
@@ -102,7 +105,7 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
             task_id=stage_task_id(name, *args),
             priority=priority,
             expires=expires,
-            headers=tracing.inject(),
+            headers={**tracing.inject(), SENT_AT_HEADER: f"{time.time():.6f}"},
         )
 
 

@@ -11,11 +11,14 @@ import hashlib
 import hmac
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import quote, urlencode
 
+from shared import metrics
 from shared.config import Settings, get_settings
 
 S3_DELETE_BATCH = 1000  # the most keys one DeleteObjects call takes
@@ -73,6 +76,16 @@ def _check_key(key: str) -> str:
     return key
 
 
+@contextmanager
+def _timed(op: str) -> Iterator[None]:
+    """onbrand_storage_seconds{op}: what storage costs a stage next to its compute (the worker benchmark)."""
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        metrics.STORAGE_DURATION.labels(op).observe(time.perf_counter() - started)
+
+
 def sign_local(secret: str, key: str, expires: int) -> str:
     return hmac.new(secret.encode(), f"{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
 
@@ -92,13 +105,15 @@ class LocalStorage:
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)  # atomic: readers never see half an object
+        with _timed("put"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_bytes(data)
+            tmp.replace(path)  # atomic: readers never see half an object
 
     def get(self, key: str) -> bytes:
-        return self.path(key).read_bytes()
+        with _timed("get"):
+            return self.path(key).read_bytes()
 
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
@@ -137,10 +152,12 @@ class S3Storage:
         return self.prefix.rstrip("/") + "/" + _check_key(key) if self.prefix else _check_key(key)
 
     def put(self, key: str, data: bytes, content_type: str) -> None:
-        self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
+        with _timed("put"):
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, ContentType=content_type)
 
     def get(self, key: str) -> bytes:
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        with _timed("get"):
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))

@@ -21,11 +21,13 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, set_span_in_
 
 from shared import logs, metrics, tracing
 from shared.config import Settings, get_settings
+from shared.queue import SENT_AT_HEADER
 from shared.stages import PIPELINE
 
 log = logging.getLogger("onbrand.tasks")
-# task id -> (span, context token, start time): prerun and postrun run in the same pool process.
-_running: dict[str, tuple[Span, Token[Context], float]] = {}
+# task id -> (span, context token, start time, thread CPU at start): prerun and postrun run in the same pool
+# process, in the task's thread.
+_running: dict[str, tuple[Span, Token[Context], float, float]] = {}
 
 
 def heartbeat_file(settings: Settings, process: str) -> Path:
@@ -65,15 +67,30 @@ def on_prerun(task_id: str, task: Any, args: tuple[Any, ...] = (), **_: Any) -> 
         },
     )
     token = otel_context.attach(set_span_in_context(span, parent))
-    _running[task_id] = (span, token, time.perf_counter())
+    _running[task_id] = (span, token, time.perf_counter(), time.thread_time())
+    _observe_queue_wait(task)
+
+
+def _observe_queue_wait(task: Any) -> None:
+    """onbrand_task_queue_wait_seconds from the send time the producer put in the headers (shared.queue.send);
+    a message from an older producer has none. A Celery retry keeps the first send's headers: its wait includes the
+    failed attempt and the countdown."""
+    sent = getattr(task.request, SENT_AT_HEADER, None)
+    try:
+        waited = time.time() - float(sent) if sent is not None else None
+    except (TypeError, ValueError):
+        return
+    if waited is not None:
+        metrics.TASK_QUEUE_WAIT.labels(task.name).observe(max(0.0, waited))
 
 
 def on_postrun(task_id: str, task: Any, state: str | None = None, **_: Any) -> None:
     entry = _running.pop(task_id, None)
     if entry is None:
         return
-    span, token, started = entry
+    span, token, started, cpu = entry
     outcome = (state or "unknown").lower()
+    metrics.TASK_CPU.labels(task.name).inc(time.thread_time() - cpu)
     metrics.TASK_DURATION.labels(task.name, outcome).observe(time.perf_counter() - started)
     if outcome == "failure":
         span.set_status(Status(StatusCode.ERROR))

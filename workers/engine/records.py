@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from collections import defaultdict
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select
+from sqlalchemy import func, inspect, select
 from sqlalchemy.orm import Session
 
 from shared import limits, metrics
 from shared.config import get_settings
-from shared.db.models import Campaign, StageRun, StageRunStatus
+from shared.db.models import Base, Campaign, StageRun, StageRunStatus
 from shared.queue import GPU_STAGES
 from workers.engine.context import Task, now
 
@@ -70,3 +71,37 @@ def campaign_finished(session: Session, campaign: Campaign) -> None:
     images settled in the quota's ledger."""
     metrics.campaign_finished(campaign.status, campaign.created_at)
     limits.settle_campaign(session, campaign.id)
+
+
+def store_rows(session: Session, rows: list[Base]) -> None:
+    """Upsert a stage's rows by primary key (a retried task rewrites the same rows), as session.merge does, in a
+    few statements instead of two per row: the rows that exist already are read in one query per table, so that
+    merge finds them in the session instead of reading each; new ones are added; nothing is flushed until all are
+    in, so the flush batches the INSERTs and UPDATEs (a qc batch: 2 statements, not 9 SELECTs and 9 UPDATEs)."""
+    by_table: dict[type[Base], dict[object, Base]] = defaultdict(dict)
+    keyless: list[Base] = []
+    for row in rows:
+        key = _primary_key(row)
+        if key is None:
+            keyless.append(row)  # no key yet (or a composite one): merged as before
+        else:
+            by_table[type(row)][key] = row
+    with session.no_autoflush:
+        for table, keyed in by_table.items():
+            column = inspect(table).primary_key[0]
+            # held here: the session's identity map keeps unmodified rows only weakly
+            loaded = list(session.scalars(select(table).where(column.in_(list(keyed)))))
+            found = {_primary_key(r) for r in loaded}
+            for key, row in keyed.items():
+                if key in found or not inspect(row).transient:
+                    session.merge(row)  # found: merged into the row loaded above, no query of its own
+                else:
+                    session.add(row)
+        for row in keyless:
+            session.merge(row)
+
+
+def _primary_key(row: Base) -> object | None:
+    """A row's one-column primary key, None when it has none yet or a composite one."""
+    key = inspect(type(row)).primary_key_from_instance(row)
+    return key[0] if len(key) == 1 else None

@@ -42,7 +42,14 @@ from shared.queue import GPU_STAGE_TASKS, GPU_STAGES, send
 from shared.stages import FIRST, STAGES, stage
 from workers.engine import dispatch, flow, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
-from workers.engine.records import campaign_finished, get_run, lease_from_now, lock_campaign, webhook_tasks
+from workers.engine.records import (
+    campaign_finished,
+    get_run,
+    lease_from_now,
+    lock_campaign,
+    store_rows,
+    webhook_tasks,
+)
 
 log = logging.getLogger("onbrand.stages")
 
@@ -56,32 +63,55 @@ def stage_function(name: str) -> StageFn:
 
 def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> str:
     """Run one stage item durably; returns what happened (for logs and tests)."""
-    ctx, pending = _claim(stage, uuid.UUID(campaign_id), rnd, item)
-    send_all(pending)
+    with _engine(stage, "claim"):
+        ctx, pending = _claim(stage, uuid.UUID(campaign_id), rnd, item)
+    with _engine(stage, "send"):
+        send_all(pending)
     if ctx is None:
         return "skipped"
     logs.bind(tenant_id=ctx.tenant_id)
-    freed = stage in GPU_STAGES  # once this run ends, its GPU slot goes to the next waiting run
-    with _timed(stage) as outcome, leases.heartbeat(ctx.campaign.id, stage, rnd, item):
+    summary, error = _compute(ctx, fn)
+    with _engine(stage, "finish"):
+        tasks = _finish(ctx, summary) if error is None else _fail(ctx, error.code, error.message)
+    with _engine(stage, "send"):
+        send_all(tasks, freed=stage in GPU_STAGES)  # once this run ends, its GPU slot goes to the next waiting run
+    return "succeeded" if error is None else "failed"
+
+
+def _compute(ctx: StageContext, fn: StageFn) -> tuple[dict[str, object], StageError | None]:
+    """The stage function under a heartbeat, timed (onbrand_stage_duration_seconds); a StageError is returned,
+    not raised: the stage failed, the task did not."""
+    with _timed(ctx.stage) as outcome, leases.heartbeat(ctx.campaign.id, ctx.stage, ctx.round, ctx.item):
         try:
             summary = fn(ctx)
         except StageError as exc:
             outcome[0] = "failed"
-            send_all(_fail(ctx, exc.code, exc.message), freed=freed)
-            return "failed"
+            return {}, exc
         outcome[0] = "succeeded"
-    send_all(_finish(ctx, summary), freed=freed)
-    return "succeeded"
+        return summary, None
 
 
 @contextmanager
 def _timed(stage: str) -> Iterator[list[str]]:
-    """onbrand_stage_duration_seconds of the stage function; outcome "error" unless the block set it."""
-    outcome, started = ["error"], time.perf_counter()
+    """onbrand_stage_duration_seconds (and _cpu_seconds) of the stage function; outcome "error" unless the block
+    set it."""
+    outcome, started, cpu = ["error"], time.perf_counter(), time.thread_time()
     try:
         yield outcome
     finally:
+        metrics.STAGE_CPU.labels(stage).inc(time.thread_time() - cpu)
         metrics.STAGE_DURATION.labels(stage, outcome[0]).observe(time.perf_counter() - started)
+
+
+@contextmanager
+def _engine(stage: str, phase: str) -> Iterator[None]:
+    """onbrand_stage_engine_seconds (wall) and _cpu_seconds (this thread) of an engine phase: orchestration's cost."""
+    wall, cpu = time.perf_counter(), time.thread_time()
+    try:
+        yield
+    finally:
+        metrics.ENGINE_CPU.labels(stage, phase).inc(time.thread_time() - cpu)
+        metrics.ENGINE_DURATION.labels(stage, phase).observe(time.perf_counter() - wall)
 
 
 def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[StageContext | None, list[Task]]:
@@ -133,8 +163,7 @@ def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
         run = get_run(session, campaign, ctx.stage, ctx.round, ctx.item)
         run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), summary, None
         run.lease_until = None
-        for row in ctx.rows:
-            session.merge(row)
+        store_rows(session, ctx.rows)
         if ctx.state_patch:
             campaign.state = {**(campaign.state or {}), **ctx.state_patch}
         if ctx.batches is not None:

@@ -1,0 +1,103 @@
+"""workers.engine.records.store_rows: a stage's rows upserted by primary key in a few statements, not two per row."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from sqlalchemy import event, select
+
+from shared.db.models import Campaign, Candidate, LlmCall
+from shared.db.session import get_engine, session_scope
+from tests.factories import make_campaign
+from workers.engine.records import store_rows
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *_: object) -> None:
+        seen.append(statement.split(None, 1)[0].upper())
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+
+
+def _candidates(campaign: Campaign, n: int, qc: dict[str, object] | None = None) -> list[Candidate]:
+    return [
+        Candidate(
+            id=uuid.uuid5(campaign.id, f"0:k{i}"),
+            tenant_id=campaign.tenant_id,
+            campaign_id=campaign.id,
+            layout_key=f"k{i}",
+            generation={"adapter": "compositor", "try": 1},
+            qc=qc or {},
+        )
+        for i in range(n)
+    ]
+
+
+def _campaign() -> Campaign:
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(make_campaign()))
+        assert campaign is not None
+        session.expunge(campaign)
+        return campaign
+
+
+def test_new_rows_are_inserted_in_one_statement(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session, statements() as seen:
+        store_rows(session, list(_candidates(campaign, 9)))
+        session.flush()
+    assert seen == ["SELECT", "INSERT"]  # the existing rows of those keys (none), then every row at once
+    with session_scope() as session:
+        assert len(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()) == 9
+
+
+def test_changed_rows_from_another_session_are_updated_without_a_read_each(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session:
+        store_rows(session, list(_candidates(campaign, 9)))
+    with session_scope() as session:  # what qc does: read in one session, change, hand over detached
+        rows = list(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)))
+    for i, row in enumerate(rows):
+        row.qc, row.passed = {"checked": i}, i % 2 == 0
+    with session_scope() as session, statements() as seen:
+        store_rows(session, list(rows))
+        session.flush()
+    assert seen.count("SELECT") == 1 and "INSERT" not in seen
+    assert 1 <= seen.count("UPDATE") <= 2  # batched: one executemany per set of changed columns
+    with session_scope() as session:
+        stored = {
+            c.layout_key: c for c in session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id))
+        }
+    assert [stored[f"k{i}"].qc for i in range(9)] == [{"checked": i} for i in range(9)]
+    assert [stored[f"k{i}"].passed for i in range(9)] == [i % 2 == 0 for i in range(9)]
+    assert stored["k0"].generation == {"adapter": "compositor", "try": 1}  # what was not handed over is kept
+
+
+def test_a_retried_task_rewrites_its_rows_and_mixed_tables_work(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session:
+        store_rows(session, list(_candidates(campaign, 3)))
+    again = _candidates(campaign, 4, qc={"second": True})  # same ids (deterministic), new objects, one more row
+    call = LlmCall(
+        id=uuid.uuid5(campaign.id, "llm:qc:0:0:k0"),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        stage="qc",
+        backend="local",
+        model="m",
+    )
+    with session_scope() as session:
+        store_rows(session, [*again, call])
+    with session_scope() as session:
+        rows = session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()
+        assert len(rows) == 4 and all(r.qc == {"second": True} for r in rows)
+        assert session.get(LlmCall, call.id) is not None
