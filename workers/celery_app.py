@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 
 from celery import Celery
 from celery.signals import worker_process_init, worker_ready, worker_shutdown
@@ -57,36 +58,17 @@ def _fresh_connections(**_: object) -> None:
 
 
 def warm_models() -> None:
-    """Load this worker's embedded models in the background, so the first campaign does not
-    wait ~20 s for the LLM. The adapters' own locks make a task that arrives meanwhile wait."""
-    queues = set(os.environ.get("ONBRAND_WORKER_QUEUES", "").split(","))
-    try:
-        if "llm" in queues:
-            from workers.models import llm_local
+    """Load this pool process's stage modules and models in the background (workers.warmup), so that no campaign
+    waits ~20 s for the LLM or a first import. A task that arrives meanwhile waits on the adapters' own locks.
+    A background thread, not worker_process_init itself: Celery kills a child that takes over
+    worker_proc_alive_timeout (4 s) to start. onbrand_model_warmup_seconds says when it is done, and how long."""
+    from shared import metrics
+    from workers import warmup
 
-            llm_local.load()
-        if "retrieval" in queues:
-            from workers.models import text_embedder
-
-            text_embedder.load()
-        _warm_gpu_models(queues)
-    except Exception:  # a broken model must fail the task that needs it, loudly, not the worker
-        logging.getLogger("onbrand").exception("model warm-up failed")
-
-
-def _warm_gpu_models(queues: set[str]) -> None:
-    """Segmenter, generator, DINOv2 and the aesthetic scorer once per pool process; every task then reuses
-    them (registry caches)."""
-    from shared.model_specs import aesthetic_spec, fidelity_spec, generate_spec, segment_spec
-    from workers.models import registry
-
-    settings = get_settings()
-    wanted = {
-        "segment": segment_spec(settings),
-        "generate": generate_spec(settings),
-        "qc": fidelity_spec(settings),
-        "scoring": aesthetic_spec(settings),
-    }
-    for queue, spec in wanted.items():
-        if queue in queues and spec is not None:
-            registry.load(spec)
+    queues = {q for q in os.environ.get("ONBRAND_WORKER_QUEUES", "").split(",") if q}
+    started = time.perf_counter()
+    done = warmup.run(warmup.steps(queues, get_settings()))
+    seconds = time.perf_counter() - started
+    metrics.MODEL_WARMUP.labels("ok" if all(d.ok for d in done) else "error").observe(seconds)
+    parts = ", ".join(f"{d.name} {d.seconds:.1f} s{'' if d.ok else ' (failed)'}" for d in done)
+    logging.getLogger("onbrand").info("warm-up of %s in %.1f s: %s", ",".join(sorted(queues)), seconds, parts)

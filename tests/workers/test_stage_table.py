@@ -63,7 +63,7 @@ def _stage_tables(tree: ast.AST) -> list[int]:
 # Collections of the same strings that are not stage lists: three GPU queues share their stage's name.
 NOT_STAGE_LISTS = {
     "shared/queue.py": "GPU_QUEUES: queue names",
-    "workers/celery_app.py": "models warmed per queue name",
+    "workers/warmup.py": "models warmed per queue name",
     "shared/config.py": "LlmStage: the steps with language-model settings (guideline included)",
 }
 
