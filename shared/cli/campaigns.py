@@ -7,6 +7,7 @@ exits 1; the API key is sent, never printed.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -183,10 +184,33 @@ def print_outcome(console: Console, campaign: Json) -> None:
     console.print(f"review state: {state} · review round {campaign.get('review_round', 0)}", highlight=False)
 
 
+def cost_line(report: Json) -> str | None:
+    """The campaign report's GPU cost (shared.costs): GPU-seconds and dollars per delivered image; None when the
+    report has none (nothing delivered, or a gateway that does not report it)."""
+    cost = report.get("cost")
+    if not isinstance(cost, dict) or cost.get("gpu_seconds_per_image") is None:
+        return None
+    return (
+        f"GPU time: {cost['gpu_seconds_per_image']:.2f} s per delivered image ({cost['gpu_seconds']:.1f} s over "
+        f"{cost['delivered']}) · ${cost['usd_per_image']:.4f} per image at ${cost['gpu_price_usd_per_hour']:g} "
+        "per GPU-hour"
+    )
+
+
+def _report_cost(client: httpx.Client, campaign_id: str) -> str | None:
+    # Best effort: the outcome is already printed, a report that cannot be read changes nothing about it.
+    with contextlib.suppress(ApiError, httpx.HTTPError):
+        return cost_line(api(client, "GET", f"/v1/campaigns/{campaign_id}/report"))
+    return None
+
+
 def _watch(client: httpx.Client, campaign_id: str, interval: float, timeout: float) -> NoReturn:
     get_campaign(client, campaign_id)  # a bad key or an unknown id fails here, not after the timeout
     campaign = wait_for_campaign(client, campaign_id, timeout, interval, console=Console(stderr=True))
-    print_outcome(Console(width=max(Console().width, 120)), campaign)
+    console = Console(width=max(Console().width, 120))
+    print_outcome(console, campaign)
+    if campaign.get("results") and (line := _report_cost(client, campaign_id)):
+        console.print(line, markup=False, highlight=False)
     status = str(campaign.get("status"))
     if status not in TERMINAL:
         _fail(f"campaign {campaign_id} still {status} after {timeout:.0f} s", STILL_RUNNING)
