@@ -60,16 +60,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
     app.add_middleware(RateLimitHeadersMiddleware)  # RateLimit fields on every authenticated response
     app.add_middleware(MetricsMiddleware)  # added last = outermost: it also sees the 413s above
+    # Matched in this order, route by route (FastAPI has no prefix short-cut; it cost a quarter of an authenticated
+    # request's CPU for the last router): probes, then what clients poll and submit most, then the rest.
     for router in (
         system.router,
-        files.router,
-        brands_router,
-        brand_kit_router,
-        assets_router,
         campaigns_router,
+        brands_router,
+        reviews_router,
+        assets_router,
+        files.router,
+        brand_kit_router,
         webhook_endpoints_router,
         delivery_targets_router,
-        reviews_router,
         guardrails_router,
         keys_router,
         limits_router,
