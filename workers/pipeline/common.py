@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -32,10 +34,52 @@ def load_image(key: str | None) -> Image.Image:
 
 
 def save_png(key: str, image: Image.Image) -> str:
+    store_png(key, image)
+    return key
+
+
+def store_png(key: str, image: Image.Image) -> bytes:
+    """Encode and store; the stored bytes (their sha256 is what integrity records name)."""
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)  # speed over size: candidates are many
-    get_storage().put(key, buf.getvalue(), "image/png")
-    return key
+    data = buf.getvalue()
+    get_storage().put(key, data, "image/png")
+    return data
+
+
+class ImageWriter:
+    """A stage's images encoded and stored on background threads while the stage goes on with the next candidate:
+    PNG encoding (~50 ms for a 1080x1350 candidate) and the storage call (an S3 PUT's round trip) release the GIL,
+    so they overlap the compute instead of adding to it. At most `backlog` images wait (memory stays bounded).
+    Leaving the block waits for every write and raises the first error: a stage never hands over a row naming an
+    object that is not stored. `then(data)` callbacks run on the stage's own thread, once their image is stored."""
+
+    def __init__(self, threads: int = 2, backlog: int = 8) -> None:
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="onbrand-store")
+        self._pending: deque[tuple[Future[bytes], Callable[[bytes], None] | None]] = deque()
+        self._backlog = backlog
+
+    def put_png(self, key: str, image: Image.Image, then: Callable[[bytes], None] | None = None) -> str:
+        while len(self._pending) >= self._backlog:
+            self._settle()
+        self._pending.append((self._pool.submit(store_png, key, image), then))
+        return key
+
+    def _settle(self) -> None:
+        future, then = self._pending.popleft()
+        data = future.result()
+        if then is not None:
+            then(data)
+
+    def __enter__(self) -> ImageWriter:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            while kind is None and self._pending:
+                self._settle()
+        finally:  # on an error, writes not started are dropped (keys are deterministic: a retry rewrites them)
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def tenant_asset(session: Session, tenant_id: uuid.UUID, asset_id: str | uuid.UUID) -> Asset:

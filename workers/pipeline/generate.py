@@ -24,7 +24,7 @@ from shared.db.session import session_scope
 from shared.model_specs import ModelSpec, generate_spec
 from shared.storage import campaign_key, get_storage
 from workers.engine.context import StageContext, StageError
-from workers.pipeline.common import backgrounds, model_call, save_png, tenant_asset
+from workers.pipeline.common import ImageWriter, backgrounds, model_call, tenant_asset
 from workers.pipeline.outputs import CaptionOutput, DecomposeOutput, PlanOutput, RetrieveOutput, SegmentOutput
 
 
@@ -129,10 +129,11 @@ def _decode(data: bytes) -> Image.Image:
 
 def run(ctx: StageContext) -> dict[str, Any]:
     made: list[Made] = []
-    saved_layers: set[str] = set()
     spec = generate_spec(ctx.settings)
-    for product_id, layouts in _by_product(_batch_layouts(ctx)).items():
-        made += _generate_product(ctx, spec, product_id, layouts, saved_layers)
+    # candidates and layers are encoded and stored in the background while the next ones are made
+    with ImageWriter() as writer:
+        for product_id, layouts in _by_product(_batch_layouts(ctx)).items():
+            made += _generate_product(ctx, spec, product_id, layouts, writer)
     return {
         "candidates": len(made),
         "generator": spec.adapter,
@@ -152,7 +153,7 @@ def _by_product(layouts: list[dict[str, Any]]) -> dict[str | None, list[Any]]:
 
 
 def _generate_product(
-    ctx: StageContext, spec: ModelSpec, product_id: str | None, layouts: list[Any], saved_layers: set[str]
+    ctx: StageContext, spec: ModelSpec, product_id: str | None, layouts: list[Any], writer: ImageWriter
 ) -> list[Made]:
     source = product_source(ctx, product_id)
     scenes = backgrounds(ctx, {(lay.canvas_w, lay.canvas_h) for lay in layouts})
@@ -166,7 +167,7 @@ def _generate_product(
         record = integrity.record(
             source.source_ref, source.mask_ref, transforms[item.layout.layout_key], item.image, item.layer
         )
-        ctx.rows.append(_candidate_row(ctx, item, saved_layers, record, product))
+        ctx.rows.append(_candidate_row(ctx, item, writer, record, product))
         _observe_generation(item.generation)
     return made
 
@@ -260,15 +261,14 @@ def candidate_id(campaign_id: uuid.UUID, rnd: int, layout_key: str) -> uuid.UUID
 
 
 def _candidate_row(
-    ctx: StageContext, item: Made, saved_layers: set[str], record: dict[str, Any], product_asset_id: str
+    ctx: StageContext, item: Made, writer: ImageWriter, record: dict[str, Any], product_asset_id: str
 ) -> Candidate:
     layout = item.layout
     key = layout.layout_key if item.variant == 0 else f"{layout.layout_key}-v{item.variant}"
     prefix = campaign_key(ctx.tenant_id, ctx.campaign.id, f"r{ctx.round}/{layout.layout_key}")
     layer_key = f"{prefix}/layer.png"
-    if layer_key not in saved_layers:  # variants of a layout share its product layer
-        save_png(layer_key, item.layer)
-        saved_layers.add(layer_key)
+    if item.variant == 0:  # variants of a layout share its product layer (variant 0 is always made)
+        writer.put_png(layer_key, item.layer)
     suffix = "" if item.variant == 0 else f"-v{item.variant}"
     # which product the candidate shows: rank chooses top_k per product, results name it
     placed = {**layout.record(), "product_asset_id": product_asset_id}
@@ -283,6 +283,6 @@ def _candidate_row(
         generator=item.generation["adapter"],
         generation=item.generation,
         integrity={**record, "placement": placed},
-        image_key=save_png(f"{prefix}/candidate{suffix}.png", item.image),
+        image_key=writer.put_png(f"{prefix}/candidate{suffix}.png", item.image),
         layer_key=layer_key,
     )

@@ -19,6 +19,7 @@ import io
 import os
 import tempfile
 import time
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -36,7 +37,7 @@ from shared.qc import DEFAULT_UNCHECKED
 from shared.storage import get_storage
 from workers.creative import schema
 from workers.engine.context import StageContext
-from workers.pipeline.common import campaign_brand, load_image
+from workers.pipeline.common import ImageWriter, campaign_brand, load_image
 
 CHECK = "overlay_layout"
 OCR_CHECK = "overlay_ocr"
@@ -139,16 +140,19 @@ def render(
     return renderer.render(request)
 
 
-def store(image_key: str, creative: schema.Creative, layer: Image.Image) -> dict[str, Any]:
-    """Store a rendered creative next to the candidate; its integrity entry (stored bytes' sha256 and the
-    product region's proof, which must equal the clean image's)."""
+def store(
+    image_key: str,
+    creative: schema.Creative,
+    layer: Image.Image,
+    writer: ImageWriter,
+    then: Callable[[dict[str, Any]], None],
+) -> str:
+    """Store a rendered creative next to the candidate, in the writer's background; `then` gets its integrity
+    entry (stored bytes' sha256 and the product region's proof, which must equal the clean image's) once it is
+    stored. The creative's key."""
     key = creative_key(image_key)
-    buf = io.BytesIO()
-    creative.image.save(buf, format="PNG", compress_level=1)
-    data = buf.getvalue()
-    get_storage().put(key, data, "image/png")
-    proof = integrity.pixel_integrity(creative.image, layer)
-    return integrity.stored_ref(key, data, **{k: v for k, v in proof.items() if k != "layer_sha256"})
+    proof = {k: v for k, v in integrity.pixel_integrity(creative.image, layer).items() if k != "layer_sha256"}
+    return writer.put_png(key, creative.image, lambda data: then(integrity.stored_ref(key, data, **proof)))
 
 
 def verdict(layout: schema.Layout) -> dict[str, Any]:

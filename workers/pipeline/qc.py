@@ -27,7 +27,14 @@ from workers.engine.context import StageContext
 from workers.models.roles import ImageEmbedder
 from workers.pipeline import overlay
 from workers.pipeline.brief import creative_copy
-from workers.pipeline.common import campaign_brand, llm_call_rows, llm_failures, load_image, model_call
+from workers.pipeline.common import (
+    ImageWriter,
+    campaign_brand,
+    llm_call_rows,
+    llm_failures,
+    load_image,
+    model_call,
+)
 from workers.pipeline.generate import SourceLayers
 from workers.pipeline.outputs import CaptionOutput, PlanOutput, SegmentOutput
 
@@ -53,6 +60,7 @@ class Review:
     kit: RenderKit = field(default_factory=RenderKit)
     zones: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     kit_files: list[dict[str, Any]] = field(default_factory=list)  # the logo and font by sha256 (C2PA ingredients)
+    writer: ImageWriter = field(default_factory=ImageWriter)  # stores the creatives in the background
 
     def product_of(self, cand: Candidate) -> Image.Image:
         return self.products.get(product_id(cand) or "", self.product)
@@ -117,10 +125,10 @@ class Review:
             "key": None,
             "ingredients": self.kit_files,
         }
-        if creative.layout.ok:
-            stored = overlay.store(cand.image_key or "", creative, layer)
-            record["key"] = stored["key"]
-            cand.integrity = {**(cand.integrity or {}), "creative": stored}
+        if creative.layout.ok:  # its integrity entry once the writer stored it (before the stage returns)
+            record["key"] = overlay.store(
+                cand.image_key or "", creative, layer, self.writer, lambda entry: _with_creative(cand, entry)
+            )
         else:  # a creative from an earlier run of this task is no longer this candidate's
             cand.integrity = {k: v for k, v in (cand.integrity or {}).items() if k != "creative"}
         return {"verdict": overlay.verdict(creative.layout), "record": record}
@@ -152,10 +160,11 @@ def run(ctx: StageContext) -> dict[str, Any]:
     # DINOv2 compares each candidate's product with the source product, not with the layer pasted into it.
     sources = [(i, review.sources.layer(c) or lay) for c, (i, lay) in zip(cands, pixels, strict=True)]
     seen = embeddings(review.embedder, sources)
-    for cand, (image, layer), (cosine, embedding) in zip(cands, pixels, seen, strict=True):
-        check_one(ctx, review, cand, image, layer, cosine)
-        cand.embedding = embedding
-        ctx.rows.append(cand)
+    with review.writer:  # creatives are stored in the background while the next candidate is checked
+        for cand, (image, layer), (cosine, embedding) in zip(cands, pixels, seen, strict=True):
+            check_one(ctx, review, cand, image, layer, cosine)
+            cand.embedding = embedding
+            ctx.rows.append(cand)
     return {"checked": len(cands), "passed": sum(bool(c.passed) for c in cands), "dinov2": review.embedder is not None}
 
 
@@ -201,6 +210,10 @@ def check_one(
         policy.checks(cand.qc), ctx.campaign.qc_policy, limits.weighted_threshold, unchecked=review.unchecked
     )
     cand.passed = cand.qc["policy"]["passed"]
+
+
+def _with_creative(cand: Candidate, entry: dict[str, Any]) -> None:
+    cand.integrity = {**(cand.integrity or {}), "creative": entry}
 
 
 def product_id(cand: Candidate) -> str | None:
