@@ -153,8 +153,9 @@ def downgrade() -> None:
         "onbrand_settle_usage()",
         "onbrand_admit_usage()",
         "onbrand_roll_up_usage(uuid, timestamptz, bigint)",
+        "onbrand_count_live()",
     ):
         op.execute(f"DROP FUNCTION {function}")
-    op.drop_index("ix_campaigns_live", "campaigns")
+    op.drop_table("tenant_live")
     op.drop_table("image_usage_days")
     op.drop_column("image_usage", "admitted_under")
