@@ -179,3 +179,10 @@ def test_qc_uses_dinov2_and_ranking_the_laion_adapter_where_configured(run: dict
     report = run["api"].get(f"/v1/campaigns/{run['campaign']['id']}/report").json()
     assert report["candidates"] == len(run["candidates"]) and report["policy"] == "weighted"
     assert report["checks"]["product_exact"]["pass_rate"] == 1.0
+    cost = report["cost"]  # shared.costs: the GPU-queue stages' time per delivered result, priced
+    assert cost["delivered"] == len(run["campaign"]["results"]) > 0
+    assert {"segment", "generate", "qc"} <= set(cost["gpu_seconds_by_stage"]) and cost["gpu_seconds"] > 0
+    assert cost["gpu_seconds_per_image"] == pytest.approx(cost["gpu_seconds"] / cost["delivered"], rel=1e-2)
+    assert cost["usd_per_image"] == pytest.approx(
+        cost["gpu_seconds_per_image"] * cost["gpu_price_usd_per_hour"] / 3600, rel=1e-2
+    )

@@ -125,9 +125,12 @@ def list_results(
 
 
 @router.get("/{campaign_id}/report", response_model=CampaignReport)
-def campaign_report(campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> CampaignReport:
-    """Pass rates per QC check, outcomes per round, what was relaxed and what kept candidates out."""
-    return CampaignReport.model_validate(service.report(session, tenant_id, campaign_id))
+def campaign_report(
+    campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, settings: SettingsDep
+) -> CampaignReport:
+    """Pass rates per QC check, outcomes per round, what was relaxed and what kept candidates out, and the GPU
+    time and dollars per delivered image."""
+    return CampaignReport.model_validate(service.report(session, tenant_id, campaign_id, settings))
 
 
 @router.get("/{campaign_id}/pushes", response_model=Page[PushRead])

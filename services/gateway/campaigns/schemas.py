@@ -413,6 +413,20 @@ class BlockingCheck(BaseModel):
     failed: int
 
 
+class CampaignCostRead(BaseModel):
+    """What the campaign cost in GPU time (shared.costs): its GPU-queue stage runs, claim to finish, per delivered
+    image, and dollars at the deployment's GPU price (ONBRAND_GPU_PRICE_USD_PER_HOUR)."""
+
+    gpu_seconds: float
+    delivered: int = Field(description="Results, every review round.")
+    gpu_seconds_per_image: float | None = Field(description="None until something was delivered.")
+    usd_per_image: float | None
+    gpu_price_usd_per_hour: float
+    gpu_seconds_by_stage: dict[str, float]
+    generation_seconds: float = Field(description="The generator's own time, from the generation records.")
+    devices: list[str] = Field(description="Where the generator ran (cpu on the embedded defaults).")
+
+
 class CampaignReport(BaseModel):
     """QC over a campaign's candidates so far: pass rates per check, outcomes, what kept candidates out."""
 
@@ -428,6 +442,7 @@ class CampaignReport(BaseModel):
     relaxed: list[dict[str, Any]] = Field(description="flexible policy: guidelines relaxed, in order, with weight.")
     clusters: int | None = Field(None, description="Near-duplicate clusters among the candidates at the last rank.")
     revisions: list[dict[str, Any]] = Field(default_factory=list, description="Caption revisions of the loop.")
+    cost: CampaignCostRead | None = Field(None, description="GPU-seconds and dollars per delivered image.")
 
 
 class LlmUsage(BaseModel):

@@ -21,9 +21,9 @@ from services.gateway.guardrails import screen as guard
 from services.gateway.limits.quota import admit_campaign
 from services.gateway.pagination import SortKey, created_keys, paginate
 from services.gateway.unit_of_work import after_commit, enqueue
-from shared import limits, metrics, queue, webhooks
+from shared import costs, limits, metrics, queue, webhooks
 from shared import qc as qc_report
-from shared.config import Settings
+from shared.config import Settings, get_settings
 from shared.db.models import (
     TERMINAL_STATUSES,
     Campaign,
@@ -253,8 +253,10 @@ def pushes_page(
     return paginate(session, stmt, created_keys(DamPush), limit, cursor)
 
 
-def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> dict[str, Any]:
-    """shared.qc.report over the campaign's candidates, with the rank stage's policy record."""
+def report(
+    session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, settings: Settings | None = None
+) -> dict[str, Any]:
+    """shared.qc.report over the campaign's candidates, with the rank stage's policy record and its GPU cost."""
     campaign = get(session, tenant_id, campaign_id)
     rows = qc_report.candidate_rows(session, tenant_id, campaign_id)
     summary = (campaign.state or {}).get("qc") or {}
@@ -265,6 +267,7 @@ def report(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID) -> di
         "relaxed": summary.get("relaxed") or [],
         "clusters": summary.get("clusters"),
         "revisions": (campaign.state or {}).get("revisions") or [],
+        "cost": costs.campaign_cost(session, tenant_id, campaign_id, settings or get_settings()).to_json(),
     }
 
 
