@@ -1,4 +1,4 @@
-"""workers.engine.records.store_rows: a stage's rows upserted by primary key in a few statements, not two per row."""
+"""workers.engine.records: a stage's rows (store_rows) and a fan-out's runs (get_runs) in a few statements."""
 
 from __future__ import annotations
 
@@ -101,3 +101,19 @@ def test_a_retried_task_rewrites_its_rows_and_mixed_tables_work(fresh_db: str) -
         rows = session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()
         assert len(rows) == 4 and all(r.qc == {"second": True} for r in rows)
         assert session.get(LlmCall, call.id) is not None
+
+
+def test_a_fan_out_creates_its_runs_in_one_query_and_one_insert(fresh_db: str) -> None:
+    from workers.engine.records import get_runs
+
+    campaign = _campaign()
+    with session_scope() as session, statements() as seen:
+        runs = get_runs(session, campaign, "generate", 0, list(range(6)))
+    assert seen == ["SELECT", "INSERT"] and [r.item for r in runs] == list(range(6))
+    assert all(r.dispatched_at is None for r in runs)  # a GPU stage's runs wait for the dispatcher
+    with session_scope() as session, statements() as seen:  # again: found, none created twice
+        again = get_runs(session, campaign, "generate", 0, [5, 0, 9])
+    assert seen == ["SELECT", "INSERT"] and [r.item for r in again] == [5, 0, 9]
+    assert {r.id for r in again[:2]} == {runs[5].id, runs[0].id}
+    with session_scope() as session:
+        assert get_runs(session, campaign, "generate", 0, []) == []

@@ -18,7 +18,7 @@ from shared.review import round_window
 from shared.stages import FanOut, Stage, stage
 from shared.stages import progress as stage_progress
 from workers.engine.context import Task, now
-from workers.engine.records import get_run, stage_items, webhook_tasks
+from workers.engine.records import get_run, get_runs, stage_items, webhook_tasks
 
 
 class Decision(StrEnum):
@@ -54,9 +54,8 @@ def fan_out(session: Session, campaign: Campaign, name: str, rnd: int) -> list[T
     round carries over (workers.engine.review) is recorded as succeeded instead, and what follows it starts."""
     if (reused := _reused(campaign, name, rnd)) is not None:
         return _carry_over(session, campaign, name, rnd, reused)
-    items = range(_items(campaign, stage(name), rnd))
-    for item in items:
-        get_run(session, campaign, name, rnd, item)
+    items = list(range(_items(campaign, stage(name), rnd)))
+    get_runs(session, campaign, name, rnd, items)
     return [(stage(name).task, str(campaign.id), rnd, item) for item in items]
 
 

@@ -48,6 +48,7 @@ from workers.engine.records import (
     lease_from_now,
     lock_campaign,
     store_rows,
+    succeeded,
     webhook_tasks,
 )
 
@@ -160,9 +161,7 @@ def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
         campaign = lock_campaign(session, ctx.campaign.id)
         if campaign is None:
             return []
-        run = get_run(session, campaign, ctx.stage, ctx.round, ctx.item)
-        run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), summary, None
-        run.lease_until = None
+        succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
         store_rows(session, ctx.rows)
         if ctx.state_patch:
             campaign.state = {**(campaign.state or {}), **ctx.state_patch}
