@@ -75,6 +75,18 @@ class Processes:
         ]
         return self.start(f"worker-{node}", *args, *(["--beat"] if beat else []))
 
+    def wait_warm(self, timeout: float = 300.0) -> dict[str, float]:
+        """Wait until every worker's pool processes have loaded their stage modules and models (workers.warmup,
+        ONBRAND_WARM_MODELS): {node: seconds its warm-up took}. Returns what it has after `timeout` (a worker with
+        warm-up off never reports), so a caller can go on, cold."""
+        deadline, warm = time.monotonic() + timeout, dict[str, float]()
+        while len(warm) < len(self.metrics_ports) and time.monotonic() < deadline:
+            for node, port in self.metrics_ports.items():
+                if node not in warm and (seconds := _warmed(port)) is not None:
+                    warm[node] = seconds
+            time.sleep(0.25)
+        return warm
+
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
@@ -89,6 +101,19 @@ class Processes:
     def stop_all(self) -> None:
         for name in list(self.procs):
             self.stop(name)
+
+
+def _warmed(port: int) -> float | None:
+    """The seconds of a worker's warm-up once its /metrics reports it (onbrand_model_warmup_seconds), else None."""
+    from shared.metrics import sample_total
+
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.HTTPError:
+        return None  # a worker serves /metrics once it is ready
+    if sample_total(text, "onbrand_model_warmup_seconds_count") < 1:
+        return None
+    return sample_total(text, "onbrand_model_warmup_seconds_sum")
 
 
 def base_env(home: Path, **extra: str) -> dict[str, str]:

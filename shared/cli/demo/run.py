@@ -718,9 +718,15 @@ def running_system(home: Path, console: Console) -> Iterator[tuple[str, Json, Pr
 
 
 def run_campaign(
-    client: httpx.Client, out: Path, receiver: WebhookReceiver, console: Console, timeout: float = 600.0
+    client: httpx.Client,
+    out: Path,
+    receiver: WebhookReceiver,
+    console: Console,
+    timeout: float = 600.0,
+    procs: Processes | None = None,
 ) -> Json:
-    """Register the webhook, create the brand, upload the library, run the campaign; the final body."""
+    """Register the webhook, create the brand, upload the library, run the campaign; the final body. With the
+    workers' processes, the campaign starts once they are warm (models loaded), so its time is the pipeline's."""
     secret = register_webhook(client, receiver.url)["secret"]
     (out / "webhook-secret.txt").write_text(secret + "\n")
     brand_id = create_brand(client)
@@ -728,6 +734,10 @@ def run_campaign(
     items = build_library(out / "library")
     upload_library(client, brand_id, items)
     console.print(f"brand [bold]Stride[/] {brand_id} · {len(items)} assets uploaded · brief “{BRIEF}”")
+    if procs is not None:
+        warm = procs.wait_warm(timeout=300.0)
+        took = ", ".join(f"{node} {seconds:.0f} s" for node, seconds in sorted(warm.items())) or "not reported"
+        console.print(f"[dim]workers warm (models loaded at start: {took})[/]")
     started = start_campaign(client, brand_id, copy=COPY)
     return wait_for_campaign(client, str(started["id"]), timeout=timeout, console=console)
 
@@ -758,7 +768,7 @@ def run_demo(out: str) -> int:
                 base_url=url, headers={"Authorization": f"Bearer {tenant['api_key']}"}, timeout=60.0
             ) as client,
         ):
-            campaign = run_campaign(client, out_dir, receiver, console)
+            campaign = run_campaign(client, out_dir, receiver, console, procs=procs)
             write_outputs(client, out_dir, campaign)
             receiver.wait_for(TERMINAL_EVENTS, timeout=20.0)  # delivery is async: give it a moment
             secret = (out_dir / "webhook-secret.txt").read_text().strip()
