@@ -14,7 +14,9 @@ stage runs and records in Postgres, not from subtraction:
 - the rest of each task (Celery's pre/post-run, tracing, heartbeat thread): task time (onbrand_task_duration_seconds)
   less stage function and engine;
 - Celery hops: send to start in a pool process (onbrand_task_queue_wait_seconds, from a header the sender stamps);
-- object storage calls (onbrand_storage_seconds), made from inside the stage functions.
+- object storage calls (onbrand_storage_seconds), made from inside the stage functions: reads on the stage's thread,
+  most writes (generate's candidates and layers, qc's creatives) on the stage's background writer, overlapping it;
+  counted in full all the same.
 
 Also printed: the CPU of the servers around the pool processes during the campaign (Postgres, Redis, Celery's main
 processes: all their work, psutil), the work off the stage path (webhook deliveries, sweeps) and the cost model
@@ -198,6 +200,9 @@ class Measured:
             total(self.metrics, "onbrand_storage_seconds_count")
         )
 
+    def storage_op(self, op: str) -> float:
+        return total(self.metrics, "onbrand_storage_seconds_sum", op=op)
+
     def orchestration(self) -> dict[str, float]:
         """Wall seconds, summed over the campaign's stage tasks."""
         fn = sum(self.stage_fn().values())
@@ -316,7 +321,8 @@ def report(m: Measured, url: str) -> None:
         f"BENCH   orchestration wall per candidate: {sum(per.values()):.2f} ms = engine {per['engine']:.2f} "
         f"+ task wrapper {per['task wrapper']:.2f} + Celery hops {per['celery hops']:.2f} "
         f"({n_hops} hops, mean {hops * 1000 / max(1, n_hops):.1f} ms) + storage calls {per['storage']:.2f} "
-        f"({n_storage} calls)"
+        f"({n_storage} calls: get {m.storage_op('get') * 1000 / n:.2f}, put {m.storage_op('put') * 1000 / n:.2f}, "
+        "most puts on the background writer)"
     )
     servers = ", ".join(f"{name} {seconds * 1000 / n:.2f}" for name, seconds in m.processes.items())
     print(f"BENCH   CPU of the servers during the campaign, per candidate (ms; all their work): {servers}")
