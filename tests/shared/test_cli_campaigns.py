@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import subprocess
 import uuid
 from pathlib import Path
@@ -82,6 +83,9 @@ def test_create_watch_runs_a_campaign_to_its_results(watched: dict[str, Any]) ->
         assert ("fully checked" if result["fully_checked"] else "needs review") in row
         assert "undecided" in row  # nobody has decided yet
     assert "review state: pending" in done.stdout
+    # the report's cost (shared.costs): the GPU queues' time over the results, priced
+    cost = rf"GPU time: [0-9.]+ s per delivered image \([0-9.]+ s over {TOP_K}\) · \$[0-9.]+ per image"
+    assert re.search(cost, done.stdout), done.stdout
     assert "idempotency key" in done.stderr  # the generated key is shown, so a retry can reuse it
     assert "completed" in done.stderr  # the progress bar's last line
 
