@@ -96,17 +96,18 @@ async def get_caller(
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     api_key, now = credentials.credentials.strip(), datetime.now(UTC)
     cache: KeyCache = request.app.state.key_cache
-    caller = cache.get(hash_key(api_key))
+    key_hash = hash_key(api_key)
+    caller = cache.get(key_hash)
     cached = caller is not None
     if caller is None:
-        caller = await run_in_threadpool(_read_caller, session, cache, api_key)
+        caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
     elif not caller.valid_at(now):
         raise _invalid_key()  # expired since it was read
     decision = await take_token(request, caller)  # RateLimit headers; the key epoch
     epoch = await key_epoch(request, decision)
     if epoch is not None and cache.saw_epoch(epoch) and cached:
         # a key or limit changed somewhere: read this one again
-        caller = await run_in_threadpool(_read_caller, session, cache, api_key)
+        caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
@@ -115,17 +116,17 @@ async def get_caller(
     if scope not in caller.scopes:
         raise _insufficient_scope(scope)
     if last_use_due(caller, now) and await run_in_threadpool(touch_last_used, caller, now):
-        cache.used(hash_key(api_key), now)
+        cache.used(key_hash, now)
     return caller
 
 
-def _read_caller(session: Session, cache: KeyCache, api_key: str) -> Caller:
+def _read_caller(session: Session, cache: KeyCache, api_key: str, key_hash: str) -> Caller:
     """The key's caller from Postgres, now in the cache; 401 for a key that is unknown, revoked or expired."""
     epoch = cache.epoch  # before the read: a change announced meanwhile makes this entry stale at once
     caller = read_caller(session, api_key)
     if caller is None or not caller.valid_at(datetime.now(UTC)):
         raise _invalid_key()
-    cache.put(hash_key(api_key), caller, epoch)
+    cache.put(key_hash, caller, epoch)
     return caller
 
 

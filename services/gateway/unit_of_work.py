@@ -79,7 +79,7 @@ def commit(session: Session) -> None:
         # One round trip: the three statements as one simple query on an autocommit connection.
         with get_engine().connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
             conn.exec_driver_sql("BEGIN; SELECT pg_current_xact_id(); COMMIT")
-    _run(session.info.pop(_AFTER_COMMIT, []), "after-commit")
+    _run(session.info.pop(_AFTER_COMMIT, []), _AFTER_COMMIT)
     session.info.pop(_ON_ROLLBACK, None)  # committed: nothing to undo
 
 

@@ -70,7 +70,7 @@ def _factory(read_only: bool = False) -> sessionmaker[Session]:
     # Under READ COMMITTED each statement sees its own snapshot either way, so a read loses nothing by it.
     engine = get_engine()
     return sessionmaker(
-        engine.execution_options(isolation_level="AUTOCOMMIT") if read_only else engine, expire_on_commit=False
+        engine.execution_options(isolation_level=AUTOCOMMIT) if read_only else engine, expire_on_commit=False
     )
 
 
@@ -79,9 +79,9 @@ def new_session(read_only: bool = False) -> Session:
 
 
 @contextmanager
-def session_scope(read_only: bool = False) -> Iterator[Session]:
-    """A unit of work: commits on success, rolls back on error. read_only: autocommit statements (reads only)."""
-    session = new_session(read_only)
+def session_scope() -> Iterator[Session]:
+    """A unit of work: commits on success, rolls back on error."""
+    session = new_session()
     try:
         yield session
         session.commit()
