@@ -71,6 +71,15 @@ class Settings(BaseSettings):
         "disconnect seen on a busy connection invalidates the whole pool, so a Postgres restart costs one failed "
         "statement, not one per pooled connection.",
     )
+    db_async_pool_size: int = Field(
+        default=10,
+        ge=1,
+        description="Connections of the gateway's async read pool (shared/db/aio.py), per process, besides "
+        "db_pool_size: a read holds one for a round trip only.",
+    )
+    db_async_wait_s: float = Field(
+        default=5.0, gt=0, description="How long a read waits for a connection of the async pool before a 503."
+    )
     auth_cache_ttl_s: float = Field(
         default=5.0,
         ge=0,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import Depends, FastAPI
 from PIL import Image
 
@@ -22,6 +25,7 @@ from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
 from shared import logs, tracing
 from shared.config import Settings, get_settings
+from shared.db import aio
 from shared.key_cache import KeyCache
 from shared.storage import build_storage
 
@@ -36,6 +40,12 @@ DESCRIPTION = (
 )
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await aio.close_all()  # the async read pool's connections (opened on the first read)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     # Process-wide Pillow guard (one gateway app per process); the assets service also checks
@@ -48,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="Onbrand",
         version="1",
         description=DESCRIPTION,
+        lifespan=lifespan,
         telemetry={"tracing": True, "operation_spans": True, "metrics": False, "logs": False},
         # Every route: text Postgres cannot store (NUL, lone surrogates) is a 422 here, not a 500 there.
         dependencies=[Depends(storable.reject_unstorable_text)],

@@ -20,8 +20,8 @@ def create_brand(body: BrandCreate, session: SessionDep, tenant_id: TenantDep, s
 
 
 @router.get("/{brand_id}", response_model=BrandRead)
-def get_brand(brand_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep) -> BrandRead:
-    return service.to_read(service.get(session, tenant_id, brand_id))
+async def get_brand(brand_id: uuid.UUID, tenant_id: TenantDep, settings: SettingsDep) -> BrandRead:
+    return await service.read(settings, tenant_id, brand_id)
 
 
 @router.patch("/{brand_id}", response_model=BrandRead)

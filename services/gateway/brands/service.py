@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from typing import cast
+from datetime import datetime
+from typing import Any, NamedTuple, cast
 
+from psycopg.rows import class_row
 from sqlalchemy import select
 from sqlalchemy import update as sql_update
 from sqlalchemy.orm import Session
@@ -15,12 +17,39 @@ from services.gateway.guardrails import screen as guard
 from services.gateway.pagination import created_keys, paginate
 from services.gateway.unit_of_work import enqueue
 from shared.config import Settings
+from shared.db import aio
 from shared.db.models import TERMINAL_STATUSES, AssetEmbedding, Brand, Campaign, DamPushPolicy
 from shared.deletions import CLEANUP_TASK, schedule
 from shared.qc import DEFAULT_UNCHECKED, UncheckedPolicy
 
 
-def to_read(brand: Brand) -> BrandRead:
+class BrandRow(NamedTuple):
+    """The columns a BrandRead shows, as the async read path (shared.db.aio) loads them."""
+
+    id: uuid.UUID
+    name: str
+    palette: list[Any]
+    guidelines: list[Any]
+    forbidden_terms: list[Any]
+    qc_thresholds: dict[str, Any]
+    unchecked: str
+    dam_push: str
+    created_at: datetime
+
+
+_READ = """SELECT id, name, palette, guidelines, forbidden_terms, qc_thresholds, unchecked, dam_push, created_at
+FROM brands WHERE id = %(id)s AND tenant_id = %(tenant_id)s"""
+
+
+async def read(settings: Settings, tenant_id: uuid.UUID, brand_id: uuid.UUID) -> BrandRead:
+    """GET /v1/brands/{id}: one prepared statement on the event loop."""
+    rows = await aio.fetch(settings, aio.Read(_READ, {"id": brand_id, "tenant_id": tenant_id}, class_row(BrandRow)))
+    if not rows:
+        raise not_found("Brand")
+    return to_read(rows[0])
+
+
+def to_read(brand: Brand | BrandRow) -> BrandRead:
     guidelines = [Guideline.model_validate(g) for g in brand.guidelines]
     return BrandRead(
         id=brand.id,

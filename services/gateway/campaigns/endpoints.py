@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response, status
 
-from services.gateway.campaigns import service, views
+from services.gateway.campaigns import reads, service, views
 from services.gateway.campaigns.schemas import (
     CampaignCreate,
     CampaignCreated,
@@ -58,11 +58,10 @@ def create_campaign(
 
 
 @router.get("/{campaign_id}", response_model=CampaignRead)
-def get_campaign(
-    campaign_id: uuid.UUID, session: SessionDep, tenant_id: TenantDep, storage: StorageDep, settings: SettingsDep
+async def get_campaign(
+    campaign_id: uuid.UUID, tenant_id: TenantDep, storage: StorageDep, settings: SettingsDep
 ) -> CampaignRead:
-    campaign = service.get(session, tenant_id, campaign_id)
-    return views.campaign_views(session, storage, settings, [campaign])[0]
+    return await reads.read_campaign(settings, storage, tenant_id, campaign_id)
 
 
 @router.get("", response_model=Page[CampaignRead])

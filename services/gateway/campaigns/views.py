@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import uuid
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -58,6 +58,9 @@ from shared.review import round_window
 from shared.stages import PIPELINE
 from shared.stages import progress as stage_progress
 from shared.storage import Storage
+
+if TYPE_CHECKING:  # the async read path's rows (services/gateway/campaigns/reads.py), built into the same views
+    from services.gateway.campaigns.reads import CampaignRow, CandidateRow, FeedbackRow, ResultRow
 
 _FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")
 
@@ -111,9 +114,7 @@ def progress(stages: Sequence[StageRead], terminal: bool) -> float:
 
 
 def _tallies(session: Session, campaigns: Sequence[Campaign]) -> dict[uuid.UUID, dict[str, StageTally]]:
-    """Per campaign and stage, its runs of the current review round (shared.review.round_window); a stage
-    before the round's entry keeps its earlier runs (it was done then and is not redone)."""
-    tenant_id, windows = campaigns[0].tenant_id, {c.id: round_window(c.state) for c in campaigns}
+    tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
     stmt = (
         select(
             StageRun.campaign_id,
@@ -124,12 +125,23 @@ def _tallies(session: Session, campaigns: Sequence[Campaign]) -> dict[uuid.UUID,
             func.min(StageRun.started_at),
             func.max(StageRun.finished_at),
         )
-        .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(list(windows)))
+        .where(StageRun.tenant_id == tenant_id, StageRun.campaign_id.in_(ids))
         .group_by(StageRun.campaign_id, StageRun.stage, StageRun.status, StageRun.round)
     )
+    return stage_tallies(campaigns, session.execute(stmt))
+
+
+def stage_tallies(
+    campaigns: Sequence[Campaign | CampaignRow],
+    runs: Iterable[tuple[uuid.UUID, str, str, int, int, datetime | None, datetime | None]],
+) -> dict[uuid.UUID, dict[str, StageTally]]:
+    """Per campaign and stage, its runs of the current review round (shared.review.round_window), from stage-run
+    counts per (campaign, stage, status, round); a stage before the round's entry keeps its earlier runs (it was
+    done then and is not redone)."""
+    windows = {c.id: round_window(c.state) for c in campaigns}
     tallies: dict[uuid.UUID, dict[str, StageTally]] = defaultdict(lambda: defaultdict(StageTally))
     earlier: dict[uuid.UUID, dict[str, StageTally]] = defaultdict(lambda: defaultdict(StageTally))
-    for campaign_id, stage, status, rnd, count, started, finished in session.execute(stmt):
+    for campaign_id, stage, status, rnd, count, started, finished in runs:
         first_round, _ = windows[campaign_id]
         (tallies if rnd >= first_round else earlier)[campaign_id][stage].add(status, count, started, finished)
     for campaign_id, (_, upstream) in windows.items():
@@ -152,11 +164,16 @@ def _llm_usage(session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]) -> 
         .where(LlmCall.tenant_id == tenant_id, LlmCall.campaign_id.in_(ids))
         .group_by(LlmCall.campaign_id)
     )
+    return llm_usage(session.execute(stmt))
+
+
+def llm_usage(rows: Iterable[tuple[uuid.UUID, int, int, int, float | None, float]]) -> dict[uuid.UUID, LlmUsage]:
+    """Per campaign: its LLM calls counted, their tokens, cost and latency summed."""
     return {
         cid: LlmUsage(
             calls=n, tokens_in=t_in, tokens_out=t_out, cost_usd=round(cost or 0.0, 6), latency_ms=round(latency, 1)
         )
-        for cid, n, t_in, t_out, cost, latency in session.execute(stmt)
+        for cid, n, t_in, t_out, cost, latency in rows
     }
 
 
@@ -176,8 +193,15 @@ def _results(
         .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids), in_round)
         .order_by(Result.campaign_id, Result.rank)
     )
+    return result_reads(storage, session.execute(stmt))
+
+
+def result_reads(
+    storage: Storage, rows: Iterable[tuple[Result | ResultRow, Candidate | CandidateRow, list[Any] | None]]
+) -> dict[uuid.UUID, list[ResultRead]]:
+    """Per campaign, its results in rank order from (result, its candidate, the campaign's sizes) rows."""
     results: dict[uuid.UUID, list[ResultRead]] = defaultdict(list)
-    for result, cand, sizes in session.execute(stmt):
+    for result, cand, sizes in rows:
         results[result.campaign_id].append(
             ResultRead(
                 id=result.id,
@@ -229,7 +253,7 @@ def _requested(entry: dict[str, Any]) -> ResultSize:
     return ResultSize.model_validate(result_size([entry], {"canvas": entry}))
 
 
-def by_size(campaign: Campaign, results: Sequence[ResultRead]) -> list[SizeResults]:
+def by_size(campaign: Campaign | CampaignRow, results: Sequence[ResultRead]) -> list[SizeResults]:
     """The results per requested size (and per product, with results of several), in the request's size order;
     a size with no result is listed with none."""
     groups: dict[tuple[str, uuid.UUID | None], SizeResults] = {}
@@ -267,7 +291,6 @@ def _round_tallies(
     session: Session, tenant_id: uuid.UUID, ids: list[uuid.UUID]
 ) -> dict[uuid.UUID, dict[int, RoundTally]]:
     """Results and decisions per (campaign, review round), and each round's feedback: two queries a page."""
-    tallies: dict[uuid.UUID, dict[int, RoundTally]] = defaultdict(lambda: defaultdict(RoundTally))
     approved = func.count(case((Result.decision == ResultDecision.APPROVED, 1)))
     rejected = func.count(case((Result.decision == ResultDecision.REJECTED, 1)))
     counts = (
@@ -275,15 +298,23 @@ def _round_tallies(
         .where(Result.tenant_id == tenant_id, Result.campaign_id.in_(ids))
         .group_by(Result.campaign_id, Result.review_round)
     )
-    for campaign_id, review_round, total, n_approved, n_rejected in session.execute(counts):
-        tallies[campaign_id][review_round] = RoundTally(total, n_approved, n_rejected)
     feedback = select(Feedback).where(Feedback.tenant_id == tenant_id, Feedback.campaign_id.in_(ids))
-    for row in session.scalars(feedback):
+    return round_tallies(session.execute(counts), session.scalars(feedback))
+
+
+def round_tallies(
+    counts: Iterable[tuple[uuid.UUID, int, int, int, int]], feedback: Iterable[Feedback | FeedbackRow]
+) -> dict[uuid.UUID, dict[int, RoundTally]]:
+    """Per campaign and review round: results, approved, rejected (from counts rows) and the round's feedback."""
+    tallies: dict[uuid.UUID, dict[int, RoundTally]] = defaultdict(lambda: defaultdict(RoundTally))
+    for campaign_id, review_round, total, n_approved, n_rejected in counts:
+        tallies[campaign_id][review_round] = RoundTally(total, n_approved, n_rejected)
+    for row in feedback:
         tallies[row.campaign_id][row.review_round].feedback = _round_feedback(row)
     return tallies
 
 
-def _round_feedback(row: Feedback) -> RoundFeedback:
+def _round_feedback(row: Feedback | FeedbackRow) -> RoundFeedback:
     return RoundFeedback(
         id=row.id,
         text=row.text,
@@ -300,7 +331,7 @@ def _round_feedback(row: Feedback) -> RoundFeedback:
     )
 
 
-def review_rounds(campaign: Campaign, tallies: dict[int, RoundTally]) -> list[ReviewRound]:
+def review_rounds(campaign: Campaign | CampaignRow, tallies: dict[int, RoundTally]) -> list[ReviewRound]:
     """Every review round so far (and one that feedback asked for), oldest first; none before a delivery."""
     if campaign.review_state is None and not tallies:
         return []
@@ -338,7 +369,7 @@ def links(settings: Settings, campaign_id: uuid.UUID) -> CampaignLinks:
     )
 
 
-def _request(campaign: Campaign) -> CampaignRequest:
+def _request(campaign: Campaign | CampaignRow) -> CampaignRequest:
     return CampaignRequest(
         product_asset_ids=campaign.product_asset_ids,
         sizes=[SizeRead.model_validate(s) for s in campaign.sizes],
@@ -354,8 +385,8 @@ def _request(campaign: Campaign) -> CampaignRequest:
     )
 
 
-def _view(
-    campaign: Campaign,
+def view(
+    campaign: Campaign | CampaignRow,
     tallies: dict[str, StageTally],
     results: list[ResultRead],
     settings: Settings,
@@ -400,12 +431,12 @@ def campaign_views(
     if not campaigns:
         return []
     if created:
-        return [_view(c, {}, [], settings) for c in campaigns]
+        return [view(c, {}, [], settings) for c in campaigns]
     tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
     tallies, results = _tallies(session, campaigns), _results(session, storage, tenant_id, ids)
     usage, rounds = _llm_usage(session, tenant_id, ids), _round_tallies(session, tenant_id, ids)
     return [
-        _view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id), rounds.get(c.id))
+        view(c, tallies.get(c.id, {}), results.get(c.id, []), settings, usage.get(c.id), rounds.get(c.id))
         for c in campaigns
     ]
 

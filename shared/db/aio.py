@@ -1,0 +1,107 @@
+"""Reads on the event loop: async psycopg with prepared statements, for the gateway's most frequent requests.
+
+A status poll or a brand read through the ORM session costs several times the Python of the query itself (statement
+construction, unit of work, entity loading, a thread-pool hop each way). The hottest reads run here instead: plain
+SQL, tenant-scoped like every query, on a small async pool per event loop, each statement prepared by Postgres
+after its first few executions on a connection. The queries one response needs go out in one pipeline: one round
+trip. Writes stay on the ORM session, in the request's transaction (services/gateway/unit_of_work.py).
+
+A connection broken by a Postgres restart fails its statement with OperationalError, as the sync pool's do; the
+pool's idle connections are then checked and the read is retried once, and what still fails reaches the gateway's 503 handler (as does
+psycopg_pool.PoolTimeout when every connection stays busy for db_async_wait_s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.rows import RowFactory, tuple_row
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from sqlalchemy.engine import make_url
+
+from shared.config import Settings
+
+_pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
+
+
+@dataclass(frozen=True)
+class Read:
+    """One query: its SQL (static text, %(name)s placeholders), parameters and row factory."""
+
+    sql: LiteralString
+    params: dict[str, Any]
+    row: RowFactory[Any] = field(default=tuple_row)
+
+
+def libpq_url(url: str) -> str:
+    """The SQLAlchemy URL (postgresql+psycopg://, postgres://) as libpq takes it."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+
+
+async def _pool(settings: Settings) -> AsyncConnectionPool:
+    # One pool per event loop: a connection belongs to the loop that opened it (uvicorn runs one loop per worker
+    # process; a test runs several apps, each on its own loop).
+    loop = asyncio.get_running_loop()
+    pool = _pools.get((loop, settings.db_url))
+    if pool is None:
+        _forget_closed_loops()
+        pool = AsyncConnectionPool(
+            libpq_url(settings.db_url),
+            min_size=1,
+            max_size=settings.db_async_pool_size,
+            kwargs={"autocommit": True, "connect_timeout": 5},
+            open=False,
+            timeout=settings.db_async_wait_s,
+        )
+        _pools[(loop, settings.db_url)] = pool
+        await pool.open()
+    return pool
+
+
+def _forget_closed_loops() -> None:
+    """Drop the pools of loops that closed without close_all (an app never shut down): their connections close
+    as they are collected."""
+    for key in [k for k in _pools if k[0].is_closed()]:
+        del _pools[key]
+
+
+async def fetch_all(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
+    """Each read's rows, the reads sent together in one pipeline (one round trip), each in autocommit."""
+    try:
+        return await _fetch(settings, reads)
+    except PoolTimeout:
+        raise  # every connection busy: waiting again would only double the wait before the 503
+    except psycopg.OperationalError:
+        # A connection from before a Postgres restart, and likely its idle siblings too: check those (a ping each,
+        # replacing the dead), then retry once. Still failing: Postgres is down, a 503.
+        await (await _pool(settings)).check()
+        return await _fetch(settings, reads)
+
+
+async def fetch(settings: Settings, read: Read) -> list[Any]:
+    return (await fetch_all(settings, [read]))[0]
+
+
+async def _fetch(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
+    pool = await _pool(settings)
+    async with pool.connection() as conn:
+        if len(reads) == 1:
+            cursor = conn.cursor(row_factory=reads[0].row)
+            await cursor.execute(reads[0].sql, reads[0].params)
+            return [await cursor.fetchall()]
+        async with conn.pipeline():
+            cursors = [conn.cursor(row_factory=read.row) for read in reads]
+            for cursor, read in zip(cursors, reads, strict=True):
+                await cursor.execute(read.sql, read.params)
+        return [await cursor.fetchall() for cursor in cursors]
+
+
+async def close_all() -> None:
+    """Close the pools this event loop opened (the gateway's shutdown)."""
+    loop = asyncio.get_running_loop()
+    for key in [k for k in _pools if k[0] is loop]:
+        await _pools.pop(key).close()
