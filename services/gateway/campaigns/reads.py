@@ -1,7 +1,7 @@
 """GET /v1/campaigns/{id} on the event loop: the six reads of a campaign view in one pipeline (shared.db.aio).
 
 The status poll is the gateway's most frequent request. Through the ORM it cost six statements built, executed
-and loaded one by one in the thread pool; here the same six queries go out together as prepared statements (one
+and loaded one by one in the thread pool; here the same queries go out together as prepared statements (one
 round trip), their rows load as the named tuples below, and services/gateway/campaigns/views.py builds the same
 CampaignRead from them as from ORM rows. Each tuple names the columns the view reads, in the order of its SELECT.
 """
@@ -101,16 +101,15 @@ _STAGE_RUNS = """SELECT campaign_id, stage, status, round, count(*), min(started
 FROM stage_runs WHERE tenant_id = %(tenant_id)s AND campaign_id = %(id)s
 GROUP BY campaign_id, stage, status, round"""
 
-# the current review round's results, as views._results selects them (ranked)
+# the current review round's results (ranked) with their candidates, as views._results selects them: ResultRow's
+# columns, then CandidateRow's
 _RESULTS = """SELECT r.id, r.campaign_id, r.candidate_id, r.review_round, r.rank, r.decision, r.decided_by,
-    r.decided_at, r.fully_checked, r.needs_review, r.review
-FROM results r JOIN campaigns c ON c.id = r.campaign_id
+    r.decided_at, r.fully_checked, r.needs_review, r.review,
+    k.id, k.placement, k.integrity, k.image_key, k.layer_key, k.aesthetic, k.qc
+FROM results r JOIN campaigns c ON c.id = r.campaign_id JOIN candidates k ON k.id = r.candidate_id
 WHERE r.tenant_id = %(tenant_id)s AND r.campaign_id = %(id)s AND r.review_round = c.review_round
 ORDER BY r.rank"""
-
-_CANDIDATES = """SELECT k.id, k.placement, k.integrity, k.image_key, k.layer_key, k.aesthetic, k.qc
-FROM results r JOIN campaigns c ON c.id = r.campaign_id JOIN candidates k ON k.id = r.candidate_id
-WHERE r.tenant_id = %(tenant_id)s AND r.campaign_id = %(id)s AND r.review_round = c.review_round"""
+_RESULT_COLUMNS = len(ResultRow._fields)
 
 _LLM_USAGE = """SELECT campaign_id, count(*), sum(tokens_in), sum(tokens_out), coalesce(sum(cost_usd), 0.0),
     sum(latency_ms)
@@ -130,13 +129,12 @@ async def read_campaign(
 ) -> CampaignRead:
     """The campaign's view, every query tenant-scoped; 404 when the tenant has no such campaign."""
     ids = {"id": campaign_id, "tenant_id": tenant_id}
-    found, runs, results, candidates, usage, counts, feedback = await aio.fetch_all(
+    found, runs, results, usage, counts, feedback = await aio.fetch_all(
         settings,
         [
             aio.Read(_CAMPAIGN, ids, class_row(CampaignRow)),
             aio.Read(_STAGE_RUNS, ids),
-            aio.Read(_RESULTS, ids, class_row(ResultRow)),
-            aio.Read(_CANDIDATES, ids, class_row(CandidateRow)),
+            aio.Read(_RESULTS, ids),
             aio.Read(_LLM_USAGE, ids),
             aio.Read(_ROUND_COUNTS, ids),
             aio.Read(_FEEDBACK, ids, class_row(FeedbackRow)),
@@ -145,8 +143,10 @@ async def read_campaign(
     if not found:
         raise not_found("Campaign")
     campaign: CampaignRow = found[0]
-    by_id = {c.id: c for c in candidates}
-    reads = views.result_reads(storage, [(r, by_id[r.candidate_id], campaign.sizes) for r in results])
+    joined = [
+        (ResultRow._make(r[:_RESULT_COLUMNS]), CandidateRow._make(r[_RESULT_COLUMNS:]), campaign.sizes) for r in results
+    ]
+    reads = views.result_reads(storage, joined)
     return views.view(
         campaign,
         views.stage_tallies([campaign], runs).get(campaign.id, {}),
