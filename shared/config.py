@@ -72,10 +72,11 @@ class Settings(BaseSettings):
         "statement, not one per pooled connection.",
     )
     db_async_pool_size: int = Field(
-        default=10,
+        default=20,
         ge=1,
-        description="Connections of the gateway's async read pool (shared/db/aio.py), per process, besides "
-        "db_pool_size: a read holds one for a round trip only.",
+        description="Most connections of the gateway's async read pool (shared/db/aio.py), per process, besides "
+        "db_pool_size. A read holds one for its round trip only, but every request of a burst in that phase holds "
+        "one, and a read that has to wait for a connection costs several times the read.",
     )
     db_async_wait_s: float = Field(
         default=5.0, gt=0, description="How long a read waits for a connection of the async pool before a 503."
