@@ -434,6 +434,27 @@ class Settings(BaseSettings):
         "cloud (hyperscalers charge more, reserved capacity less). Prices GPU-seconds per delivered image.",
     )
 
+    # Rate-limit leases and the key-epoch subscription (shared/limits.py, shared/key_cache.py): what takes the
+    # per-request Redis round trip off an authenticated request.
+    rate_lease_seconds: float = Field(
+        default=0.2,
+        ge=0,
+        le=5,
+        description="A gateway process takes a batch of a key's tokens from Redis and spends them itself for at "
+        "most this long (then returns what is left on its next refill). 0: one Redis call per request.",
+    )
+    rate_lease_max_batch: int = Field(
+        default=1000,
+        ge=1,
+        description="Most tokens one process takes at once; the batch is also at most rate x rate_lease_seconds "
+        "and 1/16 of the burst, so a small limit (e.g. 10/s, burst 20) is counted request by request.",
+    )
+    key_epoch_pubsub: bool = Field(
+        default=True,
+        description="Each gateway process subscribes to key changes (Redis pub/sub) and, while subscribed, "
+        "trusts its cached keys without asking Redis per request; off: the key epoch is checked per request.",
+    )
+
     @field_validator("encryption_keys", mode="before")
     @classmethod
     def _key_list(cls, value: object) -> object:

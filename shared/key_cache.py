@@ -3,16 +3,23 @@
 The gateway authenticates every request. Reading the key and its tenant's limits from Postgres each time costs a
 round trip per request, so each process keeps what it read for `auth_cache_ttl_s`. Whatever can turn a valid key
 invalid or change a tenant's limits (revocation, rotation, limit overrides; shared.tenants, shared.limits) increments
-the key epoch in Redis once its transaction commits. The rate limiter's script, which every authenticated request
-runs anyway, returns the epoch with its decision: a process that sees a new epoch empties its cache and reads the key
-again before answering, so a revoked key is refused on its next request in every process at no extra round trip.
-Expiry is checked against the cached expires_at on every request. When Redis cannot be reached (the limiter fails
-open), an entry lives at most auth_cache_ttl_s.
+the key epoch in Redis once its transaction commits, and publishes the new epoch on KEY_CHANGES in the same script.
+Each gateway process subscribes to KEY_CHANGES on its event loop (EpochWatch, started by its first authenticated
+request): a process that learns of a new epoch empties its cache and reads keys again. While the subscription is
+live a cached key is trusted without asking Redis, so a revoked key is refused in every process as soon as the
+publication reaches it (the revoking request's response waits for the publication; delivery takes a loop turn).
+While it is not (not yet subscribed, dropped, Redis down, or no pong for STALE_S) each request checks the epoch
+itself, as before: from the rate limiter's reply when it asked Redis, else with a GET. A (re)subscription reads the
+epoch once it is listening, so what was announced while it was down is caught. Expiry is checked against the cached
+expires_at on every request. When Redis cannot be reached at all, an entry lives at most auth_cache_ttl_s.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import os
 import threading
 import time
 import uuid
@@ -21,6 +28,9 @@ from datetime import datetime
 from typing import Any
 
 import redis
+import redis.asyncio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
@@ -29,6 +39,11 @@ from shared.config import Settings, get_settings
 log = logging.getLogger(__name__)
 
 KEY_EPOCH = "onbrand:keys:epoch"
+KEY_CHANGES = "onbrand:keys:changes"  # pub/sub channel: the new epoch, published with each increment
+# Increment and publish in one step, so that no subscriber can miss an increment the GET after its SUBSCRIBE missed.
+_BUMP = "local epoch = redis.call('INCR', KEYS[1]) redis.call('PUBLISH', ARGV[1], epoch) return epoch"
+PING_S = 1.0  # an idle subscription pings this often
+STALE_S = 3.0  # no message or pong for this long: the subscription counts as down (a silent network partition)
 _ANNOUNCED = "onbrand.key_epoch_announced"
 MAX_ENTRIES = 10_000  # keys a process holds at once; more and it starts over (a flood of distinct valid keys)
 
@@ -65,6 +80,23 @@ class KeyCache:
         self.epoch: int | None = None  # the newest key epoch this process has seen
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
+        self._watch: EpochWatch | None = None
+
+    def subscribed(self, settings: Settings) -> bool:
+        """True while this process's subscription to key changes is live, so that a cached key needs no check of
+        the epoch. The first call on an event loop starts the subscription there (it is live a round trip or two
+        later); the gateway's event loop calls this on every authenticated request."""
+        if not settings.key_epoch_pubsub:
+            return False
+        watch, loop = self._watch, asyncio.get_running_loop()
+        if watch is None or watch.loop is not loop or watch.stopped:
+            watch = self._watch = EpochWatch(self, settings.broker_url, loop)
+        return watch.live()
+
+    @property
+    def live(self) -> bool:
+        """Whether the subscription to key changes is live now (subscribed() without starting it)."""
+        return self._watch is not None and self._watch.live()
 
     def get(self, key_hash: str) -> Caller | None:
         entry = self._entries.get(key_hash)
@@ -116,7 +148,73 @@ def _bump(session: Session) -> None:
 def bump_epoch(settings: Settings) -> None:
     try:
         with redis.Redis.from_url(settings.broker_url, socket_timeout=2, socket_connect_timeout=2) as client:
-            client.incr(KEY_EPOCH)
+            client.eval(_BUMP, 1, KEY_EPOCH, KEY_CHANGES)
     except (redis.RedisError, RuntimeError, OSError) as exc:
         # The change is committed; gateways see it when their cached entries expire (auth_cache_ttl_s).
         log.warning("key epoch not announced (Redis unavailable), cached keys expire on their own: %s", exc)
+
+
+class EpochWatch:
+    """One process's subscription to KEY_CHANGES, on the event loop it was started from; it feeds every epoch it
+    hears to the cache and reconnects (with a fresh epoch read) after any failure."""
+
+    def __init__(self, cache: KeyCache, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.cache, self.url, self.loop = cache, url, loop
+        self.name = f"onbrand-key-epoch-{os.getpid()}-{uuid.uuid4().hex[:8]}"  # CLIENT LIST shows it
+        self._up = False  # subscribed and the epoch read after subscribing
+        self._heard = 0.0  # time.monotonic() of the last message or pong
+        self._task = loop.create_task(self._run(), name=self.name)
+
+    @property
+    def stopped(self) -> bool:
+        return self._task.done()
+
+    def live(self) -> bool:
+        return self._up and time.monotonic() - self._heard < STALE_S
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            heard = self._heard
+            try:
+                await self._listen()
+            except (redis.RedisError, OSError, ValueError) as exc:
+                log.warning("key changes subscription down, cached keys checked per request: %s", exc)
+            backoff = 0.1 if self._heard > heard else min(backoff * 2, 5.0)  # it was up a while: start over
+            await asyncio.sleep(backoff)
+
+    async def _listen(self) -> None:
+        # No retries inside redis-py: its silent reconnect would resubscribe without this knowing what it missed.
+        client = redis.asyncio.Redis.from_url(
+            self.url, socket_timeout=2, socket_connect_timeout=0.5, retry=Retry(NoBackoff(), 0), client_name=self.name
+        )
+        pubsub = client.pubsub()
+        try:
+            await pubsub.subscribe(KEY_CHANGES)
+            confirmed = await pubsub.get_message(timeout=2)
+            if confirmed is None or confirmed["type"] != "subscribe":
+                raise redis.ConnectionError(f"no subscription confirmed: {confirmed!r}")
+            # Listening now: this read catches whatever was announced before, every later increment is heard.
+            self.cache.saw_epoch(int(await client.get(KEY_EPOCH) or 0))
+            self._heard, self._up = time.monotonic(), True
+            await self._receive(pubsub)
+        finally:
+            self._up = False
+            with contextlib.suppress(Exception):  # closing what failed may fail again
+                await pubsub.aclose()
+                await client.aclose()
+
+    async def _receive(self, pubsub: redis.asyncio.client.PubSub) -> None:
+        while True:
+            message = await pubsub.get_message(timeout=PING_S)
+            now = time.monotonic()
+            if message is None:
+                if now - self._heard > STALE_S:
+                    raise redis.TimeoutError(f"no pong for {STALE_S} s")
+                await pubsub.ping()
+                continue
+            self._heard = now
+            if message["type"] == "message":
+                self.cache.saw_epoch(int(message["data"]))
+            elif message["type"] != "pong":  # a resubscription: what came meanwhile is unknown
+                raise redis.ConnectionError(f"unexpected {message['type']} on {KEY_CHANGES}")

@@ -1,9 +1,11 @@
 """Rate limits per API key (token buckets in Redis) and quotas per tenant (Postgres).
 
 Rate limits: every authenticated request takes one token from its key's `default` bucket, and a write
-(any method but GET/HEAD/OPTIONS) also one from the lower `writes` bucket, in one Lua script, so two
-gateways never both spend the last token. Redis keeps the clock (TIME), not the gateways. When Redis cannot
-be reached the limiter fails open (logged and counted): the quotas below live in Postgres and still hold.
+(any method but GET/HEAD/OPTIONS) also one from the lower `writes` bucket. The tokens are taken from Redis in
+one Lua script, so two gateways never both spend the last token, a batch at a time per process (leases, below
+TOKEN_BUCKETS: a small limit is taken token by token; the worst-case overshoot over N processes is stated there).
+Redis keeps the clock (TIME), not the gateways. When Redis cannot be reached the limiter fails open (logged and
+counted): the quotas below live in Postgres and still hold.
 
 Quotas: concurrent (non-terminal) campaigns and images per UTC day and month, checked when a campaign's creation
 commits, by the database under a lock on the tenant's row (reserve, migration 0018), so two concurrent creations at
@@ -19,6 +21,7 @@ import asyncio
 import json
 import logging
 import math
+import time
 import uuid
 import weakref
 from dataclasses import dataclass
@@ -49,33 +52,41 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 Period = Literal["day", "month"]
 PERIODS: tuple[Period, ...] = ("day", "month")
 
-# KEYS: the key epoch (shared.key_cache), then one bucket per policy. ARGV: rate and burst per bucket, in KEYS
-# order. A request is allowed only when every bucket holds a token, and then takes one from each; the reply is
-# [allowed, key epoch, tokens left per bucket] (tokens as strings: Lua numbers would be truncated to integers on the
-# way back). The epoch rides along so that gateways learn of revoked keys without a round trip of their own.
+# KEYS: the key epoch (shared.key_cache), then one bucket per policy. ARGV, four per bucket in KEYS order: rate,
+# burst, tokens wanted (the lease's batch) and tokens given back (left in the process's expired lease). A request is
+# allowed only when every bucket holds a token, and then takes up to `wanted` whole tokens from each; the reply is
+# [allowed, key epoch, then per bucket: tokens left (a string: Lua numbers would be truncated to integers on the way
+# back), tokens granted]. The epoch rides along so that gateways learn of revoked keys without a round trip of their
+# own.
 TOKEN_BUCKETS = """
 local now_parts = redis.call('TIME')
 local now = tonumber(now_parts[1]) + tonumber(now_parts[2]) / 1000000
-local tokens = {}
+local held = {}
 local allowed = 1
 for i = 2, #KEYS do
-  local rate = tonumber(ARGV[2 * i - 3])
-  local burst = tonumber(ARGV[2 * i - 2])
+  local j = 4 * (i - 2)
+  local rate = tonumber(ARGV[j + 1])
+  local burst = tonumber(ARGV[j + 2])
   local state = redis.call('HMGET', KEYS[i], 'tokens', 'ts')
-  local held = tonumber(state[1]) or burst
+  local tokens = tonumber(state[1]) or burst
   local since = tonumber(state[2]) or now
-  held = math.min(burst, held + math.max(0, now - since) * rate)
-  tokens[i] = held
-  if held < 1 then allowed = 0 end
+  held[i] = math.min(burst, tokens + math.max(0, now - since) * rate + tonumber(ARGV[j + 4]))
+  if held[i] < 1 then allowed = 0 end
 end
 local reply = {allowed, tonumber(redis.call('GET', KEYS[1]) or '0')}
 for i = 2, #KEYS do
-  local rate = tonumber(ARGV[2 * i - 3])
-  local burst = tonumber(ARGV[2 * i - 2])
-  if allowed == 1 then tokens[i] = tokens[i] - 1 end
-  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens[i]), 'ts', tostring(now))
+  local j = 4 * (i - 2)
+  local rate = tonumber(ARGV[j + 1])
+  local burst = tonumber(ARGV[j + 2])
+  local grant = 0
+  if allowed == 1 then
+    grant = math.min(tonumber(ARGV[j + 3]), math.floor(held[i]))
+    held[i] = held[i] - grant
+  end
+  redis.call('HSET', KEYS[i], 'tokens', tostring(held[i]), 'ts', tostring(now))
   redis.call('EXPIRE', KEYS[i], math.ceil(burst / rate) + 1)
-  reply[i + 1] = tostring(tokens[i])
+  reply[2 * i - 1] = tostring(held[i])
+  reply[2 * i] = grant
 end
 return reply
 """
@@ -203,7 +214,9 @@ class BucketState:
 class RateDecision:
     allowed: bool
     states: tuple[BucketState, ...]
-    key_epoch: int  # shared.key_cache: a change means some key or limit changed since
+    # shared.key_cache: a change means some key or limit changed since. None when the request was served from
+    # this process's leases without asking Redis.
+    key_epoch: int | None
 
     @property
     def retry_after(self) -> int:
@@ -214,47 +227,172 @@ class RateDecision:
         return [s.bucket.name for s in self.states if s.tokens < 1]
 
 
+# Leases. Each gateway process takes a batch of a key's tokens from its Redis bucket in one script call and spends
+# them itself; it goes back to Redis when the batch is spent or older than rate_lease_seconds, and then gives back
+# what an expired lease still held (in that same call: a process that never sees the key again lets them lapse).
+# Every token a process spends was taken from the bucket in Redis, so no process and no number of them spends more
+# than the bucket grants; what changes is when: a process may spend, up to rate_lease_seconds later, tokens it took
+# earlier. Over any window N processes therefore serve at most N x (batch - 1) requests more than one bucket
+# would (burst + rate x window), and a process may be refused while another still holds up to batch - 1 tokens.
+# The batch is at most lease_cap(): rate x rate_lease_seconds, burst / BURST_SHARE and rate_lease_max_batch, so
+# a small limit (10/s with a burst of 20, or 20/s with 40 at most 2) is counted request by request as before, and
+# within that it follows the process's own use: twice what the last lease served.
+BURST_SHARE = 16
+MAX_LEASES = 10_000  # leases a process holds at once; more and it starts over (their tokens lapse)
+
+
+def lease_cap(settings: Settings, bucket: Bucket) -> int:
+    """The most tokens a process takes from `bucket` at once (1: every request asks Redis)."""
+    by_rate = math.floor(bucket.per_second * settings.rate_lease_seconds)
+    return max(1, min(settings.rate_lease_max_batch, by_rate, bucket.burst // BURST_SHARE))
+
+
+@dataclass(eq=False)
+class _Lease:
+    """Tokens of one bucket this process took from Redis and has not spent yet."""
+
+    bucket: Bucket
+    cap: int
+    tokens: int = 0
+    expires: float = 0.0  # time.monotonic()
+    remote: float = 0.0  # the bucket's tokens in Redis after the refill: the RateLimit field's basis
+    at: float = 0.0
+    spent: int = 0  # requests this lease served, its refill's own included: sizes the next batch
+    flight: asyncio.Future[bool] | None = None  # the refill under way: other requests wait for it
+
+    def usable(self, now: float) -> bool:
+        return self.tokens >= 1 and now < self.expires
+
+    def want(self) -> int:
+        return max(1, min(self.cap, 2 * self.spent))
+
+    def give_back(self) -> int:
+        """What this expired (or spent) lease still holds, handed back with the next refill."""
+        left, self.tokens = self.tokens, 0
+        return left
+
+    def refilled(self, granted: int, remote: float, now: float, lease_s: float) -> None:
+        self.tokens, self.remote, self.at, self.expires, self.spent = granted - 1, remote, now, now + lease_s, 1
+
+    def spend(self) -> None:
+        self.tokens -= 1
+        self.spent += 1
+
+    def estimate(self, now: float) -> float:
+        """The bucket's tokens after this request's as this process can tell without asking: right to within the
+        lease (other processes may have spent some since the refill). Never a full bucket: one was just spent."""
+        refilled = self.remote + (now - self.at) * self.bucket.per_second
+        return min(float(self.bucket.burst - 1), refilled + self.tokens)
+
+
+@dataclass(eq=False)
+class _Redis:
+    """This loop's client for one Redis URL, the token-bucket script registered on it, and this process's leases."""
+
+    client: redis.asyncio.Redis
+    script: Any
+    leases: dict[tuple[str, Bucket], _Lease]
+
+
 # One client per event loop and URL: an asyncio connection belongs to the loop that opened it (the gateway runs one
-# loop per process; tests run one per TestClient).
-_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[redis.asyncio.Redis, Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+# loop per process; tests run one per TestClient, so two TestClients hold their leases apart as two processes do).
+_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Redis]] = weakref.WeakKeyDictionary()
 _REDIS_ERRORS = (redis.RedisError, RuntimeError, OSError, asyncio.TimeoutError)
 
 
-def _client(url: str) -> tuple[redis.asyncio.Redis, Any]:
-    """This loop's client for `url` and the token-bucket script registered on it."""
+def _redis(url: str) -> _Redis:
+    """This loop's client for `url`, with its script and leases."""
     clients = _CLIENTS.setdefault(asyncio.get_running_loop(), {})
-    if url not in clients:
+    found = clients.get(url)
+    if found is None:
         # Short timeouts: with Redis gone a request waits at most this long before failing open.
         client = redis.asyncio.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-        clients[url] = (client, client.register_script(TOKEN_BUCKETS))
-    return clients[url]
+        found = clients[url] = _Redis(client, client.register_script(TOKEN_BUCKETS), {})
+    return found
+
+
+def _lease(settings: Settings, conn: _Redis, key: str, bucket: Bucket) -> _Lease:
+    # Keyed by the policy too: a key whose limits changed starts a new lease (the old one's tokens lapse).
+    lease = conn.leases.get((key, bucket))
+    if lease is None:
+        if len(conn.leases) >= MAX_LEASES:
+            conn.leases.clear()
+        lease = conn.leases[(key, bucket)] = _Lease(bucket, lease_cap(settings, bucket))
+    return lease
 
 
 async def take(settings: Settings, key_prefix: str, buckets: tuple[Bucket, ...]) -> RateDecision | None:
-    """Take a token from each bucket of this key atomically; None when Redis failed (fail open)."""
-    keys = [KEY_EPOCH, *(f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets)]
-    args = [v for b in buckets for v in (repr(float(b.per_second)), str(b.burst))]
+    """Take a token from each bucket of this key: from this process's leases while they hold one, else from Redis
+    (one script call, which refills the leases); None when Redis failed (fail open)."""
+    conn = _redis(settings.broker_url)
+    keys = [f"onbrand:ratelimit:{b.name}:{key_prefix}" for b in buckets]
+    leases = [_lease(settings, conn, key, b) for key, b in zip(keys, buckets, strict=True)]
+    while True:
+        now = time.monotonic()
+        lacking = [i for i, lease in enumerate(leases) if not lease.usable(now)]
+        if not lacking:
+            for lease in leases:
+                lease.spend()
+            return RateDecision(True, tuple(BucketState(lease.bucket, lease.estimate(now)) for lease in leases), None)
+        flight = next((f for f in (leases[i].flight for i in lacking) if f is not None), None)
+        if flight is None:
+            return await _refill(settings, conn, keys, leases, lacking)
+        # One refill per lease at a time: the requests that find it under way wait for its tokens.
+        if not await asyncio.shield(flight):
+            RATE_LIMIT_FAIL_OPEN.inc()  # that refill failed (and logged): Redis is down
+            return None
+
+
+async def _refill(
+    settings: Settings, conn: _Redis, keys: list[str], leases: list[_Lease], lacking: list[int]
+) -> RateDecision | None:
+    """One script call for the buckets whose lease is spent or expired; spends this request's token of the others
+    only when the call allows the request."""
+    flight: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+    args: list[str] = []
+    for i in lacking:
+        lease = leases[i]
+        if lease.cap > 1:  # a lease of 1 token has nothing to share: those requests go to Redis side by side
+            lease.flight = flight
+        bucket = lease.bucket
+        args += [repr(float(bucket.per_second)), str(bucket.burst), str(lease.want()), str(lease.give_back())]
     try:
-        _, script = _client(settings.broker_url)
-        reply = await script(keys=keys, args=args)
+        reply = await conn.script(keys=[KEY_EPOCH, *(keys[i] for i in lacking)], args=args)
     except _REDIS_ERRORS as exc:
+        flight.set_result(False)
         RATE_LIMIT_FAIL_OPEN.inc()
         log.warning("rate limiter unavailable, request let through: %s", exc)
         return None
-    states = tuple(BucketState(b, float(t)) for b, t in zip(buckets, reply[2:], strict=True))
-    decision = RateDecision(bool(int(reply[0])), states, int(reply[1]))
+    finally:
+        for i in lacking:
+            if leases[i].flight is flight:
+                leases[i].flight = None
+        if not flight.done():
+            # The waiters look at the leases again (refilled below before they run, or not if this was cancelled).
+            flight.set_result(True)
+    allowed, now = bool(int(reply[0])), time.monotonic()
+    remote = {i: (float(reply[2 + 2 * n]), int(reply[3 + 2 * n])) for n, i in enumerate(lacking)}
+    states = []
+    for i, lease in enumerate(leases):
+        if i in remote:
+            tokens, granted = remote[i]
+            if allowed:
+                lease.refilled(granted, tokens, now, settings.rate_lease_seconds)
+            states.append(BucketState(lease.bucket, tokens + lease.tokens))  # this request's token taken
+        else:
+            if allowed:
+                lease.spend()
+            states.append(BucketState(lease.bucket, lease.estimate(now)))
+    decision = RateDecision(allowed, tuple(states), int(reply[1]))
     for name in [] if decision.allowed else decision.exhausted:
         RATE_LIMITED.labels(name).inc()
     return decision
 
 
 async def read_key_epoch(settings: Settings) -> int | None:
-    """The key epoch alone, for a gateway with rate limits off; None when Redis failed."""
+    """The key epoch alone, for a request that did not ask the limiter; None when Redis failed."""
     try:
-        client, _ = _client(settings.broker_url)
-        return int(await client.get(KEY_EPOCH) or 0)
+        return int(await _redis(settings.broker_url).client.get(KEY_EPOCH) or 0)
     except _REDIS_ERRORS as exc:
         log.warning("key epoch unavailable, cached keys expire on their own: %s", exc)
         return None

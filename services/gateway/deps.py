@@ -90,23 +90,27 @@ async def get_caller(
 ) -> Caller:
     """Authenticate the key and check its scope for this method and path. The key is read from this process's
     cache (shared.key_cache) when it holds it; revocation, rotation and limit changes reach the cache through the
-    key epoch the rate limiter returns, so they count from the next request. async: a cached key costs the event
-    loop one Redis round trip and no thread; Postgres is read in the thread pool."""
+    key-changes subscription, or the key epoch checked per request while that is down, so they count from the next
+    request. async: a cached key costs the event loop no round trip while the rate limiter's lease holds tokens and
+    the subscription is live; Postgres is read in the thread pool."""
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     api_key, now = credentials.credentials.strip(), datetime.now(UTC)
+    settings: Settings = request.app.state.settings
     cache: KeyCache = request.app.state.key_cache
     key_hash = hash_key(api_key)
-    caller = cache.get(key_hash)
+    epoch_before, caller = cache.epoch, cache.get(key_hash)
     cached = caller is not None
     if caller is None:
         caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
     elif not caller.valid_at(now):
         raise _invalid_key()  # expired since it was read
-    decision = await take_token(request, caller)  # RateLimit headers; the key epoch
-    epoch = await key_epoch(request, decision)
-    if epoch is not None and cache.saw_epoch(epoch) and cached:
-        # a key or limit changed somewhere: read this one again
+    decision = await take_token(request, caller)  # RateLimit headers; maybe the key epoch
+    epoch = await key_epoch(request, decision, cache.subscribed(settings))
+    if epoch is not None:
+        cache.saw_epoch(epoch)
+    if cached and cache.epoch != epoch_before:
+        # a key or limit changed somewhere (heard from Redis, or through the subscription): read this one again
         caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span

@@ -9,10 +9,12 @@ import json
 import re
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from typer.testing import CliRunner
@@ -22,7 +24,7 @@ from shared.cli.main import app as cli
 from shared.config import get_settings
 from shared.db.models import ApiKey
 from shared.db.session import session_scope
-from shared.key_cache import bump_epoch
+from shared.key_cache import EpochWatch, bump_epoch
 from tests.factories import Tenant, assert_problem, new_tenant
 
 
@@ -140,6 +142,65 @@ def test_a_revocation_reaches_every_gateway_process(client: TestClient, limits_e
         assert elsewhere.get("/v1/brands", headers=key.auth).status_code == 200  # from its cache
         revoked = client.post(f"/v1/keys/{key_id(client, key, admin)}/revoke", headers=admin.auth)
         assert revoked.status_code == 200
+        assert_problem(elsewhere.get("/v1/brands", headers=key.auth), 401, "unauthorized")
+
+
+def wait_until(condition: Callable[[], bool], seconds: float = 3.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def leasing_app(limits_enabled: bool) -> TestClient:
+    """Another gateway process whose rate-limit leases outlive the test (a big limit, 5 s leases): its requests
+    spend tokens it already holds, so only the key-changes subscription can tell it of a revocation."""
+    updates = {"limits_enabled": limits_enabled, "rate_lease_seconds": 5.0}
+    updates |= {"rate_limit_per_second": 100_000.0, "rate_limit_burst": 1_000_000}
+    return TestClient(create_app(get_settings().model_copy(update=updates)))
+
+
+def warm(app: TestClient, key: Tenant) -> None:
+    """Requests until the app's lease holds tokens and its subscription to key changes is live."""
+    for _ in range(4):  # leases of 1, 2 then 4 tokens
+        assert app.get("/v1/brands", headers=key.auth).status_code == 200
+    wait_until(lambda: app.app.state.key_cache.live)  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("limits_enabled", [True, False], ids=["limits-on", "limits-off"])
+def test_a_subscribed_process_hears_of_a_revocation(client: TestClient, limits_enabled: bool) -> None:
+    """A process subscribed to key changes trusts its cache without asking Redis, and still refuses a key revoked
+    through another process on its next request: the revocation's response waits for the publication."""
+    admin = new_tenant("subscribed")
+    key = make_key(client, admin, ["read"])
+    with leasing_app(limits_enabled) as elsewhere:
+        warm(elsewhere, key)
+        assert client.post(f"/v1/keys/{key_id(client, key, admin)}/revoke", headers=admin.auth).status_code == 200
+        assert_problem(elsewhere.get("/v1/brands", headers=key.auth), 401, "unauthorized")
+
+
+@pytest.mark.parametrize("limits_enabled", [True, False], ids=["limits-on", "limits-off"])
+def test_a_dropped_subscription_falls_back_to_the_epoch_per_request(
+    client: TestClient, limits_enabled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The subscription's connection dies and cannot come back: the revocation published meanwhile is lost to it,
+    so the process checks the key epoch per request again and refuses the revoked key all the same."""
+    admin = new_tenant("unsubscribed")
+    key = make_key(client, admin, ["read"])
+    with leasing_app(limits_enabled) as elsewhere:
+        warm(elsewhere, key)
+        cache = elsewhere.app.state.key_cache  # type: ignore[attr-defined]
+
+        async def refused(self: EpochWatch) -> None:
+            raise OSError("Redis unreachable from this process")
+
+        monkeypatch.setattr(EpochWatch, "_listen", refused)
+        with redis.Redis.from_url(get_settings().broker_url) as admin_redis:
+            clients = admin_redis.client_list()
+            ids = [c["id"] for c in clients if c["name"] == cache._watch.name and c["sub"] == "1"]
+            assert len(ids) == 1 and admin_redis.client_kill_filter(_id=ids[0]) == 1  # the subscribed connection
+        wait_until(lambda: not cache.live)
+        assert client.post(f"/v1/keys/{key_id(client, key, admin)}/revoke", headers=admin.auth).status_code == 200
         assert_problem(elsewhere.get("/v1/brands", headers=key.auth), 401, "unauthorized")
 
 

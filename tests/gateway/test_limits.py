@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 import time
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import redis.asyncio
 from fastapi.testclient import TestClient
 from sqlalchemy import text, update
 
@@ -110,6 +112,59 @@ def test_every_authenticated_response_carries_the_fields_and_only_those(client: 
     anonymous = client.get("/v1/brands")
     assert_problem(anonymous, 401, "unauthorized")
     assert "RateLimit" not in anonymous.headers and "RateLimit-Policy" not in anonymous.headers
+
+
+def count_redis_commands(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The commands every gateway in this process sends to Redis from now on (the subscription's aside)."""
+    calls: list[str] = []
+    execute = redis.asyncio.Redis.execute_command
+
+    async def counted(self: redis.asyncio.Redis, *args: Any, **options: Any) -> Any:
+        calls.append(str(args[0]))
+        return await execute(self, *args, **options)
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", counted)
+    return calls
+
+
+def test_a_small_limit_is_exact_across_processes(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """10/s with a burst of 20 is taken token by token, each request asking Redis as it did before leases: two
+    processes spending one key in an irregular interleaving are refused at the bucket's count, no sooner and no
+    later, and none holds a token back from the other."""
+    settings = get_settings()
+    assert limits.lease_cap(settings, limits.Bucket("default", 10, 20)) == 1
+    acme = tenant_with(rate_limit_per_second=10, rate_limit_burst=20)
+    with TestClient(create_app()) as other:
+        apps, served, started = [client, other], 0, time.monotonic()
+        calls = count_redis_commands(monkeypatch)
+        for turn in itertools.cycle([0, 0, 1, 0, 1, 1, 1, 0, 0, 1, 0]):
+            response = apps[turn].get("/v1/brands", headers=acme.auth)
+            if response.status_code == 429:
+                break
+            assert response.status_code == 200, response.text
+            served += 1
+        refilled = (time.monotonic() - started) * 10
+        assert 20 <= served <= 20 + refilled, (served, refilled)
+        # every request took its token in Redis (an EVALSHA, and another after loading the script if it was not)
+        assert calls.count("EVALSHA") - calls.count("SCRIPT LOAD") == served + 1, calls
+
+
+def test_a_big_limit_makes_few_redis_calls(client: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A key with a big limit spends tokens its process took in batches: far fewer Redis calls (refills, and no
+    epoch reads once the key-changes subscription is live) than requests, with RateLimit fields still right."""
+    acme = tenant_with(rate_limit_per_second=100_000, rate_limit_burst=1_000_000)
+    assert client.get("/v1/brands", headers=acme.auth).status_code == 200  # starts the subscription
+    wait_until_live = time.monotonic() + 3
+    while not client.app.state.key_cache.live:  # type: ignore[attr-defined]
+        assert time.monotonic() < wait_until_live
+        time.sleep(0.01)
+    calls = count_redis_commands(monkeypatch)
+    answers = [client.get("/v1/brands", headers=acme.auth) for _ in range(200)]
+    assert all(a.status_code == 200 for a in answers)
+    assert 0 < len(calls) <= 20 and set(calls) == {"EVALSHA"}, calls
+    # The bucket refills faster than these requests spend it: the field says nearly full, short by a lease at most.
+    remaining = [int(a.headers["RateLimit"].split(";r=")[1].split(";")[0]) for a in answers]
+    assert all(1_000_000 - 1_000 <= r < 1_000_000 for r in remaining), remaining
 
 
 def test_redis_down_fails_open(limited: None, sent: Any) -> None:

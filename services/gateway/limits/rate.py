@@ -22,12 +22,13 @@ DECISION_STATE = "ratelimit_decision"
 
 
 async def take_token(request: Request, caller: Caller) -> limits.RateDecision | None:
-    """Spend one of this key's tokens and leave the RateLimit fields for the response; None when limits are off or
-    Redis is down (then the request goes through). refuse_if_limited turns a refusal into the 429."""
+    """Spend one of this key's tokens (from this process's lease while it holds one: shared.limits) and leave the
+    RateLimit fields for the response; None when limits are off or Redis is down (then the request goes through).
+    refuse_if_limited turns a refusal into the 429."""
     settings: Settings = request.app.state.settings
     if not settings.limits_enabled:
         return None
-    buckets = limits.effective(settings, caller.limit_overrides).buckets(request.method)
+    buckets = _effective(request, settings, caller.limit_overrides).buckets(request.method)
     decision = await limits.take(settings, caller.prefix, buckets)
     if decision is None:
         return None
@@ -40,13 +41,33 @@ async def take_token(request: Request, caller: Caller) -> limits.RateDecision | 
     return decision
 
 
-async def key_epoch(request: Request, decision: limits.RateDecision | None) -> int | None:
-    """The key epoch (shared.key_cache): from the limiter's reply, read on its own when limits are off; None when
-    Redis is down (cached keys then expire on their own)."""
-    if decision is not None:
+_LIMITS_STATE = "effective_limits"  # app.state: overrides -> Limits, so that a request does not validate them again
+
+
+def _effective(request: Request, settings: Settings, overrides: dict[str, Any] | None) -> limits.Limits:
+    known: dict[Any, limits.Limits] | None = getattr(request.app.state, _LIMITS_STATE, None)
+    if known is None:
+        known = {}
+        setattr(request.app.state, _LIMITS_STATE, known)
+    key = None if not overrides else tuple(sorted(overrides.items()))  # JSON scalars: hashable
+    found = known.get(key)
+    if found is None:
+        if len(known) >= 1_000:  # tenants with overrides a process serves at once; more and it starts over
+            known.clear()
+        found = known[key] = limits.effective(settings, overrides)
+    return found
+
+
+async def key_epoch(request: Request, decision: limits.RateDecision | None, subscribed: bool) -> int | None:
+    """The key epoch (shared.key_cache) when this request must check it: from the limiter's reply when it asked
+    Redis, else read on its own unless this process is subscribed to key changes (it hears of them then). None when
+    there is nothing to check or Redis is down (cached keys then expire on their own)."""
+    if decision is not None and decision.key_epoch is not None:
         return decision.key_epoch
     settings: Settings = request.app.state.settings
-    return None if settings.limits_enabled else await limits.read_key_epoch(settings)
+    if subscribed or (decision is None and settings.limits_enabled):  # the latter: the limiter failed open
+        return None
+    return await limits.read_key_epoch(settings)
 
 
 def refuse_if_limited(decision: limits.RateDecision | None) -> None:
