@@ -148,8 +148,12 @@ def encode_body(event_type: str, data: dict[str, Any], timestamp: str) -> str:
 
 
 def subscribed(endpoint: WebhookEndpoint, event_type: str) -> bool:
-    patterns = endpoint.event_types or ["*"]
-    return any(fnmatchcase(event_type, p) for p in patterns)
+    return subscribes(endpoint.event_types, event_type)
+
+
+def subscribes(patterns: Sequence[str] | None, event_type: str) -> bool:
+    """Whether an endpoint with these event patterns receives `event_type` (none: every event)."""
+    return any(fnmatchcase(event_type, p) for p in patterns or ["*"])
 
 
 def thin(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -182,8 +186,7 @@ def outbox_rows(
     campaign_id: uuid.UUID | None,
     targets: Iterable[tuple[str, uuid.UUID | None]],
 ) -> list[WebhookDelivery]:
-    # Leased: the caller sends them right after commit; the dispatcher takes over if that send is lost.
-    lease = outbox.utcnow() + timedelta(seconds=outbox.lease_seconds(get_settings().webhook_timeout_seconds))
+    lease = outbox_lease()  # the caller sends them right after commit
     return [
         WebhookDelivery(
             id=uuid.uuid4(),
@@ -203,6 +206,26 @@ def outbox_rows(
     ]
 
 
+def campaign_payload(campaign: Campaign, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+    """A campaign event's payload, with the campaign's current event_sequence (the caller incremented it)."""
+    if event_type in TERMINAL_EVENTS:
+        data = {**data, "progress": progress((), terminal=True)}
+    return thin(
+        event_type,
+        {
+            "campaign_id": str(campaign.id),
+            "sequence": campaign.event_sequence,
+            **data,
+            "links": campaign_links(campaign),
+        },
+    )
+
+
+def outbox_lease() -> datetime:
+    """leased_until of a row sent right after commit: the dispatcher takes over if that send is lost."""
+    return outbox.utcnow() + timedelta(seconds=outbox.lease_seconds(get_settings().webhook_timeout_seconds))
+
+
 def _enabled_endpoints(session: Session, tenant_id: uuid.UUID) -> list[WebhookEndpoint]:
     return list(
         session.scalars(
@@ -218,17 +241,7 @@ def emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, 
     row), so a receiver can order events that arrive out of order after retries.
     """
     campaign.event_sequence = (campaign.event_sequence or 0) + 1
-    if event_type in TERMINAL_EVENTS:
-        data = {**data, "progress": progress((), terminal=True)}
-    payload = thin(
-        event_type,
-        {
-            "campaign_id": str(campaign.id),
-            "sequence": campaign.event_sequence,
-            **data,
-            "links": campaign_links(campaign),
-        },
-    )
+    payload = campaign_payload(campaign, event_type, data)
     targets: list[tuple[str, uuid.UUID | None]] = [(campaign.webhook_url, None)] if campaign.webhook_url else []
     targets += [(e.url, e.id) for e in _enabled_endpoints(session, campaign.tenant_id) if subscribed(e, event_type)]
     rows = outbox_rows(new_event_id(), event_type, payload, campaign.tenant_id, campaign.id, targets)

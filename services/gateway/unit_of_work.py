@@ -65,6 +65,12 @@ def release_locks_before_flush(session: Session) -> None:
     would serialise the tenant's creations, and let commit() wait for the disk afterwards, before anything is sent
     or answered. Only for transactions committed with commit()."""
     session.execute(text("SET LOCAL synchronous_commit TO OFF"))
+    flush_after_commit(session)
+
+
+def flush_after_commit(session: Session) -> None:
+    """The transaction turned synchronous_commit off itself (set_config('synchronous_commit', 'off', true) in one
+    of its statements, as release_locks_before_flush does): commit() waits for the disk after it commits."""
     session.info[_FLUSH_AFTER] = True
 
 

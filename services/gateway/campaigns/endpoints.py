@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 
 from services.gateway.campaigns import reads, service, views
 from services.gateway.campaigns.schemas import (
@@ -32,6 +32,7 @@ router = APIRouter(prefix="/v1/campaigns", tags=["campaigns"])
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=CampaignCreated)
 def create_campaign(
     body: CampaignCreate,
+    request: Request,
     response: Response,
     session: SessionDep,
     caller: CallerDep,
@@ -47,7 +48,8 @@ def create_campaign(
         if urls.creative is not None:
             check_target(urls.creative, ("push_urls", i, "creative"), settings, "Push URL")
     own = limits.effective(settings, caller.limit_overrides)  # read with the key: no query
-    campaign, replayed = service.create(session, caller.tenant_id, body, idempotency_key, settings, own)
+    epoch = request.app.state.key_cache.epoch  # as the rate limiter returned it for this request (deps.get_caller)
+    campaign, replayed = service.create(session, caller.tenant_id, body, idempotency_key, settings, own, epoch)
     with refusals():  # the quotas are checked as it commits: 429 or 402, and nothing written
         commit(session)
     view = views.campaign_views(session, storage, settings, [campaign], created=not replayed)[0]

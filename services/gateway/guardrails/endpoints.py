@@ -8,7 +8,7 @@ from sqlalchemy import update
 from services.gateway.deps import SessionDep, SettingsDep, TenantDep
 from services.gateway.guardrails import screen
 from services.gateway.guardrails.schemas import BlockedTerms, GuardrailsRead
-from shared import guardrails
+from shared import guardrails, key_cache
 from shared.config import Settings
 from shared.db.models import Tenant
 
@@ -37,4 +37,5 @@ def put_blocked_terms(
     """Replace the tenant's blocked terms (they apply from the next request on; stored inputs are not re-screened)."""
     terms = list(dict.fromkeys(body.blocked_terms))
     session.execute(update(Tenant).where(Tenant.id == tenant_id).values(blocked_terms=terms))
+    key_cache.announce_change(session)  # gateways cache the terms (campaigns/tenant_config.py): re-read them
     return _read(terms, settings)

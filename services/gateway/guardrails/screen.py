@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import select
@@ -70,10 +70,18 @@ def _guarded(tenant_id: uuid.UUID, resource: str, screen: Callable[[], T]) -> T:
         raise unavailable(exc) from None
 
 
-def text(session: Session, settings: Settings, tenant_id: uuid.UUID, resource: str, fields: Mapping[str, str]) -> str:
-    """Screen the fields (422 input_refused, or 503 when a closed backend fails); what screened them."""
-    terms = tenant_terms(session, tenant_id)
-    return _guarded(tenant_id, resource, lambda: guardrails.screen_text(fields, settings, terms))
+def text(
+    session: Session,
+    settings: Settings,
+    tenant_id: uuid.UUID,
+    resource: str,
+    fields: Mapping[str, str],
+    terms: Sequence[str] | None = None,
+) -> str:
+    """Screen the fields (422 input_refused, or 503 when a closed backend fails); what screened them. terms: the
+    tenant's blocked terms when the caller has them (else read here)."""
+    blocked = list(terms) if terms is not None else tenant_terms(session, tenant_id)
+    return _guarded(tenant_id, resource, lambda: guardrails.screen_text(fields, settings, blocked))
 
 
 def image(settings: Settings, tenant_id: uuid.UUID, data: bytes) -> str:
@@ -101,11 +109,12 @@ def campaign(
     brief: str,
     labels: list[str],
     copy: Mapping[str, str] | None = None,
+    terms: Sequence[str] | None = None,
 ) -> dict[str, str]:
     """A new campaign's brief, safe-zone labels (the copy it reserves room for) and copy (headline, cta, legal)."""
     fields = {"brief": brief, **{f"safe_zones[{i}].label": label for i, label in enumerate(labels)}}
     fields |= {f"copy.{name}": value for name, value in (copy or {}).items()}
-    return record(text(session, settings, tenant_id, "campaign", fields), CAMPAIGN_IMAGES)
+    return record(text(session, settings, tenant_id, "campaign", fields, terms), CAMPAIGN_IMAGES)
 
 
 def brand(session: Session, settings: Settings, tenant_id: uuid.UUID, name: str | None, guidelines: list[str]) -> str:

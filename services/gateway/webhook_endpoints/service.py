@@ -19,7 +19,7 @@ from services.gateway.webhook_endpoints.schemas import (
     WebhookEndpointRead,
     WebhookEndpointUpdate,
 )
-from shared import webhooks
+from shared import key_cache, webhooks
 from shared.config import Settings
 from shared.db.models import OutboxStatus, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 
@@ -53,6 +53,7 @@ def create(session: Session, tenant_id: uuid.UUID, body: WebhookEndpointCreate) 
     )
     session.add(endpoint)
     session.flush()
+    _announce(session)
     return endpoint
 
 
@@ -76,7 +77,14 @@ def update(
         endpoint.description = body.description
     if body.enabled is not None:
         _set_enabled(endpoint, body.enabled)
+    _announce(session)
     return endpoint
+
+
+def _announce(session: Session) -> None:
+    """Once this commits, gateways read the tenant's endpoints again: a campaign creation takes them from its
+    process's cache (services/gateway/campaigns/tenant_config.py)."""
+    key_cache.announce_change(session)
 
 
 def _set_enabled(endpoint: WebhookEndpoint, enabled: bool) -> None:
@@ -99,6 +107,7 @@ def rotate_secret(
 def delete(session: Session, tenant_id: uuid.UUID, endpoint_id: uuid.UUID) -> None:
     # Its pending deliveries go with it (ON DELETE CASCADE): a removed receiver gets nothing more.
     session.delete(get(session, tenant_id, endpoint_id))
+    _announce(session)
 
 
 def list_page(

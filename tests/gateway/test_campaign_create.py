@@ -1,0 +1,115 @@
+"""POST /v1/campaigns in one statement (services/gateway/campaigns/insert.py) with the tenant's blocked terms and
+webhook endpoints cached per process (tenant_config.py): a change applies from the next request on, an endpoint
+disabled or deleted behind the cache's back gets no outbox row, an unknown brand is still the first error."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import event, select
+
+from shared import webhooks
+from shared.db import session as db_session
+from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
+from tests.factories import SentTasks, Tenant, assert_problem, make_brand
+
+BRIEF = "A cold drink on the terrace"
+
+
+def _create(client: TestClient, tenant: Tenant, brand_id: str, brief: str = BRIEF, **body: Any) -> Any:
+    return client.post("/v1/campaigns", json={"brand_id": brand_id, "brief": brief, **body}, headers=tenant.auth)
+
+
+def _receivers(campaign_id: str) -> set[uuid.UUID | None]:
+    """The endpoint ids of the campaign's outbox rows (None: its own webhook_url)."""
+    with db_session.new_session() as session:
+        rows = session.scalars(select(WebhookDelivery).where(WebhookDelivery.campaign_id == uuid.UUID(campaign_id)))
+        return {r.endpoint_id for r in rows}
+
+
+@pytest.fixture
+def statements(env: dict[str, str]) -> Iterator[list[str]]:
+    """The SQL the gateway's engine runs while the test looks."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
+        seen.append(sql)
+
+    engine = db_session.get_engine()
+    event.listen(engine, "before_cursor_execute", record)
+    yield seen
+    event.remove(engine, "before_cursor_execute", record)
+
+
+def test_a_creation_is_one_statement(client: TestClient, acme: Tenant, statements: list[str]) -> None:
+    brand_id = make_brand(client, acme)
+    assert _create(client, acme, brand_id).status_code == 202  # the tenant's settings now cached
+    statements.clear()
+    assert _create(client, acme, brand_id).status_code == 202
+    ours = [s for s in statements if "api_keys" not in s]  # a key's last use is recorded once a minute
+    assert len(ours) == 1 and ours[0].lstrip().startswith("WITH brand AS"), ours
+
+
+def test_tenant_settings_apply_from_the_next_creation(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
+    brand_id = make_brand(client, acme)
+    assert _create(client, acme, brand_id).status_code == 202  # cached: no terms, no endpoints
+    put = client.put("/v1/guardrails/blocked-terms", json={"blocked_terms": ["drink"]}, headers=acme.auth)
+    assert put.status_code == 200
+    assert assert_problem(_create(client, acme, brand_id), 422, "input_refused")["category"] == "tenant_blocked_term"
+    client.put("/v1/guardrails/blocked-terms", json={"blocked_terms": []}, headers=acme.auth)
+
+    hook = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"}, headers=acme.auth).json()
+    endpoint_id = uuid.UUID(hook["id"])
+    created = _create(client, acme, brand_id, webhook_url="https://example.com/own").json()
+    assert _receivers(created["id"]) == {None, endpoint_id}
+    assert len(sent.named("onbrand.send_webhook")) == 2 and sent.named("onbrand.decompose")[-1][0] == uuid.UUID(
+        created["id"]
+    )
+
+    patch = {"event_types": ["webhook_endpoint.disabled"]}  # no longer subscribed to campaign.queued
+    assert client.patch(f"/v1/webhook-endpoints/{hook['id']}", json=patch, headers=acme.auth).status_code == 200
+    assert _receivers(_create(client, acme, brand_id).json()["id"]) == set()
+    patch = {"event_types": ["campaign.*"], "url": "https://example.com/moved"}
+    assert client.patch(f"/v1/webhook-endpoints/{hook['id']}", json=patch, headers=acme.auth).status_code == 200
+    moved = _create(client, acme, brand_id).json()["id"]
+    with db_session.new_session() as session:
+        url = session.scalar(select(WebhookDelivery.url).where(WebhookDelivery.campaign_id == uuid.UUID(moved)))
+    assert url == "https://example.com/moved"
+
+    client.delete(f"/v1/webhook-endpoints/{hook['id']}", headers=acme.auth)
+    assert _receivers(_create(client, acme, brand_id).json()["id"]) == set()
+
+
+def test_an_endpoint_disabled_behind_the_cache_gets_no_row(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
+    """A worker disables a failing endpoint without telling the gateways: the insert re-reads it."""
+    brand_id = make_brand(client, acme)
+    hook = client.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"}, headers=acme.auth).json()
+    first = _create(client, acme, brand_id).json()["id"]  # caches the endpoint
+    assert _receivers(first) == {uuid.UUID(hook["id"])}
+    with db_session.session_scope() as session:
+        endpoint = session.get(WebhookEndpoint, uuid.UUID(hook["id"]))
+        assert endpoint is not None
+        webhooks.endpoint_disabled(session, endpoint, "failing", datetime.now(UTC))
+    sent.clear()
+    second = _create(client, acme, brand_id).json()["id"]
+    assert _receivers(second) == set() and sent.named("onbrand.send_webhook") == []
+    client.delete(f"/v1/webhook-endpoints/{hook['id']}", headers=acme.auth)
+
+
+def test_an_unknown_brand_is_the_first_error(client: TestClient, acme: Tenant, globex: Tenant) -> None:
+    client.put("/v1/guardrails/blocked-terms", json={"blocked_terms": ["drink"]}, headers=acme.auth)
+    try:
+        for brand_id in (str(uuid.uuid4()), make_brand(client, globex)):
+            for body in ({}, {"brief": None}):  # a refused brief; no brief and no product
+                refused = assert_problem(_create(client, acme, brand_id, **body), 422, "unknown_reference")
+                assert refused["field"] == "brand_id"
+        refused = assert_problem(_create(client, acme, make_brand(client, acme)), 422, "input_refused")
+    finally:
+        client.put("/v1/guardrails/blocked-terms", json={"blocked_terms": []}, headers=acme.auth)
+    with db_session.new_session() as session:
+        assert session.scalar(select(Campaign.id).where(Campaign.brand_id == uuid.UUID(brand_id))) is None
