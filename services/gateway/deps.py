@@ -17,6 +17,7 @@ from services.gateway.limits.rate import key_epoch, refuse_if_limited, take_toke
 from services.gateway.unit_of_work import transaction
 from shared import logs
 from shared.config import Settings
+from shared.db.session import new_session
 from shared.key_cache import Caller, KeyCache
 from shared.limits import SAFE_METHODS
 from shared.storage import Storage
@@ -85,14 +86,14 @@ def _insufficient_scope(scope: Scope) -> ProblemError:
 
 async def get_caller(
     request: Request,
-    session: SessionDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Caller:
     """Authenticate the key and check its scope for this method and path. The key is read from this process's
     cache (shared.key_cache) when it holds it; revocation, rotation and limit changes reach the cache through the
     key-changes subscription, or the key epoch checked per request while that is down, so they count from the next
     request. async: a cached key costs the event loop no round trip while the rate limiter's lease holds tokens and
-    the subscription is live; Postgres is read in the thread pool."""
+    the subscription is live; Postgres is read in the thread pool, on a session of its own (a request that only
+    reads on the event loop then opens none)."""
     if credentials is None or not credentials.credentials.strip():
         raise _unauthorized("Send the API key as `Authorization: Bearer <key>`.")
     api_key, now = credentials.credentials.strip(), datetime.now(UTC)
@@ -102,7 +103,7 @@ async def get_caller(
     epoch_before, caller = cache.epoch, cache.get(key_hash)
     cached = caller is not None
     if caller is None:
-        caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
+        caller = await run_in_threadpool(_read_caller, cache, api_key, key_hash)
     elif not caller.valid_at(now):
         raise _invalid_key()  # expired since it was read
     decision = await take_token(request, caller)  # RateLimit headers; maybe the key epoch
@@ -111,7 +112,7 @@ async def get_caller(
         cache.saw_epoch(epoch)
     if cached and cache.epoch != epoch_before:
         # a key or limit changed somewhere (heard from Redis, or through the subscription): read this one again
-        caller = await run_in_threadpool(_read_caller, session, cache, api_key, key_hash)
+        caller = await run_in_threadpool(_read_caller, cache, api_key, key_hash)
     request.state.key_prefix, request.state.key_id = caller.prefix, caller.key_id
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
@@ -124,10 +125,11 @@ async def get_caller(
     return caller
 
 
-def _read_caller(session: Session, cache: KeyCache, api_key: str, key_hash: str) -> Caller:
+def _read_caller(cache: KeyCache, api_key: str, key_hash: str) -> Caller:
     """The key's caller from Postgres, now in the cache; 401 for a key that is unknown, revoked or expired."""
     epoch = cache.epoch  # before the read: a change announced meanwhile makes this entry stale at once
-    caller = read_caller(session, api_key)
+    with new_session(read_only=True) as session:
+        caller = read_caller(session, api_key)
     if caller is None or not caller.valid_at(datetime.now(UTC)):
         raise _invalid_key()
     cache.put(key_hash, caller, epoch)
