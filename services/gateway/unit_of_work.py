@@ -17,7 +17,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared import queue
-from shared.db.session import AUTOCOMMIT, get_engine, new_session
+from shared.db.session import AUTOCOMMIT, new_session
 from shared.limits import SAFE_METHODS
 
 log = logging.getLogger(__name__)
@@ -78,13 +78,14 @@ def commit(session: Session) -> None:
     """Commit now, before the response is built, and run the after-commit hooks (the request's transaction then
     has nothing left to do): for a write whose commit can be refused (a campaign creation's quotas are checked as
     it commits) and which then answers with what it committed."""
-    session.commit()
     if session.info.pop(_FLUSH_AFTER, False):
-        # A transaction with an id commits synchronously: its flush covers the WAL of the commit above (the WAL is
-        # one sequence), so the creation is durable before it is sent or answered. Concurrent flushes are grouped.
-        # One round trip: the three statements as one simple query on an autocommit connection.
-        with get_engine().connect().execution_options(isolation_level=AUTOCOMMIT) as conn:
-            conn.exec_driver_sql("BEGIN; SELECT pg_current_xact_id(); COMMIT")
+        session.flush()
+        # The commit (not waiting for the disk), then a transaction with an id, which commits synchronously: its
+        # flush covers the WAL of the commit before it (the WAL is one sequence), so the creation is durable before
+        # it is sent or answered; concurrent flushes are grouped. One simple query, one round trip, on the
+        # transaction's own connection. A commit the quotas refuse fails here, and the rest does not run.
+        session.connection().exec_driver_sql("COMMIT; BEGIN; SELECT pg_current_xact_id(); COMMIT")
+    session.commit()  # after the above, the session's bookkeeping only: the driver sees no transaction to commit
     _run(session.info.pop(_AFTER_COMMIT, []), _AFTER_COMMIT)
     session.info.pop(_ON_ROLLBACK, None)  # committed: nothing to undo
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import event, select
+from sqlalchemy import event, func, select, update
 
 from shared import webhooks
 from shared.db import session as db_session
-from shared.db.models import Campaign, WebhookDelivery, WebhookEndpoint
-from tests.factories import SentTasks, Tenant, assert_problem, make_brand
+from shared.db.models import Campaign, ImageUsage, WebhookDelivery, WebhookEndpoint
+from shared.db.models import Tenant as TenantRow
+from tests.factories import SentTasks, Tenant, assert_problem, make_brand, new_tenant
+from tests.system import clear_caches
 
 BRIEF = "A cold drink on the terrace"
 
@@ -113,3 +115,49 @@ def test_an_unknown_brand_is_the_first_error(client: TestClient, acme: Tenant, g
         client.put("/v1/guardrails/blocked-terms", json={"blocked_terms": []}, headers=acme.auth)
     with db_session.new_session() as session:
         assert session.scalar(select(Campaign.id).where(Campaign.brand_id == uuid.UUID(brand_id))) is None
+
+
+@pytest.fixture
+def limited(env: dict[str, str], sent: SentTasks, monkeypatch: pytest.MonkeyPatch) -> Iterator[TestClient]:
+    """A gateway with the quotas on (the suite's other gateways run without them)."""
+    from services.gateway.app import create_app
+
+    monkeypatch.setenv("ONBRAND_LIMITS_ENABLED", "true")
+    clear_caches()
+    with TestClient(create_app()) as client:
+        yield client
+    monkeypatch.delenv("ONBRAND_LIMITS_ENABLED")
+    clear_caches()
+
+
+def _tenant_rows(tenant: Tenant) -> tuple[int, int, int]:
+    """The tenant's campaigns, outbox rows and quota ledger rows."""
+    with db_session.new_session() as session:
+        counts = [
+            session.scalar(select(func.count()).select_from(m).where(m.tenant_id == tenant.id)) or 0
+            for m in (Campaign, WebhookDelivery, ImageUsage)
+        ]
+    return counts[0], counts[1], counts[2]
+
+
+@pytest.mark.parametrize(("images_per_day", "written"), [(1, (0, 0, 0)), (1000, (1, 2, 1))])
+def test_the_quota_admits_or_refuses_all_of_it(
+    limited: TestClient, sent: SentTasks, images_per_day: int, written: tuple[int, int, int]
+) -> None:
+    """Refused at commit (402): no campaign, outbox row or ledger row, no task sent. Admitted: all of them, and
+    the campaign's task and its webhooks sent once committed (the sent fixture checks they were)."""
+    tenant = new_tenant(f"quota-{uuid.uuid4().hex[:6]}")
+    with db_session.session_scope() as session:
+        limits = {"images_per_day": images_per_day}
+        session.execute(update(TenantRow).where(TenantRow.id == tenant.id).values(limits=limits))
+    brand_id = make_brand(limited, tenant)
+    limited.post("/v1/webhook-endpoints", json={"url": "https://example.com/h"}, headers=tenant.auth)
+    sent.clear()
+    response = _create(limited, tenant, brand_id, webhook_url="https://example.com/own")
+    if written == (0, 0, 0):
+        assert assert_problem(response, 402, "quota_exceeded")["period"] == "day"
+        assert sent == []
+    else:
+        assert response.status_code == 202, response.text
+        assert len(sent.named("onbrand.decompose")) == 1 and len(sent.named("onbrand.send_webhook")) == 2
+    assert _tenant_rows(tenant) == written
