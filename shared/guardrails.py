@@ -149,6 +149,18 @@ def _joined_letters(tokens: Sequence[str]) -> list[str]:
 
 
 @dataclass(frozen=True)
+class Stream:
+    """A text's words in order, and as a set: a term is looked up before it is scanned for."""
+
+    tokens: Sequence[str]
+    present: frozenset[str]
+
+    @classmethod
+    def of(cls, tokens: Sequence[str]) -> Stream:
+        return cls(tokens, frozenset(tokens))
+
+
+@dataclass(frozen=True)
 class Term:
     text: str  # as listed (shown in a refusal)
     category: str
@@ -167,14 +179,20 @@ class Term:
         anywhere = "".join(tokens) if _NO_SPACES.search(raw) else None
         return cls(raw, category, tokens, prefix, "".join(tokens), anywhere)
 
-    def found_in(self, streams: Sequence[Sequence[str]], squashed: str) -> bool:
+    def found_in(self, streams: Sequence[Stream], squashed: str) -> bool:
         if self.anywhere is not None:
             return self.anywhere in squashed
         return any(self._in(stream) for stream in streams)
 
-    def _in(self, stream: Sequence[str]) -> bool:
-        if len(self.tokens) > 1 and self.squashed in stream:
+    def _in(self, stream: Stream) -> bool:
+        n, present = len(self.tokens), stream.present
+        if n > 1 and self.squashed in present:
             return True
+        if (n > 1 or not self.prefix) and self.tokens[0] not in present:
+            return False  # every match starts with the first token, whole: most terms end here, at one set lookup
+        return self._scan(stream.tokens)
+
+    def _scan(self, stream: Sequence[str]) -> bool:
         n = len(self.tokens)
         for i in range(len(stream) - n + 1):
             head, last = stream[i : i + n - 1], stream[i + n - 1]
@@ -202,7 +220,7 @@ def terms_for(settings: Settings, tenant_terms: Iterable[str]) -> list[Term]:
 def blocked_term(text: str, terms: Sequence[Term]) -> Term | None:
     """The first listed term the text contains (whole words, after folding), or None."""
     tokens = words(text)
-    streams = [tokens, _joined_letters(tokens)]
+    streams = [Stream.of(tokens), Stream.of(_joined_letters(tokens))]
     squashed = "".join(tokens)
     return next((t for t in terms if t.found_in(streams, squashed)), None)
 

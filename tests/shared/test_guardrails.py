@@ -5,13 +5,14 @@ Rekognition DetectModerationLabels through boto3, so botocore signs, sends and p
 from __future__ import annotations
 
 import base64
+import random
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from shared import guardrails
-from shared.config import Settings
+from shared.config import Settings, get_settings
 from tests.factories import FakeOpenAI, Reply
 
 TENANT_TERMS = ["Schnapps", "red bull*", "可口可乐"]
@@ -226,3 +227,17 @@ def test_rekognition_unreachable_fails_closed_or_open(aws_env: None) -> None:
         guardrails.screen_image(b"png", Settings(**dead))
     record = guardrails.screen_image(b"png", Settings(**dead, guardrails_image_on_error="open"))
     assert record.startswith("not screened: rekognition unavailable (")
+
+
+def test_looking_a_term_up_before_scanning_never_changes_the_answer() -> None:
+    """Term._in skips the window scan when the term's first word is absent: over random word streams built from the
+    terms' own words (prefixes, squashed runs and spaced letters included) it must agree with the full scan."""
+    rng = random.Random(7)
+    terms = guardrails.terms_for(get_settings(), ["acme rival", "cheap knock*", "forbid*", "x y z"])
+    vocabulary = sorted({w for t in terms for w in (*t.tokens, t.squashed, t.tokens[-1] + "ed")} | {"shoe", "k", "i"})
+    for _ in range(3000):
+        tokens = [rng.choice(vocabulary) for _ in range(rng.randint(1, 8))]
+        stream = guardrails.Stream.of(tokens)
+        for term in terms:
+            full = (len(term.tokens) > 1 and term.squashed in tokens) or term._scan(tokens)
+            assert term._in(stream) == full, (term.text, tokens)
