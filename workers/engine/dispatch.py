@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared import limits, metrics
@@ -116,7 +116,8 @@ def dispatch(offered: list[Task] | None = None, settings: Settings | None = None
     settings = settings or get_settings()
     capacity = gpu_pool.capacity(settings)
     with session_scope() as session:
-        session.execute(select(func.pg_advisory_xact_lock(DISPATCH_LOCK)))
+        connection = session.connection()
+        connection.execute(LOCK)
         again = _sent_pending(session, offered or [])
         pool = _in_flight(session, capacity)
         if sum(pool.by_queue.values()) >= capacity.total:
@@ -128,11 +129,8 @@ def dispatch(offered: list[Task] | None = None, settings: Settings | None = None
         shares, served = (_shares(session, tenants, settings), _served(session, tenants)) if shared else ({}, {})
         chosen = pick(waiting, pool, shares, served) if waiting else []
         if chosen:
-            session.execute(
-                update(StageRun)
-                .where(StageRun.id.in_([r.run_id for r in chosen]))
-                .values(dispatched_at=now(), lease_until=lease_from_now())
-            )
+            params = {"runs": [r.run_id for r in chosen], "at": now(), "lease": lease_from_now()}
+            connection.execute(SENT, params)
             _observe_waits(chosen)
         return again + [run.task for run in chosen]
 
@@ -141,15 +139,8 @@ def _sent_pending(session: Session, offered: list[Task]) -> list[Task]:
     """The offered tasks whose runs were sent and are still pending (not claimed)."""
     if not offered:
         return []
-    campaigns = {uuid.UUID(task[1]) for task in offered}
-    rows = session.execute(
-        select(StageRun.campaign_id, StageRun.stage, StageRun.round, StageRun.item).where(
-            StageRun.campaign_id.in_(campaigns),
-            StageRun.stage.in_(GPU_STAGES),
-            StageRun.dispatched_at.is_not(None),
-            StageRun.status == StageRunStatus.PENDING,
-        )
-    ).all()
+    campaigns = list({uuid.UUID(task[1]) for task in offered})
+    rows = session.connection().execute(SENT_PENDING, {"campaigns": campaigns}).all()
     sent = {(stage(name).task, str(campaign), rnd, item) for campaign, name, rnd, item in rows}
     return [task for task in offered if task in sent]
 
@@ -197,16 +188,29 @@ def _waiting_query() -> Select[Any]:
     return select(ranked).where(ranked.c.position <= bindparam("per_tenant")).order_by(ranked.c.position)
 
 
+_RUNS: Table = StageRun.__table__  # type: ignore[assignment]  # declared as FromClause; a Table
 # Built once: these run every time a GPU run ends, and building them (CASE maps, a window) cost ~1 ms of CPU each
-# time, more than executing them.
+# time, more than executing them. The Core ones run on the session's connection (no ORM execution around them).
 IN_FLIGHT = _in_flight_query()
 WAITING = _waiting_query()
+LOCK = select(func.pg_advisory_xact_lock(DISPATCH_LOCK))
+SENT = (
+    update(_RUNS)
+    .where(_RUNS.c.id.in_(bindparam("runs", expanding=True)))
+    .values(dispatched_at=bindparam("at"), lease_until=bindparam("lease"))
+)
+SENT_PENDING = select(_RUNS.c.campaign_id, _RUNS.c.stage, _RUNS.c.round, _RUNS.c.item).where(
+    _RUNS.c.campaign_id.in_(bindparam("campaigns", expanding=True)),
+    _RUNS.c.stage.in_(sorted(GPU_STAGES)),
+    _RUNS.c.dispatched_at.is_not(None),
+    _RUNS.c.status == StageRunStatus.PENDING,
+)
 
 
 def _in_flight(session: Session, capacity: gpu_pool.Capacity) -> Pool:
     """Sent and not finished: a run re-sent by the sweep or waiting for a Celery retry keeps its slot."""
     pool = Pool(capacity, Counter(), Counter())
-    for tenant, name, count in session.execute(IN_FLIGHT).all():
+    for tenant, name, count in session.connection().execute(IN_FLIGHT).all():
         pool.by_tenant[tenant] += count
         pool.by_queue[stage(name).queue] += count
     return pool
@@ -214,7 +218,7 @@ def _in_flight(session: Session, capacity: gpu_pool.Capacity) -> Pool:
 
 def _waiting(session: Session, per_tenant: int) -> dict[uuid.UUID, list[Waiting]]:
     """Each tenant's first `per_tenant` waiting runs in its own order (no tenant can take more slots than exist)."""
-    rows = session.execute(WAITING, {"per_tenant": per_tenant}).all()
+    rows = session.connection().execute(WAITING, {"per_tenant": per_tenant}).all()
     waiting: dict[uuid.UUID, list[Waiting]] = {}
     for run_id, tenant, name, campaign_id, rnd, item, queued_at, _ in rows:
         task = (stage(name).task, str(campaign_id), rnd, item)

@@ -13,12 +13,12 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared import webhooks
-from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Result, StageRun, StageRunStatus
+from shared.db.models import TERMINAL_STATUSES, Campaign, CampaignStatus, Candidate, Result, StageRunStatus
 from shared.review import round_window
 from shared.stages import FanOut, Stage, stage
 from shared.stages import progress as stage_progress
 from workers.engine.context import Task, now
-from workers.engine.records import get_run, get_runs, stage_items, webhook_tasks
+from workers.engine.records import Counts, create_runs, get_run, items_of, run_counts, webhook_tasks
 
 
 class Decision(StrEnum):
@@ -55,7 +55,7 @@ def fan_out(session: Session, campaign: Campaign, name: str, rnd: int) -> list[T
     if (reused := _reused(campaign, name, rnd)) is not None:
         return _carry_over(session, campaign, name, rnd, reused)
     items = list(range(_items(campaign, stage(name), rnd)))
-    get_runs(session, campaign, name, rnd, items)
+    create_runs(session, campaign, name, rnd, items)
     return [(stage(name).task, str(campaign.id), rnd, item) for item in items]
 
 
@@ -87,28 +87,22 @@ def _items(campaign: Campaign, row: Stage, rnd: int) -> int:
     return LoopState.of(campaign).batches[str(rnd)]
 
 
-def progress(session: Session, campaign: Campaign) -> float:
+def progress(session: Session, campaign: Campaign, counts: Counts | None = None) -> float:
     """The stages with a succeeded run over those this campaign runs (shared.stages.progress); in a review
-    round, counted from where it started (shared.review.round_window)."""
+    round, counted from where it started (shared.review.round_window). `counts`: run_counts, when read already."""
     first_round, upstream = round_window(campaign.state)
-    done = session.scalars(
-        select(StageRun.stage)
-        .distinct()
-        .where(
-            StageRun.campaign_id == campaign.id,
-            StageRun.status == StageRunStatus.SUCCEEDED,
-            StageRun.round >= first_round,
-        )
-    ).all()
+    counts = run_counts(session, campaign.id) if counts is None else counts
+    done = {name for (name, rnd), of in counts.items() if rnd >= first_round and of.get(StageRunStatus.SUCCEEDED)}
     return stage_progress({*done, *upstream}, terminal=campaign.status in TERMINAL_STATUSES)
 
 
 def advance(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
     """Tasks to send after stage `name` (round rnd) finished an item. Idempotent."""
-    done, total = stage_items(session, campaign.id, name, rnd)
+    counts = run_counts(session, campaign.id)  # one read for the barrier and the event's progress
+    done, total = items_of(counts, name, rnd)
     if total == 0 or done < total:
         return []
-    tasks = stage_completed_event(session, campaign, name, rnd)
+    tasks = stage_completed_event(session, campaign, name, rnd, counts)
     return tasks + _successors(session, campaign, stage(name), rnd)
 
 
@@ -139,26 +133,37 @@ def _first_time(campaign: Campaign, key: str) -> bool:
 def stage_started_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
     if not _first_time(campaign, f"started:{name}:{rnd}"):
         return []
-    _, items = stage_items(session, campaign.id, name, rnd)
+    counts = run_counts(session, campaign.id)
+    _, items = items_of(counts, name, rnd)
     data = {
         "stage": name,
         "round": rnd,
         "status": CampaignStatus.RUNNING,
         "items": items,
-        "progress": progress(session, campaign),
+        "progress": progress(session, campaign, counts),
     }
-    return webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.started", data))
+    return _emit(session, campaign, "campaign.stage.started", data)
 
 
-def stage_completed_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+def stage_completed_event(
+    session: Session, campaign: Campaign, name: str, rnd: int, counts: Counts | None = None
+) -> list[Task]:
     if not _first_time(campaign, f"{name}:{rnd}"):
         return []
-    data = {"stage": name, "round": rnd, "status": CampaignStatus.RUNNING, "progress": progress(session, campaign)}
-    tasks = webhook_tasks(webhooks.emit(session, campaign, "campaign.stage.completed", data))
+    done = progress(session, campaign, counts)
+    data = {"stage": name, "round": rnd, "status": CampaignStatus.RUNNING, "progress": done}
+    tasks = _emit(session, campaign, "campaign.stage.completed", data)
     if stage(name).retry is not None:  # this round's candidates are checked and ranked: reviewable through the API
-        counts = _candidate_counts(session, campaign, rnd)
-        tasks += webhook_tasks(webhooks.emit(session, campaign, "campaign.candidates.ready", counts))
+        candidates = _candidate_counts(session, campaign, rnd)
+        tasks += _emit(session, campaign, "campaign.candidates.ready", candidates)
     return tasks
+
+
+def _emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, Any]) -> list[Task]:
+    """The event's outbox rows (shared.webhooks.emit) and their tasks. Its endpoint query reads nothing this
+    transaction has pending: no autoflush, the rows and the campaign's changes go in the one flush at commit."""
+    with session.no_autoflush:
+        return webhook_tasks(webhooks.emit(session, campaign, event_type, data))
 
 
 def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:

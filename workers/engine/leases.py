@@ -23,7 +23,7 @@ from shared.db.models import TERMINAL_STATUSES, Campaign, StageRun, StageRunStat
 from shared.db.session import session_scope
 from shared.stages import stage
 from workers.engine.context import Task, now
-from workers.engine.records import lease_from_now
+from workers.engine.records import RunRow, lease_from_now
 
 log = logging.getLogger("onbrand.stages")
 
@@ -35,7 +35,7 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def held_elsewhere(run: StageRun) -> bool:
+def held_elsewhere(run: StageRun | RunRow) -> bool:
     """A running run under a live lease is someone else's, unless its claimer was a process on this host that
     is gone (a killed pool process whose message came straight back): then it is taken over at once instead of
     after the lease."""

@@ -44,9 +44,13 @@ from workers.engine import dispatch, flow, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
 from workers.engine.records import (
     campaign_finished,
+    claim_run,
+    find_run,
     get_run,
     lease_from_now,
     lock_campaign,
+    lock_campaign_lean,
+    patch_state,
     store_rows,
     succeeded,
     webhook_tasks,
@@ -120,15 +124,13 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
         campaign = lock_campaign(session, campaign_id)
         if campaign is None or campaign.status in TERMINAL_STATUSES:
             return None, []
-        run = get_run(session, campaign, stage, rnd, item)
-        if run.status == StageRunStatus.SUCCEEDED:
+        run = find_run(session, campaign.id, stage, rnd, item)
+        if run is not None and run.status == StageRunStatus.SUCCEEDED:
             return None, _not_taken(session, campaign, flow.advance(session, campaign, stage, rnd))
-        if leases.held_elsewhere(run):
+        if run is not None and leases.held_elsewhere(run):
             log.info("stage run %s/%s:%s:%s running in %s: skipped", campaign_id, stage, rnd, item, run.claimed_by)
             return None, []
-        run.status, run.started_at, run.attempts = StageRunStatus.RUNNING, now(), run.attempts + 1
-        run.lease_until, run.claimed_by = lease_from_now(), leases.worker_id()
-        run.dispatched_at = run.dispatched_at or now()  # a message that came without the dispatcher holds a slot too
+        claim_run(session, campaign, run, (stage, rnd, item), leases.worker_id())
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
         started = flow.stage_started_event(session, campaign, stage, rnd)
         session.flush()
@@ -158,16 +160,17 @@ def _not_taken(session: Session, campaign: Campaign, tasks: list[Task]) -> list[
 
 def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
     with session_scope() as session:
-        campaign = lock_campaign(session, ctx.campaign.id)
+        campaign = lock_campaign_lean(session, ctx.campaign.id)
         if campaign is None:
             return []
         succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
         store_rows(session, ctx.rows)
         if ctx.state_patch:
-            campaign.state = {**(campaign.state or {}), **ctx.state_patch}
+            patch_state(session, campaign, ctx.state_patch)
         if ctx.batches is not None:
             flow.record_batches(campaign, ctx.round, ctx.batches)
-        session.flush()
+        # No flush here: what reads the rows (an ORM query: rank's candidate counts, deliver's results) autoflushes
+        # them first; most finishes read none and write everything in the one flush at commit.
         if campaign.status in TERMINAL_STATUSES:
             return []  # cancelled while we computed: keep the work, start nothing new
         if ctx.finalize is not None:

@@ -1,0 +1,142 @@
+"""The engine's hot path against real Postgres: how many statements a stage task's claim and finish send, and
+the Core run writes behind them (claim, fan-out creation) keeping the runs' guarantees."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from sqlalchemy import event, select
+
+from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus
+from shared.db.session import get_engine, session_scope
+from tests.factories import make_campaign
+from workers.engine import flow, leases, runner
+from workers.engine.context import StageContext
+from workers.engine.records import claim_run, find_run, lock_campaign
+
+
+@pytest.fixture
+def sent(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]]:
+    calls: list[tuple[Any, ...]] = []
+    monkeypatch.setattr(runner, "send", lambda *args: calls.append(args))
+    monkeypatch.setattr(runner, "dispatch_gpu", lambda offered=None: 0)  # GPU runs: tests/workers/test_dispatch.py
+    return calls
+
+
+@contextmanager
+def statements() -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *_: object) -> None:
+        seen.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+
+
+def _runs(cid: str, stage: str) -> dict[int, StageRun]:
+    with session_scope() as session:
+        rows = session.scalars(select(StageRun).where(StageRun.campaign_id == uuid.UUID(cid), StageRun.stage == stage))
+        return {run.item: run for run in rows}
+
+
+def _batches(cid: str, n: int) -> None:
+    """A campaign past plan: its generate fan-out of n batches created, the first batch's start announced."""
+    with session_scope() as session:
+        campaign = lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        campaign.status, campaign.current_stage = CampaignStatus.RUNNING, "generate"
+        flow.record_batches(campaign, 0, n)
+        flow.fan_out(session, campaign, "generate", 0)
+        flow.stage_started_event(session, campaign, "generate", 0)
+
+
+def _generate(ctx: StageContext) -> dict[str, Any]:
+    ctx.rows.append(
+        Candidate(
+            id=uuid.uuid5(ctx.campaign.id, f"{ctx.round}:{ctx.item}"),
+            tenant_id=ctx.tenant_id,
+            campaign_id=ctx.campaign.id,
+            batch=ctx.item,
+            layout_key=f"k{ctx.item}",
+        )
+    )
+    return {"made": 1}
+
+
+def test_a_fan_out_item_is_claimed_and_finished_in_a_few_statements(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    _batches(cid, 3)
+    with statements() as seen:
+        assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
+    # claim: lock the campaign, read the run, mark it running (no event: the stage's start was announced, the
+    # campaign is running this stage already: no UPDATE of it);
+    # finish: lock, mark succeeded, read the row's key, count the runs for the barrier (not the last), insert the row
+    assert seen == [
+        "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
+        "SELECT STAGE_RUNS.ID, STAGE_RUNS.STATUS,",
+        "UPDATE STAGE_RUNS SET",
+        "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
+        "UPDATE STAGE_RUNS SET",
+        "SELECT CANDIDATES.ID, CANDIDATES.TENANT_ID,",
+        "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",
+        "INSERT INTO CANDIDATES",  # the one flush, at commit
+    ], seen
+    run = _runs(cid, "generate")[1]
+    assert run.status == StageRunStatus.SUCCEEDED and run.attempts == 1 and run.lease_until is None
+    assert run.started_at is not None and run.finished_at is not None and run.output == {"made": 1}
+    assert sent == []  # two batches left: nothing follows yet
+
+
+def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    _batches(cid, 2)
+    assert runner.execute("generate", cid, 0, 0, _generate) == "succeeded"
+    with statements() as seen:
+        assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
+    assert seen.count("INSERT INTO STAGE_RUNS") == 1  # qc's two runs, without reading them first
+    assert seen.count("SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,") == 1  # the barrier and the event's progress
+    assert {i: r.status for i, r in _runs(cid, "qc").items()} == {0: "pending", 1: "pending"}
+
+
+def test_fan_out_again_keeps_the_runs_it_finds(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    _batches(cid, 3)
+    assert runner.execute("generate", cid, 0, 0, _generate) == "succeeded"
+    before = _runs(cid, "generate")
+    with session_scope() as session:  # a redelivered plan fans out again
+        campaign = lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        tasks = flow.fan_out(session, campaign, "generate", 0)
+    assert [t[3] for t in tasks] == [0, 1, 2]  # every item's task (the first sends may be the lost ones)
+    after = _runs(cid, "generate")
+    assert {i: (r.id, r.status) for i, r in after.items()} == {i: (r.id, r.status) for i, r in before.items()}
+    assert after[0].status == StageRunStatus.SUCCEEDED
+
+
+def test_a_claim_without_a_run_creates_it_running_and_a_live_claim_is_not_taken(fresh_db: str) -> None:
+    cid = make_campaign()
+    with session_scope() as session:
+        campaign = lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        assert find_run(session, campaign.id, "decompose", 0, 0) is None
+        claim_run(session, campaign, None, ("decompose", 0, 0), leases.worker_id())
+        run = find_run(session, campaign.id, "decompose", 0, 0)
+    assert run is not None and run.status == StageRunStatus.RUNNING and run.attempts == 1
+    assert run.dispatched_at is not None and run.claimed_by == leases.worker_id()
+    assert run.lease_until is not None
+    other = run._replace(claimed_by="another-host:1")
+    assert leases.held_elsewhere(other)  # running under a live lease, claimed elsewhere: skipped
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        claim_run(session, campaign, run, ("decompose", 0, 0), leases.worker_id())  # a retry claims it again
+        again = find_run(session, campaign.id, "decompose", 0, 0)
+    assert again is not None and again.attempts == 2 and again.dispatched_at == run.dispatched_at
