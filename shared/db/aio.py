@@ -88,7 +88,10 @@ async def fetch(settings: Settings, read: Read) -> list[Any]:
 
 async def _fetch(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
     pool = await _pool(settings)
-    async with pool.connection() as conn:
+    # getconn/putconn, not pool.connection(): its `async with conn` ends in a commit() that takes the connection's
+    # lock and a wait even in autocommit, where there is nothing to commit. putconn checks the connection's state.
+    conn = await pool.getconn()
+    try:
         if len(reads) == 1:
             cursor = conn.cursor(row_factory=reads[0].row)
             await cursor.execute(reads[0].sql, reads[0].params)
@@ -98,6 +101,8 @@ async def _fetch(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
             for cursor, read in zip(cursors, reads, strict=True):
                 await cursor.execute(read.sql, read.params)
         return [await cursor.fetchall() for cursor in cursors]
+    finally:
+        await pool.putconn(conn)
 
 
 async def close_all() -> None:
