@@ -43,6 +43,7 @@ KEY_CHANGES = "onbrand:keys:changes"  # pub/sub channel: the new epoch, publishe
 # Increment and publish in one step, so that no subscriber can miss an increment the GET after its SUBSCRIBE missed.
 _BUMP = "local epoch = redis.call('INCR', KEYS[1]) redis.call('PUBLISH', ARGV[1], epoch) return epoch"
 PING_S = 1.0  # an idle subscription pings this often
+CLOSE_S = 1.0  # the most a stopping subscription waits to close its connection
 STALE_S = 3.0  # no message or pong for this long: the subscription counts as down (a silent network partition)
 _ANNOUNCED = "onbrand.key_epoch_announced"
 MAX_ENTRIES = 10_000  # keys a process holds at once; more and it starts over (a flood of distinct valid keys)
@@ -92,6 +93,12 @@ class KeyCache:
         if watch is None or watch.loop is not loop or watch.stopped:
             watch = self._watch = EpochWatch(self, settings.broker_url, loop)
         return watch.live()
+
+    async def close(self) -> None:
+        """Stop the subscription (the app's shutdown)."""
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
 
     @property
     def live(self) -> bool:
@@ -172,6 +179,10 @@ class EpochWatch:
     def live(self) -> bool:
         return self._up and time.monotonic() - self._heard < STALE_S
 
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.wait({self._task}, timeout=CLOSE_S)
+
     async def _run(self) -> None:
         backoff = 0.1
         while True:
@@ -200,9 +211,12 @@ class EpochWatch:
             await self._receive(pubsub)
         finally:
             self._up = False
-            with contextlib.suppress(Exception):  # closing what failed may fail again
-                await pubsub.aclose()
-                await client.aclose()
+            # Closing what failed may fail again, or hang on the connection a cancelled read held: bounded, so that
+            # a cancelled watch ends (an event loop closing waits for it).
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_S):
+                    await pubsub.aclose()
+                    await client.aclose()
 
     async def _receive(self, pubsub: redis.asyncio.client.PubSub) -> None:
         while True:

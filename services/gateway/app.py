@@ -44,6 +44,7 @@ DESCRIPTION = (
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
     await aio.close_all()  # the async read pool's connections (opened on the first read)
+    await app.state.key_cache.close()  # its subscription to key changes (started on the first authenticated request)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
