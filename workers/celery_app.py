@@ -62,12 +62,13 @@ def warm_models() -> None:
     waits ~20 s for the LLM or a first import. A task that arrives meanwhile waits on the adapters' own locks.
     A background thread, not worker_process_init itself: Celery kills a child that takes over
     worker_proc_alive_timeout (4 s) to start. onbrand_model_warmup_seconds says when it is done, and how long."""
-    from shared import metrics
+    from shared import heap, metrics
     from workers import warmup
 
     queues = {q for q in os.environ.get("ONBRAND_WORKER_QUEUES", "").split(",") if q}
     started = time.perf_counter()
     done = warmup.run(warmup.steps(queues, get_settings()))
+    heap.freeze_start_up_heap()  # the models and modules just loaded stay out of every later full collection
     seconds = time.perf_counter() - started
     metrics.MODEL_WARMUP.labels("ok" if all(d.ok for d in done) else "error").observe(seconds)
     parts = ", ".join(f"{d.name} {d.seconds:.1f} s{'' if d.ok else ' (failed)'}" for d in done)

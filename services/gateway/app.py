@@ -23,7 +23,7 @@ from services.gateway.presets.endpoints import router as presets_router
 from services.gateway.review_page.endpoints import install as install_review_page
 from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
-from shared import logs, tracing
+from shared import heap, logs, tracing
 from shared.config import Settings, get_settings
 from shared.db import aio
 from shared.key_cache import KeyCache
@@ -99,4 +99,6 @@ def serve_app() -> FastAPI:
     settings = get_settings()
     logs.configure(settings)
     tracing.setup(settings, "onbrand-gateway")
-    return create_app(settings)
+    app = create_app(settings)
+    heap.freeze_start_up_heap()  # full collections then skip the app and its modules: a third of the p99
+    return app
