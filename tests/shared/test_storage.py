@@ -11,6 +11,7 @@ import boto3
 import httpx
 import pytest
 
+from shared import storage
 from shared.config import Settings
 from shared.storage import LocalStorage, S3Storage, campaign_key, sign_local, verify_local
 from tests.factories import moto_server
@@ -63,3 +64,20 @@ def test_local_signed_urls_expire_and_resist_tampering(tmp_path: Path) -> None:
     assert not verify_local("secret", "tenants/t/a.png", expires, signature, now=expires + 1)
     assert sign_local("secret", "k", 1) != sign_local("secret", "k", 2)
     assert time.time() < expires
+
+
+def test_s3_presigned_urls_are_reused_for_a_while_and_still_fetch(
+    s3: S3Storage, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A status poll signs three URLs per result: the same key's URL is handed out again for URL_REUSE_S (at most
+    half its lifetime), then signed anew; a reused one still fetches the object."""
+    s3.put("t/c/reused.png", b"png", "image/png")
+    first = s3.url("t/c/reused.png")
+    time.sleep(1.1)  # a new signature would carry a new X-Amz-Date
+    assert s3.url("t/c/reused.png") == first
+    assert httpx.get(first).content == b"png"
+    assert s3.url("t/c/other.png") != first
+    later = time.monotonic() + storage.URL_REUSE_S + 1
+    monkeypatch.setattr(storage.time, "monotonic", lambda: later)
+    renewed = s3.url("t/c/reused.png")
+    assert renewed != first and httpx.get(renewed).content == b"png"
