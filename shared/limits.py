@@ -510,20 +510,15 @@ def current_usage(
     return int(row[0]), usage
 
 
-def reserve(session: Session, tenant_id: uuid.UUID, campaign_id: uuid.UUID, images: int, limits: Limits | None) -> None:
-    """Write the campaign's row in the ledger. With `limits`, the database admits it when the transaction commits
-    (migration 0018's deferred trigger: under the tenant's lock, counting every creation committed before): over a
-    quota the commit fails whole, and refusal() reads why. Without, the row is only the ledger (limits off)."""
-    admitted_under = None
-    if limits is not None:
-        admitted_under = {
-            "max_concurrent_campaigns": limits.max_concurrent_campaigns,
-            "images_per_day": limits.images_per_day,
-            "images_per_month": limits.images_per_month,
-        }
-    session.add(
-        ImageUsage(tenant_id=tenant_id, campaign_id=campaign_id, reserved=images, admitted_under=admitted_under)
-    )
+def admitted_under(limits: Limits) -> dict[str, int]:
+    """What a creation's ledger row (image_usage.admitted_under) holds for migration 0018's deferred trigger, which
+    admits the campaign under these limits when its transaction commits: over a quota the commit fails whole, and
+    refusal() reads why."""
+    return {
+        "max_concurrent_campaigns": limits.max_concurrent_campaigns,
+        "images_per_day": limits.images_per_day,
+        "images_per_month": limits.images_per_month,
+    }
 
 
 # SQLSTATEs the admission trigger raises (migration 0018).

@@ -13,7 +13,6 @@ from functools import partial
 
 from fastapi import Request
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from shared import queue
@@ -59,18 +58,11 @@ def _run(hooks: list[Hook], what: str) -> None:
             log.exception("%s hook failed", what)
 
 
-def release_locks_before_flush(session: Session) -> None:
-    """This transaction takes, as it commits, a lock others wait for (a campaign creation's quota lock, migration
-    0018): commit it without waiting for the disk, so the lock is released at once instead of after a WAL flush that
-    would serialise the tenant's creations, and let commit() wait for the disk afterwards, before anything is sent
-    or answered. Only for transactions committed with commit()."""
-    session.execute(text("SET LOCAL synchronous_commit TO OFF"))
-    flush_after_commit(session)
-
-
 def flush_after_commit(session: Session) -> None:
-    """The transaction turned synchronous_commit off itself (set_config('synchronous_commit', 'off', true) in one
-    of its statements, as release_locks_before_flush does): commit() waits for the disk after it commits."""
+    """The transaction turned synchronous_commit off itself (set_config('synchronous_commit', 'off', true) in one of
+    its statements: a campaign creation, whose commit takes its tenant's quota lock, migration 0018, releases it at
+    once instead of after a WAL flush that would serialise the tenant's creations): commit() waits for the disk
+    after it commits, before anything is sent or answered. Only for transactions committed with commit()."""
     session.info[_FLUSH_AFTER] = True
 
 

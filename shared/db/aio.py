@@ -7,8 +7,8 @@ after its first few executions on a connection. The queries one response needs g
 trip. Writes stay on the ORM session, in the request's transaction (services/gateway/unit_of_work.py).
 
 A connection broken by a Postgres restart fails its statement with OperationalError, as the sync pool's do; the
-pool's idle connections are then checked and the read is retried once, and what still fails reaches the gateway's 503 handler (as does
-psycopg_pool.PoolTimeout when every connection stays busy for db_async_wait_s).
+pool's idle connections are then checked and the read is retried once. What still fails reaches the gateway's 503
+handler, as does psycopg_pool.PoolTimeout when every connection stays busy for db_async_wait_s.
 """
 
 from __future__ import annotations

@@ -160,16 +160,11 @@ def _admission(
     tenant_limits: limits.Limits | None,
 ) -> tuple[int, dict[str, Any] | None]:
     """(images reserved in the ledger, the limits the database admits it under at commit, migration 0018; None
-    when limits are off): what shared.limits.reserve writes, as services/gateway/limits/quota.admit_campaign."""
+    when limits are off: the ledger row is written all the same)."""
     images = limits.expected_images(len(body.product_asset_ids), len(body.sizes), settings)
     if not settings.limits_enabled:
         return images, None
-    own = tenant_limits or limits.tenant_limits(session, tenant_id, settings)
-    return images, {
-        "max_concurrent_campaigns": own.max_concurrent_campaigns,
-        "images_per_day": own.images_per_day,
-        "images_per_month": own.images_per_month,
-    }
+    return images, limits.admitted_under(tenant_limits or limits.tenant_limits(session, tenant_id, settings))
 
 
 def create(
