@@ -4,9 +4,9 @@ A creation screens the brief against the tenant's blocked terms and writes an ou
 endpoint subscribed to campaign.queued. Reading both costs a statement on every creation, although they change
 rarely; so each process keeps them for `auth_cache_ttl_s`, like the API keys (shared.key_cache), and on the same
 terms: whatever changes them (PUT /v1/guardrails/blocked-terms, the webhook endpoints' create, update and delete)
-announces the change through the key epoch (shared.key_cache.announce_change), which every process learns from the
-rate limiter on its next request, so the change applies from the next request on, in every process. When Redis
-cannot be reached an entry lives at most auth_cache_ttl_s.
+announces the change through the key epoch (shared.key_cache.announce_change), which every process hears on its
+key-changes subscription (or checks per request while that is down), so the change applies from the next request
+on, in every process. When Redis cannot be reached an entry lives at most auth_cache_ttl_s.
 
 An endpoint listed here is only a candidate receiver: the insert re-reads it (enabled, URL) in its own statement
 (services/gateway/campaigns/insert.py), so an endpoint disabled by a worker, or deleted, never gets a row.
