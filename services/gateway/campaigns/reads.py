@@ -3,7 +3,7 @@
 The status poll is the gateway's most frequent request. Through the ORM it cost six statements built, executed and
 loaded one by one in the thread pool; here one statement returns the campaign's row with its stage-run tallies,
 current results, LLM usage, review-round counts and feedback beside it (six statements in a pipeline still cost
-twice the Python of one). The rows load as the named tuples below, and services/gateway/campaigns/views.py builds
+twice the Python of one). The rows load as the named tuples of rows.py, and services/gateway/campaigns/views.py builds
 the same CampaignRead from them as from ORM rows.
 """
 
@@ -12,85 +12,15 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 from services.gateway.campaigns import views
+from services.gateway.campaigns.rows import CampaignRow, CandidateRow, FeedbackRow, ResultRow
 from services.gateway.campaigns.schemas import CampaignRead
 from services.gateway.errors import not_found
 from shared.config import Settings
 from shared.db import aio
 from shared.storage import Storage
-
-
-class CampaignRow(NamedTuple):
-    id: uuid.UUID
-    tenant_id: uuid.UUID
-    brand_id: uuid.UUID
-    brief: str
-    product_asset_ids: list[Any]
-    sizes: list[Any]
-    safe_zones: list[Any]
-    top_k: int
-    qc_policy: str
-    max_retry_attempts: int
-    max_prompt_revisions: int
-    webhook_url: str | None
-    push_urls: list[Any] | None
-    status: str
-    priority: str
-    current_stage: str | None
-    round: int
-    review_round: int
-    review_state: str | None
-    state: dict[str, Any]
-    error: dict[str, Any] | None
-    screening: dict[str, Any] | None
-    copy: dict[str, Any] | None
-    created_at: datetime
-    updated_at: datetime
-    completed_at: datetime | None
-
-
-class ResultRow(NamedTuple):
-    id: uuid.UUID
-    campaign_id: uuid.UUID
-    candidate_id: uuid.UUID
-    review_round: int
-    rank: int
-    decision: str | None
-    decided_by: str | None
-    decided_at: datetime | None
-    fully_checked: bool
-    needs_review: bool
-    review: dict[str, Any]
-
-
-class CandidateRow(NamedTuple):
-    id: uuid.UUID
-    placement: dict[str, Any]
-    integrity: dict[str, Any]
-    image_key: str | None
-    layer_key: str | None
-    aesthetic: float | None
-    qc: dict[str, Any]
-
-
-class FeedbackRow(NamedTuple):
-    id: uuid.UUID
-    campaign_id: uuid.UUID
-    review_round: int
-    text: str
-    reasons: list[Any]
-    reviewer: str
-    status: str
-    change: dict[str, Any]
-    not_understood: list[Any]
-    notes: list[Any]
-    router: str | None
-    entry_stage: str | None
-    first_round: int | None
-    created_at: datetime
-
 
 # One statement: the campaign's columns (CampaignRow's, in order), then what the view needs from five other tables as
 # JSON arrays built beside it, each tenant-scoped like the campaign. Postgres writes ids and times into the JSON as

@@ -11,11 +11,12 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
+from services.gateway.campaigns.rows import CampaignRow, CandidateRow, FeedbackRow, ResultRow
 from services.gateway.campaigns.schemas import (
     CampaignLinks,
     CampaignRead,
@@ -58,9 +59,6 @@ from shared.review import round_window
 from shared.stages import PIPELINE
 from shared.stages import progress as stage_progress
 from shared.storage import Storage
-
-if TYPE_CHECKING:  # the async read path's rows (services/gateway/campaigns/reads.py), built into the same views
-    from services.gateway.campaigns.reads import CampaignRow, CandidateRow, FeedbackRow, ResultRow
 
 _FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")
 
