@@ -6,18 +6,23 @@ are sent only after the transaction that created their state has committed.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import os
 import socket
 import time
 import uuid
+import weakref
 from bisect import bisect_right
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
 import redis
+import redis.asyncio
 from celery import Celery
 from opentelemetry.trace import SpanKind
 
@@ -101,22 +106,68 @@ SENT_AT_HEADER = "onbrand_sent_at"
 
 def send(name: str, *args: Any, priority: int | None = None, expires: float | None = None) -> None:
     """Send a task by name with id arguments only. Call after commit."""
-    if name not in TASK_QUEUES:
-        raise KeyError(f"unknown task {name!r}")
-    # A producer span, and its context in the message headers: the task's span becomes its child.
-    with tracing.tracer().start_as_current_span(
-        f"send {name}", kind=SpanKind.PRODUCER, attributes={"messaging.destination.name": TASK_QUEUES[name]}
-    ):
-        task_args = [str(a) if not isinstance(a, int) else a for a in args]
-        task_id = stage_task_id(name, *args)
-        headers = {**tracing.inject(), SENT_AT_HEADER: f"{time.time():.6f}"}
+    with _producer_span(name):
+        task_args, task_id, headers = _task(name, args)
         url = get_settings().broker_url
-        if url.startswith(("redis://", "rediss://")):
+        if url.startswith(REDIS_SCHEMES):
             _broker(url).lpush(*redis_message(name, task_args, task_id, priority, expires, headers))
         else:  # a broker URL only kombu reads
             producer().send_task(
                 name, args=task_args, task_id=task_id, priority=priority, expires=expires, headers=headers
             )
+
+
+async def send_all(tasks: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+    """Send tasks (name, id arguments) from an event loop, without blocking it: to Redis in one round trip (a
+    pipeline of LPUSHes), each message as send() builds it. Call after commit."""
+    url = get_settings().broker_url
+    if not url.startswith(REDIS_SCHEMES):  # a broker URL only kombu reads: its blocking client, off the loop
+        for name, args in tasks:
+            await asyncio.to_thread(send, name, *args)
+        return
+    pipe = _async_broker(url).pipeline(transaction=False)
+    for name, args in tasks:
+        with _producer_span(name):
+            task_args, task_id, headers = _task(name, args)
+            pipe.lpush(*redis_message(name, task_args, task_id, None, None, headers))
+    await pipe.execute()
+
+
+REDIS_SCHEMES = ("redis://", "rediss://")
+
+
+def _producer_span(name: str) -> AbstractContextManager[Any]:
+    """A producer span: its context goes into the message headers (_task), and the task's span becomes its child."""
+    if name not in TASK_QUEUES:
+        raise KeyError(f"unknown task {name!r}")
+    return tracing.tracer().start_as_current_span(
+        f"send {name}", kind=SpanKind.PRODUCER, attributes={"messaging.destination.name": TASK_QUEUES[name]}
+    )
+
+
+def _task(name: str, args: tuple[Any, ...]) -> tuple[list[Any], str | None, dict[str, str]]:
+    """(the message's arguments, the task id, its headers), inside the producer span."""
+    task_args = [str(a) if not isinstance(a, int) else a for a in args]
+    return task_args, stage_task_id(name, *args), {**tracing.inject(), SENT_AT_HEADER: f"{time.time():.6f}"}
+
+
+# One asyncio client per event loop and URL: its connections belong to the loop that opened them.
+_ASYNC_BROKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, redis.asyncio.Redis]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _async_broker(url: str) -> redis.asyncio.Redis:
+    clients = _ASYNC_BROKERS.setdefault(asyncio.get_running_loop(), {})
+    if url not in clients:
+        clients[url] = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    return clients[url]
+
+
+async def close_async_brokers() -> None:
+    """Close this event loop's clients (the gateway's shutdown)."""
+    for client in _ASYNC_BROKERS.pop(asyncio.get_running_loop(), {}).values():
+        await client.aclose()
 
 
 @lru_cache

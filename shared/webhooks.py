@@ -24,7 +24,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
@@ -166,7 +166,17 @@ def thin(event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     return {**{k: data[k] for k in keep if k in data}, "truncated": True}
 
 
-def campaign_links(campaign: Campaign) -> dict[str, str]:
+class CampaignRef(Protocol):
+    """What a campaign event's payload names of its campaign: a loaded row, or one being inserted."""
+
+    @property
+    def id(self) -> uuid.UUID: ...
+
+    @property
+    def event_sequence(self) -> int: ...
+
+
+def campaign_links(campaign: CampaignRef) -> dict[str, str]:
     base = f"{get_settings().public_url.rstrip('/')}/v1/campaigns/{campaign.id}"
     # API links only, never storage URLs: a presigned URL expires before a late retry or a replay delivers it,
     # while these answer with freshly signed image URLs whenever the receiver reads them.
@@ -206,7 +216,7 @@ def outbox_rows(
     ]
 
 
-def campaign_payload(campaign: Campaign, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
+def campaign_payload(campaign: CampaignRef, event_type: str, data: dict[str, Any]) -> dict[str, Any]:
     """A campaign event's payload, with the campaign's current event_sequence (the caller incremented it)."""
     if event_type in TERMINAL_EVENTS:
         data = {**data, "progress": progress((), terminal=True)}

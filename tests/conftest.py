@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +166,12 @@ def sent(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Iterator[SentT
         assert found == 1, f"{name}({args[0]}) was sent before its row was committed"
         calls.append((name, args))
 
+    async def record_all(tasks: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
+        for name, args in tasks:
+            record(name, *args)
+
     monkeypatch.setattr(queue, "send", record)
+    monkeypatch.setattr(queue, "send_all", record_all)
     yield calls
     probe.dispose()
 

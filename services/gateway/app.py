@@ -23,7 +23,7 @@ from services.gateway.presets.endpoints import router as presets_router
 from services.gateway.review_page.endpoints import install as install_review_page
 from services.gateway.reviews.endpoints import router as reviews_router
 from services.gateway.webhook_endpoints.endpoints import router as webhook_endpoints_router
-from shared import heap, logs, tracing
+from shared import heap, logs, queue, tracing
 from shared.config import Settings, get_settings
 from shared.db import aio
 from shared.key_cache import KeyCache
@@ -43,7 +43,8 @@ DESCRIPTION = (
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     yield
-    await aio.close_all()  # the async read pool's connections (opened on the first read)
+    await aio.close_all()  # the async pool's connections (opened on the first read or creation)
+    await queue.close_async_brokers()  # the creations' Redis client (opened on the first)
     await app.state.key_cache.close()  # its subscription to key changes (started on the first authenticated request)
 
 

@@ -24,7 +24,6 @@ log = logging.getLogger(__name__)
 Hook = Callable[[], None]
 _AFTER_COMMIT = "after-commit"
 _ON_ROLLBACK = "rollback"
-_FLUSH_AFTER = "onbrand.flush_after_commit"
 
 
 def after_commit(session: Session, hook: Hook) -> None:
@@ -58,36 +57,12 @@ def _run(hooks: list[Hook], what: str) -> None:
             log.exception("%s hook failed", what)
 
 
-def flush_after_commit(session: Session) -> None:
-    """The transaction turned synchronous_commit off itself (set_config('synchronous_commit', 'off', true) in one of
-    its statements: a campaign creation, whose commit takes its tenant's quota lock, migration 0018, releases it at
-    once instead of after a WAL flush that would serialise the tenant's creations): commit() waits for the disk
-    after it commits, before anything is sent or answered. Only for transactions committed with commit()."""
-    session.info[_FLUSH_AFTER] = True
-
-
-def commit(session: Session) -> None:
-    """Commit now, before the response is built, and run the after-commit hooks (the request's transaction then
-    has nothing left to do): for a write whose commit can be refused (a campaign creation's quotas are checked as
-    it commits) and which then answers with what it committed."""
-    if session.info.pop(_FLUSH_AFTER, False):
-        session.flush()
-        # The commit (not waiting for the disk), then a transaction with an id, which commits synchronously: its
-        # flush covers the WAL of the commit before it (the WAL is one sequence), so the creation is durable before
-        # it is sent or answered; concurrent flushes are grouped. One simple query, one round trip, on the
-        # transaction's own connection. A commit the quotas refuse fails here, and the rest does not run.
-        session.connection().exec_driver_sql("COMMIT; BEGIN; SELECT pg_current_xact_id(); COMMIT")
-    session.commit()  # after the above, the session's bookkeeping only: the driver sees no transaction to commit
-    _run(session.info.pop(_AFTER_COMMIT, []), _AFTER_COMMIT)
-    session.info.pop(_ON_ROLLBACK, None)  # committed: nothing to undo
-
-
 async def transaction(request: Request) -> AsyncIterator[Session]:
     """Yield the request's session (commit on success, roll back otherwise), then run the hooks for the outcome.
 
     GET, HEAD and OPTIONS only read (or write in one statement): their session runs each statement in autocommit,
     which spares the BEGIN and COMMIT round trips. async, so that a request costs no thread-pool hop to open its
-    session, nor to close one with nothing to wait for (a read, or a write that commit() already committed): a real
+    session, nor to close one with nothing to wait for (a read, or a session that wrote nothing): a real
     commit or rollback, or hooks to run (they send tasks), go to the thread pool."""
     session = new_session(read_only=request.method in SAFE_METHODS)
     try:

@@ -8,8 +8,8 @@ import uuid
 
 from fastapi.testclient import TestClient
 
+from services.gateway.campaigns.create import request_hash
 from services.gateway.campaigns.schemas import CampaignCreate
-from services.gateway.campaigns.service import request_hash
 from shared.db.models import Campaign
 from shared.db.session import session_scope
 from tests.factories import SentTasks, Tenant, assert_problem, make_brand, post_campaign

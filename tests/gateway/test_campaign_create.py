@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import event, func, select, update
 
 from shared import webhooks
+from shared.db import aio
 from shared.db import session as db_session
 from shared.db.models import Campaign, ImageUsage, WebhookDelivery, WebhookEndpoint
 from shared.db.models import Tenant as TenantRow
@@ -48,13 +49,31 @@ def statements(env: dict[str, str]) -> Iterator[list[str]]:
     event.remove(engine, "before_cursor_execute", record)
 
 
-def test_a_creation_is_one_statement(client: TestClient, acme: Tenant, statements: list[str]) -> None:
+def test_a_creation_is_one_statement(
+    client: TestClient, acme: Tenant, statements: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Once the tenant's settings are cached: one write (aio.write: the statement and its commit in one round trip),
+    no read, nothing through the ORM session."""
     brand_id = make_brand(client, acme)
     assert _create(client, acme, brand_id).status_code == 202  # the tenant's settings now cached
+    writes: list[str] = []
+    reads: list[Any] = []
+    write, fetch_all = aio.write, aio.fetch_all
+
+    async def spy_write(settings: Any, statement: aio.Read, **kwargs: Any) -> list[Any]:
+        writes.append(statement.sql)
+        return await write(settings, statement, **kwargs)
+
+    async def spy_fetch_all(settings: Any, queries: Any) -> list[list[Any]]:
+        reads.extend(queries)
+        return await fetch_all(settings, queries)
+
+    monkeypatch.setattr(aio, "write", spy_write)
+    monkeypatch.setattr(aio, "fetch_all", spy_fetch_all)
     statements.clear()
     assert _create(client, acme, brand_id).status_code == 202
-    ours = [s for s in statements if "api_keys" not in s]  # a key's last use is recorded once a minute
-    assert len(ours) == 1 and ours[0].lstrip().startswith("WITH brand AS"), ours
+    assert [s for s in statements if "api_keys" not in s] == []  # a key's last use is recorded once a minute
+    assert reads == [] and len(writes) == 1 and writes[0].lstrip().startswith("WITH brand AS"), writes
 
 
 def test_tenant_settings_apply_from_the_next_creation(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
@@ -161,3 +180,33 @@ def test_the_quota_admits_or_refuses_all_of_it(
         assert response.status_code == 202, response.text
         assert len(sent.named("onbrand.decompose")) == 1 and len(sent.named("onbrand.send_webhook")) == 2
     assert _tenant_rows(tenant) == written
+
+
+def test_the_created_view_is_the_status_poll(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
+    """The creation answers with a view built from what it wrote (no read back): the same JSON the status poll
+    reads from the database right after, for a request with every part set, and one with the defaults only."""
+    from tests.gateway.test_gateway_unit import make_product
+
+    brand_id = make_brand(client, acme)
+    full = {
+        "brand_id": brand_id,
+        "brief": BRIEF,
+        "product_asset_ids": [make_product(client, acme)],
+        "sizes": [{"width": 1080, "height": 1350}, {"width": 1024, "height": 1024}],
+        "safe_zones": [{"x": 0, "y": 0.8, "width": 1, "height": 0.2, "label": "Buy now"}],
+        "copy": {"headline": "Cold and fresh", "cta": "Order"},
+        "top_k": 2,
+        "qc_policy": "weighted",
+        "max_retry_attempts": 2,
+        "priority": "interactive",
+        "webhook_url": "https://hooks.example.com/onbrand",
+        "push_urls": [{"image": "https://dam.example.com/1.png", "sidecar": "https://dam.example.com/1.json"}],
+    }
+    for body in (full, {"brand_id": brand_id, "product_asset_ids": full["product_asset_ids"]}):
+        created = client.post("/v1/campaigns", json=body, headers=acme.auth)
+        assert created.status_code == 202, created.text
+        answered = created.json()
+        assert answered.pop("status_url") == answered["links"]["self"] == created.headers["Location"]
+        assert (answered.pop("webhook_secret") is None) == ("webhook_url" not in body)
+        polled = client.get(f"/v1/campaigns/{answered['id']}", headers=acme.auth)
+        assert polled.status_code == 200 and polled.json() == answered

@@ -488,20 +488,22 @@ def test_idempotency_key(client: TestClient, acme: Tenant, globex: Tenant, sent:
 
 
 def test_idempotency_race_returns_the_winner(env: dict[str, str], acme: Tenant, client: TestClient) -> None:
-    """Two identical requests in flight: the loser's key insert waits for the winner, fails, re-reads."""
-    from services.gateway.campaigns import service
+    """Two identical requests in flight: the loser's key insert waits for the winner's uncommitted key, fails when
+    the winner commits, and the loser answers with the winner's campaign, having written nothing."""
+    from services.gateway.campaigns.create import request_hash
     from services.gateway.campaigns.schemas import CampaignCreate
 
-    body = CampaignCreate(brand_id=uuid.UUID(make_brand(client, acme)), brief="race")
+    body = {"brand_id": make_brand(client, acme), "brief": "race"}
     key = f"race-{uuid.uuid4()}"
-    winner = db_session.new_session()
-    won, _ = service.create(winner, acme.id, body, key)  # flushed, not committed: holds the key row
+    won = uuid.UUID(client.post("/v1/campaigns", json=body, headers=acme.auth).json()["id"])
+    winner = db_session.new_session()  # the winner's key, inserted and not committed: it holds the row
+    digest = request_hash(CampaignCreate.model_validate(body))
+    winner.add(IdempotencyKey(tenant_id=acme.id, key=key, request_hash=digest, campaign_id=won))
+    winner.flush()
     outcome: dict[str, Any] = {}
 
     def loser() -> None:
-        with db_session.new_session() as session:
-            outcome["campaign"], outcome["replayed"] = service.create(session, acme.id, body, key)
-            session.commit()
+        outcome["response"] = client.post("/v1/campaigns", json=body, headers={**acme.auth, "Idempotency-Key": key})
 
     thread = threading.Thread(target=loser)
     thread.start()
@@ -509,8 +511,10 @@ def test_idempotency_race_returns_the_winner(env: dict[str, str], acme: Tenant, 
     winner.commit()
     thread.join(timeout=30)
     winner.close()
-    assert outcome["replayed"] is True and outcome["campaign"].id == won.id
-    assert count_rows(Campaign, Campaign.brief == "race") == 1
+    response = outcome["response"]
+    assert response.status_code == 202 and response.headers["Idempotent-Replayed"] == "true"
+    assert response.json()["id"] == str(won)
+    assert count_rows(Campaign, Campaign.brief == "race", Campaign.tenant_id == acme.id) == 1
     assert count_rows(IdempotencyKey, IdempotencyKey.key == key) == 1
 
 

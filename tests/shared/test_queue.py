@@ -3,6 +3,7 @@ and kombu would have pushed, field for field, on the same Redis list. Workers co
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import uuid
@@ -87,3 +88,19 @@ def test_send_pushes_what_celery_would(broker: str, monkeypatch: pytest.MonkeyPa
         assert len(ours[key]) == len(theirs[key]) == 1
         assert _comparable(ours[key][0]) == _comparable(theirs[key][0]), name
     celery.close()
+
+
+def test_send_all_pushes_what_send_does(broker: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The event loop's sender (the campaign creation's: its decompose and webhook deliveries at once) pushes the
+    messages send() pushes, each on its own queue's list, in the order given."""
+    tasks = [(name, args) for name, args, options in CASES if not options]
+    ids = {name: queue.stage_task_id(name, *args) or str(uuid.uuid4()) for name, args in tasks}
+    monkeypatch.setattr(queue, "stage_task_id", lambda name, *_: ids[name])
+    for name, args in tasks:
+        queue.send(name, *args)
+    one_by_one = _pushed(broker)
+    asyncio.run(queue.send_all(tasks))
+    together = _pushed(broker)
+    assert sorted(together) == sorted(one_by_one) and sum(map(len, together.values())) == len(tasks)
+    for key, messages in one_by_one.items():
+        assert [_comparable(m) for m in together[key]] == [_comparable(m) for m in messages], key

@@ -2,9 +2,9 @@
 Idempotency-Key, with the brand's existence checked in the same statement.
 
 The ORM's unit of work costs a flush per table plus the reads before them (several round trips and most of a
-creation's CPU); here data-modifying CTEs write everything in one round trip and return what the response needs
-(the server's timestamps). Nothing changes in what is committed: the same rows, in the request's transaction,
-committed together or not at all (a quota refused at commit, migration 0018, rolls all of it back).
+creation's CPU); here data-modifying CTEs write everything in one statement, committed in the same round trip
+(shared.db.aio.write), and return what the response needs (the server's timestamps). The rows are committed together
+or not at all (a quota refused at commit, migration 0018, rolls all of it back).
 """
 
 from __future__ import annotations
@@ -12,17 +12,16 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from enum import Enum
 from functools import cache
 from typing import Any
 
-from sqlalchemy import TextClause, bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
-from sqlalchemy.orm import Session
+from psycopg.types.json import Jsonb
 
-from shared.db.models import Campaign, OutboxStatus
+from shared.config import Settings
+from shared.db import aio
+from shared.db.models import OutboxStatus
 
-# The campaign's columns the statement writes, from the (transient) Campaign the service built.
+# The campaign's columns the statement writes.
 CAMPAIGN_COLUMNS = (
     "id",
     "tenant_id",
@@ -62,46 +61,50 @@ _JSON = (
     "targets",
 )
 
+
+def _param(name: str) -> str:
+    return f"%({name})s"
+
+
 _SQL = f"""
 WITH brand AS (
-    SELECT id FROM brands WHERE id = :brand_id AND tenant_id = :tenant_id
+    SELECT id FROM brands WHERE id = %(brand_id)s AND tenant_id = %(tenant_id)s
 ), campaign AS (
     INSERT INTO campaigns ({", ".join(CAMPAIGN_COLUMNS)})
-    SELECT {", ".join("brand.id" if c == "brand_id" else f":{c}" for c in CAMPAIGN_COLUMNS)} FROM brand
+    SELECT {", ".join("brand.id" if c == "brand_id" else _param(c) for c in CAMPAIGN_COLUMNS)} FROM brand
     RETURNING id, created_at, updated_at
 ), ledger AS (
     INSERT INTO image_usage (id, tenant_id, campaign_id, reserved, admitted_under)
-    SELECT :usage_id, :tenant_id, campaign.id, :reserved, :admitted_under FROM campaign
+    SELECT %(usage_id)s, %(tenant_id)s, campaign.id, %(reserved)s, %(admitted_under)s FROM campaign
 ), deliveries AS (
     -- An endpoint's row only while it exists and is enabled, to its current URL: the list of endpoints may come
     -- from a process's cache (tenant_config), the row never goes to an endpoint disabled or deleted since.
     INSERT INTO webhook_deliveries (id, tenant_id, campaign_id, url, endpoint_id, event_id, event_type, payload,
         status, attempts, next_attempt_at, leased_until)
-    SELECT d.id, :tenant_id, campaign.id, coalesce(e.url, d.url), d.endpoint_id, :event_id, :event_type, :payload,
-        '{OutboxStatus.PENDING.value}', 0, :now, :leased_until
+    SELECT d.id, %(tenant_id)s, campaign.id, coalesce(e.url, d.url), d.endpoint_id, %(event_id)s, %(event_type)s,
+        %(payload)s, '{OutboxStatus.PENDING.value}', 0, %(now)s, %(leased_until)s
     FROM campaign
-    CROSS JOIN jsonb_to_recordset(:targets) AS d(id uuid, url text, endpoint_id uuid)
-    LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.tenant_id = :tenant_id AND e.enabled
+    CROSS JOIN jsonb_to_recordset(%(targets)s) AS d(id uuid, url text, endpoint_id uuid)
+    LEFT JOIN webhook_endpoints e ON e.id = d.endpoint_id AND e.tenant_id = %(tenant_id)s AND e.enabled
     WHERE d.endpoint_id IS NULL OR e.id IS NOT NULL
     RETURNING id
 ){{claim}}
 SELECT campaign.created_at, campaign.updated_at, ARRAY(SELECT id FROM deliveries) AS deliveries,
-    -- Commit without waiting for the disk when the quota lock is taken at commit (unit_of_work.commit flushes).
-    CASE WHEN :defer_flush THEN set_config('synchronous_commit', 'off', true) END AS deferred
+    -- Commit without waiting for the disk when the quota lock is taken at commit (aio.write flushes after).
+    CASE WHEN %(defer_flush)s THEN set_config('synchronous_commit', 'off', true) END AS deferred
 FROM campaign
 """
 _CLAIM = """, claim AS (
     -- Waits on a concurrent request's uncommitted key, then fails (IDEMPOTENCY_KEY_TAKEN) if that one committed.
     INSERT INTO idempotency_keys (tenant_id, key, request_hash, campaign_id)
-    SELECT :tenant_id, :key, :request_hash, campaign.id FROM campaign
+    SELECT %(tenant_id)s, %(key)s, %(request_hash)s, campaign.id FROM campaign
 )"""
 IDEMPOTENCY_KEY_TAKEN = "idempotency_keys_pkey"  # the constraint a concurrent request with the same key violates
 
 
 @cache
-def _statement(with_key: bool) -> TextClause:
-    sql = _SQL.replace("{claim}", _CLAIM if with_key else "")
-    return text(sql).bindparams(*(bindparam(name, type_=JSONB) for name in _JSON))
+def _statement(with_key: bool) -> str:
+    return _SQL.replace("{claim}", _CLAIM if with_key else "")
 
 
 @dataclass(frozen=True)
@@ -129,17 +132,18 @@ class Inserted:
     deliveries: list[uuid.UUID]  # the outbox rows written (an endpoint disabled meanwhile has none)
 
 
-def insert(
-    session: Session,
-    campaign: Campaign,
+async def insert(
+    settings: Settings,
+    campaign: dict[str, Any],
     reserved: int,
     admitted_under: dict[str, Any] | None,
     event: Event,
     claim: Claim | None,
 ) -> Inserted | None:
-    """Write it all in the session's transaction; None (nothing written) when the brand is not the tenant's.
-    With `claim`, an IntegrityError on IDEMPOTENCY_KEY_TAKEN says a concurrent request took the key."""
-    params: dict[str, Any] = {name: _plain(getattr(campaign, name)) for name in CAMPAIGN_COLUMNS}
+    """Write it all and commit; None (nothing written) when the brand is not the tenant's. `campaign`: the values
+    of CAMPAIGN_COLUMNS. Refused at commit: the quota's error (shared.limits.refusal reads it). With `claim`, a
+    psycopg.errors.UniqueViolation on IDEMPOTENCY_KEY_TAKEN says a concurrent request took the key."""
+    params: dict[str, Any] = {name: campaign[name] for name in CAMPAIGN_COLUMNS}
     params |= {
         "usage_id": uuid.uuid4(),
         "reserved": reserved,
@@ -154,12 +158,12 @@ def insert(
     }
     if claim is not None:
         params |= {"key": claim.key, "request_hash": claim.request_hash}
-    row = session.connection().execute(_statement(claim is not None), params).first()
-    if row is None:
+    for name in _JSON:
+        if params[name] is not None:
+            params[name] = Jsonb(params[name])
+    statement = aio.Read(_statement(claim is not None), params)
+    rows = await aio.write(settings, statement, flush_wal=admitted_under is not None)
+    if not rows:
         return None
-    return Inserted(row.created_at, row.updated_at, list(row.deliveries))
-
-
-def _plain(value: Any) -> Any:
-    # A status as its stored value, whatever the driver makes of an Enum.
-    return value.value if isinstance(value, Enum) else value
+    created_at, updated_at, deliveries, _ = rows[0]
+    return Inserted(created_at, updated_at, list(deliveries))

@@ -19,10 +19,8 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import and_, select
-from sqlalchemy.orm import Session
-
-from shared.db.models import Tenant, WebhookEndpoint
+from shared.config import Settings
+from shared.db import aio
 
 MAX_ENTRIES = 10_000  # tenants a process holds at once; more and it starts over
 
@@ -52,26 +50,28 @@ _entries: dict[uuid.UUID, _Entry] = {}
 _lock = threading.Lock()
 
 
-def read(session: Session, tenant_id: uuid.UUID) -> TenantConfig:
+_READ = """SELECT t.blocked_terms, e.id, e.event_types FROM tenants t
+    LEFT JOIN webhook_endpoints e ON e.tenant_id = t.id AND e.enabled
+    WHERE t.id = %(tenant_id)s
+    ORDER BY e.created_at"""  # the order emit() uses: outbox rows in the endpoints' creation order
+
+
+async def read(settings: Settings, tenant_id: uuid.UUID) -> TenantConfig:
     """The tenant's blocked terms and enabled webhook endpoints, in one statement."""
-    rows = session.execute(
-        select(Tenant.blocked_terms, WebhookEndpoint.id, WebhookEndpoint.event_types)
-        .outerjoin(WebhookEndpoint, and_(WebhookEndpoint.tenant_id == Tenant.id, WebhookEndpoint.enabled.is_(True)))
-        .where(Tenant.id == tenant_id)
-        .order_by(WebhookEndpoint.created_at)  # the order emit() used: outbox rows in creation order
-    ).all()
-    terms = tuple(str(t) for t in (rows[0].blocked_terms or [])) if rows else ()
-    endpoints = tuple(Endpoint(r.id, tuple(r.event_types or ())) for r in rows if r.id is not None)
+    rows = await aio.fetch(settings, aio.Read(_READ, {"tenant_id": tenant_id}))
+    terms = tuple(str(t) for t in (rows[0][0] or [])) if rows else ()
+    endpoints = tuple(Endpoint(eid, tuple(types or ())) for _, eid, types in rows if eid is not None)
     return TenantConfig(terms, endpoints)
 
 
-def get(session: Session, tenant_id: uuid.UUID, epoch: int | None, ttl_s: float) -> TenantConfig:
+async def get(settings: Settings, tenant_id: uuid.UUID, epoch: int | None) -> TenantConfig:
     """The cached config when it was read under `epoch` (the newest key epoch this process has seen) less than
-    ttl_s ago; else read now and kept. ttl_s <= 0: read every time."""
+    auth_cache_ttl_s ago; else read now and kept. auth_cache_ttl_s <= 0: read every time."""
+    ttl_s = settings.auth_cache_ttl_s
     entry = _entries.get(tenant_id)
     if entry is not None and entry.epoch == epoch and time.monotonic() - entry.read_at <= ttl_s:
         return entry.config
-    config = read(session, tenant_id)
+    config = await read(settings, tenant_id)
     if ttl_s > 0:
         with _lock:
             if len(_entries) >= MAX_ENTRIES:

@@ -103,18 +103,20 @@ def with_settings(settings: Settings | None) -> Settings:
 
 
 def campaign(
-    session: Session,
     settings: Settings,
     tenant_id: uuid.UUID,
     brief: str,
     labels: list[str],
-    copy: Mapping[str, str] | None = None,
-    terms: Sequence[str] | None = None,
+    copy: Mapping[str, str] | None,
+    terms: Sequence[str],
 ) -> dict[str, str]:
-    """A new campaign's brief, safe-zone labels (the copy it reserves room for) and copy (headline, cta, legal)."""
+    """A new campaign's brief, safe-zone labels (the copy it reserves room for) and copy (headline, cta, legal),
+    against the global blocked terms and the tenant's (`terms`). It blocks on the hosted backend, when one is
+    configured (settings.guardrails_text_backend)."""
     fields = {"brief": brief, **{f"safe_zones[{i}].label": label for i, label in enumerate(labels)}}
     fields |= {f"copy.{name}": value for name, value in (copy or {}).items()}
-    return record(text(session, settings, tenant_id, "campaign", fields, terms), CAMPAIGN_IMAGES)
+    screened = _guarded(tenant_id, "campaign", lambda: guardrails.screen_text(fields, settings, terms))
+    return record(screened, CAMPAIGN_IMAGES)
 
 
 def brand(session: Session, settings: Settings, tenant_id: uuid.UUID, name: str | None, guidelines: list[str]) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy.exc import DBAPIError
+import psycopg
 
 from services.gateway.errors import ProblemError
 from shared import limits
@@ -18,7 +18,7 @@ def refusals() -> Iterator[None]:
     up only when the period ends). Nothing of the request was written."""
     try:
         yield
-    except DBAPIError as exc:
+    except psycopg.Error as exc:  # the creation's commit (shared.db.aio.write)
         refused = limits.refusal(exc)
         if refused is None:
             raise
