@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import base64
 import random
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
 
 from shared import guardrails
-from shared.config import Settings, get_settings
+from shared.config import Settings
 from tests.factories import FakeOpenAI, Reply
 
 TENANT_TERMS = ["Schnapps", "red bull*", "可口可乐"]
@@ -229,15 +230,108 @@ def test_rekognition_unreachable_fails_closed_or_open(aws_env: None) -> None:
     assert record.startswith("not screened: rekognition unavailable (")
 
 
-def test_looking_a_term_up_before_scanning_never_changes_the_answer() -> None:
-    """Term._in skips the window scan when the term's first word is absent: over random word streams built from the
-    terms' own words (prefixes, squashed runs and spaced letters included) it must agree with the full scan."""
-    rng = random.Random(7)
-    terms = guardrails.terms_for(get_settings(), ["acme rival", "cheap knock*", "forbid*", "x y z"])
-    vocabulary = sorted({w for t in terms for w in (*t.tokens, t.squashed, t.tokens[-1] + "ed")} | {"shoe", "k", "i"})
-    for _ in range(3000):
-        tokens = [rng.choice(vocabulary) for _ in range(rng.randint(1, 8))]
-        stream = guardrails.Stream.of(tokens)
-        for term in terms:
-            full = (len(term.tokens) > 1 and term.squashed in tokens) or term._scan(tokens)
-            assert term._in(stream) == full, (term.text, tokens)
+# ------------------------------------------------------------------------------------------ the index
+
+
+def _reference(text: str, terms: Sequence[guardrails.Term]) -> tuple[guardrails.Term | None, str]:
+    """The screen as documented, term by term in listed order over both word streams: what the index must find,
+    and how it matched (so the test can tell that every way was tried)."""
+    tokens = guardrails.words(text)
+    streams = {"": tokens, "joined ": guardrails._joined_letters(tokens)}  # noqa: SLF001 - the spaced-letters rule
+    for term in terms:
+        if term.anywhere is not None:
+            if term.anywhere in "".join(tokens):
+                return term, "anywhere"
+            continue
+        n, *head, last = len(term.tokens), *term.tokens
+        for name, stream in streams.items():
+            if n > 1 and term.squashed in stream:
+                return term, name + "squashed"
+            for i in range(len(stream) - n + 1):
+                *words, word = stream[i : i + n]
+                if words == head and (word == last or (term.prefix and word.startswith(last))):
+                    return term, f"{name}{'prefix' if word != last else 'whole'} {'words' if n > 1 else 'word'}"
+    return None, "none"
+
+
+_SYLLABLES = ["ka", "ro", "mi", "ne", "su", "k", "i", "x"]
+_CJK = ["可口", "可乐", "東京", "ขาย"]
+
+
+def _word(rng: random.Random) -> str:
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(1, 3)))
+
+
+def _random_term(rng: random.Random) -> str:
+    if rng.random() < 0.1:
+        return rng.choice(_CJK) + rng.choice(["", "可"])
+    text = " ".join(_word(rng) for _ in range(rng.choice([1, 1, 2, 3])))
+    return text + "*" if rng.random() < 0.3 else text
+
+
+def _random_text(rng: random.Random, terms: Sequence[guardrails.Term]) -> str:
+    """Words from the terms themselves (whole, longer, cut short, squashed, spaced out letter by letter, in
+    capitals or leetspeak) among random ones, so that near misses are as common as matches."""
+    pieces: list[str] = []
+    for _ in range(rng.randint(0, 10)):
+        term, roll = rng.choice(terms), rng.random()
+        if roll < 0.3:
+            pieces.append(_word(rng))
+        elif roll < 0.45:  # some of its words spaced out
+            pieces.append(" ".join(w if rng.random() < 0.7 else rng.choice([" ", "."]).join(w) for w in term.tokens))
+        elif roll < 0.55:
+            pieces.append(term.squashed + rng.choice(["", "s", "ka"]))
+        elif roll < 0.65:
+            pieces.append(term.tokens[-1][: rng.randint(1, len(term.tokens[-1]))])
+        elif roll < 0.8:
+            pieces.append(rng.choice([" ", ".", "-"]).join(term.squashed))
+        elif roll < 0.9:
+            pieces.append(rng.choice(_CJK) + rng.choice(["", term.squashed]))
+        else:
+            pieces.append(rng.choice(term.tokens).upper().replace("I", "1").replace("O", "0"))
+    return "".join(piece + rng.choice([" ", " ", ", ", ".", "-", ""]) for piece in pieces)
+
+
+def test_the_index_finds_what_a_term_by_term_scan_finds() -> None:
+    """blocked_term walks a text once against terms indexed by word (whole words, squashed multi-word terms, word
+    prefixes, substrings for scripts without spaces): over random term lists and texts made of near misses it must
+    name the same term as the term-by-term scan, the first listed one, built-in list on and off."""
+    rng = random.Random(29)
+    how: Counter[str] = Counter()
+    for round_ in range(200):
+        tenant = [_random_term(rng) for _ in range(rng.randint(1, 25))]
+        settings = Settings(guardrails_default_terms=round_ % 4 == 0, guardrails_blocked_terms=[_random_term(rng)])
+        terms = guardrails.terms_for(settings, tenant)
+        for _ in range(50):
+            text = _random_text(rng, terms)
+            expected, matched = _reference(text, terms)
+            assert guardrails.blocked_term(text, terms) is expected, (text, tenant)
+            how[matched] += 1
+    kinds = ("squashed", "whole word", "prefix word", "whole words", "prefix words")
+    ways = {"anywhere"} | {f"{stream}{kind}" for stream in ("", "joined ") for kind in kinds}
+    assert ways <= set(how) and how["none"] > 1000, how  # every way to match was tried, and many near misses
+
+
+def test_the_first_listed_term_wins_not_the_first_in_the_text() -> None:
+    terms = guardrails.terms_for(Settings(guardrails_default_terms=False), ["sunset", "urban*", "running shoe"])
+    found = guardrails.blocked_term("the running shoe on an urban street at sunset", terms)
+    assert found is not None and found.text == "sunset"
+    unindexed = list(reversed(terms))  # any sequence of terms works, indexed on the way
+    found = guardrails.blocked_term("the running shoe on an urban street at sunset", unindexed)
+    assert found is not None and found.text == "running shoe"
+
+
+def test_terms_are_parsed_and_indexed_once_per_list() -> None:
+    settings = Settings()
+    assert guardrails.terms_for(settings, ["acme rival", "forbid*"]) is guardrails.terms_for(
+        Settings(), ("acme rival", "forbid*")
+    )
+    assert len(guardrails.terms_for(settings, ["acme rival", "forbid*"])) == len(guardrails.terms_for(settings, ())) + 2
+
+
+def test_ascii_text_folds_as_the_full_unicode_path_does() -> None:
+    """ASCII text skips Unicode normalisation; one non-ASCII character at the end sends the same text the long way."""
+    rng = random.Random(5)
+    for _ in range(5000):
+        text = "".join(chr(rng.randrange(128)) for _ in range(rng.randint(0, 16)))
+        assert guardrails.fold(text) + " \u00b7" == guardrails.fold(text + " \u00b7"), repr(text)
