@@ -78,16 +78,16 @@ def test_a_fan_out_item_is_claimed_and_finished_in_a_few_statements(sent: list[t
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
     # claim: lock the campaign, read the run, mark it running (no event: the stage's start was announced, the
     # campaign is running this stage already: no UPDATE of it);
-    # finish: lock, mark succeeded, read the row's key, count the runs for the barrier (not the last), insert the row
+    # finish: lock, mark succeeded, upsert the stage's row (no read first), count the runs for the barrier (not
+    # the last)
     assert seen == [
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "SELECT STAGE_RUNS.ID, STAGE_RUNS.STATUS,",
         "UPDATE STAGE_RUNS SET",
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "UPDATE STAGE_RUNS SET",
-        "SELECT CANDIDATES.ID, CANDIDATES.TENANT_ID,",
+        "INSERT INTO CANDIDATES",
         "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",
-        "INSERT INTO CANDIDATES",  # the one flush, at commit
     ], seen
     run = _runs(cid, "generate")[1]
     assert run.status == StageRunStatus.SUCCEEDED and run.attempts == 1 and run.lease_until is None

@@ -1,4 +1,5 @@
-"""workers.engine.records: a stage's rows (store_rows) and a fan-out's runs (get_runs) in a few statements."""
+"""workers.engine.records: a stage's rows (store_rows: Core upserts, one statement per table) and a fan-out's runs
+(get_runs) in a few statements."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import event, select
+from sqlalchemy import delete, event, select, update
 
 from shared.db.models import Campaign, Candidate, LlmCall
 from shared.db.session import get_engine, session_scope
@@ -55,12 +56,12 @@ def test_new_rows_are_inserted_in_one_statement(fresh_db: str) -> None:
     with session_scope() as session, statements() as seen:
         store_rows(session, list(_candidates(campaign, 9)))
         session.flush()
-    assert seen == ["SELECT", "INSERT"]  # the existing rows of those keys (none), then every row at once
+    assert seen == ["INSERT"]  # every row at once, no read first (ON CONFLICT: a retry rewrites them)
     with session_scope() as session:
         assert len(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()) == 9
 
 
-def test_changed_rows_from_another_session_are_updated_without_a_read_each(fresh_db: str) -> None:
+def test_changed_rows_from_another_session_are_updated_without_a_read(fresh_db: str) -> None:
     campaign = _campaign()
     with session_scope() as session:
         store_rows(session, list(_candidates(campaign, 9)))
@@ -68,18 +69,79 @@ def test_changed_rows_from_another_session_are_updated_without_a_read_each(fresh
         rows = list(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)))
     for i, row in enumerate(rows):
         row.qc, row.passed = {"checked": i}, i % 2 == 0
+        row.placement["x"] = i  # changed in place: the ORM's history does not see it
     with session_scope() as session, statements() as seen:
         store_rows(session, list(rows))
         session.flush()
-    assert seen.count("SELECT") == 1 and "INSERT" not in seen
-    assert 1 <= seen.count("UPDATE") <= 2  # batched: one executemany per set of changed columns
+    assert seen == ["UPDATE"]  # one executemany of the changed columns
     with session_scope() as session:
         stored = {
             c.layout_key: c for c in session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id))
         }
     assert [stored[f"k{i}"].qc for i in range(9)] == [{"checked": i} for i in range(9)]
     assert [stored[f"k{i}"].passed for i in range(9)] == [i % 2 == 0 for i in range(9)]
+    assert [stored[f"k{i}"].placement for i in range(9)] == [{"x": i} for i in range(9)]
     assert stored["k0"].generation == {"adapter": "compositor", "try": 1}  # what was not handed over is kept
+
+
+def test_a_new_row_keeps_the_stored_columns_it_does_not_set(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session:
+        store_rows(session, _candidates(campaign, 1))
+        session.execute(update(Candidate).values(rank=3, aesthetic=0.5))
+    again = Candidate(
+        id=uuid.uuid5(campaign.id, "0:k0"),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        layout_key="k0",
+        qc={"again": True},
+    )
+    with session_scope() as session:
+        store_rows(session, [again])
+    with session_scope() as session:
+        row = session.get(Candidate, again.id)
+        assert row is not None and row.qc == {"again": True}
+        assert (row.rank, row.aesthetic) == (3, 0.5)  # merge kept them too
+        assert row.generation == {"adapter": "compositor", "try": 1}
+
+
+def test_a_row_of_another_tenant_is_never_overwritten(fresh_db: str) -> None:
+    mine, theirs = _campaign(), _campaign()
+    with session_scope() as session:
+        store_rows(session, _candidates(mine, 2))
+    with session_scope() as session:
+        loaded = list(session.scalars(select(Candidate).where(Candidate.campaign_id == mine.id)))
+    # the same keys, handed over by a task of another tenant: a new row of it and a changed row read as its own
+    forged = _candidates(mine, 1, qc={"forged": True})[0]
+    forged.tenant_id = theirs.tenant_id
+    loaded[1].qc, loaded[1].tenant_id = {"forged": True}, theirs.tenant_id
+    with session_scope() as session:
+        store_rows(session, [forged])
+    with session_scope() as session:
+        store_rows(session, [loaded[1]])
+    with session_scope() as session:
+        rows = session.scalars(select(Candidate).where(Candidate.campaign_id == mine.id)).all()
+        assert len(rows) == 2 and {r.tenant_id for r in rows} == {mine.tenant_id}
+        assert all(r.qc == {} for r in rows)
+
+
+def test_a_changed_row_gone_since_it_was_read_is_written_whole(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session:
+        store_rows(session, _candidates(campaign, 2))
+    with session_scope() as session:
+        rows = list(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)))
+    with session_scope() as session:
+        session.execute(delete(Candidate).where(Candidate.id == rows[0].id))
+    for row in rows:
+        row.passed = True
+    with session_scope() as session, statements() as seen:
+        store_rows(session, rows)
+    assert seen == ["UPDATE", "INSERT"]  # one row updated, one not there: upserted with every loaded column
+    with session_scope() as session:
+        stored = session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()
+        assert len(stored) == 2 and all(r.passed for r in stored)
+        assert all(r.generation == {"adapter": "compositor", "try": 1} for r in stored)
 
 
 def test_a_retried_task_rewrites_its_rows_and_mixed_tables_work(fresh_db: str) -> None:
@@ -95,12 +157,16 @@ def test_a_retried_task_rewrites_its_rows_and_mixed_tables_work(fresh_db: str) -
         backend="local",
         model="m",
     )
-    with session_scope() as session:
+    with session_scope() as session, statements() as seen:
         store_rows(session, [*again, call])
+    assert seen == ["INSERT", "INSERT"]  # one per table
+    with session_scope() as session, statements() as seen:
+        store_rows(session, [*again, call])  # the same task once more: the same rows, none doubled
     with session_scope() as session:
         rows = session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)).all()
         assert len(rows) == 4 and all(r.qc == {"second": True} for r in rows)
         assert session.get(LlmCall, call.id) is not None
+        assert len(session.scalars(select(LlmCall).where(LlmCall.campaign_id == campaign.id)).all()) == 1
 
 
 def test_a_fan_out_creates_its_runs_in_one_query_and_one_insert(fresh_db: str) -> None:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, bindparam, cast, func, inspect, select, update
-from sqlalchemy.dialects.postgresql import JSONB, insert
+from sqlalchemy import Table, Update, bindparam, cast, func, inspect, select, update
+from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
+from sqlalchemy.sql import sqltypes
 
 from shared import limits, metrics
 from shared.config import get_settings
@@ -252,34 +255,110 @@ def campaign_finished(session: Session, campaign: Campaign) -> None:
 
 
 def store_rows(session: Session, rows: list[Base]) -> None:
-    """Upsert a stage's rows by primary key (a retried task rewrites the same rows), as session.merge does, in a
-    few statements instead of two per row: the rows that exist already are read in one query per table, so that
-    merge finds them in the session instead of reading each; new ones are added; nothing is flushed until all are
-    in, so the flush batches the INSERTs and UPDATEs (a qc batch: 2 statements, not 9 SELECTs and 9 UPDATEs)."""
-    by_table: dict[type[Base], dict[object, Base]] = defaultdict(dict)
-    keyless: list[Base] = []
+    """Upsert a stage's rows by primary key (a retried task rewrites the same rows) as Core statements on the
+    session's connection, one per table and set of columns: no read first, no ORM merge or flush.
+
+    A row made by the stage (generate's candidates, the LLM call log) is an `INSERT … ON CONFLICT (id) DO
+    UPDATE` of the columns it sets (those it leaves unset keep their stored or default values, as merge keeps
+    them). A row the stage read and changed (qc's and rank's candidates, handed over detached) is an UPDATE of
+    what it assigned and of its JSON values (changed in place, unseen by the ORM); a row that is gone by then is
+    upserted whole. A row never overwrites another tenant's. Rows the session holds are not refreshed: the
+    finish loads none of these before; ORM queries after this read the database."""
+    by_shape: dict[tuple[str, Shape, tuple[str, ...]], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    merged: list[Base] = []
     for row in rows:
-        key = _primary_key(row)
-        if key is None:
-            keyless.append(row)  # no key yet (or a composite one): merged as before
+        shape = _shape(type(row))
+        state = inspect(row)
+        values = {column: state.dict[attr] for attr, column in shape.columns if attr in state.dict}
+        if shape.key is None or values.get(shape.key) is None or (shape.tenant and shape.tenant not in values):
+            merged.append(row)  # a composite key, no key yet, or no tenant to scope by: merged as before
+            continue
+        if state.key is None:  # made by the stage
+            by_shape[("upsert", shape, tuple(values))].append((values, values))
+            continue
+        changed = set(state.committed_state)
+        columns = tuple(c for a, c in shape.columns if a in state.dict and (a in changed or c in shape.mutable))
+        if columns:
+            by_shape[("update", shape, columns)].append(({c: values[c] for c in columns}, values))
+    for (kind, shape, columns), batch in sorted(by_shape.items(), key=lambda entry: entry[0][1].order):
+        if kind == "upsert":
+            _upsert(session, shape, columns, [values for values, _ in batch])
         else:
-            by_table[type(row)][key] = row
-    with session.no_autoflush:
-        for table, keyed in by_table.items():
-            column = inspect(table).primary_key[0]
-            # held here: the session's identity map keeps unmodified rows only weakly
-            loaded = list(session.scalars(select(table).where(column.in_(list(keyed)))))
-            found = {_primary_key(r) for r in loaded}
-            for key, row in keyed.items():
-                if key in found or not inspect(row).transient:
-                    session.merge(row)  # found: merged into the row loaded above, no query of its own
-                else:
-                    session.add(row)
-        for row in keyless:
-            session.merge(row)
+            _update(session, shape, columns, batch)
+    for row in merged:
+        session.merge(row)
 
 
-def _primary_key(row: Base) -> object | None:
-    """A row's one-column primary key, None when it has none yet or a composite one."""
-    key = inspect(type(row)).primary_key_from_instance(row)
-    return key[0] if len(key) == 1 else None
+@dataclass(frozen=True, eq=False)  # one per mapped class (_shape): compared and hashed by identity
+class Shape:
+    """What store_rows needs of a mapped class, worked out once."""
+
+    table: Table
+    key: str | None  # the one primary key column; None when composite
+    tenant: str | None  # the tenant column, when the table has one
+    columns: tuple[tuple[str, str], ...]  # (attribute, column) of every column attribute
+    mutable: frozenset[str]  # JSON and ARRAY columns: a value changed in place is not in the ORM's history
+    order: int  # the table's place in the schema's dependency order (rows referenced first)
+
+
+@cache
+def _shape(cls: type[Base]) -> Shape:
+    mapper = inspect(cls)
+    table: Table = mapper.local_table  # type: ignore[assignment]  # declared as FromClause; a Table
+    keys = mapper.primary_key
+    columns = tuple((prop.key, prop.columns[0].key) for prop in mapper.column_attrs if prop.columns[0].table is table)
+    mutable = frozenset(c.key for c in table.columns if isinstance(c.type, (sqltypes.JSON, sqltypes.ARRAY)))
+    order = Base.metadata.sorted_tables.index(table)
+    tenant = "tenant_id" if "tenant_id" in table.c else None
+    return Shape(table, keys[0].key if len(keys) == 1 else None, tenant, columns, mutable, order)
+
+
+def _upsert(session: Session, shape: Shape, columns: tuple[str, ...], rows: list[dict[str, Any]]) -> None:
+    session.connection().execute(_upsert_statement(shape, columns), rows)
+
+
+@cache
+def _upsert_statement(shape: Shape, columns: tuple[str, ...]) -> Insert:
+    # Built once per table and set of columns: building a statement cost more CPU than executing it.
+    statement = insert(shape.table)
+    assert shape.key is not None
+    written = {c: statement.excluded[c] for c in columns if c != shape.key}
+    if not written:
+        return statement.on_conflict_do_nothing(index_elements=[shape.key])
+    same_tenant = shape.table.c[shape.tenant] == statement.excluded[shape.tenant] if shape.tenant else None
+    return statement.on_conflict_do_update(index_elements=[shape.key], set_=written, where=same_tenant)
+
+
+def _update(
+    session: Session, shape: Shape, columns: tuple[str, ...], batch: list[tuple[dict[str, Any], dict[str, Any]]]
+) -> None:
+    assert shape.key is not None
+    params = [
+        {
+            **{f"b_{c}": v for c, v in changed.items()},
+            "b_key": whole[shape.key],
+            "b_tenant": whole[shape.tenant] if shape.tenant else None,
+        }
+        for changed, whole in batch
+    ]
+    done = session.connection().execute(_update_statement(shape, columns), params)
+    if done.rowcount < len(batch):  # a row gone since the stage read it: written whole (the others again, alike)
+        for whole_columns, rows in _by_columns([whole for _, whole in batch]).items():
+            _upsert(session, shape, whole_columns, rows)
+
+
+def _by_columns(rows: list[dict[str, Any]]) -> dict[tuple[str, ...], list[dict[str, Any]]]:
+    grouped: dict[tuple[str, ...], list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        grouped[tuple(row)].append(row)
+    return grouped
+
+
+@cache
+def _update_statement(shape: Shape, columns: tuple[str, ...]) -> Update:
+    assert shape.key is not None
+    table = shape.table
+    where = [table.c[shape.key] == bindparam("b_key")]
+    if shape.tenant:
+        where.append(table.c[shape.tenant] == bindparam("b_tenant"))
+    return update(table).where(*where).values({c: bindparam(f"b_{c}") for c in columns if c != shape.key})
