@@ -9,12 +9,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import pytest
-from sqlalchemy import event, select
+import redis
+from sqlalchemy import event, func, select
 
 from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus
 from shared.db.session import get_engine, session_scope
 from tests.factories import make_campaign
-from workers.engine import flow, leases, runner
+from workers.engine import dispatch, flow, gpu_pool, leases, runner
 from workers.engine.context import StageContext
 from workers.engine.records import claim_run, find_run, lock_campaign
 
@@ -27,18 +28,32 @@ def sent(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]
     return calls
 
 
+# The dispatcher's statements in a finish: its lock, the runs in flight, the waiting runs, those chosen marked sent
+DISPATCH = [
+    "SELECT PG_ADVISORY_XACT_LOCK AS",
+    "SELECT STAGE_RUNS.TENANT_ID, STAGE_RUNS.STAGE,",
+    "SELECT ANON_1.ID, ANON_1.TENANT_ID,",
+    "UPDATE STAGE_RUNS SET",
+]
+
+
 @contextmanager
 def statements() -> Iterator[list[str]]:
     seen: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, *_: object) -> None:
-        seen.append(" ".join(statement.split()[:3]).upper())
+        seen.append(" ".join(word.split("(")[0] for word in statement.split()[:3]).upper())  # no bind names
+
+    def commit(conn: object) -> None:
+        seen.append("COMMIT")
 
     event.listen(get_engine(), "before_cursor_execute", record)
+    event.listen(get_engine(), "commit", commit)
     try:
         yield seen
     finally:
         event.remove(get_engine(), "before_cursor_execute", record)
+        event.remove(get_engine(), "commit", commit)
 
 
 def _runs(cid: str, stage: str) -> dict[int, StageRun]:
@@ -79,20 +94,66 @@ def test_a_fan_out_item_is_claimed_and_finished_in_a_few_statements(sent: list[t
     # claim: lock the campaign, read the run, mark it running (no event: the stage's start was announced, the
     # campaign is running this stage already: no UPDATE of it);
     # finish: lock, mark succeeded, upsert the stage's row (no read first), count the runs for the barrier (not
-    # the last)
+    # the last); its GPU slot is free: the dispatcher, in the same transaction, gives out the free slots
     assert seen == [
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "SELECT STAGE_RUNS.ID, STAGE_RUNS.STATUS,",
         "UPDATE STAGE_RUNS SET",
+        "COMMIT",
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "UPDATE STAGE_RUNS SET",
         "INSERT INTO CANDIDATES",
         "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",
+        *DISPATCH,
+        "COMMIT",
     ], seen
     run = _runs(cid, "generate")[1]
     assert run.status == StageRunStatus.SUCCEEDED and run.attempts == 1 and run.lease_until is None
     assert run.started_at is not None and run.finished_at is not None and run.output == {"made": 1}
-    assert sent == []  # two batches left: nothing follows yet
+    # two batches left, nothing follows yet; the two waiting batches get free slots (64 in tests)
+    assert sent == [("onbrand.generate", cid, 0, 0), ("onbrand.generate", cid, 0, 2)]
+
+
+def test_a_gpu_finish_dispatches_in_its_transaction_and_sends_after_its_commit(
+    sent: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid = make_campaign()
+    _batches(cid, 3)
+    committed: list[tuple[int, bool]] = []
+
+    def send(name: str, ident: str, rnd: int, item: int) -> None:
+        # what another connection sees when the task is sent: the finish's transaction has committed
+        runs = _runs(cid, "generate")
+        committed.append((item, runs[item].dispatched_at is not None and runs[0].status == "succeeded"))
+
+    monkeypatch.setattr(runner, "send", send)
+    with statements() as seen:
+        assert runner.execute("generate", cid, 0, 0, _generate) == "succeeded"
+    finish = seen.index("COMMIT", seen.index("COMMIT") + 1)  # the claim's commit, then the finish's
+    assert seen[finish - len(DISPATCH) : finish] == DISPATCH  # the dispatcher's work ends the finish's transaction
+    assert sum(s.startswith("SELECT PG_ADVISORY") for s in seen) == 1  # and has no transaction of its own
+    assert committed == [(1, True), (2, True)]
+    with session_scope() as session:  # the lock is the transaction's: released at its commit
+        session.execute(select(func.pg_advisory_xact_lock(dispatch.DISPATCH_LOCK)))
+
+
+def test_a_gpu_finish_whose_slots_are_unknown_leaves_dispatch_to_after_its_commit(
+    sent: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cid = make_campaign()
+    _batches(cid, 2)
+
+    def away(settings: object) -> object:
+        raise redis.ConnectionError("Redis restarting")
+
+    offered: list[object] = []
+    monkeypatch.setattr(gpu_pool, "capacity", away)
+    monkeypatch.setattr(runner, "dispatch_gpu", lambda tasks=None: offered.append(tasks) or 0)
+    with statements() as seen:
+        assert runner.execute("generate", cid, 0, 0, _generate) == "succeeded"
+    assert not any(s.startswith("SELECT PG_ADVISORY") for s in seen)
+    assert offered == [[]]  # after the commit, as before: it logs the failure and the sweep dispatches again
+    assert _runs(cid, "generate")[0].status == StageRunStatus.SUCCEEDED
 
 
 def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[Any, ...]]) -> None:

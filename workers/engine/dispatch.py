@@ -9,10 +9,14 @@ round, stage and item.
 
 Why slots and not queue order: a Redis list is first-come-first-served and cannot be reordered once a message is in
 it, so 50 campaigns sent before another tenant's one would all run first. A message sent only when a worker can take
-it leaves the choice to the moment a GPU frees up. The cost is one Postgres transaction per GPU run ended.
+it leaves the choice to the moment a GPU frees up. The cost is four statements per GPU run ended, in the
+transaction of the finish that ended it (`dispatch_in`).
 
 It runs under a transaction-level advisory lock (two dispatchers never fill one slot twice) and is called when a
-stage creates GPU runs, when a GPU run ends, and by the stalled sweep: a lost call costs one sweep period.
+stage creates GPU runs, when a GPU run ends (both in the finish's transaction), and by the stalled sweep: a lost
+call costs one sweep period. A finish that waits for the lock holds its campaign's row; a dispatcher holding the
+lock locks no campaign row and only writes runs that wait unsent, which no finish has written (a fan-out's new runs
+are invisible to it until their commit; ON CONFLICT DO NOTHING locks none): no cycle of waits.
 """
 
 from __future__ import annotations
@@ -116,23 +120,36 @@ def dispatch(offered: list[Task] | None = None, settings: Settings | None = None
     settings = settings or get_settings()
     capacity = gpu_pool.capacity(settings)
     with session_scope() as session:
-        connection = session.connection()
-        connection.execute(LOCK)
-        again = _sent_pending(session, offered or [])
-        pool = _in_flight(session, capacity)
-        if sum(pool.by_queue.values()) >= capacity.total:
-            return again
-        waiting = _waiting(session, capacity.total)
-        tenants = list(waiting)
-        # One tenant waiting: nothing to share, its own order decides (two queries fewer per GPU run ended).
-        shared = len(tenants) > 1
-        shares, served = (_shares(session, tenants, settings), _served(session, tenants)) if shared else ({}, {})
-        chosen = pick(waiting, pool, shares, served) if waiting else []
-        if chosen:
-            params = {"runs": [r.run_id for r in chosen], "at": now(), "lease": lease_from_now()}
-            connection.execute(SENT, params)
-            _observe_waits(chosen)
-        return again + [run.task for run in chosen]
+        return dispatch_in(session, capacity, offered, settings)
+
+
+def dispatch_in(
+    session: Session, capacity: gpu_pool.Capacity, offered: list[Task] | None = None, settings: Settings | None = None
+) -> list[Task]:
+    """dispatch() in the caller's transaction: a GPU stage's finish gives out the slot its run frees (and to the
+    runs it creates) before its own commit, not in a transaction of its own after it. The advisory lock is held
+    until that commit; the tasks are sent after it. The runs the caller changed through the ORM must be flushed
+    (these are Core queries)."""
+    connection = session.connection()
+    connection.execute(LOCK)
+    again = _sent_pending(session, offered or [])
+    pool = _in_flight(session, capacity)
+    if sum(pool.by_queue.values()) >= capacity.total:
+        return again
+    waiting = _waiting(session, capacity.total)
+    tenants = list(waiting)
+    # One tenant waiting: nothing to share, its own order decides (two queries fewer per GPU run ended).
+    shared = len(tenants) > 1
+    if shared:
+        shares, served = _shares(session, tenants, settings or get_settings()), _served(session, tenants)
+    else:
+        shares, served = {}, {}
+    chosen = pick(waiting, pool, shares, served) if waiting else []
+    if chosen:
+        params = {"runs": [r.run_id for r in chosen], "at": now(), "lease": lease_from_now()}
+        connection.execute(SENT, params)
+        _observe_waits(chosen)
+    return again + [run.task for run in chosen]
 
 
 def _sent_pending(session: Session, offered: list[Task]) -> list[Task]:

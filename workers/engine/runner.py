@@ -9,7 +9,8 @@
 - finish: lock the campaign row again, store the output, and decide the next tasks (workers.engine.flow);
   the campaign-row lock makes the "last item of a fan-out" decision race-free. Tasks are sent
   only after the commit, with ids only; a GPU stage's tasks go through the fair dispatcher
-  (workers.engine.dispatch), which also runs whenever a GPU run ends and frees its slot.
+  (workers.engine.dispatch), which also runs whenever a GPU run ends and frees its slot: in the
+  finish's transaction (its chosen tasks sent after that commit too).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
 
+import redis
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -40,7 +42,7 @@ from shared.db.models import (
 from shared.db.session import session_scope
 from shared.queue import GPU_STAGE_TASKS, GPU_STAGES, send
 from shared.stages import FIRST, STAGES, stage
-from workers.engine import dispatch, flow, leases
+from workers.engine import dispatch, flow, gpu_pool, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
 from workers.engine.records import (
     campaign_finished,
@@ -77,9 +79,13 @@ def execute(stage: str, campaign_id: str, rnd: int, item: int, fn: StageFn) -> s
     logs.bind(tenant_id=ctx.tenant_id)
     summary, error = _compute(ctx, fn)
     with _engine(stage, "finish"):
-        tasks = _finish(ctx, summary) if error is None else _fail(ctx, error.code, error.message)
+        tasks, dispatched = _finish(ctx, summary) if error is None else (_fail(ctx, error.code, error.message), False)
     with _engine(stage, "send"):
-        send_all(tasks, freed=stage in GPU_STAGES)  # once this run ends, its GPU slot goes to the next waiting run
+        if dispatched:  # the GPU slots were given out in the finish's transaction: its tasks go as they are
+            for task in tasks:
+                _send(task)
+        else:  # once this run ends, its GPU slot goes to the next waiting run
+            send_all(tasks, freed=stage in GPU_STAGES)
     return "succeeded" if error is None else "failed"
 
 
@@ -158,24 +164,50 @@ def _not_taken(session: Session, campaign: Campaign, tasks: list[Task]) -> list[
     return kept
 
 
-def _finish(ctx: StageContext, summary: dict[str, object]) -> list[Task]:
+def _finish(ctx: StageContext, summary: dict[str, object]) -> tuple[list[Task], bool]:
+    """The run's output and rows stored, what comes next decided; the tasks to send after the commit, and whether
+    the GPU dispatcher ran in this transaction (else it runs after the commit, as send_all decides)."""
     with session_scope() as session:
-        campaign = lock_campaign_lean(session, ctx.campaign.id)
-        if campaign is None:
-            return []
-        succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
-        store_rows(session, ctx.rows)
-        if ctx.state_patch:
-            patch_state(session, campaign, ctx.state_patch)
-        if ctx.batches is not None:
-            flow.record_batches(campaign, ctx.round, ctx.batches)
-        # No flush here: what reads the rows (an ORM query: rank's candidate counts, deliver's results) autoflushes
-        # them first; most finishes read none and write everything in the one flush at commit.
-        if campaign.status in TERMINAL_STATUSES:
-            return []  # cancelled while we computed: keep the work, start nothing new
-        if ctx.finalize is not None:
-            return ctx.finalize(session, campaign)
-        return flow.advance(session, campaign, ctx.stage, ctx.round)
+        tasks = _finished(session, ctx, summary)
+        return _dispatched(session, ctx.stage, tasks) if tasks is not None else ([], False)
+
+
+def _finished(session: Session, ctx: StageContext, summary: dict[str, object]) -> list[Task] | None:
+    """The finish's work in its transaction: the tasks that follow; None when the run no longer matters (its
+    campaign deleted or ended meanwhile)."""
+    campaign = lock_campaign_lean(session, ctx.campaign.id)
+    if campaign is None:
+        return None
+    succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
+    store_rows(session, ctx.rows)
+    if ctx.state_patch:
+        patch_state(session, campaign, ctx.state_patch)
+    if ctx.batches is not None:
+        flow.record_batches(campaign, ctx.round, ctx.batches)
+    # The stage's rows are written already (Core); what the ORM holds (the campaign's changes, events' outbox
+    # rows) goes in the one flush at commit, or before an ORM query that reads it (autoflush).
+    if campaign.status in TERMINAL_STATUSES:
+        return None  # cancelled while we computed: keep the work, start nothing new
+    if ctx.finalize is not None:
+        return ctx.finalize(session, campaign)
+    return flow.advance(session, campaign, ctx.stage, ctx.round)
+
+
+def _dispatched(session: Session, stage: str, tasks: list[Task]) -> tuple[list[Task], bool]:
+    """A GPU run ended (its slot is free) or GPU runs were created: the dispatcher gives out the free slots in
+    this transaction (one commit, not a transaction of its own after it: ~3 ms of CPU a GPU task). Its chosen
+    tasks replace the GPU tasks offered; all are sent after the commit. Redis away (the pool's capacity unknown):
+    left to send_all after the commit, which logs it and leaves it to the sweep."""
+    gpu = [task for task in tasks if task[0] in GPU_STAGE_TASKS]
+    if not gpu and stage not in GPU_STAGES:
+        return tasks, False
+    try:
+        capacity = gpu_pool.capacity(get_settings())
+    except redis.RedisError:
+        return tasks, False
+    session.flush()  # the dispatcher reads the runs with Core queries: what the ORM holds of them goes first
+    chosen = dispatch.dispatch_in(session, capacity, gpu)
+    return [task for task in tasks if task[0] not in GPU_STAGE_TASKS] + chosen, True
 
 
 def record_failure(stage: str, campaign_id: str, rnd: int, item: int, error: str) -> None:
