@@ -118,19 +118,19 @@ def send(name: str, *args: Any, priority: int | None = None, expires: float | No
 
 
 async def send_all(tasks: Sequence[tuple[str, tuple[Any, ...]]]) -> None:
-    """Send tasks (name, id arguments) from an event loop, without blocking it: to Redis in one round trip (a
-    pipeline of LPUSHes), each message as send() builds it. Call after commit."""
+    """Send tasks (name, id arguments) from an event loop, without blocking it, each message as send() builds it;
+    returns once Redis has them. Call after commit."""
     url = get_settings().broker_url
     if not url.startswith(REDIS_SCHEMES):  # a broker URL only kombu reads: its blocking client, off the loop
         for name, args in tasks:
             await asyncio.to_thread(send, name, *args)
         return
-    pipe = _async_broker(url).pipeline(transaction=False)
+    messages = []
     for name, args in tasks:
         with _producer_span(name):
             task_args, task_id, headers = _task(name, args)
-            pipe.lpush(*redis_message(name, task_args, task_id, None, None, headers))
-    await pipe.execute()
+            messages.append(redis_message(name, task_args, task_id, None, None, headers))
+    await _async_pusher(url).push(messages)
 
 
 REDIS_SCHEMES = ("redis://", "rediss://")
@@ -151,23 +151,67 @@ def _task(name: str, args: tuple[Any, ...]) -> tuple[list[Any], str | None, dict
     return task_args, stage_task_id(name, *args), {**tracing.inject(), SENT_AT_HEADER: f"{time.time():.6f}"}
 
 
-# One asyncio client per event loop and URL: its connections belong to the loop that opened them.
-_ASYNC_BROKERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, redis.asyncio.Redis]] = (
-    weakref.WeakKeyDictionary()
-)
+class _Pusher:
+    """One event loop's LPUSHes to one Redis, grouped: the messages of every caller that arrives while a round trip
+    is under way go out together in the next (one pipeline), as a database groups concurrent commits. A burst of
+    creations then costs the loop one round trip per group, not one per creation; a lone caller waits for no one."""
+
+    def __init__(self, client: redis.asyncio.Redis) -> None:
+        self.client = client
+        self.waiting: list[tuple[list[tuple[str, str]], asyncio.Future[None]]] = []
+        self.draining: asyncio.Task[None] | None = None
+
+    async def push(self, messages: list[tuple[str, str]]) -> None:
+        done = asyncio.get_running_loop().create_future()
+        self.waiting.append((messages, done))
+        if self.draining is None:
+            self.draining = asyncio.create_task(self._drain())
+        await done
+
+    async def _drain(self) -> None:
+        try:
+            while self.waiting:
+                group, self.waiting = self.waiting, []
+                outcome = await self._send([m for messages, _ in group for m in messages])
+                for _, done in group:
+                    if done.done():
+                        continue  # its caller was cancelled: the messages went out all the same
+                    if outcome is None:
+                        done.set_result(None)
+                    else:
+                        done.set_exception(outcome)
+        finally:
+            self.draining = None
+
+    async def _send(self, messages: list[tuple[str, str]]) -> Exception | None:
+        try:
+            if len(messages) == 1:  # a pipeline's bookkeeping costs more than the push itself
+                await self.client.lpush(*messages[0])
+            else:
+                pipe = self.client.pipeline(transaction=False)
+                for message in messages:
+                    pipe.lpush(*message)
+                await pipe.execute()
+        except Exception as exc:  # each caller gets it (and logs it: its row waits for the sweeps)
+            return exc
+        return None
 
 
-def _async_broker(url: str) -> redis.asyncio.Redis:
-    clients = _ASYNC_BROKERS.setdefault(asyncio.get_running_loop(), {})
-    if url not in clients:
-        clients[url] = redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-    return clients[url]
+# One pusher (one asyncio client) per event loop and URL: a client's connections belong to the loop that opened them.
+_PUSHERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, _Pusher]] = weakref.WeakKeyDictionary()
+
+
+def _async_pusher(url: str) -> _Pusher:
+    pushers = _PUSHERS.setdefault(asyncio.get_running_loop(), {})
+    if url not in pushers:
+        pushers[url] = _Pusher(redis.asyncio.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5))
+    return pushers[url]
 
 
 async def close_async_brokers() -> None:
     """Close this event loop's clients (the gateway's shutdown)."""
-    for client in _ASYNC_BROKERS.pop(asyncio.get_running_loop(), {}).values():
-        await client.aclose()
+    for pusher in _PUSHERS.pop(asyncio.get_running_loop(), {}).values():
+        await pusher.client.aclose()
 
 
 @lru_cache

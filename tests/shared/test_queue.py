@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import redis
+import redis.asyncio
 from celery import Celery
 
 from shared import queue
@@ -96,11 +97,42 @@ def test_send_all_pushes_what_send_does(broker: str, monkeypatch: pytest.MonkeyP
     tasks = [(name, args) for name, args, options in CASES if not options]
     ids = {name: queue.stage_task_id(name, *args) or str(uuid.uuid4()) for name, args in tasks}
     monkeypatch.setattr(queue, "stage_task_id", lambda name, *_: ids[name])
-    for name, args in tasks:
-        queue.send(name, *args)
-    one_by_one = _pushed(broker)
-    asyncio.run(queue.send_all(tasks))
-    together = _pushed(broker)
-    assert sorted(together) == sorted(one_by_one) and sum(map(len, together.values())) == len(tasks)
-    for key, messages in one_by_one.items():
-        assert [_comparable(m) for m in together[key]] == [_comparable(m) for m in messages], key
+    for batch in (tasks[:1], tasks):  # one message (a single push), several (a pipeline)
+        for name, args in batch:
+            queue.send(name, *args)
+        one_by_one = _pushed(broker)
+        asyncio.run(queue.send_all(batch))
+        together = _pushed(broker)
+        assert sorted(together) == sorted(one_by_one) and sum(map(len, together.values())) == len(batch)
+        for key, messages in one_by_one.items():
+            assert [_comparable(m) for m in together[key]] == [_comparable(m) for m in messages], key
+
+
+def test_concurrent_send_all_share_round_trips_and_each_learns_the_outcome(
+    broker: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Callers arriving while a push is under way go out together in the next one; every caller returns once its
+    own messages are in Redis, or gets the error when the push fails."""
+    ids = [uuid.uuid4() for _ in range(40)]
+
+    async def burst() -> int:
+        await asyncio.gather(*(queue.send_all([("onbrand.send_webhook", (i,))]) for i in ids))
+        return sum(len(p.waiting) for p in queue._PUSHERS[asyncio.get_running_loop()].values())
+
+    assert asyncio.run(burst()) == 0
+    pushed = _pushed(broker)["webhooks"]
+    assert sorted(json.loads(base64.b64decode(m["body"]))[0][0] for m in pushed) == sorted(map(str, ids))
+
+    async def refused() -> list[BaseException | None]:
+        results = await asyncio.gather(
+            *(queue.send_all([("onbrand.send_webhook", (i,))]) for i in ids[:5]), return_exceptions=True
+        )
+        return list(results)
+
+    async def down(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raise redis.ConnectionError("Redis is down")
+
+    monkeypatch.setattr(redis.asyncio.Redis, "execute_command", down)  # a single push
+    monkeypatch.setattr(redis.asyncio.client.Pipeline, "execute", down)
+    outcomes = asyncio.run(refused())
+    assert all(isinstance(o, redis.ConnectionError) for o in outcomes), outcomes

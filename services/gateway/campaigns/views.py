@@ -11,6 +11,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cache
 from typing import Any, cast
 
 from sqlalchemy import case, func, select
@@ -104,6 +105,13 @@ def stage_view(name: str, tally: StageTally, terminal: bool) -> StageRead:
         started_at=tally.started_at,
         finished_at=tally.finished_at if status in _FINISHED else None,
     )
+
+
+@cache
+def _unrun_stage_view(name: str, terminal: bool) -> StageRead:
+    """A stage without runs: the same view every time (a new campaign's every stage, most of a running one's), built
+    once and shared (views are only serialised, never changed)."""
+    return stage_view(name, StageTally(), terminal)
 
 
 def progress(stages: Sequence[StageRead], terminal: bool) -> float:
@@ -392,7 +400,10 @@ def view(
     rounds: dict[int, RoundTally] | None = None,
 ) -> CampaignRead:
     terminal = campaign.status in TERMINAL_STATUSES
-    stages = [stage_view(name, tallies.get(name, StageTally()), terminal) for name in PIPELINE]
+    stages = [
+        stage_view(name, tally, terminal) if (tally := tallies.get(name)) else _unrun_stage_view(name, terminal)
+        for name in PIPELINE
+    ]
     return CampaignRead(
         id=campaign.id,
         brand_id=campaign.brand_id,
