@@ -4,8 +4,8 @@ A status poll or a brand read through the ORM session costs several times the Py
 construction, unit of work, entity loading, a thread-pool hop each way). The hottest reads run here instead: plain
 SQL, tenant-scoped like every query, on a small async pool per event loop, each statement prepared by Postgres
 after its first few executions on a connection. The queries one response needs go out in one pipeline: one round
-trip. The one write here is the campaign creation (write(): a single statement, committed in the same round trip);
-other writes stay on the ORM session, in the request's transaction (services/gateway/unit_of_work.py).
+trip. The one write here is the campaign creation (write(): a single CALL that commits); other writes stay on the
+ORM session, in the request's transaction (services/gateway/unit_of_work.py).
 
 A connection broken by a Postgres restart fails its statement with OperationalError, as the sync pool's do; the
 pool's idle connections are then checked and the read is retried once. What still fails reaches the gateway's 503
@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from typing import Any, LiteralString
 
 import psycopg
-from psycopg.pq import TransactionStatus
 from psycopg.rows import RowFactory, tuple_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import make_url
@@ -107,51 +106,23 @@ async def _fetch(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
         await pool.putconn(conn)
 
 
-async def write(settings: Settings, statement: Read, *, flush_wal: bool = False) -> list[Any]:
-    """Run one statement in a transaction of its own and commit it, all in one pipeline (one round trip); its rows.
-    An error (the statement's, or the commit's: a deferred constraint trigger) rolls all of it back and is raised.
+async def write(settings: Settings, statement: Read) -> list[Any]:
+    """Run one statement in autocommit, its rows: a statement that is its own transaction, or a procedure that
+    controls its own (a campaign creation, migration 0019: CALL may COMMIT only outside a transaction block).
 
-    flush_wal: the statement turned synchronous_commit off for its transaction (a campaign creation: its commit takes
-    the tenant's quota lock, migration 0018, and so releases it at once, not after a flush of the WAL that would
-    serialise the tenant's creations). A second transaction, with an id, then commits synchronously in the same
-    pipeline: its flush covers the WAL of the commit before it (one sequence), so the write is durable before this
-    returns; concurrent flushes are grouped.
-
-    Not retried: a connection lost after the COMMIT went out leaves its outcome unknown (the client retries, with an
-    Idempotency-Key for a creation). The pool's idle connections are checked then, for the next request."""
+    Not retried: a connection lost after the statement went out leaves its outcome unknown (the client retries, with
+    an Idempotency-Key for a creation). The pool's idle connections are checked then, for the next request."""
     pool = await _pool(settings)
     conn = await pool.getconn()
     try:
-        async with conn.pipeline():
-            cursor = conn.cursor(row_factory=statement.row)
-            if not flush_wal:  # autocommit: one statement is a transaction (implicit, committed at the pipeline's sync)
-                await cursor.execute(statement.sql, statement.params)
-            else:
-                await cursor.execute("BEGIN")
-                await cursor.execute(statement.sql, statement.params)
-                await conn.execute("COMMIT")
-                await conn.execute(_FLUSH_WAL)  # implicit again: a transaction of its own, committed at the sync
+        cursor = conn.cursor(row_factory=statement.row)
+        await cursor.execute(statement.sql, statement.params)
         return await cursor.fetchall()
     except psycopg.OperationalError:
         await pool.check()
         raise
     finally:
-        await _put_back(pool, conn)
-
-
-# After a commit made with synchronous_commit off: a transaction with an id, committed with it on (write()).
-_FLUSH_WAL: LiteralString = "SELECT pg_current_xact_id()"
-
-
-async def _put_back(pool: AsyncConnectionPool, conn: psycopg.AsyncConnection[Any]) -> None:
-    # A pipeline cut short (a cancelled request) can leave a transaction open: end it here (the pool would too,
-    # with a warning).
-    if conn.info.transaction_status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
-        try:
-            await conn.rollback()
-        except psycopg.Error:
-            pass  # broken: putconn discards it
-    await pool.putconn(conn)
+        await pool.putconn(conn)
 
 
 async def close_all() -> None:

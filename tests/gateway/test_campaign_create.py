@@ -16,7 +16,7 @@ from sqlalchemy import event, func, select, update
 from shared import webhooks
 from shared.db import aio
 from shared.db import session as db_session
-from shared.db.models import Campaign, ImageUsage, WebhookDelivery, WebhookEndpoint
+from shared.db.models import Campaign, ImageUsage, OutboxStatus, WebhookDelivery, WebhookEndpoint
 from shared.db.models import Tenant as TenantRow
 from tests.factories import SentTasks, Tenant, assert_problem, make_brand, new_tenant
 from tests.system import clear_caches
@@ -52,7 +52,7 @@ def statements(env: dict[str, str]) -> Iterator[list[str]]:
 def test_a_creation_is_one_statement(
     client: TestClient, acme: Tenant, statements: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Once the tenant's settings are cached: one write (aio.write: the statement and its commit in one round trip),
+    """Once the tenant's settings are cached: one write (aio.write: the CALL that writes and commits, migration 0019),
     no read, nothing through the ORM session."""
     brand_id = make_brand(client, acme)
     assert _create(client, acme, brand_id).status_code == 202  # the tenant's settings now cached
@@ -73,7 +73,7 @@ def test_a_creation_is_one_statement(
     statements.clear()
     assert _create(client, acme, brand_id).status_code == 202
     assert [s for s in statements if "api_keys" not in s] == []  # a key's last use is recorded once a minute
-    assert reads == [] and len(writes) == 1 and writes[0].lstrip().startswith("WITH brand AS"), writes
+    assert reads == [] and len(writes) == 1 and writes[0].startswith("CALL onbrand_create_campaign("), writes
 
 
 def test_tenant_settings_apply_from_the_next_creation(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
@@ -210,3 +210,29 @@ def test_the_created_view_is_the_status_poll(client: TestClient, acme: Tenant, s
         assert (answered.pop("webhook_secret") is None) == ("webhook_url" not in body)
         polled = client.get(f"/v1/campaigns/{answered['id']}", headers=acme.auth)
         assert polled.status_code == 200 and polled.json() == answered
+        _assert_rows(uuid.UUID(answered["id"]), body, sent)
+
+
+def _assert_rows(campaign_id: uuid.UUID, body: dict[str, Any], sent: SentTasks) -> None:
+    """What the response does not show: absent parts stored as SQL NULL (not JSON null), the ledger row, the outbox
+    row of the campaign's own webhook_url, pending and sent."""
+    with db_session.new_session() as session:
+        campaign = session.get(Campaign, campaign_id)
+        assert campaign is not None and campaign.event_sequence == 1 and campaign.loop == {}
+        nulls = session.execute(
+            select(Campaign.copy.is_(None), Campaign.push_urls.is_(None), Campaign.webhook_url.is_(None)).where(
+                Campaign.id == campaign_id
+            )
+        ).one()
+        assert tuple(nulls) == tuple(name not in body for name in ("copy", "push_urls", "webhook_url"))
+        usage = session.scalars(select(ImageUsage).where(ImageUsage.campaign_id == campaign_id)).one()
+        assert usage.reserved > 0 and usage.tenant_id == campaign.tenant_id
+        deliveries = session.scalars(select(WebhookDelivery).where(WebhookDelivery.campaign_id == campaign_id)).all()
+    if "webhook_url" in body:
+        assert [(d.url, d.status, d.event_type) for d in deliveries] == [
+            (body["webhook_url"], OutboxStatus.PENDING, "campaign.queued")
+        ]
+        assert (deliveries[0].id,) in sent.named("onbrand.send_webhook")
+    else:
+        assert deliveries == []
+    assert (campaign_id,) in sent.named("onbrand.decompose")
