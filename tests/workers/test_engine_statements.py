@@ -156,6 +156,24 @@ def test_a_gpu_finish_whose_slots_are_unknown_leaves_dispatch_to_after_its_commi
     assert _runs(cid, "generate")[0].status == StageRunStatus.SUCCEEDED
 
 
+def test_a_single_item_finish_reads_the_campaign_state_with_its_lock(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    with statements() as seen:
+        assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"
+    # The stage's last item: its events read campaign.state (progress, the next stage's fan-out), loaded with the
+    # lock; left unloaded, it took a query of its own and split the campaign's UPDATE in two (an autoflush first).
+    finish = seen[seen.index("COMMIT") + 1 :]
+    assert finish == [
+        "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
+        "UPDATE STAGE_RUNS SET",
+        "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",  # the barrier and the event's progress
+        "SELECT WEBHOOK_ENDPOINTS.ID, WEBHOOK_ENDPOINTS.TENANT_ID,",  # the stage's completed event
+        "INSERT INTO STAGE_RUNS",  # the next stage's run
+        "UPDATE CAMPAIGNS SET",  # the event's sequence and bookkeeping, in the flush at commit
+        "COMMIT",
+    ], finish
+
+
 def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[Any, ...]]) -> None:
     cid = make_campaign()
     _batches(cid, 2)

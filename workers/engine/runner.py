@@ -41,7 +41,7 @@ from shared.db.models import (
 )
 from shared.db.session import session_scope
 from shared.queue import GPU_STAGE_TASKS, GPU_STAGES, send
-from shared.stages import FIRST, STAGES, stage
+from shared.stages import FIRST, STAGES, FanOut, stage
 from workers.engine import dispatch, flow, gpu_pool, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
 from workers.engine.records import (
@@ -145,6 +145,7 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
 
 
 _STAGE_OF_TASK = {row.task: row.name for row in STAGES}
+STAGE_ROWS = {row.name: row for row in STAGES}
 
 
 def _not_taken(session: Session, campaign: Campaign, tasks: list[Task]) -> list[Task]:
@@ -175,7 +176,11 @@ def _finish(ctx: StageContext, summary: dict[str, object]) -> tuple[list[Task], 
 def _finished(session: Session, ctx: StageContext, summary: dict[str, object]) -> list[Task] | None:
     """The finish's work in its transaction: the tasks that follow; None when the run no longer matters (its
     campaign deleted or ended meanwhile)."""
-    campaign = lock_campaign_lean(session, ctx.campaign.id)
+    # A fan-out item's finish leaves campaign.state unloaded (all but its stage's last item read none of it); a
+    # single item's finish is its stage's last and reads it (the events' progress): loaded with the lock, not by a
+    # query of its own when first read.
+    fans_out = STAGE_ROWS[ctx.stage].fan_out is not FanOut.ONE
+    campaign = (lock_campaign_lean if fans_out else lock_campaign)(session, ctx.campaign.id)
     if campaign is None:
         return None
     succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
