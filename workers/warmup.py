@@ -41,7 +41,7 @@ class Done:
 
 def steps(queues: set[str], settings: Settings) -> list[Step]:
     """Everything the stages on `queues` would load on first use, models last (imports make them cheaper)."""
-    found = [Step("database connection", _database)]
+    found = [Step("database connection", _database), Step("engine statements", _engine_statements)]
     found += [Step(f"{s.name} stage module", _stage_module(s.name)) for s in STAGES if s.queue in queues]
     if "qc" in queues:
         found.append(Step("MS-SSIM (torch)", _msssim))
@@ -77,6 +77,13 @@ def _database() -> None:
 
     with session_scope() as session:
         session.execute(text("SELECT 1"))
+
+
+def _engine_statements() -> None:
+    """The claim's, finish's and dispatcher's statements compiled, so that the first tasks do not compile them."""
+    from workers.engine import warm
+
+    warm.statements()
 
 
 def _stage_module(name: str) -> Callable[[], object]:

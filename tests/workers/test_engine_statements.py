@@ -11,11 +11,12 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import event, func, select
+from sqlalchemy.engine.interfaces import CacheStats
 
 from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus
 from shared.db.session import get_engine, session_scope
 from tests.factories import make_campaign
-from workers.engine import dispatch, flow, gpu_pool, leases, runner
+from workers.engine import dispatch, flow, gpu_pool, leases, runner, warm
 from workers.engine.context import StageContext
 from workers.engine.records import claim_run, find_run, lock_campaign
 
@@ -219,3 +220,24 @@ def test_a_claim_without_a_run_creates_it_running_and_a_live_claim_is_not_taken(
         claim_run(session, campaign, run, ("decompose", 0, 0), leases.worker_id())  # a retry claims it again
         again = find_run(session, campaign.id, "decompose", 0, 0)
     assert again is not None and again.attempts == 2 and again.dispatched_at == run.dispatched_at
+
+
+def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    warm.statements()
+    with session_scope() as session:  # nothing written, and the dispatcher's lock was released
+        assert session.scalar(select(func.count()).select_from(StageRun)) == 0
+        assert session.scalar(select(func.pg_try_advisory_xact_lock(dispatch.DISPATCH_LOCK))) is True
+    _batches(cid, 3)
+    compiled: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
+        if context.cache_hit is CacheStats.CACHE_MISS:
+            compiled.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+    assert compiled == ["INSERT INTO CANDIDATES"]  # the claim, the finish and the dispatcher: compiled already

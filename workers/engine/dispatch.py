@@ -224,6 +224,18 @@ SENT_PENDING = select(_RUNS.c.campaign_id, _RUNS.c.stage, _RUNS.c.round, _RUNS.c
 )
 
 
+def warm_up(session: Session) -> None:
+    """dispatch_in's statements executed once each, matching no run (workers.engine.warm: compiled and cached). The
+    advisory lock is held until the caller's transaction ends."""
+    nobody, at = uuid.uuid4(), now()
+    connection = session.connection()
+    connection.execute(LOCK)
+    connection.execute(SENT_PENDING, {"campaigns": [nobody]})
+    connection.execute(IN_FLIGHT)
+    connection.execute(WAITING, {"per_tenant": 0})
+    connection.execute(SENT, {"runs": [nobody], "at": at, "lease": at})
+
+
 def _in_flight(session: Session, capacity: gpu_pool.Capacity) -> Pool:
     """Sent and not finished: a run re-sent by the sweep or waiting for a Celery retry keeps its slot."""
     pool = Pool(capacity, Counter(), Counter())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Table, Update, bindparam, cast, func, inspect, select, update
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import sqltypes
@@ -362,3 +364,21 @@ def _update_statement(shape: Shape, columns: tuple[str, ...]) -> Update:
     if shape.tenant:
         where.append(table.c[shape.tenant] == bindparam("b_tenant"))
     return update(table).where(*where).values({c: bindparam(f"b_{c}") for c in columns if c != shape.key})
+
+
+def warm_up(session: Session) -> None:
+    """This module's hot-path statements executed once each for a campaign that does not exist (workers.engine.warm:
+    compiled and cached, nothing read or written). Last, a fan-out's INSERT of its runs, an executemany that the
+    campaign's foreign key refuses once it is compiled: the caller's transaction is over, to be rolled back."""
+    nobody, at = uuid.uuid4(), now()
+    lock_campaign(session, nobody)
+    lock_campaign_lean(session, nobody)
+    find_run(session, nobody, "warm-up", 0, 0)
+    run_counts(session, nobody)
+    connection = session.connection()
+    connection.execute(_CLAIM, {"b_run": nobody, "b_at": at, "b_lease": at, "b_claimer": "warm-up"})
+    done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
+    connection.execute(_SUCCEEDED, done)
+    connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})
+    with contextlib.suppress(IntegrityError):
+        create_runs(session, Campaign(id=nobody, tenant_id=nobody), "warm-up", 0, [0, 1])
