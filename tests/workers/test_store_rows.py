@@ -84,6 +84,33 @@ def test_changed_rows_from_another_session_are_updated_without_a_read(fresh_db: 
     assert stored["k0"].generation == {"adapter": "compositor", "try": 1}  # what was not handed over is kept
 
 
+def test_rows_changed_in_different_columns_are_one_update(fresh_db: str) -> None:
+    campaign = _campaign()
+    with session_scope() as session:
+        store_rows(session, _candidates(campaign, 6))
+        session.execute(update(Candidate).values(aesthetic=0.25))
+    with session_scope() as session:  # what rank does: a rank for some candidates, a reason for others
+        rows = sorted(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)), key=_key)
+    for i, row in enumerate(rows):
+        if i < 3:
+            row.rank = i + 1
+        else:
+            row.excluded_reason = f"near-duplicate of k{i - 3}"
+    rows[5].aesthetic = 0.75
+    with session_scope() as session, statements() as seen:
+        store_rows(session, rows)
+    assert seen == ["UPDATE"]
+    with session_scope() as session:
+        stored = sorted(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)), key=_key)
+    assert [r.rank for r in stored] == [1, 2, 3, None, None, None]
+    assert [r.excluded_reason for r in stored] == [None] * 3 + [f"near-duplicate of k{i}" for i in range(3)]
+    assert [r.aesthetic for r in stored] == [0.25] * 5 + [0.75]  # the others' as they were read
+
+
+def _key(row: Candidate) -> str:
+    return row.layout_key
+
+
 def test_a_new_row_keeps_the_stored_columns_it_does_not_set(fresh_db: str) -> None:
     campaign = _campaign()
     with session_scope() as session:

@@ -266,7 +266,7 @@ def store_rows(session: Session, rows: list[Base]) -> None:
     what it assigned and of its JSON values (changed in place, unseen by the ORM); a row that is gone by then is
     upserted whole. A row never overwrites another tenant's. Rows the session holds are not refreshed: the
     finish loads none of these before; ORM queries after this read the database."""
-    by_shape: dict[tuple[str, Shape, tuple[str, ...]], list[tuple[dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    by_shape: Groups = defaultdict(list)
     merged: list[Base] = []
     for row in rows:
         shape = _shape(type(row))
@@ -282,13 +282,36 @@ def store_rows(session: Session, rows: list[Base]) -> None:
         columns = tuple(c for a, c in shape.columns if a in state.dict and (a in changed or c in shape.mutable))
         if columns:
             by_shape[("update", shape, columns)].append(({c: values[c] for c in columns}, values))
-    for (kind, shape, columns), batch in sorted(by_shape.items(), key=lambda entry: entry[0][1].order):
+    for (kind, shape, columns), batch in sorted(_widened(by_shape).items(), key=lambda entry: entry[0][1].order):
         if kind == "upsert":
             _upsert(session, shape, columns, [values for values, _ in batch])
         else:
             _update(session, shape, columns, batch)
     for row in merged:
         session.merge(row)
+
+
+Groups = dict[tuple[str, "Shape", tuple[str, ...]], list[tuple[dict[str, Any], dict[str, Any]]]]
+
+
+def _widened(groups: Groups) -> Groups:
+    """A table's changed rows in one UPDATE, not one per set of changed columns (rank assigns a rank to some
+    candidates, a score to others): the union of the columns they changed, each row's own values (a column a row
+    did not change is written as it was read). A row that lacks one of them (not loaded) keeps its own set."""
+    widened: Groups = defaultdict(list)
+    updates: dict[Shape, list[tuple[tuple[str, ...], list[tuple[dict[str, Any], dict[str, Any]]]]]] = defaultdict(list)
+    for (kind, shape, columns), batch in groups.items():
+        if kind == "update":
+            updates[shape].append((columns, batch))
+        else:
+            widened[(kind, shape, columns)] = batch
+    for shape, parts in updates.items():
+        union = tuple(c for _, c in shape.columns if any(c in columns for columns, _ in parts))
+        for columns, batch in parts:
+            for _, whole in batch:
+                chosen = union if all(c in whole for c in union) else columns
+                widened[("update", shape, chosen)].append(({c: whole[c] for c in chosen}, whole))
+    return widened
 
 
 @dataclass(frozen=True, eq=False)  # one per mapped class (_shape): compared and hashed by identity
