@@ -92,8 +92,10 @@ async def create(
     # 4. Committed: the tasks go out (a lost send is re-driven by the sweeps), and the response is what was written.
     await _send(campaign["id"], inserted.deliveries)
     row = _row(campaign, inserted)
-    view = views.view(row, {}, [], settings)
-    return Created(_created(view, campaign["webhook_secret"]), replayed=False)
+    status_url = views.links(settings, row.id).self
+    secret = campaign["webhook_secret"]
+    view = views.view(row, {}, [], settings, model=CampaignCreated, status_url=status_url, webhook_secret=secret)
+    return Created(view, replayed=False)
 
 
 def request_hash(body: CampaignCreate) -> str:

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -62,6 +62,7 @@ from shared.stages import progress as stage_progress
 from shared.storage import Storage
 
 _FINISHED: tuple[StageStatus, ...] = ("succeeded", "failed", "skipped")
+ViewT = TypeVar("ViewT", bound=CampaignRead)
 
 
 @dataclass
@@ -398,13 +399,18 @@ def view(
     settings: Settings,
     llm: LlmUsage | None = None,
     rounds: dict[int, RoundTally] | None = None,
-) -> CampaignRead:
+    *,
+    model: type[ViewT] = CampaignRead,  # type: ignore[assignment]  # mypy: a TypeVar default
+    **extra: Any,
+) -> ViewT:
+    """The campaign's view; `model` and `extra`: a response that extends it (a creation's CampaignCreated), built
+    once rather than copied from a CampaignRead."""
     terminal = campaign.status in TERMINAL_STATUSES
     stages = [
         stage_view(name, tally, terminal) if (tally := tallies.get(name)) else _unrun_stage_view(name, terminal)
         for name in PIPELINE
     ]
-    return CampaignRead(
+    return model(
         id=campaign.id,
         brand_id=campaign.brand_id,
         brief=campaign.brief,
@@ -429,18 +435,15 @@ def view(
         error=campaign.error,
         links=links(settings, campaign.id),
         screening=campaign.screening,
+        **extra,
     )
 
 
 def campaign_views(
-    session: Session, storage: Storage, settings: Settings, campaigns: Sequence[Campaign], *, created: bool = False
+    session: Session, storage: Storage, settings: Settings, campaigns: Sequence[Campaign]
 ) -> list[CampaignRead]:
-    """created=True: campaigns this request just inserted, which have no stage runs or results yet
-    (skips two queries on the hottest write path)."""
     if not campaigns:
         return []
-    if created:
-        return [view(c, {}, [], settings) for c in campaigns]
     tenant_id, ids = campaigns[0].tenant_id, [c.id for c in campaigns]
     tallies, results = _tallies(session, campaigns), _results(session, storage, tenant_id, ids)
     usage, rounds = _llm_usage(session, tenant_id, ids), _round_tallies(session, tenant_id, ids)
