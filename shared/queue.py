@@ -242,6 +242,12 @@ _PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport: a priority's list is "<qu
 _PRIORITY_STEPS = (0, 3, 6, 9)  # ... for the priority rounded down to one of these steps (its default)
 
 
+@lru_cache(maxsize=4)
+def _origin(pid: int) -> str:
+    # Per process (the pid changes in a forked worker); the host name is a system call otherwise made per message.
+    return f"gen{pid}@{socket.gethostname()}"
+
+
 def redis_message(
     name: str,
     args: list[Any],
@@ -269,7 +275,7 @@ def redis_message(
             "expires": expiry,
             "root_id": task_id,
             "argsrepr": repr(args),
-            "origin": f"gen{os.getpid()}@{socket.gethostname()}",
+            "origin": _origin(os.getpid()),
             **headers,
         },
         "properties": {

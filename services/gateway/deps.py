@@ -117,7 +117,7 @@ async def get_caller(
     logs.bind(tenant_id=caller.tenant_id)  # on every later log line of this request, and on its span
     trace.get_current_span().set_attribute("onbrand.tenant_id", str(caller.tenant_id))
     refuse_if_limited(decision)  # 429 rate_limited
-    scope = required_scope(request.method, request.url.path)
+    scope = required_scope(request.method, request.scope["path"])  # request.url would parse a URL for it
     if scope not in caller.scopes:
         raise _insufficient_scope(scope)
     if last_use_due(caller, now) and await run_in_threadpool(touch_last_used, caller, now):

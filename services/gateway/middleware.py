@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from functools import cache
+from typing import Any
 
 from prometheus_client import Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -55,8 +57,20 @@ class MetricsMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             method, route = scope["method"], route_template(scope)
-            REQUESTS.labels(method, route, str(status)).inc()
-            LATENCY.labels(method, route).observe(time.perf_counter() - start)
+            _counter(method, route, status).inc()
+            _latency(method, route).observe(time.perf_counter() - start)
+
+
+# A labelled child per label set, looked up once: labels() takes a lock and validates its arguments each call. The
+# label sets are bounded (route templates, methods, statuses), as the metrics' cardinality already requires.
+@cache
+def _counter(method: str, route: str, status: int) -> Any:
+    return REQUESTS.labels(method, route, str(status))
+
+
+@cache
+def _latency(method: str, route: str) -> Any:
+    return LATENCY.labels(method, route)
 
 
 def _declared_length(scope: Scope) -> int | None:
