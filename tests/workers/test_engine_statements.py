@@ -3,6 +3,7 @@ the Core run writes behind them (claim, fan-out creation) keeping the runs' guar
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -222,9 +223,13 @@ def test_a_claim_without_a_run_creates_it_running_and_a_live_claim_is_not_taken(
     assert again is not None and again.attempts == 2 and again.dispatched_at == run.dispatched_at
 
 
-def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(sent: list[tuple[Any, ...]]) -> None:
+def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(
+    sent: list[tuple[Any, ...]], caplog: pytest.LogCaptureFixture
+) -> None:
     cid = make_campaign()
-    warm.statements()
+    with caplog.at_level(logging.INFO):
+        warm.statements()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # a clean start's log
     with session_scope() as session:  # nothing written, and the dispatcher's lock was released
         assert session.scalar(select(func.count()).select_from(StageRun)) == 0
         assert session.scalar(select(func.pg_try_advisory_xact_lock(dispatch.DISPATCH_LOCK))) is True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass
@@ -12,7 +11,6 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import Table, Update, bindparam, cast, func, inspect, select, update
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
 from sqlalchemy.sql import sqltypes
@@ -391,8 +389,8 @@ def _update_statement(shape: Shape, columns: tuple[str, ...]) -> Update:
 
 def warm_up(session: Session) -> None:
     """This module's hot-path statements executed once each for a campaign that does not exist (workers.engine.warm:
-    compiled and cached, nothing read or written). Last, a fan-out's INSERT of its runs, an executemany that the
-    campaign's foreign key refuses once it is compiled: the caller's transaction is over, to be rolled back."""
+    compiled and cached, nothing read or written). Not a fan-out's INSERT of its runs: refused by the campaign's
+    foreign key, its error ends psycopg's pipeline with a warning in the log at every start."""
     nobody, at = uuid.uuid4(), now()
     lock_campaign(session, nobody)
     lock_campaign_lean(session, nobody)
@@ -403,5 +401,3 @@ def warm_up(session: Session) -> None:
     done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
     connection.execute(_SUCCEEDED, done)
     connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})
-    with contextlib.suppress(IntegrityError):
-        create_runs(session, Campaign(id=nobody, tenant_id=nobody), "warm-up", 0, [0, 1])

@@ -1,7 +1,7 @@
 """The engine's hot-path statements compiled before a pool process takes its first task (workers.warmup).
 
 SQLAlchemy compiles a statement the first time a process executes it and caches the result per engine: a new pool
-process paid that in the claims and finishes of the first campaign it worked on (in-process, 12 of the 21
+process paid that in the claims and finishes of the first campaign it worked on (in-process, 11 of the 21
 statements a campaign's engine compiled are these). Here each is executed once with parameters that match no row,
 in a transaction that is rolled back: nothing is read or written, the compiled forms stay cached. Statements whose
 shape depends on a stage's rows (their upserts, the ORM's flushes) are left to their first use.
@@ -18,7 +18,7 @@ def statements() -> None:
     session = new_session()
     try:
         dispatch.warm_up(session)
-        records.warm_up(session)  # last: its fan-out INSERT ends the transaction (see there)
+        records.warm_up(session)
     finally:
         session.rollback()
         session.close()
