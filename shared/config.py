@@ -74,12 +74,15 @@ class Settings(BaseSettings):
     db_async_pool_size: int = Field(
         default=20,
         ge=1,
-        description="Most connections of the gateway's async read pool (shared/db/aio.py), per process, besides "
-        "db_pool_size. A read holds one for its round trip only, but every request of a burst in that phase holds "
-        "one, and a read that has to wait for a connection costs several times the read.",
+        description="Most connections of the gateway's async pool (shared/db/aio.py: status polls, brand reads and "
+        "campaign creations), per process, besides db_pool_size. A request holds one for its round trip only, but "
+        "every request of a burst in that phase holds one, and one that has to wait for a connection costs several "
+        "times the round trip.",
     )
     db_async_wait_s: float = Field(
-        default=5.0, gt=0, description="How long a read waits for a connection of the async pool before a 503."
+        default=5.0,
+        gt=0,
+        description="How long a read or a creation waits for a connection of the async pool before a 503.",
     )
     auth_cache_ttl_s: float = Field(
         default=5.0,
