@@ -64,8 +64,8 @@ async def create(
     tenant's limits (read with its key), enforced as the transaction commits. epoch: the newest key epoch this
     process has seen (shared.key_cache), which keeps the tenant's cached settings current."""
     # 1. A replay spends nothing and checks nothing more.
-    digest = request_hash(body) if idempotency_key else None
-    if idempotency_key and digest and (earlier := await _replay(settings, storage, tenant_id, idempotency_key, digest)):
+    claim = insert.Claim(idempotency_key, request_hash(body)) if idempotency_key else None
+    if claim is not None and (earlier := await _replay(settings, storage, tenant_id, claim)):
         return earlier
     # 2. References and input guardrails: a refusal is a 4xx before anything is written.
     config = await tenant_config.get(settings, tenant_id, epoch)
@@ -75,7 +75,6 @@ async def create(
     event = _queued_event(campaign, config.endpoints)
     reserved = limits.expected_images(len(body.product_asset_ids), len(body.sizes), settings)
     admitted_under = limits.admitted_under(own) if settings.limits_enabled else None
-    claim = insert.Claim(idempotency_key, digest) if idempotency_key and digest else None
     try:
         with refusals():  # over a quota: 429 or 402, and nothing written
             inserted = await insert.insert(settings, campaign, reserved, admitted_under, event, claim)
@@ -83,7 +82,7 @@ async def create(
         if claim is None or exc.diag.constraint_name != insert.IDEMPOTENCY_KEY_TAKEN:
             raise
         # A concurrent request with this key committed first; nothing of ours was written (one statement).
-        earlier = await _replay(settings, storage, tenant_id, claim.key, claim.request_hash)
+        earlier = await _replay(settings, storage, tenant_id, claim)
         if earlier is None:  # the winner's campaign was deleted in between
             raise conflict("A concurrent request with this Idempotency-Key did not complete; retry.") from None
         return earlier
@@ -114,13 +113,13 @@ _REPLAY = """SELECT k.request_hash, c.id, c.webhook_secret FROM idempotency_keys
     WHERE k.tenant_id = %(tenant_id)s AND k.key = %(key)s"""
 
 
-async def _replay(settings: Settings, storage: Storage, tenant_id: uuid.UUID, key: str, digest: str) -> Created | None:
+async def _replay(settings: Settings, storage: Storage, tenant_id: uuid.UUID, claim: insert.Claim) -> Created | None:
     """The campaign an earlier request with this Idempotency-Key created, as it is now; None if there was none."""
-    found = await aio.fetch(settings, aio.Read(_REPLAY, {"tenant_id": tenant_id, "key": key}))
+    found = await aio.fetch(settings, aio.Read(_REPLAY, {"tenant_id": tenant_id, "key": claim.key}))
     if not found:
         return None
     request_digest, campaign_id, webhook_secret = found[0]
-    if request_digest != digest:
+    if request_digest != claim.request_hash:
         raise ProblemError(
             422,
             "idempotency_key_reused",
