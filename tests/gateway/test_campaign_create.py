@@ -4,6 +4,8 @@ disabled or deleted behind the cache's back gets no outbox row, an unknown brand
 
 from __future__ import annotations
 
+import io
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from sqlalchemy import event, func, select, update
 
 from shared import webhooks
@@ -185,13 +188,11 @@ def test_the_quota_admits_or_refuses_all_of_it(
 def test_the_created_view_is_the_status_poll(client: TestClient, acme: Tenant, sent: SentTasks) -> None:
     """The creation answers with a view built from what it wrote (no read back): the same JSON the status poll
     reads from the database right after, for a request with every part set, and one with the defaults only."""
-    from tests.gateway.test_gateway_unit import make_product
-
     brand_id = make_brand(client, acme)
     full = {
         "brand_id": brand_id,
         "brief": BRIEF,
-        "product_asset_ids": [make_product(client, acme)],
+        "product_asset_ids": [_product(client, acme)],
         "sizes": [{"width": 1080, "height": 1350}, {"width": 1024, "height": 1024}],
         "safe_zones": [{"x": 0, "y": 0.8, "width": 1, "height": 0.2, "label": "Buy now"}],
         "copy": {"headline": "Cold and fresh", "cta": "Order"},
@@ -211,6 +212,16 @@ def test_the_created_view_is_the_status_poll(client: TestClient, acme: Tenant, s
         polled = client.get(f"/v1/campaigns/{answered['id']}", headers=acme.auth)
         assert polled.status_code == 200 and polled.json() == answered
         _assert_rows(uuid.UUID(answered["id"]), body, sent)
+
+
+def _product(client: TestClient, tenant: Tenant) -> str:
+    image = io.BytesIO()
+    Image.new("RGB", (64, 48), (200, 40, 30)).save(image, "PNG")
+    files = {"file": ("product.png", image.getvalue(), "image/png")}
+    meta = json.dumps({"kind": "product", "title": "Cold drink"})
+    response = client.post("/v1/assets", files=files, data={"metadata": meta}, headers=tenant.auth)
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
 
 
 def _assert_rows(campaign_id: uuid.UUID, body: dict[str, Any], sent: SentTasks) -> None:
