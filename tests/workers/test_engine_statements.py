@@ -14,9 +14,9 @@ import redis
 from sqlalchemy import event, func, select
 from sqlalchemy.engine.interfaces import CacheStats
 
-from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus
+from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus, WebhookDelivery
 from shared.db.session import get_engine, session_scope
-from tests.factories import make_campaign
+from tests.factories import add_endpoint, make_campaign
 from workers.engine import dispatch, flow, gpu_pool, leases, runner, warm
 from workers.engine.context import StageContext
 from workers.engine.records import claim_run, find_run, lock_campaign
@@ -159,7 +159,8 @@ def test_a_gpu_finish_whose_slots_are_unknown_leaves_dispatch_to_after_its_commi
 
 
 def test_a_single_item_finish_reads_the_campaign_state_with_its_lock(sent: list[tuple[Any, ...]]) -> None:
-    cid = make_campaign()
+    cid = make_campaign(webhook_url="https://campaign.example/hook")
+    add_endpoint(cid, "https://hooks.example/all")
     with statements() as seen:
         assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"
     # The stage's last item: its events read campaign.state (progress, the next stage's fan-out), loaded with the
@@ -169,11 +170,13 @@ def test_a_single_item_finish_reads_the_campaign_state_with_its_lock(sent: list[
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "UPDATE STAGE_RUNS SET",
         "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",  # the barrier and the event's progress
-        "SELECT WEBHOOK_ENDPOINTS.ID, WEBHOOK_ENDPOINTS.TENANT_ID,",  # the stage's completed event
+        "WITH ENDPOINTS AS",  # the stage's completed event: its endpoints chosen and its outbox rows written
         "INSERT INTO STAGE_RUNS",  # the next stage's run
         "UPDATE CAMPAIGNS SET",  # the event's sequence and bookkeeping, in the flush at commit
         "COMMIT",
     ], finish
+    # the claim's started event and the finish's completed event, to the campaign's URL and the endpoint each
+    assert [task[0] for task in sent].count("onbrand.send_webhook") == 4
 
 
 def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[Any, ...]]) -> None:
@@ -232,8 +235,8 @@ def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]  # a clean start's log
     with session_scope() as session:  # nothing written, and the dispatcher's lock was released
         assert session.scalar(select(func.count()).select_from(StageRun)) == 0
+        assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
         assert session.scalar(select(func.pg_try_advisory_xact_lock(dispatch.DISPATCH_LOCK))) is True
-    _batches(cid, 3)
     compiled: list[str] = []
 
     def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
@@ -242,6 +245,9 @@ def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(
 
     event.listen(get_engine(), "before_cursor_execute", record)
     try:
+        _batches(cid, 3)
+        assert "WITH ENDPOINTS AS" not in compiled  # the stage's started event: compiled already
+        compiled.clear()
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
     finally:
         event.remove(get_engine(), "before_cursor_execute", record)

@@ -160,10 +160,9 @@ def stage_completed_event(
 
 
 def _emit(session: Session, campaign: Campaign, event_type: str, data: dict[str, Any]) -> list[Task]:
-    """The event's outbox rows (shared.webhooks.emit) and their tasks. Its endpoint query reads nothing this
-    transaction has pending: no autoflush, the rows and the campaign's changes go in the one flush at commit."""
-    with session.no_autoflush:
-        return webhook_tasks(webhooks.emit(session, campaign, event_type, data))
+    """The event's outbox rows (shared.webhooks.emit: one statement that chooses the endpoints and inserts) and
+    their tasks. A Core statement: no autoflush, the campaign's changes go in the one flush at commit."""
+    return webhook_tasks(webhooks.emit(session, campaign, event_type, data))
 
 
 def _candidate_counts(session: Session, campaign: Campaign, rnd: int) -> dict[str, Any]:

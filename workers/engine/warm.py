@@ -9,16 +9,18 @@ shape depends on a stage's rows (their upserts, the ORM's flushes) are left to t
 
 from __future__ import annotations
 
+from shared import webhooks
 from shared.db.session import new_session
 from workers.engine import dispatch, records
 
 
 def statements() -> None:
-    """Execute the claim's, the finish's and the dispatcher's statements once each, rolled back."""
+    """Execute the claim's, the finish's, the stage events' and the dispatcher's statements once each, rolled back."""
     session = new_session()
     try:
         dispatch.warm_up(session)
         records.warm_up(session)
+        webhooks.warm_up(session)
     finally:
         session.rollback()
         session.close()
