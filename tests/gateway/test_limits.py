@@ -250,6 +250,19 @@ def test_daily_images_quota_reserved_then_settled(client: TestClient) -> None:
     assert_problem(create(client, acme, brand), 402, "quota_exceeded")
 
 
+def test_monthly_images_quota_counts_the_month_before_this_campaign(client: TestClient) -> None:
+    """The admission (migration 0020) rolls the row into its day and reads the month's sums in one statement: the
+    sums are the month as it was before this campaign, and a refusal leaves no roll-up behind."""
+    acme = tenant_with(images_per_day=1000, images_per_month=2 * PER_CAMPAIGN + 10)
+    brand = make_brand(client, acme)
+    assert [create(client, acme, brand).status_code for _ in range(2)] == [202, 202]
+    for _ in range(2):  # the first refusal's reservation is not left in the month
+        body = assert_problem(create(client, acme, brand), 402, "quota_exceeded")
+        assert (body["period"], body["used"], body["requested"]) == ("month", 2 * PER_CAMPAIGN, PER_CAMPAIGN)
+    month = client.get("/v1/limits", headers=acme.auth).json()["images"][1]
+    assert month["used"] == 2 * PER_CAMPAIGN
+
+
 def test_a_running_campaign_beyond_its_reservation_is_counted_by_the_sweep(client: TestClient) -> None:
     acme = tenant_with(images_per_day=1000, images_per_month=1000)
     brand = make_brand(client, acme)
