@@ -30,11 +30,11 @@ def sent(fresh_db: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[Any, ...]
     return calls
 
 
-# The dispatcher's statements in a finish: its lock, the runs in flight, the waiting runs, those chosen marked sent
+# The dispatcher's statements in a finish: its lock, the runs in flight and the waiting runs (one statement), those
+# chosen marked sent
 DISPATCH = [
     "SELECT PG_ADVISORY_XACT_LOCK AS",
-    "SELECT STAGE_RUNS.TENANT_ID, STAGE_RUNS.STAGE,",
-    "SELECT ANON_1.ID, ANON_1.TENANT_ID,",
+    "SELECT 0 AS",
     "UPDATE STAGE_RUNS SET",
 ]
 
@@ -95,17 +95,17 @@ def test_a_fan_out_item_is_claimed_and_finished_in_a_few_statements(sent: list[t
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
     # claim: lock the campaign, read the run, mark it running (no event: the stage's start was announced, the
     # campaign is running this stage already: no UPDATE of it);
-    # finish: lock, mark succeeded, upsert the stage's row (no read first), count the runs for the barrier (not
-    # the last); its GPU slot is free: the dispatcher, in the same transaction, gives out the free slots
+    # finish: lock, mark succeeded and count the runs for the barrier (not the last) in one statement, upsert the
+    # stage's row (no read first); its GPU slot is free: the dispatcher, in the same transaction, gives out the
+    # free slots
     assert seen == [
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
         "SELECT STAGE_RUNS.ID, STAGE_RUNS.STATUS,",
         "UPDATE STAGE_RUNS SET",
         "COMMIT",
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
-        "UPDATE STAGE_RUNS SET",
+        "WITH DONE AS",
         "INSERT INTO CANDIDATES",
-        "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",
         *DISPATCH,
         "COMMIT",
     ], seen
@@ -168,8 +168,7 @@ def test_a_single_item_finish_reads_the_campaign_state_with_its_lock(sent: list[
     finish = seen[seen.index("COMMIT") + 1 :]
     assert finish == [
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
-        "UPDATE STAGE_RUNS SET",
-        "SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,",  # the barrier and the event's progress
+        "WITH DONE AS",  # the run marked succeeded, the runs counted: the barrier and the event's progress
         "WITH ENDPOINTS AS",  # the stage's completed event: its endpoints chosen and its outbox rows written
         "INSERT INTO STAGE_RUNS",  # the next stage's run
         "UPDATE CAMPAIGNS SET",  # the event's sequence and bookkeeping, in the flush at commit
@@ -186,7 +185,8 @@ def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[A
     with statements() as seen:
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
     assert seen.count("INSERT INTO STAGE_RUNS") == 1  # qc's two runs, without reading them first
-    assert seen.count("SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,") == 1  # the barrier and the event's progress
+    # the barrier and the event's progress: counted with the run's UPDATE, which the count sees as done
+    assert seen.count("WITH DONE AS") == 1 and seen.count("SELECT STAGE_RUNS.STAGE, STAGE_RUNS.ROUND,") == 0
     assert {i: r.status for i, r in _runs(cid, "qc").items()} == {0: "pending", 1: "pending"}
 
 

@@ -96,9 +96,10 @@ def progress(session: Session, campaign: Campaign, counts: Counts | None = None)
     return stage_progress({*done, *upstream}, terminal=campaign.status in TERMINAL_STATUSES)
 
 
-def advance(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
-    """Tasks to send after stage `name` (round rnd) finished an item. Idempotent."""
-    counts = run_counts(session, campaign.id)  # one read for the barrier and the event's progress
+def advance(session: Session, campaign: Campaign, name: str, rnd: int, counts: Counts | None = None) -> list[Task]:
+    """Tasks to send after stage `name` (round rnd) finished an item. Idempotent. `counts`: run_counts as they are
+    now, when read already (the finish reads them with its run's UPDATE)."""
+    counts = run_counts(session, campaign.id) if counts is None else counts  # the barrier and the event's progress
     done, total = items_of(counts, name, rnd)
     if total == 0 or done < total:
         return []

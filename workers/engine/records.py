@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, Update, bindparam, cast, func, inspect, select, update
+from sqlalchemy import Table, Update, and_, bindparam, case, cast, func, inspect, literal, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -76,6 +76,33 @@ _SUCCEEDED = (
         error=None,
         lease_until=None,
     )
+)
+# The finish's run marked succeeded and the campaign's runs counted (the barrier, the events' progress) in one
+# statement. The count reads the statement's snapshot, taken after the finish locked the campaign (every other
+# finish of it has committed or waits), in which this run still has its old status: counted as succeeded here, which
+# is what the UPDATE beside it makes it. `updated`: whether the UPDATE found the run (else the counts are not used).
+_DONE = _SUCCEEDED.returning(RUNS.c.id).cte("done")
+_STATUS_AFTER = case(
+    (
+        and_(
+            RUNS.c.stage == bindparam("b_stage"),
+            RUNS.c.round == bindparam("b_round"),
+            RUNS.c.item == bindparam("b_item"),
+        ),
+        literal(StageRunStatus.SUCCEEDED.value),
+    ),
+    else_=RUNS.c.status,
+)
+_SUCCEEDED_COUNTED = (
+    select(
+        RUNS.c.stage,
+        RUNS.c.round,
+        _STATUS_AFTER,
+        func.count(),
+        select(func.count()).select_from(_DONE).scalar_subquery().label("updated"),
+    )
+    .where(RUNS.c.campaign_id == bindparam("b_campaign"))
+    .group_by(text("1, 2, 3"))
 )
 # New runs of a fan-out; those that exist (a redelivered predecessor fans out again) are left as they are.
 _CREATE = insert(RUNS).on_conflict_do_nothing(index_elements=["campaign_id", "stage", "round", "item"])
@@ -210,8 +237,12 @@ def _new_values(campaign: Campaign, stage: str, rnd: int, item: int) -> dict[str
     }
 
 
-def succeeded(session: Session, campaign: Campaign, stage: str, rnd: int, item: int, output: dict[str, Any]) -> None:
-    """Mark a claimed run succeeded with its output: one UPDATE, the run is not read (its claim created it)."""
+def succeeded(
+    session: Session, campaign: Campaign, stage: str, rnd: int, item: int, output: dict[str, Any]
+) -> Counts | None:
+    """Mark a claimed run succeeded with its output (the run is not read: its claim created it) and count the
+    campaign's runs as they are now, in one statement; the counts (run_counts), or None when the run had not been
+    claimed (a test driving finish alone: created as it ends, counted by whoever needs counts)."""
     _flush_runs(session)
     params = {
         "b_campaign": campaign.id,
@@ -221,10 +252,15 @@ def succeeded(session: Session, campaign: Campaign, stage: str, rnd: int, item: 
         "b_at": now(),
         "b_output": output,
     }
-    done = session.connection().execute(_SUCCEEDED, params)
-    if not done.rowcount:  # never claimed (a test driving finish alone): created as it ends
-        run = get_run(session, campaign, stage, rnd, item)
-        run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), output, None
+    rows = session.connection().execute(_SUCCEEDED_COUNTED, params).all()
+    if rows and rows[0][4]:
+        counts: Counts = defaultdict(dict)
+        for name, of_round, status, n, _ in rows:
+            counts[(name, of_round)][StageRunStatus(status)] = n
+        return counts
+    run = get_run(session, campaign, stage, rnd, item)
+    run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), output, None
+    return None
 
 
 def lease_from_now() -> datetime:
@@ -399,5 +435,5 @@ def warm_up(session: Session) -> None:
     connection = session.connection()
     connection.execute(_CLAIM, {"b_run": nobody, "b_at": at, "b_lease": at, "b_claimer": "warm-up"})
     done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
-    connection.execute(_SUCCEEDED, done)
+    connection.execute(_SUCCEEDED_COUNTED, done).all()
     connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})

@@ -183,7 +183,7 @@ def _finished(session: Session, ctx: StageContext, summary: dict[str, object]) -
     campaign = (lock_campaign_lean if fans_out else lock_campaign)(session, ctx.campaign.id)
     if campaign is None:
         return None
-    succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
+    counts = succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
     store_rows(session, ctx.rows)
     if ctx.state_patch:
         patch_state(session, campaign, ctx.state_patch)
@@ -195,7 +195,7 @@ def _finished(session: Session, ctx: StageContext, summary: dict[str, object]) -
         return None  # cancelled while we computed: keep the work, start nothing new
     if ctx.finalize is not None:
         return ctx.finalize(session, campaign)
-    return flow.advance(session, campaign, ctx.stage, ctx.round)
+    return flow.advance(session, campaign, ctx.stage, ctx.round, counts)
 
 
 def _dispatched(session: Session, stage: str, tasks: list[Task]) -> tuple[list[Task], bool]:
