@@ -9,7 +9,7 @@ round, stage and item.
 
 Why slots and not queue order: a Redis list is first-come-first-served and cannot be reordered once a message is in
 it, so 50 campaigns sent before another tenant's one would all run first. A message sent only when a worker can take
-it leaves the choice to the moment a GPU frees up. The cost is four statements per GPU run ended, in the
+it leaves the choice to the moment a GPU frees up. The cost is three statements per GPU run ended, in the
 transaction of the finish that ended it (`dispatch_in`).
 
 It runs under a transaction-level advisory lock (two dispatchers never fill one slot twice) and is called when a
@@ -28,7 +28,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, case, func, or_, select, update
+from sqlalchemy import (
+    ColumnElement,
+    CompoundSelect,
+    DateTime,
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    literal_column,
+    null,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects.postgresql import UUID as PG_UUID
 from sqlalchemy.orm import Session
 
 from shared import limits, metrics
@@ -133,10 +153,9 @@ def dispatch_in(
     connection = session.connection()
     connection.execute(LOCK)
     again = _sent_pending(session, offered or [])
-    pool = _in_flight(session, capacity)
+    pool, waiting = _pool(session, capacity)
     if sum(pool.by_queue.values()) >= capacity.total:
         return again
-    waiting = _waiting(session, capacity.total)
     tenants = list(waiting)
     # One tenant waiting: nothing to share, its own order decides (two queries fewer per GPU run ended).
     shared = len(tenants) > 1
@@ -205,11 +224,41 @@ def _waiting_query() -> Select[Any]:
     return select(ranked).where(ranked.c.position <= bindparam("per_tenant")).order_by(ranked.c.position)
 
 
+def _pool_query() -> CompoundSelect:
+    """_in_flight_query's and _waiting_query's rows in one statement (one snapshot, one round trip): `kind` 0, a
+    tenant's runs in flight per stage (`n` of them); `kind` 1, a waiting run at its tenant's `n`th place."""
+    in_flight = _in_flight_query().subquery()
+    waiting = _waiting_query().subquery()
+    none: dict[str, Any] = {"id": PG_UUID(as_uuid=True), "campaign_id": PG_UUID(as_uuid=True)}
+    none |= {"round": Integer(), "item": Integer(), "queued_at": DateTime(timezone=True)}
+    flight_cols = [cast(null(), type_).label(name) for name, type_ in none.items()]
+    return union_all(
+        select(
+            literal_column("0").label("kind"),
+            flight_cols[0],
+            in_flight.c.tenant_id,
+            in_flight.c.stage,
+            *flight_cols[1:],
+            in_flight.c.count.label("n"),
+        ),
+        select(
+            literal_column("1"),
+            waiting.c.id,
+            waiting.c.tenant_id,
+            waiting.c.stage,
+            waiting.c.campaign_id,
+            waiting.c.round,
+            waiting.c.item,
+            waiting.c.queued_at,
+            waiting.c.position,
+        ),
+    ).order_by(text("1"), text("9"))
+
+
 _RUNS: Table = StageRun.__table__  # type: ignore[assignment]  # declared as FromClause; a Table
 # Built once: these run every time a GPU run ends, and building them (CASE maps, a window) cost ~1 ms of CPU each
 # time, more than executing them. The Core ones run on the session's connection (no ORM execution around them).
-IN_FLIGHT = _in_flight_query()
-WAITING = _waiting_query()
+POOL = _pool_query()
 LOCK = select(func.pg_advisory_xact_lock(DISPATCH_LOCK))
 SENT = (
     update(_RUNS)
@@ -231,28 +280,26 @@ def warm_up(session: Session) -> None:
     connection = session.connection()
     connection.execute(LOCK)
     connection.execute(SENT_PENDING, {"campaigns": [nobody]})
-    connection.execute(IN_FLIGHT)
-    connection.execute(WAITING, {"per_tenant": 0})
+    connection.execute(POOL, {"per_tenant": 0})
     connection.execute(SENT, {"runs": [nobody], "at": at, "lease": at})
 
 
-def _in_flight(session: Session, capacity: gpu_pool.Capacity) -> Pool:
-    """Sent and not finished: a run re-sent by the sweep or waiting for a Celery retry keeps its slot."""
+def _pool(session: Session, capacity: gpu_pool.Capacity) -> tuple[Pool, dict[uuid.UUID, list[Waiting]]]:
+    """The runs sent and not finished (a run re-sent by the sweep or waiting for a Celery retry keeps its slot), and
+    each tenant's first waiting runs in its own order, as many as there are slots (no tenant can take more), read
+    in one statement."""
     pool = Pool(capacity, Counter(), Counter())
-    for tenant, name, count in session.connection().execute(IN_FLIGHT).all():
-        pool.by_tenant[tenant] += count
-        pool.by_queue[stage(name).queue] += count
-    return pool
-
-
-def _waiting(session: Session, per_tenant: int) -> dict[uuid.UUID, list[Waiting]]:
-    """Each tenant's first `per_tenant` waiting runs in its own order (no tenant can take more slots than exist)."""
-    rows = session.connection().execute(WAITING, {"per_tenant": per_tenant}).all()
     waiting: dict[uuid.UUID, list[Waiting]] = {}
-    for run_id, tenant, name, campaign_id, rnd, item, queued_at, _ in rows:
-        task = (stage(name).task, str(campaign_id), rnd, item)
-        waiting.setdefault(tenant, []).append(Waiting(run_id, tenant, stage(name).queue, task, queued_at))
-    return waiting
+    for kind, run_id, tenant, name, campaign_id, rnd, item, queued_at, n in session.connection().execute(
+        POOL, {"per_tenant": capacity.total}
+    ):
+        if kind == 0:
+            pool.by_tenant[tenant] += n
+            pool.by_queue[stage(name).queue] += n
+        else:
+            task = (stage(name).task, str(campaign_id), rnd, item)
+            waiting.setdefault(tenant, []).append(Waiting(run_id, tenant, stage(name).queue, task, queued_at))
+    return pool, waiting
 
 
 def _shares(session: Session, tenants: list[uuid.UUID], settings: Settings) -> dict[uuid.UUID, float]:
