@@ -93,14 +93,13 @@ def test_a_fan_out_item_is_claimed_and_finished_in_a_few_statements(sent: list[t
     _batches(cid, 3)
     with statements() as seen:
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
-    # claim: lock the campaign, read the run, mark it running (no event: the stage's start was announced, the
-    # campaign is running this stage already: no UPDATE of it);
+    # claim: lock the campaign, mark the run running where it is neither done nor held under a live lease (not read
+    # first; no event: the stage's start was announced, the campaign is running this stage already: no UPDATE of it);
     # finish: lock, mark succeeded and count the runs for the barrier (not the last) in one statement, upsert the
     # stage's row (no read first); its GPU slot is free: the dispatcher, in the same transaction, gives out the
     # free slots
     assert seen == [
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
-        "SELECT STAGE_RUNS.ID, STAGE_RUNS.STATUS,",
         "UPDATE STAGE_RUNS SET",
         "COMMIT",
         "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, Update, and_, bindparam, case, cast, func, inspect, literal, select, text, update
+from sqlalchemy import Table, Update, and_, bindparam, case, cast, func, inspect, literal, or_, select, text, update
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -48,18 +48,33 @@ _COUNTS = (
     .where(RUNS.c.campaign_id == bindparam("campaign"))
     .group_by(RUNS.c.stage, RUNS.c.round, RUNS.c.status)
 )
-_CLAIM = (
+_CLAIMED: dict[str, Any] = {
+    "status": StageRunStatus.RUNNING,
+    "started_at": bindparam("b_at"),
+    "attempts": RUNS.c.attempts + 1,
+    "lease_until": bindparam("b_lease"),
+    "claimed_by": bindparam("b_claimer"),
+    # a message that came without the dispatcher holds a slot too
+    "dispatched_at": func.coalesce(RUNS.c.dispatched_at, bindparam("b_at")),
+}
+_CLAIM = update(RUNS).where(RUNS.c.id == bindparam("b_run")).values(_CLAIMED)
+# The claim's common case in one statement: the run is marked running unless it succeeded already or runs under a
+# live lease (those, and a missing run, are read and decided by the claim: claim_free_run returns False).
+_CLAIM_FREE = (
     update(RUNS)
-    .where(RUNS.c.id == bindparam("b_run"))
-    .values(
-        status=StageRunStatus.RUNNING,
-        started_at=bindparam("b_at"),
-        attempts=RUNS.c.attempts + 1,
-        lease_until=bindparam("b_lease"),
-        claimed_by=bindparam("b_claimer"),
-        # a message that came without the dispatcher holds a slot too
-        dispatched_at=func.coalesce(RUNS.c.dispatched_at, bindparam("b_at")),
+    .where(
+        RUNS.c.campaign_id == bindparam("b_campaign"),
+        RUNS.c.stage == bindparam("b_stage"),
+        RUNS.c.round == bindparam("b_round"),
+        RUNS.c.item == bindparam("b_item"),
+        RUNS.c.status != StageRunStatus.SUCCEEDED,
+        or_(
+            RUNS.c.status != StageRunStatus.RUNNING,
+            RUNS.c.lease_until.is_(None),
+            RUNS.c.lease_until <= bindparam("b_at"),
+        ),
     )
+    .values(_CLAIMED)
 )
 _SUCCEEDED = (
     update(RUNS)
@@ -141,6 +156,19 @@ def find_run(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int, ite
     params = {"campaign": campaign_id, "stage": stage, "round": rnd, "item": item}
     row = session.connection().execute(_RUN, params).first()
     return None if row is None else RunRow(*row)
+
+
+def claim_free_run(session: Session, campaign_id: uuid.UUID, key: tuple[str, int, int], claimer: str) -> bool:
+    """Mark the run of `key` (stage, round, item) running for `claimer` under a fresh lease if it is neither
+    succeeded nor running under a live lease, without reading it first; whether it did. When it did not, the claim
+    reads the run (find_run) and decides: a succeeded run, one held elsewhere, one whose claimer on this host is gone
+    (leases.held_elsewhere), or none yet."""
+    _flush_runs(session)
+    stage, rnd, item = key
+    at, lease = now(), lease_from_now()
+    params = {"b_campaign": campaign_id, "b_stage": stage, "b_round": rnd, "b_item": item}
+    params |= {"b_at": at, "b_lease": lease, "b_claimer": claimer}
+    return bool(session.connection().execute(_CLAIM_FREE, params).rowcount)
 
 
 def claim_run(
@@ -434,6 +462,7 @@ def warm_up(session: Session) -> None:
     run_counts(session, nobody)
     connection = session.connection()
     connection.execute(_CLAIM, {"b_run": nobody, "b_at": at, "b_lease": at, "b_claimer": "warm-up"})
+    claim_free_run(session, nobody, ("warm-up", 0, 0), "warm-up")
     done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
     connection.execute(_SUCCEEDED_COUNTED, done).all()
     connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})

@@ -46,6 +46,7 @@ from workers.engine import dispatch, flow, gpu_pool, leases
 from workers.engine.context import StageContext, StageError, StageFn, Task, now
 from workers.engine.records import (
     campaign_finished,
+    claim_free_run,
     claim_run,
     find_run,
     get_run,
@@ -130,13 +131,14 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
         campaign = lock_campaign(session, campaign_id)
         if campaign is None or campaign.status in TERMINAL_STATUSES:
             return None, []
-        run = find_run(session, campaign.id, stage, rnd, item)
-        if run is not None and run.status == StageRunStatus.SUCCEEDED:
-            return None, _not_taken(session, campaign, flow.advance(session, campaign, stage, rnd))
-        if run is not None and leases.held_elsewhere(run):
-            log.info("stage run %s/%s:%s:%s running in %s: skipped", campaign_id, stage, rnd, item, run.claimed_by)
-            return None, []
-        claim_run(session, campaign, run, (stage, rnd, item), leases.worker_id())
+        if not claim_free_run(session, campaign.id, (stage, rnd, item), leases.worker_id()):  # else: read, decide
+            run = find_run(session, campaign.id, stage, rnd, item)
+            if run is not None and run.status == StageRunStatus.SUCCEEDED:
+                return None, _not_taken(session, campaign, flow.advance(session, campaign, stage, rnd))
+            if run is not None and leases.held_elsewhere(run):
+                log.info("stage run %s/%s:%s:%s running in %s: skipped", campaign_id, stage, rnd, item, run.claimed_by)
+                return None, []
+            claim_run(session, campaign, run, (stage, rnd, item), leases.worker_id())
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
         started = flow.stage_started_event(session, campaign, stage, rnd)
         session.flush()
