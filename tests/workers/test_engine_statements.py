@@ -16,6 +16,7 @@ from sqlalchemy.engine.interfaces import CacheStats
 
 from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus, WebhookDelivery
 from shared.db.session import get_engine, session_scope
+from shared.stages import progress
 from tests.factories import add_endpoint, make_campaign
 from workers.engine import dispatch, flow, gpu_pool, leases, runner, warm
 from workers.engine.context import StageContext
@@ -175,6 +176,32 @@ def test_a_single_item_finish_reads_the_campaign_state_with_its_lock(sent: list[
     ], finish
     # the claim's started event and the finish's completed event, to the campaign's URL and the endpoint each
     assert [task[0] for task in sent].count("onbrand.send_webhook") == 4
+
+
+def test_a_claim_reads_its_stage_started_events_counts_with_its_update(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    add_endpoint(cid, "https://hooks.example/all")
+    assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"  # retrieve's run waits
+    with statements() as seen:
+        assert runner.execute("retrieve", cid, 0, 0, lambda ctx: {}) == "succeeded"
+    # lock; mark the run running and count the runs (the started event's items and progress) in one statement;
+    # the event; the campaign's status, stage and bookkeeping
+    assert seen[: seen.index("COMMIT") + 1] == [
+        "SELECT CAMPAIGNS.ID, CAMPAIGNS.TENANT_ID,",
+        "WITH DONE AS",
+        "WITH ENDPOINTS AS",
+        "UPDATE CAMPAIGNS SET",
+        "COMMIT",
+    ]
+    with session_scope() as session:
+        [started] = session.scalars(
+            select(WebhookDelivery.payload).where(
+                WebhookDelivery.event_type == "campaign.stage.started",
+                WebhookDelivery.payload["stage"].as_string() == "retrieve",
+            )
+        ).all()
+    assert (started["items"], started["progress"]) == (1, progress({"decompose"}, terminal=False))
+    assert _runs(cid, "retrieve")[0].status == StageRunStatus.SUCCEEDED
 
 
 def test_the_last_item_creates_the_next_fan_out_in_one_insert(sent: list[tuple[Any, ...]]) -> None:

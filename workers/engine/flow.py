@@ -131,10 +131,19 @@ def _first_time(campaign: Campaign, key: str) -> bool:
     return True
 
 
-def stage_started_event(session: Session, campaign: Campaign, name: str, rnd: int) -> list[Task]:
+def started_due(campaign: Campaign, name: str, rnd: int) -> bool:
+    """Whether stage_started_event announces the stage's round (not yet announced)."""
+    return f"started:{name}:{rnd}" not in LoopState.of(campaign).announced
+
+
+def stage_started_event(
+    session: Session, campaign: Campaign, name: str, rnd: int, counts: Counts | None = None
+) -> list[Task]:
+    """The stage's round announced, once. `counts`: run_counts as they are now, when read already (the claim reads
+    them with its run's UPDATE)."""
     if not _first_time(campaign, f"started:{name}:{rnd}"):
         return []
-    counts = run_counts(session, campaign.id)
+    counts = run_counts(session, campaign.id) if counts is None else counts
     _, items = items_of(counts, name, rnd)
     data = {
         "stage": name,

@@ -4,12 +4,29 @@ from __future__ import annotations
 
 import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import cache
 from typing import Any, NamedTuple
 
-from sqlalchemy import Table, Update, and_, bindparam, case, cast, func, inspect, literal, or_, select, text, update
+from sqlalchemy import (
+    Row,
+    Select,
+    Table,
+    Update,
+    and_,
+    bindparam,
+    case,
+    cast,
+    func,
+    inspect,
+    literal,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
@@ -92,33 +109,34 @@ _SUCCEEDED = (
         lease_until=None,
     )
 )
-# The finish's run marked succeeded and the campaign's runs counted (the barrier, the events' progress) in one
-# statement. The count reads the statement's snapshot, taken after the finish locked the campaign (every other
-# finish of it has committed or waits), in which this run still has its old status: counted as succeeded here, which
-# is what the UPDATE beside it makes it. `updated`: whether the UPDATE found the run (else the counts are not used).
-_DONE = _SUCCEEDED.returning(RUNS.c.id).cte("done")
-_STATUS_AFTER = case(
-    (
-        and_(
-            RUNS.c.stage == bindparam("b_stage"),
-            RUNS.c.round == bindparam("b_round"),
-            RUNS.c.item == bindparam("b_item"),
-        ),
-        literal(StageRunStatus.SUCCEEDED.value),
-    ),
-    else_=RUNS.c.status,
-)
-_SUCCEEDED_COUNTED = (
-    select(
-        RUNS.c.stage,
-        RUNS.c.round,
-        _STATUS_AFTER,
-        func.count(),
-        select(func.count()).select_from(_DONE).scalar_subquery().label("updated"),
+
+
+def _counted(change: Update, status: StageRunStatus) -> Select[Any]:
+    """`change` (an UPDATE of the run b_campaign/b_stage/b_round/b_item to `status`) and the campaign's runs counted
+    by stage, round and status, in one statement: run_counts as they are once the UPDATE is done. The count reads the
+    statement's snapshot, taken after the caller locked the campaign (every other claim and finish of it has
+    committed or waits), in which this run still has its old status: counted with `status` here, which is what the
+    UPDATE beside it makes it. `updated`, the last column: whether the UPDATE found the run (else the counts are not
+    used)."""
+    done = change.returning(RUNS.c.id).cte("done")
+    this_run = and_(
+        RUNS.c.stage == bindparam("b_stage"), RUNS.c.round == bindparam("b_round"), RUNS.c.item == bindparam("b_item")
     )
-    .where(RUNS.c.campaign_id == bindparam("b_campaign"))
-    .group_by(text("1, 2, 3"))
-)
+    after = case((this_run, literal(status.value)), else_=RUNS.c.status)
+    updated = select(func.count()).select_from(done).scalar_subquery().label("updated")
+    return (
+        select(RUNS.c.stage, RUNS.c.round, after, func.count(), updated)
+        .where(RUNS.c.campaign_id == bindparam("b_campaign"))
+        .group_by(text("1, 2, 3"))
+    )
+
+
+# The finish's run marked succeeded and the campaign's runs counted (the barrier, the events' progress) at once.
+_SUCCEEDED_COUNTED = _counted(_SUCCEEDED, StageRunStatus.SUCCEEDED)
+# The claim's common case and the counts its stage's started event reads (the first claim of a stage's round).
+_CLAIM_FREE_COUNTED = _counted(_CLAIM_FREE, StageRunStatus.RUNNING)
+# A claimed run that did not exist yet (the campaign's first, a message that came before its run).
+_INSERT_RUN = insert(RUNS)
 # New runs of a fan-out; those that exist (a redelivered predecessor fans out again) are left as they are.
 _CREATE = insert(RUNS).on_conflict_do_nothing(index_elements=["campaign_id", "stage", "round", "item"])
 
@@ -158,17 +176,33 @@ def find_run(session: Session, campaign_id: uuid.UUID, stage: str, rnd: int, ite
     return None if row is None else RunRow(*row)
 
 
-def claim_free_run(session: Session, campaign_id: uuid.UUID, key: tuple[str, int, int], claimer: str) -> bool:
+def claim_free_run(
+    session: Session, campaign_id: uuid.UUID, key: tuple[str, int, int], claimer: str, *, count: bool = False
+) -> tuple[bool, Counts | None]:
     """Mark the run of `key` (stage, round, item) running for `claimer` under a fresh lease if it is neither
-    succeeded nor running under a live lease, without reading it first; whether it did. When it did not, the claim
-    reads the run (find_run) and decides: a succeeded run, one held elsewhere, one whose claimer on this host is gone
-    (leases.held_elsewhere), or none yet."""
+    succeeded nor running under a live lease, without reading it first; whether it did, and with `count` (its
+    stage's started event is due) the campaign's runs counted as they are then (run_counts), in the same statement.
+    When it did not, the claim reads the run (find_run) and decides: a succeeded run, one held elsewhere, one whose
+    claimer on this host is gone (leases.held_elsewhere), or none yet."""
     _flush_runs(session)
     stage, rnd, item = key
     at, lease = now(), lease_from_now()
     params = {"b_campaign": campaign_id, "b_stage": stage, "b_round": rnd, "b_item": item}
     params |= {"b_at": at, "b_lease": lease, "b_claimer": claimer}
-    return bool(session.connection().execute(_CLAIM_FREE, params).rowcount)
+    if not count:
+        return bool(session.connection().execute(_CLAIM_FREE, params).rowcount), None
+    counts = _counts_of(session.connection().execute(_CLAIM_FREE_COUNTED, params).all())
+    return counts is not None, counts
+
+
+def _counts_of(rows: Sequence[Row[str, int, str, int, int]]) -> Counts | None:
+    """run_counts from a _counted statement's rows; None when its UPDATE found no run."""
+    if not rows or not rows[0][4]:
+        return None
+    counts: Counts = defaultdict(dict)
+    for name, of_round, status, n, _ in rows:
+        counts[(name, of_round)][StageRunStatus(status)] = n
+    return counts
 
 
 def claim_run(
@@ -183,7 +217,7 @@ def claim_run(
     values = _new_values(campaign, *key)
     values.update(status=StageRunStatus.RUNNING, started_at=at, attempts=1, lease_until=lease, claimed_by=claimer)
     values["dispatched_at"] = values["dispatched_at"] or at
-    session.connection().execute(insert(RUNS).values(**values))
+    session.connection().execute(_INSERT_RUN, values)
 
 
 def create_runs(session: Session, campaign: Campaign, stage: str, rnd: int, items: list[int]) -> None:
@@ -280,11 +314,8 @@ def succeeded(
         "b_at": now(),
         "b_output": output,
     }
-    rows = session.connection().execute(_SUCCEEDED_COUNTED, params).all()
-    if rows and rows[0][4]:
-        counts: Counts = defaultdict(dict)
-        for name, of_round, status, n, _ in rows:
-            counts[(name, of_round)][StageRunStatus(status)] = n
+    counts = _counts_of(session.connection().execute(_SUCCEEDED_COUNTED, params).all())
+    if counts is not None:
         return counts
     run = get_run(session, campaign, stage, rnd, item)
     run.status, run.finished_at, run.output, run.error = StageRunStatus.SUCCEEDED, now(), output, None
@@ -463,6 +494,7 @@ def warm_up(session: Session) -> None:
     connection = session.connection()
     connection.execute(_CLAIM, {"b_run": nobody, "b_at": at, "b_lease": at, "b_claimer": "warm-up"})
     claim_free_run(session, nobody, ("warm-up", 0, 0), "warm-up")
+    claim_free_run(session, nobody, ("warm-up", 0, 0), "warm-up", count=True)
     done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
     connection.execute(_SUCCEEDED_COUNTED, done).all()
     connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})

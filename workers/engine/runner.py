@@ -131,7 +131,9 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
         campaign = lock_campaign(session, campaign_id)
         if campaign is None or campaign.status in TERMINAL_STATUSES:
             return None, []
-        if not claim_free_run(session, campaign.id, (stage, rnd, item), leases.worker_id()):  # else: read, decide
+        announce = flow.started_due(campaign, stage, rnd)  # its counts come with the claim's UPDATE
+        claimed, counts = claim_free_run(session, campaign.id, (stage, rnd, item), leases.worker_id(), count=announce)
+        if not claimed:  # succeeded, held under a live lease, or missing: read and decided
             run = find_run(session, campaign.id, stage, rnd, item)
             if run is not None and run.status == StageRunStatus.SUCCEEDED:
                 return None, _not_taken(session, campaign, flow.advance(session, campaign, stage, rnd))
@@ -140,7 +142,7 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
                 return None, []
             claim_run(session, campaign, run, (stage, rnd, item), leases.worker_id())
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
-        started = flow.stage_started_event(session, campaign, stage, rnd)
+        started = flow.stage_started_event(session, campaign, stage, rnd, counts) if announce else []
         session.flush()
         session.expunge(campaign)
         return StageContext(campaign, stage, rnd, item, get_settings()), started
