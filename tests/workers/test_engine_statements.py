@@ -278,3 +278,33 @@ def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(
     finally:
         event.remove(get_engine(), "before_cursor_execute", record)
     assert compiled == ["INSERT INTO CANDIDATES"]  # the claim, the finish and the dispatcher: compiled already
+
+
+def test_claim_and_finish_write_the_campaign_with_statements_the_warm_up_compiled(sent: list[tuple[Any, ...]]) -> None:
+    cid = make_campaign()
+    with session_scope() as session:  # the first stage's run, waiting (its claim marks it running)
+        campaign = lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        flow.fan_out(session, campaign, "decompose", 0)
+        created = campaign.updated_at
+    warm.statements()
+    compiled: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
+        if context.cache_hit is CacheStats.CACHE_MISS:
+            compiled.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        with statements() as seen:
+            assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+    assert seen.count("UPDATE CAMPAIGNS SET") == 2  # the claim's and the finish's, one each
+    assert "UPDATE CAMPAIGNS SET" not in compiled
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        assert (campaign.status, campaign.current_stage, campaign.event_sequence) == ("running", "decompose", 2)
+        assert {"started:decompose:0", "decompose:0"} <= set(campaign.loop["announced"])
+        assert campaign.updated_at > created and campaign.error is None

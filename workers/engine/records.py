@@ -30,7 +30,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, Insert, insert
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.attributes import set_committed_value
-from sqlalchemy.sql import sqltypes
+from sqlalchemy.sql import ClauseElement, sqltypes
 
 from shared import limits, metrics
 from shared.config import get_settings
@@ -159,6 +159,50 @@ def lock_campaign(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
 def lock_campaign_lean(session: Session, campaign_id: uuid.UUID) -> Campaign | None:
     """lock_campaign with campaign.state left unloaded until read (a query then)."""
     return session.scalars(_LOCK_LEAN, {"id": campaign_id}).first()
+
+
+# The campaign columns the engine's claims and finishes change (status and stage, the loop's bookkeeping, the events'
+# sequence, a failure, the end): written by write_campaign as a Core UPDATE of those that changed, built once per set
+# of them (a claim and a finish change the same few sets: workers.engine.warm compiles them before the first task).
+CAMPAIGN_WRITES = (
+    "status",
+    "current_stage",
+    "round",
+    "loop",
+    "event_sequence",
+    "error",
+    "completed_at",
+    "review_state",
+)
+WARM_CAMPAIGN_WRITES = (
+    ("status", "current_stage", "loop", "event_sequence"),  # a campaign's first claim
+    ("current_stage", "loop", "event_sequence"),  # a stage's first claim
+    ("loop", "event_sequence"),  # a stage's last finish: its completed event
+)
+
+
+def write_campaign(session: Session, campaign: Campaign) -> None:
+    """The campaign's changes written now, as one UPDATE of the columns that changed (and updated_at, as the ORM's
+    flush sets it), and the object expunged: the ORM's flush (its unit of work, a statement compiled per set of
+    columns the first time a process meets it) does not write it again. Left to the flush when something else
+    changed, or a value is an SQL expression."""
+    state = inspect(campaign)
+    if state.session is not session:
+        return
+    pending = set(state.committed_state)
+    if not pending <= set(CAMPAIGN_WRITES) or any(isinstance(state.dict.get(a), ClauseElement) for a in pending):
+        return
+    changed = tuple(c for c in CAMPAIGN_WRITES if c in pending and state.attrs[c].history.has_changes())
+    if changed:
+        values = {f"b_{c}": state.dict[c] for c in changed}
+        session.connection().execute(_campaign_update(changed), {"b_id": campaign.id, **values})
+    session.expunge(campaign)
+
+
+@cache
+def _campaign_update(columns: tuple[str, ...]) -> Update:
+    written: dict[str, Any] = {c: bindparam(f"b_{c}", type_=_CAMPAIGNS.c[c].type) for c in columns}
+    return update(_CAMPAIGNS).where(_CAMPAIGNS.c.id == bindparam("b_id")).values({**written, "updated_at": func.now()})
 
 
 def patch_state(session: Session, campaign: Campaign, patch: dict[str, Any]) -> None:
@@ -498,3 +542,6 @@ def warm_up(session: Session) -> None:
     done = {"b_campaign": nobody, "b_stage": "warm-up", "b_round": 0, "b_item": 0, "b_at": at, "b_output": {}}
     connection.execute(_SUCCEEDED_COUNTED, done).all()
     connection.execute(_PATCH_STATE, {"b_id": nobody, "b_patch": {}})
+    for columns in WARM_CAMPAIGN_WRITES:
+        values: dict[str, Any] = {f"b_{c}": {} if c == "loop" else None for c in columns}
+        connection.execute(_campaign_update(columns), {"b_id": nobody, **values})

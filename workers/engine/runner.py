@@ -57,6 +57,7 @@ from workers.engine.records import (
     store_rows,
     succeeded,
     webhook_tasks,
+    write_campaign,
 )
 
 log = logging.getLogger("onbrand.stages")
@@ -143,8 +144,10 @@ def _claim(stage: str, campaign_id: uuid.UUID, rnd: int, item: int) -> tuple[Sta
             claim_run(session, campaign, run, (stage, rnd, item), leases.worker_id())
         campaign.status, campaign.current_stage = CampaignStatus.RUNNING, stage
         started = flow.stage_started_event(session, campaign, stage, rnd, counts) if announce else []
+        write_campaign(session, campaign)  # its changes, and the campaign leaves the session
         session.flush()
-        session.expunge(campaign)
+        if campaign in session:  # changes write_campaign left to the flush
+            session.expunge(campaign)
         return StageContext(campaign, stage, rnd, item, get_settings()), started
 
 
@@ -187,14 +190,21 @@ def _finished(session: Session, ctx: StageContext, summary: dict[str, object]) -
     campaign = (lock_campaign_lean if fans_out else lock_campaign)(session, ctx.campaign.id)
     if campaign is None:
         return None
+    tasks = _next(session, ctx, campaign, summary)
+    write_campaign(session, campaign)  # the changes of the campaign row, before the dispatcher's flush and the commit
+    return tasks
+
+
+def _next(session: Session, ctx: StageContext, campaign: Campaign, summary: dict[str, object]) -> list[Task] | None:
+    """_finished's work on the locked campaign."""
     counts = succeeded(session, campaign, ctx.stage, ctx.round, ctx.item, summary)
     store_rows(session, ctx.rows)
     if ctx.state_patch:
         patch_state(session, campaign, ctx.state_patch)
     if ctx.batches is not None:
         flow.record_batches(campaign, ctx.round, ctx.batches)
-    # The stage's rows are written already (Core); what the ORM holds (the campaign's changes, events' outbox
-    # rows) goes in the one flush at commit, or before an ORM query that reads it (autoflush).
+    # The stage's rows are written already (Core); the campaign's changes go in write_campaign's UPDATE after this (or
+    # in an autoflush before an ORM query that reads them), whatever else the ORM holds in the flush at commit.
     if campaign.status in TERMINAL_STATUSES:
         return None  # cancelled while we computed: keep the work, start nothing new
     if ctx.finalize is not None:
