@@ -178,6 +178,8 @@ WARM_CAMPAIGN_WRITES = (
     ("status", "current_stage", "loop", "event_sequence"),  # a campaign's first claim
     ("current_stage", "loop", "event_sequence"),  # a stage's first claim
     ("loop", "event_sequence"),  # a stage's last finish: its completed event
+    ("event_sequence",),  # a finish whose bookkeeping an earlier query's autoflush wrote: its event
+    ("loop",),  # ... and the reverse (rank's loop decision after its events)
 )
 
 
