@@ -2,9 +2,22 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from sqlalchemy import event, func, select
+from sqlalchemy.engine.interfaces import CacheStats
+
 from shared.config import Settings
+from shared.db.models import Brand, Campaign, Candidate, LlmCall, StageRun, Tenant, WebhookDelivery
+from shared.db.session import get_engine, session_scope
 from shared.stages import STAGES
+from tests.factories import make_campaign
 from workers import warmup
+from workers.engine import records, warm
 
 CPU = {"llm", "retrieval", "scoring", "webhooks"}
 GPU = {"segment", "generate", "qc"}
@@ -49,3 +62,63 @@ def test_a_failing_step_is_reported_and_the_rest_still_run() -> None:
     )
     assert [(d.name, d.ok) for d in done] == [("broken", False), ("fine", True)]
     assert ran == ["fine"] and all(d.seconds >= 0 for d in done)
+
+
+def _compiled_while(run: Callable[[], object]) -> list[str]:
+    """The statements compiled (a miss in the engine's compiled cache) while `run` runs."""
+    compiled: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
+        if context.cache_hit is CacheStats.CACHE_MISS:
+            compiled.append(" ".join(statement.split()[:3]).upper())
+
+    event.listen(get_engine(), "before_cursor_execute", record)
+    try:
+        run()
+    finally:
+        event.remove(get_engine(), "before_cursor_execute", record)
+    return compiled
+
+
+def _first_writes(cid: str) -> None:
+    """What a campaign's first tasks write outside the claim and finish statements: a fan-out, a run claimed
+    before it existed, a language stage's call log, generate's candidates."""
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        records.create_runs(session, campaign, "qc", 0, [0, 1, 2])
+        records.claim_run(session, campaign, None, ("caption", 0, 0), "test")
+        records.store_rows(session, [warm._llm_call(campaign, 0)])
+        records.store_rows(session, [warm._candidate(campaign, 2, i) for i in range(2)])
+    with session_scope() as session:  # qc's batch, read in a session of its own (workers.pipeline.qc._batch)
+        checked = list(session.scalars(select(Candidate).where(Candidate.campaign_id == uuid.UUID(cid))))
+    for cand in checked:  # what qc assigns (workers.pipeline.qc.check_one, run)
+        cand.qc, cand.passed, cand.embedding = {"policy": {"passed": True}}, True, None
+    with session_scope() as session:
+        records.store_rows(session, list(checked))
+
+
+def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
+    fresh_db: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    cid = make_campaign()
+    tables = (Tenant, Brand, Campaign, StageRun, Candidate, LlmCall, WebhookDelivery)
+
+    def counts() -> dict[str, int]:
+        with session_scope() as session:
+            return {t.__tablename__: session.scalar(select(func.count()).select_from(t)) or 0 for t in tables}
+
+    before = counts()
+    cache = get_engine()._compiled_cache
+    assert cache is not None
+    cache.clear()  # as in a new pool process: nothing compiled
+    with caplog.at_level(logging.INFO):
+        warm.statements()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert counts() == before  # the throwaway tenant, brand, campaign and its rows: rolled back
+    compiled = _compiled_while(lambda: _first_writes(cid))
+    written = {"INSERT INTO STAGE_RUNS", "INSERT INTO LLM_CALLS", "INSERT INTO CANDIDATES", "UPDATE CANDIDATES SET"}
+    assert not written & set(compiled), compiled
+    with session_scope() as session:  # and they did write: the statements the warm-up compiled are the real ones
+        assert session.scalar(select(func.count()).select_from(StageRun)) == 4
+        assert session.scalar(select(func.count()).select_from(Candidate).where(Candidate.passed.is_(True))) == 2

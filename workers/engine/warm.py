@@ -3,24 +3,121 @@
 SQLAlchemy compiles a statement the first time a process executes it and caches the result per engine: a new pool
 process paid that in the claims and finishes of the first campaign it worked on (in-process, 11 of the 21
 statements a campaign's engine compiled are these). Here each is executed once with parameters that match no row,
-in a transaction that is rolled back: nothing is read or written, the compiled forms stay cached. Statements whose
-shape depends on a stage's rows (their upserts, the ORM's flushes) are left to their first use.
+in a transaction that is rolled back: nothing is read or written, the compiled forms stay cached.
+
+The statements that write rows of a campaign (a fan-out's runs, a missing run, a stage's upserts) are refused by the
+foreign keys without one: they run against a throwaway tenant, brand and campaign inserted in the same transaction,
+which the rollback removes with them. Nothing of it is committed, so no deferred trigger runs (the live-campaign
+count runs at COMMIT) and no other transaction ever sees those rows.
 """
 
 from __future__ import annotations
 
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, undefer
+
 from shared import webhooks
+from shared.db.models import Brand, Campaign, Candidate, LlmCall, Tenant
 from shared.db.session import new_session
 from workers.engine import dispatch, records
 
 
 def statements() -> None:
-    """Execute the claim's, the finish's, the stage events' and the dispatcher's statements once each, rolled back."""
+    """Execute the claim's, the finish's, the stage events' and the dispatcher's statements once each, then a
+    campaign's row writes on a throwaway campaign; both transactions rolled back."""
     session = new_session()
     try:
         dispatch.warm_up(session)
         records.warm_up(session)
         webhooks.warm_up(session)
+        session.rollback()  # the dispatcher's lock released before the writes below
+        _campaign_writes(session, _throwaway_campaign(session))
     finally:
         session.rollback()
         session.close()
+
+
+def _throwaway_campaign(session: Session) -> Campaign:
+    """A tenant, brand and campaign that only this (rolled back) transaction sees."""
+    tenant = Tenant(name="warm-up")
+    session.add(tenant)
+    session.flush()
+    brand = Brand(tenant_id=tenant.id, name="warm-up")
+    session.add(brand)
+    session.flush()
+    campaign = Campaign(tenant_id=tenant.id, brand_id=brand.id, brief="warm-up")
+    session.add(campaign)
+    session.flush()
+    return campaign
+
+
+def _campaign_writes(session: Session, campaign: Campaign) -> None:
+    """The row writes of a campaign's first tasks, with the keys and row counts the engine and the stages use (a
+    compiled form is cached per set of keys, and per single row or many)."""
+    records.create_runs(session, campaign, "generate", 0, [0, 1])  # a fan-out's runs, one INSERT
+    records.claim_run(session, campaign, None, ("decompose", 0, 0), "warm-up")  # a run claimed before it existed
+    for n in (1, 2):  # a language stage's call log (workers.pipeline.common.llm_call_rows), generate's candidates
+        records.store_rows(session, [_llm_call(campaign, i) for i in range(n)])
+        records.store_rows(session, [_candidate(campaign, n, i) for i in range(n)])
+    _candidate_updates(session, campaign)
+
+
+def _llm_call(campaign: Campaign, i: int) -> LlmCall:
+    # The attributes workers.pipeline.common._llm_call_row sets: the upsert's columns
+    return LlmCall(
+        id=uuid.uuid4(),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        stage="decompose",
+        round=0,
+        backend="local",
+        model="warm-up",
+        prompt_version=None,
+        attempt="first",
+        latency_ms=0.0,
+        tokens_in=0,
+        tokens_out=0,
+        cost_usd=None,
+    )
+
+
+def _candidate(campaign: Campaign, n: int, i: int) -> Candidate:
+    # The attributes workers.pipeline.generate._candidate_row sets: the upsert's columns
+    return Candidate(
+        id=uuid.uuid4(),
+        tenant_id=campaign.tenant_id,
+        campaign_id=campaign.id,
+        round=0,
+        batch=i,
+        layout_key=f"warm-up-{n}-{i}",
+        placement={},
+        generator="warm-up",
+        generation={},
+        integrity={},
+        image_key=None,
+        layer_key=None,
+    )
+
+
+def _candidate_updates(session: Session, campaign: Campaign) -> None:
+    """qc's and rank's UPDATEs of the candidates they read (store_rows: the JSON columns and those assigned), for a
+    batch of several: qc reads a generate batch (embedding deferred) and sets its verdict and embedding; rank reads
+    the pool with embeddings and sets verdicts, scores, ranks and exclusions."""
+    query = select(Candidate).where(Candidate.campaign_id == campaign.id, Candidate.layout_key.like("warm-up-2-%"))
+    checked = _detached(session, list(session.scalars(query)))
+    for cand in checked:
+        cand.qc, cand.passed, cand.embedding = {}, True, None
+    records.store_rows(session, list(checked))
+    ranked = _detached(session, list(session.scalars(query.options(undefer(Candidate.embedding)))))
+    for cand in ranked:
+        cand.qc, cand.passed, cand.aesthetic, cand.rank, cand.excluded_reason = {}, True, None, 1, None
+    records.store_rows(session, list(ranked))
+
+
+def _detached(session: Session, rows: list[Candidate]) -> list[Candidate]:
+    # The stages read in a session of their own and hand the rows over detached
+    for row in rows:
+        session.expunge(row)
+    return rows
