@@ -87,6 +87,7 @@ def _first_writes(cid: str) -> None:
         campaign = session.get(Campaign, uuid.UUID(cid))
         assert campaign is not None
         records.create_runs(session, campaign, "qc", 0, [0, 1, 2])
+        records.create_runs(session, campaign, "retrieve", 0, [0])
         records.claim_run(session, campaign, None, ("caption", 0, 0), "test")
         records.store_rows(session, [warm._llm_call(campaign, 0)])
         records.store_rows(session, [warm._candidate(campaign, 2, i) for i in range(2)])
@@ -96,6 +97,10 @@ def _first_writes(cid: str) -> None:
         cand.qc, cand.passed, cand.embedding = {"policy": {"passed": True}}, True, None
     with session_scope() as session:
         records.store_rows(session, list(checked))
+    with session_scope() as session:  # rank's finish: its event and the loop's bookkeeping, flushed by the ORM
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        campaign.event_sequence, campaign.loop = campaign.event_sequence + 1, {"rank": True}
 
 
 def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
@@ -118,7 +123,9 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
     assert counts() == before  # the throwaway tenant, brand, campaign and its rows: rolled back
     compiled = _compiled_while(lambda: _first_writes(cid))
     written = {"INSERT INTO STAGE_RUNS", "INSERT INTO LLM_CALLS", "INSERT INTO CANDIDATES", "UPDATE CANDIDATES SET"}
+    written |= {"UPDATE CAMPAIGNS SET"}
     assert not written & set(compiled), compiled
     with session_scope() as session:  # and they did write: the statements the warm-up compiled are the real ones
-        assert session.scalar(select(func.count()).select_from(StageRun)) == 4
+        assert session.scalar(select(func.count()).select_from(StageRun)) == 5
+        assert session.scalar(select(Campaign.loop).where(Campaign.id == uuid.UUID(cid))) == {"rank": True}
         assert session.scalar(select(func.count()).select_from(Candidate).where(Candidate.passed.is_(True))) == 2

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
 
 from shared import webhooks
-from shared.db.models import Brand, Campaign, Candidate, LlmCall, Tenant
+from shared.db.models import Brand, Campaign, Candidate, LlmCall, ReviewState, Tenant
 from shared.db.session import new_session
 from workers.engine import dispatch, records
 
@@ -56,12 +56,15 @@ def _throwaway_campaign(session: Session) -> Campaign:
 def _campaign_writes(session: Session, campaign: Campaign) -> None:
     """The row writes of a campaign's first tasks, with the keys and row counts the engine and the stages use (a
     compiled form is cached per set of keys, and per single row or many)."""
-    records.create_runs(session, campaign, "generate", 0, [0, 1])  # a fan-out's runs, one INSERT
+    # A fan-out's runs, one INSERT: of one item (decompose's, segment's) or several
+    records.create_runs(session, campaign, "retrieve", 0, [0])
+    records.create_runs(session, campaign, "generate", 0, [0, 1])
     records.claim_run(session, campaign, None, ("decompose", 0, 0), "warm-up")  # a run claimed before it existed
     for n in (1, 2):  # a language stage's call log (workers.pipeline.common.llm_call_rows), generate's candidates
         records.store_rows(session, [_llm_call(campaign, i) for i in range(n)])
         records.store_rows(session, [_candidate(campaign, n, i) for i in range(n)])
     _candidate_updates(session, campaign)
+    _campaign_flushes(session, campaign)
 
 
 def _llm_call(campaign: Campaign, i: int) -> LlmCall:
@@ -121,3 +124,14 @@ def _detached(session: Session, rows: list[Candidate]) -> list[Candidate]:
     for row in rows:
         session.expunge(row)
     return rows
+
+
+def _campaign_flushes(session: Session, campaign: Campaign) -> None:
+    """The ORM's UPDATEs of a campaign (one per set of changed columns) that rank's and deliver's finishes flush: an
+    event's sequence with the loop's bookkeeping, alone, and with the review state."""
+    campaign.event_sequence, campaign.loop = 1, {"warm-up": True}
+    session.flush()
+    campaign.event_sequence = 2
+    session.flush()
+    campaign.event_sequence, campaign.review_state = 3, ReviewState.PENDING
+    session.flush()
