@@ -97,6 +97,10 @@ def _first_writes(cid: str) -> None:
         cand.qc, cand.passed, cand.embedding = {"policy": {"passed": True}}, True, None
     with session_scope() as session:
         records.store_rows(session, list(checked))
+    with session_scope() as session:  # generate's last finish: the state read after a lean lock, the loop flushed
+        campaign = records.lock_campaign_lean(session, uuid.UUID(cid))
+        assert campaign is not None and campaign.state == {}
+        campaign.loop = {"generate": True}
     with session_scope() as session:  # rank's finish: its event and the loop's bookkeeping, flushed by the ORM
         campaign = session.get(Campaign, uuid.UUID(cid))
         assert campaign is not None
@@ -123,7 +127,7 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
     assert counts() == before  # the throwaway tenant, brand, campaign and its rows: rolled back
     compiled = _compiled_while(lambda: _first_writes(cid))
     written = {"INSERT INTO STAGE_RUNS", "INSERT INTO LLM_CALLS", "INSERT INTO CANDIDATES", "UPDATE CANDIDATES SET"}
-    written |= {"UPDATE CAMPAIGNS SET"}
+    written |= {"UPDATE CAMPAIGNS SET", "SELECT CAMPAIGNS.STATE FROM"}
     assert not written & set(compiled), compiled
     with session_scope() as session:  # and they did write: the statements the warm-up compiled are the real ones
         assert session.scalar(select(func.count()).select_from(StageRun)) == 5

@@ -127,9 +127,15 @@ def _detached(session: Session, rows: list[Candidate]) -> list[Candidate]:
 
 
 def _campaign_flushes(session: Session, campaign: Campaign) -> None:
-    """The ORM's UPDATEs of a campaign (one per set of changed columns) that rank's and deliver's finishes flush: an
-    event's sequence with the loop's bookkeeping, alone, and with the review state."""
-    campaign.event_sequence, campaign.loop = 1, {"warm-up": True}
+    """A fan-out's last finish reading the campaign's state after its lean lock (a query of the deferred column), and
+    the ORM's UPDATEs of a campaign (one per set of changed columns) that the finishes flush: the loop's bookkeeping
+    (generate's last item), an event's sequence with it, alone, and with the review state (rank's, deliver's)."""
+    session.expunge(campaign)
+    campaign = records.lock_campaign_lean(session, campaign.id) or campaign
+    _ = campaign.state  # read: the deferred column's query
+    campaign.loop = {"warm-up": True}
+    session.flush()
+    campaign.event_sequence, campaign.loop = 1, {"warm-up": False}
     session.flush()
     campaign.event_sequence = 2
     session.flush()
