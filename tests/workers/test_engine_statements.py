@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 import redis
 from sqlalchemy import event, func, select
-from sqlalchemy.engine.interfaces import CacheStats
 
 from shared.db.models import Campaign, CampaignStatus, Candidate, StageRun, StageRunStatus, WebhookDelivery
 from shared.db.session import get_engine, session_scope
 from shared.stages import progress
 from tests.factories import add_endpoint, make_campaign
+from tests.sql_events import compiled_statements
 from workers.engine import dispatch, flow, gpu_pool, leases, runner, warm
 from workers.engine.context import StageContext
 from workers.engine.records import claim_run, find_run, lock_campaign
@@ -263,20 +263,11 @@ def test_the_warm_up_compiles_the_hot_path_and_leaves_nothing_behind(
         assert session.scalar(select(func.count()).select_from(StageRun)) == 0
         assert session.scalar(select(func.count()).select_from(WebhookDelivery)) == 0
         assert session.scalar(select(func.pg_try_advisory_xact_lock(dispatch.DISPATCH_LOCK))) is True
-    compiled: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
-        if context.cache_hit is CacheStats.CACHE_MISS:
-            compiled.append(" ".join(statement.split()[:3]).upper())
-
-    event.listen(get_engine(), "before_cursor_execute", record)
-    try:
+    with compiled_statements() as compiled:
         _batches(cid, 3)
         assert "WITH ENDPOINTS AS" not in compiled  # the stage's started event: compiled already
         compiled.clear()
         assert runner.execute("generate", cid, 0, 1, _generate) == "succeeded"
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", record)
     assert compiled == ["INSERT INTO CANDIDATES"]  # the claim, the finish and the dispatcher: compiled already
 
 
@@ -288,18 +279,8 @@ def test_claim_and_finish_write_the_campaign_with_statements_the_warm_up_compile
         flow.fan_out(session, campaign, "decompose", 0)
         created = campaign.updated_at
     warm.statements()
-    compiled: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
-        if context.cache_hit is CacheStats.CACHE_MISS:
-            compiled.append(" ".join(statement.split()[:3]).upper())
-
-    event.listen(get_engine(), "before_cursor_execute", record)
-    try:
-        with statements() as seen:
-            assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", record)
+    with compiled_statements() as compiled, statements() as seen:
+        assert runner.execute("decompose", cid, 0, 0, lambda ctx: {}) == "succeeded"
     assert seen.count("UPDATE CAMPAIGNS SET") == 2  # the claim's and the finish's, one each
     assert "UPDATE CAMPAIGNS SET" not in compiled
     with session_scope() as session:

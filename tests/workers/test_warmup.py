@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
-from typing import Any
 
 import pytest
-from sqlalchemy import event, func, select
-from sqlalchemy.engine.interfaces import CacheStats
+from sqlalchemy import func, select
 
 from shared.config import Settings
 from shared.db.models import Brand, Campaign, Candidate, LlmCall, StageRun, Tenant, WebhookDelivery
 from shared.db.session import get_engine, session_scope
 from shared.stages import STAGES
 from tests.factories import make_campaign
+from tests.sql_events import compiled_statements
 from workers import warmup
 from workers.engine import records, warm
 
@@ -64,22 +62,6 @@ def test_a_failing_step_is_reported_and_the_rest_still_run() -> None:
     assert ran == ["fine"] and all(d.seconds >= 0 for d in done)
 
 
-def _compiled_while(run: Callable[[], object]) -> list[str]:
-    """The statements compiled (a miss in the engine's compiled cache) while `run` runs."""
-    compiled: list[str] = []
-
-    def record(conn: object, cursor: object, statement: str, parameters: object, context: Any, *_: object) -> None:
-        if context.cache_hit is CacheStats.CACHE_MISS:
-            compiled.append(" ".join(statement.split()[:3]).upper())
-
-    event.listen(get_engine(), "before_cursor_execute", record)
-    try:
-        run()
-    finally:
-        event.remove(get_engine(), "before_cursor_execute", record)
-    return compiled
-
-
 def _first_writes(cid: str) -> None:
     """What a campaign's first tasks write outside the claim and finish statements: a fan-out, a run claimed
     before it existed, a language stage's call log, generate's candidates."""
@@ -125,7 +107,8 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
         warm.statements()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert counts() == before  # the throwaway tenant, brand, campaign and its rows: rolled back
-    compiled = _compiled_while(lambda: _first_writes(cid))
+    with compiled_statements() as compiled:
+        _first_writes(cid)
     written = {"INSERT INTO STAGE_RUNS", "INSERT INTO LLM_CALLS", "INSERT INTO CANDIDATES", "UPDATE CANDIDATES SET"}
     written |= {"UPDATE CAMPAIGNS SET", "SELECT CAMPAIGNS.STATE FROM"}
     assert not written & set(compiled), compiled
