@@ -42,7 +42,10 @@ class Done:
 def steps(queues: set[str], settings: Settings) -> list[Step]:
     """Everything the stages on `queues` would load on first use, models last (imports make them cheaper)."""
     found = [Step("database connection", _database), Step("engine statements", _engine_statements)]
+    found.append(Step("metric series", lambda: metric_series(queues)))
     found += [Step(f"{s.name} stage module", _stage_module(s.name)) for s in STAGES if s.queue in queues]
+    if any(s.queue in queues for s in STAGES if s.name in FINALIZED):
+        found.append(Step("rank and deliver finishes", _finishes))
     if "qc" in queues:
         found.append(Step("MS-SSIM (torch)", _msssim))
     if "llm" in queues and any(settings.for_stage(s).llm_backend == "local" for s in LOCAL_LLM_STAGES):
@@ -84,6 +87,44 @@ def _engine_statements() -> None:
     from workers.engine import warm
 
     warm.statements()
+
+
+# The stages whose function hands the engine a finalize (its finish runs stage code: workers.engine.warm.finishes)
+FINALIZED = frozenset({"rank", "deliver"})
+STAGE_OUTCOMES = ("succeeded", "failed", "error")  # workers.engine.runner._timed
+TASK_OUTCOMES = ("success", "failure", "retry")  # Celery's states, as workers.observability labels them
+
+
+def metric_series(queues: set[str]) -> None:
+    """The metric series a task of these queues observes, created at 0. A series' first use in a pool process cost
+    ~0.5 ms of CPU (in multiprocess mode a value per bucket written into the process's file), ~75 of them in its
+    first campaign, inside the stage tasks' CPU (the engine phases, the queue wait, the GPU dispatcher's wait)."""
+    from shared import metrics
+    from shared.queue import GPU_STAGES, TASK_QUEUES
+
+    for row in STAGES:
+        if row.queue not in queues:
+            continue
+        metrics.STAGE_CPU.labels(row.name)
+        for outcome in STAGE_OUTCOMES:
+            metrics.STAGE_DURATION.labels(row.name, outcome)
+        for phase in metrics.ENGINE_PHASES:
+            metrics.ENGINE_CPU.labels(row.name, phase)
+            metrics.ENGINE_DURATION.labels(row.name, phase)
+    for task, queue in TASK_QUEUES.items():
+        if queue in queues:
+            metrics.TASK_CPU.labels(task)
+            metrics.TASK_QUEUE_WAIT.labels(task)
+            for outcome in TASK_OUTCOMES:
+                metrics.TASK_DURATION.labels(task, outcome)
+    for name in GPU_STAGES:  # any finish may run the dispatcher
+        metrics.GPU_DISPATCH_WAIT.labels(name)
+
+
+def _finishes() -> None:
+    from workers.engine import warm
+
+    warm.finishes()
 
 
 def _stage_module(name: str) -> Callable[[], object]:

@@ -8,8 +8,20 @@ import uuid
 import pytest
 from sqlalchemy import func, select
 
+from shared import metrics
 from shared.config import Settings
-from shared.db.models import Brand, Campaign, Candidate, LlmCall, StageRun, Tenant, WebhookDelivery
+from shared.db.models import (
+    Brand,
+    Campaign,
+    CampaignStatus,
+    Candidate,
+    DamPush,
+    LlmCall,
+    Result,
+    StageRun,
+    Tenant,
+    WebhookDelivery,
+)
 from shared.db.session import get_engine, session_scope
 from shared.stages import STAGES
 from tests.factories import make_campaign
@@ -93,7 +105,7 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
     fresh_db: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     cid = make_campaign()
-    tables = (Tenant, Brand, Campaign, StageRun, Candidate, LlmCall, WebhookDelivery)
+    tables = (Tenant, Brand, Campaign, StageRun, Candidate, LlmCall, WebhookDelivery, Result, DamPush)
 
     def counts() -> dict[str, int]:
         with session_scope() as session:
@@ -105,8 +117,9 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
     cache.clear()  # as in a new pool process: nothing compiled
     with caplog.at_level(logging.INFO):
         warm.statements()
+        warm.finishes()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
-    assert counts() == before  # the throwaway tenant, brand, campaign and its rows: rolled back
+    assert counts() == before  # the throwaway tenants, brands, campaigns and their rows: rolled back
     with compiled_statements() as compiled:
         _first_writes(cid)
     written = {"INSERT INTO STAGE_RUNS", "INSERT INTO LLM_CALLS", "INSERT INTO CANDIDATES", "UPDATE CANDIDATES SET"}
@@ -116,3 +129,53 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
         assert session.scalar(select(func.count()).select_from(StageRun)) == 5
         assert session.scalar(select(Campaign.loop).where(Campaign.id == uuid.UUID(cid))) == {"rank": True}
         assert session.scalar(select(func.count()).select_from(Candidate).where(Candidate.passed.is_(True))) == 2
+    _passing(cid)
+    with compiled_statements() as compiled:
+        _scoring_finishes(cid)
+    assert not compiled, compiled  # rank's results, counts and decision, deliver's completion: compiled by finishes()
+    with session_scope() as session:  # and they did write
+        assert session.scalar(select(func.count()).select_from(Result)) == 2
+        assert session.scalar(select(Campaign.status).where(Campaign.id == uuid.UUID(cid))) == CampaignStatus.COMPLETED
+
+
+def _passing(cid: str) -> None:
+    """The campaign's candidates stored and passed, one result enough (as workers.engine.warm.finishes has them)."""
+    with session_scope() as session:
+        campaign = session.get(Campaign, uuid.UUID(cid))
+        assert campaign is not None
+        campaign.top_k = 1
+        for i, cand in enumerate(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id))):
+            cand.image_key, cand.layer_key, cand.rank = f"c/{i}.png", f"c/{i}.layers.png", i + 1
+            cand.qc = {"policy": {"fully_checked": True, "needs_review": False, "fallback": False, "review": []}}
+
+
+def _scoring_finishes(cid: str) -> None:
+    """rank's finish (its run succeeded, its finalize: results, events, the loop's decision), then deliver's (the
+    completion), each as workers.engine.runner._finished runs them."""
+    from workers.pipeline import deliver, rank
+
+    with session_scope() as session:
+        campaign = records.lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        records.create_runs(session, campaign, "rank", 0, [0])
+        records.succeeded(session, campaign, "rank", 0, 0, {})
+        chosen = list(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id)))
+        assert rank.write_results(session, campaign, chosen, "rank") == [("onbrand.deliver", cid, 0, 0)]
+        records.write_campaign(session, campaign)
+    with session_scope() as session:
+        campaign = records.lock_campaign(session, uuid.UUID(cid))
+        assert campaign is not None
+        deliver.complete(session, campaign)
+        records.write_campaign(session, campaign)
+
+
+def test_the_warm_up_creates_the_metric_series_of_its_queues_tasks() -> None:
+    series = [(metrics.ENGINE_CPU, ("rank", "finish")), (metrics.TASK_QUEUE_WAIT, ("onbrand.deliver",))]
+    series += [(metrics.GPU_DISPATCH_WAIT, ("qc",)), (metrics.TASK_DURATION, ("onbrand.rank", "success"))]
+    for metric, labels in [*series, (metrics.ENGINE_CPU, ("qc", "finish"))]:
+        if labels in metric._metrics:
+            metric.remove(*labels)
+    steps = {step.name: step for step in warmup.steps(CPU, Settings())}
+    steps["metric series"].run()
+    assert all(labels in metric._metrics for metric, labels in series)
+    assert ("qc", "finish") not in metrics.ENGINE_CPU._metrics  # the gpu worker's stage: not the cpu worker's

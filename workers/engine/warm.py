@@ -9,6 +9,9 @@ The statements that write rows of a campaign (a fan-out's runs, a missing run, a
 foreign keys without one: they run against a throwaway tenant, brand and campaign inserted in the same transaction,
 which the rollback removes with them. Nothing of it is committed, so no deferred trigger runs (the live-campaign
 count runs at COMMIT) and no other transaction ever sees those rows.
+
+The scoring queue's finishes (rank's results and its loop decision, deliver's completion: `finishes`) run their stage's
+own code the same way, on a throwaway campaign ranked, completed and rolled back; the tasks they return are not sent.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import uuid
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session, undefer
+from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import webhooks
 from shared.db.models import Brand, Campaign, Candidate, LlmCall, ReviewState, Tenant
@@ -39,7 +43,41 @@ def statements() -> None:
         session.close()
 
 
-def _throwaway_campaign(session: Session) -> Campaign:
+def finishes() -> None:
+    """The finishes whose stage hands the engine a finalize (workers.pipeline.rank, deliver: the scoring queue), run
+    on a throwaway campaign with a passing candidate pair, in a transaction rolled back. In a pool process's first
+    campaign they compiled ~11 statements of their own (rank's results and candidate counts, its loop decision,
+    deliver's results, the quota's settlement, the DAM push's policy and targets)."""
+    from workers.pipeline import deliver, rank  # the scoring queue's stage modules: loaded by then (workers.warmup)
+
+    session = new_session()
+    try:
+        campaign = _throwaway_campaign(session, top_k=1)  # its two results are enough: rank decides to deliver
+        chosen = [_ranked(campaign, i) for i in range(2)]
+        session.add_all(chosen)
+        records.create_runs(session, campaign, "rank", 0, [0])
+        records.succeeded(session, campaign, "rank", 0, 0, {})
+        rank.write_results(session, campaign, chosen, "rank")
+        records.write_campaign(session, campaign)
+        campaign = records.lock_campaign(session, campaign.id) or campaign  # deliver's finish locks it again
+        # No campaign duration observed for it (records.campaign_finished skips a campaign without a creation time)
+        set_committed_value(campaign, "created_at", None)
+        deliver.complete(session, campaign)
+        records.write_campaign(session, campaign)
+    finally:
+        session.rollback()
+        session.close()
+
+
+def _ranked(campaign: Campaign, i: int) -> Candidate:
+    """A stored candidate that passed QC: what rank writes results for and deliver reads back."""
+    row = _candidate(campaign, 0, i)
+    row.image_key, row.layer_key, row.passed, row.rank = f"warm-up/{i}.png", f"warm-up/{i}.layers.png", True, i + 1
+    row.qc = {"policy": {"fully_checked": True, "needs_review": False, "fallback": False, "review": []}}
+    return row
+
+
+def _throwaway_campaign(session: Session, top_k: int = 3) -> Campaign:
     """A tenant, brand and campaign that only this (rolled back) transaction sees."""
     tenant = Tenant(name="warm-up")
     session.add(tenant)
@@ -47,7 +85,7 @@ def _throwaway_campaign(session: Session) -> Campaign:
     brand = Brand(tenant_id=tenant.id, name="warm-up")
     session.add(brand)
     session.flush()
-    campaign = Campaign(tenant_id=tenant.id, brand_id=brand.id, brief="warm-up")
+    campaign = Campaign(tenant_id=tenant.id, brand_id=brand.id, brief="warm-up", top_k=top_k)
     session.add(campaign)
     session.flush()
     return campaign
