@@ -43,6 +43,7 @@ def steps(queues: set[str], settings: Settings) -> list[Step]:
     """Everything the stages on `queues` would load on first use, models last (imports make them cheaper)."""
     found = [Step("database connection", _database), Step("engine statements", _engine_statements)]
     found.append(Step("metric series", lambda: metric_series(queues)))
+    found.append(Step("GPU pool read", lambda: _gpu_pool(settings)))
     found += [Step(f"{s.name} stage module", _stage_module(s.name)) for s in STAGES if s.queue in queues]
     if any(s.queue in queues for s in STAGES if s.name in FINALIZED):
         found.append(Step("rank and deliver finishes", _finishes))
@@ -119,6 +120,14 @@ def metric_series(queues: set[str]) -> None:
                 metrics.TASK_DURATION.labels(task, outcome)
     for name in GPU_STAGES:  # any finish may run the dispatcher
         metrics.GPU_DISPATCH_WAIT.labels(name)
+
+
+def _gpu_pool(settings: Settings) -> None:
+    """The dispatcher's read of the GPU pool (Redis), which any finish may run: its client and connection made, and
+    redis-py's one-time work on a process's first connection (its version read from the package metadata, ~2 ms)."""
+    from workers.engine import gpu_pool
+
+    gpu_pool.capacity(settings)
 
 
 def _finishes() -> None:

@@ -58,6 +58,8 @@ def test_ocr_torch_and_pixel_models_where_their_stages_run() -> None:
     assert {"OCR reader", "text embedder", "rank model (classical)"} <= set(cpu)  # deliver reads creatives back
     assert "MS-SSIM (torch)" not in cpu and "text embedder" not in gpu
     assert names(GPU)[0] == names(CPU)[0] == "database connection"
+    assert "GPU pool read" in names(GPU) and "GPU pool read" in cpu  # any finish may run the dispatcher
+    assert "rank and deliver finishes" in cpu and "rank and deliver finishes" not in gpu
     assert "prompt tokenizer" in names(CPU, generator="sd-inpaint") and "prompt tokenizer" not in cpu
 
 
@@ -139,11 +141,12 @@ def test_the_warm_up_compiles_a_campaigns_first_row_writes_and_leaves_no_row(
 
 
 def _passing(cid: str) -> None:
-    """The campaign's candidates stored and passed, one result enough (as workers.engine.warm.finishes has them)."""
+    """The campaign's candidates stored and passed, one result enough, deliver claimed (as workers.engine.warm.finishes
+    has them)."""
     with session_scope() as session:
         campaign = session.get(Campaign, uuid.UUID(cid))
         assert campaign is not None
-        campaign.top_k = 1
+        campaign.top_k, campaign.status, campaign.current_stage = 1, CampaignStatus.RUNNING, "deliver"  # its claim's
         for i, cand in enumerate(session.scalars(select(Candidate).where(Candidate.campaign_id == campaign.id))):
             cand.image_key, cand.layer_key, cand.rank = f"c/{i}.png", f"c/{i}.layers.png", i + 1
             cand.qc = {"policy": {"fully_checked": True, "needs_review": False, "fallback": False, "review": []}}

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, undefer
 from sqlalchemy.orm.attributes import set_committed_value
 
 from shared import webhooks
-from shared.db.models import Brand, Campaign, Candidate, LlmCall, ReviewState, Tenant
+from shared.db.models import Brand, Campaign, CampaignStatus, Candidate, LlmCall, ReviewState, Tenant
 from shared.db.session import new_session
 from workers.engine import dispatch, records
 
@@ -60,7 +60,10 @@ def finishes() -> None:
         rank.write_results(session, campaign, chosen, "rank")
         records.write_campaign(session, campaign)
         campaign = records.lock_campaign(session, campaign.id) or campaign  # deliver's finish locks it again
-        # No campaign duration observed for it (records.campaign_finished skips a campaign without a creation time)
+        # As deliver's claim left it (the completion's UPDATE writes what changes: status, stage, end), and with no
+        # campaign duration observed (records.campaign_finished skips a campaign without a creation time)
+        set_committed_value(campaign, "status", CampaignStatus.RUNNING)
+        set_committed_value(campaign, "current_stage", "deliver")
         set_committed_value(campaign, "created_at", None)
         deliver.complete(session, campaign)
         records.write_campaign(session, campaign)
