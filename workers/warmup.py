@@ -97,9 +97,9 @@ TASK_OUTCOMES = ("success", "failure", "retry")  # Celery's states, as workers.o
 
 
 def metric_series(queues: set[str]) -> None:
-    """The metric series a task of these queues observes, created at 0. A series' first use in a pool process cost
-    ~0.5 ms of CPU (in multiprocess mode a value per bucket written into the process's file), ~75 of them in its
-    first campaign, inside the stage tasks' CPU (the engine phases, the queue wait, the GPU dispatcher's wait)."""
+    """The metric series a task of these queues observes, created at 0. A series' first use in a pool process writes
+    a value per bucket into the process's file (multiprocess mode): ~75 of them in its first campaign, ~25 ms under
+    the profiler, inside the stage tasks' CPU (the engine phases, the queue wait, the GPU dispatcher's wait)."""
     from shared import metrics
     from shared.queue import GPU_STAGES, TASK_QUEUES
 
@@ -124,7 +124,8 @@ def metric_series(queues: set[str]) -> None:
 
 def _gpu_pool(settings: Settings) -> None:
     """The dispatcher's read of the GPU pool (Redis), which any finish may run: its client and connection made, and
-    redis-py's one-time work on a process's first connection (its version read from the package metadata, ~2 ms)."""
+    redis-py's one-time work on a process's first connection (its version read from the package metadata: ~4 ms of
+    CPU under the profiler, in the first finish that dispatched)."""
     from workers.engine import gpu_pool
 
     gpu_pool.capacity(settings)

@@ -46,7 +46,7 @@ def statements() -> None:
 def finishes() -> None:
     """The finishes whose stage hands the engine a finalize (workers.pipeline.rank, deliver: the scoring queue), run
     on a throwaway campaign with a passing candidate pair, in a transaction rolled back. In a pool process's first
-    campaign they compiled ~11 statements of their own (rank's results and candidate counts, its loop decision,
+    campaign they compiled 9 statements of their own (rank's results and candidate counts, its loop decision,
     deliver's results, the quota's settlement, the DAM push's policy and targets)."""
     from workers.pipeline import deliver, rank  # the scoring queue's stage modules: loaded by then (workers.warmup)
 
