@@ -4,8 +4,9 @@ A status poll or a brand read through the ORM session costs several times the Py
 construction, unit of work, entity loading, a thread-pool hop each way). The hottest reads run here instead: plain
 SQL, tenant-scoped like every query, on a small async pool per event loop, each statement prepared by Postgres
 after its first few executions on a connection. The queries one response needs go out in one pipeline: one round
-trip. The one write here is the campaign creation (write(): a single CALL that commits); other writes stay on the
-ORM session, in the request's transaction (services/gateway/unit_of_work.py).
+trip. The one write here is the campaign creation (write(): a single CALL that commits, grouped with the loop's
+concurrent creations, shared.db.grouped); other writes stay on the ORM session, in the request's transaction
+(services/gateway/unit_of_work.py).
 
 A connection broken by a Postgres restart fails its statement with OperationalError, as the sync pool's do; the
 pool's idle connections are then checked and the read is retried once. What still fails reaches the gateway's 503
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, LiteralString
 
 import psycopg
@@ -25,8 +27,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import make_url
 
 from shared.config import Settings
+from shared.db import grouped
 
 _pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
+_writers: dict[tuple[asyncio.AbstractEventLoop, str], grouped.Writer] = {}
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,8 @@ def _forget_closed_loops() -> None:
     as they are collected."""
     for key in [k for k in _pools if k[0].is_closed()]:
         del _pools[key]
+    for key in [k for k in _writers if k[0].is_closed()]:
+        del _writers[key]
 
 
 async def fetch_all(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
@@ -106,27 +112,34 @@ async def _fetch(settings: Settings, reads: Sequence[Read]) -> list[list[Any]]:
         await pool.putconn(conn)
 
 
-async def write(settings: Settings, statement: Read) -> list[Any]:
-    """Run one statement in autocommit, its rows: a statement that is its own transaction, or a procedure that
-    controls its own (a campaign creation, migration 0019: CALL may COMMIT only outside a transaction block).
+@dataclass(frozen=True)
+class Call:
+    """A statement that is its own transaction (a procedure that commits, like a campaign creation, migration 0019),
+    with one jsonb parameter, $1, given as JSON text."""
+
+    sql: LiteralString
+    document: bytes
+
+
+async def write(settings: Settings, call: Call) -> list[tuple[Any, ...]]:
+    """Run `call` in its own transaction, its rows; grouped with this event loop's concurrent writes into one round
+    trip (shared.db.grouped). Its own error is raised as psycopg raises it (the class of its SQLSTATE, with diag);
+    a broken connection as OperationalError to each statement of the group, and the pool's idle connections are
+    checked then, for the next request.
 
     Not retried: a connection lost after the statement went out leaves its outcome unknown (the client retries, with
-    an Idempotency-Key for a creation). The pool's idle connections are checked then, for the next request."""
-    pool = await _pool(settings)
-    conn = await pool.getconn()
-    try:
-        cursor = conn.cursor(row_factory=statement.row)
-        await cursor.execute(statement.sql, statement.params)
-        return await cursor.fetchall()
-    except psycopg.OperationalError:
-        await pool.check()
-        raise
-    finally:
-        await pool.putconn(conn)
+    an Idempotency-Key for a creation)."""
+    key = (asyncio.get_running_loop(), settings.db_url)
+    writer = _writers.get(key)
+    if writer is None:
+        writer = _writers[key] = grouped.Writer(partial(_pool, settings))
+    return await writer.write(call.sql, call.document)
 
 
 async def close_all() -> None:
     """Close the pools this event loop opened (the gateway's shutdown)."""
     loop = asyncio.get_running_loop()
+    for key in [k for k in _writers if k[0] is loop]:
+        del _writers[key]
     for key in [k for k in _pools if k[0] is loop]:
         await _pools.pop(key).close()

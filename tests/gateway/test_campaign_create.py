@@ -63,7 +63,7 @@ def test_a_creation_is_one_statement(
     reads: list[Any] = []
     write, fetch_all = aio.write, aio.fetch_all
 
-    async def spy_write(settings: Any, statement: aio.Read, **kwargs: Any) -> list[Any]:
+    async def spy_write(settings: Any, statement: aio.Call, **kwargs: Any) -> list[Any]:
         writes.append(statement.sql)
         return await write(settings, statement, **kwargs)
 

@@ -17,13 +17,11 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from psycopg.types.json import Jsonb
-
 from shared.config import Settings
 from shared.db import aio
 
 IDEMPOTENCY_KEY_TAKEN = "idempotency_keys_pkey"  # the constraint a concurrent request with the same key violates
-_CALL = "CALL onbrand_create_campaign(%(request)s)"
+_CALL = "CALL onbrand_create_campaign($1::jsonb)"
 _DUMPS = partial(json.dumps, default=str)  # ids and times as text, which Postgres reads back into their columns
 
 
@@ -71,7 +69,7 @@ async def insert(
         "event": vars(event),
         "claim": vars(claim) if claim is not None else None,
     }
-    rows = await aio.write(settings, aio.Read(_CALL, {"request": Jsonb(request, dumps=_DUMPS)}))
+    rows = await aio.write(settings, aio.Call(_CALL, _DUMPS(request).encode()))
     created_at, updated_at, deliveries = rows[0]
     if created_at is None:
         return None
