@@ -75,9 +75,9 @@ class Settings(BaseSettings):
         default=20,
         ge=1,
         description="Most connections of the gateway's async pool (shared/db/aio.py: status polls, brand reads and "
-        "campaign creations), per process, besides db_pool_size. A request holds one for its round trip only, but "
-        "every request of a burst in that phase holds one, and one that has to wait for a connection costs several "
-        "times the round trip.",
+        "campaign creations), per process, besides db_pool_size. A read holds one for its round trip only, but every "
+        "read of a burst in that phase holds one, and one that has to wait for a connection costs several times the "
+        "round trip. A burst's creations take one at a time, grouped (shared/db/grouped.py).",
     )
     db_async_wait_s: float = Field(
         default=5.0,
