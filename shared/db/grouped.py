@@ -9,7 +9,8 @@ flight go out together in the next, on one connection, in pipeline mode: one rou
 Each statement is followed by a Sync, so each is its own implicit transaction, as if sent alone: a procedure may
 COMMIT in it (CALL onbrand_create_campaign, migration 0019), and one statement's error (a quota refused at commit, a
 concurrent request's Idempotency-Key) aborts only that statement. A lone writer waits for no one. The group's
-statements run one after another in one backend; the next group starts when this one's results are back.
+statements run one after another in one backend; the next group starts when one of the IN_FLIGHT groups out is
+back.
 
 libpq's pipeline mode directly (psycopg.pq), not psycopg's Pipeline: that one sends no Sync between statements, so
 they would share a transaction, in which a procedure may not commit.
@@ -30,21 +31,28 @@ Rows = list[tuple[Any, ...]]
 Outcome = Rows | Exception
 
 
+# Groups in flight at once per event loop. One would keep Postgres from contending with itself (one backend runs a
+# group's statements in turn), but a group held up (a tenant's lock held elsewhere) would hold up every creation of
+# every tenant behind it; with two, the others go on in the second. Two and one measured alike, four slower (README,
+# "Gateway against its framework").
+IN_FLIGHT = 2
+
+
 class Writer:
-    """One event loop's writes to one database: what arrives while a group is in flight goes out in the next."""
+    """One event loop's writes to one database: what arrives while IN_FLIGHT groups are out goes in the next."""
 
     def __init__(self, pool: Callable[[], Awaitable[AsyncConnectionPool]]) -> None:
         self._pool = pool
         self._waiting: list[tuple[bytes, bytes, asyncio.Future[Rows]]] = []
-        self._draining: asyncio.Task[None] | None = None
+        self._drainers: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
 
     async def write(self, sql: str, document: bytes) -> Rows:
         """`sql` with one parameter ($1, text format: `document`), run in its own transaction: its rows, or its error
         as psycopg raises it (the class of its SQLSTATE, with diag)."""
         done: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         self._waiting.append((sql.encode(), document, done))
-        if self._draining is None:
-            self._draining = asyncio.create_task(self._drain())
+        if len(self._drainers) < IN_FLIGHT:
+            self._drainers.add(asyncio.create_task(self._drain()))
         return await done
 
     async def _drain(self) -> None:
@@ -61,10 +69,11 @@ class Writer:
                     else:
                         done.set_result(outcome)
         finally:
-            self._draining = None
-            for _, _, done in group + self._waiting:  # cancelled (the loop is closing): no caller waits forever
+            # Out of the count before any other task runs: a write that finds the waiting list empty-handed starts
+            # a drainer of its own, rather than counting on one that has already looked for the last time.
+            self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
+            for _, _, done in group:  # cancelled (the loop is closing): no caller waits forever
                 done.cancel()
-            self._waiting = []
 
     async def _run(self, statements: list[tuple[bytes, bytes]]) -> list[Outcome]:
         """Each statement's rows or error; an error of the connection (or no connection) for each of them."""
@@ -78,8 +87,10 @@ class Writer:
         except psycopg.OperationalError as exc:  # the connection broke: its idle siblings may have too
             await pool.check()
             return [exc] * len(statements)
-        except Exception as exc:
+        except BaseException as exc:  # cancelled too (the loop closing): mid-pipeline
             await conn.close()  # its protocol state is unknown: not back into the pool
+            if not isinstance(exc, Exception):
+                raise
             return [exc] * len(statements)
         finally:
             await pool.putconn(conn)

@@ -147,3 +147,33 @@ def test_a_lone_write_is_sent_at_once(settings: Settings, groups: list[int]) -> 
     for k in (str(uuid.uuid4()), str(uuid.uuid4())):
         asyncio.run(_closing(_together(settings, _call(k))))
     assert groups == [1, 1]
+
+
+def test_a_group_held_up_by_a_lock_does_not_hold_up_the_next(settings: Settings) -> None:
+    """A creation waiting on a lock (here: the same key, inserted and not yet committed by another transaction) holds
+    up only its own group: a write arriving meanwhile goes out in another and returns."""
+
+    async def scenario() -> list[Any]:
+        await aio.write(settings, _call("warm"))
+        with psycopg.connect(aio.libpq_url(settings.db_url)) as holder:
+            holder.execute("INSERT INTO grouped_t VALUES ('held', 1)")  # uncommitted: the CALL below waits on it
+            held = asyncio.ensure_future(aio.write(settings, _call("held")))
+            await _until_waiting_on_a_lock(settings)
+            free = await asyncio.wait_for(aio.write(settings, _call("free")), timeout=10)
+            assert not held.done()
+            holder.rollback()
+        return [free, await asyncio.wait_for(held, timeout=10)]
+
+    free, held = asyncio.run(_closing(scenario()))
+    assert isinstance(free, list) and isinstance(held, list)
+    assert {"held", "free"} <= _keys(settings)
+
+
+async def _until_waiting_on_a_lock(settings: Settings) -> None:
+    probe = "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()"
+    with psycopg.connect(aio.libpq_url(settings.db_url), autocommit=True) as conn:
+        for _ in range(500):
+            if conn.execute(probe).fetchone() != (0,):
+                return
+            await asyncio.sleep(0.02)
+    raise AssertionError("the write never waited on the lock")
