@@ -9,8 +9,8 @@ flight go out together in the next, on one connection, in pipeline mode: one rou
 Each statement is followed by a Sync, so each is its own implicit transaction, as if sent alone: a procedure may
 COMMIT in it (CALL onbrand_create_campaign, migration 0019), and one statement's error (a quota refused at commit, a
 concurrent request's Idempotency-Key) aborts only that statement. A lone writer waits for no one. The group's
-statements run one after another in one backend; the next group starts when one of the IN_FLIGHT groups out is
-back.
+statements run one after another in one backend; the next group starts when this one is back, or once this one has
+been out long enough to count as held up (a tenant's lock held elsewhere).
 
 libpq's pipeline mode directly (psycopg.pq), not psycopg's Pipeline: that one sends no Sync between statements, so
 they would share a transaction, in which a procedure may not commit.
@@ -31,36 +31,41 @@ Rows = list[tuple[Any, ...]]
 Outcome = Rows | Exception
 
 
-# Groups in flight at once per event loop. One would keep Postgres from contending with itself (one backend runs a
-# group's statements in turn), but a group held up (a tenant's lock held elsewhere) would hold up every creation of
-# every tenant behind it; with two, the others go on in the second. Two and one measured alike, four slower (README,
-# "Gateway against its framework").
-IN_FLIGHT = 2
+# A group is back in milliseconds (tens on a saturated event loop). One out longer than this is held up (a tenant's lock
+# held elsewhere): the writes behind it go out in another group rather than wait for it. More groups at once in normal
+# running would split them smaller and set backends contending for the same tenant's lock: two measured slower.
+HELD_UP_S = 0.25
+MOST_GROUPS = 4  # out at once, held up or not: the async pool's connections serve the reads too
 
 
 class Writer:
-    """One event loop's writes to one database: what arrives while IN_FLIGHT groups are out goes in the next."""
+    """One event loop's writes to one database: what arrives while a group is out goes in the next."""
 
     def __init__(self, pool: Callable[[], Awaitable[AsyncConnectionPool]]) -> None:
         self._pool = pool
         self._waiting: list[tuple[bytes, bytes, asyncio.Future[Rows]]] = []
         self._drainers: set[asyncio.Task[None]] = set()  # held: the loop keeps only weak references to tasks
+        self._held_up = 0  # drainers whose group has been out longer than HELD_UP_S
 
     async def write(self, sql: str, document: bytes) -> Rows:
         """`sql` with one parameter ($1, text format: `document`), run in its own transaction: its rows, or its error
         as psycopg raises it (the class of its SQLSTATE, with diag)."""
         done: asyncio.Future[Rows] = asyncio.get_running_loop().create_future()
         self._waiting.append((sql.encode(), document, done))
-        if len(self._drainers) < IN_FLIGHT:
-            self._drainers.add(asyncio.create_task(self._drain()))
+        self._start_if_needed()
         return await done
+
+    def _start_if_needed(self) -> None:
+        """A drainer for the waiting writes when none is free to take them next (none at all, or all held up)."""
+        if self._waiting and len(self._drainers) == self._held_up and len(self._drainers) < MOST_GROUPS:
+            self._drainers.add(asyncio.create_task(self._drain()))
 
     async def _drain(self) -> None:
         group: list[tuple[bytes, bytes, asyncio.Future[Rows]]] = []
         try:
             while self._waiting:
                 group, self._waiting = self._waiting, []
-                outcomes = await self._run([(sql, document) for sql, document, _ in group])
+                outcomes = await self._out([(sql, document) for sql, document, _ in group])
                 for (_, _, done), outcome in zip(group, outcomes, strict=True):
                     if done.done():
                         continue  # its caller was cancelled: the statement ran all the same
@@ -74,6 +79,24 @@ class Writer:
             self._drainers.discard(asyncio.current_task())  # type: ignore[arg-type,unused-ignore]
             for _, _, done in group:  # cancelled (the loop is closing): no caller waits forever
                 done.cancel()
+
+    async def _out(self, statements: list[tuple[bytes, bytes]]) -> list[Outcome]:
+        """_run, counted as held up once it has been out longer than HELD_UP_S."""
+        held_up = False
+
+        def hold() -> None:
+            nonlocal held_up
+            held_up = True
+            self._held_up += 1
+            self._start_if_needed()
+
+        timer = asyncio.get_running_loop().call_later(HELD_UP_S, hold)
+        try:
+            return await self._run(statements)
+        finally:
+            timer.cancel()
+            if held_up:
+                self._held_up -= 1
 
     async def _run(self, statements: list[tuple[bytes, bytes]]) -> list[Outcome]:
         """Each statement's rows or error; an error of the connection (or no connection) for each of them."""

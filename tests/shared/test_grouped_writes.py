@@ -151,7 +151,7 @@ def test_a_lone_write_is_sent_at_once(settings: Settings, groups: list[int]) -> 
 
 def test_a_group_held_up_by_a_lock_does_not_hold_up_the_next(settings: Settings) -> None:
     """A creation waiting on a lock (here: the same key, inserted and not yet committed by another transaction) holds
-    up only its own group: a write arriving meanwhile goes out in another and returns."""
+    up only its own group: a write arriving meanwhile goes out in another once that one counts as held up."""
 
     async def scenario() -> list[Any]:
         await aio.write(settings, _call("warm"))
