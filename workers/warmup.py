@@ -92,7 +92,6 @@ def _engine_statements() -> None:
 
 # The stages whose function hands the engine a finalize (its finish runs stage code: workers.engine.warm.finishes)
 FINALIZED = frozenset({"rank", "deliver"})
-STAGE_OUTCOMES = ("succeeded", "failed", "error")  # workers.engine.runner._timed
 TASK_OUTCOMES = ("success", "failure", "retry")  # Celery's states, as workers.observability labels them
 
 
@@ -102,6 +101,7 @@ def metric_series(queues: set[str]) -> None:
     the profiler, inside the stage tasks' CPU (the engine phases, the queue wait, the GPU dispatcher's wait)."""
     from shared import metrics
     from shared.queue import GPU_STAGES, TASK_QUEUES
+    from workers.engine.runner import STAGE_OUTCOMES
 
     for row in STAGES:
         if row.queue not in queues:

@@ -104,6 +104,9 @@ def _compute(ctx: StageContext, fn: StageFn) -> tuple[dict[str, object], StageEr
         return summary, None
 
 
+STAGE_OUTCOMES = ("succeeded", "failed", "error")  # onbrand_stage_duration_seconds' outcome label (_timed)
+
+
 @contextmanager
 def _timed(stage: str) -> Iterator[list[str]]:
     """onbrand_stage_duration_seconds (and _cpu_seconds) of the stage function; outcome "error" unless the block
