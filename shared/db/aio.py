@@ -23,11 +23,12 @@ from typing import Any, LiteralString
 
 import psycopg
 from psycopg.rows import RowFactory, tuple_row
+from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from sqlalchemy.engine import make_url
 
 from shared.config import Settings
-from shared.db import grouped
+from shared.db import grouped, json_columns
 
 _pools: dict[tuple[asyncio.AbstractEventLoop, str], AsyncConnectionPool] = {}
 _writers: dict[tuple[asyncio.AbstractEventLoop, str], grouped.Writer] = {}
@@ -61,10 +62,15 @@ async def _pool(settings: Settings) -> AsyncConnectionPool:
             kwargs={"autocommit": True, "connect_timeout": 5},
             open=False,
             timeout=settings.db_async_wait_s,
+            configure=_configure,
         )
         _pools[(loop, settings.db_url)] = pool
         await pool.open()
     return pool
+
+
+async def _configure(conn: psycopg.AsyncConnection[Any]) -> None:
+    set_json_loads(json_columns.loads, conn)  # JSON and JSONB values decoded as the sync engine decodes them
 
 
 def _forget_closed_loops() -> None:

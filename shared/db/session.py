@@ -13,6 +13,7 @@ from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.config import get_settings
+from shared.db import json_columns
 
 _IDLE_SINCE = "onbrand_idle_since"
 AUTOCOMMIT = "AUTOCOMMIT"
@@ -34,6 +35,8 @@ def get_engine() -> Engine:
         pool_size=settings.db_pool_size,
         max_overflow=settings.db_max_overflow,
         connect_args={"connect_timeout": 5},
+        json_serializer=json_columns.dumps,
+        json_deserializer=json_columns.loads,
     )
     ping_when_idle(engine, settings.db_ping_idle_s)
     return engine

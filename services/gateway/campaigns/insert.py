@@ -10,19 +10,16 @@ at commit, migration 0018, rolls all of it back).
 
 from __future__ import annotations
 
-import json
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from functools import partial
 from typing import Any
 
 from shared.config import Settings
-from shared.db import aio
+from shared.db import aio, json_columns
 
 IDEMPOTENCY_KEY_TAKEN = "idempotency_keys_pkey"  # the constraint a concurrent request with the same key violates
 _CALL = "CALL onbrand_create_campaign($1::jsonb)"
-_DUMPS = partial(json.dumps, default=str)  # ids and times as text, which Postgres reads back into their columns
 
 
 @dataclass(frozen=True)
@@ -69,7 +66,8 @@ async def insert(
         "event": vars(event),
         "claim": vars(claim) if claim is not None else None,
     }
-    rows = await aio.write(settings, aio.Call(_CALL, _DUMPS(request).encode()))
+    # ids and times as text, which Postgres reads back into their columns
+    rows = await aio.write(settings, aio.Call(_CALL, json_columns.dumps(request)))
     created_at, updated_at, deliveries = rows[0]
     if created_at is None:
         return None
