@@ -24,7 +24,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
@@ -43,12 +43,13 @@ UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
 
 @dataclass(frozen=True)
 class Load:
-    """One wrk run: its rate, latency percentiles and failed requests."""
+    """One wrk run: its rate, latency percentiles and failed requests, and how busy the machine's cores were."""
 
     rps: float
     p50_ms: float
     p99_ms: float
     failed: int
+    busy: float = 0.0  # the share of all cores' time not idle during the run (/proc/stat): client, servers, Postgres
 
 
 def _latency_ms(text: str, percentile: str) -> float:
@@ -77,14 +78,24 @@ def _script(tmp: Path, method: str, headers: dict[str, str], body: str | None) -
     return path
 
 
+def cpu_times() -> tuple[int, int]:
+    """(busy, idle) clock ticks of all cores since boot: idle counts iowait too."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return sum(fields) - idle, idle
+
+
 def wrk(
     url: str, tmp: Path, method: str = "GET", headers: dict[str, str] | None = None, body: str | None = None
 ) -> Load:
     script = _script(tmp, method, headers or {}, body)
     base = ["wrk", "-t1", f"-c{CONNECTIONS}", "-s", str(script)]
     subprocess.run([*base, f"-d{WARMUP_SECONDS}s", url], check=True, capture_output=True)  # pools and caches filled
+    busy_before, idle_before = cpu_times()
     done = subprocess.run([*base, f"-d{SECONDS}s", "--latency", url], check=True, capture_output=True, text=True)
-    return parse_wrk(done.stdout)
+    busy_after, idle_after = cpu_times()
+    busy = (busy_after - busy_before) / max(1, busy_after - busy_before + idle_after - idle_before)
+    return replace(parse_wrk(done.stdout), busy=busy)
 
 
 def _reference(procs: Processes, database_url: str, workers: int) -> str:
@@ -114,7 +125,7 @@ class Endpoint:
 @dataclass(frozen=True)
 class Figure:
     """An endpoint's figures over the rounds: medians of its rate, of its ratio to its round's reference, of p50 and
-    p99, and the failed requests of all rounds."""
+    p99 and of the machine's busy share, and the failed requests of all rounds."""
 
     rps: float
     ratio: float
@@ -122,10 +133,12 @@ class Figure:
     p99_ms: float
     failed: int
     ratios: tuple[float, ...]
+    busy: float
 
     def row(self, name: str) -> str:
         spread = ", ".join(f"{r:.2f}" for r in self.ratios)
-        return f"| {name} | {self.rps:.0f} | {self.ratio:.2f} ({spread}) | {self.p50_ms:.1f} | {self.p99_ms:.1f} |"
+        figures = f"{self.rps:.0f} | {self.ratio:.2f} ({spread}) | {self.p50_ms:.1f} | {self.p99_ms:.1f}"
+        return f"| {name} | {figures} | {100 * self.busy:.0f} % |"
 
 
 def figure(rounds: list[tuple[Load, Load]]) -> Figure:
@@ -139,6 +152,7 @@ def figure(rounds: list[tuple[Load, Load]]) -> Figure:
         statistics.median(load.p99_ms for load in loads),
         sum(load.failed for load in loads),
         ratios,
+        statistics.median(load.busy for load in loads),
     )
 
 
@@ -171,7 +185,8 @@ def _measure(procs: Processes, database_url: str, tenant_key: str, workers: int,
 
 
 def _table(figures: dict[str, Figure], workers: int) -> str:
-    rows = [f"| {workers} worker(s) | req/s | x reference (rounds) | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    header = f"| {workers} worker(s) | req/s | x reference (rounds) | p50 ms | p99 ms | cores busy |"
+    rows = [header, "|---|---|---|---|---|---|"]
     return "\n".join(rows + [f.row(name) for name, f in figures.items()])
 
 
@@ -220,5 +235,11 @@ def test_gateway_against_reference(stack_urls: dict[str, str], tmp_path_factory:
         print(_table(figures, workers))
     scaling = {name: runs[2][name].rps / runs[1][name].rps for name in runs[1]}
     print("BENCH gateway 2 workers / 1 worker: " + ", ".join(f"{n} {r:.2f}x" for n, r in scaling.items()))
+    # A second process can only add what one leaves idle: with the client, the servers and Postgres on these cores,
+    # an endpoint whose single process keeps them 75 % busy cannot scale past ~1.33x.
+    print(
+        "BENCH gateway cores busy, 1 -> 2 workers: "
+        + ", ".join(f"{n} {100 * runs[1][n].busy:.0f} -> {100 * runs[2][n].busy:.0f} %" for n in runs[1])
+    )
     misses = _misses(runs[1])
     assert not misses, f"targets missed with 1 worker: {misses}"
