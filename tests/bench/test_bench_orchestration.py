@@ -20,17 +20,20 @@ stage runs and records in Postgres, not from subtraction:
 
 Also printed: the CPU of the servers around the pool processes during the campaign (Postgres, Redis, Celery's main
 processes: all their work, psutil), the work off the stage path (webhook deliveries, sweeps) and the cost model
-(shared.costs, as the campaign report shows it). The second campaign is the steady state (each process has compiled
-its statements and opened its connections by then).
+(shared.costs, as the campaign report shows it). Three campaigns run one after the other on the warm workers; the
+warm-up has done what a pool process's first campaign would otherwise do for the first time (workers.warmup), so
+the first is measured like the others.
 
-Targets (issue 22), asserted on the first warm campaign: orchestration CPU (the stage tasks' threads outside their
-stage functions: onbrand_task_cpu_seconds less onbrand_stage_cpu_seconds) <= 5 ms per candidate; the campaign,
-created to completed, <= 60 s on 2 cores.
+Targets (issue 22): orchestration CPU (the stage tasks' threads outside their stage functions: onbrand_task_cpu_seconds
+less onbrand_stage_cpu_seconds) <= 5 ms per candidate, asserted on the median of the three campaigns (each is
+printed): one campaign's figure moves by +-20 % from run to run on these shared cores, as every CPU time here does;
+the first warm campaign, created to completed, <= 60 s on 2 cores.
 """
 
 from __future__ import annotations
 
 import contextlib
+import statistics
 import time
 import uuid
 from collections import defaultdict
@@ -369,14 +372,18 @@ def test_orchestration_cost_per_candidate(stack_urls: dict[str, str], tmp_path: 
             add_logo(api, brand_id)
             upload_library(api, brand_id, build_library(tmp_path / "library"))
             time.sleep(5)  # the library's embedding tasks are done before the campaign starts
-            labels = ("first warm campaign", "second")
+            labels = ("first warm campaign", "second", "third")
             runs = [run_campaign(system, servers, api, brand_id, receiver, label) for label in labels]
         url = system.env["ONBRAND_DATABASE_URL"]
         for measured in runs:
             report(measured, url)
+    for measured in runs:
+        assert measured.record.status == "completed"
+        assert measured.record.runs.get("generate") and measured.record.candidates >= CANDIDATES
+    per_candidate = [m.orchestration_cpu() * 1000 / m.record.candidates for m in runs]
+    median = statistics.median(per_candidate)
+    each = ", ".join(f"{v:.2f}" for v in per_candidate)
+    print(f"BENCH orchestration CPU per candidate, median of {len(runs)} campaigns: {median:.2f} ms ({each})")
+    assert median <= TARGET_MS_PER_CANDIDATE, f"orchestration CPU {median:.2f} ms per candidate ({each})"
     first = runs[0]
-    assert first.record.status == "completed"
-    assert first.record.runs.get("generate") and first.record.candidates >= CANDIDATES
-    per_candidate = first.orchestration_cpu() * 1000 / first.record.candidates
-    assert per_candidate <= TARGET_MS_PER_CANDIDATE, f"orchestration CPU {per_candidate:.2f} ms per candidate"
     assert first.record.wall_s <= TARGET_CAMPAIGN_S, f"warm campaign {first.record.wall_s:.1f} s"
