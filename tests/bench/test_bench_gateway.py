@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from shared.cli.procs import Processes, base_env, free_port, run_cli, wait_http
@@ -49,7 +50,7 @@ class Load:
     p50_ms: float
     p99_ms: float
     failed: int
-    busy: float = 0.0  # the share of all cores' time not idle during the run (/proc/stat): client, servers, Postgres
+    busy: float = 0.0  # the share of all cores' time not idle during the run (psutil): client, servers, Postgres
 
 
 def _latency_ms(text: str, percentile: str) -> float:
@@ -78,24 +79,15 @@ def _script(tmp: Path, method: str, headers: dict[str, str], body: str | None) -
     return path
 
 
-def cpu_times() -> tuple[int, int]:
-    """(busy, idle) clock ticks of all cores since boot: idle counts iowait too."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle = fields[3] + fields[4]
-    return sum(fields) - idle, idle
-
-
 def wrk(
     url: str, tmp: Path, method: str = "GET", headers: dict[str, str] | None = None, body: str | None = None
 ) -> Load:
     script = _script(tmp, method, headers or {}, body)
     base = ["wrk", "-t1", f"-c{CONNECTIONS}", "-s", str(script)]
     subprocess.run([*base, f"-d{WARMUP_SECONDS}s", url], check=True, capture_output=True)  # pools and caches filled
-    busy_before, idle_before = cpu_times()
+    psutil.cpu_percent()  # from here: the next call's figure covers the measured run only
     done = subprocess.run([*base, f"-d{SECONDS}s", "--latency", url], check=True, capture_output=True, text=True)
-    busy_after, idle_after = cpu_times()
-    busy = (busy_after - busy_before) / max(1, busy_after - busy_before + idle_after - idle_before)
-    return replace(parse_wrk(done.stdout), busy=busy)
+    return replace(parse_wrk(done.stdout), busy=psutil.cpu_percent() / 100)
 
 
 def _reference(procs: Processes, database_url: str, workers: int) -> str:
