@@ -245,6 +245,31 @@ def test_capacity_is_the_registered_gpu_workers_concurrency(registry: Settings) 
     assert gpu_pool.capacity(fixed) == Capacity.uniform(5)
 
 
+def test_capacity_is_one_script_call_whatever_else_redis_holds(registry: Settings) -> None:
+    client = gpu_pool._client(registry.broker_url)
+    client.mset({f"onbrand:gpu-pool:{i}": "not an entry" for i in range(2000)})  # what a SCAN would wade through
+    assert gpu_pool.register(registry, "gpu@a", ["generate"], 2)
+    gpu_pool.capacity(registry)  # the script loaded
+    client.config_resetstat()
+    assert gpu_pool.capacity(registry) == Capacity(2, {"segment": 0, "generate": 2, "qc": 0})
+    called = {name: stats["calls"] for name, stats in client.info("commandstats").items()}
+    # one round trip: the script (its TIME and HGETALL count too, and the CONFIG RESETSTAT before), no SCAN or MGET
+    assert called == {"cmdstat_config": 1, "cmdstat_evalsha": 1, "cmdstat_time": 1, "cmdstat_hgetall": 1}, called
+
+
+def test_a_killed_nodes_entry_is_dropped_by_the_next_registration(
+    registry: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gpu_pool, "POOL_TTL_S", 1)
+    assert gpu_pool.register(registry, "gpu@killed", ["generate"], 4)
+    time.sleep(1.2)  # its entry expired: Redis's clock, not this process's
+    assert gpu_pool.register(registry, "gpu@alive", ["qc"], 1)
+    client = gpu_pool._client(registry.broker_url)
+    assert set(client.hgetall(gpu_pool.POOL_KEY)) == {b"gpu@alive"}
+    assert 0 < client.ttl(gpu_pool.POOL_KEY) <= 1  # the hash itself goes once no node renews
+    assert gpu_pool.capacity(registry) == Capacity(1, {"segment": 0, "generate": 0, "qc": 1})
+
+
 def test_a_registration_expires_unless_renewed(registry: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gpu_pool, "POOL_TTL_S", 1)
     monkeypatch.setattr(gpu_pool, "RENEW_S", 0.3)
