@@ -33,8 +33,10 @@ POOL_TTL_S = 30
 RENEW_S = 10
 
 # KEYS[1] the pool, ARGV node, entry (JSON, no expiry), TTL: the node's entry with its expiry set from Redis's
-# clock, expired entries of killed nodes removed, and the hash itself expiring when no node renews.
+# clock, expired entries of killed nodes removed, and the hash itself expiring when no node renews. Writes after TIME
+# need effects replication: the default from Redis 5, asked for on older ones (a no-op, or absent, on newer ones).
 _REGISTER = """
+if redis.replicate_commands then redis.replicate_commands() end
 local time = redis.call('TIME')
 local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
 local fields = redis.call('HGETALL', KEYS[1])
