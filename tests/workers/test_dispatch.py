@@ -3,6 +3,7 @@ slots, priority, cancelled campaigns, the sweep) and the pool's registry in real
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from collections import Counter
@@ -239,8 +240,12 @@ def test_capacity_is_the_registered_gpu_workers_concurrency(registry: Settings) 
     assert gpu_pool.register(registry, "gpu@a", ["segment", "generate", "qc", "llm"], 2)
     assert gpu_pool.register(registry, "qc@b", ["qc"], 1)
     assert gpu_pool.capacity(registry) == Capacity(3, {"segment": 2, "generate": 2, "qc": 3})
+    # the previous release's registry is still written (its dispatchers count these workers during a rollout)
+    legacy = gpu_pool._client(registry.broker_url).get(gpu_pool.LEGACY_PREFIX + "qc@b")
+    assert legacy is not None and json.loads(legacy) == {"queues": ["qc"], "concurrency": 1}
     gpu_pool.unregister(registry, "gpu@a")
     assert gpu_pool.capacity(registry) == Capacity(1, {"segment": 0, "generate": 0, "qc": 1})
+    assert gpu_pool._client(registry.broker_url).get(gpu_pool.LEGACY_PREFIX + "gpu@a") is None
     fixed = registry.model_copy(update={"gpu_dispatch_slots": 5})
     assert gpu_pool.capacity(fixed) == Capacity.uniform(5)
 

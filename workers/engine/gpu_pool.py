@@ -29,6 +29,10 @@ from shared.queue import GPU_QUEUES
 log = logging.getLogger("onbrand.dispatch")
 
 POOL_KEY = "onbrand:gpu-pool"  # hash: node -> {"queues": [...], "concurrency": n, "expires": Redis time in s}
+# The registry of the release before (2026-12): a key per node, found by SCAN. Still written, not read, so that its
+# dispatchers count this release's workers during a rollout (expand, then contract: docs/operations.md); the next
+# release stops writing it.
+LEGACY_PREFIX = "onbrand:gpu-pool:"
 POOL_TTL_S = 30
 RENEW_S = 10
 
@@ -92,11 +96,14 @@ def register(settings: Settings, node: str, queues: Iterable[str], concurrency: 
         return False
     entry = json.dumps({"queues": gpu, "concurrency": concurrency})
     _script(settings.broker_url, _REGISTER)(keys=[POOL_KEY], args=[node, entry, POOL_TTL_S])
+    _client(settings.broker_url).set(LEGACY_PREFIX + node, entry, ex=POOL_TTL_S)
     return True
 
 
 def unregister(settings: Settings, node: str) -> None:
-    _client(settings.broker_url).hdel(POOL_KEY, node)
+    client = _client(settings.broker_url)
+    client.hdel(POOL_KEY, node)
+    client.delete(LEGACY_PREFIX + node)
 
 
 def capacity(settings: Settings) -> Capacity:
