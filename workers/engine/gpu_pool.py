@@ -36,14 +36,18 @@ LEGACY_PREFIX = "onbrand:gpu-pool:"
 POOL_TTL_S = 30
 RENEW_S = 10
 
+# Both scripts' `now`: Redis's clock, in seconds.
+_NOW = """
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
+"""
 # KEYS[1] the pool, ARGV node, entry (JSON, no expiry), TTL: the node's entry with its expiry set from Redis's
 # clock, expired entries of killed nodes removed, and the hash itself expiring when no node renews. Writes after TIME
 # need effects replication: the default from Redis 5, asked for on older ones (a no-op, or absent, on newer ones).
-_REGISTER = """
-if redis.replicate_commands then redis.replicate_commands() end
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
-local fields = redis.call('HGETALL', KEYS[1])
+_REGISTER = (
+    "if redis.replicate_commands then redis.replicate_commands() end\n"  # before TIME
+    + _NOW
+    + """local fields = redis.call('HGETALL', KEYS[1])
 for i = 1, #fields, 2 do
   if fields[i] ~= ARGV[1] and cjson.decode(fields[i + 1]).expires <= now then redis.call('HDEL', KEYS[1], fields[i]) end
 end
@@ -53,17 +57,18 @@ redis.call('HSET', KEYS[1], ARGV[1], cjson.encode(entry))
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[3]))
 return 1
 """
+)
 # KEYS[1] the pool: the entries not yet expired by Redis's clock.
-_LIVE = """
-local time = redis.call('TIME')
-local now = tonumber(time[1]) + tonumber(time[2]) / 1e6
-local fields = redis.call('HGETALL', KEYS[1])
+_LIVE = (
+    _NOW
+    + """local fields = redis.call('HGETALL', KEYS[1])
 local live = {}
 for i = 2, #fields, 2 do
   if cjson.decode(fields[i]).expires > now then live[#live + 1] = fields[i] end
 end
 return live
 """
+)
 
 
 @dataclass(frozen=True)
